@@ -1,0 +1,29 @@
+# Two entry points: `make demo` (train on the bundled corpus, then generate) and `make test`.
+# Both create .venv with the project installed from pyproject.toml; nothing is installed by hand.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,plot]'
+	touch $(STAMP)
+
+.PHONY: install demo test bench clean
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) cli.py train --max-time 120 --checkpoint-dir checkpoints/demo
+	$(PY) cli.py generate "ROMEO:" --checkpoint checkpoints/demo/latest --max-new-tokens 200
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) bench/step.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis
