@@ -1,0 +1,397 @@
+"""Main-text extraction from an HTML page with lxml.
+
+    extract_html(html, url=None, http_charset=None) -> Extracted(title, text)
+
+The text is the page's main content (an article body, a blog post, a documentation page) without
+scripts, styles, navigation, headers, footers, cookie banners, share bars, comments and other
+boilerplate; each paragraph, heading and list item on its own line; all entities decoded.
+
+How it works (the ideas of readability and trafilatura, kept small):
+1. decode: the BOM, else the HTTP charset, else the <meta> charset, else UTF-8, else a guess;
+2. parse with lxml and drop what is never text (script, style, nav, footer, forms controls,
+   hidden elements) and blocks whose class/id says boilerplate (cookie, share, related, comment);
+3. find the main block: a marked-up article body when the page has one (itemprop=articleBody,
+   <article>, the usual CMS class names), else readability's scoring of paragraphs, whose score
+   flows to their parent and grandparent;
+4. clean inside that block (link-heavy lists, captions, "Advertisement" lines) and serialize block
+   by block, one line each.
+"""
+from __future__ import annotations
+
+import codecs
+import re
+from dataclasses import dataclass
+
+import lxml.html
+from lxml import etree
+
+__all__ = ["Extracted", "decode_html", "extract_html", "parse_html", "extract_tree"]
+
+
+@dataclass(frozen=True)
+class Extracted:
+    """What one page yields: its title and its main text (lines = paragraphs/headings)."""
+
+    title: str
+    text: str
+    encoding: str = ""
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. decoding
+
+_BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+# <meta charset=x> and <meta http-equiv=Content-Type content="text/html; charset=x">
+_META_CHARSET = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?\s*([-\w.:]+)""", re.I)
+
+
+def _codec(label: str | None) -> str | None:
+    """A Python codec name for a charset label, or None when unknown.
+
+    As browsers do (WHATWG Encoding), latin-1 and ASCII labels mean windows-1252: pages that
+    say iso-8859-1 routinely contain cp1252 quotes and dashes in 0x80-0x9F.
+    """
+    if not label:
+        return None
+    try:
+        name = codecs.lookup(label.strip().strip("\"'").lower()).name
+    except LookupError:
+        return None
+    if name in ("latin-1", "iso8859-1", "ascii"):
+        return "cp1252"
+    if name.startswith("utf-16") or name == "utf-32":
+        return "utf-8"  # a meta/header claiming UTF-16 on bytes we already read as ASCII-compatible
+    return name
+
+
+def decode_html(data: bytes | str, http_charset: str | None = None) -> tuple[str, str]:
+    """Decode page bytes to text; returns (text, codec used).
+
+    Precedence follows the HTML standard: a byte-order mark wins, then the HTTP header's charset,
+    then a <meta> charset in the first 4 KB, then strict UTF-8, then charset-normalizer's guess.
+    """
+    if isinstance(data, str):
+        return data.lstrip("\ufeff"), "str"
+    for bom, enc in _BOMS:
+        if data.startswith(bom):
+            return data[len(bom):].decode(enc, "replace"), enc
+    meta = _META_CHARSET.search(data[:4096])
+    for label in (http_charset, meta.group(1).decode("ascii", "ignore") if meta else None):
+        enc = _codec(label)
+        if enc:
+            try:
+                return data.decode(enc), enc
+            except UnicodeDecodeError:
+                continue  # a wrong declaration: fall through to the next source of truth
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    try:
+        from charset_normalizer import from_bytes
+
+        best = from_bytes(data[:200_000]).best()
+        if best is not None:
+            return data.decode(best.encoding, "replace"), best.encoding
+    except Exception:  # noqa: BLE001 - detection is a best effort; cp1252 below never fails
+        pass
+    return data.decode("cp1252", "replace"), "cp1252"
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. parsing and removing what is never main text
+
+_PARSER = lxml.html.HTMLParser(encoding="utf-8", remove_comments=True, remove_pis=True, default_doctype=False)
+_XML_DECL = re.compile(r"^\s*<\?xml[^>]*>", re.I)
+
+
+def parse_html(html: bytes | str, http_charset: str | None = None):
+    """(lxml document or None, codec). The document is parsed from our own decoding, re-encoded
+    as UTF-8, so that lxml never second-guesses the charset from a (possibly wrong) meta tag."""
+    text, enc = decode_html(html, http_charset)
+    text = _XML_DECL.sub("", text, count=1)
+    if not text.strip():
+        return None, enc
+    try:
+        doc = lxml.html.document_fromstring(text.encode("utf-8", "surrogatepass"), parser=_PARSER)
+    except (etree.ParserError, ValueError):
+        return None, enc
+    return doc, enc
+
+
+# Elements whose content is never prose.
+_DROP_TAGS = [
+    "script", "style", "noscript", "template", "svg", "math", "canvas", "iframe", "object", "embed",
+    "video", "audio", "source", "track", "map", "head", "button", "input", "select", "option",
+    "textarea", "label", "nav", "aside", "footer", "menu", "dialog", "figure", "figcaption",
+    "picture", "img",
+]
+# Elements that are navigation or page chrome by ARIA role.
+_DROP_ROLES = {"navigation", "banner", "contentinfo", "complementary", "dialog", "alertdialog", "menu",
+               "menubar", "search", "toolbar", "tablist", "alert", "status"}
+
+# class/id words: Readability.js's lists, plus cookie/consent banners, newsletters and bylines.
+_UNLIKELY = re.compile(
+    r"-ad-|ai2html|banner|breadcrumb|combx|comment|community|cover-wrap|disqus|extra|footer|gdpr|"
+    r"header|legends|menu|related|remark|replies|rss|shoutbox|sidebar|skyscraper|social|sponsor|"
+    r"supplemental|ad-break|agegate|pagination|pager|popup|yom-remote|cookie|consent|newsletter|"
+    r"subscri|share|sharing|signup|sign-up|promo|outbrain|taboola|byline|author-info|author-bio|"
+    r"caption|credit|toolbar|modal|overlay|paywall|recirc|more-stories|trending|most-popular|"
+    r"read-more|readmore|tags|tag-list|topics|keywords|print-only|skip|visually-hidden|sr-only|"
+    r"screen-reader|dateline|timestamp|published|breaking|ticker|masthead|advert|^ad$|^ads$|"
+    r"-ads?-|^ad-|-ad$|dfp|adslot|ad-slot|ad-container|adunit",
+    re.I,
+)
+_MAYBE_CANDIDATE = re.compile(r"and|article|body|column|content|main|shadow|story|entry|post-text", re.I)
+_POSITIVE = re.compile(r"article|body|content|entry|hentry|h-entry|main|page|post|text|blog|story|prose", re.I)
+_NEGATIVE = re.compile(
+    r"-ad-|hidden|^hid$| hid$| hid |^hid |banner|combx|comment|com-|contact|foot|footer|footnote|gdpr|"
+    r"masthead|media|meta|outbrain|promo|related|scroll|share|shoutbox|sidebar|skyscraper|sponsor|"
+    r"shopping|tags|tool|widget|cookie|consent|newsletter|subscri|byline|caption|credit|recirc",
+    re.I,
+)
+_HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
+
+
+def _class_id(el) -> str:
+    return (el.get("class") or "") + " " + (el.get("id") or "")
+
+
+def _remove(el) -> None:
+    """Remove an element but keep its tail text (the text after it belongs to its parent)."""
+    parent = el.getparent()
+    if parent is None:
+        return
+    tail = el.tail
+    if tail:
+        prev = el.getprevious()
+        if prev is not None:
+            prev.tail = (prev.tail or "") + tail
+        else:
+            parent.text = (parent.text or "") + tail
+    parent.remove(el)
+
+
+def _strip_junk(doc) -> None:
+    etree.strip_elements(doc, *_DROP_TAGS, with_tail=False)
+    for el in list(doc.iter(etree.Element)):
+        if el.getparent() is None or el.tag in ("html", "body"):
+            continue
+        if (el.get("hidden") is not None or el.get("aria-hidden") == "true"
+                or (el.get("role") or "").lower() in _DROP_ROLES
+                or _HIDDEN_STYLE.search(el.get("style") or "")):
+            _remove(el)
+            continue
+        if el.tag == "header":
+            _remove(el)
+            continue
+        ci = _class_id(el)
+        if ci.strip() and el.tag not in ("a",) and _UNLIKELY.search(ci) and not _MAYBE_CANDIDATE.search(ci):
+            _remove(el)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. finding the main block
+
+# Marked-up article bodies, most specific first. All matches of the first selector that has
+# enough text are taken, in document order (some sites split one story into several blocks).
+_BODY_XPATHS = [
+    '//*[@itemprop="articleBody"]',
+    '//*[@name="articleBody"]',
+    '//*[contains(concat(" ", normalize-space(@class), " "), " article-body ") or '
+    'contains(@class, "article__body") or contains(@class, "articleBody") or contains(@class, "article-content") '
+    'or contains(@class, "story-body") or contains(@class, "story-content") or contains(@class, "entry-content") '
+    'or contains(@class, "post-content") or contains(@class, "post-body") or contains(@class, "c-entry-content") '
+    'or contains(@class, "article-text") or contains(@class, "body-text") or contains(@class, "story-text")'
+    'or contains(@class, "ArticleBody") or contains(@class, "article__content") or contains(@class, "StoryBody")]',
+    "//article",
+    '//*[@role="main"]',
+    "//main",
+]
+
+_BLOCK_TAGS = {
+    "p", "div", "section", "article", "main", "h1", "h2", "h3", "h4", "h5", "h6", "li", "ul", "ol", "dl",
+    "dt", "dd", "blockquote", "pre", "table", "tr", "td", "th", "tbody", "thead", "tfoot", "caption",
+    "address", "center", "form", "fieldset", "details", "summary", "hr", "br", "body", "html", "header",
+    "figure", "figcaption", "hgroup",
+}
+_SCORED_TAGS = ("p", "pre", "td", "blockquote", "h2", "h3", "h4", "li", "dd")
+
+
+def _text_len(el) -> int:
+    return len(" ".join(el.text_content().split()))
+
+
+def _link_density(el) -> float:
+    total = _text_len(el)
+    if not total:
+        return 0.0
+    links = sum(_text_len(a) for a in el.iter("a"))
+    return links / total
+
+
+def _class_weight(el) -> int:
+    ci = _class_id(el)
+    weight = 0
+    if _NEGATIVE.search(ci):
+        weight -= 25
+    if _POSITIVE.search(ci):
+        weight += 25
+    return weight
+
+
+def _readability_candidate(body):
+    """Readability's scoring: every paragraph gives 1 + commas + length/100 (max 3) points to its
+    parent and half of that to its grandparent; the best-scoring node, scaled by its link density,
+    is the main block."""
+    scores: dict = {}
+    for p in body.iter(*_SCORED_TAGS):
+        text = " ".join(p.text_content().split())
+        if len(text) < 25:
+            continue
+        points = 1 + text.count(",") + min(len(text) // 100, 3)
+        for level, node in enumerate((p.getparent(), p.getparent().getparent() if p.getparent() is not None else None)):
+            if node is None or not isinstance(node.tag, str):
+                continue
+            if node not in scores:
+                scores[node] = _class_weight(node) + {"div": 5, "article": 8, "section": 3, "pre": 3,
+                                                      "td": 3, "blockquote": 3}.get(node.tag, 0)
+            scores[node] += points / (1 + level)
+    if not scores:
+        return None
+    best = max(scores, key=lambda n: scores[n] * (1 - _link_density(n)))
+    return best
+
+
+def _main_block(doc):
+    body = doc.find("body")
+    if body is None:
+        body = doc
+    readable = _readability_candidate(body)
+    readable_len = _text_len(readable) if readable is not None else 0
+    for xp in _BODY_XPATHS:
+        try:
+            found = doc.xpath(xp)
+        except etree.XPathError:
+            continue
+        # keep only the outermost matches, in document order
+        found = [el for el in found if not any(anc in found for anc in el.iterancestors())]
+        total = sum(_text_len(el) for el in found)
+        if found and total >= 200 and total >= 0.3 * readable_len:
+            return found
+    if readable is not None:
+        return [readable]
+    return [body]
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. cleaning the main block and turning it into lines
+
+_AD_LINE = re.compile(r"^(advertisement|advertising|sponsored|story continues below( advertisement)?|"
+                      r"continue reading( below)?|read more|related:?|see also:?|share( this)?( article)?|"
+                      r"click here.*|scroll to continue.*)$", re.I)
+
+
+def _clean_block(block) -> None:
+    """Drop link-heavy or boilerplate-scored containers inside the main block (readability's
+    'conditional cleaning')."""
+    for el in list(block.iter("div", "section", "ul", "ol", "table", "dl", "p", "span")):
+        if el is block or el.getparent() is None:
+            continue
+        n = _text_len(el)
+        if n == 0:
+            continue
+        density = _link_density(el)
+        weight = _class_weight(el)
+        if el.tag in ("ul", "ol") and density > 0.5:
+            _remove(el)
+        elif el.tag != "p" and el.tag != "span" and (weight < 0 and n < 500 or density > 0.5 and n < 1000):
+            _remove(el)
+        elif el.tag == "p" and density > 0.8 and n < 150:
+            _remove(el)
+
+
+def _lines(block) -> list[str]:
+    """Serialize: every block-level element starts a new line; <br> breaks a line."""
+    out: list[str] = []
+    buf: list[str] = []
+
+    def flush():
+        line = " ".join("".join(buf).split())
+        if line:
+            out.append(line)
+        buf.clear()
+
+    def walk(el):
+        tag = el.tag if isinstance(el.tag, str) else ""
+        is_block = tag in _BLOCK_TAGS
+        if is_block:
+            flush()
+        if tag == "br":
+            flush()
+        elif tag:
+            if el.text:
+                buf.append(el.text)
+            for child in el:
+                walk(child)
+        if is_block:
+            flush()
+        if el.tail:
+            buf.append(el.tail)
+
+    for el in (block if isinstance(block, list) else [block]):
+        walk_tail = el.tail
+        el.tail = None  # text after the main block is not part of it
+        walk(el)
+        el.tail = walk_tail
+        flush()
+    return out
+
+
+_INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
+
+
+def _tidy(lines: list[str]) -> str:
+    keep = []
+    for line in lines:
+        line = _INVISIBLE.sub("", line).replace("\xa0", " ").strip()
+        if not line or _AD_LINE.match(line):
+            continue
+        keep.append(line)
+    return "\n".join(keep)
+
+
+def _title(doc) -> str:
+    for xp in ("//title", '//meta[@property="og:title"]/@content', "//h1"):
+        found = doc.xpath(xp)
+        if found:
+            node = found[0]
+            text = node if isinstance(node, str) else node.text_content()
+            text = " ".join(text.split())
+            if text:
+                return text
+    return ""
+
+
+def extract_tree(doc) -> tuple[str, str]:
+    """(title, text) of a parsed document. Mutates the tree (removes boilerplate)."""
+    title = _title(doc)
+    _strip_junk(doc)
+    blocks = _main_block(doc)
+    for block in blocks:
+        _clean_block(block)
+    return title, _tidy(_lines(blocks))
+
+
+def extract_html(html: bytes | str, url: str | None = None, http_charset: str | None = None) -> Extracted:
+    """The title and main text of an HTML page.
+
+    `html` may be bytes (decoded with the BOM, `http_charset`, the meta charset or a guess) or
+    text. `url` is accepted for API symmetry with the crawler and for future site-specific rules;
+    it is not fetched.
+    """
+    doc, enc = parse_html(html, http_charset)
+    if doc is None:
+        return Extracted("", "", enc)
+    title, text = extract_tree(doc)
+    return Extracted(title, text, enc)
