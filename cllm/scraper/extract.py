@@ -130,19 +130,24 @@ _DROP_TAGS = [
 _DROP_ROLES = {"navigation", "banner", "contentinfo", "complementary", "dialog", "alertdialog", "menu",
                "menubar", "search", "toolbar", "tablist", "alert", "status"}
 
-# class/id words: Readability.js's lists, plus cookie/consent banners, newsletters and bylines.
-_UNLIKELY = re.compile(
-    r"-ad-|ai2html|banner|breadcrumb|combx|comment|community|cover-wrap|disqus|extra|footer|gdpr|"
-    r"header|legends|menu|related|remark|replies|rss|shoutbox|sidebar|skyscraper|social|sponsor|"
-    r"supplemental|ad-break|agegate|pagination|pager|popup|yom-remote|cookie|consent|newsletter|"
-    r"subscri|share|sharing|signup|sign-up|promo|outbrain|taboola|byline|author-info|author-bio|"
-    r"caption|credit|toolbar|modal|overlay|paywall|recirc|more-stories|trending|most-popular|"
-    r"read-more|readmore|tags|tag-list|topics|keywords|print-only|skip|visually-hidden|sr-only|"
-    r"screen-reader|dateline|timestamp|published|breaking|ticker|masthead|advert|^ad$|^ads$|"
-    r"-ads?-|^ad-|-ad$|dfp|adslot|ad-slot|ad-container|adunit",
+# class/id words that mark boilerplate (Readability.js's lists, plus cookie/consent banners,
+# newsletters and bylines). Long distinctive stems match anywhere ("commentList", "sharebar");
+# short ambiguous words only as whole words of the class, split at -, _ and camelCase, so that
+# "pageRow" is not "pager" and "loader" is not "ad".
+_UNLIKELY_STEMS = re.compile(
+    r"comment|cookie|consent|gdpr|newsletter|breadcrumb|sidebar|social|share|sharing|related|footer|"
+    r"masthead|disqus|outbrain|taboola|sponsor|promo|subscri|signup|popup|modal|recirc|trending|"
+    r"skyscraper|shoutbox|combx|agegate|ai2html|yom-remote|advert|byline|caption|credit|pagination|"
+    r"replies|remark|supplemental|legends|community|more-stories|most-popular|readmore|read-more|"
+    r"screen-reader|visually-hidden|inline-ad|ad-slot|adslot|ad-container|adunit|ad-wrapper",
     re.I,
 )
-_MAYBE_CANDIDATE = re.compile(r"and|article|body|column|content|main|shadow|story|entry|post-text", re.I)
+_UNLIKELY_WORDS = {
+    "ad", "ads", "adv", "dfp", "header", "menu", "nav", "navbar", "pager", "extra", "tags", "tag", "topics",
+    "keywords", "skip", "hidden", "dateline", "timestamp", "ticker", "toolbar", "tools", "overlay",
+    "banner", "bio", "sr", "widget", "rss", "print", "meta", "signin", "login",
+}
+_MAYBE_CANDIDATE = re.compile(r"and|article|body|column|content|main|shadow|story|entry", re.I)
 _POSITIVE = re.compile(r"article|body|content|entry|hentry|h-entry|main|page|post|text|blog|story|prose", re.I)
 _NEGATIVE = re.compile(
     r"-ad-|hidden|^hid$| hid$| hid |^hid |banner|combx|comment|com-|contact|foot|footer|footnote|gdpr|"
@@ -151,6 +156,13 @@ _NEGATIVE = re.compile(
     re.I,
 )
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
+_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+
+
+def _unlikely(ci: str) -> bool:
+    if _UNLIKELY_STEMS.search(ci):
+        return True
+    return any(w.lower() in _UNLIKELY_WORDS for w in _WORDS.findall(ci))
 
 
 def _class_id(el) -> str:
@@ -172,10 +184,17 @@ def _remove(el) -> None:
     parent.remove(el)
 
 
-def _strip_junk(doc) -> None:
-    etree.strip_elements(doc, *_DROP_TAGS, with_tail=False)
+def _strip_junk(doc, protected: set) -> None:
+    """Remove never-text tags, hidden elements, page chrome and boilerplate-named blocks.
+
+    A block named like boilerplate is kept when it is an ancestor of a marked-up article body
+    (`protected`) or holds most of the page's text: sites wrap whole pages in classes such as
+    "advertisement-off-canvas-pusher".
+    """
+    body = doc.find("body")
+    half_page = _text_len(body if body is not None else doc) / 2
     for el in list(doc.iter(etree.Element)):
-        if el.getparent() is None or el.tag in ("html", "body"):
+        if el.getparent() is None or el.tag in ("html", "body") or el in protected:
             continue
         if (el.get("hidden") is not None or el.get("aria-hidden") == "true"
                 or (el.get("role") or "").lower() in _DROP_ROLES
@@ -186,7 +205,8 @@ def _strip_junk(doc) -> None:
             _remove(el)
             continue
         ci = _class_id(el)
-        if ci.strip() and el.tag not in ("a",) and _UNLIKELY.search(ci) and not _MAYBE_CANDIDATE.search(ci):
+        if (ci.strip() and el.tag != "a" and _unlikely(ci) and not _MAYBE_CANDIDATE.search(ci)
+                and _text_len(el) < half_page):
             _remove(el)
 
 
@@ -215,7 +235,10 @@ _BLOCK_TAGS = {
     "address", "center", "form", "fieldset", "details", "summary", "hr", "br", "body", "html", "header",
     "figure", "figcaption", "hgroup",
 }
-_SCORED_TAGS = ("p", "pre", "td", "blockquote", "h2", "h3", "h4", "li", "dd")
+_SCORED_TAGS = ("p", "pre", "blockquote", "li", "dd")
+_INLINE_TAGS = {"a", "b", "i", "em", "strong", "span", "font", "u", "small", "big", "sub", "sup", "code",
+                "abbr", "cite", "q", "mark", "time", "s", "strike", "del", "ins", "kbd", "var", "tt"}
+_TAG_BONUS = {"div": 5, "article": 8, "section": 3, "pre": 3, "td": 3, "blockquote": 3, "main": 5}
 
 
 def _text_len(el) -> int:
@@ -240,45 +263,68 @@ def _class_weight(el) -> int:
     return weight
 
 
+def _own_text(el) -> str:
+    """Text directly inside `el` (not inside its element children): prose written into a <div>
+    with <br>s instead of <p>s."""
+    parts = [el.text or ""] + [child.tail or "" for child in el if child.tag not in _BLOCK_TAGS or child.tag == "br"]
+    parts += [child.text_content() for child in el if child.tag in _INLINE_TAGS]
+    return " ".join(" ".join(parts).split())
+
+
 def _readability_candidate(body):
     """Readability's scoring: every paragraph gives 1 + commas + length/100 (max 3) points to its
     parent and half of that to its grandparent; the best-scoring node, scaled by its link density,
     is the main block."""
     scores: dict = {}
-    for p in body.iter(*_SCORED_TAGS):
-        text = " ".join(p.text_content().split())
-        if len(text) < 25:
+
+    def credit(node, points):
+        if node is None or not isinstance(node.tag, str):
+            return
+        if node not in scores:
+            scores[node] = _class_weight(node) + _TAG_BONUS.get(node.tag, 0)
+        scores[node] += points
+
+    for el in body.iter(etree.Element):
+        if el.tag in _SCORED_TAGS:
+            text = " ".join(el.text_content().split())
+            owner = el.getparent()
+        elif el.tag in ("div", "section", "article", "td", "font", "span", "center"):
+            text = _own_text(el)  # a text-holding container scores like a paragraph inside itself
+            owner = el
+        else:
             continue
-        points = 1 + text.count(",") + min(len(text) // 100, 3)
-        for level, node in enumerate((p.getparent(), p.getparent().getparent() if p.getparent() is not None else None)):
-            if node is None or not isinstance(node.tag, str):
-                continue
-            if node not in scores:
-                scores[node] = _class_weight(node) + {"div": 5, "article": 8, "section": 3, "pre": 3,
-                                                      "td": 3, "blockquote": 3}.get(node.tag, 0)
-            scores[node] += points / (1 + level)
+        if len(text) < 25 or owner is None:
+            continue
+        points = 1 + text.count(",") + text.count("\u3001") + min(len(text) // 100, 3)
+        credit(owner, points)
+        credit(owner.getparent(), points / 2)
     if not scores:
         return None
-    best = max(scores, key=lambda n: scores[n] * (1 - _link_density(n)))
-    return best
+    return max(scores, key=lambda n: scores[n] * (1 - _link_density(n)))
 
 
-def _main_block(doc):
+def _marked_up_body(doc):
+    """All outermost matches of the first article-body selector that finds enough text."""
+    for xp in _BODY_XPATHS:
+        found = doc.xpath(xp)
+        found_set = set(found)
+        found = [el for el in found if not any(anc in found_set for anc in el.iterancestors())]
+        if found and sum(_text_len(el) for el in found) >= 200:
+            return found
+    return []
+
+
+def _main_block(doc, marked: list):
     body = doc.find("body")
     if body is None:
         body = doc
     readable = _readability_candidate(body)
     readable_len = _text_len(readable) if readable is not None else 0
-    for xp in _BODY_XPATHS:
-        try:
-            found = doc.xpath(xp)
-        except etree.XPathError:
-            continue
-        # keep only the outermost matches, in document order
-        found = [el for el in found if not any(anc in found for anc in el.iterancestors())]
-        total = sum(_text_len(el) for el in found)
-        if found and total >= 200 and total >= 0.3 * readable_len:
-            return found
+    # a marked-up body still present after cleaning, unless readability found much more text
+    marked = [el for el in marked if el.getroottree().getroot() is doc.getroottree().getroot()
+              and any(True for _ in el.iterancestors("html"))]
+    if marked and sum(_text_len(el) for el in marked) >= max(200, 0.3 * readable_len):
+        return marked
     if readable is not None:
         return [readable]
     return [body]
@@ -376,8 +422,13 @@ def _title(doc) -> str:
 def extract_tree(doc) -> tuple[str, str]:
     """(title, text) of a parsed document. Mutates the tree (removes boilerplate)."""
     title = _title(doc)
-    _strip_junk(doc)
-    blocks = _main_block(doc)
+    etree.strip_elements(doc, *_DROP_TAGS, with_tail=False)
+    marked = _marked_up_body(doc)
+    protected = set(marked)
+    for el in marked:
+        protected.update(el.iterancestors())
+    _strip_junk(doc, protected)
+    blocks = _main_block(doc, marked)
     for block in blocks:
         _clean_block(block)
     return title, _tidy(_lines(blocks))

@@ -1,0 +1,123 @@
+"""Main-text extraction on hand-written pages whose main text is known."""
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cllm.scraper.extract import Extracted, decode_html, extract_html
+
+P1 = ("Lighthouses were once kept by families who lived beside the lamp, trimming the wick every "
+      "four hours through the night, in every kind of weather.")
+P2 = ("The keepers wrote the weather, passing ships and the oil they burned into a logbook, and many "
+      "of those logbooks survive in regional archives today.")
+P3 = ("Automation arrived in the twentieth century, and by the nineteen-eighties almost every light "
+      "on the coast ran without a resident keeper at all.")
+
+ARTICLE = f"""<!DOCTYPE html>
+<html><head><title>The Last Lighthouse Keepers | Coast Weekly</title>
+<style>p {{ color: red }} .secret {{ }}</style>
+<script>var tracking = "SCRIPT-TEXT";</script></head>
+<body>
+<div id="cookie-banner">We use cookies to improve your experience. Accept all cookies</div>
+<header class="site-header"><a href="/">Coast Weekly</a> SITE-HEADER</header>
+<nav><ul><li><a href="/news">News</a></li><li><a href="/sport">NAV-SPORT</a></li></ul></nav>
+<div class="layout">
+  <main>
+    <article>
+      <h1>The Last Lighthouse Keepers</h1>
+      <div class="share-bar"><a href="#">Share on Facebook</a> <a href="#">SHARE-TWEET</a></div>
+      <p>{P1}</p>
+      <h2>Logbooks</h2>
+      <p>{P2}</p>
+      <div class="advertisement">ADVERT-TEXT buy now</div>
+      <p>{P3}</p>
+      <ul class="related-links"><li><a href="/a">RELATED-ONE</a></li><li><a href="/b">Related two</a></li></ul>
+    </article>
+  </main>
+  <aside class="sidebar"><h3>Most read</h3><p>SIDEBAR-TEXT with a long enough sentence to score, yes indeed.</p></aside>
+</div>
+<section class="comments"><p>COMMENT-TEXT: great article, thanks for writing it, really.</p></section>
+<footer>FOOTER-TEXT Copyright 2024 Coast Weekly</footer>
+</body></html>"""
+
+
+def test_article_main_text_without_boilerplate():
+    got = extract_html(ARTICLE, url="https://coast.example/keepers")
+    assert isinstance(got, Extracted)
+    assert got.title == "The Last Lighthouse Keepers | Coast Weekly"
+    lines = got.text.splitlines()
+    # paragraphs and headings each on their own line, in document order
+    assert P1 in lines and P2 in lines and P3 in lines and "Logbooks" in lines
+    assert lines.index(P1) < lines.index("Logbooks") < lines.index(P2) < lines.index(P3)
+    for junk in ("SCRIPT-TEXT", "color: red", "cookies", "SITE-HEADER", "NAV-SPORT", "SHARE-TWEET",
+                 "ADVERT-TEXT", "RELATED-ONE", "SIDEBAR-TEXT", "COMMENT-TEXT", "FOOTER-TEXT"):
+        assert junk not in got.text, junk
+
+
+def test_page_without_semantic_markup_uses_paragraph_scoring():
+    page = f"""<html><body>
+    <div id="top"><a href="/">Home</a> | <a href="/about">About</a> | <a href="/contact">Contact</a></div>
+    <table><tr><td class="left"><a href="/1">Link one</a><br><a href="/2">Link two</a></td>
+    <td class="main"><font size="4">Keepers</font><p>{P1}</p><p>{P2}</p><p>{P3}</p></td></tr></table>
+    <div class="bottom">(c) 1999 all rights reserved</div></body></html>"""
+    text = extract_html(page).text
+    assert P1 in text and P2 in text and P3 in text
+    assert "Link one" not in text and "all rights reserved" not in text
+
+
+def test_text_in_divs_with_br_is_kept_line_by_line():
+    page = f"<html><body><div class='txt'>{P1}<br>{P2}<br/><b>{P3}</b></div></body></html>"
+    assert extract_html(page).text.splitlines() == [P1, P2, P3]
+
+
+def test_named_and_numeric_entities_are_decoded():
+    page = ("<html><head><title>Caf&eacute; &amp; co</title></head><body><article><p>"
+            "Caf&eacute; cr&egrave;me &amp; pain &mdash; 5&nbsp;&euro; &#8220;quoted&#8221; &#x2603; "
+            "&hellip; &apos;single&apos; and a long enough sentence for the main text.</p></article></body></html>")
+    got = extract_html(page)
+    assert got.title == "Café & co"
+    assert got.text == "Café crème & pain — 5 € “quoted” ☃ … 'single' and a long enough sentence for the main text."
+
+
+def test_latin1_declared_in_meta():
+    page = ('<html><head><meta http-equiv="Content-Type" content="text/html; charset=iso-8859-1">'
+            "<title>Cr\u00e8me br\u00fbl\u00e9e</title></head><body><p>Une cr\u00e8me br\u00fbl\u00e9e "
+            "co\u00fbte 5 \u20ac au caf\u00e9, and this sentence is long enough.</p></body></html>")
+    data = page.encode("cp1252")  # latin-1 labels mean windows-1252 (the euro sign is 0x80)
+    got = extract_html(data)
+    assert got.title == "Crème brûlée"
+    assert "Une crème brûlée coûte 5 € au café" in got.text
+    assert got.encoding == "cp1252"
+
+
+def test_utf8_bom_wins_over_wrong_http_and_meta_charsets():
+    page = ('<html><head><meta charset="iso-8859-1"><title>\u00c5ngstr\u00f6m</title></head>'
+            "<body><p>\u00c5ngstr\u00f6m \u4e2d\u6587 \u2014 a sentence long enough to be main text.</p></body></html>")
+    got = extract_html(b"\xef\xbb\xbf" + page.encode("utf-8"), http_charset="iso-8859-1")
+    assert got.title == "Ångström"
+    assert "Ångström 中文 —" in got.text
+
+
+def test_http_charset_wins_over_meta():
+    page = '<html><head><meta charset="utf-8"></head><body><p>na\u00efve caf\u00e9 text here</p></body></html>'
+    text, enc = decode_html(page.encode("cp1252"), http_charset="windows-1252")
+    assert "naïve café" in text and enc == "cp1252"
+
+
+def test_undeclared_utf8_and_undeclared_cp1252():
+    assert decode_html("caf\u00e9".encode("utf-8"))[0] == "café"
+    text, _ = decode_html(("<p>" + "Das Stra\u00dfencaf\u00e9 \u00f6ffnet fr\u00fch. " * 20 + "</p>").encode("cp1252"))
+    assert "Straßencafé" in text
+
+
+def test_xml_declaration_and_empty_inputs():
+    page = '<?xml version="1.0" encoding="utf-8"?><html><body><p>Plain xhtml paragraph.</p></body></html>'
+    assert extract_html(page).text == "Plain xhtml paragraph."
+    assert extract_html(b"") == Extracted("", "", "utf-8")
+    assert extract_html("   ").text == ""
+    assert extract_html(b"\x00\x01binary\xff\xfe").text is not None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=300) | st.text(max_size=300))
+def test_never_raises_on_arbitrary_input(data):
+    got = extract_html(data)
+    assert isinstance(got.text, str) and isinstance(got.title, str)
