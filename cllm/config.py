@@ -1,0 +1,156 @@
+"""Model configuration: sizes, validation with clear errors, and a memory estimate.
+
+The seed's C program crashed while creating a model it could not hold; here an impossible config is
+refused before any buffer is allocated, with a message naming the figure and the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from cllm.errors import ConfigError
+
+BYTES_PER_FLOAT = 4  # every buffer is float32
+
+
+def padded_vocab_size(vocab_size: int, multiple: int = 64) -> int:
+    """Vp: the vocabulary rounded up so that the LM head's rows stay aligned (llm.c pads 50257 to 50304)."""
+    return ((vocab_size + multiple - 1) // multiple) * multiple
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 65  # V: number of real token ids
+    max_seq_len: int = 256  # maxT: number of learned positions
+    num_layers: int = 4  # L
+    num_heads: int = 4  # NH
+    embed_dim: int = 128  # C
+    padded_vocab_size: int = 0  # Vp; 0 means "round vocab_size up to a multiple of 64"
+
+    def __post_init__(self):
+        for name in ("vocab_size", "max_seq_len", "num_layers", "num_heads", "embed_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.embed_dim % self.num_heads != 0:
+            raise ConfigError(
+                f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads}); "
+                f"try --num-heads {_nearest_divisor(self.embed_dim, self.num_heads)}")
+        if self.padded_vocab_size == 0:
+            object.__setattr__(self, "padded_vocab_size", padded_vocab_size(self.vocab_size))
+        if self.padded_vocab_size < self.vocab_size:
+            raise ConfigError(f"padded_vocab_size ({self.padded_vocab_size}) is smaller than "
+                              f"vocab_size ({self.vocab_size})")
+
+    # the shapes of the parameter tensors, in GPT-2's order as llm.c lays them out
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        L, C, Vp, maxT = self.num_layers, self.embed_dim, self.padded_vocab_size, self.max_seq_len
+        return {
+            "wte": (Vp, C), "wpe": (maxT, C),
+            "ln1w": (L, C), "ln1b": (L, C),
+            "qkvw": (L, 3 * C, C), "qkvb": (L, 3 * C),
+            "attprojw": (L, C, C), "attprojb": (L, C),
+            "ln2w": (L, C), "ln2b": (L, C),
+            "fcw": (L, 4 * C, C), "fcb": (L, 4 * C),
+            "fcprojw": (L, C, 4 * C), "fcprojb": (L, C),
+            "lnfw": (C,), "lnfb": (C,),
+        }
+
+    def num_parameters(self) -> int:
+        total = 0
+        for shape in self.param_shapes().values():
+            n = 1
+            for d in shape:
+                n *= d
+            total += n
+        return total
+
+    def activation_shapes(self, B: int, T: int) -> dict[str, tuple[int, ...]]:
+        # the forward's saved activations for a batch (B,T), as llm.c's ActivationTensors
+        L, C, NH, Vp = self.num_layers, self.embed_dim, self.num_heads, self.padded_vocab_size
+        return {
+            "encoded": (B, T, C),
+            "ln1": (L, B, T, C), "ln1_mean": (L, B, T), "ln1_rstd": (L, B, T),
+            "qkv": (L, B, T, 3 * C), "atty": (L, B, T, C),
+            "preatt": (L, B, NH, T, T), "att": (L, B, NH, T, T),
+            "attproj": (L, B, T, C), "residual2": (L, B, T, C),
+            "ln2": (L, B, T, C), "ln2_mean": (L, B, T), "ln2_rstd": (L, B, T),
+            "fch": (L, B, T, 4 * C), "fch_gelu": (L, B, T, 4 * C),
+            "fcproj": (L, B, T, C), "residual3": (L, B, T, C),
+            "lnf": (B, T, C), "lnf_mean": (B, T), "lnf_rstd": (B, T),
+            "logits": (B, T, Vp), "probs": (B, T, Vp), "losses": (B, T),
+        }
+
+    def num_activations(self, B: int, T: int) -> int:
+        total = 0
+        for shape in self.activation_shapes(B, T).values():
+            n = 1
+            for d in shape:
+                n *= d
+            total += n
+        return total
+
+    def memory_bytes(self, B: int, T: int, training: bool = True) -> int:
+        """Bytes the model needs: parameters (+ grads, AdamW m and v when training) and activations
+        (+ their gradients when training) for a batch (B,T), plus a 10% allowance for BLAS scratch."""
+        P = self.num_parameters()
+        A = self.num_activations(B, T)
+        floats = P * 4 + A * 2 if training else P + A
+        return int(floats * BYTES_PER_FLOAT * 1.1)
+
+    def check_batch(self, B: int, T: int, training: bool = True) -> None:
+        """Refuse a batch that cannot run: T beyond the learned positions, or more memory than the machine has."""
+        for name, value in (("batch_size", B), ("seq_len", T)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if T > self.max_seq_len:
+            raise ConfigError(f"seq_len ({T}) exceeds the model's max_seq_len ({self.max_seq_len})")
+        need = self.memory_bytes(B, T, training)
+        have = available_memory_bytes()
+        if have is not None and need > have:
+            raise ConfigError(
+                f"this configuration needs about {need / 2**30:.1f} GiB "
+                f"({self.num_parameters():,} parameters, batch {B} x {T}) but only "
+                f"{have / 2**30:.1f} GiB of memory is available; reduce --batch-size, --seq-len, "
+                f"--embed-dim, --num-layers or --vocab-size")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown model config fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+def _nearest_divisor(n: int, near: int) -> int:
+    divisors = [d for d in range(1, n + 1) if n % d == 0]
+    return min(divisors, key=lambda d: (abs(d - near), d))
+
+
+def available_memory_bytes() -> int | None:
+    """Memory available to this process (MemAvailable, or a smaller cgroup limit), None if unknown."""
+    best = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    best = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            raw = open(path).read().strip()
+        except OSError:
+            continue
+        if raw.isdigit() and int(raw) < (1 << 60):
+            best = int(raw) if best is None else min(best, int(raw))
+    if best is None:
+        try:
+            best = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            return None
+    return best

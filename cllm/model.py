@@ -1,0 +1,233 @@
+"""The GPT model: owns every buffer, calls the kernels.
+
+Buffers (all flat, of the model's dtype, float32 unless a test asks for float64):
+  params, grads, m, v   (P)  parameters, their gradients, AdamW first and second moments;
+                             named views in GPT-2's order (ModelConfig.param_shapes)
+  acts, grad_acts       (A)  activations saved by the forward for batch (B,T), and their gradients;
+                             named views as in ModelConfig.activation_shapes; re-allocated when
+                             B or T changes
+Pre-LayerNorm blocks, GELU MLP with 4C hidden units, learned positions, LM head tied to wte.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+import kernels as K
+from cllm.config import ModelConfig
+from cllm.errors import ConfigError
+from cllm.runtime import configure_threads
+
+MATRIX_PARAMS = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")  # weight-decayed, normal init
+RESIDUAL_PROJECTIONS = ("attprojw", "fcprojw")  # init std scaled by 1/sqrt(2L) (GPT-2)
+
+
+def _carve(buffer: np.ndarray, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """Named flat views into consecutive ranges of `buffer`, in the order of `shapes`."""
+    views, offset = {}, 0
+    for name, shape in shapes.items():
+        n = math.prod(shape)
+        views[name] = buffer[offset:offset + n]
+        offset += n
+    assert offset == buffer.size
+    return views
+
+
+class Model:
+    def __init__(self, config: ModelConfig, seed: int | None = 0, dtype=np.float32):
+        configure_threads()
+        self.config = config
+        self.dtype = np.dtype(dtype)
+        self.shapes = config.param_shapes()
+        P = config.num_parameters()
+        self.params = np.zeros(P, dtype=self.dtype)
+        self.grads = np.zeros(P, dtype=self.dtype)
+        self.m = np.zeros(P, dtype=self.dtype)
+        self.v = np.zeros(P, dtype=self.dtype)
+        self.p = _carve(self.params, self.shapes)  # name -> flat parameter view
+        self.g = _carve(self.grads, self.shapes)  # name -> flat gradient view
+        self.m_views = _carve(self.m, self.shapes)  # name -> AdamW first-moment view
+        self.v_views = _carve(self.v, self.shapes)  # name -> AdamW second-moment view
+        self.B = self.T = 0
+        self.acts = self.grad_acts = None
+        self.a = self.ga = {}  # name -> flat activation / activation-gradient view
+        self.inputs = self.targets = None  # (B,T) int32 of the last forward
+        self.mean_loss = None
+        if seed is not None:
+            self.init_weights(seed)
+
+    # ---------------------------------------------------------------- parameters
+    def init_weights(self, seed: int) -> None:
+        """GPT-2 initialization: N(0, 0.02) matrices, residual projections scaled by 1/sqrt(2L),
+        zero biases, unit LayerNorm gains; the padded vocabulary rows of wte stay zero."""
+        rng = np.random.default_rng(seed)
+        cfg = self.config
+        self.params[:] = 0
+        for name, shape in self.shapes.items():
+            view = self.p[name]
+            if name in MATRIX_PARAMS:
+                std = 0.02 / math.sqrt(2 * cfg.num_layers) if name in RESIDUAL_PROJECTIONS else 0.02
+                view[:] = rng.normal(0.0, std, size=view.size).astype(self.dtype)
+            elif name in ("ln1w", "ln2w", "lnfw"):
+                view[:] = 1
+        V, C = cfg.vocab_size, cfg.embed_dim
+        self.p["wte"][V * C:] = 0
+
+    def tensor(self, name: str) -> np.ndarray:
+        """A parameter as an array of its real shape (a view: writing to it changes the model)."""
+        return self.p[name].reshape(self.shapes[name])
+
+    def named_tensors(self) -> dict[str, np.ndarray]:
+        return {name: self.tensor(name) for name in self.shapes}
+
+    def num_parameters(self) -> int:
+        return self.params.size
+
+    def zero_grad(self) -> None:
+        self.grads[:] = 0
+
+    # ---------------------------------------------------------------- activations
+    def _ensure_activations(self, B: int, T: int) -> None:
+        if (B, T) == (self.B, self.T):
+            return
+        self.config.check_batch(B, T, training=True)
+        shapes = self.config.activation_shapes(B, T)
+        A = self.config.num_activations(B, T)
+        self.acts = np.zeros(A, dtype=self.dtype)
+        self.grad_acts = np.zeros(A, dtype=self.dtype)
+        self.a = _carve(self.acts, shapes)
+        self.ga = _carve(self.grad_acts, shapes)
+        self.B, self.T = B, T
+
+    def _check_ids(self, ids, what: str) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.ndim == 1:
+            ids = ids[None, :]
+        if ids.ndim != 2 or ids.shape[1] == 0 or not np.issubdtype(ids.dtype, np.integer):
+            raise ConfigError(f"{what} must be a (B,T) array of integer token ids, got shape {ids.shape}")
+        V = self.config.vocab_size
+        if ids.size and (ids.min() < 0 or ids.max() >= V):
+            raise ConfigError(f"{what} holds token ids outside [0, {V})")
+        return np.ascontiguousarray(ids, dtype=np.int32)
+
+    # ---------------------------------------------------------------- forward / backward
+    def forward(self, idx, targets=None):
+        """idx (B,T) token ids -> logits (B,T,V), a view into the activation buffer that the next
+        forward overwrites; with targets (B,T) also returns the mean cross-entropy loss."""
+        idx = self._check_ids(idx, "idx")
+        B, T = idx.shape
+        if T > self.config.max_seq_len:
+            raise ConfigError(f"sequence length {T} exceeds max_seq_len {self.config.max_seq_len}")
+        self._ensure_activations(B, T)
+        cfg = self.config
+        L, C, NH, V, Vp = cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.vocab_size, cfg.padded_vocab_size
+        p, a = self.p, self.a
+        self.inputs = idx.reshape(-1)
+        K.encoder_forward(a["encoded"], self.inputs, p["wte"], p["wpe"], B, T, C)
+        residual = a["encoded"]
+        for l in range(L):
+            pl, al = self._layer(p, l), self._layer_acts(a, l)
+            K.layernorm_forward(al["ln1"], al["ln1_mean"], al["ln1_rstd"], residual, pl["ln1w"], pl["ln1b"], B, T, C)
+            K.matmul_forward(al["qkv"], al["ln1"], pl["qkvw"], pl["qkvb"], B, T, C, 3 * C)
+            K.attention_forward(al["atty"], al["preatt"], al["att"], al["qkv"], B, T, C, NH)
+            K.matmul_forward(al["attproj"], al["atty"], pl["attprojw"], pl["attprojb"], B, T, C, C)
+            K.residual_forward(al["residual2"], residual, al["attproj"], B * T * C)
+            K.layernorm_forward(al["ln2"], al["ln2_mean"], al["ln2_rstd"], al["residual2"], pl["ln2w"], pl["ln2b"], B, T, C)
+            K.matmul_forward(al["fch"], al["ln2"], pl["fcw"], pl["fcb"], B, T, C, 4 * C)
+            K.gelu_forward(al["fch_gelu"], al["fch"], B * T * 4 * C)
+            K.matmul_forward(al["fcproj"], al["fch_gelu"], pl["fcprojw"], pl["fcprojb"], B, T, 4 * C, C)
+            K.residual_forward(al["residual3"], al["residual2"], al["fcproj"], B * T * C)
+            residual = al["residual3"]
+        K.layernorm_forward(a["lnf"], a["lnf_mean"], a["lnf_rstd"], residual, p["lnfw"], p["lnfb"], B, T, C)
+        K.matmul_forward(a["logits"], a["lnf"], p["wte"], None, B, T, C, Vp)
+        logits = a["logits"].reshape(B, T, Vp)[:, :, :V]
+        if targets is None:
+            self.targets = None
+            self.mean_loss = None
+            return logits
+        self.targets = self._check_ids(targets, "targets").reshape(-1)
+        if self.targets.size != B * T:
+            raise ConfigError(f"targets must have the shape of idx ({B}, {T})")
+        K.softmax_forward(a["probs"], a["logits"], B, T, V, Vp)
+        K.crossentropy_forward(a["losses"], a["probs"], self.targets, B, T, Vp)
+        self.mean_loss = float(np.mean(a["losses"], dtype=np.float64))
+        return logits, self.mean_loss
+
+    def backward(self) -> None:
+        """Accumulates d(mean loss)/d(params) into grads (call zero_grad() first for a fresh step)."""
+        if self.targets is None:
+            raise RuntimeError("backward() needs a forward(idx, targets) first")
+        cfg = self.config
+        B, T = self.B, self.T
+        L, C, NH, V, Vp = cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.vocab_size, cfg.padded_vocab_size
+        p, g, a, ga = self.p, self.g, self.a, self.ga
+        self.grad_acts[:] = 0
+        ga["losses"][:] = self.dtype.type(1.0 / (B * T))  # d(mean)/d(each loss)
+        K.crossentropy_softmax_backward(ga["logits"], ga["losses"], a["probs"], self.targets, B, T, V, Vp)
+        K.matmul_backward(ga["lnf"], g["wte"], None, ga["logits"], a["lnf"], p["wte"], B, T, C, Vp)
+        last = self._layer_acts(a, L - 1)["residual3"]
+        dlast = self._layer_acts(ga, L - 1)["residual3"]
+        K.layernorm_backward(dlast, g["lnfw"], g["lnfb"], ga["lnf"], last, p["lnfw"], a["lnf_mean"], a["lnf_rstd"], B, T, C)
+        for l in reversed(range(L)):
+            pl, gl = self._layer(p, l), self._layer(g, l)
+            al, gal = self._layer_acts(a, l), self._layer_acts(ga, l)
+            residual = a["encoded"] if l == 0 else self._layer_acts(a, l - 1)["residual3"]
+            dresidual = ga["encoded"] if l == 0 else self._layer_acts(ga, l - 1)["residual3"]
+            K.residual_backward(gal["residual2"], gal["fcproj"], gal["residual3"], B * T * C)
+            K.matmul_backward(gal["fch_gelu"], gl["fcprojw"], gl["fcprojb"], gal["fcproj"], al["fch_gelu"], pl["fcprojw"], B, T, 4 * C, C)
+            K.gelu_backward(gal["fch"], al["fch"], gal["fch_gelu"], B * T * 4 * C)
+            K.matmul_backward(gal["ln2"], gl["fcw"], gl["fcb"], gal["fch"], al["ln2"], pl["fcw"], B, T, C, 4 * C)
+            K.layernorm_backward(gal["residual2"], gl["ln2w"], gl["ln2b"], gal["ln2"], al["residual2"], pl["ln2w"], al["ln2_mean"], al["ln2_rstd"], B, T, C)
+            K.residual_backward(dresidual, gal["attproj"], gal["residual2"], B * T * C)
+            K.matmul_backward(gal["atty"], gl["attprojw"], gl["attprojb"], gal["attproj"], al["atty"], pl["attprojw"], B, T, C, C)
+            K.attention_backward(gal["qkv"], gal["preatt"], gal["att"], gal["atty"], al["qkv"], al["att"], B, T, C, NH)
+            K.matmul_backward(gal["ln1"], gl["qkvw"], gl["qkvb"], gal["qkv"], al["ln1"], pl["qkvw"], B, T, C, 3 * C)
+            K.layernorm_backward(dresidual, gl["ln1w"], gl["ln1b"], gal["ln1"], residual, pl["ln1w"], al["ln1_mean"], al["ln1_rstd"], B, T, C)
+        K.encoder_backward(g["wte"], g["wpe"], ga["encoded"], self.inputs, B, T, C)
+
+    def _layer(self, views: dict, l: int) -> dict:
+        """The layer-l slices of the per-layer parameter (or gradient) tensors."""
+        out = {}
+        for name, shape in self.shapes.items():
+            if len(shape) >= 2 and name not in ("wte", "wpe"):
+                n = math.prod(shape[1:])
+                out[name] = views[name][l * n:(l + 1) * n]
+        return out
+
+    def _layer_acts(self, views: dict, l: int) -> dict:
+        """The layer-l slices of the per-layer activation (or activation-gradient) tensors."""
+        n_layers = self.config.num_layers
+        out = {}
+        for name, view in views.items():
+            if name in ("encoded", "lnf", "lnf_mean", "lnf_rstd", "logits", "probs", "losses"):
+                continue
+            n = view.size // n_layers
+            out[name] = view[l * n:(l + 1) * n]
+        return out
+
+    # ---------------------------------------------------------------- incremental decoding
+    def new_kv_cache(self, num_sequences: int = 1) -> np.ndarray:
+        """A KV cache (nb, L, maxT, 2C) for decode_step, flat."""
+        cfg = self.config
+        return np.zeros(num_sequences * cfg.num_layers * cfg.max_seq_len * 2 * cfg.embed_dim, dtype=self.dtype)
+
+    def decode_step(self, tokens, pos: int, kv_cache: np.ndarray) -> np.ndarray:
+        """Feed tokens (nb,) at position pos (every earlier position already in kv_cache) and
+        return the next-token logits (nb, V); O(pos) attention work per token, not O(pos^2)."""
+        cfg = self.config
+        tokens = np.ascontiguousarray(np.atleast_1d(tokens), dtype=np.int32)
+        nb = tokens.size
+        if not 0 <= pos < cfg.max_seq_len:
+            raise ConfigError(f"position {pos} is outside the model's context of {cfg.max_seq_len}")
+        if kv_cache.size != nb * cfg.num_layers * cfg.max_seq_len * 2 * cfg.embed_dim:
+            raise ConfigError("kv_cache does not match the number of sequences; use new_kv_cache(nb)")
+        if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
+            raise ConfigError(f"token ids must lie in [0, {cfg.vocab_size})")
+        logits = np.empty(nb * cfg.vocab_size, dtype=self.dtype)
+        p = self.p
+        K.decode_step(logits, kv_cache, tokens, pos, p["wte"], p["wpe"], p["ln1w"], p["ln1b"], p["qkvw"], p["qkvb"],
+                      p["attprojw"], p["attprojb"], p["ln2w"], p["ln2b"], p["fcw"], p["fcb"], p["fcprojw"],
+                      p["fcprojb"], p["lnfw"], p["lnfb"], nb, cfg.num_layers, cfg.embed_dim, cfg.num_heads,
+                      cfg.max_seq_len, cfg.vocab_size)
+        return logits.reshape(nb, cfg.vocab_size)

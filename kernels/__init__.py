@@ -1,0 +1,23 @@
+"""CLLM's numerical core: @njit kernels over flat arrays (see _common.py for the contract).
+
+Legend: B batch, T time, C channels, NH heads, hs = C/NH, V vocab, Vp padded vocab, L layers,
+OC output channels, N element count.
+"""
+from .adamw import adamw_update, grad_norm_squared, scale_inplace
+from .attention import attention_backward, attention_forward
+from .decode import decode_step
+from .encoder import encoder_backward, encoder_forward
+from .gelu import gelu_backward, gelu_forward
+from .layernorm import layernorm_backward, layernorm_forward
+from .matmul import matmul_backward, matmul_forward
+from .residual import residual_backward, residual_forward
+from .softmax import crossentropy_forward, crossentropy_softmax_backward, softmax_forward
+
+__all__ = [
+    "adamw_update", "grad_norm_squared", "scale_inplace",
+    "attention_forward", "attention_backward", "decode_step",
+    "encoder_forward", "encoder_backward", "gelu_forward", "gelu_backward",
+    "layernorm_forward", "layernorm_backward", "matmul_forward", "matmul_backward",
+    "residual_forward", "residual_backward",
+    "softmax_forward", "crossentropy_forward", "crossentropy_softmax_backward",
+]

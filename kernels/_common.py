@@ -1,0 +1,18 @@
+"""Shared settings for every kernel.
+
+Legend used in every kernel module: B batch, T time (sequence), C channels (embed dim), NH heads,
+hs = C/NH head size, V vocab, Vp padded vocab, L layers, OC output channels, N element count.
+
+Every kernel takes 1-D contiguous arrays (views into the model's flat buffers) and integer sizes,
+outputs first, then inputs, then sizes (llm.c's order). Forward kernels overwrite their outputs;
+backward kernels ACCUMULATE (+=) into every gradient they write.
+"""
+
+# Only fast-math flags that keep NaN/Inf semantics: 'nnan'/'ninf' (part of fastmath=True) would let
+# LLVM assume no NaN exists, so isnan() checks and the model's non-finite loss guard would silently
+# stop working.
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+# Common decorator keyword sets: every kernel is cached on disk so that a second process starts fast.
+JIT = dict(cache=True, fastmath=FASTMATH)
+PJIT = dict(cache=True, fastmath=FASTMATH, parallel=True)

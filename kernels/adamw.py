@@ -1,0 +1,48 @@
+"""AdamW (decoupled weight decay, bias-corrected moments, PyTorch's formula) and grad-norm helpers.
+
+Legend: N element count.
+"""
+import numpy as np
+from numba import njit, prange
+
+from ._common import PJIT
+
+
+@njit(**PJIT)
+def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, t):
+    # params, grads, m, v (N); t is the step number, from 1.
+    # p -= lr * (mhat / (sqrt(vhat) + eps) + weight_decay * p), in PyTorch's order of operations.
+    dt = params.dtype.type
+    b1 = dt(beta1)
+    b2 = dt(beta2)
+    one = dt(1)
+    decay = dt(1.0 - lr * weight_decay)
+    step_size = dt(lr / (1.0 - beta1 ** t))
+    bc2_sqrt = dt(np.sqrt(1.0 - beta2 ** t))
+    eps_ = dt(eps)
+    for i in prange(params.shape[0]):
+        g = grads[i]
+        mi = b1 * m[i] + (one - b1) * g
+        vi = b2 * v[i] + (one - b2) * g * g
+        m[i] = mi
+        v[i] = vi
+        denom = np.sqrt(vi) / bc2_sqrt + eps_
+        params[i] = params[i] * decay - step_size * mi / denom
+
+
+@njit(**PJIT)
+def grad_norm_squared(grads):
+    # sum of squares of grads (N), accumulated in float64 so that large buffers lose nothing
+    total = 0.0
+    for i in prange(grads.shape[0]):
+        g = np.float64(grads[i])
+        total += g * g
+    return total
+
+
+@njit(**PJIT)
+def scale_inplace(x, s):
+    # x (N) *= s
+    f = x.dtype.type(s)
+    for i in prange(x.shape[0]):
+        x[i] *= f

@@ -1,0 +1,69 @@
+"""Layer normalization over the channel dimension (eps 1e-5, biased variance), as GPT-2.
+
+Legend: B batch, T time, C channels.
+"""
+import numpy as np
+from numba import njit, prange
+
+from ._common import JIT, PJIT
+
+
+@njit(**JIT)
+def layernorm_row(out, inp, weight, bias, o, C):
+    # One row: normalizes inp[o:o+C] into out[o:o+C]; returns (mean, rstd) in the array's dtype.
+    zero = inp.dtype.type(0)
+    s = zero
+    for c in range(C):
+        s += inp[o + c]
+    m = s / C
+    v = zero
+    for c in range(C):
+        d = inp[o + c] - m
+        v += d * d
+    v = v / C
+    r = inp.dtype.type(1) / np.sqrt(v + inp.dtype.type(1e-5))
+    for c in range(C):
+        out[o + c] = (inp[o + c] - m) * r * weight[c] + bias[c]
+    return m, r
+
+
+@njit(**PJIT)
+def layernorm_forward(out, mean, rstd, inp, weight, bias, B, T, C):
+    # out, inp (B,T,C);  mean, rstd (B,T) saved for the backward;  weight, bias (C)
+    for bt in prange(B * T):
+        m, r = layernorm_row(out, inp, weight, bias, bt * C, C)
+        mean[bt] = m
+        rstd[bt] = r
+
+
+@njit(**PJIT)
+def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, B, T, C):
+    # dinp (B,T,C) += ...;  dweight, dbias (C) += ...;  dout, inp (B,T,C);  mean, rstd (B,T)
+    zero = inp.dtype.type(0)
+    # dinp: rows are independent, so they run in parallel.
+    for bt in prange(B * T):
+        o = bt * C
+        m = mean[bt]
+        r = rstd[bt]
+        dnorm_mean = zero
+        dnorm_norm_mean = zero
+        for c in range(C):
+            norm = (inp[o + c] - m) * r
+            dnorm = weight[c] * dout[o + c]
+            dnorm_mean += dnorm
+            dnorm_norm_mean += dnorm * norm
+        dnorm_mean = dnorm_mean / C
+        dnorm_norm_mean = dnorm_norm_mean / C
+        for c in range(C):
+            norm = (inp[o + c] - m) * r
+            dnorm = weight[c] * dout[o + c]
+            dinp[o + c] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * r
+    # dweight, dbias: every row writes every channel, so this sum is serial over rows.
+    for bt in range(B * T):
+        o = bt * C
+        m = mean[bt]
+        r = rstd[bt]
+        for c in range(C):
+            d = dout[o + c]
+            dbias[c] += d
+            dweight[c] += (inp[o + c] - m) * r * d
