@@ -1,0 +1,351 @@
+"""Byte-level BPE (as GPT-2/GPT-4, minbpe's RegexTokenizer), trained and applied by Numba kernels.
+
+Ids: 0..255 are the raw bytes (id = byte value), then one id per merged token in training order,
+then the special tokens. `vocab_size` counts all of them. Every string is bytes, and every byte has
+an id, so decode(encode(s)) == s for every Unicode string.
+
+Text is first pre-split by a regex (GPT-4's pattern by default, "gpt2" available) into chunks that
+merges never cross. Training counts the distinct chunks once (a Counter, streamed over documents)
+and hands them to `bpe_kernels` which keeps the pair counts up to date per merge. Encoding maps each
+chunk through a cache (chunk string -> ids); the misses are encoded together by one kernel call.
+
+Special tokens (default `<|endoftext|>`, which is both BOS and EOS as in GPT-2) are NOT recognised
+inside text by `encode(text)`, so user text cannot forge them; pass `allowed_special="all"` (or a
+set of strings) to match them, as tiktoken does. `export_hf` writes a HuggingFace tokenizer.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+
+import numpy as np
+import regex
+
+from cllm.errors import TokenizerError
+from cllm.fileio import atomic_write_text
+from cllm.tokenizers.base import Tokenizer, TokenizerFileError, VocabSizeError, as_text_iter, field, progress_bar
+
+PATTERNS = {
+    # GPT-4 (tiktoken cl100k_base)
+    "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",
+    # GPT-2
+    "gpt2": r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+}
+DEFAULT_SPECIALS = ("<|endoftext|>",)
+CACHE_LIMIT = 1 << 20  # chunk-cache entries before it is cleared (bounds memory on huge corpora)
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from bytes to printable characters (HuggingFace's ByteLevel)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def _resolve_pattern(pattern: str) -> str:
+    pat = PATTERNS.get(pattern, pattern)
+    try:
+        regex.compile(pat)
+    except regex.error as exc:
+        raise TokenizerError(f"invalid pre-split pattern {pattern!r}: {exc}; use 'gpt4', 'gpt2' or a valid `regex` pattern") from None
+    return pat
+
+
+class BPETokenizer(Tokenizer):
+    kind = "bpe"
+
+    def __init__(self, merges, pattern: str = "gpt4", special_tokens=DEFAULT_SPECIALS):
+        """`merges`: list of (left id, right id) in training order. The id of a merge's result
+        is the id of its bytes if those already have one, else the next free id."""
+        super().__init__()
+        self.pattern = _resolve_pattern(pattern)
+        self._split = regex.compile(self.pattern).findall
+        vocab: list[bytes] = [bytes([i]) for i in range(256)]
+        index: dict[bytes, int] = {v: i for i, v in enumerate(vocab)}
+        self.merges: list[tuple[int, int]] = []
+        merge_new = []
+        for a, b in merges:
+            a, b = int(a), int(b)
+            if not (0 <= a < len(vocab) and 0 <= b < len(vocab)):
+                raise TokenizerFileError(f"merge ({a}, {b}) refers to an id that does not exist yet")
+            tok = vocab[a] + vocab[b]
+            new = index.get(tok)
+            if new is None:
+                new = len(vocab)
+                vocab.append(tok)
+                index[tok] = new
+            self.merges.append((a, b))
+            merge_new.append(new)
+        self._merge_new = merge_new
+        self.vocab_bytes = vocab  # id -> bytes for the non-special ids
+        self.special_tokens: dict[str, int] = {}
+        self._id_to_token = [v.decode("utf-8", errors="replace") for v in vocab]
+        self._token_to_id = {}
+        for i, v in enumerate(vocab):
+            self._token_to_id.setdefault(self._id_to_token[i], i)
+        self._ranks = None  # the kernel's merge table, built on first encode
+        self._cache: dict[str, tuple] = {}
+        self.register_special_tokens(special_tokens)
+
+    # ---- special tokens -----------------------------------------------------------------------
+    def register_special_tokens(self, tokens) -> None:
+        """Add special tokens (strings) after the current ids; known ones keep their id."""
+        for t in tokens:
+            if not isinstance(t, str) or not t:
+                raise TokenizerError(f"a special token must be a non-empty string, got {t!r}")
+            if t in self.special_tokens:
+                continue
+            i = len(self._id_to_token)
+            self.special_tokens[t] = i
+            self._id_to_token.append(t)
+            self._token_to_id[t] = i
+        sp = self.special_tokens
+        self.eos_id = sp.get("<|endoftext|>", sp.get("<|eos|>"))
+        self.bos_id = sp.get("<|bos|>", self.eos_id)
+        self.pad_id = sp.get("<|pad|>")
+        self.unk_id = None  # byte-level: nothing is unknown
+        self._special_split = regex.compile("(" + "|".join(regex.escape(t) for t in sorted(sp, key=len, reverse=True)) + ")") if sp else None
+
+    # ---- training -----------------------------------------------------------------------------
+    @classmethod
+    def train(cls, texts, vocab_size: int = 4096, pattern: str = "gpt4", special_tokens=DEFAULT_SPECIALS, progress: bool = True):
+        """Learn `vocab_size - 256 - len(special_tokens)` merges from `texts` (a string or an
+        iterable of strings, read once). Ties between equally frequent pairs go to the smaller
+        (left id, right id), so training is deterministic. Stops early (with fewer ids) when every
+        chunk has become a single token."""
+        from cllm.tokenizers import bpe_kernels as K
+
+        special_tokens = list(dict.fromkeys(special_tokens or ()))
+        if vocab_size is None or vocab_size < 256 + len(special_tokens):
+            raise VocabSizeError(f"vocab size {vocab_size} is too small for byte-level BPE: it needs 256 byte ids + {len(special_tokens)} special token(s) = {256 + len(special_tokens)} at least; use e.g. --vocab-size 4096")
+        pat = _resolve_pattern(pattern)
+        split = regex.compile(pat).findall
+        counts: Counter = Counter()
+        docs = chars = 0
+        with progress_bar(progress, desc="bpe: counting chunks", unit="doc") as bar:
+            for text in as_text_iter(texts):
+                counts.update(split(text))
+                docs += 1
+                chars += len(text)
+                bar.update(1)
+        if not counts:
+            raise TokenizerError("cannot train a BPE tokenizer on empty text; give it a non-empty corpus")
+
+        # distinct chunks as bytes; single-byte chunks have no pairs and stay out of the kernel
+        words = []
+        wcount = []
+        single = np.zeros(256, np.int64)
+        for chunk, n in counts.items():
+            bs = chunk.encode("utf-8")
+            if len(bs) == 1:
+                single[bs[0]] += n
+            else:
+                words.append(bs)
+                wcount.append(n)
+        lens = np.fromiter((len(w) for w in words), np.int64, len(words))
+        W = len(words)
+        N = int(lens.sum())
+        sym = np.frombuffer(b"".join(words), np.uint8).astype(np.int32)  # (N,)
+        wstart = np.zeros(W, np.int32)
+        if W:
+            wstart[1:] = np.cumsum(lens)[:-1]
+        wid = np.repeat(np.arange(W, dtype=np.int32), lens)  # (N,)
+        pos = np.arange(N, dtype=np.int32)
+        nxt = pos + 1  # (N,) next position, -1 at each word's end
+        prv = pos - 1  # (N,) previous position, -1 at each word's start
+        if W:
+            ends = (wstart + lens - 1).astype(np.int64)
+            nxt[ends] = -1
+            prv[wstart] = -1
+        wcount_a = np.asarray(wcount, np.int64)  # (W,)
+        wmark = np.zeros(W, np.int32)
+
+        n_new = vocab_size - 256 - len(special_tokens)
+        capacity = 3 * N + 16
+        pairs, pa, pb, pcount, phead, occ_word, occ_next, heap_count, heap_pair, state = K.bpe_train_init(sym, nxt, prv, wid, wstart, wcount_a, capacity)
+        V = 256 + n_new
+        tok_hash = np.zeros(V, np.uint64)  # (V,) polynomial hash of each token's bytes
+        tok_pow = np.zeros(V, np.uint64)   # (V,) HASH_BASE ** len(bytes)
+        tok_hash[:256] = np.arange(1, 257, dtype=np.uint64)
+        tok_pow[:256] = K.HASH_BASE
+        tok_ids = K.bpe_token_table(tok_hash, tok_pow)
+        # one merge may reuse an id, so allow more merges than new ids
+        max_merges = n_new + 1024
+        merge_a = np.empty(max_merges, np.int32)
+        merge_b = np.empty(max_merges, np.int32)
+        merge_new = np.empty(max_merges, np.int32)
+        n_merges, next_id = 0, 256
+        step = max(1, n_new // 100)
+        with progress_bar(progress, desc="bpe: merging", unit="tok", total=n_new) as bar:
+            while next_id < V:
+                room = max_merges - n_merges
+                if room <= 0:
+                    merge_a, merge_b, merge_new = (np.concatenate([x, np.empty(max_merges, np.int32)]) for x in (merge_a, merge_b, merge_new))
+                    max_merges *= 2
+                    room = max_merges - n_merges
+                before, merges_before = next_id, n_merges
+                n_merges, next_id = K.bpe_train_steps(
+                    sym, nxt, prv, wstart, wcount_a, wmark, pairs, pa, pb, pcount, phead,
+                    occ_word, occ_next, heap_count, heap_pair, state,
+                    tok_hash, tok_pow, tok_ids, next_id, V, min(step, room),
+                    merge_a, merge_b, merge_new, n_merges)
+                bar.update(next_id - before)
+                if n_merges == merges_before:
+                    break  # no pair left: every chunk is a single token
+        merges = list(zip(merge_a[:n_merges].tolist(), merge_b[:n_merges].tolist()))
+        tok = cls(merges, pattern=pattern, special_tokens=special_tokens)
+        if tok._merge_new != merge_new[:n_merges].tolist():  # a 64-bit hash collision: never seen
+            raise TokenizerError("internal error: BPE training produced inconsistent token ids (hash collision); please report it")
+
+        # statistics: how often each final token occurs in the training text
+        alive = sym >= 0
+        tc = np.bincount(sym[alive], weights=wcount_a[wid[alive]], minlength=V).astype(np.int64)
+        tc[:256] += single
+        top = np.argsort(-tc, kind="stable")[:20]
+        tok.train_stats = {
+            "documents": docs,
+            "characters": chars,
+            "distinct_chunks": len(counts),
+            "chunks": int(sum(counts.values())),
+            "tokens": int(tc.sum()),
+            "merges": n_merges,
+            "unknown_rate": 0.0,
+            "top_tokens": [[tok._id_to_token[i], int(tc[i])] for i in top if tc[i] > 0],
+        }
+        if tok.vocab_size < vocab_size:
+            import warnings
+
+            warnings.warn(f"bpe: the corpus ran out of pairs to merge; the vocabulary has {tok.vocab_size} ids, not {vocab_size}", stacklevel=2)
+        return tok
+
+    # ---- encoding / decoding ------------------------------------------------------------------
+    def _encode_chunks(self, chunks: list[str]) -> list[tuple]:
+        """Encode distinct chunk strings with one kernel call."""
+        from cllm.tokenizers import bpe_kernels as K
+
+        if self._ranks is None:
+            self._ranks = K.bpe_build_ranks(np.asarray([a for a, _ in self.merges], np.int32), np.asarray([b for _, b in self.merges], np.int32), np.asarray(self._merge_new, np.int32))
+        bs = [c.encode("utf-8") for c in chunks]
+        offsets = np.zeros(len(bs) + 1, np.int64)
+        np.cumsum([len(b) for b in bs], out=offsets[1:])
+        data = np.frombuffer(b"".join(bs), np.uint8).astype(np.int32)
+        out = np.empty(len(data), np.int32)
+        out_offsets = np.empty(len(bs) + 1, np.int64)
+        K.bpe_encode_chunks(data, offsets, self._ranks, out, out_offsets)
+        ids = out.tolist()
+        o = out_offsets.tolist()
+        return [tuple(ids[o[i]: o[i + 1]]) for i in range(len(bs))]
+
+    def _encode_ordinary(self, text: str, out: list) -> None:
+        chunks = self._split(text)
+        cache = self._cache
+        missing = [c for c in set(chunks) if c not in cache]
+        if missing:
+            if len(cache) + len(missing) > CACHE_LIMIT:
+                cache.clear()
+            cache.update(zip(missing, self._encode_chunks(missing)))
+        for c in chunks:
+            out.extend(cache[c])
+
+    def encode(self, text: str, allowed_special=()) -> list[int]:
+        """Ids of `text`. Special-token strings in the text are ordinary text unless allowed:
+        `allowed_special="all"` or a collection of special-token strings."""
+        out: list[int] = []
+        if allowed_special and self._special_split is not None:
+            allowed = set(self.special_tokens) if allowed_special == "all" else set(allowed_special)
+            for k, part in enumerate(self._special_split.split(text)):
+                if k % 2 == 1 and part in allowed:
+                    out.append(self.special_tokens[part])
+                elif part:
+                    self._encode_ordinary(part, out)
+        else:
+            self._encode_ordinary(text, out)
+        self._encoded_tokens += len(out)
+        return out
+
+    def decode(self, ids) -> str:
+        vb = self.vocab_bytes
+        nb = len(vb)
+        parts = []
+        for i in self._check_ids(ids):
+            parts.append(vb[i] if i < nb else self._id_to_token[i].encode("utf-8"))
+        return b"".join(parts).decode("utf-8", errors="replace")
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes of a token (id_to_token shows them as text, with U+FFFD for partial UTF-8)."""
+        return self.vocab_bytes[token_id] if token_id < len(self.vocab_bytes) else self.id_to_token(token_id).encode("utf-8")
+
+    # ---- files --------------------------------------------------------------------------------
+    def _to_dict(self) -> dict:
+        name = next((k for k, v in PATTERNS.items() if v == self.pattern), None)
+        return {
+            "pattern": self.pattern,
+            "pattern_name": name,
+            "merges": [list(m) for m in self.merges],
+            "special_tokens": self.special_tokens,
+        }
+
+    @classmethod
+    def _from_dict(cls, d: dict, path: str):
+        pattern = field(d, "pattern", str, path)
+        merges = field(d, "merges", list, path)
+        specials = field(d, "special_tokens", dict, path)
+        if not all(isinstance(m, list) and len(m) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in m) for m in merges):
+            raise TokenizerFileError(f"{path}: the merges must be pairs of integer ids; the file is corrupt, re-create it")
+        try:
+            tok = cls(merges, pattern=pattern, special_tokens=sorted(specials, key=specials.get))
+        except TokenizerFileError as exc:
+            raise TokenizerFileError(f"{path}: {exc}; the file is corrupt, re-create it") from None
+        if tok.special_tokens != specials:
+            raise TokenizerFileError(f"{path}: the special token ids do not follow the merged tokens; the file is corrupt, re-create it")
+        return tok
+
+    def export_hf(self, path: str) -> None:
+        """Write a HuggingFace `tokenizer.json` (BPE model, the same regex pre-split, byte-level
+        mapping, merges in rank order, special tokens as added tokens) that the `tokenizers`
+        library loads and that gives the same ids as `encode(text, allowed_special="all")`."""
+        b2u = bytes_to_unicode()
+
+        def show(i: int) -> str:
+            return "".join(b2u[x] for x in self.vocab_bytes[i])
+
+        vocab = {show(i): i for i in range(len(self.vocab_bytes))}
+        vocab.update(self.special_tokens)
+        seen = set()
+        merges = []
+        for a, b in self.merges:  # a pair merged twice: only its first rank matters (as in encode)
+            if (a, b) not in seen:
+                seen.add((a, b))
+                merges.append(f"{show(a)} {show(b)}")
+        hf = {
+            "version": "1.0",
+            "truncation": None,
+            "padding": None,
+            "added_tokens": [
+                {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+                for t, i in self.special_tokens.items()
+            ],
+            "normalizer": None,
+            "pre_tokenizer": {
+                "type": "Sequence",
+                "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": self.pattern}, "behavior": "Isolated", "invert": False},
+                    {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+                ],
+            },
+            "post_processor": None,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+            "model": {
+                "type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                "vocab": vocab, "merges": merges,
+            },
+        }
+        atomic_write_text(os.fspath(path), json.dumps(hf, ensure_ascii=False, indent=1) + "\n")
