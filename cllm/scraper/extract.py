@@ -446,3 +446,23 @@ def extract_html(html: bytes | str, url: str | None = None, http_charset: str | 
         return Extracted("", "", enc)
     title, text = extract_tree(doc)
     return Extracted(title, text, enc)
+
+
+def extract_pdf(data: bytes) -> Extracted:
+    """The text of a PDF (pypdf, the [pdf] extra), one line per text line; title from metadata."""
+    try:
+        from pypdf import PdfReader
+    except ImportError:
+        from cllm.errors import MissingDependencyError
+
+        raise MissingDependencyError("PDF support needs pypdf: pip install -e '.[pdf]'") from None
+    import io
+
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        title = str((reader.metadata or {}).get("/Title") or "")
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except Exception:  # noqa: BLE001 - a corrupt PDF yields no text, not a crash
+        return Extracted("", "", "pdf")
+    lines = [" ".join(line.split()) for page in pages for line in page.splitlines()]
+    return Extracted(" ".join(title.split()), "\n".join(line for line in lines if line), "pdf")
