@@ -1,0 +1,55 @@
+"""`python cli.py prepare DATA --tokenizer {word,char,bpe} --vocab-size N --out DIR`
+
+Clean and tokenize a corpus (a file or a directory tree) into DIR/tokenizer.json, DIR/train.bin,
+DIR/val.bin and DIR/meta.json. Running it again with the same inputs and flags reuses DIR.
+"""
+
+
+def main(data: str = None, tokenizer: str = "char", vocab_size: int = None, out: str = None, val_fraction: float = 0.1,
+         lowercase: bool = False, remove_punctuation: bool = False, remove_numbers: bool = False,
+         normalize_whitespace: bool = True, keep_newlines: bool = True, strip_gutenberg: bool = True,
+         dedupe: bool = True, encoding: str = "auto", bpe_pattern: str = "gpt4", llmc: bool = False,
+         force: bool = False, progress: bool = True):
+    """Prepare a token dataset.
+
+    Args:
+      data: a text file or a directory (recursive; .txt .md .html .pdf .jsonl, text without extension)
+      tokenizer: word, char or bpe
+      vocab_size: ids in the vocabulary (default: word 8192, bpe 4096, char every character)
+      out: output directory (default: prepared/<name of DATA>-<tokenizer>)
+      val_fraction: share of the data held out for validation (0 <= f < 1)
+      lowercase, remove_punctuation, remove_numbers: cleaning, off by default
+      normalize_whitespace, keep_newlines, strip_gutenberg, dedupe: on by default (--no<flag> to turn off)
+      encoding: auto (UTF-8, else a detected encoding) or utf-8 (invalid UTF-8 is an error)
+      bpe_pattern: gpt4 or gpt2 pre-split (or a regex)
+      llmc: also write llm.c token files train_llmc.bin / val_llmc.bin
+      force: rebuild even when a cached result matches
+    """
+    import os
+    import sys
+    import warnings
+
+    from cllm.data import prepare_dataset
+    from cllm.errors import DataError
+
+    if data is None:
+        raise DataError("prepare needs a corpus: `cli.py prepare DATA --tokenizer char --out DIR` (DATA: a text file or a directory)")
+    if out is None:
+        name = os.path.splitext(os.path.basename(os.path.normpath(str(data))))[0] or "corpus"
+        out = os.path.join("prepared", f"{name}-{tokenizer}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda msg, *a, **k: sys.stderr.write(f"warning: {msg}\n")
+        ds = prepare_dataset(str(data), str(out), tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction,
+                             lowercase=lowercase, remove_punctuation=remove_punctuation, remove_numbers=remove_numbers,
+                             normalize_whitespace=normalize_whitespace, keep_newlines=keep_newlines, strip_gutenberg=strip_gutenberg,
+                             dedupe=dedupe, encoding=encoding, bpe_pattern=bpe_pattern, llmc=llmc, force=force, progress=progress)
+    m = ds.meta
+    c = m["corpus"]
+    print(f"corpus: {c['documents']:,} documents from {c['files']:,} files, {c['characters']:,} characters, {c['lines']:,} lines, "
+          f"{c['tokens']:,} words, vocabulary {c['vocabulary']:,}, {c['avg_chars_per_document']:,.0f} characters per document"
+          + (f"; skipped {c['skipped']}" if c["skipped"] else "") + (f"; {c['duplicates']} duplicates dropped" if c["duplicates"] else ""))
+    state = "reused cached dataset" if ds.cached else f"prepared in {m['seconds']:.1f} s"
+    print(f"{state}: {ds.out_dir} ({m['tokenizer']} tokenizer, {m['vocab_size']:,} ids, {m['dtype']}): "
+          f"train.bin {m['train_tokens']:,} tokens, val.bin {m['val_tokens']:,} tokens")
+    return None  # (fire would print a returned value)

@@ -1,0 +1,53 @@
+"""`python cli.py tokenizer ACTION ...`: train, inspect and use tokenizers.
+
+    cli.py tokenizer train DATA --kind bpe --vocab-size 4096 --out tok.json
+    cli.py tokenizer encode tok.json "some text"        # prints the ids
+    cli.py tokenizer decode tok.json 17,42,256          # prints the text
+    cli.py tokenizer stats tok.json                     # size, training statistics (JSON)
+    cli.py tokenizer export-hf tok.json tokenizer.json  # HuggingFace tokenizer.json (bpe)
+"""
+
+
+def main(action: str = None, *args, kind: str = "bpe", vocab_size: int = None, out: str = "tokenizer.json", progress: bool = True, **cleaning):
+    """Train, inspect and use tokenizers (actions: train, encode, decode, stats, export-hf)."""
+    import json
+
+    from cllm.errors import TokenizerError
+    from cllm.tokenizers import BPETokenizer, load_tokenizer, train_tokenizer
+
+    def need(n, usage):
+        if len(args) != n:
+            raise TokenizerError(f"usage: cli.py tokenizer {usage}")
+
+    if action == "train":
+        need(1, "train DATA --kind {word,char,bpe} --vocab-size N --out tok.json")
+        from cllm.data import open_corpus
+
+        corpus = open_corpus(str(args[0]), progress=progress, **cleaning)
+        tok = train_tokenizer(kind, corpus, vocab_size, progress=progress)
+        tok.save(out)
+        print(f"wrote {out}: {tok.kind} tokenizer, {tok.vocab_size:,} ids, trained on {corpus.stats.summary()}")
+    elif action == "encode":
+        need(2, "encode TOKENIZER TEXT")
+        print(" ".join(map(str, load_tokenizer(args[0]).encode(str(args[1])))))
+    elif action == "decode":
+        need(2, "decode TOKENIZER IDS (comma- or space-separated)")
+        raw = args[1] if isinstance(args[1], (list, tuple)) else str(args[1]).replace(",", " ").split()
+        try:
+            ids = [int(x) for x in raw]
+        except ValueError:
+            raise TokenizerError(f"ids must be integers, got {args[1]!r}") from None
+        print(load_tokenizer(args[0]).decode(ids))
+    elif action == "stats":
+        need(1, "stats TOKENIZER")
+        print(json.dumps(load_tokenizer(args[0]).stats(), ensure_ascii=False, indent=1))
+    elif action == "export-hf":
+        need(2, "export-hf TOKENIZER OUT.json")
+        tok = load_tokenizer(args[0])
+        if not isinstance(tok, BPETokenizer):
+            raise TokenizerError(f"only BPE tokenizers export to HuggingFace's format; {args[0]} is a {tok.kind} tokenizer")
+        tok.export_hf(str(args[1]))
+        print(f"wrote {args[1]}")
+    else:
+        raise TokenizerError(f"unknown tokenizer action {action!r}; use train, encode, decode, stats or export-hf")
+    return None

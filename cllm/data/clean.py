@@ -1,0 +1,67 @@
+"""Text cleaning, each step a flag (the seed loader's options) plus Project Gutenberg stripping.
+
+Defaults keep the text as written except whitespace normalization, because a language model
+should see the text as written: `clean_text(t)` only tidies whitespace (and strips Gutenberg
+boilerplate when the markers are present).
+"""
+from __future__ import annotations
+
+import regex
+
+# "*** START OF THE PROJECT GUTENBERG EBOOK X ***" (also "THIS", and without spaces after ***)
+_GUT_START = regex.compile(r"^\*{3}\s*START OF (?:THE|THIS) PROJECT GUTENBERG[^\n]*$", regex.I | regex.M)
+_GUT_END = regex.compile(r"^(?:\*{3}\s*END OF (?:THE|THIS) PROJECT GUTENBERG|End of (?:the )?Project Gutenberg)[^\n]*$", regex.I | regex.M)
+_HSPACE = regex.compile(r"[^\S\n]+")  # whitespace other than newline
+_TRAILING = regex.compile(r" +\n")
+_BLANKS = regex.compile(r"\n{3,}")
+_PUNCT = regex.compile(r"\p{P}+")
+_NUMBERS = regex.compile(r"\p{N}+")
+
+
+def strip_gutenberg(text: str) -> str:
+    """The book between Project Gutenberg's START and END markers; text without them unchanged."""
+    start = _GUT_START.search(text)
+    if start:
+        text = text[start.end():]
+    end = _GUT_END.search(text)
+    if end:
+        text = text[: end.start()]
+    return text
+
+
+def normalize_newlines(text: str) -> str:
+    """CRLF and lone CR become LF (always done when reading files)."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
+
+
+def clean_text(text: str, lowercase: bool = False, remove_punctuation: bool = False, remove_numbers: bool = False,
+               normalize_whitespace: bool = True, keep_newlines: bool = True, strip_gutenberg_boilerplate: bool = True) -> str:
+    """Clean one document.
+
+    normalize_whitespace: runs of spaces/tabs (any whitespace but newline) become one space, spaces
+    at line ends go, 3+ newlines become one blank line, the document is stripped at both ends but
+    keeps a final newline if it had one. With keep_newlines=False every whitespace run, newlines
+    included, becomes one space."""
+    text = normalize_newlines(text)
+    if strip_gutenberg_boilerplate:
+        text = strip_gutenberg(text)
+    if lowercase:
+        text = text.lower()
+    if remove_punctuation:
+        text = _PUNCT.sub("", text)
+    if remove_numbers:
+        text = _NUMBERS.sub("", text)
+    if normalize_whitespace:
+        final_newline = text.endswith("\n") and keep_newlines
+        if keep_newlines:
+            text = _HSPACE.sub(" ", text)
+            text = _TRAILING.sub("\n", text)
+            text = _BLANKS.sub("\n\n", text)
+            text = text.strip(" \n")
+            if final_newline and text:
+                text += "\n"
+        else:
+            text = " ".join(text.split())
+    return text

@@ -1,0 +1,325 @@
+"""Load a corpus: a file or a directory tree of text, Markdown, HTML, PDF and JSONL files.
+
+    corpus = load_corpus("books/", lowercase=True)
+    for doc in corpus: ...            # streams: one document in memory at a time
+    corpus.stats                      # documents, characters, lines, tokens, vocabulary, ...
+
+A directory is walked recursively in sorted order (deterministic); hidden files and directories
+are skipped (a crawl keeps its state in OUT_DIR/.crawl/), as are binary files and unsupported
+extensions, each counted in `stats.skipped` and reported in one warning. A crawl's output
+directory (`manifest.jsonl` + `pages/`) is read from `pages/` only.
+
+Documents: one per file, one per line of a .jsonl file (its "text" field). Exact duplicate
+documents (after cleaning) are dropped and counted. Iterating twice gives the same documents.
+"""
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+
+from cllm.data.clean import clean_text, normalize_newlines
+from cllm.data.errors import CorpusNotFoundError, EmptyCorpusError, TextDecodeError
+from cllm.errors import DataError, MissingDependencyError
+
+TEXT_EXT = {".txt", ".md", ".markdown", ".text", ".rst", ""}
+HTML_EXT = {".html", ".htm", ".xhtml"}
+PDF_EXT = {".pdf"}
+JSONL_EXT = {".jsonl"}
+CLEANING_OPTIONS = ("lowercase", "remove_punctuation", "remove_numbers", "normalize_whitespace", "keep_newlines", "strip_gutenberg")
+CLEANING_DEFAULTS = {"lowercase": False, "remove_punctuation": False, "remove_numbers": False,
+                     "normalize_whitespace": True, "keep_newlines": True, "strip_gutenberg": True}
+
+
+@dataclass
+class CorpusStats:
+    """What the seed printed, plus what was skipped. Filled by a full pass over the corpus."""
+
+    files: int = 0
+    documents: int = 0
+    characters: int = 0
+    lines: int = 0
+    tokens: int = 0  # whitespace-separated words
+    vocabulary: int = 0  # distinct whitespace-separated words
+    duplicates: int = 0
+    empty: int = 0  # documents with no text left after cleaning
+    bytes: int = 0
+    skipped: dict = field(default_factory=dict)  # reason -> number of files
+    decoded_with_fallback: int = 0  # files that were not UTF-8
+
+    @property
+    def avg_chars_per_document(self) -> float:
+        return self.characters / self.documents if self.documents else 0.0
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["avg_chars_per_document"] = round(self.avg_chars_per_document, 1)
+        return d
+
+    def summary(self) -> str:
+        s = (f"{self.documents:,} documents from {self.files:,} files, {self.characters:,} characters, "
+             f"{self.lines:,} lines, {self.tokens:,} words, vocabulary {self.vocabulary:,}, "
+             f"{self.avg_chars_per_document:,.0f} characters per document")
+        extra = [f"{n} {reason}" for reason, n in sorted(self.skipped.items())]
+        if self.duplicates:
+            extra.append(f"{self.duplicates} duplicate documents dropped")
+        if self.empty:
+            extra.append(f"{self.empty} empty documents dropped")
+        return s + (" (skipped: " + ", ".join(extra) + ")" if extra else "")
+
+
+def _file_kind(name: str) -> str | None:
+    ext = os.path.splitext(name)[1].lower()
+    if ext in TEXT_EXT:
+        return "text"
+    if ext in HTML_EXT:
+        return "html"
+    if ext in PDF_EXT:
+        return "pdf"
+    if ext in JSONL_EXT:
+        return "jsonl"
+    return None
+
+
+def find_files(path: str) -> tuple[str, list[tuple[str, str]], Counter]:
+    """(root, [(file path, kind)] sorted, Counter of skipped reasons) for a file or a directory."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CorpusNotFoundError(f"corpus path {path} does not exist; give a text file or a directory of text files")
+    skipped: Counter = Counter()
+    if os.path.isfile(path):
+        kind = _file_kind(os.path.basename(path)) or "text"  # a file named explicitly is read as text
+        if not os.access(path, os.R_OK):
+            raise CorpusNotFoundError(f"cannot read {path}: permission denied; check its permissions")
+        return os.path.dirname(path), [(path, kind)], skipped
+    if not os.path.isdir(path):
+        raise CorpusNotFoundError(f"corpus path {path} is neither a file nor a directory")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise CorpusNotFoundError(f"cannot read directory {path}: permission denied; check its permissions")
+    root = path
+    if os.path.isfile(os.path.join(path, "manifest.jsonl")) and os.path.isdir(os.path.join(path, "pages")):
+        root = os.path.join(path, "pages")  # a crawl's output: the manifest is not training text
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        hidden = [d for d in dirnames if d.startswith(".")]
+        if hidden:
+            skipped["hidden"] += len(hidden)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            if name.startswith("."):
+                skipped["hidden"] += 1
+                continue
+            kind = _file_kind(name)
+            if kind is None:
+                skipped["unsupported"] += 1
+                continue
+            files.append((full, kind))
+    files.sort(key=lambda fk: os.path.relpath(fk[0], root).split(os.sep))
+    return root, files, skipped
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise CorpusNotFoundError(f"{path} disappeared while reading the corpus") from None
+    except OSError as exc:
+        raise CorpusNotFoundError(f"cannot read {path}: {exc.strerror}; check its permissions") from None
+
+
+def decode_text(raw: bytes, path: str, encoding: str = "auto") -> tuple[str, bool]:
+    """(text, used_fallback). UTF-8 with the BOM stripped; else (encoding="auto") a detected
+    encoding; "utf-8" makes invalid UTF-8 an error. CRLF/CR become LF."""
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[3:]
+    fallback = False
+    try:
+        if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            text = raw.decode("utf-16")
+        else:
+            text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if encoding != "auto":
+            raise TextDecodeError(f"{path} is not valid UTF-8 (byte {exc.start}: {raw[exc.start:exc.start + 4]!r}); convert it to UTF-8 (e.g. `iconv -f latin1 -t utf-8`) or pass --encoding auto to detect its encoding") from None
+        from charset_normalizer import from_bytes
+
+        results = from_bytes(raw)
+        best = results.best()
+        if best is not None:
+            # single-byte code pages often tie (same chaos and coherence): prefer windows-1252,
+            # the most common one for Western text, as browsers do for unlabeled pages
+            ties = [m for m in results if m.chaos == best.chaos and m.coherence == best.coherence]
+            best = next((m for m in ties if m.encoding == "cp1252"), best)
+        if best is None:
+            raise TextDecodeError(f"{path} is not valid UTF-8 and its encoding could not be detected; convert it to UTF-8 (e.g. with iconv)") from None
+        text = str(best)
+        fallback = True
+    return normalize_newlines(text), fallback
+
+
+def _looks_binary(raw: bytes) -> bool:
+    head = raw[:8192]
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return False
+    return b"\x00" in head
+
+
+def _read_pdf(path: str) -> str:
+    try:
+        import pypdf
+    except ImportError:
+        raise MissingDependencyError(f"reading the PDF file {path} needs pypdf; install it with `pip install 'cllm[pdf]'` (or `pip install pypdf`)") from None
+    try:
+        reader = pypdf.PdfReader(path)
+        return "\n\n".join((page.extract_text() or "") for page in reader.pages)
+    except Exception as exc:  # pypdf raises many types for damaged files
+        raise DataError(f"cannot read the PDF file {path} ({exc.__class__.__name__}: {exc}); it may be damaged or encrypted, remove it from the corpus") from None
+
+
+def _read_html(raw: bytes, path: str) -> str:
+    try:
+        from cllm.scraper.extract import extract_html
+    except ImportError:  # the crawler's extractor is the one to use; lxml's text as a fallback
+        import lxml.html
+
+        doc = lxml.html.fromstring(raw or b"<html></html>")
+        for bad in doc.xpath("//script|//style|//noscript|//template"):
+            bad.drop_tree()
+        return doc.text_content()
+    return extract_html(raw, url=None).text
+
+
+class Corpus:
+    """A re-iterable stream of cleaned documents, with statistics filled in by each full pass."""
+
+    def __init__(self, path, files, skipped, cleaning: dict, encoding: str = "auto", dedupe: bool = True, progress: bool = True):
+        self.path = os.fspath(path)
+        self.files = files  # [(path, kind)]
+        self._skipped = skipped
+        self.cleaning = cleaning
+        self.encoding = encoding
+        self.dedupe = dedupe
+        self.progress = progress
+        self.stats = CorpusStats()
+        self.doc_lengths: list[int] = []  # characters of each document, in order (for splits)
+        self._complete = False
+
+    def __iter__(self):
+        return self._documents()
+
+    @property
+    def documents(self) -> list[str]:
+        """All documents as a list (holds the whole corpus in memory; iterate to stream)."""
+        return list(self)
+
+    def _raw_documents(self, skipped: Counter, stats: CorpusStats):
+        """Uncleaned documents, file by file."""
+        for path, kind in self.files:
+            if kind == "pdf":
+                yield path, _read_pdf(path), os.path.getsize(path)
+                continue
+            raw = _read_bytes(path)
+            if kind == "html":
+                yield path, _read_html(raw, path), len(raw)
+                continue
+            if _looks_binary(raw):
+                skipped["binary"] += 1
+                continue
+            text, fallback = decode_text(raw, path, self.encoding)
+            stats.decoded_with_fallback += fallback
+            if kind == "jsonl":
+                for lineno, line in enumerate(text.split("\n"), 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise DataError(f"{path}:{lineno} is not valid JSON ({exc.msg}); each line of a .jsonl file must be one JSON object with a \"text\" field") from None
+                    if isinstance(rec, dict) and isinstance(rec.get("text"), str):
+                        yield path, rec["text"], 0
+                    else:
+                        skipped["jsonl records without text"] += 1
+                stats.bytes += len(raw)
+            else:
+                yield path, text, len(raw)
+
+    def _documents(self):
+        from tqdm import tqdm
+
+        stats = CorpusStats(files=len(self.files))
+        skipped = Counter(self._skipped)
+        seen: set = set()
+        vocab: set = set()
+        lengths: list[int] = []
+        cl = {k: self.cleaning[k] for k in CLEANING_OPTIONS}
+        cl["strip_gutenberg_boilerplate"] = cl.pop("strip_gutenberg")
+        total = sum(os.path.getsize(p) for p, _ in self.files)
+        with tqdm(total=total, unit="B", unit_scale=True, desc="reading corpus", disable=None if self.progress else True, leave=False) as bar:
+            last_path = None
+            for path, text, nbytes in self._raw_documents(skipped, stats):
+                if path != last_path:
+                    bar.update(os.path.getsize(last_path) if last_path else 0)
+                    last_path = path
+                stats.bytes += nbytes
+                doc = clean_text(text, **cl)
+                if not doc.strip():
+                    stats.empty += 1
+                    continue
+                if self.dedupe:
+                    digest = hashlib.blake2b(doc.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+                    if digest in seen:
+                        stats.duplicates += 1
+                        continue
+                    seen.add(digest)
+                stats.documents += 1
+                stats.characters += len(doc)
+                stats.lines += doc.count("\n") + (not doc.endswith("\n"))
+                words = doc.split()
+                stats.tokens += len(words)
+                vocab.update(words)
+                lengths.append(len(doc))
+                yield doc
+            if last_path:
+                bar.update(os.path.getsize(last_path))
+        stats.vocabulary = len(vocab)
+        stats.skipped = dict(skipped)
+        self.stats = stats
+        self.doc_lengths = lengths
+        if not self._complete:
+            self._complete = True
+            nskip = sum(skipped.values())
+            if nskip:
+                warnings.warn(f"{self.path}: skipped " + ", ".join(f"{n} {r}" for r, n in sorted(skipped.items())), stacklevel=3)
+        if stats.documents == 0:
+            if not self.files:
+                raise EmptyCorpusError(f"{self.path} holds no text files (.txt, .md, .html, .pdf, .jsonl or text without an extension); point to a directory with text")
+            raise EmptyCorpusError(f"the corpus at {self.path} is empty after cleaning ({stats.files} file(s), {stats.empty} empty, {stats.duplicates} duplicate); give it files with text or relax the cleaning flags")
+
+
+def open_corpus(path, encoding: str = "auto", dedupe: bool = True, progress: bool = True, **cleaning) -> Corpus:
+    """A Corpus over `path` without reading it yet (the first full iteration fills `stats`)."""
+    unknown = set(cleaning) - set(CLEANING_OPTIONS)
+    if unknown:
+        raise DataError(f"unknown cleaning option(s) {', '.join(sorted(unknown))}; known: {', '.join(CLEANING_OPTIONS)}")
+    if encoding not in ("auto", "utf-8"):
+        raise DataError(f"encoding {encoding!r} is not supported; use 'auto' (UTF-8, else detected) or 'utf-8' (strict)")
+    opts = dict(CLEANING_DEFAULTS)
+    opts.update({k: bool(v) for k, v in cleaning.items()})
+    root, files, skipped = find_files(path)
+    return Corpus(path, files, skipped, opts, encoding=encoding, dedupe=dedupe, progress=progress)
+
+
+def load_corpus(path, encoding: str = "auto", dedupe: bool = True, progress: bool = True, **cleaning) -> Corpus:
+    """Open `path` and read it once to fill `stats` (and to raise EmptyCorpusError early).
+    Cleaning flags: lowercase, remove_punctuation, remove_numbers, normalize_whitespace (on),
+    keep_newlines (on), strip_gutenberg (on). The result streams its documents when iterated."""
+    corpus = open_corpus(path, encoding=encoding, dedupe=dedupe, progress=progress, **cleaning)
+    for _ in corpus:
+        pass
+    return corpus

@@ -1,0 +1,220 @@
+"""Corpus -> token dataset: DIR/tokenizer.json, DIR/train.bin, DIR/val.bin, DIR/meta.json.
+
+Two streaming passes over the corpus (one document in memory at a time): the first trains the
+tokenizer (and fills the corpus statistics and per-document lengths), the second encodes each
+document and appends its ids to train.bin or val.bin.
+
+Split (deterministic, `val_fraction` default 0.1): a single document splits by token position
+(first 90% train, as nanoGPT); several documents split at a document boundary: the first
+documents holding ~90% of the characters go to train, the rest to val. Word and BPE append EOS
+after every document, so documents are separated in the token stream (char has no EOS).
+
+Cache: meta.json records a key hashing the input files (relative path + content), the options and
+this format's version; re-running with the same key reuses DIR as is, anything else rebuilds it.
+meta.json is written last and deleted first, so a crash mid-way never leaves a "valid" cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from cllm.data.corpus import CLEANING_DEFAULTS, CLEANING_OPTIONS, open_corpus
+from cllm.data.errors import EmptyCorpusError, TokenFileError
+from cllm.data.tokenfile import TokenFileWriter, export_llmc_tokens, read_token_header
+from cllm.errors import CLLMError, DataError, TokenizerError
+from cllm.fileio import atomic_write_text
+
+PREPARE_VERSION = 1
+KINDS = ("word", "char", "bpe")
+
+
+@dataclass
+class PreparedDataset:
+    out_dir: str
+    tokenizer: object  # the loaded tokenizer
+    train_path: str
+    val_path: str
+    meta: dict
+    cached: bool = False  # True when an earlier run's result was reused
+
+    def train_tokens(self) -> np.ndarray:
+        from cllm.data.tokenfile import read_token_file
+
+        return read_token_file(self.train_path)
+
+    def val_tokens(self) -> np.ndarray:
+        from cllm.data.tokenfile import read_token_file
+
+        return read_token_file(self.val_path)
+
+
+def _hash_inputs(corpus, options: dict) -> str:
+    h = hashlib.blake2b(digest_size=20)
+    h.update(json.dumps({"prepare_version": PREPARE_VERSION, "options": options}, sort_keys=True).encode())
+    root = os.path.dirname(corpus.files[0][0]) if len(corpus.files) == 1 else corpus.path
+    for path, kind in corpus.files:
+        h.update(b"\0file\0" + os.path.relpath(path, root).encode("utf-8", "surrogatepass") + b"\0" + kind.encode())
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _split_plan(lengths: list[int], val_fraction: float) -> tuple[int, int, float]:
+    """(first val document, document split by position or -1, train fraction of that document).
+
+    One document: split it by position. Several: the document boundary whose tail holds the
+    fraction of characters closest to val_fraction; if even that is off by more than a factor 2
+    (a few big documents), split the document that holds the (1 - val_fraction) point by position
+    instead, so that val is never most of the data."""
+    n = len(lengths)
+    if n == 1:
+        return 1, 0, 1 - val_fraction
+    if val_fraction == 0:
+        return n, -1, 1.0
+    total = sum(lengths)
+    prefix = np.cumsum([0] + lengths)  # prefix[k] = characters in documents 0..k-1
+    best = min(range(1, n), key=lambda k: (abs((total - prefix[k]) / total - val_fraction), k))
+    got = (total - prefix[best]) / total
+    if val_fraction / 2 <= got <= 2 * val_fraction:
+        return best, -1, 1.0
+    target = (1 - val_fraction) * total
+    s = int(np.searchsorted(prefix, target, side="right")) - 1  # document holding the target point
+    s = min(max(s, 0), n - 1)
+    return s + 1, s, float((target - prefix[s]) / lengths[s])
+
+
+def _load_cached(out_dir: str, key: str):
+    """The PreparedDataset in out_dir if its meta.json has this key and its files check out."""
+    from cllm.tokenizers import load_tokenizer
+
+    meta_path = os.path.join(out_dir, "meta.json")
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("cache_key") != key:
+        return None
+    train_path, val_path = os.path.join(out_dir, "train.bin"), os.path.join(out_dir, "val.bin")
+    try:
+        if read_token_header(train_path)["count"] != meta["train_tokens"] or read_token_header(val_path)["count"] != meta["val_tokens"]:
+            return None
+        tok = load_tokenizer(os.path.join(out_dir, "tokenizer.json"))
+    except (CLLMError, KeyError):
+        return None  # damaged cache: rebuild
+    return PreparedDataset(out_dir, tok, train_path, val_path, meta, cached=True)
+
+
+def prepare_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int | None = None, val_fraction: float = 0.1,
+                    encoding: str = "auto", dedupe: bool = True, progress: bool = True, llmc: bool = False,
+                    bpe_pattern: str = "gpt4", force: bool = False, **cleaning) -> PreparedDataset:
+    """Clean, tokenize and split the corpus at `data_path` into `out_dir` (see the module doc).
+    `vocab_size` None: word 8192, bpe 4096, char every character. `llmc=True` also writes
+    llm.c token files (train_llmc.bin, val_llmc.bin). `force=True` ignores the cache."""
+    from cllm.tokenizers import train_tokenizer
+
+    if tokenizer not in KINDS:
+        raise TokenizerError(f"unknown tokenizer {tokenizer!r}; choose one of: {', '.join(KINDS)}")
+    if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int)):
+        raise TokenizerError(f"vocab size must be an integer, got {vocab_size!r}")
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
+        raise DataError(f"val fraction must be a number in [0, 1), got {val_fraction!r}; e.g. --val-fraction 0.1")
+    corpus = open_corpus(data_path, encoding=encoding, dedupe=dedupe, progress=progress, **cleaning)
+    options = {"tokenizer": tokenizer, "vocab_size": vocab_size, "val_fraction": float(val_fraction), "encoding": encoding,
+               "dedupe": bool(dedupe), "cleaning": corpus.cleaning}
+    if tokenizer == "bpe":
+        options["bpe_pattern"] = bpe_pattern
+    key = _hash_inputs(corpus, options) if corpus.files else ""
+    out_dir = os.fspath(out_dir)
+    if not force and corpus.files:
+        cached = _load_cached(out_dir, key)
+        if cached is not None:
+            if llmc and not all(os.path.exists(os.path.join(out_dir, f"{s}_llmc.bin")) for s in ("train", "val")):
+                _write_llmc(cached)
+            return cached
+
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        meta_path = os.path.join(out_dir, "meta.json")
+        if os.path.exists(meta_path):
+            os.unlink(meta_path)  # from here on the directory is not a valid cache until we finish
+    except OSError as exc:
+        raise DataError(f"cannot write to output directory {out_dir}: {exc.strerror}; choose another --out") from None
+
+    t0 = time.perf_counter()
+    # pass 1: train the tokenizer (fills corpus.stats and corpus.doc_lengths)
+    kw = {"progress": progress}
+    if tokenizer == "bpe":
+        kw["pattern"] = bpe_pattern
+    tok = train_tokenizer(tokenizer, corpus, vocab_size, **kw)
+    stats = corpus.stats
+    lengths = corpus.doc_lengths
+    n_docs = len(lengths)
+
+    # where val starts: see _split_plan
+    first_val, straddle, straddle_frac = _split_plan(lengths, val_fraction)
+    eos = tok.eos_id if tokenizer in ("word", "bpe") else None
+
+    # pass 2: encode each document into train.bin / val.bin
+    from tqdm import tqdm
+
+    train_path, val_path = os.path.join(out_dir, "train.bin"), os.path.join(out_dir, "val.bin")
+    V = tok.vocab_size
+    with TokenFileWriter(train_path, V) as wt, TokenFileWriter(val_path, V) as wv, \
+            tqdm(total=n_docs, unit="doc", desc="encoding", disable=None if progress else True, leave=False) as bar:
+        corpus.progress = False
+        for i, doc in enumerate(corpus):
+            ids = tok.encode(doc)
+            if eos is not None:
+                ids.append(eos)
+            a = np.asarray(ids, dtype=np.int64)
+            if i == straddle:  # split this document by token position
+                n_train = int(len(a) * straddle_frac)
+                wt.write(a[:n_train])
+                wv.write(a[n_train:])
+            elif i < first_val:
+                wt.write(a)
+            else:
+                wv.write(a)
+            bar.update(1)
+    if wt.count == 0:
+        raise EmptyCorpusError(f"the corpus at {data_path} gives no training tokens; give it more text or lower --val-fraction")
+    if val_fraction > 0 and wv.count == 0:
+        raise EmptyCorpusError(f"the corpus at {data_path} is too small for a validation split; give it more text or use --val-fraction 0")
+    tok.save(os.path.join(out_dir, "tokenizer.json"))
+    meta = {
+        "format": "cllm-dataset",
+        "version": PREPARE_VERSION,
+        "cache_key": key,
+        "source": os.path.abspath(os.fspath(data_path)),
+        "tokenizer": tokenizer,
+        "vocab_size": V,
+        "dtype": str(np.dtype(wt.dtype).name),
+        "train_tokens": wt.count,
+        "val_tokens": wv.count,
+        "split": "documents" if straddle < 0 else ("position" if n_docs == 1 else "documents+position"),
+        "val_first_document": first_val,
+        "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id, "unk_id": tok.unk_id,
+        "options": options,
+        "corpus": stats.as_dict(),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    ds = PreparedDataset(out_dir, tok, train_path, val_path, meta)
+    if llmc:
+        _write_llmc(ds)
+    atomic_write_text(meta_path, json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+    return ds
+
+
+def _write_llmc(ds: PreparedDataset) -> None:
+    for split, src in (("train", ds.train_path), ("val", ds.val_path)):
+        export_llmc_tokens(src, os.path.join(ds.out_dir, f"{split}_llmc.bin"))
+
+
+__all__ = ["PreparedDataset", "prepare_dataset", "CLEANING_DEFAULTS", "CLEANING_OPTIONS", "TokenFileError"]
