@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import os
 import re
+import tracemalloc
 
 import pytest
 from aiohttp import web
@@ -239,13 +240,17 @@ async def test_429_retry_after_holds_the_whole_host(tmp_path):
             return web.Response(status=429, headers={"Retry-After": "1"})
         return web.Response(text=page("Limited"), content_type="text/html")
 
+    async def busy(request):  # keeps the second worker busy while the 429 arrives
+        await asyncio.sleep(0.2)
+        return web.Response(text=page("Busy"), content_type="text/html")
+
     routes = {"/": page("Home", ["/limited", "/b", "/c", "/d"]), "/limited": limited,
-              "/b": page("B"), "/c": page("C"), "/d": page("D")}
+              "/b": busy, "/c": page("C"), "/d": page("D")}
     async with serve(routes) as site:
         summary = await crawl(site.url("/"), tmp_path, per_host=2)
     t429 = next(t for t, p, _ in site.log if p == "/limited")
     later = [t - t429 for t, _, _ in site.log if t > t429 + 0.05]
-    assert later and min(later) >= 0.95, later  # nobody hit the host during the Retry-After pause
+    assert len(later) == 3 and min(later) >= 0.95, later  # nobody hit the host during the pause
     assert site.paths().count("/limited") == 2 and summary.retries == 1
     assert len(manifest(tmp_path)) == 5
 
@@ -332,7 +337,13 @@ async def test_gzip_bomb_and_oversized_pages_are_refused(tmp_path):
     routes = {"/": page("Home", links), "/bomb": gzip_bomb, "/big": big_declared, "/stream": big_streamed,
               "/gz": gzip_ok}
     async with serve(routes) as site:
-        summary = await crawl(site.url("/"), tmp_path, max_bytes=1_000_000)
+        tracemalloc.start()
+        try:
+            summary = await crawl(site.url("/"), tmp_path, max_bytes=1_000_000)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 15_000_000, peak  # the 30 MB bomb was never inflated
     assert summary.reasons["too_large"] == 3
     assert {r["url"] for r in manifest(tmp_path)} == {site.url("/"), site.url("/gz")}
     assert "Gzipped fine" in page_texts(tmp_path)[site.url("/gz")]

@@ -484,7 +484,7 @@ class Crawler:
         self.state = _State(self.out_dir, self.start_url)
         from tqdm import tqdm
 
-        self.bar = tqdm(total=s.max_pages, unit="page", desc="scrape", disable=not s.progress,
+        self.bar = tqdm(total=s.max_pages, unit="page", desc="scrape", disable=None if s.progress else True,
                         dynamic_ncols=True, leave=True)
         self._global = asyncio.Semaphore(s.concurrency)
         self._cond = asyncio.Condition()

@@ -97,7 +97,8 @@ class CrawlSettings:
 
     # --- output -------------------------------------------------------------------------------
     progress: bool = True
-    """Show a tqdm progress bar (pages kept, queued, skipped, errors, rate) on stderr."""
+    """Show a tqdm progress bar (pages kept, queued, skipped, errors, rate) on stderr when it is a
+    terminal (never in logs or pipes)."""
 
     def __post_init__(self) -> None:
         from cllm.errors import CrawlError

@@ -1,0 +1,81 @@
+"""`python cli.py scrape` end to end, in a subprocess, against a local server: the seed's positional
+order, user errors as one line, and resume after a hard kill (SIGKILL) in the middle of a crawl."""
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from crawl_helpers import manifest, page, serve, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def run_cli(*args, wait=True):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "cli.py"), "scrape", *map(str, args), cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    if not wait:
+        return proc
+    out, err = await proc.communicate()
+    return proc.returncode, out.decode(), err.decode()
+
+
+def site_routes(n=6):
+    return {"/": page("Home", [f"/p{i}" for i in range(n)]), **{f"/p{i}": page(f"Page {i}") for i in range(n)}}
+
+
+async def test_seed_positional_order_and_flags(tmp_path):
+    async with serve(site_routes()) as site:
+        # scrape URL OUT MAX_PAGES MAX_DEPTH DELAY_MS, as the seed's web_scraper took them
+        code, out, err = await run_cli(site.url("/"), tmp_path / "a", 3, 1, 0, "--jitter-ms", 0,
+                                       "--min-chars", 20, "--noprogress")
+        assert code == 0, err
+        assert "kept 3 pages" in out
+        assert len(manifest(tmp_path / "a")) == 3
+        n_before = len(site.log)
+        code, out, err = await run_cli(site.url("/"), tmp_path / "b", "--max-pages", 2, "--max-depth", 0,
+                                       "--delay-ms", 0, "--jitter-ms", 0, "--min-chars", 20, "--ignore-robots")
+        assert code == 0, err
+        assert "warning: --ignore-robots" in err
+        assert len(manifest(tmp_path / "b")) == 1  # depth 0: the start page only
+    assert site.paths()[n_before:] == ["/"]  # robots.txt not even fetched
+
+
+async def test_user_errors_are_one_line_and_exit_2(tmp_path):
+    (tmp_path / "file").write_text("x")
+    cases = [("not a url", tmp_path / "o1"), ("ftp://example.com/", tmp_path / "o2"),
+             ("http://127.0.0.1:9/", tmp_path / "o3"), ("http://127.0.0.1:9/", tmp_path / "file")]
+    for url, out in cases:
+        code, _, err = await run_cli(url, out, "--retries", 0, "--noprogress")
+        assert code == 2, (url, err)
+        assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    code, _, err = await run_cli("http://127.0.0.1:9/", tmp_path / "o4", "--max-pages", 0)
+    assert code == 2 and "max-pages" in err
+
+
+async def test_resume_after_sigkill_refetches_no_saved_page(tmp_path):
+    async def slowish(request):
+        await asyncio.sleep(0.05)
+        return web.Response(text=page("Page " + request.path, [f"/p{i}" for i in range(12)]), content_type="text/html")
+
+    routes = {"/": slowish, **{f"/p{i}": slowish for i in range(12)}}
+    out = tmp_path / "out"
+    args = ["--max-pages", 100, "--delay-ms", 20, "--jitter-ms", 0, "--min-chars", 20, "--noprogress"]
+    async with serve(routes) as site:
+        proc = await run_cli(site.url("/"), out, *args, wait=False)
+        await wait_for(lambda: len(manifest(out)) >= 4, timeout=30)
+        os.kill(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        saved_first = {r["url"] for r in manifest(out)}
+        n_first = len(site.log)
+        assert 4 <= len(saved_first) < 13
+        code, stdout, err = await run_cli(site.url("/"), out, *args)
+        assert code == 0, err
+    refetched = [p for _, p, _ in site.log[n_first:] if site.url(p) in saved_first]
+    assert refetched == []
+    urls = [r["url"] for r in manifest(out)]
+    assert len(urls) == len(set(urls)) == 13
+    assert len(os.listdir(out / "pages")) == 13
