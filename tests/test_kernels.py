@@ -1,0 +1,473 @@
+"""Every kernel of the contract against finite differences and an independent NumPy implementation.
+
+Gradient checks: the loss is sum(forward_output * W) with a random W, so the backward gets a random
+dout = W; the analytic gradient (backward compiled for float64) must match central differences of
+the forward to ~1e-6 relative. Every gradient buffer starts from random junk: the backward must ADD
+its gradient (result - junk = gradient, and a second call adds the same amount again).
+Float32: the same kernels compiled for float32 must match float64 to float32 rounding.
+"""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+import kernels as K
+from cllm.runtime import configure_threads
+
+configure_threads()
+
+F64 = np.float64
+F32 = np.float32
+H = 1e-5  # finite-difference step (float64)
+FD_SAMPLES = 40  # elements of each input checked by finite differences per example
+SETTINGS = settings(max_examples=8, deadline=None, derandomize=False)
+
+
+# ------------------------------------------------------------------ helpers
+def rand(rng, n, scale=1.0, dtype=F64):
+    return (rng.standard_normal(n) * scale).astype(dtype)
+
+
+def fd_grad(loss_fn, x, rng, n_samples=FD_SAMPLES):
+    """Central differences of loss_fn() w.r.t. a random sample of x's elements (x perturbed in place)."""
+    n = x.size
+    idx = np.arange(n) if n <= n_samples else rng.choice(n, n_samples, replace=False)
+    g = np.empty(idx.size)
+    for j, i in enumerate(idx):
+        old = x[i]
+        x[i] = old + H
+        lp = loss_fn()
+        x[i] = old - H
+        lm = loss_fn()
+        x[i] = old
+        g[j] = (lp - lm) / (2 * H)
+    return idx, g
+
+
+def assert_grad(analytic, idx, numeric, name, rtol=1e-6):
+    """Analytic gradient at idx against finite differences: ~1e-6 relative (to the element, with a
+    floor at 1e-6 of the largest gradient of the tensor, for elements that are ~0)."""
+    a = analytic[idx]
+    scale = max(np.max(np.abs(numeric)), np.max(np.abs(analytic)), 1e-12)
+    np.testing.assert_allclose(a, numeric, rtol=rtol, atol=rtol * scale + 1e-9, err_msg=f"gradient of {name}")
+
+
+def check_backward(forward_loss, inputs, run_backward, rng):
+    """inputs: name -> float64 array (perturbed in place for the FD check).
+    run_backward(grads) accumulates into grads: name -> array (same keys as inputs).
+    Checks accumulation (junk + g, then junk + 2g) and g against central differences."""
+    junk = {k: rand(rng, v.size) for k, v in inputs.items()}
+    grads = {k: v.copy() for k, v in junk.items()}
+    run_backward(grads)
+    once = {k: grads[k] - junk[k] for k in grads}
+    run_backward(grads)
+    for k in grads:
+        np.testing.assert_allclose(grads[k] - junk[k], 2 * once[k], rtol=1e-12, atol=1e-12,
+                                   err_msg=f"backward does not accumulate into d{k}")
+    for k, x in inputs.items():
+        idx, num = fd_grad(forward_loss, x, rng)
+        assert_grad(once[k], idx, num, k)
+    forward_loss()  # leave the forward's outputs as they are at the unperturbed inputs
+    return once
+
+
+def assert_f32(x32, x64, name, rtol=2e-5, scale=None):
+    """float32 result against the float64 one: within a few float32 ulps of the tensor's scale
+    (or of `scale`, the size of the terms it sums, where those cancel to ~0)."""
+    assert x32.dtype == F32, f"{name} is {x32.dtype}"
+    scale = max(np.max(np.abs(x64)), scale or 0.0, 1e-30)
+    np.testing.assert_allclose(x32.astype(F64), x64, rtol=rtol, atol=rtol * scale, err_msg=name)
+
+
+def f32(d):
+    return {k: v.astype(F32) for k, v in d.items()}
+
+
+# ------------------------------------------------------------------ NumPy references
+def np_layernorm(x, w, b):
+    m = x.mean(-1, keepdims=True)
+    var = ((x - m) ** 2).mean(-1, keepdims=True)
+    return (x - m) / np.sqrt(var + 1e-5) * w + b, m[..., 0], 1 / np.sqrt(var[..., 0] + 1e-5)
+
+
+def np_gelu(x):
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def np_attention(qkv, B, T, C, NH):
+    hs = C // NH
+    x = qkv.reshape(B, T, 3, NH, hs)
+    q, k, v = (x[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # (B,NH,T,hs)
+    s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hs)
+    mask = np.tril(np.ones((T, T), dtype=bool))
+    s = np.where(mask, s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    y = (p @ v).transpose(0, 2, 1, 3).reshape(B, T, C)
+    return y, np.where(mask, s, 0.0), p
+
+
+def np_softmax_ce(logits, targets, V):
+    x = logits[..., :V]
+    p = np.exp(x - x.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    losses = -np.log(np.take_along_axis(p, targets[..., None], -1)[..., 0])
+    return p, losses
+
+
+# ------------------------------------------------------------------ shapes
+dims = st.integers(1, 3)
+seq = st.integers(1, 5)
+chans = st.integers(1, 11)  # includes C not a multiple of 8
+seeds = st.integers(0, 2**31 - 1)
+
+
+# ------------------------------------------------------------------ encoder
+@SETTINGS
+@given(B=dims, T=seq, C=chans, extra_t=st.integers(0, 2), V=st.integers(1, 9), pad=st.integers(0, 3), seed=seeds)
+@example(B=1, T=1, C=1, extra_t=0, V=1, pad=0, seed=0)
+@example(B=2, T=4, C=7, extra_t=0, V=3, pad=2, seed=1)  # T == maxT, repeated tokens, V != Vp
+def test_encoder(B, T, C, extra_t, V, pad, seed):
+    rng = np.random.default_rng(seed)
+    maxT, Vp = T + extra_t, V + pad
+    inp = rng.integers(0, V, B * T).astype(np.int32)
+    x = {"wte": rand(rng, Vp * C), "wpe": rand(rng, maxT * C)}
+    W = rand(rng, B * T * C)
+    out = np.empty(B * T * C)
+
+    def loss():
+        K.encoder_forward(out, inp, x["wte"], x["wpe"], B, T, C)
+        return float(np.dot(out, W))
+
+    loss()
+    ref = x["wte"].reshape(Vp, C)[inp.reshape(B, T)] + x["wpe"].reshape(maxT, C)[None, :T]
+    np.testing.assert_allclose(out.reshape(B, T, C), ref, rtol=0, atol=0)
+    g = check_backward(loss, x, lambda gr: K.encoder_backward(gr["wte"], gr["wpe"], W, inp, B, T, C), rng)
+    # rows of tokens never seen, positions beyond T: untouched
+    unseen = np.setdiff1d(np.arange(Vp), inp)
+    assert not g["wte"].reshape(Vp, C)[unseen].any()
+    assert not g["wpe"].reshape(maxT, C)[T:].any()
+
+    x32 = f32(x)
+    out32 = np.empty(B * T * C, F32)
+    K.encoder_forward(out32, inp, x32["wte"], x32["wpe"], B, T, C)
+    assert_f32(out32, out, "encoder out")
+    gw, gp = np.zeros(Vp * C, F32), np.zeros(maxT * C, F32)
+    K.encoder_backward(gw, gp, W.astype(F32), inp, B, T, C)
+    assert_f32(gw, g["wte"], "dwte")
+    assert_f32(gp, g["wpe"], "dwpe")
+
+
+# ------------------------------------------------------------------ layernorm
+@SETTINGS
+@given(B=dims, T=seq, C=chans, seed=seeds)
+@example(B=1, T=1, C=1, seed=0)
+@example(B=1, T=1, C=2, seed=3)
+@example(B=2, T=3, C=9, seed=2)
+def test_layernorm(B, T, C, seed):
+    rng = np.random.default_rng(seed)
+    N = B * T
+    x = {"inp": rand(rng, N * C, 2.0) + rand(rng, 1)[0], "weight": 1 + rand(rng, C, 0.5), "bias": rand(rng, C)}
+    W = rand(rng, N * C)
+    out, mean, rstd = np.empty(N * C), np.empty(N), np.empty(N)
+
+    def loss():
+        K.layernorm_forward(out, mean, rstd, x["inp"], x["weight"], x["bias"], B, T, C)
+        return float(np.dot(out, W))
+
+    loss()
+    ref, rm, rr = np_layernorm(x["inp"].reshape(N, C), x["weight"], x["bias"])
+    np.testing.assert_allclose(out.reshape(N, C), ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(mean, rm, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(rstd, rr, rtol=1e-12)
+    mean_s, rstd_s = mean.copy(), rstd.copy()
+
+    def bwd(gr):
+        K.layernorm_backward(gr["inp"], gr["weight"], gr["bias"], W, x["inp"], x["weight"], mean_s, rstd_s, B, T, C)
+
+    g = check_backward(loss, x, bwd, rng)
+
+    x32 = f32(x)
+    o32, m32, r32 = np.empty(N * C, F32), np.empty(N, F32), np.empty(N, F32)
+    K.layernorm_forward(o32, m32, r32, x32["inp"], x32["weight"], x32["bias"], B, T, C)
+    # float32 inputs are rounded: compare against float64 on the same rounded inputs
+    ref32, rm32, rr32 = np_layernorm(x32["inp"].astype(F64).reshape(N, C), x32["weight"].astype(F64), x32["bias"].astype(F64))
+    assert_f32(o32, ref32.ravel(), "layernorm out", rtol=1e-4 if C > 1 else 2e-5)
+    assert_f32(m32, rm32, "mean")
+    if C > 1:
+        assert_f32(r32, rr32, "rstd", rtol=1e-4)
+        gi, gw, gb = np.zeros(N * C, F32), np.zeros(C, F32), np.zeros(C, F32)
+        K.layernorm_backward(gi, gw, gb, W.astype(F32), x32["inp"], x32["weight"], m32, r32, B, T, C)
+        assert_f32(gb, g["bias"], "dbias", rtol=1e-4)
+        assert_f32(gw, g["weight"], "dweight", rtol=1e-3)
+        # with C = 2 the true dinp is ~0 (cancellation): compare at the scale of its terms
+        terms = np.max(np.abs(W)) * np.max(np.abs(x["weight"])) * np.max(rstd)
+        assert_f32(gi, g["inp"], "dinp", rtol=1e-4, scale=terms)
+
+
+# ------------------------------------------------------------------ matmul
+@SETTINGS
+@given(B=dims, T=seq, C=chans, OC=chans, has_bias=st.booleans(), want_dinp=st.booleans(), seed=seeds)
+@example(B=1, T=1, C=1, OC=1, has_bias=True, want_dinp=True, seed=0)
+@example(B=1, T=1, C=1, OC=1, has_bias=False, want_dinp=True, seed=0)
+@example(B=3, T=5, C=9, OC=11, has_bias=True, want_dinp=True, seed=4)
+@example(B=2, T=3, C=5, OC=7, has_bias=False, want_dinp=False, seed=5)
+def test_matmul(B, T, C, OC, has_bias, want_dinp, seed):
+    rng = np.random.default_rng(seed)
+    N = B * T
+    x = {"inp": rand(rng, N * C), "weight": rand(rng, OC * C)}
+    if has_bias:
+        x["bias"] = rand(rng, OC)
+    W = rand(rng, N * OC)
+    out = np.empty(N * OC)
+
+    def loss():
+        K.matmul_forward(out, x["inp"], x["weight"], x.get("bias"), B, T, C, OC)
+        return float(np.dot(out, W))
+
+    loss()
+    ref = x["inp"].reshape(N, C) @ x["weight"].reshape(OC, C).T + (x["bias"] if has_bias else 0)
+    np.testing.assert_allclose(out.reshape(N, OC), ref, rtol=1e-12, atol=1e-12)
+
+    checked = dict(x)
+    if not want_dinp:
+        checked.pop("inp")
+
+    def bwd(gr):
+        K.matmul_backward(gr.get("inp"), gr["weight"], gr.get("bias"), W, x["inp"], x["weight"], B, T, C, OC)
+
+    g = check_backward(loss, checked, bwd, rng)
+
+    x32 = f32(x)
+    o32 = np.empty(N * OC, F32)
+    K.matmul_forward(o32, x32["inp"], x32["weight"], x32.get("bias"), B, T, C, OC)
+    assert_f32(o32, out, "matmul out", rtol=1e-5 * max(C, 4))
+    gr32 = {k: np.zeros(v.size, F32) for k, v in checked.items()}
+    K.matmul_backward(gr32.get("inp"), gr32["weight"], gr32.get("bias"), W.astype(F32), x32["inp"], x32["weight"], B, T, C, OC)
+    for k in gr32:
+        assert_f32(gr32[k], g[k], f"d{k}", rtol=1e-5 * max(C, OC, N, 4))
+
+
+def test_matmul_weight_longer_than_needed():
+    # the LM head passes wte (Vp,C) and reads the first OC rows only
+    rng = np.random.default_rng(0)
+    B, T, C, OC = 2, 3, 5, 4
+    inp, weight = rand(rng, B * T * C), rand(rng, (OC + 3) * C)
+    out = np.empty(B * T * OC)
+    K.matmul_forward(out, inp, weight, None, B, T, C, OC)
+    np.testing.assert_allclose(out.reshape(-1, OC), inp.reshape(-1, C) @ weight[:OC * C].reshape(OC, C).T, rtol=1e-12)
+
+
+# ------------------------------------------------------------------ attention
+@SETTINGS
+@given(B=dims, T=seq, NH=st.integers(1, 3), hs=st.integers(1, 4), seed=seeds)
+@example(B=1, T=1, NH=1, hs=1, seed=0)
+@example(B=1, T=5, NH=1, hs=1, seed=1)  # head size 1
+@example(B=2, T=4, NH=3, hs=3, seed=2)  # C = 9
+def test_attention(B, T, NH, hs, seed):
+    rng = np.random.default_rng(seed)
+    C = NH * hs
+    x = {"inp": rand(rng, B * T * 3 * C)}
+    W = rand(rng, B * T * C)
+    out = np.empty(B * T * C)
+    preatt, att = np.empty(B * NH * T * T), np.empty(B * NH * T * T)
+
+    def loss():
+        K.attention_forward(out, preatt, att, x["inp"], B, T, C, NH)
+        return float(np.dot(out, W))
+
+    loss()
+    y, s, p = np_attention(x["inp"], B, T, C, NH)
+    np.testing.assert_allclose(out.reshape(B, T, C), y, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(att.reshape(B, NH, T, T), p, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(preatt.reshape(B, NH, T, T), s, rtol=1e-12, atol=1e-12)
+    att_s = att.copy()
+    datt = rand(rng, att.size)
+    dpreatt = rand(rng, att.size)
+    datt0, dpreatt0 = datt.copy(), dpreatt.copy()
+
+    def bwd(gr):
+        K.attention_backward(gr["inp"], dpreatt, datt, W, x["inp"], att_s, B, T, C, NH)
+
+    g = check_backward(loss, x, bwd, rng)
+    # the intermediates accumulate too: two calls added twice this call's datt = dout . v
+    v = x["inp"].reshape(B, T, 3, NH, hs)[:, :, 2].transpose(0, 2, 1, 3)
+    dy = W.reshape(B, T, NH, hs).transpose(0, 2, 1, 3)
+    ref_datt = np.tril(dy @ v.transpose(0, 1, 3, 2))
+    np.testing.assert_allclose((datt - datt0).reshape(B, NH, T, T), 2 * ref_datt, rtol=1e-10, atol=1e-12)
+    ref_dpre = p * (ref_datt - (p * ref_datt).sum(-1, keepdims=True))
+    np.testing.assert_allclose((dpreatt - dpreatt0).reshape(B, NH, T, T), 2 * ref_dpre, rtol=1e-10, atol=1e-12)
+
+    x32 = f32(x)
+    o32, pre32, att32 = np.empty(B * T * C, F32), np.empty(B * NH * T * T, F32), np.empty(B * NH * T * T, F32)
+    K.attention_forward(o32, pre32, att32, x32["inp"], B, T, C, NH)
+    assert_f32(o32, out, "attention out", rtol=1e-4)
+    assert_f32(att32, att, "att", rtol=1e-4)
+    gi = np.zeros(B * T * 3 * C, F32)
+    K.attention_backward(gi, np.zeros_like(pre32), np.zeros_like(att32), W.astype(F32), x32["inp"], att32, B, T, C, NH)
+    assert_f32(gi, g["inp"], "attention dinp", rtol=2e-4)
+
+
+# ------------------------------------------------------------------ gelu, residual
+@SETTINGS
+@given(N=st.integers(1, 40), seed=seeds)
+@example(N=1, seed=0)
+def test_gelu(N, seed):
+    rng = np.random.default_rng(seed)
+    x = {"inp": rand(rng, N, 2.5)}
+    W = rand(rng, N)
+    out = np.empty(N)
+
+    def loss():
+        K.gelu_forward(out, x["inp"], N)
+        return float(np.dot(out, W))
+
+    loss()
+    np.testing.assert_allclose(out, np_gelu(x["inp"]), rtol=1e-13, atol=1e-15)
+    g = check_backward(loss, x, lambda gr: K.gelu_backward(gr["inp"], x["inp"], W, N), rng)
+    o32 = np.empty(N, F32)
+    K.gelu_forward(o32, x["inp"].astype(F32), N)
+    assert_f32(o32, np_gelu(x["inp"].astype(F32).astype(F64)), "gelu out", rtol=1e-5)
+    g32 = np.zeros(N, F32)
+    K.gelu_backward(g32, x["inp"].astype(F32), W.astype(F32), N)
+    assert_f32(g32, g["inp"], "gelu dinp", rtol=1e-4)
+
+
+def test_gelu_in_place():
+    # decode_step applies gelu with out aliasing inp
+    x = np.linspace(-4, 4, 17)
+    ref = np_gelu(x)
+    K.gelu_forward(x, x, x.size)
+    np.testing.assert_allclose(x, ref, rtol=1e-13, atol=1e-15)
+
+
+@SETTINGS
+@given(N=st.integers(1, 40), seed=seeds)
+@example(N=1, seed=0)
+def test_residual(N, seed):
+    rng = np.random.default_rng(seed)
+    x = {"inp1": rand(rng, N), "inp2": rand(rng, N)}
+    W = rand(rng, N)
+    out = np.empty(N)
+
+    def loss():
+        K.residual_forward(out, x["inp1"], x["inp2"], N)
+        return float(np.dot(out, W))
+
+    loss()
+    np.testing.assert_array_equal(out, x["inp1"] + x["inp2"])
+    check_backward(loss, x, lambda gr: K.residual_backward(gr["inp1"], gr["inp2"], W, N), rng)
+    o32, g1, g2 = np.empty(N, F32), np.zeros(N, F32), np.zeros(N, F32)
+    K.residual_forward(o32, x["inp1"].astype(F32), x["inp2"].astype(F32), N)
+    assert_f32(o32, out, "residual out", rtol=1e-6)
+    K.residual_backward(g1, g2, W.astype(F32), N)
+    assert_f32(g1, W, "dinp1", rtol=1e-7)
+    assert_f32(g2, W, "dinp2", rtol=1e-7)
+
+
+# ------------------------------------------------------------------ softmax + cross-entropy
+@SETTINGS
+@given(B=dims, T=seq, V=st.integers(1, 12), pad=st.integers(0, 5), seed=seeds)
+@example(B=1, T=1, V=1, pad=0, seed=0)
+@example(B=1, T=1, V=2, pad=0, seed=0)
+@example(B=2, T=3, V=7, pad=5, seed=1)
+def test_softmax_crossentropy(B, T, V, pad, seed):
+    rng = np.random.default_rng(seed)
+    Vp, N = V + pad, B * T
+    logits = rand(rng, N * Vp, 3.0)
+    # the padded columns hold garbage that must be ignored
+    logits.reshape(N, Vp)[:, V:] = 50.0
+    x = {"logits": logits}
+    targets = rng.integers(0, V, N).astype(np.int32)
+    dlosses = rand(rng, N)
+    probs, losses = np.empty(N * Vp), np.empty(N)
+
+    def loss():
+        K.softmax_forward(probs, x["logits"], B, T, V, Vp)
+        K.crossentropy_forward(losses, probs, targets, B, T, Vp)
+        return float(np.dot(losses, dlosses))
+
+    loss()
+    rp, rl = np_softmax_ce(logits.reshape(N, Vp), targets, V)
+    np.testing.assert_allclose(probs.reshape(N, Vp)[:, :V], rp, rtol=1e-12, atol=1e-15)
+    assert not probs.reshape(N, Vp)[:, V:].any(), "padded probabilities must be 0"
+    np.testing.assert_allclose(losses, rl, rtol=1e-12, atol=1e-13)
+    probs_s = probs.copy()
+
+    def bwd(gr):
+        K.crossentropy_softmax_backward(gr["logits"], dlosses, probs_s, targets, B, T, V, Vp)
+
+    g = check_backward(loss, x, bwd, rng)
+    # padded columns: no gradient (junk left as it was)
+    assert not g["logits"].reshape(N, Vp)[:, V:].any()
+
+    l32 = logits.astype(F32)
+    p32, ls32 = np.empty(N * Vp, F32), np.empty(N, F32)
+    K.softmax_forward(p32, l32, B, T, V, Vp)
+    K.crossentropy_forward(ls32, p32, targets, B, T, Vp)
+    assert_f32(p32, probs, "probs", rtol=1e-5)
+    np.testing.assert_allclose(ls32, losses, rtol=1e-5, atol=1e-5)
+    d32 = np.zeros(N * Vp, F32)
+    K.crossentropy_softmax_backward(d32, dlosses.astype(F32), p32, targets, B, T, V, Vp)
+    assert_f32(d32, g["logits"], "dlogits", rtol=1e-5)
+
+
+# ------------------------------------------------------------------ AdamW
+def adamw_textbook(p, g, m, v, lr, b1, b2, eps, wd, t):
+    """PyTorch's AdamW (torch.optim.AdamW docs): decoupled decay, then the bias-corrected step."""
+    p = p * (1 - lr * wd)
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    mhat = m / (1 - b1 ** t)
+    vhat = v / (1 - b2 ** t)
+    return p - lr * mhat / (np.sqrt(vhat) + eps), m, v
+
+
+@SETTINGS
+@given(N=st.integers(1, 50), wd=st.sampled_from([0.0, 0.1, 0.5]), lr=st.sampled_from([1e-3, 3e-2]),
+       b2=st.sampled_from([0.95, 0.999]), seed=seeds)
+def test_adamw(N, wd, lr, b2, seed):
+    rng = np.random.default_rng(seed)
+    b1, eps = 0.9, 1e-8
+    p64 = rand(rng, N)
+    m64, v64 = np.zeros(N), np.zeros(N)
+    p, m, v = p64.copy(), m64.copy(), v64.copy()
+    p32, m32, v32 = p64.astype(F32), m64.astype(F32), v64.astype(F32)
+    for t in range(1, 5):
+        g = rand(rng, N)
+        g[0] = 0.0 if t == 1 else g[0]  # a zero gradient on the first step: mhat/(sqrt(vhat)+eps) = 0
+        K.adamw_update(p, g, m, v, lr, b1, b2, eps, wd, t)
+        K.adamw_update(p32, g.astype(F32), m32, v32, lr, b1, b2, eps, wd, t)
+        p64, m64, v64 = adamw_textbook(p64, g, m64, v64, lr, b1, b2, eps, wd, t)
+        np.testing.assert_allclose(p, p64, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(m, m64, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(v, v64, rtol=1e-12, atol=1e-15)
+        assert p32.dtype == F32
+        np.testing.assert_allclose(p32, p64, rtol=1e-5, atol=1e-6)
+
+
+def test_grad_norm_and_scale():
+    rng = np.random.default_rng(0)
+    for dt in (F64, F32):
+        x = rand(rng, 1001, dtype=dt)
+        ref = float(np.sum(x.astype(F64) ** 2))
+        assert K.grad_norm_squared(x) == pytest.approx(ref, rel=1e-12)
+        y = x.copy()
+        K.scale_inplace(y, 0.37)
+        assert y.dtype == dt
+        np.testing.assert_allclose(y, x.astype(F64) * 0.37, rtol=1e-6 if dt == F32 else 1e-15)
+    assert not np.isfinite(K.grad_norm_squared(np.array([1.0, np.nan])))
+    assert not np.isfinite(K.grad_norm_squared(np.array([1.0, np.inf], F32)))
+
+
+def test_nonfinite_propagates():
+    # NaN-safe fastmath: a NaN in the logits must give a NaN loss, never a silent finite one
+    V = 5
+    logits = np.zeros(V)
+    logits[2] = np.nan
+    probs, losses = np.empty(V), np.empty(1)
+    K.softmax_forward(probs, logits, 1, 1, V, V)
+    K.crossentropy_forward(losses, probs, np.zeros(1, np.int32), 1, 1, V)
+    assert not np.isfinite(losses[0])
