@@ -105,12 +105,18 @@ class ModelConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if T > self.max_seq_len:
             raise ConfigError(f"seq_len ({T}) exceeds the model's max_seq_len ({self.max_seq_len})")
+        self.check_memory(B, T, training)
+
+    def check_memory(self, B: int = 0, T: int = 0, training: bool = True) -> None:
+        """Refuse, before anything is allocated, a model (B = T = 0: its four parameter-sized
+        buffers alone) or a model and batch that need more memory than the machine has."""
         need = self.memory_bytes(B, T, training)
         have = available_memory_bytes()
         if have is not None and need > have:
+            what = f", batch {B} x {T}" if B and T else ""
             raise ConfigError(
                 f"this configuration needs about {need / 2**30:.1f} GiB "
-                f"({self.num_parameters():,} parameters, batch {B} x {T}) but only "
+                f"({self.num_parameters():,} parameters{what}) but only "
                 f"{have / 2**30:.1f} GiB of memory is available; reduce --batch-size, --seq-len, "
                 f"--embed-dim, --num-layers or --vocab-size")
 

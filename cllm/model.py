@@ -40,6 +40,7 @@ class Model:
         self.config = config
         self.dtype = np.dtype(dtype)
         self.shapes = config.param_shapes()
+        config.check_memory(training=True)  # params, grads, m, v: refuse before allocating them
         P = config.num_parameters()
         self.params = np.zeros(P, dtype=self.dtype)
         self.grads = np.zeros(P, dtype=self.dtype)

@@ -1,0 +1,112 @@
+"""Every impossible model configuration is refused with one clear ConfigError, never a crash."""
+import re
+
+import numpy as np
+import pytest
+
+from cllm import config as config_module
+from cllm.config import ModelConfig, available_memory_bytes, padded_vocab_size
+from cllm.errors import CLLMError, ConfigError
+from cllm.model import Model
+
+
+def test_defaults_valid_and_padded():
+    cfg = ModelConfig()
+    assert cfg.padded_vocab_size == 128 and cfg.padded_vocab_size % 64 == 0
+    assert padded_vocab_size(64) == 64 and padded_vocab_size(65) == 128 and padded_vocab_size(50257) == 50304
+    assert ModelConfig(vocab_size=5000).padded_vocab_size == 5056
+    assert issubclass(ConfigError, CLLMError)
+
+
+@pytest.mark.parametrize("field", ["vocab_size", "max_seq_len", "num_layers", "num_heads", "embed_dim"])
+@pytest.mark.parametrize("value", [0, -3, 2.5, "8", True, None])
+def test_non_positive_or_non_integer_sizes(field, value):
+    kwargs = dict(vocab_size=65, max_seq_len=64, num_layers=2, num_heads=2, embed_dim=8)
+    kwargs[field] = value
+    with pytest.raises(ConfigError, match=field):
+        ModelConfig(**kwargs)
+
+
+def test_heads_must_divide_embed_dim():
+    with pytest.raises(ConfigError) as e:
+        ModelConfig(embed_dim=100, num_heads=8)
+    msg = str(e.value)
+    assert "embed_dim (100)" in msg and "num_heads (8)" in msg
+    suggested = int(re.search(r"--num-heads (\d+)", msg).group(1))
+    assert 100 % suggested == 0  # the suggested fix is itself a valid config
+    ModelConfig(embed_dim=100, num_heads=suggested)
+
+
+def test_padded_vocab_smaller_than_vocab():
+    with pytest.raises(ConfigError, match="padded_vocab_size"):
+        ModelConfig(vocab_size=100, padded_vocab_size=64)
+
+
+def test_seq_len_beyond_max_seq_len():
+    cfg = ModelConfig(vocab_size=11, max_seq_len=8, num_layers=1, num_heads=1, embed_dim=4)
+    with pytest.raises(ConfigError, match=r"seq_len \(9\) exceeds the model's max_seq_len \(8\)"):
+        cfg.check_batch(2, 9)
+    m = Model(cfg, seed=0)
+    with pytest.raises(ConfigError, match="max_seq_len"):
+        m.forward(np.zeros((1, 9), np.int32))
+    for B, T in ((0, 4), (2, 0), (-1, 4)):
+        with pytest.raises(ConfigError, match="positive"):
+            cfg.check_batch(B, T)
+
+
+def test_bad_token_ids():
+    cfg = ModelConfig(vocab_size=11, max_seq_len=8, num_layers=1, num_heads=1, embed_dim=4)
+    m = Model(cfg, seed=0)
+    with pytest.raises(ConfigError, match="outside"):
+        m.forward(np.array([[1, 11]]))
+    with pytest.raises(ConfigError, match="outside"):
+        m.forward(np.array([[1, 2]]), np.array([[-1, 2]]))
+    with pytest.raises(ConfigError, match="shape"):
+        m.forward(np.array([[1, 2]]), np.array([[1, 2, 3]]))
+
+
+def test_config_too_big_for_memory_is_refused_before_allocation():
+    # ~8.6e9 parameters: ~140 GiB with grads and AdamW moments, more than any test machine offers
+    cfg = ModelConfig(vocab_size=2_000_000, max_seq_len=1024, num_layers=2, num_heads=32, embed_dim=4096)
+    need = cfg.memory_bytes(0, 0)
+    have = available_memory_bytes()
+    assert have is not None and need > have, "the test needs a config larger than this machine's memory"
+    assert need >= cfg.num_parameters() * 4 * 4  # params, grads, m, v in float32
+    with pytest.raises(ConfigError) as e:
+        Model(cfg, seed=0)
+    msg = str(e.value)
+    m = re.search(r"needs about ([\d.]+) GiB", msg)
+    assert m and float(m.group(1)) == pytest.approx(need / 2**30, abs=0.06)
+    assert f"{cfg.num_parameters():,} parameters" in msg
+    assert re.search(r"only [\d.]+ GiB of memory is available", msg)
+    assert "reduce" in msg
+
+
+def test_batch_too_big_for_memory(monkeypatch):
+    cfg = ModelConfig(vocab_size=65, max_seq_len=1024, num_layers=4, num_heads=4, embed_dim=128)
+    need = cfg.memory_bytes(64, 1024)
+    # pretend the machine has a bit less than the batch needs, but plenty for the model itself
+    monkeypatch.setattr(config_module, "available_memory_bytes", lambda: need - 1)
+    Model(cfg, seed=0)
+    with pytest.raises(ConfigError, match=r"batch 64 x 1024.*only [\d.]+ GiB"):
+        cfg.check_batch(64, 1024)
+    cfg.check_batch(1, 1024)
+
+
+def test_memory_estimate_counts_every_buffer():
+    cfg = ModelConfig(vocab_size=65, max_seq_len=64, num_layers=2, num_heads=2, embed_dim=16)
+    P = cfg.num_parameters()
+    m = Model(cfg, seed=0)
+    assert P == m.params.size
+    m.forward(np.zeros((3, 10), np.int32), np.zeros((3, 10), np.int32))
+    A = m.acts.size
+    assert A == cfg.num_activations(3, 10)
+    allocated = 4 * (4 * P + 2 * A)
+    assert allocated <= cfg.memory_bytes(3, 10) <= 1.2 * allocated
+
+
+def test_round_trip_and_unknown_fields():
+    cfg = ModelConfig(vocab_size=70, max_seq_len=32, num_layers=1, num_heads=2, embed_dim=8)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="unknown"):
+        ModelConfig.from_dict({**cfg.to_dict(), "n_embd": 8})
