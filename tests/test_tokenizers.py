@@ -312,3 +312,38 @@ def test_stats_report_training_and_encoding(bpe):
     # every training byte ends up in exactly one token: the counts add up to the encoded length
     assert s["train"]["tokens"] == len(bpe.encode(SAMPLE))
     assert s["train"]["top_tokens"][0][1] >= s["train"]["top_tokens"][-1][1]
+
+
+# ---------------------------------------------------------------------------------------------
+# the Numba pre-split must cut exactly where the `regex` pattern does
+
+TRICKY = list("aZ1 \t\n\r'sSldvemtr.,!ſ_-9٣") + ["😀", "é", "\u0301", "\u00a0", "\u2028", "\u3000", "\x0b", "\x85", "ǅ", "Ⅻ", "²"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(TRICKY), max_size=25).map("".join) | st.text(max_size=40))
+def test_numba_pre_split_matches_regex(text):
+    import numpy as np
+
+    from cllm.tokenizers import bpe_kernels as K
+    from cllm.tokenizers.bpe import char_classes
+
+    cps = np.frombuffer(text.encode("utf-32-le"), np.uint32)
+    for name, gpt4 in (("gpt4", True), ("gpt2", False)):
+        offs = K.split_offsets(cps, char_classes(), gpt4).tolist()
+        assert [text[a:b] for a, b in zip(offs, offs[1:])] == regex.findall(PATTERNS[name], text), name
+
+
+def test_custom_pattern_uses_the_regex_path_and_long_texts_span_buffers(bpe):
+    custom = BPETokenizer(bpe.merges, pattern=r"\S+|\s+")
+    text = SAMPLE * 3
+    assert custom._gpt4 is None
+    assert custom.decode(custom.encode(text)) == text
+    assert custom.encode(text) == reference_encode(custom, text)
+    long_run = "x" * 5000 + " " * 70000 + "end"  # chunks longer than the first output buffer
+    assert bpe.encode(long_run) == reference_encode(bpe, long_run)
+
+
+def test_lone_surrogate_is_a_clear_error(bpe):
+    with pytest.raises(TokenizerError, match="lone surrogate"):
+        bpe.encode("ok \ud800 no")

@@ -170,10 +170,9 @@ def prepare_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int
             tqdm(total=n_docs, unit="doc", desc="encoding", disable=None if progress else True, leave=False) as bar:
         corpus.progress = False
         for i, doc in enumerate(corpus):
-            ids = tok.encode(doc)
+            a = tok.encode_array(doc)  # (tokens,) int32
             if eos is not None:
-                ids.append(eos)
-            a = np.asarray(ids, dtype=np.int64)
+                a = np.append(a, np.int32(eos))
             if i == straddle:  # split this document by token position
                 n_train = int(len(a) * straddle_frac)
                 wt.write(a[:n_train])

@@ -68,6 +68,12 @@ class Tokenizer:
     def decode(self, ids) -> str:
         raise NotImplementedError
 
+    def encode_array(self, text: str):
+        """encode() as an int32 NumPy array (BPE makes it without a Python list)."""
+        import numpy as np
+
+        return np.asarray(self.encode(text), np.int32)
+
     def encode_with_special(self, text: str) -> list[int]:
         """BOS + encode(text) + EOS, leaving out whichever of the two this kind does not have."""
         ids = self.encode(text)

@@ -49,6 +49,23 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
+_CLASSES = None
+
+
+def char_classes() -> np.ndarray:
+    """(0x110000,) uint8 class bits per code point for the Numba pre-split (see bpe_kernels),
+    computed once per process from the `regex` module's own \p{L}, \p{N}, \s (~0.15 s)."""
+    global _CLASSES
+    if _CLASSES is None:
+        every = "".join(map(chr, range(0x110000)))
+        cls = np.zeros(0x110000, np.uint8)
+        for bit, pat in ((1, r"\p{L}+"), (2, r"\p{N}+"), (4, r"\s+"), (8, r"[\r\n]+")):
+            for m in regex.finditer(pat, every):
+                cls[m.start(): m.end()] |= bit
+        _CLASSES = cls
+    return _CLASSES
+
+
 def _resolve_pattern(pattern: str) -> str:
     pat = PATTERNS.get(pattern, pattern)
     try:
@@ -91,7 +108,10 @@ class BPETokenizer(Tokenizer):
         for i, v in enumerate(vocab):
             self._token_to_id.setdefault(self._id_to_token[i], i)
         self._ranks = None  # the kernel's merge table, built on first encode
-        self._cache: dict[str, tuple] = {}
+        self._cache: dict[str, tuple] = {}  # chunk -> ids, for a custom pattern (regex path)
+        # the built-in patterns are pre-split in Numba, with the chunk cache kept there too
+        self._gpt4 = {PATTERNS["gpt4"]: True, PATTERNS["gpt2"]: False}.get(self.pattern)
+        self._kcache = None
         self.register_special_tokens(special_tokens)
 
     # ---- special tokens -----------------------------------------------------------------------
@@ -226,24 +246,30 @@ class BPETokenizer(Tokenizer):
         return tok
 
     # ---- encoding / decoding ------------------------------------------------------------------
-    def _encode_chunks(self, chunks: list[str]) -> list[tuple]:
-        """Encode distinct chunk strings with one kernel call."""
+    def _merge_table(self):
         from cllm.tokenizers import bpe_kernels as K
 
         if self._ranks is None:
-            self._ranks = K.bpe_build_ranks(np.asarray([a for a, _ in self.merges], np.int32), np.asarray([b for _, b in self.merges], np.int32), np.asarray(self._merge_new, np.int32))
+            m = np.asarray(self.merges, np.int32).reshape(-1, 2)
+            self._ranks = K.bpe_build_ranks(np.ascontiguousarray(m[:, 0]), np.ascontiguousarray(m[:, 1]), np.asarray(self._merge_new, np.int32))
+        return self._ranks
+
+    def _encode_chunks(self, chunks: list[str]) -> list[tuple]:
+        """Encode distinct chunk strings with one kernel call (the regex path)."""
+        from cllm.tokenizers import bpe_kernels as K
+
         bs = [c.encode("utf-8") for c in chunks]
         offsets = np.zeros(len(bs) + 1, np.int64)
         np.cumsum([len(b) for b in bs], out=offsets[1:])
         data = np.frombuffer(b"".join(bs), np.uint8).astype(np.int32)
         out = np.empty(len(data), np.int32)
         out_offsets = np.empty(len(bs) + 1, np.int64)
-        K.bpe_encode_chunks(data, offsets, self._ranks, out, out_offsets)
+        K.bpe_encode_chunks(data, offsets, self._merge_table(), out, out_offsets)
         ids = out.tolist()
         o = out_offsets.tolist()
         return [tuple(ids[o[i]: o[i + 1]]) for i in range(len(bs))]
 
-    def _encode_ordinary(self, text: str, out: list) -> None:
+    def _encode_regex(self, text: str) -> np.ndarray:
         chunks = self._split(text)
         cache = self._cache
         missing = [c for c in set(chunks) if c not in cache]
@@ -251,24 +277,74 @@ class BPETokenizer(Tokenizer):
             if len(cache) + len(missing) > CACHE_LIMIT:
                 cache.clear()
             cache.update(zip(missing, self._encode_chunks(missing)))
+        out: list[int] = []
         for c in chunks:
             out.extend(cache[c])
+        return np.asarray(out, np.int32)
+
+    def _reserve_cache(self, n: int) -> None:
+        """Make room in the Numba chunk cache for the chunks of n more code points; past
+        CACHE_LIMIT entries (or 64 MiB of pool) it starts again empty, bounding memory."""
+        from cllm.tokenizers import bpe_kernels as K
+
+        kc = self._kcache
+        if kc is None or kc["state"][0] >= CACHE_LIMIT or kc["state"][1] >= (1 << 24):
+            kc = self._kcache = {"dict": K.new_chunk_cache(), "state": np.zeros(3, np.int64), "cps": np.empty(1 << 16, np.uint32),
+                                 "ids": np.empty(1 << 16, np.int32), "ent": np.empty((1 << 12, 4), np.int64)}
+        st = kc["state"]
+        for name, used, want in (("cps", st[1], min(n, 1 << 24)), ("ids", st[2], min(n, 1 << 24)), ("ent", st[0], min(n // 4 + 64, CACHE_LIMIT))):
+            a = kc[name]
+            if len(a) - used < want:
+                size = max(2 * len(a), used + want)
+                b = np.empty((size,) + a.shape[1:], a.dtype)
+                b[:used] = a[:used]
+                kc[name] = b
+
+    def _encode_fast(self, text: str) -> np.ndarray:
+        from cllm.tokenizers import bpe_kernels as K
+
+        try:
+            cps = np.frombuffer(text.encode("utf-32-le"), np.uint32)  # (n,) code points
+        except UnicodeEncodeError as exc:
+            raise TokenizerError(f"cannot encode text with a lone surrogate (U+{ord(exc.object[exc.start]):04X} at {exc.start}); it is not valid Unicode, clean the text first") from None
+        n = len(cps)
+        cls, ranks = char_classes(), self._merge_table()
+        parts = []
+        pos = 0
+        size = min(4 * n + 16, 1 << 22)
+        while pos < n:
+            self._reserve_cache(n - pos)
+            kc = self._kcache
+            buf = np.empty(size, np.int32)
+            new_pos, m = K.bpe_encode_text(cps, pos, cls, self._gpt4, ranks, kc["dict"], kc["state"], kc["cps"], kc["ids"], kc["ent"], buf)
+            if new_pos == pos:  # one chunk longer than the buffer: grow it
+                size *= 4
+                continue
+            parts.append(buf[:m])
+            pos = new_pos
+        return parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0, np.int32)
+
+    def encode_array(self, text: str, allowed_special=()) -> np.ndarray:
+        """encode() as an int32 NumPy array (no Python list: faster for datasets)."""
+        enc = self._encode_regex if self._gpt4 is None else self._encode_fast
+        if allowed_special and self._special_split is not None:
+            allowed = set(self.special_tokens) if allowed_special == "all" else set(allowed_special)
+            parts = []
+            for k, part in enumerate(self._special_split.split(text)):
+                if k % 2 == 1 and part in allowed:
+                    parts.append(np.array([self.special_tokens[part]], np.int32))
+                elif part:
+                    parts.append(enc(part))
+            ids = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+        else:
+            ids = enc(text)
+        self._encoded_tokens += len(ids)
+        return ids
 
     def encode(self, text: str, allowed_special=()) -> list[int]:
         """Ids of `text`. Special-token strings in the text are ordinary text unless allowed:
         `allowed_special="all"` or a collection of special-token strings."""
-        out: list[int] = []
-        if allowed_special and self._special_split is not None:
-            allowed = set(self.special_tokens) if allowed_special == "all" else set(allowed_special)
-            for k, part in enumerate(self._special_split.split(text)):
-                if k % 2 == 1 and part in allowed:
-                    out.append(self.special_tokens[part])
-                elif part:
-                    self._encode_ordinary(part, out)
-        else:
-            self._encode_ordinary(text, out)
-        self._encoded_tokens += len(out)
-        return out
+        return self.encode_array(text, allowed_special).tolist()
 
     def decode(self, ids) -> str:
         vb = self.vocab_bytes

@@ -313,3 +313,267 @@ def bpe_token_table(tok_hash, tok_pow):
     for i in range(256):
         ids[np.int64(tok_hash[i] ^ (tok_pow[i] * np.uint64(31)))] = i
     return ids
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole-text encoding for the built-in patterns: the regex pre-split, the chunk cache and the
+# merges all run here, so no Python object is made per chunk.
+#
+# cls (0x110000,) uint8: per code point, bit 1 = \p{L}, 2 = \p{N}, 4 = \s, 8 = [\r\n]
+# (built from the `regex` module itself, so the classes are exactly the ones the pattern uses).
+
+CL_L, CL_N, CL_S, CL_NL = 1, 2, 4, 8
+
+
+@njit(cache=True)
+def _fold(c):
+    """Simple case folding for the letters of the contraction alternative ('s 'd 'm 't 'll 've 're)."""
+    if 65 <= c <= 90:
+        return c + 32
+    if c == 0x17F:  # LATIN SMALL LETTER LONG S folds to s
+        return 115
+    return c
+
+
+@njit(cache=True)
+def _contraction(cps, i, n, fold):
+    """Length of '(?:[sdmt]|ll|ve|re) at i (case-insensitive when fold), else 0."""
+    if cps[i] != 39 or i + 1 >= n:
+        return 0
+    d = np.int64(cps[i + 1])
+    if fold:
+        d = _fold(d)
+    if d == 115 or d == 100 or d == 109 or d == 116:
+        return 2
+    if i + 2 < n:
+        e = np.int64(cps[i + 2])
+        if fold:
+            e = _fold(e)
+        if (d == 108 and e == 108) or (d == 118 and e == 101) or (d == 114 and e == 101):
+            return 3
+    return 0
+
+
+@njit(cache=True)
+def _is_other(k):
+    return (k & (CL_L | CL_N | CL_S)) == 0
+
+
+@njit(cache=True)
+def _matches(k, want):
+    """Class test: want CL_L or CL_N, or 0 for 'other' ([^\s\p{L}\p{N}])."""
+    if want == 0:
+        return _is_other(k)
+    return (k & want) != 0
+
+
+@njit(cache=True)
+def _space_run(cps, cls, i, n, gpt4):
+    """End of the whitespace alternatives at i (cps[i] is \\s): GPT-4's \\s*[\\r\\n] first, then
+    \\s+(?!\\S) (the run, minus its last character when a non-space follows), then \\s+."""
+    e = i
+    last_nl = -1
+    while e < n and cls[cps[e]] & CL_S:
+        if cls[cps[e]] & CL_NL:
+            last_nl = e
+        e += 1
+    if gpt4 and last_nl >= 0:
+        return last_nl + 1
+    if e == n or e - i == 1:
+        return e
+    return e - 1
+
+
+@njit(cache=True)
+def next_chunk(cps, cls, i, n, gpt4):
+    """End of the pre-split chunk starting at i: GPT-4's (cl100k) or GPT-2's pattern, tried
+    alternative by alternative exactly as the regex engine does."""
+    k = _contraction(cps, i, n, gpt4)
+    if k:
+        return i + k
+    c = cls[cps[i]]
+    if gpt4:
+        # [^\r\n\p{L}\p{N}]?+\p{L}+
+        j = i
+        if (c & (CL_L | CL_N | CL_NL)) == 0 and i + 1 < n and cls[cps[i + 1]] & CL_L:
+            j = i + 1
+        if cls[cps[j]] & CL_L:
+            j += 1
+            while j < n and cls[cps[j]] & CL_L:
+                j += 1
+            return j
+        # \p{N}{1,3}
+        if c & CL_N:
+            j = i + 1
+            while j < n and j < i + 3 and cls[cps[j]] & CL_N:
+                j += 1
+            return j
+        # ' ?[^\s\p{L}\p{N}]++[\r\n]*'
+        j = i
+        if cps[i] == 32 and i + 1 < n and _is_other(cls[cps[i + 1]]):
+            j = i + 1
+        if _is_other(cls[cps[j]]):
+            j += 1
+            while j < n and _is_other(cls[cps[j]]):
+                j += 1
+            while j < n and cls[cps[j]] & CL_NL:
+                j += 1
+            return j
+    else:
+        # ' ?\p{L}+', then ' ?\p{N}+', then ' ?[^\s\p{L}\p{N}]+'
+        for want in (CL_L, CL_N, 0):
+            j = -1
+            if cps[i] == 32 and i + 1 < n and _matches(cls[cps[i + 1]], want):
+                j = i + 1
+            elif _matches(c, want):
+                j = i
+            if j >= 0:
+                j += 1
+                while j < n and _matches(cls[cps[j]], want):
+                    j += 1
+                return j
+    if c & CL_S:
+        return _space_run(cps, cls, i, n, gpt4)
+    return i + 1  # unreachable: every character is a letter, number, space or other
+
+
+@njit(cache=True)
+def split_offsets(cps, cls, gpt4):
+    """Chunk boundaries (K+1,) of the whole text, for testing the pre-split against `regex`."""
+    n = cps.shape[0]
+    out = np.empty(n + 1, np.int64)
+    k = 0
+    i = 0
+    out[0] = 0
+    while i < n:
+        i = next_chunk(cps, cls, i, n, gpt4)
+        k += 1
+        out[k] = i
+    return out[: k + 1]
+
+
+@njit(cache=True)
+def _utf8(cps, s, e, toks):
+    """UTF-8 bytes of cps[s:e] into toks; returns the byte count."""
+    L = 0
+    for i in range(s, e):
+        c = np.int64(cps[i])
+        if c < 0x80:
+            toks[L] = c
+            L += 1
+        elif c < 0x800:
+            toks[L] = 0xC0 | (c >> 6)
+            toks[L + 1] = 0x80 | (c & 0x3F)
+            L += 2
+        elif c < 0x10000:
+            toks[L] = 0xE0 | (c >> 12)
+            toks[L + 1] = 0x80 | ((c >> 6) & 0x3F)
+            toks[L + 2] = 0x80 | (c & 0x3F)
+            L += 3
+        else:
+            toks[L] = 0xF0 | (c >> 18)
+            toks[L + 1] = 0x80 | ((c >> 12) & 0x3F)
+            toks[L + 2] = 0x80 | ((c >> 6) & 0x3F)
+            toks[L + 3] = 0x80 | (c & 0x3F)
+            L += 4
+    return L
+
+
+@njit(cache=True)
+def _merge_chunk(toks, prank, L, ranks):
+    """Apply the merges to toks[:L] (lowest rank first, leftmost among equals); returns new L."""
+    NONE = np.int64(1) << 62
+    for i in range(L - 1):
+        prank[i] = _rank(ranks, toks[i], toks[i + 1], NONE)
+    while L > 1:
+        best = 0
+        for i in range(1, L - 1):
+            if prank[i] < prank[best]:
+                best = i
+        r = prank[best]
+        if r == NONE:
+            break
+        toks[best] = np.int32(r & 0xFFFFFFFF)
+        for i in range(best + 1, L - 1):
+            toks[i] = toks[i + 1]
+            prank[i] = prank[i + 1]
+        L -= 1
+        if best > 0:
+            prank[best - 1] = _rank(ranks, toks[best - 1], toks[best], NONE)
+        if best < L - 1:
+            prank[best] = _rank(ranks, toks[best], toks[best + 1], NONE)
+    return L
+
+
+@njit(cache=True)
+def bpe_encode_text(cps, start, cls, gpt4, ranks, cache, cstate, cache_cps, cache_ids, ent, out):
+    """Encode the text cps (code points, (n,) uint32) from `start`, writing ids into out until it
+    is nearly full. Returns (position reached, ids written); call again from that position.
+
+    The chunk cache: `cache` maps a 64-bit hash of a chunk's code points to an entry e;
+    ent[e] = (cps offset, cps length, ids offset, ids length) into cache_cps / cache_ids.
+    A hit is confirmed by comparing code points (a hash collision is only a miss).
+    cstate = [entries, cps used, ids used] is updated in place; a chunk is not cached when the
+    pools are full (the caller grows or clears them between calls)."""
+    n = cps.shape[0]
+    cap = out.shape[0]
+    toks = np.empty(64, np.int32)
+    prank = np.empty(64, np.int64)
+    m = 0
+    i = start
+    while i < n:
+        e = next_chunk(cps, cls, i, n, gpt4)
+        ln = e - i
+        if m + 4 * ln > cap:
+            break  # the caller empties `out` and calls again
+        h = np.uint64(1469598103934665603)
+        for j in range(i, e):
+            h = (h ^ np.uint64(cps[j])) * np.uint64(1099511628211)
+        key = np.int64(h ^ np.uint64(ln))
+        hit = -1
+        if key in cache:
+            x = cache[key]
+            if ent[x, 1] == ln:
+                s = ent[x, 0]
+                same = True
+                for j in range(ln):
+                    if cache_cps[s + j] != cps[i + j]:
+                        same = False
+                        break
+                if same:
+                    hit = x
+        if hit >= 0:
+            s = ent[hit, 2]
+            for j in range(ent[hit, 3]):
+                out[m + j] = cache_ids[s + j]
+            m += ent[hit, 3]
+        else:
+            if 4 * ln > toks.shape[0]:
+                toks = np.empty(8 * ln, np.int32)
+                prank = np.empty(8 * ln, np.int64)
+            L = _utf8(cps, i, e, toks)
+            L = _merge_chunk(toks, prank, L, ranks)
+            for j in range(L):
+                out[m + j] = toks[j]
+            m += L
+            ne, cu, iu = cstate[0], cstate[1], cstate[2]
+            if key not in cache and ne < ent.shape[0] and cu + ln <= cache_cps.shape[0] and iu + L <= cache_ids.shape[0]:
+                for j in range(ln):
+                    cache_cps[cu + j] = cps[i + j]
+                for j in range(L):
+                    cache_ids[iu + j] = toks[j]
+                ent[ne, 0] = cu
+                ent[ne, 1] = ln
+                ent[ne, 2] = iu
+                ent[ne, 3] = L
+                cache[key] = ne
+                cstate[0] = ne + 1
+                cstate[1] = cu + ln
+                cstate[2] = iu + L
+        i = e
+    return i, m
+
+
+@njit(cache=True)
+def new_chunk_cache():
+    return Dict.empty(key_type=types.int64, value_type=types.int64)
