@@ -1,0 +1,261 @@
+"""Training and generation speed of the Numba engine, against an identical PyTorch model when torch
+is installed. Prints ONE JSON line.
+
+  training   tokens/s of forward + backward + AdamW (global-norm clipping) over a (B,T) batch
+  generation tokens/s of batch-1 greedy decoding with a KV cache (model.decode_step): 256 new
+             tokens after a 64-token prompt; the generation model gets max_seq_len 320 so that
+             the baby config (block 64) can hold them
+  MFU        model FLOPs/s over PEAK_FLOPS; training FLOPs = 6 N tokens + attention (12 L C T
+             per token, nanoGPT/PaLM), generation = 2 N + 4 L C ctx per token; N counts the
+             parameters but the padded vocabulary rows
+  ratios     numba / torch, measured in the same process (torch.set_num_threads(2))
+
+Usage: .venv/bin/python bench/step.py [--configs baby,seed] [--seconds 6] [--no-torch]
+"""
+import os
+
+# Before numba/torch are imported: their OpenMP pools otherwise spin on the cores the other needs.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cllm.config import ModelConfig  # noqa: E402
+from cllm.model import MATRIX_PARAMS, Model  # noqa: E402
+from cllm.optim import AdamW  # noqa: E402
+from cllm.runtime import configure_threads  # noqa: E402
+
+PEAK_FLOPS = 195e9  # the 2-core machine's float32 peak, FLOP/s
+THREADS = 2
+PROMPT, NEW = 64, 256
+CONFIGS = {
+    "baby": dict(cfg=ModelConfig(vocab_size=65, max_seq_len=64, num_layers=4, num_heads=4, embed_dim=128), B=12, T=64),
+    "seed": dict(cfg=ModelConfig(vocab_size=5000, max_seq_len=128, num_layers=6, num_heads=8, embed_dim=256), B=32, T=128),
+}
+LR, BETAS, EPS, WD, CLIP = 1e-3, (0.9, 0.95), 1e-8, 0.1, 1.0
+
+
+def real_params(cfg):
+    return cfg.num_parameters() - (cfg.padded_vocab_size - cfg.vocab_size) * cfg.embed_dim
+
+
+def train_flops_per_token(cfg, T):
+    return 6 * real_params(cfg) + 12 * cfg.num_layers * cfg.embed_dim * T
+
+
+def gen_flops(cfg, start, n):
+    # tokens at positions start .. start+n-1, each attending over pos+1 keys
+    return sum(2 * real_params(cfg) + 4 * cfg.num_layers * cfg.embed_dim * (p + 1) for p in range(start, start + n))
+
+
+def timed_loop(step, seconds, min_iters=3, warmup=2):
+    for _ in range(warmup):
+        step()
+    n, t0 = 0, time.perf_counter()
+    while True:
+        step()
+        n += 1
+        dt = time.perf_counter() - t0
+        if n >= min_iters and dt >= seconds:
+            return n, dt
+
+
+def gen_config(cfg):
+    return ModelConfig(vocab_size=cfg.vocab_size, max_seq_len=max(cfg.max_seq_len, PROMPT + NEW),
+                       num_layers=cfg.num_layers, num_heads=cfg.num_heads, embed_dim=cfg.embed_dim)
+
+
+# ------------------------------------------------------------------ Numba engine
+def numba_train(cfg, B, T, seconds, rng):
+    model = Model(cfg, seed=0)
+    opt = AdamW(lr=LR, beta1=BETAS[0], beta2=BETAS[1], eps=EPS, weight_decay=WD, grad_clip=CLIP)
+    x = rng.integers(0, cfg.vocab_size, (B, T)).astype(np.int32)
+    y = rng.integers(0, cfg.vocab_size, (B, T)).astype(np.int32)
+    losses = []
+
+    def step():
+        model.zero_grad()
+        _, loss = model.forward(x, y)
+        model.backward()
+        opt.step(model, loss=loss)
+        losses.append(loss)
+
+    n, dt = timed_loop(step, seconds)
+    return B * T * n / dt, losses
+
+
+def numba_generate(cfg, prompt, repeats=2):
+    gcfg = gen_config(cfg)
+    model = Model(gcfg, seed=0)
+    best = math.inf
+    for _ in range(repeats):
+        cache = model.new_kv_cache(1)
+        for pos in range(PROMPT - 1):  # prefill (not timed)
+            model.decode_step(prompt[pos], pos, cache)
+        tok, out = prompt[PROMPT - 1], []
+        t0 = time.perf_counter()
+        for pos in range(PROMPT - 1, PROMPT - 1 + NEW):
+            logits = model.decode_step(tok, pos, cache)
+            tok = int(np.argmax(logits[0]))
+            out.append(tok)
+        best = min(best, time.perf_counter() - t0)
+    return NEW / best, out
+
+
+# ------------------------------------------------------------------ PyTorch, the same model
+def torch_model(torch, cfg):
+    F = torch.nn.functional
+    V, Vp, L, NH, C, maxT = (cfg.vocab_size, cfg.padded_vocab_size, cfg.num_layers, cfg.num_heads,
+                             cfg.embed_dim, cfg.max_seq_len)
+    hs = C // NH
+    g = torch.Generator().manual_seed(0)
+
+    def normal(*shape, std=0.02):
+        return torch.nn.Parameter(torch.randn(*shape, generator=g) * std)
+
+    P = {
+        "wte": normal(Vp, C), "wpe": normal(maxT, C),
+        "ln1w": torch.nn.Parameter(torch.ones(L, C)), "ln1b": torch.nn.Parameter(torch.zeros(L, C)),
+        "qkvw": normal(L, 3 * C, C), "qkvb": torch.nn.Parameter(torch.zeros(L, 3 * C)),
+        "attprojw": normal(L, C, C, std=0.02 / math.sqrt(2 * L)), "attprojb": torch.nn.Parameter(torch.zeros(L, C)),
+        "ln2w": torch.nn.Parameter(torch.ones(L, C)), "ln2b": torch.nn.Parameter(torch.zeros(L, C)),
+        "fcw": normal(L, 4 * C, C), "fcb": torch.nn.Parameter(torch.zeros(L, 4 * C)),
+        "fcprojw": normal(L, C, 4 * C, std=0.02 / math.sqrt(2 * L)), "fcprojb": torch.nn.Parameter(torch.zeros(L, C)),
+        "lnfw": torch.nn.Parameter(torch.ones(C)), "lnfb": torch.nn.Parameter(torch.zeros(C)),
+    }
+
+    def forward(idx):
+        B, T = idx.shape
+        x = P["wte"][idx] + P["wpe"][:T]
+        for l in range(L):
+            h = F.layer_norm(x, (C,), P["ln1w"][l], P["ln1b"][l])
+            q, k, v = F.linear(h, P["qkvw"][l], P["qkvb"][l]).split(C, dim=-1)
+            q, k, v = (t.view(B, T, NH, hs).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + F.linear(y.transpose(1, 2).reshape(B, T, C), P["attprojw"][l], P["attprojb"][l])
+            h = F.layer_norm(x, (C,), P["ln2w"][l], P["ln2b"][l])
+            h = F.gelu(F.linear(h, P["fcw"][l], P["fcb"][l]), approximate="tanh")
+            x = x + F.linear(h, P["fcprojw"][l], P["fcprojb"][l])
+        x = F.layer_norm(x, (C,), P["lnfw"], P["lnfb"])
+        return x @ P["wte"][:V].T
+
+    def decode(tok, pos, cache):
+        # one token (batch 1) at position pos; cache[l] = (K, V) of shape (NH, maxT, hs)
+        x = P["wte"][tok] + P["wpe"][pos]
+        for l in range(L):
+            h = F.layer_norm(x, (C,), P["ln1w"][l], P["ln1b"][l])
+            q, k, v = F.linear(h, P["qkvw"][l], P["qkvb"][l]).view(3, NH, hs).unbind(0)
+            Kc, Vc = cache[l]
+            Kc[:, pos] = k
+            Vc[:, pos] = v
+            att = torch.softmax((Kc[:, :pos + 1] @ q.unsqueeze(-1)).squeeze(-1) / math.sqrt(hs), dim=-1)
+            y = (att.unsqueeze(1) @ Vc[:, :pos + 1]).reshape(C)
+            x = x + F.linear(y, P["attprojw"][l], P["attprojb"][l])
+            h = F.layer_norm(x, (C,), P["ln2w"][l], P["ln2b"][l])
+            x = x + F.linear(F.gelu(F.linear(h, P["fcw"][l], P["fcb"][l]), approximate="tanh"),
+                             P["fcprojw"][l], P["fcprojb"][l])
+        return F.layer_norm(x, (C,), P["lnfw"], P["lnfb"]) @ P["wte"][:V].T
+
+    def new_cache():
+        return [(torch.zeros(NH, maxT, hs), torch.zeros(NH, maxT, hs)) for _ in range(L)]
+
+    return P, forward, decode, new_cache
+
+
+def torch_train(torch, cfg, B, T, seconds, rng):
+    F = torch.nn.functional
+    P, forward, _, _ = torch_model(torch, cfg)
+    opt = torch.optim.AdamW(
+        [{"params": [P[n] for n in P if n in MATRIX_PARAMS], "weight_decay": WD},
+         {"params": [P[n] for n in P if n not in MATRIX_PARAMS], "weight_decay": 0.0}],
+        lr=LR, betas=BETAS, eps=EPS)
+    params = list(P.values())
+    x = torch.tensor(rng.integers(0, cfg.vocab_size, (B, T)), dtype=torch.long)
+    y = torch.tensor(rng.integers(0, cfg.vocab_size, (B, T)), dtype=torch.long)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(forward(x).reshape(-1, cfg.vocab_size), y.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, CLIP)
+        opt.step()
+
+    n, dt = timed_loop(step, seconds)
+    return B * T * n / dt
+
+
+def torch_generate(torch, cfg, prompt, repeats=2):
+    _, _, decode, new_cache = torch_model(torch, gen_config(cfg))
+    best = math.inf
+    with torch.inference_mode():
+        for _ in range(repeats):
+            cache = new_cache()
+            for pos in range(PROMPT - 1):
+                decode(int(prompt[pos]), pos, cache)
+            tok = int(prompt[PROMPT - 1])
+            t0 = time.perf_counter()
+            for pos in range(PROMPT - 1, PROMPT - 1 + NEW):
+                tok = int(torch.argmax(decode(tok, pos, cache)))
+            best = min(best, time.perf_counter() - t0)
+    return NEW / best
+
+
+# ------------------------------------------------------------------ main
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", default="baby,seed")
+    ap.add_argument("--seconds", type=float, default=6.0, help="minimum timed seconds per training measurement")
+    ap.add_argument("--no-torch", action="store_true")
+    args = ap.parse_args()
+
+    threads = configure_threads(THREADS)
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch
+            torch.set_num_threads(THREADS)
+        except ImportError:
+            torch = None
+
+    result = {"bench": "step", "threads": threads, "peak_flops": PEAK_FLOPS, "python": platform.python_version(),
+              "torch": getattr(torch, "__version__", None), "configs": {}}
+    for name in args.configs.split(","):
+        spec = CONFIGS[name]
+        cfg, B, T = spec["cfg"], spec["B"], spec["T"]
+        rng = np.random.default_rng(0)
+        prompt = rng.integers(0, cfg.vocab_size, PROMPT).astype(np.int32)
+        train_tps, losses = numba_train(cfg, B, T, args.seconds, rng)
+        gen_tps, _ = numba_generate(cfg, prompt)
+        r = {
+            "sizes": dict(L=cfg.num_layers, NH=cfg.num_heads, C=cfg.embed_dim, V=cfg.vocab_size, B=B, T=T),
+            "params": real_params(cfg),
+            "train_tok_s": round(train_tps, 1),
+            "gen_tok_s": round(gen_tps, 1),
+            "train_mfu": round(train_tps * train_flops_per_token(cfg, T) / PEAK_FLOPS, 4),
+            "gen_mfu": round(gen_tps * gen_flops(gen_config(cfg), PROMPT - 1, NEW) / NEW / PEAK_FLOPS, 4),
+            "loss_first_last": [round(losses[0], 4), round(losses[-1], 4)],
+        }
+        if torch is not None:
+            t_train = torch_train(torch, cfg, B, T, args.seconds, rng)
+            t_gen = torch_generate(torch, cfg, prompt)
+            r.update({
+                "torch_train_tok_s": round(t_train, 1),
+                "torch_gen_tok_s": round(t_gen, 1),
+                "torch_train_mfu": round(t_train * train_flops_per_token(cfg, T) / PEAK_FLOPS, 4),
+                "train_ratio": round(train_tps / t_train, 3),
+                "gen_ratio": round(gen_tps / t_gen, 3),
+            })
+        result["configs"][name] = r
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
