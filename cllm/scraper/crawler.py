@@ -420,22 +420,39 @@ class Crawler:
         record = {"url": e.url, "final_url": final_url, "status": resp.status, "depth": e.depth,
                   "parent": e.parent, "title": title, "fetched_at": _now(), "bytes": len(resp.body),
                   "text_chars": len(text), "sha256": digest}
+        self.summary.kept += 1  # counted now, so that the page limit holds while the file is written
         if digest in self._texts:
             record.update(file=None, duplicate_of=self._texts[digest])
             self.summary.duplicates += 1
-        else:
-            name = url_hash(e.url) + ".txt"
-            path = os.path.join(self.state.pages_dir, name)
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, atomic_write_text, path, text + "\n")
-            except OSError as exc:
-                raise CrawlError(f"cannot write {path}: {exc.strerror or exc}") from None
-            record["file"] = "pages/" + name
-            self._texts[digest] = e.url
-            self.summary.written += 1
+            original = self._writes.get(digest)
+            if original is not None:  # log a duplicate only after its original is on disk
+                await asyncio.wait([original])
+            self._logged(e, record)
+            return
+        self._texts[digest] = e.url
+        # The write (fsync included) runs in a thread while the host's worker goes on with its
+        # next URL; the manifest and done lines follow the file, so a kill never logs a page that
+        # is not on disk.
+        task = asyncio.ensure_future(self._write(e, record, text))
+        self._writes[digest] = task
+        task.add_done_callback(lambda t, d=digest: self._writes.pop(d, None))
+
+    async def _write(self, e: Entry, record: dict, text: str) -> None:
+        name = url_hash(e.url) + ".txt"
+        path = os.path.join(self.state.pages_dir, name)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, atomic_write_text, path, text + "\n")
+        except OSError as exc:
+            self._fatal = CrawlError(f"cannot write {path}: {exc.strerror or exc}")
+            self._stop = True
+            return
+        record["file"] = "pages/" + name
+        self.summary.written += 1
+        self._logged(e, record)
+
+    def _logged(self, e: Entry, record: dict) -> None:
         self.state.kept(record)
-        self.summary.kept += 1
-        self._record(e, "kept", final_url=final_url)
+        self._record(e, "kept", final_url=record["final_url"])
         self._bar_update(1)
 
     # --- the crawl ----------------------------------------------------------------------------
@@ -490,6 +507,8 @@ class Crawler:
         self._cond = asyncio.Condition()
         self._inflight = 0
         self._stop = False
+        self._writes: dict[str, asyncio.Future] = {}  # text sha256 -> its page write in flight
+        self._fatal: CrawlError | None = None
         try:
             self._load()
             self.bar.update(min(self.summary.kept, s.max_pages))
@@ -504,10 +523,16 @@ class Crawler:
                     workers = [self._host_worker(q) for q in by_host.values() for _ in range(min(s.per_host, len(q)))]
                     await asyncio.gather(*workers)
                     depth += 1
+                if self._writes:
+                    await asyncio.wait(list(self._writes.values()))
         finally:
+            for task in list(self._writes.values()):  # interrupted: unlogged pages are refetched later
+                task.cancel()
             self.summary.elapsed_s = time.monotonic() - started
             self.bar.close()
             self.state.close()
+        if self._fatal is not None:
+            raise self._fatal
         if self._start_failure and self.summary.kept == 0:
             raise CrawlError(f"the start URL {self.start_url} gave no page: {self._start_failure} "
                              "(check the URL and that the site is up)")
