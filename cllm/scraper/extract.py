@@ -271,6 +271,13 @@ def _own_text(el) -> str:
     return " ".join(" ".join(parts).split())
 
 
+# Readability.js's constants: candidates within 75% of the best one are "strong"; 3 strong ones
+# under one ancestor make that ancestor the article; siblings scoring 20% of it join it.
+STRONG_RATIO = 0.75
+MIN_STRONG = 3
+SIBLING_RATIO = 0.2
+
+
 def _readability_candidate(body):
     """Readability's scoring: every paragraph gives 1 + commas + length/100 (max 3) points to its
     parent and half of that to its grandparent; the best-scoring node, scaled by its link density,
@@ -299,8 +306,39 @@ def _readability_candidate(body):
         credit(owner, points)
         credit(owner.getparent(), points / 2)
     if not scores:
-        return None
-    return max(scores, key=lambda n: scores[n] * (1 - _link_density(n)))
+        return []
+    final = {n: v * (1 - _link_density(n)) for n, v in scores.items()}
+    ranked = sorted(final, key=final.get, reverse=True)
+    best = ranked[0]
+    top = final[best]
+    # An article split into several blocks (sections between figures): when other strong
+    # candidates share an ancestor with the best one, that ancestor is the article.
+    strong = [n for n in ranked[1:6] if final[n] >= STRONG_RATIO * top and best not in n.iterancestors()
+              and n not in set(best.iterancestors())]
+    if len(strong) >= MIN_STRONG:
+        for anc in best.iterancestors():
+            if anc.tag in ("body", "html"):
+                break
+            if sum(1 for n in strong if anc in set(n.iterancestors())) >= MIN_STRONG:
+                best = anc
+                top = max(top, final.get(anc, 0.0))
+                break
+    # Readability's sibling rule: siblings that score well enough belong to the article too.
+    parent = best.getparent()
+    if parent is None:
+        return [best]
+    threshold = max(10.0, SIBLING_RATIO * top)
+    keep = []
+    for sib in parent:
+        if not isinstance(sib.tag, str):
+            continue
+        if sib is best or final.get(sib, 0.0) >= threshold:
+            keep.append(sib)
+        elif sib.tag == "p":
+            n, density = _text_len(sib), _link_density(sib)
+            if (n > 80 and density < 0.25) or (0 < n <= 80 and density == 0 and sib.text_content().strip().endswith(".")):
+                keep.append(sib)
+    return keep
 
 
 def _marked_up_body(doc):
@@ -309,7 +347,15 @@ def _marked_up_body(doc):
         found = doc.xpath(xp)
         found_set = set(found)
         found = [el for el in found if not any(anc in found_set for anc in el.iterancestors())]
-        if found and sum(_text_len(el) for el in found) >= 200:
+        if not found:
+            continue
+        # Several matches: the largest is the article; the others belong to it only when they
+        # look like parts of one story split into blocks (beside it, or of the same class).
+        # Otherwise they are teaser cards of other stories.
+        largest = max(found, key=_text_len)
+        found = [el for el in found if el is largest or el.getparent() is largest.getparent()
+                 or (el.get("class") and el.get("class") == largest.get("class"))]
+        if sum(_text_len(el) for el in found) >= 200:
             return found
     return []
 
@@ -319,15 +365,13 @@ def _main_block(doc, marked: list):
     if body is None:
         body = doc
     readable = _readability_candidate(body)
-    readable_len = _text_len(readable) if readable is not None else 0
+    readable_len = sum(_text_len(el) for el in readable)
     # a marked-up body still present after cleaning, unless readability found much more text
     marked = [el for el in marked if el.getroottree().getroot() is doc.getroottree().getroot()
               and any(True for _ in el.iterancestors("html"))]
     if marked and sum(_text_len(el) for el in marked) >= max(200, 0.3 * readable_len):
         return marked
-    if readable is not None:
-        return [readable]
-    return [body]
+    return readable or [body]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -422,6 +466,7 @@ def _title(doc) -> str:
 def extract_tree(doc) -> tuple[str, str]:
     """(title, text) of a parsed document. Mutates the tree (removes boilerplate)."""
     title = _title(doc)
+    titles = " ".join([title] + [" ".join(t.split()) for t in doc.xpath('//meta[@property="og:title"]/@content')])
     etree.strip_elements(doc, *_DROP_TAGS, with_tail=False)
     marked = _marked_up_body(doc)
     protected = set(marked)
@@ -431,6 +476,11 @@ def extract_tree(doc) -> tuple[str, str]:
     blocks = _main_block(doc, marked)
     for block in blocks:
         _clean_block(block)
+        # the headline repeats the title, which the caller gets as .title: keep the text body-only
+        for h in list(block.iter("h1")):
+            headline = " ".join(h.text_content().split())
+            if headline and headline in titles:
+                _remove(h)
     return title, _tidy(_lines(blocks))
 
 
