@@ -79,3 +79,18 @@ async def test_resume_after_sigkill_refetches_no_saved_page(tmp_path):
     urls = [r["url"] for r in manifest(out)]
     assert len(urls) == len(set(urls)) == 13
     assert len(os.listdir(out / "pages")) == 13
+
+
+async def test_ctrl_c_stops_cleanly_with_a_resume_hint(tmp_path):
+    out = tmp_path / "out"
+    async with serve(site_routes(8)) as site:
+        proc = await run_cli(site.url("/"), out, "--delay-ms", 150, "--jitter-ms", 0, "--min-chars", 20, wait=False)
+        await wait_for(lambda: len(manifest(out)) >= 2, timeout=30)
+        proc.send_signal(signal.SIGINT)
+        _, err = await proc.communicate()
+        assert proc.returncode == 130
+        err = err.decode()
+        assert "run the same command again to resume" in err and "Traceback" not in err
+        code, stdout, err = await run_cli(site.url("/"), out, "--delay-ms", 0, "--jitter-ms", 0, "--min-chars", 20)
+        assert code == 0 and "from earlier runs" in stdout
+    assert len(manifest(out)) == 9

@@ -68,9 +68,11 @@ class Summary:
     reasons: collections.Counter = field(default_factory=collections.Counter)
 
     def line(self) -> str:
-        rate = self.kept / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        new = self.written + self.duplicates
+        rate = new / self.elapsed_s if self.elapsed_s > 0 else 0.0
         top = ", ".join(f"{k} {v}" for k, v in self.reasons.most_common(4))
-        return (f"scrape: kept {self.kept} pages ({self.written} written, {self.duplicates} duplicates) in "
+        before = f", {self.kept - new} from earlier runs" if self.kept > new else ""
+        return (f"scrape: kept {self.kept} pages ({self.written} written, {self.duplicates} duplicates{before}) in "
                 f"{self.elapsed_s:.1f} s ({rate:.2f} pages/s); {self.short} too short, {self.skipped} skipped, "
                 f"{self.errors} errors, {self.retries} retries, {self.queued} still queued"
                 + (f" [{top}]" if top else "") + f" -> {self.out_dir}")
