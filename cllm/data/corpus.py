@@ -279,16 +279,22 @@ class Corpus:
                     seen.add(digest)
                 stats.documents += 1
                 stats.characters += len(doc)
-                stats.lines += doc.count("\n") + (not doc.endswith("\n"))
-                words = doc.split()
-                stats.tokens += len(words)
-                vocab.update(words)
                 lengths.append(len(doc))
+                if not self._complete:  # the word statistics once: they cost memory and time
+                    stats.lines += doc.count("\n") + (not doc.endswith("\n"))
+                    words = doc.split()
+                    stats.tokens += len(words)
+                    vocab.update(words)
+                    del words
                 yield doc
             if last_path:
                 bar.update(os.path.getsize(last_path))
-        stats.vocabulary = len(vocab)
         stats.skipped = dict(skipped)
+        if self._complete:  # a later pass: keep the first pass's word statistics
+            for name in ("lines", "tokens", "vocabulary"):
+                setattr(stats, name, getattr(self.stats, name))
+        else:
+            stats.vocabulary = len(vocab)
         self.stats = stats
         self.doc_lengths = lengths
         if not self._complete:

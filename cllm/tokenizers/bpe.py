@@ -75,6 +75,63 @@ def _resolve_pattern(pattern: str) -> str:
     return pat
 
 
+def _count_chunks_regex(texts, pattern, gpt4, progress):
+    """Distinct pre-split chunks with their counts, for any pattern (Python `regex` + Counter).
+    Returns (docs, chars, distinct, chunks, sym (N,) int32 bytes of the multi-byte chunks,
+    lens (W,), counts (W,), single (256,) counts of one-byte chunks)."""
+    split = regex.compile(pattern).findall
+    counts: Counter = Counter()
+    docs = chars = 0
+    with progress_bar(progress, desc="bpe: counting chunks", unit="doc") as bar:
+        for text in texts:
+            counts.update(split(text))
+            docs += 1
+            chars += len(text)
+            bar.update(1)
+    words, wcount = [], []
+    single = np.zeros(256, np.int64)
+    for chunk, n in counts.items():
+        bs = chunk.encode("utf-8", "surrogatepass")
+        if len(bs) == 1:
+            single[bs[0]] += n
+        else:
+            words.append(bs)
+            wcount.append(n)
+    sym = np.frombuffer(b"".join(words), np.uint8).astype(np.int32)
+    lens = np.fromiter(map(len, words), np.int64, len(words))
+    return docs, chars, len(counts), sum(counts.values()), sym, lens, np.asarray(wcount, np.int64), single
+
+
+def _count_chunks_numba(texts, pattern, gpt4, progress):
+    """The same for the built-in patterns, pre-split and counted by Numba kernels."""
+    from cllm.tokenizers import bpe_kernels as K
+
+    cls = char_classes()
+    table = K.new_chunk_cache()
+    cstate = np.zeros(2, np.int64)
+    pool = np.empty(1 << 16, np.uint32)  # code points of each distinct chunk
+    ent = np.empty((1 << 12, 3), np.int64)  # (offset, length, count) per distinct chunk
+    docs = chars = 0
+    with progress_bar(progress, desc="bpe: counting chunks", unit="doc") as bar:
+        for text in texts:
+            cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
+            pos = 0
+            while True:
+                pos = K.count_chunks(cps, pos, cls, gpt4, table, cstate, pool, ent)
+                if pos >= len(cps):
+                    break
+                if cstate[0] >= len(ent):  # full: double what ran out and go on
+                    ent = np.concatenate([ent, np.empty_like(ent)])
+                else:
+                    pool = np.concatenate([pool, np.empty(max(len(pool), len(cps) - pos), np.uint32)])
+            docs += 1
+            chars += len(text)
+            bar.update(1)
+    n_ent = int(cstate[0])
+    sym, lens, counts, single = K.chunks_to_words(pool[: cstate[1]], ent, n_ent)
+    return docs, chars, n_ent, int(ent[:n_ent, 2].sum()), sym, lens, counts, single
+
+
 class BPETokenizer(Tokenizer):
     kind = "bpe"
 
@@ -146,33 +203,13 @@ class BPETokenizer(Tokenizer):
         if vocab_size is None or vocab_size < 256 + len(special_tokens):
             raise VocabSizeError(f"vocab size {vocab_size} is too small for byte-level BPE: it needs 256 byte ids + {len(special_tokens)} special token(s) = {256 + len(special_tokens)} at least; use e.g. --vocab-size 4096")
         pat = _resolve_pattern(pattern)
-        split = regex.compile(pat).findall
-        counts: Counter = Counter()
-        docs = chars = 0
-        with progress_bar(progress, desc="bpe: counting chunks", unit="doc") as bar:
-            for text in as_text_iter(texts):
-                counts.update(split(text))
-                docs += 1
-                chars += len(text)
-                bar.update(1)
-        if not counts:
+        gpt4 = {PATTERNS["gpt4"]: True, PATTERNS["gpt2"]: False}.get(pat)
+        count = _count_chunks_regex if gpt4 is None else _count_chunks_numba
+        docs, chars, n_distinct, n_chunks, sym, lens, wcount_a, single = count(as_text_iter(texts), pat, gpt4, progress)
+        if n_chunks == 0:
             raise TokenizerError("cannot train a BPE tokenizer on empty text; give it a non-empty corpus")
-
-        # distinct chunks as bytes; single-byte chunks have no pairs and stay out of the kernel
-        words = []
-        wcount = []
-        single = np.zeros(256, np.int64)
-        for chunk, n in counts.items():
-            bs = chunk.encode("utf-8")
-            if len(bs) == 1:
-                single[bs[0]] += n
-            else:
-                words.append(bs)
-                wcount.append(n)
-        lens = np.fromiter((len(w) for w in words), np.int64, len(words))
-        W = len(words)
+        W = len(lens)
         N = int(lens.sum())
-        sym = np.frombuffer(b"".join(words), np.uint8).astype(np.int32)  # (N,)
         wstart = np.zeros(W, np.int32)
         if W:
             wstart[1:] = np.cumsum(lens)[:-1]
@@ -184,7 +221,6 @@ class BPETokenizer(Tokenizer):
             ends = (wstart + lens - 1).astype(np.int64)
             nxt[ends] = -1
             prv[wstart] = -1
-        wcount_a = np.asarray(wcount, np.int64)  # (W,)
         wmark = np.zeros(W, np.int32)
 
         n_new = vocab_size - 256 - len(special_tokens)
@@ -232,8 +268,8 @@ class BPETokenizer(Tokenizer):
         tok.train_stats = {
             "documents": docs,
             "characters": chars,
-            "distinct_chunks": len(counts),
-            "chunks": int(sum(counts.values())),
+            "distinct_chunks": n_distinct,
+            "chunks": n_chunks,
             "tokens": int(tc.sum()),
             "merges": n_merges,
             "unknown_rate": 0.0,

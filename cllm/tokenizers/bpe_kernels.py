@@ -577,3 +577,90 @@ def bpe_encode_text(cps, start, cls, gpt4, ranks, cache, cstate, cache_cps, cach
 @njit(cache=True)
 def new_chunk_cache():
     return Dict.empty(key_type=types.int64, value_type=types.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Counting the distinct chunks of a corpus for training (built-in patterns), without making a
+# Python string per chunk. table: chunk hash (open addressing: +1 on a collision) -> entry e;
+# ent[e] = (offset in pool, length in code points, count); cstate = [entries, pool used].
+
+
+@njit(cache=True)
+def count_chunks(cps, start, cls, gpt4, table, cstate, pool, ent):
+    """Count the chunks of cps from `start`; returns the position reached, which is < len(cps)
+    only when the pool or the entry array is full (grow them and call again from there)."""
+    n = cps.shape[0]
+    i = start
+    while i < n:
+        e = next_chunk(cps, cls, i, n, gpt4)
+        ln = e - i
+        h = np.uint64(1469598103934665603)
+        for j in range(i, e):
+            h = (h ^ np.uint64(cps[j])) * np.uint64(1099511628211)
+        key = np.int64(h ^ np.uint64(ln))
+        found = -1
+        while key in table:
+            x = table[key]
+            if ent[x, 1] == ln:
+                s = ent[x, 0]
+                same = True
+                for j in range(ln):
+                    if pool[s + j] != cps[i + j]:
+                        same = False
+                        break
+                if same:
+                    found = x
+                    break
+            key += 1  # a different chunk with this hash: probe the next key
+        if found >= 0:
+            ent[found, 2] += 1
+        else:
+            ne, used = cstate[0], cstate[1]
+            if ne >= ent.shape[0] or used + ln > pool.shape[0]:
+                return i
+            for j in range(ln):
+                pool[used + j] = cps[i + j]
+            ent[ne, 0] = used
+            ent[ne, 1] = ln
+            ent[ne, 2] = 1
+            table[key] = ne
+            cstate[0] = ne + 1
+            cstate[1] = used + ln
+        i = e
+    return i
+
+
+@njit(cache=True)
+def chunks_to_words(pool, ent, n_ent):
+    """UTF-8 bytes of the counted chunks: (sym (N,) int32 bytes of the multi-byte chunks, lens (W,),
+    counts (W,), single (256,) counts of the one-byte chunks, which have no pairs)."""
+    toks = np.empty(4 * (pool.shape[0] + 1), np.int32)
+    nb = np.empty(n_ent, np.int64)
+    total = 0
+    for e in range(n_ent):
+        L = _utf8(pool, ent[e, 0], ent[e, 0] + ent[e, 1], toks)
+        nb[e] = L
+        if L > 1:
+            total += L
+    sym = np.empty(total, np.int32)
+    W = 0
+    for e in range(n_ent):
+        if nb[e] > 1:
+            W += 1
+    lens = np.empty(W, np.int64)
+    counts = np.empty(W, np.int64)
+    single = np.zeros(256, np.int64)
+    w = 0
+    m = 0
+    for e in range(n_ent):
+        L = _utf8(pool, ent[e, 0], ent[e, 0] + ent[e, 1], toks)
+        if L == 1:
+            single[toks[0]] += ent[e, 2]
+        else:
+            for j in range(L):
+                sym[m + j] = toks[j]
+            m += L
+            lens[w] = L
+            counts[w] = ent[e, 2]
+            w += 1
+    return sym, lens, counts, single

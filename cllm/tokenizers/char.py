@@ -10,10 +10,16 @@ a training run going on slightly dirty text; the count makes the loss visible.
 from __future__ import annotations
 
 import warnings
-from collections import Counter
+
+import numpy as np
 
 from cllm.errors import TokenizerError
 from cllm.tokenizers.base import Tokenizer, TokenizerFileError, VocabSizeError, as_text_iter, field, progress_bar
+
+
+def _code_points(text: str) -> np.ndarray:
+    """(len(text),) uint32 code points (lone surrogates kept as their code point)."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
 
 
 class CharTokenizer(Tokenizer):
@@ -27,57 +33,69 @@ class CharTokenizer(Tokenizer):
         self._id_to_token = chars
         self._token_to_id = {c: i for i, c in enumerate(chars)}
         self._warned = False
+        # lookup table code point -> id (-1: not in the vocabulary), (max code point + 1,) int32
+        self._lut = np.full(max(map(ord, chars), default=0) + 1, -1, np.int32)
+        for i, c in enumerate(chars):
+            self._lut[ord(c)] = i
 
     @classmethod
     def train(cls, texts, vocab_size: int | None = None, progress: bool = True):
         """The sorted set of characters of `texts`. With `vocab_size` smaller than that set, keep
         the `vocab_size` most frequent characters (ties: smaller code point first), still sorted."""
-        counts: Counter = Counter()
+        counts = np.zeros(0x110000, np.int64)  # (code points,) occurrences
         docs = chars_total = 0
         with progress_bar(progress, desc="char tokenizer", unit="doc") as bar:
             for text in as_text_iter(texts):
-                counts.update(text)
+                b = np.bincount(_code_points(text))
+                counts[: len(b)] += b
                 docs += 1
                 chars_total += len(text)
                 bar.update(1)
-        if not counts:
+        seen = np.flatnonzero(counts)
+        if not len(seen):
             raise TokenizerError("cannot train a char tokenizer on empty text; give it a corpus with some characters")
+        by_count = seen[np.lexsort((seen, -counts[seen]))]  # most frequent first, ties: smaller code point
         if vocab_size is not None:
             if vocab_size < 1:
                 raise VocabSizeError(f"vocab size {vocab_size} is too small for a char tokenizer; use at least 1 (or leave it out to keep every character)")
-            kept = sorted(counts, key=lambda c: (-counts[c], c))[:vocab_size]
+            kept = by_count[:vocab_size]
         else:
-            kept = list(counts)
-        tok = cls(sorted(kept))
-        unknown = sum(n for c, n in counts.items() if c not in tok._token_to_id)
+            kept = seen
+        tok = cls([chr(c) for c in sorted(kept.tolist())])
+        unknown = chars_total - int(counts[kept].sum())
         tok.train_stats = {
             "documents": docs,
             "characters": chars_total,
             "tokens": chars_total - unknown,
-            "distinct_characters": len(counts),
+            "distinct_characters": len(seen),
             "unknown_rate": unknown / chars_total,
-            "top_tokens": [[c, n] for c, n in counts.most_common(20)],
+            "top_tokens": [[chr(c), int(counts[c])] for c in by_count[:20].tolist()],
         }
         return tok
 
-    def encode(self, text: str) -> list[int]:
-        table = self._token_to_id
-        try:
-            ids = [table[c] for c in text]  # fast path: every character known
-        except KeyError:
-            ids = [table[c] for c in text if c in table]
-            dropped = len(text) - len(ids)
+    def encode_array(self, text: str) -> np.ndarray:
+        cps = _code_points(text)
+        lut = self._lut
+        ids = lut[np.minimum(cps, len(lut) - 1)]
+        ids[cps >= len(lut)] = -1
+        bad = ids < 0
+        if bad.any():
+            dropped = int(bad.sum())
             self._encoded_unknown += dropped
             if not self._warned:
                 self._warned = True
-                first = next(c for c in text if c not in table)
+                first = chr(cps[np.argmax(bad)])
                 warnings.warn(
                     f"char tokenizer: dropping {dropped} character(s) not in its vocabulary (first: {first!r}); "
                     "train the tokenizer on text that contains them to keep them (warned once)",
-                    stacklevel=2,
+                    stacklevel=3,
                 )
+            ids = ids[~bad]
         self._encoded_tokens += len(ids)
         return ids
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_array(text).tolist()
 
     def decode(self, ids) -> str:
         table = self._id_to_token

@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Prepare benchmark: throughput and peak memory of `prepare_dataset` on a ~100 MB corpus.
+
+    python bench/prepare.py [--mb 100] [--kinds char,word,bpe] [--keep DIR]
+
+The corpus is built from the shared texts (../shared/data, else data/tinyshakespeare.txt):
+copies of each book (Gutenberg boilerplate removed), each file made unique by a first line so that
+deduplication keeps it. Each tokenizer kind runs in a fresh child process, which reports its RSS
+after imports and Numba loading (baseline) and its peak RSS (ru_maxrss): streaming means the
+peak above the baseline is a small multiple of the largest file, not of the corpus.
+Prints one JSON line.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = r"""
+import json, os, resource, sys, time, psutil
+sys.path.insert(0, {root!r})
+from cllm.data import prepare_dataset
+from cllm.tokenizers import train_tokenizer
+kind, corpus, out, vocab = sys.argv[1], sys.argv[2], sys.argv[3], (int(sys.argv[4]) if sys.argv[4] != "None" else None)
+t = train_tokenizer(kind, "warm up the kernels " * 50, vocab_size=300 if kind == "bpe" else None, progress=False)
+t.encode("warm up")
+base = psutil.Process().memory_info().rss
+t0 = time.perf_counter()
+ds = prepare_dataset(corpus, out, tokenizer=kind, vocab_size=vocab, progress=False, force=True)
+dt = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({{"seconds": dt, "baseline_rss": base, "peak_rss": peak, "train_tokens": ds.meta["train_tokens"],
+                  "val_tokens": ds.meta["val_tokens"], "vocab_size": ds.meta["vocab_size"], "documents": ds.meta["corpus"]["documents"]}}))
+"""
+
+
+def build_corpus(d: Path, mb: int) -> tuple[int, int, int]:
+    sys.path.insert(0, str(ROOT))
+    from cllm.data import strip_gutenberg
+    from cllm.data.clean import normalize_newlines
+
+    shared = ROOT.parent / "shared" / "data"
+    sources = sorted(shared.glob("*.txt")) if shared.is_dir() else [ROOT / "data" / "tinyshakespeare.txt"]
+    books = [(p.stem, strip_gutenberg(normalize_newlines(p.read_text(encoding="utf-8-sig")))) for p in sources]
+    total, n, largest = 0, 0, 0
+    k = 0
+    while total < mb * 1_000_000:
+        name, body = books[k % len(books)]
+        data = f"Copy {k} of {name}.\n{body}".encode()
+        sub = d / f"part{k // 50:03d}"
+        sub.mkdir(exist_ok=True)
+        (sub / f"{name}-{k:05d}.txt").write_bytes(data)
+        total += len(data)
+        largest = max(largest, len(data))
+        n += 1
+        k += 1
+    return total, n, largest
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mb", type=int, default=100)
+    ap.add_argument("--kinds", default="char,word,bpe")
+    ap.add_argument("--keep", default=None, help="build the corpus here and keep it")
+    args = ap.parse_args()
+    work = Path(args.keep or tempfile.mkdtemp(prefix="cllm-bench-prepare-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        corpus = work / "corpus"
+        if corpus.exists():
+            shutil.rmtree(corpus)
+        corpus.mkdir()
+        t = time.perf_counter()
+        total, nfiles, largest = build_corpus(corpus, args.mb)
+        res = {"bench": "prepare", "corpus_bytes": total, "files": nfiles, "largest_file_bytes": largest,
+               "build_s": round(time.perf_counter() - t, 1), "kinds": {}}
+        for kind in args.kinds.split(","):
+            vocab = {"char": None, "word": 8192, "bpe": 4096}[kind]
+            r = subprocess.run([sys.executable, "-c", CHILD.format(root=str(ROOT)), kind, str(corpus), str(work / f"out-{kind}"), str(vocab)],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                res["kinds"][kind] = {"error": r.stderr.strip().splitlines()[-1:]}
+                continue
+            c = json.loads(r.stdout.strip().splitlines()[-1])
+            extra = c["peak_rss"] - c["baseline_rss"]
+            res["kinds"][kind] = {
+                "seconds": round(c["seconds"], 1),
+                "MBps": round(total / c["seconds"] / 1e6, 2),
+                "train_tokens": c["train_tokens"], "val_tokens": c["val_tokens"], "vocab_size": c["vocab_size"],
+                "baseline_rss_MB": round(c["baseline_rss"] / 1e6, 1),
+                "peak_rss_MB": round(c["peak_rss"] / 1e6, 1),
+                "peak_above_baseline_MB": round(extra / 1e6, 1),
+                "peak_above_baseline_over_largest_file": round(extra / largest, 1),
+                "peak_above_baseline_over_corpus": round(extra / total, 3),
+            }
+        print(json.dumps(res))
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
