@@ -2,6 +2,7 @@
 
 `run_command` is the single place where user errors become a message and an exit code.
 """
+import inspect
 import sys
 
 import fire
@@ -12,6 +13,10 @@ from cllm.errors import CLLMError
 def run_command(module, name: str, args: list[str]) -> int:
     # A module may declare which function implements which command (llmc has two).
     func = getattr(module, "COMMANDS", {}).get(name, getattr(module, "main", None))
+    unknown = unknown_flags(func, args)
+    if unknown:
+        sys.stderr.write(f"error: unknown flag {unknown} for {name!r}; see: python cli.py {name} --help\n")
+        return 2
     if hasattr(module, "preprocess_args"):
         args = module.preprocess_args(args)
     try:
@@ -25,3 +30,23 @@ def run_command(module, name: str, args: list[str]) -> int:
         sys.stderr.write("interrupted\n")
         return 130
     return int(result) if isinstance(result, int) and not isinstance(result, bool) else 0
+
+
+def unknown_flags(func, args: list[str]) -> str | None:
+    """The first --flag in args that func does not take, or None. Fire itself would only notice it
+    after running the command (it applies leftover arguments to the result), which for `train`
+    means after a whole training run."""
+    params = inspect.signature(func).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    names = set(params)
+    for arg in args:
+        if arg == "--":
+            break
+        if not arg.startswith("--") or len(arg) == 2:
+            continue
+        key = arg[2:].split("=", 1)[0].replace("-", "_")
+        if key in ("help", "h") or key in names or (key.startswith("no") and key[2:] in names):
+            continue
+        return arg.split("=", 1)[0]
+    return None

@@ -1,0 +1,226 @@
+"""Checkpoints: one directory per saved step, written atomically, validated on load.
+
+    CHECKPOINT_DIR/
+      step_000500/           model.safetensors   named parameter tensors (no pickle)
+                             optimizer.safetensors  AdamW m and v, flat
+                             config.json         format version, model config, training config
+                             state.json          step, data RNG state, best val loss, elapsed time
+                             tokenizer.json      the tokenizer, when there is one
+      latest -> step_000500  symbolic links, replaced atomically
+      best   -> step_000250
+A step directory is first written as a hidden temporary directory, every file fsynced, and then
+renamed into place; the `latest` link is switched only after that. A kill at any moment leaves
+`latest` pointing at a complete checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cllm.config import ModelConfig
+from cllm.errors import CheckpointError
+from cllm.fileio import fsync_dir
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+CONFIG_FILE = "config.json"
+STATE_FILE = "state.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@dataclass
+class Checkpoint:
+    path: str
+    model_config: ModelConfig
+    params: dict[str, np.ndarray]  # name -> tensor of its real shape
+    train_config: dict = field(default_factory=dict)
+    state: dict = field(default_factory=dict)
+    m: np.ndarray | None = None  # AdamW moments (P), flat, None if the file has none
+    v: np.ndarray | None = None
+    tokenizer_path: str | None = None
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(directory: str, name: str, model, optimizer=None, tokenizer=None,
+                    train_config: dict | None = None, state: dict | None = None) -> str:
+    """Write directory/name/ atomically and return its path."""
+    from safetensors.numpy import save_file
+
+    try:
+        os.makedirs(directory, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write checkpoints to {directory!r}: {exc.strerror}; "
+                              "choose another --checkpoint-dir") from exc
+    try:
+        tensors = {k: np.ascontiguousarray(t, dtype=np.float32) for k, t in model.named_tensors().items()}
+        save_file(tensors, os.path.join(tmp, MODEL_FILE), metadata={"format": "cllm", "version": str(FORMAT_VERSION)})
+        if optimizer is not None:
+            save_file({"m": model.m.astype(np.float32, copy=False), "v": model.v.astype(np.float32, copy=False)},
+                      os.path.join(tmp, OPTIMIZER_FILE))
+        config = {"format_version": FORMAT_VERSION, "model": model.config.to_dict(), "train": train_config or {}}
+        with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+            json.dump(config, f, indent=2)
+        with open(os.path.join(tmp, STATE_FILE), "w") as f:
+            json.dump(state or {}, f, indent=2)
+        if tokenizer is not None:
+            tokenizer.save(os.path.join(tmp, TOKENIZER_FILE))
+        for fname in os.listdir(tmp):
+            _fsync_file(os.path.join(tmp, fname))
+        fsync_dir(tmp)
+        final = os.path.join(directory, name)
+        if os.path.isdir(final):  # re-saving the same step (e.g. Ctrl-C right after a save)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_dir(directory)
+        return final
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def set_pointer(directory: str, pointer: str, target_name: str) -> None:
+    """Atomically make directory/pointer a symbolic link to target_name (relative)."""
+    tmp = os.path.join(directory, f".{pointer}.{os.getpid()}.tmp")
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(target_name, tmp)
+    os.replace(tmp, os.path.join(directory, pointer))
+    fsync_dir(directory)
+
+
+def remove_stale_temporaries(directory: str) -> None:
+    """Delete temporary directories left by a process killed mid-save."""
+    if not os.path.isdir(directory):
+        return
+    for fname in os.listdir(directory):
+        if fname.startswith(".") and fname.endswith(".tmp"):
+            path = os.path.join(directory, fname)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.unlink(path)
+
+
+def prune_checkpoints(directory: str, keep_last: int) -> None:
+    """Keep the newest keep_last step directories, and whatever latest/best point to."""
+    steps = sorted(d for d in os.listdir(directory) if d.startswith("step_") and os.path.isdir(os.path.join(directory, d)))
+    protected = set()
+    for pointer in ("latest", "best"):
+        link = os.path.join(directory, pointer)
+        if os.path.islink(link):
+            protected.add(os.path.basename(os.readlink(link)))
+    for d in steps[:-keep_last] if keep_last > 0 else []:
+        if d not in protected:
+            shutil.rmtree(os.path.join(directory, d), ignore_errors=True)
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint step directory from: a step directory, a latest/best link, or a checkpoint
+    directory holding a `latest` link (then the latest checkpoint in it is used)."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"no checkpoint at {path!r}; train one first (python cli.py train) or pass --checkpoint")
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, CONFIG_FILE)):
+        latest = os.path.join(path, "latest")
+        if os.path.exists(latest):
+            return os.path.realpath(latest)
+        subdirs = sorted((d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d, "latest"))),
+                         key=lambda d: os.path.getmtime(os.path.join(path, d, "latest")))
+        if subdirs:  # e.g. checkpoints/ holding several runs: the most recently updated one
+            return os.path.realpath(os.path.join(path, subdirs[-1], "latest"))
+        raise CheckpointError(f"{path!r} is a directory without a checkpoint (no {CONFIG_FILE} and no 'latest' link)")
+    return os.path.realpath(path)
+
+
+def read_config(path: str) -> dict:
+    """The validated config.json of the checkpoint directory `path`."""
+    config_path = os.path.join(path, CONFIG_FILE)
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path!r} is not a checkpoint: {CONFIG_FILE} is missing") from exc
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{config_path} is unreadable or not valid JSON ({exc})") from exc
+    if not isinstance(config, dict) or "format_version" not in config or "model" not in config:
+        raise CheckpointError(f"{config_path} is not a CLLM checkpoint config")
+    if config["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(f"{config_path} has format version {config['format_version']!r}; this CLLM reads "
+                              f"version {FORMAT_VERSION}")
+    return config
+
+
+def load_checkpoint(path: str, with_optimizer: bool = False) -> Checkpoint:
+    """Read and validate a checkpoint; any problem is a CheckpointError naming the file."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = resolve_checkpoint(path)
+    config = read_config(path)
+    config_path = os.path.join(path, CONFIG_FILE)
+    try:
+        model_config = ModelConfig.from_dict(config["model"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{config_path} holds an invalid model config: {exc}") from exc
+
+    def read(fname):
+        file = os.path.join(path, fname)
+        if not os.path.exists(file):
+            raise CheckpointError(f"checkpoint {path!r} is missing {fname}")
+        try:
+            return load_file(file)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{file} is corrupt or truncated ({exc})") from exc
+
+    tensors = read(MODEL_FILE)
+    expected = model_config.param_shapes()
+    if set(tensors) != set(expected):
+        raise CheckpointError(f"{os.path.join(path, MODEL_FILE)} has tensors {sorted(tensors)}, expected {sorted(expected)}")
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape or tensors[name].dtype != np.float32:
+            raise CheckpointError(f"tensor {name} in {MODEL_FILE} has shape {tensors[name].shape} "
+                                  f"({tensors[name].dtype}); the config says {shape} (float32)")
+    ckpt = Checkpoint(path=path, model_config=model_config, params=tensors, train_config=config.get("train", {}))
+    state_path = os.path.join(path, STATE_FILE)
+    if os.path.exists(state_path):
+        try:
+            with open(state_path) as f:
+                ckpt.state = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{state_path} is unreadable or not valid JSON ({exc})") from exc
+    if with_optimizer:
+        opt = read(OPTIMIZER_FILE)
+        P = model_config.num_parameters()
+        for key in ("m", "v"):
+            if key not in opt or opt[key].shape != (P,):
+                raise CheckpointError(f"{OPTIMIZER_FILE} in {path!r} does not match the model ({P} parameters)")
+        ckpt.m, ckpt.v = opt["m"], opt["v"]
+    tok = os.path.join(path, TOKENIZER_FILE)
+    ckpt.tokenizer_path = tok if os.path.exists(tok) else None
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: Checkpoint):
+    """A Model holding the checkpoint's weights (and AdamW moments when loaded)."""
+    from cllm.model import Model
+
+    model = Model(ckpt.model_config, seed=None)
+    for name, tensor in ckpt.params.items():
+        model.p[name][:] = tensor.reshape(-1)
+    if ckpt.m is not None:
+        model.m[:] = ckpt.m
+        model.v[:] = ckpt.v
+    return model

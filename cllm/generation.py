@@ -1,0 +1,190 @@
+"""Text generation with the KV cache: sampling (temperature, top-k, top-p, repetition penalty),
+greedy decoding, and beam search with length normalization.
+
+Every new token costs one Model.decode_step: O(position) attention plus the weight matrices, never a
+forward over the whole prefix. When the context is full, the last half of it is re-fed into a fresh
+cache (positions are learned and absolute, so the cache cannot simply slide).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+import numpy as np
+
+from cllm.errors import ConfigError
+
+
+@dataclasses.dataclass
+class SamplingConfig:
+    max_new_tokens: int = 200
+    temperature: float = 0.8  # 0 means greedy
+    top_k: int = 0  # 0 disables
+    top_p: float = 1.0  # 1 disables; keeps the smallest set of tokens whose probability reaches top_p
+    repeat_penalty: float = 1.0  # > 1 discourages tokens seen in the last repeat_last_n tokens
+    repeat_last_n: int = 64
+    seed: int | None = None
+    stop_at_eos: bool = True
+
+    def validate(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
+            raise ConfigError(f"--max-new-tokens must be a non-negative integer, got {self.max_new_tokens!r}")
+        if not self.temperature >= 0:
+            raise ConfigError(f"--temperature must be >= 0 (0 is greedy), got {self.temperature!r}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ConfigError(f"--top-k must be a non-negative integer (0 disables it), got {self.top_k!r}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"--top-p must lie in (0, 1], got {self.top_p!r}")
+        if not self.repeat_penalty > 0:
+            raise ConfigError(f"--repeat-penalty must be > 0 (1 disables it), got {self.repeat_penalty!r}")
+        if not isinstance(self.repeat_last_n, int) or self.repeat_last_n < 0:
+            raise ConfigError(f"--repeat-last-n must be a non-negative integer, got {self.repeat_last_n!r}")
+
+
+def apply_repeat_penalty(logits: np.ndarray, recent: list[int], penalty: float) -> np.ndarray:
+    """llama.cpp's rule: a positive logit of a recent token is divided by the penalty, a negative one multiplied."""
+    if penalty == 1.0 or not recent:
+        return logits
+    logits = logits.copy()
+    ids = np.unique(np.asarray(recent, dtype=np.int64))
+    vals = logits[ids]
+    logits[ids] = np.where(vals > 0, vals / penalty, vals * penalty)
+    return logits
+
+
+def filter_probs(probs: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
+    """Zero all but the top_k most likely tokens, then all but the smallest set whose mass reaches
+    top_p; renormalized. probs (V,) float64."""
+    if top_k and top_k < probs.size:
+        kth = np.partition(probs, -top_k)[-top_k]
+        keep = probs >= kth
+        # ties at the threshold: keep exactly top_k, the lowest ids first (deterministic)
+        if keep.sum() > top_k:
+            order = np.argsort(-probs, kind="stable")[:top_k]
+            keep = np.zeros_like(keep)
+            keep[order] = True
+        probs = np.where(keep, probs, 0.0)
+        probs /= probs.sum()
+    if top_p < 1.0:
+        order = np.argsort(-probs, kind="stable")
+        cumulative = np.cumsum(probs[order])
+        n_keep = int(np.searchsorted(cumulative, top_p - 1e-12) + 1)  # first index where mass >= top_p
+        mask = np.zeros(probs.size, dtype=bool)
+        mask[order[:n_keep]] = True
+        probs = np.where(mask, probs, 0.0)
+        probs /= probs.sum()
+    return probs
+
+
+def next_token(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator, history: list[int]) -> int:
+    """Pick the next token id from one row of logits (V,)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if cfg.repeat_penalty != 1.0 and cfg.repeat_last_n:
+        logits = apply_repeat_penalty(logits, history[-cfg.repeat_last_n:], cfg.repeat_penalty)
+    if cfg.temperature == 0:
+        return int(np.argmax(logits))
+    z = logits / cfg.temperature
+    z -= z.max()
+    probs = np.exp(z)
+    probs /= probs.sum()
+    probs = filter_probs(probs, cfg.top_k, cfg.top_p)
+    return int(rng.choice(probs.size, p=probs))
+
+
+class Generator:
+    """Runs a model with a KV cache. prompt ids in, new token ids out (as an iterator)."""
+
+    def __init__(self, model, eos_id: int | None = None):
+        self.model = model
+        self.eos_id = eos_id
+        self.max_len = model.config.max_seq_len
+
+    def _prefill(self, tokens: list[int], nb: int = 1):
+        """A fresh cache holding `tokens` (the last max_len - 1 of them); returns (cache, logits, pos)."""
+        tokens = tokens[-(self.max_len - 1):] if len(tokens) >= self.max_len else tokens
+        cache = self.model.new_kv_cache(nb)
+        logits = None
+        for pos, tok in enumerate(tokens):
+            logits = self.model.decode_step(np.full(nb, tok, dtype=np.int32), pos, cache)
+        return cache, logits, len(tokens)
+
+    def stream(self, prompt: list[int], cfg: SamplingConfig) -> Iterator[int]:
+        cfg.validate()
+        if not prompt:
+            raise ConfigError("the prompt is empty; give at least one token")
+        rng = np.random.default_rng(cfg.seed)
+        history = list(prompt)
+        cache, logits, pos = self._prefill(history)
+        for _ in range(cfg.max_new_tokens):
+            tok = next_token(logits[0], cfg, rng, history)
+            if cfg.stop_at_eos and self.eos_id is not None and tok == self.eos_id:
+                return
+            history.append(tok)
+            yield tok
+            if pos >= self.max_len:  # context full: keep the last half and rebuild the cache
+                cache, logits, pos = self._prefill(history[-(self.max_len // 2):])
+            else:
+                logits = self.model.decode_step(np.array([tok], dtype=np.int32), pos, cache)
+                pos += 1
+
+    def beam_search(self, prompt: list[int], beam_width: int, max_new_tokens: int,
+                    length_penalty: float = 1.0) -> list[tuple[list[int], float]]:
+        """Beams sorted best first as (new token ids, score), score = sum log p / len^length_penalty.
+
+        Width 1 is greedy decoding. Finished beams (EOS) leave the search; it stops when no live
+        beam can still beat the worst finished one or after max_new_tokens."""
+        if not isinstance(beam_width, int) or beam_width < 1:
+            raise ConfigError(f"--beam-width must be a positive integer, got {beam_width!r}")
+        if not prompt:
+            raise ConfigError("the prompt is empty; give at least one token")
+        if len(prompt) + max_new_tokens > self.max_len:
+            max_new_tokens = max(0, self.max_len - min(len(prompt), self.max_len - 1))
+        cache, logits, pos = self._prefill(list(prompt), nb=1)
+        C = cache.size
+        # start from one beam; caches of all beams live side by side in one (k, ...) array
+        beams = [([], 0.0)]  # (tokens, sum log p)
+        caches = cache.reshape(1, C)
+        finished: list[tuple[list[int], float]] = []
+
+        def norm(tokens, logp):
+            return logp / max(1, len(tokens)) ** length_penalty
+
+        for step in range(max_new_tokens):
+            logp = logits.astype(np.float64)
+            logp = logp - logp.max(axis=1, keepdims=True)
+            logp = logp - np.log(np.exp(logp).sum(axis=1, keepdims=True))
+            totals = np.array([b[1] for b in beams])[:, None] + logp  # (k, V)
+            flat = totals.ravel()
+            n_cand = min(flat.size, 2 * beam_width)
+            cand = np.argpartition(-flat, n_cand - 1)[:n_cand]
+            cand = cand[np.lexsort((cand, -flat[cand]))]  # best first, ties by index
+            new_beams, parents = [], []
+            V = logp.shape[1]
+            for c in cand:
+                parent, tok = divmod(int(c), V)
+                tokens = beams[parent][0] + [tok]
+                if self.eos_id is not None and tok == self.eos_id:
+                    finished.append((beams[parent][0], float(flat[c])))
+                    continue
+                new_beams.append((tokens, float(flat[c])))
+                parents.append(parent)
+                if len(new_beams) == beam_width:
+                    break
+            if not new_beams:
+                break
+            beams = new_beams
+            caches = caches[parents].copy()  # reorder the KV caches to follow the surviving beams
+            if len(finished) >= beam_width:
+                worst = sorted(norm(t, s) for t, s in finished)[-beam_width]
+                if max(norm(t, s) for t, s in beams) < worst:
+                    break
+            if step == max_new_tokens - 1:
+                break
+            flat_cache = caches.reshape(-1)
+            toks = np.array([b[0][-1] for b in beams], dtype=np.int32)
+            logits = self.model.decode_step(toks, pos, flat_cache)
+            caches = flat_cache.reshape(len(beams), C)
+            pos += 1
+        everything = finished + beams
+        everything.sort(key=lambda b: -norm(*b))
+        return [(t, norm(t, s)) for t, s in everything]

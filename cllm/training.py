@@ -1,0 +1,454 @@
+"""The training loop: data -> tokenizer -> token dataset -> model -> AdamW steps, with evaluation,
+samples, metrics, atomic checkpoints and exact resume.
+
+A reader can hold it in their head: `train(cfg)` runs the pipeline; `Trainer.step()` is one
+optimizer step on one random batch; everything else is bookkeeping around it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+from cllm.config import ModelConfig
+from cllm.errors import CLLMError, CheckpointError, ConfigError, DataError, TrainingError
+
+DEFAULT_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every flag of `cli.py train`. Model sizes are None until resolved, so that a resume can tell
+    a flag the user set (which must match the checkpoint) from one left at its default."""
+    data: str = DEFAULT_DATA
+    tokenizer: str = "char"
+    vocab_size: int | None = None  # word/bpe: default 4096; char: the corpus's characters
+    embed_dim: int | None = None  # default 128
+    num_layers: int | None = None  # default 4
+    num_heads: int | None = None  # default 4
+    seq_len: int | None = None  # default 64; also the model's context length
+    batch_size: int = 12
+    learning_rate: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    epochs: float = 1.0
+    max_steps: int | None = None
+    max_time: float | None = None  # seconds
+    eval_interval: int = 250
+    checkpoint_interval: int = 500
+    sample_interval: int = 500
+    sample_prompt: str = "\n"
+    sample_tokens: int = 200
+    keep_last: int = 3
+    seed: int = 1337
+    resume: str | None = None
+    threads: int | None = None
+    val_fraction: float = 0.1
+    checkpoint_dir: str = "checkpoints/run"
+    progress: bool = True
+
+    MODEL_DEFAULTS = {"embed_dim": 128, "num_layers": 4, "num_heads": 4, "seq_len": 64}
+
+    def validate(self) -> None:
+        def positive(name, allow_none=False):
+            value = getattr(self, name)
+            if value is None and allow_none:
+                return
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value!r}")
+
+        if self.tokenizer not in ("char", "word", "bpe"):
+            raise ConfigError(f"--tokenizer must be char, word or bpe, got {self.tokenizer!r}")
+        for name in ("vocab_size", "embed_dim", "num_layers", "num_heads", "seq_len", "max_steps", "max_time", "threads"):
+            positive(name, allow_none=True)
+        for name in ("batch_size", "learning_rate", "epochs", "eval_interval", "checkpoint_interval",
+                     "sample_interval", "keep_last"):
+            positive(name)
+        for name in ("batch_size", "warmup_steps", "eval_interval", "checkpoint_interval", "sample_interval",
+                     "keep_last", "seed", "sample_tokens"):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                raise ConfigError(f"--{name.replace('_', '-')} must be an integer, got {getattr(self, name)!r}")
+        if not 0 <= self.min_lr <= self.learning_rate:
+            raise ConfigError(f"--min-lr must lie in [0, --learning-rate], got {self.min_lr!r}")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError("--warmup-steps, --weight-decay and --grad-clip must be >= 0")
+        if not 0 <= self.beta1 < 1 or not 0 <= self.beta2 < 1:
+            raise ConfigError("--beta1 and --beta2 must lie in [0, 1)")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"--val-fraction must lie in (0, 1), got {self.val_fraction!r}")
+
+    def model_flags(self) -> dict:
+        return {k: getattr(self, k) for k in self.MODEL_DEFAULTS}
+
+    def to_json(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Linear warmup over warmup_steps, then cosine decay to min_lr at total_steps (step from 0)."""
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    if total_steps <= cfg.warmup_steps:
+        return cfg.learning_rate
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+
+class BatchSampler:
+    """Random windows of T+1 tokens from a memory-mapped split, drawn from a seeded generator whose
+    state is saved in checkpoints (the data position)."""
+
+    def __init__(self, tokens: np.ndarray, B: int, T: int, seed: int):
+        if len(tokens) < T + 2:
+            raise DataError(f"the training split has {len(tokens)} tokens, fewer than one window of "
+                            f"--seq-len {T} + 1; use more data or a smaller --seq-len")
+        self.tokens, self.B, self.T = tokens, B, T
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+
+    def next(self) -> tuple[np.ndarray, np.ndarray]:
+        starts = self.rng.integers(0, len(self.tokens) - self.T - 1, size=self.B)
+        window = np.stack([np.asarray(self.tokens[s:s + self.T + 1], dtype=np.int32) for s in starts])
+        return window[:, :-1], window[:, 1:]
+
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+
+def evaluate_tokens(model, tokens: np.ndarray, B: int, T: int) -> float:
+    """Mean next-token loss over every non-overlapping window of T+1 tokens of `tokens`
+    (deterministic; windows of the last batch are padded with the first one and not counted)."""
+    n_windows = (len(tokens) - 1) // T
+    if n_windows == 0:
+        raise DataError(f"the validation split has {len(tokens)} tokens, fewer than one window of "
+                        f"{T} + 1; lower --val-fraction's denominator or --seq-len")
+    total, count = 0.0, 0
+    for first in range(0, n_windows, B):
+        idx = list(range(first, min(first + B, n_windows)))
+        real = len(idx)
+        idx += [idx[0]] * (B - real)
+        window = np.stack([np.asarray(tokens[i * T:i * T + T + 1], dtype=np.int32) for i in idx])
+        model.forward(window[:, :-1], window[:, 1:])
+        losses = model.a["losses"].reshape(B, T)[:real]
+        total += float(losses.sum(dtype=np.float64))
+        count += losses.size
+    return total / count
+
+
+def sample_text(model, tokenizer, prompt: str, n_tokens: int, seed: int, temperature: float = 0.8) -> str:
+    from cllm.generation import Generator, SamplingConfig
+
+    ids = tokenizer.encode(prompt) or default_start_ids(tokenizer)
+    gen = Generator(model, eos_id=tokenizer.eos_id)
+    out = list(gen.stream(ids, SamplingConfig(max_new_tokens=n_tokens, temperature=temperature, top_k=0, seed=seed)))
+    return tokenizer.decode(out)
+
+
+def default_start_ids(tokenizer) -> list[int]:
+    """What an empty prompt starts from: BOS when the tokenizer has one, else a newline."""
+    if tokenizer.bos_id is not None:
+        return [tokenizer.bos_id]
+    ids = tokenizer.encode("\n")
+    if not ids:
+        raise ConfigError("the prompt is empty and this tokenizer has neither BOS nor a newline token")
+    return ids
+
+
+def _say(msg: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(msg, file=sys.stderr)
+
+
+class _StopFlag:
+    """Ctrl-C asks the loop to stop after the current step (so a checkpoint is consistent);
+    a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading_is_main():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        _say("interrupt: finishing this step and saving a checkpoint (Ctrl-C again to abort)")
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def threading_is_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def load_dataset(cfg: TrainConfig):
+    """The prepared dataset for cfg.data: DATA itself when it is one, else prepared (and cached)
+    under CHECKPOINT_DIR/dataset. Returns (tokenizer, train tokens, val tokens, dataset dir)."""
+    from cllm.data import prepare_dataset, read_token_file
+    from cllm.tokenizers import load_tokenizer
+
+    data = cfg.data
+    if not os.path.exists(data):
+        raise DataError(f"no such file or directory: {data!r}")
+    if os.path.isdir(data) and all(os.path.exists(os.path.join(data, f)) for f in ("meta.json", "train.bin", "val.bin", "tokenizer.json")):
+        _say(f"[1/5] Using the prepared dataset {data}")
+        tokenizer = load_tokenizer(os.path.join(data, "tokenizer.json"))
+        _say(f"[2/5] Tokenizer: {tokenizer.kind}, {tokenizer.vocab_size} tokens")
+        return tokenizer, read_token_file(os.path.join(data, "train.bin")), read_token_file(os.path.join(data, "val.bin")), data
+    _say(f"[1/5] Loading and cleaning {data}")
+    out_dir = os.path.join(cfg.checkpoint_dir, "dataset")
+    prepared = prepare_dataset(data, out_dir, tokenizer=cfg.tokenizer, vocab_size=cfg.vocab_size,
+                               val_fraction=cfg.val_fraction, progress=cfg.progress)
+    tokenizer = prepared.tokenizer
+    _say(f"[2/5] Tokenizer: {tokenizer.kind}, {tokenizer.vocab_size} tokens")
+    return tokenizer, read_token_file(prepared.train_path), read_token_file(prepared.val_path), out_dir
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run training; returns a summary dict (steps, losses, paths)."""
+    from tqdm import tqdm
+
+    from cllm import checkpoint as ck
+    from cllm.model import Model
+    from cllm.optim import AdamW
+    from cllm.runtime import configure_threads
+
+    cfg.validate()
+    threads = configure_threads(cfg.threads)
+    if not cfg.resume:  # check the model's sizes before any data is read
+        sizes = {k: getattr(cfg, k) or v for k, v in cfg.MODEL_DEFAULTS.items()}
+        ModelConfig(vocab_size=1, num_layers=sizes["num_layers"], num_heads=sizes["num_heads"],
+                    embed_dim=sizes["embed_dim"], max_seq_len=sizes["seq_len"])
+    ckdir = cfg.checkpoint_dir
+    try:
+        os.makedirs(ckdir, exist_ok=True)
+        probe = os.path.join(ckdir, f".write-test-{os.getpid()}")
+        open(probe, "w").close()
+        os.unlink(probe)
+    except OSError as exc:
+        raise CheckpointError(f"the checkpoint directory {ckdir!r} is not writable ({exc.strerror}); "
+                              "choose another --checkpoint-dir") from exc
+    ck.remove_stale_temporaries(ckdir)
+
+    resume = None
+    if cfg.resume:
+        path = os.path.join(ckdir, cfg.resume) if cfg.resume in ("latest", "best") else cfg.resume
+        resume = ck.load_checkpoint(path, with_optimizer=True)
+        saved = resume.model_config
+        for flag, value in cfg.model_flags().items():
+            have = saved.max_seq_len if flag == "seq_len" else getattr(saved, flag)
+            if value is not None and value != have:
+                raise ConfigError(f"cannot resume: the checkpoint has {flag.replace('_', '-')} {have} but "
+                                  f"--{flag.replace('_', '-')} {value} was given; drop the flag or start a new "
+                                  "--checkpoint-dir")
+        cfg.embed_dim, cfg.num_layers, cfg.num_heads, cfg.seq_len = saved.embed_dim, saved.num_layers, saved.num_heads, saved.max_seq_len
+    for flag, default in cfg.MODEL_DEFAULTS.items():
+        if getattr(cfg, flag) is None:
+            setattr(cfg, flag, default)
+
+    tokenizer, train_tokens, val_tokens, dataset_dir = load_dataset(cfg)
+    _say(f"[3/5] Dataset: {len(train_tokens):,} training and {len(val_tokens):,} validation tokens ({dataset_dir})")
+    B, T = cfg.batch_size, cfg.seq_len
+    model_config = ModelConfig(vocab_size=tokenizer.vocab_size, max_seq_len=T, num_layers=cfg.num_layers,
+                               num_heads=cfg.num_heads, embed_dim=cfg.embed_dim)
+    model_config.check_batch(B, T, training=True)
+    optimizer = AdamW(lr=cfg.learning_rate, beta1=cfg.beta1, beta2=cfg.beta2, weight_decay=cfg.weight_decay,
+                      grad_clip=cfg.grad_clip)
+    sampler = BatchSampler(train_tokens, B, T, cfg.seed)
+    step, best_val, elapsed_before = 0, math.inf, 0.0
+    if resume is not None:
+        if resume.model_config != model_config:
+            raise ConfigError(f"cannot resume: the checkpoint's model ({resume.model_config}) differs from this "
+                              f"run's ({model_config}); the tokenizer or data changed")
+        model = ck.model_from_checkpoint(resume)
+        state = resume.state
+        step = int(state.get("step", 0))
+        optimizer.t = int(state.get("optimizer_t", step))
+        sampler.set_state(state["sampler_state"])
+        best_val = float(state.get("best_val_loss") or math.inf)
+        elapsed_before = float(state.get("elapsed_s", 0.0))
+        _say(f"[4/5] Model: resumed {resume.path} at step {step}")
+    else:
+        model = Model(model_config, seed=cfg.seed)
+        _say(f"[4/5] Model: {model.num_parameters():,} parameters, {cfg.num_layers} layers, {cfg.num_heads} heads, "
+             f"{cfg.embed_dim} dims, context {T}, vocab {tokenizer.vocab_size}")
+
+    tokens_per_step = B * T
+    if cfg.max_steps is not None:
+        total_steps = cfg.max_steps
+    else:
+        total_steps = max(1, math.ceil(cfg.epochs * len(train_tokens) / tokens_per_step))
+    _say(f"[5/5] Training: {total_steps} steps of {B} x {T} tokens, {threads} threads"
+         + (f", at most {cfg.max_time:g} s" if cfg.max_time else ""))
+
+    metrics_path = os.path.join(ckdir, "metrics.jsonl")
+    _truncate_metrics(metrics_path, step)
+    train_json = cfg.to_json()
+
+    def save(reason: str, val_loss: float | None):
+        nonlocal best_val
+        name = f"step_{step:06d}"
+        state = {"step": step, "optimizer_t": optimizer.t, "sampler_state": sampler.state(),
+                 "best_val_loss": None if best_val == math.inf else best_val, "val_loss": val_loss,
+                 "elapsed_s": elapsed_before + (time.perf_counter() - t_start), "world_size": 1,
+                 "dataset_dir": dataset_dir, "reason": reason}
+        ck.save_checkpoint(ckdir, name, model, optimizer, tokenizer, train_json, state)
+        ck.set_pointer(ckdir, "latest", name)
+        if val_loss is not None and val_loss <= best_val:
+            ck.set_pointer(ckdir, "best", name)
+        ck.prune_checkpoints(ckdir, cfg.keep_last)
+
+    t_start = time.perf_counter()
+    last_saved = step if resume is not None else -1
+    val_loss = None
+    history = []
+    bar = tqdm(total=total_steps, initial=step, disable=not cfg.progress, dynamic_ncols=True, unit="step", file=sys.stderr)
+    with _StopFlag() as stop, open(metrics_path, "a") as metrics:
+        while step < total_steps:
+            if cfg.max_time is not None and time.perf_counter() - t_start >= cfg.max_time:
+                _say(f"--max-time {cfg.max_time:g} s reached at step {step}")
+                break
+            lr = lr_at(step, cfg, total_steps)
+            t0 = time.perf_counter()
+            x, y = sampler.next()
+            model.zero_grad()
+            _, loss = model.forward(x, y)
+            model.backward()
+            try:
+                norm = optimizer.step(model, lr, loss)
+            except TrainingError:
+                bar.close()
+                raise
+            step += 1
+            dt = time.perf_counter() - t0
+            record = {"step": step, "train_loss": loss, "lr": lr, "grad_norm": norm,
+                      "tokens_per_sec": tokens_per_step / dt, "elapsed_s": elapsed_before + time.perf_counter() - t_start}
+            val_loss = None
+            if step % cfg.eval_interval == 0 or step == total_steps:
+                val_loss = evaluate_tokens(model, val_tokens, B, T)
+                record["val_loss"] = val_loss
+                best_val = min(best_val, val_loss)
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+            history.append(record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", val=f"{val_loss:.4f}" if val_loss is not None else "-",
+                            lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_sec']:.0f}", refresh=False)
+            if cfg.sample_interval and step % cfg.sample_interval == 0:
+                text = sample_text(model, tokenizer, cfg.sample_prompt, cfg.sample_tokens, seed=cfg.seed + step)
+                bar.write(f"--- sample at step {step} ---\n{cfg.sample_prompt}{text}\n---", file=sys.stderr)
+            if step % cfg.checkpoint_interval == 0:
+                save("interval", val_loss)
+                last_saved = step
+            if stop.requested:
+                break
+        bar.close()
+        if val_loss is None and step > 0 and (not history or "val_loss" not in history[-1]):
+            val_loss = evaluate_tokens(model, val_tokens, B, T)
+            best_val = min(best_val, val_loss)
+            record = {"step": step, "val_loss": val_loss, "elapsed_s": elapsed_before + time.perf_counter() - t_start}
+            metrics.write(json.dumps(record) + "\n")
+        if step != last_saved:
+            save("interrupt" if stop.requested else "end", val_loss)
+    elapsed = time.perf_counter() - t_start
+    trained_tokens = len(history) * tokens_per_step
+    summary = {"steps": step, "final_train_loss": history[-1]["train_loss"] if history else None,
+               "val_loss": val_loss, "best_val_loss": None if best_val == math.inf else best_val,
+               "elapsed_s": elapsed, "tokens_per_sec": trained_tokens / elapsed if elapsed > 0 else 0.0,
+               "checkpoint": os.path.join(ckdir, "latest"), "interrupted": stop.requested}
+    _say(f"done: {step} steps, val loss {val_loss if val_loss is not None else float('nan'):.4f}, "
+         f"{summary['tokens_per_sec']:.0f} tokens/s, {elapsed:.1f} s; checkpoint {summary['checkpoint']}")
+    plot_losses(metrics_path, os.path.join(ckdir, "loss.png"))
+    return summary
+
+
+def _truncate_metrics(path: str, step: int) -> None:
+    """On resume, drop the metrics logged after the checkpoint's step (they will be logged again)."""
+    if not os.path.exists(path):
+        return
+    keep = []
+    with open(path) as f:
+        for line in f:
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except ValueError:
+                continue
+    from cllm.fileio import atomic_write_text
+
+    atomic_write_text(path, "".join(keep))
+
+
+def plot_losses(metrics_path: str, png_path: str) -> bool:
+    """A loss-curve PNG when matplotlib (the [plot] extra) is installed; returns whether it was written."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    steps, losses, vsteps, vlosses = [], [], [], []
+    with open(metrics_path) as f:
+        for line in f:
+            rec = json.loads(line)
+            if "train_loss" in rec:
+                steps.append(rec["step"])
+                losses.append(rec["train_loss"])
+            if "val_loss" in rec:
+                vsteps.append(rec["step"])
+                vlosses.append(rec["val_loss"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, losses, label="train", linewidth=0.8)
+    if vsteps:
+        ax.plot(vsteps, vlosses, "o-", label="val")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    from cllm.fileio import atomic_open
+
+    with atomic_open(png_path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+    return True
+
+
+def build_config(given: dict) -> TrainConfig:
+    """A TrainConfig from the flags the user gave. With --resume, the checkpoint's own training
+    config is the base (so that `train --resume latest` continues the same run: same data,
+    tokenizer and schedule) and the given flags override it."""
+    from cllm import checkpoint as ck
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    base = {}
+    if given.get("resume"):
+        ckdir = given.get("checkpoint_dir", TrainConfig.checkpoint_dir)
+        target = given["resume"]
+        path = os.path.join(ckdir, target) if target in ("latest", "best") else target
+        saved = ck.read_config(ck.resolve_checkpoint(path)).get("train", {})
+        base = {k: v for k, v in saved.items() if k in names and k not in ("resume", "progress")}
+    base.update(given)
+    return TrainConfig(**base)
