@@ -275,8 +275,7 @@ class Crawler:
         async with host.robots_lock:
             if host.robots is None:
                 target = origin(url) + "/robots.txt"
-                robots = None
-                for _hop in range(6):
+                for _hop in range(6):  # the first request and up to 5 redirects (RFC 9309)
                     try:
                         resp = await self._request(target, None, max_bytes=self.settings.robots_max_bytes, truncate=True)
                     except FetchError as exc:
@@ -287,7 +286,9 @@ class Crawler:
                         robots = Robots.from_status(resp.status, resp.body)
                         break
                     target = nxt
-                host.robots = robots or Robots.from_status(310, None)
+                else:
+                    robots = Robots.from_status(resp.status, None)  # too many redirects
+                host.robots = robots
                 host.crawl_delay = host.robots.crawl_delay(self.settings.user_agent)
                 host.finished()  # now that Crawl-delay is known, it spaces the next request too
         return host.robots

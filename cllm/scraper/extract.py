@@ -366,9 +366,7 @@ def _main_block(doc, marked: list):
         body = doc
     readable = _readability_candidate(body)
     readable_len = sum(_text_len(el) for el in readable)
-    # a marked-up body still present after cleaning, unless readability found much more text
-    marked = [el for el in marked if el.getroottree().getroot() is doc.getroottree().getroot()
-              and any(True for _ in el.iterancestors("html"))]
+    # the marked-up body (protected from the cleaning), unless readability found far more text
     if marked and sum(_text_len(el) for el in marked) >= max(200, 0.3 * readable_len):
         return marked
     return readable or [body]

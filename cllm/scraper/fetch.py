@@ -20,7 +20,7 @@ PDF_TYPES = ("application/pdf",)
 
 class FetchError(Exception):
     """A request that produced no usable response. `kind` names the cause for the log and the
-    retry policy: timeout, network, too_large, bad_encoding, too_many_redirects."""
+    retry policy: timeout, network, too_large, bad_encoding."""
 
     def __init__(self, kind: str, message: str):
         super().__init__(f"{kind}: {message}")
