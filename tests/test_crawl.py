@@ -5,6 +5,7 @@ Politeness is checked from the server's side: its request log (time, path, User-
 import asyncio
 import gzip
 import os
+import random
 import re
 import tracemalloc
 
@@ -52,6 +53,37 @@ async def test_bfs_order_depth_limit_and_honest_user_agent(tmp_path):
     assert set(rec) >= {"url", "final_url", "status", "depth", "parent", "title", "fetched_at", "bytes",
                         "text_chars", "sha256", "file"}
     assert all(ua.startswith("CLLM-crawler/") and "+http" in ua for _, _, ua in site.log)
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_bfs_on_random_link_graphs(tmp_path, seed):
+    """Whatever the graph: each page fetched once, exactly the pages within max_depth clicks,
+    in order of their shortest distance, with depth and parent recorded accordingly."""
+    rng = random.Random(seed)
+    n, max_depth = 40, 3
+    edges = {i: rng.sample(range(n), rng.randint(0, 4)) for i in range(n)}
+    forms = ["/n{}", "/n{}#x", "./n{}", "/y/../n{}"]  # equivalent spellings of one URL
+    routes = {f"/n{i}": page(f"Node {i}", [rng.choice(forms).format(j) for j in edges[i]]) for i in range(n)}
+    dist, frontier = {0: 0}, [0]
+    while frontier:
+        nxt = []
+        for i in frontier:
+            for j in edges[i]:
+                if j not in dist:
+                    dist[j] = dist[i] + 1
+                    nxt.append(j)
+        frontier = nxt
+    async with serve(routes) as site:
+        await crawl(site.url("/n0"), tmp_path, max_depth=max_depth, concurrency=3)
+    fetched = [int(p[2:]) for p in site.paths() if p != "/robots.txt"]
+    assert sorted(fetched) == sorted(i for i, d in dist.items() if d <= max_depth)
+    assert [dist[i] for i in fetched] == sorted(dist[i] for i in fetched)
+    for rec in manifest(tmp_path):
+        i = int(rec["url"].rsplit("/n", 1)[1])
+        assert rec["depth"] == dist[i]
+        if i:
+            parent = int(rec["parent"].rsplit("/n", 1)[1])
+            assert dist[parent] == dist[i] - 1 and i in edges[parent]
 
 
 async def test_page_limit_is_exact_and_no_page_is_fetched_beyond_it(tmp_path):
@@ -377,18 +409,24 @@ async def test_only_html_is_kept_and_pdf_on_request(tmp_path):
             return web.Response(body=body, headers={"Content-Type": ctype})
         return handler
 
-    links = ["/data.json", "/img.png", "/doc.pdf", "/plain.txt", "/x.xhtml"]
-    routes = {"/": page("Home", links), "/data.json": typed(b'{"a": 1}', "application/json"),
-              "/img.png": typed(b"\x89PNG....", "image/png"), "/doc.pdf": typed(MINI_PDF, "application/pdf"),
+    # extension-less URLs: only the Content-Type tells what they are
+    links = ["/data", "/img", "/doc", "/plain.txt", "/x.xhtml", "/photo.JPG", "/style.css?v=2", "/paper.pdf"]
+    routes = {"/": page("Home", links), "/data": typed(b'{"a": 1}', "application/json"),
+              "/img": typed(b"\x89PNG....", "image/png"), "/doc": typed(MINI_PDF, "application/pdf"),
               "/plain.txt": typed(b"just text " * 50, "text/plain"),
-              "/x.xhtml": typed(page("Xhtml page").encode(), "application/xhtml+xml; charset=utf-8")}
+              "/x.xhtml": typed(page("Xhtml page").encode(), "application/xhtml+xml; charset=utf-8"),
+              "/paper.pdf": typed(MINI_PDF, "application/pdf")}
     async with serve(routes) as site:
         summary = await crawl(site.url("/"), tmp_path / "html")
         assert {r["url"] for r in manifest(tmp_path / "html")} == {site.url("/"), site.url("/x.xhtml")}
-        assert summary.skipped == 4
+        assert summary.skipped == 4 and summary.reasons["content-type application/pdf"] == 1
+        # known non-page extensions are not even requested
+        assert not {"/photo.JPG", "/style.css?v=2", "/paper.pdf"} & set(site.paths())
         await crawl(site.url("/"), tmp_path / "pdf", include_pdf=True)
+        assert site.paths().count("/paper.pdf") == 1
     texts = page_texts(tmp_path / "pdf")
-    assert "Portable documents hold prose too." in texts[site.url("/doc.pdf")]
+    assert "Portable documents hold prose too." in texts[site.url("/doc")]
+    assert "Portable documents hold prose too." not in texts.get(site.url("/paper.pdf"), "")  # a duplicate
 
 
 async def test_encodings_latin1_meta_bom_and_http_header(tmp_path):

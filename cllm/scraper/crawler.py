@@ -32,6 +32,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from urllib.parse import urlsplit
 
 from cllm.errors import CrawlError
 from cllm.fileio import atomic_write_text
@@ -198,6 +199,12 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _extension(url: str) -> str:
+    """'jpg' for http://host/a/photo.JPG?x=1; '' when the last path segment has no dot."""
+    last = urlsplit(url).path.rsplit("/", 1)[-1]
+    return last.rsplit(".", 1)[-1].lower() if "." in last else ""
+
+
 def _process(body: bytes, charset: str | None, final_url: str, is_pdf: bool):
     """CPU work of one page, run in a worker thread: (title, text, links, nofollow, noindex)."""
     from cllm.scraper.extract import extract_pdf, extract_tree, parse_html
@@ -227,6 +234,9 @@ class Crawler:
         if os.path.exists(self.out_dir) and not os.path.isdir(self.out_dir):
             raise CrawlError(f"OUT_DIR {out_dir!r} is a file; give a folder")
         self.summary = Summary(out_dir=self.out_dir)
+        self._skip_ext = {x.lower().lstrip(".") for x in self.settings.skip_extensions}
+        if self.settings.include_pdf:
+            self._skip_ext.discard("pdf")
         self._hosts: dict[str, _Host] = {}
         self._start_failure: str | None = None
 
@@ -332,6 +342,8 @@ class Crawler:
                 continue
             if not in_scope(link, self.start_host, s.allow_domains, s.follow_external):
                 continue
+            if self._skip_ext and _extension(link) in self._skip_ext:
+                continue  # an image, archive, stylesheet ...: not worth a request
             key = path_key(link)
             if self._per_path[key] >= s.max_per_path:
                 continue  # a calendar or search trap: enough variants of this path

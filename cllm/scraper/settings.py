@@ -19,7 +19,8 @@ DEFAULT_USER_AGENT = f"CLLM-crawler/{cllm.__version__} (+https://github.com/cllm
 class CrawlSettings:
     # --- limits -------------------------------------------------------------------------------
     max_pages: int = 100
-    """Stop after this many pages are kept (written, or recognised as exact duplicates)."""
+    """Stop after this many pages are kept (written, or recognised as exact duplicates), counting
+    the pages kept by earlier runs into the same OUT_DIR: rerun with a larger value to extend."""
 
     max_depth: int = 2
     """Links are followed up to this many clicks from the start URL (the start URL is depth 0)."""
@@ -68,6 +69,17 @@ class CrawlSettings:
 
     allow_domains: tuple[str, ...] = field(default_factory=tuple)
     """Extra domains whose hosts (and their subdomains) are in scope besides the start host."""
+
+    skip_extensions: tuple[str, ...] = (
+        "7z", "apk", "avi", "bin", "bmp", "bz2", "css", "csv", "deb", "dmg", "doc", "docx", "eot", "exe",
+        "flac", "gif", "gz", "ico", "iso", "jar", "jpeg", "jpg", "js", "json", "m4a", "m4v", "mkv", "mov",
+        "mp3", "mp4", "mpeg", "mpg", "msi", "ogg", "otf", "pdf", "png", "ppt", "pptx", "ps", "rar", "rpm",
+        "svg", "tar", "tgz", "tif", "tiff", "ttf", "wav", "webm", "webp", "woff", "woff2", "xls", "xlsx",
+        "xml", "xz", "zip",
+    )
+    """Links whose path ends in one of these extensions are not even requested (as Scrapy's
+    IGNORED_EXTENSIONS): they are not pages. "pdf" is let through with include_pdf. A URL without
+    such an extension is still checked by its Content-Type."""
 
     include_pdf: bool = False
     """Also keep PDF documents (their text, via pypdf). Otherwise only HTML is kept; other
