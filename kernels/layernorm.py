@@ -12,15 +12,16 @@ from ._common import JIT, PJIT
 def layernorm_row(out, inp, weight, bias, o, C):
     # One row: normalizes inp[o:o+C] into out[o:o+C]; returns (mean, rstd) in the array's dtype.
     zero = inp.dtype.type(0)
+    Cf = inp.dtype.type(C)  # dividing by the int C would promote float32 to float64
     s = zero
     for c in range(C):
         s += inp[o + c]
-    m = s / C
+    m = s / Cf
     v = zero
     for c in range(C):
         d = inp[o + c] - m
         v += d * d
-    v = v / C
+    v = v / Cf
     r = inp.dtype.type(1) / np.sqrt(v + inp.dtype.type(1e-5))
     for c in range(C):
         out[o + c] = (inp[o + c] - m) * r * weight[c] + bias[c]
@@ -40,6 +41,7 @@ def layernorm_forward(out, mean, rstd, inp, weight, bias, B, T, C):
 def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, B, T, C):
     # dinp (B,T,C) += ...;  dweight, dbias (C) += ...;  dout, inp (B,T,C);  mean, rstd (B,T)
     zero = inp.dtype.type(0)
+    Cf = inp.dtype.type(C)
     # dinp: rows are independent, so they run in parallel.
     for bt in prange(B * T):
         o = bt * C
@@ -52,8 +54,8 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, B, T
             dnorm = weight[c] * dout[o + c]
             dnorm_mean += dnorm
             dnorm_norm_mean += dnorm * norm
-        dnorm_mean = dnorm_mean / C
-        dnorm_norm_mean = dnorm_norm_mean / C
+        dnorm_mean = dnorm_mean / Cf
+        dnorm_norm_mean = dnorm_norm_mean / Cf
         for c in range(C):
             norm = (inp[o + c] - m) * r
             dnorm = weight[c] * dout[o + c]
