@@ -110,6 +110,27 @@ async def test_one_request_at_a_time_per_host(tmp_path):
     assert peak == 1 and len(site.log) == 10
 
 
+@pytest.mark.parametrize("concurrency, expected_peak", [(1, 1), (4, 2)])
+async def test_hosts_are_crawled_concurrently_within_the_global_limit(tmp_path, concurrency, expected_peak):
+    active, peak = 0, 0
+
+    async def slow(request):
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.05)
+        active -= 1
+        return web.Response(text=page(request.host + request.path), content_type="text/html")
+
+    async with serve({f"/b{i}": slow for i in range(3)}, host="127.0.0.2") as other:
+        routes = {"/": page("Home", [f"/a{i}" for i in range(3)] + [other.url(f"/b{i}") for i in range(3)]),
+                  **{f"/a{i}": slow for i in range(3)}}
+        async with serve(routes) as site:
+            await crawl(site.url("/"), tmp_path, concurrency=concurrency, allow_domains=("127.0.0.2",))
+    assert peak == expected_peak  # one per host, two hosts at once unless concurrency is 1
+    assert len(manifest(tmp_path)) == 7
+
+
 async def test_equivalent_urls_are_fetched_once(tmp_path):
     links = ["/a", "/a#top", "./a", "/x/../a", "a?", "/q?b=2&a=1", "/q?a=1&b=2#f", "/%7Eme", "/~me"]
     home = page("Home", links).replace('<a href="/a">', "<a href=/a>").replace('<a href="./a">', "<a href='./a'>")
@@ -185,6 +206,16 @@ async def test_robots_rules_are_obeyed(tmp_path):
     assert site.paths().count("/robots.txt") == 1 and site.paths()[0] == "/robots.txt"
     assert sorted(site.paths()[1:]) == ["/", "/list", "/private/ok", "/public"]
     assert summary.reasons["robots.txt"] == 2
+
+
+async def test_robots_groups_match_a_custom_user_agent(tmp_path):
+    robots = "User-agent: MyBot\nDisallow: /no-mybot\n\nUser-agent: *\nDisallow: /no-others\n"
+    routes = {"/robots.txt": robots, "/": page("Home", ["/no-mybot", "/no-others"]),
+              "/no-mybot": page("X"), "/no-others": page("Y")}
+    async with serve(routes) as site:
+        await crawl(site.url("/"), tmp_path, user_agent="MyBot/2.0 (+https://example.org/bot)")
+    assert sorted(site.paths()) == ["/", "/no-others", "/robots.txt"]
+    assert {ua for _, _, ua in site.log} == {"MyBot/2.0 (+https://example.org/bot)"}
 
 
 async def test_robots_ignored_with_the_flag(tmp_path):
