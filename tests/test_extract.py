@@ -121,3 +121,40 @@ def test_xml_declaration_and_empty_inputs():
 def test_never_raises_on_arbitrary_input(data):
     got = extract_html(data)
     assert isinstance(got.text, str) and isinstance(got.title, str)
+
+
+def test_documentation_page_keeps_lists_and_code_indentation():
+    page = """<html><head><title>Installing lighthouse-tools</title></head><body>
+    <div class="sidebar"><ul><li><a href="/a">Intro</a></li><li><a href="/b">API</a></li></ul></div>
+    <div class="content"><h1>Installing lighthouse-tools</h1>
+    <p>Install the package with pip, then check that the command line tool runs, as shown below.</p>
+    <ul><li>Python 3.11 or newer</li><li>A C compiler for the optional extensions</li></ul>
+    <pre><code>def main():
+    if ready():
+        print("lit")
+</code></pre>
+    <h2>Configuration</h2>
+    <p>Settings live in a TOML file in your home folder, and every key has a documented default.</p>
+    </div></body></html>"""
+    got = extract_html(page)
+    assert got.text.splitlines() == [
+        "Install the package with pip, then check that the command line tool runs, as shown below.",
+        "Python 3.11 or newer",
+        "A C compiler for the optional extensions",
+        "def main():",
+        "    if ready():",
+        '        print("lit")',
+        "Configuration",
+        "Settings live in a TOML file in your home folder, and every key has a documented default.",
+    ]
+
+
+def test_hidden_and_dialog_boilerplate_is_dropped():
+    body = " ".join(["The council approved the harbour budget after a long debate, with two abstentions."] * 3)
+    page = f"""<html><body>
+    <div role="dialog"><p>Subscribe to our newsletter for weekly updates and special offers today!</p></div>
+    <div class="gdpr-notice"><p>This site uses cookies and similar technologies, as our policy explains.</p></div>
+    <div style="display: none"><p>Hidden text that should never be part of the extracted article.</p></div>
+    <main><p>{body}</p><p hidden>Also hidden, a paragraph that is long enough to be scored.</p></main>
+    </body></html>"""
+    assert extract_html(page).text == body

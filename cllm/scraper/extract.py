@@ -399,15 +399,16 @@ def _clean_block(block) -> None:
             _remove(el)
 
 
-def _lines(block) -> list[str]:
-    """Serialize: every block-level element starts a new line; <br> breaks a line."""
-    out: list[str] = []
+def _lines(block) -> list[tuple[str, bool]]:
+    """Serialize: every block-level element starts a new line; <br> breaks a line; a <pre> keeps
+    its own lines and indentation (code). Returns (line, verbatim) pairs."""
+    out: list[tuple[str, bool]] = []
     buf: list[str] = []
 
     def flush():
         line = " ".join("".join(buf).split())
         if line:
-            out.append(line)
+            out.append((line, False))
         buf.clear()
 
     def walk(el):
@@ -417,6 +418,8 @@ def _lines(block) -> list[str]:
             flush()
         if tag == "br":
             flush()
+        elif tag == "pre":
+            out.extend((line.rstrip(), True) for line in el.text_content().splitlines())
         elif tag:
             if el.text:
                 buf.append(el.text)
@@ -439,11 +442,12 @@ def _lines(block) -> list[str]:
 _INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
 
 
-def _tidy(lines: list[str]) -> str:
+def _tidy(lines: list[tuple[str, bool]]) -> str:
     keep = []
-    for line in lines:
-        line = _INVISIBLE.sub("", line).replace("\xa0", " ").strip()
-        if not line or _AD_LINE.match(line):
+    for line, verbatim in lines:
+        line = _INVISIBLE.sub("", line).replace("\xa0", " ")
+        line = line.rstrip() if verbatim else line.strip()
+        if not line.strip() or (not verbatim and _AD_LINE.match(line)):
             continue
         keep.append(line)
     return "\n".join(keep)
