@@ -46,7 +46,7 @@ def make_docs(root, n=10):
 @pytest.mark.parametrize("kind", ["word", "bpe"])
 def test_several_documents_split_at_boundaries_with_eos(tmp_path, kind):
     docs = make_docs(tmp_path / "c")
-    ds = prepare_dataset(tmp_path / "c", tmp_path / "out", tokenizer=kind, vocab_size=300, val_fraction=0.2, progress=False)
+    ds = prepare_dataset(tmp_path / "c", tmp_path / "out", tokenizer=kind, vocab_size=280, val_fraction=0.2, progress=False)
     tok, eos = ds.tokenizer, ds.tokenizer.eos_id
     train, val = ds.train_tokens().tolist(), ds.val_tokens().tolist()
     # EOS closes every document; split the streams back into documents

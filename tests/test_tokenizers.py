@@ -340,8 +340,11 @@ def test_custom_pattern_uses_the_regex_path_and_long_texts_span_buffers(bpe):
     assert custom._gpt4 is None
     assert custom.decode(custom.encode(text)) == text
     assert custom.encode(text) == reference_encode(custom, text)
-    long_run = "x" * 5000 + " " * 70000 + "end"  # chunks longer than the first output buffer
+    long_run = "x" * 5000 + " " * 70000 + "end"
     assert bpe.encode(long_run) == reference_encode(bpe, long_run)
+    # more than one output buffer (2**20 ids), and a chunk longer than a buffer
+    long_text = SAMPLE * 60 + "\u00e9" * 300_000 + "end"
+    assert bpe.encode(long_text) == reference_encode(bpe, long_text)
 
 
 def test_lone_surrogate_is_a_clear_error(bpe):

@@ -54,7 +54,7 @@ _CLASSES = None
 
 def char_classes() -> np.ndarray:
     """(0x110000,) uint8 class bits per code point for the Numba pre-split (see bpe_kernels),
-    computed once per process from the `regex` module's own \p{L}, \p{N}, \s (~0.15 s)."""
+    computed once per process from the `regex` module's own letter, number and space classes."""
     global _CLASSES
     if _CLASSES is None:
         every = "".join(map(chr, range(0x110000)))
@@ -347,7 +347,7 @@ class BPETokenizer(Tokenizer):
         cls, ranks = char_classes(), self._merge_table()
         parts = []
         pos = 0
-        size = min(4 * n + 16, 1 << 22)
+        size = min(4 * n + 16, 1 << 20)  # ids per kernel call; the loop below continues
         while pos < n:
             self._reserve_cache(n - pos)
             kc = self._kcache

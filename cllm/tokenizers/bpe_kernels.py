@@ -361,7 +361,7 @@ def _is_other(k):
 
 @njit(cache=True)
 def _matches(k, want):
-    """Class test: want CL_L or CL_N, or 0 for 'other' ([^\s\p{L}\p{N}])."""
+    """Class test: want CL_L or CL_N, or 0 for 'other' (not letter, number or space)."""
     if want == 0:
         return _is_other(k)
     return (k & want) != 0
@@ -481,27 +481,33 @@ def _utf8(cps, s, e, toks):
 
 @njit(cache=True)
 def _merge_chunk(toks, prank, L, ranks):
-    """Apply the merges to toks[:L] (lowest rank first, leftmost among equals); returns new L."""
+    """Apply the merges to toks[:L]; returns the new length.
+
+    Same result as merging the lowest-rank pair, leftmost first, one at a time (HuggingFace,
+    tiktoken): once the lowest rank r is found, every non-overlapping occurrence of that pair is
+    merged in one left-to-right pass, because a merge can only create pairs of higher rank than r.
+    So a round costs O(L) and a long run ("=====...") needs few rounds, not O(L) rounds."""
     NONE = np.int64(1) << 62
-    for i in range(L - 1):
-        prank[i] = _rank(ranks, toks[i], toks[i + 1], NONE)
     while L > 1:
-        best = 0
-        for i in range(1, L - 1):
-            if prank[i] < prank[best]:
-                best = i
-        r = prank[best]
-        if r == NONE:
+        best = NONE
+        for i in range(L - 1):
+            prank[i] = _rank(ranks, toks[i], toks[i + 1], NONE)
+            if prank[i] < best:
+                best = prank[i]
+        if best == NONE:
             break
-        toks[best] = np.int32(r & 0xFFFFFFFF)
-        for i in range(best + 1, L - 1):
-            toks[i] = toks[i + 1]
-            prank[i] = prank[i + 1]
-        L -= 1
-        if best > 0:
-            prank[best - 1] = _rank(ranks, toks[best - 1], toks[best], NONE)
-        if best < L - 1:
-            prank[best] = _rank(ranks, toks[best], toks[best + 1], NONE)
+        new = np.int32(best & 0xFFFFFFFF)
+        w = 0
+        i = 0
+        while i < L:
+            if i < L - 1 and prank[i] == best:
+                toks[w] = new
+                i += 2
+            else:
+                toks[w] = toks[i]
+                i += 1
+            w += 1
+        L = w
     return L
 
 
