@@ -143,3 +143,12 @@ def test_settings_are_validated():
         CrawlSettings(per_host=0)
     assert CrawlSettings(allow_domains="a.org, .b.org").allow_domains == ("a.org", "b.org")
     assert CrawlSettings().user_agent.startswith("CLLM-crawler/")
+
+
+def test_extension_of_a_url():
+    from cllm.scraper.crawler import _extension
+
+    assert _extension("http://h/a/photo.JPG?x=1") == "jpg"
+    assert _extension("http://h/a.b/page") == ""
+    assert _extension("http://h/") == ""
+    assert _extension("http://h/archive.tar.gz") == "gz"
