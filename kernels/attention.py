@@ -46,63 +46,119 @@ def attention_row(out, o_off, preatt, att, a_off, q, q_off, kv, kv_base, n, C, h
             out[o_off + i] += a * kv[v_off + i]
 
 
+@njit(**JIT)
+def _gather_head(dst, inp, b, h, T, C, hs, part):
+    # dst (T,hs) = the q (part 0), k (1) or v (2) channels of head h for batch row b of inp (B,T,3C)
+    C3 = 3 * C
+    base = b * T * C3 + part * C + h * hs
+    for t in range(T):
+        o = base + t * C3
+        for i in range(hs):
+            dst[t, i] = inp[o + i]
+
+
+@njit(**JIT)
+def _scatter_add_head(dst, src, b, h, T, width, hs, offset, factor):
+    # dst rows of `width` channels (B,T,width): dst[b, t, offset + h*hs + i] += factor * src[t, i]
+    base = b * T * width + offset + h * hs
+    for t in range(T):
+        o = base + t * width
+        for i in range(hs):
+            dst[o + i] += factor * src[t, i]
+
+
 @njit(**PJIT)
 def attention_forward(out, preatt, att, inp, B, T, C, NH):
     # out (B,T,C);  preatt, att (B,NH,T,T);  inp (B,T,3C)
+    # Per (b, h): S = q k^T / sqrt(hs) with BLAS (the full square; its upper half is then masked),
+    # a causal softmax row by row, and out = att @ v with BLAS. BLAS runs single-threaded inside
+    # each parallel iteration.
     hs = C // NH
-    C3 = 3 * C
-    zero = inp.dtype.type(0)
-    for idx in prange(B * NH * T):  # every (b, h, t) row is independent
-        b = idx // (NH * T)
-        h = (idx // T) % NH
-        t = idx % T
-        a_off = ((b * NH + h) * T + t) * T
-        base = b * T * C3 + h * hs
-        attention_row(out, b * T * C + t * C + h * hs, preatt, att, a_off,
-                      inp, base + t * C3, inp, base + C, t + 1, C, hs, C3)
-        for t2 in range(t + 1, T):  # the causal mask: the future gets probability 0
-            preatt[a_off + t2] = zero
-            att[a_off + t2] = zero
+    dt = inp.dtype.type
+    scale = dt(1) / np.sqrt(dt(hs))
+    zero = dt(0)
+    for bh in prange(B * NH):
+        b = bh // NH
+        h = bh % NH
+        q = np.empty((T, hs), dtype=inp.dtype)
+        k = np.empty((T, hs), dtype=inp.dtype)
+        v = np.empty((T, hs), dtype=inp.dtype)
+        y = np.empty((T, hs), dtype=inp.dtype)
+        _gather_head(q, inp, b, h, T, C, hs, 0)
+        _gather_head(k, inp, b, h, T, C, hs, 1)
+        _gather_head(v, inp, b, h, T, C, hs, 2)
+        S = preatt[bh * T * T:(bh + 1) * T * T].reshape(T, T)
+        P = att[bh * T * T:(bh + 1) * T * T].reshape(T, T)
+        np.dot(q, k.T, S)
+        for t in range(T):
+            maxval = dt(-np.inf)
+            for t2 in range(t + 1):
+                S[t, t2] *= scale
+                if S[t, t2] > maxval:
+                    maxval = S[t, t2]
+            total = zero
+            for t2 in range(t + 1):
+                e = np.exp(S[t, t2] - maxval)
+                P[t, t2] = e
+                total += e
+            inv = dt(1) / total
+            for t2 in range(t + 1):
+                P[t, t2] *= inv
+            for t2 in range(t + 1, T):  # the causal mask: the future gets probability 0
+                S[t, t2] = zero
+                P[t, t2] = zero
+        np.dot(P, v, y)
+        for t in range(T):
+            o = b * T * C + t * C + h * hs
+            for i in range(hs):
+                out[o + i] = y[t, i]
 
 
 @njit(**PJIT)
 def attention_backward(dinp, dpreatt, datt, dout, inp, att, B, T, C, NH):
     # dinp (B,T,3C) += ...;  dpreatt, datt (B,NH,T,T) += ...;  dout (B,T,C);  inp (B,T,3C);
-    # att (B,NH,T,T). O(T^2 hs) per head: the softmax backward of row t uses one dot product
-    # sum_t2 att*datt instead of llm.c's double loop over t2, t3.
-    # Each call adds exactly its own contribution to every output (local increments are used
-    # throughout), so calling it twice gives twice the gradient, intermediates included.
+    # att (B,NH,T,T). O(T^2 hs) per head, with BLAS for the four products:
+    #   dP = dout_h v^T,  dv = P^T dout_h,  dS = P * (dP - rowsum(P * dP)),
+    #   dq = dS k / sqrt(hs),  dk = dS^T q / sqrt(hs)
+    # Each call adds exactly its own contribution to every output (the local dP and dS are used,
+    # not the accumulated buffers), so calling it twice gives twice the gradient everywhere.
     hs = C // NH
     C3 = 3 * C
     dt = inp.dtype.type
     scale = dt(1) / np.sqrt(dt(hs))
-    # Parallel over (b, h): dk and dv of a position get contributions from every later query.
-    for bh in prange(B * NH):
+    for bh in prange(B * NH):  # parallel over (b, h): each writes only its own head's slices
         b = bh // NH
         h = bh % NH
-        local = np.empty(T, dtype=inp.dtype)  # this call's datt increment for one row
+        q = np.empty((T, hs), dtype=inp.dtype)
+        k = np.empty((T, hs), dtype=inp.dtype)
+        v = np.empty((T, hs), dtype=inp.dtype)
+        dy = np.empty((T, hs), dtype=inp.dtype)
+        g = np.empty((T, hs), dtype=inp.dtype)  # scratch for dq, dk, dv
+        dP = np.empty((T, T), dtype=inp.dtype)
+        _gather_head(q, inp, b, h, T, C, hs, 0)
+        _gather_head(k, inp, b, h, T, C, hs, 1)
+        _gather_head(v, inp, b, h, T, C, hs, 2)
         for t in range(T):
-            a_off = (bh * T + t) * T
-            q_off = b * T * C3 + t * C3 + h * hs
-            do_off = b * T * C + t * C + h * hs
-            # out = att @ v  ->  datt = dout . v,  dv += att * dout
+            o = b * T * C + t * C + h * hs
+            for i in range(hs):
+                dy[t, i] = dout[o + i]
+        P = att[bh * T * T:(bh + 1) * T * T].reshape(T, T)
+        np.dot(dy, v.T, dP)
+        np.dot(P.T, dy, g)
+        _scatter_add_head(dinp, g, b, h, T, C3, hs, 2 * C, dt(1))
+        a0 = bh * T * T
+        for t in range(T):
             s = dt(0)
             for t2 in range(t + 1):
-                v_off = b * T * C3 + t2 * C3 + 2 * C + h * hs
-                d = dt(0)
-                for i in range(hs):
-                    d += dout[do_off + i] * inp[v_off + i]
-                    dinp[v_off + i] += att[a_off + t2] * dout[do_off + i]
-                local[t2] = d
-                datt[a_off + t2] += d
-                s += att[a_off + t2] * d
-            # softmax backward: dpreatt = att * (datt - sum(att * datt)); then the scores
-            # s = scale * q . k  ->  dq += scale * dpreatt * k,  dk += scale * dpreatt * q
+                datt[a0 + t * T + t2] += dP[t, t2]
+                s += P[t, t2] * dP[t, t2]
             for t2 in range(t + 1):
-                dp = att[a_off + t2] * (local[t2] - s)
-                dpreatt[a_off + t2] += dp
-                k_off = b * T * C3 + t2 * C3 + C + h * hs
-                g = dp * scale
-                for i in range(hs):
-                    dinp[q_off + i] += g * inp[k_off + i]
-                    dinp[k_off + i] += g * inp[q_off + i]
+                dS = P[t, t2] * (dP[t, t2] - s)
+                dP[t, t2] = dS
+                dpreatt[a0 + t * T + t2] += dS
+            for t2 in range(t + 1, T):
+                dP[t, t2] = dt(0)
+        np.dot(dP, k, g)
+        _scatter_add_head(dinp, g, b, h, T, C3, hs, 0, scale)
+        np.dot(dP.T, q, g)
+        _scatter_add_head(dinp, g, b, h, T, C3, hs, C, scale)
