@@ -13,6 +13,8 @@ from cllm.errors import CLLMError
 def run_command(module, name: str, args: list[str]) -> int:
     # A module may declare which function implements which command (llmc has two).
     func = getattr(module, "COMMANDS", {}).get(name, getattr(module, "main", None))
+    if any(a in ("--help", "-h") for a in args[:args.index("--") if "--" in args else len(args)]):
+        args = ["--help"]  # help only: fire would otherwise run the command first (`train DATA --help`)
     unknown = unknown_flags(func, args)
     if unknown:
         sys.stderr.write(f"error: unknown flag {unknown} for {name!r}; see: python cli.py {name} --help\n")
@@ -20,7 +22,9 @@ def run_command(module, name: str, args: list[str]) -> int:
     if hasattr(module, "preprocess_args"):
         args = module.preprocess_args(args)
     try:
-        result = fire.Fire(func, command=args, name=f"cli.py {name}")
+        # an int result is the exit code: fire must not print it (it would end generated text with "0")
+        result = fire.Fire(func, command=args, name=f"cli.py {name}",
+                           serialize=lambda r: None if isinstance(r, int) and not isinstance(r, bool) else r)
     except CLLMError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return exc.exit_code
