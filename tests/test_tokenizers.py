@@ -350,3 +350,13 @@ def test_custom_pattern_uses_the_regex_path_and_long_texts_span_buffers(bpe):
 def test_lone_surrogate_is_a_clear_error(bpe):
     with pytest.raises(TokenizerError, match="lone surrogate"):
         bpe.encode("ok \ud800 no")
+
+
+def test_regex_path_trains_the_same_merges_as_the_numba_path(bpe):
+    # the same pattern in a non-capturing group is not recognised as built-in: the chunks are
+    # then split by `regex` and counted by a Counter; the merges must come out identical
+    wrapped = BPETokenizer.train(SAMPLE, 512, pattern="(?:" + PATTERNS["gpt4"] + ")", progress=False)
+    assert wrapped._gpt4 is None and bpe._gpt4 is True
+    assert wrapped.merges == bpe.merges
+    assert wrapped.train_stats["distinct_chunks"] == bpe.train_stats["distinct_chunks"]
+    assert wrapped.encode(SAMPLE) == bpe.encode(SAMPLE)
