@@ -203,3 +203,11 @@ def test_llmc_token_export(tmp_path):
     with pytest.raises(DataError, match="uint16"):
         export_llmc_tokens(tmp_path / "big.bin", tmp_path / "x.bin")
     assert not (tmp_path / "x.bin").exists()
+
+
+def test_html_without_the_crawler_extractor_falls_back_to_lxml(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cllm.scraper.extract", None)  # import fails -> lxml fallback
+    (tmp_path / "p.html").write_text("<html><head><script>var hidden=1;</script><style>p{}</style></head>"
+                                     "<body><p>Shown words.</p></body></html>")
+    docs = load_corpus(tmp_path, progress=False).documents
+    assert len(docs) == 1 and "Shown words." in docs[0] and "hidden" not in docs[0] and "p{}" not in docs[0]
