@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cllm.config import ModelConfig
-from cllm.errors import CheckpointError
+from cllm.errors import CheckpointError, ConfigError
 from cllm.fileio import fsync_dir
 
 FORMAT_VERSION = 1
@@ -173,7 +173,7 @@ def load_checkpoint(path: str, with_optimizer: bool = False) -> Checkpoint:
     config_path = os.path.join(path, CONFIG_FILE)
     try:
         model_config = ModelConfig.from_dict(config["model"])
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ConfigError) as exc:
         raise CheckpointError(f"{config_path} holds an invalid model config: {exc}") from exc
 
     def read(fname):
