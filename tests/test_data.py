@@ -1,9 +1,12 @@
 """Corpus loading and cleaning, and token files (header validation, llm.c export)."""
 import json
+import re
 import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cllm.data import (CorpusNotFoundError, EmptyCorpusError, TextDecodeError, TokenFileError, clean_text, export_llmc_tokens,
                        load_corpus, read_llmc_tokens, read_token_file, write_token_file)
@@ -39,6 +42,22 @@ def test_clean_text_defaults_only_tidy_whitespace():
     assert clean_text("Hello,  World!\t42 \r\n\r\n\r\n\r\nNext line  \n") == "Hello, World! 42\n\nNext line\n"
     assert clean_text("  a\n\n\nb  ", keep_newlines=False) == "a b"
     assert clean_text("a  b", normalize_whitespace=False) == "a  b"
+
+
+def reference_whitespace(t):
+    """normalize_whitespace as regular expressions (whitespace = str.isspace, as `re`'s \\s)."""
+    t = t.replace("\r\n", "\n").replace("\r", "\n")
+    final = t.endswith("\n")
+    t = re.sub(r"[^\S\n]+", " ", t)
+    t = re.sub(r" +\n", "\n", t)
+    t = re.sub(r"\n{3,}", "\n\n", t).strip(" \n")
+    return t + "\n" if final and t else t
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list(" \n\r\t\x0b\x0c\x1c\x85\xa0\u2003\u3000ab.")), max_size=40))
+def test_whitespace_normalization_matches_its_definition(text):
+    assert clean_text(text, strip_gutenberg_boilerplate=False) == reference_whitespace(text)
 
 
 def test_clean_text_flags():
