@@ -33,7 +33,8 @@ class TrainConfig:
     num_layers: int | None = None  # default 4
     num_heads: int | None = None  # default 4
     seq_len: int | None = None  # default 64; also the model's context length
-    batch_size: int = 12
+    batch_size: int = 12  # sequences per micro-batch per process
+    grad_accum: int = 1  # micro-batches per optimizer step (a larger effective batch in the same memory)
     learning_rate: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 100
@@ -71,10 +72,10 @@ class TrainConfig:
             raise ConfigError(f"--tokenizer must be char, word or bpe, got {self.tokenizer!r}")
         for name in ("vocab_size", "embed_dim", "num_layers", "num_heads", "seq_len", "max_steps", "max_time", "threads"):
             positive(name, allow_none=True)
-        for name in ("batch_size", "learning_rate", "epochs", "eval_interval", "checkpoint_interval",
+        for name in ("batch_size", "grad_accum", "learning_rate", "epochs", "eval_interval", "checkpoint_interval",
                      "sample_interval", "keep_last"):
             positive(name)
-        for name in ("batch_size", "warmup_steps", "eval_interval", "checkpoint_interval", "sample_interval",
+        for name in ("batch_size", "grad_accum", "warmup_steps", "eval_interval", "checkpoint_interval", "sample_interval",
                      "keep_last", "seed", "sample_tokens"):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
                 raise ConfigError(f"--{name.replace('_', '-')} must be an integer, got {getattr(self, name)!r}")
@@ -116,9 +117,15 @@ class BatchSampler:
         self.rng = np.random.Generator(np.random.PCG64(seed))
 
     def next(self) -> tuple[np.ndarray, np.ndarray]:
-        starts = self.rng.integers(0, len(self.tokens) - self.T - 1, size=self.B)
+        return self.next_global(1)[0]
+
+    def next_global(self, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """n micro-batches (x, y), each (B,T), from one draw of n*B window starts. Every process
+        draws the same global batch and takes its own micro-batches of it, so that 2 processes
+        with batch B see exactly what 1 process with --grad-accum 2 sees."""
+        starts = self.rng.integers(0, len(self.tokens) - self.T - 1, size=n * self.B)
         window = np.stack([np.asarray(self.tokens[s:s + self.T + 1], dtype=np.int32) for s in starts])
-        return window[:, :-1], window[:, 1:]
+        return [(window[i * self.B:(i + 1) * self.B, :-1], window[i * self.B:(i + 1) * self.B, 1:]) for i in range(n)]
 
     def state(self) -> dict:
         return self.rng.bit_generator.state
@@ -226,30 +233,37 @@ def load_dataset(cfg: TrainConfig):
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Run training; returns a summary dict (steps, losses, paths)."""
+    """Run training; returns a summary dict (steps, losses, paths). Under mpirun, every rank runs
+    this same function; rank 0 alone prepares the data, logs, samples and writes checkpoints."""
     from tqdm import tqdm
 
     from cllm import checkpoint as ck
+    from cllm.distributed import world
     from cllm.model import Model
     from cllm.optim import AdamW
-    from cllm.runtime import configure_threads
+    from cllm.runtime import configure_threads, cpu_count
 
     cfg.validate()
-    threads = configure_threads(cfg.threads)
+    comm = world()
+    main = comm.is_main
+    say = _say if main else (lambda msg: None)
+    # ranks on one machine share its cores
+    threads = configure_threads(cfg.threads or max(1, cpu_count() // comm.local_size))
     if not cfg.resume:  # check the model's sizes before any data is read
         sizes = {k: getattr(cfg, k) or v for k, v in cfg.MODEL_DEFAULTS.items()}
         ModelConfig(vocab_size=1, num_layers=sizes["num_layers"], num_heads=sizes["num_heads"],
                     embed_dim=sizes["embed_dim"], max_seq_len=sizes["seq_len"])
     ckdir = cfg.checkpoint_dir
-    try:
-        os.makedirs(ckdir, exist_ok=True)
-        probe = os.path.join(ckdir, f".write-test-{os.getpid()}")
-        open(probe, "w").close()
-        os.unlink(probe)
-    except OSError as exc:
-        raise CheckpointError(f"the checkpoint directory {ckdir!r} is not writable ({exc.strerror}); "
-                              "choose another --checkpoint-dir") from exc
-    ck.remove_stale_temporaries(ckdir)
+    if main:
+        try:
+            os.makedirs(ckdir, exist_ok=True)
+            probe = os.path.join(ckdir, f".write-test-{os.getpid()}")
+            open(probe, "w").close()
+            os.unlink(probe)
+        except OSError as exc:
+            raise CheckpointError(f"the checkpoint directory {ckdir!r} is not writable ({exc.strerror}); "
+                                  "choose another --checkpoint-dir") from exc
+        ck.remove_stale_temporaries(ckdir)
 
     resume = None
     if cfg.resume:
@@ -267,9 +281,14 @@ def train(cfg: TrainConfig) -> dict:
         if getattr(cfg, flag) is None:
             setattr(cfg, flag, default)
 
-    tokenizer, train_tokens, val_tokens, dataset_dir = load_dataset(cfg)
-    _say(f"[3/5] Dataset: {len(train_tokens):,} training and {len(val_tokens):,} validation tokens ({dataset_dir})")
-    B, T = cfg.batch_size, cfg.seq_len
+    # rank 0 prepares (or finds in its cache) the dataset; the others then read the same cache
+    if main:
+        tokenizer, train_tokens, val_tokens, dataset_dir = load_dataset(cfg)
+    comm.barrier()
+    if not main:
+        tokenizer, train_tokens, val_tokens, dataset_dir = load_dataset(dataclasses.replace(cfg, progress=False))
+    say(f"[3/5] Dataset: {len(train_tokens):,} training and {len(val_tokens):,} validation tokens ({dataset_dir})")
+    B, T, K = cfg.batch_size, cfg.seq_len, cfg.grad_accum
     model_config = ModelConfig(vocab_size=tokenizer.vocab_size, max_seq_len=T, num_layers=cfg.num_layers,
                                num_heads=cfg.num_heads, embed_dim=cfg.embed_dim)
     model_config.check_batch(B, T, training=True)
@@ -288,30 +307,39 @@ def train(cfg: TrainConfig) -> dict:
         sampler.set_state(state["sampler_state"])
         best_val = float(state.get("best_val_loss") or math.inf)
         elapsed_before = float(state.get("elapsed_s", 0.0))
-        _say(f"[4/5] Model: resumed {resume.path} at step {step}")
+        say(f"[4/5] Model: resumed {resume.path} at step {step}")
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != comm.size:
+            say(f"note: this checkpoint was written by {saved_world} process(es) and resumes on {comm.size}; "
+                "the global batch changes accordingly")
     else:
         model = Model(model_config, seed=cfg.seed)
-        _say(f"[4/5] Model: {model.num_parameters():,} parameters, {cfg.num_layers} layers, {cfg.num_heads} heads, "
-             f"{cfg.embed_dim} dims, context {T}, vocab {tokenizer.vocab_size}")
+        say(f"[4/5] Model: {model.num_parameters():,} parameters, {cfg.num_layers} layers, {cfg.num_heads} heads, "
+            f"{cfg.embed_dim} dims, context {T}, vocab {tokenizer.vocab_size}")
+    # every rank starts from rank 0's weights and moments
+    for buffer in (model.params, model.m, model.v):
+        comm.broadcast_(buffer)
 
-    tokens_per_step = B * T
+    micro_batches = K * comm.size  # per optimizer step, over all processes
+    tokens_per_step = micro_batches * B * T
     if cfg.max_steps is not None:
         total_steps = cfg.max_steps
     else:
         total_steps = max(1, math.ceil(cfg.epochs * len(train_tokens) / tokens_per_step))
-    _say(f"[5/5] Training: {total_steps} steps of {B} x {T} tokens, {threads} threads"
-         + (f", at most {cfg.max_time:g} s" if cfg.max_time else ""))
+    say(f"[5/5] Training: {total_steps} steps of {micro_batches} x {B} x {T} tokens "
+        f"({comm.size} process(es) x {threads} thread(s), grad-accum {K})"
+        + (f", at most {cfg.max_time:g} s" if cfg.max_time else ""))
 
     metrics_path = os.path.join(ckdir, "metrics.jsonl")
-    _truncate_metrics(metrics_path, step)
+    if main:
+        _truncate_metrics(metrics_path, step)
     train_json = cfg.to_json()
 
     def save(reason: str, val_loss: float | None):
-        nonlocal best_val
         name = f"step_{step:06d}"
         state = {"step": step, "optimizer_t": optimizer.t, "sampler_state": sampler.state(),
                  "best_val_loss": None if best_val == math.inf else best_val, "val_loss": val_loss,
-                 "elapsed_s": elapsed_before + (time.perf_counter() - t_start), "world_size": 1,
+                 "elapsed_s": elapsed_before + (time.perf_counter() - t_start), "world_size": comm.size,
                  "dataset_dir": dataset_dir, "reason": reason}
         ck.save_checkpoint(ckdir, name, model, optimizer, tokenizer, train_json, state)
         ck.set_pointer(ckdir, "latest", name)
@@ -323,18 +351,30 @@ def train(cfg: TrainConfig) -> dict:
     last_saved = step if resume is not None else -1
     val_loss = None
     history = []
-    bar = tqdm(total=total_steps, initial=step, disable=not cfg.progress, dynamic_ncols=True, unit="step", file=sys.stderr)
-    with _StopFlag() as stop, open(metrics_path, "a") as metrics:
+    stopped = False
+    flags = np.zeros(3, dtype=np.float64)  # summed over ranks each step: loss, stop requested, time up
+    bar = tqdm(total=total_steps, initial=step, disable=not (cfg.progress and main), dynamic_ncols=True,
+               unit="step", file=sys.stderr)
+    with _StopFlag() as stop, open(metrics_path, "a") if main else _NullFile() as metrics:
         while step < total_steps:
-            if cfg.max_time is not None and time.perf_counter() - t_start >= cfg.max_time:
-                _say(f"--max-time {cfg.max_time:g} s reached at step {step}")
-                break
             lr = lr_at(step, cfg, total_steps)
             t0 = time.perf_counter()
-            x, y = sampler.next()
+            batches = sampler.next_global(micro_batches)[comm.rank * K:(comm.rank + 1) * K]
             model.zero_grad()
-            _, loss = model.forward(x, y)
-            model.backward()
+            local_loss = 0.0
+            for x, y in batches:  # gradients of K micro-batches add up in model.grads
+                _, loss = model.forward(x, y)
+                model.backward()
+                local_loss += loss
+            if micro_batches > 1:
+                comm.allreduce_sum_(model.grads)
+                K_ = model.dtype.type(1.0 / micro_batches)
+                model.grads *= K_  # the mean over every micro-batch of every process
+            # one small collective carries the loss and the decisions every rank must share
+            flags[:] = (local_loss, float(stop.requested),
+                        float(cfg.max_time is not None and time.perf_counter() - t_start >= cfg.max_time))
+            comm.allreduce_sum_(flags)
+            loss = flags[0] / micro_batches
             try:
                 norm = optimizer.step(model, lr, loss)
             except TrainingError:
@@ -345,7 +385,7 @@ def train(cfg: TrainConfig) -> dict:
             record = {"step": step, "train_loss": loss, "lr": lr, "grad_norm": norm,
                       "tokens_per_sec": tokens_per_step / dt, "elapsed_s": elapsed_before + time.perf_counter() - t_start}
             val_loss = None
-            if step % cfg.eval_interval == 0 or step == total_steps:
+            if main and (step % cfg.eval_interval == 0 or step == total_steps):
                 val_loss = evaluate_tokens(model, val_tokens, B, T)
                 record["val_loss"] = val_loss
                 best_val = min(best_val, val_loss)
@@ -355,32 +395,54 @@ def train(cfg: TrainConfig) -> dict:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", val=f"{val_loss:.4f}" if val_loss is not None else "-",
                             lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_sec']:.0f}", refresh=False)
-            if cfg.sample_interval and step % cfg.sample_interval == 0:
+            if main and cfg.sample_interval and step % cfg.sample_interval == 0:
                 text = sample_text(model, tokenizer, cfg.sample_prompt, cfg.sample_tokens, seed=cfg.seed + step)
                 bar.write(f"--- sample at step {step} ---\n{cfg.sample_prompt}{text}\n---", file=sys.stderr)
-            if step % cfg.checkpoint_interval == 0:
+            if main and step % cfg.checkpoint_interval == 0:
                 save("interval", val_loss)
                 last_saved = step
-            if stop.requested:
+            if flags[1] > 0:
+                stopped = True
+                break
+            if flags[2] > 0:
+                say(f"--max-time {cfg.max_time:g} s reached at step {step}")
                 break
         bar.close()
-        if val_loss is None and step > 0 and (not history or "val_loss" not in history[-1]):
+        if main and val_loss is None and step > 0 and (not history or "val_loss" not in history[-1]):
             val_loss = evaluate_tokens(model, val_tokens, B, T)
             best_val = min(best_val, val_loss)
             record = {"step": step, "val_loss": val_loss, "elapsed_s": elapsed_before + time.perf_counter() - t_start}
             metrics.write(json.dumps(record) + "\n")
-        if step != last_saved:
-            save("interrupt" if stop.requested else "end", val_loss)
+        if main and step != last_saved:
+            save("interrupt" if stopped else "end", val_loss)
+    comm.barrier()  # nobody leaves before rank 0 has written the final checkpoint
     elapsed = time.perf_counter() - t_start
     trained_tokens = len(history) * tokens_per_step
     summary = {"steps": step, "final_train_loss": history[-1]["train_loss"] if history else None,
                "val_loss": val_loss, "best_val_loss": None if best_val == math.inf else best_val,
                "elapsed_s": elapsed, "tokens_per_sec": trained_tokens / elapsed if elapsed > 0 else 0.0,
-               "checkpoint": os.path.join(ckdir, "latest"), "interrupted": stop.requested}
-    _say(f"done: {step} steps, val loss {val_loss if val_loss is not None else float('nan'):.4f}, "
-         f"{summary['tokens_per_sec']:.0f} tokens/s, {elapsed:.1f} s; checkpoint {summary['checkpoint']}")
-    plot_losses(metrics_path, os.path.join(ckdir, "loss.png"))
+               "checkpoint": os.path.join(ckdir, "latest"), "interrupted": stopped}
+    say(f"done: {step} steps, val loss {val_loss if val_loss is not None else float('nan'):.4f}, "
+        f"{summary['tokens_per_sec']:.0f} tokens/s, {elapsed:.1f} s; checkpoint {summary['checkpoint']}")
+    if main:
+        plot_losses(metrics_path, os.path.join(ckdir, "loss.png"))
     return summary
+
+
+class _NullFile:
+    """Stands in for metrics.jsonl on ranks other than 0."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def write(self, text):
+        pass
+
+    def flush(self):
+        pass
 
 
 def _truncate_metrics(path: str, step: int) -> None:
