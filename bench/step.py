@@ -8,7 +8,10 @@ is installed. Prints ONE JSON line.
   MFU        model FLOPs/s over PEAK_FLOPS; training FLOPs = 6 N tokens + attention (12 L C T
              per token, nanoGPT/PaLM), generation = 2 N + 4 L C ctx per token; N counts the
              parameters but the padded vocabulary rows
-  ratios     numba / torch, measured in the same process (torch.set_num_threads(2))
+  ratios     numba / torch, measured by this script in turns (the best of --rounds each); torch
+             runs in a worker process that this script starts (torch.set_num_threads(2)): loaded
+             into one process, Numba's and torch's two OpenMP runtimes slow whichever starts
+             second by 2 to 4x (measured), which would make any ratio an artifact
 
 Usage: .venv/bin/python bench/step.py [--configs baby,seed] [--seconds 6] [--no-torch]
 """
@@ -20,7 +23,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
+import importlib.util  # noqa: E402
 import platform  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -56,16 +61,25 @@ def gen_flops(cfg, start, n):
     return sum(2 * real_params(cfg) + 4 * cfg.num_layers * cfg.embed_dim * (p + 1) for p in range(start, start + n))
 
 
-def timed_loop(step, seconds, min_iters=3, warmup=2):
-    for _ in range(warmup):
-        step()
+def timed_loop(step, seconds, min_iters=2):
+    """Steps per second of step() over at least `seconds` and min_iters calls."""
     n, t0 = 0, time.perf_counter()
     while True:
         step()
         n += 1
         dt = time.perf_counter() - t0
         if n >= min_iters and dt >= seconds:
-            return n, dt
+            return n / dt
+
+
+def best_rates(runs, rounds):
+    """Calls each of runs (name -> function returning a rate) in turn, `rounds` times, and keeps
+    each one's best rate: on a shared machine the best of interleaved runs compares fairly."""
+    best = {name: 0.0 for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            best[name] = max(best[name], run())
+    return best
 
 
 def gen_config(cfg):
@@ -74,7 +88,8 @@ def gen_config(cfg):
 
 
 # ------------------------------------------------------------------ Numba engine
-def numba_train(cfg, B, T, seconds, rng):
+def numba_train(cfg, B, T, rng):
+    """A training step closure (forward + backward + AdamW) and the list of its losses."""
     model = Model(cfg, seed=0)
     opt = AdamW(lr=LR, beta1=BETAS[0], beta2=BETAS[1], eps=EPS, weight_decay=WD, grad_clip=CLIP)
     x = rng.integers(0, cfg.vocab_size, (B, T)).astype(np.int32)
@@ -88,26 +103,26 @@ def numba_train(cfg, B, T, seconds, rng):
         opt.step(model, loss=loss)
         losses.append(loss)
 
-    n, dt = timed_loop(step, seconds)
-    return B * T * n / dt, losses
+    step()  # compiles / warms up
+    return step, losses
 
 
-def numba_generate(cfg, prompt, repeats=2):
-    gcfg = gen_config(cfg)
-    model = Model(gcfg, seed=0)
-    best = math.inf
-    for _ in range(repeats):
+def numba_generate(cfg, prompt):
+    """A closure that generates NEW tokens greedily after the prompt and returns tokens/s."""
+    model = Model(gen_config(cfg), seed=0)
+
+    def run():
         cache = model.new_kv_cache(1)
         for pos in range(PROMPT - 1):  # prefill (not timed)
             model.decode_step(prompt[pos], pos, cache)
-        tok, out = prompt[PROMPT - 1], []
+        tok = prompt[PROMPT - 1]
         t0 = time.perf_counter()
         for pos in range(PROMPT - 1, PROMPT - 1 + NEW):
             logits = model.decode_step(tok, pos, cache)
             tok = int(np.argmax(logits[0]))
-            out.append(tok)
-        best = min(best, time.perf_counter() - t0)
-    return NEW / best, out
+        return NEW / (time.perf_counter() - t0)
+
+    return run
 
 
 # ------------------------------------------------------------------ PyTorch, the same model
@@ -170,7 +185,7 @@ def torch_model(torch, cfg):
     return P, forward, decode, new_cache
 
 
-def torch_train(torch, cfg, B, T, seconds, rng):
+def torch_train(torch, cfg, B, T, rng):
     F = torch.nn.functional
     P, forward, _, _ = torch_model(torch, cfg)
     opt = torch.optim.AdamW(
@@ -188,15 +203,15 @@ def torch_train(torch, cfg, B, T, seconds, rng):
         torch.nn.utils.clip_grad_norm_(params, CLIP)
         opt.step()
 
-    n, dt = timed_loop(step, seconds)
-    return B * T * n / dt
+    step()
+    return step
 
 
-def torch_generate(torch, cfg, prompt, repeats=2):
+def torch_generate(torch, cfg, prompt):
     _, _, decode, new_cache = torch_model(torch, gen_config(cfg))
-    best = math.inf
-    with torch.inference_mode():
-        for _ in range(repeats):
+
+    def run():
+        with torch.inference_mode():
             cache = new_cache()
             for pos in range(PROMPT - 1):
                 decode(int(prompt[pos]), pos, cache)
@@ -204,36 +219,84 @@ def torch_generate(torch, cfg, prompt, repeats=2):
             t0 = time.perf_counter()
             for pos in range(PROMPT - 1, PROMPT - 1 + NEW):
                 tok = int(torch.argmax(decode(tok, pos, cache)))
-            best = min(best, time.perf_counter() - t0)
-    return NEW / best
+            return NEW / (time.perf_counter() - t0)
+
+    return run
+
+
+def torch_worker():
+    """Serves measurements over stdin/stdout: 'train NAME SECONDS' or 'gen NAME 0' -> tokens/s."""
+    import torch
+
+    torch.set_num_threads(THREADS)
+    print(torch.__version__, flush=True)
+    runs = {}
+    for line in sys.stdin:
+        kind, name, seconds = line.split()
+        if (kind, name) not in runs:
+            spec = CONFIGS[name]
+            cfg, B, T = spec["cfg"], spec["B"], spec["T"]
+            rng = np.random.default_rng(0)
+            prompt = rng.integers(0, cfg.vocab_size, PROMPT).astype(np.int32)
+            if kind == "train":
+                tstep = torch_train(torch, cfg, B, T, rng)
+                runs[kind, name] = lambda s, tstep=tstep, n=B * T: n * timed_loop(tstep, s)
+            else:
+                gen = torch_generate(torch, cfg, prompt)
+                runs[kind, name] = lambda s, gen=gen: gen()
+        print(runs[kind, name](float(seconds)), flush=True)
+
+
+class TorchWorker:
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--torch-worker"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.version = self.proc.stdout.readline().strip()
+
+    def rate(self, kind, name, seconds=0.0):
+        self.proc.stdin.write(f"{kind} {name} {seconds}\n")
+        self.proc.stdin.flush()
+        return float(self.proc.stdout.readline())
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 # ------------------------------------------------------------------ main
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", default="baby,seed")
-    ap.add_argument("--seconds", type=float, default=6.0, help="minimum timed seconds per training measurement")
+    ap.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per training measurement")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved measurements per engine (the best counts)")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.torch_worker:
+        return torch_worker()
 
-    threads = configure_threads(THREADS)
     torch = None
-    if not args.no_torch:
-        try:
-            import torch
-            torch.set_num_threads(THREADS)
-        except ImportError:
-            torch = None
+    if not args.no_torch and importlib.util.find_spec("torch") is not None:
+        torch = TorchWorker()  # started before Numba's threads exist
+    threads = configure_threads(THREADS)
 
     result = {"bench": "step", "threads": threads, "peak_flops": PEAK_FLOPS, "python": platform.python_version(),
-              "torch": getattr(torch, "__version__", None), "configs": {}}
+              "torch": torch.version if torch else None, "configs": {}}
+    load_before = os.getloadavg()[0]
     for name in args.configs.split(","):
         spec = CONFIGS[name]
         cfg, B, T = spec["cfg"], spec["B"], spec["T"]
         rng = np.random.default_rng(0)
         prompt = rng.integers(0, cfg.vocab_size, PROMPT).astype(np.int32)
-        train_tps, losses = numba_train(cfg, B, T, args.seconds, rng)
-        gen_tps, _ = numba_generate(cfg, prompt)
+        nstep, losses = numba_train(cfg, B, T, rng)
+        train = {"numba": lambda: B * T * timed_loop(nstep, args.seconds)}
+        gen = {"numba": numba_generate(cfg, prompt)}
+        if torch is not None:
+            train["torch"] = lambda: torch.rate("train", name, args.seconds)
+            gen["torch"] = lambda: torch.rate("gen", name)
+            train["torch"](), gen["torch"]()  # build and warm up
+        train, gen = best_rates(train, args.rounds), best_rates(gen, args.rounds)
+        train_tps, gen_tps = train["numba"], gen["numba"]
         r = {
             "sizes": dict(L=cfg.num_layers, NH=cfg.num_heads, C=cfg.embed_dim, V=cfg.vocab_size, B=B, T=T),
             "params": real_params(cfg),
@@ -244,8 +307,7 @@ def main():
             "loss_first_last": [round(losses[0], 4), round(losses[-1], 4)],
         }
         if torch is not None:
-            t_train = torch_train(torch, cfg, B, T, args.seconds, rng)
-            t_gen = torch_generate(torch, cfg, prompt)
+            t_train, t_gen = train["torch"], gen["torch"]
             r.update({
                 "torch_train_tok_s": round(t_train, 1),
                 "torch_gen_tok_s": round(t_gen, 1),
@@ -254,6 +316,10 @@ def main():
                 "gen_ratio": round(gen_tps / t_gen, 3),
             })
         result["configs"][name] = r
+    if torch is not None:
+        torch.close()
+    # other processes on the machine distort every figure: say how busy it was
+    result["loadavg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     print(json.dumps(result))
 
 
