@@ -230,3 +230,13 @@ def test_html_without_the_crawler_extractor_falls_back_to_lxml(tmp_path, monkeyp
                                      "<body><p>Shown words.</p></body></html>")
     docs = load_corpus(tmp_path, progress=False).documents
     assert len(docs) == 1 and "Shown words." in docs[0] and "hidden" not in docs[0] and "p{}" not in docs[0]
+
+
+def test_word_statistics_of_a_big_document_are_exact():
+    # tiny Shakespeare (1.1 MB) is counted 64 KB at a time: the totals must equal a plain split()
+    path = __import__("pathlib").Path(__file__).resolve().parents[1] / "data" / "tinyshakespeare.txt"
+    text = path.read_text(encoding="utf-8")
+    s = load_corpus(path, normalize_whitespace=False, progress=False).stats
+    words = text.split()
+    assert (s.documents, s.characters, s.lines) == (1, 1_115_394, 40_000)
+    assert (s.tokens, s.vocabulary) == (len(words), len(set(words)))

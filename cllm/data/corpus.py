@@ -195,6 +195,22 @@ def _read_html(raw: bytes, path: str) -> str:
     return extract_html(raw, url=None).text
 
 
+def _count_words(doc: str, vocab: set) -> int:
+    """Whitespace-separated words of doc (added to vocab), split ~64 KB at a time at a line or
+    word boundary, so that a big document never becomes one list of all its words."""
+    n, pos, words = len(doc), 0, 0
+    while pos < n:
+        end = doc.find("\n", pos + 65536)
+        if end < 0 or end > pos + (1 << 20):  # no newline nearby: cut at a space instead
+            end = doc.find(" ", pos + 65536)
+        end = n if end < 0 else end + 1
+        part = doc[pos:end].split()
+        words += len(part)
+        vocab.update(part)
+        pos = end
+    return words
+
+
 class Corpus:
     """A re-iterable stream of cleaned documents, with statistics filled in by each full pass."""
 
@@ -282,10 +298,7 @@ class Corpus:
                 lengths.append(len(doc))
                 if not self._complete:  # the word statistics once: they cost memory and time
                     stats.lines += doc.count("\n") + (not doc.endswith("\n"))
-                    words = doc.split()
-                    stats.tokens += len(words)
-                    vocab.update(words)
-                    del words
+                    stats.tokens += _count_words(doc, vocab)
                 yield doc
             if last_path:
                 bar.update(os.path.getsize(last_path))

@@ -18,7 +18,10 @@ from cllm.tokenizers.base import Tokenizer, TokenizerFileError, VocabSizeError, 
 
 
 def _code_points(text: str) -> np.ndarray:
-    """(len(text),) uint32 code points (lone surrogates kept as their code point)."""
+    """(len(text),) code points: uint8 for ASCII text (a quarter of the memory), else uint32
+    (lone surrogates kept as their code point)."""
+    if text.isascii():
+        return np.frombuffer(text.encode("ascii"), np.uint8)
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
 
 
@@ -34,7 +37,7 @@ class CharTokenizer(Tokenizer):
         self._token_to_id = {c: i for i, c in enumerate(chars)}
         self._warned = False
         # lookup table code point -> id (-1: not in the vocabulary), (max code point + 1,) int32
-        self._lut = np.full(max(map(ord, chars), default=0) + 1, -1, np.int32)
+        self._lut = np.full(max(max(map(ord, chars), default=0) + 1, 128), -1, np.int32)
         for i, c in enumerate(chars):
             self._lut[ord(c)] = i
 
@@ -42,11 +45,13 @@ class CharTokenizer(Tokenizer):
     def train(cls, texts, vocab_size: int | None = None, progress: bool = True):
         """The sorted set of characters of `texts`. With `vocab_size` smaller than that set, keep
         the `vocab_size` most frequent characters (ties: smaller code point first), still sorted."""
-        counts = np.zeros(0x110000, np.int64)  # (code points,) occurrences
+        counts = np.zeros(128, np.int64)  # (max code point seen + 1,) occurrences
         docs = chars_total = 0
         with progress_bar(progress, desc="char tokenizer", unit="doc") as bar:
             for text in as_text_iter(texts):
                 b = np.bincount(_code_points(text))
+                if len(b) > len(counts):
+                    counts = np.concatenate([counts, np.zeros(len(b) - len(counts), np.int64)])
                 counts[: len(b)] += b
                 docs += 1
                 chars_total += len(text)
@@ -76,8 +81,11 @@ class CharTokenizer(Tokenizer):
     def encode_array(self, text: str) -> np.ndarray:
         cps = _code_points(text)
         lut = self._lut
-        ids = lut[np.minimum(cps, len(lut) - 1)]
-        ids[cps >= len(lut)] = -1
+        if cps.dtype == np.uint8:  # ASCII text: every code point < 128 <= len(lut)
+            ids = lut[cps]
+        else:
+            ids = lut[np.minimum(cps, len(lut) - 1)]
+            ids[cps >= len(lut)] = -1
         bad = ids < 0
         if bad.any():
             dropped = int(bad.sum())
