@@ -170,17 +170,17 @@ def prepare_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int
             tqdm(total=n_docs, unit="doc", desc="encoding", disable=None if progress else True, leave=False) as bar:
         corpus.progress = False
         for i, doc in enumerate(corpus):
-            a = tok.encode_array(doc)  # (tokens,) int32
-            if eos is not None:
-                a = np.append(a, np.int32(eos))
+            a = tok.encode_array(doc)  # (tokens,) int32, EOS (if any) after it
+            end = [] if eos is None else [eos]
             if i == straddle:  # split this document by token position
-                n_train = int(len(a) * straddle_frac)
+                n_train = int((len(a) + len(end)) * straddle_frac)
                 wt.write(a[:n_train])
                 wv.write(a[n_train:])
-            elif i < first_val:
-                wt.write(a)
+                (wv if n_train <= len(a) else wt).write(end)
             else:
-                wv.write(a)
+                w = wt if i < first_val else wv
+                w.write(a)
+                w.write(end)
             bar.update(1)
     if wt.count == 0:
         raise EmptyCorpusError(f"the corpus at {data_path} gives no training tokens; give it more text or lower --val-fraction")

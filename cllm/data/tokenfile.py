@@ -57,7 +57,7 @@ class TokenFileWriter:
         a = np.asarray(ids)
         if a.size and (a.min() < 0 or a.max() >= self.vocab_size):
             raise TokenFileError(f"token id out of range 0..{self.vocab_size - 1} while writing {self.path}")
-        self._f.write(a.astype(self.dtype, copy=False).tobytes())
+        self._f.write(memoryview(np.ascontiguousarray(a.astype(self.dtype, copy=False))))  # no extra bytes copy
         self.count += int(a.size)
 
     def __exit__(self, *exc):
