@@ -144,3 +144,10 @@ def test_cli_bad_input_is_one_clear_error(tmp_path, case):
     if out.exists():  # nothing half-written: no temporary files, no dataset without its meta.json
         assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
         assert not (out / "meta.json").exists()
+
+
+def test_cli_default_output_is_the_ignored_data_cache(tmp_path):
+    make_docs(tmp_path / "c", 3)
+    r = run_cli("prepare", tmp_path / "c", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "data" / ".cache" / "c-char" / "meta.json").exists()

@@ -307,7 +307,7 @@ def test_decode_rejects_bad_ids(bpe):
 
 def test_stats_report_training_and_encoding(bpe):
     s = bpe.stats()
-    assert s["vocab_size"] == 512 and s["kind"] == "bpe"
+    assert s["vocab_size"] == 512 and s["kind"] == "bpe" and s["train_coverage"] == 1.0  # bytes: nothing unknown
     assert s["train"]["characters"] == len(SAMPLE)
     # every training byte ends up in exactly one token: the counts add up to the encoded length
     assert s["train"]["tokens"] == len(bpe.encode(SAMPLE))

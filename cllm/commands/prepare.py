@@ -16,7 +16,7 @@ def main(data: str = None, tokenizer: str = "char", vocab_size: int = None, out:
       data: a text file or a directory (recursive; .txt .md .html .pdf .jsonl, text without extension)
       tokenizer: word, char or bpe
       vocab_size: ids in the vocabulary (default: word 8192, bpe 4096, char every character)
-      out: output directory (default: prepared/<name of DATA>-<tokenizer>)
+      out: output directory (default: data/.cache/<name of DATA>-<tokenizer>[-<vocab size>])
       val_fraction: share of the data held out for validation (0 <= f < 1)
       lowercase, remove_punctuation, remove_numbers: cleaning, off by default
       normalize_whitespace, keep_newlines, strip_gutenberg, dedupe: on by default (--no<flag> to turn off)
@@ -36,7 +36,8 @@ def main(data: str = None, tokenizer: str = "char", vocab_size: int = None, out:
         raise DataError("prepare needs a corpus: `cli.py prepare DATA --tokenizer char --out DIR` (DATA: a text file or a directory)")
     if out is None:
         name = os.path.splitext(os.path.basename(os.path.normpath(str(data))))[0] or "corpus"
-        out = os.path.join("prepared", f"{name}-{tokenizer}")
+        # data/.cache/ is git-ignored, and hidden, so a corpus directory data/ never reads it back
+        out = os.path.join("data", ".cache", f"{name}-{tokenizer}" + (f"-{vocab_size}" if vocab_size else ""))
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = lambda msg, *a, **k: sys.stderr.write(f"warning: {msg}\n")

@@ -105,6 +105,7 @@ class Tokenizer:
             "vocab_size": self.vocab_size,
             "specials": {k: getattr(self, k) for k in ("bos_id", "eos_id", "pad_id", "unk_id")},
             "train": dict(self.train_stats),
+            "train_coverage": 1.0 - self.train_stats.get("unknown_rate", 0.0),
             "encoded_tokens": enc,
             "encoded_unknown": self._encoded_unknown,
             "encoded_unknown_rate": (self._encoded_unknown / enc) if enc else 0.0,
