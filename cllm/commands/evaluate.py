@@ -1,0 +1,99 @@
+"""`python cli.py evaluate CHECKPOINT TEXT_OR_DIR [flags]`: loss, perplexity and bits per byte."""
+import json
+import sys
+
+TEXT_FLAGS = {"text", "checkpoint", "tokenizer"}
+BOOL_FLAGS = {"json", "nojson", "progress", "noprogress", "help"}
+
+
+def preprocess_args(args: list[str]) -> list[str]:
+    """Positional arguments and text flags stay strings (fire would turn "1984" into an int)."""
+    out, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--") and len(arg) > 2:
+            name, eq, value = arg[2:].partition("=")
+            key = name.replace("-", "_")
+            if key in TEXT_FLAGS:
+                if not eq:
+                    if i + 1 >= len(args):
+                        out.append(arg)  # fire reports the missing value
+                        break
+                    i += 1
+                    value = args[i]
+                out += [f"--{name}", repr(value)]
+            else:
+                out.append(arg)
+                if not eq and key not in BOOL_FLAGS and i + 1 < len(args):
+                    i += 1
+                    out.append(args[i])
+        else:
+            out.append(repr(arg))
+        i += 1
+    return out
+
+
+def main(checkpoint="checkpoints", data=None, *, text=None, stride=None, batch_size=8, json=False, progress=True,
+         threads=None, tokenizer=None):
+    """Loss, perplexity and bits per byte of CHECKPOINT on DATA (a text file or a directory of them,
+    read and cleaned as training reads it; `-` reads standard input) or on --text STRING.
+
+    The model reads windows of its context length that start every --stride tokens (default: the
+    context, disjoint windows, the way training's validation loss is computed; smaller: more context
+    per token, slower); every token is scored once. --batch-size 8 windows per forward pass.
+    --json prints one JSON line. --tokenizer PATH for a checkpoint without one.
+    """
+    from cllm.errors import ConfigError
+
+    if (data is None) == (text is None):
+        raise ConfigError("give the text to evaluate: a file or directory (python cli.py evaluate CHECKPOINT PATH), "
+                          "`-` for standard input, or --text STRING")
+    if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int)):
+        raise ConfigError(f"--stride must be a positive integer, got {stride!r}")
+    result = run_evaluate(checkpoint, data, text, stride, batch_size, progress, threads, tokenizer)
+    if json:
+        sys.stdout.write(_json.dumps(result) + "\n")
+    else:
+        bpb = result["bits_per_byte"]
+        print(f"checkpoint   {result['checkpoint']}")
+        print(f"data         {result['data']} ({result['documents']} document(s), {result['bytes']:,} bytes, "
+              f"{result['tokens']:,} tokens)")
+        print(f"windows      {result['windows']} of {result['context']} tokens, stride {result['stride']}")
+        print(f"loss         {result['loss']:.4f} nats/token")
+        print(f"perplexity   {result['perplexity']:.3f}")
+        print(f"bits/byte    {bpb:.4f}" if bpb is not None else "bits/byte    n/a")
+    return 0
+
+
+_json = json  # `json` is also a flag of main
+
+
+def run_evaluate(checkpoint, data, text, stride, batch_size, progress, threads, tokenizer) -> dict:
+    import os
+
+    from cllm.checkpoint import load_checkpoint
+    from cllm.commands.generate import load_for_generation
+    from cllm.errors import DataError
+    from cllm.evaluate import dataset_cleaning, encode_corpus, encode_documents, evaluate_stream
+
+    model, tok, path = load_for_generation(checkpoint, tokenizer, threads)
+    cleaning = dataset_cleaning(load_checkpoint(path)) or {}
+    if text is not None or data == "-":
+        from cllm.data.clean import clean_text
+        from cllm.data.corpus import CLEANING_DEFAULTS
+
+        raw = text if text is not None else sys.stdin.read()
+        opts = {**CLEANING_DEFAULTS, **cleaning}
+        opts["strip_gutenberg_boilerplate"] = opts.pop("strip_gutenberg")
+        doc = clean_text(str(raw), **opts)
+        tokens, nbytes, ndocs = encode_documents([doc] if doc.strip() else [], tok)
+        source = "--text" if text is not None else "<stdin>"
+    else:
+        data = str(data)
+        if not os.path.exists(data):
+            raise DataError(f"no such file or directory: {data!r}; give a text file or directory, "
+                            "or the text itself with --text")
+        tokens, nbytes, ndocs = encode_corpus(data, tok, cleaning, progress=progress)
+        source = data
+    result = evaluate_stream(model, tokens, nbytes, stride=stride, batch_size=batch_size, progress=progress)
+    return {"checkpoint": path, "data": source, "documents": ndocs, **result}

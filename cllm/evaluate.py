@@ -1,0 +1,140 @@
+"""Evaluate a checkpoint on any text: mean loss per token, perplexity and bits per byte.
+
+    tokens, nbytes, docs = encode_corpus("notes/", tokenizer)     # the training loader's way
+    result = evaluate_stream(model, tokens, nbytes, stride=64)    # {"loss", "perplexity", ...}
+
+The text is read exactly as training reads it (cllm.data.open_corpus with the same cleaning and
+de-duplication; each document encoded and, for word/BPE tokenizers, followed by EOS; documents
+concatenated into one token stream), so the loss on a validation split here is the loss training
+logged for it.
+
+Windows: the model sees windows of T tokens (T = its context) that start every `stride` tokens;
+each window scores only the targets no earlier window scored, so every token after the first is
+scored exactly once, with between T - stride and T - 1 tokens of context (stride = T: disjoint
+windows, exactly training's validation loss; a smaller stride: more context per token, more
+work). When the stream does not end on a window boundary, one last window ending at the last token
+scores the rest.
+
+Bits per byte = (summed loss in nats / ln 2) / UTF-8 bytes of the scored text, i.e. the mean loss
+per token in bits times tokens per byte: comparable across tokenizers, unlike perplexity.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from cllm.errors import ConfigError, DataError
+
+
+def encode_corpus(path: str, tokenizer, cleaning: dict | None = None, progress: bool = False):
+    """(int32 token stream, UTF-8 bytes of the cleaned text, number of documents) for a file or a
+    directory, through the same loader, cleaning and EOS rule as `prepare_dataset`."""
+    from cllm.data import open_corpus
+
+    corpus = open_corpus(path, progress=progress, **(cleaning or {}))
+    return encode_documents(corpus, tokenizer)
+
+
+def encode_documents(documents, tokenizer):
+    """(int32 token stream, UTF-8 bytes, number of documents) for an iterable of cleaned documents."""
+    eos = tokenizer.eos_id if tokenizer.kind in ("word", "bpe") else None
+    parts, nbytes, ndocs = [], 0, 0
+    for doc in documents:
+        a = np.asarray(tokenizer.encode_array(doc), dtype=np.int32)
+        if eos is not None:
+            a = np.append(a, np.int32(eos))
+        parts.append(a)
+        nbytes += len(doc.encode("utf-8", "surrogatepass"))
+        ndocs += 1
+    tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+    return tokens, nbytes, ndocs
+
+
+def window_plan(n_tokens: int, T: int, stride: int) -> list[tuple[int, int]]:
+    """[(start, first scored position in the window)] for a stream of n_tokens and windows of T
+    inputs (T + 1 tokens with the targets). Every target index 1..n_tokens-1 is scored exactly once."""
+    if n_tokens < 2:
+        raise DataError(f"the text gives {n_tokens} token(s); evaluation needs at least 2 (one to predict from)")
+    n_targets = n_tokens - 1
+    if n_targets <= T:
+        return [(0, 0)]
+    plan, done = [], 0  # done: targets scored so far (target j of window s is stream index s + j + 1)
+    start = 0
+    while start + T <= n_targets:
+        plan.append((start, done - start))
+        done = start + T
+        start += stride
+    if done < n_targets:  # the tail: a window ending at the last token
+        start = n_targets - T
+        plan.append((start, done - start))
+    return plan
+
+
+def evaluate_stream(model, tokens: np.ndarray, nbytes: int, stride: int | None = None, batch_size: int = 8,
+                    progress: bool = False) -> dict:
+    """Loss, perplexity and bits per byte of `model` on a token stream (see the module doc)."""
+    from tqdm import tqdm
+
+    T_model = model.config.max_seq_len
+    stride = T_model if stride is None else stride
+    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= T_model:
+        raise ConfigError(f"--stride must be an integer in [1, {T_model}] (the model's context), got {stride!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+    V = model.config.vocab_size
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= V):
+        raise DataError(f"the text encodes to token ids outside the model's vocabulary of {V}; "
+                        "the tokenizer does not belong to this checkpoint")
+    plan = window_plan(tokens.size, T_model, stride)
+    T = min(T_model, tokens.size - 1)
+    B = min(batch_size, len(plan))
+    total, count = 0.0, 0
+    with tqdm(total=len(plan), unit="window", desc="evaluating", disable=None if progress else True,
+              leave=False) as bar:
+        for first in range(0, len(plan), B):
+            batch = plan[first:first + B]
+            real = len(batch)
+            batch = batch + [batch[0]] * (B - real)  # pad the last batch; padded rows are not counted
+            window = np.stack([tokens[s:s + T + 1] for s, _ in batch])
+            model.forward(window[:, :-1], window[:, 1:])
+            losses = model.a["losses"].reshape(B, T)
+            for row, (_, skip) in enumerate(batch[:real]):
+                scored = losses[row, max(skip, 0):]
+                total += float(scored.sum(dtype=np.float64))
+                count += scored.size
+            bar.update(real)
+    assert count == tokens.size - 1, (count, tokens.size)
+    loss = total / count
+    # bytes of the scored text: the first token has no prediction, so its share of the bytes goes too
+    scored_bytes = nbytes * count / tokens.size if nbytes else 0.0
+    return {
+        "loss": loss,
+        "perplexity": math.exp(loss) if loss < 700 else math.inf,
+        "bits_per_byte": total / math.log(2) / scored_bytes if scored_bytes else None,
+        "tokens": int(tokens.size),
+        "scored_tokens": count,
+        "bytes": int(nbytes),
+        "windows": len(plan),
+        "context": T_model,
+        "stride": stride,
+    }
+
+
+def dataset_cleaning(ckpt) -> dict | None:
+    """The cleaning options of the dataset a checkpoint was trained on (from its meta.json), if known."""
+    import json
+    import os
+
+    dataset_dir = (ckpt.state or {}).get("dataset_dir")
+    if not dataset_dir:
+        return None
+    try:
+        with open(os.path.join(dataset_dir, "meta.json"), encoding="utf-8") as f:
+            cleaning = json.load(f)["options"]["cleaning"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    from cllm.data.corpus import CLEANING_OPTIONS
+
+    return {k: bool(v) for k, v in cleaning.items() if k in CLEANING_OPTIONS} if isinstance(cleaning, dict) else None
