@@ -6,14 +6,47 @@ L layers, C channels, NH heads, hs = C/NH, maxT maximum sequence length, V vocab
 kvcache (nb, L, maxT, 2C): for each sequence, layer and position, k (C) then v (C).
 """
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
-from ._common import JIT
+from ._common import JIT, PJIT
 from .attention import attention_row
-from .gelu import gelu_forward
+from .gelu import GELU_SCALE, tanh_f32
 from .layernorm import layernorm_row
-from .matmul import matmul_forward
-from .residual import residual_forward
+from .matmul import ROW_BLOCKS
+
+# Below this many weights a matrix-vector product runs on one thread: starting the thread team
+# (microseconds) costs more than the product itself.
+PARALLEL_MATVEC_MIN = 1 << 16
+
+
+@njit(**JIT)
+def _matvec_block(out, x, weight, bias, nb, C, OC, o0, o1):
+    # out[b, o0:o1] = weight[o0:o1] (rows, C) @ x[b] (C) + bias[o0:o1] for each of the nb rows
+    W = weight[o0 * C:o1 * C].reshape(o1 - o0, C)
+    for b in range(nb):
+        dst = out[b * OC + o0:b * OC + o1]
+        np.dot(W, x[b * C:(b + 1) * C], dst)
+        if bias is not None:
+            for j in range(o1 - o0):
+                dst[j] += bias[o0 + j]
+
+
+@njit(**PJIT)
+def _matvec_parallel(out, x, weight, bias, nb, C, OC):
+    # the output channels split into one block per thread; each block is one BLAS gemv per row
+    for blk in prange(ROW_BLOCKS):
+        _matvec_block(out, x, weight, bias, nb, C, OC, blk * OC // ROW_BLOCKS, (blk + 1) * OC // ROW_BLOCKS)
+
+
+@njit(**JIT)
+def matvec_forward(out, x, weight, bias, nb, C, OC):
+    # out (nb,OC) = x (nb,C) @ weight (OC,C)^T + bias (OC);  bias may be None. For a few rows the
+    # product is bound by reading the weights once, so it is split over the output channels
+    # (each thread reads its own rows of the weight) rather than over the input rows.
+    if OC * C >= PARALLEL_MATVEC_MIN and ROW_BLOCKS > 1:
+        _matvec_parallel(out, x, weight, bias, nb, C, OC)
+    else:
+        _matvec_block(out, x, weight, bias, nb, C, OC, 0, OC)
 
 
 @njit(**JIT)
@@ -21,6 +54,20 @@ def _layernorm_rows(out, inp, weight, bias, R, C):
     # out, inp (R,C): serial, because R is a handful of rows and a thread launch costs more.
     for r in range(R):
         layernorm_row(out, inp, weight, bias, r * C, C)
+
+
+@njit(**JIT)
+def _gelu_inplace(h, N):
+    # serial, for the same reason as _layernorm_rows
+    s = h.dtype.type(GELU_SCALE)
+    k = h.dtype.type(0.044715)
+    half = h.dtype.type(0.5)
+    one = h.dtype.type(1)
+    for i in range(N):
+        v = h[i]
+        u = s * (v + k * v * v * v)
+        th = tanh_f32(u) if h.itemsize == 4 else np.tanh(u)
+        h[i] = half * v * (one + th)
 
 
 @njit(**JIT)
@@ -48,7 +95,7 @@ def decode_step(logits, kvcache, tokens, pos, wte, wpe, ln1w, ln1b, qkvw, qkvb, 
             x[b * C + c] = wte[ix * C + c] + wpe[pos * C + c]
     for l in range(L):
         _layernorm_rows(xn, x, ln1w[l * C:(l + 1) * C], ln1b[l * C:(l + 1) * C], nb, C)
-        matmul_forward(qkv, xn, qkvw[l * C3 * C:(l + 1) * C3 * C], qkvb[l * C3:(l + 1) * C3], nb, 1, C, C3)
+        matvec_forward(qkv, xn, qkvw[l * C3 * C:(l + 1) * C3 * C], qkvb[l * C3:(l + 1) * C3], nb, C, C3)
         for b in range(nb):
             cache_off = ((b * L + l) * maxT + pos) * C2
             for c in range(C2):
@@ -57,13 +104,15 @@ def decode_step(logits, kvcache, tokens, pos, wte, wpe, ln1w, ln1b, qkvw, qkvb, 
             for h in range(NH):
                 attention_row(atty, b * C + h * hs, scores, probs, 0,
                               qkv, b * C3 + h * hs, kvcache, kv_base + h * hs, pos + 1, C, hs, C2)
-        matmul_forward(proj, atty, attprojw[l * C * C:(l + 1) * C * C], attprojb[l * C:(l + 1) * C], nb, 1, C, C)
-        residual_forward(x, x, proj, nb * C)
+        matvec_forward(proj, atty, attprojw[l * C * C:(l + 1) * C * C], attprojb[l * C:(l + 1) * C], nb, C, C)
+        for i in range(nb * C):
+            x[i] += proj[i]
         _layernorm_rows(xn, x, ln2w[l * C:(l + 1) * C], ln2b[l * C:(l + 1) * C], nb, C)
-        matmul_forward(hid, xn, fcw[l * C4 * C:(l + 1) * C4 * C], fcb[l * C4:(l + 1) * C4], nb, 1, C, C4)
-        gelu_forward(hid, hid, nb * C4)
-        matmul_forward(proj, hid, fcprojw[l * C * C4:(l + 1) * C * C4], fcprojb[l * C:(l + 1) * C], nb, 1, C4, C)
-        residual_forward(x, x, proj, nb * C)
+        matvec_forward(hid, xn, fcw[l * C4 * C:(l + 1) * C4 * C], fcb[l * C4:(l + 1) * C4], nb, C, C4)
+        _gelu_inplace(hid, nb * C4)
+        matvec_forward(proj, hid, fcprojw[l * C * C4:(l + 1) * C * C4], fcprojb[l * C:(l + 1) * C], nb, C4, C)
+        for i in range(nb * C):
+            x[i] += proj[i]
     _layernorm_rows(xn, x, lnfw, lnfb, nb, C)
     # tied LM head: only the V real rows of wte (Vp,C)
-    matmul_forward(logits, xn, wte[: V * C], None, nb, 1, C, V)
+    matvec_forward(logits, xn, wte[: V * C], None, nb, C, V)
