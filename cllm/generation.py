@@ -131,8 +131,10 @@ class Generator:
                     length_penalty: float = 1.0) -> list[tuple[list[int], float]]:
         """Beams sorted best first as (new token ids, score), score = sum log p / len^length_penalty.
 
-        Width 1 is greedy decoding. Finished beams (EOS) leave the search; it stops when no live
-        beam can still beat the worst finished one or after max_new_tokens."""
+        Each step keeps the beam_width best extensions of the live beams; those ending in EOS finish
+        and leave the search (the beam shrinks), so width 1 is greedy decoding, EOS included. It
+        stops when no beam is live, when no live beam can still beat the worst finished one, or
+        after max_new_tokens."""
         if not isinstance(beam_width, int) or beam_width < 1:
             raise ConfigError(f"--beam-width must be a positive integer, got {beam_width!r}")
         if not prompt:
@@ -144,10 +146,10 @@ class Generator:
         # start from one beam; caches of all beams live side by side in one (k, ...) array
         beams = [([], 0.0)]  # (tokens, sum log p)
         caches = cache.reshape(1, C)
-        finished: list[tuple[list[int], float]] = []
+        finished: list[tuple[list[int], float, bool]] = []  # (tokens without EOS, sum log p with it, True)
 
-        def norm(tokens, logp):
-            return logp / max(1, len(tokens)) ** length_penalty
+        def norm(tokens, logp, ended=False):  # an ended beam's EOS counts in its length, as in its log p
+            return logp / max(1, len(tokens) + ended) ** length_penalty
 
         for step in range(max_new_tokens):
             logp = logits.astype(np.float64)
@@ -155,7 +157,7 @@ class Generator:
             logp = logp - np.log(np.exp(logp).sum(axis=1, keepdims=True))
             totals = np.array([b[1] for b in beams])[:, None] + logp  # (k, V)
             flat = totals.ravel()
-            n_cand = min(flat.size, 2 * beam_width)
+            n_cand = min(flat.size, beam_width - len(finished))  # a finished beam keeps its slot
             cand = np.argpartition(-flat, n_cand - 1)[:n_cand]
             cand = cand[np.lexsort((cand, -flat[cand]))]  # best first, ties by index
             new_beams, parents = [], []
@@ -164,18 +166,19 @@ class Generator:
                 parent, tok = divmod(int(c), V)
                 tokens = beams[parent][0] + [tok]
                 if self.eos_id is not None and tok == self.eos_id:
-                    finished.append((beams[parent][0], float(flat[c])))
+                    finished.append((beams[parent][0], float(flat[c]), True))
                     continue
                 new_beams.append((tokens, float(flat[c])))
                 parents.append(parent)
                 if len(new_beams) == beam_width:
                     break
-            if not new_beams:
+            if not new_beams:  # every beam ended
+                beams = []
                 break
             beams = new_beams
             caches = caches[parents].copy()  # reorder the KV caches to follow the surviving beams
             if len(finished) >= beam_width:
-                worst = sorted(norm(t, s) for t, s in finished)[-beam_width]
+                worst = sorted(norm(*f) for f in finished)[-beam_width]
                 if max(norm(t, s) for t, s in beams) < worst:
                     break
             if step == max_new_tokens - 1:
@@ -185,6 +188,6 @@ class Generator:
             logits = self.model.decode_step(toks, pos, flat_cache)
             caches = flat_cache.reshape(len(beams), C)
             pos += 1
-        everything = finished + beams
+        everything = finished + [(t, s, False) for t, s in beams]
         everything.sort(key=lambda b: -norm(*b))
-        return [(t, norm(t, s)) for t, s in everything]
+        return [(t, norm(t, s, ended)) for t, s, ended in everything]

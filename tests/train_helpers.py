@@ -66,13 +66,14 @@ def prepared_dataset(tmp_path_factory) -> Path:
 
 
 def trained_checkpoint(tmp_path_factory) -> Path:
-    """A run directory (with `latest`) of the tiny model trained for 40 steps on the tiny corpus."""
+    """A run directory (with `latest`) of the tiny model trained for 300 steps on the tiny corpus
+    (enough for a greedy continuation that is not one character repeated)."""
     if "run" not in _SESSION:
         from cllm.training import train
 
         data = prepared_dataset(tmp_path_factory)
         run = tmp_path_factory.mktemp("trained") / "run"
-        train(tiny_config(data, run, max_steps=40, learning_rate=1e-2, warmup_steps=5))
+        train(tiny_config(data, run, max_steps=300, learning_rate=1e-2, warmup_steps=5))
         _SESSION["run"] = run
     return _SESSION["run"]
 

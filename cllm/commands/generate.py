@@ -96,7 +96,13 @@ def encode_prompt(tok, prompt: str, max_len: int, warn) -> list[int]:
     prompt longer than the context (cropped to its last tokens)."""
     from cllm.training import default_start_ids
 
-    ids = tok.encode(prompt) if prompt else default_start_ids(tok)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:  # the tokenizer's warnings, as one plain line each
+        warnings.simplefilter("always")
+        ids = tok.encode(prompt) if prompt else default_start_ids(tok)
+    for w in caught:
+        warn(f"warning: {w.message}")
     if not ids:
         ids = default_start_ids(tok)
     if tok.unk_id is not None and tok.unk_id in ids:
