@@ -560,3 +560,39 @@ def test_float32_arithmetic_stays_float32():
     }
     promoted = {name: v for name, (k, *args) in cases.items() if (v := _float64_variables(k, *args))}
     assert not promoted, f"float64 arithmetic inside float32 kernels: {promoted}"
+
+
+# ------------------------------------------------------------------ larger shapes (blocking, BLAS paths)
+def test_attention_and_matmul_larger_shapes():
+    rng = np.random.default_rng(99)
+    B, T, NH, hs = 2, 40, 2, 5
+    C = NH * hs
+    x = {"inp": rand(rng, B * T * 3 * C)}
+    W = rand(rng, B * T * C)
+    out, preatt, att = np.empty(B * T * C), np.empty(B * NH * T * T), np.empty(B * NH * T * T)
+
+    def loss():
+        K.attention_forward(out, preatt, att, x["inp"], B, T, C, NH)
+        return float(np.dot(out, W))
+
+    loss()
+    y, _, p = np_attention(x["inp"], B, T, C, NH)
+    np.testing.assert_allclose(out.reshape(B, T, C), y, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(att.reshape(B, NH, T, T), p, rtol=1e-12, atol=1e-14)
+    att_s = att.copy()
+    check_backward(loss, x, lambda gr: K.attention_backward(gr["inp"], np.zeros_like(att), np.zeros_like(att), W,
+                                                            x["inp"], att_s, B, T, C, NH), rng)
+
+    BT, Cm, OC = 67, 33, 70  # rows, channels, outputs that split unevenly over threads and blocks
+    inp, weight, bias = rand(rng, BT * Cm), rand(rng, OC * Cm), rand(rng, OC)
+    o = np.empty(BT * OC)
+    K.matmul_forward(o, inp, weight, bias, 1, BT, Cm, OC)
+    Xm, Wm = inp.reshape(BT, Cm), weight.reshape(OC, Cm)
+    np.testing.assert_allclose(o.reshape(BT, OC), Xm @ Wm.T + bias, rtol=1e-12, atol=1e-12)
+    dout = rand(rng, BT * OC)
+    di, dw, db = np.ones(BT * Cm), np.ones(OC * Cm), np.ones(OC)
+    K.matmul_backward(di, dw, db, dout, inp, weight, 1, BT, Cm, OC)
+    D = dout.reshape(BT, OC)
+    np.testing.assert_allclose(di.reshape(BT, Cm), 1 + D @ Wm, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dw.reshape(OC, Cm), 1 + D.T @ Xm, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(db, 1 + D.sum(0), rtol=1e-12, atol=1e-12)

@@ -253,3 +253,17 @@ def test_float32_model_matches_float64():
     assert g32.dtype == np.float32
     assert l32 == pytest.approx(l64, abs=1e-5)
     np.testing.assert_allclose(g32, g64, atol=1e-4 * np.max(np.abs(g64)))
+
+
+def test_kv_cache_decode_long_context_three_sequences():
+    # a context past 64 positions, 3 sequences, a vocabulary that splits unevenly over threads
+    cfg = ModelConfig(vocab_size=301, max_seq_len=80, num_layers=2, num_heads=3, embed_dim=24)
+    m = Model(cfg, seed=17)
+    roughen(m, 18, scale=0.1)
+    seqs = np.random.default_rng(19).integers(0, cfg.vocab_size, (3, cfg.max_seq_len)).astype(np.int32)
+    full = np.array(m.forward(seqs), dtype=np.float64)
+    cache = m.new_kv_cache(3)
+    worst = 0.0
+    for pos in range(cfg.max_seq_len):
+        worst = max(worst, float(np.max(np.abs(m.decode_step(seqs[:, pos], pos, cache) - full[:, pos]))))
+    assert worst <= 1e-5, f"decode differs from forward by {worst:g}"
