@@ -18,7 +18,12 @@ Pairs (a, b) get a dense index through a typed dict keyed by a << 32 | b:
     tok_hash, tok_pow (V,) uint64   polynomial hash of each token's bytes and BASE**len, so that a
                                     merge producing bytes that already have an id reuses that id
                                     (as HuggingFace's trainer does); Python verifies the bytes after.
-Each merge touches only the words in its pair's list: cost ~ the number of occurrences merged.
+Each merge touches only the words in its pair's list: cost ~ the number of occurrences merged
+(a word on the list is rescanned whole, so a pathological chunk of millions of letters is slow).
+
+Below the trainer: the encoder (`_merge_chunk`, `bpe_encode_text` with its chunk cache), the
+GPT-4/GPT-2 pre-split as a scanner over code points (`next_chunk`, tested against `regex`), and
+the chunk counter used by training (`count_chunks`, `chunks_to_words`).
 """
 import numpy as np
 from numba import njit, types
@@ -248,46 +253,24 @@ def _rank(ranks, a, b, none):
 
 @njit(cache=True)
 def bpe_encode_chunks(data, offsets, ranks, out, out_offsets):
-    """Encode K byte chunks with the merge table.
+    """Encode K byte chunks with the merge table (the path for custom pre-split patterns).
 
     data (M,) int32 bytes of all chunks; offsets (K+1,) int64 chunk boundaries in data;
     ranks: typed dict a << 32 | b -> rank << 32 | new_id (rank = merge order, lower merges first);
-    out (M,) int32 receives the ids, out_offsets (K+1,) int64 their boundaries. Returns ids written.
-    Per chunk: repeatedly merge the lowest-rank adjacent pair, leftmost first (as HuggingFace's BPE
-    and tiktoken do); pair ranks are cached per position and only the two neighbours of a merge
-    are looked up again. Cost O(L^2) in a chunk of L bytes; chunks are words, so L is small."""
-    NONE = np.int64(1) << 62
+    out (M,) int32 receives the ids, out_offsets (K+1,) int64 their boundaries. Returns ids written."""
     n_out = 0
     k = offsets.shape[0] - 1
     maxlen = 1
     for c in range(k):
         maxlen = max(maxlen, offsets[c + 1] - offsets[c])
     toks = np.empty(maxlen, np.int32)
-    prank = np.empty(maxlen, np.int64)  # prank[i] = rank<<32|new of pair (toks[i], toks[i+1])
+    prank = np.empty(maxlen, np.int64)
     out_offsets[0] = 0
     for c in range(k):
         L = offsets[c + 1] - offsets[c]
         for i in range(L):
             toks[i] = data[offsets[c] + i]
-        for i in range(L - 1):
-            prank[i] = _rank(ranks, toks[i], toks[i + 1], NONE)
-        while L > 1:
-            best = 0
-            for i in range(1, L - 1):
-                if prank[i] < prank[best]:
-                    best = i
-            r = prank[best]
-            if r == NONE:
-                break
-            toks[best] = np.int32(r & 0xFFFFFFFF)
-            for i in range(best + 1, L - 1):  # close the gap
-                toks[i] = toks[i + 1]
-                prank[i] = prank[i + 1]
-            L -= 1
-            if best > 0:
-                prank[best - 1] = _rank(ranks, toks[best - 1], toks[best], NONE)
-            if best < L - 1:
-                prank[best] = _rank(ranks, toks[best], toks[best + 1], NONE)
+        L = _merge_chunk(toks, prank, L, ranks)
         for i in range(L):
             out[n_out + i] = toks[i]
         n_out += L
