@@ -295,6 +295,9 @@ def train(cfg: TrainConfig) -> dict:
     optimizer = AdamW(lr=cfg.learning_rate, beta1=cfg.beta1, beta2=cfg.beta2, weight_decay=cfg.weight_decay,
                       grad_clip=cfg.grad_clip)
     sampler = BatchSampler(train_tokens, B, T, cfg.seed)
+    if len(val_tokens) < T + 1:  # refused now rather than at the first evaluation, after training
+        raise DataError(f"the validation split has {len(val_tokens)} tokens, fewer than one window of --seq-len {T} + 1; "
+                        "use more data, a larger --val-fraction or a smaller --seq-len")
     step, best_val, elapsed_before = 0, math.inf, 0.0
     if resume is not None:
         if resume.model_config != model_config:

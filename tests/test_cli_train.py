@@ -1,0 +1,202 @@
+"""`cli.py train` and `cli.py generate` as a user runs them (subprocesses): prompts stay text,
+Ctrl-C saves and exits 130, and every kind of bad input is one clear `error:` line."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cllm.commands.generate import load_for_generation
+from cllm.generation import Generator, SamplingConfig
+from cllm.training import build_config, train
+from train_helpers import CLI, ROOT, TINY_FLAGS, assert_clean_error, read_metrics, run_cli, tiny_config, trained_checkpoint
+from train_helpers import prepared_dataset as _prepared
+from train_helpers import write_corpus
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = trained_checkpoint(tmp_path_factory)
+    model, tok, _ = load_for_generation(str(run))
+    return run, model, tok
+
+
+def _greedy_text(model, tok, prompt, n):
+    ids = tok.encode(prompt)
+    return tok.decode(list(Generator(model, eos_id=tok.eos_id).stream(ids, SamplingConfig(max_new_tokens=n, temperature=0))))
+
+
+@pytest.mark.parametrize("args", [["1984"], ["a,b"], ["True"], ["--prompt", "1984"], ["--prompt=a,b"]])
+def test_the_prompt_is_always_text(trained, args):
+    run, model, tok = trained
+    prompt = args[-1].split("=", 1)[-1]
+    r = run_cli("generate", *args, "--checkpoint", run, "--temperature", "0", "--max-new-tokens", "12")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == prompt + _greedy_text(model, tok, prompt, 12) + "\n"
+
+
+def test_a_stop_string_with_a_comma_stays_one_string(trained):
+    run, model, tok = trained
+    body = _greedy_text(model, tok, "the ", 30)
+    # were "a,b" split into the stops "a" and "b", this text would be cut early
+    assert "a" in body or "b" in body
+    expected = "the " + body.split("a,b")[0] + "\n"
+    r = run_cli("generate", "the ", "--checkpoint", run, "--temperature", "0", "--max-new-tokens", "30", "--stop", "a,b")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == expected
+
+
+def test_a_prompt_longer_than_the_context_is_cropped_with_a_warning(trained):
+    run, model, tok = trained
+    prompt = "the cat sat on the mat " * 4
+    assert len(tok.encode(prompt)) > model.config.max_seq_len
+    r = run_cli("generate", prompt, "--checkpoint", run, "--temperature", "0", "--max-new-tokens", "5")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(prompt) and len(r.stdout) == len(prompt) + 5 + 1
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "context" in warnings[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, tmp_path_factory):
+    data = _prepared(tmp_path_factory)
+    run = tmp_path / "run"
+    cmd = [sys.executable, CLI, "train", str(data), *TINY_FLAGS, "--max-steps", "1000000", "--checkpoint-interval",
+           "1000000", "--eval-interval", "1000000", "--sample-interval", "1000000", "--checkpoint-dir", str(run),
+           "--progress", "False"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and metrics.read_text().count("\n") >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert os.path.lexists(run / "latest")
+    state = json.loads((run / "latest" / "state.json").read_text())
+    assert state["reason"] == "interrupt"
+    steps = [r["step"] for r in read_metrics(run) if "train_loss" in r]
+    assert state["step"] == steps[-1] >= 3
+    # and the run goes on from there (in process: the flags are what `train --resume latest` gives)
+    train(build_config({"resume": "latest", "checkpoint_dir": str(run), "max_steps": state["step"] + 2,
+                        "progress": False}))
+    assert [r["step"] for r in read_metrics(run) if "train_loss" in r] == list(range(1, state["step"] + 3))
+
+
+def test_resuming_with_another_model_config_is_refused(tmp_path, tmp_path_factory):
+    data = _prepared(tmp_path_factory)
+    run = tmp_path / "run"
+    train(tiny_config(data, run, max_steps=2))
+    r = run_cli("train", "--resume", "latest", "--checkpoint-dir", run, "--embed-dim", "32", "--max-steps", "4")
+    assert_clean_error(r, "cannot resume", "embed-dim")
+    assert os.readlink(run / "latest") == "step_000002"
+
+
+# ---------------------------------------------------------------- bad input
+def _damaged_checkpoint(tmp_path, run, damage):
+    ck = tmp_path / "ck"
+    shutil.copytree(os.path.realpath(run / "latest"), ck)
+    model_file = ck / "model.safetensors"
+    config = json.loads((ck / "config.json").read_text())
+    if damage == "truncated":
+        raw = model_file.read_bytes()
+        model_file.write_bytes(raw[:len(raw) - 100])
+    elif damage == "missing":
+        model_file.unlink()
+    elif damage == "version":
+        config["format_version"] = 7
+    elif damage == "shapes":
+        config["model"]["embed_dim"] = 32
+    elif damage == "negative":
+        config["model"]["num_layers"] = -1
+    (ck / "config.json").write_text(json.dumps(config))
+    return ck
+
+
+@pytest.mark.parametrize("damage, needles", [
+    ("truncated", ["model.safetensors", "corrupt or truncated"]),
+    ("missing", ["missing model.safetensors"]),
+    ("version", ["format version 7"]),
+    ("shapes", ["shape"]),
+    ("negative", ["num_layers"]),
+])
+def test_generate_from_a_damaged_checkpoint(tmp_path, trained, damage, needles):
+    ck = _damaged_checkpoint(tmp_path, trained[0], damage)
+    assert_clean_error(run_cli("generate", "hi", "--checkpoint", ck), *needles)
+
+
+def _bad_case(name, tmp_path, run):
+    """(argv, words the error line must hold) for each bad input."""
+    small = tmp_path / "small.txt"
+    small.write_text("the cat sat on the mat\n")
+    if name == "missing checkpoint":
+        return ["generate", "hi", "--checkpoint", tmp_path / "nothing"], ["no checkpoint"]
+    if name == "temperature < 0":
+        return ["generate", "hi", "--checkpoint", run, "--temperature", "-0.5"], ["--temperature", ">= 0"]
+    if name == "top-p 0":
+        return ["generate", "hi", "--checkpoint", run, "--top-p", "0"], ["--top-p", "(0, 1]"]
+    if name == "top-p > 1":
+        return ["generate", "hi", "--checkpoint", run, "--top-p", "1.5"], ["--top-p", "(0, 1]"]
+    if name == "negative max-new-tokens":
+        return ["generate", "hi", "--checkpoint", run, "--max-new-tokens", "-3"], ["--max-new-tokens"]
+    if name == "negative top-k":
+        return ["generate", "hi", "--checkpoint", run, "--top-k", "-1"], ["--top-k"]
+    if name == "generate unknown flag":
+        return ["generate", "hi", "--checkpoint", run, "--temprature", "0"], ["unknown flag --temprature"]
+    if name == "train unknown flag":
+        return ["train", small, "--embed-dims", "16"], ["unknown flag --embed-dims"]
+    if name == "negative embed-dim":
+        return ["train", small, "--embed-dim", "-16", "--checkpoint-dir", tmp_path / "ck"], ["--embed-dim", "positive"]
+    if name == "negative seq-len":
+        return ["train", small, "--seq-len", "-1", "--checkpoint-dir", tmp_path / "ck"], ["--seq-len", "positive"]
+    if name == "zero batch-size":
+        return ["train", small, "--batch-size", "0", "--checkpoint-dir", tmp_path / "ck"], ["--batch-size", "positive"]
+    if name == "heads not dividing":
+        return (["train", small, "--embed-dim", "16", "--num-heads", "3", "--checkpoint-dir", tmp_path / "ck"],
+                ["divisible", "num_heads"])
+    if name == "dataset smaller than a window":
+        return (["train", small, *TINY_FLAGS, "--checkpoint-dir", tmp_path / "ck", "--progress", "False"],
+                ["fewer than one window", "--seq-len"])
+    if name == "validation split smaller than a window":
+        corpus = write_corpus(tmp_path, "mid.txt", n_lines=5)  # ~250 characters: val ~25 < 33
+        return (["train", corpus, "--embed-dim", "16", "--num-layers", "1", "--num-heads", "2", "--seq-len", "32",
+                 "--batch-size", "2", "--checkpoint-dir", tmp_path / "ck", "--progress", "False"],
+                ["validation split", "--seq-len"])
+    if name == "unwritable checkpoint dir":
+        (tmp_path / "afile").write_text("a regular file")
+        return ["train", small, "--checkpoint-dir", tmp_path / "afile" / "ck"], ["not writable", "--checkpoint-dir"]
+    if name == "empty corpus":
+        (tmp_path / "empty.txt").write_text("")
+        return ["train", tmp_path / "empty.txt", "--checkpoint-dir", tmp_path / "ck", "--progress", "False"], ["empty"]
+    if name == "empty directory":
+        (tmp_path / "nothing").mkdir()
+        return ["train", tmp_path / "nothing", "--checkpoint-dir", tmp_path / "ck", "--progress", "False"], ["no text files"]
+    if name == "missing data":
+        return ["train", tmp_path / "nope.txt", "--checkpoint-dir", tmp_path / "ck"], ["no such file"]
+    if name == "resume without a checkpoint":
+        return ["train", small, "--resume", "latest", "--checkpoint-dir", tmp_path / "ck"], ["no checkpoint"]
+    raise AssertionError(name)
+
+
+BAD = ["missing checkpoint", "temperature < 0", "top-p 0", "top-p > 1", "negative max-new-tokens", "negative top-k",
+       "generate unknown flag", "train unknown flag", "negative embed-dim", "negative seq-len", "zero batch-size",
+       "heads not dividing", "dataset smaller than a window", "validation split smaller than a window",
+       "unwritable checkpoint dir", "empty corpus", "empty directory", "missing data", "resume without a checkpoint"]
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_bad_input_is_one_clear_error(tmp_path, trained, name):
+    args, needles = _bad_case(name, tmp_path, trained[0])
+    r = run_cli(*args)
+    assert_clean_error(r, *needles)
+    if name.startswith(("validation split", "dataset smaller")):  # refused before any training step
+        assert not (tmp_path / "ck" / "metrics.jsonl").exists() or not read_metrics(tmp_path / "ck")
+        assert not os.path.lexists(tmp_path / "ck" / "latest")
