@@ -1,0 +1,28 @@
+"""`python cli.py export-llmc CHECKPOINT OUT.bin` and `python cli.py import-llmc IN.bin CHECKPOINT_DIR`:
+llm.c's fp32 model file (see cllm/llmc.py for its layout)."""
+
+
+def export_main(checkpoint, out):
+    """Write CHECKPOINT's model (a step directory, a latest/best link or a run directory) as llm.c's
+    fp32 model file OUT (256 x int32 header, magic 20240326, version 3, then the float32 parameters)."""
+    from cllm.llmc import export_checkpoint
+
+    path, config = export_checkpoint(str(checkpoint), str(out))
+    print(f"wrote {out}: llm.c fp32 model (version 3) from {path}; maxT {config.max_seq_len}, V {config.vocab_size}, "
+          f"Vp {config.padded_vocab_size}, L {config.num_layers}, NH {config.num_heads}, C {config.embed_dim}, "
+          f"{config.num_parameters():,} parameters")
+    return 0
+
+
+def import_main(model_file, checkpoint_dir, *, tokenizer=None):
+    """Read llm.c's fp32 model file MODEL_FILE (version 3, or 1 with an unpadded vocabulary) into a new
+    checkpoint under CHECKPOINT_DIR (step_000000, with `latest`). --tokenizer PATH: a CLLM tokenizer
+    file of the model's vocabulary, stored with the checkpoint (else pass it to generate)."""
+    from cllm.llmc import import_model_file
+
+    path = import_model_file(str(model_file), str(checkpoint_dir), None if tokenizer is None else str(tokenizer))
+    print(f"wrote checkpoint {path}" + ("" if tokenizer else "; it has no tokenizer: generate with --tokenizer PATH"))
+    return 0
+
+
+COMMANDS = {"export-llmc": export_main, "import-llmc": import_main}
