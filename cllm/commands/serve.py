@@ -1,0 +1,105 @@
+"""`python cli.py serve [--checkpoint DIR] [--host 127.0.0.1] [--port 8000]`: the HTTP API and page."""
+import os
+import sys
+
+TEXT_FLAGS = {"checkpoint", "host", "api_key", "model_name", "tokenizer"}
+BOOL_FLAGS = {"help"}
+
+
+def preprocess_args(args: list[str]) -> list[str]:
+    """Text flags (an API key of digits, a host) stay strings; a positional is the checkpoint."""
+    out, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--") and len(arg) > 2:
+            name, eq, value = arg[2:].partition("=")
+            key = name.replace("-", "_")
+            if key in TEXT_FLAGS:
+                if not eq:
+                    if i + 1 >= len(args):
+                        out.append(arg)
+                        break
+                    i += 1
+                    value = args[i]
+                out += [f"--{name}", repr(value)]
+            else:
+                out.append(arg)
+                if not eq and key not in BOOL_FLAGS and i + 1 < len(args):
+                    i += 1
+                    out.append(args[i])
+        else:
+            out.append(repr(arg))
+        i += 1
+    return out
+
+
+def main(checkpoint="checkpoints", *, host="127.0.0.1", port=8000, api_key=None, max_concurrent=2, max_queue=32,
+         max_tokens_cap=1024, max_prompt_chars=32768, max_body_bytes=262144, max_n=8, model_name=None,
+         threads=None, tokenizer=None):
+    """Serve CHECKPOINT (default: the latest under checkpoints/) over HTTP until Ctrl-C.
+
+    GET /health, GET /v1/models, POST /v1/completions (OpenAI's completions API: prompt, max_tokens,
+    temperature, top_p, stop, seed, n, stream, echo; extensions top_k, repeat_penalty, beam_width,
+    ignore_eos) and a page at /. --host 127.0.0.1 (another host prints a warning) --port 8000 (0 picks
+    a free one). --api-key KEY (or the CLLM_API_KEY environment variable) requires
+    `Authorization: Bearer KEY` on /v1/. Limits: --max-concurrent 2 generations at once, --max-queue 32
+    waiting (beyond: 429 with Retry-After), --max-tokens-cap 1024, --max-prompt-chars 32768,
+    --max-body-bytes 262144, --max-n 8 choices per request. --model-name NAME (default RUN/step_N).
+    """
+    from cllm.errors import ConfigError
+
+    def positive(name, value, minimum=1):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {value!r}")
+
+    positive("port", port, 0)
+    if port > 65535:
+        raise ConfigError(f"--port must be at most 65535, got {port}")
+    for name in ("max_concurrent", "max_tokens_cap", "max_prompt_chars", "max_body_bytes", "max_n"):
+        positive(name, locals()[name])
+    positive("max_queue", max_queue, 0)
+    api_key = api_key if api_key is not None else os.environ.get("CLLM_API_KEY") or None
+    if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
+        raise ConfigError("--api-key must be a non-empty string")
+    if not isinstance(host, str) or not host:
+        raise ConfigError(f"--host must be a host name or address, got {host!r}")
+
+    from cllm.serve import Engine, ServerSettings, create_app, host_warning
+
+    warning = host_warning(host)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    engine = Engine.load(checkpoint, tokenizer, threads, model_name)
+    engine.warm_up()
+    settings = ServerSettings(max_concurrent=max_concurrent, max_queue=max_queue, max_tokens_cap=max_tokens_cap,
+                              max_prompt_chars=max_prompt_chars, max_body_bytes=max_body_bytes, max_n=max_n,
+                              api_key=api_key)
+    return run_server(create_app(engine, settings), host, port, engine)
+
+
+def run_server(app, host: str, port: int, engine) -> int:
+    import asyncio
+
+    from cllm.errors import ConfigError
+
+    async def serve():
+        from cllm.serve.server import start_site
+
+        try:
+            runner, bound = await start_site(app, host, port)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                              "choose another --port or --host") from None
+        shown = f"[{host}]" if ":" in host else host
+        print(f"serving {engine.model_id} ({engine.checkpoint_path}) on http://{shown}:{bound}/ ; Ctrl-C stops",
+              file=sys.stderr, flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    return 0

@@ -1,0 +1,198 @@
+"""The model behind the server: one loaded checkpoint, generations run on worker threads.
+
+`Engine.run(request, cancel, emit)` runs one completion request (all its choices) on the calling
+thread (the server calls it from a thread pool, off the event loop) and reports through `emit`:
+
+    emit("delta", index, text)                     new text of choice `index` (stop strings held back)
+    emit("done", index, finish_reason, n_tokens)   choice finished: "stop" (EOS/stop string) or "length"
+
+`cancel` (a threading.Event) is checked before every token: a client that went away stops its
+generation within one decoding step.
+
+Thread safety: Model.decode_step only reads the parameters and writes into the caller's KV cache and
+fresh arrays, so several threads may decode at once. The kernels hold the GIL while they run (they
+are not compiled with nogil=True), so threads interleave between kernel calls rather than run in
+parallel; one decoding step of a small model is well under a millisecond, which keeps the event
+loop responsive (bench/serve.py measures /health latency under load).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+
+from cllm.commands.generate import cut_at_stop
+
+
+@dataclasses.dataclass
+class CompletionRequest:
+    """A validated /v1/completions request (see server.parse_completion_request)."""
+    prompts: list[str]
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repeat_penalty: float = 1.0
+    stop: list[str] = dataclasses.field(default_factory=list)
+    seed: int | None = None
+    n: int = 1
+    stream: bool = False
+    beam_width: int = 0
+    echo: bool = False
+    ignore_eos: bool = False
+    include_usage: bool = False
+
+
+class Engine:
+    def __init__(self, model, tokenizer, checkpoint_path: str, model_id: str | None = None):
+        from cllm.generation import Generator
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.checkpoint_path = checkpoint_path
+        self.model_id = model_id or default_model_id(checkpoint_path)
+        self.created = int(os.path.getmtime(checkpoint_path)) if os.path.exists(checkpoint_path) else int(time.time())
+        self.context = model.config.max_seq_len
+        self.generator = Generator(model, eos_id=tokenizer.eos_id)
+        self._lock = threading.Lock()
+        self.stats = {"requests": 0, "cancelled": 0, "completion_tokens": 0}
+
+    @classmethod
+    def load(cls, checkpoint: str, tokenizer_path=None, threads=None, model_id=None) -> "Engine":
+        from cllm.commands.generate import load_for_generation
+
+        model, tok, path = load_for_generation(checkpoint, tokenizer_path, threads)
+        return cls(model, tok, path, model_id)
+
+    def warm_up(self) -> None:
+        """Compile (or load from Numba's cache) the decoding kernels before the first request."""
+        cancel = threading.Event()
+        self.run(CompletionRequest(prompts=[""], max_tokens=2, temperature=0.0), cancel, lambda *a: None)
+
+    def describe(self) -> dict:
+        cfg = self.model.config
+        return {"id": self.model_id, "checkpoint": self.checkpoint_path, "context_length": cfg.max_seq_len,
+                "parameters": int(self.model.num_parameters()), "vocab_size": cfg.vocab_size,
+                "tokenizer": self.tokenizer.kind, "embed_dim": cfg.embed_dim, "num_layers": cfg.num_layers,
+                "num_heads": cfg.num_heads}
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """(ids fed to the model, tokens of the prompt): an empty prompt starts from BOS or a newline;
+        a prompt longer than the context keeps its last context - 1 tokens, as `generate` does."""
+        from cllm.commands.generate import encode_prompt
+
+        return encode_prompt(self.tokenizer, prompt, self.context, lambda msg: None)
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.stats[key] += n
+
+    def run(self, req: CompletionRequest, cancel: threading.Event, emit) -> dict:
+        """Run every choice of `req`; returns {"prompt_tokens", "completion_tokens", "cancelled"}."""
+        from cllm.generation import SamplingConfig
+
+        self._count("requests")
+        prompt_tokens = completion_tokens = 0
+        index = 0
+        for prompt in req.prompts:
+            ids = self.prompt_ids(prompt)
+            prompt_tokens += len(ids)
+            prefix = prompt if req.echo else ""
+            if req.beam_width:
+                if cancel.is_set():
+                    break
+                beams = self.generator.beam_search(ids, req.beam_width, req.max_tokens)
+                for new_ids, _score in beams[:req.n]:
+                    body, stopped = cut_at_stop(self.tokenizer.decode(new_ids), req.stop)
+                    ended = stopped or len(new_ids) < req.max_tokens
+                    emit("delta", index, prefix + body)
+                    emit("done", index, "stop" if ended else "length", len(new_ids))
+                    completion_tokens += len(new_ids)
+                    index += 1
+                continue
+            for i in range(req.n):
+                if cancel.is_set():
+                    break
+                cfg = SamplingConfig(max_new_tokens=req.max_tokens, temperature=req.temperature, top_k=req.top_k,
+                                     top_p=req.top_p, repeat_penalty=req.repeat_penalty,
+                                     seed=None if req.seed is None else req.seed + i, stop_at_eos=not req.ignore_eos)
+                n_tokens, reason = self._sample(ids, cfg, req.stop, prefix, index, cancel, emit)
+                completion_tokens += n_tokens
+                index += 1
+        self._count("completion_tokens", completion_tokens)
+        if cancel.is_set():
+            self._count("cancelled")
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "cancelled": cancel.is_set()}
+
+    def _sample(self, ids, cfg, stops, prefix, index, cancel, emit) -> tuple[int, str]:
+        """One sampled choice, streamed through emit; (tokens generated, finish reason)."""
+        hold = max((len(s) for s in stops), default=1) - 1  # text that could still start a stop string
+        text = IncrementalText(self.tokenizer)
+        sent = 0  # characters of text.tail already emitted
+        stopped = False
+        tail = ""
+        if prefix:
+            emit("delta", index, prefix)
+        for token in self.generator.stream(ids, cfg):
+            # text dropped from the front of the tail was emitted and is beyond the reach of a stop string
+            sent -= text.add(token, keep_chars=len(tail) - sent + hold + 8)
+            tail = text.tail
+            # a stop string can only end in the new text: search from just before it
+            cut = min((i for i in (tail.find(s, max(0, sent - len(s))) for s in stops) if i >= 0), default=-1)
+            if cut >= 0:
+                tail, stopped = tail[:cut], True
+            ready = len(tail) if stopped else len(tail) - hold
+            if tail.endswith("\ufffd"):  # half of a UTF-8 character: wait for the rest
+                ready = min(ready, len(tail.rstrip("\ufffd")))
+            if ready > sent:
+                emit("delta", index, tail[sent:ready])
+                sent = ready
+            if stopped or cancel.is_set():
+                break
+        if sent < len(tail):
+            emit("delta", index, tail[sent:])
+        reason = "stop" if stopped or text.count < cfg.max_new_tokens else "length"
+        emit("done", index, reason, text.count)
+        return text.count, reason
+
+
+class IncrementalText:
+    """The text of a growing list of token ids, decoded in time linear in its length: decoding every
+    id after each new one would be quadratic. `tail` is the decoded text of the last ids; a prefix
+    of it is dropped once it was sent and decoding it separately is shown to give the same text (true
+    at most boundaries of char and BPE tokens, never inside a UTF-8 character); for a tokenizer where
+    it never holds (word: spaces between words) the whole text is decoded after every token."""
+
+    TAIL = 32
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self.ids: list[int] = []  # the ids whose text is `tail`
+        self.tail = ""
+        self.count = 0
+
+    def add(self, token: int, keep_chars: int) -> int:
+        """Append a token; returns how many characters were dropped from the front of `tail` (the
+        last `keep_chars` characters before the new token are always kept)."""
+        self.ids.append(token)
+        self.count += 1
+        ids = self.ids
+        if len(ids) > 2 * self.TAIL:
+            k = len(ids) - self.TAIL
+            head = self.tok.decode(ids[:k])
+            rest = self.tok.decode(ids[k:])
+            if (len(head) <= len(self.tail) - keep_chars and self.tail.startswith(head)
+                    and not head.endswith("\ufffd") and head + rest == self.tok.decode(ids)):
+                del self.ids[:k]
+                self.tail = rest
+                return len(head)
+        self.tail = self.tok.decode(ids)
+        return 0
+
+
+def default_model_id(checkpoint_path: str) -> str:
+    """RUN/step_000500 for a checkpoint directory .../RUN/step_000500."""
+    path = os.path.normpath(checkpoint_path)
+    parent = os.path.basename(os.path.dirname(path))
+    return f"{parent}/{os.path.basename(path)}" if parent else os.path.basename(path)
