@@ -143,9 +143,12 @@ def test_stale_temporaries_are_removed(tmp_path):
 
 def _kill_test_start(run_dir, data, extra=()):
     resume = ["--resume", "latest"] if os.path.lexists(run_dir / "latest") else []
-    cmd = [sys.executable, CLI, "train", str(data), *TINY_FLAGS, "--max-steps", "60", "--checkpoint-interval", "1",
-           "--eval-interval", "1000", "--sample-interval", "100000", "--warmup-steps", "2", "--seed", "7",
-           "--keep-last", "2", "--checkpoint-dir", str(run_dir), "--progress", "False", *resume, *extra]
+    # a constant learning rate after the warmup (min-lr = learning-rate), so that the final run's
+    # --max-steps does not change the schedule of the steps before it
+    cmd = [sys.executable, CLI, "train", str(data), *TINY_FLAGS, "--max-steps", "1000000", "--checkpoint-interval", "1",
+           "--eval-interval", "1000000", "--sample-interval", "1000000", "--warmup-steps", "2", "--seed", "7",
+           "--learning-rate", "0.001", "--min-lr", "0.001", "--keep-last", "2", "--checkpoint-dir", str(run_dir),
+           "--progress", "False", *resume, *extra]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -166,7 +169,7 @@ def test_sigkill_at_random_moments_never_breaks_latest(tmp_path, tmp_path_factor
     rng = random.Random(20240326)
     kills = 0
     planted = None
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 150  # about 40 s on an idle 2-core machine
     while kills < 12 and time.monotonic() < deadline:
         before = _latest_target(run)
         proc = _kill_test_start(run, data)
@@ -192,13 +195,15 @@ def test_sigkill_at_random_moments_never_breaks_latest(tmp_path, tmp_path_factor
         os.symlink("step_999999", planted[1])
     assert kills == 12, "the kill loop ran out of time"
 
-    # the run completes after its twelve deaths (saving only at the end now, to be quick)
-    done = _kill_test_start(run, data, ["--checkpoint-interval", "1000"])
+    # the run completes three steps after its twelfth death (saving only at the end now)
+    end = int(_latest_target(run)[5:]) + 3
+    done = _kill_test_start(run, data, ["--checkpoint-interval", "1000", "--max-steps", str(end)])
     _, err = done.communicate(timeout=120)
     assert done.returncode == 0, err
     assert not [f for f in os.listdir(run) if f.endswith(".tmp")]
-    assert os.readlink(run / "latest") == "step_000060"
+    assert os.readlink(run / "latest") == f"step_{end:06d}"
     resumed = train_losses(run)
+    assert sorted(resumed) == list(range(1, end + 1))
     reference_dir = tmp_path / "reference"
-    train(tiny_config(data, reference_dir, max_steps=60, checkpoint_interval=1000, eval_interval=1000))
+    train(tiny_config(data, reference_dir, max_steps=end, learning_rate=1e-3, min_lr=1e-3))
     assert resumed == train_losses(reference_dir)

@@ -75,6 +75,24 @@ def test_temperature_zero_is_argmax_and_repeat_penalty_rule():
     assert next_token(logits, cfg, rng, [3, 0]) == 1
 
 
+def test_repeat_penalty_in_generation_follows_the_rule(loaded):
+    """Greedy decoding with a repetition penalty equals a hand-written loop: full forward, the
+    penalty applied to the logits of the last n tokens by llama.cpp's rule, argmax."""
+    _, model, tok = loaded
+    prompt = tok.encode("the ")
+    penalty, last_n, n = 1.8, 6, 10
+    seq = list(prompt)
+    for _ in range(n):
+        logits = np.array(model.forward(np.array([seq]))[0, -1], dtype=np.float64)
+        for t in set(seq[-last_n:]):
+            logits[t] = logits[t] / penalty if logits[t] > 0 else logits[t] * penalty
+        seq.append(int(np.argmax(logits)))
+    cfg = greedy(n, repeat_penalty=penalty, repeat_last_n=last_n)
+    got = list(Generator(model, eos_id=None).stream(prompt, cfg))
+    assert got == seq[len(prompt):]
+    assert got != list(Generator(model, eos_id=None).stream(prompt, greedy(n)))  # the penalty does change it
+
+
 @pytest.mark.parametrize("field, value", [("temperature", -0.1), ("top_p", 0.0), ("top_p", 1.5), ("top_k", -1),
                                           ("repeat_penalty", 0.0), ("max_new_tokens", -1)])
 def test_invalid_sampling_options(field, value):
@@ -290,3 +308,27 @@ def test_the_command_uses_the_kv_cache(loaded, capsys, monkeypatch):
     _Counter(monkeypatch)
     out, _ = _generate(capsys, "the ", "--checkpoint", run, "--max-new-tokens", "10", "--seed", "1")
     assert out.startswith("the ")
+
+
+def test_empty_prompt_and_interactive_mode(loaded, capsys, monkeypatch):
+    import io
+
+    run, model, tok = loaded
+    out, _ = _generate(capsys, "", "--checkpoint", run, "--temperature", "0", "--max-new-tokens", "8")
+    start = tok.encode("\n")
+    assert out == tok.decode(list(Generator(model).stream(start, greedy(8)))) + "\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO("the \na,b\n"))
+    out, _ = _generate(capsys, "--interactive", "--checkpoint", run, "--temperature", "0", "--max-new-tokens", "5")
+    expected = "".join(p + tok.decode(list(Generator(model).stream(tok.encode(p), greedy(5)))) + "\n"
+                       for p in ("the ", "a,b"))
+    assert out == expected
+
+
+def test_unknown_words_warn_under_the_word_tokenizer():
+    from cllm.tokenizers import train_tokenizer
+
+    words = train_tokenizer("word", "the cat sat on the mat\n" * 5, 20, progress=False)
+    warnings = []
+    ids = encode_prompt(words, "the zebra sat", 16, warnings.append)
+    assert words.unk_id in ids
+    assert len(warnings) == 1 and "warning" in warnings[0]
