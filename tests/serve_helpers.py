@@ -58,3 +58,21 @@ def tiny_run(tmp_path_factory) -> dict:
     _SESSION["run"] = {"run": run, "val_text": val_text, "val_loss": val_loss, "corpus": corpus,
                        "dataset": Path(ds.out_dir), "val_windows": n_windows}
     return _SESSION["run"]
+
+
+def random_checkpoint(tmp_path_factory, embed_dim=128, num_layers=4, num_heads=4, seq_len=512) -> Path:
+    """A checkpoint of an untrained model, bigger than the tiny one so that generating takes visible
+    time (the browser test watches text arrive), with the tiny run's char tokenizer."""
+    key = f"random{embed_dim}x{num_layers}x{seq_len}"
+    if key not in _SESSION:
+        from cllm.checkpoint import save_checkpoint
+        from cllm.config import ModelConfig
+        from cllm.model import Model
+        from cllm.tokenizers import load_tokenizer
+
+        tok = load_tokenizer(str(tiny_run(tmp_path_factory)["dataset"] / "tokenizer.json"))
+        model = Model(ModelConfig(vocab_size=tok.vocab_size, max_seq_len=seq_len, num_layers=num_layers,
+                                  num_heads=num_heads, embed_dim=embed_dim), seed=1)
+        base = tmp_path_factory.mktemp(key)
+        _SESSION[key] = {"path": Path(save_checkpoint(str(base), "step_000000", model, tokenizer=tok))}
+    return _SESSION[key]["path"]

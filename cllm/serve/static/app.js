@@ -76,7 +76,6 @@ async function generate(ev) {
   const headers = { "Content-Type": "application/json" };
   const key = $("api_key").value;
   if (key) headers.Authorization = "Bearer " + key;
-  let tokens = 0;
   const t0 = performance.now();
   try {
     const r = await fetch("/v1/completions", {
@@ -94,7 +93,6 @@ async function generate(ev) {
       const chunk = JSON.parse(data);
       for (const choice of chunk.choices) {
         $("out_text").textContent += choice.text;
-        if (choice.text) tokens += 1;
         if (choice.finish_reason) reason = choice.finish_reason;
       }
       return true;

@@ -1,0 +1,115 @@
+"""The page of `cli.py serve` in a real headless Chromium (Debian's, driven by Playwright's Python
+package): type a prompt, press Generate, watch the streamed text appear."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from serve_helpers import random_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _browser_or_skip():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the playwright Python package is not installed (pip install -e '.[test]')")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    return sync_playwright
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    # an untrained model big enough that generating takes a visible while (the tiny one is too fast
+    # to watch text arrive)
+    ckpt = random_checkpoint(tmp_path_factory)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "serve", str(ckpt), "--port", "0",
+                             "--max-concurrent", "1"],
+                            cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        url = None
+        lines = []
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            m = re.search(r"on (http://127\.0\.0\.1:\d+/)", line)
+            if m:
+                url = m.group(1)
+                break
+        assert url, "the server did not start:\n" + "".join(lines)
+        yield url, os.path.basename(ckpt.parent) + "/" + ckpt.name
+    finally:
+        proc.terminate()  # SIGTERM: the process we started, by its handle
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_page_streams_generated_text(server):
+    sync_playwright = _browser_or_skip()
+    url, model_id = server
+    from playwright.sync_api import expect
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            page.goto(url)
+            # the loaded checkpoint is named in the header
+            # (waits go through locators: the page's Content-Security-Policy forbids eval, which
+            # page.wait_for_function would need)
+            expect(page.locator("#model")).to_have_text(model_id, timeout=10_000)
+            page.fill("#prompt", "the cat")
+            page.fill("#max_tokens", "300")
+            page.fill("#seed", "11")
+            page.click("#generate")
+            # watch the output while it is generated: text must be there before the status says done
+            samples = []
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 60:
+                status, n = page.evaluate("[document.getElementById('status').textContent,"
+                                          " document.getElementById('out_text').textContent.length]")
+                samples.append((status, n))
+                if status.startswith("done") or status.startswith("error"):
+                    break
+                page.wait_for_timeout(20)
+            expect(page.locator("#status")).to_have_text(re.compile(r"^done"), timeout=30_000)
+            text = page.text_content("#out_text")
+            assert page.text_content("#out_prompt") == "the cat"
+            assert len(text) == 300, text  # char tokens: one character per token
+            partial = {n for status, n in samples if status.startswith("generating") and 0 < n < 300}
+            assert len(partial) >= 2, samples  # the text grew while it was being generated
+            # the same seed from the API gives the same text
+            import json
+            import urllib.request
+
+            req = urllib.request.Request(url + "v1/completions", method="POST", headers={"Content-Type": "application/json"},
+                                         data=json.dumps({"prompt": "the cat", "max_tokens": 300, "seed": 11,
+                                                          "temperature": 0.8}).encode())
+            with urllib.request.urlopen(req, timeout=30) as r:
+                assert json.load(r)["choices"][0]["text"] == text
+            # an error from the server is shown, not swallowed
+            page.fill("#max_tokens", "100000")
+            page.click("#generate")
+            expect(page.locator("#status")).to_have_text(re.compile(r"^error"), timeout=10_000)
+            assert "max_tokens" in page.text_content("#status")
+            assert not [e for e in errors if "400" not in e], errors
+        finally:
+            browser.close()
