@@ -65,6 +65,7 @@ def save_checkpoint(directory: str, name: str, model, optimizer=None, tokenizer=
     except OSError as exc:
         raise CheckpointError(f"cannot write checkpoints to {directory!r}: {exc.strerror}; "
                               "choose another --checkpoint-dir") from exc
+    final = old = None
     try:
         tensors = {k: np.ascontiguousarray(t, dtype=np.float32) for k, t in model.named_tensors().items()}
         save_file(tensors, os.path.join(tmp, MODEL_FILE), metadata={"format": "cllm", "version": str(FORMAT_VERSION)})
@@ -82,12 +83,19 @@ def save_checkpoint(directory: str, name: str, model, optimizer=None, tokenizer=
             _fsync_file(os.path.join(tmp, fname))
         fsync_dir(tmp)
         final = os.path.join(directory, name)
-        if os.path.isdir(final):  # re-saving the same step (e.g. Ctrl-C right after a save)
-            shutil.rmtree(final)
+        if os.path.isdir(final):  # re-saving a step (a resume from an older checkpoint of this run):
+            # the old one is renamed away first, so that `latest` never points at a half-deleted directory
+            old = os.path.join(directory, f".{name}.{os.getpid()}.old.tmp")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
         os.replace(tmp, final)
         fsync_dir(directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
         return final
     except BaseException:
+        if old is not None and os.path.isdir(old) and not os.path.exists(final):
+            os.replace(old, final)  # put the previous checkpoint back
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 

@@ -131,6 +131,37 @@ def test_prune_keeps_the_newest_and_the_pointed_to(tmp_path):
     assert sorted(d for d in os.listdir(tmp_path) if d.startswith("step_")) == ["step_000002", "step_000005", "step_000006"]
 
 
+def test_resaving_a_step_never_exposes_a_half_deleted_checkpoint(tmp_path, monkeypatch):
+    """Re-saving a step that `latest` points to (a run resumed from an older checkpoint of its own
+    directory): a process dying while the old directory is being deleted leaves `latest` readable."""
+    import shutil
+
+    ck.save_checkpoint(str(tmp_path), "step_000002", Model(CONFIG, seed=1))
+    ck.set_pointer(str(tmp_path), "latest", "step_000002")
+    real_rmtree = shutil.rmtree
+    died = []
+
+    def dying_rmtree(path, *args, **kwargs):  # deletes one file, then the process "dies"
+        if died or not os.path.isdir(path):
+            return real_rmtree(path, *args, **kwargs)
+        died.append(path)
+        os.unlink(os.path.join(path, sorted(os.listdir(path))[0]))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", dying_rmtree)
+    new = Model(CONFIG, seed=2)
+    try:
+        ck.save_checkpoint(str(tmp_path), "step_000002", new)
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.undo()
+    assert died
+    loaded = ck.load_checkpoint(str(tmp_path / "latest"))  # complete: the old one or the new one
+    np.testing.assert_array_equal(ck.model_from_checkpoint(loaded).params, new.params)
+    ck.remove_stale_temporaries(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["latest", "step_000002"]
+
+
 def test_stale_temporaries_are_removed(tmp_path):
     (tmp_path / ".step_000009.abc123.tmp").mkdir()
     (tmp_path / ".step_000009.abc123.tmp" / "model.safetensors").write_bytes(b"half")
