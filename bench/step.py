@@ -13,7 +13,7 @@ is installed. Prints ONE JSON line.
              into one process, Numba's and torch's two OpenMP runtimes slow whichever starts
              second by 2 to 4x (measured), which would make any ratio an artifact
 
-Usage: .venv/bin/python bench/step.py [--configs baby,seed] [--seconds 6] [--no-torch]
+Usage: .venv/bin/python bench/step.py [--configs baby,seed] [--seconds 3] [--rounds 3] [--no-torch]
 """
 import os
 
