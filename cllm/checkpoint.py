@@ -125,7 +125,8 @@ def remove_stale_temporaries(directory: str) -> None:
 
 def prune_checkpoints(directory: str, keep_last: int) -> None:
     """Keep the newest keep_last step directories, and whatever latest/best point to."""
-    steps = sorted(d for d in os.listdir(directory) if d.startswith("step_") and os.path.isdir(os.path.join(directory, d)))
+    steps = sorted((d for d in os.listdir(directory) if d.startswith("step_") and os.path.isdir(os.path.join(directory, d))),
+                   key=lambda d: (len(d), d))  # step_1000000 comes after step_999999
     protected = set()
     for pointer in ("latest", "best"):
         link = os.path.join(directory, pointer)

@@ -162,6 +162,14 @@ def test_resaving_a_step_never_exposes_a_half_deleted_checkpoint(tmp_path, monke
     assert sorted(os.listdir(tmp_path)) == ["latest", "step_000002"]
 
 
+def test_prune_orders_steps_by_number_past_six_digits(tmp_path):
+    model = Model(CONFIG, seed=0)
+    for s in (999998, 999999, 1000000, 1000001):
+        ck.save_checkpoint(str(tmp_path), f"step_{s:06d}", model)
+    ck.prune_checkpoints(str(tmp_path), 2)
+    assert sorted(os.listdir(tmp_path)) == ["step_1000000", "step_1000001"]
+
+
 def test_stale_temporaries_are_removed(tmp_path):
     (tmp_path / ".step_000009.abc123.tmp").mkdir()
     (tmp_path / ".step_000009.abc123.tmp" / "model.safetensors").write_bytes(b"half")
