@@ -215,7 +215,7 @@ def test_sigkill_at_random_moments_never_breaks_latest(tmp_path, tmp_path_factor
         # wait until this process has saved at least once, then kill it at a random moment
         while proc.poll() is None and _latest_target(run) == before and time.monotonic() < deadline:
             time.sleep(0.02)
-        if planted is not None:  # the previous round's planted temporaries are gone by now
+        if proc.poll() is None and planted is not None:  # the last round's planted temporaries are gone by now
             assert not os.path.lexists(planted[0]) and not os.path.lexists(planted[1])
         time.sleep(rng.uniform(0.0, 0.5))
         if proc.poll() is not None:
