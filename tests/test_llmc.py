@@ -178,6 +178,14 @@ def test_bad_model_files_are_refused(tmp_path, damage, message):
     assert not (tmp_path / "ck").exists() or not os.listdir(tmp_path / "ck")
 
 
+def test_export_to_an_unwritable_path(saved_model, tmp_path):
+    _, run = saved_model
+    for out in (tmp_path / "no-such-dir" / "model.bin", tmp_path):  # a missing folder; a directory
+        with pytest.raises(CheckpointError, match="cannot write"):
+            export_checkpoint(str(run), str(out))
+    assert sorted(os.listdir(tmp_path)) == ["run"]  # no temporary left behind
+
+
 def test_tokenizer_must_match_the_vocabulary(tmp_path):
     from cllm.tokenizers import train_tokenizer
 
