@@ -121,6 +121,15 @@ def test_resolve_pointers_and_run_directories(saved, tmp_path):
         ck.resolve_checkpoint(str(tmp_path / "empty"))
 
 
+def test_a_folder_of_runs_resolves_to_the_most_recent_run(tmp_path):
+    model = Model(CONFIG, seed=0)
+    for run, when in (("a", 2_000_000_000), ("b", 1_000_000_000)):
+        ck.save_checkpoint(str(tmp_path / run), "step_000001", model)
+        ck.set_pointer(str(tmp_path / run), "latest", "step_000001")
+        os.utime(tmp_path / run / "step_000001", (when, when))
+    assert ck.resolve_checkpoint(str(tmp_path)) == os.path.realpath(tmp_path / "a" / "step_000001")
+
+
 def test_prune_keeps_the_newest_and_the_pointed_to(tmp_path):
     model = Model(CONFIG, seed=0)
     for s in range(1, 7):
