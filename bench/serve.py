@@ -1,0 +1,217 @@
+"""Benchmark `cli.py serve`: concurrent streaming clients against a real server process.
+
+    python bench/serve.py [--checkpoint DIR] [--clients 16] [--requests 200] [--max-tokens 64]
+                          [--max-concurrent 2] [--threads N]
+
+Without --checkpoint it serves an untrained model of `train`'s default size (128 dims, 4 layers,
+4 heads, context 64) with a char tokenizer of the bundled tinyshakespeare text: weights do not
+change the speed. Every request streams `max_tokens` tokens (`ignore_eos`). Meanwhile /health is
+probed every 50 ms, to see whether the event loop stays responsive while the workers generate.
+
+Prints one JSON line: requests/s, generated tokens/s, p50/p99 latency and time to first token,
+errors (must be 0), /health latency under load, the server's peak RSS, and as the reference the
+tokens/s of the same model generating alone in this process (no server), with their ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def make_checkpoint(directory: str, embed_dim: int = 128, num_layers: int = 4, context: int = 64) -> str:
+    from cllm.checkpoint import save_checkpoint
+    from cllm.config import ModelConfig
+    from cllm.model import Model
+    from cllm.tokenizers import train_tokenizer
+
+    with open(os.path.join(ROOT, "data", "tinyshakespeare.txt"), encoding="utf-8") as f:
+        text = f.read()
+    tok = train_tokenizer("char", [text], None, progress=False)
+    model = Model(ModelConfig(vocab_size=tok.vocab_size, max_seq_len=context, num_layers=num_layers, num_heads=4,
+                              embed_dim=embed_dim), seed=0)
+    return save_checkpoint(directory, "step_000000", model, tokenizer=tok)
+
+
+def reference_tokens_per_s(checkpoint: str, max_tokens: int, n: int = 8, threads=None) -> float:
+    """Generation alone, in this process, through the same Generator the server uses, on a worker
+    thread as in the server (on a loaded machine the main thread's OpenMP team can be far slower:
+    see the closing note of the serving issue)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:  # the best of 3: the machine may be shared
+        return max(pool.submit(_reference, checkpoint, max_tokens, n, threads).result() for _ in range(3))
+
+
+def _reference(checkpoint: str, max_tokens: int, n: int, threads) -> float:
+    from cllm.commands.generate import load_for_generation
+    from cllm.generation import Generator, SamplingConfig
+
+    model, tok, _ = load_for_generation(checkpoint, None, threads)
+    gen = Generator(model, eos_id=tok.eos_id)
+    ids = tok.encode("ROMEO:")
+    list(gen.stream(ids, SamplingConfig(max_new_tokens=4, seed=0)))  # compile / load the kernels
+    t0 = time.perf_counter()
+    count = 0
+    for i in range(n):
+        count += sum(1 for _ in gen.stream(ids, SamplingConfig(max_new_tokens=max_tokens, seed=i, stop_at_eos=False)))
+    return count / (time.perf_counter() - t0)
+
+
+def start_server(checkpoint: str, args) -> tuple[subprocess.Popen, str]:
+    cmd = [sys.executable, os.path.join(ROOT, "cli.py"), "serve", checkpoint, "--port", "0",
+           "--max-concurrent", str(args.max_concurrent), "--max-queue", str(max(64, args.clients))]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        m = re.search(r"on (http://127\.0\.0\.1:\d+/)", line)
+        if m:
+            return proc, m.group(1)
+    proc.wait()
+    raise SystemExit("the server did not start:\n" + "".join(lines))
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return psutil.Process(pid).memory_info().rss / 2 ** 20  # current, not peak
+    except Exception:
+        return None
+
+
+async def run_load(url: str, args) -> dict:
+    import aiohttp
+
+    latencies, ttfts, tokens, errors = [], [], [], []
+    health_ms = []
+    next_request = iter(range(args.requests))
+    done = asyncio.Event()
+
+    async def one(session, i):
+        body = {"prompt": "ROMEO:", "max_tokens": args.max_tokens, "temperature": 0.8, "seed": i, "stream": True,
+                "ignore_eos": True, "stream_options": {"include_usage": True}}
+        t0 = time.perf_counter()
+        first = None
+        usage = None
+        async with session.post(url + "v1/completions", json=body) as r:
+            if r.status != 200:
+                errors.append(f"HTTP {r.status}: {(await r.text())[:200]}")
+                return
+            buffer = b""
+            finished = False
+            async for data in r.content.iter_any():
+                buffer += data
+                while b"\n\n" in buffer:
+                    event, buffer = buffer.split(b"\n\n", 1)
+                    payload = event[len(b"data: "):]
+                    if payload == b"[DONE]":
+                        finished = True
+                        continue
+                    chunk = json.loads(payload)
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]
+                    elif first is None and any(c["text"] for c in chunk["choices"]):
+                        first = time.perf_counter()
+        if not finished or usage is None or usage["completion_tokens"] != args.max_tokens:
+            errors.append(f"request {i}: finished={finished} usage={usage}")
+            return
+        latencies.append(time.perf_counter() - t0)
+        ttfts.append((first or time.perf_counter()) - t0)
+        tokens.append(usage["completion_tokens"])
+
+    async def client(session):
+        for i in next_request:
+            try:
+                await one(session, i)
+            except Exception as exc:  # noqa: BLE001 (every failure is an error to count)
+                errors.append(f"request {i}: {exc!r}")
+
+    async def probe(session):
+        while not done.is_set():
+            t0 = time.perf_counter()
+            async with session.get(url + "health") as r:
+                await r.read()
+            health_ms.append((time.perf_counter() - t0) * 1e3)
+            await asyncio.sleep(0.05)
+
+    timeout = aiohttp.ClientTimeout(total=600)
+    connector = aiohttp.TCPConnector(limit=args.clients + 2)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        prober = asyncio.create_task(probe(session))
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(args.clients)))
+        wall = time.perf_counter() - t0
+        done.set()
+        await prober
+
+    def pct(values, q, scale=1.0):
+        return round(float(np.percentile(values, q)) * scale, 4) if values else None
+
+    return {"wall_s": round(wall, 3), "req_per_s": round(len(latencies) / wall, 3),
+            "tokens_per_s": round(sum(tokens) / wall, 1),
+            "latency_p50_s": pct(latencies, 50), "latency_p99_s": pct(latencies, 99),
+            "ttft_p50_s": pct(ttfts, 50), "ttft_p99_s": pct(ttfts, 99),
+            "errors": len(errors), "error_samples": errors[:3],
+            "health_probes": len(health_ms), "health_p50_ms": pct(health_ms, 50), "health_p99_ms": pct(health_ms, 99),
+            "health_max_ms": round(max(health_ms), 2) if health_ms else None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", help="default: an untrained model of train's default size")
+    ap.add_argument("--embed-dim", type=int, default=128, help="the untrained model's size (without --checkpoint)")
+    ap.add_argument("--num-layers", type=int, default=4)
+    ap.add_argument("--context", type=int, default=64)
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--max-concurrent", type=int, default=2, help="the server's --max-concurrent")
+    ap.add_argument("--threads", type=int, default=None, help="the server's --threads (Numba threads)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="cllm-bench-serve-") as tmp:
+        checkpoint = args.checkpoint or make_checkpoint(tmp, args.embed_dim, args.num_layers, args.context)
+        proc, url = start_server(checkpoint, args)
+        try:
+            result = asyncio.run(run_load(url, args))
+            rss = peak_rss_mb(proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        reference = reference_tokens_per_s(checkpoint, args.max_tokens, threads=args.threads)
+        from cllm.checkpoint import load_checkpoint
+
+        cfg = load_checkpoint(checkpoint).model_config
+    out = {"bench": "serve", "clients": args.clients, "requests": args.requests, "max_tokens": args.max_tokens,
+           "server_max_concurrent": args.max_concurrent, "cpus": len(os.sched_getaffinity(0)),
+           "model": {"embed_dim": cfg.embed_dim, "num_layers": cfg.num_layers, "num_heads": cfg.num_heads,
+                     "context": cfg.max_seq_len, "vocab_size": cfg.vocab_size},
+           **result, "server_peak_rss_mb": round(rss, 1) if rss else None,
+           "reference_tokens_per_s": round(reference, 1),
+           "server_vs_reference": round(result["tokens_per_s"] / reference, 3) if reference else None}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
