@@ -420,3 +420,53 @@ def test_serve_cli_flag_errors(tmp_path):
         assert p.returncode == 2 and "Traceback" not in p.stderr
         errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and needle in errors[0], p.stderr
+
+
+async def test_model_by_id_and_a_failing_generation_is_json(client, engine, monkeypatch):
+    r = await client.get("/v1/models/" + engine.model_id)
+    assert r.status == 200 and (await r.json())["id"] == engine.model_id
+    r = await client.get("/v1/models/gpt-4")
+    assert_error(r.status, await r.json(), 404, param="model", code="model_not_found")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the kernel fell over")
+
+    monkeypatch.setattr(engine.generator, "stream", broken)
+    status, body = await complete(client, max_tokens=3)
+    assert_error(status, body, 500, code="generation_failed")
+    assert "fell over" in body["error"]["message"]
+    r, raw = await stream_events(client, max_tokens=3)
+    data = parse_sse(raw)
+    assert data[-1] == "[DONE]" and json.loads(data[-2])["error"]["code"] == "generation_failed"
+    assert (await (await client.get("/health")).json())["active"] == 0
+
+
+def test_cli_serve_answers_and_stops_cleanly_on_sigterm(tmp_path_factory):
+    import re
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = tiny_run(tmp_path_factory)["run"]
+    proc = subprocess.Popen([sys.executable, os.path.join(root, "cli.py"), "serve", "--checkpoint", str(run),
+                             "--port", "0", "--api-key", "1234"], cwd=root, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        m = re.search(r"on (http://127\.0\.0\.1:\d+/)", line)
+        assert m, line
+        assert "warning" not in line
+        with urllib.request.urlopen(m.group(1) + "health", timeout=10) as r:
+            assert json.load(r)["auth_required"] is True
+        req = urllib.request.Request(m.group(1) + "v1/completions", data=b'{"max_tokens": 2}',
+                                     headers={"Authorization": "Bearer 1234"})  # a key of digits stays text
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert len(json.load(r)["choices"][0]["text"]) == 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert "stopped" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

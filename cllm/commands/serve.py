@@ -79,6 +79,7 @@ def main(checkpoint="checkpoints", *, host="127.0.0.1", port=8000, api_key=None,
 
 def run_server(app, host: str, port: int, engine) -> int:
     import asyncio
+    import signal
 
     from cllm.errors import ConfigError
 
@@ -93,13 +94,19 @@ def run_server(app, host: str, port: int, engine) -> int:
         shown = f"[{host}]" if ":" in host else host
         print(f"serving {engine.model_id} ({engine.checkpoint_path}) on http://{shown}:{bound}/ ; Ctrl-C stops",
               file=sys.stderr, flush=True)
+        stop = asyncio.Event()
+        try:  # SIGTERM (a service manager, a container) stops as cleanly as Ctrl-C
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
         try:
-            await asyncio.Event().wait()
+            await stop.wait()
         finally:
             await runner.cleanup()
 
     try:
         asyncio.run(serve())
     except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
+        pass
+    print("stopped", file=sys.stderr)
     return 0

@@ -2,6 +2,7 @@
 
     GET  /health            {"status": "ok", "model": ..., "active": n, "queued": m}   (no auth)
     GET  /v1/models         {"object": "list", "data": [{"id": ..., "object": "model", ...}]}
+    GET  /v1/models/ID      that one model (404 for another id)
     POST /v1/completions    OpenAI's completions request/response; "stream": true sends
                             server-sent events `data: {chunk}` and a final `data: [DONE]`
     GET  /                  the page (cllm/serve/static/index.html), GET /static/NAME its files
@@ -10,7 +11,8 @@ Generation runs in a thread pool (Engine.run), never on the event loop. At most
 `max_concurrent` requests generate at once; up to `max_queue` more wait for a slot; beyond that a
 request gets 429 with Retry-After. A client that disconnects (while queued or generating) sets its
 cancel event, and the worker stops before its next token. Every error is OpenAI's JSON shape
-{"error": {"message", "type", "param", "code"}}.
+{"error": {"message", "type", "param", "code"}}. The request's "model" may be any string (tools send
+their own default names): the server has one model and answers with its id.
 """
 from __future__ import annotations
 
@@ -255,6 +257,14 @@ async def models(request):
         {"object": "model", "created": engine.created, "owned_by": "cllm", **engine.describe()}]})
 
 
+async def model(request):
+    engine: Engine = request.app[ENGINE]
+    if request.match_info["model"] != engine.model_id:
+        raise APIError(404, f"no model {request.match_info['model']!r}; this server has {engine.model_id!r}",
+                       param="model", code="model_not_found")
+    return web.json_response({"object": "model", "created": engine.created, "owned_by": "cllm", **engine.describe()})
+
+
 async def read_json(request) -> dict:
     try:
         raw = await request.read()
@@ -322,6 +332,18 @@ async def completions(request):
         watcher.cancel()
 
 
+async def _result(future) -> dict:
+    """The worker's result; a failure inside generation is a 500 in OpenAI's error shape."""
+    try:
+        return await future
+    except Exception as exc:  # noqa: BLE001 (whatever broke, the client gets JSON, the log the traceback)
+        import logging
+
+        logging.getLogger("cllm.serve").exception("generation failed")
+        raise APIError(500, f"generation failed: {exc.__class__.__name__}: {exc}", code="generation_failed",
+                       type_="server_error") from None
+
+
 def _usage(result: dict) -> dict:
     return {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"],
             "total_tokens": result["prompt_tokens"] + result["completion_tokens"]}
@@ -338,7 +360,7 @@ async def _collect(req, events, future, meta):
             texts.setdefault(event[1], []).append(event[2])
         elif event[0] == "done":
             reasons[event[1]] = event[2]
-    result = await future
+    result = await _result(future)
     choices = [{"text": "".join(texts.get(i, [])), "index": i, "logprobs": None, "finish_reason": reasons.get(i)}
                for i in sorted(set(texts) | set(reasons))]
     return web.json_response({**meta, "choices": choices, "usage": _usage(result)})
@@ -365,7 +387,13 @@ async def _stream(request, req, events, future, cancel, meta):
                 await send(chunk(event[1], event[2], None))
             elif event[0] == "done":
                 await send(chunk(event[1], "", event[2]))
-        result = await future
+        try:
+            result = await _result(future)
+        except APIError as exc:  # the headers are sent: the error goes into the stream
+            await send({"error": {"message": exc.message, "type": exc.type, "param": None, "code": exc.code}})
+            await send("[DONE]")
+            await response.write_eof()
+            return response
         if req.include_usage:
             await send({**meta, "choices": [], "usage": _usage(result)})
         await send("[DONE]")
@@ -415,6 +443,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> web.Ap
     app.on_cleanup.append(cleanup)
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{model:.+}", model)
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/", index)
     app.router.add_get("/static/{name:.+}", static)
