@@ -470,3 +470,24 @@ def test_cli_serve_answers_and_stops_cleanly_on_sigterm(tmp_path_factory):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_the_official_openai_client_works(make_client, engine):
+    from openai import AsyncOpenAI, AuthenticationError, BadRequestError
+
+    client = await make_client(api_key="k-1")
+    base = str(client.make_url("/v1"))
+    oai = AsyncOpenAI(base_url=base, api_key="k-1", max_retries=0)
+    assert [m.id async for m in oai.models.list()] == [engine.model_id]
+    r = await oai.completions.create(model="gpt-3.5-turbo-instruct", prompt=PROMPT, max_tokens=10, seed=4, n=2)
+    assert len(r.choices) == 2 and r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 20
+    stream = await oai.completions.create(model="x", prompt=PROMPT, max_tokens=10, seed=4, stream=True)
+    assert "".join([chunk.choices[0].text async for chunk in stream]) == r.choices[0].text
+    greedy = await oai.completions.create(model="x", prompt="the", max_tokens=5, temperature=0)
+    beam = await oai.completions.create(model="x", prompt="the", max_tokens=5, extra_body={"beam_width": 1})
+    assert beam.choices[0].text == greedy.choices[0].text
+    with pytest.raises(BadRequestError, match="max_tokens"):
+        await oai.completions.create(model="x", prompt=PROMPT, max_tokens=10**6)
+    with pytest.raises(AuthenticationError):
+        await AsyncOpenAI(base_url=base, api_key="wrong", max_retries=0).models.list()
+    await oai.close()
