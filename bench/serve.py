@@ -10,7 +10,8 @@ probed every 50 ms, to see whether the event loop stays responsive while the wor
 
 Prints one JSON line: requests/s, generated tokens/s, p50/p99 latency and time to first token,
 errors (must be 0), /health latency under load, the server's peak RSS, and as the reference the
-tokens/s of the same model generating alone in this process (no server), with their ratio.
+tokens/s of the same model generating alone in this process (no server, one worker thread with
+the server's per-worker Numba threads), with their ratio, and the CPU seconds of server and clients.
 """
 from __future__ import annotations
 
@@ -58,7 +59,10 @@ def _reference(checkpoint: str, max_tokens: int, n: int, threads) -> float:
     from cllm.commands.generate import load_for_generation
     from cllm.generation import Generator, SamplingConfig
 
+    import numba
+
     model, tok, _ = load_for_generation(checkpoint, None, threads)
+    numba.set_num_threads(threads or numba.config.NUMBA_NUM_THREADS)  # per thread: as in a server worker
     gen = Generator(model, eos_id=tok.eos_id)
     ids = tok.encode("ROMEO:")
     list(gen.stream(ids, SamplingConfig(max_new_tokens=4, seed=0)))  # compile / load the kernels
@@ -83,6 +87,13 @@ def start_server(checkpoint: str, args) -> tuple[subprocess.Popen, str]:
             return proc, m.group(1)
     proc.wait()
     raise SystemExit("the server did not start:\n" + "".join(lines))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mb(pid: int) -> float | None:
@@ -194,12 +205,17 @@ def main() -> None:
         checkpoint = args.checkpoint or make_checkpoint(tmp, args.embed_dim, args.num_layers, args.context)
         proc, url = start_server(checkpoint, args)
         try:
+            cpu0 = cpu_seconds(proc.pid)
+            client_cpu0 = time.process_time()
             result = asyncio.run(run_load(url, args))
+            client_cpu = time.process_time() - client_cpu0
             rss = peak_rss_mb(proc.pid)
+            cpu = cpu_seconds(proc.pid) - cpu0
         finally:
             proc.terminate()
             proc.wait(30)
-        reference = reference_tokens_per_s(checkpoint, args.max_tokens, threads=args.threads)
+        per_worker = args.threads or max(1, len(os.sched_getaffinity(0)) // args.max_concurrent)
+        reference = reference_tokens_per_s(checkpoint, args.max_tokens, threads=per_worker)
         from cllm.checkpoint import load_checkpoint
 
         cfg = load_checkpoint(checkpoint).model_config
@@ -208,6 +224,7 @@ def main() -> None:
            "model": {"embed_dim": cfg.embed_dim, "num_layers": cfg.num_layers, "num_heads": cfg.num_heads,
                      "context": cfg.max_seq_len, "vocab_size": cfg.vocab_size},
            **result, "server_peak_rss_mb": round(rss, 1) if rss else None,
+           "server_cpu_s": round(cpu, 2), "client_cpu_s": round(client_cpu, 2),
            "reference_tokens_per_s": round(reference, 1),
            "server_vs_reference": round(result["tokens_per_s"] / reference, 3) if reference else None}
     print(json.dumps(out))

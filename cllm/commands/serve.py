@@ -45,6 +45,7 @@ def main(checkpoint="checkpoints", *, host="127.0.0.1", port=8000, api_key=None,
     `Authorization: Bearer KEY` on /v1/. Limits: --max-concurrent 2 generations at once, --max-queue 32
     waiting (beyond: 429 with Retry-After), --max-tokens-cap 1024, --max-prompt-chars 32768,
     --max-body-bytes 262144, --max-n 8 choices per request. --model-name NAME (default RUN/step_N).
+    --threads N: Numba threads of each generation worker (default: the cores / --max-concurrent).
     """
     from cllm.errors import ConfigError
 
@@ -64,7 +65,11 @@ def main(checkpoint="checkpoints", *, host="127.0.0.1", port=8000, api_key=None,
     if not isinstance(host, str) or not host:
         raise ConfigError(f"--host must be a host name or address, got {host!r}")
 
+    from cllm.runtime import cpu_count
     from cllm.serve import Engine, ServerSettings, create_app, host_warning
+
+    if threads is None:  # the cores shared among the workers (bench/serve.py: faster than all cores each)
+        threads = max(1, cpu_count() // max_concurrent)
 
     warning = host_warning(host)
     if warning:

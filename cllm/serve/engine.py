@@ -56,14 +56,27 @@ class Engine:
         self.context = model.config.max_seq_len
         self.generator = Generator(model, eos_id=tokenizer.eos_id)
         self._lock = threading.Lock()
+        self.threads: int | None = None  # Numba threads of each worker thread (None: Numba's default)
         self.stats = {"requests": 0, "cancelled": 0, "completion_tokens": 0}
 
     @classmethod
     def load(cls, checkpoint: str, tokenizer_path=None, threads=None, model_id=None) -> "Engine":
         from cllm.commands.generate import load_for_generation
 
+        from cllm.runtime import configure_threads
+
         model, tok, path = load_for_generation(checkpoint, tokenizer_path, threads)
-        return cls(model, tok, path, model_id)
+        engine = cls(model, tok, path, model_id)
+        engine.threads = configure_threads(threads)
+        return engine
+
+    def init_worker(self) -> None:
+        """Run once in each worker thread: Numba's thread count is per thread, so the count that
+        configure_threads set in the main thread does not reach the workers by itself."""
+        if self.threads:
+            import numba
+
+            numba.set_num_threads(self.threads)
 
     def warm_up(self) -> None:
         """Compile (or load from Numba's cache) the decoding kernels before the first request."""

@@ -17,6 +17,7 @@ their own default names): the server has one model and answers with its id.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import hmac
 import json
@@ -181,13 +182,14 @@ def parse_completion_request(body: dict, settings: ServerSettings) -> Completion
 class Scheduler:
     """Admission: max_concurrent running, max_queue waiting, the rest refused."""
 
-    def __init__(self, settings: ServerSettings):
+    def __init__(self, settings: ServerSettings, init_worker=None):
         self.settings = settings
         self.active = 0
         self.queued = 0
         self._slots = asyncio.Semaphore(settings.max_concurrent)
         self.cancel_events: set[threading.Event] = set()  # of the requests admitted, for shutdown
-        self.pool = ThreadPoolExecutor(max_workers=settings.max_concurrent, thread_name_prefix="cllm-gen")
+        self.pool = ThreadPoolExecutor(max_workers=settings.max_concurrent, thread_name_prefix="cllm-gen",
+                                       initializer=init_worker)
 
     def admit(self) -> None:
         s = self.settings
@@ -304,10 +306,8 @@ async def completions(request):
         if cancel.is_set():
             return web.Response(status=499)
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
-
-        def emit(*event):
-            loop.call_soon_threadsafe(events.put_nowait, event)
+        events = EventChannel(loop)
+        emit = events.put
 
         def work():
             try:
@@ -349,17 +349,56 @@ def _usage(result: dict) -> dict:
             "total_tokens": result["prompt_tokens"] + result["completion_tokens"]}
 
 
+class EventChannel:
+    """Events from a worker thread to the request's coroutine. The worker appends to a deque and
+    wakes the event loop only when it is not already due to wake (one wake-up per batch of tokens,
+    not per token: what a busy loop has not picked up yet is picked up together)."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.items: collections.deque = collections.deque()
+        self.lock = threading.Lock()
+        self.scheduled = False
+        self.ready = asyncio.Event()
+        self.ended = False
+
+    def put(self, *event) -> None:  # any thread
+        with self.lock:
+            self.items.append(event)
+            if self.scheduled:
+                return
+            self.scheduled = True
+        self.loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        with self.lock:
+            self.scheduled = False
+        self.ready.set()
+
+    async def get_batch(self) -> list[tuple]:
+        """Every event so far (at least one); `ended` turns true with the final "end" event."""
+        while True:
+            with self.lock:
+                batch = list(self.items)
+                self.items.clear()
+            if batch:
+                self.ended = self.ended or batch[-1][0] == "end"
+                return batch
+            self.ready.clear()
+            await self.ready.wait()
+
+
 async def _collect(req, events, future, meta):
     texts: dict[int, list[str]] = {}
     reasons: dict[int, str] = {}
     while True:
-        event = await events.get()
-        if event[0] == "end":
+        for event in await events.get_batch():
+            if event[0] == "delta":
+                texts.setdefault(event[1], []).append(event[2])
+            elif event[0] == "done":
+                reasons[event[1]] = event[2]
+        if events.ended:
             break
-        if event[0] == "delta":
-            texts.setdefault(event[1], []).append(event[2])
-        elif event[0] == "done":
-            reasons[event[1]] = event[2]
     result = await _result(future)
     choices = [{"text": "".join(texts.get(i, [])), "index": i, "logprobs": None, "finish_reason": reasons.get(i)}
                for i in sorted(set(texts) | set(reasons))]
@@ -379,14 +418,27 @@ async def _stream(request, req, events, future, cancel, meta):
         return {**meta, "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": reason}]}
 
     try:
-        while True:
-            event = await events.get()
-            if event[0] == "end":
-                break
-            if event[0] == "delta":
-                await send(chunk(event[1], event[2], None))
-            elif event[0] == "done":
-                await send(chunk(event[1], "", event[2]))
+        ended = False
+        while not ended:
+            # everything the worker produced since the last write goes out together: consecutive
+            # pieces of text of one choice become one chunk (fewer writes when the loop is busy)
+            batch = await events.get_batch()
+            pending = None  # [index, text] not yet sent
+            for event in batch:
+                if event[0] == "delta" and pending is not None and pending[0] == event[1]:
+                    pending[1] += event[2]
+                    continue
+                if pending is not None:
+                    await send(chunk(pending[0], pending[1], None))
+                    pending = None
+                if event[0] == "delta":
+                    pending = [event[1], event[2]]
+                elif event[0] == "done":
+                    await send(chunk(event[1], "", event[2]))
+                elif event[0] == "end":
+                    ended = True
+            if pending is not None:
+                await send(chunk(pending[0], pending[1], None))
         try:
             result = await _result(future)
         except APIError as exc:  # the headers are sent: the error goes into the stream
@@ -431,7 +483,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> web.Ap
     app[SETTINGS] = settings
 
     async def startup(app):
-        app[SCHEDULER] = Scheduler(settings)
+        app[SCHEDULER] = Scheduler(settings, engine.init_worker)
 
     async def cleanup(app):
         sched = app[SCHEDULER]
