@@ -13,12 +13,13 @@ _configured = None
 
 
 def configure_threads(num_threads: int | None = None) -> int:
-    """Use num_threads Numba threads (default: all cores) and single-threaded BLAS; returns the count."""
+    """Use num_threads Numba threads and single-threaded BLAS; returns the count. None keeps the count
+    set by an earlier call (so that a Model created after `--threads N` keeps N), or all cores."""
     global _configured
     import numba
     from threadpoolctl import threadpool_limits
 
-    n = num_threads or numba.config.NUMBA_NUM_THREADS
+    n = num_threads or _configured or numba.config.NUMBA_NUM_THREADS
     n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
     if _configured != n:
         import scipy.linalg  # noqa: F401  (loads SciPy's BLAS, the one Numba's np.dot calls)

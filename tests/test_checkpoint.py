@@ -17,6 +17,7 @@ from cllm.errors import CheckpointError
 from cllm.model import Model
 from cllm.optim import AdamW
 from cllm.training import train
+from train_helpers import all_threads_after  # noqa: F401  (autouse)
 from train_helpers import CLI, ROOT, TINY_FLAGS, tiny_config, train_losses
 from train_helpers import prepared_dataset as _prepared
 

@@ -13,6 +13,7 @@ import pytest
 from cllm.commands.generate import load_for_generation
 from cllm.generation import Generator, SamplingConfig
 from cllm.training import build_config, train
+from train_helpers import all_threads_after  # noqa: F401  (autouse)
 from train_helpers import CLI, ROOT, TINY_FLAGS, assert_clean_error, read_metrics, run_cli, tiny_config, trained_checkpoint
 from train_helpers import prepared_dataset as _prepared
 from train_helpers import write_corpus

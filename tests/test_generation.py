@@ -10,6 +10,7 @@ from cllm.commands.generate import cut_at_stop, encode_prompt, load_for_generati
 from cllm.errors import ConfigError
 from cllm.generation import Generator, SamplingConfig, apply_repeat_penalty, filter_probs, next_token
 from cllm.model import Model
+from train_helpers import all_threads_after  # noqa: F401  (autouse)
 from train_helpers import trained_checkpoint
 
 
@@ -332,3 +333,11 @@ def test_unknown_words_warn_under_the_word_tokenizer():
     ids = encode_prompt(words, "the zebra sat", 16, warnings.append)
     assert words.unk_id in ids
     assert len(warnings) == 1 and "warning" in warnings[0]
+
+
+def test_generate_threads_flag_holds(loaded):
+    import numba
+
+    run, _, _ = loaded
+    load_for_generation(str(run), threads=1)
+    assert numba.get_num_threads() == 1

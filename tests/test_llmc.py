@@ -13,6 +13,7 @@ from cllm.config import ModelConfig
 from cllm.errors import CheckpointError
 from cllm.llmc import export_checkpoint, import_model_file, read_model_file
 from cllm.model import Model
+from train_helpers import all_threads_after  # noqa: F401  (autouse)
 from train_helpers import assert_clean_error, run_cli, trained_checkpoint
 
 # llm.c train_gpt2.c: int model_header[256]; magic, version, maxT, V, L, NH, C, Vp

@@ -11,6 +11,7 @@ import pytest
 from cllm import checkpoint as ck
 from cllm.errors import ConfigError
 from cllm.training import BatchSampler, build_config, evaluate_tokens, train
+from train_helpers import all_threads_after  # noqa: F401  (autouse)
 from train_helpers import read_metrics, tiny_config, train_losses
 from train_helpers import prepared_dataset as _prepared
 
@@ -179,3 +180,26 @@ def test_evaluate_tokens_is_the_mean_over_every_window():
     assert len(expected) == 5 * T
     for B in (1, 2, 3, 7):  # the batching (and its padding) must not change the figure
         assert evaluate_tokens(model, tokens, B, T) == pytest.approx(np.mean(expected), rel=1e-5)
+
+
+def test_threads_flag_holds_for_the_whole_run(tmp_path, dataset, monkeypatch):
+    """--threads N is the number of Numba threads the training steps run on (creating the Model must
+    not reset it to every core)."""
+    import numba
+
+    from cllm.optim import AdamW
+
+    seen = []
+    original = AdamW.step
+
+    def optimizer_step(self, *args, **kwargs):
+        seen.append(numba.get_num_threads())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(AdamW, "step", optimizer_step)
+    train(tiny_config(dataset, tmp_path / "one", max_steps=2, threads=1))
+    assert seen == [1, 1]
+    if numba.config.NUMBA_NUM_THREADS >= 2:
+        seen.clear()
+        train(tiny_config(dataset, tmp_path / "two", max_steps=2, threads=2))
+        assert seen == [2, 2]

@@ -9,12 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = str(ROOT / "cli.py")
 
-# the model flags every quick run uses (a few thousand parameters)
-TINY = {"embed_dim": 16, "num_layers": 1, "num_heads": 2, "seq_len": 16, "batch_size": 4}
-TINY_FLAGS = ["--embed-dim", "16", "--num-layers", "1", "--num-heads", "2", "--seq-len", "16", "--batch-size", "4"]
+# the flags every quick run uses: a model of a few thousand parameters, on one thread (threads only
+# cost time at this size, and much of it on a busy machine)
+TINY = {"embed_dim": 16, "num_layers": 1, "num_heads": 2, "seq_len": 16, "batch_size": 4, "threads": 1}
+TINY_FLAGS = ["--embed-dim", "16", "--num-layers", "1", "--num-heads", "2", "--seq-len", "16", "--batch-size", "4",
+              "--threads", "1"]
 
 _WORDS = ("the a cat dog sat on mat and ran far away into woods while birds sang of 1984 True False "
           "red blue green sun moon star light night day big small old new").split()
@@ -48,6 +52,17 @@ def tiny_config(data, checkpoint_dir, **overrides):
               checkpoint_interval=1000, sample_interval=100000, warmup_steps=2, seed=7, progress=False)
     kw.update(overrides)
     return TrainConfig(**kw)
+
+
+@pytest.fixture(autouse=True)
+def all_threads_after():
+    """Import into a test module: the quick runs set one thread; the tests after them get all back."""
+    yield
+    import numba
+
+    from cllm.runtime import configure_threads
+
+    configure_threads(numba.config.NUMBA_NUM_THREADS)
 
 
 _SESSION: dict[str, Path] = {}
