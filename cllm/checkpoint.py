@@ -24,7 +24,7 @@ import numpy as np
 
 from cllm.config import ModelConfig
 from cllm.errors import CheckpointError, ConfigError
-from cllm.fileio import fsync_dir
+from cllm.fileio import default_mode, fsync_dir
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -62,6 +62,7 @@ def save_checkpoint(directory: str, name: str, model, optimizer=None, tokenizer=
     try:
         os.makedirs(directory, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+        os.chmod(tmp, default_mode(directory=True))
     except OSError as exc:
         raise CheckpointError(f"cannot write checkpoints to {directory!r}: {exc.strerror}; "
                               "choose another --checkpoint-dir") from exc
@@ -80,6 +81,7 @@ def save_checkpoint(directory: str, name: str, model, optimizer=None, tokenizer=
         if tokenizer is not None:
             tokenizer.save(os.path.join(tmp, TOKENIZER_FILE))
         for fname in os.listdir(tmp):
+            os.chmod(os.path.join(tmp, fname), default_mode())  # safetensors writes 0600
             _fsync_file(os.path.join(tmp, fname))
         fsync_dir(tmp)
         final = os.path.join(directory, name)

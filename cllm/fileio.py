@@ -8,6 +8,14 @@ import os
 import tempfile
 
 
+def default_mode(directory: bool = False) -> int:
+    """The permissions a plain open()/mkdir() would give under the current umask (mkstemp and
+    mkdtemp use 0600/0700, which would hide checkpoints and datasets from other users)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -22,6 +30,7 @@ def atomic_open(path: str, mode: str = "wb", encoding: str | None = None):
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     try:
+        os.chmod(tmp, default_mode())
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f
             f.flush()

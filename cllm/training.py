@@ -388,9 +388,11 @@ def train(cfg: TrainConfig) -> dict:
             record = {"step": step, "train_loss": loss, "lr": lr, "grad_norm": norm,
                       "tokens_per_sec": tokens_per_step / dt, "elapsed_s": elapsed_before + time.perf_counter() - t_start}
             val_loss = None
+            improved = False  # a new best validation loss is always saved, so `best` is never stale
             if main and (step % cfg.eval_interval == 0 or step == total_steps):
                 val_loss = evaluate_tokens(model, val_tokens, B, T)
                 record["val_loss"] = val_loss
+                improved = val_loss < best_val
                 best_val = min(best_val, val_loss)
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
@@ -401,8 +403,8 @@ def train(cfg: TrainConfig) -> dict:
             if main and cfg.sample_interval and step % cfg.sample_interval == 0:
                 text = sample_text(model, tokenizer, cfg.sample_prompt, cfg.sample_tokens, seed=cfg.seed + step)
                 bar.write(f"--- sample at step {step} ---\n{cfg.sample_prompt}{text}\n---", file=sys.stderr)
-            if main and step % cfg.checkpoint_interval == 0:
-                save("interval", val_loss)
+            if main and (step % cfg.checkpoint_interval == 0 or improved):
+                save("interval" if step % cfg.checkpoint_interval == 0 else "best", val_loss)
                 last_saved = step
             if flags[1] > 0:
                 stopped = True

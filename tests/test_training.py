@@ -203,3 +203,24 @@ def test_threads_flag_holds_for_the_whole_run(tmp_path, dataset, monkeypatch):
         seen.clear()
         train(tiny_config(dataset, tmp_path / "two", max_steps=2, threads=2))
         assert seen == [2, 2]
+
+
+def test_best_is_saved_whenever_validation_improves(tmp_path, dataset):
+    # evaluation steps that are not checkpoint steps: a new best must still be saved and pointed to
+    run = tmp_path / "run"
+    old = os.umask(0o022)
+    try:
+        train(tiny_config(dataset, run, max_steps=9, eval_interval=3, checkpoint_interval=1000, keep_last=1,
+                          learning_rate=3e-3))
+    finally:
+        os.umask(old)
+    val = {r["step"]: r["val_loss"] for r in read_metrics(run) if "val_loss" in r}
+    assert set(val) == {3, 6, 9}
+    best_step = min(val, key=lambda s: (val[s], s))  # the first step that reached the lowest loss
+    target = run / "best"
+    assert os.path.basename(os.readlink(target)) == f"step_{best_step:06d}"
+    assert ck.load_checkpoint(str(target)).state["val_loss"] == pytest.approx(val[best_step])
+    # checkpoints are as readable as any file the user writes (mkdtemp/mkstemp alone give 0700/0600)
+    step_dir = os.path.realpath(target)
+    assert os.stat(step_dir).st_mode & 0o777 == 0o755
+    assert os.stat(os.path.join(step_dir, "model.safetensors")).st_mode & 0o777 == 0o644
