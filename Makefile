@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(PY) cli.py generate "ROMEO:" --checkpoint checkpoints/demo/latest --max-new-tokens 200
 
 test: $(STAMP)
+	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || echo "note: chromium could not be installed; tests/test_serve_browser.py will skip"
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 bench: $(STAMP)
