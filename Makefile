@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) cli.py train --max-time 120 --checkpoint-dir checkpoints/demo
-	$(PY) cli.py generate "ROMEO:" --checkpoint checkpoints/demo/latest --max-new-tokens 200
+	$(PY) cli.py train --max-time 300 --checkpoint-dir checkpoints/demo
+	$(PY) cli.py generate "ROMEO:" --checkpoint checkpoints/demo --max-new-tokens 300
 
 test: $(STAMP)
 	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || echo "note: chromium could not be installed; tests/test_serve_browser.py will skip"
