@@ -17,8 +17,9 @@ Usage: .venv/bin/python bench/step.py [--configs baby,seed] [--seconds 3] [--rou
 """
 import os
 
-# Before numba/torch are imported: their OpenMP pools otherwise spin on the cores the other needs.
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+# Each side keeps its OpenMP runtime's default wait policy (spin, then sleep), as a user running it
+# gets: the two take turns, and each side's idle threads go to sleep within milliseconds. Set
+# OMP_WAIT_POLICY=passive in the environment to measure on a machine that is busy with other work.
 
 import argparse  # noqa: E402
 import json  # noqa: E402
