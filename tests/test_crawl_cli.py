@@ -83,8 +83,10 @@ async def test_resume_after_sigkill_refetches_no_saved_page(tmp_path):
 
 async def test_ctrl_c_stops_cleanly_with_a_resume_hint(tmp_path):
     out = tmp_path / "out"
-    async with serve(site_routes(8)) as site:
-        proc = await run_cli(site.url("/"), out, "--delay-ms", 150, "--jitter-ms", 0, "--min-chars", 20, wait=False)
+    # 31 pages at 200 ms each: the crawl cannot finish between the second page and the signal, even
+    # on a busy machine (with 9 pages at 150 ms it once did, and exited 0)
+    async with serve(site_routes(30)) as site:
+        proc = await run_cli(site.url("/"), out, "--delay-ms", 200, "--jitter-ms", 0, "--min-chars", 20, wait=False)
         await wait_for(lambda: len(manifest(out)) >= 2, timeout=30)
         proc.send_signal(signal.SIGINT)
         _, err = await proc.communicate()
@@ -93,4 +95,4 @@ async def test_ctrl_c_stops_cleanly_with_a_resume_hint(tmp_path):
         assert "run the same command again to resume" in err and "Traceback" not in err
         code, stdout, err = await run_cli(site.url("/"), out, "--delay-ms", 0, "--jitter-ms", 0, "--min-chars", 20)
         assert code == 0 and "from earlier runs" in stdout
-    assert len(manifest(out)) == 9
+    assert len(manifest(out)) == 31
