@@ -95,10 +95,13 @@ class Model:
         self.config.check_batch(B, T, training=True)
         shapes = self.config.activation_shapes(B, T)
         A = self.config.num_activations(B, T)
+        # the gradients of the attention scores and probabilities are never read, so the backward
+        # does not keep them (attention_backward gets None for them)
+        grad_shapes = {k: v for k, v in shapes.items() if k not in ("preatt", "att")}
         self.acts = np.zeros(A, dtype=self.dtype)
-        self.grad_acts = np.zeros(A, dtype=self.dtype)
+        self.grad_acts = np.zeros(sum(math.prod(v) for v in grad_shapes.values()), dtype=self.dtype)
         self.a = _carve(self.acts, shapes)
-        self.ga = _carve(self.grad_acts, shapes)
+        self.ga = _carve(self.grad_acts, grad_shapes)
         self.B, self.T = B, T
 
     def _check_ids(self, ids, what: str) -> np.ndarray:
@@ -182,7 +185,7 @@ class Model:
             K.layernorm_backward(gal["residual2"], gl["ln2w"], gl["ln2b"], gal["ln2"], al["residual2"], pl["ln2w"], al["ln2_mean"], al["ln2_rstd"], B, T, C)
             K.residual_backward(dresidual, gal["attproj"], gal["residual2"], B * T * C)
             K.matmul_backward(gal["atty"], gl["attprojw"], gl["attprojb"], gal["attproj"], al["atty"], pl["attprojw"], B, T, C, C)
-            K.attention_backward(gal["qkv"], gal["preatt"], gal["att"], gal["atty"], al["qkv"], al["att"], B, T, C, NH)
+            K.attention_backward(gal["qkv"], None, None, gal["atty"], al["qkv"], al["att"], B, T, C, NH)
             K.matmul_backward(gal["ln1"], gl["qkvw"], gl["qkvb"], gal["qkv"], al["ln1"], pl["qkvw"], B, T, C, 3 * C)
             K.layernorm_backward(dresidual, gl["ln1w"], gl["ln1b"], gal["ln1"], residual, pl["ln1w"], al["ln1_mean"], al["ln1_rstd"], B, T, C)
         K.encoder_backward(g["wte"], g["wpe"], ga["encoded"], self.inputs, B, T, C)

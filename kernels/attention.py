@@ -117,6 +117,8 @@ def attention_forward(out, preatt, att, inp, B, T, C, NH):
 @njit(**PJIT)
 def attention_backward(dinp, dpreatt, datt, dout, inp, att, B, T, C, NH):
     # dinp (B,T,3C) += ...;  dpreatt, datt (B,NH,T,T) += ...;  dout (B,T,C);  inp (B,T,3C);
+    # dpreatt and datt may be None: the model reads neither, and skipping them saves writing (and
+    # zeroing) two (B,NH,T,T) arrays per layer.
     # att (B,NH,T,T). O(T^2 hs) per head, with BLAS for the four products:
     #   dP = dout_h v^T,  dv = P^T dout_h,  dS = P * (dP - rowsum(P * dP)),
     #   dq = dS k / sqrt(hs),  dk = dS^T q / sqrt(hs)
@@ -150,12 +152,14 @@ def attention_backward(dinp, dpreatt, datt, dout, inp, att, B, T, C, NH):
         for t in range(T):
             s = dt(0)
             for t2 in range(t + 1):
-                datt[a0 + t * T + t2] += dP[t, t2]
+                if datt is not None:
+                    datt[a0 + t * T + t2] += dP[t, t2]
                 s += P[t, t2] * dP[t, t2]
             for t2 in range(t + 1):
                 dS = P[t, t2] * (dP[t, t2] - s)
                 dP[t, t2] = dS
-                dpreatt[a0 + t * T + t2] += dS
+                if dpreatt is not None:
+                    dpreatt[a0 + t * T + t2] += dS
             for t2 in range(t + 1, T):
                 dP[t, t2] = dt(0)
         np.dot(dP, k, g)
