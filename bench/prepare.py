@@ -6,8 +6,11 @@
 The corpus is built from the shared texts (../shared/data, else data/tinyshakespeare.txt):
 copies of each book (Gutenberg boilerplate removed), each file made unique by a first line so that
 deduplication keeps it. Each tokenizer kind runs in a fresh child process, which reports its RSS
-after imports and Numba loading (baseline) and its peak RSS (ru_maxrss): streaming means the
+after imports and Numba loading (baseline) and its peak RSS during `prepare_dataset` (VmHWM, reset
+after the warm-up through /proc/self/clear_refs; ru_maxrss where that is missing): streaming means the
 peak above the baseline is a small multiple of the largest file, not of the corpus.
+The peak is also given per pass: reading + training the tokenizer (which must keep the corpus's
+distinct characters, words or BPE chunks with their counts), then encoding + writing.
 Prints one JSON line.
 """
 import argparse
@@ -31,11 +34,33 @@ kind, corpus, out, vocab = sys.argv[1], sys.argv[2], sys.argv[3], (int(sys.argv[
 t = train_tokenizer(kind, "warm up the kernels " * 50, vocab_size=300 if kind == "bpe" else None, progress=False)
 t.encode("warm up")
 base = psutil.Process().memory_info().rss
+def hwm():  # peak RSS (VmHWM) since the reset below; ru_maxrss where /proc is missing
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def reset_peak():  # Linux: VmHWM starts again from the current RSS
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+reset_peak()  # the warm-up's own transients are not prepare's
+import cllm.tokenizers
+phase = {{}}
+def timed_train(*a, _train=cllm.tokenizers.train_tokenizer, **k):  # pass 1 (reading + training): its own peak
+    tok = _train(*a, **k)
+    phase["train_peak"] = hwm()
+    reset_peak()
+    return tok
+cllm.tokenizers.train_tokenizer = timed_train
 t0 = time.perf_counter()
 ds = prepare_dataset(corpus, out, tokenizer=kind, vocab_size=vocab, progress=False, force=True)
 dt = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({{"seconds": dt, "baseline_rss": base, "peak_rss": peak, "train_tokens": ds.meta["train_tokens"],
+peak = hwm()
+print(json.dumps({{"seconds": dt, "baseline_rss": base, "peak_rss": max(peak, phase.get("train_peak", 0)), "encode_peak_rss": peak,
+                  "train_peak_rss": phase.get("train_peak", peak), "train_tokens": ds.meta["train_tokens"],
                   "val_tokens": ds.meta["val_tokens"], "vocab_size": ds.meta["vocab_size"], "documents": ds.meta["corpus"]["documents"]}}))
 """
 
@@ -98,6 +123,10 @@ def main():
                 "peak_above_baseline_MB": round(extra / 1e6, 1),
                 "peak_above_baseline_over_largest_file": round(extra / largest, 1),
                 "peak_above_baseline_over_corpus": round(extra / total, 3),
+                # the two passes: reading + training the tokenizer, then encoding + writing
+                "train_pass_peak_above_baseline_MB": round((c["train_peak_rss"] - c["baseline_rss"]) / 1e6, 1),
+                "encode_pass_peak_above_baseline_MB": round((c["encode_peak_rss"] - c["baseline_rss"]) / 1e6, 1),
+                "encode_pass_peak_above_baseline_over_largest_file": round((c["encode_peak_rss"] - c["baseline_rss"]) / largest, 1),
             }
         print(json.dumps(res))
     finally:

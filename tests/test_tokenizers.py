@@ -360,3 +360,25 @@ def test_regex_path_trains_the_same_merges_as_the_numba_path(bpe):
     assert wrapped.merges == bpe.merges
     assert wrapped.train_stats["distinct_chunks"] == bpe.train_stats["distinct_chunks"]
     assert wrapped.encode(SAMPLE) == bpe.encode(SAMPLE)
+
+
+_PIECE_ALPHABET = list("ab Zé\n\n  .,'-1234\t\u00a0\u2019ßы字😀") + ["'s", "'ll", " x", "\n\n"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from(_PIECE_ALPHABET), max_size=400), st.integers(1, 40))
+def test_text_pieces_give_the_ids_of_the_whole_text(bpe, parts, size):
+    """prepare encodes big documents piece by piece: the cuts must never change a token."""
+    from cllm.tokenizers.base import text_pieces
+
+    text = "".join(parts)
+    pieces = list(text_pieces(text, size))
+    assert "".join(pieces) == text
+    gpt2 = BPETokenizer(bpe.merges, pattern="gpt2")
+    word = WordTokenizer(["a", "b", "ab", "Z"])
+    for tok in (bpe, gpt2, word):
+        whole = tok.encode(text)
+        assert [i for p in pieces for i in tok.encode(p)] == whole
+        for pat in ([tok.pattern] if tok is not word else []):  # the regex itself agrees too
+            assert [c for p in pieces for c in regex.findall(pat, p)] == regex.findall(pat, text)
+    assert [i for a in bpe.encode_pieces(text) for i in a.tolist()] == bpe.encode(text)

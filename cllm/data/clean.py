@@ -49,7 +49,16 @@ def clean_text(text: str, lowercase: bool = False, remove_punctuation: bool = Fa
     at line ends go, 3+ newlines become one blank line, the document is stripped at both ends but
     keeps a final newline if it had one. With keep_newlines=False every whitespace run, newlines
     included, becomes one space."""
-    text = normalize_newlines(text)
+    return clean_owned([text], lowercase, remove_punctuation, remove_numbers, normalize_whitespace, keep_newlines,
+                       strip_gutenberg_boilerplate)
+
+
+def clean_owned(box: list, lowercase: bool = False, remove_punctuation: bool = False, remove_numbers: bool = False,
+                normalize_whitespace: bool = True, keep_newlines: bool = True, strip_gutenberg_boilerplate: bool = True) -> str:
+    """clean_text(box.pop(), ...): the text handed over in a one-element list, so that no caller
+    keeps the original alive while its cleaned copies are made (one copy less at the peak: the
+    corpus reader cleans a whole file's text at a time)."""
+    text = normalize_newlines(box.pop())
     if strip_gutenberg_boilerplate:
         text = strip_gutenberg(text)
     if lowercase:

@@ -22,7 +22,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 
-from cllm.data.clean import clean_text, normalize_newlines
+from cllm.data.clean import clean_owned, normalize_newlines
 from cllm.data.errors import CorpusNotFoundError, EmptyCorpusError, TextDecodeError
 from cllm.errors import DataError, MissingDependencyError
 
@@ -235,19 +235,25 @@ class Corpus:
         return list(self)
 
     def _raw_documents(self, skipped: Counter, stats: CorpusStats):
-        """Uncleaned documents, file by file."""
+        """Uncleaned documents, file by file, as (path, [text], bytes): the caller pops the text
+        out of the list, so that this generator does not keep it (nor the file's bytes) alive while
+        the document is cleaned and tokenized."""
         for path, kind in self.files:
             if kind == "pdf":
-                yield path, _read_pdf(path), os.path.getsize(path)
+                yield path, [_read_pdf(path)], os.path.getsize(path)
                 continue
             raw = _read_bytes(path)
+            nbytes = len(raw)
             if kind == "html":
-                yield path, _read_html(raw, path), len(raw)
+                box = [_read_html(raw, path)]
+                del raw
+                yield path, box, nbytes
                 continue
             if _looks_binary(raw):
                 skipped["binary"] += 1
                 continue
             text, fallback = decode_text(raw, path, self.encoding)
+            del raw
             stats.decoded_with_fallback += fallback
             if kind == "jsonl":
                 for lineno, line in enumerate(text.split("\n"), 1):
@@ -258,12 +264,14 @@ class Corpus:
                     except json.JSONDecodeError as exc:
                         raise DataError(f"{path}:{lineno} is not valid JSON ({exc.msg}); each line of a .jsonl file must be one JSON object with a \"text\" field") from None
                     if isinstance(rec, dict) and isinstance(rec.get("text"), str):
-                        yield path, rec["text"], 0
+                        yield path, [rec["text"]], 0
                     else:
                         skipped["jsonl records without text"] += 1
-                stats.bytes += len(raw)
+                stats.bytes += nbytes
             else:
-                yield path, text, len(raw)
+                box = [text]
+                del text
+                yield path, box, nbytes
 
     def _documents(self):
         from tqdm import tqdm
@@ -278,17 +286,20 @@ class Corpus:
         total = sum(os.path.getsize(p) for p, _ in self.files)
         with tqdm(total=total, unit="B", unit_scale=True, desc="reading corpus", disable=None if self.progress else True, leave=False) as bar:
             last_path = None
-            for path, text, nbytes in self._raw_documents(skipped, stats):
+            for path, box, nbytes in self._raw_documents(skipped, stats):
                 if path != last_path:
                     bar.update(os.path.getsize(last_path) if last_path else 0)
                     last_path = path
                 stats.bytes += nbytes
-                doc = clean_text(text, **cl)
+                doc = clean_owned(box, **cl)
                 if not doc.strip():
                     stats.empty += 1
                     continue
                 if self.dedupe:
-                    digest = hashlib.blake2b(doc.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+                    h = hashlib.blake2b(digest_size=16)
+                    for i in range(0, len(doc), 1 << 16):  # not the whole document's bytes at once
+                        h.update(doc[i:i + (1 << 16)].encode("utf-8", "surrogatepass"))
+                    digest = h.digest()
                     if digest in seen:
                         stats.duplicates += 1
                         continue
@@ -300,6 +311,7 @@ class Corpus:
                     stats.lines += doc.count("\n") + (not doc.endswith("\n"))
                     stats.tokens += _count_words(doc, vocab)
                 yield doc
+                del doc  # not alive while the next file is read and cleaned
             if last_path:
                 bar.update(os.path.getsize(last_path))
         stats.skipped = dict(skipped)

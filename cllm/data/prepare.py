@@ -2,7 +2,11 @@
 
 Two streaming passes over the corpus (one document in memory at a time): the first trains the
 tokenizer (and fills the corpus statistics and per-document lengths), the second encodes each
-document and appends its ids to train.bin or val.bin.
+document piece by piece (`Tokenizer.encode_pieces`: ~64K characters a piece, cut where the ids do
+not change) and appends the ids to train.bin or val.bin. So the memory of a document's ids, token
+lists and code points stays a few times one piece; a document is held as text (and, while it is
+read and cleaned, a few copies of that); what grows with the corpus is only what training must keep
+(distinct characters, words or BPE chunks with their counts: the vocabulary, not the size).
 
 Split (deterministic, `val_fraction` default 0.1): a single document splits by token position
 (first 90% train, as nanoGPT); several documents split at a document boundary: the first
@@ -63,6 +67,31 @@ def _hash_inputs(corpus, options: dict) -> str:
             while block := f.read(1 << 20):
                 h.update(block)
     return h.hexdigest()
+
+
+def _release_free_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc's malloc_trim; nothing elsewhere).
+    Training frees tables of many MB, and glibc keeps such freed memory mapped (its mmap threshold
+    grows with each large free), so without this the encoding pass would start from that high mark."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        _malloc_trim = False
+        try:
+            import ctypes
+            import ctypes.util
+
+            name = ctypes.util.find_library("c")
+            trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+            if trim is not None:
+                trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+                _malloc_trim = trim
+        except (OSError, AttributeError):
+            pass
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
 
 
 def _split_plan(lengths: list[int], val_fraction: float) -> tuple[int, int, float]:
@@ -153,6 +182,7 @@ def prepare_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int
     if tokenizer == "bpe":
         kw["pattern"] = bpe_pattern
     tok = train_tokenizer(tokenizer, corpus, vocab_size, **kw)
+    _release_free_memory()
     stats = corpus.stats
     lengths = corpus.doc_lengths
     n_docs = len(lengths)
@@ -169,18 +199,32 @@ def prepare_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int
     with TokenFileWriter(train_path, V) as wt, TokenFileWriter(val_path, V) as wv, \
             tqdm(total=n_docs, unit="doc", desc="encoding", disable=None if progress else True, leave=False) as bar:
         corpus.progress = False
+        since_trim = 0
         for i, doc in enumerate(corpus):
-            a = tok.encode_array(doc)  # (tokens,) int32, EOS (if any) after it
+            # ids piece by piece ((tokens,) int32 each, see Tokenizer.encode_pieces), EOS (if any) after them
             end = [] if eos is None else [eos]
-            if i == straddle:  # split this document by token position
-                n_train = int((len(a) + len(end)) * straddle_frac)
-                wt.write(a[:n_train])
-                wv.write(a[n_train:])
-                (wv if n_train <= len(a) else wt).write(end)
+            if i == straddle:  # split this document by token position: count its tokens first
+                seen = tok._encoded_tokens, tok._encoded_unknown
+                n_doc = sum(len(a) for a in tok.encode_pieces(doc))
+                tok._encoded_tokens, tok._encoded_unknown = seen
+                n_train = int((n_doc + len(end)) * straddle_frac)
+                done = 0
+                for a in tok.encode_pieces(doc):
+                    k = min(max(n_train - done, 0), len(a))
+                    wt.write(a[:k])
+                    wv.write(a[k:])
+                    done += len(a)
+                (wv if n_train <= n_doc else wt).write(end)
             else:
                 w = wt if i < first_val else wv
-                w.write(a)
+                for a in tok.encode_pieces(doc):
+                    w.write(a)
                 w.write(end)
+            since_trim += len(doc)
+            del doc
+            if since_trim >= 1 << 20:  # a big document's copies go back before the next is read
+                _release_free_memory()  # (at most once a MB of text: many small documents stay cheap)
+                since_trim = 0
             bar.update(1)
     if wt.count == 0:
         raise EmptyCorpusError(f"the corpus at {data_path} gives no training tokens; give it more text or lower --val-fraction")

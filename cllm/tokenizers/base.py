@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 
+import regex
+
 from cllm.errors import TokenizerError
 from cllm.fileio import atomic_write_text
 
@@ -33,6 +35,30 @@ def progress_bar(progress: bool, **kw):
     from tqdm import tqdm
 
     return tqdm(disable=None if progress else True, leave=False, **kw)
+
+
+PIECE_CHARS = 1 << 16  # characters per piece when a long text is tokenized piece by piece
+# Where every tokenizer kind's pre-split has a token boundary whatever surrounds it: before the space
+# of letter-space-letter, and after a lone newline between a non-space and a letter. (Word: "\n" is a
+# token and words hold no spaces. BPE's GPT-4/GPT-2 patterns: a chunk holding letters starts with at
+# most one non-newline character before them and never runs from a letter into a space; a newline
+# after a non-space is a chunk of its own or ends a punctuation chunk, also at the end of a piece,
+# where GPT-2's `\s+(?!\S)` would differ after a longer whitespace run. None looks behind.)
+_CUT = regex.compile(r"(?<=\p{L})(?= \p{L})|(?<=\S\n)(?=\p{L})")
+
+
+def text_pieces(text: str, size: int = PIECE_CHARS):
+    """Consecutive slices of `text` of about `size` characters (the last one, or one without a safe
+    cut, longer), cut only where tokenization is unaffected: tokenizing each piece and concatenating
+    the ids gives the ids of the whole text. Bounds the memory of tokenizing a big document."""
+    n, pos = len(text), 0
+    while n - pos > 2 * size:
+        m = _CUT.search(text, pos + size)
+        if m is None:
+            break
+        yield text[pos:m.start()]
+        pos = m.start()
+    yield text[pos:] if pos else text
 
 
 def as_text_iter(texts):
@@ -73,6 +99,12 @@ class Tokenizer:
         import numpy as np
 
         return np.asarray(self.encode(text), np.int32)
+
+    def encode_pieces(self, text: str):
+        """encode_array(text) in consecutive int32 arrays, one per piece of `text_pieces(text)`:
+        the same ids, with memory bounded by the piece size rather than the text's length."""
+        for piece in text_pieces(text):
+            yield self.encode_array(piece)
 
     def encode_with_special(self, text: str) -> list[int]:
         """BOS + encode(text) + EOS, leaving out whichever of the two this kind does not have."""

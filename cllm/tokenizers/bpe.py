@@ -24,7 +24,7 @@ import regex
 
 from cllm.errors import TokenizerError
 from cllm.fileio import atomic_write_text
-from cllm.tokenizers.base import Tokenizer, TokenizerFileError, VocabSizeError, as_text_iter, field, progress_bar
+from cllm.tokenizers.base import Tokenizer, TokenizerFileError, VocabSizeError, as_text_iter, field, progress_bar, text_pieces
 
 PATTERNS = {
     # GPT-4 (tiktoken cl100k_base)
@@ -54,14 +54,18 @@ _CLASSES = None
 
 def char_classes() -> np.ndarray:
     """(0x110000,) uint8 class bits per code point for the Numba pre-split (see bpe_kernels),
-    computed once per process from the `regex` module's own letter, number and space classes."""
+    computed once per process from the `regex` module's own letter, number and space classes, a block
+    of code points at a time (all of them in one string would take ~100 MB while it is built)."""
     global _CLASSES
     if _CLASSES is None:
-        every = "".join(map(chr, range(0x110000)))
         cls = np.zeros(0x110000, np.uint8)
-        for bit, pat in ((1, r"\p{L}+"), (2, r"\p{N}+"), (4, r"\s+"), (8, r"[\r\n]+")):
-            for m in regex.finditer(pat, every):
-                cls[m.start(): m.end()] |= bit
+        pats = [(bit, regex.compile(pat)) for bit, pat in ((1, r"\p{L}+"), (2, r"\p{N}+"), (4, r"\s+"), (8, r"[\r\n]+"))]
+        block = 1 << 14
+        for lo in range(0, 0x110000, block):
+            part = "".join(map(chr, range(lo, lo + block)))
+            for bit, pat in pats:
+                for m in pat.finditer(part):
+                    cls[lo + m.start(): lo + m.end()] |= bit
         _CLASSES = cls
     return _CLASSES
 
@@ -114,18 +118,20 @@ def _count_chunks_numba(texts, pattern, gpt4, progress):
     docs = chars = 0
     with progress_bar(progress, desc="bpe: counting chunks", unit="doc") as bar:
         for text in texts:
-            cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
-            pos = 0
-            while True:
-                pos = K.count_chunks(cps, pos, cls, gpt4, table, cstate, pool, ent)
-                if pos >= len(cps):
-                    break
-                if cstate[0] >= len(ent):  # full: double what ran out and go on
-                    ent = np.concatenate([ent, np.empty_like(ent)])
-                else:
-                    pool = np.concatenate([pool, np.empty(max(len(pool), len(cps) - pos), np.uint32)])
+            for piece in text_pieces(text):  # 4 bytes a character: piece by piece
+                cps = np.frombuffer(piece.encode("utf-32-le", "surrogatepass"), np.uint32)
+                pos = 0
+                while True:
+                    pos = K.count_chunks(cps, pos, cls, gpt4, table, cstate, pool, ent)
+                    if pos >= len(cps):
+                        break
+                    if cstate[0] >= len(ent):  # full: double what ran out and go on
+                        ent = np.concatenate([ent, np.empty_like(ent)])
+                    else:
+                        pool = np.concatenate([pool, np.empty(max(len(pool), len(cps) - pos), np.uint32)])
             docs += 1
             chars += len(text)
+            del text, piece, cps  # a streamed document is not kept while the next one is read
             bar.update(1)
     n_ent = int(cstate[0])
     sym, lens, counts, single = K.chunks_to_words(pool[: cstate[1]], ent, n_ent)
@@ -376,6 +382,14 @@ class BPETokenizer(Tokenizer):
             ids = enc(text)
         self._encoded_tokens += len(ids)
         return ids
+
+    def encode_pieces(self, text: str):
+        """encode_array(text) piece by piece (see Tokenizer.encode_pieces); a custom pre-split
+        pattern may join text across any cut, so its text is encoded whole."""
+        if self._gpt4 is None:
+            yield self.encode_array(text)
+        else:
+            yield from super().encode_pieces(text)
 
     def encode(self, text: str, allowed_special=()) -> list[int]:
         """Ids of `text`. Special-token strings in the text are ordinary text unless allowed:

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 
 from cllm.errors import TokenizerError
-from cllm.tokenizers.base import Tokenizer, TokenizerFileError, VocabSizeError, as_text_iter, field, progress_bar
+from cllm.tokenizers.base import Tokenizer, TokenizerFileError, VocabSizeError, as_text_iter, field, progress_bar, text_pieces
 
 
 def _code_points(text: str) -> np.ndarray:
@@ -49,12 +49,14 @@ class CharTokenizer(Tokenizer):
         docs = chars_total = 0
         with progress_bar(progress, desc="char tokenizer", unit="doc") as bar:
             for text in as_text_iter(texts):
-                b = np.bincount(_code_points(text))
-                if len(b) > len(counts):
-                    counts = np.concatenate([counts, np.zeros(len(b) - len(counts), np.int64)])
-                counts[: len(b)] += b
+                for piece in text_pieces(text):  # bincount copies its input to int64: piece by piece
+                    b = np.bincount(_code_points(piece))
+                    if len(b) > len(counts):
+                        counts = np.concatenate([counts, np.zeros(len(b) - len(counts), np.int64)])
+                    counts[: len(b)] += b
                 docs += 1
                 chars_total += len(text)
+                del text, piece  # a streamed document is not kept while the next one is read
                 bar.update(1)
         seen = np.flatnonzero(counts)
         if not len(seen):

@@ -18,7 +18,7 @@ from collections import Counter
 
 import regex
 
-from cllm.tokenizers.base import Tokenizer, TokenizerFileError, VocabSizeError, as_text_iter, field, progress_bar
+from cllm.tokenizers.base import Tokenizer, TokenizerFileError, VocabSizeError, as_text_iter, field, progress_bar, text_pieces
 
 WORD_PATTERN = r"\n|\w+(?:['\u2019]\w+)*|[^\w\s]"
 SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>", "<mask>"]
@@ -48,9 +48,11 @@ class WordTokenizer(Tokenizer):
         docs = chars = 0
         with progress_bar(progress, desc="word tokenizer", unit="doc") as bar:
             for text in as_text_iter(texts):
-                counts.update(split(text))
+                for piece in text_pieces(text):  # a list of every token of a big text is ~50 bytes a character
+                    counts.update(split(piece))
                 docs += 1
                 chars += len(text)
+                del text, piece  # a streamed document is not kept while the next one is read
                 bar.update(1)
         total = sum(counts.values())
         if total == 0:
