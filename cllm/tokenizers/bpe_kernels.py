@@ -120,8 +120,11 @@ def bpe_train_init(sym, nxt, prv, wid, wstart, wcount, capacity):
     pairs = Dict.empty(key_type=types.int64, value_type=types.int64)
     pa = np.empty(capacity, np.int32)
     pb = np.empty(capacity, np.int32)
-    pcount = np.zeros(capacity, np.int64)
-    phead = np.full(capacity, -1, np.int32)
+    # every table is sized for the worst case (3N) but filled only as pairs appear (_pair_index sets
+    # pcount and phead): np.empty leaves the untouched pages unallocated, so the resident memory
+    # follows the pairs actually met (the full tables would be ~40 bytes per entry)
+    pcount = np.empty(capacity, np.int64)
+    phead = np.empty(capacity, np.int32)
     occ_word = np.empty(capacity, np.int32)
     occ_next = np.empty(capacity, np.int32)
     heap_count = np.empty(capacity, np.int64)
