@@ -16,10 +16,14 @@ is installed. Prints ONE JSON line.
 Usage: .venv/bin/python bench/step.py [--configs baby,seed] [--seconds 3] [--rounds 3] [--no-torch]
 """
 import os
+import sys
 
-# Each side keeps its OpenMP runtime's default wait policy (spin, then sleep), as a user running it
-# gets: the two take turns, and each side's idle threads go to sleep within milliseconds. Set
-# OMP_WAIT_POLICY=passive in the environment to measure on a machine that is busy with other work.
+# Each side runs with the OpenMP wait policy its users get: CLLM sets PASSIVE on import (unless the
+# environment sets a policy), torch keeps libgomp's default. The torch worker is started with the
+# environment as it was before CLLM was imported.
+USER_ENV = dict(os.environ)
+if "--torch-worker" in sys.argv[1:]:
+    import torch  # noqa: F401,E402  (loads torch's OpenMP runtime before CLLM's import sets its policy)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -251,7 +255,7 @@ def torch_worker():
 class TorchWorker:
     def __init__(self):
         self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--torch-worker"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=USER_ENV)
         self.version = self.proc.stdout.readline().strip()
 
     def rate(self, kind, name, seconds=0.0):

@@ -7,6 +7,15 @@ Every kernel takes 1-D contiguous arrays (views into the model's flat buffers) a
 outputs first, then inputs, then sizes (llm.c's order). Forward kernels overwrite their outputs;
 backward kernels ACCUMULATE (+=) into every gradient they write.
 """
+import os
+
+# Numba's OpenMP threads wait passively (sleep) between parallel kernels unless the user chose
+# otherwise. With libgomp's default spinning, one other busy process on the machine made every
+# parallel kernel wait for a descheduled thread: training ran at 1.2k instead of 10.7k tokens/s
+# with a single competing process on 2 cores. Read by libgomp when it loads, so it is set here, on
+# import, before any parallel kernel runs (cllm/__init__.py does the same for the package's own
+# Numba code).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Only fast-math flags that keep NaN/Inf semantics: 'nnan'/'ninf' (part of fastmath=True) would let
 # LLVM assume no NaN exists, so isnan() checks and the model's non-finite loss guard would silently
