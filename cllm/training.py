@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from cllm.config import ModelConfig
-from cllm.errors import CLLMError, CheckpointError, ConfigError, DataError, TrainingError
+from cllm.errors import CheckpointError, ConfigError, DataError, TrainingError
 
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 

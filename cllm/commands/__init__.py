@@ -19,8 +19,9 @@ def run_command(module, name: str, args: list[str]) -> int:
     if unknown:
         sys.stderr.write(f"error: unknown flag {unknown} for {name!r}; see: python cli.py {name} --help\n")
         return 2
-    if hasattr(module, "preprocess_args"):
-        args = module.preprocess_args(args)
+    if hasattr(module, "TEXT_FLAGS"):
+        args = quote_text_args(args, module.TEXT_FLAGS, getattr(module, "BOOL_FLAGS", ()),
+                               getattr(module, "LIST_FLAGS", ()))
     try:
         # an int result is the exit code: fire must not print it (it would end generated text with "0")
         result = fire.Fire(func, command=args, name=f"cli.py {name}",
@@ -54,3 +55,37 @@ def unknown_flags(func, args: list[str]) -> str | None:
             continue
         return arg.split("=", 1)[0]
     return None
+
+
+def quote_text_args(args: list[str], text_flags, bool_flags=(), list_flags=()) -> list[str]:
+    """Hand positional arguments and the values of text flags to fire as quoted Python string
+    literals: fire would otherwise turn "1984" into an int, "a,b" into a tuple, "True" into a bool.
+    A flag in list_flags may be repeated; its values reach the command as one list."""
+    out, lists, i = [], {}, 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--") and len(arg) > 2:
+            name, eq, value = arg[2:].partition("=")
+            key = name.replace("-", "_")
+            if key in text_flags:
+                if not eq:
+                    if i + 1 >= len(args):
+                        out.append(arg)  # fire reports the missing value
+                        break
+                    i += 1
+                    value = args[i]
+                if key in list_flags:
+                    lists.setdefault(name, []).append(value)
+                else:
+                    out += [f"--{name}", repr(value)]
+            else:
+                out.append(arg)
+                if not eq and key not in bool_flags and i + 1 < len(args):
+                    i += 1
+                    out.append(args[i])
+        else:
+            out.append(repr(arg))
+        i += 1
+    for name, values in lists.items():
+        out += [f"--{name}", repr(values)]
+    return out

@@ -2,35 +2,9 @@
 import json
 import sys
 
+# positional arguments and text flags stay strings (fire would turn "1984" into an int)
 TEXT_FLAGS = {"text", "checkpoint", "tokenizer"}
 BOOL_FLAGS = {"json", "nojson", "progress", "noprogress", "help"}
-
-
-def preprocess_args(args: list[str]) -> list[str]:
-    """Positional arguments and text flags stay strings (fire would turn "1984" into an int)."""
-    out, i = [], 0
-    while i < len(args):
-        arg = args[i]
-        if arg.startswith("--") and len(arg) > 2:
-            name, eq, value = arg[2:].partition("=")
-            key = name.replace("-", "_")
-            if key in TEXT_FLAGS:
-                if not eq:
-                    if i + 1 >= len(args):
-                        out.append(arg)  # fire reports the missing value
-                        break
-                    i += 1
-                    value = args[i]
-                out += [f"--{name}", repr(value)]
-            else:
-                out.append(arg)
-                if not eq and key not in BOOL_FLAGS and i + 1 < len(args):
-                    i += 1
-                    out.append(args[i])
-        else:
-            out.append(repr(arg))
-        i += 1
-    return out
 
 
 def main(checkpoint="checkpoints", data=None, *, text=None, stride=None, batch_size=8, json=False, progress=True,

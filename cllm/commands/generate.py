@@ -1,41 +1,11 @@
 """`python cli.py generate "prompt" [flags]`: text from a checkpoint, through the KV cache."""
 import sys
 
-# Flags whose values are text: python-fire would turn "1984" into an int and "a,b" into a tuple,
-# so preprocess_args hands them to fire as quoted Python string literals.
+# Flags whose values are text: python-fire would turn "1984" into an int and "a,b" into a tuple, so
+# run_command hands them (and the positional prompt) to fire as quoted string literals.
 TEXT_FLAGS = {"prompt", "stop"}
+LIST_FLAGS = {"stop"}  # --stop may be repeated
 BOOL_FLAGS = {"stream", "nostream", "interactive", "nointeractive", "help", "json", "nojson"}
-
-
-def preprocess_args(args: list[str]) -> list[str]:
-    out, stops, i = [], [], 0
-    while i < len(args):
-        arg = args[i]
-        if arg.startswith("--") and len(arg) > 2:
-            name, eq, value = arg[2:].partition("=")
-            key = name.replace("-", "_")
-            if key in TEXT_FLAGS:
-                if not eq:
-                    if i + 1 >= len(args):
-                        out.append(arg)  # fire reports the missing value
-                        break
-                    i += 1
-                    value = args[i]
-                if key == "stop":
-                    stops.append(value)
-                else:
-                    out += [f"--{name}", repr(value)]
-            else:
-                out.append(arg)
-                if not eq and key not in BOOL_FLAGS and i + 1 < len(args):
-                    i += 1
-                    out.append(args[i])
-        else:
-            out.append(repr(arg))  # the positional prompt, always text
-        i += 1
-    if stops:
-        out += ["--stop", repr(stops)]
-    return out
 
 
 def main(prompt="", *, checkpoint="checkpoints", max_new_tokens=200, temperature=0.8, top_k=0, top_p=1.0,

@@ -2,35 +2,9 @@
 import os
 import sys
 
+# text flags stay strings (an API key of digits, a host); a positional is the checkpoint
 TEXT_FLAGS = {"checkpoint", "host", "api_key", "model_name", "tokenizer"}
 BOOL_FLAGS = {"help"}
-
-
-def preprocess_args(args: list[str]) -> list[str]:
-    """Text flags (an API key of digits, a host) stay strings; a positional is the checkpoint."""
-    out, i = [], 0
-    while i < len(args):
-        arg = args[i]
-        if arg.startswith("--") and len(arg) > 2:
-            name, eq, value = arg[2:].partition("=")
-            key = name.replace("-", "_")
-            if key in TEXT_FLAGS:
-                if not eq:
-                    if i + 1 >= len(args):
-                        out.append(arg)
-                        break
-                    i += 1
-                    value = args[i]
-                out += [f"--{name}", repr(value)]
-            else:
-                out.append(arg)
-                if not eq and key not in BOOL_FLAGS and i + 1 < len(args):
-                    i += 1
-                    out.append(args[i])
-        else:
-            out.append(repr(arg))
-        i += 1
-    return out
 
 
 def main(checkpoint="checkpoints", *, host="127.0.0.1", port=8000, api_key=None, max_concurrent=2, max_queue=32,
