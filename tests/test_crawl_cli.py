@@ -13,10 +13,16 @@ from crawl_helpers import manifest, page, serve, wait_for
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _default_sigint():
+    # a test run started in the background of a shell inherits SIGINT as ignored, and Python then
+    # installs no KeyboardInterrupt handler: give the crawler the Ctrl-C a terminal user has
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def run_cli(*args, wait=True):
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(ROOT / "cli.py"), "scrape", *map(str, args), cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, preexec_fn=_default_sigint)
     if not wait:
         return proc
     out, err = await proc.communicate()

@@ -29,9 +29,9 @@ def _browser_or_skip():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    # an untrained model big enough that generating takes a visible while (the tiny one is too fast
-    # to watch text arrive)
-    ckpt = random_checkpoint(tmp_path_factory)
+    # an untrained model big enough that generating 300 tokens takes most of a second (the tiny one,
+    # and even a 128-dim one at 3-4k tokens/s, finish before the page has been polled twice)
+    ckpt = random_checkpoint(tmp_path_factory, embed_dim=256, num_layers=8, num_heads=4)
     proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "serve", str(ckpt), "--port", "0",
                              "--max-concurrent", "1"],
                             cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
