@@ -24,7 +24,7 @@ import numpy as np
 
 from cllm.config import ModelConfig
 from cllm.errors import CheckpointError, ConfigError
-from cllm.fileio import default_mode, fsync_dir
+from cllm.fileio import default_mode, fsync_dir, fsync_path
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -44,14 +44,6 @@ class Checkpoint:
     m: np.ndarray | None = None  # AdamW moments (P), flat, None if the file has none
     v: np.ndarray | None = None
     tokenizer_path: str | None = None
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(directory: str, name: str, model, optimizer=None, tokenizer=None,
@@ -82,7 +74,7 @@ def save_checkpoint(directory: str, name: str, model, optimizer=None, tokenizer=
             tokenizer.save(os.path.join(tmp, TOKENIZER_FILE))
         for fname in os.listdir(tmp):
             os.chmod(os.path.join(tmp, fname), default_mode())  # safetensors writes 0600
-            _fsync_file(os.path.join(tmp, fname))
+            fsync_path(os.path.join(tmp, fname))
         fsync_dir(tmp)
         final = os.path.join(directory, name)
         if os.path.isdir(final):  # re-saving a step (a resume from an older checkpoint of this run):
