@@ -371,6 +371,24 @@ def _space_run(cps, cls, i, n, gpt4):
 
 
 @njit(cache=True)
+def chunk_key(cps, i, e):
+    # FNV-1a over the code points cps[i:e], folded with the length: the dictionary key of a chunk
+    h = np.uint64(1469598103934665603)
+    for j in range(i, e):
+        h = (h ^ np.uint64(cps[j])) * np.uint64(1099511628211)
+    return np.int64(h ^ np.uint64(e - i))
+
+
+@njit(cache=True)
+def same_chunk(pool, s, cps, i, ln):
+    # whether pool[s:s+ln] holds the same code points as cps[i:i+ln] (a hash match is not proof)
+    for j in range(ln):
+        if pool[s + j] != cps[i + j]:
+            return False
+    return True
+
+
+@njit(cache=True)
 def next_chunk(cps, cls, i, n, gpt4):
     """End of the pre-split chunk starting at i: GPT-4's (cl100k) or GPT-2's pattern, tried
     alternative by alternative exactly as the regex engine does."""
@@ -518,22 +536,12 @@ def bpe_encode_text(cps, start, cls, gpt4, ranks, cache, cstate, cache_cps, cach
         ln = e - i
         if m + 4 * ln > cap:
             break  # the caller empties `out` and calls again
-        h = np.uint64(1469598103934665603)
-        for j in range(i, e):
-            h = (h ^ np.uint64(cps[j])) * np.uint64(1099511628211)
-        key = np.int64(h ^ np.uint64(ln))
+        key = chunk_key(cps, i, e)
         hit = -1
         if key in cache:
             x = cache[key]
-            if ent[x, 1] == ln:
-                s = ent[x, 0]
-                same = True
-                for j in range(ln):
-                    if cache_cps[s + j] != cps[i + j]:
-                        same = False
-                        break
-                if same:
-                    hit = x
+            if ent[x, 1] == ln and same_chunk(cache_cps, ent[x, 0], cps, i, ln):
+                hit = x
         if hit >= 0:
             s = ent[hit, 2]
             for j in range(ent[hit, 3]):
@@ -586,23 +594,13 @@ def count_chunks(cps, start, cls, gpt4, table, cstate, pool, ent):
     while i < n:
         e = next_chunk(cps, cls, i, n, gpt4)
         ln = e - i
-        h = np.uint64(1469598103934665603)
-        for j in range(i, e):
-            h = (h ^ np.uint64(cps[j])) * np.uint64(1099511628211)
-        key = np.int64(h ^ np.uint64(ln))
+        key = chunk_key(cps, i, e)
         found = -1
         while key in table:
             x = table[key]
-            if ent[x, 1] == ln:
-                s = ent[x, 0]
-                same = True
-                for j in range(ln):
-                    if pool[s + j] != cps[i + j]:
-                        same = False
-                        break
-                if same:
-                    found = x
-                    break
+            if ent[x, 1] == ln and same_chunk(pool, ent[x, 0], cps, i, ln):
+                found = x
+                break
             key += 1  # a different chunk with this hash: probe the next key
         if found >= 0:
             ent[found, 2] += 1
