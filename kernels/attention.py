@@ -9,52 +9,20 @@ import numpy as np
 from numba import njit, prange
 
 from ._common import JIT, PJIT
+from .fastexp import exp_shifted
 
 
 @njit(**JIT)
-def attention_row(out, o_off, preatt, att, a_off, q, q_off, kv, kv_base, n, C, hs, stride):
-    # One query row against n keys: the query is q[q_off:q_off+hs]; key j is kv[kv_base + j*stride
-    # + i] and its value lies C channels further on. Writes scores and probabilities to
-    # preatt/att[a_off:a_off+n] and the weighted sum of values to out[o_off:o_off+hs].
-    # Shared by the training forward (q and kv both the packed qkv) and the KV-cache decode step.
-    dt = q.dtype.type
-    scale = dt(1) / np.sqrt(dt(hs))
-    maxval = dt(-np.inf)
-    for t2 in range(n):
-        k_off = kv_base + t2 * stride
-        s = dt(0)
-        for i in range(hs):
-            s += q[q_off + i] * kv[k_off + i]
-        s *= scale
-        preatt[a_off + t2] = s
-        if s > maxval:
-            maxval = s
-    total = dt(0)
-    for t2 in range(n):
-        e = np.exp(preatt[a_off + t2] - maxval)
-        att[a_off + t2] = e
-        total += e
-    inv = dt(1) / total
-    for t2 in range(n):
-        att[a_off + t2] *= inv
-    for i in range(hs):
-        out[o_off + i] = dt(0)
-    for t2 in range(n):
-        a = att[a_off + t2]
-        v_off = kv_base + t2 * stride + C
-        for i in range(hs):
-            out[o_off + i] += a * kv[v_off + i]
-
-
-@njit(**JIT)
-def _gather_head(dst, inp, b, h, T, C, hs, part):
-    # dst (T,hs) = the q (part 0), k (1) or v (2) channels of head h for batch row b of inp (B,T,3C)
+def _gather_head(dst, inp, b, h, T, C, hs, part, factor):
+    # dst (T,hs) = factor * the q (part 0), k (1) or v (2) channels of head h for batch row b of
+    # inp (B,T,3C). Rows are copied as slices indexed from 0, which LLVM vectorizes.
     C3 = 3 * C
     base = b * T * C3 + part * C + h * hs
     for t in range(T):
-        o = base + t * C3
+        src = inp[base + t * C3:base + t * C3 + hs]
+        row = dst[t]
         for i in range(hs):
-            dst[t, i] = inp[o + i]
+            row[i] = factor * src[i]
 
 
 @njit(**JIT)
@@ -62,9 +30,10 @@ def _scatter_add_head(dst, src, b, h, T, width, hs, offset, factor):
     # dst rows of `width` channels (B,T,width): dst[b, t, offset + h*hs + i] += factor * src[t, i]
     base = b * T * width + offset + h * hs
     for t in range(T):
-        o = base + t * width
+        out = dst[base + t * width:base + t * width + hs]
+        row = src[t]
         for i in range(hs):
-            dst[o + i] += factor * src[t, i]
+            out[i] += factor * row[i]
 
 
 @njit(**PJIT)
@@ -77,6 +46,7 @@ def attention_forward(out, preatt, att, inp, B, T, C, NH):
     dt = inp.dtype.type
     scale = dt(1) / np.sqrt(dt(hs))
     zero = dt(0)
+    one = dt(1)
     for bh in prange(B * NH):
         b = bh // NH
         h = bh % NH
@@ -84,34 +54,35 @@ def attention_forward(out, preatt, att, inp, B, T, C, NH):
         k = np.empty((T, hs), dtype=inp.dtype)
         v = np.empty((T, hs), dtype=inp.dtype)
         y = np.empty((T, hs), dtype=inp.dtype)
-        _gather_head(q, inp, b, h, T, C, hs, 0)
-        _gather_head(k, inp, b, h, T, C, hs, 1)
-        _gather_head(v, inp, b, h, T, C, hs, 2)
+        kbuf = np.empty(T, dtype=np.float32)  # exp_shifted's scratch
+        _gather_head(q, inp, b, h, T, C, hs, 0, scale)  # q / sqrt(hs): S comes out scaled
+        _gather_head(k, inp, b, h, T, C, hs, 1, one)
+        _gather_head(v, inp, b, h, T, C, hs, 2, one)
         S = preatt[bh * T * T:(bh + 1) * T * T].reshape(T, T)
         P = att[bh * T * T:(bh + 1) * T * T].reshape(T, T)
         np.dot(q, k.T, S)
-        for t in range(T):
+        for t in range(T):  # rows as slices indexed from 0, so that LLVM vectorizes the loops
+            n = t + 1
+            srow = S[t]
+            prow = P[t]
             maxval = dt(-np.inf)
-            for t2 in range(t + 1):
-                S[t, t2] *= scale
-                if S[t, t2] > maxval:
-                    maxval = S[t, t2]
-            total = zero
-            for t2 in range(t + 1):
-                e = np.exp(S[t, t2] - maxval)
-                P[t, t2] = e
-                total += e
-            inv = dt(1) / total
-            for t2 in range(t + 1):
-                P[t, t2] *= inv
-            for t2 in range(t + 1, T):  # the causal mask: the future gets probability 0
-                S[t, t2] = zero
-                P[t, t2] = zero
+            for t2 in range(n):
+                maxval = max(maxval, srow[t2])
+                prow[t2] = srow[t2]
+            inv = dt(1) / exp_shifted(prow[:n], maxval, kbuf)
+            for t2 in range(n):
+                prow[t2] *= inv
+            stail = srow[n:]  # the causal mask: the future gets score 0 and probability 0
+            ptail = prow[n:]
+            for i in range(T - n):
+                stail[i] = zero
+                ptail[i] = zero
         np.dot(P, v, y)
         for t in range(T):
-            o = b * T * C + t * C + h * hs
+            dst = out[b * T * C + t * C + h * hs:b * T * C + t * C + (h + 1) * hs]
+            row = y[t]
             for i in range(hs):
-                out[o + i] = y[t, i]
+                dst[i] = row[i]
 
 
 @njit(**PJIT)
@@ -137,31 +108,39 @@ def attention_backward(dinp, dpreatt, datt, dout, inp, att, B, T, C, NH):
         dy = np.empty((T, hs), dtype=inp.dtype)
         g = np.empty((T, hs), dtype=inp.dtype)  # scratch for dq, dk, dv
         dP = np.empty((T, T), dtype=inp.dtype)
-        _gather_head(q, inp, b, h, T, C, hs, 0)
-        _gather_head(k, inp, b, h, T, C, hs, 1)
-        _gather_head(v, inp, b, h, T, C, hs, 2)
+        one = dt(1)
+        _gather_head(q, inp, b, h, T, C, hs, 0, one)
+        _gather_head(k, inp, b, h, T, C, hs, 1, one)
+        _gather_head(v, inp, b, h, T, C, hs, 2, one)
         for t in range(T):
-            o = b * T * C + t * C + h * hs
+            src = dout[b * T * C + t * C + h * hs:b * T * C + t * C + (h + 1) * hs]
+            row = dy[t]
             for i in range(hs):
-                dy[t, i] = dout[o + i]
+                row[i] = src[i]
         P = att[bh * T * T:(bh + 1) * T * T].reshape(T, T)
         np.dot(dy, v.T, dP)
         np.dot(P.T, dy, g)
         _scatter_add_head(dinp, g, b, h, T, C3, hs, 2 * C, dt(1))
         a0 = bh * T * T
-        for t in range(T):
+        for t in range(T):  # rows as slices indexed from 0 (vectorized)
+            prow = P[t]
+            drow = dP[t]
+            if datt is not None:
+                da = datt[a0 + t * T:a0 + t * T + t + 1]
+                for t2 in range(t + 1):
+                    da[t2] += drow[t2]
             s = dt(0)
             for t2 in range(t + 1):
-                if datt is not None:
-                    datt[a0 + t * T + t2] += dP[t, t2]
-                s += P[t, t2] * dP[t, t2]
+                s += prow[t2] * drow[t2]
             for t2 in range(t + 1):
-                dS = P[t, t2] * (dP[t, t2] - s)
-                dP[t, t2] = dS
-                if dpreatt is not None:
-                    dpreatt[a0 + t * T + t2] += dS
-            for t2 in range(t + 1, T):
-                dP[t, t2] = dt(0)
+                drow[t2] = prow[t2] * (drow[t2] - s)
+            if dpreatt is not None:
+                dpa = dpreatt[a0 + t * T:a0 + t * T + t + 1]
+                for t2 in range(t + 1):
+                    dpa[t2] += drow[t2]
+            dtail = drow[t + 1:]
+            for i in range(T - t - 1):
+                dtail[i] = dt(0)
         np.dot(dP, k, g)
         _scatter_add_head(dinp, g, b, h, T, C3, hs, 0, scale)
         np.dot(dP.T, q, g)

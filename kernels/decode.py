@@ -3,13 +3,16 @@ plus the weight matrices, instead of a full forward over the prefix.
 
 Legend: nb number of sequences decoded together (1 for sampling, the beam width for beam search),
 L layers, C channels, NH heads, hs = C/NH, maxT maximum sequence length, V vocab, Vp padded vocab.
-kvcache (nb, L, maxT, 2C): for each sequence, layer and position, k (C) then v (C).
+kvcache (nb, L, 2, NH, maxT, hs): for each sequence and layer, the keys then the values, head-major:
+one head's keys are a contiguous (maxT, hs) matrix, so attending over the first n positions is two
+matrix-vector products on contiguous memory (a position-major layout put consecutive keys of a head
+2C floats apart, and the per-token cost grew much faster than the attention's FLOPs).
 """
 import numpy as np
 from numba import njit, prange
 
 from ._common import JIT, PJIT
-from .attention import attention_row
+from .fastexp import exp_shifted
 from .gelu import GELU_SCALE, tanh_f32
 from .layernorm import layernorm_row
 from .matmul import ROW_BLOCKS
@@ -72,6 +75,21 @@ def _gelu_inplace(h, N):
 
 
 @njit(**JIT)
+def _attend_cached(out, q, keys, values, scores, kbuf, scale):
+    # One head, one query: out (hs) = softmax(keys q * scale) @ values;  q (hs);  keys, values
+    # (n,hs) the cached positions 0..n-1;  scores (n), kbuf (>= n) scratch.
+    np.dot(keys, q, scores)
+    maxval = scores.dtype.type(-np.inf)
+    for t in range(scores.size):
+        scores[t] *= scale
+        maxval = max(maxval, scores[t])
+    inv = scores.dtype.type(1) / exp_shifted(scores, maxval, kbuf)
+    for t in range(scores.size):
+        scores[t] *= inv
+    np.dot(scores, values, out)
+
+
+@njit(**JIT)
 def decode_step(logits, kvcache, tokens, pos, wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb,
                 ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb, nb, L, C, NH, maxT, V):
     # logits (nb,V) for the next token of each sequence;  tokens (nb) int32, the tokens at
@@ -88,8 +106,10 @@ def decode_step(logits, kvcache, tokens, pos, wte, wpe, ln1w, ln1b, qkvw, qkvb, 
     atty = np.empty(nb * C, dtype=dt)  # attention output before its projection (nb,C)
     proj = np.empty(nb * C, dtype=dt)  # (nb,C)
     hid = np.empty(nb * C4, dtype=dt)  # MLP hidden (nb,4C)
-    scores = np.empty(maxT, dtype=dt)  # preatt row scratch
-    probs = np.empty(maxT, dtype=dt)  # att row scratch
+    scores = np.empty(maxT, dtype=dt)  # attention row scratch
+    kbuf = np.empty(maxT, dtype=np.float32)  # exp_shifted's scratch
+    scale = wte.dtype.type(1) / np.sqrt(wte.dtype.type(hs))
+    head = maxT * hs  # one head's (maxT, hs) block of keys or values
     for b in range(nb):
         ix = tokens[b]
         for c in range(C):
@@ -98,13 +118,19 @@ def decode_step(logits, kvcache, tokens, pos, wte, wpe, ln1w, ln1b, qkvw, qkvb, 
         _layernorm_rows(xn, x, ln1w[l * C:(l + 1) * C], ln1b[l * C:(l + 1) * C], nb, C)
         matvec_forward(qkv, xn, qkvw[l * C3 * C:(l + 1) * C3 * C], qkvb[l * C3:(l + 1) * C3], nb, C, C3)
         for b in range(nb):
-            cache_off = ((b * L + l) * maxT + pos) * C2
-            for c in range(C2):
-                kvcache[cache_off + c] = qkv[b * C3 + C + c]
-            kv_base = (b * L + l) * maxT * C2
+            kbase = (b * L + l) * 2 * NH * head  # this sequence's and layer's keys; values follow
+            vbase = kbase + NH * head
             for h in range(NH):
-                attention_row(atty, b * C + h * hs, scores, probs, 0,
-                              qkv, b * C3 + h * hs, kvcache, kv_base + h * hs, pos + 1, C, hs, C2)
+                ko = kbase + h * head
+                vo = vbase + h * head
+                q0 = b * C3 + h * hs
+                for i in range(hs):  # this position's k and v into the cache
+                    kvcache[ko + pos * hs + i] = qkv[q0 + C + i]
+                    kvcache[vo + pos * hs + i] = qkv[q0 + C2 + i]
+                n = pos + 1
+                _attend_cached(atty[b * C + h * hs:b * C + (h + 1) * hs], qkv[q0:q0 + hs],
+                               kvcache[ko:ko + n * hs].reshape(n, hs), kvcache[vo:vo + n * hs].reshape(n, hs),
+                               scores[:n], kbuf, scale)
         matvec_forward(proj, atty, attprojw[l * C * C:(l + 1) * C * C], attprojb[l * C:(l + 1) * C], nb, C, C)
         for i in range(nb * C):
             x[i] += proj[i]

@@ -11,20 +11,23 @@ from ._common import JIT, PJIT
 @njit(**JIT)
 def layernorm_row(out, inp, weight, bias, o, C):
     # One row: normalizes inp[o:o+C] into out[o:o+C]; returns (mean, rstd) in the array's dtype.
+    # (slices indexed from 0 so that LLVM vectorizes the loops; o + c indexing defeats it)
+    x = inp[o:o + C]
+    y = out[o:o + C]
     zero = inp.dtype.type(0)
     Cf = inp.dtype.type(C)  # dividing by the int C would promote float32 to float64
     s = zero
     for c in range(C):
-        s += inp[o + c]
+        s += x[c]
     m = s / Cf
     v = zero
     for c in range(C):
-        d = inp[o + c] - m
+        d = x[c] - m
         v += d * d
     v = v / Cf
     r = inp.dtype.type(1) / np.sqrt(v + inp.dtype.type(1e-5))
     for c in range(C):
-        out[o + c] = (inp[o + c] - m) * r * weight[c] + bias[c]
+        y[c] = (x[c] - m) * r * weight[c] + bias[c]
     return m, r
 
 
@@ -43,29 +46,34 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, B, T
     zero = inp.dtype.type(0)
     Cf = inp.dtype.type(C)
     # dinp: rows are independent, so they run in parallel.
+    # Rows are slices indexed from 0, which LLVM vectorizes.
     for bt in prange(B * T):
-        o = bt * C
+        x = inp[bt * C:(bt + 1) * C]
+        dy = dout[bt * C:(bt + 1) * C]
+        dx = dinp[bt * C:(bt + 1) * C]
         m = mean[bt]
         r = rstd[bt]
         dnorm_mean = zero
         dnorm_norm_mean = zero
         for c in range(C):
-            norm = (inp[o + c] - m) * r
-            dnorm = weight[c] * dout[o + c]
+            norm = (x[c] - m) * r
+            dnorm = weight[c] * dy[c]
             dnorm_mean += dnorm
             dnorm_norm_mean += dnorm * norm
         dnorm_mean = dnorm_mean / Cf
         dnorm_norm_mean = dnorm_norm_mean / Cf
         for c in range(C):
-            norm = (inp[o + c] - m) * r
-            dnorm = weight[c] * dout[o + c]
-            dinp[o + c] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * r
+            norm = (x[c] - m) * r
+            dnorm = weight[c] * dy[c]
+            dx[c] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * r
     # dweight, dbias: every row writes every channel, so this sum is serial over rows.
+    dw = dweight[:C]
+    db = dbias[:C]
     for bt in range(B * T):
-        o = bt * C
+        x = inp[bt * C:(bt + 1) * C]
+        dy = dout[bt * C:(bt + 1) * C]
         m = mean[bt]
         r = rstd[bt]
         for c in range(C):
-            d = dout[o + c]
-            dbias[c] += d
-            dweight[c] += (inp[o + c] - m) * r * d
+            db[c] += dy[c]
+            dw[c] += (x[c] - m) * r * dy[c]

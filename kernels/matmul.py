@@ -1,15 +1,15 @@
-"""Fully connected layer: out = inp @ weight^T + bias, through BLAS (np.dot on 2-D views).
+"""Fully connected layer: out = inp @ weight^T + bias, through BLAS's gemm (kernels/blas.py).
 
 Legend: B batch, T time, C input channels, OC output channels.
-np.dot inside a kernel calls the same sgemm/dgemm as NumPy (via SciPy's BLAS), which is 1.5x
-faster than a hand-blocked Numba loop on this class of CPU. BLAS must run single-threaded
+BLAS's sgemm (SciPy's, the one NumPy's np.dot uses) is 1.5x faster than a hand-blocked Numba loop
+on this class of CPU. BLAS must run single-threaded
 (cllm.runtime.configure_threads does it): the kernels split the rows over Numba's threads.
 """
 import numba
-import numpy as np
 from numba import njit, prange
 
 from ._common import PJIT
+from .blas import NO_TRANS, TRANS, gemm
 
 # Row blocks per matmul: one per core. A constant rather than numba.get_num_threads(), which would
 # stop the kernel from being cached on disk; the block count changes only speed, never results.
@@ -20,19 +20,20 @@ ROW_BLOCKS = numba.config.NUMBA_NUM_THREADS
 def matmul_forward(out, inp, weight, bias, B, T, C, OC):
     # out (B,T,OC) = inp (B,T,C) @ weight (OC,C)^T + bias (OC);  bias may be None
     # The rows are split into one block per thread, each a single-threaded BLAS call: Numba's
-    # threads then do all the parallel work and never fight BLAS's own pool for the cores.
+    # threads then do all the parallel work and never fight BLAS's own pool for the cores. The
+    # bias is written first and gemm adds the product to it.
     BT = B * T
-    W = weight[: OC * C].reshape(OC, C)
     nblk = min(ROW_BLOCKS, BT)
     for blk in prange(nblk):
         r0 = blk * BT // nblk
         r1 = (blk + 1) * BT // nblk
-        O = out[r0 * OC: r1 * OC].reshape(r1 - r0, OC)
-        np.dot(inp[r0 * C: r1 * C].reshape(r1 - r0, C), W.T, O)
+        beta = 0  # an int: the float32 kernel keeps no float64 variable
         if bias is not None:
+            O = out[r0 * OC: r1 * OC].reshape(r1 - r0, OC)
             for r in range(r1 - r0):
-                for j in range(OC):
-                    O[r, j] += bias[j]
+                O[r] = bias[:OC]
+            beta = 1
+        gemm(NO_TRANS, TRANS, r1 - r0, OC, C, 1, inp, r0 * C, C, weight, 0, C, beta, out, r0 * OC, OC)
 
 
 @njit(**PJIT)
@@ -44,10 +45,11 @@ def bias_backward(dbias, dout, BT, OC):
     for blk in prange(nblk):
         j0 = blk * BLK
         j1 = min(j0 + BLK, OC)
+        acc = dbias[j0:j1]
         for r in range(BT):
-            o = r * OC
-            for j in range(j0, j1):
-                dbias[j] += dout[o + j]
+            row = dout[r * OC + j0: r * OC + j1]
+            for j in range(j1 - j0):
+                acc[j] += row[j]
 
 
 @njit(**PJIT)
@@ -55,32 +57,17 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC):
     # dinp (B,T,C) += dout (B,T,OC) @ weight (OC,C)
     # dweight (OC,C) += dout^T (OC,BT) @ inp (BT,C)
     # dbias (OC) += column sums of dout;  dinp and dbias may be None
-    # BLAS overwrites its output, so each product goes to a scratch array and is then added:
-    # the contract says backward kernels accumulate. Each thread takes a block of rows: for dinp
-    # those rows are its own; for dweight it computes a partial sum over its rows, and the
-    # partial sums are added afterwards.
+    # gemm with beta = 1 adds straight into the gradients. Each thread takes a block of rows of
+    # dinp and a block of rows (output channels) of dweight, so no two threads write the same
+    # element; a dweight block reads its columns of dout in place (row stride OC).
     BT = B * T
-    W = weight[: OC * C].reshape(OC, C)
-    nblk = min(ROW_BLOCKS, BT)
-    partial = np.empty((nblk, OC * C), dtype=dweight.dtype)
-    for blk in prange(nblk):
-        r0 = blk * BT // nblk
-        r1 = (blk + 1) * BT // nblk
-        n = r1 - r0
-        D = dout[r0 * OC: r1 * OC].reshape(n, OC)
-        X = inp[r0 * C: r1 * C].reshape(n, C)
-        np.dot(D.T, X, partial[blk].reshape(OC, C))
+    for blk in prange(ROW_BLOCKS):
+        r0 = blk * BT // ROW_BLOCKS
+        r1 = (blk + 1) * BT // ROW_BLOCKS
         if dinp is not None:
-            scratch = np.empty((n, C), dtype=dinp.dtype)
-            np.dot(D, W, scratch)
-            flat = scratch.reshape(n * C)
-            o = r0 * C
-            for i in range(n * C):
-                dinp[o + i] += flat[i]
-    for i in prange(OC * C):
-        s = dweight[i]
-        for blk in range(nblk):
-            s += partial[blk, i]
-        dweight[i] = s
+            gemm(NO_TRANS, NO_TRANS, r1 - r0, C, OC, 1, dout, r0 * OC, OC, weight, 0, C, 1, dinp, r0 * C, C)
+        o0 = blk * OC // ROW_BLOCKS
+        o1 = (blk + 1) * OC // ROW_BLOCKS
+        gemm(TRANS, NO_TRANS, o1 - o0, C, BT, 1, dout, o0, OC, inp, 0, C, 1, dweight, o0 * C, C)
     if dbias is not None:
         bias_backward(dbias, dout, BT, OC)

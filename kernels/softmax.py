@@ -6,28 +6,28 @@ import numpy as np
 from numba import njit, prange
 
 from ._common import PJIT
+from .fastexp import exp_shifted
 
 
 @njit(**PJIT)
 def softmax_forward(probs, logits, B, T, V, Vp):
     # probs, logits (B,T,Vp); padded entries [V, Vp) of probs are set to 0
+    # Rows are handled as slices indexed from 0: LLVM vectorizes those loops, not ones indexed
+    # o + i (it cannot prove o + i >= 0).
     dt = logits.dtype.type
     for bt in prange(B * T):
-        o = bt * Vp
+        row = logits[bt * Vp:bt * Vp + V]
+        out = probs[bt * Vp:(bt + 1) * Vp]
+        kbuf = np.empty(V, dtype=np.float32)
         maxval = dt(-np.inf)
         for i in range(V):
-            if logits[o + i] > maxval:
-                maxval = logits[o + i]
-        total = dt(0)
+            maxval = max(maxval, row[i])
+            out[i] = row[i]
+        inv = dt(1) / exp_shifted(out[:V], maxval, kbuf)
         for i in range(V):
-            e = np.exp(logits[o + i] - maxval)
-            probs[o + i] = e
-            total += e
-        inv = dt(1) / total
-        for i in range(V):
-            probs[o + i] *= inv
+            out[i] *= inv
         for i in range(V, Vp):
-            probs[o + i] = dt(0)
+            out[i] = dt(0)
 
 
 @njit(**PJIT)
@@ -41,10 +41,11 @@ def crossentropy_forward(losses, probs, targets, B, T, Vp):
 def crossentropy_softmax_backward(dlogits, dlosses, probs, targets, B, T, V, Vp):
     # dlogits (B,T,Vp) += (probs - onehot(target)) * dlosses;  only the first V columns
     one = probs.dtype.type(1)
+    zero = probs.dtype.type(0)
     for bt in prange(B * T):
-        o = bt * Vp
         d = dlosses[bt]
         ix = targets[bt]
-        for i in range(V):
-            indicator = one if i == ix else probs.dtype.type(0)
-            dlogits[o + i] += (probs[o + i] - indicator) * d
+        p = probs[bt * Vp:bt * Vp + V]
+        g = dlogits[bt * Vp:bt * Vp + V]
+        for i in range(V):  # one add per element (adding p d, then subtracting d, would round twice)
+            g[i] += (p[i] - (one if i == ix else zero)) * d

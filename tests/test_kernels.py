@@ -262,6 +262,85 @@ def test_matmul_weight_longer_than_needed():
     np.testing.assert_allclose(out.reshape(-1, OC), inp.reshape(-1, C) @ weight[:OC * C].reshape(OC, C).T, rtol=1e-12)
 
 
+@SETTINGS
+@given(m=st.integers(1, 6), n=st.integers(1, 6), k=st.integers(1, 6), transa=st.booleans(), transb=st.booleans(),
+       pad=st.integers(0, 3), off=st.integers(0, 5), beta=st.sampled_from([0, 1]), seed=seeds)
+def test_gemm_matches_numpy(m, n, k, transa, transb, pad, off, beta, seed):
+    # kernels.blas.gemm: row-major, operands addressed by offset and row stride inside larger
+    # arrays (a block of columns of a wider matrix), beta = 1 accumulates, beta = 0 overwrites
+    # even NaN; float32 and float64.
+    from kernels.blas import NO_TRANS, TRANS, gemm
+
+    rng = np.random.default_rng(seed)
+    for dtype, tol in ((F64, 1e-13), (F32, 1e-5)):
+        a_rows, a_cols = (k, m) if transa else (m, k)
+        b_rows, b_cols = (n, k) if transb else (k, n)
+        lda, ldb, ldc = a_cols + pad, b_cols + pad, n + pad
+        a = rand(rng, off + a_rows * lda, dtype=dtype)
+        b = rand(rng, off + b_rows * ldb, dtype=dtype)
+        c = rand(rng, off + m * ldc, dtype=dtype)
+        if beta == 0:
+            c[off:] = np.nan
+        before = c.copy()
+        A = a[off:].reshape(a_rows, lda)[:, :a_cols].astype(F64)
+        B_ = b[off:].reshape(b_rows, ldb)[:, :b_cols].astype(F64)
+        expect = (A.T if transa else A) @ (B_.T if transb else B_)
+        gemm(TRANS if transa else NO_TRANS, TRANS if transb else NO_TRANS, m, n, k, 1, a, off, lda, b, off, ldb,
+             beta, c, off, ldc)
+        got = c[off:].reshape(m, ldc)
+        if beta == 1:
+            expect = expect + before[off:].reshape(m, ldc)[:, :n]
+        np.testing.assert_allclose(got[:, :n], expect, rtol=tol, atol=tol)
+        # nothing outside C's block was touched
+        np.testing.assert_array_equal(got[:, n:], before[off:].reshape(m, ldc)[:, n:])
+        np.testing.assert_array_equal(c[:off], before[:off])
+
+
+def test_matmul_forward_overwrites_nan_output():
+    # the forward's output buffer may hold anything (NaN from an earlier failed step): it is
+    # overwritten, never mixed in
+    rng = np.random.default_rng(0)
+    B, T, C, OC = 2, 3, 5, 4
+    inp, weight, bias = rand(rng, B * T * C), rand(rng, OC * C), rand(rng, OC)
+    for b in (None, bias):
+        out = np.full(B * T * OC, np.nan)
+        K.matmul_forward(out, inp, weight, b, B, T, C, OC)
+        ref = inp.reshape(-1, C) @ weight.reshape(OC, C).T + (0 if b is None else b)
+        np.testing.assert_allclose(out.reshape(-1, OC), ref, rtol=1e-12)
+
+
+def test_exp_shifted():
+    # the vectorized float32 exp: within 4 float32 ulps of the exact value over the whole range a
+    # softmax uses (arguments <= 0 after the shift), NaN stays NaN; float64 is np.exp itself
+    from numba import njit
+
+    from kernels.fastexp import exp_shifted
+
+    @njit
+    def call(x, shift, kbuf):
+        return exp_shifted(x, shift, kbuf)
+
+    rng = np.random.default_rng(0)
+    shift = F32(2.5)
+    x = np.concatenate([rng.uniform(-84.5, 2.5, 20000), rng.uniform(1.5, 2.5, 5000), [2.5, -84.4]]).astype(F32)
+    exact = np.exp((x - shift).astype(F64))  # of the float32 argument: its own rounding is not exp's error
+    y = x.copy()
+    total = call(y, shift, np.empty(x.size, F32))
+    rel = np.abs(y.astype(F64) - exact) / exact
+    assert rel.max() < 4 * 2.0 ** -23, rel.max()
+    assert abs(total - exact.sum()) / exact.sum() < 1e-5
+    # below exp(-87) the result is clamped there: tiny, positive, never a wrapped-around sign
+    low = np.array([-87.5, -100.0, -1e30, -np.inf], F32)
+    call(low, F32(0), np.empty(4, F32))
+    assert np.all(low > 0) and np.all(low < 2e-38)
+    z = np.array([0.0, np.nan, -3.0], F32)
+    assert math.isnan(call(z, F32(0), np.empty(3, F32))) and math.isnan(z[1]) and z[0] == 1
+    x64 = x.astype(F64)
+    y64 = x64.copy()
+    call(y64, 2.5, np.empty(x.size, F32))
+    np.testing.assert_allclose(y64, np.exp(x64 - 2.5), rtol=1e-15)  # libm, not a polynomial
+
+
 # ------------------------------------------------------------------ attention
 @SETTINGS
 @given(B=dims, T=seq, NH=st.integers(1, 3), hs=st.integers(1, 4), seed=seeds)
@@ -531,7 +610,8 @@ def _float64_variables(kernel, *args):
 
 
 def test_float32_arithmetic_stays_float32():
-    from kernels.attention import attention_row
+    from kernels.blas import NO_TRANS, TRANS, gemm
+    from kernels.fastexp import exp_shifted
     from kernels.layernorm import layernorm_row
     from kernels.matmul import bias_backward
 
@@ -548,7 +628,8 @@ def test_float32_arithmetic_stays_float32():
         "matmul_forward": (K.matmul_forward, z(T * OC), u(T * C), u(OC * C), u(OC), B, T, C, OC),
         "matmul_backward": (K.matmul_backward, z(T * C), z(OC * C), z(OC), u(T * OC), u(T * C), u(OC * C), B, T, C, OC),
         "bias_backward": (bias_backward, z(OC), u(T * OC), T, OC),
-        "attention_row": (attention_row, z(C), 0, z(T), z(T), 0, u(3 * C), 0, u(3 * C * T), C, T, C, C // NH, 3 * C),
+        "gemm": (gemm, NO_TRANS, TRANS, 2, 3, 4, 1, u(8), 0, 4, u(12), 0, 4, 1, z(6), 0, 3),
+        "exp_shifted": (exp_shifted, u(7), F32(0.5), z(7)),
         "attention_forward": (K.attention_forward, z(T * C), z(NH * T * T), z(NH * T * T), u(T * 3 * C), B, T, C, NH),
         "attention_backward": (K.attention_backward, z(T * 3 * C), z(NH * T * T), z(NH * T * T), u(T * C), u(T * 3 * C),
                                u(NH * T * T), B, T, C, NH),
