@@ -212,7 +212,8 @@ class Model:
 
     # ---------------------------------------------------------------- incremental decoding
     def new_kv_cache(self, num_sequences: int = 1) -> np.ndarray:
-        """A KV cache (nb, L, 2, NH, maxT, hs) for decode_step (keys then values, head-major), flat."""
+        """A KV cache for decode_step, flat: per sequence and layer, each head's keys (hs, maxT), then
+        each head's values (maxT, hs) (kernels/decode.py)."""
         cfg = self.config
         return np.zeros(num_sequences * cfg.num_layers * cfg.max_seq_len * 2 * cfg.embed_dim, dtype=self.dtype)
 

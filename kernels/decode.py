@@ -3,10 +3,11 @@ plus the weight matrices, instead of a full forward over the prefix.
 
 Legend: nb number of sequences decoded together (1 for sampling, the beam width for beam search),
 L layers, C channels, NH heads, hs = C/NH, maxT maximum sequence length, V vocab, Vp padded vocab.
-kvcache (nb, L, 2, NH, maxT, hs): for each sequence and layer, the keys then the values, head-major:
-one head's keys are a contiguous (maxT, hs) matrix, so attending over the first n positions is two
-matrix-vector products on contiguous memory (a position-major layout put consecutive keys of a head
-2C floats apart, and the per-token cost grew much faster than the attention's FLOPs).
+kvcache (nb, L, 2, NH, ...): for each sequence and layer, the keys then the values of each head,
+head-major: a head's keys are one contiguous (hs, maxT) block, transposed so that the scores of
+all positions are built along contiguous rows, and its values one contiguous (maxT, hs) block.
+(A position-major (nb, L, maxT, 2C) layout put a head's consecutive keys 2C floats apart, and the
+per-token cost grew much faster than the attention's FLOPs.)
 """
 import numpy as np
 from numba import njit, prange
@@ -17,27 +18,34 @@ from .gelu import GELU_SCALE, tanh_f32
 from .layernorm import layernorm_row
 from .matmul import ROW_BLOCKS
 
-# Below this many weights a matrix-vector product runs on one thread: waking the thread team costs
-# more than it saves (measured: the baby GPT decodes 4.0k tokens/s serial, 3.9k split in two; the
-# seed config 0.26k serial, 0.49k split, where reading the weights is what takes the time).
-PARALLEL_MATVEC_MIN = 1 << 17
+# Above this many weights a matrix-vector product is split over the threads. Serial below it: at
+# these sizes waking the sleeping thread team (OMP_WAIT_POLICY=PASSIVE, cllm/__init__.py) costs more
+# than the product, and a decode step runs 4 products per layer.
+PARALLEL_MATVEC_MIN = 1 << 22
 
 
 @njit(**JIT)
 def _matvec_block(out, x, weight, bias, nb, C, OC, o0, o1):
-    # out[b, o0:o1] = weight[o0:o1] (rows, C) @ x[b] (C) + bias[o0:o1] for each of the nb rows
-    W = weight[o0 * C:o1 * C].reshape(o1 - o0, C)
-    for b in range(nb):
-        dst = out[b * OC + o0:b * OC + o1]
-        np.dot(W, x[b * C:(b + 1) * C], dst)
-        if bias is not None:
-            for j in range(o1 - o0):
-                dst[j] += bias[o0 + j]
+    # out[b, o0:o1] = weight[o0:o1] (rows, C) @ x[b] (C) + bias[o0:o1] for each of the nb rows.
+    # One weight row at a time against every sequence, so the weights are read once: the step is
+    # bound by reading them. A plain loop (LLVM vectorizes the dot product) reads them at about
+    # twice the speed of BLAS's gemv on one core here (28 against 15 GB/s, the seed config's 24 MB).
+    zero = x.dtype.type(0)
+    for o in range(o0, o1):
+        w = weight[o * C:(o + 1) * C]
+        for b in range(nb):
+            xb = x[b * C:(b + 1) * C]
+            s = zero
+            for c in range(C):
+                s += w[c] * xb[c]
+            if bias is not None:
+                s += bias[o]
+            out[b * OC + o] = s
 
 
 @njit(**PJIT)
 def _matvec_parallel(out, x, weight, bias, nb, C, OC):
-    # the output channels split into one block per thread; each block is one BLAS gemv per row
+    # the output channels split into one block per thread
     for blk in prange(ROW_BLOCKS):
         _matvec_block(out, x, weight, bias, nb, C, OC, blk * OC // ROW_BLOCKS, (blk + 1) * OC // ROW_BLOCKS)
 
@@ -75,18 +83,32 @@ def _gelu_inplace(h, N):
 
 
 @njit(**JIT)
-def _attend_cached(out, q, keys, values, scores, kbuf, scale):
-    # One head, one query: out (hs) = softmax(keys q * scale) @ values;  q (hs);  keys, values
-    # (n,hs) the cached positions 0..n-1;  scores (n), kbuf (>= n) scratch.
-    np.dot(keys, q, scores)
-    maxval = scores.dtype.type(-np.inf)
-    for t in range(scores.size):
-        scores[t] *= scale
+def _attend_cached(out, q, keys_t, values, scores, kbuf, scale):
+    # One head, one query: out (hs) = softmax(q keys^T * scale) @ values;  q (hs);  keys_t (hs,maxT)
+    # the cached keys transposed, of which positions 0..n-1 are used;  values (n,hs);  scores (n),
+    # kbuf (>= n) scratch. Plain loops over contiguous rows: hs is small (32 to 64), where BLAS's
+    # per-call cost outweighs its speed, and the transposed keys make the score loop run along
+    # positions (vectorized) instead of ending each position with a horizontal sum.
+    n, hs = values.shape
+    dt = scores.dtype.type
+    for t in range(n):
+        scores[t] = dt(0)
+    for i in range(hs):
+        krow = keys_t[i]
+        qi = q[i] * scale
+        for t in range(n):
+            scores[t] += krow[t] * qi
+    maxval = dt(-np.inf)
+    for t in range(n):
         maxval = max(maxval, scores[t])
-    inv = scores.dtype.type(1) / exp_shifted(scores, maxval, kbuf)
-    for t in range(scores.size):
-        scores[t] *= inv
-    np.dot(scores, values, out)
+    inv = dt(1) / exp_shifted(scores, maxval, kbuf)
+    for i in range(hs):
+        out[i] = dt(0)
+    for t in range(n):
+        p = scores[t] * inv
+        v = values[t]
+        for i in range(hs):
+            out[i] += p * v[i]
 
 
 @njit(**JIT)
@@ -124,12 +146,12 @@ def decode_step(logits, kvcache, tokens, pos, wte, wpe, ln1w, ln1b, qkvw, qkvb, 
                 ko = kbase + h * head
                 vo = vbase + h * head
                 q0 = b * C3 + h * hs
-                for i in range(hs):  # this position's k and v into the cache
-                    kvcache[ko + pos * hs + i] = qkv[q0 + C + i]
+                for i in range(hs):  # this position's k (a column of keys_t) and v into the cache
+                    kvcache[ko + i * maxT + pos] = qkv[q0 + C + i]
                     kvcache[vo + pos * hs + i] = qkv[q0 + C2 + i]
                 n = pos + 1
                 _attend_cached(atty[b * C + h * hs:b * C + (h + 1) * hs], qkv[q0:q0 + hs],
-                               kvcache[ko:ko + n * hs].reshape(n, hs), kvcache[vo:vo + n * hs].reshape(n, hs),
+                               kvcache[ko:ko + head].reshape(hs, maxT), kvcache[vo:vo + n * hs].reshape(n, hs),
                                scores[:n], kbuf, scale)
         matvec_forward(proj, atty, attprojw[l * C * C:(l + 1) * C * C], attprojb[l * C:(l + 1) * C], nb, C, C)
         for i in range(nb * C):
