@@ -86,7 +86,7 @@ class Model:
         return self.params.size
 
     def zero_grad(self) -> None:
-        self.grads[:] = 0
+        K.fill_inplace(self.grads, 0.0)
 
     # ---------------------------------------------------------------- activations
     def _ensure_activations(self, B: int, T: int) -> None:
@@ -96,8 +96,9 @@ class Model:
         shapes = self.config.activation_shapes(B, T)
         A = self.config.num_activations(B, T)
         # the gradients of the attention scores and probabilities are never read, so the backward
-        # does not keep them (attention_backward gets None for them)
-        grad_shapes = {k: v for k, v in shapes.items() if k not in ("preatt", "att")}
+        # does not keep them (attention_backward gets None for them); nor the softmax output's (the
+        # fused cross-entropy backward writes the logits' gradient directly)
+        grad_shapes = {k: v for k, v in shapes.items() if k not in ("preatt", "att", "probs")}
         self.acts = np.zeros(A, dtype=self.dtype)
         self.grad_acts = np.zeros(sum(math.prod(v) for v in grad_shapes.values()), dtype=self.dtype)
         self.a = _carve(self.acts, shapes)
@@ -166,7 +167,7 @@ class Model:
         B, T = self.B, self.T
         L, C, NH, V, Vp = cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.vocab_size, cfg.padded_vocab_size
         p, g, a, ga = self.p, self.g, self.a, self.ga
-        self.grad_acts[:] = 0
+        K.fill_inplace(self.grad_acts, 0.0)  # every kernel below adds into these (parallel: ~600 MB at the seed size)
         ga["losses"][:] = self.dtype.type(1.0 / (B * T))  # d(mean)/d(each loss)
         K.crossentropy_softmax_backward(ga["logits"], ga["losses"], a["probs"], self.targets, B, T, V, Vp)
         K.matmul_backward(ga["lnf"], g["wte"], None, ga["logits"], a["lnf"], p["wte"], B, T, C, Vp)

@@ -3,7 +3,7 @@
 Legend: B batch, T time, C channels, NH heads, hs = C/NH, V vocab, Vp padded vocab, L layers,
 OC output channels, N element count.
 """
-from .adamw import adamw_update, grad_norm_squared, scale_inplace
+from .adamw import adamw_update, fill_inplace, grad_norm_squared, scale_inplace
 from .attention import attention_backward, attention_forward
 from .decode import decode_step
 from .encoder import encoder_backward, encoder_forward
@@ -14,7 +14,7 @@ from .residual import residual_backward, residual_forward
 from .softmax import crossentropy_forward, crossentropy_softmax_backward, softmax_forward
 
 __all__ = [
-    "adamw_update", "grad_norm_squared", "scale_inplace",
+    "adamw_update", "grad_norm_squared", "scale_inplace", "fill_inplace",
     "attention_forward", "attention_backward", "decode_step",
     "encoder_forward", "encoder_backward", "gelu_forward", "gelu_backward",
     "layernorm_forward", "layernorm_backward", "matmul_forward", "matmul_backward",

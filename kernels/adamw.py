@@ -1,4 +1,4 @@
-"""AdamW (decoupled weight decay, bias-corrected moments, PyTorch's formula) and grad-norm helpers.
+"""AdamW (decoupled weight decay, bias-corrected moments, PyTorch's formula), grad-norm and buffer helpers.
 
 Legend: N element count.
 """
@@ -46,3 +46,11 @@ def scale_inplace(x, s):
     f = x.dtype.type(s)
     for i in prange(x.shape[0]):
         x[i] *= f
+
+
+@njit(**PJIT)
+def fill_inplace(x, value):
+    # x (N) = value
+    f = x.dtype.type(value)
+    for i in prange(x.shape[0]):
+        x[i] = f
