@@ -18,10 +18,12 @@ from .gelu import GELU_SCALE, tanh_f32
 from .layernorm import layernorm_row
 from .matmul import ROW_BLOCKS
 
-# Above this many weights a matrix-vector product is split over the threads. Serial below it: at
-# these sizes waking the sleeping thread team (OMP_WAIT_POLICY=PASSIVE, cllm/__init__.py) costs more
-# than the product, and a decode step runs 4 products per layer.
-PARALLEL_MATVEC_MIN = 1 << 22
+# From this many weights on (4 MB in float32) a matrix-vector product is split over the threads.
+# Below it, waking the sleeping thread team (OMP_WAIT_POLICY=PASSIVE, cllm/__init__.py: about 35 us
+# per parallel region, measured) costs more than the second core saves; a decode step runs 4
+# products per layer. Measured on the seed config (6 layers, 256 dims, vocab 5000): 1.15k tokens/s
+# all serial, 1.36k with its LM head (1.28M weights) split.
+PARALLEL_MATVEC_MIN = 1 << 20
 
 
 @njit(**JIT)
