@@ -101,9 +101,14 @@ def test_loss_matches_numpy_softmax(model64):
     assert np.array_equal(m.forward(idx), logits)  # without targets: the same logits
 
 
-@pytest.mark.parametrize("nb", [1, 2])
-def test_kv_cache_decode_equals_forward(nb):
-    cfg = ModelConfig(vocab_size=37, max_seq_len=12, num_layers=2, num_heads=4, embed_dim=32)
+@pytest.mark.parametrize("nb, vocab", [(1, 37), (2, 37), (2, 17000)])
+def test_kv_cache_decode_equals_forward(nb, vocab):
+    # vocab 17000 x 64 dims: an LM head of 1.09M weights, which decode_step splits over the threads
+    from kernels.decode import PARALLEL_MATVEC_MIN
+
+    embed = 32 if vocab < 1000 else 64
+    assert (vocab * embed >= PARALLEL_MATVEC_MIN) == (vocab > 1000)
+    cfg = ModelConfig(vocab_size=vocab, max_seq_len=12, num_layers=2, num_heads=4, embed_dim=embed)
     m = Model(cfg, seed=7)  # float32, as generation runs
     roughen(m, 8, scale=0.1)
     rng = np.random.default_rng(9)
