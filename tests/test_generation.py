@@ -63,6 +63,21 @@ def test_sampling_never_picks_what_top_p_or_top_k_removed():
     assert picks == {0, 1, 2, 3, 4}
 
 
+def test_sampling_frequencies_follow_the_softmax():
+    # 40,000 draws at temperature 1 from logits with known probabilities: every token's frequency
+    # within 5 standard errors of its probability, zero-probability (-inf) tokens never drawn
+    probs = np.array([0.5, 0.25, 0.0, 0.125, 0.0625, 0.0625])
+    logits = np.log(np.where(probs > 0, probs, 1.0))
+    logits[probs == 0] = -np.inf
+    rng = np.random.default_rng(0)
+    cfg = SamplingConfig(temperature=1.0)
+    n = 40_000
+    counts = np.bincount([next_token(logits, cfg, rng, []) for _ in range(n)], minlength=probs.size)
+    assert counts[2] == 0
+    err = np.sqrt(probs * (1 - probs) / n)
+    assert np.all(np.abs(counts / n - probs) <= 5 * err + 1e-12), counts / n
+
+
 def test_temperature_zero_is_argmax_and_repeat_penalty_rule():
     logits = np.array([3.0, 2.9, -1.0, 0.5])
     rng = np.random.default_rng(0)
