@@ -3,7 +3,7 @@ Prints ONE JSON line.
 
   step_vs_T    training step (forward + backward + AdamW) for T in 64..512 (L 4, NH 4, C 128, B 8)
   step_vs_C    the same for C in 64..512 (T 64)
-  decode_vs_pos  milliseconds per generated token at positions 0..511 (batch 1, KV cache, baby GPT)
+  decode_ms_vs_pos  milliseconds per generated token at positions 0..511 (batch 1, KV cache, baby GPT)
 For each point: milliseconds, model FLOPs (6 N per token + 12 L C T per token for attention), and
 `cost_per_flop` = (ms / FLOPs) relative to the first point: a value that climbs means the step grows
 faster than its arithmetic (memory traffic, the T x T attention matrices, cache misses).
@@ -78,8 +78,12 @@ def main():
         t = time.perf_counter()
         model.decode_step(np.array([pos % 65], dtype=np.int32), pos, cache)
         times.append(time.perf_counter() - t)
-    out["decode_ms_vs_pos"] = [{"pos": p, "ms": round(float(np.median(times[max(1, p - 16):p + 16])) * 1e3, 4)}
-                               for p in (16, 64, 128, 256, 384, 496)]
+    # per-token FLOPs: 2 N for the weights + 4 L C (pos + 1) for the attention over the cache
+    n = cfg.num_parameters() - (cfg.padded_vocab_size - cfg.vocab_size) * cfg.embed_dim
+    out["decode_ms_vs_pos"] = curve([
+        {"pos": p, "ms": round(float(np.median(times[max(1, p - 16):p + 16])) * 1e3, 4),
+         "gflop": round((2 * n + 4 * cfg.num_layers * cfg.embed_dim * (p + 1)) / 1e9, 6)}
+        for p in (16, 64, 128, 256, 384, 496)])
     out["loadavg_1min"] = os.getloadavg()[0]
     print(json.dumps(out))
 
