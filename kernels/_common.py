@@ -25,3 +25,8 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 # Common decorator keyword sets: every kernel is cached on disk so that a second process starts fast.
 JIT = dict(cache=True, fastmath=FASTMATH)
 PJIT = dict(cache=True, fastmath=FASTMATH, parallel=True)
+
+# Below this many elements of work, the small elementwise and row kernels run on the calling thread:
+# with passive OpenMP threads every parallel region first wakes the team (about 35 us measured here),
+# more than such a kernel takes on one core. Changes only speed, never results.
+PARALLEL_MIN_WORK = 1 << 17

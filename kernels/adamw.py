@@ -5,29 +5,44 @@ Legend: N element count.
 import numpy as np
 from numba import njit, prange
 
-from ._common import PJIT
+from ._common import JIT, PARALLEL_MIN_WORK, PJIT
+from .matmul import ROW_BLOCKS
+
+
+@njit(**JIT)
+def _adamw_block(params, grads, m, v, b1, b2, decay, step_size, bc2_sqrt, eps):
+    # the update of one contiguous block (all arguments the block's slices, or scalars of their dtype)
+    one = params.dtype.type(1)
+    for i in range(params.size):
+        g = grads[i]
+        mi = b1 * m[i] + (one - b1) * g
+        vi = b2 * v[i] + (one - b2) * g * g
+        m[i] = mi
+        v[i] = vi
+        denom = np.sqrt(vi) / bc2_sqrt + eps
+        params[i] = params[i] * decay - step_size * mi / denom
 
 
 @njit(**PJIT)
 def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, t):
     # params, grads, m, v (N); t is the step number, from 1.
     # p -= lr * (mhat / (sqrt(vhat) + eps) + weight_decay * p), in PyTorch's order of operations.
+    # One contiguous block per thread, or one block on the calling thread for a small tensor.
     dt = params.dtype.type
     b1 = dt(beta1)
     b2 = dt(beta2)
-    one = dt(1)
     decay = dt(1.0 - lr * weight_decay)
     step_size = dt(lr / (1.0 - beta1 ** t))
     bc2_sqrt = dt(np.sqrt(1.0 - beta2 ** t))
     eps_ = dt(eps)
-    for i in prange(params.shape[0]):
-        g = grads[i]
-        mi = b1 * m[i] + (one - b1) * g
-        vi = b2 * v[i] + (one - b2) * g * g
-        m[i] = mi
-        v[i] = vi
-        denom = np.sqrt(vi) / bc2_sqrt + eps_
-        params[i] = params[i] * decay - step_size * mi / denom
+    N = params.shape[0]
+    if N < PARALLEL_MIN_WORK // 4:  # a quarter: an element costs a square root and a division
+        _adamw_block(params, grads, m, v, b1, b2, decay, step_size, bc2_sqrt, eps_)
+        return
+    for blk in prange(ROW_BLOCKS):
+        i0 = blk * N // ROW_BLOCKS
+        i1 = (blk + 1) * N // ROW_BLOCKS
+        _adamw_block(params[i0:i1], grads[i0:i1], m[i0:i1], v[i0:i1], b1, b2, decay, step_size, bc2_sqrt, eps_)
 
 
 @njit(**PJIT)

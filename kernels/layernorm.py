@@ -5,7 +5,7 @@ Legend: B batch, T time, C channels.
 import numpy as np
 from numba import njit, prange
 
-from ._common import JIT, PJIT
+from ._common import JIT, PARALLEL_MIN_WORK, PJIT
 
 
 @njit(**JIT)
@@ -34,38 +34,49 @@ def layernorm_row(out, inp, weight, bias, o, C):
 @njit(**PJIT)
 def layernorm_forward(out, mean, rstd, inp, weight, bias, B, T, C):
     # out, inp (B,T,C);  mean, rstd (B,T) saved for the backward;  weight, bias (C)
+    if B * T * C < PARALLEL_MIN_WORK:
+        for bt in range(B * T):
+            mean[bt], rstd[bt] = layernorm_row(out, inp, weight, bias, bt * C, C)
+        return
     for bt in prange(B * T):
         m, r = layernorm_row(out, inp, weight, bias, bt * C, C)
         mean[bt] = m
         rstd[bt] = r
 
 
+@njit(**JIT)
+def _layernorm_backward_row(dx, x, dy, weight, m, r, C):
+    # dx (C) += the row's input gradient;  x, dy (C) the row's input and output gradient
+    zero = x.dtype.type(0)
+    Cf = x.dtype.type(C)
+    dnorm_mean = zero
+    dnorm_norm_mean = zero
+    for c in range(C):
+        norm = (x[c] - m) * r
+        dnorm = weight[c] * dy[c]
+        dnorm_mean += dnorm
+        dnorm_norm_mean += dnorm * norm
+    dnorm_mean = dnorm_mean / Cf
+    dnorm_norm_mean = dnorm_norm_mean / Cf
+    for c in range(C):
+        norm = (x[c] - m) * r
+        dnorm = weight[c] * dy[c]
+        dx[c] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * r
+
+
 @njit(**PJIT)
 def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, B, T, C):
     # dinp (B,T,C) += ...;  dweight, dbias (C) += ...;  dout, inp (B,T,C);  mean, rstd (B,T)
-    zero = inp.dtype.type(0)
-    Cf = inp.dtype.type(C)
-    # dinp: rows are independent, so they run in parallel.
-    # Rows are slices indexed from 0, which LLVM vectorizes.
-    for bt in prange(B * T):
-        x = inp[bt * C:(bt + 1) * C]
-        dy = dout[bt * C:(bt + 1) * C]
-        dx = dinp[bt * C:(bt + 1) * C]
-        m = mean[bt]
-        r = rstd[bt]
-        dnorm_mean = zero
-        dnorm_norm_mean = zero
-        for c in range(C):
-            norm = (x[c] - m) * r
-            dnorm = weight[c] * dy[c]
-            dnorm_mean += dnorm
-            dnorm_norm_mean += dnorm * norm
-        dnorm_mean = dnorm_mean / Cf
-        dnorm_norm_mean = dnorm_norm_mean / Cf
-        for c in range(C):
-            norm = (x[c] - m) * r
-            dnorm = weight[c] * dy[c]
-            dx[c] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * r
+    # dinp: rows are independent, so they run in parallel (on one thread when small). Rows are
+    # slices indexed from 0, which LLVM vectorizes.
+    if B * T * C < PARALLEL_MIN_WORK:
+        for bt in range(B * T):
+            _layernorm_backward_row(dinp[bt * C:(bt + 1) * C], inp[bt * C:(bt + 1) * C], dout[bt * C:(bt + 1) * C],
+                                    weight, mean[bt], rstd[bt], C)
+    else:
+        for bt in prange(B * T):
+            _layernorm_backward_row(dinp[bt * C:(bt + 1) * C], inp[bt * C:(bt + 1) * C], dout[bt * C:(bt + 1) * C],
+                                    weight, mean[bt], rstd[bt], C)
     # dweight, dbias: every row writes every channel, so this sum is serial over rows.
     dw = dweight[:C]
     db = dbias[:C]

@@ -8,7 +8,7 @@ on this class of CPU. BLAS must run single-threaded
 import numba
 from numba import njit, prange
 
-from ._common import PJIT
+from ._common import JIT, PJIT
 from .blas import NO_TRANS, TRANS, gemm
 
 # Row blocks per matmul: one per core. A constant rather than numba.get_num_threads(), which would
@@ -36,20 +36,14 @@ def matmul_forward(out, inp, weight, bias, B, T, C, OC):
         gemm(NO_TRANS, TRANS, r1 - r0, OC, C, 1, inp, r0 * C, C, weight, 0, C, beta, out, r0 * OC, OC)
 
 
-@njit(**PJIT)
-def bias_backward(dbias, dout, BT, OC):
-    # dbias (OC) += sum over rows of dout (BT,OC); parallel over blocks of columns so that
-    # no two threads write the same dbias element, while each reads rows contiguously.
-    BLK = 64
-    nblk = (OC + BLK - 1) // BLK
-    for blk in prange(nblk):
-        j0 = blk * BLK
-        j1 = min(j0 + BLK, OC)
-        acc = dbias[j0:j1]
-        for r in range(BT):
-            row = dout[r * OC + j0: r * OC + j1]
-            for j in range(j1 - j0):
-                acc[j] += row[j]
+@njit(**JIT)
+def bias_backward_block(dbias, dout, BT, OC, o0, o1):
+    # dbias[o0:o1] += column sums of dout (BT,OC) over its columns o0:o1, reading rows contiguously
+    acc = dbias[o0:o1]
+    for r in range(BT):
+        row = dout[r * OC + o0: r * OC + o1]
+        for j in range(o1 - o0):
+            acc[j] += row[j]
 
 
 @njit(**PJIT)
@@ -58,8 +52,8 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC):
     # dweight (OC,C) += dout^T (OC,BT) @ inp (BT,C)
     # dbias (OC) += column sums of dout;  dinp and dbias may be None
     # gemm with beta = 1 adds straight into the gradients. Each thread takes a block of rows of
-    # dinp and a block of rows (output channels) of dweight, so no two threads write the same
-    # element; a dweight block reads its columns of dout in place (row stride OC).
+    # dinp and a block of rows (output channels) of dweight and dbias, so no two threads write the
+    # same element; a dweight block reads its columns of dout in place (row stride OC).
     BT = B * T
     for blk in prange(ROW_BLOCKS):
         r0 = blk * BT // ROW_BLOCKS
@@ -69,5 +63,5 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC):
         o0 = blk * OC // ROW_BLOCKS
         o1 = (blk + 1) * OC // ROW_BLOCKS
         gemm(TRANS, NO_TRANS, o1 - o0, C, BT, 1, dout, o0, OC, inp, 0, C, 1, dweight, o0 * C, C)
-    if dbias is not None:
-        bias_backward(dbias, dout, BT, OC)
+        if dbias is not None:  # the same block of output channels (one parallel region in all)
+            bias_backward_block(dbias, dout, BT, OC, o0, o1)

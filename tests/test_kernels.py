@@ -609,11 +609,68 @@ def _float64_variables(kernel, *args):
     return sorted(bad)
 
 
+def test_serial_and_parallel_paths_agree():
+    # Small kernels run on the calling thread below PARALLEL_MIN_WORK elements and split over the
+    # threads above it. The same rows computed in one large call (parallel path) and in chunks
+    # below the threshold (serial path) must give identical results.
+    from kernels._common import PARALLEL_MIN_WORK
+
+    rng = np.random.default_rng(0)
+    C = 64
+    rows = 2 * PARALLEL_MIN_WORK // C + 3  # the whole: above the threshold
+    chunk = PARALLEL_MIN_WORK // C // 8  # each piece: below it (also below adamw's quarter)
+    N = rows * C
+    a, b, d = rand(rng, N, dtype=F32), rand(rng, N, dtype=F32), rand(rng, N, dtype=F32)
+    w, bias = rand(rng, C, dtype=F32), rand(rng, C, dtype=F32)
+
+    def pieces(fn):  # fn(r0, r1) on row ranges below the threshold
+        for r0 in range(0, rows, chunk):
+            fn(r0, min(rows, r0 + chunk))
+
+    def span(x, r0, r1, width=C):
+        return x[r0 * width:r1 * width]
+
+    big, small = np.empty(N, F32), np.empty(N, F32)
+    K.residual_forward(big, a, b, N)
+    pieces(lambda r0, r1: K.residual_forward(span(small, r0, r1), span(a, r0, r1), span(b, r0, r1), (r1 - r0) * C))
+    np.testing.assert_array_equal(big, small)
+
+    g1, g2, s1, s2 = a.copy(), b.copy(), a.copy(), b.copy()
+    K.residual_backward(g1, g2, d, N)
+    pieces(lambda r0, r1: K.residual_backward(span(s1, r0, r1), span(s2, r0, r1), span(d, r0, r1), (r1 - r0) * C))
+    np.testing.assert_array_equal(g1, s1)
+    np.testing.assert_array_equal(g2, s2)
+
+    mean, rstd, mean_s, rstd_s = (np.empty(rows, F32) for _ in range(4))
+    K.layernorm_forward(big, mean, rstd, a, w, bias, 1, rows, C)
+    pieces(lambda r0, r1: K.layernorm_forward(span(small, r0, r1), mean_s[r0:r1], rstd_s[r0:r1], span(a, r0, r1),
+                                              w, bias, 1, r1 - r0, C))
+    np.testing.assert_array_equal(big, small)
+    np.testing.assert_array_equal(mean, mean_s)
+
+    dx, dw, db = b.copy(), np.zeros(C, F32), np.zeros(C, F32)
+    sx, sw, sb = b.copy(), np.zeros(C, F32), np.zeros(C, F32)
+    K.layernorm_backward(dx, dw, db, d, a, w, mean, rstd, 1, rows, C)
+    pieces(lambda r0, r1: K.layernorm_backward(span(sx, r0, r1), sw, sb, span(d, r0, r1), span(a, r0, r1), w,
+                                               mean[r0:r1], rstd[r0:r1], 1, r1 - r0, C))
+    np.testing.assert_array_equal(dx, sx)
+    np.testing.assert_array_equal(dw, sw)  # the same additions in the same order (rows, serially)
+    np.testing.assert_array_equal(db, sb)
+
+    p1, m1, v1 = a.copy(), np.abs(b) * 0.1, np.abs(d) * 0.01
+    p2, m2, v2 = p1.copy(), m1.copy(), v1.copy()
+    K.adamw_update(p1, d, m1, v1, 1e-3, 0.9, 0.95, 1e-8, 0.1, 3)
+    pieces(lambda r0, r1: K.adamw_update(span(p2, r0, r1), span(d, r0, r1), span(m2, r0, r1), span(v2, r0, r1),
+                                         1e-3, 0.9, 0.95, 1e-8, 0.1, 3))
+    np.testing.assert_array_equal(p1, p2)
+    np.testing.assert_array_equal(v1, v2)
+
+
 def test_float32_arithmetic_stays_float32():
     from kernels.blas import NO_TRANS, TRANS, gemm
     from kernels.fastexp import exp_shifted
     from kernels.layernorm import layernorm_row
-    from kernels.matmul import bias_backward
+    from kernels.matmul import bias_backward_block
 
     B, T, C, NH, OC, V, Vp = 1, 3, 4, 2, 5, 6, 8
     z = lambda n: np.zeros(n, F32)  # noqa: E731
@@ -627,7 +684,7 @@ def test_float32_arithmetic_stays_float32():
         "layernorm_backward": (K.layernorm_backward, z(12), z(C), z(C), u(12), u(12), u(C), u(3), u(3), B, T, C),
         "matmul_forward": (K.matmul_forward, z(T * OC), u(T * C), u(OC * C), u(OC), B, T, C, OC),
         "matmul_backward": (K.matmul_backward, z(T * C), z(OC * C), z(OC), u(T * OC), u(T * C), u(OC * C), B, T, C, OC),
-        "bias_backward": (bias_backward, z(OC), u(T * OC), T, OC),
+        "bias_backward_block": (bias_backward_block, z(OC), u(T * OC), T, OC, 1, OC),
         "gemm": (gemm, NO_TRANS, TRANS, 2, 3, 4, 1, u(8), 0, 4, u(12), 0, 4, 1, z(6), 0, 3),
         "exp_shifted": (exp_shifted, u(7), F32(0.5), z(7)),
         "attention_forward": (K.attention_forward, z(T * C), z(NH * T * T), z(NH * T * T), u(T * 3 * C), B, T, C, NH),
