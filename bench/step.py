@@ -1,5 +1,5 @@
 """Training and generation speed of the Numba engine, against an identical PyTorch model when torch
-is installed. Prints ONE JSON line.
+is installed. Prints one JSON line per config.
 
   training   tokens/s of forward + backward + AdamW (global-norm clipping) over a (B,T) batch
   generation tokens/s of batch-1 greedy decoding with a KV cache (model.decode_step): 256 new
@@ -285,10 +285,10 @@ def main():
         torch = TorchWorker()  # started before Numba's threads exist
     threads = configure_threads(THREADS)
 
-    result = {"bench": "step", "threads": threads, "peak_flops": PEAK_FLOPS, "python": platform.python_version(),
-              "torch": torch.version if torch else None, "configs": {}}
-    load_before = os.getloadavg()[0]
+    common = {"bench": "step", "threads": threads, "peak_flops": PEAK_FLOPS, "python": platform.python_version(),
+              "torch": torch.version if torch else None}
     for name in args.configs.split(","):
+        load_before = os.getloadavg()[0]
         spec = CONFIGS[name]
         cfg, B, T = spec["cfg"], spec["B"], spec["T"]
         rng = np.random.default_rng(0)
@@ -302,7 +302,8 @@ def main():
             train["torch"](), gen["torch"]()  # build and warm up
         train, gen = best_rates(train, args.rounds), best_rates(gen, args.rounds)
         train_tps, gen_tps = train["numba"], gen["numba"]
-        r = {
+        r = dict(common, config=name)
+        r.update({
             "sizes": dict(L=cfg.num_layers, NH=cfg.num_heads, C=cfg.embed_dim, V=cfg.vocab_size, B=B, T=T),
             "params": real_params(cfg),
             "train_tok_s": round(train_tps, 1),
@@ -310,7 +311,7 @@ def main():
             "train_mfu": round(train_tps * train_flops_per_token(cfg, T) / PEAK_FLOPS, 4),
             "gen_mfu": round(gen_tps * gen_flops(gen_config(cfg), PROMPT - 1, NEW) / NEW / PEAK_FLOPS, 4),
             "loss_first_last": [round(losses[0], 4), round(losses[-1], 4)],
-        }
+        })
         if torch is not None:
             t_train, t_gen = train["torch"], gen["torch"]
             r.update({
@@ -320,12 +321,11 @@ def main():
                 "train_ratio": round(train_tps / t_train, 3),
                 "gen_ratio": round(gen_tps / t_gen, 3),
             })
-        result["configs"][name] = r
+        # other processes on the machine distort every figure: say how busy it was
+        r["loadavg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+        print(json.dumps(r), flush=True)
     if torch is not None:
         torch.close()
-    # other processes on the machine distort every figure: say how busy it was
-    result["loadavg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
-    print(json.dumps(result))
 
 
 if __name__ == "__main__":
