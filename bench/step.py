@@ -1,5 +1,5 @@
 """Training and generation speed of the Numba engine, against an identical PyTorch model when torch
-is installed. Prints one JSON line per config.
+is installed. Prints ONE JSON line with every config, or with --per-config one JSON line per config.
 
   training   tokens/s of forward + backward + AdamW (global-norm clipping) over a (B,T) batch
   generation tokens/s of batch-1 greedy decoding with a KV cache (model.decode_step): 256 new
@@ -13,7 +13,7 @@ is installed. Prints one JSON line per config.
              into one process, Numba's and torch's two OpenMP runtimes slow whichever starts
              second by 2 to 4x (measured), which would make any ratio an artifact
 
-Usage: .venv/bin/python bench/step.py [--configs baby,seed] [--seconds 3] [--rounds 3] [--no-torch]
+Usage: .venv/bin/python bench/step.py [--configs baby,seed] [--seconds 3] [--rounds 3] [--no-torch] [--per-config]
 """
 import os
 import sys
@@ -275,6 +275,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per training measurement")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved measurements per engine (the best counts)")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--per-config", action="store_true", help="one JSON line per config instead of one in all")
     ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.torch_worker:
@@ -287,6 +288,7 @@ def main():
 
     common = {"bench": "step", "threads": threads, "peak_flops": PEAK_FLOPS, "python": platform.python_version(),
               "torch": torch.version if torch else None}
+    results = {}
     for name in args.configs.split(","):
         load_before = os.getloadavg()[0]
         spec = CONFIGS[name]
@@ -323,9 +325,14 @@ def main():
             })
         # other processes on the machine distort every figure: say how busy it was
         r["loadavg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
-        print(json.dumps(r), flush=True)
+        if args.per_config:
+            print(json.dumps(r), flush=True)
+        else:
+            results[name] = {k: v for k, v in r.items() if k not in common and k != "config"}
     if torch is not None:
         torch.close()
+    if not args.per_config:
+        print(json.dumps(dict(common, configs=results)))
 
 
 if __name__ == "__main__":
