@@ -1,8 +1,8 @@
 """Text generation with the KV cache: sampling (temperature, top-k, top-p, repetition penalty),
 greedy decoding, and beam search with length normalization.
 
-Every new token costs one Model.decode_step: O(position) attention plus the weight matrices, never a
-forward over the whole prefix. When the context is full, the last half of it is re-fed into a fresh
+The prompt is fed in one Model.prefill call; every new token then costs one Model.decode_step:
+O(position) attention plus the weight matrices, never a forward over the whole prefix. When the context is full, the last half of it is re-fed into a fresh
 cache (positions are learned and absolute, so the cache cannot simply slide).
 """
 from __future__ import annotations
@@ -103,14 +103,13 @@ class Generator:
         self.eos_id = eos_id
         self.max_len = model.config.max_seq_len
 
-    def _prefill(self, tokens: list[int], nb: int = 1):
-        """A fresh cache holding `tokens` (the last max_len - 1 of them); returns (cache, logits, pos)."""
+    def _prefill(self, tokens: list[int]):
+        """A fresh one-sequence cache holding `tokens` (the last max_len - 1 of them), fed in one
+        Model.prefill call; returns (cache, logits (1,V), pos)."""
         tokens = tokens[-(self.max_len - 1):] if len(tokens) >= self.max_len else tokens
-        cache = self.model.new_kv_cache(nb)
-        logits = None
-        for pos, tok in enumerate(tokens):
-            logits = self.model.decode_step(np.full(nb, tok, dtype=np.int32), pos, cache)
-        return cache, logits, len(tokens)
+        cache = self.model.new_kv_cache(1)
+        logits = self.model.prefill(np.asarray(tokens, dtype=np.int32), 0, cache)
+        return cache, logits[None, :], len(tokens)
 
     def stream(self, prompt: list[int], cfg: SamplingConfig) -> Iterator[int]:
         cfg.validate()
@@ -145,7 +144,7 @@ class Generator:
             raise ConfigError("the prompt is empty; give at least one token")
         if len(prompt) + max_new_tokens > self.max_len:
             max_new_tokens = max(0, self.max_len - min(len(prompt), self.max_len - 1))
-        cache, logits, pos = self._prefill(list(prompt), nb=1)
+        cache, logits, pos = self._prefill(list(prompt))
         C = cache.size
         # start from one beam; caches of all beams live side by side in one (k, ...) array
         beams = [([], 0.0)]  # (tokens, sum log p)

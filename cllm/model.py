@@ -231,9 +231,30 @@ class Model:
         if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
             raise ConfigError(f"token ids must lie in [0, {cfg.vocab_size})")
         logits = np.empty(nb * cfg.vocab_size, dtype=self.dtype)
-        p = self.p
-        K.decode_step(logits, kv_cache, tokens, pos, p["wte"], p["wpe"], p["ln1w"], p["ln1b"], p["qkvw"], p["qkvb"],
-                      p["attprojw"], p["attprojb"], p["ln2w"], p["ln2b"], p["fcw"], p["fcb"], p["fcprojw"],
-                      p["fcprojb"], p["lnfw"], p["lnfb"], nb, cfg.num_layers, cfg.embed_dim, cfg.num_heads,
-                      cfg.max_seq_len, cfg.vocab_size)
+        K.decode_step(logits, kv_cache, tokens, pos, *self._weights(), nb, cfg.num_layers, cfg.embed_dim,
+                      cfg.num_heads, cfg.max_seq_len, cfg.vocab_size)
         return logits.reshape(nb, cfg.vocab_size)
+
+    def prefill(self, tokens, pos0: int, kv_cache: np.ndarray) -> np.ndarray:
+        """Feed one sequence's tokens (n,) at positions pos0..pos0+n-1 in one call (the earlier
+        positions already in kv_cache, a cache for one sequence) and return the logits (V,) for the
+        token after the last: what n decode steps give, with matrix products over all n rows."""
+        cfg = self.config
+        tokens = np.ascontiguousarray(np.atleast_1d(tokens), dtype=np.int32)
+        if tokens.size == 0:
+            raise ConfigError("prefill needs at least one token")
+        if pos0 < 0 or pos0 + tokens.size > cfg.max_seq_len:
+            raise ConfigError(f"positions {pos0}..{pos0 + tokens.size - 1} are outside the model's context of "
+                              f"{cfg.max_seq_len}")
+        if kv_cache.size != cfg.num_layers * cfg.max_seq_len * 2 * cfg.embed_dim:
+            raise ConfigError("prefill takes a cache for one sequence; use new_kv_cache(1)")
+        if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
+            raise ConfigError(f"token ids must lie in [0, {cfg.vocab_size})")
+        logits = np.empty(cfg.vocab_size, dtype=self.dtype)
+        K.prefill(logits, kv_cache, tokens, pos0, *self._weights(), cfg.num_layers, cfg.embed_dim, cfg.num_heads,
+                  cfg.max_seq_len, cfg.vocab_size)
+        return logits
+
+    def _weights(self) -> tuple:
+        """The parameter views in design.md's order, as the decoding kernels take them."""
+        return tuple(self.p[name] for name in self.shapes)

@@ -5,7 +5,7 @@ OC output channels, N element count.
 """
 from .adamw import adamw_update, fill_inplace, grad_norm_squared, scale_inplace
 from .attention import attention_backward, attention_forward
-from .decode import decode_step
+from .decode import decode_step, prefill
 from .encoder import encoder_backward, encoder_forward
 from .gelu import gelu_backward, gelu_forward
 from .layernorm import layernorm_backward, layernorm_forward
@@ -15,7 +15,7 @@ from .softmax import crossentropy_forward, crossentropy_softmax_backward, softma
 
 __all__ = [
     "adamw_update", "grad_norm_squared", "scale_inplace", "fill_inplace",
-    "attention_forward", "attention_backward", "decode_step",
+    "attention_forward", "attention_backward", "decode_step", "prefill",
     "encoder_forward", "encoder_backward", "gelu_forward", "gelu_backward",
     "layernorm_forward", "layernorm_backward", "matmul_forward", "matmul_backward",
     "residual_forward", "residual_backward",

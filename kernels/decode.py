@@ -1,5 +1,5 @@
-"""One decoding step of the whole GPT with a KV cache: the cost of a new token is O(T) attention
-plus the weight matrices, instead of a full forward over the prefix.
+"""Decoding with a KV cache: one step of the whole GPT costs O(T) attention plus the weight matrices,
+instead of a full forward over the prefix. `prefill` feeds a whole prompt in one call.
 
 Legend: nb number of sequences decoded together (1 for sampling, the beam width for beam search),
 L layers, C channels, NH heads, hs = C/NH, maxT maximum sequence length, V vocab, Vp padded vocab.
@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._common import JIT, PJIT
+from .blas import NO_TRANS, TRANS, gemm
 from .fastexp import exp_shifted
 from .gelu import GELU_SCALE, tanh_f32
 from .layernorm import layernorm_row
@@ -113,57 +114,111 @@ def _attend_cached(out, q, keys_t, values, scores, kbuf, scale):
             out[i] += p * v[i]
 
 
+# From this many rows on, a linear layer is one gemm rather than matrix-vector products: prefilling a
+# prompt (or the beam search's wide steps) then reads the weights once per block of rows.
+GEMM_MIN_ROWS = 8
+
+
 @njit(**JIT)
-def decode_step(logits, kvcache, tokens, pos, wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb,
-                ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb, nb, L, C, NH, maxT, V):
-    # logits (nb,V) for the next token of each sequence;  tokens (nb) int32, the tokens at
-    # position `pos` (0-based, < maxT); their k and v are written into kvcache[:, :, pos].
-    # Parameter views are the model's named tensors (design.md's order and shapes).
+def _linear(out, x, weight, bias, R, C, OC):
+    # out (R,OC) = x (R,C) @ weight (OC,C)^T + bias (OC);  bias may be None
+    if R < GEMM_MIN_ROWS:
+        matvec_forward(out, x, weight, bias, R, C, OC)
+        return
+    beta = 0
+    if bias is not None:
+        for r in range(R):
+            out[r * OC:(r + 1) * OC] = bias[:OC]
+        beta = 1
+    gemm(NO_TRANS, TRANS, R, OC, C, 1, x, 0, C, weight, 0, C, beta, out, 0, OC)
+
+
+@njit(**JIT)
+def _forward_rows(logits, kvcache, tokens, seq, pos, wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb,
+                  ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb, R, L, C, NH, maxT, V, first_logit_row):
+    # R rows: row r is token tokens[r] of sequence seq[r] at position pos[r] (int arrays (R)). Every
+    # row's k and v go into its sequence's cache first, then each row attends over its sequence's
+    # positions 0..pos[r] (earlier positions already cached, or rows of this call). logits
+    # (R - first_logit_row, V) for the rows from first_logit_row on.
     hs = C // NH
     C2 = 2 * C
     C3 = 3 * C
     C4 = 4 * C
     dt = wte.dtype
-    x = np.empty(nb * C, dtype=dt)  # residual stream (nb,C)
-    xn = np.empty(nb * C, dtype=dt)  # normalized (nb,C)
-    qkv = np.empty(nb * C3, dtype=dt)  # (nb,3C)
-    atty = np.empty(nb * C, dtype=dt)  # attention output before its projection (nb,C)
-    proj = np.empty(nb * C, dtype=dt)  # (nb,C)
-    hid = np.empty(nb * C4, dtype=dt)  # MLP hidden (nb,4C)
+    x = np.empty(R * C, dtype=dt)  # residual stream (R,C)
+    xn = np.empty(R * C, dtype=dt)  # normalized (R,C)
+    qkv = np.empty(R * C3, dtype=dt)  # (R,3C)
+    atty = np.empty(R * C, dtype=dt)  # attention output before its projection (R,C)
+    proj = np.empty(R * C, dtype=dt)  # (R,C)
+    hid = np.empty(R * C4, dtype=dt)  # MLP hidden (R,4C)
     scores = np.empty(maxT, dtype=dt)  # attention row scratch
     kbuf = np.empty(maxT, dtype=np.float32)  # exp_shifted's scratch
     scale = wte.dtype.type(1) / np.sqrt(wte.dtype.type(hs))
-    head = maxT * hs  # one head's (maxT, hs) block of keys or values
-    for b in range(nb):
-        ix = tokens[b]
+    head = maxT * hs  # one head's block of keys or values
+    for r in range(R):
+        ix = tokens[r]
+        p = pos[r]
         for c in range(C):
-            x[b * C + c] = wte[ix * C + c] + wpe[pos * C + c]
+            x[r * C + c] = wte[ix * C + c] + wpe[p * C + c]
     for l in range(L):
-        _layernorm_rows(xn, x, ln1w[l * C:(l + 1) * C], ln1b[l * C:(l + 1) * C], nb, C)
-        matvec_forward(qkv, xn, qkvw[l * C3 * C:(l + 1) * C3 * C], qkvb[l * C3:(l + 1) * C3], nb, C, C3)
-        for b in range(nb):
-            kbase = (b * L + l) * 2 * NH * head  # this sequence's and layer's keys; values follow
-            vbase = kbase + NH * head
+        _layernorm_rows(xn, x, ln1w[l * C:(l + 1) * C], ln1b[l * C:(l + 1) * C], R, C)
+        _linear(qkv, xn, qkvw[l * C3 * C:(l + 1) * C3 * C], qkvb[l * C3:(l + 1) * C3], R, C, C3)
+        for r in range(R):  # this layer's k (a column of keys_t) and v of every row into the cache
+            kbase = (seq[r] * L + l) * 2 * NH * head  # the sequence's and layer's keys; values follow
+            p = pos[r]
             for h in range(NH):
                 ko = kbase + h * head
-                vo = vbase + h * head
-                q0 = b * C3 + h * hs
-                for i in range(hs):  # this position's k (a column of keys_t) and v into the cache
-                    kvcache[ko + i * maxT + pos] = qkv[q0 + C + i]
-                    kvcache[vo + pos * hs + i] = qkv[q0 + C2 + i]
-                n = pos + 1
-                _attend_cached(atty[b * C + h * hs:b * C + (h + 1) * hs], qkv[q0:q0 + hs],
+                vo = kbase + (NH + h) * head
+                q0 = r * C3 + h * hs
+                for i in range(hs):
+                    kvcache[ko + i * maxT + p] = qkv[q0 + C + i]
+                    kvcache[vo + p * hs + i] = qkv[q0 + C2 + i]
+        for r in range(R):
+            kbase = (seq[r] * L + l) * 2 * NH * head
+            n = pos[r] + 1
+            for h in range(NH):
+                ko = kbase + h * head
+                vo = kbase + (NH + h) * head
+                q0 = r * C3 + h * hs
+                _attend_cached(atty[r * C + h * hs:r * C + (h + 1) * hs], qkv[q0:q0 + hs],
                                kvcache[ko:ko + head].reshape(hs, maxT), kvcache[vo:vo + n * hs].reshape(n, hs),
                                scores[:n], kbuf, scale)
-        matvec_forward(proj, atty, attprojw[l * C * C:(l + 1) * C * C], attprojb[l * C:(l + 1) * C], nb, C, C)
-        for i in range(nb * C):
+        _linear(proj, atty, attprojw[l * C * C:(l + 1) * C * C], attprojb[l * C:(l + 1) * C], R, C, C)
+        for i in range(R * C):
             x[i] += proj[i]
-        _layernorm_rows(xn, x, ln2w[l * C:(l + 1) * C], ln2b[l * C:(l + 1) * C], nb, C)
-        matvec_forward(hid, xn, fcw[l * C4 * C:(l + 1) * C4 * C], fcb[l * C4:(l + 1) * C4], nb, C, C4)
-        _gelu_inplace(hid, nb * C4)
-        matvec_forward(proj, hid, fcprojw[l * C * C4:(l + 1) * C * C4], fcprojb[l * C:(l + 1) * C], nb, C4, C)
-        for i in range(nb * C):
+        _layernorm_rows(xn, x, ln2w[l * C:(l + 1) * C], ln2b[l * C:(l + 1) * C], R, C)
+        _linear(hid, xn, fcw[l * C4 * C:(l + 1) * C4 * C], fcb[l * C4:(l + 1) * C4], R, C, C4)
+        _gelu_inplace(hid, R * C4)
+        _linear(proj, hid, fcprojw[l * C * C4:(l + 1) * C * C4], fcprojb[l * C:(l + 1) * C], R, C4, C)
+        for i in range(R * C):
             x[i] += proj[i]
-    _layernorm_rows(xn, x, lnfw, lnfb, nb, C)
+    nl = R - first_logit_row
+    _layernorm_rows(xn, x[first_logit_row * C:], lnfw, lnfb, nl, C)
     # tied LM head: only the V real rows of wte (Vp,C)
-    matvec_forward(logits, xn, wte[: V * C], None, nb, C, V)
+    matvec_forward(logits, xn, wte[: V * C], None, nl, C, V)
+
+
+@njit(**JIT)
+def decode_step(logits, kvcache, tokens, pos, wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb,
+                ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb, nb, L, C, NH, maxT, V):
+    # logits (nb,V) for the next token of each sequence;  tokens (nb) int32, the tokens at
+    # position `pos` (0-based, < maxT); their k and v are written into kvcache at `pos`.
+    # Parameter views are the model's named tensors (design.md's order and shapes).
+    seq = np.arange(nb)
+    positions = np.full(nb, pos)
+    _forward_rows(logits, kvcache, tokens, seq, positions, wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb,
+                  ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb, nb, L, C, NH, maxT, V, 0)
+
+
+@njit(**JIT)
+def prefill(logits, kvcache, tokens, pos0, wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb,
+            ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb, L, C, NH, maxT, V):
+    # One sequence: tokens (n) int32 at positions pos0..pos0+n-1 (< maxT) in one call, their k and v
+    # written into kvcache (positions before pos0 must hold the earlier tokens); logits (V) for the
+    # token after the last. The same results as n decode steps, with the linear layers as matrix
+    # products over all n rows.
+    n = tokens.size
+    seq = np.zeros(n, dtype=np.int64)
+    positions = pos0 + np.arange(n)
+    _forward_rows(logits, kvcache, tokens, seq, positions, wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb,
+                  ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb, n, L, C, NH, maxT, V, n - 1)

@@ -191,18 +191,26 @@ def test_eos_stops_generation(loaded):
 
 
 class _Counter:
+    """Records decode steps as (sequences, position) and prefills as ("prefill", tokens, first position)."""
+
     def __init__(self, monkeypatch):
         self.calls = []
         original = Model.decode_step
+        original_prefill = Model.prefill
 
         def decode_step(model, tokens, pos, cache):
             self.calls.append((int(np.size(tokens)), pos))
             return original(model, tokens, pos, cache)
 
+        def prefill(model, tokens, pos0, cache):
+            self.calls.append(("prefill", int(np.size(tokens)), pos0))
+            return original_prefill(model, tokens, pos0, cache)
+
         def no_forward(*a, **k):
             raise AssertionError("generation ran a full forward instead of the KV cache")
 
         monkeypatch.setattr(Model, "decode_step", decode_step)
+        monkeypatch.setattr(Model, "prefill", prefill)
         monkeypatch.setattr(Model, "forward", no_forward)
 
 
@@ -212,18 +220,19 @@ def test_kv_cache_one_decode_step_per_token_and_no_forward(loaded, monkeypatch):
     counter = _Counter(monkeypatch)
     out = list(Generator(model).stream(prompt, SamplingConfig(max_new_tokens=6, temperature=0.8, seed=1)))
     assert len(out) == 6
-    n = len(prompt) + len(out)
-    # each token is fed once, at its own position, one sequence at a time: the work per token is one
-    # position's matrices plus attention over the cache, never the whole prefix again
-    assert len(counter.calls) in (n - 1, n)
-    assert counter.calls == [(1, p) for p in range(len(counter.calls))]
+    # the prompt is fed once, in one prefill; then each new token once, at its own position, one
+    # sequence at a time: the work per token is one position's matrices plus attention over the
+    # cache, never the whole prefix again
+    assert counter.calls[0] == ("prefill", len(prompt), 0)
+    steps = counter.calls[1:]
+    assert len(steps) in (len(out) - 1, len(out))
+    assert steps == [(1, len(prompt) + i) for i in range(len(steps))]
 
     counter.calls.clear()
     beams = Generator(model, eos_id=None).beam_search(prompt, beam_width=3, max_new_tokens=5)
     assert len(beams) == 3
-    feeds = [c for c in counter.calls if c[0] == 1]
-    assert feeds == [(1, p) for p in range(len(prompt))]  # the prompt, once
-    steps = [c for c in counter.calls if c[0] != 1]
+    assert counter.calls[0] == ("prefill", len(prompt), 0)  # the prompt, once
+    steps = counter.calls[1:]
     assert len(steps) <= 4 and [p for _, p in steps] == list(range(len(prompt), len(prompt) + len(steps)))
     assert all(nb == 3 for nb, _ in steps)
 
@@ -234,7 +243,10 @@ def test_generation_past_the_context_keeps_going_without_forward(loaded, monkeyp
     counter = _Counter(monkeypatch)
     out = list(Generator(model, eos_id=None).stream(tok.encode("the cat"), greedy(3 * max_len)))
     assert len(out) == 3 * max_len
-    assert all(0 <= p < max_len and nb == 1 for nb, p in counter.calls)
+    steps = [c for c in counter.calls if c[0] != "prefill"]
+    refills = [c for c in counter.calls if c[0] == "prefill"]
+    assert all(0 <= p < max_len and nb == 1 for nb, p in steps)
+    assert len(refills) >= 3 and all(p0 == 0 and 0 < n < max_len for _, n, p0 in refills)
 
 
 def test_cut_at_stop():

@@ -123,6 +123,39 @@ def test_kv_cache_decode_equals_forward(nb, vocab):
         assert err <= 1e-5, f"position {pos}: decode differs from forward by {err:g}"
 
 
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+def test_prefill_equals_forward_and_decode_continues(dtype, tol):
+    # a prompt fed in one prefill gives the forward's logits at its last position; decode steps then
+    # continue from the cache it wrote; a second prefill can continue a cache too (pos0 > 0). 12
+    # tokens: more than GEMM_MIN_ROWS, so the linear layers run as matrix products.
+    from kernels.decode import GEMM_MIN_ROWS
+
+    cfg = ModelConfig(vocab_size=37, max_seq_len=20, num_layers=2, num_heads=4, embed_dim=32)
+    m = Model(cfg, seed=5, dtype=dtype)
+    roughen(m, 6, scale=0.1)
+    seq = np.random.default_rng(2).integers(0, cfg.vocab_size, (1, cfg.max_seq_len)).astype(np.int32)
+    full = np.array(m.forward(seq)[0], dtype=np.float64)  # (T, V)
+    n = 12
+    assert n >= GEMM_MIN_ROWS
+    cache = m.new_kv_cache(1)
+    np.testing.assert_allclose(m.prefill(seq[0, :n], 0, cache), full[n - 1], rtol=tol, atol=tol)
+    for pos in range(n, 16):
+        np.testing.assert_allclose(m.decode_step(seq[0, pos], pos, cache)[0], full[pos], rtol=tol, atol=tol)
+    np.testing.assert_allclose(m.prefill(seq[0, 16:], 16, cache), full[-1], rtol=tol, atol=tol)
+    # one token at a time through prefill is decode_step
+    cache2 = m.new_kv_cache(1)
+    for pos in range(3):
+        np.testing.assert_allclose(m.prefill(seq[0, pos], pos, cache2), full[pos], rtol=tol, atol=tol)
+    with pytest.raises(ConfigError):
+        m.prefill(seq[0, :5], 16, cache)  # past the context
+    with pytest.raises(ConfigError):
+        m.prefill(np.zeros(0, np.int32), 0, cache)
+    with pytest.raises(ConfigError):
+        m.prefill([1, 2], 0, m.new_kv_cache(2))  # one sequence only
+    with pytest.raises(ConfigError):
+        m.prefill([1, 37], 0, cache)  # token id out of range
+
+
 def test_kv_cache_decode_float64_and_errors():
     cfg = ModelConfig(vocab_size=13, max_seq_len=5, num_layers=1, num_heads=1, embed_dim=3)
     m = Model(cfg, seed=3, dtype=np.float64)
