@@ -347,6 +347,7 @@ def test_exp_shifted():
 @example(B=1, T=1, NH=1, hs=1, seed=0)
 @example(B=1, T=5, NH=1, hs=1, seed=1)  # head size 1
 @example(B=2, T=4, NH=3, hs=3, seed=2)  # C = 9
+@example(B=1, T=70, NH=2, hs=3, seed=3)  # three causal blocks of 32 rows, the last one partial
 def test_attention(B, T, NH, hs, seed):
     rng = np.random.default_rng(seed)
     C = NH * hs
