@@ -167,27 +167,29 @@ class Model:
         B, T = self.B, self.T
         L, C, NH, V, Vp = cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.vocab_size, cfg.padded_vocab_size
         p, g, a, ga = self.p, self.g, self.a, self.ga
-        K.fill_inplace(self.grad_acts, 0.0)  # every kernel below adds into these (parallel: ~600 MB at the seed size)
+        # The activation gradients are not zeroed: the first kernel to write each one overwrites it
+        # (overwrite=True; it writes every element), the later ones add, as the contract says.
+        # Zeroing them cost a pass over ~550 MB per step at the seed config's size.
         ga["losses"][:] = self.dtype.type(1.0 / (B * T))  # d(mean)/d(each loss)
-        K.crossentropy_softmax_backward(ga["logits"], ga["losses"], a["probs"], self.targets, B, T, V, Vp)
-        K.matmul_backward(ga["lnf"], g["wte"], None, ga["logits"], a["lnf"], p["wte"], B, T, C, Vp)
+        K.crossentropy_softmax_backward(ga["logits"], ga["losses"], a["probs"], self.targets, B, T, V, Vp, True)
+        K.matmul_backward(ga["lnf"], g["wte"], None, ga["logits"], a["lnf"], p["wte"], B, T, C, Vp, True)
         last = self._layer_acts(a, L - 1)["residual3"]
         dlast = self._layer_acts(ga, L - 1)["residual3"]
-        K.layernorm_backward(dlast, g["lnfw"], g["lnfb"], ga["lnf"], last, p["lnfw"], a["lnf_mean"], a["lnf_rstd"], B, T, C)
+        K.layernorm_backward(dlast, g["lnfw"], g["lnfb"], ga["lnf"], last, p["lnfw"], a["lnf_mean"], a["lnf_rstd"], B, T, C, True)
         for l in reversed(range(L)):
             pl, gl = self._layer(p, l), self._layer(g, l)
             al, gal = self._layer_acts(a, l), self._layer_acts(ga, l)
             residual = a["encoded"] if l == 0 else self._layer_acts(a, l - 1)["residual3"]
             dresidual = ga["encoded"] if l == 0 else self._layer_acts(ga, l - 1)["residual3"]
-            K.residual_backward(gal["residual2"], gal["fcproj"], gal["residual3"], B * T * C)
-            K.matmul_backward(gal["fch_gelu"], gl["fcprojw"], gl["fcprojb"], gal["fcproj"], al["fch_gelu"], pl["fcprojw"], B, T, 4 * C, C)
-            K.gelu_backward(gal["fch"], al["fch"], gal["fch_gelu"], B * T * 4 * C)
-            K.matmul_backward(gal["ln2"], gl["fcw"], gl["fcb"], gal["fch"], al["ln2"], pl["fcw"], B, T, C, 4 * C)
+            K.residual_backward(gal["residual2"], gal["fcproj"], gal["residual3"], B * T * C, True)
+            K.matmul_backward(gal["fch_gelu"], gl["fcprojw"], gl["fcprojb"], gal["fcproj"], al["fch_gelu"], pl["fcprojw"], B, T, 4 * C, C, True)
+            K.gelu_backward(gal["fch"], al["fch"], gal["fch_gelu"], B * T * 4 * C, True)
+            K.matmul_backward(gal["ln2"], gl["fcw"], gl["fcb"], gal["fch"], al["ln2"], pl["fcw"], B, T, C, 4 * C, True)
             K.layernorm_backward(gal["residual2"], gl["ln2w"], gl["ln2b"], gal["ln2"], al["residual2"], pl["ln2w"], al["ln2_mean"], al["ln2_rstd"], B, T, C)
-            K.residual_backward(dresidual, gal["attproj"], gal["residual2"], B * T * C)
-            K.matmul_backward(gal["atty"], gl["attprojw"], gl["attprojb"], gal["attproj"], al["atty"], pl["attprojw"], B, T, C, C)
-            K.attention_backward(gal["qkv"], None, None, gal["atty"], al["qkv"], al["att"], B, T, C, NH)
-            K.matmul_backward(gal["ln1"], gl["qkvw"], gl["qkvb"], gal["qkv"], al["ln1"], pl["qkvw"], B, T, C, 3 * C)
+            K.residual_backward(dresidual, gal["attproj"], gal["residual2"], B * T * C, True)
+            K.matmul_backward(gal["atty"], gl["attprojw"], gl["attprojb"], gal["attproj"], al["atty"], pl["attprojw"], B, T, C, C, True)
+            K.attention_backward(gal["qkv"], None, None, gal["atty"], al["qkv"], al["att"], B, T, C, NH, True)
+            K.matmul_backward(gal["ln1"], gl["qkvw"], gl["qkvb"], gal["qkv"], al["ln1"], pl["qkvw"], B, T, C, 3 * C, True)
             K.layernorm_backward(dresidual, gl["ln1w"], gl["ln1b"], gal["ln1"], residual, pl["ln1w"], al["ln1_mean"], al["ln1_rstd"], B, T, C)
         K.encoder_backward(g["wte"], g["wpe"], ga["encoded"], self.inputs, B, T, C)
 

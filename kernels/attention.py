@@ -64,8 +64,9 @@ def attention_forward(out, preatt, att, inp, B, T, C, NH):
 
 
 @njit(**PJIT)
-def attention_backward(dinp, dpreatt, datt, dout, inp, att, B, T, C, NH):
-    # dinp (B,T,3C) += ...;  dpreatt, datt (B,NH,T,T) += ...;  dout (B,T,C);  inp (B,T,3C);
+def attention_backward(dinp, dpreatt, datt, dout, inp, att, B, T, C, NH, overwrite=False):
+    # dinp (B,T,3C) += ... (= with overwrite: what it held is ignored; each element of dinp is
+    # written by exactly one product);  dpreatt, datt (B,NH,T,T) += ...;  dout (B,T,C);  inp (B,T,3C);
     # dpreatt and datt may be None: the model reads neither, and skipping them saves writing (and
     # zeroing) two (B,NH,T,T) arrays per layer.
     # att (B,NH,T,T). O(T^2 hs) per head, with BLAS for the four products:
@@ -77,6 +78,7 @@ def attention_backward(dinp, dpreatt, datt, dout, inp, att, B, T, C, NH):
     C3 = 3 * C
     dt = inp.dtype.type
     scale = dt(1) / np.sqrt(dt(hs))
+    beta = 0 if overwrite else 1
     for bh in prange(B * NH):  # parallel over (b, h): each writes only its own head's slices
         b = bh // NH
         h = bh % NH
@@ -90,8 +92,8 @@ def attention_backward(dinp, dpreatt, datt, dout, inp, att, B, T, C, NH):
             # dP rows r0..r1-1, keys 0..r1-1 (the rest is masked below)
             gemm(NO_TRANS, TRANS, r1 - r0, r1, hs, 1, dout, y0 + r0 * C, C, inp, q0 + 2 * C, C3, 0, dPf, r0 * T, T)
             # dv rows r0..r1-1 += P[r0:, r0:r1]^T dy[r0:]: only queries at or after a key attend to it
-            gemm(TRANS, NO_TRANS, r1 - r0, hs, T - r0, 1, att, bh * T * T + r0 * T + r0, T, dout, y0 + r0 * C, C, 1,
-                 dinp, q0 + 2 * C + r0 * C3, C3)
+            gemm(TRANS, NO_TRANS, r1 - r0, hs, T - r0, 1, att, bh * T * T + r0 * T + r0, T, dout, y0 + r0 * C, C,
+                 beta, dinp, q0 + 2 * C + r0 * C3, C3)
         a0 = bh * T * T
         for t in range(T):  # rows as slices indexed from 0 (vectorized)
             prow = P[t]
@@ -114,7 +116,7 @@ def attention_backward(dinp, dpreatt, datt, dout, inp, att, B, T, C, NH):
                 dtail[i] = dt(0)
         for r0 in range(0, T, CAUSAL_BLOCK):  # the same two triangles for dq and dk
             r1 = min(T, r0 + CAUSAL_BLOCK)
-            gemm(NO_TRANS, NO_TRANS, r1 - r0, hs, r1, scale, dPf, r0 * T, T, inp, q0 + C, C3, 1,
+            gemm(NO_TRANS, NO_TRANS, r1 - r0, hs, r1, scale, dPf, r0 * T, T, inp, q0 + C, C3, beta,
                  dinp, q0 + r0 * C3, C3)
-            gemm(TRANS, NO_TRANS, r1 - r0, hs, T - r0, scale, dPf, r0 * T + r0, T, inp, q0 + r0 * C3, C3, 1,
+            gemm(TRANS, NO_TRANS, r1 - r0, hs, T - r0, scale, dPf, r0 * T + r0, T, inp, q0 + r0 * C3, C3, beta,
                  dinp, q0 + C + r0 * C3, C3)

@@ -67,8 +67,8 @@ def gelu_grad(x, th, s, k3, half, one):
 
 
 @njit(**PJIT)
-def gelu_backward(dinp, inp, dout, N):
-    # dinp (N) += gelu'(inp) * dout
+def gelu_backward(dinp, inp, dout, N, overwrite=False):
+    # dinp (N) += gelu'(inp) * dout  (= with overwrite: what dinp held is ignored, NaN included)
     s = inp.dtype.type(GELU_SCALE)
     k = inp.dtype.type(0.044715)
     k3 = inp.dtype.type(3.0 * 0.044715)
@@ -78,9 +78,11 @@ def gelu_backward(dinp, inp, dout, N):
         for i in prange(N):
             x = inp[i]
             th = tanh_f32(s * (x + k * x * x * x))
-            dinp[i] += gelu_grad(x, th, s, k3, half, one) * dout[i]
+            g = gelu_grad(x, th, s, k3, half, one) * dout[i]
+            dinp[i] = g if overwrite else dinp[i] + g
     else:
         for i in prange(N):
             x = inp[i]
             th = np.tanh(s * (x + k * x * x * x))
-            dinp[i] += gelu_grad(x, th, s, k3, half, one) * dout[i]
+            g = gelu_grad(x, th, s, k3, half, one) * dout[i]
+            dinp[i] = g if overwrite else dinp[i] + g

@@ -45,8 +45,8 @@ def layernorm_forward(out, mean, rstd, inp, weight, bias, B, T, C):
 
 
 @njit(**JIT)
-def _layernorm_backward_row(dx, x, dy, weight, m, r, C):
-    # dx (C) += the row's input gradient;  x, dy (C) the row's input and output gradient
+def _layernorm_backward_row(dx, x, dy, weight, m, r, C, overwrite):
+    # dx (C) += the row's input gradient (= with overwrite);  x, dy (C) the row's input and output gradient
     zero = x.dtype.type(0)
     Cf = x.dtype.type(C)
     dnorm_mean = zero
@@ -61,22 +61,24 @@ def _layernorm_backward_row(dx, x, dy, weight, m, r, C):
     for c in range(C):
         norm = (x[c] - m) * r
         dnorm = weight[c] * dy[c]
-        dx[c] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * r
+        v = (dnorm - dnorm_mean - norm * dnorm_norm_mean) * r
+        dx[c] = v if overwrite else dx[c] + v
 
 
 @njit(**PJIT)
-def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, B, T, C):
+def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, B, T, C, overwrite=False):
     # dinp (B,T,C) += ...;  dweight, dbias (C) += ...;  dout, inp (B,T,C);  mean, rstd (B,T)
+    # overwrite: dinp = ... instead (what it held is ignored); dweight and dbias still accumulate
     # dinp: rows are independent, so they run in parallel (on one thread when small). Rows are
     # slices indexed from 0, which LLVM vectorizes.
     if B * T * C < PARALLEL_MIN_WORK:
         for bt in range(B * T):
             _layernorm_backward_row(dinp[bt * C:(bt + 1) * C], inp[bt * C:(bt + 1) * C], dout[bt * C:(bt + 1) * C],
-                                    weight, mean[bt], rstd[bt], C)
+                                    weight, mean[bt], rstd[bt], C, overwrite)
     else:
         for bt in prange(B * T):
             _layernorm_backward_row(dinp[bt * C:(bt + 1) * C], inp[bt * C:(bt + 1) * C], dout[bt * C:(bt + 1) * C],
-                                    weight, mean[bt], rstd[bt], C)
+                                    weight, mean[bt], rstd[bt], C, overwrite)
     # dweight, dbias: every row writes every channel, so this sum is serial over rows.
     dw = dweight[:C]
     db = dbias[:C]

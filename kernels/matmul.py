@@ -47,19 +47,20 @@ def bias_backward_block(dbias, dout, BT, OC, o0, o1):
 
 
 @njit(**PJIT)
-def matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC):
-    # dinp (B,T,C) += dout (B,T,OC) @ weight (OC,C)
+def matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, overwrite=False):
+    # dinp (B,T,C) += dout (B,T,OC) @ weight (OC,C)  (= with overwrite: what dinp held is ignored)
     # dweight (OC,C) += dout^T (OC,BT) @ inp (BT,C)
     # dbias (OC) += column sums of dout;  dinp and dbias may be None
     # gemm with beta = 1 adds straight into the gradients. Each thread takes a block of rows of
     # dinp and a block of rows (output channels) of dweight and dbias, so no two threads write the
     # same element; a dweight block reads its columns of dout in place (row stride OC).
     BT = B * T
+    beta = 0 if overwrite else 1  # for dinp; dweight and dbias always accumulate
     for blk in prange(ROW_BLOCKS):
         r0 = blk * BT // ROW_BLOCKS
         r1 = (blk + 1) * BT // ROW_BLOCKS
         if dinp is not None:
-            gemm(NO_TRANS, NO_TRANS, r1 - r0, C, OC, 1, dout, r0 * OC, OC, weight, 0, C, 1, dinp, r0 * C, C)
+            gemm(NO_TRANS, NO_TRANS, r1 - r0, C, OC, 1, dout, r0 * OC, OC, weight, 0, C, beta, dinp, r0 * C, C)
         o0 = blk * OC // ROW_BLOCKS
         o1 = (blk + 1) * OC // ROW_BLOCKS
         gemm(TRANS, NO_TRANS, o1 - o0, C, BT, 1, dout, o0, OC, inp, 0, C, 1, dweight, o0 * C, C)

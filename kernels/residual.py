@@ -15,10 +15,11 @@ def _add(out, inp1, inp2):
 
 
 @njit(**JIT)
-def _add_to_both(dinp1, dinp2, dout):
+def _add_to_both(dinp1, dinp2, dout, overwrite):
     for i in range(dout.size):
-        dinp1[i] += dout[i]
-        dinp2[i] += dout[i]
+        d = dout[i]
+        dinp1[i] = d if overwrite else dinp1[i] + d
+        dinp2[i] = d if overwrite else dinp2[i] + d
 
 
 @njit(**PJIT)
@@ -34,12 +35,12 @@ def residual_forward(out, inp1, inp2, N):
 
 
 @njit(**PJIT)
-def residual_backward(dinp1, dinp2, dout, N):
-    # dinp1, dinp2 (N) += dout (N)
+def residual_backward(dinp1, dinp2, dout, N, overwrite=False):
+    # dinp1, dinp2 (N) += dout (N)  (= with overwrite: what they held is ignored)
     if N < PARALLEL_MIN_WORK:
-        _add_to_both(dinp1[:N], dinp2[:N], dout[:N])
+        _add_to_both(dinp1[:N], dinp2[:N], dout[:N], overwrite)
         return
     for blk in prange(ROW_BLOCKS):
         i0 = blk * N // ROW_BLOCKS
         i1 = (blk + 1) * N // ROW_BLOCKS
-        _add_to_both(dinp1[i0:i1], dinp2[i0:i1], dout[i0:i1])
+        _add_to_both(dinp1[i0:i1], dinp2[i0:i1], dout[i0:i1], overwrite)

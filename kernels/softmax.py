@@ -38,8 +38,9 @@ def crossentropy_forward(losses, probs, targets, B, T, Vp):
 
 
 @njit(**PJIT)
-def crossentropy_softmax_backward(dlogits, dlosses, probs, targets, B, T, V, Vp):
-    # dlogits (B,T,Vp) += (probs - onehot(target)) * dlosses;  only the first V columns
+def crossentropy_softmax_backward(dlogits, dlosses, probs, targets, B, T, V, Vp, overwrite=False):
+    # dlogits (B,T,Vp) += (probs - onehot(target)) * dlosses;  only the first V columns. With
+    # overwrite, = instead of += (what dlogits held is ignored) and the padded columns are set to 0.
     one = probs.dtype.type(1)
     zero = probs.dtype.type(0)
     for bt in prange(B * T):
@@ -48,4 +49,9 @@ def crossentropy_softmax_backward(dlogits, dlosses, probs, targets, B, T, V, Vp)
         p = probs[bt * Vp:bt * Vp + V]
         g = dlogits[bt * Vp:bt * Vp + V]
         for i in range(V):  # one add per element (adding p d, then subtracting d, would round twice)
-            g[i] += (p[i] - (one if i == ix else zero)) * d
+            v = (p[i] - (one if i == ix else zero)) * d
+            g[i] = v if overwrite else g[i] + v
+        if overwrite:
+            pad = dlogits[bt * Vp + V:(bt + 1) * Vp]
+            for i in range(Vp - V):
+                pad[i] = zero

@@ -667,6 +667,50 @@ def test_serial_and_parallel_paths_agree():
     np.testing.assert_array_equal(v1, v2)
 
 
+@pytest.mark.parametrize("dtype", [F64, F32])
+def test_backward_overwrite_ignores_what_the_output_held(dtype):
+    # overwrite=True (the model's first write into each activation gradient) must give exactly what
+    # accumulating into zeros gives, whatever the buffer held before (NaN here); the gradients that
+    # keep accumulating (dweight, dbias) are unchanged by the flag
+    rng = np.random.default_rng(0)
+    B, T, C, NH, OC, V, Vp = 2, 5, 6, 2, 7, 9, 16
+    N = B * T
+    r = lambda n: rand(rng, n, dtype=dtype)  # noqa: E731
+    inp, w, dout, dout_oc = r(N * C), r(OC * C), r(N * C), r(N * OC)
+    qkv, att_in = r(N * 3 * C), np.zeros(B * NH * T * T, dtype)
+    K.attention_forward(np.empty(N * C, dtype), np.empty(B * NH * T * T, dtype), att_in, qkv, B, T, C, NH)
+    probs = np.abs(r(N * Vp))
+    targets = rng.integers(0, V, N).astype(np.int32)
+    mean, rstd = np.empty(N, dtype), np.empty(N, dtype)
+    K.layernorm_forward(np.empty(N * C, dtype), mean, rstd, inp, w[:C], w[C:2 * C], B, T, C)
+    cases = {  # kernel call given (output buffer, extra accumulated buffers) -> None
+        "matmul": (N * C, lambda o, acc, ow: K.matmul_backward(o, acc[0], acc[1], dout_oc, inp, w, B, T, C, OC, ow),
+                   [OC * C, OC]),
+        "layernorm": (N * C, lambda o, acc, ow: K.layernorm_backward(o, acc[0], acc[1], dout, inp, w[:C], mean, rstd,
+                                                                     B, T, C, ow), [C, C]),
+        "gelu": (N * C, lambda o, acc, ow: K.gelu_backward(o, inp, dout, N * C, ow), []),
+        "attention": (N * 3 * C, lambda o, acc, ow: K.attention_backward(o, None, None, dout, qkv, att_in, B, T, C,
+                                                                         NH, ow), []),
+        "crossentropy": (N * Vp, lambda o, acc, ow: K.crossentropy_softmax_backward(o, r(N), probs, targets, B, T, V,
+                                                                                    Vp, ow), []),
+    }
+    for name, (size, call, acc_sizes) in cases.items():
+        state = rng.bit_generator.state
+        ref, ref_acc = np.zeros(size, dtype), [np.full(n, 0.5, dtype) for n in acc_sizes]
+        call(ref, ref_acc, False)
+        rng.bit_generator.state = state  # the same random dlosses for crossentropy
+        out, out_acc = np.full(size, np.nan, dtype), [np.full(n, 0.5, dtype) for n in acc_sizes]
+        call(out, out_acc, True)
+        np.testing.assert_array_equal(out, ref, err_msg=name)
+        for a, b in zip(out_acc, ref_acc):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    # residual: both outputs overwritten
+    d1, d2 = np.full(N * C, np.nan, dtype), np.full(N * C, np.nan, dtype)
+    K.residual_backward(d1, d2, dout, N * C, True)
+    np.testing.assert_array_equal(d1, dout)
+    np.testing.assert_array_equal(d2, dout)
+
+
 def test_float32_arithmetic_stays_float32():
     from kernels.blas import NO_TRANS, TRANS, gemm
     from kernels.fastexp import exp_shifted

@@ -156,6 +156,27 @@ def test_prefill_equals_forward_and_decode_continues(dtype, tol):
         m.prefill([1, 37], 0, cache)  # token id out of range
 
 
+def test_backward_ignores_stale_activation_gradients():
+    # the backward overwrites each activation gradient at its first write instead of zeroing the
+    # buffer first: NaN left in every activation-gradient element must not reach any gradient
+    cfg = ModelConfig(vocab_size=37, max_seq_len=8, num_layers=2, num_heads=2, embed_dim=16)
+    m = Model(cfg, seed=3)
+    roughen(m, 5, scale=0.1)
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, cfg.vocab_size, (3, 8)).astype(np.int32)
+    y = rng.integers(0, cfg.vocab_size, (3, 8)).astype(np.int32)
+    m.zero_grad()
+    m.forward(x, y)
+    m.backward()
+    clean = m.grads.copy()
+    m.grad_acts[:] = np.nan
+    m.zero_grad()
+    m.forward(x, y)
+    m.backward()
+    assert np.all(np.isfinite(m.grads))
+    np.testing.assert_array_equal(m.grads, clean)
+
+
 def test_kv_cache_decode_float64_and_errors():
     cfg = ModelConfig(vocab_size=13, max_seq_len=5, num_layers=1, num_heads=1, embed_dim=3)
     m = Model(cfg, seed=3, dtype=np.float64)
