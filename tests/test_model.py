@@ -101,7 +101,7 @@ def test_loss_matches_numpy_softmax(model64):
     assert np.array_equal(m.forward(idx), logits)  # without targets: the same logits
 
 
-@pytest.mark.parametrize("nb, vocab", [(1, 37), (2, 37), (2, 17000)])
+@pytest.mark.parametrize("nb, vocab", [(1, 37), (2, 37), (9, 37), (2, 17000)])  # 9: the gemm path
 def test_kv_cache_decode_equals_forward(nb, vocab):
     # vocab 17000 x 64 dims: an LM head of 1.09M weights, which decode_step splits over the threads
     from kernels.decode import PARALLEL_MATVEC_MIN
