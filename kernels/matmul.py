@@ -1,9 +1,9 @@
 """Fully connected layer: out = inp @ weight^T + bias, through BLAS's gemm (kernels/blas.py).
 
 Legend: B batch, T time, C input channels, OC output channels.
-BLAS's sgemm (SciPy's, the one NumPy's np.dot uses) is 1.5x faster than a hand-blocked Numba loop
-on this class of CPU. BLAS must run single-threaded
-(cllm.runtime.configure_threads does it): the kernels split the rows over Numba's threads.
+BLAS's sgemm (SciPy's, the one np.dot calls inside Numba code) is 1.5x faster than a hand-blocked
+Numba loop on this class of CPU. BLAS must run single-threaded (cllm.runtime.configure_threads does
+it): the kernels split the rows over Numba's threads.
 """
 import numba
 from numba import njit, prange
