@@ -12,7 +12,7 @@ from numba import njit, prange
 
 from ._common import PJIT
 from .blas import NO_TRANS, TRANS, gemm
-from .fastexp import exp_shifted
+from .fastexp import softmax_row
 
 
 # Rows per block of the causal products: block i needs only the keys up to its last row, so with
@@ -45,13 +45,7 @@ def attention_forward(out, preatt, att, inp, B, T, C, NH):
             n = t + 1
             srow = S[t]
             prow = P[t]
-            maxval = dt(-np.inf)
-            for t2 in range(n):
-                maxval = max(maxval, srow[t2])
-                prow[t2] = srow[t2]
-            inv = dt(1) / exp_shifted(prow[:n], maxval, kbuf)
-            for t2 in range(n):
-                prow[t2] *= inv
+            softmax_row(prow[:n], srow[:n], kbuf)
             stail = srow[n:]  # the causal mask: the future gets score 0 and probability 0
             ptail = prow[n:]
             for i in range(T - n):

@@ -14,7 +14,7 @@ from numba import njit, prange
 
 from ._common import JIT, PJIT
 from .blas import NO_TRANS, TRANS, gemm
-from .fastexp import exp_shifted
+from .fastexp import softmax_row
 from .gelu import GELU_SCALE, tanh_f32
 from .layernorm import layernorm_row
 from .matmul import ROW_BLOCKS
@@ -101,14 +101,11 @@ def _attend_cached(out, q, keys_t, values, scores, kbuf, scale):
         qi = q[i] * scale
         for t in range(n):
             scores[t] += krow[t] * qi
-    maxval = dt(-np.inf)
-    for t in range(n):
-        maxval = max(maxval, scores[t])
-    inv = dt(1) / exp_shifted(scores, maxval, kbuf)
+    softmax_row(scores, scores, kbuf)
     for i in range(hs):
         out[i] = dt(0)
     for t in range(n):
-        p = scores[t] * inv
+        p = scores[t]
         v = values[t]
         for i in range(hs):
             out[i] += p * v[i]

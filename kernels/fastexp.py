@@ -54,3 +54,17 @@ def exp_shifted(x, shift, kbuf):
     for i in range(n):
         total += x[i]
     return total
+
+
+@njit(**JIT)
+def softmax_row(dst, src, kbuf):
+    # dst (n) = softmax(src (n)), shifted by the row's maximum; dst may be src itself;
+    # kbuf (>= n) float32 scratch for exp_shifted. Shared by the training softmaxes and decoding.
+    dt = dst.dtype.type
+    maxval = dt(-np.inf)
+    for i in range(src.size):
+        maxval = max(maxval, src[i])
+        dst[i] = src[i]
+    inv = dt(1) / exp_shifted(dst, maxval, kbuf)
+    for i in range(dst.size):
+        dst[i] *= inv

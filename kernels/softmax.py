@@ -6,7 +6,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._common import PJIT
-from .fastexp import exp_shifted
+from .fastexp import softmax_row
 
 
 @njit(**PJIT)
@@ -16,16 +16,9 @@ def softmax_forward(probs, logits, B, T, V, Vp):
     # o + i (it cannot prove o + i >= 0).
     dt = logits.dtype.type
     for bt in prange(B * T):
-        row = logits[bt * Vp:bt * Vp + V]
         out = probs[bt * Vp:(bt + 1) * Vp]
         kbuf = np.empty(V, dtype=np.float32)
-        maxval = dt(-np.inf)
-        for i in range(V):
-            maxval = max(maxval, row[i])
-            out[i] = row[i]
-        inv = dt(1) / exp_shifted(out[:V], maxval, kbuf)
-        for i in range(V):
-            out[i] *= inv
+        softmax_row(out[:V], logits[bt * Vp:bt * Vp + V], kbuf)
         for i in range(V, Vp):
             out[i] = dt(0)
 
