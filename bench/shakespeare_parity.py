@@ -28,25 +28,16 @@ from cllm.optim import AdamW  # noqa: E402
 from cllm.runtime import configure_threads  # noqa: E402
 from cllm.training import BatchSampler, TrainConfig, evaluate_tokens, load_dataset, lr_at  # noqa: E402
 
-
-def torch_loss(P, cfg, x, y):
-    """The GPT-2 forward of design.md in PyTorch; P holds CLLM's tensors by name."""
-    V, L, NH, C = cfg.vocab_size, cfg.num_layers, cfg.num_heads, cfg.embed_dim
-    Bn, Tn = x.shape
-    h = P["wte"][x] + P["wpe"][:Tn]  # the residual stream (B,T,C)
-    for l in range(L):
-        a = F.layer_norm(h, (C,), P["ln1w"][l], P["ln1b"][l])
-        q, k, v = F.linear(a, P["qkvw"][l], P["qkvb"][l]).split(C, dim=-1)
-        q, k, v = (t.view(Bn, Tn, NH, C // NH).transpose(1, 2) for t in (q, k, v))
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(Bn, Tn, C)
-        h = h + F.linear(a, P["attprojw"][l], P["attprojb"][l])
-        a = F.layer_norm(h, (C,), P["ln2w"][l], P["ln2b"][l])
-        h = h + F.linear(F.gelu(F.linear(a, P["fcw"][l], P["fcb"][l]), approximate="tanh"), P["fcprojw"][l], P["fcprojb"][l])
-    logits = F.layer_norm(h, (C,), P["lnfw"], P["lnfb"]) @ P["wte"][:V].T
-    return F.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from step import torch_model  # noqa: E402  (the same PyTorch GPT the speed benchmark runs)
 
 
-def torch_val(P, cfg, tokens, B, T):
+def torch_loss(forward, cfg, x, y):
+    """Mean cross-entropy of bench/step.py's PyTorch GPT (design.md's model) on a batch."""
+    return F.cross_entropy(forward(x).reshape(-1, cfg.vocab_size), y.reshape(-1))
+
+
+def torch_val(forward, cfg, tokens, B, T):
     """evaluate_tokens's windows (every non-overlapping window of T+1 tokens), in PyTorch."""
     n = (len(tokens) - 1) // T
     total = 0.0
@@ -54,7 +45,7 @@ def torch_val(P, cfg, tokens, B, T):
         for first in range(0, n, B):
             idx = range(first, min(first + B, n))
             w = torch.from_numpy(np.stack([np.asarray(tokens[i * T:i * T + T + 1], dtype=np.int64) for i in idx]))
-            total += float(torch_loss(P, cfg, w[:, :-1], w[:, 1:])) * len(idx)
+            total += float(torch_loss(forward, cfg, w[:, :-1], w[:, 1:])) * len(idx)
     return total / n
 
 
@@ -74,8 +65,10 @@ def main():
     cfg = ModelConfig(vocab_size=tokenizer.vocab_size, max_seq_len=T, num_layers=4, num_heads=4, embed_dim=128)
     model = Model(cfg, seed=args.seed)
     opt = AdamW(lr=tc.learning_rate, beta1=tc.beta1, beta2=tc.beta2, weight_decay=tc.weight_decay, grad_clip=tc.grad_clip)
-    P = {name: torch.nn.Parameter(torch.tensor(np.array(model.p[name]).reshape(shape)))
-         for name, shape in model.shapes.items()}
+    P, forward, _, _ = torch_model(torch, cfg)
+    with torch.no_grad():  # the same starting weights as CLLM's
+        for name, shape in model.shapes.items():
+            P[name].copy_(torch.from_numpy(np.array(model.p[name]).reshape(shape)))
     topt = torch.optim.AdamW([{"params": [P[n] for n in P if n in MATRIX_PARAMS], "weight_decay": tc.weight_decay},
                               {"params": [P[n] for n in P if n not in MATRIX_PARAMS], "weight_decay": 0.0}],
                              lr=tc.learning_rate, betas=(tc.beta1, tc.beta2), eps=1e-8)
@@ -93,7 +86,7 @@ def main():
         t = time.perf_counter()
         for g in topt.param_groups:
             g["lr"] = lr
-        tl = torch_loss(P, cfg, torch.from_numpy(x.astype(np.int64)), torch.from_numpy(y.astype(np.int64)))
+        tl = torch_loss(forward, cfg, torch.from_numpy(x.astype(np.int64)), torch.from_numpy(y.astype(np.int64)))
         topt.zero_grad(set_to_none=True)
         tl.backward()
         torch.nn.utils.clip_grad_norm_(list(P.values()), tc.grad_clip)
@@ -101,7 +94,7 @@ def main():
         t_torch += time.perf_counter() - t
         if (step + 1) % args.eval_interval == 0 or step + 1 == args.steps:
             cv = evaluate_tokens(model, val_tokens, B, T)
-            tv = torch_val(P, cfg, val_tokens, B, T)
+            tv = torch_val(forward, cfg, val_tokens, B, T)
             wdiff = max(float(np.max(np.abs(np.array(model.p[n]).reshape(s) - P[n].detach().numpy())))
                         for n, s in model.shapes.items())
             print(json.dumps({"step": step + 1, "cllm_val": round(cv, 5), "torch_val": round(tv, 5),
