@@ -9,7 +9,8 @@ not nanoGPT's code) and prints, for each seed, both figures: the 20-batch estima
 and the loss over the whole validation split, so the two can be compared fairly.
 
 torch is not a CLLM dependency: `.venv/bin/pip install torch==2.13.0` (a local CPU wheel), then
-  .venv/bin/python bench/nanogpt_reference.py [--seeds 1337,1,2] [--bias]
+  .venv/bin/python bench/nanogpt_reference.py [--seeds 1337,1,2] [--bias] [--beta2 0.99] [--weight-decay 0.1]
+      [--grad-clip 1.0]
 Prints one JSON line per seed.
 """
 import argparse
@@ -81,6 +82,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="1337")
     ap.add_argument("--bias", action="store_true", help="biases in LayerNorm and Linear (CLLM's GPT-2 layout)")
+    ap.add_argument("--beta2", type=float, default=0.99, help="AdamW's beta2 (nanoGPT's recipe: 0.99)")
+    ap.add_argument("--weight-decay", type=float, default=0.1, help="on matrices (nanoGPT's recipe: 0.1)")
+    ap.add_argument("--grad-clip", type=float, default=1.0, help="global norm; 0: none (nanoGPT's recipe: 1.0)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     text = open(DATA, encoding="utf-8").read()
@@ -95,8 +99,8 @@ def main():
         model = GPT(len(chars), args.bias)
         decay = [p for p in model.parameters() if p.dim() >= 2]
         other = [p for p in model.parameters() if p.dim() < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
-                                lr=LR, betas=(0.9, 0.99))
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                 {"params": other, "weight_decay": 0.0}], lr=LR, betas=(0.9, args.beta2))
 
         def batch(data):
             ix = torch.randint(len(data) - T, (B,))
@@ -110,7 +114,8 @@ def main():
             loss = model(x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            if args.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
             opt.step()
         wall = time.perf_counter() - t0
         model.eval()
@@ -121,7 +126,8 @@ def main():
             xs = val[:nw * T].view(nw, T)
             ys = val[1:nw * T + 1].view(nw, T)
             full = sum(float(model(xs[i:i + 64], ys[i:i + 64])) * len(xs[i:i + 64]) for i in range(0, nw, 64)) / nw
-        print(json.dumps({"seed": seed, "bias": args.bias, "val_loss_20_batches": round(est, 4),
+        print(json.dumps({"seed": seed, "bias": args.bias, "beta2": args.beta2, "weight_decay": args.weight_decay,
+                          "grad_clip": args.grad_clip, "val_loss_20_batches": round(est, 4),
                           "val_loss_whole_split": round(full, 4), "train_s": round(wall, 1)}), flush=True)
 
 

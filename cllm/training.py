@@ -38,10 +38,16 @@ class TrainConfig:
     learning_rate: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 100
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
+    # Optimizer defaults measured on the README's Shakespeare run (validation loss, 5 seeds; the
+    # README's table): nanoGPT's weight decay 0.1, clip 1.0 and beta2 0.99 average 1.902. Weight
+    # decay 0 (these runs underfit), beta2 0.999 (768 tokens per step give noisy gradients: a longer
+    # average of their squares) and a clip of 5 (the gradient norm sits at 1.5-2.3 in the second
+    # half, so a clip of 1 rescaled every step; 5 stays as a guard against spikes) average 1.873,
+    # every seed better by 0.02 to 0.04.
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0
     beta1: float = 0.9
-    beta2: float = 0.99
+    beta2: float = 0.999
     epochs: float = 1.0
     max_steps: int | None = None
     max_time: float | None = None  # seconds

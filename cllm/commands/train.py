@@ -13,8 +13,8 @@ def main(data=None, *, tokenizer=None, vocab_size=None, embed_dim=None, num_laye
 
     Model: --embed-dim 128 --num-layers 4 --num-heads 4 --seq-len 64 (the context length), --tokenizer
     char|word|bpe with --vocab-size (word/bpe). Optimization: --batch-size 12 --learning-rate 1e-3
-    --min-lr 1e-4 (cosine decay) --warmup-steps 100 --weight-decay 0.1 --grad-clip 1.0 --beta1 0.9
-    --beta2 0.99. Length: --max-steps or --max-time SECONDS end training; with neither, --epochs
+    --min-lr 1e-4 (cosine decay) --warmup-steps 100 --weight-decay 0 --grad-clip 5 (0: none) --beta1 0.9
+    --beta2 0.999. Length: --max-steps or --max-time SECONDS end training; with neither, --epochs
     (default 1; an epoch is as many tokens as the training split holds). Logging: --eval-interval 250
     (validation over the whole split), --sample-interval 500 with --sample-prompt, --checkpoint-interval
     500, --keep-last 3, --checkpoint-dir checkpoints/run (metrics.jsonl, loss.png, step_NNNNNN/,
