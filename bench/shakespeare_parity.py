@@ -89,7 +89,8 @@ def main():
         tl = torch_loss(forward, cfg, torch.from_numpy(x.astype(np.int64)), torch.from_numpy(y.astype(np.int64)))
         topt.zero_grad(set_to_none=True)
         tl.backward()
-        torch.nn.utils.clip_grad_norm_(list(P.values()), tc.grad_clip)
+        if tc.grad_clip > 0:  # 0: no clipping, as in CLLM's AdamW
+            torch.nn.utils.clip_grad_norm_(list(P.values()), tc.grad_clip)
         topt.step()
         t_torch += time.perf_counter() - t
         if (step + 1) % args.eval_interval == 0 or step + 1 == args.steps:
