@@ -13,11 +13,10 @@ import numpy as np
 from numba import njit, prange
 
 from ._common import JIT, PJIT
-from .blas import NO_TRANS, TRANS, gemm
 from .fastexp import softmax_row
 from .gelu import GELU_SCALE, tanh_f32
 from .layernorm import layernorm_row
-from .matmul import ROW_BLOCKS
+from .matmul import ROW_BLOCKS, matmul_forward
 
 # From this many weights on (4 MB in float32) a matrix-vector product is split over the threads.
 # Below it, waking the sleeping thread team (OMP_WAIT_POLICY=PASSIVE, cllm/__init__.py: about 35 us
@@ -111,8 +110,9 @@ def _attend_cached(out, q, keys_t, values, scores, kbuf, scale):
             out[i] += p * v[i]
 
 
-# From this many rows on, a linear layer is one gemm rather than matrix-vector products: prefilling a
-# prompt (or the beam search's wide steps) then reads the weights once per block of rows.
+# From this many rows on, a linear layer is the training forward's matmul (row blocks over the
+# threads, one gemm each) rather than matrix-vector products: prefilling a prompt (or the beam
+# search's wide steps) then reads the weights once per block of rows.
 GEMM_MIN_ROWS = 8
 
 
@@ -121,13 +121,8 @@ def _linear(out, x, weight, bias, R, C, OC):
     # out (R,OC) = x (R,C) @ weight (OC,C)^T + bias (OC);  bias may be None
     if R < GEMM_MIN_ROWS:
         matvec_forward(out, x, weight, bias, R, C, OC)
-        return
-    beta = 0
-    if bias is not None:
-        for r in range(R):
-            out[r * OC:(r + 1) * OC] = bias[:OC]
-        beta = 1
-    gemm(NO_TRANS, TRANS, R, OC, C, 1, x, 0, C, weight, 0, C, beta, out, 0, OC)
+    else:
+        matmul_forward(out, x, weight, bias, 1, R, C, OC)
 
 
 @njit(**JIT)
