@@ -227,16 +227,14 @@ class Model:
         """Feed tokens (nb,) at position pos (every earlier position already in kv_cache) and
         return the next-token logits (nb, V); O(pos) attention work per token, not O(pos^2)."""
         cfg = self.config
-        tokens = np.ascontiguousarray(np.atleast_1d(tokens), dtype=np.int32)
+        tokens = self._token_array(tokens)
         nb = tokens.size
         if not 0 <= pos < cfg.max_seq_len:
             raise ConfigError(f"position {pos} is outside the model's context of {cfg.max_seq_len}")
         if kv_cache.size != nb * cfg.num_layers * cfg.max_seq_len * 2 * cfg.embed_dim:
             raise ConfigError("kv_cache does not match the number of sequences; use new_kv_cache(nb)")
-        if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
-            raise ConfigError(f"token ids must lie in [0, {cfg.vocab_size})")
         logits = np.empty(nb * cfg.vocab_size, dtype=self.dtype)
-        K.decode_step(logits, kv_cache, tokens, pos, *self._weights(), nb, cfg.num_layers, cfg.embed_dim,
+        K.decode_step(logits, kv_cache, tokens, pos, *self._weight_views, nb, cfg.num_layers, cfg.embed_dim,
                       cfg.num_heads, cfg.max_seq_len, cfg.vocab_size)
         return logits.reshape(nb, cfg.vocab_size)
 
@@ -245,21 +243,22 @@ class Model:
         positions already in kv_cache, a cache for one sequence) and return the logits (V,) for the
         token after the last: what n decode steps give, with matrix products over all n rows."""
         cfg = self.config
-        tokens = np.ascontiguousarray(np.atleast_1d(tokens), dtype=np.int32)
-        if tokens.size == 0:
-            raise ConfigError("prefill needs at least one token")
+        tokens = self._token_array(tokens)
         if pos0 < 0 or pos0 + tokens.size > cfg.max_seq_len:
             raise ConfigError(f"positions {pos0}..{pos0 + tokens.size - 1} are outside the model's context of "
                               f"{cfg.max_seq_len}")
         if kv_cache.size != cfg.num_layers * cfg.max_seq_len * 2 * cfg.embed_dim:
             raise ConfigError("prefill takes a cache for one sequence; use new_kv_cache(1)")
-        if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
-            raise ConfigError(f"token ids must lie in [0, {cfg.vocab_size})")
         logits = np.empty(cfg.vocab_size, dtype=self.dtype)
-        K.prefill(logits, kv_cache, tokens, pos0, *self._weights(), cfg.num_layers, cfg.embed_dim, cfg.num_heads,
-                  cfg.max_seq_len, cfg.vocab_size)
+        K.prefill(logits, kv_cache, tokens, pos0, *self._weight_views, cfg.num_layers, cfg.embed_dim,
+                  cfg.num_heads, cfg.max_seq_len, cfg.vocab_size)
         return logits
 
-    def _weights(self) -> tuple:
-        """The parameter views in design.md's order, as the decoding kernels take them."""
-        return self._weight_views
+    def _token_array(self, tokens) -> np.ndarray:
+        """tokens (an id or ids) as a contiguous int32 array (n,), n >= 1, every id in the vocabulary."""
+        tokens = np.ascontiguousarray(np.atleast_1d(tokens), dtype=np.int32)
+        if tokens.size == 0:
+            raise ConfigError("no tokens to feed")
+        if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
+            raise ConfigError(f"token ids must lie in [0, {self.config.vocab_size})")
+        return tokens
