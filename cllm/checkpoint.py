@@ -24,7 +24,7 @@ import numpy as np
 
 from cllm.config import ModelConfig
 from cllm.errors import CheckpointError, ConfigError
-from cllm.fileio import default_mode, fsync_dir, fsync_path
+from cllm.fileio import default_mode, fsync_path
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -75,7 +75,7 @@ def save_checkpoint(directory: str, name: str, model, optimizer=None, tokenizer=
         for fname in os.listdir(tmp):
             os.chmod(os.path.join(tmp, fname), default_mode())  # safetensors writes 0600
             fsync_path(os.path.join(tmp, fname))
-        fsync_dir(tmp)
+        fsync_path(tmp)
         final = os.path.join(directory, name)
         if os.path.isdir(final):  # re-saving a step (a resume from an older checkpoint of this run):
             # the old one is renamed away first, so that `latest` never points at a half-deleted directory
@@ -83,7 +83,7 @@ def save_checkpoint(directory: str, name: str, model, optimizer=None, tokenizer=
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
         os.replace(tmp, final)
-        fsync_dir(directory)
+        fsync_path(directory)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return final
@@ -101,7 +101,7 @@ def set_pointer(directory: str, pointer: str, target_name: str) -> None:
         os.unlink(tmp)
     os.symlink(target_name, tmp)
     os.replace(tmp, os.path.join(directory, pointer))
-    fsync_dir(directory)
+    fsync_path(directory)
 
 
 def remove_stale_temporaries(directory: str) -> None:

@@ -25,9 +25,6 @@ def fsync_path(path: str) -> None:
         os.close(fd)
 
 
-fsync_dir = fsync_path
-
-
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "wb", encoding: str | None = None):
     """Open a temporary file next to `path`; on a clean exit it replaces `path` atomically."""
@@ -40,7 +37,7 @@ def atomic_open(path: str, mode: str = "wb", encoding: str | None = None):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        fsync_dir(directory)
+        fsync_path(directory)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
