@@ -2,8 +2,9 @@
 greedy decoding, and beam search with length normalization.
 
 The prompt is fed in one Model.prefill call; every new token then costs one Model.decode_step:
-O(position) attention plus the weight matrices, never a forward over the whole prefix. When the context is full, the last half of it is re-fed into a fresh
-cache (positions are learned and absolute, so the cache cannot simply slide).
+O(position) attention plus the weight matrices, never a forward over the whole prefix. When the
+context is full, the last half of it is re-fed into a fresh cache (positions are learned and
+absolute, so the cache cannot simply slide).
 """
 from __future__ import annotations
 

@@ -23,8 +23,9 @@ CAUSAL_BLOCK = 32
 @njit(**PJIT)
 def attention_forward(out, preatt, att, inp, B, T, C, NH):
     # out (B,T,C);  preatt, att (B,NH,T,T);  inp (B,T,3C)
-    # Per (b, h): S = q k^T / sqrt(hs) (the full square; its upper half is then masked), a causal
-    # softmax row by row, and out = att @ v. BLAS runs single-threaded inside each parallel iteration.
+    # Per (b, h): S = q k^T / sqrt(hs) in causal blocks of rows (each up to its last key; what lies
+    # above the diagonal is then set to 0), a causal softmax row by row, and out = att @ v in the
+    # same blocks. BLAS runs single-threaded inside each parallel iteration.
     hs = C // NH
     C3 = 3 * C
     dt = inp.dtype.type
