@@ -22,9 +22,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # stop working.
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
-# Common decorator keyword sets: every kernel is cached on disk so that a second process starts fast.
-JIT = dict(cache=True, fastmath=FASTMATH)
-PJIT = dict(cache=True, fastmath=FASTMATH, parallel=True)
+# Common decorator keyword sets: every kernel is cached on disk so that a second process starts fast,
+# and releases the GIL while it runs, so that other Python threads go on meanwhile (the server's
+# event loop while a worker decodes, cllm/serve/engine.py). Numba's on-disk cache is keyed on the
+# kernel's own source file, not on these flags: after changing them, delete kernels/__pycache__.
+JIT = dict(cache=True, fastmath=FASTMATH, nogil=True)
+PJIT = dict(cache=True, fastmath=FASTMATH, parallel=True, nogil=True)
 
 # Below this many elements of work, the small elementwise and row kernels run on the calling thread:
 # with passive OpenMP threads every parallel region first wakes the team (about 35 us measured here),

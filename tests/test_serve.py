@@ -389,6 +389,32 @@ async def test_concurrent_requests_all_complete_and_match_serial(make_client):
     assert [body["choices"][0]["text"] for _, body in results[:3]] == serial
 
 
+async def test_streamed_text_arrives_while_it_is_generated(aiohttp_client, tmp_path_factory):
+    # an untrained 256-dim, 8-layer model: 300 tokens take a few hundred milliseconds. (With kernels
+    # that held the GIL, the event loop did not run until the worker was done, and all the text came
+    # in one chunk at the end.)
+    from cllm.serve import Engine, ServerSettings, create_app
+    from serve_helpers import random_checkpoint
+
+    engine = Engine.load(str(random_checkpoint(tmp_path_factory, embed_dim=256, num_layers=8, num_heads=4)))
+    engine.warm_up()
+    client = await aiohttp_client(create_app(engine, ServerSettings()))
+    t0 = time.monotonic()
+    r = await client.post("/v1/completions", json={"prompt": "the", "max_tokens": 300, "seed": 3, "stream": True})
+    arrivals = []  # (seconds since the request, characters received so far), one per chunk with text
+    received = 0
+    async for line in r.content:
+        if line.startswith(b"data: {"):
+            text = json.loads(line[len(b"data: "):])["choices"][0]["text"]
+            if text:
+                received += len(text)
+                arrivals.append((time.monotonic() - t0, received))
+    assert received == 300
+    end = arrivals[-1][0]
+    early = [n for t, n in arrivals if t < end / 2]
+    assert len(early) >= 2, arrivals  # pieces of the text arrived during the first half of the generation
+
+
 def test_incremental_text_equals_full_decoding():
     import random
 
@@ -494,3 +520,43 @@ async def test_the_official_openai_client_works(make_client, engine):
     with pytest.raises(AuthenticationError):
         await AsyncOpenAI(base_url=base, api_key="wrong", max_retries=0).models.list()
     await oai.close()
+
+
+_CONCURRENT_RUNS = """
+import sys, threading
+from cllm.serve import Engine
+from cllm.serve.engine import CompletionRequest
+engine = Engine.load(sys.argv[1])
+if sys.argv[2] == "unguarded":
+    engine._turns = __import__("contextlib").nullcontext()
+errors = []
+def work(seed):
+    try:
+        for i in range(6):  # prompts of 40 characters: prefill's parallel matrix products
+            engine.run(CompletionRequest(prompts=["the cat sat on the mat and ran far away "], max_tokens=20,
+                                         seed=seed + i), threading.Event(), lambda *a: None)
+    except Exception as exc:
+        errors.append(exc)
+threads = [threading.Thread(target=work, args=(s,)) for s in (0, 100)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print("requests", engine.stats["requests"], "errors", errors)
+"""
+
+
+def test_requests_take_turns_under_numbas_workqueue_layer(tmp_path_factory):
+    # workqueue (Numba's layer where neither libgomp nor TBB is installed) aborts the process when
+    # two threads launch parallel kernels at once; the engine then runs one request at a time
+    import subprocess
+    import sys
+
+    from serve_helpers import random_checkpoint
+
+    ckpt = random_checkpoint(tmp_path_factory, embed_dim=256, num_layers=8, num_heads=4)
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue"}
+    result = subprocess.run([sys.executable, "-c", _CONCURRENT_RUNS, str(ckpt), "guarded"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "requests 13 errors []" in result.stdout, result.stdout  # 12 and the warm-up

@@ -9,11 +9,14 @@ thread (the server calls it from a thread pool, off the event loop) and reports 
 `cancel` (a threading.Event) is checked before every token: a client that went away stops its
 generation within one decoding step.
 
-Thread safety: Model.decode_step only reads the parameters and writes into the caller's KV cache and
-fresh arrays, so several threads may decode at once. The kernels hold the GIL while they run (they
-are not compiled with nogil=True), so threads interleave between kernel calls rather than run in
-parallel; one decoding step of a small model is well under a millisecond, which keeps the event
-loop responsive (bench/serve.py measures /health latency under load).
+Thread safety: Model.decode_step and prefill only read the parameters and write into the caller's
+KV cache and fresh arrays, so several threads may decode at once. The kernels release the GIL while
+they run (nogil=True, kernels/_common.py): generations on two workers use two cores, and the event
+loop runs while a worker decodes. (Holding it, a worker that called one kernel per token kept the
+loop from running for the whole generation: a streamed reply arrived in one piece at the end.)
+Numba's fallback threading layer, workqueue (used where neither OpenMP's libgomp nor TBB is
+installed), aborts the process when two threads launch parallel kernels at once; there the
+requests take turns (see warm_up).
 """
 from __future__ import annotations
 
@@ -55,7 +58,9 @@ class Engine:
         self.created = int(os.path.getmtime(checkpoint_path)) if os.path.exists(checkpoint_path) else int(time.time())
         self.context = model.config.max_seq_len
         self.generator = Generator(model, eos_id=tokenizer.eos_id)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # for stats
+        self._warm_lock = threading.Lock()
+        self._turns = None  # set by warm_up: a lock that requests hold while generating, or a no-op
         self.threads: int | None = None  # Numba threads of each worker thread (None: Numba's default)
         self.stats = {"requests": 0, "cancelled": 0, "completion_tokens": 0}
 
@@ -79,9 +84,23 @@ class Engine:
             numba.set_num_threads(self.threads)
 
     def warm_up(self) -> None:
-        """Compile (or load from Numba's cache) the decoding kernels before the first request."""
-        cancel = threading.Event()
-        self.run(CompletionRequest(prompts=[""], max_tokens=2, temperature=0.0), cancel, lambda *a: None)
+        """Compile (or load from Numba's cache) the decoding kernels before the first request, and
+        find out whether requests may generate at once (the first parallel kernel picks Numba's
+        threading layer). run() calls it when nobody did."""
+        import contextlib
+
+        import numba
+
+        with self._warm_lock:
+            if self._turns is not None:
+                return
+            self._run(CompletionRequest(prompts=[""], max_tokens=2, temperature=0.0), threading.Event(),
+                      lambda *a: None)
+            try:  # set once a parallel kernel was loaded, which the model's first step does
+                layer = numba.threading_layer()
+            except ValueError:
+                layer = None
+            self._turns = contextlib.nullcontext() if layer in ("omp", "tbb") else threading.Lock()
 
     def describe(self) -> dict:
         cfg = self.model.config
@@ -103,6 +122,12 @@ class Engine:
 
     def run(self, req: CompletionRequest, cancel: threading.Event, emit) -> dict:
         """Run every choice of `req`; returns {"prompt_tokens", "completion_tokens", "cancelled"}."""
+        if self._turns is None:
+            self.warm_up()
+        with self._turns:
+            return self._run(req, cancel, emit)
+
+    def _run(self, req: CompletionRequest, cancel: threading.Event, emit) -> dict:
         from cllm.generation import SamplingConfig
 
         self._count("requests")
