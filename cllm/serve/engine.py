@@ -116,6 +116,11 @@ class Engine:
 
         return encode_prompt(self.tokenizer, prompt, self.context, lambda msg: None)
 
+    def stats_now(self) -> dict:
+        """A copy of the counters (of requests finished: tokens are counted when a request ends)."""
+        with self._lock:
+            return dict(self.stats)
+
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
             self.stats[key] += n

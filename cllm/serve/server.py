@@ -1,6 +1,7 @@
 """The HTTP server: an OpenAI-style completions API, health, model list and a small page.
 
-    GET  /health            {"status": "ok", "model": ..., "active": n, "queued": m}   (no auth)
+    GET  /health            {"status": "ok", "model": ..., "active": n, "queued": m, "stats": {"requests",
+                            "cancelled", "completion_tokens"} of the requests finished}   (no auth)
     GET  /v1/models         {"object": "list", "data": [{"id": ..., "object": "model", ...}]}
     GET  /v1/models/ID      that one model (404 for another id)
     POST /v1/completions    OpenAI's completions request/response; "stream": true sends
@@ -10,7 +11,8 @@
 Generation runs in a thread pool (Engine.run), never on the event loop. At most
 `max_concurrent` requests generate at once; up to `max_queue` more wait for a slot; beyond that a
 request gets 429 with Retry-After. A client that disconnects (while queued or generating) sets its
-cancel event, and the worker stops before its next token. Every error is OpenAI's JSON shape
+cancel event, and the worker stops before its next token; the log gets one line
+("... disconnected: generation ID cancelled after N tokens"). Every error is OpenAI's JSON shape
 {"error": {"message", "type", "param", "code"}}. The request's "model" may be any string (tools send
 their own default names): the server has one model and answers with its id.
 """
@@ -21,6 +23,7 @@ import collections
 import dataclasses
 import hmac
 import json
+import logging
 import math
 import mimetypes
 import os
@@ -35,6 +38,7 @@ from cllm.serve.engine import CompletionRequest, Engine
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+LOG = logging.getLogger("cllm.serve")  # no handler: Python prints warnings as the bare message on stderr
 
 
 @dataclasses.dataclass
@@ -250,7 +254,7 @@ async def health(request):
     sched: Scheduler = app[SCHEDULER]
     return web.json_response({"status": "ok", "model": app[ENGINE].model_id, "active": sched.active,
                               "queued": sched.queued, "auth_required": bool(app[SETTINGS].api_key),
-                              "max_tokens_cap": app[SETTINGS].max_tokens_cap})
+                              "max_tokens_cap": app[SETTINGS].max_tokens_cap, "stats": app[ENGINE].stats_now()})
 
 
 async def models(request):
@@ -323,7 +327,7 @@ async def completions(request):
                 "model": engine.model_id}
         if req.stream:
             return await _stream(request, req, events, future, cancel, meta)
-        return await _collect(req, events, future, meta)
+        return await _collect(request, req, events, future, meta)
     finally:
         if acquired:
             sched.release()
@@ -337,9 +341,7 @@ async def _result(future) -> dict:
     try:
         return await future
     except Exception as exc:  # noqa: BLE001 (whatever broke, the client gets JSON, the log the traceback)
-        import logging
-
-        logging.getLogger("cllm.serve").exception("generation failed")
+        LOG.exception("generation failed")
         raise APIError(500, f"generation failed: {exc.__class__.__name__}: {exc}", code="generation_failed",
                        type_="server_error") from None
 
@@ -388,7 +390,7 @@ class EventChannel:
             await self.ready.wait()
 
 
-async def _collect(req, events, future, meta):
+async def _collect(request, req, events, future, meta):
     texts: dict[int, list[str]] = {}
     reasons: dict[int, str] = {}
     while True:
@@ -400,6 +402,8 @@ async def _collect(req, events, future, meta):
         if events.ended:
             break
     result = await _result(future)
+    if result["cancelled"] and (request.transport is None or request.transport.is_closing()):
+        _log_dropped(request, future, meta)
     choices = [{"text": "".join(texts.get(i, [])), "index": i, "logprobs": None, "finish_reason": reasons.get(i)}
                for i in sorted(set(texts) | set(reasons))]
     return web.json_response({**meta, "choices": choices, "usage": _usage(result)})
@@ -450,10 +454,26 @@ async def _stream(request, req, events, future, cancel, meta):
             await send({**meta, "choices": [], "usage": _usage(result)})
         await send("[DONE]")
         await response.write_eof()
-    except (ConnectionResetError, asyncio.CancelledError):
+    except (ConnectionResetError, asyncio.CancelledError) as exc:
+        # the client went away: a write failed (aiohttp's ClientConnectionResetError: no traceback, it is not
+        # the server's error) or the server cancelled this handler (re-raised, as cancellation must be)
         cancel.set()
-        raise
+        _log_dropped(request, future, meta)
+        if isinstance(exc, asyncio.CancelledError):
+            raise
     return response
+
+
+def _log_dropped(request, future, meta) -> None:
+    """One line once the worker of a dropped request has stopped (within one decoding step)."""
+    peer = request.remote or "a client"
+
+    def report(f) -> None:
+        done = not f.cancelled() and f.exception() is None
+        tokens = f"{f.result()['completion_tokens']} tokens" if done else "its tokens"
+        LOG.warning("%s disconnected: generation %s cancelled after %s", peer, meta["id"], tokens)
+
+    future.add_done_callback(report)
 
 
 async def index(request):
