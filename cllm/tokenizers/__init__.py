@@ -7,9 +7,11 @@ from cllm.errors import TokenizerError
 from cllm.tokenizers.base import Tokenizer, TokenizerFileError, VocabSizeError, read_tokenizer_json
 from cllm.tokenizers.bpe import BPETokenizer
 from cllm.tokenizers.char import CharTokenizer
+from cllm.tokenizers.vocab_bpe import VocabBPETokenizer
 from cllm.tokenizers.word import WordTokenizer
 
-KINDS = {"word": WordTokenizer, "char": CharTokenizer, "bpe": BPETokenizer}
+# "bpe-vocab" is only read from files (an imported byte-level BPE keeping its file's ids), never trained
+KINDS = {"word": WordTokenizer, "char": CharTokenizer, "bpe": BPETokenizer, "bpe-vocab": VocabBPETokenizer}
 
 __all__ = ["BPETokenizer", "CharTokenizer", "KINDS", "Tokenizer", "TokenizerFileError", "VocabSizeError", "WordTokenizer", "load_tokenizer", "train_tokenizer"]
 

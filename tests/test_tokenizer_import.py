@@ -1,0 +1,141 @@
+"""Reading tokenizers made by other libraries (cllm/tokenizers/imports.py): the files are built at
+test time by `tokenizers` and `tiktoken` themselves (no network) and CLLM's ids must equal theirs,
+on the bundled text and on any Unicode text (hypothesis)."""
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cllm.tokenizers import BPETokenizer, load_tokenizer
+from cllm.tokenizers.base import TokenizerFileError
+from cllm.tokenizers.bpe import PATTERNS
+from cllm.tokenizers.imports import O200K, import_tokenizer
+
+tk = pytest.importorskip("tokenizers", reason="the HuggingFace `tokenizers` library (test extra) builds the files")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAKESPEARE = (ROOT / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")
+ODD = "\nNaïve café — 日本語のテキスト 😀👍🏽 e\u0301 ﬁ 12345 don't WE'LL\r\n\ttabs\n  x<|endoftext|>y  \n\n  z"
+SAMPLE = SHAKESPEARE[:100000] + ODD
+TEXTS = (SAMPLE, SHAKESPEARE[-5000:], ODD, "", " ")
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def hf_bytelevel(tmp_path_factory):
+    """A GPT-2-style tokenizer.json (ByteLevel pre-tokenizer with its regex) trained by `tokenizers`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    hf = Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    hf.train_from_iterator([SAMPLE], trainer)
+    path = tmp_path_factory.mktemp("hf") / "tokenizer.json"
+    hf.save(str(path))
+    return path
+
+
+def _same_ids(hf, tok, texts=TEXTS):
+    for text in texts:
+        assert tok.encode(text, allowed_special="all") == hf.encode(text, add_special_tokens=False).ids
+
+
+def test_hf_bytelevel_bpe_same_ids(hf_bytelevel, tmp_path):
+    hf = tk.Tokenizer.from_file(str(hf_bytelevel))
+    tok = import_tokenizer(str(hf_bytelevel))
+    assert isinstance(tok, BPETokenizer) and tok.vocab_size == hf.get_vocab_size() == 700
+    assert tok.eos_id == tok.bos_id == hf.token_to_id("<|endoftext|>")
+    _same_ids(hf, tok)
+    assert tok.encode("<|endoftext|>") != [tok.eos_id]  # not a special unless allowed
+    tok.save(tmp_path / "tok.json")  # CLLM's own file keeps the file's ids
+    again = load_tokenizer(tmp_path / "tok.json")
+    assert again.encode(SAMPLE) == tok.encode(SAMPLE)
+
+    @FAST
+    @given(st.text(max_size=300))
+    def parity(text):
+        ids = tok.encode(text, allowed_special="all")
+        assert ids == hf.encode(text, add_special_tokens=False).ids
+        assert tok.decode(ids) == text
+
+    parity()
+
+
+def _edit(path, out, **changes):
+    d = json.loads(Path(path).read_text(encoding="utf-8"))
+    for key, value in changes.items():
+        target, name = (d["model"], key[6:]) if key.startswith("model_") else (d, key)
+        target[name] = value
+    Path(out).write_text(json.dumps(d, ensure_ascii=False), encoding="utf-8")
+    return out
+
+
+def test_hf_split_pre_tokenizer_ignore_merges_prefix_space_nfc(hf_bytelevel, tmp_path):
+    # Llama 3's layout: Split(GPT-4 regex) then ByteLevel without a regex, "ignore_merges": true;
+    # then a ByteLevel(add_prefix_space) with an NFC normalizer (Qwen's normalizer)
+    split = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": PATTERNS["gpt4"]}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+    cases = [dict(pre_tokenizer=split, model_ignore_merges=True),
+             dict(pre_tokenizer={"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+                  normalizer={"type": "NFC"})]
+    for k, changes in enumerate(cases):
+        path = _edit(hf_bytelevel, tmp_path / f"t{k}.json", **changes)
+        hf, tok = tk.Tokenizer.from_file(str(path)), import_tokenizer(str(path))
+        _same_ids(hf, tok, TEXTS + ("e\u0301 A\u030a",))
+
+        @FAST
+        @given(st.text(max_size=200))
+        def parity(text):
+            assert tok.encode(text, allowed_special="all") == hf.encode(text, add_special_tokens=False).ids
+
+        parity()
+
+
+def test_ignore_merges_takes_a_whole_chunk_that_is_a_token(tmp_path):
+    # merges a+b, b+c, a+bc: "abc" merges to [ab, c] ((a,b) ranks first and (ab,c) is no merge),
+    # but with ignore_merges the chunk "abc" is itself a token and is taken whole
+    from cllm.tokenizers.bpe import bytes_to_unicode
+
+    b2u = bytes_to_unicode()
+    vocab = {b2u[b]: i for i, b in enumerate(range(256))}
+    vocab.update({"ab": 256, "bc": 257, "abc": 258})
+    d = {"version": "1.0", "added_tokens": [], "normalizer": None,
+         "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+         "post_processor": None, "decoder": None,
+         "model": {"type": "BPE", "vocab": vocab, "merges": ["a b", "b c", "a bc"], "ignore_merges": False}}
+    ab, c = vocab["ab"], vocab["c"]
+    for ignore, want in ((False, [ab, c, 32, ab, c]), (True, [258, 32, ab, c])):  # " abc" is a chunk of its own
+        d["model"]["ignore_merges"] = ignore
+        path = tmp_path / f"m{ignore}.json"
+        path.write_text(json.dumps(d), encoding="utf-8")
+        hf, tok = tk.Tokenizer.from_file(str(path)), import_tokenizer(str(path))
+        assert hf.encode("abc abc").ids[:2] == want[:2]
+        assert tok.encode("abc abc")[:2] == want[:2]
+        _same_ids(hf, tok, ("abc abc", "xabcx abcabc"))
+
+
+def test_refuses_what_it_cannot_reproduce(hf_bytelevel, tmp_path):
+    from tokenizers import Tokenizer, models, trainers
+
+    uni = Tokenizer(models.Unigram())
+    uni.train_from_iterator([SHAKESPEARE[:5000]], trainers.UnigramTrainer(vocab_size=100, show_progress=False))
+    uni.save(str(tmp_path / "uni.json"))
+    with pytest.raises(TokenizerFileError, match="Unigram model cannot be read"):
+        import_tokenizer(str(tmp_path / "uni.json"))
+    for changes, words in ((dict(normalizer={"type": "NFKC"}), "normalizer"),
+                           (dict(model_byte_fallback=True), "byte_fallback"),
+                           (dict(pre_tokenizer={"type": "Whitespace"}), "pre-tokenizer")):
+        path = _edit(hf_bytelevel, tmp_path / "bad.json", **changes)
+        with pytest.raises(TokenizerFileError, match=words):
+            import_tokenizer(str(path))
+    (tmp_path / "junk.json").write_text("[1, 2", encoding="utf-8")
+    with pytest.raises(TokenizerFileError, match="not valid JSON"):
+        import_tokenizer(str(tmp_path / "junk.json"))
+    with pytest.raises(TokenizerFileError, match="does not exist"):
+        import_tokenizer(str(tmp_path / "nothing.json"))
