@@ -24,6 +24,9 @@ COMMANDS = {
     "serve": "serve",
     "export-llmc": "llmc",
     "import-llmc": "llmc",
+    "export-hf": "hf",
+    "import-hf": "hf",
+    "export-gguf": "gguf",
 }
 
 
@@ -31,7 +34,9 @@ def _usage() -> str:
     return __doc__.strip() + "\n\ncommands: " + ", ".join(sorted(COMMANDS)) + "\n"
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the `cllm` script of [project.scripts] calls main() without arguments
+        argv = sys.argv[1:]
     if not argv or argv[0] in ("-h", "--help", "help"):
         sys.stdout.write(_usage())
         return 0

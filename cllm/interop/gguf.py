@@ -1,0 +1,174 @@
+"""GGUF for llama.cpp (and ollama): a CLLM checkpoint as llama.cpp's `gpt2` architecture, written
+with the `gguf` package, the writer llama.cpp itself publishes (its gguf-py directory).
+
+Metadata written, and where llama.cpp requires or reads each key:
+
+    general.architecture                 "gpt2": llama_model_loader picks the architecture by it (required;
+                                         the GGUFWriter writes it); src/llama-arch.cpp LLM_ARCH_NAMES
+    general.name                         the checkpoint's directory (optional, shown in logs)
+    general.file_type                    0 ALL_F32, 1 MOSTLY_F16, 7 MOSTLY_Q8_0 (gguf LlamaFileType; informative)
+    general.quantization_version         2 (GGML_QNT_VERSION), written for q8_0 as convert_hf_to_gguf.py does
+    gpt2.context_length                  maxT: llama_model::load_hparams get_key(LLM_KV_CONTEXT_LENGTH) (required);
+                                         also position_embd's row count
+    gpt2.embedding_length                C: load_hparams, LLM_KV_EMBEDDING_LENGTH (required)
+    gpt2.block_count                     L: load_hparams, LLM_KV_BLOCK_COUNT (required)
+    gpt2.feed_forward_length             4C: load_hparams, LLM_KV_FEED_FORWARD_LENGTH (n_ff: ffn_up's shape)
+    gpt2.attention.head_count            NH: load_hparams, LLM_KV_ATTENTION_HEAD_COUNT (head_count_kv defaults
+                                         to it: no grouped-query attention)
+    gpt2.attention.layer_norm_epsilon    1e-5: src/models/gpt2.cpp load_arch_hparams get_key(...LAYERNORM_EPS)
+                                         (required by the gpt2 loader)
+    tokenizer.ggml.model                 "gpt2" (byte-level BPE): src/llama-vocab.cpp llama_vocab::impl::load
+    tokenizer.ggml.pre                   the pre-split regex by name: "gpt-2" (GPT-2's) or "llama-bpe" (the
+                                         GPT-4/cl100k split CLLM uses by default); llama-vocab.cpp maps these
+                                         names to LLAMA_VOCAB_PRE_TYPE_GPT2 / _LLAMA3 and refuses unknown ones
+    tokenizer.ggml.tokens                each id's token in GPT-2's byte-to-unicode spelling (as tokenizer.json)
+    tokenizer.ggml.token_type            1 NORMAL, 3 CONTROL for the special tokens (llama-vocab.cpp)
+    tokenizer.ggml.merges                "left right" in rank order: required for BPE ("cannot find tokenizer
+                                         merges in model file", llama-vocab.cpp)
+    tokenizer.ggml.bos_token_id / eos_token_id   <|endoftext|> (optional; read by llama-vocab.cpp)
+    tokenizer.ggml.add_bos_token         false: GPT-2 starts without a BOS (llama-vocab.cpp add_bos)
+
+Tensors, named and shaped as src/models/gpt2.cpp load_arch_tensors creates them (ggml lists the
+fastest dimension first, so ggml {C, V} is NumPy (V, C): CLLM's (out, in) layout needs no transpose):
+
+    token_embd.weight {C,V}  position_embd.weight {C,maxT}  output_norm.weight/bias {C}
+    blk.{l}.attn_norm.weight/bias {C}  blk.{l}.attn_qkv.weight {C,3C} .bias {3C}
+    blk.{l}.attn_output.weight {C,C} .bias {C}  blk.{l}.ffn_norm.weight/bias {C}
+    blk.{l}.ffn_up.weight {C,4C} .bias {4C}  blk.{l}.ffn_down.weight {4C,C} .bias {C}
+    (output.weight is optional there, TENSOR_NOT_REQUIRED: without it the head is token_embd, tied as in CLLM)
+
+f16 and q8_0 store the 2-D weight matrices so and keep norms and biases f32 (llama.cpp's "mostly"
+file types); a matrix whose rows are not a multiple of Q8_0's 32-value block stays f16.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from cllm.config import ModelConfig
+from cllm.errors import CheckpointError, MissingDependencyError, TokenizerError
+
+DTYPES = ("f32", "f16", "q8_0")
+PRE_TOKENIZERS = {"gpt2": "gpt-2", "gpt4": "llama-bpe"}  # CLLM pattern name -> llama.cpp tokenizer.ggml.pre
+LAYER_TENSORS = {  # CLLM per-layer tensor -> llama.cpp name under blk.{l}.
+    "ln1w": "attn_norm.weight", "ln1b": "attn_norm.bias", "qkvw": "attn_qkv.weight", "qkvb": "attn_qkv.bias",
+    "attprojw": "attn_output.weight", "attprojb": "attn_output.bias", "ln2w": "ffn_norm.weight",
+    "ln2b": "ffn_norm.bias", "fcw": "ffn_up.weight", "fcb": "ffn_up.bias", "fcprojw": "ffn_down.weight",
+    "fcprojb": "ffn_down.bias",
+}
+GLOBAL_TENSORS = {"wpe": "position_embd.weight", "lnfw": "output_norm.weight", "lnfb": "output_norm.bias"}
+
+
+def gguf_tensors(config: ModelConfig, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """llama.cpp's gpt2 tensor name -> float32 array (NumPy order), padded vocabulary rows dropped."""
+    out = {"token_embd.weight": params["wte"][:config.vocab_size]}
+    out.update({gg: params[name] for name, gg in GLOBAL_TENSORS.items()})
+    for l in range(config.num_layers):
+        out.update({f"blk.{l}.{gg}": params[name][l] for name, gg in LAYER_TENSORS.items()})
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
+
+
+def vocabulary(tokenizer) -> tuple[list[str], list[int], list[str], str]:
+    """(tokens, token types, merges, tokenizer.ggml.pre) of a byte-level BPE tokenizer, in the
+    spelling of its HuggingFace tokenizer.json (which llama.cpp's convert script copies too)."""
+    if getattr(tokenizer, "kind", None) != "bpe":
+        raise TokenizerError(f"GGUF export needs a byte-level BPE tokenizer, and this checkpoint's is "
+                             f"{getattr(tokenizer, 'kind', None)!r}: llama.cpp's gpt2 loader reads BPE tokens and "
+                             "merges only; train with --tokenizer bpe")
+    from cllm.tokenizers.bpe import PATTERNS
+
+    pre = next((PRE_TOKENIZERS[k] for k, v in PATTERNS.items() if v == tokenizer.pattern), None)
+    if pre is None:
+        raise TokenizerError("GGUF export needs the gpt2 or gpt4 pre-split pattern (llama.cpp knows its "
+                             "pre-tokenizers by name); this tokenizer has a custom one")
+    from cllm.interop.hf import tokenizer_files
+
+    model = tokenizer_files(tokenizer, 0)["tokenizer.json"]["model"]
+    tokens = [""] * tokenizer.vocab_size
+    for text, i in model["vocab"].items():
+        tokens[i] = text
+    special = set(tokenizer.special_tokens.values())
+    types = [3 if i in special else 1 for i in range(len(tokens))]  # gguf.TokenType CONTROL / NORMAL
+    return tokens, types, list(model["merges"]), pre
+
+
+def _stored(array: np.ndarray, dtype: str):
+    """(data to write, ggml type or None for a plain float array) of one tensor."""
+    import gguf
+
+    if array.ndim < 2 or dtype == "f32":
+        return array, None
+    if dtype == "q8_0" and array.shape[-1] % 32 == 0:
+        q = gguf.GGMLQuantizationType.Q8_0
+        return gguf.quants.quantize(array, q), q
+    return array.astype(np.float16), None
+
+
+def export_gguf(checkpoint: str, out_path: str, dtype: str = "f32") -> tuple[str, ModelConfig, int]:
+    """Write CHECKPOINT as a GGUF file for llama.cpp (atomically); returns (checkpoint path, config,
+    bytes written)."""
+    if dtype not in DTYPES:
+        raise CheckpointError(f"unknown GGUF type {dtype!r}; choose one of {', '.join(DTYPES)}")
+    try:
+        import gguf
+    except ImportError:
+        raise MissingDependencyError("GGUF export needs the gguf package (llama.cpp's writer): "
+                                     "pip install -e '.[gguf]'") from None
+    from cllm.checkpoint import load_checkpoint
+    from cllm.tokenizers import load_tokenizer
+
+    ckpt = load_checkpoint(checkpoint)
+    config = ckpt.model_config
+    if ckpt.tokenizer_path is None:
+        raise CheckpointError(f"{ckpt.path} has no tokenizer, and a GGUF file must carry one for llama.cpp")
+    tokenizer = load_tokenizer(ckpt.tokenizer_path)
+    tokens, types, merges, pre = vocabulary(tokenizer)
+    out_path = os.path.abspath(os.fspath(out_path))
+    directory = os.path.dirname(out_path)
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"the directory of {out_path!r} does not exist; create it or choose another path")
+    tmp = os.path.join(directory, f".{os.path.basename(out_path)}.{os.getpid()}.tmp")
+    writer = gguf.GGUFWriter(tmp, "gpt2")  # writes general.architecture
+    try:
+        writer.add_name(os.path.basename(os.path.dirname(ckpt.path)) or "cllm")
+        writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                              "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
+        if dtype == "q8_0":
+            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        writer.add_context_length(config.max_seq_len)
+        writer.add_embedding_length(config.embed_dim)
+        writer.add_block_count(config.num_layers)
+        writer.add_feed_forward_length(4 * config.embed_dim)
+        writer.add_head_count(config.num_heads)
+        writer.add_layer_norm_eps(1e-5)  # kernels/layernorm.py
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(pre)
+        writer.add_token_list(tokens)
+        writer.add_token_types(types)
+        writer.add_token_merges(merges)
+        if tokenizer.bos_id is not None:
+            writer.add_bos_token_id(tokenizer.bos_id)
+        if tokenizer.eos_id is not None:
+            writer.add_eos_token_id(tokenizer.eos_id)
+        writer.add_add_bos_token(False)
+        for name, array in gguf_tensors(config, ckpt.params).items():
+            data, raw_dtype = _stored(array, dtype)
+            writer.add_tensor(name, data, raw_dtype=raw_dtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        from cllm.fileio import default_mode, fsync_path
+
+        os.chmod(tmp, default_mode())
+        fsync_path(tmp)
+        os.replace(tmp, out_path)
+        fsync_path(directory)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write {out_path!r}: {exc.strerror or exc}; choose another path") from exc
+    finally:
+        writer.close()
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return ckpt.path, config, os.path.getsize(out_path)

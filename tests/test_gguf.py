@@ -1,0 +1,221 @@
+"""`cli.py export-gguf`: the file reads back with llama.cpp's own reader (gguf.GGUFReader), its
+tensors are the checkpoint's under the names and shapes llama.cpp's gpt2 loader creates, its
+metadata holds what that loader requires, and its vocabulary reproduces CLLM's token ids."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import cli
+from cllm import checkpoint as ck
+from cllm.config import ModelConfig
+from cllm.model import Model
+from cllm.tokenizers import train_tokenizer
+
+gguf = pytest.importorskip("gguf", reason="the gguf package is not installed (pip install -e '.[gguf]')")
+
+TEXT = ("First Citizen: Before we proceed any further, hear me speak.\nAll: Speak, speak.\n"
+        "Second Citizen: We'll  don't 1234567 cafe\u0301 na\u00efve \u00fcber \u65e5\u672c\u8a9e \u2603!\n\n") * 20
+SAMPLE = "Hello there,  ROMEO!\n\n  We'll see \u00fcber 12345 \u2603\u65e5\u672c <|endoftext|> end"
+
+
+def make_checkpoint(directory, kind: str = "bpe", pattern: str = "gpt4", layers: int = 2, seed: int = 0):
+    """A checkpoint of a small model with every parameter random (biases and norm gains too, so that
+    a swapped or transposed tensor shows in the logits) and a `kind` tokenizer trained on TEXT.
+    Returns (checkpoint dir, model, tokenizer)."""
+    kw = {"pattern": pattern} if kind == "bpe" else {}
+    tok = train_tokenizer(kind, TEXT, 300 if kind == "bpe" else None, progress=False, **kw)
+    config = ModelConfig(vocab_size=tok.vocab_size, max_seq_len=24, num_layers=layers, num_heads=2, embed_dim=64)
+    model = Model(config, seed=None)
+    rng = np.random.default_rng(seed)
+    model.params[:] = rng.normal(0.0, 0.1, model.params.size).astype(np.float32)
+    for name in ("ln1w", "ln2w", "lnfw"):
+        model.p[name][:] += 1.0
+    model.p["wte"][config.vocab_size * config.embed_dim:] = 0  # the padded rows, as training keeps them
+    ck.save_checkpoint(str(directory), "step_000000", model, tokenizer=tok)
+    ck.set_pointer(str(directory), "latest", "step_000000")
+    return str(directory), model, tok
+
+
+@pytest.fixture(scope="module")
+def bpe_checkpoint(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("gguf") / "run")
+
+
+@pytest.fixture(scope="module")
+def exported(bpe_checkpoint, tmp_path_factory):
+    """dtype -> GGUFReader of the checkpoint exported with `cli.py export-gguf --dtype dtype`."""
+    out = tmp_path_factory.mktemp("gguf_out")
+    readers = {}
+    for dtype in ("f32", "f16", "q8_0"):
+        path = str(out / f"model-{dtype}.gguf")
+        assert cli.main(["export-gguf", bpe_checkpoint[0], path, "--dtype", dtype]) == 0
+        readers[dtype] = gguf.GGUFReader(path)
+    return readers
+
+
+def llama_cpp_shapes(config: ModelConfig) -> dict[str, list[int]]:
+    """The ggml shapes (fastest dimension first) llama.cpp's src/models/gpt2.cpp creates its tensors with."""
+    C, V, T, L = config.embed_dim, config.vocab_size, config.max_seq_len, config.num_layers
+    shapes = {"token_embd.weight": [C, V], "position_embd.weight": [C, T], "output_norm.weight": [C],
+              "output_norm.bias": [C]}
+    for l in range(L):
+        shapes.update({f"blk.{l}.{k}": v for k, v in {
+            "attn_norm.weight": [C], "attn_norm.bias": [C], "attn_qkv.weight": [C, 3 * C], "attn_qkv.bias": [3 * C],
+            "attn_output.weight": [C, C], "attn_output.bias": [C], "ffn_norm.weight": [C], "ffn_norm.bias": [C],
+            "ffn_up.weight": [C, 4 * C], "ffn_up.bias": [4 * C], "ffn_down.weight": [4 * C, C],
+            "ffn_down.bias": [C]}.items()})
+    return shapes
+
+
+def as_float(t) -> np.ndarray:
+    """A GGUFReader tensor dequantized to float32 in NumPy order (the reverse of ggml's)."""
+    return gguf.quants.dequantize(t.data, t.tensor_type).reshape(list(reversed(t.shape.tolist())))
+
+
+def checkpoint_tensor(model, name: str) -> np.ndarray:
+    """What the llama.cpp tensor `name` must hold, read from CLLM's model by its own names."""
+    cfg = model.config
+    if name == "token_embd.weight":
+        return model.tensor("wte")[:cfg.vocab_size]
+    fixed = {"position_embd.weight": "wpe", "output_norm.weight": "lnfw", "output_norm.bias": "lnfb"}
+    if name in fixed:
+        return model.tensor(fixed[name])
+    _, layer, rest = name.split(".", 2)
+    cllm = {"attn_norm.weight": "ln1w", "attn_norm.bias": "ln1b", "attn_qkv.weight": "qkvw", "attn_qkv.bias": "qkvb",
+            "attn_output.weight": "attprojw", "attn_output.bias": "attprojb", "ffn_norm.weight": "ln2w",
+            "ffn_norm.bias": "ln2b", "ffn_up.weight": "fcw", "ffn_up.bias": "fcb", "ffn_down.weight": "fcprojw",
+            "ffn_down.bias": "fcprojb"}[rest]
+    return model.tensor(cllm)[int(layer)]
+
+
+def test_tensors_have_llama_cpp_names_shapes_and_the_checkpoint_values(bpe_checkpoint, exported):
+    _, model, _ = bpe_checkpoint
+    want = llama_cpp_shapes(model.config)
+    worst = {}
+    for dtype, reader in exported.items():
+        got = {t.name: t for t in reader.tensors}
+        assert set(got) == set(want)  # output.weight left out: llama.cpp ties it to token_embd
+        for name, t in got.items():
+            assert t.shape.tolist() == want[name], name
+            ref, value = checkpoint_tensor(model, name), as_float(t)
+            if dtype == "f32" or len(want[name]) == 1:  # norms and biases stay f32 in every type
+                assert t.tensor_type == gguf.GGMLQuantizationType.F32, name
+                np.testing.assert_array_equal(value, ref, err_msg=name)
+                continue
+            err = np.abs(value - ref)
+            if dtype == "f16":
+                assert t.tensor_type == gguf.GGMLQuantizationType.F16
+                assert (err <= np.abs(ref) * 2.0**-11 + 2.0**-24).all(), name  # half a unit in the last place
+            else:
+                assert t.tensor_type == gguf.GGMLQuantizationType.Q8_0
+                # each 32-value block: scale d = its max / 127, stored as f16; values round to d * int8, so
+                # the error is at most d/2 plus 127 times the f16 rounding of d (2^-11 relative)
+                d = np.abs(ref).reshape(-1, 32).max(axis=1, keepdims=True) / 127
+                assert (err.reshape(-1, 32) <= d * (0.5 + 127 * 2.0**-11)).all(), name
+            worst[dtype] = max(worst.get(dtype, 0.0), float(err.max()))
+    print("largest |difference| from the checkpoint:", worst)
+
+
+def test_metadata_holds_what_llama_cpp_gpt2_loader_reads(bpe_checkpoint, exported):
+    _, model, tok = bpe_checkpoint
+    cfg = model.config
+    for dtype, reader in exported.items():
+        meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+        assert meta["general.architecture"] == "gpt2"
+        assert meta["general.file_type"] == {"f32": 0, "f16": 1, "q8_0": 7}[dtype]  # llama.h LLAMA_FTYPE_*
+        assert meta["gpt2.context_length"] == cfg.max_seq_len
+        assert meta["gpt2.embedding_length"] == cfg.embed_dim
+        assert meta["gpt2.block_count"] == cfg.num_layers
+        assert meta["gpt2.feed_forward_length"] == 4 * cfg.embed_dim
+        assert meta["gpt2.attention.head_count"] == cfg.num_heads
+        assert meta["gpt2.attention.layer_norm_epsilon"] == pytest.approx(1e-5)
+        assert meta["tokenizer.ggml.model"] == "gpt2"
+        assert meta["tokenizer.ggml.pre"] == "llama-bpe"  # CLLM's default GPT-4 split, llama.cpp's llama3 type
+        assert len(meta["tokenizer.ggml.tokens"]) == cfg.vocab_size == tok.vocab_size
+        assert meta["tokenizer.ggml.bos_token_id"] == meta["tokenizer.ggml.eos_token_id"] == tok.eos_id
+        assert meta["tokenizer.ggml.add_bos_token"] is False
+        types = meta["tokenizer.ggml.token_type"]
+        assert [i for i, t in enumerate(types) if t == gguf.TokenType.CONTROL] == [tok.eos_id]
+
+
+def llama3_split_ids(tokens: list[str], merges: list[str], text: str) -> list[int]:
+    """Encode `text` with an independent BPE (HuggingFace `tokenizers`) built from the GGUF's tokens and
+    merges only, pre-split by the regex llama.cpp runs for tokenizer.ggml.pre = "llama-bpe"
+    (src/llama-vocab.cpp, LLAMA_VOCAB_PRE_TYPE_LLAMA3)."""
+    tokenizers = pytest.importorskip("tokenizers", reason="the tokenizers package is not installed")
+    llama3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+              r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+    vocab = {t: i for i, t in enumerate(tokens)}
+    bpe = tokenizers.models.BPE(vocab, [tuple(m.split(" ")) for m in merges])
+    tk = tokenizers.Tokenizer(bpe)
+    tk.pre_tokenizer = tokenizers.pre_tokenizers.Sequence([
+        tokenizers.pre_tokenizers.Split(tokenizers.Regex(llama3), "isolated"),
+        tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    return tk.encode(text).ids
+
+
+def test_vocabulary_reproduces_cllm_ids(bpe_checkpoint, exported):
+    _, _, tok = bpe_checkpoint
+    meta = exported["f32"].fields
+    tokens = meta["tokenizer.ggml.tokens"].contents()
+    merges = meta["tokenizer.ggml.merges"].contents()
+    text = SAMPLE.replace("<|endoftext|>", "")  # special tokens are matched apart from BPE in llama.cpp
+    assert llama3_split_ids(tokens, merges, text) == tok.encode(text)
+    assert tokens[tok.eos_id] == "<|endoftext|>"
+
+
+def gpt2_forward_ggml(reader, ids: np.ndarray, n_head: int) -> np.ndarray:
+    """Logits (T, V) computed from the GGUF tensors the way llama.cpp's gpt2 graph does
+    (src/models/gpt2.cpp): ggml_mul_mat(W, x) with W of ggml shape {in, out} is x @ W_numpy.T."""
+    w = {t.name: as_float(t) for t in reader.tensors}
+
+    def norm(x, name):
+        mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + 1e-5) * w[name + ".weight"] + w[name + ".bias"]
+
+    def linear(x, name):
+        return x @ w[name + ".weight"].T + w[name + ".bias"]
+
+    x = (w["token_embd.weight"][ids] + w["position_embd.weight"][: len(ids)]).astype(np.float64)
+    T, C = x.shape
+    hs = C // n_head
+    mask = np.triu(np.full((T, T), -np.inf), 1)
+    for l in range(sum(1 for t in reader.tensors if t.name.endswith("attn_qkv.weight"))):
+        q, k, v = np.split(linear(norm(x, f"blk.{l}.attn_norm"), f"blk.{l}.attn_qkv"), 3, axis=-1)
+        q, k, v = (a.reshape(T, n_head, hs).transpose(1, 0, 2) for a in (q, k, v))
+        att = q @ k.transpose(0, 2, 1) / np.sqrt(hs) + mask
+        att = np.exp(att - att.max(-1, keepdims=True))
+        y = (att / att.sum(-1, keepdims=True)) @ v
+        x = x + linear(y.transpose(1, 0, 2).reshape(T, C), f"blk.{l}.attn_output")
+        h = linear(norm(x, f"blk.{l}.ffn_norm"), f"blk.{l}.ffn_up")
+        h = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
+        x = x + linear(h, f"blk.{l}.ffn_down")
+    return norm(x, "output_norm") @ w["token_embd.weight"].T  # no output.weight: the head is token_embd
+
+
+def test_llama_cpp_graph_on_the_gguf_tensors_gives_cllm_logits(bpe_checkpoint, exported):
+    _, model, tok = bpe_checkpoint
+    ids = np.array(tok.encode(SAMPLE, allowed_special="all")[:24])
+    ref = model.forward(ids[None, :])[0]
+    diffs = {}
+    for dtype, reader in exported.items():
+        got = gpt2_forward_ggml(reader, ids, model.config.num_heads)
+        diffs[dtype] = float(np.abs(got - ref).max())
+    print("largest |logit difference| against CLLM:", diffs)
+    assert diffs["f32"] < 1e-4
+    assert diffs["f16"] < 2e-2 and diffs["q8_0"] < 0.1  # rounding of the weights only
+
+
+def test_refusals_are_one_line_and_write_nothing(tmp_path, capsys):
+    char_dir, _, _ = make_checkpoint(tmp_path / "char", kind="char", layers=1)
+    out = tmp_path / "x.gguf"
+    assert cli.main(["export-gguf", char_dir, str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: GGUF export needs a byte-level BPE tokenizer") and "\n" not in err
+    assert cli.main(["export-gguf", char_dir, str(out), "--dtype", "q4"]) == 2
+    assert "unknown GGUF type 'q4'" in capsys.readouterr().err
+    assert cli.main(["export-gguf", str(tmp_path / "missing"), str(out)]) == 2
+    assert not out.exists() and not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
