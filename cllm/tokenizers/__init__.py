@@ -9,9 +9,11 @@ from cllm.tokenizers.bpe import BPETokenizer
 from cllm.tokenizers.char import CharTokenizer
 from cllm.tokenizers.vocab_bpe import VocabBPETokenizer
 from cllm.tokenizers.word import WordTokenizer
+from cllm.tokenizers.wordpiece import WordPieceTokenizer
 
 # "bpe-vocab" is only read from files (an imported byte-level BPE keeping its file's ids), never trained
-KINDS = {"word": WordTokenizer, "char": CharTokenizer, "bpe": BPETokenizer, "bpe-vocab": VocabBPETokenizer}
+KINDS = {"word": WordTokenizer, "char": CharTokenizer, "bpe": BPETokenizer, "bpe-vocab": VocabBPETokenizer,
+         "wordpiece": WordPieceTokenizer}
 
 __all__ = ["BPETokenizer", "CharTokenizer", "KINDS", "Tokenizer", "TokenizerFileError", "VocabSizeError", "WordTokenizer", "load_tokenizer", "train_tokenizer"]
 
