@@ -139,3 +139,46 @@ def test_refuses_what_it_cannot_reproduce(hf_bytelevel, tmp_path):
         import_tokenizer(str(tmp_path / "junk.json"))
     with pytest.raises(TokenizerFileError, match="does not exist"):
         import_tokenizer(str(tmp_path / "nothing.json"))
+
+
+# ---------------------------------------------------------------------------------------------
+# tiktoken rank files and GPT-2's vocab.json + merges.txt
+
+@pytest.mark.parametrize("pattern", ["gpt2", "cl100k", "o200k"])
+def test_tiktoken_rank_file_same_ids(pattern, tmp_path, monkeypatch):
+    tiktoken = pytest.importorskip("tiktoken", reason="tiktoken (test extra) is the reference")
+    from tiktoken.load import load_tiktoken_bpe
+
+    regex = {"gpt2": PATTERNS["gpt2"], "cl100k": PATTERNS["gpt4"], "o200k": O200K}[pattern]
+    bpe = BPETokenizer.train(SAMPLE, 600, pattern=regex, special_tokens=[], progress=False)
+    path = tmp_path / "tiny.tiktoken"  # ranks = CLLM ids, written as tiktoken writes them
+    path.write_bytes(b"".join(base64.b64encode(bs) + b" %d\n" % i for i, bs in enumerate(bpe.vocab_bytes)))
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")  # read the local file, keep no copy
+    ranks = load_tiktoken_bpe(str(path))
+    enc = tiktoken.Encoding("tiny", pat_str=regex, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": len(ranks)})
+    tok = import_tokenizer(str(path), pattern=pattern)
+    assert tok.vocab_size == enc.n_vocab and tok.eos_id == len(ranks)
+    for text in TEXTS:
+        assert tok.encode(text, allowed_special="all") == enc.encode(text, allowed_special="all")
+
+    @FAST
+    @given(st.text(max_size=300))
+    def parity(text):
+        assert tok.encode(text, allowed_special="all") == enc.encode(text, allowed_special="all")
+
+    parity()
+    with pytest.raises(TokenizerFileError, match="split pattern"):
+        import_tokenizer(str(path))
+
+
+def test_gpt2_vocab_and_merges_files(hf_bytelevel, tmp_path):
+    hf = tk.Tokenizer.from_file(str(hf_bytelevel))
+    model = json.loads(Path(hf_bytelevel).read_text(encoding="utf-8"))["model"]
+    (tmp_path / "vocab.json").write_text(json.dumps(model["vocab"]), encoding="utf-8")
+    merges = [" ".join(m) if isinstance(m, list) else m for m in model["merges"]]
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    tok = import_tokenizer(str(tmp_path))  # a directory: vocab.json + merges.txt
+    _same_ids(hf, tok)
+    (tmp_path / "merges.txt").unlink()
+    with pytest.raises(TokenizerFileError, match="no merges.txt"):
+        import_tokenizer(str(tmp_path / "vocab.json"))

@@ -32,6 +32,7 @@ O200K = "|".join([
 ])
 TIKTOKEN_PATTERNS = {"gpt2": PATTERNS["gpt2"], "r50k": PATTERNS["gpt2"], "p50k": PATTERNS["gpt2"],
                      "cl100k": PATTERNS["gpt4"], "gpt4": PATTERNS["gpt4"], "o200k": O200K}
+TIKTOKEN_SIZES = {"gpt2": 50256, "r50k": 50256, "p50k": 50280, "cl100k": 100256, "o200k": 199998}  # ranks per public file
 # the special tokens tiktoken adds to its public encodings (the rank files do not hold them)
 TIKTOKEN_SPECIALS = {
     "gpt2": {"<|endoftext|>": 50256}, "r50k": {"<|endoftext|>": 50256},
@@ -243,8 +244,8 @@ def read_tiktoken(path: str, pattern: str | None = None) -> Tokenizer:
         except (ValueError, binascii.Error):
             raise TokenizerFileError(f"{path}:{n}: not a tiktoken line (base64 token, space, rank)") from None
     merges = recover_merges(ranks)
-    specials = dict(TIKTOKEN_SPECIALS.get(name if pattern is None or pattern == name else "", {}))
-    if not specials:
+    specials = TIKTOKEN_SPECIALS.get(name, {})
+    if len(ranks) != TIKTOKEN_SIZES.get(name):  # not the public file of that name: its specials do not apply
         specials = {"<|endoftext|>": max(ranks.values()) + 1}
     return VocabBPETokenizer(ranks, merges, pattern=pat, specials=specials, whole_words=True)
 
