@@ -145,10 +145,13 @@ def prepare_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int
                     bpe_pattern: str = "gpt4", force: bool = False, **cleaning) -> PreparedDataset:
     """Clean, tokenize and split the corpus at `data_path` into `out_dir` (see the module doc).
     `vocab_size` None: word 8192, bpe 4096, char every character. `llmc=True` also writes
-    llm.c token files (train_llmc.bin, val_llmc.bin). `force=True` ignores the cache."""
+    llm.c token files (train_llmc.bin, val_llmc.bin). `force=True` ignores the cache.
+    `tokenizer` may be a trained Tokenizer instead of a kind (fine-tuning: the checkpoint's): the corpus is
+    encoded with it and none is trained."""
     from cllm.tokenizers import train_tokenizer
 
-    if tokenizer not in KINDS:
+    given, tokenizer = (None, tokenizer) if isinstance(tokenizer, str) else (tokenizer, tokenizer.kind)
+    if tokenizer not in KINDS and given is None:
         raise TokenizerError(f"unknown tokenizer {tokenizer!r}; choose one of: {', '.join(KINDS)}")
     if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int)):
         raise TokenizerError(f"vocab size must be an integer, got {vocab_size!r}")
@@ -159,6 +162,8 @@ def prepare_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int
                "dedupe": bool(dedupe), "cleaning": corpus.cleaning}
     if tokenizer == "bpe":
         options["bpe_pattern"] = bpe_pattern
+    if given is not None:  # the cache is valid for this tokenizer only
+        options["tokenizer_sha256"] = hashlib.sha256(json.dumps(given._to_dict(), sort_keys=True).encode()).hexdigest()
     key = _hash_inputs(corpus, options) if corpus.files else ""
     out_dir = os.fspath(out_dir)
     if not force and corpus.files:
@@ -181,7 +186,12 @@ def prepare_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int
     kw = {"progress": progress}
     if tokenizer == "bpe":
         kw["pattern"] = bpe_pattern
-    tok = train_tokenizer(tokenizer, corpus, vocab_size, **kw)
+    if given is None:
+        tok = train_tokenizer(tokenizer, corpus, vocab_size, **kw)
+    else:
+        for _ in corpus:  # the pass that fills corpus.stats and corpus.doc_lengths
+            pass
+        tok = given
     _release_free_memory()
     stats = corpus.stats
     lengths = corpus.doc_lengths
@@ -189,7 +199,7 @@ def prepare_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int
 
     # where val starts: see _split_plan
     first_val, straddle, straddle_frac = _split_plan(lengths, val_fraction)
-    eos = tok.eos_id if tokenizer in ("word", "bpe") else None
+    eos = tok.eos_id if given is not None or tokenizer in ("word", "bpe") else None
 
     # pass 2: encode each document into train.bin / val.bin
     from tqdm import tqdm

@@ -72,7 +72,7 @@ def gguf_tensors(config: ModelConfig, params: dict[str, np.ndarray]) -> dict[str
 def vocabulary(tokenizer) -> tuple[list[str], list[int], list[str], str]:
     """(tokens, token types, merges, tokenizer.ggml.pre) of a byte-level BPE tokenizer, in the
     spelling of its HuggingFace tokenizer.json (which llama.cpp's convert script copies too)."""
-    if getattr(tokenizer, "kind", None) != "bpe":
+    if getattr(tokenizer, "kind", None) not in ("bpe", "bpe-vocab"):
         raise TokenizerError(f"GGUF export needs a byte-level BPE tokenizer, and this checkpoint's is "
                              f"{getattr(tokenizer, 'kind', None)!r}: llama.cpp's gpt2 loader reads BPE tokens and "
                              "merges only; train with --tokenizer bpe")
@@ -82,13 +82,16 @@ def vocabulary(tokenizer) -> tuple[list[str], list[int], list[str], str]:
     if pre is None:
         raise TokenizerError("GGUF export needs the gpt2 or gpt4 pre-split pattern (llama.cpp knows its "
                              "pre-tokenizers by name); this tokenizer has a custom one")
-    from cllm.interop.hf import tokenizer_files
+    if any(getattr(tokenizer, k, False) for k in ("whole_words", "prefix_space", "nfc")):
+        raise TokenizerError("this imported tokenizer ignores merges, adds a prefix space or normalizes to NFC, "
+                             "which llama.cpp's gpt2 tokenizer does not; it cannot go into a GGUF file exactly")
+    from cllm.interop.hf import special_ids, tokenizer_files
 
     model = tokenizer_files(tokenizer, 0)["tokenizer.json"]["model"]
     tokens = [""] * tokenizer.vocab_size
     for text, i in model["vocab"].items():
         tokens[i] = text
-    special = set(tokenizer.special_tokens.values())
+    special = set(special_ids(tokenizer).values())
     types = [3 if i in special else 1 for i in range(len(tokens))]  # gguf.TokenType CONTROL / NORMAL
     return tokens, types, list(model["merges"]), pre
 

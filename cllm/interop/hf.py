@@ -124,7 +124,8 @@ def model_config_from_hf(cfg: dict, where: str) -> ModelConfig:
          f"activation_function {cfg.get('activation_function')!r} (CLLM computes the tanh GELU, gelu_new)"),
         (abs(float(cfg.get("layer_norm_epsilon", LAYER_NORM_EPS)) - LAYER_NORM_EPS) < 1e-12,
          f"layer_norm_epsilon {cfg.get('layer_norm_epsilon')} (CLLM's LayerNorm uses {LAYER_NORM_EPS})"),
-        (cfg.get("n_inner") in (None, 4 * int(cfg.get("n_embd", 0))), f"n_inner {cfg.get('n_inner')} (CLLM's MLP is 4 x n_embd)"),
+        (cfg.get("n_inner") in (None, 4 * int(cfg.get("n_embd", 0))),
+         f"n_inner {cfg.get('n_inner')} (CLLM's MLP is 4 x n_embd)"),
         (cfg.get("scale_attn_weights", True), "scale_attn_weights false"),
         (not cfg.get("scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx true"),
         (cfg.get("tie_word_embeddings", True), "an untied LM head (tie_word_embeddings false)"),
@@ -147,11 +148,13 @@ def tokenizer_files(tokenizer, max_len: int) -> dict[str, dict]:
     BPE as CLLM writes it (BPETokenizer.export_hf); char and word as a WordLevel model whose
     pre-split is the CLLM tokenizer's (each character; WORD_PATTERN's matches)."""
     kind = getattr(tokenizer, "kind", None)
-    if kind == "bpe":
+    if kind in ("bpe", "bpe-vocab"):
         with tempfile.TemporaryDirectory() as tmp:
             tokenizer.export_hf(os.path.join(tmp, "tokenizer.json"))
             with open(os.path.join(tmp, "tokenizer.json"), encoding="utf-8") as f:
                 tok_json = json.load(f)
+        if kind == "bpe-vocab":
+            _use_file_ids(tok_json, tokenizer)
     elif kind in ("char", "word"):
         tok_json = _word_level_json(tokenizer)
     else:
@@ -164,12 +167,32 @@ def tokenizer_files(tokenizer, max_len: int) -> dict[str, dict]:
     return {"tokenizer.json": tok_json, "tokenizer_config.json": config}
 
 
+def special_ids(tokenizer) -> dict[str, int]:
+    """special token -> id (an imported byte-level BPE keeps its file's specials apart)."""
+    return getattr(tokenizer, "specials", None) or getattr(tokenizer, "special_tokens", {})
+
+
+def _use_file_ids(tok_json: dict, tokenizer) -> None:
+    """Turn BPETokenizer.export_hf's file (CLLM's internal ids) into one with an imported tokenizer's
+    own ids, merges and options (cllm/tokenizers/vocab_bpe.py; what cllm/tokenizers/imports.py read)."""
+    d = tokenizer._to_dict()
+    model = tok_json["model"]
+    model["vocab"] = {**d["vocab"], **d["special_tokens"]}
+    model["merges"] = [" ".join(m) for m in d["merges"]]
+    model["ignore_merges"] = bool(d["whole_words"])
+    tok_json["added_tokens"] = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                                 "normalized": False, "special": True} for t, i in d["special_tokens"].items()]
+    tok_json["pre_tokenizer"]["pretokenizers"][1]["add_prefix_space"] = bool(d["prefix_space"])
+    tok_json["normalizer"] = {"type": "NFC"} if d["nfc"] else None
+
+
 def _word_level_json(tokenizer) -> dict:
     vocab = {tokenizer.id_to_token(i): i for i in range(tokenizer.vocab_size)}
     if tokenizer.kind == "char":
-        # one piece per character; an unseen character has no id (CLLM drops it, tokenizers raises)
+        # one piece per character; an unseen character has no id: CLLM drops it, and tokenizers raises
+        # (its unk_token must be a string, and this one is no character of the vocabulary)
         split = {"type": "Split", "pattern": {"Regex": r"[\s\S]"}, "behavior": "Isolated", "invert": False}
-        decoder, unk = {"type": "Fuse"}, None
+        decoder, unk = {"type": "Fuse"}, "<unk>"
     else:
         from cllm.tokenizers.word import WORD_PATTERN
 

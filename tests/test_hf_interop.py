@@ -1,0 +1,206 @@
+"""`cli.py export-hf` / `import-hf` and `train --init-from`: a CLLM checkpoint loads in HuggingFace
+transformers as GPT-2 with the same logits, greedy tokens and token ids; a GPT-2 saved by transformers
+comes back with the same logits; a pickle is refused without being opened; the `cllm` script is cli.py.
+
+The tests that run transformers skip, with the reason printed, when torch or transformers is absent
+(`pip install -e '.[interop]'`, torch's CPU wheel; `make test-interop`)."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from test_gguf import SAMPLE, TEXT, make_checkpoint
+from train_helpers import ROOT, all_threads_after  # noqa: F401  (autouse)
+
+import cli
+from cllm import checkpoint as ck
+from cllm.generation import Generator, SamplingConfig
+
+MISSING = ""
+try:
+    import torch
+    import transformers
+except ImportError as exc:  # the reason is printed by the skips below
+    torch = transformers = None
+    MISSING = f"{exc.name} is not installed: pip install -e '.[interop]' (make test-interop)"
+needs_hf = pytest.mark.skipif(transformers is None, reason=MISSING)
+
+
+@pytest.fixture(scope="module")
+def bpe_run(tmp_path_factory):
+    """(checkpoint dir, model, tokenizer, exported HF dir)."""
+    base = tmp_path_factory.mktemp("hf")
+    run, model, tok = make_checkpoint(base / "run")
+    assert cli.main(["export-hf", run, str(base / "hf")]) == 0
+    return run, model, tok, str(base / "hf")
+
+
+def test_export_writes_transformers_names_conv1d_layout_and_drops_padding(bpe_run):
+    from safetensors.numpy import load_file
+
+    _, model, tok, hf = bpe_run
+    cfg = model.config
+    assert cfg.padded_vocab_size > cfg.vocab_size  # the padding the export must drop
+    t = load_file(os.path.join(hf, "model.safetensors"))
+    assert len(t) == 4 + 12 * cfg.num_layers  # no lm_head.weight: transformers ties it to wte
+    np.testing.assert_array_equal(t["transformer.wte.weight"], model.tensor("wte")[:cfg.vocab_size])
+    np.testing.assert_array_equal(t["transformer.wpe.weight"], model.tensor("wpe"))
+    for l in range(cfg.num_layers):
+        # Conv1D computes x @ W: W is (in, out), the transpose of CLLM's (out, in)
+        np.testing.assert_array_equal(t[f"transformer.h.{l}.attn.c_attn.weight"], model.tensor("qkvw")[l].T)
+        np.testing.assert_array_equal(t[f"transformer.h.{l}.mlp.c_proj.weight"], model.tensor("fcprojw")[l].T)
+        np.testing.assert_array_equal(t[f"transformer.h.{l}.ln_2.bias"], model.tensor("ln2b")[l])
+    with open(os.path.join(hf, "config.json")) as f:
+        config = json.load(f)
+    assert (config["model_type"], config["vocab_size"], config["n_positions"], config["n_layer"], config["n_head"],
+            config["n_embd"]) == ("gpt2", cfg.vocab_size, cfg.max_seq_len, cfg.num_layers, cfg.num_heads, cfg.embed_dim)
+    with open(os.path.join(hf, "generation_config.json")) as f:
+        assert json.load(f)["eos_token_id"] == tok.eos_id
+
+
+def test_export_refuses_a_non_empty_directory(bpe_run, tmp_path, capsys):
+    (tmp_path / "keep.txt").write_text("x")
+    assert cli.main(["export-hf", bpe_run[0], str(tmp_path)]) == 2
+    assert "not an empty directory" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == ["keep.txt"]
+
+
+@needs_hf
+def test_transformers_gives_cllm_logits_and_greedy_tokens(bpe_run):
+    _, model, tok, hf = bpe_run
+    gpt2 = transformers.AutoModelForCausalLM.from_pretrained(hf).eval()
+    assert type(gpt2).__name__ == "GPT2LMHeadModel"
+    ids = np.random.default_rng(3).integers(0, model.config.vocab_size, (3, model.config.max_seq_len))
+    with torch.no_grad():
+        got = gpt2(torch.tensor(ids)).logits.numpy()
+    diff = float(np.abs(got - model.forward(ids)).max())
+    print(f"largest |logit difference| CLLM vs transformers: {diff:.2e}")
+    assert diff < 1e-4
+    prompt = tok.encode("First Citizen:")
+    n = model.config.max_seq_len - len(prompt)
+    ours = list(Generator(model).stream(prompt, SamplingConfig(max_new_tokens=n, temperature=0, stop_at_eos=False)))
+    with torch.no_grad():
+        theirs = gpt2.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                               pad_token_id=tok.eos_id)[0, len(prompt):].tolist()
+    assert ours == theirs
+
+
+@needs_hf
+@pytest.mark.parametrize("kind", ["bpe", "char", "word"])
+def test_auto_tokenizer_gives_cllm_ids(kind, bpe_run, tmp_path):
+    if kind == "bpe":
+        hf, tok = bpe_run[3], bpe_run[2]
+    else:
+        run, _, tok = make_checkpoint(tmp_path / "run", kind=kind, layers=1)
+        hf = str(tmp_path / "hf")
+        assert cli.main(["export-hf", run, hf]) == 0
+    auto = transformers.AutoTokenizer.from_pretrained(hf)
+    text = SAMPLE if kind != "char" else TEXT[:200]  # a char vocabulary has only the corpus's characters
+    want = tok.encode(text, allowed_special="all") if kind == "bpe" else tok.encode(text)
+    assert auto(text)["input_ids"] == want
+    if kind != "word":  # transformers joins WordLevel tokens with spaces; CLLM's word decode has its own rules
+        assert auto.decode(want) == tok.decode(want)
+
+
+def pickle_bomb(marker: str) -> bytes:
+    """A pickle that creates `marker` when it is loaded."""
+    class Bomb:
+        def __reduce__(self):
+            return (open, (marker, "w"))
+    return pickle.dumps(Bomb())
+
+
+def test_import_refuses_a_pickle_without_opening_it(bpe_run, tmp_path, capsys):
+    hf = tmp_path / "hf"
+    shutil.copytree(bpe_run[3], hf)
+    os.unlink(hf / "model.safetensors")
+    marker = tmp_path / "pickle-was-loaded"
+    (hf / "pytorch_model.bin").write_bytes(pickle_bomb(str(marker)))
+    assert cli.main(["import-hf", str(hf), str(tmp_path / "ck")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "pytorch_model.bin" in err and "convert it to safetensors" in err
+    assert not marker.exists() and not (tmp_path / "ck").exists()
+
+
+def test_export_then_import_gives_the_checkpoint_back(bpe_run, tmp_path):
+    """Without torch: export-hf then import-hf gives the checkpoint's weights and tokenizer back."""
+    from cllm.tokenizers import load_tokenizer
+
+    _, model, tok, hf = bpe_run
+    assert cli.main(["import-hf", hf, str(tmp_path / "imported")]) == 0
+    back = ck.load_checkpoint(str(tmp_path / "imported"))
+    assert back.model_config == model.config
+    for name, tensor in back.params.items():
+        np.testing.assert_array_equal(tensor, model.tensor(name), err_msg=name)
+    imported_tok = load_tokenizer(back.tokenizer_path)
+    assert imported_tok.encode(SAMPLE, allowed_special="all") == tok.encode(SAMPLE, allowed_special="all")
+
+
+@needs_hf
+def test_gpt2_saved_by_transformers_imports_with_identical_logits(tmp_path):
+    config = transformers.GPT2Config(vocab_size=300, n_positions=20, n_embd=48, n_layer=2, n_head=3)
+    torch.manual_seed(0)
+    gpt2 = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():  # GPT-2 initializes biases to zero and gains to one: make every tensor count
+        for p in gpt2.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    gpt2.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    assert cli.main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "ck")]) == 0
+    model = ck.model_from_checkpoint(ck.load_checkpoint(str(tmp_path / "ck")))
+    ids = np.random.default_rng(5).integers(0, 300, (2, 20))
+    with torch.no_grad():
+        want = gpt2(torch.tensor(ids)).logits.numpy()
+    diff = float(np.abs(model.forward(ids) - want).max())
+    print(f"largest |logit difference| transformers vs imported CLLM: {diff:.2e}")
+    assert diff < 1e-4
+
+
+def test_cllm_script_is_cli_py():
+    script = shutil.which("cllm", path=os.path.dirname(sys.executable))
+    if script is None:
+        pytest.skip("no `cllm` script beside this Python: pip install -e . installs it")
+    run = [subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT)
+           for cmd in ([script, "--help"], [sys.executable, "cli.py", "--help"])]
+    assert run[0].returncode == run[1].returncode == 0
+    assert run[0].stdout == run[1].stdout and "export-gguf" in run[0].stdout
+
+
+@needs_hf
+def test_gpt2_style_vocabulary_survives_import_fine_tune_and_export(tmp_path):
+    """A tokenizer whose ids are not CLLM's own order (GPT-2's: bytes in byte-level-alphabet order, the
+    special token first) comes in with import-hf and goes out again through export-hf and export-gguf
+    with the same ids."""
+    import gguf
+    import tokenizers as tk
+
+    hf = tmp_path / "hf"
+    bpe = tk.Tokenizer(tk.models.BPE())
+    bpe.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = tk.decoders.ByteLevel()
+    bpe.train_from_iterator([TEXT], tk.trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"],
+                                                           initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet()))
+    V = bpe.get_vocab_size()
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=V, n_positions=16, n_embd=32, n_layer=1,
+                                                                n_head=2, bos_token_id=0, eos_token_id=0)).eval()
+    gpt2.save_pretrained(hf, safe_serialization=True)
+    bpe.save(str(hf / "tokenizer.json"))
+    text = SAMPLE.replace("<|endoftext|>", "")  # tokenizers matches special tokens in text; CLLM's encode does not
+    want = bpe.encode(text).ids
+    assert want != list(text.encode()[:len(want)])  # not CLLM's byte = id order
+
+    assert cli.main(["import-hf", str(hf), str(tmp_path / "ck")]) == 0
+    back = ck.load_checkpoint(str(tmp_path / "ck"))
+    from cllm.tokenizers import load_tokenizer
+
+    assert load_tokenizer(back.tokenizer_path).encode(text) == want
+    assert cli.main(["export-hf", str(tmp_path / "ck"), str(tmp_path / "out")]) == 0
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "out")(text)["input_ids"] == want
+    assert cli.main(["export-gguf", str(tmp_path / "ck"), str(tmp_path / "m.gguf")]) == 0
+    tokens = gguf.GGUFReader(str(tmp_path / "m.gguf")).fields["tokenizer.ggml.tokens"].contents()
+    assert tokens == [bpe.id_to_token(i) for i in range(V)]
