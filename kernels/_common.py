@@ -7,7 +7,12 @@ Every kernel takes 1-D contiguous arrays (views into the model's flat buffers) a
 outputs first, then inputs, then sizes (llm.c's order). Forward kernels overwrite their outputs;
 backward kernels ACCUMULATE (+=) into every gradient they write.
 """
+import glob
+import hashlib
 import os
+import shutil
+import sys
+import time
 
 # Numba's OpenMP threads wait passively (sleep) between parallel kernels unless the user chose
 # otherwise. With libgomp's default spinning, one other busy process on the machine made every
@@ -24,8 +29,9 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 # Common decorator keyword sets: every kernel is cached on disk so that a second process starts fast,
 # and releases the GIL while it runs, so that other Python threads go on meanwhile (the server's
-# event loop while a worker decodes, cllm/serve/engine.py). Numba's on-disk cache is keyed on the
-# kernel's own source file, not on these flags: after changing them, delete kernels/__pycache__.
+# event loop while a worker decodes, cllm/serve/engine.py). Numba keys its on-disk cache on each
+# kernel's own source file only, not on these flags nor on the files it inlines from: the cache
+# directory is therefore chosen below by a hash of everything that shapes the compiled code.
 JIT = dict(cache=True, fastmath=FASTMATH, nogil=True)
 PJIT = dict(cache=True, fastmath=FASTMATH, parallel=True, nogil=True)
 
@@ -33,3 +39,49 @@ PJIT = dict(cache=True, fastmath=FASTMATH, parallel=True, nogil=True)
 # with passive OpenMP threads every parallel region first wakes the team (about 35 us measured here),
 # more than such a kernel takes on one core. Changes only speed, never results.
 PARALLEL_MIN_WORK = 1 << 17
+
+
+def numba_cache_dir() -> str:
+    """kernels/__pycache__/numba-<key>: key = a hash of every Numba source file (this one with its
+    flags included), the versions of CLLM, Numba, llvmlite and Python. Any change compiles anew;
+    a checkout updated in place never runs a kernel compiled from older code or other flags."""
+    import llvmlite
+    import numba
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(here)
+    sources = sorted(glob.glob(os.path.join(here, "**", "*.py"), recursive=True)
+                     + glob.glob(os.path.join(root, "cllm", "**", "*kernels*.py"), recursive=True))
+    digest = hashlib.sha256()
+    for path in sources:
+        digest.update(os.path.relpath(path, root).encode())
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    from cllm import __version__
+
+    digest.update(f"{__version__} {numba.__version__} {llvmlite.__version__} {sys.version}".encode())
+    return os.path.join(here, "__pycache__", "numba-" + digest.hexdigest()[:16])
+
+
+def _use_numba_cache_dir() -> None:
+    """Point Numba's cache at numba_cache_dir() (unless the user set NUMBA_CACHE_DIR) before any kernel
+    is decorated, and delete the directories of older keys (each a full set of compiled kernels)."""
+    from numba.core import config
+
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return
+    path = numba_cache_dir()
+    config.CACHE_DIR = path
+    parent = os.path.dirname(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+        for name in os.listdir(parent):
+            old = os.path.join(parent, name)
+            # unchanged for an hour: no process of the older code is still saving kernels there
+            if name.startswith("numba-") and old != path and time.time() - os.path.getmtime(old) > 3600:
+                shutil.rmtree(old, ignore_errors=True)
+    except OSError:
+        pass  # a read-only install: Numba falls back to its per-user cache
+
+
+_use_numba_cache_dir()

@@ -29,15 +29,17 @@ import numpy as np
 from numba import njit, types
 from numba.typed import Dict
 
+from kernels._common import JIT  # one decorator set and one cache directory for all Numba code
+
 HASH_BASE = np.uint64(1099511628211)  # FNV prime: any odd 64-bit multiplier works
 
 
-@njit(cache=True)
+@njit(**JIT)
 def _key(a, b):
     return (np.int64(a) << 32) | np.int64(b)
 
 
-@njit(cache=True)
+@njit(**JIT)
 def _better(heap_count, heap_pair, pa, pb, i, j):
     """Is heap entry i above entry j? Larger count first; ties: the smaller (a, b) pair first."""
     ci, cj = heap_count[i], heap_count[j]
@@ -49,7 +51,7 @@ def _better(heap_count, heap_pair, pa, pb, i, j):
     return pb[pi] < pb[pj]
 
 
-@njit(cache=True)
+@njit(**JIT)
 def _sift_down(heap_count, heap_pair, pa, pb, i, n):
     while True:
         left = 2 * i + 1
@@ -67,7 +69,7 @@ def _sift_down(heap_count, heap_pair, pa, pb, i, n):
             return
 
 
-@njit(cache=True)
+@njit(**JIT)
 def _push(heap_count, heap_pair, pa, pb, state, count, pair):
     n = state[2]
     heap_count[n] = count
@@ -84,7 +86,7 @@ def _push(heap_count, heap_pair, pa, pb, state, count, pair):
             return
 
 
-@njit(cache=True)
+@njit(**JIT)
 def _pair_index(pairs, pa, pb, pcount, phead, state, a, b):
     """Index of pair (a, b), creating it with count 0 when new. state[0] = number of pairs."""
     k = _key(a, b)
@@ -100,7 +102,7 @@ def _pair_index(pairs, pa, pb, pcount, phead, state, a, b):
     return p
 
 
-@njit(cache=True)
+@njit(**JIT)
 def _add_occurrence(phead, occ_word, occ_next, state, p, w):
     if phead[p] != -1 and occ_word[phead[p]] == w:
         return  # this word is already at the head of the pair's list
@@ -111,7 +113,7 @@ def _add_occurrence(phead, occ_word, occ_next, state, p, w):
     phead[p] = o
 
 
-@njit(cache=True)
+@njit(**JIT)
 def bpe_train_init(sym, nxt, prv, wid, wstart, wcount, capacity):
     """Count every adjacent pair once (weighted by word counts) and build the heap.
 
@@ -147,7 +149,7 @@ def bpe_train_init(sym, nxt, prv, wid, wstart, wcount, capacity):
     return pairs, pa, pb, pcount, phead, occ_word, occ_next, heap_count, heap_pair, state
 
 
-@njit(cache=True)
+@njit(**JIT)
 def bpe_train_steps(sym, nxt, prv, wstart, wcount, wmark, pairs, pa, pb, pcount, phead,
                     occ_word, occ_next, heap_count, heap_pair, state,
                     tok_hash, tok_pow, tok_ids, next_id, vocab_end, max_steps,
@@ -246,7 +248,7 @@ def bpe_train_steps(sym, nxt, prv, wstart, wcount, wmark, pairs, pa, pb, pcount,
     return n_merges, next_id
 
 
-@njit(cache=True)
+@njit(**JIT)
 def _rank(ranks, a, b, none):
     k = _key(a, b)
     if k in ranks:
@@ -254,7 +256,7 @@ def _rank(ranks, a, b, none):
     return none
 
 
-@njit(cache=True)
+@njit(**JIT)
 def bpe_encode_chunks(data, offsets, ranks, out, out_offsets):
     """Encode K byte chunks with the merge table (the path for custom pre-split patterns).
 
@@ -281,7 +283,7 @@ def bpe_encode_chunks(data, offsets, ranks, out, out_offsets):
     return n_out
 
 
-@njit(cache=True)
+@njit(**JIT)
 def bpe_build_ranks(merge_a, merge_b, merge_new):
     """The encoder's table: pair key -> rank << 32 | new id; the first merge of a pair wins."""
     ranks = Dict.empty(key_type=types.int64, value_type=types.int64)
@@ -292,7 +294,7 @@ def bpe_build_ranks(merge_a, merge_b, merge_new):
     return ranks
 
 
-@njit(cache=True)
+@njit(**JIT)
 def bpe_token_table(tok_hash, tok_pow):
     """hash key of a token's bytes -> id, for the 256 single bytes (training adds the rest)."""
     ids = Dict.empty(key_type=types.int64, value_type=types.int64)
@@ -311,7 +313,7 @@ def bpe_token_table(tok_hash, tok_pow):
 CL_L, CL_N, CL_S, CL_NL = 1, 2, 4, 8
 
 
-@njit(cache=True)
+@njit(**JIT)
 def _fold(c):
     """Simple case folding for the letters of the contraction alternative ('s 'd 'm 't 'll 've 're)."""
     if 65 <= c <= 90:
@@ -321,7 +323,7 @@ def _fold(c):
     return c
 
 
-@njit(cache=True)
+@njit(**JIT)
 def _contraction(cps, i, n, fold):
     """Length of '(?:[sdmt]|ll|ve|re) at i (case-insensitive when fold), else 0."""
     if cps[i] != 39 or i + 1 >= n:
@@ -340,12 +342,12 @@ def _contraction(cps, i, n, fold):
     return 0
 
 
-@njit(cache=True)
+@njit(**JIT)
 def _is_other(k):
     return (k & (CL_L | CL_N | CL_S)) == 0
 
 
-@njit(cache=True)
+@njit(**JIT)
 def _matches(k, want):
     """Class test: want CL_L or CL_N, or 0 for 'other' (not letter, number or space)."""
     if want == 0:
@@ -353,7 +355,7 @@ def _matches(k, want):
     return (k & want) != 0
 
 
-@njit(cache=True)
+@njit(**JIT)
 def _space_run(cps, cls, i, n, gpt4):
     """End of the whitespace alternatives at i (cps[i] is \\s): GPT-4's \\s*[\\r\\n] first, then
     \\s+(?!\\S) (the run, minus its last character when a non-space follows), then \\s+."""
@@ -370,7 +372,7 @@ def _space_run(cps, cls, i, n, gpt4):
     return e - 1
 
 
-@njit(cache=True)
+@njit(**JIT)
 def chunk_key(cps, i, e):
     # FNV-1a over the code points cps[i:e], folded with the length: the dictionary key of a chunk
     h = np.uint64(1469598103934665603)
@@ -379,7 +381,7 @@ def chunk_key(cps, i, e):
     return np.int64(h ^ np.uint64(e - i))
 
 
-@njit(cache=True)
+@njit(**JIT)
 def same_chunk(pool, s, cps, i, ln):
     # whether pool[s:s+ln] holds the same code points as cps[i:i+ln] (a hash match is not proof)
     for j in range(ln):
@@ -388,7 +390,7 @@ def same_chunk(pool, s, cps, i, ln):
     return True
 
 
-@njit(cache=True)
+@njit(**JIT)
 def next_chunk(cps, cls, i, n, gpt4):
     """End of the pre-split chunk starting at i: GPT-4's (cl100k) or GPT-2's pattern, tried
     alternative by alternative exactly as the regex engine does."""
@@ -441,7 +443,7 @@ def next_chunk(cps, cls, i, n, gpt4):
     return i + 1  # unreachable: every character is a letter, number, space or other
 
 
-@njit(cache=True)
+@njit(**JIT)
 def split_offsets(cps, cls, gpt4):
     """Chunk boundaries (K+1,) of the whole text, for testing the pre-split against `regex`."""
     n = cps.shape[0]
@@ -456,7 +458,7 @@ def split_offsets(cps, cls, gpt4):
     return out[: k + 1]
 
 
-@njit(cache=True)
+@njit(**JIT)
 def _utf8(cps, s, e, toks):
     """UTF-8 bytes of cps[s:e] into toks; returns the byte count."""
     L = 0
@@ -483,7 +485,7 @@ def _utf8(cps, s, e, toks):
     return L
 
 
-@njit(cache=True)
+@njit(**JIT)
 def _merge_chunk(toks, prank, L, ranks):
     """Apply the merges to toks[:L]; returns the new length.
 
@@ -515,7 +517,7 @@ def _merge_chunk(toks, prank, L, ranks):
     return L
 
 
-@njit(cache=True)
+@njit(**JIT)
 def bpe_encode_text(cps, start, cls, gpt4, ranks, cache, cstate, cache_cps, cache_ids, ent, out):
     """Encode the text cps (code points, (n,) uint32) from `start`, writing ids into out until it
     is nearly full. Returns (position reached, ids written); call again from that position.
@@ -574,7 +576,7 @@ def bpe_encode_text(cps, start, cls, gpt4, ranks, cache, cstate, cache_cps, cach
     return i, m
 
 
-@njit(cache=True)
+@njit(**JIT)
 def new_chunk_cache():
     return Dict.empty(key_type=types.int64, value_type=types.int64)
 
@@ -585,7 +587,7 @@ def new_chunk_cache():
 # ent[e] = (offset in pool, length in code points, count); cstate = [entries, pool used].
 
 
-@njit(cache=True)
+@njit(**JIT)
 def count_chunks(cps, start, cls, gpt4, table, cstate, pool, ent):
     """Count the chunks of cps from `start`; returns the position reached, which is < len(cps)
     only when the pool or the entry array is full (grow them and call again from there)."""
@@ -620,7 +622,7 @@ def count_chunks(cps, start, cls, gpt4, table, cstate, pool, ent):
     return i
 
 
-@njit(cache=True)
+@njit(**JIT)
 def chunks_to_words(pool, ent, n_ent):
     """UTF-8 bytes of the counted chunks: (sym (N,) int32 bytes of the multi-byte chunks, lens (W,),
     counts (W,), single (256,) counts of the one-byte chunks, which have no pairs)."""
