@@ -12,6 +12,14 @@
 - tiktoken (when installed): an Encoding built from the same merges and pattern; whether the ids are
   identical on the test texts, and the speed ratio (ours / tiktoken, >1 means we are faster).
 - HuggingFace tokenizers (when installed): the exported tokenizer.json, ids parity and speed.
+- "wordpiece" (needs tokenizers): WordPiece training time (likelihood and frequency scores) against
+  HF's WordPieceTrainer, compression (tokens per byte of held-out text) of each vocabulary, and
+  encoding MB/s against HF's WordPiece with the same vocabulary (identical ids checked), one thread.
+- "rank_file" (needs tiktoken): a tiktoken rank file read by `import_tokenizer` and tiktoken, encoding
+  `--big-mb` MB (the bundled corpora repeated, in 64 KB documents), MB/s of both and identical ids.
+  `--rank-file PATH` uses that file (e.g. cl100k_base.tiktoken); without one (offline), a rank file
+  is written from a CLLM BPE trained with cl100k's split pattern (`--vocab` ids), and the JSON says so.
+All timings are taken in this one process, so under load compare the ratios, not the MB/s.
 """
 import argparse
 import json
@@ -25,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAYON_NUM_THREADS", "1")  # HF tokenizers: one thread, like us
+os.environ.setdefault("RAYON_RS_NUM_CPUS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -73,6 +82,8 @@ def main():
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--baseline-kb", type=int, default=185)
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--rank-file", default=None, help="a tiktoken rank file (cl100k_base.tiktoken); default: one written here")
+    ap.add_argument("--big-mb", type=float, default=100, help="MB of text for the rank-file encoding comparison")
     args = ap.parse_args()
 
     from cllm.tokenizers import BPETokenizer
@@ -133,7 +144,105 @@ def main():
         hf_s, _ = best_of(3, lambda: hf.encode(text))
         res["hf_tokenizers"] = {"version": tokenizers.__version__, "identical_ids": same, "MBps": round(nbytes / hf_s / 1e6, 2),
                                 "ratio_warm": round(hf_s / warm_s, 2)}
+        res["wordpiece"] = bench_wordpiece(text, args.vocab)
+    try:
+        import tiktoken  # noqa: F401
+    except ImportError:
+        res["rank_file"] = "tiktoken not installed"
+    else:
+        res["rank_file"] = bench_rank_file([text] + extra, args)
     print(json.dumps(res))
+
+
+def bench_wordpiece(text, vocab):
+    """WordPiece: CLLM against HuggingFace tokenizers, one thread each, the same text."""
+    import tokenizers
+    from tokenizers import models, normalizers, pre_tokenizers, trainers
+
+    from cllm.tokenizers.wordpiece import SPECIALS, WordPieceTokenizer
+
+    cut = int(len(text) * 0.9)
+    train, held = text[:cut], text[cut:]
+    n_train, n_held, n_all = len(train.encode()), len(held.encode()), len(text.encode())
+    WordPieceTokenizer.train(train[:5000], 200, progress=False)  # compile (or load the cache)
+
+    def hf_train():
+        hf = tokenizers.Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        hf.normalizer = normalizers.BertNormalizer(lowercase=True)
+        hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        hf.train_from_iterator([train], trainers.WordPieceTrainer(vocab_size=vocab, special_tokens=list(SPECIALS), show_progress=False))
+        return hf
+
+    out = {"vocab": vocab, "train_MB": round(n_train / 1e6, 3)}
+    hf_s, hf = best_of(2, hf_train)
+    out["hf_train_s"] = round(hf_s, 3)
+    out["hf_tokens_per_byte"] = round(len(hf.encode(held, add_special_tokens=False).ids) / n_held, 5)
+    for score in ("frequency", "likelihood"):
+        s, tok = best_of(2, lambda: WordPieceTokenizer.train(train, vocab, score=score, progress=False))
+        out[score] = {"train_s": round(s, 3), "train_ratio_to_hf": round(s / hf_s, 2),
+                      "tokens_per_byte": round(len(tok.encode(held)) / n_held, 5)}
+    with tempfile.TemporaryDirectory() as d:
+        tok.export_hf(os.path.join(d, "tokenizer.json"))
+        hf_same = tokenizers.Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+    docs = [p for p in text.split("\n\n") if p]
+    def cold():  # a new tokenizer object: empty word cache
+        fresh = WordPieceTokenizer(tok._id_to_token)
+        return [fresh.encode(p) for p in docs]
+
+    cold_s, ids = best_of(3, cold)
+    warm_s, _ = best_of(3, lambda: [tok.encode(p) for p in docs])
+    hf_doc_s, hf_ids = best_of(3, lambda: [e.ids for e in hf_same.encode_batch(docs, add_special_tokens=False)])
+    hf_whole_s, _ = best_of(3, lambda: hf_same.encode(text, add_special_tokens=False))
+    hf_best = min(hf_doc_s, hf_whole_s)
+    out["encode"] = {"identical_ids": ids == hf_ids, "cold_MBps": round(n_all / cold_s / 1e6, 2),
+                     "warm_MBps": round(n_all / warm_s / 1e6, 2), "hf_MBps": round(n_all / hf_best / 1e6, 2),
+                     "ratio_cold": round(hf_best / cold_s, 2), "ratio_warm": round(hf_best / warm_s, 2)}
+    return out
+
+
+def bench_rank_file(texts, args):
+    """tiktoken's rank file through import_tokenizer (the bpe-vocab tokenizer) against tiktoken."""
+    import base64
+
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+
+    from cllm.tokenizers import BPETokenizer
+    from cllm.tokenizers.imports import TIKTOKEN_PATTERNS, import_tokenizer
+
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        path = args.rank_file
+        if path is None:
+            bpe = BPETokenizer.train("".join(texts), args.vocab, pattern="gpt4", special_tokens=[], progress=False)
+            path = os.path.join(d, "cllm_cl100k_pattern.tiktoken")
+            with open(path, "wb") as f:
+                f.write(b"".join(base64.b64encode(bs) + b" %d\n" % i for i, bs in enumerate(bpe.vocab_bytes)))
+            out["ranks"] = f"written from a CLLM BPE of {args.vocab} ids with cl100k's pattern (no cl100k file offline)"
+        else:
+            out["ranks"] = path
+        t = time.perf_counter()
+        tok = import_tokenizer(path, pattern=None if args.rank_file else "cl100k")
+        out["import_s"] = round(time.perf_counter() - t, 3)
+        os.environ["TIKTOKEN_CACHE_DIR"] = ""  # read the local file without caching a copy
+        ranks = load_tiktoken_bpe(path)
+    enc = tiktoken.Encoding("bench", pat_str=TIKTOKEN_PATTERNS["cl100k"], mergeable_ranks=ranks, special_tokens={})
+    corpus = "".join(texts)
+    reps = max(1, int(args.big_mb * 1e6 / len(corpus.encode())))
+    big = corpus * reps
+    docs = [big[i:i + 65536] for i in range(0, len(big), 65536)]
+    n = len(big.encode())
+    del big
+    t = time.perf_counter()
+    ours = [tok.encode_array(p) for p in docs]
+    ours_s = time.perf_counter() - t
+    t = time.perf_counter()
+    theirs = [enc.encode_ordinary(p) for p in docs]
+    tk_s = time.perf_counter() - t
+    same = all(len(a) == len(b) and a.tolist() == b for a, b in zip(ours, theirs))
+    out.update({"MB": round(n / 1e6, 1), "documents": len(docs), "identical_ids": same, "MBps": round(n / ours_s / 1e6, 2),
+                "tiktoken_MBps": round(n / tk_s / 1e6, 2), "ratio": round(tk_s / ours_s, 2)})
+    return out
 
 
 if __name__ == "__main__":
