@@ -27,6 +27,7 @@ class SingleProcess:
     rank = 0
     size = 1
     local_size = 1
+    local_rank = 0
     is_main = True
 
     def allreduce_sum_(self, array) -> None:
@@ -57,6 +58,7 @@ class MPIComm:
         self.size = self.comm.Get_size()
         node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
         self.local_size = node.Get_size()  # ranks on this machine: they share its cores
+        self.local_rank = node.Get_rank()  # this rank's number on its machine: --device cuda takes that GPU
         node.Free()
         self.is_main = self.rank == 0
 

@@ -1,0 +1,413 @@
+"""Where the model runs: `--device cpu` (cllm/model.py) or `--device cuda` / `cuda:N` (CudaModel, here).
+
+CudaModel holds the same flat buffers as Model (params, grads, AdamW moments, activations and their
+gradients, carved into the same named views), but as device arrays that stay on the GPU for the
+whole run, and calls the CUDA kernels of kernels/cuda. The host sees: the token ids going in (one
+copy per forward), the (B,T) losses of a forward with targets, the gradient norm of each optimizer
+step (8 bytes), the logits of each decoding step, and whole buffers only when a checkpoint is
+written. Checkpoints do not know the device: `to_device` moves a loaded Model onto the GPU and
+`CudaModel.to_host` back, so a run saved on one resumes on the other from the same files.
+
+Without numba-cuda, or without a usable GPU, asking for cuda is a one-line error (DeviceError or
+MissingDependencyError), never a quiet fall back to the CPU. With NUMBA_ENABLE_CUDASIM=1 (set before
+numba.cuda is first imported) Numba's simulator stands in for the GPU: that is how the tests run.
+"""
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+
+from cllm.errors import CLLMError, ConfigError, MissingDependencyError, TrainingError
+from cllm.model import MATRIX_PARAMS, Model, _carve
+from cllm.optim import AdamW
+
+
+class DeviceError(CLLMError):
+    """The requested device cannot be used (no GPU, no driver, a GPU index out of range)."""
+
+
+def parse_device(device: str) -> int | None:
+    """None for 'cpu'; for 'cuda' -1 (the GPU of this process's local MPI rank); N for 'cuda:N'."""
+    if device == "cpu":
+        return None
+    if device == "cuda":
+        return -1
+    if isinstance(device, str) and device.startswith("cuda:") and device[5:].isdigit():
+        return int(device[5:])
+    raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+
+
+def _cuda():
+    import importlib.util
+
+    if importlib.util.find_spec("numba_cuda") is None:
+        raise MissingDependencyError("--device cuda needs Numba's CUDA target; install it with: pip install -e '.[cuda]'")
+    from numba import cuda
+
+    return cuda
+
+
+def select_gpu(device: str, local_rank: int = 0) -> int | None:
+    """Check `device` and make its GPU current in this thread; returns its index (None for cpu).
+    'cuda' takes the GPU numbered by the local MPI rank (0 without MPI)."""
+    index = parse_device(device)
+    if index is None:
+        return None
+    cuda = _cuda()
+    try:
+        usable = cuda.is_available()
+        count = len(cuda.gpus) if usable else 0
+    except Exception as exc:  # a broken driver install raises from the driver's own loader
+        raise DeviceError(f"--device {device}: no usable NVIDIA GPU ({exc}); use --device cpu") from None
+    if not usable or count == 0:
+        raise DeviceError(f"--device {device}: no usable NVIDIA GPU (no CUDA driver or device found); use --device cpu")
+    gpu = local_rank if index == -1 else index
+    if gpu >= count:
+        raise DeviceError(f"--device {device}: GPU {gpu} does not exist ({count} GPU(s) here"
+                          + (f"; local MPI rank {local_rank} takes GPU {local_rank})" if index == -1 else ")"))
+    cuda.select_device(gpu)
+    return gpu
+
+
+def check_training_device(device: str, dropout: float, local_rank: int = 0) -> None:
+    """Refuse, before any data is read, a training device that cannot run this configuration."""
+    if select_gpu(device, local_rank) is not None and dropout:
+        raise ConfigError("--dropout is not implemented on --device cuda yet; train with --dropout 0 or --device cpu")
+
+
+def to_device(model: Model, device: str, local_rank: int = 0):
+    """`model` itself for cpu; a CudaModel with its weights and moments for cuda / cuda:N."""
+    gpu = select_gpu(device, local_rank)
+    return model if gpu is None else CudaModel(model, gpu)
+
+
+def optimizer_class(device: str):
+    """AdamW for the CPU model, CudaAdamW (the same update on the device) for the CUDA one."""
+    return AdamW if parse_device(device) is None else CudaAdamW
+
+
+def average_gradients(model, comm, n: int) -> None:
+    """model's gradients = their mean over the n micro-batches of every process (summed in place).
+    The CUDA model's pass through the host for the Allreduce, which MPI needs there without a
+    CUDA-aware MPI."""
+    if isinstance(model, CudaModel):
+        grads = model.grads
+        comm.allreduce_sum_(grads)
+        model.set_grads(grads * np.float32(1.0 / n))
+        return
+    comm.allreduce_sum_(model.grads)
+    model.grads *= model.dtype.type(1.0 / n)
+
+
+class DeviceCache:
+    """A KV cache on the device, with what Generator.beam_search does to its numpy caches: size,
+    reshape, rows picked by index (a gather, device to device) and copy."""
+
+    def __init__(self, array):
+        self.array = array
+
+    @property
+    def size(self) -> int:
+        return self.array.size
+
+    def reshape(self, *shape) -> "DeviceCache":
+        return DeviceCache(self.array.reshape(*shape))
+
+    def __getitem__(self, rows) -> "DeviceCache":
+        from numba import cuda
+
+        rows = [int(r) for r in np.atleast_1d(rows)]
+        out = cuda.device_array((len(rows), self.array.shape[1]), dtype=self.array.dtype)
+        for i, r in enumerate(rows):
+            out[i].copy_to_device(self.array[r])
+        return DeviceCache(out)
+
+    def copy(self) -> "DeviceCache":
+        from numba import cuda
+
+        out = cuda.device_array(self.array.shape, dtype=self.array.dtype)
+        out.copy_to_device(self.array)
+        return DeviceCache(out)
+
+
+class CudaModel:
+    """Model's interface on a GPU (float32 only). Built from a Model (its weights and moments)."""
+
+    # the host-side checks and view slicing are Model's own (they use only config and views)
+    _check_ids = Model._check_ids
+    _token_array = Model._token_array
+    _layer = Model._layer
+    _layer_acts = Model._layer_acts
+
+    def __init__(self, model: Model, gpu: int = 0):
+        from numba import cuda
+
+        import kernels.cuda as G
+
+        if model.dtype != np.float32:
+            raise ConfigError("the CUDA model runs in float32 only")
+        self.G = G
+        self.gpu = gpu
+        self.config = model.config
+        self.dtype = np.dtype(np.float32)
+        self.shapes = model.shapes
+        self._params = cuda.to_device(model.params)
+        self._m = cuda.to_device(model.m)
+        self._v = cuda.to_device(model.v)
+        self._grads = cuda.device_array(model.params.size, dtype=np.float32)
+        G.fill_inplace(self._grads, 0.0)
+        self.p = _carve(self._params, self.shapes)
+        self.g = _carve(self._grads, self.shapes)
+        self.m_views = _carve(self._m, self.shapes)
+        self.v_views = _carve(self._v, self.shapes)
+        self._stats = cuda.device_array(1, dtype=np.float64)  # the gradient norm's square
+        self._partials = cuda.device_array(G.NORM_BLOCKS, dtype=np.float64)
+        L = self.config.num_layers
+        names = ("ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb", "ln2w", "ln2b", "fcw", "fcb", "fcprojw",
+                 "fcprojb")
+        self._decode_layers = [tuple(self._layer(self.p, l)[n] for n in names) for l in range(L)]
+        V, C = self.config.vocab_size, self.config.embed_dim
+        self._decode_weights = (self.p["wte"], self.p["wpe"], self.p["lnfw"], self.p["lnfb"])
+        self._lm_head = self.p["wte"][:V * C]
+        self._work = threading.local()  # decoding scratch per thread (the server decodes on several)
+        self.B = self.T = 0
+        self.da = self.dga = {}  # name -> activation / activation-gradient device view
+        self.a = {}  # "losses": the (B*T,) losses of the last forward with targets, on the host
+        self.mean_loss = None
+        self._has_targets = False
+
+    # ---------------------------------------------------------------- buffers on the host
+    @property
+    def params(self) -> np.ndarray:
+        return self._params.copy_to_host()
+
+    @property
+    def grads(self) -> np.ndarray:
+        return self._grads.copy_to_host()
+
+    @property
+    def m(self) -> np.ndarray:
+        return self._m.copy_to_host()
+
+    @property
+    def v(self) -> np.ndarray:
+        return self._v.copy_to_host()
+
+    def set_grads(self, grads: np.ndarray) -> None:
+        self._grads.copy_to_device(np.ascontiguousarray(grads, dtype=np.float32))
+
+    def named_tensors(self) -> dict[str, np.ndarray]:
+        """Host copies of the parameters, of their real shapes (what checkpoints write)."""
+        host = _carve(self.params, self.shapes)
+        return {name: host[name].reshape(shape) for name, shape in self.shapes.items()}
+
+    def tensor(self, name: str) -> np.ndarray:
+        return self.named_tensors()[name]
+
+    def num_parameters(self) -> int:
+        return self._params.size
+
+    def to_host(self) -> Model:
+        """A CPU Model with these weights and AdamW moments."""
+        model = Model(self.config, seed=None)
+        model.params[:] = self.params
+        model.m[:] = self.m
+        model.v[:] = self.v
+        return model
+
+    def zero_grad(self) -> None:
+        self.G.fill_inplace(self._grads, 0.0)
+
+    # ---------------------------------------------------------------- training
+    def _ensure_activations(self, B: int, T: int) -> None:
+        from numba import cuda
+
+        if (B, T) == (self.B, self.T):
+            return
+        self.config.check_batch(B, T, training=True)
+        shapes = self.config.activation_shapes(B, T)
+        grad_shapes = {k: v for k, v in shapes.items() if k not in ("preatt", "att", "probs")}
+        A = self.config.num_activations(B, T)
+        self._acts = cuda.device_array(A, dtype=np.float32)
+        self._grad_acts = cuda.device_array(sum(math.prod(v) for v in grad_shapes.values()), dtype=np.float32)
+        self._dscores = cuda.device_array(B * self.config.num_heads * T * T, dtype=np.float32)  # attention's dS
+        self.da = _carve(self._acts, shapes)
+        self.dga = _carve(self._grad_acts, grad_shapes)
+        self.B, self.T = B, T
+
+    def forward(self, idx, targets=None, *, dropout: float = 0.0, dropout_key: int = 0):
+        """idx (B,T) token ids -> logits (B,T,V) copied to the host; with targets (B,T) returns
+        (the device's logits (B,T,Vp), mean loss) and leaves the losses in self.a["losses"].
+        No dropout on the device yet: dropout must be 0 (dropout_key is then unused)."""
+        from numba import cuda
+
+        if dropout:
+            raise ConfigError("dropout is not implemented on the CUDA device yet")
+        G = self.G
+        idx = self._check_ids(idx, "idx")
+        B, T = idx.shape
+        if T > self.config.max_seq_len:
+            raise ConfigError(f"sequence length {T} exceeds max_seq_len {self.config.max_seq_len}")
+        host_ids = idx.reshape(-1)
+        if targets is not None:
+            tg = self._check_ids(targets, "targets").reshape(-1)
+            if tg.size != B * T:
+                raise ConfigError(f"targets must have the shape of idx ({B}, {T})")
+            host_ids = np.concatenate([host_ids, tg])
+        self._ensure_activations(B, T)
+        ids = cuda.to_device(host_ids)  # the one copy in: inputs, then targets
+        self._inputs, self._targets = ids[:B * T], ids[B * T:]
+        cfg = self.config
+        L, C, NH, V, Vp = cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.vocab_size, cfg.padded_vocab_size
+        p, a = self.p, self.da
+        G.encoder_forward(a["encoded"], self._inputs, p["wte"], p["wpe"], B, T, C)
+        residual = a["encoded"]
+        for l in range(L):
+            pl, al = self._layer(p, l), self._layer_acts(a, l)
+            G.layernorm_forward(al["ln1"], al["ln1_mean"], al["ln1_rstd"], residual, pl["ln1w"], pl["ln1b"], B, T, C)
+            G.matmul_forward(al["qkv"], al["ln1"], pl["qkvw"], pl["qkvb"], B, T, C, 3 * C)
+            G.attention_forward(al["atty"], al["preatt"], al["att"], al["qkv"], B, T, C, NH)
+            G.matmul_forward(al["attproj"], al["atty"], pl["attprojw"], pl["attprojb"], B, T, C, C)
+            G.residual_forward(al["residual2"], residual, al["attproj"], B * T * C)
+            G.layernorm_forward(al["ln2"], al["ln2_mean"], al["ln2_rstd"], al["residual2"], pl["ln2w"], pl["ln2b"],
+                                B, T, C)
+            G.matmul_forward(al["fch"], al["ln2"], pl["fcw"], pl["fcb"], B, T, C, 4 * C)
+            G.gelu_forward(al["fch_gelu"], al["fch"], B * T * 4 * C)
+            G.matmul_forward(al["fcproj"], al["fch_gelu"], pl["fcprojw"], pl["fcprojb"], B, T, 4 * C, C)
+            G.residual_forward(al["residual3"], al["residual2"], al["fcproj"], B * T * C)
+            residual = al["residual3"]
+        G.layernorm_forward(a["lnf"], a["lnf_mean"], a["lnf_rstd"], residual, p["lnfw"], p["lnfb"], B, T, C)
+        G.matmul_forward(a["logits"], a["lnf"], p["wte"], None, B, T, C, Vp)
+        self._has_targets = targets is not None
+        if targets is None:
+            self.mean_loss = None
+            return a["logits"].copy_to_host().reshape(B, T, Vp)[:, :, :V]
+        G.softmax_forward(a["probs"], a["logits"], B, T, V, Vp)
+        G.crossentropy_forward(a["losses"], a["probs"], self._targets, B, T, Vp)
+        self.a = {"losses": a["losses"].copy_to_host()}  # the one small copy out of a training forward
+        self.mean_loss = float(np.mean(self.a["losses"], dtype=np.float64))
+        return a["logits"].reshape(B, T, Vp), self.mean_loss
+
+    def backward(self) -> None:
+        """Accumulates d(mean loss)/d(params) into the device's grads, as Model.backward."""
+        if not self._has_targets:
+            raise RuntimeError("backward() needs a forward(idx, targets) first")
+        G, cfg = self.G, self.config
+        B, T = self.B, self.T
+        L, C, NH, V, Vp = cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.vocab_size, cfg.padded_vocab_size
+        p, g, a, ga = self.p, self.g, self.da, self.dga
+        G.fill_inplace(ga["losses"], 1.0 / (B * T))
+        G.crossentropy_softmax_backward(ga["logits"], ga["losses"], a["probs"], self._targets, B, T, V, Vp, True)
+        G.matmul_backward(ga["lnf"], g["wte"], None, ga["logits"], a["lnf"], p["wte"], B, T, C, Vp, True)
+        last = self._layer_acts(a, L - 1)["residual3"]
+        dlast = self._layer_acts(ga, L - 1)["residual3"]
+        G.layernorm_backward(dlast, g["lnfw"], g["lnfb"], ga["lnf"], last, p["lnfw"], a["lnf_mean"], a["lnf_rstd"],
+                             B, T, C, True)
+        for l in reversed(range(L)):
+            pl, gl = self._layer(p, l), self._layer(g, l)
+            al, gal = self._layer_acts(a, l), self._layer_acts(ga, l)
+            residual = a["encoded"] if l == 0 else self._layer_acts(a, l - 1)["residual3"]
+            dresidual = ga["encoded"] if l == 0 else self._layer_acts(ga, l - 1)["residual3"]
+            G.residual_backward(gal["residual2"], gal["fcproj"], gal["residual3"], B * T * C, True)
+            G.matmul_backward(gal["fch_gelu"], gl["fcprojw"], gl["fcprojb"], gal["fcproj"], al["fch_gelu"],
+                              pl["fcprojw"], B, T, 4 * C, C, True)
+            G.gelu_backward(gal["fch"], al["fch"], gal["fch_gelu"], B * T * 4 * C, True)
+            G.matmul_backward(gal["ln2"], gl["fcw"], gl["fcb"], gal["fch"], al["ln2"], pl["fcw"], B, T, C, 4 * C, True)
+            G.layernorm_backward(gal["residual2"], gl["ln2w"], gl["ln2b"], gal["ln2"], al["residual2"], pl["ln2w"],
+                                 al["ln2_mean"], al["ln2_rstd"], B, T, C)
+            G.residual_backward(dresidual, gal["attproj"], gal["residual2"], B * T * C, True)
+            G.matmul_backward(gal["atty"], gl["attprojw"], gl["attprojb"], gal["attproj"], al["atty"], pl["attprojw"],
+                              B, T, C, C, True)
+            G.attention_backward(gal["qkv"], self._dscores, gal["atty"], al["qkv"], al["att"], B, T, C, NH, True)
+            G.matmul_backward(gal["ln1"], gl["qkvw"], gl["qkvb"], gal["qkv"], al["ln1"], pl["qkvw"], B, T, C, 3 * C,
+                              True)
+            G.layernorm_backward(dresidual, gl["ln1w"], gl["ln1b"], gal["ln1"], residual, pl["ln1w"], al["ln1_mean"],
+                                 al["ln1_rstd"], B, T, C)
+        G.encoder_backward(g["wte"], g["wpe"], ga["encoded"], self._inputs, B, T, C)
+
+    def grad_norm(self) -> float:
+        """The global L2 norm of the gradients: reduced on the device, 8 bytes copied back."""
+        self.G.grad_norm_squared(self._stats, self._grads, self._partials)
+        return math.sqrt(float(self._stats.copy_to_host()[0]))
+
+    # ---------------------------------------------------------------- incremental decoding
+    def new_kv_cache(self, num_sequences: int = 1) -> DeviceCache:
+        """A zeroed KV cache on the device, in Model.new_kv_cache's layout."""
+        from numba import cuda
+
+        cfg = self.config
+        cache = cuda.device_array(num_sequences * cfg.num_layers * cfg.max_seq_len * 2 * cfg.embed_dim,
+                                  dtype=np.float32)
+        self.G.fill_inplace(cache, 0.0)
+        return DeviceCache(cache)
+
+    def _scratch(self, R: int) -> dict:
+        cache = getattr(self._work, "by_rows", None)
+        if cache is None:
+            cache = self._work.by_rows = {}
+        if R not in cache:
+            cfg = self.config
+            cache[R] = self.G.scratch(R, cfg.embed_dim, cfg.num_heads, cfg.max_seq_len)
+        return cache[R]
+
+    def _run_rows(self, tokens, seq, positions, cache: DeviceCache, n_logits: int) -> np.ndarray:
+        from numba import cuda
+
+        cfg = self.config
+        R = tokens.size
+        rows = cuda.to_device(np.concatenate([tokens, seq, positions]).astype(np.int32))
+        logits = cuda.device_array(n_logits * cfg.vocab_size, dtype=np.float32)
+        self.G.forward_rows(logits, cache.array.reshape(-1), rows, self._decode_weights, self._decode_layers,
+                            self._scratch(R), R, cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.max_seq_len,
+                            cfg.vocab_size, R - n_logits)
+        return logits.copy_to_host()
+
+    def decode_step(self, tokens, pos: int, kv_cache: DeviceCache) -> np.ndarray:
+        """As Model.decode_step: tokens (nb,) at position pos -> next-token logits (nb, V) on the host."""
+        cfg = self.config
+        tokens = self._token_array(tokens)
+        nb = tokens.size
+        if not 0 <= pos < cfg.max_seq_len:
+            raise ConfigError(f"position {pos} is outside the model's context of {cfg.max_seq_len}")
+        if kv_cache.size != nb * cfg.num_layers * cfg.max_seq_len * 2 * cfg.embed_dim:
+            raise ConfigError("kv_cache does not match the number of sequences; use new_kv_cache(nb)")
+        logits = self._run_rows(tokens, np.arange(nb), np.full(nb, pos), kv_cache, nb)
+        return logits.reshape(nb, cfg.vocab_size)
+
+    def prefill(self, tokens, pos0: int, kv_cache: DeviceCache) -> np.ndarray:
+        """As Model.prefill: one sequence's tokens at pos0.. in one pass -> the next token's logits (V,)."""
+        cfg = self.config
+        tokens = self._token_array(tokens)
+        if pos0 < 0 or pos0 + tokens.size > cfg.max_seq_len:
+            raise ConfigError(f"positions {pos0}..{pos0 + tokens.size - 1} are outside the model's context of "
+                              f"{cfg.max_seq_len}")
+        if kv_cache.size != cfg.num_layers * cfg.max_seq_len * 2 * cfg.embed_dim:
+            raise ConfigError("prefill takes a cache for one sequence; use new_kv_cache(1)")
+        return self._run_rows(tokens, np.zeros(tokens.size), pos0 + np.arange(tokens.size), kv_cache, 1)
+
+
+class CudaAdamW(AdamW):
+    """AdamW's step on a CudaModel: the norm is reduced on the device (8 bytes come back), the clip
+    scale and update run there; the same checks and messages as AdamW.step."""
+
+    def step(self, model: CudaModel, lr: float | None = None, loss: float | None = None) -> float:
+        lr = self.lr if lr is None else lr
+        step = self.t + 1
+        if loss is not None and not math.isfinite(loss):
+            raise TrainingError(f"the loss is {loss} at step {step}; lower the learning rate "
+                                "(--learning-rate) or raise --warmup-steps")
+        norm = model.grad_norm()
+        if not math.isfinite(norm):
+            raise TrainingError(f"the gradient norm is {norm} at step {step}; lower the learning rate "
+                                "(--learning-rate) or set --grad-clip")
+        G = model.G
+        if self.grad_clip and norm > self.grad_clip:
+            G.scale_inplace(model._grads, self.grad_clip / (norm + 1e-6))
+        self.t = step
+        for name in model.shapes:
+            wd = self.weight_decay if name in MATRIX_PARAMS else 0.0
+            G.adamw_update(model.p[name], model.g[name], model.m_views[name], model.v_views[name],
+                           lr, self.beta1, self.beta2, self.eps, wd, step)
+        return norm

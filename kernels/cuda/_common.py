@@ -1,0 +1,79 @@
+"""Shared settings of the CUDA kernels (Numba's CUDA target, the `numba-cuda` package).
+
+Legend as in kernels/_common.py: B batch, T time, C channels, NH heads, hs = C/NH, V vocab,
+Vp padded vocab, OC output channels, N element count.
+
+Every kernel works on the same flat float32 buffers, in the same layouts, as the CPU kernels in
+kernels/; here they are device arrays (or views of them). Launchers take the CPU kernel's
+arguments, outputs first, and enqueue on the default stream: nothing is copied to or from the
+host. Forward launchers overwrite their outputs; backward launchers add (+=) unless `overwrite`.
+
+Block sizes: with NUMBA_ENABLE_CUDASIM=1 (Numba's CUDA simulator, which runs every GPU thread as
+a Python thread, and which CI uses) blocks are tiny, so that a test's kernels run in seconds;
+kernels loop with the block's stride, so any block size gives the same results, and the tests'
+odd sizes leave blocks partly filled either way.
+"""
+import numpy as np
+from numba import cuda
+from numba.cuda import config as _config
+
+SIM = bool(_config.ENABLE_CUDASIM)
+
+# threads per block of the elementwise kernels, and of the row kernels (one block per row:
+# layernorm, softmax, decode attention); the row kernels' shared-memory reductions need a power of two
+THREADS = 4 if SIM else 256
+ROW_THREADS = 4 if SIM else 128
+# the tiled matrix product (kernels/cuda/matmul.py): a block computes a (TILE_M, TILE_N) tile of C,
+# each thread a (MICRO, MICRO) part of it; TILE_K columns of op(A) per shared-memory stage
+MICRO = 4
+TILE_M = 64 if not SIM else 8
+TILE_N = 64 if not SIM else 8
+TILE_K = 16 if not SIM else 4
+# the most blocks a launch uses: every kernel loops with the grid's stride (over elements, rows or
+# tiles), so fewer blocks only means more iterations each; the simulator pays per block
+MAX_BLOCKS = 2 if SIM else 65535
+# attention: query rows per block (the grid is (row blocks, B*NH))
+ATT_ROWS = 4 if SIM else 64
+
+F32 = np.float32
+
+
+def blocks(n: int, threads: int = THREADS) -> int:
+    """Blocks of `threads` threads that cover n items (at least 1, so that a launch is never empty)."""
+    return min(MAX_BLOCKS, max(1, (n + threads - 1) // threads))
+
+
+@cuda.jit(device=True, inline=True)
+def block_sum(buf, v):
+    # the sum of v over the block's ROW_THREADS threads (1-D block), returned to every thread;
+    # buf: a float32 shared array (ROW_THREADS,). A tree in shared memory (the simulator has no
+    # warp shuffles); every thread must call it.
+    tid = cuda.threadIdx.x
+    buf[tid] = v
+    cuda.syncthreads()
+    s = ROW_THREADS // 2
+    while s > 0:
+        if tid < s:
+            buf[tid] += buf[tid + s]
+        cuda.syncthreads()
+        s //= 2
+    total = buf[0]
+    cuda.syncthreads()  # buf may be reused right after
+    return total
+
+
+@cuda.jit(device=True, inline=True)
+def block_max(buf, v):
+    # the maximum of v over the block, as block_sum
+    tid = cuda.threadIdx.x
+    buf[tid] = v
+    cuda.syncthreads()
+    s = ROW_THREADS // 2
+    while s > 0:
+        if tid < s:
+            buf[tid] = max(buf[tid], buf[tid + s])
+        cuda.syncthreads()
+        s //= 2
+    total = buf[0]
+    cuda.syncthreads()
+    return total

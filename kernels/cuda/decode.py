@@ -1,0 +1,120 @@
+"""Decoding with a KV cache on the device, as kernels/decode.py: R rows (tokens) at once, each of a
+sequence at a position, through every layer; the linear layers are the training forward's matmul.
+
+Legend: R rows, L layers, C channels, NH heads, hs = C/NH, maxT positions, V vocab.
+kvcache (nb, L, 2, NH, ...) in kernels/decode.py's layout: per sequence and layer, each head's keys
+transposed (hs, maxT), then each head's values (maxT, hs). rows (3R) int32 on the device: the
+tokens, then each row's sequence, then its position. Every row's k and v go into the cache before
+any row attends, so the rows of one call may continue one sequence (prefill).
+"""
+import math
+
+import numpy as np
+from numba import cuda
+
+from ._common import F32, ROW_THREADS, THREADS, block_max, block_sum, blocks
+from .elementwise import gelu_forward, residual_forward
+from .layernorm import layernorm_forward
+from .matmul import matmul_forward
+
+
+@cuda.jit
+def _embed_rows(x, rows, wte, wpe, R, C):
+    for e in range(cuda.grid(1), R * C, cuda.gridsize(1)):
+        r = e // C
+        c = e % C
+        x[e] = wte[rows[r] * C + c] + wpe[rows[2 * R + r] * C + c]
+
+
+@cuda.jit
+def _kv_write(kvcache, qkv, rows, l, R, L, C, NH, maxT):
+    # row r's k (a column of its head's transposed keys) and v, at its position
+    hs = C // NH
+    head = maxT * hs
+    for e in range(cuda.grid(1), R * C, cuda.gridsize(1)):
+        r = e // C
+        c = e % C
+        h = c // hs
+        i = c % hs
+        p = rows[2 * R + r]
+        kbase = (rows[R + r] * L + l) * 2 * NH * head
+        kvcache[kbase + h * head + i * maxT + p] = qkv[r * 3 * C + C + c]
+        kvcache[kbase + (NH + h) * head + p * hs + i] = qkv[r * 3 * C + 2 * C + c]
+
+
+@cuda.jit
+def _attend_cached(atty, qkv, kvcache, scores, rows, l, R, L, C, NH, maxT, scale):
+    # one block per (row, head): the threads stride over the positions for the scores (the
+    # transposed keys make that coalesced), meet in shared max and sum, then over the channels
+    buf = cuda.shared.array(ROW_THREADS, dtype=F32)
+    for rh in range(cuda.blockIdx.x, R * NH, cuda.gridDim.x):
+        _attend_one(atty, qkv, kvcache, scores, rows, buf, rh, l, R, L, C, NH, maxT, scale)
+
+
+@cuda.jit(device=True, inline=True)
+def _attend_one(atty, qkv, kvcache, scores, rows, buf, rh, l, R, L, C, NH, maxT, scale):
+    r = rh // NH
+    h = rh % NH
+    tid = cuda.threadIdx.x
+    hs = C // NH
+    head = maxT * hs
+    n = rows[2 * R + r] + 1
+    kb = (rows[R + r] * L + l) * 2 * NH * head + h * head
+    vb = kb + NH * head
+    q0 = r * 3 * C + h * hs
+    s0 = rh * maxT
+    mx = F32(-math.inf)
+    for t in range(tid, n, ROW_THREADS):
+        s = F32(0)
+        for i in range(hs):
+            s += qkv[q0 + i] * kvcache[kb + i * maxT + t]
+        s *= scale
+        scores[s0 + t] = s
+        mx = max(mx, s)
+    mx = block_max(buf, mx)
+    total = F32(0)
+    for t in range(tid, n, ROW_THREADS):
+        e = math.exp(scores[s0 + t] - mx)
+        scores[s0 + t] = e
+        total += e
+    inv = F32(1) / block_sum(buf, total)  # its barriers also publish every thread's scores
+    for i in range(tid, hs, ROW_THREADS):
+        s = F32(0)
+        for t in range(n):
+            s += scores[s0 + t] * kvcache[vb + t * hs + i]
+        atty[r * C + h * hs + i] = s * inv
+
+
+def scratch(R, C, NH, maxT):
+    """Device work buffers for R rows (reused across calls of that size)."""
+    f = np.float32
+    return {"x": cuda.device_array(R * C, f), "xn": cuda.device_array(R * C, f), "qkv": cuda.device_array(R * 3 * C, f),
+            "atty": cuda.device_array(R * C, f), "proj": cuda.device_array(R * C, f),
+            "hid": cuda.device_array(R * 4 * C, f), "mean": cuda.device_array(R, f), "rstd": cuda.device_array(R, f),
+            "scores": cuda.device_array(R * NH * maxT, f)}
+
+
+def forward_rows(logits, kvcache, rows, weights, layers, work, R, L, C, NH, maxT, V, first_logit_row):
+    # logits (R - first_logit_row, V) for the rows from first_logit_row on;  weights: (wte, wpe, lnfw,
+    # lnfb);  layers: per layer (ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb,
+    # fcprojw, fcprojb) device views;  work: scratch(R, ...)
+    wte, wpe, lnfw, lnfb = weights
+    x, xn, qkv, atty, proj, hid = work["x"], work["xn"], work["qkv"], work["atty"], work["proj"], work["hid"]
+    mean, rstd = work["mean"], work["rstd"]
+    scale = F32(1.0 / math.sqrt(C // NH))
+    _embed_rows[blocks(R * C), THREADS](x, rows, wte, wpe, R, C)
+    for l, (ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb) in enumerate(layers):
+        layernorm_forward(xn, mean, rstd, x, ln1w, ln1b, 1, R, C)
+        matmul_forward(qkv, xn, qkvw, qkvb, 1, R, C, 3 * C)
+        _kv_write[blocks(R * C), THREADS](kvcache, qkv, rows, l, R, L, C, NH, maxT)
+        _attend_cached[blocks(R * NH, 1), ROW_THREADS](atty, qkv, kvcache, work["scores"], rows, l, R, L, C, NH, maxT, scale)
+        matmul_forward(proj, atty, attprojw, attprojb, 1, R, C, C)
+        residual_forward(x, x, proj, R * C)
+        layernorm_forward(xn, mean, rstd, x, ln2w, ln2b, 1, R, C)
+        matmul_forward(hid, xn, fcw, fcb, 1, R, C, 4 * C)
+        gelu_forward(hid, hid, R * 4 * C)
+        matmul_forward(proj, hid, fcprojw, fcprojb, 1, R, 4 * C, C)
+        residual_forward(x, x, proj, R * C)
+    nl = R - first_logit_row
+    layernorm_forward(xn, mean, rstd, x[first_logit_row * C:], lnfw, lnfb, 1, nl, C)
+    matmul_forward(logits, xn, wte, None, 1, nl, C, V)  # the tied LM head: wte's first V rows

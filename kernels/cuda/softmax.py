@@ -1,0 +1,85 @@
+"""Softmax over the vocabulary, cross-entropy, and their fused backward, as kernels/softmax.py.
+
+Legend: B batch, T time, V vocab, Vp padded vocab (rows of Vp, only the first V real).
+The softmax takes one block per row (shared-memory max and sum); the others one thread per element
+or row.
+"""
+import math
+
+from numba import cuda
+
+from ._common import F32, ROW_THREADS, THREADS, block_max, block_sum, blocks
+
+
+@cuda.jit
+def _softmax_forward(probs, logits, BT, V, Vp):
+    buf = cuda.shared.array(ROW_THREADS, dtype=F32)
+    tid = cuda.threadIdx.x
+    for row in range(cuda.blockIdx.x, BT, cuda.gridDim.x):
+        _softmax_row(probs, logits, buf, row * Vp, tid, V, Vp)
+
+
+@cuda.jit(device=True, inline=True)
+def _softmax_row(probs, logits, buf, o, tid, V, Vp):
+    mx = F32(-math.inf)
+    for i in range(tid, V, ROW_THREADS):
+        mx = max(mx, logits[o + i])
+    mx = block_max(buf, mx)
+    s = F32(0)
+    for i in range(tid, V, ROW_THREADS):
+        e = math.exp(logits[o + i] - mx)
+        probs[o + i] = e
+        s += e
+    inv = F32(1) / block_sum(buf, s)
+    for i in range(tid, Vp, ROW_THREADS):
+        probs[o + i] = probs[o + i] * inv if i < V else F32(0)
+
+
+def softmax_forward(probs, logits, B, T, V, Vp):
+    # probs, logits (B,T,Vp); padded entries [V, Vp) of probs are set to 0
+    _softmax_forward[blocks(B * T, 1), ROW_THREADS](probs, logits, B * T, V, Vp)
+
+
+@cuda.jit
+def _crossentropy_forward(losses, probs, targets, BT, Vp):
+    for bt in range(cuda.grid(1), BT, cuda.gridsize(1)):
+        losses[bt] = -math.log(probs[bt * Vp + targets[bt]])
+
+
+def crossentropy_forward(losses, probs, targets, B, T, Vp):
+    # losses (B,T) = -log probs[b,t,targets[b,t]];  probs (B,T,Vp);  targets (B,T) int32
+    _crossentropy_forward[blocks(B * T), THREADS](losses, probs, targets, B * T, Vp)
+
+
+@cuda.jit
+def _crossentropy_softmax_backward(dlogits, dlosses, probs, targets, BT, V, Vp, overwrite):
+    for e in range(cuda.grid(1), BT * Vp, cuda.gridsize(1)):
+        bt = e // Vp
+        i = e % Vp
+        if i < V:
+            v = (probs[e] - (F32(1) if i == targets[bt] else F32(0))) * dlosses[bt]
+            dlogits[e] = v if overwrite else dlogits[e] + v
+        elif overwrite:
+            dlogits[e] = F32(0)
+
+
+def crossentropy_softmax_backward(dlogits, dlosses, probs, targets, B, T, V, Vp, overwrite=False):
+    # dlogits (B,T,Vp) += (probs - onehot(target)) * dlosses, first V columns; with overwrite, =
+    # instead and the padded columns set to 0
+    _crossentropy_softmax_backward[blocks(B * T * Vp), THREADS](dlogits, dlosses, probs, targets, B * T, V, Vp,
+                                                                overwrite)
+
+
+@cuda.jit
+def _mean(out, x, N):
+    # out[0] (float64) = mean of x (N), by one thread in order (N is B*T: small)
+    if cuda.grid(1) == 0:
+        s = 0.0
+        for i in range(N):
+            s += x[i]
+        out[0] = s / N
+
+
+def mean_into(out, x):
+    # out[0] (float64, device) = the mean of x (N) in float64
+    _mean[1, 1](out, x, x.size)
