@@ -182,3 +182,22 @@ def test_gpt2_vocab_and_merges_files(hf_bytelevel, tmp_path):
     (tmp_path / "merges.txt").unlink()
     with pytest.raises(TokenizerFileError, match="no merges.txt"):
         import_tokenizer(str(tmp_path / "vocab.json"))
+
+
+def test_cli_import(hf_bytelevel, tmp_path):
+    import subprocess
+    import sys
+
+    def run_cli(*args):
+        return subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+
+    out = tmp_path / "tok.json"
+    r = run_cli("tokenizer", "import", hf_bytelevel, "--out", out)
+    assert r.returncode == 0 and "bpe-vocab tokenizer, 700 ids" in r.stdout, r.stderr
+    r = run_cli("tokenizer", "encode", out, "Hello there, citizen")
+    hf = tk.Tokenizer.from_file(str(hf_bytelevel))
+    assert r.stdout.split() == [str(i) for i in hf.encode("Hello there, citizen").ids]
+    _edit(hf_bytelevel, tmp_path / "nfkc.json", normalizer={"type": "NFKC"})
+    r = run_cli("tokenizer", "import", tmp_path / "nfkc.json", "--out", tmp_path / "x.json")
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "NFKC" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.json").exists()

@@ -154,3 +154,49 @@ def test_train_errors_and_registry():
         WordPieceTokenizer.train("abc", 100, score="best", progress=False)
     tok = train_tokenizer("wordpiece", ["hello world", "hello there"], 30, progress=False)
     assert tok.kind == "wordpiece" and tok.encode("hello") == [tok.token_to_id("hello")]
+
+
+def run_cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_cli_train_export_and_prepare(tmp_path):
+    import json
+
+    from cllm.data import prepare_dataset
+    from cllm.data.tokenfile import read_token_file
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(SHAKESPEARE[:30000], encoding="utf-8")
+    tok = tmp_path / "wp.json"
+    r = run_cli("tokenizer", "train", corpus, "--kind", "wordpiece", "--vocab-size", "400", "--out", tok)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(tok.read_text(encoding="utf-8"))["kind"] == "wordpiece"
+    for action, out, check in (("export-hf", "hf.json", '"WordPiece"'), ("export-vocab", "vocab.txt", "[UNK]\n")):
+        r = run_cli("tokenizer", action, tok, tmp_path / out)
+        assert r.returncode == 0 and check in (tmp_path / out).read_text(encoding="utf-8"), r.stderr
+    # prepare with the trained kind, then with the exported vocab.txt as a given tokenizer file
+    ds = prepare_dataset(str(corpus), str(tmp_path / "ds1"), tokenizer="wordpiece", vocab_size=400, progress=False)
+    given = prepare_dataset(str(corpus), str(tmp_path / "ds2"), tokenizer=str(tmp_path / "vocab.txt"), progress=False)
+    assert given.tokenizer.vocab_size == ds.tokenizer.vocab_size == 400
+    a = read_token_file(ds.train_path)
+    assert a.tolist() == read_token_file(given.train_path).tolist()
+    assert a.tolist()[:50] == load_tokenizer(tok).encode(SHAKESPEARE[:30000])[:50]
+    r = run_cli("tokenizer", "export-vocab", tmp_path / "ds1" / "tokenizer.json", tmp_path / "v.txt")
+    assert r.returncode == 0
+    with pytest.raises(TokenizerError, match="tokenizer file"):
+        prepare_dataset(str(corpus), str(tmp_path / "ds3"), tokenizer=str(tmp_path / "nothing.json"), progress=False)
+
+
+def test_train_config_accepts_wordpiece_and_tokenizer_files(tmp_path):
+    from cllm.errors import ConfigError
+    from cllm.training import TrainConfig
+
+    TrainConfig(tokenizer="wordpiece").validate()
+    (tmp_path / "vocab.txt").write_text("[UNK]\na\n##b\n", encoding="utf-8")
+    TrainConfig(tokenizer=str(tmp_path / "vocab.txt")).validate()
+    with pytest.raises(ConfigError, match="tokenizer file"):
+        TrainConfig(tokenizer="sentencepiece").validate()

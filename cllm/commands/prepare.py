@@ -1,4 +1,4 @@
-"""`python cli.py prepare DATA --tokenizer {word,char,bpe} --vocab-size N --out DIR`
+"""`python cli.py prepare DATA --tokenizer {word,char,bpe,wordpiece,FILE} --vocab-size N --out DIR`
 
 Clean and tokenize a corpus (a file or a directory tree) into DIR/tokenizer.json, DIR/train.bin,
 DIR/val.bin and DIR/meta.json. Running it again with the same inputs and flags reuses DIR.
@@ -14,7 +14,7 @@ def main(data: str = None, tokenizer: str = "char", vocab_size: int = None, out:
 
     Args:
       data: a text file or a directory (recursive; .txt .md .html .pdf .jsonl, text without extension)
-      tokenizer: word, char or bpe
+      tokenizer: word, char, bpe, wordpiece, or a tokenizer file to use as it is (see `cli.py tokenizer import`)
       vocab_size: ids in the vocabulary (default: word 8192, bpe 4096, char every character)
       out: output directory (default: data/.cache/<name of DATA>-<tokenizer>[-<vocab size>])
       val_fraction: share of the data held out for validation (0 <= f < 1)
@@ -37,7 +37,8 @@ def main(data: str = None, tokenizer: str = "char", vocab_size: int = None, out:
     if out is None:
         name = os.path.splitext(os.path.basename(os.path.normpath(str(data))))[0] or "corpus"
         # data/.cache/ is git-ignored, and hidden, so a corpus directory data/ never reads it back
-        out = os.path.join("data", ".cache", f"{name}-{tokenizer}" + (f"-{vocab_size}" if vocab_size else ""))
+        tok_name = os.path.splitext(os.path.basename(os.path.normpath(tokenizer)))[0]  # a file: its name
+        out = os.path.join("data", ".cache", f"{name}-{tok_name}" + (f"-{vocab_size}" if vocab_size else ""))
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = lambda msg, *a, **k: sys.stderr.write(f"warning: {msg}\n")

@@ -34,7 +34,7 @@ from cllm.errors import CLLMError, DataError, TokenizerError
 from cllm.fileio import atomic_write_text
 
 PREPARE_VERSION = 1
-KINDS = ("word", "char", "bpe")
+KINDS = ("word", "char", "bpe", "wordpiece")
 
 
 @dataclass
@@ -150,9 +150,13 @@ def prepare_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int
     encoded with it and none is trained."""
     from cllm.tokenizers import train_tokenizer
 
+    if isinstance(tokenizer, str) and tokenizer not in KINDS and os.path.exists(tokenizer):
+        from cllm.tokenizers.imports import import_tokenizer
+
+        tokenizer = import_tokenizer(tokenizer)  # a tokenizer file: CLLM's, HuggingFace's, BERT's, GPT-2's, tiktoken's
     given, tokenizer = (None, tokenizer) if isinstance(tokenizer, str) else (tokenizer, tokenizer.kind)
     if tokenizer not in KINDS and given is None:
-        raise TokenizerError(f"unknown tokenizer {tokenizer!r}; choose one of: {', '.join(KINDS)}")
+        raise TokenizerError(f"unknown tokenizer {tokenizer!r}; choose one of: {', '.join(KINDS)}, or give a tokenizer file")
     if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int)):
         raise TokenizerError(f"vocab size must be an integer, got {vocab_size!r}")
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
@@ -199,7 +203,7 @@ def prepare_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int
 
     # where val starts: see _split_plan
     first_val, straddle, straddle_frac = _split_plan(lengths, val_fraction)
-    eos = tok.eos_id if given is not None or tokenizer in ("word", "bpe") else None
+    eos = tok.eos_id if given is not None or tokenizer in ("word", "bpe", "wordpiece") else None
 
     # pass 2: encode each document into train.bin / val.bin
     from tqdm import tqdm
