@@ -3,7 +3,7 @@ transformers as GPT-2 with the same logits, greedy tokens and token ids; a GPT-2
 comes back with the same logits; a pickle is refused without being opened; the `cllm` script is cli.py.
 
 The tests that run transformers skip, with the reason printed, when torch or transformers is absent
-(`pip install -e '.[interop]'`, torch's CPU wheel; `make test-interop`)."""
+(the test extra installs both, torch's CPU wheel; `pip install -e '.[interop]'` elsewhere)."""
 from __future__ import annotations
 
 import json
@@ -28,7 +28,7 @@ try:
     import transformers
 except ImportError as exc:  # the reason is printed by the skips below
     torch = transformers = None
-    MISSING = f"{exc.name} is not installed: pip install -e '.[interop]' (make test-interop)"
+    MISSING = f"{exc.name} is not installed: pip install -e '.[interop]'"
 needs_hf = pytest.mark.skipif(transformers is None, reason=MISSING)
 
 
