@@ -11,16 +11,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test,plot,mpi]'
 	touch $(STAMP)
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-interop bench clean
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) cli.py train --max-time 300 --checkpoint-dir checkpoints/demo
+	$(PY) cli.py train --max-time 300 --checkpoint-dir checkpoints/demo --overwrite
 	$(PY) cli.py generate "ROMEO:" --checkpoint checkpoints/demo --max-new-tokens 300
 
 test: $(STAMP)
 	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || echo "note: chromium could not be installed; tests/test_serve_browser.py will skip"
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# the transformers round trips of tests/test_hf_interop.py (and of the interop extra, bench/gpt2.py's PyTorch
+# side): torch==2.13.0 is the CPU wheel; `make test` runs without torch or transformers and skips them, saying so
+test-interop: $(STAMP)
+	$(PY) -m pip install -q -e '.[interop]'
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_hf_interop.py
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'

@@ -3,7 +3,8 @@ transformers as GPT-2 with the same logits, greedy tokens and token ids; a GPT-2
 comes back with the same logits; a pickle is refused without being opened; the `cllm` script is cli.py.
 
 The tests that run transformers skip, with the reason printed, when torch or transformers is absent
-(the test extra installs both, torch's CPU wheel; `pip install -e '.[interop]'` elsewhere)."""
+(`make test-interop` installs both, torch's CPU wheel, and runs these tests; `make test` does not
+need them: torch is never more than a reference here)."""
 from __future__ import annotations
 
 import json
@@ -28,7 +29,7 @@ try:
     import transformers
 except ImportError as exc:  # the reason is printed by the skips below
     torch = transformers = None
-    MISSING = f"{exc.name} is not installed: pip install -e '.[interop]'"
+    MISSING = f"{exc.name} is not installed: make test-interop (pip install -e '.[interop]')"
 needs_hf = pytest.mark.skipif(transformers is None, reason=MISSING)
 
 
@@ -140,6 +141,26 @@ def test_export_then_import_gives_the_checkpoint_back(bpe_run, tmp_path):
         np.testing.assert_array_equal(tensor, model.tensor(name), err_msg=name)
     imported_tok = load_tokenizer(back.tokenizer_path)
     assert imported_tok.encode(SAMPLE, allowed_special="all") == tok.encode(SAMPLE, allowed_special="all")
+
+
+def test_train_init_from_starts_from_the_checkpoint_with_its_tokenizer(bpe_run, tmp_path):
+    """`train --init-from`: the imported weights are the starting point (a learning rate of 1e-9 leaves
+    them), the data is encoded with the checkpoint's tokenizer, the model keeps its context."""
+    from cllm.tokenizers import load_tokenizer
+    from cllm.training import TrainConfig, train
+
+    _, model, tok, hf = bpe_run
+    assert cli.main(["import-hf", hf, str(tmp_path / "imported")]) == 0
+    data = tmp_path / "data.txt"
+    data.write_text(TEXT)
+    cfg = TrainConfig(data=str(data), init_from=str(tmp_path / "imported"), checkpoint_dir=str(tmp_path / "ft"),
+                      max_steps=1, learning_rate=1e-9, min_lr=0.0, warmup_steps=0, batch_size=2, seq_len=16,
+                      eval_interval=1000, sample_interval=100000, val_fraction=0.2, threads=1, progress=False)
+    train(cfg)
+    tuned = ck.load_checkpoint(str(tmp_path / "ft"))
+    assert tuned.model_config == model.config  # its 24 positions kept, though it trained on 16
+    assert max(float(np.abs(tuned.params[k] - model.tensor(k)).max()) for k in tuned.params) < 1e-6
+    assert load_tokenizer(tuned.tokenizer_path).encode(SAMPLE) == tok.encode(SAMPLE)
 
 
 @needs_hf
