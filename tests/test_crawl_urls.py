@@ -146,7 +146,7 @@ def test_settings_are_validated():
 
 
 def test_extension_of_a_url():
-    from cllm.scraper.crawler import _extension
+    from cllm.scraper.frontier import _extension
 
     assert _extension("http://h/a/photo.JPG?x=1") == "jpg"
     assert _extension("http://h/a.b/page") == ""
