@@ -146,7 +146,7 @@ def main():
                                 "ratio_warm": round(hf_s / warm_s, 2)}
         res["wordpiece"] = bench_wordpiece(text, args.vocab)
     try:
-        import tiktoken  # noqa: F401
+        import tiktoken
     except ImportError:
         res["rank_file"] = "tiktoken not installed"
     else:
@@ -170,7 +170,8 @@ def bench_wordpiece(text, vocab):
         hf = tokenizers.Tokenizer(models.WordPiece(unk_token="[UNK]"))
         hf.normalizer = normalizers.BertNormalizer(lowercase=True)
         hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        hf.train_from_iterator([train], trainers.WordPieceTrainer(vocab_size=vocab, special_tokens=list(SPECIALS), show_progress=False))
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab, special_tokens=list(SPECIALS), show_progress=False)
+        hf.train_from_iterator([train], trainer)
         return hf
 
     out = {"vocab": vocab, "train_MB": round(n_train / 1e6, 3)}
@@ -178,7 +179,7 @@ def bench_wordpiece(text, vocab):
     out["hf_train_s"] = round(hf_s, 3)
     out["hf_tokens_per_byte"] = round(len(hf.encode(held, add_special_tokens=False).ids) / n_held, 5)
     for score in ("frequency", "likelihood"):
-        s, tok = best_of(2, lambda: WordPieceTokenizer.train(train, vocab, score=score, progress=False))
+        s, tok = best_of(2, lambda score=score: WordPieceTokenizer.train(train, vocab, score=score, progress=False))
         out[score] = {"train_s": round(s, 3), "train_ratio_to_hf": round(s / hf_s, 2),
                       "tokens_per_byte": round(len(tok.encode(held)) / n_held, 5)}
     with tempfile.TemporaryDirectory() as d:
@@ -240,8 +241,8 @@ def bench_rank_file(texts, args):
     theirs = [enc.encode_ordinary(p) for p in docs]
     tk_s = time.perf_counter() - t
     same = all(len(a) == len(b) and a.tolist() == b for a, b in zip(ours, theirs))
-    out.update({"MB": round(n / 1e6, 1), "documents": len(docs), "identical_ids": same, "MBps": round(n / ours_s / 1e6, 2),
-                "tiktoken_MBps": round(n / tk_s / 1e6, 2), "ratio": round(tk_s / ours_s, 2)})
+    out.update({"MB": round(n / 1e6, 1), "documents": len(docs), "identical_ids": same,
+                "MBps": round(n / ours_s / 1e6, 2), "tiktoken_MBps": round(n / tk_s / 1e6, 2), "ratio": round(tk_s / ours_s, 2)})
     return out
 
 

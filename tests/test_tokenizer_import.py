@@ -21,7 +21,8 @@ SHAKESPEARE = (ROOT / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8"
 ODD = "\nNaïve café — 日本語のテキスト 😀👍🏽 e\u0301 ﬁ 12345 don't WE'LL\r\n\ttabs\n  x<|endoftext|>y  \n\n  z"
 SAMPLE = SHAKESPEARE[:100000] + ODD
 TEXTS = (SAMPLE, SHAKESPEARE[-5000:], ODD, "", " ")
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FAST = settings(max_examples=60, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +83,15 @@ def test_hf_split_pre_tokenizer_ignore_merges_prefix_space_nfc(hf_bytelevel, tmp
         {"type": "Split", "pattern": {"Regex": PATTERNS["gpt4"]}, "behavior": "Isolated", "invert": False},
         {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
     cases = [dict(pre_tokenizer=split, model_ignore_merges=True),
-             dict(pre_tokenizer={"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+             dict(pre_tokenizer={"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+                                 "use_regex": True},
                   normalizer={"type": "NFC"})]
     for k, changes in enumerate(cases):
         path = _edit(hf_bytelevel, tmp_path / f"t{k}.json", **changes)
         hf, tok = tk.Tokenizer.from_file(str(path)), import_tokenizer(str(path))
         _same_ids(hf, tok, TEXTS + ("e\u0301 A\u030a",))
+        tok.export_hf(tmp_path / "again.json")  # written back with the file's ids and options
+        _same_ids(tk.Tokenizer.from_file(str(tmp_path / "again.json")), tok, TEXTS + ("e\u0301 A\u030a",))
 
         @FAST
         @given(st.text(max_size=200))
@@ -160,6 +164,8 @@ def test_tiktoken_rank_file_same_ids(pattern, tmp_path, monkeypatch):
     assert tok.vocab_size == enc.n_vocab and tok.eos_id == len(ranks)
     for text in TEXTS:
         assert tok.encode(text, allowed_special="all") == enc.encode(text, allowed_special="all")
+    tok.export_hf(tmp_path / "tokenizer.json")  # and as HuggingFace's file, with tiktoken's ids
+    _same_ids(tk.Tokenizer.from_file(str(tmp_path / "tokenizer.json")), tok)
 
     @FAST
     @given(st.text(max_size=300))
@@ -189,7 +195,8 @@ def test_cli_import(hf_bytelevel, tmp_path):
     import sys
 
     def run_cli(*args):
-        return subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+        return subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], capture_output=True, text=True,
+                              cwd=ROOT, check=False)
 
     out = tmp_path / "tok.json"
     r = run_cli("tokenizer", "import", hf_bytelevel, "--out", out)

@@ -95,7 +95,8 @@ def trained():
     return WordPieceTokenizer.train(SHAKESPEARE[:200000] + ODD, 1500, progress=False)
 
 
-@pytest.mark.parametrize("options", [dict(), dict(lowercase=False, strip_accents=False), dict(lowercase=True, strip_accents=False)])
+@pytest.mark.parametrize("options", [{}, {"lowercase": False, "strip_accents": False},
+                                     {"lowercase": True, "strip_accents": False}])
 def test_same_ids_as_hf_wordpiece(trained, tmp_path, options):
     tk = pytest.importorskip("tokenizers", reason="HuggingFace `tokenizers` (test extra) is the reference")
     tok = WordPieceTokenizer(trained._id_to_token, **options)
@@ -107,7 +108,8 @@ def test_same_ids_as_hf_wordpiece(trained, tmp_path, options):
     assert again._id_to_token == tok._id_to_token and again.encode(ODD) == tok.encode(ODD)
 
     @FAST
-    @given(st.text(max_size=200) | st.text(alphabet=st.sampled_from("aeiouAÉΣ日 ,.#[]\u0301\u0300\x00"), max_size=60))
+    @given(st.text(max_size=200) | st.text(alphabet=st.sampled_from("aeiouAÉΣ日 ,.#[]\u0301\u0300\x00"),
+                                           max_size=60))
     def parity(text):
         assert tok.encode(text, allowed_special="all") == hf.encode(text, add_special_tokens=False).ids
 
@@ -122,8 +124,9 @@ def test_compression_of_both_scores_against_hf_trainer():
     hf = tk.Tokenizer(models.WordPiece(unk_token="[UNK]"))
     hf.normalizer = normalizers.BertNormalizer(lowercase=True)
     hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    hf.train_from_iterator([train], trainers.WordPieceTrainer(vocab_size=2000, show_progress=False,
-                                                              special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    trainer = trainers.WordPieceTrainer(vocab_size=2000, show_progress=False, special_tokens=specials)
+    hf.train_from_iterator([train], trainer)
     n_bytes = len(held.encode("utf-8"))
     hf_rate = len(hf.encode(held, add_special_tokens=False).ids) / n_bytes
     rate = {s: len(WordPieceTokenizer.train(train, 2000, score=s, progress=False).encode(held)) / n_bytes
@@ -160,7 +163,8 @@ def run_cli(*args):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, check=False)
 
 
 def test_cli_train_export_and_prepare(tmp_path):

@@ -11,7 +11,7 @@
 
 
 def main(action: str = None, *args, kind: str = "bpe", vocab_size: int = None, out: str = "tokenizer.json", progress: bool = True,
-         pattern: str = None, **cleaning):
+         pattern: str = None, score: str = "likelihood", **cleaning):
     """Train, inspect, use and import tokenizers (actions: train, encode, decode, stats, export-hf,
     export-vocab, import)."""
     import json
@@ -28,7 +28,7 @@ def main(action: str = None, *args, kind: str = "bpe", vocab_size: int = None, o
         from cllm.data import open_corpus
 
         corpus = open_corpus(str(args[0]), progress=progress, **cleaning)
-        tok = train_tokenizer(kind, corpus, vocab_size, progress=progress)
+        tok = train_tokenizer(kind, corpus, vocab_size, progress=progress, **({"score": score} if kind == "wordpiece" else {}))
         tok.save(out)
         print(f"wrote {out}: {tok.kind} tokenizer, {tok.vocab_size:,} ids, trained on {corpus.stats.summary()}")
     elif action == "encode":
@@ -48,7 +48,7 @@ def main(action: str = None, *args, kind: str = "bpe", vocab_size: int = None, o
     elif action == "export-hf":
         need(2, "export-hf TOKENIZER OUT.json")
         tok = load_tokenizer(args[0])
-        if tok.kind not in ("bpe", "wordpiece"):
+        if tok.kind not in ("bpe", "bpe-vocab", "wordpiece"):
             raise TokenizerError(f"only bpe and wordpiece tokenizers export to HuggingFace's format; {args[0]} is a {tok.kind} tokenizer")
         tok.export_hf(str(args[1]))
         print(f"wrote {args[1]}")

@@ -32,7 +32,8 @@ O200K = "|".join([
 ])
 TIKTOKEN_PATTERNS = {"gpt2": PATTERNS["gpt2"], "r50k": PATTERNS["gpt2"], "p50k": PATTERNS["gpt2"],
                      "cl100k": PATTERNS["gpt4"], "gpt4": PATTERNS["gpt4"], "o200k": O200K}
-TIKTOKEN_SIZES = {"gpt2": 50256, "r50k": 50256, "p50k": 50280, "cl100k": 100256, "o200k": 199998}  # ranks per public file
+# ranks in each public file: a file of another size is not that encoding, and tiktoken's specials do not apply
+TIKTOKEN_SIZES = {"gpt2": 50256, "r50k": 50256, "p50k": 50280, "cl100k": 100256, "o200k": 199998}
 # the special tokens tiktoken adds to its public encodings (the rank files do not hold them)
 TIKTOKEN_SPECIALS = {
     "gpt2": {"<|endoftext|>": 50256}, "r50k": {"<|endoftext|>": 50256},
@@ -91,7 +92,8 @@ def _read_json(path: str):
     try:
         return json.loads(_read_bytes(path).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TokenizerFileError(f"{path} is not valid JSON ({exc.__class__.__name__}: {exc}); it is truncated or corrupt") from None
+        raise TokenizerFileError(f"{path} is not valid JSON ({exc.__class__.__name__}: {exc}); "
+                                 "it is truncated or corrupt") from None
 
 
 def _roles_from_config(path: str) -> dict:
@@ -191,8 +193,9 @@ def _hf_bpe(d: dict, path: str) -> Tokenizer:
     for a in d.get("added_tokens") or []:
         if isinstance(a, dict) and isinstance(a.get("content"), str) and isinstance(a.get("id"), int):
             specials[a["content"]] = a["id"]
-    return VocabBPETokenizer(vocab, merges, pattern=pattern, specials=specials, whole_words=bool(model.get("ignore_merges")),
-                             prefix_space=prefix_space, nfc=nfc, roles=_roles_from_config(path))
+    return VocabBPETokenizer(vocab, merges, pattern=pattern, specials=specials,
+                             whole_words=bool(model.get("ignore_merges")), prefix_space=prefix_space, nfc=nfc,
+                             roles=_roles_from_config(path))
 
 
 # ---- GPT-2 vocab.json + merges.txt ----------------------------------------------------------
@@ -245,7 +248,7 @@ def read_tiktoken(path: str, pattern: str | None = None) -> Tokenizer:
             raise TokenizerFileError(f"{path}:{n}: not a tiktoken line (base64 token, space, rank)") from None
     merges = recover_merges(ranks)
     specials = TIKTOKEN_SPECIALS.get(name, {})
-    if len(ranks) != TIKTOKEN_SIZES.get(name):  # not the public file of that name: its specials do not apply
+    if len(ranks) != TIKTOKEN_SIZES.get(name):
         specials = {"<|endoftext|>": max(ranks.values()) + 1}
     return VocabBPETokenizer(ranks, merges, pattern=pat, specials=specials, whole_words=True)
 

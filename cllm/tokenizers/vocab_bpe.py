@@ -15,14 +15,17 @@ Special tokens keep their file ids and are matched in text only when allowed, as
 """
 from __future__ import annotations
 
+import json
+import os
 import unicodedata
 
 import numpy as np
 import regex
 
 from cllm.errors import TokenizerError
+from cllm.fileio import atomic_write_text
 from cllm.tokenizers.base import TokenizerFileError, field
-from cllm.tokenizers.bpe import CACHE_LIMIT, BPETokenizer, bytes_to_unicode
+from cllm.tokenizers.bpe import CACHE_LIMIT, PATTERNS, BPETokenizer, bytes_to_unicode
 
 # special-token names CLLM recognises as BOS / EOS / PAD when the file does not say (first one found)
 EOS_NAMES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<|eos|>", "<eos>", "[SEP]")
@@ -39,8 +42,8 @@ class VocabBPETokenizer(BPETokenizer):
         special-token string -> id; `roles`: {"bos"|"eos"|"pad": special string} (else guessed)."""
         missing = [b for b in range(256) if bytes([b]) not in vocab]
         if missing:
-            raise TokenizerFileError(f"the vocabulary has no token for byte {missing[0]:#04x} ({len(missing)} bytes missing); "
-                                     "CLLM reads byte-level BPE vocabularies that cover all 256 bytes")
+            raise TokenizerFileError(f"the vocabulary has no token for byte {missing[0]:#04x} ({len(missing)} bytes "
+                                     "missing); CLLM reads byte-level BPE vocabularies that cover all 256 bytes")
         internal = _internal_merges(vocab, merges)
         super().__init__(internal, pattern=pattern, special_tokens=())
         self.file_vocab = dict(vocab)
@@ -68,7 +71,8 @@ class VocabBPETokenizer(BPETokenizer):
 
     @classmethod
     def train(cls, *args, **kw):
-        raise TokenizerError("a bpe-vocab tokenizer is imported (cli.py tokenizer import), not trained; train --kind bpe")
+        raise TokenizerError("a bpe-vocab tokenizer is imported (cli.py tokenizer import), not trained; "
+                             "train --kind bpe")
 
     def _set_roles(self, roles: dict) -> None:
         sp = self.specials
@@ -174,6 +178,43 @@ class VocabBPETokenizer(BPETokenizer):
         return bs
 
     # ---- files --------------------------------------------------------------------------------
+    def export_hf(self, path: str) -> None:
+        """Write a HuggingFace tokenizer.json with this tokenizer's own ids, merges and options, that
+        `tokenizers` loads and that gives the same ids as `encode(text, allowed_special="all")`."""
+        b2u = bytes_to_unicode()
+
+        def show(bs: bytes) -> str:
+            return "".join(b2u[x] for x in bs)
+
+        byte_level = {"type": "ByteLevel", "add_prefix_space": self.prefix_space, "trim_offsets": True,
+                      "use_regex": False}
+        if self.pattern == PATTERNS["gpt2"]:
+            pre = {**byte_level, "use_regex": True}
+        elif self.prefix_space:  # HF's ByteLevel would put a space before every split piece
+            raise TokenizerError("a tokenizer with add_prefix_space and a pre-split other than GPT-2's has no "
+                                 "tokenizer.json form")
+        else:
+            pre = {"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": self.pattern}, "behavior": "Isolated", "invert": False},
+                byte_level]}
+        vocab = {show(bs): i for bs, i in self.file_vocab.items()}
+        for t, i in self.specials.items():
+            vocab.setdefault(t, i)
+        hf = {
+            "version": "1.0", "truncation": None, "padding": None,
+            "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                              "normalized": False, "special": True} for t, i in self.specials.items()],
+            "normalizer": {"type": "NFC"} if self.nfc else None,
+            "pre_tokenizer": pre,
+            "post_processor": None,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+            "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                      "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                      "ignore_merges": self.whole_words, "vocab": vocab,
+                      "merges": [f"{show(a)} {show(b)}" for a, b in self.file_merges]},
+        }
+        atomic_write_text(os.fspath(path), json.dumps(hf, ensure_ascii=False, indent=1) + "\n")
+
     def _to_dict(self) -> dict:
         b2u = bytes_to_unicode()
 
@@ -195,7 +236,8 @@ class VocabBPETokenizer(BPETokenizer):
 
         def raw(s):
             if not isinstance(s, str) or any(ch not in u2b for ch in s):
-                raise TokenizerFileError(f"{path}: a token is not in byte-level form; the file is corrupt, re-create it")
+                raise TokenizerFileError(f"{path}: a token is not in byte-level form; the file is corrupt, "
+                                         "re-create it")
             return bytes(u2b[ch] for ch in s)
 
         vocab = {raw(t): i for t, i in field(d, "vocab", dict, path).items()}
@@ -207,9 +249,9 @@ class VocabBPETokenizer(BPETokenizer):
             raise TokenizerFileError(f"{path}: token ids must be integers; the file is corrupt, re-create it")
         roles = d.get("roles") if isinstance(d.get("roles"), dict) else {}
         try:
-            return cls(vocab, [(raw(a), raw(b)) for a, b in merges], pattern=field(d, "pattern", str, path), specials=specials,
-                       whole_words=bool(d.get("whole_words")), prefix_space=bool(d.get("prefix_space")),
-                       nfc=bool(d.get("nfc")), roles=roles)
+            return cls(vocab, [(raw(a), raw(b)) for a, b in merges], pattern=field(d, "pattern", str, path),
+                       specials=specials, whole_words=bool(d.get("whole_words")),
+                       prefix_space=bool(d.get("prefix_space")), nfc=bool(d.get("nfc")), roles=roles)
         except TokenizerFileError as exc:
             raise TokenizerFileError(f"{path}: {exc}") from None
 

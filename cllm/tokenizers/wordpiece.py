@@ -73,7 +73,8 @@ HF_NOT_SPACE = ((0x1C, 0x1F),)  # Python's isspace() says yes, Rust's is_whitesp
 HF_PUNCT = ((0x166D, 0x166D), (0x111C9, 0x111C9))  # punctuation to HuggingFace, not P* in Unicode 14
 HF_NOT_PUNCT = (  # P* in Unicode 14, not punctuation to HuggingFace
     (0x61D, 0x61D), (0x9FD, 0x9FD), (0xA76, 0xA76), (0xC77, 0xC77), (0xC84, 0xC84), (0x1B7D, 0x1B7E), (0x2E43, 0x2E4F),
-    (0x2E52, 0x2E5D), (0x10EAD, 0x10EAD), (0x10F55, 0x10F59), (0x10F86, 0x10F89), (0x1144B, 0x1144F), (0x1145A, 0x1145B),
+    (0x2E52, 0x2E5D), (0x10EAD, 0x10EAD), (0x10F55, 0x10F59), (0x10F86, 0x10F89), (0x1144B, 0x1144F),
+    (0x1145A, 0x1145B),
     (0x1145D, 0x1145D), (0x11660, 0x1166C), (0x116B9, 0x116B9), (0x1183B, 0x1183B), (0x11944, 0x11946),
     (0x119E2, 0x119E2), (0x11A3F, 0x11A46), (0x11A9A, 0x11A9C), (0x11A9E, 0x11AA2), (0x11C41, 0x11C45),
     (0x11C70, 0x11C71), (0x11EF7, 0x11EF8), (0x11FFF, 0x11FFF), (0x12FF1, 0x12FF2), (0x16E97, 0x16E9A),
@@ -113,7 +114,8 @@ def _tables() -> dict:
         def codes(ranges):
             return {c for lo, hi in ranges for c in range(lo, hi + 1)}
 
-        keep, not_mn, not_punct, not_space = codes(HF_KEEP_FORMAT), codes(HF_NOT_MN), codes(HF_NOT_PUNCT), codes(HF_NOT_SPACE)
+        keep, not_mn = codes(HF_KEEP_FORMAT), codes(HF_NOT_MN)
+        not_punct, not_space = codes(HF_NOT_PUNCT), codes(HF_NOT_SPACE)
         control, marks, punct, space = [0, 0xFFFD], sorted(codes(HF_MN)), sorted(codes(HF_PUNCT)), []
         punct += [c for c in range(33, 127) if not chr(c).isalnum()]
         for c, cat in enumerate(map(unicodedata.category, map(chr, range(0x110000)))):
@@ -125,8 +127,7 @@ def _tables() -> dict:
                     marks.append(c)
             elif cat[0] == "P" and c >= 127 and c not in not_punct:
                 punct.append(c)
-        space = [c for c in (9, 10, 11, 12, 13, 28, 29, 30, 31, 32, 0x85, 0xA0, 0x1680, 0x2028, 0x2029, 0x202F, 0x205F, 0x3000,
-                             *range(0x2000, 0x200B)) if chr(c).isspace() and c not in not_space]
+        space = [c for c in range(0x3001) if chr(c).isspace() and c not in not_space]  # none above U+3000
         control, marks, punct = sorted(set(control)), sorted(set(marks)), sorted(set(punct))
         p, s = _char_class(punct), _char_class(space)
         lower = {c: chr(c + off) for lo, hi, off in HF_LOWER for c in range(lo, hi + 1)}
@@ -285,9 +286,9 @@ class WordPieceTokenizer(Tokenizer):
         special_tokens = list(dict.fromkeys(special_tokens or ()))
         if "[UNK]" not in special_tokens:
             special_tokens.insert(0, "[UNK]")
-        if vocab_size is None or isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= len(special_tokens):
-            raise VocabSizeError(f"vocab size {vocab_size} is too small for WordPiece: it needs more than the {len(special_tokens)} "
-                                 "special tokens; use e.g. --vocab-size 4096")
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= len(special_tokens):
+            raise VocabSizeError(f"vocab size {vocab_size} is too small for WordPiece: it needs more than the "
+                                 f"{len(special_tokens)} special tokens; use e.g. --vocab-size 4096")
         probe = cls(special_tokens, lowercase=lowercase, strip_accents=strip_accents, special_tokens=special_tokens)
         counts, docs, chars = _count_words(as_text_iter(texts), probe, progress)
         if not counts:
@@ -316,7 +317,8 @@ class WordPieceTokenizer(Tokenizer):
         vocab = field(d, "vocab", list, path)
         strip = d.get("strip_accents")
         if not all(isinstance(t, str) for t in vocab) or strip not in (None, True, False):
-            raise TokenizerFileError(f"{path}: the WordPiece vocabulary must be a list of strings; the file is corrupt, re-create it")
+            raise TokenizerFileError(f"{path}: the WordPiece vocabulary must be a list of strings; the file is "
+                                     "corrupt, re-create it")
         return cls(vocab, unk_token=field(d, "unk_token", str, path), prefix=field(d, "prefix", str, path),
                    max_word_chars=field(d, "max_word_chars", int, path), lowercase=field(d, "lowercase", bool, path),
                    strip_accents=strip, clean_text=field(d, "clean_text", bool, path), cjk=field(d, "cjk", bool, path),
@@ -342,7 +344,8 @@ class WordPieceTokenizer(Tokenizer):
     def export_vocab_txt(self, path: str) -> None:
         """BERT's vocab.txt: one token per line, line number = id."""
         if any("\n" in t or "\r" in t or t != t.rstrip() for t in self._id_to_token):
-            raise TokenizerError("a token ends in whitespace or holds a line break; vocab.txt cannot hold it (use tokenizer.json)")
+            raise TokenizerError("a token ends in whitespace or holds a line break; vocab.txt cannot hold it "
+                                 "(use tokenizer.json)")
         atomic_write_text(os.fspath(path), "".join(t + "\n" for t in self._id_to_token))
 
     @classmethod
@@ -373,7 +376,8 @@ class WordPieceTokenizer(Tokenizer):
         for a in sorted(added, key=lambda a: a.get("id", -1)):
             if a.get("content") not in vocab:
                 if a.get("id") != len(tokens):
-                    raise TokenizerFileError(f"{path}: the added token {a.get('content')!r} has an id outside the vocabulary")
+                    raise TokenizerFileError(f"{path}: the added token {a.get('content')!r} has an id outside the "
+                                             "vocabulary")
                 tokens.append(a["content"])
         pre = d.get("pre_tokenizer")
         if not (isinstance(pre, dict) and pre.get("type") == "BertPreTokenizer"):
@@ -472,7 +476,8 @@ def _learn(counts: Counter, specials: list[str], vocab_size: int, frequency: boo
     with progress_bar(progress, desc="wordpiece: merging", unit="tok", total=n_new) as bar:
         while state[4] < V and state[3] > 0:
             if state[5] + step > len(merge_a):
-                merge_a, merge_b, merge_new = (np.concatenate([x, np.zeros_like(x)]) for x in (merge_a, merge_b, merge_new))
+                merge_a, merge_b, merge_new = (np.concatenate([x, np.zeros_like(x)])
+                                               for x in (merge_a, merge_b, merge_new))
             before = int(state[4])
             K.wp_train_steps(sym, wstart, wlen, wcount, wmark, scount, pairs, pa, pb, pcount, phead, pscore, occ_word,
                              occ_next, shead, adj_pair, adj_next, hs, hp, state, tok_hash, tok_len, powtab,
@@ -484,5 +489,6 @@ def _learn(counts: Counter, specials: list[str], vocab_size: int, frequency: boo
         if c == len(tokens):
             tokens.append(t)
         elif tokens[c] != t:  # a 64-bit hash collision: never seen
-            raise TokenizerError("internal error: WordPiece training produced inconsistent tokens (hash collision); please report it")
+            raise TokenizerError("internal error: WordPiece training produced inconsistent tokens (hash collision); "
+                                 "please report it")
     return tokens, n_merges, len(uniq)
