@@ -6,6 +6,8 @@
     GET  /v1/models/ID      that one model (404 for another id)
     POST /v1/completions    OpenAI's completions request/response; "stream": true sends
                             server-sent events `data: {chunk}` and a final `data: [DONE]`
+    POST /v1/images/generations  an image model's samples as base64 PNGs (cllm/vision/serve.py); a text
+                            model answers 400 "images_not_supported"
     GET  /                  the page (cllm/serve/static/index.html), GET /static/NAME its files
 
 Generation runs in a thread pool (Engine.run), never on the event loop. At most
@@ -35,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from cllm.serve.engine import CompletionRequest, Engine
+from cllm.vision.serve import image_generations
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -517,6 +520,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> web.Ap
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{model:.+}", model)
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/images/generations", image_generations)  # image models (cllm/vision/serve.py)
     app.router.add_get("/", index)
     app.router.add_get("/static/{name:.+}", static)
     return app

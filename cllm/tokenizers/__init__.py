@@ -35,12 +35,15 @@ def train_tokenizer(kind: str, texts, vocab_size: int | None = None, **kw) -> To
 
 def load_tokenizer(path) -> Tokenizer:
     """Read any kind back from its JSON file (or a directory holding tokenizer.json)."""
+    from cllm.vision.tokenizer import ImageTokenizer  # imported here: cllm.vision imports this package
+
+    kinds = {**KINDS, "image": ImageTokenizer}
     d = read_tokenizer_json(path)
     file = d.pop("_path")
     kind = d.get("kind")
-    if kind not in KINDS:
-        raise TokenizerFileError(f"{file}: unknown tokenizer kind {kind!r}; this CLLM knows {', '.join(KINDS)}")
-    tok = KINDS[kind]._from_dict(d, file)
+    if kind not in kinds:
+        raise TokenizerFileError(f"{file}: unknown tokenizer kind {kind!r}; this CLLM knows {', '.join(kinds)}")
+    tok = kinds[kind]._from_dict(d, file)
     stats = d.get("train_stats")
     tok.train_stats = stats if isinstance(stats, dict) else {}
     return tok
