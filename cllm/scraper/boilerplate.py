@@ -1,0 +1,117 @@
+"""Removing what is never main text: script-like elements, hidden elements, page chrome, blocks
+whose class/id names boilerplate (cookie banners, share bars, comments ...), and, inside the main
+block, link-heavy containers (readability's "conditional cleaning")."""
+from __future__ import annotations
+
+import re
+
+from lxml import etree
+
+from cllm.scraper.dom import class_id, link_density, remove_keeping_tail, text_len
+
+# Elements whose content is never prose.
+DROP_TAGS = [
+    "script", "style", "noscript", "template", "svg", "math", "canvas", "iframe", "object", "embed",
+    "video", "audio", "source", "track", "map", "head", "button", "input", "select", "option",
+    "textarea", "label", "nav", "aside", "footer", "menu", "dialog", "figure", "figcaption",
+    "picture", "img",
+]
+# Elements that are navigation or page chrome by ARIA role.
+_DROP_ROLES = {"navigation", "banner", "contentinfo", "complementary", "dialog", "alertdialog", "menu",
+               "menubar", "search", "toolbar", "tablist", "alert", "status"}
+
+# class/id words that mark boilerplate (Readability.js's lists, plus cookie/consent banners,
+# newsletters and bylines). Long distinctive stems match anywhere ("commentList", "sharebar");
+# short ambiguous words only as whole words of the class, split at -, _ and camelCase, so that
+# "pageRow" is not "pager" and "loader" is not "ad".
+_UNLIKELY_STEMS = re.compile(
+    r"comment|cookie|consent|gdpr|newsletter|breadcrumb|sidebar|social|share|sharing|related|footer|"
+    r"masthead|disqus|outbrain|taboola|sponsor|promo|subscri|signup|popup|modal|recirc|trending|"
+    r"skyscraper|shoutbox|combx|agegate|ai2html|yom-remote|advert|byline|caption|credit|pagination|"
+    r"replies|remark|supplemental|legends|community|more-stories|most-popular|readmore|read-more|"
+    r"screen-reader|visually-hidden|inline-ad|ad-slot|adslot|ad-container|adunit|ad-wrapper",
+    re.I,
+)
+_UNLIKELY_WORDS = {
+    "ad", "ads", "adv", "dfp", "header", "menu", "nav", "navbar", "pager", "extra", "tags", "tag", "topics",
+    "keywords", "skip", "hidden", "dateline", "timestamp", "ticker", "toolbar", "tools", "overlay",
+    "banner", "bio", "sr", "widget", "rss", "print", "meta", "signin", "login",
+}
+_MAYBE_CANDIDATE = re.compile(r"and|article|body|column|content|main|shadow|story|entry", re.I)
+_POSITIVE = re.compile(r"article|body|content|entry|hentry|h-entry|main|page|post|text|blog|story|prose", re.I)
+_NEGATIVE = re.compile(
+    r"-ad-|hidden|^hid$| hid$| hid |^hid |banner|combx|comment|com-|contact|foot|footer|footnote|gdpr|"
+    r"masthead|media|meta|outbrain|promo|related|scroll|share|shoutbox|sidebar|skyscraper|sponsor|"
+    r"shopping|tags|tool|widget|cookie|consent|newsletter|subscri|byline|caption|credit|recirc",
+    re.I,
+)
+_HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
+_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+
+
+def _unlikely(ci: str) -> bool:
+    if _UNLIKELY_STEMS.search(ci):
+        return True
+    return any(w.lower() in _UNLIKELY_WORDS for w in _WORDS.findall(ci))
+
+
+def class_weight(el) -> int:
+    """Readability's class/id weight: +25 for a content-like name, -25 for a boilerplate-like one."""
+    ci = class_id(el)
+    weight = 0
+    if _NEGATIVE.search(ci):
+        weight -= 25
+    if _POSITIVE.search(ci):
+        weight += 25
+    return weight
+
+
+def drop_never_text(doc) -> None:
+    """Remove the elements whose content is never prose (DROP_TAGS), text after them kept."""
+    etree.strip_elements(doc, *DROP_TAGS, with_tail=False)
+
+
+def _hidden_or_chrome(el) -> bool:
+    return (el.get("hidden") is not None or el.get("aria-hidden") == "true"
+            or (el.get("role") or "").lower() in _DROP_ROLES
+            or bool(_HIDDEN_STYLE.search(el.get("style") or "")))
+
+
+def strip_junk(doc, protected: set) -> None:
+    """Remove hidden elements, page chrome, <header>s and boilerplate-named blocks.
+
+    A block named like boilerplate is kept when it is an ancestor of a marked-up article body
+    (`protected`) or holds most of the page's text: sites wrap whole pages in classes such as
+    "advertisement-off-canvas-pusher".
+    """
+    body = doc.find("body")
+    half_page = text_len(body if body is not None else doc) / 2
+    for el in list(doc.iter(etree.Element)):
+        if el.getparent() is None or el.tag in ("html", "body") or el in protected:
+            continue
+        if _hidden_or_chrome(el) or el.tag == "header":
+            remove_keeping_tail(el)
+            continue
+        ci = class_id(el)
+        if (ci.strip() and el.tag != "a" and _unlikely(ci) and not _MAYBE_CANDIDATE.search(ci)
+                and text_len(el) < half_page):
+            remove_keeping_tail(el)
+
+
+def clean_block(block) -> None:
+    """Drop link-heavy or boilerplate-scored containers inside the main block (readability's
+    'conditional cleaning')."""
+    for el in list(block.iter("div", "section", "ul", "ol", "table", "dl", "p", "span")):
+        if el is block or el.getparent() is None:
+            continue
+        n = text_len(el)
+        if n == 0:
+            continue
+        density = link_density(el)
+        weight = class_weight(el)
+        if el.tag in ("ul", "ol") and density > 0.5:
+            remove_keeping_tail(el)
+        elif el.tag != "p" and el.tag != "span" and (weight < 0 and n < 500 or density > 0.5 and n < 1000):
+            remove_keeping_tail(el)
+        elif el.tag == "p" and density > 0.8 and n < 150:
+            remove_keeping_tail(el)
