@@ -148,17 +148,15 @@ def tokenizer_files(tokenizer, max_len: int) -> dict[str, dict]:
     BPE as CLLM writes it (BPETokenizer.export_hf); char and word as a WordLevel model whose
     pre-split is the CLLM tokenizer's (each character; WORD_PATTERN's matches)."""
     kind = getattr(tokenizer, "kind", None)
-    if kind in ("bpe", "bpe-vocab"):
+    if hasattr(tokenizer, "export_hf"):  # byte-level BPE (trained or imported), WordPiece
         with tempfile.TemporaryDirectory() as tmp:
             tokenizer.export_hf(os.path.join(tmp, "tokenizer.json"))
             with open(os.path.join(tmp, "tokenizer.json"), encoding="utf-8") as f:
                 tok_json = json.load(f)
-        if kind == "bpe-vocab":
-            _use_file_ids(tok_json, tokenizer)
     elif kind in ("char", "word"):
         tok_json = _word_level_json(tokenizer)
     else:
-        raise TokenizerError(f"cannot export a {kind!r} tokenizer to HuggingFace; CLLM exports bpe, char and word")
+        raise TokenizerError(f"cannot export a {kind!r} tokenizer to HuggingFace; it has no tokenizer.json form")
     names = {"bos_token": tokenizer.bos_id, "eos_token": tokenizer.eos_id, "pad_token": tokenizer.pad_id,
              "unk_token": tokenizer.unk_id}
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_len,
@@ -170,20 +168,6 @@ def tokenizer_files(tokenizer, max_len: int) -> dict[str, dict]:
 def special_ids(tokenizer) -> dict[str, int]:
     """special token -> id (an imported byte-level BPE keeps its file's specials apart)."""
     return getattr(tokenizer, "specials", None) or getattr(tokenizer, "special_tokens", {})
-
-
-def _use_file_ids(tok_json: dict, tokenizer) -> None:
-    """Turn BPETokenizer.export_hf's file (CLLM's internal ids) into one with an imported tokenizer's
-    own ids, merges and options (cllm/tokenizers/vocab_bpe.py; what cllm/tokenizers/imports.py read)."""
-    d = tokenizer._to_dict()
-    model = tok_json["model"]
-    model["vocab"] = {**d["vocab"], **d["special_tokens"]}
-    model["merges"] = [" ".join(m) for m in d["merges"]]
-    model["ignore_merges"] = bool(d["whole_words"])
-    tok_json["added_tokens"] = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-                                 "normalized": False, "special": True} for t, i in d["special_tokens"].items()]
-    tok_json["pre_tokenizer"]["pretokenizers"][1]["add_prefix_space"] = bool(d["prefix_space"])
-    tok_json["normalizer"] = {"type": "NFC"} if d["nfc"] else None
 
 
 def _word_level_json(tokenizer) -> dict:
