@@ -59,6 +59,7 @@ class TrainConfig:
     keep_last: int = 3
     seed: int = 1337
     resume: str | None = None
+    init_from: str | None = None  # fine-tuning: start from this checkpoint's weights; its tokenizer encodes DATA
     threads: int | None = None
     val_fraction: float = 0.1
     checkpoint_dir: str = "checkpoints/run"
@@ -227,15 +228,49 @@ def load_dataset(cfg: TrainConfig):
     if os.path.isdir(data) and all(os.path.exists(os.path.join(data, f)) for f in ("meta.json", "train.bin", "val.bin", "tokenizer.json")):
         _say(f"[1/5] Using the prepared dataset {data}")
         tokenizer = load_tokenizer(os.path.join(data, "tokenizer.json"))
+        init_tok = _init_tokenizer(cfg)
+        if init_tok is not None and init_tok._to_dict() != tokenizer._to_dict():
+            raise ConfigError(f"the prepared dataset {data} was encoded with another tokenizer than --init-from's "
+                              "checkpoint; give the raw text instead")
         _say(f"[2/5] Tokenizer: {tokenizer.kind}, {tokenizer.vocab_size} tokens")
         return tokenizer, read_token_file(os.path.join(data, "train.bin")), read_token_file(os.path.join(data, "val.bin")), data
     _say(f"[1/5] Loading and cleaning {data}")
     out_dir = os.path.join(cfg.checkpoint_dir, "dataset")
-    prepared = prepare_dataset(data, out_dir, tokenizer=cfg.tokenizer, vocab_size=cfg.vocab_size,
+    prepared = prepare_dataset(data, out_dir, tokenizer=_init_tokenizer(cfg) or cfg.tokenizer, vocab_size=cfg.vocab_size,
                                val_fraction=cfg.val_fraction, progress=cfg.progress)
     tokenizer = prepared.tokenizer
     _say(f"[2/5] Tokenizer: {tokenizer.kind}, {tokenizer.vocab_size} tokens")
     return tokenizer, read_token_file(prepared.train_path), read_token_file(prepared.val_path), out_dir
+
+
+def _init_tokenizer(cfg: TrainConfig):
+    """The tokenizer of --init-from's checkpoint (None without the flag)."""
+    if not cfg.init_from:
+        return None
+    from cllm.checkpoint import load_checkpoint
+    from cllm.tokenizers import load_tokenizer
+
+    ckpt = load_checkpoint(cfg.init_from)
+    if ckpt.tokenizer_path is None:
+        raise CheckpointError(f"--init-from {cfg.init_from}: the checkpoint has no tokenizer to encode the data with")
+    return load_tokenizer(ckpt.tokenizer_path)
+
+
+def init_checkpoint(cfg: TrainConfig):
+    """--init-from's checkpoint; the run takes its sizes (a size flag that differs is refused) and a
+    --seq-len up to its context."""
+    from cllm.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(cfg.init_from)
+    saved = ckpt.model_config
+    for flag in ("embed_dim", "num_layers", "num_heads"):
+        value = getattr(cfg, flag)
+        if value is not None and value != getattr(saved, flag):
+            raise ConfigError(f"--init-from {cfg.init_from} has {flag.replace('_', '-')} {getattr(saved, flag)}, not "
+                              f"{value}; drop --{flag.replace('_', '-')}")
+    cfg.embed_dim, cfg.num_layers, cfg.num_heads = saved.embed_dim, saved.num_layers, saved.num_heads
+    cfg.seq_len = cfg.seq_len or min(cfg.MODEL_DEFAULTS["seq_len"], saved.max_seq_len)
+    return ckpt
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -283,6 +318,7 @@ def train(cfg: TrainConfig) -> dict:
                                   f"--{flag.replace('_', '-')} {value} was given; drop the flag or start a new "
                                   "--checkpoint-dir")
         cfg.embed_dim, cfg.num_layers, cfg.num_heads, cfg.seq_len = saved.embed_dim, saved.num_layers, saved.num_heads, saved.max_seq_len
+    init = init_checkpoint(cfg) if cfg.init_from and resume is None else None
     for flag, default in cfg.MODEL_DEFAULTS.items():
         if getattr(cfg, flag) is None:
             setattr(cfg, flag, default)
@@ -297,6 +333,8 @@ def train(cfg: TrainConfig) -> dict:
     B, T, K = cfg.batch_size, cfg.seq_len, cfg.grad_accum
     model_config = ModelConfig(vocab_size=tokenizer.vocab_size, max_seq_len=T, num_layers=cfg.num_layers,
                                num_heads=cfg.num_heads, embed_dim=cfg.embed_dim)
+    if init is not None:  # its context may be longer than T (GPT-2's 1024 positions)
+        model_config = init.model_config
     model_config.check_batch(B, T, training=True)
     optimizer = AdamW(lr=cfg.learning_rate, beta1=cfg.beta1, beta2=cfg.beta2, weight_decay=cfg.weight_decay,
                       grad_clip=cfg.grad_clip)
@@ -321,6 +359,9 @@ def train(cfg: TrainConfig) -> dict:
         if saved_world != comm.size:
             say(f"note: this checkpoint was written by {saved_world} process(es) and resumes on {comm.size}; "
                 "the global batch changes accordingly")
+    elif init is not None:
+        model = ck.model_from_checkpoint(init)  # weights only: AdamW's moments start at zero
+        say(f"[4/5] Model: {model.num_parameters():,} parameters from {init.path}")
     else:
         model = Model(model_config, seed=cfg.seed)
         say(f"[4/5] Model: {model.num_parameters():,} parameters, {cfg.num_layers} layers, {cfg.num_heads} heads, "
