@@ -43,7 +43,8 @@ def _cuda():
     import importlib.util
 
     if importlib.util.find_spec("numba_cuda") is None:
-        raise MissingDependencyError("--device cuda needs Numba's CUDA target; install it with: pip install -e '.[cuda]'")
+        raise MissingDependencyError("--device cuda needs Numba's CUDA target; install it with: "
+                                     "pip install -e '.[cuda]'")
     from numba import cuda
 
     return cuda
@@ -59,7 +60,7 @@ def select_gpu(device: str, local_rank: int = 0) -> int | None:
     try:
         usable = cuda.is_available()
         count = len(cuda.gpus) if usable else 0
-    except Exception as exc:  # a broken driver install raises from the driver's own loader
+    except (ImportError, RuntimeError, OSError) as exc:  # a broken driver install: the driver's loader raises
         raise DeviceError(f"--device {device}: no usable NVIDIA GPU ({exc}); use --device cpu") from None
     if not usable or count == 0:
         raise DeviceError(f"--device {device}: no usable NVIDIA GPU (no CUDA driver or device found); use --device cpu")
@@ -112,10 +113,10 @@ class DeviceCache:
     def size(self) -> int:
         return self.array.size
 
-    def reshape(self, *shape) -> "DeviceCache":
+    def reshape(self, *shape) -> DeviceCache:
         return DeviceCache(self.array.reshape(*shape))
 
-    def __getitem__(self, rows) -> "DeviceCache":
+    def __getitem__(self, rows) -> DeviceCache:
         from numba import cuda
 
         rows = [int(r) for r in np.atleast_1d(rows)]
@@ -124,7 +125,7 @@ class DeviceCache:
             out[i].copy_to_device(self.array[r])
         return DeviceCache(out)
 
-    def copy(self) -> "DeviceCache":
+    def copy(self) -> DeviceCache:
         from numba import cuda
 
         out = cuda.device_array(self.array.shape, dtype=self.array.dtype)

@@ -8,16 +8,24 @@ imported), which is how the tests run them. Legend as in kernels/_common.py.
 from .adamw import NORM_BLOCKS, adamw_update, grad_norm_squared
 from .attention import attention_backward, attention_forward
 from .decode import forward_rows, scratch
-from .elementwise import (encoder_backward, encoder_forward, fill_inplace, gelu_backward, gelu_forward,
-                          residual_backward, residual_forward, scale_inplace)
+from .elementwise import (
+    encoder_backward,
+    encoder_forward,
+    fill_inplace,
+    gelu_backward,
+    gelu_forward,
+    residual_backward,
+    residual_forward,
+    scale_inplace,
+)
 from .layernorm import layernorm_backward, layernorm_forward
 from .matmul import gemm, matmul_backward, matmul_forward
-from .softmax import crossentropy_forward, crossentropy_softmax_backward, mean_into, softmax_forward
+from .softmax import crossentropy_forward, crossentropy_softmax_backward, softmax_forward
 
 __all__ = [
-    "NORM_BLOCKS", "adamw_update", "grad_norm_squared", "attention_forward", "attention_backward",
-    "forward_rows", "scratch", "encoder_forward", "encoder_backward", "fill_inplace", "scale_inplace",
-    "gelu_forward", "gelu_backward", "residual_forward", "residual_backward", "layernorm_forward",
-    "layernorm_backward", "gemm", "matmul_forward", "matmul_backward", "softmax_forward",
-    "crossentropy_forward", "crossentropy_softmax_backward", "mean_into",
+    "NORM_BLOCKS", "adamw_update", "attention_backward", "attention_forward", "crossentropy_forward",
+    "crossentropy_softmax_backward", "encoder_backward", "encoder_forward", "fill_inplace", "forward_rows",
+    "gelu_backward", "gelu_forward", "gemm", "grad_norm_squared", "layernorm_backward", "layernorm_forward",
+    "matmul_backward", "matmul_forward", "residual_backward", "residual_forward", "scale_inplace", "scratch",
+    "softmax_forward",
 ]

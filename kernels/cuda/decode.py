@@ -107,7 +107,8 @@ def forward_rows(logits, kvcache, rows, weights, layers, work, R, L, C, NH, maxT
         layernorm_forward(xn, mean, rstd, x, ln1w, ln1b, 1, R, C)
         matmul_forward(qkv, xn, qkvw, qkvb, 1, R, C, 3 * C)
         _kv_write[blocks(R * C), THREADS](kvcache, qkv, rows, l, R, L, C, NH, maxT)
-        _attend_cached[blocks(R * NH, 1), ROW_THREADS](atty, qkv, kvcache, work["scores"], rows, l, R, L, C, NH, maxT, scale)
+        _attend_cached[blocks(R * NH, 1), ROW_THREADS](atty, qkv, kvcache, work["scores"], rows, l, R, L, C, NH, maxT,
+                                                       scale)
         matmul_forward(proj, atty, attprojw, attprojb, 1, R, C, C)
         residual_forward(x, x, proj, R * C)
         layernorm_forward(xn, mean, rstd, x, ln2w, ln2b, 1, R, C)

@@ -1,7 +1,8 @@
 """Layer normalization over the channels (eps 1e-5, biased variance), as kernels/layernorm.py.
 
-Legend: B batch, T time, C channels. One block of ROW_THREADS threads per row: the threads stride
-over the channels and meet in shared-memory sums.
+Legend: B batch, T time, C channels. A block of ROW_THREADS threads normalizes a row at a time (the
+blocks take the rows in turn): its threads stride over the channels and meet in shared-memory sums.
+The weight and bias gradients take one thread per channel, adding the rows in order (no atomics).
 """
 import math
 

@@ -86,8 +86,8 @@ def gemm(transa, transb, m, n, k, alpha, a, a_off, lda, b, b_off, ldb, beta, c, 
         cublas.gemm(transa, transb, m, n, k, alpha, a, a_off, lda, b, b_off, ldb, beta, c, c_off, ldc)
         return
     tiles = ((n + TILE_N - 1) // TILE_N) * ((m + TILE_M - 1) // TILE_M)
-    _gemm_tiled[blocks(tiles, 1), (_TX, _TY)](bool(transa), bool(transb), m, n, k, F32(alpha), a, a_off, lda, b, b_off, ldb,
-                                  F32(beta), c, c_off, ldc)
+    _gemm_tiled[blocks(tiles, 1), (_TX, _TY)](bool(transa), bool(transb), m, n, k, F32(alpha), a, a_off, lda,
+                                              b, b_off, ldb, F32(beta), c, c_off, ldc)
 
 
 @cuda.jit

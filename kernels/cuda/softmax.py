@@ -1,8 +1,8 @@
 """Softmax over the vocabulary, cross-entropy, and their fused backward, as kernels/softmax.py.
 
 Legend: B batch, T time, V vocab, Vp padded vocab (rows of Vp, only the first V real).
-The softmax takes one block per row (shared-memory max and sum); the others one thread per element
-or row.
+The softmax takes a row per block at a time (shared-memory max and sum); the others one thread per
+element or row.
 """
 import math
 
@@ -68,18 +68,3 @@ def crossentropy_softmax_backward(dlogits, dlosses, probs, targets, B, T, V, Vp,
     # instead and the padded columns set to 0
     _crossentropy_softmax_backward[blocks(B * T * Vp), THREADS](dlogits, dlosses, probs, targets, B * T, V, Vp,
                                                                 overwrite)
-
-
-@cuda.jit
-def _mean(out, x, N):
-    # out[0] (float64) = mean of x (N), by one thread in order (N is B*T: small)
-    if cuda.grid(1) == 0:
-        s = 0.0
-        for i in range(N):
-            s += x[i]
-        out[0] = s / N
-
-
-def mean_into(out, x):
-    # out[0] (float64, device) = the mean of x (N) in float64
-    _mean[1, 1](out, x, x.size)
