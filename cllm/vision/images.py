@@ -50,7 +50,6 @@ class FoundImages:
     labels: list[int | None]  # class index per file (None: unlabelled set)
     classes: list[str]  # class names, sorted; [] when unlabelled
     skipped: Counter = field(default_factory=Counter)  # reason -> files
-    text_files: int = 0  # files that are not images (a text corpus would be mostly these)
 
 
 def find_images(path: str) -> FoundImages:
@@ -60,8 +59,8 @@ def find_images(path: str) -> FoundImages:
     if not os.path.exists(path):
         raise DataError(f"image path {path} does not exist; give a folder of images (a sub-folder per class)")
     if os.path.isfile(path):
-        return FoundImages(os.path.dirname(path), [path], [None], [], Counter(), 0 if is_image_name(path) else 1)
-    files, skipped, others = [], Counter(), 0
+        return FoundImages(os.path.dirname(path), [path], [None], [], Counter())
+    files, skipped = [], Counter()
     for dirpath, dirnames, filenames in os.walk(path):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
@@ -70,7 +69,6 @@ def find_images(path: str) -> FoundImages:
             if is_image_name(name):
                 files.append(os.path.join(dirpath, name))
             else:
-                others += 1
                 skipped["not an image"] += 1
     files.sort(key=lambda f: os.path.relpath(f, path).split(os.sep))
     rel = [os.path.relpath(f, path).split(os.sep) for f in files]
@@ -80,7 +78,7 @@ def find_images(path: str) -> FoundImages:
         labels = [index[parts[0]] for parts in rel]
     else:
         classes, labels = [], [None] * len(files)
-    return FoundImages(path, files, labels, classes, skipped, others)
+    return FoundImages(path, files, labels, classes, skipped)
 
 
 def open_image(path: str, max_pixels: int = MAX_PIXELS):
