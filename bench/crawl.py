@@ -103,12 +103,13 @@ def main() -> None:
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         settings = CrawlSettings(max_pages=args.pages, max_depth=10, delay_ms=0, jitter_ms=0, progress=False,
                                  concurrency=args.concurrency, per_host=args.per_host,
-                                 allow_domains=tuple(h.split("//")[1].split(":")[0] for h in hosts))
+                                 allow_domains=",".join(h.split("//")[1].split(":")[0] for h in hosts))
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
             summary = asyncio.run(Crawler(hosts[0] + "/p/0", out, settings).run())
             seconds = time.perf_counter() - start
-            text_bytes = sum(os.path.getsize(os.path.join(out, "pages", n)) for n in os.listdir(os.path.join(out, "pages")))
+            pages = os.path.join(out, "pages")
+            text_bytes = sum(os.path.getsize(os.path.join(pages, n)) for n in os.listdir(pages))
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     finally:
         server.terminate()

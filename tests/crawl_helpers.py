@@ -78,7 +78,7 @@ async def serve(routes: dict, host: str = "127.0.0.1"):
 
 def fast(**overrides) -> CrawlSettings:
     """Settings for tests: no delay, no progress bar, short timeouts and backoff."""
-    base = dict(delay_ms=0, jitter_ms=0, progress=False, timeout_s=2.0, retry_backoff_s=0.01,
+    base = dict(delay_ms=0, jitter_ms=0, progress=False, timeout=2.0, retry_backoff_s=0.01,
                 min_chars=20, max_pages=100, max_depth=5)
     base.update(overrides)
     return CrawlSettings(**base)

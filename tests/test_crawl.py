@@ -126,7 +126,7 @@ async def test_hosts_are_crawled_concurrently_within_the_global_limit(tmp_path, 
         routes = {"/": page("Home", [f"/a{i}" for i in range(3)] + [other.url(f"/b{i}") for i in range(3)]),
                   **{f"/a{i}": slow for i in range(3)}}
         async with serve(routes) as site:
-            await crawl(site.url("/"), tmp_path, concurrency=concurrency, allow_domains=("127.0.0.2",))
+            await crawl(site.url("/"), tmp_path, concurrency=concurrency, allow_domains="127.0.0.2")
     assert peak == expected_peak  # one per host, two hosts at once unless concurrency is 1
     assert len(manifest(tmp_path)) == 7
 
@@ -161,7 +161,7 @@ async def test_scope_second_host(tmp_path):
         async with serve(routes) as site:
             await crawl(site.url("/"), tmp_path / "stay")
             assert other.log == []  # default: stay on the start host
-            await crawl(site.url("/"), tmp_path / "allow", allow_domains=("127.0.0.2",))
+            await crawl(site.url("/"), tmp_path / "allow", allow_domains="127.0.0.2")
             assert other.paths() == ["/robots.txt", "/"]
             await crawl(site.url("/"), tmp_path / "ext", follow_external=True)
             assert other.paths().count("/") == 2
@@ -221,7 +221,7 @@ async def test_robots_groups_match_a_custom_user_agent(tmp_path):
 async def test_robots_ignored_with_the_flag(tmp_path):
     routes = {"/robots.txt": "User-agent: *\nDisallow: /\n", "/": page("Home")}
     async with serve(routes) as site:
-        await crawl(site.url("/"), tmp_path, obey_robots=False)
+        await crawl(site.url("/"), tmp_path, ignore_robots=True)
     assert site.paths() == ["/"]
 
 
@@ -363,7 +363,7 @@ async def test_timeout_on_a_slow_page(tmp_path):
     async with serve({"/": page("Home", ["/slow", "/ok"]), "/slow": slow, "/ok": page("OK")}) as site:
         loop = asyncio.get_running_loop()
         start = loop.time()
-        summary = await crawl(site.url("/"), tmp_path, timeout_s=0.2, retries=1)
+        summary = await crawl(site.url("/"), tmp_path, timeout=0.2, retries=1)
         assert loop.time() - start < 2.0
     assert site.paths().count("/slow") == 2 and summary.reasons["timeout"] == 1
     assert {r["url"] for r in manifest(tmp_path)} == {site.url("/"), site.url("/ok")}
@@ -577,6 +577,6 @@ async def test_resume_repairs_a_torn_log_line_and_rejects_another_start_url(tmp_
 
 async def test_unreachable_start_site_is_a_crawl_error(tmp_path):
     with pytest.raises(CrawlError, match="gave no page"):
-        await crawl("http://127.0.0.1:9/", tmp_path, retries=0, timeout_s=1)
+        await crawl("http://127.0.0.1:9/", tmp_path, retries=0, timeout=1)
     with pytest.raises(CrawlError, match="not an http"):
         Crawler("ftp://example.com/", str(tmp_path))

@@ -37,7 +37,7 @@ async def test_seed_positional_order_and_flags(tmp_path):
     async with serve(site_routes()) as site:
         # scrape URL OUT MAX_PAGES MAX_DEPTH DELAY_MS, as the seed's web_scraper took them
         code, out, err = await run_cli(site.url("/"), tmp_path / "a", 3, 1, 0, "--jitter-ms", 0,
-                                       "--min-chars", 20, "--noprogress")
+                                       "--min-chars", 20, "--no-progress")
         assert code == 0, err
         assert "kept 3 pages" in out
         assert len(manifest(tmp_path / "a")) == 3
@@ -55,7 +55,7 @@ async def test_user_errors_are_one_line_and_exit_2(tmp_path):
     cases = [("not a url", tmp_path / "o1"), ("ftp://example.com/", tmp_path / "o2"),
              ("http://127.0.0.1:9/", tmp_path / "o3"), ("http://127.0.0.1:9/", tmp_path / "file")]
     for url, out in cases:
-        code, _, err = await run_cli(url, out, "--retries", 0, "--noprogress")
+        code, _, err = await run_cli(url, out, "--retries", 0, "--no-progress")
         assert code == 2, (url, err)
         assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     code, _, err = await run_cli("http://127.0.0.1:9/", tmp_path / "o4", "--max-pages", 0)
@@ -69,7 +69,7 @@ async def test_resume_after_sigkill_refetches_no_saved_page(tmp_path):
 
     routes = {"/": slowish, **{f"/p{i}": slowish for i in range(12)}}
     out = tmp_path / "out"
-    args = ["--max-pages", 100, "--delay-ms", 20, "--jitter-ms", 0, "--min-chars", 20, "--noprogress"]
+    args = ["--max-pages", 100, "--delay-ms", 20, "--jitter-ms", 0, "--min-chars", 20, "--no-progress"]
     async with serve(routes) as site:
         proc = await run_cli(site.url("/"), out, *args, wait=False)
         await wait_for(lambda: len(manifest(out)) >= 4, timeout=30)
@@ -102,3 +102,22 @@ async def test_ctrl_c_stops_cleanly_with_a_resume_hint(tmp_path):
         code, stdout, err = await run_cli(site.url("/"), out, "--delay-ms", 0, "--jitter-ms", 0, "--min-chars", 20)
         assert code == 0 and "from earlier runs" in stdout
     assert len(manifest(out)) == 31
+
+
+def test_every_flag_reaches_the_crawl_setting_of_its_name():
+    # the flags are CrawlSettings' fields: a name typed on the command line is the field it sets
+    # (--timeout was once the field timeout_s, --ignore-robots the negation of obey_robots)
+    from cllm.commands import parse_command_line, scrape
+    from cllm.scraper.settings import CrawlSettings
+
+    typed = {"timeout": ("5", 5.0), "max_redirects": ("2", 2), "allow_domains": ("A.org, .b.org", "A.org, .b.org"),
+             "retry_backoff_s": ("0.5", 0.5), "user_agent": ("Bot/1", "Bot/1"), "jitter_ms": ("7", 7)}
+    argv = ["http://x.org/", "out", "9"] + [a for name, (text, _) in typed.items()
+                                            for a in ("--" + name.replace("_", "-"), text)]
+    func, args, kwargs = parse_command_line(scrape, "scrape", argv + ["--ignore-robots", "--no-progress"])
+    assert func is scrape.main and args == ["http://x.org/", "out", 9, 2, 1000]
+    settings = CrawlSettings(max_pages=args[2], **kwargs)
+    for name, (_, value) in typed.items():
+        assert getattr(settings, name) == value, name
+    assert settings.ignore_robots and not settings.progress and settings.domains == ("a.org", "b.org")
+    assert CrawlSettings(**dict(kwargs, allow_domains="")).domains == ()

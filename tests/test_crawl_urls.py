@@ -141,7 +141,7 @@ def test_settings_are_validated():
         CrawlSettings(max_pages=0)
     with pytest.raises(CrawlError):
         CrawlSettings(per_host=0)
-    assert CrawlSettings(allow_domains="a.org, .b.org").allow_domains == ("a.org", "b.org")
+    assert CrawlSettings(allow_domains="a.org, .b.org").domains == ("a.org", "b.org")
     assert CrawlSettings().user_agent.startswith("CLLM-crawler/")
 
 

@@ -65,7 +65,7 @@ class Crawler:
         self.client: PoliteClient | None = None
         try:
             self._resume()
-            async with Fetcher(s.user_agent, s.timeout_s, s.max_bytes, s.concurrency) as fetcher:
+            async with Fetcher(s.user_agent, s.timeout, s.max_bytes, s.concurrency) as fetcher:
                 self.client = PoliteClient(s, fetcher)
                 await self._crawl_levels()
         finally:

@@ -24,6 +24,18 @@ class Entry:
     parent: str | None = None
 
 
+# Links whose path ends in one of these are not even requested (as Scrapy's IGNORED_EXTENSIONS):
+# they are not pages. "pdf" is let through with include_pdf. A URL without such an extension is
+# still checked by its Content-Type.
+NOT_PAGE_EXTENSIONS = frozenset((
+    "7z", "apk", "avi", "bin", "bmp", "bz2", "css", "csv", "deb", "dmg", "doc", "docx", "eot", "exe",
+    "flac", "gif", "gz", "ico", "iso", "jar", "jpeg", "jpg", "js", "json", "m4a", "m4v", "mkv", "mov",
+    "mp3", "mp4", "mpeg", "mpg", "msi", "ogg", "otf", "pdf", "png", "ppt", "pptx", "ps", "rar", "rpm",
+    "svg", "tar", "tgz", "tif", "tiff", "ttf", "wav", "webm", "webp", "woff", "woff2", "xls", "xlsx",
+    "xml", "xz", "zip",
+))
+
+
 def _extension(url: str) -> str:
     """'jpg' for http://host/a/photo.JPG?x=1; '' when the last path segment has no dot."""
     last = urlsplit(url).path.rsplit("/", 1)[-1]
@@ -41,13 +53,11 @@ class Frontier:
         self.seen: set[str] = set()
         self.levels: dict[int, list[Entry]] = collections.defaultdict(list)
         self.per_path: collections.Counter = collections.Counter()
-        self.skip_ext = {x.lower().lstrip(".") for x in settings.skip_extensions}
-        if settings.include_pdf:
-            self.skip_ext.discard("pdf")
+        self.domains = settings.domains
+        self.skip_ext = NOT_PAGE_EXTENSIONS - {"pdf"} if settings.include_pdf else NOT_PAGE_EXTENSIONS
 
     def in_scope(self, url: str) -> bool:
-        s = self.settings
-        return in_scope(url, self.start_host, s.allow_domains, s.follow_external)
+        return in_scope(url, self.start_host, self.domains, self.settings.follow_external)
 
     def queued(self) -> int:
         return sum(len(v) for v in self.levels.values())
@@ -91,7 +101,7 @@ class Frontier:
                 continue
             if not self.in_scope(link):
                 continue
-            if self.skip_ext and _extension(link) in self.skip_ext:
+            if _extension(link) in self.skip_ext:
                 continue  # an image, archive, stylesheet ...: not worth a request
             key = path_key(link)
             if self.per_path[key] >= s.max_per_path:

@@ -131,7 +131,7 @@ class PoliteClient:
 
     async def allowed(self, url: str) -> tuple[bool, str]:
         """(may we fetch url, the reason when not) by the host's robots.txt."""
-        if not self.settings.obey_robots:
+        if self.settings.ignore_robots:
             return True, ""
         robots = await self.robots(url)
         if robots.can_fetch(url, self.settings.user_agent):

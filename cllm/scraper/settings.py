@@ -1,16 +1,18 @@
 """Every politeness and limit knob of the crawler, named and documented (as Scrapy's settings are).
 
-The command line (`python cli.py scrape --help`) exposes most of them as flags of the same name;
-the others keep their documented defaults and can be set from Python:
+Each field is also a flag of `python cli.py scrape` with the same name (dashes for underscores),
+this default and this help line (cllm/commands/scrape.py names this class as its OPTIONS; the
+parser is cllm/commands/__init__.py). From Python:
 
     from cllm.scraper.settings import CrawlSettings
     settings = CrawlSettings(max_pages=50, delay_ms=500)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cllm
+from cllm.config import option
 
 DEFAULT_USER_AGENT = f"CLLM-crawler/{cllm.__version__} (+https://github.com/cllm-project/cllm)"
 
@@ -18,117 +20,84 @@ DEFAULT_USER_AGENT = f"CLLM-crawler/{cllm.__version__} (+https://github.com/cllm
 @dataclass
 class CrawlSettings:
     # --- limits -------------------------------------------------------------------------------
-    max_pages: int = 100
-    """Stop after this many pages are kept (written, or recognised as exact duplicates), counting
-    the pages kept by earlier runs into the same OUT_DIR: rerun with a larger value to extend."""
-
-    max_depth: int = 2
-    """Links are followed up to this many clicks from the start URL (the start URL is depth 0)."""
-
-    max_bytes: int = 10_000_000
-    """Largest page body accepted, counted after decompression while streaming (a gzip bomb
-    stops here) and checked against Content-Length before any byte is read."""
-
-    min_chars: int = 200
-    """Pages whose main text is shorter are not written (their links are still followed)."""
-
-    max_per_path: int = 1000
-    """Crawler-trap guard: at most this many URLs that differ only in their query string
-    (a calendar's ?month=, a search's ?page=) are queued for one scheme+host+path."""
-
-    max_url_length: int = 2048
-    """Longer URLs are ignored: they are almost always session ids or traps."""
+    max_pages: int = option(100, "stop after this many pages are kept (pages kept by earlier runs into OUT_DIR count)")
+    # Kept = written, or recognised as an exact duplicate of a page written: rerun with a larger
+    # value to extend a crawl.
+    max_depth: int = option(2, "follow links up to this many clicks from the start URL (which is depth 0)")
+    max_bytes: int = option(10_000_000, "largest page accepted, in bytes after decompression")
+    # Counted while streaming (a gzip bomb stops here) and checked against Content-Length before
+    # any byte is read.
+    min_chars: int = option(200, "pages with less main text than this many characters are not written "
+                                 "(their links are still followed)")
+    max_per_path: int = option(1000, "crawler-trap guard: URLs queued per scheme+host+path that differ only in "
+                                     "their query string")
+    # A calendar's ?month=, a search's ?page=: endless variants of one path.
+    max_url_length: int = option(2048, "longer URLs (characters) are ignored: session ids or traps")
 
     # --- politeness ---------------------------------------------------------------------------
-    delay_ms: int = 1000
-    """Pause between two requests to the same host. robots.txt's Crawl-delay wins when larger."""
-
-    jitter_ms: int = 500
-    """A random extra pause in [0, jitter_ms] added to every delay, so requests are not in lockstep."""
-
-    concurrency: int = 8
-    """Requests in flight at once over all hosts."""
-
-    per_host: int = 1
-    """Requests in flight at once to one host (scheme, host and port)."""
-
-    obey_robots: bool = True
-    """Fetch robots.txt once per host before anything else there and obey it (Protego; RFC 9309:
-    a 4xx robots.txt allows everything, a 5xx or network error disallows everything)."""
-
-    user_agent: str = DEFAULT_USER_AGENT
-    """Sent with every request and matched against robots.txt groups: an honest name, the
-    version and where to read about the crawler."""
-
-    robots_max_bytes: int = 512_000
-    """robots.txt is read up to this size (RFC 9309 asks for at least 500 KiB) and the rest ignored."""
+    delay_ms: int = option(1000, "pause between two requests to one host, ms (robots.txt Crawl-delay wins "
+                                 "if larger)")
+    jitter_ms: int = option(500, "random extra pause in [0, jitter_ms] ms added to each delay")
+    # so that the requests of several hosts or crawlers are not in lockstep
+    concurrency: int = option(8, "requests in flight over all hosts")
+    per_host: int = option(1, "requests in flight to one host (scheme, host and port)")
+    ignore_robots: bool = option(False, "do not fetch or obey robots.txt (a warning is printed)")
+    # Obeyed (the default): robots.txt is fetched once per host before anything else there and
+    # parsed with Protego; RFC 9309: a 4xx robots.txt allows everything, a 5xx or network error
+    # disallows everything.
+    user_agent: str = option(DEFAULT_USER_AGENT, "User-Agent of every request, also matched against robots.txt groups")
+    # An honest name, the version and where to read about the crawler. (The help line's length
+    # makes --help wrap before the default, not at the hyphen inside it.)
+    robots_max_bytes: int = option(512_000, "robots.txt is read up to this many bytes and the rest ignored")
+    # RFC 9309 asks crawlers to read at least 500 KiB.
 
     # --- scope --------------------------------------------------------------------------------
-    follow_external: bool = False
-    """Follow links to any host. Off: stay on the start URL's host (and its www. twin)."""
-
-    allow_domains: tuple[str, ...] = field(default_factory=tuple)
-    """Extra domains whose hosts (and their subdomains) are in scope besides the start host."""
-
-    skip_extensions: tuple[str, ...] = (
-        "7z", "apk", "avi", "bin", "bmp", "bz2", "css", "csv", "deb", "dmg", "doc", "docx", "eot", "exe",
-        "flac", "gif", "gz", "ico", "iso", "jar", "jpeg", "jpg", "js", "json", "m4a", "m4v", "mkv", "mov",
-        "mp3", "mp4", "mpeg", "mpg", "msi", "ogg", "otf", "pdf", "png", "ppt", "pptx", "ps", "rar", "rpm",
-        "svg", "tar", "tgz", "tif", "tiff", "ttf", "wav", "webm", "webp", "woff", "woff2", "xls", "xlsx",
-        "xml", "xz", "zip",
-    )
-    """Links whose path ends in one of these extensions are not even requested (as Scrapy's
-    IGNORED_EXTENSIONS): they are not pages. "pdf" is let through with include_pdf. A URL without
-    such an extension is still checked by its Content-Type."""
-
-    include_pdf: bool = False
-    """Also keep PDF documents (their text, via pypdf). Otherwise only HTML is kept; other
-    content types are skipped as soon as the response headers arrive."""
+    follow_external: bool = option(False, "follow links to any host (off: stay on the start URL's host and its "
+                                          "www. twin)")
+    allow_domains: str = option("", "comma-separated extra domains in scope, with their subdomains")
+    # parsed once, by the `domains` property below
+    include_pdf: bool = option(False, "also keep PDF documents' text (needs pypdf: pip install -e '.[pdf]')")
+    # Otherwise only HTML is kept; other content types are skipped as soon as the response headers
+    # arrive, and links to files that are never pages are not even requested (frontier.py's
+    # NOT_PAGE_EXTENSIONS).
 
     # --- network ------------------------------------------------------------------------------
-    timeout_s: float = 30.0
-    """Seconds to wait for a connection, and between two reads of a response; a whole response
-    gets four times this."""
-
-    retries: int = 3
-    """Extra attempts after a 429, a 5xx, a timeout or a network error."""
-
-    retry_backoff_s: float = 1.0
-    """First retry waits this long, then twice as long each time (plus jitter): exponential backoff."""
-
-    max_backoff_s: float = 60.0
-    """Upper bound of one backoff pause."""
-
-    max_retry_after_s: float = 120.0
-    """A server's Retry-After (seconds or an HTTP date) is honoured up to this many seconds. The
-    pause holds every request to that host, not only the URL that got the 429/503."""
-
-    max_redirects: int = 5
-    """Redirect hops followed per URL; each target is re-checked against scope, robots and the
-    set of URLs already seen."""
+    timeout: float = option(30.0, "seconds for connecting and between two reads (a whole response gets 4x)")
+    retries: int = option(3, "extra attempts after a 429, a 5xx, a timeout or a network error")
+    retry_backoff_s: float = option(1.0, "seconds before the first retry, doubled each time (plus jitter)")
+    max_backoff_s: float = option(60.0, "longest pause between two retries, seconds")
+    max_retry_after_s: float = option(120.0, "a server's Retry-After is honoured up to this many seconds")
+    # Retry-After may be seconds or an HTTP date; the pause holds every request to that host, not
+    # only the URL that got the 429/503.
+    max_redirects: int = option(5, "redirect hops followed per URL")
+    # each target is re-checked against scope, robots.txt and the URLs already seen
 
     # --- output -------------------------------------------------------------------------------
-    progress: bool = True
-    """Show a tqdm progress bar (pages kept, queued, skipped, errors, rate) on stderr when it is a
-    terminal (never in logs or pipes)."""
+    progress: bool = option(True, "show a progress bar on stderr when it is a terminal")
+    # pages kept, queued, skipped, errors and rate; never in logs or pipes
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        """allow_domains as a tuple: lower-case, without a leading dot ("A.org, .b.org" -> a.org, b.org)."""
+        return tuple(d.strip().lower().lstrip(".") for d in self.allow_domains.split(",") if d.strip())
 
     def __post_init__(self) -> None:
         from cllm.errors import CrawlError
 
-        if isinstance(self.allow_domains, str):
-            self.allow_domains = tuple(d for d in self.allow_domains.split(",") if d.strip())
-        self.allow_domains = tuple(d.strip().lower().lstrip(".") for d in self.allow_domains if d and d.strip())
         checks = [
             ("max_pages", self.max_pages >= 1), ("max_depth", self.max_depth >= 0),
             ("max_bytes", self.max_bytes >= 1024), ("min_chars", self.min_chars >= 0),
             ("delay_ms", self.delay_ms >= 0), ("jitter_ms", self.jitter_ms >= 0),
             ("concurrency", self.concurrency >= 1), ("per_host", self.per_host >= 1),
-            ("timeout", self.timeout_s > 0), ("retries", self.retries >= 0),
+            ("timeout", self.timeout > 0), ("retries", self.retries >= 0),
             ("max_redirects", self.max_redirects >= 0), ("max_per_path", self.max_per_path >= 1),
+            ("max_url_length", self.max_url_length >= 1), ("robots_max_bytes", self.robots_max_bytes >= 1),
+            ("retry_backoff_s", self.retry_backoff_s >= 0), ("max_backoff_s", self.max_backoff_s >= 0),
+            ("max_retry_after_s", self.max_retry_after_s >= 0),
         ]
         for name, ok in checks:
             if not ok:
-                raise CrawlError(f"--{name.replace('_', '-').removesuffix('-s')} has an impossible value; "
+                raise CrawlError(f"--{name.replace('_', '-')} has an impossible value ({getattr(self, name)!r}); "
                                  "see `python cli.py scrape --help`")
         if not self.user_agent.strip():
             raise CrawlError("--user-agent must not be empty")
