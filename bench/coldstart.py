@@ -27,7 +27,7 @@ SPLIT = r"""
 import json, sys, time
 t0 = time.perf_counter()
 import numpy as np
-from cllm.commands.generate import load_for_generation, encode_prompt
+from cllm.completion import encode_prompt, load_for_generation
 from cllm.generation import Generator, SamplingConfig
 import kernels
 t1 = time.perf_counter()
@@ -51,7 +51,7 @@ def main():
     if not os.path.exists(os.path.join(ROOT, args.checkpoint)) and not os.path.exists(args.checkpoint):
         sys.exit(f"error: no checkpoint at {args.checkpoint}; train one first (README, worked example)")
     cmd = [sys.executable, os.path.join(ROOT, "cli.py"), "generate", args.prompt, "--checkpoint", args.checkpoint,
-           "--max-new-tokens", "1", "--stream", "False"]
+           "--max-new-tokens", "1", "--no-stream"]
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)  # fills the JIT cache if it is cold
     walls = []
     for _ in range(args.runs):

@@ -56,7 +56,7 @@ def reference_tokens_per_s(checkpoint: str, max_tokens: int, n: int = 8, threads
 
 
 def _reference(checkpoint: str, max_tokens: int, n: int, threads) -> float:
-    from cllm.commands.generate import load_for_generation
+    from cllm.completion import load_for_generation
     from cllm.generation import Generator, SamplingConfig
 
     import numba

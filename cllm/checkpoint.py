@@ -131,6 +131,43 @@ def prune_checkpoints(directory: str, keep_last: int) -> None:
             shutil.rmtree(os.path.join(directory, d), ignore_errors=True)
 
 
+RUN_FILES = ("latest", "best", "metrics.jsonl", "loss.png", "dataset")  # besides step_* directories
+
+
+def run_entries(directory: str) -> list[str]:
+    """The names in `directory` that belong to a training run: step_* directories, the latest and best
+    links, metrics.jsonl, loss.png, the prepared dataset, and temporaries of interrupted saves."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(n for n in os.listdir(directory)
+                  if n in RUN_FILES or n.startswith("step_") or (n.startswith(".") and n.endswith(".tmp")))
+
+
+def describe_run(directory: str) -> str | None:
+    """What run `directory` holds ("a run at step 600, validation loss 2.2081"), None if it holds none."""
+    entries = [n for n in run_entries(directory) if n not in ("dataset", "loss.png") and not n.startswith(".")]
+    if not entries:
+        return None
+    try:
+        with open(os.path.join(resolve_checkpoint(directory), STATE_FILE)) as f:
+            state = json.load(f)
+        step, val = state.get("step"), state.get("best_val_loss")
+        return f"a run at step {step}" + (f", best validation loss {val:.4f}" if isinstance(val, float) else "")
+    except (CheckpointError, OSError, ValueError, AttributeError):
+        return f"an unfinished run ({', '.join(entries[:4])}{', ...' if len(entries) > 4 else ''})"
+
+
+def remove_run(directory: str) -> None:
+    """Delete everything run_entries names (and only that: other files in `directory` stay)."""
+    for name in run_entries(directory):
+        path = os.path.join(directory, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    fsync_path(directory)
+
+
 def resolve_checkpoint(path: str) -> str:
     """A checkpoint step directory from: a step directory, a latest/best link, or a checkpoint
     directory holding a `latest` link (then the latest checkpoint in it is used)."""

@@ -10,7 +10,16 @@ import os
 
 from cllm.errors import ConfigError
 
-BYTES_PER_FLOAT = 4  # every buffer is float32
+BYTES_PER_FLOAT = 4  # the memory check counts float32 buffers (the model's dtype unless a test asks for float64)
+
+
+def option(default, help: str, *, shown=None):
+    """A config field that is also a command-line flag: its default, a one-line meaning for --help,
+    and, when the stored default is a placeholder (None: "decided later"), the default --help shows."""
+    metadata = {"help": help}
+    if shown is not None:
+        metadata["shown"] = shown
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def padded_vocab_size(vocab_size: int, multiple: int = 64) -> int:

@@ -5,7 +5,7 @@ The file (llm.c `gpt2_build_from_checkpoint`), little-endian:
 
     header   256 x int32: [0] magic 20240326, [1] version, [2] maxT, [3] V, [4] L, [5] NH, [6] C,
              [7] Vp (version 3; version 1 files have no padding, Vp = V); the rest zero
-    params   float32, every tensor of design.md's order back to back:
+    params   float32, every tensor of docs/design.md's order back to back:
              wte (Vp,C) wpe (maxT,C) ln1w (L,C) ln1b (L,C) qkvw (L,3C,C) qkvb (L,3C) attprojw (L,C,C)
              attprojb (L,C) ln2w (L,C) ln2b (L,C) fcw (L,4C,C) fcb (L,4C) fcprojw (L,C,4C) fcprojb (L,C)
              lnfw (C) lnfb (C)
@@ -151,9 +151,9 @@ def import_model_file(model_path: str, checkpoint_dir: str, tokenizer_path: str 
             raise CheckpointError(f"the tokenizer {tokenizer_path} has {tokenizer.vocab_size:,} tokens but the model "
                                   f"file's vocabulary is {model.config.vocab_size:,}")
     checkpoint_dir = os.fspath(checkpoint_dir)
-    if os.path.lexists(os.path.join(checkpoint_dir, "latest")):
-        raise CheckpointError(f"{checkpoint_dir!r} already holds checkpoints (it has a 'latest' link); "
-                              "import into a new directory")
+    held = ck.describe_run(checkpoint_dir)
+    if held:
+        raise CheckpointError(f"{checkpoint_dir!r} already holds {held}; import into a new directory")
     if os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
         raise CheckpointError(f"{checkpoint_dir!r} is a file, not a directory; choose another checkpoint directory")
     state = {"step": 0, "imported_from": os.path.abspath(model_path), "llmc_version": model.version}

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from cllm.commands.generate import load_for_generation
+from cllm.completion import load_for_generation
 from cllm.generation import Generator, SamplingConfig
 from cllm.training import build_config, train
 from train_helpers import all_threads_after  # noqa: F401  (autouse)
@@ -68,7 +68,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, tmp_path_factory):
     run = tmp_path / "run"
     cmd = [sys.executable, CLI, "train", str(data), *TINY_FLAGS, "--max-steps", "1000000", "--checkpoint-interval",
            "1000000", "--eval-interval", "1000000", "--sample-interval", "1000000", "--checkpoint-dir", str(run),
-           "--progress", "False"]
+           "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = run / "metrics.jsonl"
     deadline = time.monotonic() + 60
@@ -164,22 +164,22 @@ def _bad_case(name, tmp_path, run):
         return (["train", small, "--embed-dim", "16", "--num-heads", "3", "--checkpoint-dir", tmp_path / "ck"],
                 ["divisible", "num_heads"])
     if name == "dataset smaller than a window":
-        return (["train", small, *TINY_FLAGS, "--checkpoint-dir", tmp_path / "ck", "--progress", "False"],
+        return (["train", small, *TINY_FLAGS, "--checkpoint-dir", tmp_path / "ck", "--no-progress"],
                 ["fewer than one window", "--seq-len"])
     if name == "validation split smaller than a window":
         corpus = write_corpus(tmp_path, "mid.txt", n_lines=5)  # ~250 characters: val ~25 < 33
         return (["train", corpus, "--embed-dim", "16", "--num-layers", "1", "--num-heads", "2", "--seq-len", "32",
-                 "--batch-size", "2", "--checkpoint-dir", tmp_path / "ck", "--progress", "False"],
+                 "--batch-size", "2", "--checkpoint-dir", tmp_path / "ck", "--no-progress"],
                 ["validation split", "--seq-len"])
     if name == "unwritable checkpoint dir":
         (tmp_path / "afile").write_text("a regular file")
         return ["train", small, "--checkpoint-dir", tmp_path / "afile" / "ck"], ["not writable", "--checkpoint-dir"]
     if name == "empty corpus":
         (tmp_path / "empty.txt").write_text("")
-        return ["train", tmp_path / "empty.txt", "--checkpoint-dir", tmp_path / "ck", "--progress", "False"], ["empty"]
+        return ["train", tmp_path / "empty.txt", "--checkpoint-dir", tmp_path / "ck", "--no-progress"], ["empty"]
     if name == "empty directory":
         (tmp_path / "nothing").mkdir()
-        return ["train", tmp_path / "nothing", "--checkpoint-dir", tmp_path / "ck", "--progress", "False"], ["no text files"]
+        return ["train", tmp_path / "nothing", "--checkpoint-dir", tmp_path / "ck", "--no-progress"], ["no text files"]
     if name == "missing data":
         return ["train", tmp_path / "nope.txt", "--checkpoint-dir", tmp_path / "ck"], ["no such file"]
     if name == "resume without a checkpoint":

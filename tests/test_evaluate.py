@@ -25,7 +25,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(run):
-    from cllm.commands.generate import load_for_generation
+    from cllm.completion import load_for_generation
 
     model, tok, _ = load_for_generation(str(run["run"]))
     return model, tok

@@ -6,7 +6,7 @@ import pytest
 
 import cllm.commands.generate as generate_cmd
 from cllm.commands import run_command
-from cllm.commands.generate import cut_at_stop, encode_prompt, load_for_generation
+from cllm.completion import cut_at_stop, encode_prompt, load_for_generation
 from cllm.errors import ConfigError
 from cllm.generation import Generator, SamplingConfig, apply_repeat_penalty, filter_probs, next_token
 from cllm.model import Model
@@ -297,8 +297,8 @@ def test_stop_strings_end_the_text_streamed_or_not(loaded, capsys, monkeypatch):
     assert body == g  # the command prints the prompt and the greedy continuation
     stop = body[10:12]
     expected = "the " + body[:body.index(stop)] + "\n"
-    for stream in ("False", "True"):
-        out, _ = _generate(capsys, *base, "--stop", stop, "--stream", stream)
+    for stream in ("--no-stream", "--stream"):
+        out, _ = _generate(capsys, *base, "--stop", stop, stream)
         assert out == expected, stream
     # several stops: the earliest wins
     stops = [body[20:23], stop]

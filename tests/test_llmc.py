@@ -200,7 +200,7 @@ def test_tokenizer_must_match_the_vocabulary(tmp_path):
 def test_import_refuses_to_overwrite_a_run(saved_model, tmp_path):
     _, run = saved_model
     path, _ = _good_file(tmp_path)
-    with pytest.raises(CheckpointError, match="already holds checkpoints"):
+    with pytest.raises(CheckpointError, match="already holds a run"):
         import_model_file(str(path), str(run))
     assert os.readlink(run / "latest") == "step_000005"
 

@@ -418,7 +418,7 @@ async def test_streamed_text_arrives_while_it_is_generated(aiohttp_client, tmp_p
 def test_incremental_text_equals_full_decoding():
     import random
 
-    from cllm.serve.engine import IncrementalText
+    from cllm.completion import IncrementalText
     from cllm.tokenizers import train_tokenizer
 
     text = "héllo wörld — ünïcödé 日本語 text, the cat sat on the mat. " * 20

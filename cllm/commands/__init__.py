@@ -1,91 +1,304 @@
-"""The CLI's commands, one module each with a `main(...)` whose keyword arguments are the flags.
+"""The CLI's commands, one module each, and the one parser that reads every command's flags.
 
-`run_command` is the single place where user errors become a message and an exit code.
+A command is a function in cllm/commands/<module>.py (`main`, or several named in the module's
+`COMMANDS` dict). Its signature is its command line:
+
+    def main(prompt: str = "", *, checkpoint: str = "checkpoints", max_new_tokens: int = 200, ...):
+        '''One-line summary.
+
+        Args:
+          prompt: the text to continue
+          max_new_tokens: tokens to generate
+        '''
+
+- positional parameters are positional arguments, `*args` takes any number of them;
+- keyword-only parameters are flags `--name-with-dashes`; `bool` ones also have `--no-name`;
+  `list[str]` ones may be repeated;
+- the annotation is the type: `str` reaches the function as the exact text typed ("1984",
+  "Hello, world" and "None" stay strings), `int`/`float` are parsed, anything else is refused;
+- the default is the signature's, and `--help` shows it beside the `Args:` line;
+- `**flags` takes the fields of the dataclass named by the module's `OPTIONS` (train takes
+  TrainConfig's): each field is a flag with the field's default and its `help` metadata; only the
+  flags the user typed reach the function (so a resumed run can tell them from defaults);
+- a module with `ACTIONS` (a dict name -> function) is a command with sub-actions
+  (`cli.py tokenizer train ...`), each action a signature as above.
+
+`run_command` is the single place where user errors become one message and an exit code.
 """
+from __future__ import annotations
+
+import argparse
+import dataclasses
 import inspect
 import sys
-
-import fire
+import types
+import typing
+import warnings
 
 from cllm.errors import CLLMError
 
 
+class UsageError(Exception):
+    """A command line that does not parse (unknown flag, missing argument, a value of the wrong type)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            first = message[len(prefix):].split(" ")[0]
+            message = f"unknown flag {first}" if first.startswith("-") else f"unexpected argument {first!r}"
+        raise UsageError(message + "\n" + self.format_usage().rstrip())
+
+
+def _HelpFormatter(prog):
+    """Descriptions as written (they hold examples), each flag on one line where it fits."""
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=30, width=110)
+
+
+def _plain_warning(message, category, filename, lineno, file=None, line=None):
+    """A warning reaches the user as one line, without Python's file path and source line."""
+    (file or sys.stderr).write(f"warning: {message}\n")
+
+
 def run_command(module, name: str, args: list[str]) -> int:
-    # A module may declare which function implements which command (llmc has two).
-    func = getattr(module, "COMMANDS", {}).get(name, getattr(module, "main", None))
-    if any(a in ("--help", "-h") for a in args[:args.index("--") if "--" in args else len(args)]):
-        args = ["--help"]  # help only: fire would otherwise run the command first (`train DATA --help`)
-    unknown = unknown_flags(func, args)
-    if unknown:
-        sys.stderr.write(f"error: unknown flag {unknown} for {name!r}; see: python cli.py {name} --help\n")
-        return 2
-    if hasattr(module, "TEXT_FLAGS"):
-        args = quote_text_args(args, module.TEXT_FLAGS, getattr(module, "BOOL_FLAGS", ()),
-                               getattr(module, "LIST_FLAGS", ()))
+    """Parse `args` for command `name` of `module`, run it, and turn user errors into exit codes."""
+    warnings.showwarning = _plain_warning
     try:
-        # an int result is the exit code: fire must not print it (it would end generated text with "0")
-        result = fire.Fire(func, command=args, name=f"cli.py {name}",
-                           serialize=lambda r: None if isinstance(r, int) and not isinstance(r, bool) else r)
+        func, call_args, kwargs = parse_command_line(module, name, args)
+    except UsageError as exc:
+        sys.stderr.write(f"error: {exc}\nsee: python cli.py {name} --help\n")
+        return 2
+    except SystemExit as exc:  # --help printed its text
+        return int(exc.code or 0)
+    try:
+        result = func(*call_args, **kwargs)
     except CLLMError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return exc.exit_code
-    except fire.core.FireExit as exc:  # bad flags: fire already printed its usage message
-        return int(exc.code or 0)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
     return int(result) if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
-def unknown_flags(func, args: list[str]) -> str | None:
-    """The first --flag in args that func does not take, or None. Fire itself would only notice it
-    after running the command (it applies leftover arguments to the result), which for `train`
-    means after a whole training run."""
-    params = inspect.signature(func).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return None
-    names = set(params)
-    for arg in args:
-        if arg == "--":
-            break
-        if not arg.startswith("--") or len(arg) == 2:
-            continue
-        key = arg[2:].split("=", 1)[0].replace("-", "_")
-        if key in ("help", "h") or key in names or (key.startswith("no") and key[2:] in names):
-            continue
-        return arg.split("=", 1)[0]
-    return None
+def command_function(module, name: str):
+    """The function behind command NAME of a module without ACTIONS."""
+    return getattr(module, "COMMANDS", {}).get(name, getattr(module, "main", None))
 
 
-def quote_text_args(args: list[str], text_flags, bool_flags=(), list_flags=()) -> list[str]:
-    """Hand positional arguments and the values of text flags to fire as quoted Python string
-    literals: fire would otherwise turn "1984" into an int, "a,b" into a tuple, "True" into a bool.
-    A flag in list_flags may be repeated; its values reach the command as one list."""
-    out, lists, i = [], {}, 0
-    while i < len(args):
-        arg = args[i]
-        if arg.startswith("--") and len(arg) > 2:
-            name, eq, value = arg[2:].partition("=")
-            key = name.replace("-", "_")
-            if key in text_flags:
-                if not eq:
-                    if i + 1 >= len(args):
-                        out.append(arg)  # fire reports the missing value
-                        break
-                    i += 1
-                    value = args[i]
-                if key in list_flags:
-                    lists.setdefault(name, []).append(value)
-                else:
-                    out += [f"--{name}", repr(value)]
-            else:
-                out.append(arg)
-                if not eq and key not in bool_flags and i + 1 < len(args):
-                    i += 1
-                    out.append(args[i])
-        else:
-            out.append(repr(arg))
-        i += 1
-    for name, values in lists.items():
-        out += [f"--{name}", repr(values)]
+def parse_command_line(module, name: str, args: list[str]):
+    """(function, positional args, keyword args) for `cli.py NAME ARGS...`, without running anything.
+    Positionals and flags may come in any order (`train --embed-dim 256 DATA`)."""
+    actions = getattr(module, "ACTIONS", None)
+    if actions is None:
+        parser = _command_parser(f"cli.py {name}", command_function(module, name), getattr(module, "OPTIONS", None))
+    else:
+        if args and args[0] in ("-h", "--help"):
+            build_parser(module, name).parse_args(["--help"])
+        if not args:
+            raise UsageError(f"{name} needs an action: {', '.join(actions)}")
+        if args[0] not in actions:
+            raise UsageError(f"unknown {name} action {args[0]!r}; choose one of: {', '.join(actions)}")
+        parser = _command_parser(f"cli.py {name} {args[0]}", actions[args[0]], getattr(module, "OPTIONS", None))
+        args = args[1:]
+    ns = vars(parser.parse_intermixed_args(args))
+    func = ns.pop("_func")
+    return func, *_call_arguments(func, ns)
+
+
+def build_parser(module, name: str) -> argparse.ArgumentParser:
+    """The parser whose --help describes command NAME (for a command with actions: the list of them)."""
+    actions = getattr(module, "ACTIONS", None)
+    if not actions:
+        return _command_parser(f"cli.py {name}", command_function(module, name), getattr(module, "OPTIONS", None))
+    parser = _Parser(prog=f"cli.py {name}", description=_summary(inspect.getdoc(module)), allow_abbrev=False,
+                     formatter_class=_HelpFormatter)
+    sub = parser.add_subparsers(title="actions (each has its own --help)", metavar="ACTION")
+    for action, func in actions.items():
+        sub.add_parser(action, help=_summary(inspect.getdoc(func)).split("\n")[0])
+    return parser
+
+
+def action_parsers(module, name: str) -> dict[str, argparse.ArgumentParser]:
+    """{action: its parser} for a command with ACTIONS, {"": the parser} for one without."""
+    options = getattr(module, "OPTIONS", None)
+    actions = getattr(module, "ACTIONS", None)
+    if not actions:
+        return {"": _command_parser(f"cli.py {name}", command_function(module, name), options)}
+    return {a: _command_parser(f"cli.py {name} {a}", f, options) for a, f in actions.items()}
+
+
+def _command_parser(prog: str, func, options) -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description=_summary(inspect.getdoc(func)), allow_abbrev=False,
+                     formatter_class=_HelpFormatter)
+    _add_signature(parser, func, options)
+    return parser
+
+
+def command_parameters(func, options=None) -> list[tuple[str, str, object, object, str]]:
+    """(name, kind, type, default, help) of every argument of a command: kind is "positional",
+    "varargs", "flag" or "option" (a field of the OPTIONS dataclass). Tests walk this list."""
+    hints = typing.get_type_hints(func)
+    docs = _arg_docs(inspect.getdoc(func))
+    out = []
+    for p in inspect.signature(func).parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            if options is None:
+                raise TypeError(f"{func.__qualname__} takes **{p.name} but its module names no OPTIONS dataclass")
+            out += _dataclass_parameters(options, exclude=set(inspect.signature(func).parameters))
+            continue
+        if p.name not in hints:
+            raise TypeError(f"parameter {p.name!r} of {func.__qualname__} has no type annotation")
+        kind = {p.VAR_POSITIONAL: "varargs", p.KEYWORD_ONLY: "flag"}.get(p.kind, "positional")
+        out.append((p.name, kind, hints[p.name], p.default, docs.get(p.name, "")))
     return out
+
+
+def _dataclass_parameters(cls, exclude: set[str]) -> list:
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        if not f.metadata.get("help"):
+            raise TypeError(f"{cls.__name__}.{f.name} has no help text: declare it as "
+                            f"`{f.name}: type = option(default, \"one-line meaning\")` (cllm/config.py)")
+        shown = f.metadata.get("shown", f.default)
+        out.append((f.name, "option", hints[f.name], shown, f.metadata["help"]))
+    return out
+
+
+def _add_signature(parser: argparse.ArgumentParser, func, options) -> None:
+    parser.set_defaults(_func=func)
+    for name, kind, annotation, default, help_text in command_parameters(func, options):
+        base, is_list = _base_type(annotation, f"{func.__qualname__}({name})")
+        required = default is inspect.Parameter.empty
+        says_none = default is None and "(none:" in (help_text or "")  # the help text says what none means
+        shown = "" if required or kind == "varargs" or says_none else f" (default: {_show(default)})"
+        text = (help_text or name.replace("_", " ")) + shown
+        if kind in ("positional", "varargs"):
+            nargs = "*" if kind == "varargs" else (None if required else "?")
+            parser.add_argument(name, nargs=nargs, type=_converter(base), help=text, metavar=name.upper(),
+                                **({} if required or kind == "varargs" else {"default": default}))
+            if kind == "positional" and not required:  # `scrape URL DIR 50` or `scrape URL DIR --max-pages 50`
+                parser.add_argument("--" + name.replace("_", "-"), dest=_FLAG_FORM + name, type=_converter(base),
+                                    default=None, metavar=base.__name__.upper(), help=f"the same as {name.upper()}")
+            continue
+        flag = "--" + name.replace("_", "-")
+        # a flag left out reaches a plain function as its default, an OPTIONS field not at all
+        value = argparse.SUPPRESS if kind == "option" else (None if is_list else default)
+        if base is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value, help=text)
+            # python-fire's spelling, which earlier versions of these commands took: --noprogress
+            parser.add_argument("--no" + flag[2:], dest=name, action="store_false", default=value,
+                                help=argparse.SUPPRESS)
+        elif is_list:
+            parser.add_argument(flag, action="append", type=_converter(base), default=value, help=text,
+                                metavar=base.__name__.upper())
+        else:
+            parser.add_argument(flag, type=_converter(base), default=value, help=text,
+                                metavar=base.__name__.upper())
+
+
+def _call_arguments(func, ns: dict) -> tuple[list, dict]:
+    ns.pop("_action", None)
+    args, kwargs = [], {}
+    for p in inspect.signature(func).parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            kwargs.update(ns)  # the OPTIONS fields the user typed
+            break
+        value = ns.pop(p.name)
+        as_flag = ns.pop(_FLAG_FORM + p.name, None)
+        if as_flag is not None:
+            if value != p.default:
+                raise UsageError(f"{p.name.upper()} given twice: as {value!r} and as --{p.name.replace('_', '-')}")
+            value = as_flag
+        if p.kind is p.VAR_POSITIONAL:
+            args += value
+        elif p.kind is p.KEYWORD_ONLY:
+            kwargs[p.name] = p.default if value is None else value  # a list flag never given
+        else:
+            args.append(value)
+    return args, kwargs
+
+
+_TYPES = (str, int, float, bool)
+_FLAG_FORM = "_flag_"  # argparse dest of the --flag form of an optional positional
+
+
+def _base_type(annotation, where: str):
+    """(type, is_list) of an annotation: str, int, float, bool, `X | None` or list[X]."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(rest) == 1:
+            return _base_type(rest[0], where)
+    if origin in (list, tuple):
+        inner = typing.get_args(annotation)
+        if inner and inner[0] in _TYPES:
+            return inner[0], True
+    if annotation in _TYPES:
+        return annotation, False
+    raise TypeError(f"{where}: a command-line parameter must be str, int, float, bool, X | None or list[X], "
+                    f"not {annotation!r}")
+
+
+def _converter(base):
+    if base is str:
+        return str  # the exact text typed, whatever it looks like
+
+    def convert(text: str):
+        try:
+            return base(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if base is int else 'a number'}, "
+                                             f"got {text!r}") from None
+    convert.__name__ = base.__name__
+    return convert
+
+
+def _show(default) -> str:
+    if default is None:
+        return "none"
+    if isinstance(default, str):
+        return repr(default) if default.strip() != default or not default else default
+    if isinstance(default, (list, tuple)):
+        return "none" if not default else ", ".join(map(str, default))
+    return str(default)
+
+
+def _summary(doc: str | None) -> str:
+    """A docstring without its Args: section."""
+    if not doc:
+        return ""
+    lines = doc.split("\n")
+    for i, line in enumerate(lines):
+        if line.strip() == "Args:":
+            return "\n".join(lines[:i]).rstrip()
+    return doc
+
+
+def _arg_docs(doc: str | None) -> dict[str, str]:
+    """{parameter: its line} from a docstring's `Args:` section (continuation lines are joined)."""
+    docs, current, inside = {}, None, False
+    for line in (doc or "").split("\n"):
+        stripped = line.strip()
+        if stripped == "Args:":
+            inside = True
+            continue
+        if not inside:
+            continue
+        if not stripped:
+            current = None
+            continue
+        head, sep, rest = stripped.partition(":")
+        names = [n.strip() for n in head.split(",")]
+        if sep and all(n.isidentifier() for n in names):
+            for n in names:
+                docs[n] = rest.strip()
+            current = names
+        elif current:
+            for n in current:
+                docs[n] += " " + stripped
+    return docs

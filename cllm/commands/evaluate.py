@@ -2,29 +2,46 @@
 import json
 import sys
 
-# positional arguments and text flags stay strings (fire would turn "1984" into an int)
-TEXT_FLAGS = {"text", "checkpoint", "tokenizer"}
-BOOL_FLAGS = {"json", "nojson", "progress", "noprogress", "help"}
 
 
-def main(checkpoint="checkpoints", data=None, *, text=None, stride=None, batch_size=8, json=False, progress=True,
-         threads=None, tokenizer=None):
+def main(checkpoint: str = "checkpoints", data: str | None = None, *, text: str | None = None,
+         stride: int | None = None, batch_size: int = 8, json: bool = False, progress: bool = True,
+         threads: int | None = None, tokenizer: str | None = None, classify: str | None = None,
+         device: str = "cpu"):
     """Loss, perplexity and bits per byte of CHECKPOINT on DATA (a text file or a directory of them,
     read and cleaned as training reads it; `-` reads standard input) or on --text STRING.
 
-    The model reads windows of its context length that start every --stride tokens (default: the
-    context, disjoint windows, the way training's validation loss is computed; smaller: more context
-    per token, slower); every token is scored once. --batch-size 8 windows per forward pass.
-    --json prints one JSON line. --tokenizer PATH for a checkpoint without one.
+    The model reads windows of its context length that start every --stride tokens; every token is
+    scored once.
+
+    Args:
+      checkpoint: a run directory, a step directory or a latest/best link
+      data: a text file, a directory of them, or - for standard input
+      text: the text itself, instead of DATA
+      stride: tokens between window starts (none: the context, disjoint windows, as training's
+        validation loss; smaller: more context per token, slower)
+      batch_size: windows per forward pass
+      json: print one JSON line
+      progress: show a progress bar
+      threads: Numba threads (none: every core)
+      tokenizer: a tokenizer file, for a checkpoint without one
+      classify: an image model: classify the images of this folder (a folder per class) by likelihood
+      device: cpu, cuda or cuda:N (an NVIDIA GPU through the [cuda] extra; text models)
     """
     from cllm.errors import ConfigError
+    from cllm.vision.dataset import is_image_source
+
+    if classify is not None or (data is not None and data != "-" and is_image_source(data)):
+        from cllm.vision.cli import evaluate_command  # bits per dimension, accuracy, confusion matrix
+
+        return evaluate_command(checkpoint, data, classify, batch_size, json, threads, tokenizer)
 
     if (data is None) == (text is None):
         raise ConfigError("give the text to evaluate: a file or directory (python cli.py evaluate CHECKPOINT PATH), "
                           "`-` for standard input, or --text STRING")
     if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int)):
         raise ConfigError(f"--stride must be a positive integer, got {stride!r}")
-    result = run_evaluate(checkpoint, data, text, stride, batch_size, progress, threads, tokenizer)
+    result = run_evaluate(checkpoint, data, text, stride, batch_size, progress, threads, tokenizer, device)
     if json:
         sys.stdout.write(_json.dumps(result) + "\n")
     else:
@@ -42,15 +59,15 @@ def main(checkpoint="checkpoints", data=None, *, text=None, stride=None, batch_s
 _json = json  # `json` is also a flag of main
 
 
-def run_evaluate(checkpoint, data, text, stride, batch_size, progress, threads, tokenizer) -> dict:
+def run_evaluate(checkpoint, data, text, stride, batch_size, progress, threads, tokenizer, device="cpu") -> dict:
     import os
 
     from cllm.checkpoint import load_checkpoint
-    from cllm.commands.generate import load_for_generation
+    from cllm.completion import load_for_generation
     from cllm.errors import DataError
     from cllm.evaluate import dataset_cleaning, encode_corpus, encode_documents, evaluate_stream
 
-    model, tok, path = load_for_generation(checkpoint, tokenizer, threads)
+    model, tok, path = load_for_generation(checkpoint, tokenizer, threads, device)
     cleaning = dataset_cleaning(load_checkpoint(path)) or {}
     if text is not None or data == "-":
         from cllm.data.clean import clean_text

@@ -2,9 +2,14 @@
 llm.c's fp32 model file (see cllm/llmc.py for its layout)."""
 
 
-def export_main(checkpoint, out):
-    """Write CHECKPOINT's model (a step directory, a latest/best link or a run directory) as llm.c's
-    fp32 model file OUT (256 x int32 header, magic 20240326, version 3, then the float32 parameters)."""
+def export_main(checkpoint: str, out: str):
+    """Write CHECKPOINT's model as llm.c's fp32 model file OUT (256 x int32 header, magic 20240326,
+    version 3, then the float32 parameters).
+
+    Args:
+      checkpoint: a run directory, a step directory or a latest/best link
+      out: the llm.c model file to write
+    """
     from cllm.llmc import export_checkpoint
 
     path, config = export_checkpoint(str(checkpoint), str(out))
@@ -14,10 +19,16 @@ def export_main(checkpoint, out):
     return 0
 
 
-def import_main(model_file, checkpoint_dir, *, tokenizer=None):
+def import_main(model_file: str, checkpoint_dir: str, *, tokenizer: str | None = None):
     """Read llm.c's fp32 model file MODEL_FILE (version 3, or 1 with an unpadded vocabulary) into a new
-    checkpoint under CHECKPOINT_DIR (step_000000, with `latest`). --tokenizer PATH: a CLLM tokenizer
-    file of the model's vocabulary, stored with the checkpoint (else pass it to generate)."""
+    checkpoint under CHECKPOINT_DIR (step_000000, with `latest`).
+
+    Args:
+      model_file: llm.c's model file
+      checkpoint_dir: the run directory to create
+      tokenizer: a CLLM tokenizer file of the model's vocabulary, stored with the checkpoint (none:
+        pass it to generate)
+    """
     from cllm.llmc import import_model_file
 
     path = import_model_file(str(model_file), str(checkpoint_dir), None if tokenizer is None else str(tokenizer))

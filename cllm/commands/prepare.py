@@ -5,11 +5,13 @@ DIR/val.bin and DIR/meta.json. Running it again with the same inputs and flags r
 """
 
 
-def main(data: str = None, tokenizer: str = "char", vocab_size: int = None, out: str = None, val_fraction: float = 0.1,
+def main(data: str | None = None, *, tokenizer: str = "char", vocab_size: int | None = None, out: str | None = None,
+         val_fraction: float = 0.1,
          lowercase: bool = False, remove_punctuation: bool = False, remove_numbers: bool = False,
          normalize_whitespace: bool = True, keep_newlines: bool = True, strip_gutenberg: bool = True,
          dedupe: bool = True, encoding: str = "auto", bpe_pattern: str = "gpt4", llmc: bool = False,
-         force: bool = False, progress: bool = True):
+         force: bool = False, progress: bool = True, image_size: int | None = None, grayscale: bool = False,
+         palette: int = 16):
     """Prepare a token dataset.
 
     Args:
@@ -19,14 +21,17 @@ def main(data: str = None, tokenizer: str = "char", vocab_size: int = None, out:
       out: output directory (default: data/.cache/<name of DATA>-<tokenizer>[-<vocab size>])
       val_fraction: share of the data held out for validation (0 <= f < 1)
       lowercase, remove_punctuation, remove_numbers: cleaning, off by default
-      normalize_whitespace, keep_newlines, strip_gutenberg, dedupe: on by default (--no<flag> to turn off)
+      normalize_whitespace, keep_newlines, strip_gutenberg, dedupe: on by default (--no-<flag> to turn off)
       encoding: auto (UTF-8, else a detected encoding) or utf-8 (invalid UTF-8 is an error)
       bpe_pattern: gpt4 or gpt2 pre-split (or a regex)
       llmc: also write llm.c token files train_llmc.bin / val_llmc.bin
       force: rebuild even when a cached result matches
+      progress: show progress bars
+      image_size: a folder of images: centre-crop and resize them to S x S pixels (none: their one size)
+      grayscale: a folder of images: read them as grayscale (automatic when every image is)
+      palette: a folder of images: k-means colours, or grey levels for grayscale images
     """
     import os
-    import sys
     import warnings
 
     from cllm.data import prepare_dataset
@@ -40,13 +45,19 @@ def main(data: str = None, tokenizer: str = "char", vocab_size: int = None, out:
         tok_name = os.path.splitext(os.path.basename(os.path.normpath(tokenizer)))[0]  # a file: its name
         out = os.path.join("data", ".cache", f"{name}-{tok_name}" + (f"-{vocab_size}" if vocab_size else ""))
     with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = lambda msg, *a, **k: sys.stderr.write(f"warning: {msg}\n")
+        warnings.simplefilter("always")  # shown as one line each by cllm/commands/__init__.py
         ds = prepare_dataset(str(data), str(out), tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction,
                              lowercase=lowercase, remove_punctuation=remove_punctuation, remove_numbers=remove_numbers,
                              normalize_whitespace=normalize_whitespace, keep_newlines=keep_newlines, strip_gutenberg=strip_gutenberg,
-                             dedupe=dedupe, encoding=encoding, bpe_pattern=bpe_pattern, llmc=llmc, force=force, progress=progress)
+                             dedupe=dedupe, encoding=encoding, bpe_pattern=bpe_pattern, llmc=llmc, force=force, progress=progress,
+                             image={"image_size": image_size, "grayscale": grayscale, "palette": palette})
     m = ds.meta
+    if m.get("kind") == "image":  # cllm/vision/dataset.py
+        from cllm.vision.dataset import summary
+
+        print(f"{summary(m)}; {'reused' if ds.cached else 'prepared'} {ds.out_dir}: train.bin {m['train_tokens']:,} "
+              f"tokens, val.bin {m['val_tokens']:,} tokens, {m['vocab_size']} ids")
+        return None
     c = m["corpus"]
     print(f"corpus: {c['documents']:,} documents from {c['files']:,} files, {c['characters']:,} characters, {c['lines']:,} lines, "
           f"{c['tokens']:,} words, vocabulary {c['vocabulary']:,}, {c['avg_chars_per_document']:,.0f} characters per document"

@@ -2,24 +2,34 @@
 import os
 import sys
 
-# text flags stay strings (an API key of digits, a host); a positional is the checkpoint
-TEXT_FLAGS = {"checkpoint", "host", "api_key", "model_name", "tokenizer"}
-BOOL_FLAGS = {"help"}
 
 
-def main(checkpoint="checkpoints", *, host="127.0.0.1", port=8000, api_key=None, max_concurrent=2, max_queue=32,
-         max_tokens_cap=1024, max_prompt_chars=32768, max_body_bytes=262144, max_n=8, model_name=None,
-         threads=None, tokenizer=None):
+def main(checkpoint: str = "checkpoints", *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+         max_concurrent: int = 2, max_queue: int = 32, max_tokens_cap: int = 1024, max_prompt_chars: int = 32768,
+         max_body_bytes: int = 262144, max_n: int = 8, model_name: str | None = None, threads: int | None = None,
+         tokenizer: str | None = None, device: str = "cpu"):
     """Serve CHECKPOINT (default: the latest under checkpoints/) over HTTP until Ctrl-C.
 
     GET /health, GET /v1/models, POST /v1/completions (OpenAI's completions API: prompt, max_tokens,
     temperature, top_p, stop, seed, n, stream, echo; extensions top_k, repeat_penalty, beam_width,
-    ignore_eos) and a page at /. --host 127.0.0.1 (another host prints a warning) --port 8000 (0 picks
-    a free one). --api-key KEY (or the CLLM_API_KEY environment variable) requires
-    `Authorization: Bearer KEY` on /v1/. Limits: --max-concurrent 2 generations at once, --max-queue 32
-    waiting (beyond: 429 with Retry-After), --max-tokens-cap 1024, --max-prompt-chars 32768,
-    --max-body-bytes 262144, --max-n 8 choices per request. --model-name NAME (default RUN/step_N).
-    --threads N: Numba threads of each generation worker (default: the cores / --max-concurrent).
+    ignore_eos) and a page at /.
+
+    Args:
+      checkpoint: a run directory, a step directory or a latest/best link
+      host: address to listen on (another than loopback prints a warning)
+      port: port to listen on (0 picks a free one)
+      api_key: require `Authorization: Bearer KEY` on /v1/ (none: the CLLM_API_KEY environment
+        variable, else no key)
+      max_concurrent: generations at once
+      max_queue: requests waiting for a generation slot (beyond: 429 with Retry-After)
+      max_tokens_cap: largest max_tokens a request may ask for
+      max_prompt_chars: longest prompt, in characters
+      max_body_bytes: largest request body
+      max_n: most choices per request
+      model_name: the model's name in the API (none: RUN/step_N)
+      threads: Numba threads of each generation worker (none: the cores / --max-concurrent)
+      tokenizer: a tokenizer file, for a checkpoint without one
+      device: cpu, cuda or cuda:N (an NVIDIA GPU through the [cuda] extra)
     """
     from cllm.errors import ConfigError
 
@@ -48,7 +58,7 @@ def main(checkpoint="checkpoints", *, host="127.0.0.1", port=8000, api_key=None,
     warning = host_warning(host)
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    engine = Engine.load(checkpoint, tokenizer, threads, model_name)
+    engine = Engine.load(checkpoint, tokenizer, threads, model_name, device)
     engine.warm_up()
     settings = ServerSettings(max_concurrent=max_concurrent, max_queue=max_queue, max_tokens_cap=max_tokens_cap,
                               max_prompt_chars=max_prompt_chars, max_body_bytes=max_body_bytes, max_n=max_n,

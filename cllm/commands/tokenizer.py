@@ -8,64 +8,125 @@
     cli.py tokenizer export-vocab tok.json vocab.txt    # BERT's vocab.txt (wordpiece)
     cli.py tokenizer import PATH --out tok.json         # HF tokenizer.json, vocab.txt, GPT-2 vocab.json, *.tiktoken
 """
+from cllm.errors import TokenizerError
 
 
-def main(action: str = None, *args, kind: str = "bpe", vocab_size: int = None, out: str = "tokenizer.json", progress: bool = True,
-         pattern: str = None, score: str = "likelihood", **cleaning):
-    """Train, inspect, use and import tokenizers (actions: train, encode, decode, stats, export-hf,
-    export-vocab, import)."""
+def train(data: str, *, kind: str = "bpe", vocab_size: int | None = None, out: str = "tokenizer.json",
+          lowercase: bool = False, remove_punctuation: bool = False, remove_numbers: bool = False,
+          normalize_whitespace: bool = True, keep_newlines: bool = True, strip_gutenberg: bool = True,
+          progress: bool = True, score: str = "likelihood"):
+    """Train a tokenizer on DATA (a text file or a directory, read and cleaned as `prepare` reads it).
+
+    Args:
+      data: a text file or a directory
+      kind: word, char, bpe or wordpiece
+      vocab_size: ids in the vocabulary (none: word 8192, bpe 4096, char every character)
+      out: the tokenizer file to write
+      lowercase, remove_punctuation, remove_numbers: cleaning, off by default
+      normalize_whitespace, keep_newlines, strip_gutenberg: cleaning, on by default
+      progress: show progress bars
+      score: wordpiece merges: likelihood (count(ab) / (count(a) count(b))) or frequency (HF's WordPieceTrainer)
+    """
+    from cllm.data import open_corpus
+    from cllm.tokenizers import train_tokenizer
+
+    cleaning = dict(lowercase=lowercase, remove_punctuation=remove_punctuation, remove_numbers=remove_numbers,
+                    normalize_whitespace=normalize_whitespace, keep_newlines=keep_newlines,
+                    strip_gutenberg=strip_gutenberg)
+    corpus = open_corpus(data, progress=progress, **cleaning)
+    tok = train_tokenizer(kind, corpus, vocab_size, progress=progress, **({"score": score} if kind == "wordpiece" else {}))
+    tok.save(out)
+    print(f"wrote {out}: {tok.kind} tokenizer, {tok.vocab_size:,} ids, trained on {corpus.stats.summary()}")
+
+
+def encode(tokenizer: str, text: str):
+    """Print the ids of TEXT, space-separated.
+
+    Args:
+      tokenizer: a tokenizer file (or a directory holding tokenizer.json)
+      text: the text to encode, exactly as typed
+    """
+    from cllm.tokenizers import load_tokenizer
+
+    print(" ".join(map(str, load_tokenizer(tokenizer).encode(text))))
+
+
+def decode(tokenizer: str, *ids: str):
+    """Print the text of IDS (comma- or space-separated, one or several arguments).
+
+    Args:
+      tokenizer: a tokenizer file (or a directory holding tokenizer.json)
+      ids: the token ids
+    """
+    from cllm.tokenizers import load_tokenizer
+
+    raw = " ".join(ids).replace(",", " ").split()
+    try:
+        values = [int(x) for x in raw]
+    except ValueError:
+        raise TokenizerError(f"ids must be integers, got {' '.join(ids)!r}") from None
+    print(load_tokenizer(tokenizer).decode(values))
+
+
+def stats(tokenizer: str):
+    """Print a tokenizer's size and training statistics as JSON.
+
+    Args:
+      tokenizer: a tokenizer file (or a directory holding tokenizer.json)
+    """
     import json
 
-    from cllm.errors import TokenizerError
-    from cllm.tokenizers import load_tokenizer, train_tokenizer
+    from cllm.tokenizers import load_tokenizer
 
-    def need(n, usage):
-        if len(args) != n:
-            raise TokenizerError(f"usage: cli.py tokenizer {usage}")
+    print(json.dumps(load_tokenizer(tokenizer).stats(), ensure_ascii=False, indent=1))
 
-    if action == "train":
-        need(1, "train DATA --kind {word,char,bpe,wordpiece} --vocab-size N --out tok.json")
-        from cllm.data import open_corpus
 
-        corpus = open_corpus(str(args[0]), progress=progress, **cleaning)
-        tok = train_tokenizer(kind, corpus, vocab_size, progress=progress, **({"score": score} if kind == "wordpiece" else {}))
-        tok.save(out)
-        print(f"wrote {out}: {tok.kind} tokenizer, {tok.vocab_size:,} ids, trained on {corpus.stats.summary()}")
-    elif action == "encode":
-        need(2, "encode TOKENIZER TEXT")
-        print(" ".join(map(str, load_tokenizer(args[0]).encode(str(args[1])))))
-    elif action == "decode":
-        need(2, "decode TOKENIZER IDS (comma- or space-separated)")
-        raw = args[1] if isinstance(args[1], (list, tuple)) else str(args[1]).replace(",", " ").split()
-        try:
-            ids = [int(x) for x in raw]
-        except ValueError:
-            raise TokenizerError(f"ids must be integers, got {args[1]!r}") from None
-        print(load_tokenizer(args[0]).decode(ids))
-    elif action == "stats":
-        need(1, "stats TOKENIZER")
-        print(json.dumps(load_tokenizer(args[0]).stats(), ensure_ascii=False, indent=1))
-    elif action == "export-hf":
-        need(2, "export-hf TOKENIZER OUT.json")
-        tok = load_tokenizer(args[0])
-        if tok.kind not in ("bpe", "bpe-vocab", "wordpiece"):
-            raise TokenizerError(f"only bpe and wordpiece tokenizers export to HuggingFace's format; {args[0]} is a {tok.kind} tokenizer")
-        tok.export_hf(str(args[1]))
-        print(f"wrote {args[1]}")
-    elif action == "export-vocab":
-        need(2, "export-vocab TOKENIZER vocab.txt")
-        tok = load_tokenizer(args[0])
-        if tok.kind != "wordpiece":
-            raise TokenizerError(f"only wordpiece tokenizers have a vocab.txt; {args[0]} is a {tok.kind} tokenizer")
-        tok.export_vocab_txt(str(args[1]))
-        print(f"wrote {args[1]}")
-    elif action == "import":
-        need(1, "import PATH --out tok.json [--pattern gpt2|cl100k|o200k]")
-        from cllm.tokenizers.imports import import_tokenizer
+def export_hf(tokenizer: str, out: str):
+    """Write a BPE or WordPiece tokenizer as HuggingFace's tokenizer.json.
 
-        tok = import_tokenizer(str(args[0]), pattern=pattern)
-        tok.save(out)
-        print(f"wrote {out}: {tok.kind} tokenizer, {tok.vocab_size:,} ids, from {args[0]}")
-    else:
-        raise TokenizerError(f"unknown tokenizer action {action!r}; use train, encode, decode, stats, export-hf, export-vocab or import")
-    return None
+    Args:
+      tokenizer: a CLLM tokenizer file (bpe or wordpiece)
+      out: the tokenizer.json to write
+    """
+    from cllm.tokenizers import load_tokenizer
+
+    tok = load_tokenizer(tokenizer)
+    if tok.kind not in ("bpe", "bpe-vocab", "wordpiece"):
+        raise TokenizerError(f"only bpe and wordpiece tokenizers export to HuggingFace's format; {tokenizer} is a {tok.kind} tokenizer")
+    tok.export_hf(out)
+    print(f"wrote {out}")
+
+
+def export_vocab(tokenizer: str, out: str):
+    """Write a WordPiece tokenizer's vocabulary as BERT's vocab.txt (one token per line, line = id).
+
+    Args:
+      tokenizer: a CLLM tokenizer file (wordpiece)
+      out: the vocab.txt to write
+    """
+    from cllm.tokenizers import load_tokenizer
+
+    tok = load_tokenizer(tokenizer)
+    if tok.kind != "wordpiece":
+        raise TokenizerError(f"only wordpiece tokenizers have a vocab.txt; {tokenizer} is a {tok.kind} tokenizer")
+    tok.export_vocab_txt(out)
+    print(f"wrote {out}")
+
+
+def import_(path: str, *, out: str = "tokenizer.json", pattern: str | None = None):
+    """Read another library's tokenizer into a CLLM tokenizer file with the same ids.
+
+    Args:
+      path: HuggingFace tokenizer.json (byte-level BPE or WordPiece), BERT vocab.txt, GPT-2 vocab.json (merges.txt beside it), a *.tiktoken rank file, or a directory holding one
+      out: the CLLM tokenizer file to write
+      pattern: a tiktoken file's split pattern when its name does not tell: gpt2, cl100k, o200k or a regex
+    """
+    from cllm.tokenizers.imports import import_tokenizer
+
+    tok = import_tokenizer(path, pattern=pattern)
+    tok.save(out)
+    print(f"wrote {out}: {tok.kind} tokenizer, {tok.vocab_size:,} ids, from {path}")
+
+
+ACTIONS = {"train": train, "encode": encode, "decode": decode, "stats": stats, "export-hf": export_hf,
+           "export-vocab": export_vocab, "import": import_}

@@ -140,15 +140,38 @@ def _load_cached(out_dir: str, key: str):
     return PreparedDataset(out_dir, tok, train_path, val_path, meta, cached=True)
 
 
+DATASET_FILES = ("meta.json", "tokenizer.json", "train.bin", "val.bin", "train_llmc.bin", "val_llmc.bin")
+
+
+def refuse_foreign_directory(out_dir: str) -> None:
+    """A dataset is (re)built only into a new, empty or dataset directory: files of anything else
+    there would be mixed with (or lost among) the dataset's."""
+    if not os.path.isdir(out_dir):
+        return
+    foreign = sorted(n for n in os.listdir(out_dir) if n not in DATASET_FILES and not n.endswith(".tmp"))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise DataError(f"the output directory {out_dir} holds files that are not a prepared dataset ({shown}); "
+                        "choose a new or empty --out")
+
+
 def prepare_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int | None = None, val_fraction: float = 0.1,
                     encoding: str = "auto", dedupe: bool = True, progress: bool = True, llmc: bool = False,
-                    bpe_pattern: str = "gpt4", force: bool = False, **cleaning) -> PreparedDataset:
+                    bpe_pattern: str = "gpt4", force: bool = False, image: dict | None = None,
+                    **cleaning) -> PreparedDataset:
     """Clean, tokenize and split the corpus at `data_path` into `out_dir` (see the module doc).
     `vocab_size` None: word 8192, bpe 4096, char every character. `llmc=True` also writes
     llm.c token files (train_llmc.bin, val_llmc.bin). `force=True` ignores the cache.
     `tokenizer` may be a trained Tokenizer instead of a kind (fine-tuning: the checkpoint's): the corpus is
-    encoded with it and none is trained."""
+    encoded with it and none is trained. A folder of
+    images (or tokenizer "image") becomes an image dataset (cllm/vision/dataset.py) with the
+    `image` options: image_size, grayscale, palette."""
     from cllm.tokenizers import train_tokenizer
+    from cllm.vision.dataset import is_image_source, prepare_image_dataset
+
+    if tokenizer == "image" or is_image_source(data_path):
+        return prepare_image_dataset(data_path, out_dir, val_fraction=val_fraction, force=force, progress=progress,
+                                     **(image or {}))
 
     if isinstance(tokenizer, str) and tokenizer not in KINDS and os.path.exists(tokenizer):
         from cllm.tokenizers.imports import import_tokenizer
@@ -177,6 +200,7 @@ def prepare_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int
                 _write_llmc(cached)
             return cached
 
+    refuse_foreign_directory(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)
         meta_path = os.path.join(out_dir, "meta.json")

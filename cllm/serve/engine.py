@@ -25,7 +25,7 @@ import os
 import threading
 import time
 
-from cllm.commands.generate import cut_at_stop
+from cllm.completion import StopStream, cut_at_stop, encode_prompt, load_for_generation
 
 
 @dataclasses.dataclass
@@ -65,12 +65,10 @@ class Engine:
         self.stats = {"requests": 0, "cancelled": 0, "completion_tokens": 0}
 
     @classmethod
-    def load(cls, checkpoint: str, tokenizer_path=None, threads=None, model_id=None) -> "Engine":
-        from cllm.commands.generate import load_for_generation
-
+    def load(cls, checkpoint: str, tokenizer_path=None, threads=None, model_id=None, device="cpu") -> "Engine":
         from cllm.runtime import configure_threads
 
-        model, tok, path = load_for_generation(checkpoint, tokenizer_path, threads)
+        model, tok, path = load_for_generation(checkpoint, tokenizer_path, threads, device)
         engine = cls(model, tok, path, model_id)
         engine.threads = configure_threads(threads)
         return engine
@@ -112,8 +110,6 @@ class Engine:
     def prompt_ids(self, prompt: str) -> list[int]:
         """(ids fed to the model, tokens of the prompt): an empty prompt starts from BOS or a newline;
         a prompt longer than the context keeps its last context - 1 tokens, as `generate` does."""
-        from cllm.commands.generate import encode_prompt
-
         return encode_prompt(self.tokenizer, prompt, self.context, lambda msg: None)
 
     def stats_now(self) -> dict:
@@ -170,68 +166,21 @@ class Engine:
 
     def _sample(self, ids, cfg, stops, prefix, index, cancel, emit) -> tuple[int, str]:
         """One sampled choice, streamed through emit; (tokens generated, finish reason)."""
-        hold = max((len(s) for s in stops), default=1) - 1  # text that could still start a stop string
-        text = IncrementalText(self.tokenizer)
-        sent = 0  # characters of text.tail already emitted
-        stopped = False
-        tail = ""
+        out = StopStream(self.tokenizer, stops)
         if prefix:
             emit("delta", index, prefix)
         for token in self.generator.stream(ids, cfg):
-            # text dropped from the front of the tail was emitted and is beyond the reach of a stop string
-            sent -= text.add(token, keep_chars=len(tail) - sent + hold + 8)
-            tail = text.tail
-            # a stop string can only end in the new text: search from just before it
-            cut = min((i for i in (tail.find(s, max(0, sent - len(s))) for s in stops) if i >= 0), default=-1)
-            if cut >= 0:
-                tail, stopped = tail[:cut], True
-            ready = len(tail) if stopped else len(tail) - hold
-            if tail.endswith("\ufffd"):  # half of a UTF-8 character: wait for the rest
-                ready = min(ready, len(tail.rstrip("\ufffd")))
-            if ready > sent:
-                emit("delta", index, tail[sent:ready])
-                sent = ready
-            if stopped or cancel.is_set():
+            piece = out.add(token)
+            if piece:
+                emit("delta", index, piece)
+            if out.stopped or cancel.is_set():
                 break
-        if sent < len(tail):
-            emit("delta", index, tail[sent:])
-        reason = "stop" if stopped or text.count < cfg.max_new_tokens else "length"
-        emit("done", index, reason, text.count)
-        return text.count, reason
-
-
-class IncrementalText:
-    """The text of a growing list of token ids, decoded in time linear in its length: decoding every
-    id after each new one would be quadratic. `tail` is the decoded text of the last ids; a prefix
-    of it is dropped once it was sent and decoding it separately is shown to give the same text (true
-    at most boundaries of char and BPE tokens, never inside a UTF-8 character); for a tokenizer where
-    it never holds (word: spaces between words) the whole text is decoded after every token."""
-
-    TAIL = 32
-
-    def __init__(self, tokenizer):
-        self.tok = tokenizer
-        self.ids: list[int] = []  # the ids whose text is `tail`
-        self.tail = ""
-        self.count = 0
-
-    def add(self, token: int, keep_chars: int) -> int:
-        """Append a token; returns how many characters were dropped from the front of `tail` (the
-        last `keep_chars` characters before the new token are always kept)."""
-        self.ids.append(token)
-        self.count += 1
-        ids = self.ids
-        if len(ids) > 2 * self.TAIL:
-            k = len(ids) - self.TAIL
-            head = self.tok.decode(ids[:k])
-            rest = self.tok.decode(ids[k:])
-            if (len(head) <= len(self.tail) - keep_chars and self.tail.startswith(head)
-                    and not head.endswith("\ufffd") and head + rest == self.tok.decode(ids)):
-                del self.ids[:k]
-                self.tail = rest
-                return len(head)
-        self.tail = self.tok.decode(ids)
-        return 0
+        rest = out.finish()
+        if rest:
+            emit("delta", index, rest)
+        reason = "stop" if out.stopped or out.count < cfg.max_new_tokens else "length"
+        emit("done", index, reason, out.count)
+        return out.count, reason
 
 
 def default_model_id(checkpoint_path: str) -> str:

@@ -10,7 +10,7 @@ from cllm.errors import ConfigError
 
 def load_image_model(checkpoint: str, tokenizer: str | None = None, threads: int | None = None):
     """(model, image tokenizer, checkpoint path); a clear error for a text checkpoint."""
-    from cllm.commands.generate import load_for_generation
+    from cllm.completion import load_for_generation
 
     model, tok, path = load_for_generation(checkpoint, tokenizer, threads)
     if tok.kind != "image":
