@@ -25,6 +25,7 @@ import numpy as np
 from numba import njit, types
 from numba.typed import Dict
 
+from cllm.tokenizers.bpe_kernels import _better, _key, _sift_down  # the BPE trainer's heap order (any key type)
 from kernels._common import JIT
 
 
@@ -37,33 +38,6 @@ def _score(pcount, scount, pa, pb, p):
     if scount[0] < 0:
         return np.float64(pcount[p])
     return pcount[p] / (np.float64(scount[pa[p]]) * np.float64(scount[pb[p]]))
-
-
-@njit(**JIT)
-def _above(hs, hp, pa, pb, i, j):
-    """Heap entry i ranks above entry j: higher score, then the smaller (a, b)."""
-    if hs[i] != hs[j]:
-        return hs[i] > hs[j]
-    pi, pj = hp[i], hp[j]
-    if pa[pi] != pa[pj]:
-        return pa[pi] < pa[pj]
-    return pb[pi] < pb[pj]
-
-
-@njit(**JIT)
-def _sift_down(hs, hp, pa, pb, i, n):
-    while True:
-        l = 2 * i + 1
-        if l >= n:
-            return
-        best = l
-        if l + 1 < n and _above(hs, hp, pa, pb, l + 1, l):
-            best = l + 1
-        if not _above(hs, hp, pa, pb, best, i):
-            return
-        hs[i], hs[best] = hs[best], hs[i]
-        hp[i], hp[best] = hp[best], hp[i]
-        i = best
 
 
 @njit(**JIT)
@@ -94,7 +68,7 @@ def _push(hs, hp, pa, pb, pcount, scount, pscore, state, p, s):
     pscore[p] = s
     while i > 0:
         parent = (i - 1) // 2
-        if not _above(hs, hp, pa, pb, i, parent):
+        if not _better(hs, hp, pa, pb, i, parent):
             break
         hs[i], hs[parent] = hs[parent], hs[i]
         hp[i], hp[parent] = hp[parent], hp[i]
@@ -104,7 +78,7 @@ def _push(hs, hp, pa, pb, pcount, scount, pscore, state, p, s):
 @njit(**JIT)
 def _pair(pairs, pa, pb, pcount, phead, pscore, shead, adj_pair, adj_next, state, a, b):
     """Index of pair (a, b), created (count 0, listed under a and b) when new."""
-    key = (np.int64(a) << 32) | np.int64(b)
+    key = _key(a, b)
     if key in pairs:
         return pairs[key]
     p = np.int32(state[0])
@@ -167,7 +141,7 @@ def _merge_word(sym, s, L, a, b, c, f, scount, pairs, pa, pb, pcount, phead, psc
     if not found:
         return L  # a stale entry of the pair's word list
     for i in range(L - 1):
-        pcount[pairs[(np.int64(sym[s + i]) << 32) | np.int64(sym[s + i + 1])]] -= f
+        pcount[pairs[_key(sym[s + i], sym[s + i + 1])]] -= f
     n = 0
     i = 0
     while i < L:
