@@ -18,7 +18,10 @@ import kernels as K
 from cllm.config import ModelConfig
 from cllm.errors import ConfigError
 from cllm.runtime import configure_threads
+from kernels.dropout import dropout_threshold
 
+# dropout sites (nanoGPT's placement), the counters that give each its own mask stream per layer
+DROP_EMBEDDING, DROP_ATTENTION, DROP_ATTPROJ, DROP_FCPROJ = range(4)
 MATRIX_PARAMS = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")  # weight-decayed, normal init
 RESIDUAL_PROJECTIONS = ("attprojw", "fcprojw")  # init std scaled by 1/sqrt(2L) (GPT-2)
 
@@ -57,6 +60,7 @@ class Model:
         self.acts = self.grad_acts = None
         self.a = self.ga = {}  # name -> flat activation / activation-gradient view
         self.inputs = self.targets = None  # (B,T) int32 of the last forward
+        self.drop, self.drop_key = 0, 0  # the last forward's dropout threshold and key (the backward's)
         self.mean_loss = None
         if seed is not None:
             self.init_weights(seed)
@@ -120,9 +124,11 @@ class Model:
         return np.ascontiguousarray(ids, dtype=np.int32)
 
     # ---------------------------------------------------------------- forward / backward
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, *, dropout: float = 0.0, dropout_key: int = 0):
         """idx (B,T) token ids -> logits (B,T,V), a view into the activation buffer that the next
-        forward overwrites; with targets (B,T) also returns the mean cross-entropy loss."""
+        forward overwrites; with targets (B,T) also returns the mean cross-entropy loss.
+        dropout p > 0 (training only) zeroes, with masks drawn from dropout_key (kernels/dropout.py),
+        the embeddings' sum, the attention probabilities and both residual projections' outputs."""
         idx = self._check_ids(idx, "idx")
         B, T = idx.shape
         if T > self.config.max_seq_len:
@@ -132,19 +138,28 @@ class Model:
         L, C, NH, V, Vp = cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.vocab_size, cfg.padded_vocab_size
         p, a = self.p, self.a
         self.inputs = idx.reshape(-1)
+        self.drop, self.drop_key = dropout_threshold(dropout), dropout_key
+        drop, key = self.drop, self._site_key
         K.encoder_forward(a["encoded"], self.inputs, p["wte"], p["wpe"], B, T, C)
+        if drop:  # in place: the encoder's backward never reads its output
+            K.dropout_forward(a["encoded"], a["encoded"], B * T * C, drop, key(0, DROP_EMBEDDING))
         residual = a["encoded"]
         for l in range(L):
             pl, al = self._layer(p, l), self._layer_acts(a, l)
             K.layernorm_forward(al["ln1"], al["ln1_mean"], al["ln1_rstd"], residual, pl["ln1w"], pl["ln1b"], B, T, C)
             K.matmul_forward(al["qkv"], al["ln1"], pl["qkvw"], pl["qkvb"], B, T, C, 3 * C)
-            K.attention_forward(al["atty"], al["preatt"], al["att"], al["qkv"], B, T, C, NH)
+            K.attention_forward(al["atty"], al["preatt"], al["att"], al["qkv"], B, T, C, NH, drop,
+                                key(l, DROP_ATTENTION))
             K.matmul_forward(al["attproj"], al["atty"], pl["attprojw"], pl["attprojb"], B, T, C, C)
+            if drop:  # in place, as for the MLP's projection below: matmul_backward reads inputs only
+                K.dropout_forward(al["attproj"], al["attproj"], B * T * C, drop, key(l, DROP_ATTPROJ))
             K.residual_forward(al["residual2"], residual, al["attproj"], B * T * C)
             K.layernorm_forward(al["ln2"], al["ln2_mean"], al["ln2_rstd"], al["residual2"], pl["ln2w"], pl["ln2b"], B, T, C)
             K.matmul_forward(al["fch"], al["ln2"], pl["fcw"], pl["fcb"], B, T, C, 4 * C)
             K.gelu_forward(al["fch_gelu"], al["fch"], B * T * 4 * C)
             K.matmul_forward(al["fcproj"], al["fch_gelu"], pl["fcprojw"], pl["fcprojb"], B, T, 4 * C, C)
+            if drop:
+                K.dropout_forward(al["fcproj"], al["fcproj"], B * T * C, drop, key(l, DROP_FCPROJ))
             K.residual_forward(al["residual3"], al["residual2"], al["fcproj"], B * T * C)
             residual = al["residual3"]
         K.layernorm_forward(a["lnf"], a["lnf_mean"], a["lnf_rstd"], residual, p["lnfw"], p["lnfb"], B, T, C)
@@ -170,6 +185,7 @@ class Model:
         B, T = self.B, self.T
         L, C, NH, V, Vp = cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.vocab_size, cfg.padded_vocab_size
         p, g, a, ga = self.p, self.g, self.a, self.ga
+        drop, key = self.drop, self._site_key  # the masks of the forward, recomputed from their keys
         # The activation gradients are not zeroed: the first kernel to write each one overwrites it
         # (overwrite=True; it writes every element), the later ones add, as the contract says.
         # Zeroing them cost a pass over ~550 MB per step at the seed config's size.
@@ -185,16 +201,27 @@ class Model:
             residual = a["encoded"] if l == 0 else self._layer_acts(a, l - 1)["residual3"]
             dresidual = ga["encoded"] if l == 0 else self._layer_acts(ga, l - 1)["residual3"]
             K.residual_backward(gal["residual2"], gal["fcproj"], gal["residual3"], B * T * C, True)
+            if drop:  # in place: the dropped output's gradient -> the projection's
+                K.dropout_backward(gal["fcproj"], gal["fcproj"], B * T * C, drop, key(l, DROP_FCPROJ))
             K.matmul_backward(gal["fch_gelu"], gl["fcprojw"], gl["fcprojb"], gal["fcproj"], al["fch_gelu"], pl["fcprojw"], B, T, 4 * C, C, True)
             K.gelu_backward(gal["fch"], al["fch"], gal["fch_gelu"], B * T * 4 * C, True)
             K.matmul_backward(gal["ln2"], gl["fcw"], gl["fcb"], gal["fch"], al["ln2"], pl["fcw"], B, T, C, 4 * C, True)
             K.layernorm_backward(gal["residual2"], gl["ln2w"], gl["ln2b"], gal["ln2"], al["residual2"], pl["ln2w"], al["ln2_mean"], al["ln2_rstd"], B, T, C)
             K.residual_backward(dresidual, gal["attproj"], gal["residual2"], B * T * C, True)
+            if drop:
+                K.dropout_backward(gal["attproj"], gal["attproj"], B * T * C, drop, key(l, DROP_ATTPROJ))
             K.matmul_backward(gal["atty"], gl["attprojw"], gl["attprojb"], gal["attproj"], al["atty"], pl["attprojw"], B, T, C, C, True)
-            K.attention_backward(gal["qkv"], None, None, gal["atty"], al["qkv"], al["att"], B, T, C, NH, True)
+            K.attention_backward(gal["qkv"], None, None, gal["atty"], al["qkv"], al["att"], B, T, C, NH, True,
+                                 drop, key(l, DROP_ATTENTION))
             K.matmul_backward(gal["ln1"], gl["qkvw"], gl["qkvb"], gal["qkv"], al["ln1"], pl["qkvw"], B, T, C, 3 * C, True)
             K.layernorm_backward(dresidual, gl["ln1w"], gl["ln1b"], gal["ln1"], residual, pl["ln1w"], al["ln1_mean"], al["ln1_rstd"], B, T, C)
+        if drop:
+            K.dropout_backward(ga["encoded"], ga["encoded"], B * T * C, drop, key(0, DROP_EMBEDDING))
         K.encoder_backward(g["wte"], g["wpe"], ga["encoded"], self.inputs, B, T, C)
+
+    def _site_key(self, layer: int, site: int) -> int:
+        """The mask key of one dropout site of one layer in the last forward (0 when dropout is off)."""
+        return K.derive_key(self.drop_key, layer, site) if self.drop else 0
 
     def _layer(self, views: dict, l: int) -> dict:
         """The layer-l slices of the per-layer parameter (or gradient) tensors."""

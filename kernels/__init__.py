@@ -6,6 +6,7 @@ OC output channels, N element count.
 from .adamw import adamw_update, fill_inplace, grad_norm_squared, scale_inplace
 from .attention import attention_backward, attention_forward
 from .decode import decode_step, prefill
+from .dropout import derive_key, dropout_backward, dropout_forward
 from .encoder import encoder_backward, encoder_forward
 from .gelu import gelu_backward, gelu_forward
 from .layernorm import layernorm_backward, layernorm_forward
@@ -16,6 +17,7 @@ from .softmax import crossentropy_forward, crossentropy_softmax_backward, softma
 __all__ = [
     "adamw_update", "grad_norm_squared", "scale_inplace", "fill_inplace",
     "attention_forward", "attention_backward", "decode_step", "prefill",
+    "dropout_forward", "dropout_backward", "derive_key",
     "encoder_forward", "encoder_backward", "gelu_forward", "gelu_backward",
     "layernorm_forward", "layernorm_backward", "matmul_forward", "matmul_backward",
     "residual_forward", "residual_backward",

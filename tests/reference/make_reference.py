@@ -4,11 +4,11 @@ Run by hand, once (torch is never a dependency of CLLM, nor imported by the test
     .venv/bin/pip install torch==2.13.0
     .venv/bin/python tests/reference/make_reference.py
 
-The model is the one design.md describes: pre-LayerNorm blocks, causal multi-head attention over a
+The model is the one docs/design.md describes: pre-LayerNorm blocks, causal multi-head attention over a
 packed qkv projection, GELU (tanh approximation) MLP with 4C hidden units, learned positions, final
 LayerNorm, LM head tied to the first V rows of wte (Vp, C). Its weights are drawn here with NumPy
 (not by CLLM), every tensor random, so that biases and LayerNorm gains carry gradients too.
-Saved: inputs, targets, the flat initial parameters in CLLM's layout (design.md's order), logits,
+Saved: inputs, targets, the flat initial parameters in CLLM's layout (docs/design.md's order), logits,
 loss, every parameter gradient by name, the losses of 10 AdamW steps, and the hyperparameters.
 """
 import os
@@ -25,7 +25,7 @@ B, T = 3, 8  # T == maxT: the last learned position is used
 LR, BETA1, BETA2, EPS, WD, CLIP, STEPS = 1e-2, 0.9, 0.95, 1e-8, 0.1, 1.3, 10  # clips some steps, not others
 DECAYED = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")
 
-SHAPES = {  # design.md's order
+SHAPES = {  # docs/design.md's order
     "wte": (Vp, C), "wpe": (maxT, C),
     "ln1w": (L, C), "ln1b": (L, C),
     "qkvw": (L, 3 * C, C), "qkvb": (L, 3 * C),
@@ -52,11 +52,16 @@ def init_weights(rng):
     return w
 
 
-def gpt_forward(P, idx):
-    """P: name -> tensor of SHAPES; idx (B,T) long -> logits (B,T,V)."""
+def no_dropout(x, site, layer):
+    return x
+
+
+def gpt_forward(P, idx, drop=no_dropout):
+    """P: name -> tensor of SHAPES; idx (B,T) long -> logits (B,T,V). drop(x, site, layer) is
+    dropout at nanoGPT's sites (make_dropout_reference.py): "embedding", "attention", "attproj", "fcproj"."""
     Bn, Tn = idx.shape
     hs = C // NH
-    x = P["wte"][idx] + P["wpe"][:Tn]
+    x = drop(P["wte"][idx] + P["wpe"][:Tn], "embedding", 0)
     mask = torch.tril(torch.ones(Tn, Tn, dtype=torch.bool))
     for l in range(L):
         h = F.layer_norm(x, (C,), P["ln1w"][l], P["ln1b"][l], eps=1e-5)
@@ -66,12 +71,12 @@ def gpt_forward(P, idx):
         k = k.view(Bn, Tn, NH, hs).transpose(1, 2)
         v = v.view(Bn, Tn, NH, hs).transpose(1, 2)
         att = (q @ k.transpose(-2, -1)) / np.sqrt(hs)
-        att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        att = drop(att.masked_fill(~mask, float("-inf")).softmax(dim=-1), "attention", l)
         y = (att @ v).transpose(1, 2).reshape(Bn, Tn, C)
-        x = x + F.linear(y, P["attprojw"][l], P["attprojb"][l])
+        x = x + drop(F.linear(y, P["attprojw"][l], P["attprojb"][l]), "attproj", l)
         h = F.layer_norm(x, (C,), P["ln2w"][l], P["ln2b"][l], eps=1e-5)
         h = F.gelu(F.linear(h, P["fcw"][l], P["fcb"][l]), approximate="tanh")
-        x = x + F.linear(h, P["fcprojw"][l], P["fcprojb"][l])
+        x = x + drop(F.linear(h, P["fcprojw"][l], P["fcprojb"][l]), "fcproj", l)
     x = F.layer_norm(x, (C,), P["lnfw"], P["lnfb"], eps=1e-5)
     return x @ P["wte"][:V].T
 
