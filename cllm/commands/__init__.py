@@ -51,9 +51,17 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message + "\n" + self.format_usage().rstrip())
 
 
-def _HelpFormatter(prog):
-    """Descriptions as written (they hold examples), each flag on one line where it fits."""
-    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=30, width=110)
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written (they hold examples), each flag on one line where it fits, and help
+    lines never broken at a hyphen (flag names, URLs and defaults such as a user agent stay whole)."""
+
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=30, width=110)
+
+    def _split_lines(self, text, width):
+        import textwrap
+
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
 def _plain_warning(message, category, filename, lineno, file=None, line=None):
