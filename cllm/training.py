@@ -311,13 +311,17 @@ def train(cfg: TrainConfig) -> dict:
         path = os.path.join(ckdir, cfg.resume) if cfg.resume in ("latest", "best") else cfg.resume
         resume = ck.load_checkpoint(path, with_optimizer=True)
         saved = resume.model_config
+        tuned = bool(resume.train_config.get("init_from"))  # fine-tuning trains on a T below the model's context
+        run_T = resume.train_config.get("seq_len") if tuned else saved.max_seq_len
         for flag, value in cfg.model_flags().items():
-            have = saved.max_seq_len if flag == "seq_len" else getattr(saved, flag)
+            have = run_T if flag == "seq_len" else getattr(saved, flag)
             if value is not None and value != have:
                 raise ConfigError(f"cannot resume: the checkpoint has {flag.replace('_', '-')} {have} but "
                                   f"--{flag.replace('_', '-')} {value} was given; drop the flag or start a new "
                                   "--checkpoint-dir")
-        cfg.embed_dim, cfg.num_layers, cfg.num_heads, cfg.seq_len = saved.embed_dim, saved.num_layers, saved.num_heads, saved.max_seq_len
+        cfg.embed_dim, cfg.num_layers, cfg.num_heads, cfg.seq_len = saved.embed_dim, saved.num_layers, saved.num_heads, run_T
+        if tuned:
+            cfg.init_from = resume.path  # its data is encoded with the checkpoint's tokenizer
     init = init_checkpoint(cfg) if cfg.init_from and resume is None else None
     for flag, default in cfg.MODEL_DEFAULTS.items():
         if getattr(cfg, flag) is None:
@@ -333,8 +337,8 @@ def train(cfg: TrainConfig) -> dict:
     B, T, K = cfg.batch_size, cfg.seq_len, cfg.grad_accum
     model_config = ModelConfig(vocab_size=tokenizer.vocab_size, max_seq_len=T, num_layers=cfg.num_layers,
                                num_heads=cfg.num_heads, embed_dim=cfg.embed_dim)
-    if init is not None:  # its context may be longer than T (GPT-2's 1024 positions)
-        model_config = init.model_config
+    if cfg.init_from:  # the checkpoint's context may be longer than T (GPT-2's 1024 positions)
+        model_config = (init or resume).model_config
     model_config.check_batch(B, T, training=True)
     optimizer = AdamW(lr=cfg.learning_rate, beta1=cfg.beta1, beta2=cfg.beta2, weight_decay=cfg.weight_decay,
                       grad_clip=cfg.grad_clip)

@@ -7,6 +7,7 @@ The tests that run transformers skip, with the reason printed, when torch or tra
 need them: torch is never more than a reference here)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -161,6 +162,10 @@ def test_train_init_from_starts_from_the_checkpoint_with_its_tokenizer(bpe_run, 
     assert tuned.model_config == model.config  # its 24 positions kept, though it trained on 16
     assert max(float(np.abs(tuned.params[k] - model.tensor(k)).max()) for k in tuned.params) < 1e-6
     assert load_tokenizer(tuned.tokenizer_path).encode(SAMPLE) == tok.encode(SAMPLE)
+    # --resume continues the fine-tuning run: T 16 within the 24 positions, the same tokenizer
+    train(dataclasses.replace(cfg, init_from=None, seq_len=None, max_steps=2, resume="latest"))
+    again = ck.load_checkpoint(str(tmp_path / "ft"))
+    assert again.state["step"] == 2 and again.model_config == model.config and again.train_config["seq_len"] == 16
 
 
 @needs_hf
