@@ -87,6 +87,8 @@ def test_normalizer_and_pre_tokenizer_equal_hf_on_every_code_point():
         norm = hf.normalize_str(text)
         assert bert_normalize(text, clean, cjk, strip, lower) == norm
         assert bert_words(norm) == [w for w, _ in BertPreTokenizer().pre_tokenize_str(norm)]
+    ascii_text = "".join(map(chr, range(128))) * 2 + " x\x1cy\x00z"  # bert_words' ASCII-only path
+    assert bert_words(ascii_text) == [w for w, _ in BertPreTokenizer().pre_tokenize_str(ascii_text)]
     assert tk is not None
 
 

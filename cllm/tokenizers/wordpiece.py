@@ -29,6 +29,7 @@ import os
 import re
 import unicodedata
 from collections import Counter
+from itertools import chain
 
 import numpy as np
 
@@ -138,6 +139,8 @@ def _tables() -> dict:
             "nfd_starters": re.compile("(" + _char_class(sorted(codes(HF_NFD_STARTERS))) + ")"),
             "cjk": re.compile("[" + "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in CJK) + "]"),
             "words": re.compile(f"[^{s[1:-1]}{p[1:-1]}]+|{p}"),
+            # the same for ASCII text, 2.5x faster than the full classes (no \s: it holds \x1c-\x1f)
+            "ascii_words": re.compile(r"[^\t\n\x0b\x0c\r !-/:-@\[-`{-~]+|[!-/:-@\[-`{-~]"),
             "lower_fix": re.compile(_char_class(sorted(lower))),
             "lower_map": str.maketrans(lower),
         }
@@ -175,7 +178,7 @@ def bert_normalize(text: str, clean_text: bool = True, cjk: bool = True, strip_a
 
 def bert_words(text: str) -> list[str]:
     """HuggingFace's BertPreTokenizer: whitespace-separated words, each punctuation character alone."""
-    return _tables()["words"].findall(text)
+    return _tables()["ascii_words" if text.isascii() else "words"].findall(text)
 
 
 class WordPieceTokenizer(Tokenizer):
@@ -228,17 +231,15 @@ class WordPieceTokenizer(Tokenizer):
 
     def _encode_plain(self, text: str) -> list[int]:
         cache = self._cache
-        get = cache.get
-        out: list[int] = []
         words = bert_words(self.normalize(text))
         if len(cache) + len(words) > CACHE_LIMIT:
             cache.clear()
-        for w in words:
-            ids = get(w)
-            if ids is None:
-                ids = cache[w] = self._word_ids(w)
-            out.extend(ids)
-        return out
+        parts = list(map(cache.get, words))  # word -> ids, None for a word not seen yet
+        if None in parts:
+            for i, ids in enumerate(parts):
+                if ids is None:
+                    parts[i] = cache[words[i]] = self._word_ids(words[i])
+        return list(chain.from_iterable(parts))
 
     def encode(self, text: str, allowed_special=()) -> list[int]:
         """Ids of `text`; special-token strings in it are text unless allowed ("all" or a set)."""
