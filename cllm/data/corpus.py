@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from cllm.data.clean import clean_owned, normalize_newlines
 from cllm.data.errors import CorpusNotFoundError, EmptyCorpusError, TextDecodeError
 from cllm.errors import DataError, MissingDependencyError
+from cllm.vision.dataset import holds_images
 
 TEXT_EXT = {".txt", ".md", ".markdown", ".text", ".rst", ""}
 HTML_EXT = {".html", ".htm", ".xhtml"}
@@ -109,6 +110,10 @@ def find_files(path: str) -> tuple[str, list[tuple[str, str]], Counter]:
         if hidden:
             skipped["hidden"] += len(hidden)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        images = [d for d in dirnames if holds_images(os.path.join(dirpath, d))]  # e.g. data/digits
+        if images:
+            skipped["image folders"] += len(images)
+            dirnames[:] = [d for d in dirnames if d not in images]
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
             if name.startswith("."):

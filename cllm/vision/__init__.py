@@ -12,12 +12,19 @@ sampler are the text model's.
     sampling.py    sample, complete, grids as PNG
     likelihood.py  bits per dimension and classification by likelihood
 """
-from cllm.vision.dataset import evaluate_records, image_seq_len, is_image_source, prepare_image_dataset
-from cllm.vision.images import ImageFileError, find_images, load_images, open_image
-from cllm.vision.likelihood import evaluate_images, joint_log_probs
-from cllm.vision.sampling import complete_image, completion_grid, grid, sample_images, save_png
-from cllm.vision.tokenizer import ImageTokenizer
+import importlib
 
-__all__ = ["ImageFileError", "ImageTokenizer", "complete_image", "completion_grid", "evaluate_images",
-           "evaluate_records", "find_images", "grid", "image_seq_len", "is_image_source", "joint_log_probs",
-           "load_images", "open_image", "prepare_image_dataset", "sample_images", "save_png"]
+# name -> submodule; imported on first use (PEP 562), so that `import cllm.vision.x` by the text
+# pipeline (cllm/data/corpus.py, cllm/serve/server.py) does not load every module of the package
+_WHERE = {"evaluate_records": "dataset", "image_seq_len": "dataset", "is_image_source": "dataset",
+          "prepare_image_dataset": "dataset", "ImageFileError": "images", "find_images": "images",
+          "load_images": "images", "open_image": "images", "evaluate_images": "likelihood",
+          "joint_log_probs": "likelihood", "complete_image": "sampling", "completion_grid": "sampling",
+          "grid": "sampling", "sample_images": "sampling", "save_png": "sampling", "ImageTokenizer": "tokenizer"}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'cllm.vision' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"cllm.vision.{_WHERE[name]}"), name)

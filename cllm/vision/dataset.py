@@ -44,6 +44,12 @@ def is_image_source(path) -> bool:
     return images > others
 
 
+def holds_images(path: str) -> bool:
+    """An image folder, or a folder of image folders (data/digits: train/ and test/): a text corpus
+    skips it whole, its README included."""
+    return is_image_source(path) or any(e.is_dir() and is_image_source(e.path) for e in _visible(path))
+
+
 def _visible(path: str) -> list:
     try:
         return [e for e in os.scandir(path) if not e.name.startswith(".")]
