@@ -33,7 +33,7 @@ from step import torch_model  # noqa: E402  (the same PyTorch GPT the speed benc
 
 
 def torch_loss(forward, cfg, x, y):
-    """Mean cross-entropy of bench/step.py's PyTorch GPT (design.md's model) on a batch."""
+    """Mean cross-entropy of bench/step.py's PyTorch GPT (docs/design.md's model) on a batch."""
     return F.cross_entropy(forward(x).reshape(-1, cfg.vocab_size), y.reshape(-1))
 
 

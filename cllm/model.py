@@ -2,10 +2,11 @@
 
 Buffers (all flat, of the model's dtype, float32 unless a test asks for float64):
   params, grads, m, v   (P)  parameters, their gradients, AdamW first and second moments;
-                             named views in GPT-2's order (ModelConfig.param_shapes)
-  acts, grad_acts       (A)  activations saved by the forward for batch (B,T), and their gradients;
-                             named views as in ModelConfig.activation_shapes; re-allocated when
-                             B or T changes
+                             named views in GPT-2's order (ModelConfig.param_shapes); grads, m
+                             and v are allocated on first use (never, when only generating)
+  acts, grad_acts       (A)  activations saved by the forward for batch (B,T), and their gradients
+                             (allocated by the first backward); named views as in
+                             ModelConfig.activation_shapes; re-allocated when B or T changes
 Pre-LayerNorm blocks, GELU MLP with 4C hidden units, learned positions, LM head tied to wte.
 """
 from __future__ import annotations
@@ -43,17 +44,14 @@ class Model:
         self.config = config
         self.dtype = np.dtype(dtype)
         self.shapes = config.param_shapes()
-        config.check_memory(training=True)  # params, grads, m, v: refuse before allocating them
+        config.check_memory(training=False)  # the parameters: refuse before allocating them
         P = config.num_parameters()
         self.params = np.zeros(P, dtype=self.dtype)
-        self.grads = np.zeros(P, dtype=self.dtype)
-        self.m = np.zeros(P, dtype=self.dtype)
-        self.v = np.zeros(P, dtype=self.dtype)
         self.p = _carve(self.params, self.shapes)  # name -> flat parameter view
-        self.g = _carve(self.grads, self.shapes)  # name -> flat gradient view
-        self.m_views = _carve(self.m, self.shapes)  # name -> AdamW first-moment view
-        self.v_views = _carve(self.v, self.shapes)  # name -> AdamW second-moment view
-        # the parameter views in design.md's order, as the decoding kernels take them: built once
+        # grads, m and v (P each) exist from their first use on, as in llm.c: generating, serving and
+        # evaluating never hold them (a model 4x smaller in memory)
+        self._training_buffers = None  # (grads, m, v) and their named views, once allocated
+        # the parameter views in docs/design.md's order, as the decoding kernels take them: built once
         # (every writer fills the views in place), which saves ~5 us per generated token
         self._weight_views = tuple(self.p[name] for name in self.shapes)
         self.B = self.T = 0
@@ -64,6 +62,40 @@ class Model:
         self.mean_loss = None
         if seed is not None:
             self.init_weights(seed)
+
+    # ---------------------------------------------------------------- gradients and AdamW moments
+    def _training(self) -> dict:
+        if self._training_buffers is None:
+            self.config.check_memory(training=True)
+            P = self.params.size
+            bufs = {name: np.zeros(P, dtype=self.dtype) for name in ("grads", "m", "v")}
+            views = {"g": _carve(bufs["grads"], self.shapes), "m_views": _carve(bufs["m"], self.shapes),
+                     "v_views": _carve(bufs["v"], self.shapes)}
+            self._training_buffers = {**bufs, **views}
+        return self._training_buffers
+
+    def _set_training(name: str):
+        """A property for a training buffer: allocated on first read; assigning (`model.grads *= s`)
+        writes into the buffer, whose views stay valid."""
+        def get(self):
+            return self._training()[name]
+
+        def set_(self, value):
+            buf = self._training()[name]
+            if value is not buf:
+                buf[...] = value
+        return property(get, set_)
+
+    grads = _set_training("grads")  # (P) gradients of the parameters
+    m = _set_training("m")  # (P) AdamW first moments
+    v = _set_training("v")  # (P) AdamW second moments
+    g = property(lambda self: self._training()["g"])  # name -> flat gradient view
+    m_views = property(lambda self: self._training()["m_views"])  # name -> first-moment view
+    v_views = property(lambda self: self._training()["v_views"])  # name -> second-moment view
+    del _set_training
+
+    def has_training_buffers(self) -> bool:
+        return self._training_buffers is not None
 
     # ---------------------------------------------------------------- parameters
     def init_weights(self, seed: int) -> None:
@@ -99,7 +131,7 @@ class Model:
     def _ensure_activations(self, B: int, T: int) -> None:
         if (B, T) == (self.B, self.T):
             return
-        self.config.check_batch(B, T, training=True)
+        self.config.check_batch(B, T, training=self.has_training_buffers())
         shapes = self.config.activation_shapes(B, T)
         A = self.config.num_activations(B, T)
         # the gradients of the attention scores and probabilities are never read, so the backward
@@ -107,9 +139,9 @@ class Model:
         # fused cross-entropy backward writes the logits' gradient directly)
         grad_shapes = {k: v for k, v in shapes.items() if k not in ("preatt", "att", "probs")}
         self.acts = np.zeros(A, dtype=self.dtype)
-        self.grad_acts = np.zeros(sum(math.prod(v) for v in grad_shapes.values()), dtype=self.dtype)
         self.a = _carve(self.acts, shapes)
-        self.ga = _carve(self.grad_acts, grad_shapes)
+        self._grad_shapes = grad_shapes
+        self.grad_acts, self.ga = None, {}  # allocated by the first backward at this (B,T)
         self.B, self.T = B, T
 
     def _check_ids(self, ids, what: str) -> np.ndarray:
@@ -184,6 +216,9 @@ class Model:
         cfg = self.config
         B, T = self.B, self.T
         L, C, NH, V, Vp = cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.vocab_size, cfg.padded_vocab_size
+        if self.grad_acts is None:
+            self.grad_acts = np.zeros(sum(math.prod(v) for v in self._grad_shapes.values()), dtype=self.dtype)
+            self.ga = _carve(self.grad_acts, self._grad_shapes)
         p, g, a, ga = self.p, self.g, self.a, self.ga
         drop, key = self.drop, self._site_key  # the masks of the forward, recomputed from their keys
         # The activation gradients are not zeroed: the first kernel to write each one overwrites it

@@ -195,7 +195,7 @@ def decode_step(logits, kvcache, tokens, pos, wte, wpe, ln1w, ln1b, qkvw, qkvb, 
                 ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb, nb, L, C, NH, maxT, V):
     # logits (nb,V) for the next token of each sequence;  tokens (nb) int32, the tokens at
     # position `pos` (0-based, < maxT); their k and v are written into kvcache at `pos`.
-    # Parameter views are the model's named tensors (design.md's order and shapes).
+    # Parameter views are the model's named tensors (docs/design.md's order and shapes).
     seq = np.arange(nb)
     positions = np.full(nb, pos)
     _forward_rows(logits, kvcache, tokens, seq, positions, wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb,

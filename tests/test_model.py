@@ -326,3 +326,32 @@ def test_kv_cache_decode_long_context_three_sequences():
     for pos in range(cfg.max_seq_len):
         worst = max(worst, float(np.max(np.abs(m.decode_step(seqs[:, pos], pos, cache) - full[:, pos]))))
     assert worst <= 1e-5, f"decode differs from forward by {worst:g}"
+
+
+def test_generation_holds_no_gradients_or_optimizer_moments():
+    """Gradients, AdamW moments and activation gradients exist from their first use on: a model that
+    only generates allocates parameters and activations, about a quarter of what training holds."""
+    import tracemalloc
+
+    from cllm.generation import Generator, SamplingConfig
+
+    cfg = ModelConfig(vocab_size=300, max_seq_len=32, num_layers=2, num_heads=2, embed_dim=128)
+    P = cfg.num_parameters()
+    tracemalloc.start()
+    try:
+        model = Model(cfg, seed=1)
+        model.forward(np.zeros((2, 32), dtype=np.int32))  # evaluation: activations, no gradients
+        list(Generator(model).stream([1, 2, 3], SamplingConfig(max_new_tokens=8, temperature=0)))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert not model.has_training_buffers() and model.grad_acts is None
+    forward_bytes = (P + cfg.num_activations(2, 32)) * 4
+    assert peak < forward_bytes * 1.3 + (1 << 20), (peak, forward_bytes)  # no P-sized buffer beyond params
+    model.forward(np.zeros((2, 32), dtype=np.int32), np.ones((2, 32), dtype=np.int32))
+    model.zero_grad()
+    model.backward()
+    assert model.has_training_buffers() and model.grads.size == P and np.abs(model.grads).sum() > 0
+    grads = model.grads
+    model.grads *= np.float32(0.5)  # the training loop's in-place scaling keeps the same buffer
+    assert model.grads is grads and model.g["wte"].base is not None
