@@ -19,8 +19,8 @@ import threading
 
 import numpy as np
 
-from cllm.errors import CLLMError, ConfigError, MissingDependencyError, TrainingError
-from cllm.model import MATRIX_PARAMS, Model, _carve
+from cllm.errors import CLLMError, ConfigError, MissingDependencyError
+from cllm.model import Model, _carve
 from cllm.optim import AdamW
 
 
@@ -68,7 +68,7 @@ def select_gpu(device: str, local_rank: int = 0) -> int | None:
     if gpu >= count:
         raise DeviceError(f"--device {device}: GPU {gpu} does not exist ({count} GPU(s) here"
                           + (f"; local MPI rank {local_rank} takes GPU {local_rank})" if index == -1 else ")"))
-    cuda.select_device(gpu)
+    _bind(gpu)
     return gpu
 
 
@@ -100,6 +100,19 @@ def average_gradients(model, comm, n: int) -> None:
         return
     comm.allreduce_sum_(model.grads)
     model.grads *= model.dtype.type(1.0 / n)
+
+
+_thread = threading.local()  # the GPU made current in this thread (Numba's current device is per thread)
+
+
+def _bind(gpu: int) -> None:
+    """Make GPU `gpu` current in the calling thread: the server decodes on worker threads, which start
+    with no current device (Numba would take GPU 0)."""
+    if getattr(_thread, "gpu", None) != gpu:
+        from numba import cuda
+
+        cuda.select_device(gpu)
+        _thread.gpu = gpu
 
 
 class DeviceCache:
@@ -219,6 +232,7 @@ class CudaModel:
         return model
 
     def zero_grad(self) -> None:
+        _bind(self.gpu)
         self.G.fill_inplace(self._grads, 0.0)
 
     # ---------------------------------------------------------------- training
@@ -246,6 +260,7 @@ class CudaModel:
 
         if dropout:
             raise ConfigError("dropout is not implemented on the CUDA device yet")
+        _bind(self.gpu)
         G = self.G
         idx = self._check_ids(idx, "idx")
         B, T = idx.shape
@@ -295,6 +310,7 @@ class CudaModel:
         """Accumulates d(mean loss)/d(params) into the device's grads, as Model.backward."""
         if not self._has_targets:
             raise RuntimeError("backward() needs a forward(idx, targets) first")
+        _bind(self.gpu)
         G, cfg = self.G, self.config
         B, T = self.B, self.T
         L, C, NH, V, Vp = cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.vocab_size, cfg.padded_vocab_size
@@ -330,6 +346,7 @@ class CudaModel:
 
     def grad_norm(self) -> float:
         """The global L2 norm of the gradients: reduced on the device, 8 bytes copied back."""
+        _bind(self.gpu)
         self.G.grad_norm_squared(self._stats, self._grads, self._partials)
         return math.sqrt(float(self._stats.copy_to_host()[0]))
 
@@ -338,6 +355,7 @@ class CudaModel:
         """A zeroed KV cache on the device, in Model.new_kv_cache's layout."""
         from numba import cuda
 
+        _bind(self.gpu)
         cfg = self.config
         cache = cuda.device_array(num_sequences * cfg.num_layers * cfg.max_seq_len * 2 * cfg.embed_dim,
                                   dtype=np.float32)
@@ -356,6 +374,7 @@ class CudaModel:
     def _run_rows(self, tokens, seq, positions, cache: DeviceCache, n_logits: int) -> np.ndarray:
         from numba import cuda
 
+        _bind(self.gpu)
         cfg = self.config
         R = tokens.size
         rows = cuda.to_device(np.concatenate([tokens, seq, positions]).astype(np.int32))
@@ -390,25 +409,17 @@ class CudaModel:
 
 
 class CudaAdamW(AdamW):
-    """AdamW's step on a CudaModel: the norm is reduced on the device (8 bytes come back), the clip
-    scale and update run there; the same checks and messages as AdamW.step."""
+    """AdamW's step (cllm/optim.py) on a CudaModel: the norm is reduced on the device (8 bytes come
+    back), the clip scale and the update run there."""
 
-    def step(self, model: CudaModel, lr: float | None = None, loss: float | None = None) -> float:
-        lr = self.lr if lr is None else lr
-        step = self.t + 1
-        if loss is not None and not math.isfinite(loss):
-            raise TrainingError(f"the loss is {loss} at step {step}; lower the learning rate "
-                                "(--learning-rate) or raise --warmup-steps")
-        norm = model.grad_norm()
-        if not math.isfinite(norm):
-            raise TrainingError(f"the gradient norm is {norm} at step {step}; lower the learning rate "
-                                "(--learning-rate) or set --grad-clip")
-        G = model.G
-        if self.grad_clip and norm > self.grad_clip:
-            G.scale_inplace(model._grads, self.grad_clip / (norm + 1e-6))
-        self.t = step
-        for name in model.shapes:
-            wd = self.weight_decay if name in MATRIX_PARAMS else 0.0
-            G.adamw_update(model.p[name], model.g[name], model.m_views[name], model.v_views[name],
-                           lr, self.beta1, self.beta2, self.eps, wd, step)
-        return norm
+    @property
+    def kernels(self):
+        import kernels.cuda as G
+
+        return G
+
+    def grad_norm(self, model: CudaModel) -> float:
+        return model.grad_norm()
+
+    def scale_grads(self, model: CudaModel, factor: float) -> None:
+        model.G.scale_inplace(model._grads, factor)

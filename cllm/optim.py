@@ -31,15 +31,24 @@ class AdamW:
         if loss is not None and not math.isfinite(loss):
             raise TrainingError(f"the loss is {loss} at step {step}; lower the learning rate "
                                 "(--learning-rate) or raise --warmup-steps")
-        norm = math.sqrt(K.grad_norm_squared(model.grads))
+        norm = self.grad_norm(model)
         if not math.isfinite(norm):
             raise TrainingError(f"the gradient norm is {norm} at step {step}; lower the learning rate "
                                 "(--learning-rate) or set --grad-clip")
         if self.grad_clip and norm > self.grad_clip:
-            K.scale_inplace(model.grads, self.grad_clip / (norm + 1e-6))
+            self.scale_grads(model, self.grad_clip / (norm + 1e-6))
         self.t = step
         for name in model.shapes:
             wd = self.weight_decay if name in MATRIX_PARAMS else 0.0
-            K.adamw_update(model.p[name], model.g[name], model.m_views[name], model.v_views[name],
-                           lr, self.beta1, self.beta2, self.eps, wd, step)
+            self.kernels.adamw_update(model.p[name], model.g[name], model.m_views[name], model.v_views[name],
+                                      lr, self.beta1, self.beta2, self.eps, wd, step)
         return norm
+
+    # the kernels and the two whole-buffer operations; cllm/device.py's CudaAdamW runs them on a GPU
+    kernels = K
+
+    def grad_norm(self, model: Model) -> float:
+        return math.sqrt(K.grad_norm_squared(model.grads))
+
+    def scale_grads(self, model: Model, factor: float) -> None:
+        K.scale_inplace(model.grads, factor)

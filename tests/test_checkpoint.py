@@ -197,7 +197,7 @@ def _kill_test_start(run_dir, data, extra=()):
     cmd = [sys.executable, CLI, "train", str(data), *TINY_FLAGS, "--max-steps", "1000000", "--checkpoint-interval", "1",
            "--eval-interval", "1000000", "--sample-interval", "1000000", "--warmup-steps", "2", "--seed", "7",
            "--learning-rate", "0.001", "--min-lr", "0.001", "--keep-last", "2", "--checkpoint-dir", str(run_dir),
-           "--progress", "False", *resume, *extra]
+           "--no-progress", *resume, *extra]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 

@@ -7,31 +7,30 @@ import shlex
 
 from train_helpers import ROOT, run_cli
 
-SHARED_CORPUS = "../shared/data/tinyshakespeare.txt"
+BUNDLED_CORPUS = "data/tinyshakespeare.txt"
 
 
 def readme_train_command() -> list[str]:
-    """The flags of the README's `cli.py train ../shared/data/tinyshakespeare.txt ...` command (its
+    """The flags of the README's `cli.py train data/tinyshakespeare.txt ...` command (its
     lines joined at the trailing backslashes), read from the README so the test runs what it says."""
     lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
-    start = next(i for i, line in enumerate(lines) if f"cli.py train {SHARED_CORPUS}" in line)
+    start = next(i for i, line in enumerate(lines) if f"cli.py train {BUNDLED_CORPUS}" in line)
     command = ""
     for line in lines[start:]:
         command += line.rstrip().rstrip("\\") + " "
         if not line.rstrip().endswith("\\"):
             break
     words = shlex.split(command)
-    return words[words.index(SHARED_CORPUS) + 1:]
+    return words[words.index(BUNDLED_CORPUS) + 1:]
 
 
 def test_readme_shakespeare_run_reaches_1_88(tmp_path):
     flags = readme_train_command()
     assert "--max-steps" in flags and "--checkpoint-dir" in flags
-    # the bundled copy of the corpus (the same file as ../shared/data/tinyshakespeare.txt, which a
-    # clone alone does not have) and a temporary checkpoint directory
+    # the README's corpus and a temporary checkpoint directory
     run = tmp_path / "shakespeare-char"
     flags[flags.index("--checkpoint-dir") + 1] = str(run)
-    result = run_cli("train", ROOT / "data" / "tinyshakespeare.txt", *flags, "--progress", "False", timeout=900)
+    result = run_cli("train", ROOT / "data" / "tinyshakespeare.txt", *flags, "--no-progress", timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]

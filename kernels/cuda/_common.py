@@ -44,17 +44,17 @@ def blocks(n: int, threads: int = THREADS) -> int:
 
 
 @cuda.jit(device=True, inline=True)
-def block_sum(buf, v):
-    # the sum of v over the block's ROW_THREADS threads (1-D block), returned to every thread;
-    # buf: a float32 shared array (ROW_THREADS,). A tree in shared memory (the simulator has no
-    # warp shuffles); every thread must call it.
+def block_reduce(buf, v, take_max):
+    # the sum (or with take_max the maximum) of v over the block's ROW_THREADS threads (1-D block),
+    # returned to every thread; buf: a shared array (ROW_THREADS,) of v's dtype. A tree in shared
+    # memory (the simulator has no warp shuffles); every thread of the block must call it.
     tid = cuda.threadIdx.x
     buf[tid] = v
     cuda.syncthreads()
     s = ROW_THREADS // 2
     while s > 0:
         if tid < s:
-            buf[tid] += buf[tid + s]
+            buf[tid] = max(buf[tid], buf[tid + s]) if take_max else buf[tid] + buf[tid + s]
         cuda.syncthreads()
         s //= 2
     total = buf[0]
@@ -63,17 +63,10 @@ def block_sum(buf, v):
 
 
 @cuda.jit(device=True, inline=True)
+def block_sum(buf, v):
+    return block_reduce(buf, v, False)
+
+
+@cuda.jit(device=True, inline=True)
 def block_max(buf, v):
-    # the maximum of v over the block, as block_sum
-    tid = cuda.threadIdx.x
-    buf[tid] = v
-    cuda.syncthreads()
-    s = ROW_THREADS // 2
-    while s > 0:
-        if tid < s:
-            buf[tid] = max(buf[tid], buf[tid + s])
-        cuda.syncthreads()
-        s //= 2
-    total = buf[0]
-    cuda.syncthreads()
-    return total
+    return block_reduce(buf, v, True)

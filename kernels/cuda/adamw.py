@@ -7,7 +7,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from ._common import F32, ROW_THREADS, THREADS, blocks
+from ._common import F32, ROW_THREADS, THREADS, block_sum, blocks
 
 # blocks of the gradient-norm reduction: each sums a strided share of the buffer in float64 into
 # its own partial, and one more block adds the partials in a fixed order (deterministic)
@@ -44,16 +44,9 @@ def _sumsq_partials(partials, grads, N):
     for i in range(cuda.grid(1), N, cuda.gridsize(1)):
         g = np.float64(grads[i])
         acc += g * g
-    buf[tid] = acc
-    cuda.syncthreads()
-    s = ROW_THREADS // 2
-    while s > 0:
-        if tid < s:
-            buf[tid] += buf[tid + s]
-        cuda.syncthreads()
-        s //= 2
+    total = block_sum(buf, acc)
     if tid == 0:
-        partials[cuda.blockIdx.x] = buf[0]
+        partials[cuda.blockIdx.x] = total
 
 
 @cuda.jit
