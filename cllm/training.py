@@ -76,7 +76,8 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value!r}")
 
         if self.tokenizer not in ("char", "word", "bpe", "wordpiece") and not os.path.exists(self.tokenizer):
-            raise ConfigError(f"--tokenizer must be char, word, bpe, wordpiece or a tokenizer file, got {self.tokenizer!r}")
+            raise ConfigError(f"--tokenizer must be char, word, bpe, wordpiece or a tokenizer file, "
+                              f"got {self.tokenizer!r}")
         for name in ("vocab_size", "embed_dim", "num_layers", "num_heads", "seq_len", "max_steps", "max_time", "threads"):
             positive(name, allow_none=True)
         for name in ("batch_size", "grad_accum", "learning_rate", "epochs", "eval_interval", "checkpoint_interval",

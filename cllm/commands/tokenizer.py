@@ -34,7 +34,8 @@ def train(data: str, *, kind: str = "bpe", vocab_size: int | None = None, out: s
                     normalize_whitespace=normalize_whitespace, keep_newlines=keep_newlines,
                     strip_gutenberg=strip_gutenberg)
     corpus = open_corpus(data, progress=progress, **cleaning)
-    tok = train_tokenizer(kind, corpus, vocab_size, progress=progress, **({"score": score} if kind == "wordpiece" else {}))
+    extra = {"score": score} if kind == "wordpiece" else {}
+    tok = train_tokenizer(kind, corpus, vocab_size, progress=progress, **extra)
     tok.save(out)
     print(f"wrote {out}: {tok.kind} tokenizer, {tok.vocab_size:,} ids, trained on {corpus.stats.summary()}")
 
