@@ -168,10 +168,17 @@ class CudaModel:
         self.dtype = np.dtype(np.float32)
         self.shapes = model.shapes
         self._params = cuda.to_device(model.params)
-        self._m = cuda.to_device(model.m)
-        self._v = cuda.to_device(model.v)
-        self._grads = cuda.device_array(model.params.size, dtype=np.float32)
+        P = model.params.size
+        self._grads = cuda.device_array(P, dtype=np.float32)
         G.fill_inplace(self._grads, 0.0)
+        # the moments: the host model's, unless it never allocated them (a model loaded to generate:
+        # reading model.m would allocate P zeros on the host for nothing)
+        if getattr(model, "_training_buffers", True) is None:
+            self._m, self._v = cuda.device_array(P, dtype=np.float32), cuda.device_array(P, dtype=np.float32)
+            G.fill_inplace(self._m, 0.0)
+            G.fill_inplace(self._v, 0.0)
+        else:
+            self._m, self._v = cuda.to_device(model.m), cuda.to_device(model.v)
         self.p = _carve(self._params, self.shapes)
         self.g = _carve(self._grads, self.shapes)
         self.m_views = _carve(self._m, self.shapes)
