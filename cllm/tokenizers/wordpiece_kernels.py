@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit, types
 from numba.typed import Dict
 
-from cllm.tokenizers.bpe_kernels import _better, _key, _sift_down  # the BPE trainer's heap order (any key type)
+from cllm.tokenizers.bpe_kernels import _add_occurrence, _better, _key, _sift_down  # shared with the BPE trainer
 from kernels._common import JIT
 
 
@@ -100,15 +100,6 @@ def _pair(pairs, pa, pb, pcount, phead, pscore, shead, adj_pair, adj_next, state
 
 
 @njit(**JIT)
-def _occur(phead, occ_word, occ_next, state, p, w):
-    o = state[1]
-    state[1] = o + 1
-    occ_word[o] = w
-    occ_next[o] = phead[p]
-    phead[p] = o
-
-
-@njit(**JIT)
 def wp_train_init(sym, wstart, wlen, wcount, scount, pairs, pa, pb, pcount, phead, pscore, occ_word, occ_next,
                   shead, adj_pair, adj_next, hs, hp, state):
     """Count every symbol and adjacent pair of the words (weighted by wcount) and fill the heap.
@@ -121,8 +112,7 @@ def wp_train_init(sym, wstart, wlen, wcount, scount, pairs, pa, pb, pcount, phea
         for i in range(wlen[w] - 1):
             p = _pair(pairs, pa, pb, pcount, phead, pscore, shead, adj_pair, adj_next, state,
                       np.int64(sym[s + i]), np.int64(sym[s + i + 1]))
-            if phead[p] < 0 or occ_word[phead[p]] != w:
-                _occur(phead, occ_word, occ_next, state, p, w)
+            _add_occurrence(phead, occ_word, occ_next, state, p, w)
             pcount[p] += f
     if freq:
         scount[:] = -1
@@ -161,7 +151,7 @@ def _merge_word(sym, s, L, a, b, c, f, scount, pairs, pa, pb, pcount, phead, psc
         p = _pair(pairs, pa, pb, pcount, phead, pscore, shead, adj_pair, adj_next, state, np.int64(x), np.int64(y))
         pcount[p] += f
         if x == c or y == c:
-            _occur(phead, occ_word, occ_next, state, p, w)
+            _add_occurrence(phead, occ_word, occ_next, state, p, w)
     return n
 
 
