@@ -5,7 +5,9 @@ hs = C/NH head size, V vocab, Vp padded vocab, L layers, OC output channels, N e
 
 Every kernel takes 1-D contiguous arrays (views into the model's flat buffers) and integer sizes,
 outputs first, then inputs, then sizes (llm.c's order). Forward kernels overwrite their outputs;
-backward kernels ACCUMULATE (+=) into every gradient they write.
+backward kernels ACCUMULATE (+=) into every gradient they write, except that the activation-gradient
+output of a backward kernel with an `overwrite` flag is set instead when the flag is true (its first
+writer in a step). docs/design.md states the whole contract.
 """
 import glob
 import hashlib
