@@ -18,6 +18,7 @@ import numpy as np
 
 from cllm.config import ModelConfig
 from cllm.errors import CheckpointError, ConfigError, DataError, TrainingError
+from cllm.schedule import UNPLANNED, is_due, plan_run
 
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 
@@ -48,11 +49,14 @@ class TrainConfig:
     grad_clip: float = 5.0
     beta1: float = 0.9
     beta2: float = 0.999
-    epochs: float = 1.0
+    dropout: float = 0.0  # probability of zeroing activations in training (nanoGPT's sites); 0: off
+    # passes over the training split (none: 1, or as many steps as --max-time allows when it is given
+    # without --max-steps)
+    epochs: float | None = None
     max_steps: int | None = None
-    max_time: float | None = None  # seconds
-    eval_interval: int = 250
-    checkpoint_interval: int = 500
+    max_time: float | None = None  # seconds; alone (no --max-steps, no --epochs) it sets the run's length
+    eval_interval: int | None = None  # none: 250, or BUDGET_POINTS spread over a --max-time budget
+    checkpoint_interval: int | None = None  # none: 500, or at each validation of a --max-time budget
     sample_interval: int = 500
     sample_prompt: str = "\n"
     sample_tokens: int = 200
@@ -78,13 +82,15 @@ class TrainConfig:
         if self.tokenizer not in ("char", "word", "bpe", "wordpiece") and not os.path.exists(self.tokenizer):
             raise ConfigError(f"--tokenizer must be char, word, bpe, wordpiece or a tokenizer file, "
                               f"got {self.tokenizer!r}")
-        for name in ("vocab_size", "embed_dim", "num_layers", "num_heads", "seq_len", "max_steps", "max_time", "threads"):
+        for name in ("vocab_size", "embed_dim", "num_layers", "num_heads", "seq_len", "max_steps", "max_time",
+                     "threads", "epochs", "eval_interval", "checkpoint_interval"):
             positive(name, allow_none=True)
-        for name in ("batch_size", "grad_accum", "learning_rate", "epochs", "eval_interval", "checkpoint_interval",
-                     "sample_interval", "keep_last"):
+        for name in ("batch_size", "grad_accum", "learning_rate", "sample_interval", "keep_last"):
             positive(name)
         for name in ("batch_size", "grad_accum", "warmup_steps", "eval_interval", "checkpoint_interval", "sample_interval",
                      "keep_last", "seed", "sample_tokens"):
+            if name.endswith("_interval") and getattr(self, name) is None:
+                continue
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
                 raise ConfigError(f"--{name.replace('_', '-')} must be an integer, got {getattr(self, name)!r}")
         if not 0 <= self.min_lr <= self.learning_rate:
@@ -93,6 +99,8 @@ class TrainConfig:
             raise ConfigError("--warmup-steps, --weight-decay and --grad-clip must be >= 0")
         if not 0 <= self.beta1 < 1 or not 0 <= self.beta2 < 1:
             raise ConfigError("--beta1 and --beta2 must lie in [0, 1)")
+        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
+            raise ConfigError(f"--dropout must lie in [0, 1), got {self.dropout!r}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"--val-fraction must lie in (0, 1), got {self.val_fraction!r}")
 
@@ -284,6 +292,7 @@ def train(cfg: TrainConfig) -> dict:
     from cllm.model import Model
     from cllm.optim import AdamW
     from cllm.runtime import configure_threads, cpu_count
+    from kernels.dropout import derive_key
 
     cfg.validate()
     comm = world()
@@ -377,11 +386,9 @@ def train(cfg: TrainConfig) -> dict:
 
     micro_batches = K * comm.size  # per optimizer step, over all processes
     tokens_per_step = micro_batches * B * T
-    if cfg.max_steps is not None:
-        total_steps = cfg.max_steps
-    else:
-        total_steps = max(1, math.ceil(cfg.epochs * len(train_tokens) / tokens_per_step))
-    say(f"[5/5] Training: {total_steps} steps of {micro_batches} x {B} x {T} tokens "
+    total_steps, planner = plan_run(cfg, len(train_tokens) / tokens_per_step, resume and resume.state, step)
+    length = "steps to fill the time budget" if planner else total_steps
+    say(f"[5/5] Training: {length} of {micro_batches} x {B} x {T} tokens "
         f"({comm.size} process(es) x {threads} thread(s), grad-accum {K})"
         + (f", at most {cfg.max_time:g} s" if cfg.max_time else ""))
 
@@ -395,7 +402,7 @@ def train(cfg: TrainConfig) -> dict:
         state = {"step": step, "optimizer_t": optimizer.t, "sampler_state": sampler.state(),
                  "best_val_loss": None if best_val == math.inf else best_val, "val_loss": val_loss,
                  "elapsed_s": elapsed_before + (time.perf_counter() - t_start), "world_size": comm.size,
-                 "dataset_dir": dataset_dir, "reason": reason}
+                 "dataset_dir": dataset_dir, "reason": reason, "planned_steps": planner and planner.planned}
         ck.save_checkpoint(ckdir, name, model, optimizer, tokenizer, train_json, state)
         ck.set_pointer(ckdir, "latest", name)
         if val_loss is not None and val_loss <= best_val:
@@ -407,18 +414,22 @@ def train(cfg: TrainConfig) -> dict:
     val_loss = None
     history = []
     stopped = False
-    flags = np.zeros(3, dtype=np.float64)  # summed over ranks each step: loss, stop requested, time up
-    bar = tqdm(total=total_steps, initial=step, disable=not (cfg.progress and main), dynamic_ncols=True,
+    # summed over ranks each step: loss, stop requested, time up, rank 0's planned steps (time budget)
+    flags = np.zeros(4, dtype=np.float64)
+    bar = tqdm(total=None if total_steps == UNPLANNED else total_steps, initial=step,
+               disable=not (cfg.progress and main), dynamic_ncols=True,
                unit="step", file=sys.stderr)
     with _StopFlag() as stop, open(metrics_path, "a") if main else _NullFile() as metrics:
         while step < total_steps:
-            lr = lr_at(step, cfg, total_steps)
             t0 = time.perf_counter()
             batches = sampler.next_global(micro_batches)[comm.rank * K:(comm.rank + 1) * K]
             model.zero_grad()
             local_loss = 0.0
-            for x, y in batches:  # gradients of K micro-batches add up in model.grads
-                _, loss = model.forward(x, y)
+            for k, (x, y) in enumerate(batches):  # gradients of K micro-batches add up in model.grads
+                # dropout masks of this step and global micro-batch (so each rank's differ; 2 ranks
+                # draw what --grad-accum 2 draws), the same again on resume (kernels/dropout.py)
+                key = derive_key(cfg.seed, step, comm.rank * K + k)
+                _, loss = model.forward(x, y, dropout=cfg.dropout, dropout_key=key)
                 model.backward()
                 local_loss += loss
             if micro_batches > 1:
@@ -426,10 +437,16 @@ def train(cfg: TrainConfig) -> dict:
                 K_ = model.dtype.type(1.0 / micro_batches)
                 model.grads *= K_  # the mean over every micro-batch of every process
             # one small collective carries the loss and the decisions every rank must share
-            flags[:] = (local_loss, float(stop.requested),
-                        float(cfg.max_time is not None and time.perf_counter() - t_start >= cfg.max_time))
+            # a time budget counts the run's time before a resume too (cllm/schedule.py)
+            took = time.perf_counter() - t_start + (elapsed_before if planner else 0.0)
+            flags[:] = (local_loss, float(stop.requested), float(cfg.max_time is not None and took >= cfg.max_time),
+                        planner.total if main and planner else 0.0)
             comm.allreduce_sum_(flags)
             loss = flags[0] / micro_batches
+            if planner and int(flags[3]) != total_steps:
+                total_steps = int(flags[3])
+                bar.total = None if total_steps == UNPLANNED else total_steps
+            lr = lr_at(step, cfg, total_steps)
             try:
                 norm = optimizer.step(model, lr, loss)
             except TrainingError:
@@ -441,11 +458,16 @@ def train(cfg: TrainConfig) -> dict:
                       "tokens_per_sec": tokens_per_step / dt, "elapsed_s": elapsed_before + time.perf_counter() - t_start}
             val_loss = None
             improved = False  # a new best validation loss is always saved, so `best` is never stale
-            if main and (step % cfg.eval_interval == 0 or step == total_steps):
+            if main and planner:
+                planner.reach(step, elapsed_before + time.perf_counter() - t_start)
+            if main and (is_due(step, cfg.eval_interval, 250, planner) or step == total_steps):
                 val_loss = evaluate_tokens(model, val_tokens, B, T)
                 record["val_loss"] = val_loss
                 improved = val_loss < best_val
                 best_val = min(best_val, val_loss)
+            if main and planner:
+                planner.after_step(step, elapsed_before + time.perf_counter() - t_start)
+                record["planned_steps"] = planner.planned
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
             history.append(record)
@@ -455,8 +477,9 @@ def train(cfg: TrainConfig) -> dict:
             if main and cfg.sample_interval and step % cfg.sample_interval == 0:
                 text = sample_text(model, tokenizer, cfg.sample_prompt, cfg.sample_tokens, seed=cfg.seed + step)
                 bar.write(f"--- sample at step {step} ---\n{cfg.sample_prompt}{text}\n---", file=sys.stderr)
-            if main and (step % cfg.checkpoint_interval == 0 or improved):
-                save("interval" if step % cfg.checkpoint_interval == 0 else "best", val_loss)
+            interval = is_due(step, cfg.checkpoint_interval, 500, planner)
+            if main and (interval or improved):
+                save("interval" if interval else "best", val_loss)
                 last_saved = step
             if flags[1] > 0:
                 stopped = True

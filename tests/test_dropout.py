@@ -1,6 +1,8 @@
 """Dropout (kernels/dropout.py, the model's four sites, the training loop): the fraction dropped,
 finite differences through fixed masks, PyTorch parity given the same masks (a fixture made by
-tests/reference/make_dropout_reference.py; torch is not imported here) and evaluation without dropout."""
+tests/reference/make_dropout_reference.py; torch is not imported here), evaluation without dropout,
+and a bit-identical resume with dropout on."""
+import json
 import math
 import os
 
@@ -8,10 +10,14 @@ import numpy as np
 import pytest
 
 import kernels as K
+from cllm import checkpoint as ck
 from cllm.config import ModelConfig
 from cllm.model import Model
+from cllm.training import train
 from kernels.dropout import derive_key, dropout_mask, dropout_threshold
 from test_reference import NAMES, make_model
+from train_helpers import all_threads_after  # noqa: F401  (autouse)
+from train_helpers import prepared_dataset, tiny_config, train_losses
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "reference", "dropout_reference.npz")
 
@@ -192,3 +198,19 @@ def test_dropout_matches_pytorch_given_the_same_masks(ref, dtype):
         assert scale > 0
         err = np.max(np.abs(got - want))
         assert err <= (1e-4 if dtype == np.float32 else 1e-9) * scale, f"gradient of {name}: {err:g} vs max {scale:g}"
+
+
+def test_resume_with_dropout_is_bit_identical(tmp_path, tmp_path_factory):
+    data = prepared_dataset(tmp_path_factory)
+    full, part, plain = tmp_path / "full", tmp_path / "part", tmp_path / "plain"
+    train(tiny_config(data, full, max_steps=12, dropout=0.2, checkpoint_interval=6))
+    train(tiny_config(data, plain, max_steps=12))
+    assert train_losses(full) != train_losses(plain)  # dropout is on
+    saved = json.loads((full / "step_000006" / "config.json").read_text())
+    assert saved["train"]["dropout"] == 0.2  # so that --resume keeps it (build_config reads it back)
+    train(tiny_config(data, part, max_steps=12, dropout=0.2, resume=str(full / "step_000006")))
+    reference = train_losses(full)
+    assert train_losses(part) == {s: reference[s] for s in range(7, 13)}
+    a, b = ck.load_checkpoint(str(full / "latest")).params, ck.load_checkpoint(str(part / "latest")).params
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)

@@ -1,0 +1,172 @@
+"""The best model a user gets in a fixed wall-clock budget (issue 20): a sweep on tiny Shakespeare (char).
+
+Every point is one `cli.py train` run in its own process, exactly as a user would type it, with the
+time budget setting its length (`--max-time S` alone: warmup and cosine decay to --min-lr laid over
+S seconds, cllm/schedule.py), so points of any size are compared at equal wall time. Two stages:
+  screen   the grid below (model size x context x batch x learning rate x dropout), each point with
+           a short budget (--screen-time); a short budget favours small models, hence
+  confirm  the best --confirm-top screened points again with the full budget (--confirm-time).
+Every finished point is appended at once to one JSONL file (--out): its command, configuration,
+steps, tokens, tokens/s, the validation loss over the whole validation split at the end, the best
+one, and the curve (minutes, validation loss). A point already in the file is not run again, so an
+interrupted sweep continues where it stopped. Prints ONE JSON line: the best screened and confirmed
+points. Timings depend on what else runs on the machine: sweep on an otherwise idle one.
+
+Usage:
+  .venv/bin/python bench/recipe.py                                    # the default grid, 300 s / 1800 s
+  .venv/bin/python bench/recipe.py --screen-time 20 --max-points 2 --confirm-top 0   # a quick trial
+  .venv/bin/python bench/recipe.py --sizes 4x4x128,6x6x192 --dropouts 0,0.2 --lrs 1e-3
+"""
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLI = os.path.join(ROOT, "cli.py")
+DEFAULT_DATA = os.path.join(ROOT, "data", "tinyshakespeare.txt")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=DEFAULT_DATA, help="the corpus (default: data/tinyshakespeare.txt)")
+    ap.add_argument("--work-dir", default=os.path.join(ROOT, "checkpoints", "recipe"), help="runs and dataset")
+    ap.add_argument("--out", default=None, help="the JSONL of every point (default: WORK_DIR/points.jsonl)")
+    ap.add_argument("--sizes", default="4x4x128,4x4x192,6x6x192,6x6x256", help="LxNHxC model sizes")
+    ap.add_argument("--contexts", default="128,256", help="--seq-len values")
+    ap.add_argument("--batches", default="16,32", help="--batch-size values")
+    ap.add_argument("--lrs", default="1e-3,2e-3", help="peak learning rates (--min-lr is a tenth)")
+    ap.add_argument("--dropouts", default="0,0.1,0.2", help="--dropout values")
+    ap.add_argument("--screen-time", type=float, default=300.0, help="seconds per screened point")
+    ap.add_argument("--confirm-time", type=float, default=1800.0, help="seconds per confirmed point")
+    ap.add_argument("--confirm-top", type=int, default=2, help="screened points confirmed with the full budget")
+    ap.add_argument("--max-points", type=int, default=None, help="screen only the first N grid points")
+    ap.add_argument("--warmup-steps", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=1337)
+    return ap.parse_args(argv)
+
+
+def grid(args) -> list[dict]:
+    """The screening points, the cartesian product of the lists, in a fixed order."""
+    floats = lambda text: [float(x) for x in text.split(",")]  # noqa: E731
+    ints = lambda text: [int(x) for x in text.split(",")]  # noqa: E731
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    points = []
+    for (L, NH, C), T, B, lr, p in itertools.product(sizes, ints(args.contexts), ints(args.batches),
+                                                      floats(args.lrs), floats(args.dropouts)):
+        points.append({"num_layers": L, "num_heads": NH, "embed_dim": C, "seq_len": T, "batch_size": B,
+                       "learning_rate": lr, "min_lr": lr / 10, "dropout": p})
+    return points[:args.max_points] if args.max_points else points
+
+
+def point_name(point: dict, budget: float) -> str:
+    return (f"L{point['num_layers']}-NH{point['num_heads']}-C{point['embed_dim']}-T{point['seq_len']}"
+            f"-B{point['batch_size']}-lr{point['learning_rate']:g}-p{point['dropout']:g}-{budget:g}s")
+
+
+def train_command(dataset: str, point: dict, budget: float, run_dir: str, args) -> list[str]:
+    """The `cli.py train` command of one point (the README's form of it, with the prepared dataset)."""
+    cmd = [sys.executable, CLI, "train", dataset, "--max-time", f"{budget:g}", "--checkpoint-dir", run_dir,
+           "--warmup-steps", str(args.warmup_steps), "--seed", str(args.seed), "--sample-interval", "1000000",
+           "--no-progress", "--overwrite"]
+    for key, value in point.items():
+        cmd += ["--" + key.replace("_", "-"), f"{value:g}" if isinstance(value, float) else str(value)]
+    return cmd
+
+
+def run_point(dataset: str, point: dict, budget: float, stage: str, args) -> dict:
+    name = point_name(point, budget)
+    run_dir = os.path.join(args.work_dir, "runs", name)
+    cmd = train_command(dataset, point, budget, run_dir, args)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)  # a failed point is recorded
+    wall = time.perf_counter() - t0
+    record = {"stage": stage, "name": name, "budget_s": budget, "config": point, "wall_s": round(wall, 1),
+              "command": " ".join(cmd[1:]), "returncode": proc.returncode}
+    if proc.returncode != 0:
+        record["error"] = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
+        return record
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        metrics = [json.loads(line) for line in f if line.strip()]
+    steps = [m for m in metrics if "train_loss" in m]
+    vals = [m for m in metrics if "val_loss" in m]
+    tokens = len(steps) * point["batch_size"] * point["seq_len"]
+    train_s = steps[-1]["elapsed_s"] if steps else 0.0
+    record.update({"steps": len(steps), "tokens": tokens, "tokens_per_sec": round(tokens / train_s) if train_s else 0,
+                   "final_lr": steps[-1]["lr"] if steps else None,
+                   "val_loss": vals[-1]["val_loss"] if vals else None,
+                   "best_val_loss": min(v["val_loss"] for v in vals) if vals else None,
+                   "final_train_loss": steps[-1]["train_loss"] if steps else None,
+                   "curve": [[round(v["elapsed_s"] / 60, 3), round(v["val_loss"], 4)] for v in vals]})
+    return record
+
+
+def load_points(path: str) -> dict[str, dict]:
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return {r["name"]: r for r in (json.loads(line) for line in f if line.strip())}
+
+
+def append_point(path: str, record: dict) -> None:
+    """One line per finished point, flushed and synced at once (a sweep takes hours)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def prepare(args) -> str:
+    """Tokenize the corpus once (char level, the CLI's default 10% validation split) for every point,
+    and compile the kernels into Numba's disk cache with a one-step run, so that no point's budget
+    pays for compilation."""
+    out = os.path.join(args.work_dir, "dataset")
+    subprocess.run([sys.executable, CLI, "prepare", args.data, "--tokenizer", "char", "--out", out,
+                    "--no-progress"], check=True, cwd=ROOT, capture_output=True)
+    subprocess.run([sys.executable, CLI, "train", out, "--max-steps", "1", "--dropout", "0.1", "--no-progress",
+                    "--overwrite", "--checkpoint-dir", os.path.join(args.work_dir, "warmup")],
+                   check=True, cwd=ROOT, capture_output=True)
+    return out
+
+
+def run_stage(stage: str, points: list[dict], budget: float, dataset: str, done: dict, args) -> list[dict]:
+    results = []
+    for i, point in enumerate(points):
+        name = point_name(point, budget)
+        if name in done:
+            results.append(done[name])
+            continue
+        record = run_point(dataset, point, budget, stage, args)
+        append_point(args.out, record)
+        done[name] = record
+        results.append(record)
+        print(f"[{stage} {i + 1}/{len(points)}] {name}: val {record.get('val_loss')} "
+              f"({record.get('tokens_per_sec')} tok/s, {record['wall_s']} s)", file=sys.stderr, flush=True)
+    return results
+
+
+def ranked(records: list[dict]) -> list[dict]:
+    return sorted((r for r in records if r.get("val_loss") is not None), key=lambda r: r["val_loss"])
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    args.out = args.out or os.path.join(args.work_dir, "points.jsonl")
+    os.makedirs(args.work_dir, exist_ok=True)
+    dataset = prepare(args)
+    done = load_points(args.out)
+    screened = ranked(run_stage("screen", grid(args), args.screen_time, dataset, done, args))
+    finalists = [r["config"] for r in screened[:args.confirm_top]]
+    confirmed = ranked(run_stage("confirm", finalists, args.confirm_time, dataset, done, args))
+    keys = ("name", "val_loss", "best_val_loss", "tokens", "wall_s", "command")
+    brief = lambda r: {k: r.get(k) for k in keys}  # noqa: E731
+    print(json.dumps({"bench": "recipe", "out": args.out, "screened": len(screened),
+                      "best_screened": [brief(r) for r in screened[:3]],
+                      "confirmed": [brief(r) for r in confirmed]}))
+
+
+if __name__ == "__main__":
+    main()
