@@ -67,6 +67,9 @@ class TrainConfig:
     threads: int | None = None
     val_fraction: float = 0.1
     checkpoint_dir: str = "checkpoints/run"
+    image_size: int | None = None  # images: centre-crop and resize to S x S pixels (none: their one size)
+    grayscale: bool = False  # images: read them as grayscale (automatic when every image is)
+    palette: int = 16  # images: k-means colours over sampled pixels, or grey levels for grayscale images
     progress: bool = True
 
     MODEL_DEFAULTS = {"embed_dim": 128, "num_layers": 4, "num_heads": 4, "seq_len": 64}
@@ -79,7 +82,7 @@ class TrainConfig:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value!r}")
 
-        if self.tokenizer not in ("char", "word", "bpe", "wordpiece") and not os.path.exists(self.tokenizer):
+        if self.tokenizer not in ("char", "word", "bpe", "wordpiece", "image") and not os.path.exists(self.tokenizer):
             raise ConfigError(f"--tokenizer must be char, word, bpe, wordpiece or a tokenizer file, "
                               f"got {self.tokenizer!r}")
         for name in ("vocab_size", "embed_dim", "num_layers", "num_heads", "seq_len", "max_steps", "max_time",
@@ -125,11 +128,12 @@ class BatchSampler:
     """Random windows of T+1 tokens from a memory-mapped split, drawn from a seeded generator whose
     state is saved in checkpoints (the data position)."""
 
-    def __init__(self, tokens: np.ndarray, B: int, T: int, seed: int):
+    def __init__(self, tokens: np.ndarray, B: int, T: int, seed: int, align: int = 1):
         if len(tokens) < T + 2:
             raise DataError(f"the training split has {len(tokens)} tokens, fewer than one window of "
                             f"--seq-len {T} + 1; use more data or a smaller --seq-len")
         self.tokens, self.B, self.T = tokens, B, T
+        self.align = align  # windows start at multiples of align (an image model: one image per window)
         self.rng = np.random.Generator(np.random.PCG64(seed))
 
     def next(self) -> tuple[np.ndarray, np.ndarray]:
@@ -139,7 +143,10 @@ class BatchSampler:
         """n micro-batches (x, y), each (B,T), from one draw of n*B window starts. Every process
         draws the same global batch and takes its own micro-batches of it, so that 2 processes
         with batch B see exactly what 1 process with --grad-accum 2 sees."""
-        starts = self.rng.integers(0, len(self.tokens) - self.T - 1, size=n * self.B)
+        if self.align == 1:
+            starts = self.rng.integers(0, len(self.tokens) - self.T - 1, size=n * self.B)
+        else:
+            starts = self.rng.integers(0, (len(self.tokens) - 1) // self.align, size=n * self.B) * self.align
         window = np.stack([np.asarray(self.tokens[s:s + self.T + 1], dtype=np.int32) for s in starts])
         return [(window[i * self.B:(i + 1) * self.B, :-1], window[i * self.B:(i + 1) * self.B, 1:]) for i in range(n)]
 
@@ -150,24 +157,40 @@ class BatchSampler:
         self.rng.bit_generator.state = state
 
 
-def evaluate_tokens(model, tokens: np.ndarray, B: int, T: int) -> float:
-    """Mean next-token loss over every non-overlapping window of T+1 tokens of `tokens`
-    (deterministic; windows of the last batch are padded with the first one and not counted)."""
+def window_losses(model, tokens: np.ndarray, B: int, T: int):
+    """The next-token losses (real windows, T) of every non-overlapping window of T+1 tokens of
+    `tokens`, a batch of B windows at a time (deterministic; the last batch is padded with its first
+    window, and the padding is not yielded)."""
     n_windows = (len(tokens) - 1) // T
     if n_windows == 0:
         raise DataError(f"the validation split has {len(tokens)} tokens, fewer than one window of "
                         f"{T} + 1; lower --val-fraction's denominator or --seq-len")
-    total, count = 0.0, 0
     for first in range(0, n_windows, B):
         idx = list(range(first, min(first + B, n_windows)))
         real = len(idx)
         idx += [idx[0]] * (B - real)
         window = np.stack([np.asarray(tokens[i * T:i * T + T + 1], dtype=np.int32) for i in idx])
         model.forward(window[:, :-1], window[:, 1:])
-        losses = model.a["losses"].reshape(B, T)[:real]
+        yield model.a["losses"].reshape(B, T)[:real]
+
+
+def evaluate_tokens(model, tokens: np.ndarray, B: int, T: int) -> float:
+    """Mean next-token loss over every non-overlapping window of T+1 tokens of `tokens` (window_losses)."""
+    total, count = 0.0, 0
+    for losses in window_losses(model, tokens, B, T):
         total += float(losses.sum(dtype=np.float64))
         count += losses.size
     return total / count
+
+
+def validation(model, tokenizer, tokens: np.ndarray, B: int, T: int) -> dict:
+    """{"val_loss": ...} over the validation split; an image model's also has "val_bits_per_dim"."""
+    if tokenizer.kind == "image":
+        from cllm.vision import evaluate_records
+
+        r = evaluate_records(model, tokens, tokenizer, B)
+        return {"val_loss": r["loss"], "val_bits_per_dim": r["bits_per_dim"]}
+    return {"val_loss": evaluate_tokens(model, tokens, B, T)}
 
 
 def sample_text(model, tokenizer, prompt: str, n_tokens: int, seed: int, temperature: float = 0.8) -> str:
@@ -246,7 +269,8 @@ def load_dataset(cfg: TrainConfig):
     _say(f"[1/5] Loading and cleaning {data}")
     out_dir = os.path.join(cfg.checkpoint_dir, "dataset")
     prepared = prepare_dataset(data, out_dir, tokenizer=_init_tokenizer(cfg) or cfg.tokenizer, vocab_size=cfg.vocab_size,
-                               val_fraction=cfg.val_fraction, progress=cfg.progress)
+                               val_fraction=cfg.val_fraction, progress=cfg.progress,
+                               image={"image_size": cfg.image_size, "grayscale": cfg.grayscale, "palette": cfg.palette})
     tokenizer = prepared.tokenizer
     _say(f"[2/5] Tokenizer: {tokenizer.kind}, {tokenizer.vocab_size} tokens")
     return tokenizer, read_token_file(prepared.train_path), read_token_file(prepared.val_path), out_dir
@@ -333,6 +357,7 @@ def train(cfg: TrainConfig) -> dict:
         if tuned:
             cfg.init_from = resume.path  # its data is encoded with the checkpoint's tokenizer
     init = init_checkpoint(cfg) if cfg.init_from and resume is None else None
+    given_seq_len = cfg.seq_len  # None unless given: an image model's context is one image
     for flag, default in cfg.MODEL_DEFAULTS.items():
         if getattr(cfg, flag) is None:
             setattr(cfg, flag, default)
@@ -344,6 +369,10 @@ def train(cfg: TrainConfig) -> dict:
     if not main:
         tokenizer, train_tokens, val_tokens, dataset_dir = load_dataset(dataclasses.replace(cfg, progress=False))
     say(f"[3/5] Dataset: {len(train_tokens):,} training and {len(val_tokens):,} validation tokens ({dataset_dir})")
+    if tokenizer.kind == "image":
+        from cllm.vision import image_seq_len
+
+        cfg.seq_len = image_seq_len(tokenizer, given_seq_len)
     B, T, K = cfg.batch_size, cfg.seq_len, cfg.grad_accum
     model_config = ModelConfig(vocab_size=tokenizer.vocab_size, max_seq_len=T, num_layers=cfg.num_layers,
                                num_heads=cfg.num_heads, embed_dim=cfg.embed_dim)
@@ -352,7 +381,7 @@ def train(cfg: TrainConfig) -> dict:
     model_config.check_batch(B, T, training=True)
     optimizer = AdamW(lr=cfg.learning_rate, beta1=cfg.beta1, beta2=cfg.beta2, weight_decay=cfg.weight_decay,
                       grad_clip=cfg.grad_clip)
-    sampler = BatchSampler(train_tokens, B, T, cfg.seed)
+    sampler = BatchSampler(train_tokens, B, T, cfg.seed, align=T if tokenizer.kind == "image" else 1)
     if len(val_tokens) < T + 1:  # refused now rather than at the first evaluation, after training
         raise DataError(f"the validation split has {len(val_tokens)} tokens, fewer than one window of --seq-len {T} + 1; "
                         "use more data, a larger --val-fraction or a smaller --seq-len")
@@ -461,8 +490,8 @@ def train(cfg: TrainConfig) -> dict:
             if main and planner:
                 planner.reach(step, elapsed_before + time.perf_counter() - t_start)
             if main and (is_due(step, cfg.eval_interval, 250, planner) or step == total_steps):
-                val_loss = evaluate_tokens(model, val_tokens, B, T)
-                record["val_loss"] = val_loss
+                record.update(validation(model, tokenizer, val_tokens, B, T))
+                val_loss = record["val_loss"]
                 improved = val_loss < best_val
                 best_val = min(best_val, val_loss)
             if main and planner:
@@ -489,9 +518,10 @@ def train(cfg: TrainConfig) -> dict:
                 break
         bar.close()
         if main and val_loss is None and step > 0 and (not history or "val_loss" not in history[-1]):
-            val_loss = evaluate_tokens(model, val_tokens, B, T)
+            record = {"step": step, **validation(model, tokenizer, val_tokens, B, T),
+                      "elapsed_s": elapsed_before + time.perf_counter() - t_start}
+            val_loss = record["val_loss"]
             best_val = min(best_val, val_loss)
-            record = {"step": step, "val_loss": val_loss, "elapsed_s": elapsed_before + time.perf_counter() - t_start}
             metrics.write(json.dumps(record) + "\n")
         if main and step != last_saved:
             save("interrupt" if stopped else "end", val_loss)
