@@ -15,8 +15,9 @@ of two integers:
   revision (samples and checkpoints included) and the measured cost of a validation times the
   validations still to come, so the last revision, at 95%, sets the end within what the speed
   changes over the last 5%; the points are placed by the clock, not by the plan, so that a revision
-  never moves them, and the next point comes no sooner than three times a validation's cost after
-  it (VALIDATION_SHARE), so that slow validations do not fill the budget;
+  never moves them; the next point comes no sooner than three times a validation's cost after
+  it (VALIDATION_SHARE), so that slow validations do not fill the budget, and none falls in the last
+  four validations' time before the end, where the final validation serves;
 - the plan in force is stored in every checkpoint (state.json `planned_steps`), and the budget counts
   the whole run across resumes (state.json `elapsed_s`). A resumed run takes the stored plan, so its
   steps up to the next revision are bit-identical to the uninterrupted run's; from there on they can
@@ -63,7 +64,9 @@ class BudgetPlanner:
     def reach(self, step: int, elapsed_s: float) -> None:
         """Called once after each step, before its validation: marks the step as a point when the run's
         elapsed seconds crossed the next of the points k/BUDGET_POINTS of the budget (is_point tells)."""
-        if elapsed_s * BUDGET_POINTS >= self.next_point * self.budget:
+        # no point in the last stretch: the final validation serves there
+        last_stretch = elapsed_s >= self.budget - self.point_cost / VALIDATION_SHARE
+        if elapsed_s * BUDGET_POINTS >= self.next_point * self.budget and not last_stretch:
             self.point_step, self.reached_at = step, elapsed_s
 
     def is_point(self, step: int) -> bool:
@@ -90,12 +93,19 @@ class BudgetPlanner:
                 step == self.point_step and step < self.total):
             self._plan(step, elapsed_s, (seconds - self.span_point_costs) / steps)
 
+    def _spacing(self) -> float:
+        """Seconds between points: budget / BUDGET_POINTS, wider when validations are slow."""
+        return max(self.budget / BUDGET_POINTS, self.point_cost / VALIDATION_SHARE)
+
     def _plan(self, step: int, elapsed_s: float, seconds_per_step: float) -> None:
-        # what is left of the budget, less the validations still to come (the points it holds at
-        # their spacing, which a slow validation widens, and the final one), in steps
+        # what is left of the budget, less the validations still to come (the points before the last
+        # stretch, four validations long, and the final one), in steps
         left = self.budget - elapsed_s
-        evals_left = int(left / max(self.budget / BUDGET_POINTS, self.point_cost / VALIDATION_SHARE)) + 1
-        left -= evals_left * self.point_cost
+        spacing = self._spacing()
+        next_at = self.next_point * self.budget / BUDGET_POINTS
+        stretch_at = self.budget - self.point_cost / VALIDATION_SHARE
+        points_left = int((stretch_at - next_at) / spacing) + 1 if next_at < stretch_at else 0
+        left -= (points_left + 1) * self.point_cost
         self.planned = step + max(1, int(left / seconds_per_step)) if seconds_per_step > 0 else step + 1
         self.mark, self.span_point_costs = (step, elapsed_s), 0.0
 

@@ -41,7 +41,9 @@ def test_the_plan_fills_the_budget(speed):
     planner = BudgetPlanner(budget)
     assert planner.total == UNPLANNED  # before any measurement: the peak rate after warmup
     steps, elapsed, points = simulate(planner, budget, rate, point_cost=2.0, first_steps=10.0)
-    assert steps == planner.planned  # ended by the plan (at --min-lr), not cut by the clock
+    # ended by the plan (at --min-lr), or by the clock within 1% of its steps (the last revision is at
+    # 90%: a machine that keeps slowing down ends a little short of the plan)
+    assert 0 <= planner.planned - steps <= 0.01 * steps, (steps, planner.planned)
     assert abs(elapsed - budget) <= 0.02 * budget, elapsed
     assert BUDGET_POINTS - 1 <= len(points) <= BUDGET_POINTS + 1
     gaps = [b - a for a, b in zip(points, points[1:])]
@@ -59,7 +61,7 @@ def test_slow_validations_do_not_follow_each_other():
     assert steps == planner.planned and abs(elapsed - budget) <= 0.03 * budget, elapsed
     assert 2 <= len(points) <= budget * VALIDATION_SHARE / cost + 1, points
     spaced = points[:-1]  # the last validation is the plan's end, wherever it falls
-    assert min(b - a for a, b in zip(spaced, spaced[1:])) >= cost / VALIDATION_SHARE
+    assert all(b - a >= cost / VALIDATION_SHARE for a, b in zip(spaced, spaced[1:]))
 
 
 def test_a_resumed_plan_continues_from_its_checkpoint():
