@@ -54,8 +54,8 @@ def png_bits(files: list[str], pixels: np.ndarray) -> dict:
 
     own = sum(os.path.getsize(f) for f in files) * 8 / pixels[..., 0].size
     n, H, W, _ = pixels.shape
-    cols = int(math.ceil(math.sqrt(n)))
-    canvas = np.zeros((int(math.ceil(n / cols)) * H, cols * W), np.uint8)
+    cols = math.ceil(math.sqrt(n))
+    canvas = np.zeros((math.ceil(n / cols) * H, cols * W), np.uint8)
     for i, img in enumerate(pixels[..., 0]):
         r, c = divmod(i, cols)
         canvas[r * H:(r + 1) * H, c * W:(c + 1) * W] = img
@@ -125,7 +125,7 @@ def main() -> None:
     train_ids, test_ids = tok.quantize(train_set.pixels), tok.quantize(test_set.pixels)
     out = {
         "bench": "vision", "dataset": "data/digits (UCI optical digits, 8x8, 17 grey levels)",
-        "train_images": int(len(train_ids)), "test_images": int(len(test_ids)),
+        "train_images": len(train_ids), "test_images": len(test_ids),
         "model": {k: getattr(cfg, k) for k in ("embed_dim", "num_layers", "num_heads", "batch_size", "learning_rate",
                                                "max_steps", "seed")} | {"parameters": model.num_parameters()},
         "best_val_loss": summary["best_val_loss"], "checkpoint_step": ckpt.state.get("step"),

@@ -21,7 +21,6 @@ _WHERE = {"evaluate_records": "dataset", "image_seq_len": "dataset", "is_image_s
           "load_images": "images", "open_image": "images", "evaluate_images": "likelihood",
           "joint_log_probs": "likelihood", "complete_image": "sampling", "completion_grid": "sampling",
           "grid": "sampling", "sample_images": "sampling", "save_png": "sampling", "ImageTokenizer": "tokenizer"}
-__all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str):

@@ -115,7 +115,7 @@ def prepare_image_dataset(data_path, out_dir, image_size: int | None = None, gra
     t0 = time.perf_counter()
     images = load_images(data_path, image_size, True if grayscale else None)
     n = len(images.pixels)
-    n_val = int(round(n * val_fraction))
+    n_val = round(n * val_fraction)
     if val_fraction > 0 and (n_val == 0 or n_val == n):
         raise DataError(f"{n} image(s) under {data_path} cannot be split with --val-fraction {val_fraction}; "
                         "give more images")
@@ -153,8 +153,9 @@ def summary(meta: dict) -> str:
     img = meta["image"]
     skipped = ", ".join(f"{n} {r}" for r, n in sorted(meta["skipped"].items()) if n)
     classes = f", {len(meta['classes'])} classes" if meta["classes"] else ", no classes"
-    return (f"images: {meta['train_images']:,} train + {meta['val_images']:,} val, {img['width']}x{img['height']}x"
-            f"{img['channels']}, palette {img['palette_size']}{classes}" + (f" (skipped: {skipped})" if skipped else ""))
+    size = f"{img['width']}x{img['height']}x{img['channels']}"
+    return (f"images: {meta['train_images']:,} train + {meta['val_images']:,} val, {size}, palette "
+            f"{img['palette_size']}{classes}" + (f" (skipped: {skipped})" if skipped else ""))
 
 
 def image_seq_len(tokenizer, requested: int | None) -> int:

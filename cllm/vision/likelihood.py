@@ -67,7 +67,7 @@ def evaluate_images(model, tok, path: str, classify: bool = False, batch_size: i
     ids = tok.quantize(images.pixels)
     logp = joint_log_probs(model, tok, ids, batch_size)
     dims = tok.dims_per_image * len(ids)
-    result = {"images": int(len(ids)), "bits_per_dim": float(-logsumexp(logp, 1).sum() / math.log(2) / dims),
+    result = {"images": len(ids), "bits_per_dim": float(-logsumexp(logp, 1).sum() / math.log(2) / dims),
               "skipped": dict(images.skipped)}
     if tok.labelled and images.labels is not None:
         result["bits_per_dim_joint"] = float(-logp[np.arange(len(ids)), images.labels].sum() / math.log(2) / dims)

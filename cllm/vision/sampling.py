@@ -42,7 +42,7 @@ def fill_records(model, tok, fixed: np.ndarray, sampling) -> np.ndarray:
     seq = np.array(fixed, dtype=np.int32)
     n, P = seq.shape
     if (seq[:, 0] < 0).any():
-        raise ConfigError("a record starts with a known token (<image>)")
+        raise ConfigError("every record must start with a known token (<image>)")
     rng = np.random.default_rng(sampling.seed)
     cache = model.new_kv_cache(n)
     for pos in range(P - 1):
@@ -103,7 +103,8 @@ def complete_image(model, tok, image: np.ndarray, n: int, sampling, rows: int | 
         else:
             post = label_posterior(model, tok, ids, known)
             rng = np.random.default_rng(None if sampling.seed is None else sampling.seed + 7919)
-            draws = np.argmax(post) * np.ones(n, np.int64) if sampling.temperature == 0 else rng.choice(len(post), n, p=post)
+            greedy = sampling.temperature == 0
+            draws = np.full(n, np.argmax(post)) if greedy else rng.choice(len(post), n, p=post)
             fixed[:, 1] = tok.label_offset + draws
     seq = fill_records(model, tok, fixed, sampling)
     return tok.dequantize(seq[:, tok.first_pixel:]), tok.dequantize(ids)[0]

@@ -94,7 +94,7 @@ class ImageTokenizer(Tokenizer):
         pal = gray_levels(palette) if C == 1 else kmeans_palette(flat, palette, seed=seed)
         tok = cls(int(H), int(W), pal, classes)
         err = np.abs(tok.dequantize(tok.quantize(pixels)).astype(np.int64) - pixels).mean()
-        tok.train_stats = {"images": int(n), "palette_size": int(len(pal)), "requested_palette": int(palette),
+        tok.train_stats = {"images": int(n), "palette_size": len(pal), "requested_palette": int(palette),
                            "mean_abs_quantization_error": float(err), "channels": int(C)}
         return tok
 
