@@ -152,6 +152,8 @@ class CudaModel:
     # the host-side checks and view slicing are Model's own (they use only config and views)
     _check_ids = Model._check_ids
     _token_array = Model._token_array
+    _decode_tokens = Model._decode_tokens
+    _prefill_tokens = Model._prefill_tokens
     _layer = Model._layer
     _layer_acts = Model._layer_acts
 
@@ -393,25 +395,14 @@ class CudaModel:
 
     def decode_step(self, tokens, pos: int, kv_cache: DeviceCache) -> np.ndarray:
         """As Model.decode_step: tokens (nb,) at position pos -> next-token logits (nb, V) on the host."""
-        cfg = self.config
-        tokens = self._token_array(tokens)
+        tokens = self._decode_tokens(tokens, pos, kv_cache)
         nb = tokens.size
-        if not 0 <= pos < cfg.max_seq_len:
-            raise ConfigError(f"position {pos} is outside the model's context of {cfg.max_seq_len}")
-        if kv_cache.size != nb * cfg.num_layers * cfg.max_seq_len * 2 * cfg.embed_dim:
-            raise ConfigError("kv_cache does not match the number of sequences; use new_kv_cache(nb)")
         logits = self._run_rows(tokens, np.arange(nb), np.full(nb, pos), kv_cache, nb)
-        return logits.reshape(nb, cfg.vocab_size)
+        return logits.reshape(nb, self.config.vocab_size)
 
     def prefill(self, tokens, pos0: int, kv_cache: DeviceCache) -> np.ndarray:
         """As Model.prefill: one sequence's tokens at pos0.. in one pass -> the next token's logits (V,)."""
-        cfg = self.config
-        tokens = self._token_array(tokens)
-        if pos0 < 0 or pos0 + tokens.size > cfg.max_seq_len:
-            raise ConfigError(f"positions {pos0}..{pos0 + tokens.size - 1} are outside the model's context of "
-                              f"{cfg.max_seq_len}")
-        if kv_cache.size != cfg.num_layers * cfg.max_seq_len * 2 * cfg.embed_dim:
-            raise ConfigError("prefill takes a cache for one sequence; use new_kv_cache(1)")
+        tokens = self._prefill_tokens(tokens, pos0, kv_cache)
         return self._run_rows(tokens, np.zeros(tokens.size), pos0 + np.arange(tokens.size), kv_cache, 1)
 
 

@@ -289,12 +289,8 @@ class Model:
         """Feed tokens (nb,) at position pos (every earlier position already in kv_cache) and
         return the next-token logits (nb, V); O(pos) attention work per token, not O(pos^2)."""
         cfg = self.config
-        tokens = self._token_array(tokens)
+        tokens = self._decode_tokens(tokens, pos, kv_cache)
         nb = tokens.size
-        if not 0 <= pos < cfg.max_seq_len:
-            raise ConfigError(f"position {pos} is outside the model's context of {cfg.max_seq_len}")
-        if kv_cache.size != nb * cfg.num_layers * cfg.max_seq_len * 2 * cfg.embed_dim:
-            raise ConfigError("kv_cache does not match the number of sequences; use new_kv_cache(nb)")
         logits = np.empty(nb * cfg.vocab_size, dtype=self.dtype)
         K.decode_step(logits, kv_cache, tokens, pos, *self._weight_views, nb, cfg.num_layers, cfg.embed_dim,
                       cfg.num_heads, cfg.max_seq_len, cfg.vocab_size)
@@ -305,16 +301,32 @@ class Model:
         positions already in kv_cache, a cache for one sequence) and return the logits (V,) for the
         token after the last: what n decode steps give, with matrix products over all n rows."""
         cfg = self.config
+        tokens = self._prefill_tokens(tokens, pos0, kv_cache)
+        logits = np.empty(cfg.vocab_size, dtype=self.dtype)
+        K.prefill(logits, kv_cache, tokens, pos0, *self._weight_views, cfg.num_layers, cfg.embed_dim,
+                  cfg.num_heads, cfg.max_seq_len, cfg.vocab_size)
+        return logits
+
+    def _decode_tokens(self, tokens, pos: int, kv_cache) -> np.ndarray:
+        """decode_step's checked inputs (shared with cllm/device.py's CudaModel): the token array."""
+        cfg = self.config
+        tokens = self._token_array(tokens)
+        if not 0 <= pos < cfg.max_seq_len:
+            raise ConfigError(f"position {pos} is outside the model's context of {cfg.max_seq_len}")
+        if kv_cache.size != tokens.size * cfg.num_layers * cfg.max_seq_len * 2 * cfg.embed_dim:
+            raise ConfigError("kv_cache does not match the number of sequences; use new_kv_cache(nb)")
+        return tokens
+
+    def _prefill_tokens(self, tokens, pos0: int, kv_cache) -> np.ndarray:
+        """prefill's checked inputs (shared with CudaModel): the token array."""
+        cfg = self.config
         tokens = self._token_array(tokens)
         if pos0 < 0 or pos0 + tokens.size > cfg.max_seq_len:
             raise ConfigError(f"positions {pos0}..{pos0 + tokens.size - 1} are outside the model's context of "
                               f"{cfg.max_seq_len}")
         if kv_cache.size != cfg.num_layers * cfg.max_seq_len * 2 * cfg.embed_dim:
             raise ConfigError("prefill takes a cache for one sequence; use new_kv_cache(1)")
-        logits = np.empty(cfg.vocab_size, dtype=self.dtype)
-        K.prefill(logits, kv_cache, tokens, pos0, *self._weight_views, cfg.num_layers, cfg.embed_dim,
-                  cfg.num_heads, cfg.max_seq_len, cfg.vocab_size)
-        return logits
+        return tokens
 
     def _token_array(self, tokens) -> np.ndarray:
         """tokens (an id or ids) as a contiguous int32 array (n,), n >= 1, every id in the vocabulary."""
