@@ -98,16 +98,23 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def bad_value(param, message):
+    raise APIError(400, message, param=param, code="invalid_value")
+
+
+def check_fields(body, fields, docs: str) -> None:
+    """APIError(400) unless the body is a JSON object whose keys all are in `fields` (described in `docs`)."""
+    if not isinstance(body, dict):
+        bad_value(None, "the request body must be a JSON object")
+    for key in body:
+        if key not in fields:
+            bad_value(key, f"unknown field {key!r}; see {docs}")
+
+
 def parse_completion_request(body: dict, settings: ServerSettings) -> CompletionRequest:
     """A CompletionRequest from a decoded JSON body; APIError(400) naming the first bad field."""
-    def bad(param, message):
-        raise APIError(400, message, param=param, code="invalid_value")
-
-    if not isinstance(body, dict):
-        bad(None, "the request body must be a JSON object")
-    for key in body:
-        if key not in _FIELDS:
-            bad(key, f"unknown field {key!r}; see GET /v1/models and the documentation of /v1/completions")
+    bad = bad_value
+    check_fields(body, _FIELDS, "GET /v1/models and the documentation of /v1/completions")
     for key, allowed in _OPENAI_NOOPS.items():
         if key in body and allowed is not None and body[key] not in allowed:
             bad(key, f"{key!r} is not supported by this server (only {allowed[0]!r} or {allowed[-1]!r})")

@@ -20,16 +20,10 @@ _FIELDS = {"n", "class", "temperature", "top_k", "top_p", "seed", "grid", "respo
 
 
 def _parse(body, settings, tok):
-    from cllm.serve.server import APIError, _is_int, _is_number
+    from cllm.serve.server import _is_int, _is_number, check_fields
+    from cllm.serve.server import bad_value as bad
 
-    def bad(param, message):
-        raise APIError(400, message, param=param, code="invalid_value")
-
-    if not isinstance(body, dict):
-        bad(None, "the request body must be a JSON object")
-    for key in body:
-        if key not in _FIELDS:
-            bad(key, f"unknown field {key!r}; see the documentation of /v1/images/generations")
+    check_fields(body, _FIELDS, "the documentation of /v1/images/generations (cllm/vision/serve.py)")
     if body.get("response_format", "b64_json") not in ("b64_json", None):
         bad("response_format", "only 'b64_json' is supported (the PNG itself, base64-encoded)")
     size = f"{tok.width}x{tok.height}"
