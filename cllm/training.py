@@ -16,63 +16,79 @@ import time
 
 import numpy as np
 
-from cllm.config import ModelConfig
+from cllm.config import ModelConfig, option
 from cllm.errors import CheckpointError, ConfigError, DataError, TrainingError
-from cllm.schedule import UNPLANNED, is_due, plan_run
+from cllm.schedule import BUDGET_POINTS, UNPLANNED, is_due, plan_run
 
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 
 
+# The model sizes a new run gets; TrainConfig keeps None for "not given" so that a resumed run can
+# tell a flag the user typed (which must match the checkpoint) from one left at its default.
+MODEL_DEFAULTS = {"embed_dim": 128, "num_layers": 4, "num_heads": 4, "seq_len": 64}
+
+
 @dataclasses.dataclass
 class TrainConfig:
-    """Every flag of `cli.py train`. Model sizes are None until resolved, so that a resume can tell
-    a flag the user set (which must match the checkpoint) from one left at its default."""
-    data: str = DEFAULT_DATA
-    tokenizer: str = "char"
-    vocab_size: int | None = None  # word/bpe: default 4096; char: the corpus's characters
-    embed_dim: int | None = None  # default 128
-    num_layers: int | None = None  # default 4
-    num_heads: int | None = None  # default 4
-    seq_len: int | None = None  # default 64; also the model's context length
-    batch_size: int = 12  # sequences per micro-batch per process
-    grad_accum: int = 1  # micro-batches per optimizer step (a larger effective batch in the same memory)
-    learning_rate: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 100
+    """Every flag of `cli.py train`: each field is a flag of the same name (dashes for underscores)
+    with this default and this help line (cllm/commands/__init__.py derives the command line)."""
+    data: str = option(DEFAULT_DATA, "a text file, a directory, a prepared dataset or a crawl's output")
+    tokenizer: str = option("char", "char, word, bpe, wordpiece, or a tokenizer file to use as it is (CLLM's, HuggingFace's "
+                                    "tokenizer.json, BERT's vocab.txt, GPT-2's vocab.json, *.tiktoken); a folder of "
+                                    "images is read as images: cllm/vision")
+    vocab_size: int | None = option(None, "ids in the vocabulary (none: word 8192, bpe 4096, char every character)")
+    embed_dim: int | None = option(None, "C, the model's width", shown=MODEL_DEFAULTS["embed_dim"])
+    num_layers: int | None = option(None, "L, transformer blocks", shown=MODEL_DEFAULTS["num_layers"])
+    num_heads: int | None = option(None, "NH, attention heads (must divide --embed-dim)",
+                                   shown=MODEL_DEFAULTS["num_heads"])
+    seq_len: int | None = option(None, "T, tokens per training sequence; also the model's context length",
+                                 shown=MODEL_DEFAULTS["seq_len"])
+    batch_size: int = option(12, "sequences per micro-batch per process")
+    grad_accum: int = option(1, "micro-batches per optimizer step (a larger effective batch in the same memory)")
+    learning_rate: float = option(1e-3, "peak learning rate, after warmup")
+    min_lr: float = option(1e-4, "learning rate at the end of the cosine decay")
+    warmup_steps: int = option(100, "steps of linear warmup")
     # Optimizer defaults measured on the README's Shakespeare run (validation loss, 5 seeds; the
     # README's table): nanoGPT's weight decay 0.1, clip 1.0 and beta2 0.99 average 1.902. Weight
     # decay 0 (these runs underfit), beta2 0.999 (768 tokens per step give noisy gradients: a longer
     # average of their squares) and a clip of 5 (the gradient norm sits at 1.5-2.3 in the second
     # half, so a clip of 1 rescaled every step; 5 stays as a guard against spikes) average 1.873,
     # every seed better by 0.02 to 0.04.
-    weight_decay: float = 0.0
-    grad_clip: float = 5.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    dropout: float = 0.0  # probability of zeroing activations in training (nanoGPT's sites); 0: off
-    # passes over the training split (none: 1, or as many steps as --max-time allows when it is given
-    # without --max-steps)
-    epochs: float | None = None
-    max_steps: int | None = None
-    max_time: float | None = None  # seconds; alone (no --max-steps, no --epochs) it sets the run's length
-    eval_interval: int | None = None  # none: 250, or BUDGET_POINTS spread over a --max-time budget
-    checkpoint_interval: int | None = None  # none: 500, or at each validation of a --max-time budget
-    sample_interval: int = 500
-    sample_prompt: str = "\n"
-    sample_tokens: int = 200
-    keep_last: int = 3
-    seed: int = 1337
-    resume: str | None = None
-    init_from: str | None = None  # fine-tuning: start from this checkpoint's weights; its tokenizer encodes DATA
-    threads: int | None = None
-    val_fraction: float = 0.1
-    checkpoint_dir: str = "checkpoints/run"
-    image_size: int | None = None  # images: centre-crop and resize to S x S pixels (none: their one size)
-    grayscale: bool = False  # images: read them as grayscale (automatic when every image is)
-    palette: int = 16  # images: k-means colours over sampled pixels, or grey levels for grayscale images
-    progress: bool = True
-
-    MODEL_DEFAULTS = {"embed_dim": 128, "num_layers": 4, "num_heads": 4, "seq_len": 64}
+    weight_decay: float = option(0.0, "AdamW's decoupled weight decay (matrices only)")
+    grad_clip: float = option(5.0, "clip the global gradient norm to this (0: no clipping)")
+    beta1: float = option(0.9, "AdamW's first-moment decay")
+    beta2: float = option(0.999, "AdamW's second-moment decay")
+    dropout: float = option(0.0, "probability of zeroing activations in training (embeddings, attention "
+                                 "probabilities, residual projections, as nanoGPT); 0: off")
+    epochs: float | None = option(None, "passes over the training split (none: 1, or as many steps as --max-time "
+                                        "allows when it is given without --max-steps; fractions allowed)", shown=1.0)
+    max_steps: int | None = option(None, "optimizer steps to run (none: from --epochs)")
+    max_time: float | None = option(None, "stop after this many seconds of training; alone (no --max-steps, no "
+                                          "--epochs) it sets the run's length and lays the schedule over it")
+    eval_interval: int | None = option(None, "steps between validations over the whole validation split (none: "
+                                             f"250, or {BUDGET_POINTS} spread over a --max-time budget)", shown=250)
+    checkpoint_interval: int | None = option(None, "steps between checkpoints (none: 500, or at each validation of a "
+                                                   "--max-time budget; a better validation loss also saves one)",
+                                             shown=500)
+    sample_interval: int = option(500, "steps between printed samples")
+    sample_prompt: str = option("\n", "the text samples start from")
+    sample_tokens: int = option(200, "tokens per printed sample")
+    keep_last: int = option(3, "step checkpoints kept (besides best)")
+    seed: int = option(1337, "random seed of the weights and the batches")
+    resume: str | None = option(None, "continue a run in --checkpoint-dir: latest, best or a checkpoint path")
+    # fine-tuning (e.g. GPT-2 from `cli.py import-hf`): that checkpoint's sizes and tokenizer, a fresh optimizer
+    init_from: str | None = option(None, "start from this checkpoint's weights; its tokenizer encodes DATA "
+                                         "(--tokenizer and --vocab-size are then ignored)")
+    threads: int | None = option(None, "Numba threads (none: the machine's cores, shared among local ranks)")
+    # where the model runs (cllm/device.py); cuda needs the [cuda] extra and an NVIDIA GPU
+    device: str = option("cpu", "cpu, cuda (under MPI: the GPU of the local rank) or cuda:N")
+    val_fraction: float = option(0.1, "share of the data held out for validation")
+    checkpoint_dir: str = option("checkpoints/run", "the run's directory: checkpoints, metrics.jsonl, loss.png")
+    image_size: int | None = option(None, "images: centre-crop and resize to S x S pixels (none: their one size)")
+    grayscale: bool = option(False, "images: read them as grayscale (automatic when every image is)")
+    palette: int = option(16, "images: k-means colours over sampled pixels, or grey levels for grayscale images")
+    overwrite: bool = option(False, "replace a finished or unfinished run already in --checkpoint-dir")
+    progress: bool = option(True, "show the progress bar")
 
     def validate(self) -> None:
         def positive(name, allow_none=False):
@@ -108,7 +124,7 @@ class TrainConfig:
             raise ConfigError(f"--val-fraction must lie in (0, 1), got {self.val_fraction!r}")
 
     def model_flags(self) -> dict:
-        return {k: getattr(self, k) for k in self.MODEL_DEFAULTS}
+        return {k: getattr(self, k) for k in MODEL_DEFAULTS}
 
     def to_json(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -194,22 +210,13 @@ def validation(model, tokenizer, tokens: np.ndarray, B: int, T: int) -> dict:
 
 
 def sample_text(model, tokenizer, prompt: str, n_tokens: int, seed: int, temperature: float = 0.8) -> str:
+    from cllm.completion import default_start_ids
     from cllm.generation import Generator, SamplingConfig
 
     ids = tokenizer.encode(prompt) or default_start_ids(tokenizer)
     gen = Generator(model, eos_id=tokenizer.eos_id)
     out = list(gen.stream(ids, SamplingConfig(max_new_tokens=n_tokens, temperature=temperature, top_k=0, seed=seed)))
     return tokenizer.decode(out)
-
-
-def default_start_ids(tokenizer) -> list[int]:
-    """What an empty prompt starts from: BOS when the tokenizer has one, else a newline."""
-    if tokenizer.bos_id is not None:
-        return [tokenizer.bos_id]
-    ids = tokenizer.encode("\n")
-    if not ids:
-        raise ConfigError("the prompt is empty and this tokenizer has neither BOS nor a newline token")
-    return ids
 
 
 def _say(msg: str) -> None:
@@ -302,7 +309,7 @@ def init_checkpoint(cfg: TrainConfig):
             raise ConfigError(f"--init-from {cfg.init_from} has {flag.replace('_', '-')} {getattr(saved, flag)}, not "
                               f"{value}; drop --{flag.replace('_', '-')}")
     cfg.embed_dim, cfg.num_layers, cfg.num_heads = saved.embed_dim, saved.num_layers, saved.num_heads
-    cfg.seq_len = cfg.seq_len or min(cfg.MODEL_DEFAULTS["seq_len"], saved.max_seq_len)
+    cfg.seq_len = cfg.seq_len or min(MODEL_DEFAULTS["seq_len"], saved.max_seq_len)
     return ckpt
 
 
@@ -312,20 +319,21 @@ def train(cfg: TrainConfig) -> dict:
     from tqdm import tqdm
 
     from cllm import checkpoint as ck
+    from cllm.device import average_gradients, check_training_device, optimizer_class, to_device
     from cllm.distributed import world
     from cllm.model import Model
-    from cllm.optim import AdamW
     from cllm.runtime import configure_threads, cpu_count
     from kernels.dropout import derive_key
 
     cfg.validate()
     comm = world()
+    check_training_device(cfg.device, cfg.dropout, comm.local_rank)  # before any data is read
     main = comm.is_main
     say = _say if main else (lambda msg: None)
     # ranks on one machine share its cores
     threads = configure_threads(cfg.threads or max(1, cpu_count() // comm.local_size))
     if not cfg.resume:  # check the model's sizes before any data is read
-        sizes = {k: getattr(cfg, k) or v for k, v in cfg.MODEL_DEFAULTS.items()}
+        sizes = {k: getattr(cfg, k) or v for k, v in MODEL_DEFAULTS.items()}
         ModelConfig(vocab_size=1, num_layers=sizes["num_layers"], num_heads=sizes["num_heads"],
                     embed_dim=sizes["embed_dim"], max_seq_len=sizes["seq_len"])
     ckdir = cfg.checkpoint_dir
@@ -339,6 +347,8 @@ def train(cfg: TrainConfig) -> dict:
             raise CheckpointError(f"the checkpoint directory {ckdir!r} is not writable ({exc.strerror}); "
                                   "choose another --checkpoint-dir") from exc
         ck.remove_stale_temporaries(ckdir)
+        if not cfg.resume:
+            claim_run_directory(ckdir, cfg.overwrite, say)
 
     resume = None
     if cfg.resume:
@@ -358,7 +368,7 @@ def train(cfg: TrainConfig) -> dict:
             cfg.init_from = resume.path  # its data is encoded with the checkpoint's tokenizer
     init = init_checkpoint(cfg) if cfg.init_from and resume is None else None
     given_seq_len = cfg.seq_len  # None unless given: an image model's context is one image
-    for flag, default in cfg.MODEL_DEFAULTS.items():
+    for flag, default in MODEL_DEFAULTS.items():
         if getattr(cfg, flag) is None:
             setattr(cfg, flag, default)
 
@@ -379,8 +389,8 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.init_from:  # the checkpoint's context may be longer than T (GPT-2's 1024 positions)
         model_config = (init or resume).model_config
     model_config.check_batch(B, T, training=True)
-    optimizer = AdamW(lr=cfg.learning_rate, beta1=cfg.beta1, beta2=cfg.beta2, weight_decay=cfg.weight_decay,
-                      grad_clip=cfg.grad_clip)
+    optimizer = optimizer_class(cfg.device)(lr=cfg.learning_rate, beta1=cfg.beta1, beta2=cfg.beta2,
+                                            weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
     sampler = BatchSampler(train_tokens, B, T, cfg.seed, align=T if tokenizer.kind == "image" else 1)
     if len(val_tokens) < T + 1:  # refused now rather than at the first evaluation, after training
         raise DataError(f"the validation split has {len(val_tokens)} tokens, fewer than one window of --seq-len {T} + 1; "
@@ -412,6 +422,7 @@ def train(cfg: TrainConfig) -> dict:
     # every rank starts from rank 0's weights and moments
     for buffer in (model.params, model.m, model.v):
         comm.broadcast_(buffer)
+    model = to_device(model, cfg.device, comm.local_rank)
 
     micro_batches = K * comm.size  # per optimizer step, over all processes
     tokens_per_step = micro_batches * B * T
@@ -461,10 +472,8 @@ def train(cfg: TrainConfig) -> dict:
                 _, loss = model.forward(x, y, dropout=cfg.dropout, dropout_key=key)
                 model.backward()
                 local_loss += loss
-            if micro_batches > 1:
-                comm.allreduce_sum_(model.grads)
-                K_ = model.dtype.type(1.0 / micro_batches)
-                model.grads *= K_  # the mean over every micro-batch of every process
+            if micro_batches > 1:  # the mean over every micro-batch of every process
+                average_gradients(model, comm, micro_batches)
             # one small collective carries the loss and the decisions every rank must share
             # a time budget counts the run's time before a resume too (cllm/schedule.py)
             took = time.perf_counter() - t_start + (elapsed_before if planner else 0.0)
@@ -537,6 +546,21 @@ def train(cfg: TrainConfig) -> dict:
     if main:
         plot_losses(metrics_path, os.path.join(ckdir, "loss.png"))
     return summary
+
+
+def claim_run_directory(ckdir: str, overwrite: bool, say) -> None:
+    """A new run never mixes with an old one: refuse a directory that holds a run, or with
+    --overwrite delete that run first (only its own files: checkpoints, links, metrics, plot, dataset)."""
+    from cllm import checkpoint as ck
+
+    held = ck.describe_run(ckdir)
+    if held is None:
+        return
+    if not overwrite:
+        raise CheckpointError(f"{ckdir} already holds {held}; continue it with --resume latest, start a new run "
+                              f"with another --checkpoint-dir, or replace it with --overwrite")
+    say(f"--overwrite: deleting {held} in {ckdir}")
+    ck.remove_run(ckdir)
 
 
 class _NullFile:

@@ -28,7 +28,7 @@ except ImportError:
 needs_mpi = pytest.mark.skipif(MPIEXEC is None, reason="MPI is not installed: pip install -e '.[mpi]' (make test does)")
 
 FLAGS = ["--embed-dim", "32", "--num-layers", "2", "--num-heads", "2", "--seq-len", "32", "--batch-size", "4",
-         "--eval-interval", "4", "--sample-interval", "1000", "--progress", "False", "--learning-rate", "3e-3"]
+         "--eval-interval", "4", "--sample-interval", "1000", "--no-progress", "--learning-rate", "3e-3"]
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +64,12 @@ def _weights(ckdir):
 
 @needs_mpi
 def test_two_ranks_equal_one_process_with_grad_accum(corpus):
+    # with dropout: each rank draws the masks of its global micro-batch, those --grad-accum 2 draws
     one = _train([sys.executable, CLI, "train", "small.txt", *FLAGS, "--grad-accum", "2", "--max-steps", "6",
-                  "--checkpoint-dir", "ck_one"], corpus)
+                  "--dropout", "0.1", "--checkpoint-dir", "ck_one"], corpus)
     assert one.returncode == 0, one.stderr
     two = _train([MPIEXEC, "-n", "2", sys.executable, CLI, "train", "small.txt", *FLAGS, "--max-steps", "6",
-                  "--checkpoint-dir", "ck_two"], corpus)
+                  "--dropout", "0.1", "--checkpoint-dir", "ck_two"], corpus)
     assert two.returncode == 0, two.stderr
     a, b = _losses(corpus / "ck_one"), _losses(corpus / "ck_two")
     assert len(a) == len(b) == 6
