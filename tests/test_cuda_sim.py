@@ -39,6 +39,7 @@ def _every_kernel_compiles_for_a_gpu():
     from numba import cuda
     from numba import types as t
 
+    import kernels.cuda._common as C
     import kernels.cuda.adamw as A
     import kernels.cuda.attention as AT
     import kernels.cuda.decode as D
@@ -51,7 +52,8 @@ def _every_kernel_compiles_for_a_gpu():
     assert not SIM  # the GPU's block and tile sizes
     fa, ia, da, i, f, b = t.float32[::1], t.int32[::1], t.float64[::1], t.int64, t.float32, t.boolean
     signatures = {
-        E._encoder_forward: (fa, ia, fa, fa, i, i, i), E._encoder_backward: (fa, fa, fa, ia, i, i, i),
+        E._encoder_forward: (fa, ia, fa, fa, i, i, i), E._encoder_backward_wte: (fa, fa, ia, i, i),
+        E._encoder_backward_wpe: (fa, fa, i, i, i), C._add_partials: (fa, fa, i, i),
         E._gelu_forward: (fa, fa, i), E._gelu_backward: (fa, fa, fa, i, b), E._fill: (fa, f, i), E._scale: (fa, f, i),
         E._residual_forward: (fa, fa, fa, i), E._residual_backward: (fa, fa, fa, i, b),
         A._adamw: (fa, fa, fa, fa, i) + (f,) * 8, A._sumsq_partials: (da, fa, i), A._sum_partials: (da, da, i),

@@ -32,6 +32,10 @@ TILE_K = 16 if not SIM else 4
 # the most blocks a launch uses: every kernel loops with the grid's stride (over elements, rows or
 # tiles), so fewer blocks only means more iterations each; the simulator pays per block
 MAX_BLOCKS = 2 if SIM else 65535
+# column sums over many rows (weight and bias gradients): a thread adds CHUNK_ROWS rows of one column
+# into a partial, a second pass adds the partials in order (deterministic, no atomics; one thread per
+# column over all B*T rows left most of the GPU idle)
+CHUNK_ROWS = 4 if SIM else 128
 # attention: query rows per block (the grid is (row blocks, B*NH))
 ATT_ROWS = 4 if SIM else 64
 
@@ -70,3 +74,23 @@ def block_sum(buf, v):
 @cuda.jit(device=True, inline=True)
 def block_max(buf, v):
     return block_reduce(buf, v, True)
+
+
+@cuda.jit
+def _add_partials(out, partials, nchunks, C):
+    # out (C) += the sum over k of partials (nchunks, C), in order of k
+    for c in range(cuda.grid(1), C, cuda.gridsize(1)):
+        acc = F32(0)
+        for k in range(nchunks):
+            acc += partials[k * C + c]
+        out[c] += acc
+
+
+def chunks(R: int) -> int:
+    """How many CHUNK_ROWS-row chunks cover R rows."""
+    return max(1, (R + CHUNK_ROWS - 1) // CHUNK_ROWS)
+
+
+def add_partials(out, partials, C):
+    # out (C) += column sums of partials (chunks, C)
+    _add_partials[blocks(C), THREADS](out, partials, partials.size // C, C)

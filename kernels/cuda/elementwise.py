@@ -26,19 +26,28 @@ def encoder_forward(out, inp, wte, wpe, B, T, C):
 
 
 @cuda.jit
-def _encoder_backward(dwte, dwpe, dout, inp, BT, T, C):
+def _encoder_backward_wte(dwte, dout, inp, BT, C):
     # one thread per channel c, adding the rows in order: two positions holding the same token
     # write the same dwte row, and this order (the CPU kernel's) makes the sums deterministic
     for c in range(cuda.grid(1), C, cuda.gridsize(1)):
         for bt in range(BT):
-            d = dout[bt * C + c]
-            dwte[inp[bt] * C + c] += d
-            dwpe[(bt % T) * C + c] += d
+            dwte[inp[bt] * C + c] += dout[bt * C + c]
+
+
+@cuda.jit
+def _encoder_backward_wpe(dwpe, dout, B, T, C):
+    # one thread per (position, channel), over the batch in order
+    for e in range(cuda.grid(1), T * C, cuda.gridsize(1)):
+        acc = dwpe[e]
+        for b in range(B):
+            acc += dout[b * T * C + e]
+        dwpe[e] = acc
 
 
 def encoder_backward(dwte, dwpe, dout, inp, B, T, C):
     # dwte (Vp,C) += dout rows at the token ids;  dwpe (maxT,C) += dout summed over the batch
-    _encoder_backward[blocks(C), THREADS](dwte, dwpe, dout, inp, B * T, T, C)
+    _encoder_backward_wte[blocks(C), THREADS](dwte, dout, inp, B * T, C)
+    _encoder_backward_wpe[blocks(T * C), THREADS](dwpe, dout, B, T, C)
 
 
 @cuda.jit(device=True, inline=True)

@@ -2,13 +2,14 @@
 
 Legend: B batch, T time, C channels. A block of ROW_THREADS threads normalizes a row at a time (the
 blocks take the rows in turn): its threads stride over the channels and meet in shared-memory sums.
-The weight and bias gradients take one thread per channel, adding the rows in order (no atomics).
+The weight and bias gradients: a thread per (chunk of rows, channel), then the chunks' partials
+added in order (deterministic, no atomics).
 """
 import math
 
 from numba import cuda
 
-from ._common import F32, ROW_THREADS, THREADS, block_sum, blocks
+from ._common import CHUNK_ROWS, F32, ROW_THREADS, THREADS, add_partials, block_sum, blocks, chunks
 
 
 @cuda.jit
@@ -71,20 +72,27 @@ def _layernorm_backward_row(dinp, dout, inp, weight, mean, rstd, buf, row, tid, 
 
 
 @cuda.jit
-def _layernorm_backward_params(dweight, dbias, dout, inp, mean, rstd, BT, C):
-    # one thread per channel, over the rows in order (coalesced across threads, deterministic)
-    for c in range(cuda.grid(1), C, cuda.gridsize(1)):
+def _layernorm_backward_params(pw, pb, dout, inp, mean, rstd, BT, C):
+    # pw, pb (chunks, C): a thread per (chunk, channel) adds its chunk's rows, in order
+    nchunks = (BT + CHUNK_ROWS - 1) // CHUNK_ROWS
+    for e in range(cuda.grid(1), nchunks * C, cuda.gridsize(1)):
+        k = e // C
+        c = e % C
         dw = F32(0)
         db = F32(0)
-        for row in range(BT):
+        for row in range(k * CHUNK_ROWS, min(BT, (k + 1) * CHUNK_ROWS)):
             dy = dout[row * C + c]
             db += dy
             dw += (inp[row * C + c] - mean[row]) * rstd[row] * dy
-        dweight[c] += dw
-        dbias[c] += db
+        pw[e] = dw
+        pb[e] = db
 
 
 def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, B, T, C, overwrite=False):
     # dinp (B,T,C) += ... (= with overwrite);  dweight, dbias (C) += ...;  dout, inp (B,T,C);  mean, rstd (B,T)
     _layernorm_backward_rows[blocks(B * T, 1), ROW_THREADS](dinp, dout, inp, weight, mean, rstd, B * T, C, overwrite)
-    _layernorm_backward_params[blocks(C), THREADS](dweight, dbias, dout, inp, mean, rstd, B * T, C)
+    n = chunks(B * T) * C
+    pw, pb = cuda.device_array(n, F32), cuda.device_array(n, F32)
+    _layernorm_backward_params[blocks(n), THREADS](pw, pb, dout, inp, mean, rstd, B * T, C)
+    add_partials(dweight, pw, C)
+    add_partials(dbias, pb, C)

@@ -10,7 +10,7 @@ beta = 1 adds into the output (the backward's accumulation) without a scratch co
 from numba import cuda
 
 from . import cublas
-from ._common import F32, MICRO, THREADS, TILE_K, TILE_M, TILE_N, blocks
+from ._common import CHUNK_ROWS, F32, MICRO, THREADS, TILE_K, TILE_M, TILE_N, add_partials, blocks, chunks
 
 # threads of a block: (TILE_N / MICRO, TILE_M / MICRO); each thread owns MICRO x MICRO outputs,
 # strided by the block's width, so that neighbouring threads write neighbouring columns
@@ -97,13 +97,16 @@ def _bias_rows(out, bias, R, OC):
 
 
 @cuda.jit
-def _bias_backward(dbias, dout, R, OC):
-    # one thread per output channel, over the rows in order (coalesced, deterministic)
-    for o in range(cuda.grid(1), OC, cuda.gridsize(1)):
+def _bias_backward(partials, dout, R, OC):
+    # partials (chunks, OC): a thread per (chunk of rows, output channel) adds its rows in order
+    nchunks = (R + CHUNK_ROWS - 1) // CHUNK_ROWS
+    for e in range(cuda.grid(1), nchunks * OC, cuda.gridsize(1)):
+        k = e // OC
+        o = e % OC
         s = F32(0)
-        for r in range(R):
+        for r in range(k * CHUNK_ROWS, min(R, (k + 1) * CHUNK_ROWS)):
             s += dout[r * OC + o]
-        dbias[o] += s
+        partials[e] = s
 
 
 def matmul_forward(out, inp, weight, bias, B, T, C, OC):
@@ -122,4 +125,6 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, overwr
         gemm(False, False, BT, C, OC, 1.0, dout, 0, OC, weight, 0, C, 0.0 if overwrite else 1.0, dinp, 0, C)
     gemm(True, False, OC, C, BT, 1.0, dout, 0, OC, inp, 0, C, 1.0, dweight, 0, C)
     if dbias is not None:
-        _bias_backward[blocks(OC), THREADS](dbias, dout, BT, OC)
+        partials = cuda.device_array(chunks(BT) * OC, F32)
+        _bias_backward[blocks(partials.size), THREADS](partials, dout, BT, OC)
+        add_partials(dbias, partials, OC)
