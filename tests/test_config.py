@@ -65,23 +65,39 @@ def test_bad_token_ids():
         m.forward(np.array([[1, 2]]), np.array([[1, 2, 3]]))
 
 
-def test_config_too_big_for_memory_is_refused_before_allocation():
-    # a vocabulary whose embedding alone, with grads and AdamW moments, needs twice the memory here
-    have = available_memory_bytes()
-    assert have is not None
-    C = 4096
-    cfg = ModelConfig(vocab_size=2 * have // (4 * 4 * C) + 1, max_seq_len=1024, num_layers=2, num_heads=32, embed_dim=C)
-    need = cfg.memory_bytes(0, 0)
-    assert need > have
-    assert need >= cfg.num_parameters() * 4 * 4  # params, grads, m, v in float32
-    with pytest.raises(ConfigError) as e:
-        Model(cfg, seed=0)
-    msg = str(e.value)
+def _assert_memory_message(msg: str, need: int, cfg) -> None:
     m = re.search(r"needs about ([\d.]+) GiB", msg)
     assert m and float(m.group(1)) == pytest.approx(need / 2**30, abs=0.06)
     assert f"{cfg.num_parameters():,} parameters" in msg
     assert re.search(r"only [\d.]+ GiB of memory is available", msg)
     assert "reduce" in msg
+
+
+def test_config_too_big_for_memory_is_refused_before_allocation():
+    # a vocabulary whose embedding alone needs twice the memory here
+    have = available_memory_bytes()
+    assert have is not None
+    C = 4096
+    cfg = ModelConfig(vocab_size=2 * have // (4 * C) + 1, max_seq_len=1024, num_layers=2, num_heads=32, embed_dim=C)
+    need = cfg.memory_bytes(0, 0, training=False)
+    assert need > have and need >= cfg.num_parameters() * 4  # the parameters in float32
+    with pytest.raises(ConfigError) as e:
+        Model(cfg, seed=0)
+    _assert_memory_message(str(e.value), need, cfg)
+
+
+def test_training_buffers_too_big_are_refused_at_first_use():
+    """Parameters that fit, but not with their gradients and AdamW moments: the model loads (to
+    generate), and the first use of a training buffer is refused before any is allocated."""
+    have = available_memory_bytes()
+    C = 4096
+    cfg = ModelConfig(vocab_size=have // (3 * 4 * C), max_seq_len=1024, num_layers=2, num_heads=32, embed_dim=C)
+    assert cfg.memory_bytes(0, 0, training=False) < have < cfg.memory_bytes(0, 0, training=True)
+    model = Model(cfg, seed=None)  # parameters allocated, never touched (no initialization)
+    with pytest.raises(ConfigError) as e:
+        model.grads
+    _assert_memory_message(str(e.value), cfg.memory_bytes(0, 0, training=True), cfg)
+    assert not model.has_training_buffers()
 
 
 def test_batch_too_big_for_memory(monkeypatch):
