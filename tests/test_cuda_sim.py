@@ -60,7 +60,8 @@ def _every_kernel_compiles_for_a_gpu():
         LN._layernorm_forward: (fa,) * 6 + (i, i), LN._layernorm_backward_rows: (fa,) * 6 + (i, i, b),
         LN._layernorm_backward_params: (fa,) * 6 + (i, i),
         M._gemm_tiled: (b, b, i, i, i, f, fa, i, i, fa, i, i, f, fa, i, i), M._bias_rows: (fa, fa, i, i),
-        M._bias_backward: (fa, fa, i, i), S._softmax_forward: (fa, fa, i, i, i),
+        M._bias_backward: (fa, fa, i, i), M._matvec: (fa, fa, fa, fa, i, i, i, b),
+        S._softmax_forward: (fa, fa, i, i, i),
         S._crossentropy_forward: (fa, fa, ia, i, i), S._crossentropy_softmax_backward: (fa, fa, fa, ia, i, i, i, b),
         AT._attention_forward: (fa,) * 4 + (i, i, i, f), AT._attention_backward_rows: (fa,) * 5 + (i, i, i, f, b),
         AT._attention_backward_keys: (fa,) * 5 + (i, i, i, f, b), D._embed_rows: (fa, ia, fa, fa, i, i),
@@ -189,6 +190,16 @@ else:
         close(d_dw, dw, tol, "dweight")
         if bias:
             close(d_db, db, tol, "dbias")
+
+    @pytest.mark.parametrize("R,C,OC,bias", [(1, 7, 11, True), (3, 8, 5, False), (9, 5, 6, True)])
+    def test_linear_of_the_decoding_path(R, C, OC, bias):
+        # matrix-vector products below GEMM_MIN_ROWS rows, the tiled gemm from it on
+        x, w, b = rand(R, C), rand(OC, C), rand(OC) if bias else None
+        out = np.zeros(R * OC, F32)
+        K.matmul_forward(out, x, w, b, 1, R, C, OC)
+        d_out = cuda.device_array(R * OC, F32)
+        G.linear(d_out, dev(x), dev(w), None if b is None else dev(b), R, C, OC)
+        close(d_out, out, 1e-5 * max(C, 4), "linear")
 
     @pytest.mark.parametrize("transa", [False, True])
     @pytest.mark.parametrize("transb", [False, True])
@@ -324,6 +335,12 @@ else:
         np.testing.assert_allclose(gpu.prefill(seq[:3], 0, cache), full[2], rtol=0, atol=1e-5)
         for t in range(3, 6):
             np.testing.assert_allclose(gpu.decode_step(seq[t:t + 1], t, cache)[0], full[t], rtol=0, atol=1e-5)
+        # a prompt of GEMM_MIN_ROWS or more tokens: prefill's linear layers are the tiled gemm
+        long = Model(ModelConfig(vocab_size=11, max_seq_len=10, num_layers=1, num_heads=2, embed_dim=8), seed=2)
+        long_gpu = to_device(long, "cuda")
+        ids = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9], dtype=np.int32)
+        np.testing.assert_allclose(long_gpu.prefill(ids, 0, long_gpu.new_kv_cache(1)), long.forward(ids[None])[0, -1],
+                                   rtol=0, atol=1e-5)
         # two sequences decoded together, token by token
         seqs = np.stack([seq, seq[::-1]])
         want = gpu.forward(seqs)

@@ -1,5 +1,6 @@
 """Decoding with a KV cache on the device, as kernels/decode.py: R rows (tokens) at once, each of a
-sequence at a position, through every layer; the linear layers are the training forward's matmul.
+sequence at a position, through every layer; the linear layers are matrix-vector products for a few
+rows and the training forward's matmul for more (kernels/cuda/matmul.linear).
 
 Legend: R rows, L layers, C channels, NH heads, hs = C/NH, maxT positions, V vocab.
 kvcache (nb, L, 2, NH, ...) in kernels/decode.py's layout: per sequence and layer, each head's keys
@@ -15,7 +16,7 @@ from numba import cuda
 from ._common import F32, ROW_THREADS, THREADS, block_max, block_sum, blocks
 from .elementwise import gelu_forward, residual_forward
 from .layernorm import layernorm_forward
-from .matmul import matmul_forward
+from .matmul import linear
 
 
 @cuda.jit
@@ -105,17 +106,17 @@ def forward_rows(logits, kvcache, rows, weights, layers, work, R, L, C, NH, maxT
     _embed_rows[blocks(R * C), THREADS](x, rows, wte, wpe, R, C)
     for l, (ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb) in enumerate(layers):
         layernorm_forward(xn, mean, rstd, x, ln1w, ln1b, 1, R, C)
-        matmul_forward(qkv, xn, qkvw, qkvb, 1, R, C, 3 * C)
+        linear(qkv, xn, qkvw, qkvb, R, C, 3 * C)
         _kv_write[blocks(R * C), THREADS](kvcache, qkv, rows, l, R, L, C, NH, maxT)
         _attend_cached[blocks(R * NH, 1), ROW_THREADS](atty, qkv, kvcache, work["scores"], rows, l, R, L, C, NH, maxT,
                                                        scale)
-        matmul_forward(proj, atty, attprojw, attprojb, 1, R, C, C)
+        linear(proj, atty, attprojw, attprojb, R, C, C)
         residual_forward(x, x, proj, R * C)
         layernorm_forward(xn, mean, rstd, x, ln2w, ln2b, 1, R, C)
-        matmul_forward(hid, xn, fcw, fcb, 1, R, C, 4 * C)
+        linear(hid, xn, fcw, fcb, R, C, 4 * C)
         gelu_forward(hid, hid, R * 4 * C)
-        matmul_forward(proj, hid, fcprojw, fcprojb, 1, R, 4 * C, C)
+        linear(proj, hid, fcprojw, fcprojb, R, 4 * C, C)
         residual_forward(x, x, proj, R * C)
     nl = R - first_logit_row
     layernorm_forward(xn, mean, rstd, x[first_logit_row * C:], lnfw, lnfb, 1, nl, C)
-    matmul_forward(logits, xn, wte, None, 1, nl, C, V)  # the tied LM head: wte's first V rows
+    linear(logits, xn, wte, None, nl, C, V)  # the tied LM head: wte's first V rows

@@ -10,7 +10,20 @@ beta = 1 adds into the output (the backward's accumulation) without a scratch co
 from numba import cuda
 
 from . import cublas
-from ._common import CHUNK_ROWS, F32, MICRO, THREADS, TILE_K, TILE_M, TILE_N, add_partials, blocks, chunks
+from ._common import (
+    CHUNK_ROWS,
+    F32,
+    MICRO,
+    ROW_THREADS,
+    THREADS,
+    TILE_K,
+    TILE_M,
+    TILE_N,
+    add_partials,
+    block_sum,
+    blocks,
+    chunks,
+)
 
 # threads of a block: (TILE_N / MICRO, TILE_M / MICRO); each thread owns MICRO x MICRO outputs,
 # strided by the block's width, so that neighbouring threads write neighbouring columns
@@ -107,6 +120,36 @@ def _bias_backward(partials, dout, R, OC):
         for r in range(k * CHUNK_ROWS, min(R, (k + 1) * CHUNK_ROWS)):
             s += dout[r * OC + o]
         partials[e] = s
+
+
+@cuda.jit
+def _matvec(out, x, weight, bias, R, C, OC, has_bias):
+    # a block per output channel o (grid stride): its threads read weight row o once, coalesced, and
+    # meet in a shared-memory sum for each of the R rows of x
+    buf = cuda.shared.array(ROW_THREADS, dtype=F32)
+    tid = cuda.threadIdx.x
+    for o in range(cuda.blockIdx.x, OC, cuda.gridDim.x):
+        for r in range(R):
+            s = F32(0)
+            for c in range(tid, C, ROW_THREADS):
+                s += weight[o * C + c] * x[r * C + c]
+            s = block_sum(buf, s)
+            if tid == 0:
+                out[r * OC + o] = s + bias[o] if has_bias else s
+
+
+# Below this many rows a linear layer is matrix-vector products (decoding): a 64-row gemm tile would
+# hold one real row and its few blocks would read the weights with a fraction of the GPU
+GEMM_MIN_ROWS = 8
+
+
+def linear(out, x, weight, bias, R, C, OC):
+    # out (R,OC) = x (R,C) @ weight (OC,C)^T + bias (OC);  bias may be None. The decoding path's layer.
+    if R < GEMM_MIN_ROWS:
+        _matvec[blocks(OC, 1), ROW_THREADS](out, x, weight, weight if bias is None else bias, R, C, OC,
+                                            bias is not None)
+    else:
+        matmul_forward(out, x, weight, bias, 1, R, C, OC)
 
 
 def matmul_forward(out, inp, weight, bias, B, T, C, OC):
