@@ -91,6 +91,19 @@ def chunks(R: int) -> int:
     return max(1, (R + CHUNK_ROWS - 1) // CHUNK_ROWS)
 
 
+_WORK = {}  # (tag, size) -> device array: see work_array
+
+
+def work_array(tag: str, n: int):
+    """A float32 device work array of n elements, made once per (tag, n) and reused by every later
+    launch (kernels on the one stream run in order). Allocating per call made Numba free device
+    memory every few steps, and a cuMemFree waits for the whole device."""
+    key = (tag, n)
+    if key not in _WORK:
+        _WORK[key] = cuda.device_array(n, F32)
+    return _WORK[key]
+
+
 def add_partials(out, partials, C):
     # out (C) += column sums of partials (chunks, C)
     _add_partials[blocks(C), THREADS](out, partials, partials.size // C, C)

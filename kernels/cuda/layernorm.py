@@ -9,7 +9,7 @@ import math
 
 from numba import cuda
 
-from ._common import CHUNK_ROWS, F32, ROW_THREADS, THREADS, add_partials, block_sum, blocks, chunks
+from ._common import CHUNK_ROWS, F32, ROW_THREADS, THREADS, add_partials, block_sum, blocks, chunks, work_array
 
 
 @cuda.jit
@@ -92,7 +92,7 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, B, T
     # dinp (B,T,C) += ... (= with overwrite);  dweight, dbias (C) += ...;  dout, inp (B,T,C);  mean, rstd (B,T)
     _layernorm_backward_rows[blocks(B * T, 1), ROW_THREADS](dinp, dout, inp, weight, mean, rstd, B * T, C, overwrite)
     n = chunks(B * T) * C
-    pw, pb = cuda.device_array(n, F32), cuda.device_array(n, F32)
+    pw, pb = work_array("layernorm dweight", n), work_array("layernorm dbias", n)
     _layernorm_backward_params[blocks(n), THREADS](pw, pb, dout, inp, mean, rstd, B * T, C)
     add_partials(dweight, pw, C)
     add_partials(dbias, pb, C)

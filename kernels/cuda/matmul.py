@@ -23,6 +23,7 @@ from ._common import (
     block_sum,
     blocks,
     chunks,
+    work_array,
 )
 
 # threads of a block: (TILE_N / MICRO, TILE_M / MICRO); each thread owns MICRO x MICRO outputs,
@@ -168,6 +169,6 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, overwr
         gemm(False, False, BT, C, OC, 1.0, dout, 0, OC, weight, 0, C, 0.0 if overwrite else 1.0, dinp, 0, C)
     gemm(True, False, OC, C, BT, 1.0, dout, 0, OC, inp, 0, C, 1.0, dweight, 0, C)
     if dbias is not None:
-        partials = cuda.device_array(chunks(BT) * OC, F32)
+        partials = work_array("dbias", chunks(BT) * OC)
         _bias_backward[blocks(partials.size), THREADS](partials, dout, BT, OC)
         add_partials(dbias, partials, OC)
