@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from cllm.commands import _base_type, action_parsers, command_function, command_parameters, parse_command_line
+from cllm.commands import _base_type, action_parsers, command_function, command_parameters, flag_name, \
+    parse_command_line
 from train_helpers import CLI, ROOT, run_cli
 
 sys.path.insert(0, str(ROOT))
@@ -61,7 +62,7 @@ def _argv_with(func, options, pname: str, value: str) -> tuple[list[str], object
             argv.append(value)
     for name, kind, annotation, _, _ in params:
         if name == pname and kind in ("flag", "option"):
-            argv += ["--" + name.replace("_", "-"), value]
+            argv += [flag_name(name), value]
             where = ("kw", name)
     return argv, where
 
@@ -126,7 +127,7 @@ def test_help_lists_every_parameter_with_its_default(name, action, func, options
     assert r.returncode == 0 and not r.stderr, r.stderr
     blocks = _help_blocks(r.stdout)
     for pname, kind, annotation, default, doc in command_parameters(func, options):
-        key = pname.upper() if kind in ("positional", "varargs") else "--" + pname.replace("_", "-")
+        key = pname.upper() if kind in ("positional", "varargs") else flag_name(pname)
         assert key in blocks, (key, r.stdout)
         text = blocks[key]
         assert doc and doc.split()[0] in text, (key, text)  # the one-line meaning

@@ -261,7 +261,7 @@ def test_generate_and_evaluate_commands(stripes_model, tmp_path, capsys):
     run = str(root / "run")
     out = tmp_path / "grid.png"
     assert cli.main(["generate", "--checkpoint", run, "--image-out", str(out), "--num-samples", "4", "--seed", "0",
-                     "--image-class", "v"]) == 0
+                     "--class", "v"]) == 0
     img = Image.open(out)
     assert img.size[0] == img.size[1] > 2 * 4 * 8  # 2 x 2 cells of 4x4 pixels enlarged 8 times, with gaps
     out2 = tmp_path / "completions.png"
@@ -272,7 +272,7 @@ def test_generate_and_evaluate_commands(stripes_model, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "accuracy     1.0000" in text and "bits/dim" in text
     assert cli.main(["generate", "--checkpoint", run, "--image-out", str(tmp_path / "x.png"),
-                     "--image-class", "cat"]) == 2
+                     "--class", "cat"]) == 2
     assert "unknown class 'cat'" in capsys.readouterr().err
 
 

@@ -12,7 +12,8 @@ A command is a function in cllm/commands/<module>.py (`main`, or several named i
         '''
 
 - positional parameters are positional arguments, `*args` takes any number of them;
-- keyword-only parameters are flags `--name-with-dashes`; `bool` ones also have `--no-name`;
+- keyword-only parameters are flags `--name-with-dashes` (a trailing underscore, for a Python
+  keyword, is dropped: `class_` is `--class`); `bool` ones also have `--no-name`;
   `list[str]` ones may be repeated;
 - the annotation is the type: `str` reaches the function as the exact text typed ("1984",
   "Hello, world" and "None" stay strings), `int`/`float` are parsed, anything else is refused;
@@ -193,20 +194,25 @@ def _add_signature(parser: argparse.ArgumentParser, func, options) -> None:
                 parser.add_argument("--" + name.replace("_", "-"), dest=_FLAG_FORM + name, type=_converter(base),
                                     default=None, metavar=base.__name__.upper(), help=f"the same as {name.upper()}")
             continue
-        flag = "--" + name.replace("_", "-")
+        flag = flag_name(name)
         # a flag left out reaches a plain function as its default, an OPTIONS field not at all
         value = argparse.SUPPRESS if kind == "option" else (None if is_list else default)
         if base is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value, help=text)
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=value, help=text)
             # python-fire's spelling, which earlier versions of these commands took: --noprogress
             parser.add_argument("--no" + flag[2:], dest=name, action="store_false", default=value,
                                 help=argparse.SUPPRESS)
         elif is_list:
-            parser.add_argument(flag, action="append", type=_converter(base), default=value, help=text,
+            parser.add_argument(flag, dest=name, action="append", type=_converter(base), default=value, help=text,
                                 metavar=base.__name__.upper())
         else:
-            parser.add_argument(flag, type=_converter(base), default=value, help=text,
+            parser.add_argument(flag, dest=name, type=_converter(base), default=value, help=text,
                                 metavar=base.__name__.upper())
+
+
+def flag_name(name: str) -> str:
+    """--max-new-tokens for max_new_tokens; --class for class_ (a Python keyword as a parameter)."""
+    return "--" + name.rstrip("_").replace("_", "-")
 
 
 def _call_arguments(func, ns: dict) -> tuple[list, dict]:

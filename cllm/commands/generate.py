@@ -7,7 +7,7 @@ def main(prompt: str = "", *, checkpoint: str = "checkpoints", max_new_tokens: i
          num_samples: int = 1, seed: int | None = None, stop: list[str] = (), beam_width: int = 0,
          length_penalty: float = 1.0, stream: bool | None = None, interactive: bool = False,
          threads: int | None = None, tokenizer: str | None = None, image_out: str | None = None,
-         image_class: str | None = None, complete: str | None = None, keep_rows: int | None = None,
+         class_: str | None = None, complete: str | None = None, keep_rows: int | None = None,
          device: str = "cpu"):
     """Generate text after PROMPT from a checkpoint (default: the latest under checkpoints/).
 
@@ -33,15 +33,15 @@ def main(prompt: str = "", *, checkpoint: str = "checkpoints", max_new_tokens: i
       threads: Numba threads (none: every core)
       tokenizer: a tokenizer file, for a checkpoint without one (e.g. imported from llm.c)
       image_out: an image model: write a grid of --num-samples images to this PNG file
-      image_class: an image model with classes: sample images of this class (a class folder's name)
+      class_: an image model with classes: sample images of this class (a class folder's name)
       complete: an image model: keep the top half of this image and sample the rest (a grid beside it)
       keep_rows: with --complete, the rows kept (none: half of them)
       device: cpu, cuda or cuda:N (an NVIDIA GPU through the [cuda] extra)
     """
-    if image_out is not None or image_class is not None or complete is not None:
+    if image_out is not None or class_ is not None or complete is not None:
         from cllm.vision.cli import generate_images
 
-        return generate_images(checkpoint, image_out, num_samples, image_class, complete, temperature, top_k, top_p,
+        return generate_images(checkpoint, image_out, num_samples, class_, complete, temperature, top_k, top_p,
                                seed, threads, tokenizer, keep_rows)
     return run_generate(prompt=prompt, checkpoint=checkpoint, max_new_tokens=max_new_tokens, temperature=temperature,
                         top_k=top_k, top_p=top_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,

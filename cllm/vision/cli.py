@@ -1,4 +1,4 @@
-"""What `cli.py generate --image-out/--image-class/--complete` and `cli.py evaluate` do for image models;
+"""What `cli.py generate --image-out/--class/--complete` and `cli.py evaluate` do for image models;
 the command modules (cllm/commands/generate.py, evaluate.py) hand over to these functions."""
 from __future__ import annotations
 
