@@ -168,6 +168,19 @@ def remove_run(directory: str) -> None:
     fsync_path(directory)
 
 
+def claim_run_directory(ckdir: str, overwrite: bool, say) -> None:
+    """A new run never mixes with an old one: refuse a directory that holds a run, or with
+    --overwrite delete that run first (only its own files: checkpoints, links, metrics, plot, dataset)."""
+    held = describe_run(ckdir)
+    if held is None:
+        return
+    if not overwrite:
+        raise CheckpointError(f"{ckdir} already holds {held}; continue it with --resume latest, start a new run "
+                              f"with another --checkpoint-dir, or replace it with --overwrite")
+    say(f"--overwrite: deleting {held} in {ckdir}")
+    remove_run(ckdir)
+
+
 def resolve_checkpoint(path: str) -> str:
     """A checkpoint step directory from: a step directory, a latest/best link, or a checkpoint
     directory holding a `latest` link (then the latest checkpoint in it is used)."""

@@ -71,6 +71,28 @@ def window_plan(n_tokens: int, T: int, stride: int) -> list[tuple[int, int]]:
     return plan
 
 
+def window_losses(model, tokens: np.ndarray, T: int, batch_size: int, plan=None):
+    """The one evaluation loop (validation in training, `cli.py evaluate`, image likelihoods): the model
+    reads windows of T inputs and their T targets from `tokens`, batch_size windows per forward; yields
+    per batch (losses (real windows, T), the batch's entries of `plan`). `plan`: [(window start, first
+    scored position)], by default every non-overlapping window. The last batch is padded with its first
+    window; the padding is never yielded."""
+    if plan is None:
+        n_windows = (len(tokens) - 1) // T
+        if n_windows == 0:
+            raise DataError(f"the validation split has {len(tokens)} tokens, fewer than one window of "
+                            f"{T} + 1; use more data, a larger --val-fraction or a smaller --seq-len")
+        plan = [(i * T, 0) for i in range(n_windows)]
+    B = min(batch_size, len(plan))
+    for first in range(0, len(plan), B):
+        batch = plan[first:first + B]
+        real = len(batch)
+        starts = [s for s, _ in batch] + [batch[0][0]] * (B - real)
+        window = np.stack([np.asarray(tokens[s:s + T + 1], dtype=np.int32) for s in starts])
+        model.forward(window[:, :-1], window[:, 1:])
+        yield model.a["losses"].reshape(B, T)[:real], batch
+
+
 def evaluate_stream(model, tokens: np.ndarray, nbytes: int, stride: int | None = None, batch_size: int = 8,
                     progress: bool = False) -> dict:
     """Loss, perplexity and bits per byte of `model` on a token stream (see the module doc)."""
@@ -89,22 +111,15 @@ def evaluate_stream(model, tokens: np.ndarray, nbytes: int, stride: int | None =
                         "the tokenizer does not belong to this checkpoint")
     plan = window_plan(tokens.size, T_model, stride)
     T = min(T_model, tokens.size - 1)
-    B = min(batch_size, len(plan))
     total, count = 0.0, 0
     with tqdm(total=len(plan), unit="window", desc="evaluating", disable=None if progress else True,
               leave=False) as bar:
-        for first in range(0, len(plan), B):
-            batch = plan[first:first + B]
-            real = len(batch)
-            batch = batch + [batch[0]] * (B - real)  # pad the last batch; padded rows are not counted
-            window = np.stack([tokens[s:s + T + 1] for s, _ in batch])
-            model.forward(window[:, :-1], window[:, 1:])
-            losses = model.a["losses"].reshape(B, T)
-            for row, (_, skip) in enumerate(batch[:real]):
+        for losses, batch in window_losses(model, tokens, T, batch_size, plan):
+            for row, (_, skip) in enumerate(batch):
                 scored = losses[row, max(skip, 0):]
                 total += float(scored.sum(dtype=np.float64))
                 count += scored.size
-            bar.update(real)
+            bar.update(len(batch))
     assert count == tokens.size - 1, (count, tokens.size)
     loss = total / count
     # bytes of the scored text: the first token has no prediction, so its share of the bytes goes too

@@ -1,7 +1,7 @@
 """Laying the learning-rate schedule over a time budget: `train --max-time S` with neither --max-steps
 nor --epochs gives the run S seconds rather than a number of steps.
 
-The schedule (linear warmup, cosine decay to --min-lr: training.lr_at) needs its length in steps, so
+The schedule (linear warmup, cosine decay to --min-lr: lr_at) needs its length in steps, so
 BudgetPlanner estimates how many steps fit in the budget from the measured speed. Why an estimate
 rather than a schedule driven by the clock (the rate a function of elapsed seconds): with the clock,
 every pause of a shared machine would move the learning rate, and a resumed run could never replay
@@ -34,6 +34,16 @@ SKIPPED_STEPS = 2  # a process's first steps compile kernels and fault pages in:
 MIN_SPAN_STEPS = 2  # a revision needs at least this many steps measured since the last one
 VALIDATION_SHARE = 0.25  # at most this share of the run validates: slow validations space the points out
 UNPLANNED = 1 << 62  # the schedule's length before the first plan: after warmup, the peak rate
+
+
+def lr_at(step: int, cfg, total_steps: int) -> float:
+    """Linear warmup over warmup_steps, then cosine decay to min_lr at total_steps (step from 0)."""
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    if total_steps <= cfg.warmup_steps:
+        return cfg.learning_rate
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 
 
 def budget_shapes_run(max_steps: int | None, epochs: float | None, max_time: float | None) -> bool:

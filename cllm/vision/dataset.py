@@ -171,14 +171,14 @@ def evaluate_records(model, tokens: np.ndarray, tokenizer, batch_size: int) -> d
     """Validation over every image record of a split (tokens: records then one `<image>`):
     loss (mean nats per token over every target, as training's validation loss) and bits per
     dimension, -log2 p(label, pixels) / (pixels x channels): the label's and the pixels' targets only."""
-    from cllm.training import window_losses
+    from cllm.evaluate import window_losses
 
     R = tokenizer.record_len
     n = (len(tokens) - 1) // R
     first = tokenizer.first_pixel - 1 - tokenizer.labelled  # target column of the label (or first pixel)
     last = tokenizer.first_pixel - 1 + tokenizer.pixels_per_image  # one past the last pixel's target column
     total = image_nats = 0.0
-    for losses in window_losses(model, tokens, batch_size, R):  # the windows are the records
+    for losses, _ in window_losses(model, tokens, R, batch_size):  # the windows are the records
         total += float(losses.sum(dtype=np.float64))
         image_nats += float(losses[:, first:last].sum(dtype=np.float64))
     return {"loss": total / (n * R), "bits_per_dim": image_nats / np.log(2) / (n * tokenizer.dims_per_image),

@@ -1,0 +1,137 @@
+"""TrainConfig: every flag of `cli.py train`, each field with its default and its --help line
+(cllm/commands/__init__.py derives the command line from it), and build_config for a resumed run."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from cllm.config import option
+from cllm.errors import ConfigError
+from cllm.schedule import BUDGET_POINTS
+
+DEFAULT_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "data")
+
+
+# The model sizes a new run gets; TrainConfig keeps None for "not given" so that a resumed run can
+# tell a flag the user typed (which must match the checkpoint) from one left at its default.
+MODEL_DEFAULTS = {"embed_dim": 128, "num_layers": 4, "num_heads": 4, "seq_len": 64}
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every flag of `cli.py train`: each field is a flag of the same name (dashes for underscores)
+    with this default and this help line (cllm/commands/__init__.py derives the command line)."""
+    data: str = option(DEFAULT_DATA, "a text file, a directory, a prepared dataset or a crawl's output")
+    tokenizer: str = option("char", "char, word, bpe, wordpiece, or a tokenizer file to use as it is (CLLM's, HuggingFace's "
+                                    "tokenizer.json, BERT's vocab.txt, GPT-2's vocab.json, *.tiktoken); a folder of "
+                                    "images is read as images: cllm/vision")
+    vocab_size: int | None = option(None, "ids in the vocabulary (none: word 8192, bpe 4096, char every character)")
+    embed_dim: int | None = option(None, "C, the model's width", shown=MODEL_DEFAULTS["embed_dim"])
+    num_layers: int | None = option(None, "L, transformer blocks", shown=MODEL_DEFAULTS["num_layers"])
+    num_heads: int | None = option(None, "NH, attention heads (must divide --embed-dim)",
+                                   shown=MODEL_DEFAULTS["num_heads"])
+    seq_len: int | None = option(None, "T, tokens per training sequence; also the model's context length",
+                                 shown=MODEL_DEFAULTS["seq_len"])
+    batch_size: int = option(12, "sequences per micro-batch per process")
+    grad_accum: int = option(1, "micro-batches per optimizer step (a larger effective batch in the same memory)")
+    learning_rate: float = option(1e-3, "peak learning rate, after warmup")
+    min_lr: float = option(1e-4, "learning rate at the end of the cosine decay")
+    warmup_steps: int = option(100, "steps of linear warmup")
+    # Optimizer defaults measured on the README's Shakespeare run (validation loss, 5 seeds; the
+    # README's table): nanoGPT's weight decay 0.1, clip 1.0 and beta2 0.99 average 1.902. Weight
+    # decay 0 (these runs underfit), beta2 0.999 (768 tokens per step give noisy gradients: a longer
+    # average of their squares) and a clip of 5 (the gradient norm sits at 1.5-2.3 in the second
+    # half, so a clip of 1 rescaled every step; 5 stays as a guard against spikes) average 1.873,
+    # every seed better by 0.02 to 0.04.
+    weight_decay: float = option(0.0, "AdamW's decoupled weight decay (matrices only)")
+    grad_clip: float = option(5.0, "clip the global gradient norm to this (0: no clipping)")
+    beta1: float = option(0.9, "AdamW's first-moment decay")
+    beta2: float = option(0.999, "AdamW's second-moment decay")
+    dropout: float = option(0.0, "probability of zeroing activations in training (embeddings, attention "
+                                 "probabilities, residual projections, as nanoGPT); 0: off")
+    epochs: float | None = option(None, "passes over the training split (none: 1, or as many steps as --max-time "
+                                        "allows when it is given without --max-steps; fractions allowed)", shown=1.0)
+    max_steps: int | None = option(None, "optimizer steps to run (none: from --epochs)")
+    max_time: float | None = option(None, "stop after this many seconds of training; alone (no --max-steps, no "
+                                          "--epochs) it sets the run's length and lays the schedule over it")
+    eval_interval: int | None = option(None, "steps between validations over the whole validation split (none: "
+                                             f"250, or {BUDGET_POINTS} spread over a --max-time budget)", shown=250)
+    checkpoint_interval: int | None = option(None, "steps between checkpoints (none: 500, or at each validation of a "
+                                                   "--max-time budget; a better validation loss also saves one)",
+                                             shown=500)
+    sample_interval: int = option(500, "steps between printed samples")
+    sample_prompt: str = option("\n", "the text samples start from")
+    sample_tokens: int = option(200, "tokens per printed sample")
+    keep_last: int = option(3, "step checkpoints kept (besides best)")
+    seed: int = option(1337, "random seed of the weights and the batches")
+    resume: str | None = option(None, "continue a run in --checkpoint-dir: latest, best or a checkpoint path")
+    # fine-tuning (e.g. GPT-2 from `cli.py import-hf`): that checkpoint's sizes and tokenizer, a fresh optimizer
+    init_from: str | None = option(None, "start from this checkpoint's weights; its tokenizer encodes DATA "
+                                         "(--tokenizer and --vocab-size are then ignored)")
+    threads: int | None = option(None, "Numba threads (none: the machine's cores, shared among local ranks)")
+    # where the model runs (cllm/device.py); cuda needs the [cuda] extra and an NVIDIA GPU
+    device: str = option("cpu", "cpu, cuda (under MPI: the GPU of the local rank) or cuda:N")
+    val_fraction: float = option(0.1, "share of the data held out for validation")
+    checkpoint_dir: str = option("checkpoints/run", "the run's directory: checkpoints, metrics.jsonl, loss.png")
+    image_size: int | None = option(None, "images: centre-crop and resize to S x S pixels (none: their one size)")
+    grayscale: bool = option(False, "images: read them as grayscale (automatic when every image is)")
+    palette: int = option(16, "images: k-means colours over sampled pixels, or grey levels for grayscale images")
+    overwrite: bool = option(False, "replace a finished or unfinished run already in --checkpoint-dir")
+    progress: bool = option(True, "show the progress bar")
+
+    def validate(self) -> None:
+        def positive(name, allow_none=False):
+            value = getattr(self, name)
+            if value is None and allow_none:
+                return
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value!r}")
+
+        if self.tokenizer not in ("char", "word", "bpe", "wordpiece", "image") and not os.path.exists(self.tokenizer):
+            raise ConfigError(f"--tokenizer must be char, word, bpe, wordpiece or a tokenizer file, "
+                              f"got {self.tokenizer!r}")
+        for name in ("vocab_size", "embed_dim", "num_layers", "num_heads", "seq_len", "max_steps", "max_time",
+                     "threads", "epochs", "eval_interval", "checkpoint_interval"):
+            positive(name, allow_none=True)
+        for name in ("batch_size", "grad_accum", "learning_rate", "sample_interval", "keep_last"):
+            positive(name)
+        for name in ("batch_size", "grad_accum", "warmup_steps", "eval_interval", "checkpoint_interval", "sample_interval",
+                     "keep_last", "seed", "sample_tokens"):
+            if name.endswith("_interval") and getattr(self, name) is None:
+                continue
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                raise ConfigError(f"--{name.replace('_', '-')} must be an integer, got {getattr(self, name)!r}")
+        if not 0 <= self.min_lr <= self.learning_rate:
+            raise ConfigError(f"--min-lr must lie in [0, --learning-rate], got {self.min_lr!r}")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError("--warmup-steps, --weight-decay and --grad-clip must be >= 0")
+        if not 0 <= self.beta1 < 1 or not 0 <= self.beta2 < 1:
+            raise ConfigError("--beta1 and --beta2 must lie in [0, 1)")
+        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
+            raise ConfigError(f"--dropout must lie in [0, 1), got {self.dropout!r}")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"--val-fraction must lie in (0, 1), got {self.val_fraction!r}")
+
+    def model_flags(self) -> dict:
+        return {k: getattr(self, k) for k in MODEL_DEFAULTS}
+
+    def to_json(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def build_config(given: dict) -> TrainConfig:
+    """A TrainConfig from the flags the user gave. With --resume, the checkpoint's own training
+    config is the base (so that `train --resume latest` continues the same run: same data,
+    tokenizer and schedule) and the given flags override it."""
+    from cllm import checkpoint as ck
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    base = {}
+    if given.get("resume"):
+        ckdir = given.get("checkpoint_dir", TrainConfig.checkpoint_dir)
+        target = given["resume"]
+        path = os.path.join(ckdir, target) if target in ("latest", "best") else target
+        saved = ck.read_config(ck.resolve_checkpoint(path)).get("train", {})
+        base = {k: v for k, v in saved.items() if k in names and k not in ("resume", "progress")}
+    base.update(given)
+    return TrainConfig(**base)

@@ -1,0 +1,363 @@
+"""The training run: Trainer(cfg) sets it up, Trainer.run() is the loop.
+
+    get a batch -> forward/backward (K micro-batches) -> share loss and decisions over the ranks ->
+    AdamW step -> log -> evaluate -> sample -> save -> stop?
+
+Under mpirun every rank runs the same Trainer; rank 0 alone prepares the data, logs, samples and
+writes checkpoints (`self.main`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import time
+
+import numpy as np
+
+from cllm.config import ModelConfig
+from cllm.errors import CheckpointError, ConfigError, DataError
+from cllm.schedule import UNPLANNED, is_due, lr_at, plan_run
+from cllm.training.config import MODEL_DEFAULTS, TrainConfig
+from cllm.training.data import BatchSampler, load_dataset
+from cllm.training.evaluation import sample_text, validation
+from cllm.training.logbook import Logbook, say
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run training; returns a summary dict (steps, losses, paths)."""
+    return Trainer(cfg).run()
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        from cllm.device import check_training_device
+        from cllm.distributed import world
+        from cllm.runtime import configure_threads, cpu_count
+
+        cfg.validate()
+        self.cfg, self.comm = cfg, world()
+        check_training_device(cfg.device, cfg.dropout, self.comm.local_rank)  # before any data is read
+        self.main = self.comm.is_main
+        self.say = say if self.main else (lambda msg: None)
+        # ranks on one machine share its cores
+        self.threads = configure_threads(cfg.threads or max(1, cpu_count() // self.comm.local_size))
+        if not cfg.resume:  # the model's sizes are checked before any data is read
+            sizes = {k: getattr(cfg, k) or v for k, v in MODEL_DEFAULTS.items()}
+            ModelConfig(vocab_size=1, num_layers=sizes["num_layers"], num_heads=sizes["num_heads"],
+                        embed_dim=sizes["embed_dim"], max_seq_len=sizes["seq_len"])
+        if self.main:
+            open_run_directory(cfg)
+        resume = resume_checkpoint(cfg) if cfg.resume else None
+        init = init_checkpoint(cfg) if cfg.init_from and resume is None else None
+        self._load_data()
+        self._build_model(resume, init)
+        self.micro_batches = cfg.grad_accum * self.comm.size  # per optimizer step, over all processes
+        self.tokens_per_step = self.micro_batches * self.B * self.T
+        steps_per_epoch = len(self.train_tokens) / self.tokens_per_step
+        self.total_steps, self.planner = plan_run(cfg, steps_per_epoch, resume and resume.state, self.step)
+        length = "steps to fill the time budget" if self.planner else self.total_steps
+        self.say(f"[5/5] Training: {length} of {self.micro_batches} x {self.B} x {self.T} tokens "
+                 f"({self.comm.size} process(es) x {self.threads} thread(s), grad-accum {cfg.grad_accum})"
+                 + (f", at most {cfg.max_time:g} s" if cfg.max_time else ""))
+        self.last_saved = self.step if resume is not None else -1
+        self.val_loss, self.history, self.stopped = None, [], False
+
+    # ---------------------------------------------------------------- setup
+    def _load_data(self) -> None:
+        """Rank 0 prepares (or finds in its cache) the dataset; the others then read the same cache."""
+        cfg = self.cfg
+        given_seq_len = cfg.seq_len  # None unless given: an image model's context is one image
+        for flag, default in MODEL_DEFAULTS.items():
+            if getattr(cfg, flag) is None:
+                setattr(cfg, flag, default)
+        if self.main:
+            loaded = load_dataset(cfg)
+        self.comm.barrier()
+        if not self.main:
+            loaded = load_dataset(dataclasses.replace(cfg, progress=False))
+        self.tokenizer, self.train_tokens, self.val_tokens, self.dataset_dir = loaded
+        self.say(f"[3/5] Dataset: {len(self.train_tokens):,} training and {len(self.val_tokens):,} validation "
+                 f"tokens ({self.dataset_dir})")
+        if self.tokenizer.kind == "image":
+            from cllm.vision import image_seq_len
+
+            cfg.seq_len = image_seq_len(self.tokenizer, given_seq_len)
+        self.B, self.T = cfg.batch_size, cfg.seq_len
+        if len(self.val_tokens) < self.T + 1:  # refused now rather than at the first evaluation, after training
+            raise DataError(f"the validation split has {len(self.val_tokens)} tokens, fewer than one window of "
+                            f"--seq-len {self.T} + 1; use more data, a larger --val-fraction or a smaller --seq-len")
+
+    def _build_model(self, resume, init) -> None:
+        """A new model, the resumed one (with its optimizer and data position) or --init-from's weights;
+        every rank then holds rank 0's weights and moments, on the run's device."""
+        from cllm import checkpoint as ck
+        from cllm.device import optimizer_class, to_device
+        from cllm.model import Model
+
+        cfg, B, T = self.cfg, self.B, self.T
+        config = ModelConfig(vocab_size=self.tokenizer.vocab_size, max_seq_len=T, num_layers=cfg.num_layers,
+                             num_heads=cfg.num_heads, embed_dim=cfg.embed_dim)
+        if cfg.init_from:  # the checkpoint's context may be longer than T (GPT-2's 1024 positions)
+            config = (init or resume).model_config
+        config.check_batch(B, T, training=True)
+        self.optimizer = optimizer_class(cfg.device)(lr=cfg.learning_rate, beta1=cfg.beta1, beta2=cfg.beta2,
+                                                     weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
+        self.sampler = BatchSampler(self.train_tokens, B, T, cfg.seed, align=T if self.tokenizer.kind == "image" else 1)
+        self.step, self.best_val, self.elapsed_before = 0, math.inf, 0.0
+        if resume is not None:
+            model = self._resume(resume, config)
+        elif init is not None:
+            model = ck.model_from_checkpoint(init)  # weights only: AdamW's moments start at zero
+            self.say(f"[4/5] Model: {model.num_parameters():,} parameters from {init.path}")
+        else:
+            model = Model(config, seed=cfg.seed)
+            self.say(f"[4/5] Model: {model.num_parameters():,} parameters, {cfg.num_layers} layers, "
+                     f"{cfg.num_heads} heads, {cfg.embed_dim} dims, context {T}, vocab {self.tokenizer.vocab_size}")
+        for buffer in (model.params, model.m, model.v):
+            self.comm.broadcast_(buffer)
+        self.model = to_device(model, cfg.device, self.comm.local_rank)
+
+    def _resume(self, resume, config: ModelConfig):
+        from cllm import checkpoint as ck
+
+        if resume.model_config != config:
+            raise ConfigError(f"cannot resume: the checkpoint's model ({resume.model_config}) differs from this "
+                              f"run's ({config}); the tokenizer or data changed")
+        state = resume.state
+        self.step = int(state.get("step", 0))
+        self.optimizer.t = int(state.get("optimizer_t", self.step))
+        self.sampler.set_state(state["sampler_state"])
+        self.best_val = float(state.get("best_val_loss") or math.inf)
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        self.say(f"[4/5] Model: resumed {resume.path} at step {self.step}")
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.comm.size:
+            self.say(f"note: this checkpoint was written by {saved_world} process(es) and resumes on "
+                     f"{self.comm.size}; the global batch changes accordingly")
+        return ck.model_from_checkpoint(resume)
+
+    # ---------------------------------------------------------------- the loop
+    def run(self) -> dict:
+        cfg = self.cfg
+        self.t_start = time.perf_counter()
+        self.log = Logbook(cfg.checkpoint_dir, self.main, cfg.progress, self.step,
+                           None if self.total_steps == UNPLANNED else self.total_steps)
+        with StopFlag() as stop:
+            try:
+                while self.step < self.total_steps:
+                    t0 = time.perf_counter()
+                    local_loss = self.forward_backward()
+                    loss, stop_now, time_up = self.share(local_loss, stop)
+                    lr = lr_at(self.step, cfg, self.total_steps)
+                    norm = self.optimizer.step(self.model, lr, loss)
+                    self.step += 1
+                    record = {"step": self.step, "train_loss": loss, "lr": lr, "grad_norm": norm,
+                              "tokens_per_sec": self.tokens_per_step / (time.perf_counter() - t0),
+                              "elapsed_s": self.elapsed()}
+                    improved = self.evaluate(record)
+                    self.log.write(record)
+                    self.history.append(record)
+                    self.log.show(record)
+                    if self.main and cfg.sample_interval and self.step % cfg.sample_interval == 0:
+                        self.sample()
+                    interval = is_due(self.step, cfg.checkpoint_interval, 500, self.planner)
+                    if self.main and (interval or improved):  # a new best is always saved: `best` is never stale
+                        self.save("interval" if interval else "best")
+                    if stop_now:
+                        self.stopped = True
+                        break
+                    if time_up:
+                        self.say(f"--max-time {cfg.max_time:g} s reached at step {self.step}")
+                        break
+                self.log.bar.close()
+                self.finish()
+            finally:
+                self.log.close()
+        self.comm.barrier()  # nobody leaves before rank 0 has written the final checkpoint
+        return self.summary()
+
+    def forward_backward(self) -> float:
+        """This rank's micro-batches of the step's global batch: their gradients add up in model.grads,
+        averaged over every micro-batch of every process; returns the sum of this rank's losses."""
+        from cllm.device import average_gradients
+        from kernels.dropout import derive_key
+
+        K, rank = self.cfg.grad_accum, self.comm.rank
+        batches = self.sampler.next_global(self.micro_batches)[rank * K:(rank + 1) * K]
+        self.model.zero_grad()
+        local_loss = 0.0
+        for k, (x, y) in enumerate(batches):
+            # dropout masks of this step and global micro-batch (so each rank's differ; 2 ranks draw
+            # what --grad-accum 2 draws), the same again on resume (kernels/dropout.py)
+            key = derive_key(self.cfg.seed, self.step, rank * K + k)
+            _, loss = self.model.forward(x, y, dropout=self.cfg.dropout, dropout_key=key)
+            self.model.backward()
+            local_loss += loss
+        if self.micro_batches > 1:
+            average_gradients(self.model, self.comm, self.micro_batches)
+        return local_loss
+
+    def share(self, local_loss: float, stop) -> tuple[float, bool, bool]:
+        """One small collective carries what every rank must agree on: (mean loss, Ctrl-C pressed on
+        some rank, time budget used up); a time budget's plan (rank 0's) updates total_steps."""
+        budget = self.cfg.max_time
+        took = time.perf_counter() - self.t_start + (self.elapsed_before if self.planner else 0.0)
+        flags = np.array([local_loss, float(stop.requested), float(budget is not None and took >= budget),
+                          self.planner.total if self.main and self.planner else 0.0], dtype=np.float64)
+        self.comm.allreduce_sum_(flags)
+        if self.planner and int(flags[3]) != self.total_steps:
+            self.total_steps = int(flags[3])
+            self.log.bar.total = None if self.total_steps == UNPLANNED else self.total_steps
+        return flags[0] / self.micro_batches, flags[1] > 0, flags[2] > 0
+
+    def evaluate(self, record: dict) -> bool:
+        """Validate when due (adds val_loss to record); returns whether it is a new best. A time budget's
+        planner measures the validation's cost and revises the plan around it."""
+        self.val_loss, improved = None, False
+        if self.main and self.planner:
+            self.planner.reach(self.step, self.elapsed())
+        if self.main and (is_due(self.step, self.cfg.eval_interval, 250, self.planner) or self.step == self.total_steps):
+            record.update(validation(self.model, self.tokenizer, self.val_tokens, self.B, self.T))
+            self.val_loss = record["val_loss"]
+            improved = self.val_loss < self.best_val
+            self.best_val = min(self.best_val, self.val_loss)
+        if self.main and self.planner:
+            self.planner.after_step(self.step, self.elapsed())
+            record["planned_steps"] = self.planner.planned
+        return improved
+
+    def sample(self) -> None:
+        cfg = self.cfg
+        text = sample_text(self.model, self.tokenizer, cfg.sample_prompt, cfg.sample_tokens, seed=cfg.seed + self.step)
+        self.log.block(f"--- sample at step {self.step} ---\n{cfg.sample_prompt}{text}\n---")
+
+    def save(self, reason: str) -> None:
+        """Checkpoint step_NNNNNN (atomic), then the latest (and best) links, then pruning."""
+        from cllm import checkpoint as ck
+
+        ckdir, name = self.cfg.checkpoint_dir, f"step_{self.step:06d}"
+        state = {"step": self.step, "optimizer_t": self.optimizer.t, "sampler_state": self.sampler.state(),
+                 "best_val_loss": None if self.best_val == math.inf else self.best_val, "val_loss": self.val_loss,
+                 "elapsed_s": self.elapsed(), "world_size": self.comm.size, "dataset_dir": self.dataset_dir,
+                 "reason": reason, "planned_steps": self.planner and self.planner.planned}
+        ck.save_checkpoint(ckdir, name, self.model, self.optimizer, self.tokenizer, self.cfg.to_json(), state)
+        ck.set_pointer(ckdir, "latest", name)
+        if self.val_loss is not None and self.val_loss <= self.best_val:
+            ck.set_pointer(ckdir, "best", name)
+        ck.prune_checkpoints(ckdir, self.cfg.keep_last)
+        self.last_saved = self.step
+
+    def finish(self) -> None:
+        """After the loop: a validation if the last step had none, and a final checkpoint."""
+        if not self.main:
+            return
+        if self.val_loss is None and self.step > 0 and (not self.history or "val_loss" not in self.history[-1]):
+            record = {"step": self.step, **validation(self.model, self.tokenizer, self.val_tokens, self.B, self.T),
+                      "elapsed_s": self.elapsed()}
+            self.val_loss = record["val_loss"]
+            self.best_val = min(self.best_val, self.val_loss)
+            self.log.write(record)
+        if self.step != self.last_saved:
+            self.save("interrupt" if self.stopped else "end")
+
+    def elapsed(self) -> float:
+        """Seconds of the run, across resumes."""
+        return self.elapsed_before + time.perf_counter() - self.t_start
+
+    def summary(self) -> dict:
+        elapsed = time.perf_counter() - self.t_start
+        trained_tokens = len(self.history) * self.tokens_per_step
+        summary = {"steps": self.step, "final_train_loss": self.history[-1]["train_loss"] if self.history else None,
+                   "val_loss": self.val_loss, "best_val_loss": None if self.best_val == math.inf else self.best_val,
+                   "elapsed_s": elapsed, "tokens_per_sec": trained_tokens / elapsed if elapsed > 0 else 0.0,
+                   "checkpoint": os.path.join(self.cfg.checkpoint_dir, "latest"), "interrupted": self.stopped}
+        val = self.val_loss if self.val_loss is not None else float("nan")
+        self.say(f"done: {self.step} steps, val loss {val:.4f}, {summary['tokens_per_sec']:.0f} tokens/s, "
+                 f"{elapsed:.1f} s; checkpoint {summary['checkpoint']}")
+        self.log.plot()
+        return summary
+
+
+def open_run_directory(cfg: TrainConfig) -> None:
+    """Rank 0: the checkpoint directory exists and is writable, holds no temporaries of a killed save,
+    and (without --resume) no other run (cllm/checkpoint.py claim_run_directory)."""
+    from cllm import checkpoint as ck
+
+    ckdir = cfg.checkpoint_dir
+    try:
+        os.makedirs(ckdir, exist_ok=True)
+        probe = os.path.join(ckdir, f".write-test-{os.getpid()}")
+        open(probe, "w").close()
+        os.unlink(probe)
+    except OSError as exc:
+        raise CheckpointError(f"the checkpoint directory {ckdir!r} is not writable ({exc.strerror}); "
+                              "choose another --checkpoint-dir") from exc
+    ck.remove_stale_temporaries(ckdir)
+    if not cfg.resume:
+        ck.claim_run_directory(ckdir, cfg.overwrite, say)
+
+
+def resume_checkpoint(cfg: TrainConfig):
+    """--resume's checkpoint; the run takes its sizes (a size flag that differs is refused)."""
+    from cllm import checkpoint as ck
+
+    path = os.path.join(cfg.checkpoint_dir, cfg.resume) if cfg.resume in ("latest", "best") else cfg.resume
+    resume = ck.load_checkpoint(path, with_optimizer=True)
+    saved = resume.model_config
+    tuned = bool(resume.train_config.get("init_from"))  # fine-tuning trains on a T below the model's context
+    run_T = resume.train_config.get("seq_len") if tuned else saved.max_seq_len
+    for flag, value in cfg.model_flags().items():
+        have = run_T if flag == "seq_len" else getattr(saved, flag)
+        if value is not None and value != have:
+            raise ConfigError(f"cannot resume: the checkpoint has {flag.replace('_', '-')} {have} but "
+                              f"--{flag.replace('_', '-')} {value} was given; drop the flag or start a new "
+                              "--checkpoint-dir")
+    cfg.embed_dim, cfg.num_layers, cfg.num_heads, cfg.seq_len = saved.embed_dim, saved.num_layers, saved.num_heads, run_T
+    if tuned:
+        cfg.init_from = resume.path  # its data is encoded with the checkpoint's tokenizer
+    return resume
+
+
+def init_checkpoint(cfg: TrainConfig):
+    """--init-from's checkpoint; the run takes its sizes (a size flag that differs is refused) and a
+    --seq-len up to its context."""
+    from cllm.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(cfg.init_from)
+    saved = ckpt.model_config
+    for flag in ("embed_dim", "num_layers", "num_heads"):
+        value = getattr(cfg, flag)
+        if value is not None and value != getattr(saved, flag):
+            raise ConfigError(f"--init-from {cfg.init_from} has {flag.replace('_', '-')} {getattr(saved, flag)}, not "
+                              f"{value}; drop --{flag.replace('_', '-')}")
+    cfg.embed_dim, cfg.num_layers, cfg.num_heads = saved.embed_dim, saved.num_layers, saved.num_heads
+    cfg.seq_len = cfg.seq_len or min(MODEL_DEFAULTS["seq_len"], saved.max_seq_len)
+    return ckpt
+
+
+class StopFlag:
+    """Ctrl-C asks the loop to stop after the current step (so a checkpoint is consistent);
+    a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        say("interrupt: finishing this step and saving a checkpoint (Ctrl-C again to abort)")
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
