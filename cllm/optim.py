@@ -12,7 +12,7 @@ from cllm.model import MATRIX_PARAMS, Model
 @dataclasses.dataclass
 class AdamW:
     # The class's own defaults are GPT-2 / llm.c's; `cli.py train` passes its measured ones
-    # (TrainConfig in cllm/training.py: weight decay 0, beta2 0.999, clip 5).
+    # (TrainConfig in cllm/training/config.py: weight decay 0, beta2 0.999, clip 5).
     lr: float = 1e-3
     beta1: float = 0.9
     beta2: float = 0.95

@@ -166,7 +166,7 @@ def test_bad_values_and_flags_are_one_clear_error():
 
 
 def test_every_flag_maps_to_a_field_of_the_same_name():
-    """train's flags are TrainConfig's fields, name for name (cllm/training.py is their one home)."""
+    """train's flags are TrainConfig's fields, name for name (cllm/training/config.py is their one home)."""
     import dataclasses
 
     from cllm.training import TrainConfig

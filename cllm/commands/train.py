@@ -1,6 +1,6 @@
-"""`python cli.py train [DATA] [flags]`: train a GPT; see cllm/training.py for the loop.
+"""`python cli.py train [DATA] [flags]`: train a GPT; see cllm/training/trainer.py for the loop.
 
-The flags are TrainConfig's fields (cllm/training.py), each with its default and meaning there."""
+The flags are TrainConfig's fields (cllm/training/config.py), each with its default and meaning there."""
 from cllm.training import TrainConfig as OPTIONS  # noqa: F401 (the name run_command looks for)
 
 
