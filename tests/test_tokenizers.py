@@ -325,7 +325,7 @@ TRICKY = list("aZ1 \t\n\r'sSldvemtr.,!ſ_-9٣") + ["😀", "é", "\u0301", "\u00
 def test_numba_pre_split_matches_regex(text):
     import numpy as np
 
-    from cllm.tokenizers import bpe_kernels as K
+    from kernels import bpe_split as K
     from cllm.tokenizers.bpe import char_classes
 
     cps = np.frombuffer(text.encode("utf-32-le"), np.uint32)

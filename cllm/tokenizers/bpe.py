@@ -6,7 +6,7 @@ an id, so decode(encode(s)) == s for every Unicode string.
 
 Text is first pre-split by a regex (GPT-4's pattern by default, "gpt2" available) into chunks that
 merges never cross. Training counts the distinct chunks once (a Counter, streamed over documents)
-and hands them to `bpe_kernels` which keeps the pair counts up to date per merge. Encoding maps each
+and hands them to kernels/bpe_train.py which keeps the pair counts up to date per merge. Encoding maps each
 chunk through a cache (chunk string -> ids); the misses are encoded together by one kernel call.
 
 Special tokens (default `<|endoftext|>`, which is both BOS and EOS as in GPT-2) are NOT recognised
@@ -53,7 +53,7 @@ _CLASSES = None
 
 
 def char_classes() -> np.ndarray:
-    """(0x110000,) uint8 class bits per code point for the Numba pre-split (see bpe_kernels),
+    """(0x110000,) uint8 class bits per code point for the Numba pre-split (kernels/bpe_split.py),
     computed once per process from the `regex` module's own letter, number and space classes, a block
     of code points at a time (all of them in one string would take ~100 MB while it is built)."""
     global _CLASSES
@@ -108,7 +108,7 @@ def _count_chunks_regex(texts, pattern, gpt4, progress):
 
 def _count_chunks_numba(texts, pattern, gpt4, progress):
     """The same for the built-in patterns, pre-split and counted by Numba kernels."""
-    from cllm.tokenizers import bpe_kernels as K
+    from kernels import bpe_split as K
 
     cls = char_classes()
     table = K.new_chunk_cache()
@@ -203,7 +203,7 @@ class BPETokenizer(Tokenizer):
         iterable of strings, read once). Ties between equally frequent pairs go to the smaller
         (left id, right id), so training is deterministic. Stops early (with fewer ids) when every
         chunk has become a single token."""
-        from cllm.tokenizers import bpe_kernels as K
+        from kernels import bpe_train as K
 
         special_tokens = list(dict.fromkeys(special_tokens or ()))
         if vocab_size is None or vocab_size < 256 + len(special_tokens):
@@ -289,7 +289,7 @@ class BPETokenizer(Tokenizer):
 
     # ---- encoding / decoding ------------------------------------------------------------------
     def _merge_table(self):
-        from cllm.tokenizers import bpe_kernels as K
+        from kernels import bpe_encode as K
 
         if self._ranks is None:
             m = np.asarray(self.merges, np.int32).reshape(-1, 2)
@@ -298,7 +298,7 @@ class BPETokenizer(Tokenizer):
 
     def _encode_chunks(self, chunks: list[str]) -> list[tuple]:
         """Encode distinct chunk strings with one kernel call (the regex path)."""
-        from cllm.tokenizers import bpe_kernels as K
+        from kernels import bpe_encode as K
 
         bs = [c.encode("utf-8") for c in chunks]
         offsets = np.zeros(len(bs) + 1, np.int64)
@@ -327,7 +327,7 @@ class BPETokenizer(Tokenizer):
     def _reserve_cache(self, n: int) -> None:
         """Make room in the Numba chunk cache for the chunks of n more code points; past
         CACHE_LIMIT entries (or 64 MiB of pool) it starts again empty, bounding memory."""
-        from cllm.tokenizers import bpe_kernels as K
+        from kernels import bpe_split as K
 
         kc = self._kcache
         if kc is None or kc["state"][0] >= CACHE_LIMIT or kc["state"][1] >= (1 << 24):
@@ -343,7 +343,7 @@ class BPETokenizer(Tokenizer):
                 kc[name] = b
 
     def _encode_fast(self, text: str) -> np.ndarray:
-        from cllm.tokenizers import bpe_kernels as K
+        from kernels import bpe_encode as K
 
         try:
             cps = np.frombuffer(text.encode("utf-32-le"), np.uint32)  # (n,) code points

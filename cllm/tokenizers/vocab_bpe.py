@@ -127,8 +127,7 @@ class VocabBPETokenizer(BPETokenizer):
         super()._reserve_cache(n)
 
     def _seeded_cache(self) -> dict:
-        from cllm.tokenizers import bpe_kernels as K
-        from cllm.tokenizers import vocab_bpe_kernels as VK
+        from kernels import bpe_encode, bpe_split
 
         whole = self._whole()
         text = "".join(whole)
@@ -136,9 +135,9 @@ class VocabBPETokenizer(BPETokenizer):
         offsets = np.zeros(len(whole) + 1, np.int64)
         np.cumsum([len(t) for t in whole], out=offsets[1:])
         ids = np.fromiter(whole.values(), np.int32, len(whole))
-        pool_cps, pool_ids, ent = VK.empty_pools(len(ids), len(cps))
-        kc = {"dict": K.new_chunk_cache(), "state": np.zeros(3, np.int64), "cps": pool_cps, "ids": pool_ids, "ent": ent}
-        VK.seed_chunk_cache(kc["dict"], kc["state"], pool_cps, pool_ids, ent, cps, offsets, ids)
+        pool_cps, pool_ids, ent = _empty_pools(len(ids), len(cps))
+        kc = {"dict": bpe_split.new_chunk_cache(), "state": np.zeros(3, np.int64), "cps": pool_cps, "ids": pool_ids, "ent": ent}
+        bpe_encode.seed_chunk_cache(kc["dict"], kc["state"], pool_cps, pool_ids, ent, cps, offsets, ids)
         return kc
 
     def _encode_text(self, text: str) -> np.ndarray:
@@ -278,3 +277,10 @@ def _internal_merges(vocab: dict[bytes, int], merges) -> list[tuple[int, int]]:
             raise TokenizerFileError(f"merge {k + 1} uses {part!r}, which only a later merge makes; "
                                      "CLLM reads BPE merges in the order they were learned")
     return out
+
+
+def _empty_pools(n_tokens: int, n_cps: int):
+    """The chunk cache's pools (code points, ids, entries) sized for the whole-vocabulary seeds of
+    kernels/bpe_encode.py seed_chunk_cache plus room to grow."""
+    return (np.empty(n_cps + (1 << 16), np.uint32), np.empty(n_tokens + (1 << 16), np.int32),
+            np.empty((n_tokens + (1 << 12), 4), np.int64))

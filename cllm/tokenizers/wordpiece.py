@@ -20,7 +20,7 @@ all 1.1M code points against `tokenizers` at once.
 
 Training (train): the words of the corpus are counted once; every word starts as its characters
 ("c", "##c", ...); the pair with the highest count(ab) / (count(a) count(b)) merges until the
-vocabulary has `vocab_size` tokens (wordpiece_kernels.py keeps all counts up to date per merge).
+vocabulary has `vocab_size` tokens (kernels/wordpiece.py keeps all counts up to date per merge).
 """
 from __future__ import annotations
 
@@ -424,7 +424,7 @@ def _hash(s: str) -> np.uint64:
 
 def _learn(counts: Counter, specials: list[str], vocab_size: int, frequency: bool, progress: bool):
     """(tokens in id order, merges made, alphabet size): the Numba merge loop over the words."""
-    from cllm.tokenizers import wordpiece_kernels as K
+    from kernels import wordpiece as K
 
     words = list(counts)
     wcount = np.fromiter(counts.values(), np.int64, len(words))
