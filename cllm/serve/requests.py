@@ -1,0 +1,218 @@
+"""Request parsing and validation for the server: a JSON body in, a checked request out, or APIError(400)
+naming the first bad field (OpenAI's error shape; cllm/serve/server.py turns it into the response).
+
+    parse_completion_request(body, settings) -> CompletionRequest     POST /v1/completions
+    parse_image_request(body, settings, tok) -> (n, label, ...)        POST /v1/images/generations
+
+Checks run in a fixed order (the body's keys, the OpenAI no-ops, the prompt, sampling, stop strings,
+stream options, the choice limits), so the field an error names does not depend on the body's key order.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import TYPE_CHECKING
+
+from cllm.serve.engine import CompletionRequest
+
+if TYPE_CHECKING:
+    from cllm.serve.server import ServerSettings
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type_: str = "invalid_request_error", headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.type, self.headers = type_, headers
+
+
+_OPENAI_NOOPS = {  # accepted for compatibility, only at values that change nothing
+    "logprobs": (None, 0), "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0),
+    "logit_bias": (None, {}), "suffix": (None, ""), "best_of": None, "user": None,
+}
+_FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "n", "stream", "top_k",
+           "repeat_penalty", "beam_width", "echo", "ignore_eos", "stream_options", *_OPENAI_NOOPS}
+_IMAGE_FIELDS = {"n", "class", "temperature", "top_k", "top_p", "seed", "grid", "response_format", "model", "size"}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_seed(v) -> bool:
+    return v is None or (_is_int(v) and 0 <= v < 2 ** 63)
+
+
+def bad_value(param, message):
+    raise APIError(400, message, param=param, code="invalid_value")
+
+
+def check_fields(body, fields, docs: str) -> None:
+    """APIError(400) unless the body is a JSON object whose keys all are in `fields` (described in `docs`)."""
+    if not isinstance(body, dict):
+        bad_value(None, "the request body must be a JSON object")
+    for key in body:
+        if key not in fields:
+            bad_value(key, f"unknown field {key!r}; see {docs}")
+
+
+# ---------------------------------------------------------------------------------- completions
+def parse_completion_request(body: dict, settings: ServerSettings) -> CompletionRequest:
+    """A CompletionRequest from a decoded JSON body; APIError(400) naming the first bad field."""
+    check_fields(body, _FIELDS, "GET /v1/models and the documentation of /v1/completions")
+    _check_openai_fields(body)
+    prompts = _parse_prompts(body, settings)
+    sampling = _parse_sampling(body, settings)
+    n, beam_width, stream = sampling["n"], sampling["beam_width"], sampling["stream"]
+    best_of = body.get("best_of")
+    if best_of is not None and best_of != n:
+        bad_value("best_of", "'best_of' is not supported (only null or equal to 'n')")
+    stops = _parse_stops(body)
+    include_usage = _parse_stream_options(body, stream)
+    _check_choice_limits(n, beam_width, len(prompts), settings)
+    return CompletionRequest(prompts=prompts, stop=stops, include_usage=include_usage, **sampling)
+
+
+def _check_openai_fields(body: dict) -> None:
+    """OpenAI's fields this server accepts only at values that change nothing, and 'user' and 'model'."""
+    for key, allowed in _OPENAI_NOOPS.items():
+        if key in body and allowed is not None and body[key] not in allowed:
+            bad_value(key, f"{key!r} is not supported by this server (only {allowed[0]!r} or {allowed[-1]!r})")
+    if "user" in body and not isinstance(body["user"], str):
+        bad_value("user", "'user' must be a string")
+    if "model" in body and body["model"] is not None and not isinstance(body["model"], str):
+        bad_value("model", "'model' must be a string")
+
+
+def _parse_prompts(body: dict, settings: ServerSettings) -> list[str]:
+    """'prompt' as a list of strings (a string is a list of one), each within the server's length limit."""
+    prompt = body.get("prompt", "")
+    if isinstance(prompt, str):
+        prompts = [prompt]
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        prompts = list(prompt)
+    else:
+        bad_value("prompt", "'prompt' must be a string or a non-empty list of strings")
+    for p in prompts:
+        if len(p) > settings.max_prompt_chars:
+            raise APIError(400, f"'prompt' has {len(p)} characters; this server accepts at most "
+                                f"{settings.max_prompt_chars}", param="prompt", code="prompt_too_long")
+    return prompts
+
+
+def _get(body: dict, name: str, default, check, what: str):
+    """body[name] (null or absent: `default`), or APIError(400) saying it must be `what`."""
+    v = body.get(name, default)
+    if v is None:
+        v = default
+    if not check(v):
+        bad_value(name, f"{name!r} must be {what}, got {json.dumps(v)}")
+    return v
+
+
+def _parse_sampling(body: dict, settings: ServerSettings) -> dict:
+    """The CompletionRequest fields of generation: max_tokens, the sampling settings, n, beam_width and
+    the stream/echo/ignore_eos switches, each checked (the keywords of CompletionRequest)."""
+    max_tokens = _get(body, "max_tokens", 16, lambda v: _is_int(v) and v >= 0, "a non-negative integer")
+    if max_tokens > settings.max_tokens_cap:
+        raise APIError(400, f"'max_tokens' is {max_tokens}; this server allows at most {settings.max_tokens_cap}",
+                       param="max_tokens", code="max_tokens_too_large")
+    temperature = float(_get(body, "temperature", 1.0, lambda v: _is_number(v) and 0 <= v <= 2,
+                             "a number in [0, 2]"))
+    top_p = float(_get(body, "top_p", 1.0, lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"))
+    top_k = _get(body, "top_k", 0, lambda v: _is_int(v) and v >= 0, "a non-negative integer (0 disables it)")
+    repeat_penalty = float(_get(body, "repeat_penalty", 1.0, lambda v: _is_number(v) and v > 0,
+                                "a positive number"))
+    seed = body.get("seed")
+    if not _is_seed(seed):
+        bad_value("seed", f"'seed' must be a non-negative integer or null, got {json.dumps(seed)}")
+    n = _get(body, "n", 1, lambda v: _is_int(v) and v >= 1, "a positive integer")
+    beam_width = _get(body, "beam_width", 0, lambda v: _is_int(v) and v >= 0,
+                      "a non-negative integer (0: sampling)")
+    stream = _get(body, "stream", False, lambda v: isinstance(v, bool), "true or false")
+    echo = _get(body, "echo", False, lambda v: isinstance(v, bool), "true or false")
+    ignore_eos = _get(body, "ignore_eos", False, lambda v: isinstance(v, bool), "true or false")
+    return dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                repeat_penalty=repeat_penalty, seed=seed, n=n, stream=stream, beam_width=beam_width, echo=echo,
+                ignore_eos=ignore_eos)
+
+
+def _parse_stops(body: dict) -> list[str]:
+    """'stop' as a list of at most 4 non-empty strings (null: none)."""
+    stop = body.get("stop")
+    if stop is None:
+        stops = []
+    elif isinstance(stop, str):
+        stops = [stop]
+    elif isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop):
+        stops = list(stop)
+    else:
+        bad_value("stop", "'stop' must be a string, a list of at most 4 strings, or null")
+    if any(not s for s in stops):
+        bad_value("stop", "'stop' strings must not be empty")
+    return stops
+
+
+def _parse_stream_options(body: dict, stream: bool) -> bool:
+    """'stream_options' -> include_usage (only with 'stream': true)."""
+    options = body.get("stream_options")
+    include_usage = False
+    if options is not None:
+        if (not isinstance(options, dict) or set(options) - {"include_usage"}
+                or not isinstance(options.get("include_usage", False), bool)):
+            bad_value("stream_options", "'stream_options' must be null or {\"include_usage\": true|false}")
+        if not stream:
+            bad_value("stream_options", "'stream_options' is only allowed with 'stream': true")
+        include_usage = options.get("include_usage", False)
+    return include_usage
+
+
+def _check_choice_limits(n: int, beam_width: int, n_prompts: int, settings: ServerSettings) -> None:
+    """The server's limit on choices per request (n x prompts, and beams) and n within the beams."""
+    if beam_width and n > beam_width:
+        bad_value("n", f"'n' ({n}) cannot exceed 'beam_width' ({beam_width})")
+    if beam_width > settings.max_n:
+        bad_value("beam_width", f"'beam_width' must be at most {settings.max_n}")
+    if n * n_prompts > settings.max_n:
+        bad_value("n", f"'n' x prompts is {n * n_prompts}; this server allows at most {settings.max_n} choices "
+                       "per request")
+
+
+# ---------------------------------------------------------------------------------- images
+def parse_image_request(body, settings: ServerSettings, tok):
+    """(n, label, temperature, top_k, top_p, seed, grid) of an image request for the ImageTokenizer `tok`
+    (cllm/vision/serve.py documents the fields); APIError(400) naming the first bad field."""
+    check_fields(body, _IMAGE_FIELDS, "the documentation of /v1/images/generations (cllm/vision/serve.py)")
+    if body.get("response_format", "b64_json") not in ("b64_json", None):
+        bad_value("response_format", "only 'b64_json' is supported (the PNG itself, base64-encoded)")
+    size = f"{tok.width}x{tok.height}"
+    if body.get("size") not in (None, size):
+        bad_value("size", f"this model makes {size} images only")
+    n = body.get("n", 1)
+    if not _is_int(n) or not 1 <= n <= settings.max_n:
+        bad_value("n", f"'n' must be an integer from 1 to {settings.max_n}")
+    temperature = body.get("temperature", 1.0)
+    if not _is_number(temperature) or not 0 <= temperature <= 2:
+        bad_value("temperature", "'temperature' must be a number in [0, 2]")
+    top_k, top_p, seed = body.get("top_k", 0), body.get("top_p", 1.0), body.get("seed")
+    if not _is_int(top_k) or top_k < 0:
+        bad_value("top_k", "'top_k' must be a non-negative integer")
+    if not _is_number(top_p) or not 0 < top_p <= 1:
+        bad_value("top_p", "'top_p' must be a number in (0, 1]")
+    if not _is_seed(seed):
+        bad_value("seed", "'seed' must be a non-negative integer or null")
+    label = body.get("class")
+    if label is not None:
+        if not tok.labelled:
+            bad_value("class", "this model was trained without classes; leave out 'class'")
+        if str(label) not in tok.classes:
+            bad_value("class", f"unknown class {label!r}; this model knows {', '.join(tok.classes[:30])}")
+        label = str(label)
+    if not isinstance(body.get("grid", False), bool):
+        bad_value("grid", "'grid' must be true or false")
+    return n, label, float(temperature), top_k, float(top_p), seed, body.get("grid", False)

@@ -1,0 +1,159 @@
+"""A completion's HTTP response, from the events its worker thread emits: one JSON body, or server-sent
+events as the text arrives (cllm/serve/server.py's `completions` starts the worker and picks one).
+
+The worker (Engine.run) emits ("delta", index, text), ("done", index, finish_reason, n_tokens) and, last,
+("end",) into an EventChannel; the coroutine here takes them in batches.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import threading
+
+from aiohttp import web
+
+from cllm.serve.requests import APIError
+
+LOG = logging.getLogger("cllm.serve")  # the server's logger (cllm/serve/server.py)
+
+
+async def _result(future) -> dict:
+    """The worker's result; a failure inside generation is a 500 in OpenAI's error shape."""
+    try:
+        return await future
+    except Exception as exc:  # noqa: BLE001 (whatever broke, the client gets JSON, the log the traceback)
+        LOG.exception("generation failed")
+        raise APIError(500, f"generation failed: {exc.__class__.__name__}: {exc}", code="generation_failed",
+                       type_="server_error") from None
+
+
+def _usage(result: dict) -> dict:
+    return {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"],
+            "total_tokens": result["prompt_tokens"] + result["completion_tokens"]}
+
+
+class EventChannel:
+    """Events from a worker thread to the request's coroutine. The worker appends to a deque and
+    wakes the event loop only when it is not already due to wake (one wake-up per batch of tokens,
+    not per token: what a busy loop has not picked up yet is picked up together)."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.items: collections.deque = collections.deque()
+        self.lock = threading.Lock()
+        self.scheduled = False
+        self.ready = asyncio.Event()
+        self.ended = False
+
+    def put(self, *event) -> None:  # any thread
+        with self.lock:
+            self.items.append(event)
+            if self.scheduled:
+                return
+            self.scheduled = True
+        self.loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        with self.lock:
+            self.scheduled = False
+        self.ready.set()
+
+    async def get_batch(self) -> list[tuple]:
+        """Every event so far (at least one); `ended` turns true with the final "end" event."""
+        while True:
+            with self.lock:
+                batch = list(self.items)
+                self.items.clear()
+            if batch:
+                self.ended = self.ended or batch[-1][0] == "end"
+                return batch
+            self.ready.clear()
+            await self.ready.wait()
+
+
+async def collect_response(request, req, events, future, meta):
+    texts: dict[int, list[str]] = {}
+    reasons: dict[int, str] = {}
+    while True:
+        for event in await events.get_batch():
+            if event[0] == "delta":
+                texts.setdefault(event[1], []).append(event[2])
+            elif event[0] == "done":
+                reasons[event[1]] = event[2]
+        if events.ended:
+            break
+    result = await _result(future)
+    if result["cancelled"] and (request.transport is None or request.transport.is_closing()):
+        _log_dropped(request, future, meta)
+    choices = [{"text": "".join(texts.get(i, [])), "index": i, "logprobs": None, "finish_reason": reasons.get(i)}
+               for i in sorted(set(texts) | set(reasons))]
+    return web.json_response({**meta, "choices": choices, "usage": _usage(result)})
+
+
+async def stream_response(request, req, events, future, cancel, meta):
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+
+    async def send(obj) -> None:
+        data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
+        await response.write(f"data: {data}\n\n".encode())
+
+    def chunk(index, text, reason):
+        return {**meta, "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": reason}]}
+
+    try:
+        ended = False
+        while not ended:
+            # everything the worker produced since the last write goes out together: consecutive
+            # pieces of text of one choice become one chunk (fewer writes when the loop is busy)
+            batch = await events.get_batch()
+            pending = None  # [index, text] not yet sent
+            for event in batch:
+                if event[0] == "delta" and pending is not None and pending[0] == event[1]:
+                    pending[1] += event[2]
+                    continue
+                if pending is not None:
+                    await send(chunk(pending[0], pending[1], None))
+                    pending = None
+                if event[0] == "delta":
+                    pending = [event[1], event[2]]
+                elif event[0] == "done":
+                    await send(chunk(event[1], "", event[2]))
+                elif event[0] == "end":
+                    ended = True
+            if pending is not None:
+                await send(chunk(pending[0], pending[1], None))
+        try:
+            result = await _result(future)
+        except APIError as exc:  # the headers are sent: the error goes into the stream
+            await send({"error": {"message": exc.message, "type": exc.type, "param": None, "code": exc.code}})
+            await send("[DONE]")
+            await response.write_eof()
+            return response
+        if req.include_usage:
+            await send({**meta, "choices": [], "usage": _usage(result)})
+        await send("[DONE]")
+        await response.write_eof()
+    except (ConnectionResetError, asyncio.CancelledError) as exc:
+        # the client went away: a write failed (aiohttp's ClientConnectionResetError: no traceback, it is not
+        # the server's error) or the server cancelled this handler (re-raised, as cancellation must be)
+        cancel.set()
+        _log_dropped(request, future, meta)
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+    return response
+
+
+def _log_dropped(request, future, meta) -> None:
+    """One line once the worker of a dropped request has stopped (within one decoding step)."""
+    peer = request.remote or "a client"
+
+    def report(f) -> None:
+        done = not f.cancelled() and f.exception() is None
+        tokens = f"{f.result()['completion_tokens']} tokens" if done else "its tokens"
+        LOG.warning("%s disconnected: generation %s cancelled after %s", peer, meta["id"], tokens)
+
+    future.add_done_callback(report)
