@@ -132,7 +132,8 @@ def _load_cached(out_dir: str, key: str):
         return None
     train_path, val_path = os.path.join(out_dir, "train.bin"), os.path.join(out_dir, "val.bin")
     try:
-        if read_token_header(train_path)["count"] != meta["train_tokens"] or read_token_header(val_path)["count"] != meta["val_tokens"]:
+        if (read_token_header(train_path)["count"] != meta["train_tokens"]
+                or read_token_header(val_path)["count"] != meta["val_tokens"]):
             return None
         tok = load_tokenizer(os.path.join(out_dir, "tokenizer.json"))
     except (CLLMError, KeyError):
@@ -155,8 +156,8 @@ def refuse_foreign_directory(out_dir: str) -> None:
                         "choose a new or empty --out")
 
 
-def prepare_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int | None = None, val_fraction: float = 0.1,
-                    encoding: str = "auto", dedupe: bool = True, progress: bool = True, llmc: bool = False,
+def prepare_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int | None = None,
+                    val_fraction: float = 0.1, encoding: str = "auto", dedupe: bool = True, progress: bool = True, llmc: bool = False,
                     bpe_pattern: str = "gpt4", force: bool = False, image: dict | None = None,
                     **cleaning) -> PreparedDataset:
     """Clean, tokenize and split the corpus at `data_path` into `out_dir` (see the module doc).
@@ -166,31 +167,15 @@ def prepare_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int
     encoded with it and none is trained. A folder of
     images (or tokenizer "image") becomes an image dataset (cllm/vision/dataset.py) with the
     `image` options: image_size, grayscale, palette."""
-    from cllm.tokenizers import train_tokenizer
     from cllm.vision.dataset import is_image_source, prepare_image_dataset
 
     if tokenizer == "image" or is_image_source(data_path):
         return prepare_image_dataset(data_path, out_dir, val_fraction=val_fraction, force=force, progress=progress,
                                      **(image or {}))
 
-    if isinstance(tokenizer, str) and tokenizer not in KINDS and os.path.exists(tokenizer):
-        from cllm.tokenizers.imports import import_tokenizer
-
-        tokenizer = import_tokenizer(tokenizer)  # a tokenizer file: CLLM's, HuggingFace's, BERT's, GPT-2's, tiktoken's
-    given, tokenizer = (None, tokenizer) if isinstance(tokenizer, str) else (tokenizer, tokenizer.kind)
-    if tokenizer not in KINDS and given is None:
-        raise TokenizerError(f"unknown tokenizer {tokenizer!r}; choose one of: {', '.join(KINDS)}, or give a tokenizer file")
-    if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int)):
-        raise TokenizerError(f"vocab size must be an integer, got {vocab_size!r}")
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
-        raise DataError(f"val fraction must be a number in [0, 1), got {val_fraction!r}; e.g. --val-fraction 0.1")
+    given, tokenizer = _resolve_tokenizer(tokenizer, vocab_size, val_fraction)
     corpus = open_corpus(data_path, encoding=encoding, dedupe=dedupe, progress=progress, **cleaning)
-    options = {"tokenizer": tokenizer, "vocab_size": vocab_size, "val_fraction": float(val_fraction), "encoding": encoding,
-               "dedupe": bool(dedupe), "cleaning": corpus.cleaning}
-    if tokenizer == "bpe":
-        options["bpe_pattern"] = bpe_pattern
-    if given is not None:  # the cache is valid for this tokenizer only
-        options["tokenizer_sha256"] = hashlib.sha256(json.dumps(given._to_dict(), sort_keys=True).encode()).hexdigest()
+    options = _dataset_options(corpus, tokenizer, given, vocab_size, val_fraction, encoding, dedupe, bpe_pattern)
     key = _hash_inputs(corpus, options) if corpus.files else ""
     out_dir = os.fspath(out_dir)
     if not force and corpus.files:
@@ -200,6 +185,62 @@ def prepare_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int
                 _write_llmc(cached)
             return cached
 
+    meta_path = _claim_output_dir(out_dir)
+    t0 = time.perf_counter()
+    tok = _train_pass(corpus, tokenizer, given, vocab_size, bpe_pattern, progress)
+    stats, lengths = corpus.stats, corpus.doc_lengths  # pass 1's (pass 2 makes new ones)
+    plan = _split_plan(lengths, val_fraction)  # where val starts
+    eos = tok.eos_id if given is not None or tokenizer in ("word", "bpe", "wordpiece") else None
+    train_path, val_path = os.path.join(out_dir, "train.bin"), os.path.join(out_dir, "val.bin")
+    wt, wv = _encode_pass(corpus, tok, train_path, val_path, plan, eos, len(lengths), progress)
+    if wt.count == 0:
+        raise EmptyCorpusError(f"the corpus at {data_path} gives no training tokens; give it more text or lower "
+                               "--val-fraction")
+    if val_fraction > 0 and wv.count == 0:
+        raise EmptyCorpusError(f"the corpus at {data_path} is too small for a validation split; give it more text or "
+                               "use --val-fraction 0")
+    tok.save(os.path.join(out_dir, "tokenizer.json"))
+    meta = _dataset_meta(data_path, key, tokenizer, tok, wt, wv, plan, len(lengths), options, stats)
+    meta["seconds"] = round(time.perf_counter() - t0, 3)
+    ds = PreparedDataset(out_dir, tok, train_path, val_path, meta)
+    if llmc:
+        _write_llmc(ds)
+    atomic_write_text(meta_path, json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+    return ds
+
+
+def _resolve_tokenizer(tokenizer, vocab_size, val_fraction) -> tuple[object | None, str]:
+    """(the given Tokenizer or None, the tokenizer kind), after checking the kind, vocab size and val fraction.
+    `tokenizer` is a kind, a tokenizer file (imported) or a trained Tokenizer."""
+    if isinstance(tokenizer, str) and tokenizer not in KINDS and os.path.exists(tokenizer):
+        from cllm.tokenizers.imports import import_tokenizer
+
+        tokenizer = import_tokenizer(tokenizer)  # a tokenizer file: CLLM's, HuggingFace's, BERT's, GPT-2's, tiktoken's
+    given, tokenizer = (None, tokenizer) if isinstance(tokenizer, str) else (tokenizer, tokenizer.kind)
+    if tokenizer not in KINDS and given is None:
+        raise TokenizerError(f"unknown tokenizer {tokenizer!r}; choose one of: {', '.join(KINDS)}, "
+                             "or give a tokenizer file")
+    if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int)):
+        raise TokenizerError(f"vocab size must be an integer, got {vocab_size!r}")
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
+        raise DataError(f"val fraction must be a number in [0, 1), got {val_fraction!r}; e.g. --val-fraction 0.1")
+    return given, tokenizer
+
+
+def _dataset_options(corpus, tokenizer: str, given, vocab_size, val_fraction, encoding, dedupe, bpe_pattern) -> dict:
+    """The options the dataset depends on (meta.json's "options", hashed into the cache key)."""
+    options = {"tokenizer": tokenizer, "vocab_size": vocab_size, "val_fraction": float(val_fraction),
+               "encoding": encoding, "dedupe": bool(dedupe), "cleaning": corpus.cleaning}
+    if tokenizer == "bpe":
+        options["bpe_pattern"] = bpe_pattern
+    if given is not None:  # the cache is valid for this tokenizer only
+        options["tokenizer_sha256"] = hashlib.sha256(json.dumps(given._to_dict(), sort_keys=True).encode()).hexdigest()
+    return options
+
+
+def _claim_output_dir(out_dir: str) -> str:
+    """Make out_dir ready to be (re)built: refuse foreign files, create it, delete its meta.json (from here on
+    the directory is not a valid cache until the build finishes). Returns meta.json's path."""
     refuse_foreign_directory(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)
@@ -208,9 +249,13 @@ def prepare_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int
             os.unlink(meta_path)  # from here on the directory is not a valid cache until we finish
     except OSError as exc:
         raise DataError(f"cannot write to output directory {out_dir}: {exc.strerror}; choose another --out") from None
+    return meta_path
 
-    t0 = time.perf_counter()
-    # pass 1: train the tokenizer (fills corpus.stats and corpus.doc_lengths)
+
+def _train_pass(corpus, tokenizer: str, given, vocab_size, bpe_pattern: str, progress: bool):
+    """Pass 1: train the tokenizer (or use the given one); fills corpus.stats and corpus.doc_lengths."""
+    from cllm.tokenizers import train_tokenizer
+
     kw = {"progress": progress}
     if tokenizer == "bpe":
         kw["pattern"] = bpe_pattern
@@ -221,18 +266,16 @@ def prepare_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int
             pass
         tok = given
     _release_free_memory()
-    stats = corpus.stats
-    lengths = corpus.doc_lengths
-    n_docs = len(lengths)
+    return tok
 
-    # where val starts: see _split_plan
-    first_val, straddle, straddle_frac = _split_plan(lengths, val_fraction)
-    eos = tok.eos_id if given is not None or tokenizer in ("word", "bpe", "wordpiece") else None
 
-    # pass 2: encode each document into train.bin / val.bin
+def _encode_pass(corpus, tok, train_path: str, val_path: str, plan: tuple[int, int, float], eos, n_docs: int,
+                 progress: bool):
+    """Pass 2: encode each of the `n_docs` documents into train.bin / val.bin as `plan` (_split_plan's)
+    splits them; returns the two (closed) TokenFileWriters, whose counts and dtype meta.json records."""
     from tqdm import tqdm
 
-    train_path, val_path = os.path.join(out_dir, "train.bin"), os.path.join(out_dir, "val.bin")
+    first_val, straddle, straddle_frac = plan
     V = tok.vocab_size
     with TokenFileWriter(train_path, V) as wt, TokenFileWriter(val_path, V) as wv, \
             tqdm(total=n_docs, unit="doc", desc="encoding", disable=None if progress else True, leave=False) as bar:
@@ -241,18 +284,8 @@ def prepare_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int
         for i, doc in enumerate(corpus):
             # ids piece by piece ((tokens,) int32 each, see Tokenizer.encode_pieces), EOS (if any) after them
             end = [] if eos is None else [eos]
-            if i == straddle:  # split this document by token position: count its tokens first
-                seen = tok._encoded_tokens, tok._encoded_unknown
-                n_doc = sum(len(a) for a in tok.encode_pieces(doc))
-                tok._encoded_tokens, tok._encoded_unknown = seen
-                n_train = int((n_doc + len(end)) * straddle_frac)
-                done = 0
-                for a in tok.encode_pieces(doc):
-                    k = min(max(n_train - done, 0), len(a))
-                    wt.write(a[:k])
-                    wv.write(a[k:])
-                    done += len(a)
-                (wv if n_train <= n_doc else wt).write(end)
+            if i == straddle:
+                _encode_split_document(tok, doc, end, straddle_frac, wt, wv)
             else:
                 w = wt if i < first_val else wv
                 for a in tok.encode_pieces(doc):
@@ -264,18 +297,36 @@ def prepare_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int
                 _release_free_memory()  # (at most once a MB of text: many small documents stay cheap)
                 since_trim = 0
             bar.update(1)
-    if wt.count == 0:
-        raise EmptyCorpusError(f"the corpus at {data_path} gives no training tokens; give it more text or lower --val-fraction")
-    if val_fraction > 0 and wv.count == 0:
-        raise EmptyCorpusError(f"the corpus at {data_path} is too small for a validation split; give it more text or use --val-fraction 0")
-    tok.save(os.path.join(out_dir, "tokenizer.json"))
-    meta = {
+    return wt, wv
+
+
+def _encode_split_document(tok, doc: str, end: list, train_frac: float, wt, wv) -> None:
+    """Split this document by token position: count its tokens first, then write the first `train_frac`
+    of them (with its EOS `end`) to train (wt), the rest to val (wv)."""
+    seen = tok._encoded_tokens, tok._encoded_unknown
+    n_doc = sum(len(a) for a in tok.encode_pieces(doc))
+    tok._encoded_tokens, tok._encoded_unknown = seen
+    n_train = int((n_doc + len(end)) * train_frac)
+    done = 0
+    for a in tok.encode_pieces(doc):
+        k = min(max(n_train - done, 0), len(a))
+        wt.write(a[:k])
+        wv.write(a[k:])
+        done += len(a)
+    (wv if n_train <= n_doc else wt).write(end)
+
+
+def _dataset_meta(data_path, key: str, tokenizer: str, tok, wt, wv, plan: tuple[int, int, float], n_docs: int,
+                  options: dict, stats) -> dict:
+    """meta.json's content but its "seconds" (the caller times the build)."""
+    first_val, straddle, _ = plan
+    return {
         "format": "cllm-dataset",
         "version": PREPARE_VERSION,
         "cache_key": key,
         "source": os.path.abspath(os.fspath(data_path)),
         "tokenizer": tokenizer,
-        "vocab_size": V,
+        "vocab_size": tok.vocab_size,
         "dtype": str(np.dtype(wt.dtype).name),
         "train_tokens": wt.count,
         "val_tokens": wv.count,
@@ -284,13 +335,7 @@ def prepare_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int
         "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id, "unk_id": tok.unk_id,
         "options": options,
         "corpus": stats.as_dict(),
-        "seconds": round(time.perf_counter() - t0, 3),
     }
-    ds = PreparedDataset(out_dir, tok, train_path, val_path, meta)
-    if llmc:
-        _write_llmc(ds)
-    atomic_write_text(meta_path, json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
-    return ds
 
 
 def _write_llmc(ds: PreparedDataset) -> None:
