@@ -8,10 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cllm.data import (CorpusNotFoundError, EmptyCorpusError, TextDecodeError, TokenFileError, clean_text, export_llmc_tokens,
-                       load_corpus, read_llmc_tokens, read_token_file, write_token_file)
+from cllm.data import (CorpusNotFoundError, EmptyCorpusError, TextDecodeError, TokenFileError, clean_text, load_corpus,
+                       read_token_file, write_token_file)
 from cllm.data.tokenfile import HEADER_BYTES
 from cllm.errors import DataError, MissingDependencyError
+from cllm.llmc import export_llmc_tokens, read_llmc_tokens
 
 
 def minimal_pdf(text: str) -> bytes:

@@ -8,10 +8,10 @@ from cllm.data.clean import clean_text, strip_gutenberg
 from cllm.data.corpus import Corpus, CorpusStats, load_corpus, open_corpus
 from cllm.data.errors import CorpusNotFoundError, EmptyCorpusError, TextDecodeError, TokenFileError
 from cllm.data.prepare import PreparedDataset, prepare_dataset
-from cllm.data.tokenfile import export_llmc_tokens, read_llmc_tokens, read_token_file, write_token_file
+from cllm.data.tokenfile import read_token_file, write_token_file
 
 __all__ = [
     "Corpus", "CorpusNotFoundError", "CorpusStats", "EmptyCorpusError", "PreparedDataset", "TextDecodeError",
-    "TokenFileError", "clean_text", "export_llmc_tokens", "load_corpus", "open_corpus", "prepare_dataset",
-    "read_llmc_tokens", "read_token_file", "strip_gutenberg", "write_token_file",
+    "TokenFileError", "clean_text", "load_corpus", "open_corpus", "prepare_dataset", "read_token_file",
+    "strip_gutenberg", "write_token_file",
 ]

@@ -29,9 +29,10 @@ import numpy as np
 
 from cllm.data.corpus import CLEANING_DEFAULTS, CLEANING_OPTIONS, open_corpus
 from cllm.data.errors import EmptyCorpusError, TokenFileError
-from cllm.data.tokenfile import TokenFileWriter, export_llmc_tokens, read_token_header
+from cllm.data.tokenfile import TokenFileWriter, read_token_header
 from cllm.errors import CLLMError, DataError, TokenizerError
 from cllm.fileio import atomic_write_text
+from cllm.llmc import export_dataset_tokens
 
 PREPARE_VERSION = 1
 KINDS = ("word", "char", "bpe", "wordpiece")
@@ -181,8 +182,9 @@ def prepare_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int
     if not force and corpus.files:
         cached = _load_cached(out_dir, key)
         if cached is not None:
-            if llmc and not all(os.path.exists(os.path.join(out_dir, f"{s}_llmc.bin")) for s in ("train", "val")):
-                _write_llmc(cached)
+            if llmc and not all(os.path.exists(os.path.join(out_dir, f"{split}_llmc.bin"))
+                                for split in ("train", "val")):
+                export_dataset_tokens(out_dir)
             return cached
 
     meta_path = _claim_output_dir(out_dir)
@@ -204,7 +206,7 @@ def prepare_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int
     meta["seconds"] = round(time.perf_counter() - t0, 3)
     ds = PreparedDataset(out_dir, tok, train_path, val_path, meta)
     if llmc:
-        _write_llmc(ds)
+        export_dataset_tokens(out_dir)
     atomic_write_text(meta_path, json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
     return ds
 
@@ -336,11 +338,6 @@ def _dataset_meta(data_path, key: str, tokenizer: str, tok, wt, wv, plan: tuple[
         "options": options,
         "corpus": stats.as_dict(),
     }
-
-
-def _write_llmc(ds: PreparedDataset) -> None:
-    for split, src in (("train", ds.train_path), ("val", ds.val_path)):
-        export_llmc_tokens(src, os.path.join(ds.out_dir, f"{split}_llmc.bin"))
 
 
 __all__ = ["PreparedDataset", "prepare_dataset", "CLEANING_DEFAULTS", "CLEANING_OPTIONS", "TokenFileError"]
