@@ -14,9 +14,9 @@ distinct characters, words or BPE chunks with their counts), then encoding + wri
 growth (peak minus the RSS it starts from) is what one document at a time costs.
 Prints one JSON line.
 """
+
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -61,9 +61,11 @@ t0 = time.perf_counter()
 ds = prepare_dataset(corpus, out, tokenizer=kind, vocab_size=vocab, progress=False, force=True)
 dt = time.perf_counter() - t0
 peak = hwm()
-print(json.dumps({{"seconds": dt, "baseline_rss": base, "peak_rss": max(peak, phase.get("train_peak", 0)), "encode_peak_rss": peak,
-                  "train_peak_rss": phase.get("train_peak", peak), "encode_start_rss": phase.get("encode_start", base), "train_tokens": ds.meta["train_tokens"],
-                  "val_tokens": ds.meta["val_tokens"], "vocab_size": ds.meta["vocab_size"], "documents": ds.meta["corpus"]["documents"]}}))
+print(json.dumps({{"seconds": dt, "baseline_rss": base, "peak_rss": max(peak, phase.get("train_peak", 0)),
+                  "encode_peak_rss": peak, "train_peak_rss": phase.get("train_peak", peak),
+                  "encode_start_rss": phase.get("encode_start", base), "train_tokens": ds.meta["train_tokens"],
+                  "val_tokens": ds.meta["val_tokens"], "vocab_size": ds.meta["vocab_size"],
+                  "documents": ds.meta["corpus"]["documents"]}}))
 """
 
 
@@ -105,12 +107,29 @@ def main():
         corpus.mkdir()
         t = time.perf_counter()
         total, nfiles, largest = build_corpus(corpus, args.mb)
-        res = {"bench": "prepare", "corpus_bytes": total, "files": nfiles, "largest_file_bytes": largest,
-               "build_s": round(time.perf_counter() - t, 1), "kinds": {}}
+        res = {
+            "bench": "prepare",
+            "corpus_bytes": total,
+            "files": nfiles,
+            "largest_file_bytes": largest,
+            "build_s": round(time.perf_counter() - t, 1),
+            "kinds": {},
+        }
         for kind in args.kinds.split(","):
             vocab = {"char": None, "word": 8192, "bpe": 4096}[kind]
-            r = subprocess.run([sys.executable, "-c", CHILD.format(root=str(ROOT)), kind, str(corpus), str(work / f"out-{kind}"), str(vocab)],
-                               capture_output=True, text=True)
+            r = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    CHILD.format(root=str(ROOT)),
+                    kind,
+                    str(corpus),
+                    str(work / f"out-{kind}"),
+                    str(vocab),
+                ],
+                capture_output=True,
+                text=True,
+            )
             if r.returncode != 0:
                 res["kinds"][kind] = {"error": r.stderr.strip().splitlines()[-1:]}
                 continue
@@ -119,7 +138,9 @@ def main():
             res["kinds"][kind] = {
                 "seconds": round(c["seconds"], 1),
                 "MBps": round(total / c["seconds"] / 1e6, 2),
-                "train_tokens": c["train_tokens"], "val_tokens": c["val_tokens"], "vocab_size": c["vocab_size"],
+                "train_tokens": c["train_tokens"],
+                "val_tokens": c["val_tokens"],
+                "vocab_size": c["vocab_size"],
                 "baseline_rss_MB": round(c["baseline_rss"] / 1e6, 1),
                 "peak_rss_MB": round(c["peak_rss"] / 1e6, 1),
                 "peak_above_baseline_MB": round(extra / 1e6, 1),
@@ -128,10 +149,14 @@ def main():
                 # the two passes: reading + training the tokenizer, then encoding + writing
                 "train_pass_peak_above_baseline_MB": round((c["train_peak_rss"] - c["baseline_rss"]) / 1e6, 1),
                 "encode_pass_peak_above_baseline_MB": round((c["encode_peak_rss"] - c["baseline_rss"]) / 1e6, 1),
-                "encode_pass_peak_above_baseline_over_largest_file": round((c["encode_peak_rss"] - c["baseline_rss"]) / largest, 1),
+                "encode_pass_peak_above_baseline_over_largest_file": round(
+                    (c["encode_peak_rss"] - c["baseline_rss"]) / largest, 1
+                ),
                 # pass 2's own growth: from the RSS it starts with (the tokenizer and what training left)
                 "encode_pass_start_above_baseline_MB": round((c["encode_start_rss"] - c["baseline_rss"]) / 1e6, 1),
-                "encode_pass_growth_over_largest_file": round((c["encode_peak_rss"] - c["encode_start_rss"]) / largest, 1),
+                "encode_pass_growth_over_largest_file": round(
+                    (c["encode_peak_rss"] - c["encode_start_rss"]) / largest, 1
+                ),
             }
         print(json.dumps(res))
     finally:

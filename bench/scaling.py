@@ -10,6 +10,7 @@ faster than its arithmetic (memory traffic, the T x T attention matrices, cache 
 
 Usage: .venv/bin/python bench/scaling.py [--repeats 3]
 """
+
 import argparse
 import json
 import os
@@ -63,12 +64,16 @@ def main():
     pts = []
     for T in (64, 128, 256, 512):
         cfg = ModelConfig(vocab_size=65, max_seq_len=T, num_layers=4, num_heads=4, embed_dim=128)
-        pts.append({"T": T, "ms": round(step_ms(cfg, B, T, args.repeats), 2), "gflop": round(step_flops(cfg, B, T) / 1e9, 3)})
+        pts.append(
+            {"T": T, "ms": round(step_ms(cfg, B, T, args.repeats), 2), "gflop": round(step_flops(cfg, B, T) / 1e9, 3)}
+        )
     out["step_vs_T"] = curve(pts)
     pts = []
     for C in (64, 128, 256, 512):
         cfg = ModelConfig(vocab_size=65, max_seq_len=64, num_layers=4, num_heads=4, embed_dim=C)
-        pts.append({"C": C, "ms": round(step_ms(cfg, B, 64, args.repeats), 2), "gflop": round(step_flops(cfg, B, 64) / 1e9, 3)})
+        pts.append(
+            {"C": C, "ms": round(step_ms(cfg, B, 64, args.repeats), 2), "gflop": round(step_flops(cfg, B, 64) / 1e9, 3)}
+        )
     out["step_vs_C"] = curve(pts)
     cfg = ModelConfig(vocab_size=65, max_seq_len=512, num_layers=4, num_heads=4, embed_dim=128)
     model = Model(cfg, seed=0)
@@ -80,10 +85,16 @@ def main():
         times.append(time.perf_counter() - t)
     # per-token FLOPs: 2 N for the weights + 4 L C (pos + 1) for the attention over the cache
     n = cfg.num_parameters() - (cfg.padded_vocab_size - cfg.vocab_size) * cfg.embed_dim
-    out["decode_ms_vs_pos"] = curve([
-        {"pos": p, "ms": round(float(np.median(times[max(1, p - 16):p + 16])) * 1e3, 4),
-         "gflop": round((2 * n + 4 * cfg.num_layers * cfg.embed_dim * (p + 1)) / 1e9, 6)}
-        for p in (16, 64, 128, 256, 384, 496)])
+    out["decode_ms_vs_pos"] = curve(
+        [
+            {
+                "pos": p,
+                "ms": round(float(np.median(times[max(1, p - 16) : p + 16])) * 1e3, 4),
+                "gflop": round((2 * n + 4 * cfg.num_layers * cfg.embed_dim * (p + 1)) / 1e9, 6),
+            }
+            for p in (16, 64, 128, 256, 384, 496)
+        ]
+    )
     out["loadavg_1min"] = os.getloadavg()[0]
     print(json.dumps(out))
 

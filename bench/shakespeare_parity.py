@@ -8,6 +8,7 @@ noise cannot hide it. torch is not a CLLM dependency: `.venv/bin/pip install tor
   .venv/bin/python bench/shakespeare_parity.py [--steps 2000] [--seed 1337]
 Prints one JSON line per evaluation.
 """
+
 import argparse
 import json
 import math
@@ -15,9 +16,9 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch  # noqa: I001  (before CLLM: its OpenMP runtime first)
 import torch.nn.functional as F
-import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -44,7 +45,7 @@ def torch_val(forward, cfg, tokens, B, T):
     with torch.no_grad():
         for first in range(0, n, B):
             idx = range(first, min(first + B, n))
-            w = torch.from_numpy(np.stack([np.asarray(tokens[i * T:i * T + T + 1], dtype=np.int64) for i in idx]))
+            w = torch.from_numpy(np.stack([np.asarray(tokens[i * T : i * T + T + 1], dtype=np.int64) for i in idx]))
             total += float(torch_loss(forward, cfg, w[:, :-1], w[:, 1:])) * len(idx)
     return total / n
 
@@ -58,20 +59,34 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(2)
     configure_threads(2)
-    tc = TrainConfig(data=args.data, tokenizer="char", max_steps=args.steps, seed=args.seed, progress=False,
-                     checkpoint_dir=os.path.join(ROOT, "checkpoints", "shakespeare-parity"))
+    tc = TrainConfig(
+        data=args.data,
+        tokenizer="char",
+        max_steps=args.steps,
+        seed=args.seed,
+        progress=False,
+        checkpoint_dir=os.path.join(ROOT, "checkpoints", "shakespeare-parity"),
+    )
     tokenizer, train_tokens, val_tokens, _ = load_dataset(tc)
     B, T = tc.batch_size, 64
     cfg = ModelConfig(vocab_size=tokenizer.vocab_size, max_seq_len=T, num_layers=4, num_heads=4, embed_dim=128)
     model = Model(cfg, seed=args.seed)
-    opt = AdamW(lr=tc.learning_rate, beta1=tc.beta1, beta2=tc.beta2, weight_decay=tc.weight_decay, grad_clip=tc.grad_clip)
+    opt = AdamW(
+        lr=tc.learning_rate, beta1=tc.beta1, beta2=tc.beta2, weight_decay=tc.weight_decay, grad_clip=tc.grad_clip
+    )
     P, forward, _, _ = torch_model(torch, cfg)
     with torch.no_grad():  # the same starting weights as CLLM's
         for name, shape in model.shapes.items():
             P[name].copy_(torch.from_numpy(np.array(model.p[name]).reshape(shape)))
-    topt = torch.optim.AdamW([{"params": [P[n] for n in P if n in MATRIX_PARAMS], "weight_decay": tc.weight_decay},
-                              {"params": [P[n] for n in P if n not in MATRIX_PARAMS], "weight_decay": 0.0}],
-                             lr=tc.learning_rate, betas=(tc.beta1, tc.beta2), eps=1e-8)
+    topt = torch.optim.AdamW(
+        [
+            {"params": [P[n] for n in P if n in MATRIX_PARAMS], "weight_decay": tc.weight_decay},
+            {"params": [P[n] for n in P if n not in MATRIX_PARAMS], "weight_decay": 0.0},
+        ],
+        lr=tc.learning_rate,
+        betas=(tc.beta1, tc.beta2),
+        eps=1e-8,
+    )
     sampler = BatchSampler(train_tokens, B, T, args.seed)
     t_cllm = t_torch = 0.0
     for step in range(args.steps):
@@ -96,12 +111,25 @@ def main():
         if (step + 1) % args.eval_interval == 0 or step + 1 == args.steps:
             cv = evaluate_tokens(model, val_tokens, B, T)
             tv = torch_val(forward, cfg, val_tokens, B, T)
-            wdiff = max(float(np.max(np.abs(np.array(model.p[n]).reshape(s) - P[n].detach().numpy())))
-                        for n, s in model.shapes.items())
-            print(json.dumps({"step": step + 1, "cllm_val": round(cv, 5), "torch_val": round(tv, 5),
-                              "diff": round(cv - tv, 5), "train_loss_diff": round(loss - float(tl.detach()), 6),
-                              "max_weight_diff": wdiff, "cllm_s": round(t_cllm, 1), "torch_s": round(t_torch, 1)}),
-                  flush=True)
+            wdiff = max(
+                float(np.max(np.abs(np.array(model.p[n]).reshape(s) - P[n].detach().numpy())))
+                for n, s in model.shapes.items()
+            )
+            print(
+                json.dumps(
+                    {
+                        "step": step + 1,
+                        "cllm_val": round(cv, 5),
+                        "torch_val": round(tv, 5),
+                        "diff": round(cv - tv, 5),
+                        "train_loss_diff": round(loss - float(tl.detach()), 6),
+                        "max_weight_diff": wdiff,
+                        "cllm_s": round(t_cllm, 1),
+                        "torch_s": round(t_torch, 1),
+                    }
+                ),
+                flush=True,
+            )
             if not math.isfinite(cv):
                 break
 

@@ -15,6 +15,7 @@ is installed. Prints ONE JSON line with every config, or with --per-config one J
 
 Usage: .venv/bin/python bench/step.py [--configs baby,seed] [--seconds 3] [--rounds 3] [--no-torch] [--per-config]
 """
+
 import os
 import sys
 
@@ -26,9 +27,9 @@ if "--torch-worker" in sys.argv[1:]:
     import torch  # noqa: F401,E402  (loads torch's OpenMP runtime before CLLM's import sets its policy)
 
 import argparse  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import importlib.util  # noqa: E402
 import platform  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -48,7 +49,9 @@ THREADS = 2
 PROMPT, NEW = 64, 256
 CONFIGS = {
     "baby": dict(cfg=ModelConfig(vocab_size=65, max_seq_len=64, num_layers=4, num_heads=4, embed_dim=128), B=12, T=64),
-    "seed": dict(cfg=ModelConfig(vocab_size=5000, max_seq_len=128, num_layers=6, num_heads=8, embed_dim=256), B=32, T=128),
+    "seed": dict(
+        cfg=ModelConfig(vocab_size=5000, max_seq_len=128, num_layers=6, num_heads=8, embed_dim=256), B=32, T=128
+    ),
 }
 LR, BETAS, EPS, WD, CLIP = 1e-3, (0.9, 0.95), 1e-8, 0.1, 1.0
 
@@ -88,8 +91,13 @@ def best_rates(runs, rounds):
 
 
 def gen_config(cfg):
-    return ModelConfig(vocab_size=cfg.vocab_size, max_seq_len=max(cfg.max_seq_len, PROMPT + NEW),
-                       num_layers=cfg.num_layers, num_heads=cfg.num_heads, embed_dim=cfg.embed_dim)
+    return ModelConfig(
+        vocab_size=cfg.vocab_size,
+        max_seq_len=max(cfg.max_seq_len, PROMPT + NEW),
+        num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads,
+        embed_dim=cfg.embed_dim,
+    )
 
 
 # ------------------------------------------------------------------ Numba engine
@@ -133,8 +141,14 @@ def numba_generate(cfg, prompt):
 # ------------------------------------------------------------------ PyTorch, the same model
 def torch_model(torch, cfg):
     F = torch.nn.functional
-    V, Vp, L, NH, C, maxT = (cfg.vocab_size, cfg.padded_vocab_size, cfg.num_layers, cfg.num_heads,
-                             cfg.embed_dim, cfg.max_seq_len)
+    V, Vp, L, NH, C, maxT = (
+        cfg.vocab_size,
+        cfg.padded_vocab_size,
+        cfg.num_layers,
+        cfg.num_heads,
+        cfg.embed_dim,
+        cfg.max_seq_len,
+    )
     hs = C // NH
     g = torch.Generator().manual_seed(0)
 
@@ -142,14 +156,22 @@ def torch_model(torch, cfg):
         return torch.nn.Parameter(torch.randn(*shape, generator=g) * std)
 
     P = {
-        "wte": normal(Vp, C), "wpe": normal(maxT, C),
-        "ln1w": torch.nn.Parameter(torch.ones(L, C)), "ln1b": torch.nn.Parameter(torch.zeros(L, C)),
-        "qkvw": normal(L, 3 * C, C), "qkvb": torch.nn.Parameter(torch.zeros(L, 3 * C)),
-        "attprojw": normal(L, C, C, std=0.02 / math.sqrt(2 * L)), "attprojb": torch.nn.Parameter(torch.zeros(L, C)),
-        "ln2w": torch.nn.Parameter(torch.ones(L, C)), "ln2b": torch.nn.Parameter(torch.zeros(L, C)),
-        "fcw": normal(L, 4 * C, C), "fcb": torch.nn.Parameter(torch.zeros(L, 4 * C)),
-        "fcprojw": normal(L, C, 4 * C, std=0.02 / math.sqrt(2 * L)), "fcprojb": torch.nn.Parameter(torch.zeros(L, C)),
-        "lnfw": torch.nn.Parameter(torch.ones(C)), "lnfb": torch.nn.Parameter(torch.zeros(C)),
+        "wte": normal(Vp, C),
+        "wpe": normal(maxT, C),
+        "ln1w": torch.nn.Parameter(torch.ones(L, C)),
+        "ln1b": torch.nn.Parameter(torch.zeros(L, C)),
+        "qkvw": normal(L, 3 * C, C),
+        "qkvb": torch.nn.Parameter(torch.zeros(L, 3 * C)),
+        "attprojw": normal(L, C, C, std=0.02 / math.sqrt(2 * L)),
+        "attprojb": torch.nn.Parameter(torch.zeros(L, C)),
+        "ln2w": torch.nn.Parameter(torch.ones(L, C)),
+        "ln2b": torch.nn.Parameter(torch.zeros(L, C)),
+        "fcw": normal(L, 4 * C, C),
+        "fcb": torch.nn.Parameter(torch.zeros(L, 4 * C)),
+        "fcprojw": normal(L, C, 4 * C, std=0.02 / math.sqrt(2 * L)),
+        "fcprojb": torch.nn.Parameter(torch.zeros(L, C)),
+        "lnfw": torch.nn.Parameter(torch.ones(C)),
+        "lnfb": torch.nn.Parameter(torch.zeros(C)),
     }
 
     def forward(idx):
@@ -176,12 +198,13 @@ def torch_model(torch, cfg):
             Kc, Vc = cache[l]
             Kc[:, pos] = k
             Vc[:, pos] = v
-            att = torch.softmax((Kc[:, :pos + 1] @ q.unsqueeze(-1)).squeeze(-1) / math.sqrt(hs), dim=-1)
-            y = (att.unsqueeze(1) @ Vc[:, :pos + 1]).reshape(C)
+            att = torch.softmax((Kc[:, : pos + 1] @ q.unsqueeze(-1)).squeeze(-1) / math.sqrt(hs), dim=-1)
+            y = (att.unsqueeze(1) @ Vc[:, : pos + 1]).reshape(C)
             x = x + F.linear(y, P["attprojw"][l], P["attprojb"][l])
             h = F.layer_norm(x, (C,), P["ln2w"][l], P["ln2b"][l])
-            x = x + F.linear(F.gelu(F.linear(h, P["fcw"][l], P["fcb"][l]), approximate="tanh"),
-                             P["fcprojw"][l], P["fcprojb"][l])
+            x = x + F.linear(
+                F.gelu(F.linear(h, P["fcw"][l], P["fcb"][l]), approximate="tanh"), P["fcprojw"][l], P["fcprojb"][l]
+            )
         return F.layer_norm(x, (C,), P["lnfw"], P["lnfb"]) @ P["wte"][:V].T
 
     def new_cache():
@@ -194,9 +217,14 @@ def torch_train(torch, cfg, B, T, rng):
     F = torch.nn.functional
     P, forward, _, _ = torch_model(torch, cfg)
     opt = torch.optim.AdamW(
-        [{"params": [P[n] for n in P if n in MATRIX_PARAMS], "weight_decay": WD},
-         {"params": [P[n] for n in P if n not in MATRIX_PARAMS], "weight_decay": 0.0}],
-        lr=LR, betas=BETAS, eps=EPS)
+        [
+            {"params": [P[n] for n in P if n in MATRIX_PARAMS], "weight_decay": WD},
+            {"params": [P[n] for n in P if n not in MATRIX_PARAMS], "weight_decay": 0.0},
+        ],
+        lr=LR,
+        betas=BETAS,
+        eps=EPS,
+    )
     params = list(P.values())
     x = torch.tensor(rng.integers(0, cfg.vocab_size, (B, T)), dtype=torch.long)
     y = torch.tensor(rng.integers(0, cfg.vocab_size, (B, T)), dtype=torch.long)
@@ -254,8 +282,13 @@ def torch_worker():
 
 class TorchWorker:
     def __init__(self):
-        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--torch-worker"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=USER_ENV)
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--torch-worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=USER_ENV,
+        )
         self.version = self.proc.stdout.readline().strip()
 
     def rate(self, kind, name, seconds=0.0):
@@ -286,8 +319,13 @@ def main():
         torch = TorchWorker()  # started before Numba's threads exist
     threads = configure_threads(THREADS)
 
-    common = {"bench": "step", "threads": threads, "peak_flops": PEAK_FLOPS, "python": platform.python_version(),
-              "torch": torch.version if torch else None}
+    common = {
+        "bench": "step",
+        "threads": threads,
+        "peak_flops": PEAK_FLOPS,
+        "python": platform.python_version(),
+        "torch": torch.version if torch else None,
+    }
     results = {}
     for name in args.configs.split(","):
         load_before = os.getloadavg()[0]
@@ -305,24 +343,28 @@ def main():
         train, gen = best_rates(train, args.rounds), best_rates(gen, args.rounds)
         train_tps, gen_tps = train["numba"], gen["numba"]
         r = dict(common, config=name)
-        r.update({
-            "sizes": dict(L=cfg.num_layers, NH=cfg.num_heads, C=cfg.embed_dim, V=cfg.vocab_size, B=B, T=T),
-            "params": real_params(cfg),
-            "train_tok_s": round(train_tps, 1),
-            "gen_tok_s": round(gen_tps, 1),
-            "train_mfu": round(train_tps * train_flops_per_token(cfg, T) / PEAK_FLOPS, 4),
-            "gen_mfu": round(gen_tps * gen_flops(gen_config(cfg), PROMPT - 1, NEW) / NEW / PEAK_FLOPS, 4),
-            "loss_first_last": [round(losses[0], 4), round(losses[-1], 4)],
-        })
+        r.update(
+            {
+                "sizes": dict(L=cfg.num_layers, NH=cfg.num_heads, C=cfg.embed_dim, V=cfg.vocab_size, B=B, T=T),
+                "params": real_params(cfg),
+                "train_tok_s": round(train_tps, 1),
+                "gen_tok_s": round(gen_tps, 1),
+                "train_mfu": round(train_tps * train_flops_per_token(cfg, T) / PEAK_FLOPS, 4),
+                "gen_mfu": round(gen_tps * gen_flops(gen_config(cfg), PROMPT - 1, NEW) / NEW / PEAK_FLOPS, 4),
+                "loss_first_last": [round(losses[0], 4), round(losses[-1], 4)],
+            }
+        )
         if torch is not None:
             t_train, t_gen = train["torch"], gen["torch"]
-            r.update({
-                "torch_train_tok_s": round(t_train, 1),
-                "torch_gen_tok_s": round(t_gen, 1),
-                "torch_train_mfu": round(t_train * train_flops_per_token(cfg, T) / PEAK_FLOPS, 4),
-                "train_ratio": round(train_tps / t_train, 3),
-                "gen_ratio": round(gen_tps / t_gen, 3),
-            })
+            r.update(
+                {
+                    "torch_train_tok_s": round(t_train, 1),
+                    "torch_gen_tok_s": round(t_gen, 1),
+                    "torch_train_mfu": round(t_train * train_flops_per_token(cfg, T) / PEAK_FLOPS, 4),
+                    "train_ratio": round(train_tps / t_train, 3),
+                    "gen_ratio": round(gen_tps / t_gen, 3),
+                }
+            )
         # other processes on the machine distort every figure: say how busy it was
         r["loadavg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         if args.per_config:

@@ -12,6 +12,7 @@ A step directory is first written as a hidden temporary directory, every file fs
 renamed into place; the `latest` link is switched only after that. A kill at any moment leaves
 `latest` pointing at a complete checkpoint.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,15 @@ class Checkpoint:
     tokenizer_path: str | None = None
 
 
-def save_checkpoint(directory: str, name: str, model, optimizer=None, tokenizer=None,
-                    train_config: dict | None = None, state: dict | None = None) -> str:
+def save_checkpoint(
+    directory: str,
+    name: str,
+    model,
+    optimizer=None,
+    tokenizer=None,
+    train_config: dict | None = None,
+    state: dict | None = None,
+) -> str:
     """Write directory/name/ atomically and return its path."""
     from safetensors.numpy import save_file
 
@@ -56,15 +64,18 @@ def save_checkpoint(directory: str, name: str, model, optimizer=None, tokenizer=
         tmp = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
         os.chmod(tmp, default_mode(directory=True))
     except OSError as exc:
-        raise CheckpointError(f"cannot write checkpoints to {directory!r}: {exc.strerror}; "
-                              "choose another --checkpoint-dir") from exc
+        raise CheckpointError(
+            f"cannot write checkpoints to {directory!r}: {exc.strerror}; choose another --checkpoint-dir"
+        ) from exc
     final = old = None
     try:
         tensors = {k: np.ascontiguousarray(t, dtype=np.float32) for k, t in model.named_tensors().items()}
         save_file(tensors, os.path.join(tmp, MODEL_FILE), metadata={"format": "cllm", "version": str(FORMAT_VERSION)})
         if optimizer is not None:
-            save_file({"m": model.m.astype(np.float32, copy=False), "v": model.v.astype(np.float32, copy=False)},
-                      os.path.join(tmp, OPTIMIZER_FILE))
+            save_file(
+                {"m": model.m.astype(np.float32, copy=False), "v": model.v.astype(np.float32, copy=False)},
+                os.path.join(tmp, OPTIMIZER_FILE),
+            )
         config = {"format_version": FORMAT_VERSION, "model": model.config.to_dict(), "train": train_config or {}}
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
             json.dump(config, f, indent=2)
@@ -119,8 +130,10 @@ def remove_stale_temporaries(directory: str) -> None:
 
 def prune_checkpoints(directory: str, keep_last: int) -> None:
     """Keep the newest keep_last step directories, and whatever latest/best point to."""
-    steps = sorted((d for d in os.listdir(directory) if d.startswith("step_") and os.path.isdir(os.path.join(directory, d))),
-                   key=lambda d: (len(d), d))  # step_1000000 comes after step_999999
+    steps = sorted(
+        (d for d in os.listdir(directory) if d.startswith("step_") and os.path.isdir(os.path.join(directory, d))),
+        key=lambda d: (len(d), d),
+    )  # step_1000000 comes after step_999999
     protected = set()
     for pointer in ("latest", "best"):
         link = os.path.join(directory, pointer)
@@ -139,8 +152,11 @@ def run_entries(directory: str) -> list[str]:
     links, metrics.jsonl, loss.png, the prepared dataset, and temporaries of interrupted saves."""
     if not os.path.isdir(directory):
         return []
-    return sorted(n for n in os.listdir(directory)
-                  if n in RUN_FILES or n.startswith("step_") or (n.startswith(".") and n.endswith(".tmp")))
+    return sorted(
+        n
+        for n in os.listdir(directory)
+        if n in RUN_FILES or n.startswith("step_") or (n.startswith(".") and n.endswith(".tmp"))
+    )
 
 
 def describe_run(directory: str) -> str | None:
@@ -175,8 +191,10 @@ def claim_run_directory(ckdir: str, overwrite: bool, say) -> None:
     if held is None:
         return
     if not overwrite:
-        raise CheckpointError(f"{ckdir} already holds {held}; continue it with --resume latest, start a new run "
-                              f"with another --checkpoint-dir, or replace it with --overwrite")
+        raise CheckpointError(
+            f"{ckdir} already holds {held}; continue it with --resume latest, start a new run "
+            f"with another --checkpoint-dir, or replace it with --overwrite"
+        )
     say(f"--overwrite: deleting {held} in {ckdir}")
     remove_run(ckdir)
 
@@ -190,8 +208,10 @@ def resolve_checkpoint(path: str) -> str:
         latest = os.path.join(path, "latest")
         if os.path.exists(latest):
             return os.path.realpath(latest)
-        subdirs = sorted((d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d, "latest"))),
-                         key=lambda d: os.path.getmtime(os.path.join(path, d, "latest")))
+        subdirs = sorted(
+            (d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d, "latest"))),
+            key=lambda d: os.path.getmtime(os.path.join(path, d, "latest")),
+        )
         if subdirs:  # e.g. checkpoints/ holding several runs: the most recently updated one
             return os.path.realpath(os.path.join(path, subdirs[-1], "latest"))
         raise CheckpointError(f"{path!r} is a directory without a checkpoint (no {CONFIG_FILE} and no 'latest' link)")
@@ -211,8 +231,9 @@ def read_config(path: str) -> dict:
     if not isinstance(config, dict) or "format_version" not in config or "model" not in config:
         raise CheckpointError(f"{config_path} is not a CLLM checkpoint config")
     if config["format_version"] != FORMAT_VERSION:
-        raise CheckpointError(f"{config_path} has format version {config['format_version']!r}; this CLLM reads "
-                              f"version {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{config_path} has format version {config['format_version']!r}; this CLLM reads version {FORMAT_VERSION}"
+        )
     return config
 
 
@@ -241,11 +262,15 @@ def load_checkpoint(path: str, with_optimizer: bool = False) -> Checkpoint:
     tensors = read(MODEL_FILE)
     expected = model_config.param_shapes()
     if set(tensors) != set(expected):
-        raise CheckpointError(f"{os.path.join(path, MODEL_FILE)} has tensors {sorted(tensors)}, expected {sorted(expected)}")
+        raise CheckpointError(
+            f"{os.path.join(path, MODEL_FILE)} has tensors {sorted(tensors)}, expected {sorted(expected)}"
+        )
     for name, shape in expected.items():
         if tuple(tensors[name].shape) != shape or tensors[name].dtype != np.float32:
-            raise CheckpointError(f"tensor {name} in {MODEL_FILE} has shape {tensors[name].shape} "
-                                  f"({tensors[name].dtype}); the config says {shape} (float32)")
+            raise CheckpointError(
+                f"tensor {name} in {MODEL_FILE} has shape {tensors[name].shape} "
+                f"({tensors[name].dtype}); the config says {shape} (float32)"
+            )
     ckpt = Checkpoint(path=path, model_config=model_config, params=tensors, train_config=config.get("train", {}))
     state_path = os.path.join(path, STATE_FILE)
     if os.path.exists(state_path):

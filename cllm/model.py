@@ -186,7 +186,8 @@ class Model:
             if drop:  # in place, as for the MLP's projection below: matmul_backward reads inputs only
                 K.dropout_forward(al["attproj"], al["attproj"], B * T * C, drop, key(l, DROP_ATTPROJ))
             K.residual_forward(al["residual2"], residual, al["attproj"], B * T * C)
-            K.layernorm_forward(al["ln2"], al["ln2_mean"], al["ln2_rstd"], al["residual2"], pl["ln2w"], pl["ln2b"], B, T, C)
+            K.layernorm_forward(al["ln2"], al["ln2_mean"], al["ln2_rstd"], al["residual2"], pl["ln2w"], pl["ln2b"],
+                                B, T, C)
             K.matmul_forward(al["fch"], al["ln2"], pl["fcw"], pl["fcb"], B, T, C, 4 * C)
             K.gelu_forward(al["fch_gelu"], al["fch"], B * T * 4 * C)
             K.matmul_forward(al["fcproj"], al["fch_gelu"], pl["fcprojw"], pl["fcprojb"], B, T, 4 * C, C)
@@ -229,7 +230,8 @@ class Model:
         K.matmul_backward(ga["lnf"], g["wte"], None, ga["logits"], a["lnf"], p["wte"], B, T, C, Vp, True)
         last = self._layer_acts(a, L - 1)["residual3"]
         dlast = self._layer_acts(ga, L - 1)["residual3"]
-        K.layernorm_backward(dlast, g["lnfw"], g["lnfb"], ga["lnf"], last, p["lnfw"], a["lnf_mean"], a["lnf_rstd"], B, T, C, True)
+        K.layernorm_backward(dlast, g["lnfw"], g["lnfb"], ga["lnf"], last, p["lnfw"], a["lnf_mean"], a["lnf_rstd"],
+                             B, T, C, True)
         for l in reversed(range(L)):
             pl, gl = self._layer(p, l), self._layer(g, l)
             al, gal = self._layer_acts(a, l), self._layer_acts(ga, l)
@@ -238,18 +240,23 @@ class Model:
             K.residual_backward(gal["residual2"], gal["fcproj"], gal["residual3"], B * T * C, True)
             if drop:  # in place: the dropped output's gradient -> the projection's
                 K.dropout_backward(gal["fcproj"], gal["fcproj"], B * T * C, drop, key(l, DROP_FCPROJ))
-            K.matmul_backward(gal["fch_gelu"], gl["fcprojw"], gl["fcprojb"], gal["fcproj"], al["fch_gelu"], pl["fcprojw"], B, T, 4 * C, C, True)
+            K.matmul_backward(gal["fch_gelu"], gl["fcprojw"], gl["fcprojb"], gal["fcproj"], al["fch_gelu"],
+                              pl["fcprojw"], B, T, 4 * C, C, True)
             K.gelu_backward(gal["fch"], al["fch"], gal["fch_gelu"], B * T * 4 * C, True)
             K.matmul_backward(gal["ln2"], gl["fcw"], gl["fcb"], gal["fch"], al["ln2"], pl["fcw"], B, T, C, 4 * C, True)
-            K.layernorm_backward(gal["residual2"], gl["ln2w"], gl["ln2b"], gal["ln2"], al["residual2"], pl["ln2w"], al["ln2_mean"], al["ln2_rstd"], B, T, C)
+            K.layernorm_backward(gal["residual2"], gl["ln2w"], gl["ln2b"], gal["ln2"], al["residual2"], pl["ln2w"],
+                                 al["ln2_mean"], al["ln2_rstd"], B, T, C)
             K.residual_backward(dresidual, gal["attproj"], gal["residual2"], B * T * C, True)
             if drop:
                 K.dropout_backward(gal["attproj"], gal["attproj"], B * T * C, drop, key(l, DROP_ATTPROJ))
-            K.matmul_backward(gal["atty"], gl["attprojw"], gl["attprojb"], gal["attproj"], al["atty"], pl["attprojw"], B, T, C, C, True)
+            K.matmul_backward(gal["atty"], gl["attprojw"], gl["attprojb"], gal["attproj"], al["atty"], pl["attprojw"],
+                              B, T, C, C, True)
             K.attention_backward(gal["qkv"], None, None, gal["atty"], al["qkv"], al["att"], B, T, C, NH, True,
                                  drop, key(l, DROP_ATTENTION))
-            K.matmul_backward(gal["ln1"], gl["qkvw"], gl["qkvb"], gal["qkv"], al["ln1"], pl["qkvw"], B, T, C, 3 * C, True)
-            K.layernorm_backward(dresidual, gl["ln1w"], gl["ln1b"], gal["ln1"], residual, pl["ln1w"], al["ln1_mean"], al["ln1_rstd"], B, T, C)
+            K.matmul_backward(gal["ln1"], gl["qkvw"], gl["qkvb"], gal["qkv"], al["ln1"], pl["qkvw"],
+                              B, T, C, 3 * C, True)
+            K.layernorm_backward(dresidual, gl["ln1w"], gl["ln1b"], gal["ln1"], residual, pl["ln1w"], al["ln1_mean"],
+                                 al["ln1_rstd"], B, T, C)
         if drop:
             K.dropout_backward(ga["encoded"], ga["encoded"], B * T * C, drop, key(0, DROP_EMBEDDING))
         K.encoder_backward(g["wte"], g["wpe"], ga["encoded"], self.inputs, B, T, C)

@@ -3,8 +3,10 @@
 Legend: n element count.
 libm's expf is a scalar call (about 5 ns); in float32 a Cephes-style polynomial with the power of
 two added to the exponent bits runs in LLVM's vector loops instead (about 0.5 ns per element),
-within 4 float32 ulps of the exact value (tests/test_kernels.py: test_exp_shifted). In float64 (the gradient tests) np.exp is used.
+within 4 float32 ulps of the exact value (tests/test_kernels.py: test_exp_shifted). In float64 (the gradient
+tests) np.exp is used.
 """
+
 import numpy as np
 from numba import njit
 

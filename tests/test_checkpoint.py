@@ -1,5 +1,6 @@
 """Checkpoints (cllm.checkpoint): round trip, validation of corrupt ones, pointers, pruning, stale
 temporaries, and atomicity under SIGKILL at random moments of a training run."""
+
 import json
 import os
 import random
@@ -10,6 +11,15 @@ import time
 
 import numpy as np
 import pytest
+from train_helpers import (
+    CLI,
+    ROOT,
+    TINY_FLAGS,
+    all_threads_after,  # noqa: F401  (autouse)
+    tiny_config,
+    train_losses,
+)
+from train_helpers import prepared_dataset as _prepared
 
 from cllm import checkpoint as ck
 from cllm.config import ModelConfig
@@ -17,9 +27,6 @@ from cllm.errors import CheckpointError
 from cllm.model import Model
 from cllm.optim import AdamW
 from cllm.training import train
-from train_helpers import all_threads_after  # noqa: F401  (autouse)
-from train_helpers import CLI, ROOT, TINY_FLAGS, tiny_config, train_losses
-from train_helpers import prepared_dataset as _prepared
 
 CONFIG = ModelConfig(vocab_size=10, max_seq_len=8, num_layers=2, num_heads=2, embed_dim=8)
 
@@ -49,7 +56,7 @@ def test_the_model_file_is_safetensors_without_pickle(saved):
     _, path = saved
     raw = open(os.path.join(path, "model.safetensors"), "rb").read()
     n = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + n])
+    header = json.loads(raw[8 : 8 + n])
     assert header["wte"]["shape"] == [64, 8] and header["wte"]["dtype"] == "F32"
     assert header["qkvw"]["shape"] == [2, 24, 8]
 
@@ -65,22 +72,25 @@ def _rewrite_config(path, **changes):
     json.dump(cfg, open(cfg_path, "w"))
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("truncate", "corrupt or truncated"),
-    ("missing_model", "missing model.safetensors"),
-    ("missing_config", "no config.json"),
-    ("version", "format version 99"),
-    ("shapes", "shape"),
-    ("negative", "invalid model config: num_layers must be a positive integer"),
-    ("heads", "invalid model config: embed_dim .8. must be divisible"),
-    ("garbage_config", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("truncate", "corrupt or truncated"),
+        ("missing_model", "missing model.safetensors"),
+        ("missing_config", "no config.json"),
+        ("version", "format version 99"),
+        ("shapes", "shape"),
+        ("negative", "invalid model config: num_layers must be a positive integer"),
+        ("heads", "invalid model config: embed_dim .8. must be divisible"),
+        ("garbage_config", "not valid JSON"),
+    ],
+)
 def test_damaged_checkpoints_are_refused(saved, damage, message):
     _, path = saved
     model_file = os.path.join(path, "model.safetensors")
     if damage == "truncate":
         raw = open(model_file, "rb").read()
-        open(model_file, "wb").write(raw[:len(raw) // 2])
+        open(model_file, "wb").write(raw[: len(raw) // 2])
     elif damage == "missing_model":
         os.unlink(model_file)
     elif damage == "missing_config":
@@ -138,7 +148,11 @@ def test_prune_keeps_the_newest_and_the_pointed_to(tmp_path):
     ck.set_pointer(str(tmp_path), "latest", "step_000006")
     ck.set_pointer(str(tmp_path), "best", "step_000002")
     ck.prune_checkpoints(str(tmp_path), 2)
-    assert sorted(d for d in os.listdir(tmp_path) if d.startswith("step_")) == ["step_000002", "step_000005", "step_000006"]
+    assert sorted(d for d in os.listdir(tmp_path) if d.startswith("step_")) == [
+        "step_000002",
+        "step_000005",
+        "step_000006",
+    ]
 
 
 def test_resaving_a_step_never_exposes_a_half_deleted_checkpoint(tmp_path, monkeypatch):
@@ -194,10 +208,36 @@ def _kill_test_start(run_dir, data, extra=()):
     resume = ["--resume", "latest"] if os.path.lexists(run_dir / "latest") else []
     # a constant learning rate after the warmup (min-lr = learning-rate), so that the final run's
     # --max-steps does not change the schedule of the steps before it
-    cmd = [sys.executable, CLI, "train", str(data), *TINY_FLAGS, "--max-steps", "1000000", "--checkpoint-interval", "1",
-           "--eval-interval", "1000000", "--sample-interval", "1000000", "--warmup-steps", "2", "--seed", "7",
-           "--learning-rate", "0.001", "--min-lr", "0.001", "--keep-last", "2", "--checkpoint-dir", str(run_dir),
-           "--no-progress", *resume, *extra]
+    cmd = [
+        sys.executable,
+        CLI,
+        "train",
+        str(data),
+        *TINY_FLAGS,
+        "--max-steps",
+        "1000000",
+        "--checkpoint-interval",
+        "1",
+        "--eval-interval",
+        "1000000",
+        "--sample-interval",
+        "1000000",
+        "--warmup-steps",
+        "2",
+        "--seed",
+        "7",
+        "--learning-rate",
+        "0.001",
+        "--min-lr",
+        "0.001",
+        "--keep-last",
+        "2",
+        "--checkpoint-dir",
+        str(run_dir),
+        "--no-progress",
+        *resume,
+        *extra,
+    ]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 

@@ -1,5 +1,6 @@
 """`cli.py train` and `cli.py generate` as a user runs them (subprocesses): prompts stay text,
 Ctrl-C saves and exits 130, and every kind of bad input is one clear `error:` line."""
+
 import json
 import os
 import shutil
@@ -9,14 +10,23 @@ import sys
 import time
 
 import pytest
+from train_helpers import (
+    CLI,
+    ROOT,
+    TINY_FLAGS,
+    all_threads_after,  # noqa: F401  (autouse)
+    assert_clean_error,
+    read_metrics,
+    run_cli,
+    tiny_config,
+    trained_checkpoint,
+    write_corpus,
+)
+from train_helpers import prepared_dataset as _prepared
 
 from cllm.completion import load_for_generation
 from cllm.generation import Generator, SamplingConfig
 from cllm.training import build_config, train
-from train_helpers import all_threads_after  # noqa: F401  (autouse)
-from train_helpers import CLI, ROOT, TINY_FLAGS, assert_clean_error, read_metrics, run_cli, tiny_config, trained_checkpoint
-from train_helpers import prepared_dataset as _prepared
-from train_helpers import write_corpus
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +38,9 @@ def trained(tmp_path_factory):
 
 def _greedy_text(model, tok, prompt, n):
     ids = tok.encode(prompt)
-    return tok.decode(list(Generator(model, eos_id=tok.eos_id).stream(ids, SamplingConfig(max_new_tokens=n, temperature=0))))
+    return tok.decode(
+        list(Generator(model, eos_id=tok.eos_id).stream(ids, SamplingConfig(max_new_tokens=n, temperature=0)))
+    )
 
 
 @pytest.mark.parametrize("args", [["1984"], ["a,b"], ["True"], ["--prompt", "1984"], ["--prompt=a,b"]])
@@ -46,7 +58,9 @@ def test_a_stop_string_with_a_comma_stays_one_string(trained):
     # were "a,b" split into the stops "a" and "b", this text would be cut early
     assert "a" in body or "b" in body
     expected = "the " + body.split("a,b")[0] + "\n"
-    r = run_cli("generate", "the ", "--checkpoint", run, "--temperature", "0", "--max-new-tokens", "30", "--stop", "a,b")
+    r = run_cli(
+        "generate", "the ", "--checkpoint", run, "--temperature", "0", "--max-new-tokens", "30", "--stop", "a,b"
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout == expected
 
@@ -66,9 +80,24 @@ def test_a_prompt_longer_than_the_context_is_cropped_with_a_warning(trained):
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, tmp_path_factory):
     data = _prepared(tmp_path_factory)
     run = tmp_path / "run"
-    cmd = [sys.executable, CLI, "train", str(data), *TINY_FLAGS, "--max-steps", "1000000", "--checkpoint-interval",
-           "1000000", "--eval-interval", "1000000", "--sample-interval", "1000000", "--checkpoint-dir", str(run),
-           "--no-progress"]
+    cmd = [
+        sys.executable,
+        CLI,
+        "train",
+        str(data),
+        *TINY_FLAGS,
+        "--max-steps",
+        "1000000",
+        "--checkpoint-interval",
+        "1000000",
+        "--eval-interval",
+        "1000000",
+        "--sample-interval",
+        "1000000",
+        "--checkpoint-dir",
+        str(run),
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = run / "metrics.jsonl"
     deadline = time.monotonic() + 60
@@ -87,8 +116,11 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, tmp_path_factory):
     steps = [r["step"] for r in read_metrics(run) if "train_loss" in r]
     assert state["step"] == steps[-1] >= 3
     # and the run goes on from there (in process: the flags are what `train --resume latest` gives)
-    train(build_config({"resume": "latest", "checkpoint_dir": str(run), "max_steps": state["step"] + 2,
-                        "progress": False}))
+    train(
+        build_config(
+            {"resume": "latest", "checkpoint_dir": str(run), "max_steps": state["step"] + 2, "progress": False}
+        )
+    )
     assert [r["step"] for r in read_metrics(run) if "train_loss" in r] == list(range(1, state["step"] + 3))
 
 
@@ -109,7 +141,7 @@ def _damaged_checkpoint(tmp_path, run, damage):
     config = json.loads((ck / "config.json").read_text())
     if damage == "truncated":
         raw = model_file.read_bytes()
-        model_file.write_bytes(raw[:len(raw) - 100])
+        model_file.write_bytes(raw[: len(raw) - 100])
     elif damage == "missing":
         model_file.unlink()
     elif damage == "version":
@@ -122,13 +154,16 @@ def _damaged_checkpoint(tmp_path, run, damage):
     return ck
 
 
-@pytest.mark.parametrize("damage, needles", [
-    ("truncated", ["model.safetensors", "corrupt or truncated"]),
-    ("missing", ["missing model.safetensors"]),
-    ("version", ["format version 7"]),
-    ("shapes", ["shape"]),
-    ("negative", ["num_layers"]),
-])
+@pytest.mark.parametrize(
+    "damage, needles",
+    [
+        ("truncated", ["model.safetensors", "corrupt or truncated"]),
+        ("missing", ["missing model.safetensors"]),
+        ("version", ["format version 7"]),
+        ("shapes", ["shape"]),
+        ("negative", ["num_layers"]),
+    ],
+)
 def test_generate_from_a_damaged_checkpoint(tmp_path, trained, damage, needles):
     ck = _damaged_checkpoint(tmp_path, trained[0], damage)
     assert_clean_error(run_cli("generate", "hi", "--checkpoint", ck), *needles)
@@ -161,16 +196,37 @@ def _bad_case(name, tmp_path, run):
     if name == "zero batch-size":
         return ["train", small, "--batch-size", "0", "--checkpoint-dir", tmp_path / "ck"], ["--batch-size", "positive"]
     if name == "heads not dividing":
-        return (["train", small, "--embed-dim", "16", "--num-heads", "3", "--checkpoint-dir", tmp_path / "ck"],
-                ["divisible", "num_heads"])
+        return (
+            ["train", small, "--embed-dim", "16", "--num-heads", "3", "--checkpoint-dir", tmp_path / "ck"],
+            ["divisible", "num_heads"],
+        )
     if name == "dataset smaller than a window":
-        return (["train", small, *TINY_FLAGS, "--checkpoint-dir", tmp_path / "ck", "--no-progress"],
-                ["fewer than one window", "--seq-len"])
+        return (
+            ["train", small, *TINY_FLAGS, "--checkpoint-dir", tmp_path / "ck", "--no-progress"],
+            ["fewer than one window", "--seq-len"],
+        )
     if name == "validation split smaller than a window":
         corpus = write_corpus(tmp_path, "mid.txt", n_lines=5)  # ~250 characters: val ~25 < 33
-        return (["train", corpus, "--embed-dim", "16", "--num-layers", "1", "--num-heads", "2", "--seq-len", "32",
-                 "--batch-size", "2", "--checkpoint-dir", tmp_path / "ck", "--no-progress"],
-                ["validation split", "--seq-len"])
+        return (
+            [
+                "train",
+                corpus,
+                "--embed-dim",
+                "16",
+                "--num-layers",
+                "1",
+                "--num-heads",
+                "2",
+                "--seq-len",
+                "32",
+                "--batch-size",
+                "2",
+                "--checkpoint-dir",
+                tmp_path / "ck",
+                "--no-progress",
+            ],
+            ["validation split", "--seq-len"],
+        )
     if name == "unwritable checkpoint dir":
         (tmp_path / "afile").write_text("a regular file")
         return ["train", small, "--checkpoint-dir", tmp_path / "afile" / "ck"], ["not writable", "--checkpoint-dir"]
@@ -187,10 +243,27 @@ def _bad_case(name, tmp_path, run):
     raise AssertionError(name)
 
 
-BAD = ["missing checkpoint", "temperature < 0", "top-p 0", "top-p > 1", "negative max-new-tokens", "negative top-k",
-       "generate unknown flag", "train unknown flag", "negative embed-dim", "negative seq-len", "zero batch-size",
-       "heads not dividing", "dataset smaller than a window", "validation split smaller than a window",
-       "unwritable checkpoint dir", "empty corpus", "empty directory", "missing data", "resume without a checkpoint"]
+BAD = [
+    "missing checkpoint",
+    "temperature < 0",
+    "top-p 0",
+    "top-p > 1",
+    "negative max-new-tokens",
+    "negative top-k",
+    "generate unknown flag",
+    "train unknown flag",
+    "negative embed-dim",
+    "negative seq-len",
+    "zero batch-size",
+    "heads not dividing",
+    "dataset smaller than a window",
+    "validation split smaller than a window",
+    "unwritable checkpoint dir",
+    "empty corpus",
+    "empty directory",
+    "missing data",
+    "resume without a checkpoint",
+]
 
 
 @pytest.mark.parametrize("name", BAD)

@@ -1,5 +1,5 @@
 """Corpus loading and cleaning, and token files (header validation, llm.c export)."""
-import json
+
 import re
 import sys
 
@@ -8,8 +8,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cllm.data import (CorpusNotFoundError, EmptyCorpusError, TextDecodeError, TokenFileError, clean_text, load_corpus,
-                       read_token_file, write_token_file)
+from cllm.data import (
+    CorpusNotFoundError,
+    EmptyCorpusError,
+    TextDecodeError,
+    TokenFileError,
+    clean_text,
+    load_corpus,
+    read_token_file,
+    write_token_file,
+)
 from cllm.data.tokenfile import HEADER_BYTES
 from cllm.errors import DataError, MissingDependencyError
 from cllm.llmc import export_llmc_tokens, read_llmc_tokens
@@ -18,11 +26,14 @@ from cllm.llmc import export_llmc_tokens, read_llmc_tokens
 def minimal_pdf(text: str) -> bytes:
     """A one-page PDF showing `text` in Helvetica, with a correct xref table."""
     stream = f"BT /F1 24 Tf 72 700 Td ({text}) Tj ET".encode()
-    objs = [b"<< /Type /Catalog /Pages 2 0 R >>",
-            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>",
-            b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
-            b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    objs = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
     out = bytearray(b"%PDF-1.4\n")
     offsets = []
     for i, o in enumerate(objs, 1):
@@ -38,6 +49,7 @@ def minimal_pdf(text: str) -> bytes:
 
 # ---------------------------------------------------------------------------------------------
 # cleaning
+
 
 def test_clean_text_defaults_only_tidy_whitespace():
     assert clean_text("Hello,  World!\t42 \r\n\r\n\r\n\r\nNext line  \n") == "Hello, World! 42\n\nNext line\n"
@@ -70,9 +82,11 @@ def test_clean_text_flags():
 
 
 def test_gutenberg_header_and_footer_are_stripped():
-    book = ("The Project Gutenberg EBook of X\r\nlicence blah\r\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\r\n"
-            "Chapter 1\r\nIt was a dark night.\r\nEnd of the Project Gutenberg EBook of X\r\n"
-            "*** END OF THIS PROJECT GUTENBERG EBOOK X ***\r\nlicence footer\r\n")
+    book = (
+        "The Project Gutenberg EBook of X\r\nlicence blah\r\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\r\n"
+        "Chapter 1\r\nIt was a dark night.\r\nEnd of the Project Gutenberg EBook of X\r\n"
+        "*** END OF THIS PROJECT GUTENBERG EBOOK X ***\r\nlicence footer\r\n"
+    )
     assert clean_text(book) == "Chapter 1\nIt was a dark night.\n"
     assert "licence" in clean_text(book, strip_gutenberg_boilerplate=False)
     assert clean_text("no markers here") == "no markers here"
@@ -80,6 +94,7 @@ def test_gutenberg_header_and_footer_are_stripped():
 
 # ---------------------------------------------------------------------------------------------
 # loading
+
 
 def make_tree(root):
     (root / "b").mkdir(parents=True)
@@ -93,9 +108,12 @@ def make_tree(root):
     (root / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
     (root / "blob").write_bytes(b"abc\x00\x01\x02")
     (root / "recs.jsonl").write_text('{"text": "epsilon"}\n{"id": 3}\n\n{"text": "zeta"}\n')
-    (root / "page.html").write_text("<html><head><title>T</title><style>.x{color:red}</style><script>var secret=1;</script></head>"
-                                    "<body><article><p>Visible paragraph text that a reader would see on this page, long enough to be the main content.</p>"
-                                    "<p>And a second paragraph of ordinary prose for the extractor.</p></article></body></html>")
+    (root / "page.html").write_text(
+        "<html><head><title>T</title><style>.x{color:red}</style><script>var secret=1;</script></head>"
+        "<body><article><p>Visible paragraph text that a reader would see on this page, long enough to be the "
+        "main content.</p>"
+        "<p>And a second paragraph of ordinary prose for the extractor.</p></article></body></html>"
+    )
 
 
 def test_directory_is_walked_sorted_skipping_hidden_binary_and_duplicates(tmp_path):
@@ -173,6 +191,7 @@ def test_bad_corpus_paths(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # token files
 
+
 @pytest.mark.parametrize("vocab,dtype", [(65, np.uint16), (65536, np.uint16), (70000, np.uint32)])
 def test_token_file_round_trip(tmp_path, vocab, dtype):
     ids = np.array([0, 1, vocab - 1, 7], np.int64)
@@ -189,13 +208,19 @@ def test_token_file_header_validation(tmp_path):
     header = np.frombuffer(raw[:HEADER_BYTES], "<i4").copy()
 
     def variant(name, h=None, body=None):
-        (tmp_path / name).write_bytes((h if h is not None else header).tobytes() + (body if body is not None else raw[HEADER_BYTES:]))
+        (tmp_path / name).write_bytes(
+            (h if h is not None else header).tobytes() + (body if body is not None else raw[HEADER_BYTES:])
+        )
         return tmp_path / name
 
-    bad_magic = header.copy(); bad_magic[0] = 12345
-    llmc = header.copy(); llmc[0] = 20240520
-    version = header.copy(); version[1] = 2
-    width = header.copy(); width[2] = 3
+    bad_magic = header.copy()
+    bad_magic[0] = 12345
+    llmc = header.copy()
+    llmc[0] = 20240520
+    version = header.copy()
+    version[1] = 2
+    width = header.copy()
+    width[2] = 3
     cases = {
         variant("magic.bin", bad_magic): "wrong magic",
         variant("llmc.bin", llmc): "llm.c token file",
@@ -227,8 +252,9 @@ def test_llmc_token_export(tmp_path):
 
 def test_html_without_the_crawler_extractor_falls_back_to_lxml(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "cllm.scraper.extract", None)  # import fails -> lxml fallback
-    (tmp_path / "p.html").write_text("<html><head><script>var hidden=1;</script><style>p{}</style></head>"
-                                     "<body><p>Shown words.</p></body></html>")
+    (tmp_path / "p.html").write_text(
+        "<html><head><script>var hidden=1;</script><style>p{}</style></head><body><p>Shown words.</p></body></html>"
+    )
     docs = load_corpus(tmp_path, progress=False).documents
     assert len(docs) == 1 and "Shown words." in docs[0] and "hidden" not in docs[0] and "p{}" not in docs[0]
 

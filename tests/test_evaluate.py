@@ -1,4 +1,5 @@
 """`cli.py evaluate` and cllm.evaluate: loss, perplexity, bits per byte, windows with a stride."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
-
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from serve_helpers import T, tiny_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,18 +81,20 @@ def test_whole_split_matches_trainings_function_and_stride_1_matches_a_direct_re
     assert got["loss"] == pytest.approx(run["val_loss"], rel=1e-5)
 
     # stride 1: target t is predicted from the T tokens before it (or from the start when t <= T)
-    short = val[:T + 24]
+    short = val[: T + 24]
     ref = []
     for t in range(1, short.size):
         start = max(0, t - T)
-        window = short[start:start + T + 1] if start + T + 1 <= short.size else short[start:]
+        window = short[start : start + T + 1] if start + T + 1 <= short.size else short[start:]
         model.forward(window[None, :-1], window[None, 1:])
         ref.append(float(model.a["losses"][t - start - 1]))
     got1 = evaluate_stream(model, short, short.size, stride=1, batch_size=5)
     assert got1["scored_tokens"] == short.size - 1 == len(ref)
     assert got1["loss"] == pytest.approx(np.mean(ref), rel=1e-5)
     # the batch size changes nothing; a bigger stride changes the context, so (slightly) the loss
-    assert evaluate_stream(model, short, short.size, stride=1, batch_size=1)["loss"] == pytest.approx(got1["loss"], rel=1e-6)
+    assert evaluate_stream(model, short, short.size, stride=1, batch_size=1)["loss"] == pytest.approx(
+        got1["loss"], rel=1e-6
+    )
     assert evaluate_stream(model, short, short.size, stride=T)["loss"] != pytest.approx(got1["loss"], rel=1e-9)
 
 
@@ -133,24 +136,33 @@ def test_text_file_directory_and_stdin_agree(run, capsys, tmp_path):
     assert from_dir["documents"] == 2 and from_dir["stride"] == 4
     assert from_dir["tokens"] == len(text) + len("a small old dog sat.\n")
     # stdin through a real process, with the human-readable report
-    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), "evaluate", str(run["run"]), "-"], input=text,
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "evaluate", str(run["run"]), "-"],
+        input=text,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"{from_text['loss']:.4f} nats/token" in proc.stdout
     assert "perplexity" in proc.stdout and "bits/byte" in proc.stdout
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["{run}", "{missing}"], "no such file"),
-    (["{run}"], "give the text"),
-    (["{run}", "{val}", "--text", "abc"], "give the text"),
-    (["{run}", "--text", "  "], "at least 2"),
-    (["{run}", "--text", "the cat", "--stride", "0"], "--stride"),
-    (["{run}", "--text", "the cat", "--stride", str(T + 1)], "--stride"),
-    (["{run}", "--text", "the cat", "--batch-size", "0"], "--batch-size"),
-    (["{missing}", "--text", "the cat"], "no checkpoint"),
-    (["{run}", "--text", "the cat", "--bogus", "1"], "unknown flag --bogus"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["{run}", "{missing}"], "no such file"),
+        (["{run}"], "give the text"),
+        (["{run}", "{val}", "--text", "abc"], "give the text"),
+        (["{run}", "--text", "  "], "at least 2"),
+        (["{run}", "--text", "the cat", "--stride", "0"], "--stride"),
+        (["{run}", "--text", "the cat", "--stride", str(T + 1)], "--stride"),
+        (["{run}", "--text", "the cat", "--batch-size", "0"], "--batch-size"),
+        (["{missing}", "--text", "the cat"], "no checkpoint"),
+        (["{run}", "--text", "the cat", "--bogus", "1"], "unknown flag --bogus"),
+    ],
+)
 def test_user_errors_are_one_line(run, capsys, tmp_path, args, needle):
     subst = {"run": run["run"], "missing": tmp_path / "nope", "val": run["val_text"]}
     code, out, err = cli(capsys, *[a.format(**subst) for a in args])

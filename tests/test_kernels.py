@@ -6,6 +6,7 @@ the forward to ~1e-6 relative. Every gradient buffer starts from random junk: th
 its gradient (result - junk = gradient, and a second call adds the same amount again).
 Float32: the same kernels compiled for float32 must match float64 to float32 rounding.
 """
+
 import math
 import os
 
@@ -66,8 +67,9 @@ def check_backward(forward_loss, inputs, run_backward, rng):
     once = {k: grads[k] - junk[k] for k in grads}
     run_backward(grads)
     for k in grads:
-        np.testing.assert_allclose(grads[k] - junk[k], 2 * once[k], rtol=1e-12, atol=1e-12,
-                                   err_msg=f"backward does not accumulate into d{k}")
+        np.testing.assert_allclose(
+            grads[k] - junk[k], 2 * once[k], rtol=1e-12, atol=1e-12, err_msg=f"backward does not accumulate into d{k}"
+        )
     for k, x in inputs.items():
         idx, num = fd_grad(forward_loss, x, rng)
         assert_grad(once[k], idx, num, k)
@@ -95,7 +97,7 @@ def np_layernorm(x, w, b):
 
 
 def np_gelu(x):
-    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
 
 
 def np_attention(qkv, B, T, C, NH):
@@ -195,7 +197,9 @@ def test_layernorm(B, T, C, seed):
     o32, m32, r32 = np.empty(N * C, F32), np.empty(N, F32), np.empty(N, F32)
     K.layernorm_forward(o32, m32, r32, x32["inp"], x32["weight"], x32["bias"], B, T, C)
     # float32 inputs are rounded: compare against float64 on the same rounded inputs
-    ref32, rm32, rr32 = np_layernorm(x32["inp"].astype(F64).reshape(N, C), x32["weight"].astype(F64), x32["bias"].astype(F64))
+    ref32, rm32, rr32 = np_layernorm(
+        x32["inp"].astype(F64).reshape(N, C), x32["weight"].astype(F64), x32["bias"].astype(F64)
+    )
     assert_f32(o32, ref32.ravel(), "layernorm out", rtol=1e-4 if C > 1 else 2e-5)
     assert_f32(m32, rm32, "mean")
     if C > 1:
@@ -247,7 +251,9 @@ def test_matmul(B, T, C, OC, has_bias, want_dinp, seed):
     K.matmul_forward(o32, x32["inp"], x32["weight"], x32.get("bias"), B, T, C, OC)
     assert_f32(o32, out, "matmul out", rtol=1e-5 * max(C, 4))
     gr32 = {k: np.zeros(v.size, F32) for k, v in checked.items()}
-    K.matmul_backward(gr32.get("inp"), gr32["weight"], gr32.get("bias"), W.astype(F32), x32["inp"], x32["weight"], B, T, C, OC)
+    K.matmul_backward(
+        gr32.get("inp"), gr32["weight"], gr32.get("bias"), W.astype(F32), x32["inp"], x32["weight"], B, T, C, OC
+    )
     for k in gr32:
         assert_f32(gr32[k], g[k], f"d{k}", rtol=1e-5 * max(C, OC, N, 4))
 
@@ -259,12 +265,21 @@ def test_matmul_weight_longer_than_needed():
     inp, weight = rand(rng, B * T * C), rand(rng, (OC + 3) * C)
     out = np.empty(B * T * OC)
     K.matmul_forward(out, inp, weight, None, B, T, C, OC)
-    np.testing.assert_allclose(out.reshape(-1, OC), inp.reshape(-1, C) @ weight[:OC * C].reshape(OC, C).T, rtol=1e-12)
+    np.testing.assert_allclose(out.reshape(-1, OC), inp.reshape(-1, C) @ weight[: OC * C].reshape(OC, C).T, rtol=1e-12)
 
 
 @SETTINGS
-@given(m=st.integers(1, 6), n=st.integers(1, 6), k=st.integers(1, 6), transa=st.booleans(), transb=st.booleans(),
-       pad=st.integers(0, 3), off=st.integers(0, 5), beta=st.sampled_from([0, 1]), seed=seeds)
+@given(
+    m=st.integers(1, 6),
+    n=st.integers(1, 6),
+    k=st.integers(1, 6),
+    transa=st.booleans(),
+    transb=st.booleans(),
+    pad=st.integers(0, 3),
+    off=st.integers(0, 5),
+    beta=st.sampled_from([0, 1]),
+    seed=seeds,
+)
 def test_gemm_matches_numpy(m, n, k, transa, transb, pad, off, beta, seed):
     # kernels.blas.gemm: row-major, operands addressed by offset and row stride inside larger
     # arrays (a block of columns of a wider matrix), beta = 1 accumulates, beta = 0 overwrites
@@ -285,8 +300,24 @@ def test_gemm_matches_numpy(m, n, k, transa, transb, pad, off, beta, seed):
         A = a[off:].reshape(a_rows, lda)[:, :a_cols].astype(F64)
         B_ = b[off:].reshape(b_rows, ldb)[:, :b_cols].astype(F64)
         expect = (A.T if transa else A) @ (B_.T if transb else B_)
-        gemm(TRANS if transa else NO_TRANS, TRANS if transb else NO_TRANS, m, n, k, 1, a, off, lda, b, off, ldb,
-             beta, c, off, ldc)
+        gemm(
+            TRANS if transa else NO_TRANS,
+            TRANS if transb else NO_TRANS,
+            m,
+            n,
+            k,
+            1,
+            a,
+            off,
+            lda,
+            b,
+            off,
+            ldb,
+            beta,
+            c,
+            off,
+            ldc,
+        )
         got = c[off:].reshape(m, ldc)
         if beta == 1:
             expect = expect + before[off:].reshape(m, ldc)[:, :n]
@@ -327,7 +358,7 @@ def test_exp_shifted():
     y = x.copy()
     total = call(y, shift, np.empty(x.size, F32))
     rel = np.abs(y.astype(F64) - exact) / exact
-    assert rel.max() < 4 * 2.0 ** -23, rel.max()
+    assert rel.max() < 4 * 2.0**-23, rel.max()
     assert abs(total - exact.sum()) / exact.sum() < 1e-5
     # below exp(-87) the result is clamped there: tiny, positive, never a wrapped-around sign
     low = np.array([-87.5, -100.0, -1e30, -np.inf], F32)
@@ -429,8 +460,8 @@ def _gelu_float32_errors(x):
     d = np.zeros_like(x)
     K.gelu_backward(d, x, np.ones_like(x), x.size)
     s = math.sqrt(2 / math.pi)
-    th = np.tanh(s * (x64 + 0.044715 * x64 ** 3))
-    ref = 0.5 * (1 + th) + 0.5 * x64 * (1 - th ** 2) * s * (1 + 3 * 0.044715 * x64 ** 2)
+    th = np.tanh(s * (x64 + 0.044715 * x64**3))
+    ref = 0.5 * (1 + th) + 0.5 * x64 * (1 - th**2) * s * (1 + 3 * 0.044715 * x64**2)
     scale = np.maximum(np.abs(x64), 1.0)
     return np.abs(out - np_gelu(x64)) / scale, np.abs(d - ref) / scale
 
@@ -537,14 +568,19 @@ def adamw_textbook(p, g, m, v, lr, b1, b2, eps, wd, t):
     p = p * (1 - lr * wd)
     m = b1 * m + (1 - b1) * g
     v = b2 * v + (1 - b2) * g * g
-    mhat = m / (1 - b1 ** t)
-    vhat = v / (1 - b2 ** t)
+    mhat = m / (1 - b1**t)
+    vhat = v / (1 - b2**t)
     return p - lr * mhat / (np.sqrt(vhat) + eps), m, v
 
 
 @SETTINGS
-@given(N=st.integers(1, 50), wd=st.sampled_from([0.0, 0.1, 0.5]), lr=st.sampled_from([1e-3, 3e-2]),
-       b2=st.sampled_from([0.95, 0.999]), seed=seeds)
+@given(
+    N=st.integers(1, 50),
+    wd=st.sampled_from([0.0, 0.1, 0.5]),
+    lr=st.sampled_from([1e-3, 3e-2]),
+    b2=st.sampled_from([0.95, 0.999]),
+    seed=seeds,
+)
 def test_adamw(N, wd, lr, b2, seed):
     rng = np.random.default_rng(seed)
     b1, eps = 0.9, 1e-8
@@ -606,7 +642,9 @@ def _float64_variables(kernel, *args):
     for name, t in cres.type_annotation.typemap.items():
         if t == types.float64 or (isinstance(t, types.Array) and t.dtype == types.float64):
             # constants (np.inf, module globals) are float64 until cast with dt(...) at their use
-            if not (name.startswith("$const") or any(w in name for w in ("load_global", "load_attr", "unary_negative"))):
+            if not (
+                name.startswith("$const") or any(w in name for w in ("load_global", "load_attr", "unary_negative"))
+            ):
                 bad.add(name)
     return sorted(bad)
 
@@ -630,7 +668,7 @@ def test_serial_and_parallel_paths_agree():
             fn(r0, min(rows, r0 + chunk))
 
     def span(x, r0, r1, width=C):
-        return x[r0 * width:r1 * width]
+        return x[r0 * width : r1 * width]
 
     big, small = np.empty(N, F32), np.empty(N, F32)
     K.residual_forward(big, a, b, N)
@@ -645,16 +683,22 @@ def test_serial_and_parallel_paths_agree():
 
     mean, rstd, mean_s, rstd_s = (np.empty(rows, F32) for _ in range(4))
     K.layernorm_forward(big, mean, rstd, a, w, bias, 1, rows, C)
-    pieces(lambda r0, r1: K.layernorm_forward(span(small, r0, r1), mean_s[r0:r1], rstd_s[r0:r1], span(a, r0, r1),
-                                              w, bias, 1, r1 - r0, C))
+    pieces(
+        lambda r0, r1: K.layernorm_forward(
+            span(small, r0, r1), mean_s[r0:r1], rstd_s[r0:r1], span(a, r0, r1), w, bias, 1, r1 - r0, C
+        )
+    )
     np.testing.assert_array_equal(big, small)
     np.testing.assert_array_equal(mean, mean_s)
 
     dx, dw, db = b.copy(), np.zeros(C, F32), np.zeros(C, F32)
     sx, sw, sb = b.copy(), np.zeros(C, F32), np.zeros(C, F32)
     K.layernorm_backward(dx, dw, db, d, a, w, mean, rstd, 1, rows, C)
-    pieces(lambda r0, r1: K.layernorm_backward(span(sx, r0, r1), sw, sb, span(d, r0, r1), span(a, r0, r1), w,
-                                               mean[r0:r1], rstd[r0:r1], 1, r1 - r0, C))
+    pieces(
+        lambda r0, r1: K.layernorm_backward(
+            span(sx, r0, r1), sw, sb, span(d, r0, r1), span(a, r0, r1), w, mean[r0:r1], rstd[r0:r1], 1, r1 - r0, C
+        )
+    )
     np.testing.assert_array_equal(dx, sx)
     np.testing.assert_array_equal(dw, sw)  # the same additions in the same order (rows, serially)
     np.testing.assert_array_equal(db, sb)
@@ -662,8 +706,11 @@ def test_serial_and_parallel_paths_agree():
     p1, m1, v1 = a.copy(), np.abs(b) * 0.1, np.abs(d) * 0.01
     p2, m2, v2 = p1.copy(), m1.copy(), v1.copy()
     K.adamw_update(p1, d, m1, v1, 1e-3, 0.9, 0.95, 1e-8, 0.1, 3)
-    pieces(lambda r0, r1: K.adamw_update(span(p2, r0, r1), span(d, r0, r1), span(m2, r0, r1), span(v2, r0, r1),
-                                         1e-3, 0.9, 0.95, 1e-8, 0.1, 3))
+    pieces(
+        lambda r0, r1: K.adamw_update(
+            span(p2, r0, r1), span(d, r0, r1), span(m2, r0, r1), span(v2, r0, r1), 1e-3, 0.9, 0.95, 1e-8, 0.1, 3
+        )
+    )
     np.testing.assert_array_equal(p1, p2)
     np.testing.assert_array_equal(v1, v2)
 
@@ -683,17 +730,29 @@ def test_backward_overwrite_ignores_what_the_output_held(dtype):
     probs = np.abs(r(N * Vp))
     targets = rng.integers(0, V, N).astype(np.int32)
     mean, rstd = np.empty(N, dtype), np.empty(N, dtype)
-    K.layernorm_forward(np.empty(N * C, dtype), mean, rstd, inp, w[:C], w[C:2 * C], B, T, C)
+    K.layernorm_forward(np.empty(N * C, dtype), mean, rstd, inp, w[:C], w[C : 2 * C], B, T, C)
     cases = {  # kernel call given (output buffer, extra accumulated buffers) -> None
-        "matmul": (N * C, lambda o, acc, ow: K.matmul_backward(o, acc[0], acc[1], dout_oc, inp, w, B, T, C, OC, ow),
-                   [OC * C, OC]),
-        "layernorm": (N * C, lambda o, acc, ow: K.layernorm_backward(o, acc[0], acc[1], dout, inp, w[:C], mean, rstd,
-                                                                     B, T, C, ow), [C, C]),
+        "matmul": (
+            N * C,
+            lambda o, acc, ow: K.matmul_backward(o, acc[0], acc[1], dout_oc, inp, w, B, T, C, OC, ow),
+            [OC * C, OC],
+        ),
+        "layernorm": (
+            N * C,
+            lambda o, acc, ow: K.layernorm_backward(o, acc[0], acc[1], dout, inp, w[:C], mean, rstd, B, T, C, ow),
+            [C, C],
+        ),
         "gelu": (N * C, lambda o, acc, ow: K.gelu_backward(o, inp, dout, N * C, ow), []),
-        "attention": (N * 3 * C, lambda o, acc, ow: K.attention_backward(o, None, None, dout, qkv, att_in, B, T, C,
-                                                                         NH, ow), []),
-        "crossentropy": (N * Vp, lambda o, acc, ow: K.crossentropy_softmax_backward(o, r(N), probs, targets, B, T, V,
-                                                                                    Vp, ow), []),
+        "attention": (
+            N * 3 * C,
+            lambda o, acc, ow: K.attention_backward(o, None, None, dout, qkv, att_in, B, T, C, NH, ow),
+            [],
+        ),
+        "crossentropy": (
+            N * Vp,
+            lambda o, acc, ow: K.crossentropy_softmax_backward(o, r(N), probs, targets, B, T, V, Vp, ow),
+            [],
+        ),
     }
     for name, (size, call, acc_sizes) in cases.items():
         state = rng.bit_generator.state
@@ -734,15 +793,36 @@ def test_float32_arithmetic_stays_float32():
         "gemm": (gemm, NO_TRANS, TRANS, 2, 3, 4, 1, u(8), 0, 4, u(12), 0, 4, 1, z(6), 0, 3),
         "exp_shifted": (exp_shifted, u(7), F32(0.5), z(7)),
         "attention_forward": (K.attention_forward, z(T * C), z(NH * T * T), z(NH * T * T), u(T * 3 * C), B, T, C, NH),
-        "attention_backward": (K.attention_backward, z(T * 3 * C), z(NH * T * T), z(NH * T * T), u(T * C), u(T * 3 * C),
-                               u(NH * T * T), B, T, C, NH),
+        "attention_backward": (
+            K.attention_backward,
+            z(T * 3 * C),
+            z(NH * T * T),
+            z(NH * T * T),
+            u(T * C),
+            u(T * 3 * C),
+            u(NH * T * T),
+            B,
+            T,
+            C,
+            NH,
+        ),
         "gelu_forward": (K.gelu_forward, z(7), u(7), 7),
         "gelu_backward": (K.gelu_backward, z(7), u(7), u(7), 7),
         "residual_forward": (K.residual_forward, z(7), u(7), u(7), 7),
         "residual_backward": (K.residual_backward, z(7), z(7), u(7), 7),
         "softmax_forward": (K.softmax_forward, z(T * Vp), u(T * Vp), B, T, V, Vp),
         "crossentropy_forward": (K.crossentropy_forward, z(T), u(T * Vp), tok, B, T, Vp),
-        "crossentropy_softmax_backward": (K.crossentropy_softmax_backward, z(T * Vp), u(T), u(T * Vp), tok, B, T, V, Vp),
+        "crossentropy_softmax_backward": (
+            K.crossentropy_softmax_backward,
+            z(T * Vp),
+            u(T),
+            u(T * Vp),
+            tok,
+            B,
+            T,
+            V,
+            Vp,
+        ),
     }
     promoted = {name: v for name, (k, *args) in cases.items() if (v := _float64_variables(k, *args))}
     assert not promoted, f"float64 arithmetic inside float32 kernels: {promoted}"

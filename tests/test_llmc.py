@@ -1,11 +1,18 @@
 """llm.c interoperability: export-llmc / import-llmc against llm.c's fp32 model file format as
 train_gpt2.c reads it, written out here independently of cllm/llmc.py."""
+
 import json
 import os
 import struct
 
 import numpy as np
 import pytest
+from train_helpers import (
+    all_threads_after,  # noqa: F401  (autouse)
+    assert_clean_error,
+    run_cli,
+    trained_checkpoint,
+)
 
 from cllm import checkpoint as ck
 from cllm.commands import run_command
@@ -13,8 +20,6 @@ from cllm.config import ModelConfig
 from cllm.errors import CheckpointError
 from cllm.llmc import export_checkpoint, import_model_file, read_model_file
 from cllm.model import Model
-from train_helpers import all_threads_after  # noqa: F401  (autouse)
-from train_helpers import assert_clean_error, run_cli, trained_checkpoint
 
 # llm.c train_gpt2.c: int model_header[256]; magic, version, maxT, V, L, NH, C, Vp
 MAGIC, VERSION = 20240326, 3
@@ -22,10 +27,24 @@ MAGIC, VERSION = 20240326, 3
 
 def llmc_layout(maxT, V, L, NH, C, Vp):
     """(name, shape) of every parameter tensor in the order of llm.c's ParameterTensors."""
-    return [("wte", (Vp, C)), ("wpe", (maxT, C)), ("ln1w", (L, C)), ("ln1b", (L, C)), ("qkvw", (L, 3 * C, C)),
-            ("qkvb", (L, 3 * C)), ("attprojw", (L, C, C)), ("attprojb", (L, C)), ("ln2w", (L, C)), ("ln2b", (L, C)),
-            ("fcw", (L, 4 * C, C)), ("fcb", (L, 4 * C)), ("fcprojw", (L, C, 4 * C)), ("fcprojb", (L, C)),
-            ("lnfw", (C,)), ("lnfb", (C,))]
+    return [
+        ("wte", (Vp, C)),
+        ("wpe", (maxT, C)),
+        ("ln1w", (L, C)),
+        ("ln1b", (L, C)),
+        ("qkvw", (L, 3 * C, C)),
+        ("qkvb", (L, 3 * C)),
+        ("attprojw", (L, C, C)),
+        ("attprojb", (L, C)),
+        ("ln2w", (L, C)),
+        ("ln2b", (L, C)),
+        ("fcw", (L, 4 * C, C)),
+        ("fcb", (L, 4 * C)),
+        ("fcprojw", (L, C, 4 * C)),
+        ("fcprojb", (L, C)),
+        ("lnfw", (C,)),
+        ("lnfb", (C,)),
+    ]
 
 
 def read_llmc(path):
@@ -38,7 +57,7 @@ def read_llmc(path):
     tensors, offset = {}, 0
     for name, shape in llmc_layout(maxT, V, L, NH, C, Vp):
         n = int(np.prod(shape))
-        tensors[name] = floats[offset:offset + n].reshape(shape)
+        tensors[name] = floats[offset : offset + n].reshape(shape)
         offset += n
     assert offset == floats.size, "the file holds more or fewer floats than its header says"
     return header, tensors
@@ -59,7 +78,7 @@ def saved_model(tmp_path):
     model = Model(CFG, seed=11)
     rng = np.random.default_rng(0)
     model.params[:] += rng.normal(0, 0.05, model.params.size).astype(np.float32)  # no zero biases or unit gains
-    model.p["wte"][CFG.vocab_size * CFG.embed_dim:] = 0  # padded rows stay zero, as llm.c writes them
+    model.p["wte"][CFG.vocab_size * CFG.embed_dim :] = 0  # padded rows stay zero, as llm.c writes them
     ck.save_checkpoint(str(tmp_path / "run"), "step_000005", model)
     ck.set_pointer(str(tmp_path / "run"), "latest", "step_000005")
     return model, tmp_path / "run"
@@ -105,8 +124,9 @@ def test_import_a_file_written_to_the_spec(tmp_path):
     write_llmc(tmp_path / "gpt.bin", [MAGIC, 3, maxT, V, L, NH, C, Vp], floats)
     import_model_file(str(tmp_path / "gpt.bin"), str(tmp_path / "ck"))
     loaded = ck.load_checkpoint(str(tmp_path / "ck"))
-    assert loaded.model_config == ModelConfig(vocab_size=V, max_seq_len=maxT, num_layers=L, num_heads=NH,
-                                              embed_dim=C, padded_vocab_size=Vp)
+    assert loaded.model_config == ModelConfig(
+        vocab_size=V, max_seq_len=maxT, num_layers=L, num_heads=NH, embed_dim=C, padded_vocab_size=Vp
+    )
     _, spec = read_llmc(tmp_path / "gpt.bin")
     for name, tensor in spec.items():
         np.testing.assert_array_equal(loaded.params[name], tensor, err_msg=name)
@@ -119,8 +139,10 @@ def test_version_1_has_an_unpadded_vocabulary(tmp_path):
     write_llmc(tmp_path / "v1.bin", [MAGIC, 1, maxT, V, L, NH, C], floats)
     m = read_model_file(str(tmp_path / "v1.bin"))
     assert m.config.padded_vocab_size == V and m.config.vocab_size == V
-    np.testing.assert_array_equal(m.named_tensors()["wte"], floats[:V * C].reshape(V, C))
-    model = ck.model_from_checkpoint(ck.load_checkpoint(import_model_file(str(tmp_path / "v1.bin"), str(tmp_path / "ck"))))
+    np.testing.assert_array_equal(m.named_tensors()["wte"], floats[: V * C].reshape(V, C))
+    model = ck.model_from_checkpoint(
+        ck.load_checkpoint(import_model_file(str(tmp_path / "v1.bin"), str(tmp_path / "ck")))
+    )
     np.testing.assert_array_equal(model.params, floats)
 
 
@@ -132,19 +154,22 @@ def _good_file(tmp_path):
     return path, n
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("truncated", "truncated"),
-    ("trailing", "longer than its header"),
-    ("short", "shorter than llm.c's 1024-byte header"),
-    ("magic", "magic number"),
-    ("bf16", "version 5"),
-    ("version2", "version 2"),
-    ("negative", "impossible sizes"),
-    ("vp_small", "padded_vocab_size"),
-    ("heads", "divisible"),
-    ("nan", "non-finite"),
-    ("absent", "no llm.c model file"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("truncated", "truncated"),
+        ("trailing", "longer than its header"),
+        ("short", "shorter than llm.c's 1024-byte header"),
+        ("magic", "magic number"),
+        ("bf16", "version 5"),
+        ("version2", "version 2"),
+        ("negative", "impossible sizes"),
+        ("vp_small", "padded_vocab_size"),
+        ("heads", "divisible"),
+        ("nan", "non-finite"),
+        ("absent", "no llm.c model file"),
+    ],
+)
 def test_bad_model_files_are_refused(tmp_path, damage, message):
     path, n = _good_file(tmp_path)
     raw = bytearray(path.read_bytes())
@@ -168,7 +193,7 @@ def test_bad_model_files_are_refused(tmp_path, damage, message):
     elif damage == "heads":
         header[5] = 3
     elif damage == "nan":
-        raw[1024 + 40:1024 + 44] = struct.pack("<f", float("nan"))
+        raw[1024 + 40 : 1024 + 44] = struct.pack("<f", float("nan"))
     if damage in ("magic", "bf16", "version2", "negative", "vp_small", "heads"):
         raw[:1024] = struct.pack("<256i", *header)
     path.write_bytes(bytes(raw))

@@ -3,6 +3,7 @@
 Equivalence: 2 ranks with batch B see the same global batches as 1 process with --grad-accum 2, so
 their losses and final weights must agree to float32 rounding of the reduction order.
 """
+
 import json
 import os
 import shutil
@@ -27,8 +28,25 @@ except ImportError:
 
 needs_mpi = pytest.mark.skipif(MPIEXEC is None, reason="MPI is not installed: pip install -e '.[mpi]' (make test does)")
 
-FLAGS = ["--embed-dim", "32", "--num-layers", "2", "--num-heads", "2", "--seq-len", "32", "--batch-size", "4",
-         "--eval-interval", "4", "--sample-interval", "1000", "--no-progress", "--learning-rate", "3e-3"]
+FLAGS = [
+    "--embed-dim",
+    "32",
+    "--num-layers",
+    "2",
+    "--num-heads",
+    "2",
+    "--seq-len",
+    "32",
+    "--batch-size",
+    "4",
+    "--eval-interval",
+    "4",
+    "--sample-interval",
+    "1000",
+    "--no-progress",
+    "--learning-rate",
+    "3e-3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +83,44 @@ def _weights(ckdir):
 @needs_mpi
 def test_two_ranks_equal_one_process_with_grad_accum(corpus):
     # with dropout: each rank draws the masks of its global micro-batch, those --grad-accum 2 draws
-    one = _train([sys.executable, CLI, "train", "small.txt", *FLAGS, "--grad-accum", "2", "--max-steps", "6",
-                  "--dropout", "0.1", "--checkpoint-dir", "ck_one"], corpus)
+    one = _train(
+        [
+            sys.executable,
+            CLI,
+            "train",
+            "small.txt",
+            *FLAGS,
+            "--grad-accum",
+            "2",
+            "--max-steps",
+            "6",
+            "--dropout",
+            "0.1",
+            "--checkpoint-dir",
+            "ck_one",
+        ],
+        corpus,
+    )
     assert one.returncode == 0, one.stderr
-    two = _train([MPIEXEC, "-n", "2", sys.executable, CLI, "train", "small.txt", *FLAGS, "--max-steps", "6",
-                  "--dropout", "0.1", "--checkpoint-dir", "ck_two"], corpus)
+    two = _train(
+        [
+            MPIEXEC,
+            "-n",
+            "2",
+            sys.executable,
+            CLI,
+            "train",
+            "small.txt",
+            *FLAGS,
+            "--max-steps",
+            "6",
+            "--dropout",
+            "0.1",
+            "--checkpoint-dir",
+            "ck_two",
+        ],
+        corpus,
+    )
     assert two.returncode == 0, two.stderr
     a, b = _losses(corpus / "ck_one"), _losses(corpus / "ck_two")
     assert len(a) == len(b) == 6
@@ -86,11 +137,27 @@ def test_two_ranks_equal_one_process_with_grad_accum(corpus):
 
 @needs_mpi
 def test_resume_with_another_world_size_says_so(corpus):
-    first = _train([MPIEXEC, "-n", "2", sys.executable, CLI, "train", "small.txt", *FLAGS, "--max-steps", "3",
-                    "--checkpoint-dir", "ck_ws"], corpus)
+    first = _train(
+        [
+            MPIEXEC,
+            "-n",
+            "2",
+            sys.executable,
+            CLI,
+            "train",
+            "small.txt",
+            *FLAGS,
+            "--max-steps",
+            "3",
+            "--checkpoint-dir",
+            "ck_ws",
+        ],
+        corpus,
+    )
     assert first.returncode == 0, first.stderr
-    again = _train([sys.executable, CLI, "train", "--resume", "latest", "--max-steps", "5", "--checkpoint-dir", "ck_ws"],
-                   corpus)
+    again = _train(
+        [sys.executable, CLI, "train", "--resume", "latest", "--max-steps", "5", "--checkpoint-dir", "ck_ws"], corpus
+    )
     assert again.returncode == 0, again.stderr
     assert "written by 2 process(es) and resumes on 1" in again.stderr
     assert _losses(corpus / "ck_ws")[-1] > 0 and len(_losses(corpus / "ck_ws")) == 5
@@ -100,9 +167,26 @@ def test_resume_with_another_world_size_says_so(corpus):
 def test_a_dead_rank_ends_the_others(corpus):
     import psutil
 
-    proc = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, CLI, "train", "small.txt", *FLAGS,
-                             "--max-steps", "100000", "--checkpoint-dir", "ck_dead"], cwd=corpus,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            MPIEXEC,
+            "-n",
+            "2",
+            sys.executable,
+            CLI,
+            "train",
+            "small.txt",
+            *FLAGS,
+            "--max-steps",
+            "100000",
+            "--checkpoint-dir",
+            "ck_dead",
+        ],
+        cwd=corpus,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         # wait until both ranks are training, then kill rank 1 without warning
         deadline = time.time() + 120
@@ -130,8 +214,10 @@ def test_a_dead_rank_ends_the_others(corpus):
 
 def test_mpirun_without_mpi4py_is_a_clear_error(tmp_path):
     # an MPI launcher's variables without mpi4py importable: one clear message, exit 2
-    code = ("import sys; sys.modules['mpi4py'] = None; sys.argv = ['cli.py', 'train', '--max-steps', '1'];"
-            f"sys.path.insert(0, {str(ROOT)!r}); import cli; sys.exit(cli.main(sys.argv[1:]))")
+    code = (
+        "import sys; sys.modules['mpi4py'] = None; sys.argv = ['cli.py', 'train', '--max-steps', '1'];"
+        f"sys.path.insert(0, {str(ROOT)!r}); import cli; sys.exit(cli.main(sys.argv[1:]))"
+    )
     env = dict(os.environ, PMI_SIZE="2", PMI_RANK="0")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
     assert r.returncode == 2, r.stderr

@@ -1,4 +1,5 @@
 """prepare: token datasets, the deterministic split, the cache, and the CLI's bad-input messages."""
+
 import json
 import os
 import subprocess
@@ -17,7 +18,9 @@ SHAKESPEARE = ROOT / "data" / "tinyshakespeare.txt"
 
 
 def run_cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), *map(str, args)], capture_output=True, text=True, cwd=cwd
+    )
 
 
 def test_char_dataset_matches_nanogpt_shakespeare_char(tmp_path):
@@ -46,25 +49,30 @@ def make_docs(root, n=10):
 @pytest.mark.parametrize("kind", ["word", "bpe"])
 def test_several_documents_split_at_boundaries_with_eos(tmp_path, kind):
     docs = make_docs(tmp_path / "c")
-    ds = prepare_dataset(tmp_path / "c", tmp_path / "out", tokenizer=kind, vocab_size=280, val_fraction=0.2, progress=False)
+    ds = prepare_dataset(
+        tmp_path / "c", tmp_path / "out", tokenizer=kind, vocab_size=280, val_fraction=0.2, progress=False
+    )
     tok, eos = ds.tokenizer, ds.tokenizer.eos_id
     train, val = ds.train_tokens().tolist(), ds.val_tokens().tolist()
+
     # EOS closes every document; split the streams back into documents
     def split(ids):
         out, cur = [], []
         for i in ids:
             if i == eos:
-                out.append(tok.decode(cur)); cur = []
+                out.append(tok.decode(cur))
+                cur = []
             else:
                 cur.append(i)
         assert cur == []
         return out
+
     got_train, got_val = split(train), split(val)
     assert got_train + got_val == [tok.decode(tok.encode(d)) for d in docs]
     # val is the tail of documents holding about 20% of the characters
     lengths = [len(d) for d in docs]
     assert len(got_val) == len(docs) - ds.meta["val_first_document"] >= 1
-    share = sum(lengths[ds.meta["val_first_document"]:]) / sum(lengths)
+    share = sum(lengths[ds.meta["val_first_document"] :]) / sum(lengths)
     assert 0.1 <= share <= 0.4 and ds.meta["split"] == "documents"
 
 
@@ -80,12 +88,16 @@ def test_cache_reuse_and_invalidation(tmp_path):
     # any change rebuilds: an option, a file's content, a new file
     assert not prepare_dataset(tmp_path / "c", out, tokenizer="char", lowercase=True, progress=False).cached
     assert prepare_dataset(tmp_path / "c", out, tokenizer="char", lowercase=True, progress=False).cached
-    assert not prepare_dataset(tmp_path / "c", out, tokenizer="char", lowercase=True, val_fraction=0.3, progress=False).cached
+    assert not prepare_dataset(
+        tmp_path / "c", out, tokenizer="char", lowercase=True, val_fraction=0.3, progress=False
+    ).cached
     (tmp_path / "c" / "doc03.txt").write_text("Changed text with a new letter: Z!")
     ds = prepare_dataset(tmp_path / "c", out, tokenizer="char", lowercase=True, val_fraction=0.3, progress=False)
     assert not ds.cached and "!" in ds.tokenizer._token_to_id
     (tmp_path / "c" / "extra.txt").write_text("one more document")
-    assert not prepare_dataset(tmp_path / "c", out, tokenizer="char", lowercase=True, val_fraction=0.3, progress=False).cached
+    assert not prepare_dataset(
+        tmp_path / "c", out, tokenizer="char", lowercase=True, val_fraction=0.3, progress=False
+    ).cached
     # a damaged cache is rebuilt, not trusted
     with open(out / "val.bin", "ab") as f:
         f.write(b"\0\0")
@@ -107,15 +119,23 @@ def test_bad_options(tmp_path):
 
 def test_cli_prepare_writes_dataset_then_reuses_it(tmp_path):
     make_docs(tmp_path / "c")
-    r = run_cli("prepare", tmp_path / "c", "--tokenizer", "bpe", "--vocab-size", "300", "--out", tmp_path / "out", "--llmc")
+    r = run_cli(
+        "prepare", tmp_path / "c", "--tokenizer", "bpe", "--vocab-size", "300", "--out", tmp_path / "out", "--llmc"
+    )
     assert r.returncode == 0, r.stderr
     assert "train.bin" in r.stdout and "10 documents" in r.stdout
-    assert {"tokenizer.json", "train.bin", "val.bin", "meta.json", "train_llmc.bin", "val_llmc.bin"} <= set(os.listdir(tmp_path / "out"))
-    r = run_cli("prepare", tmp_path / "c", "--tokenizer", "bpe", "--vocab-size", "300", "--out", tmp_path / "out", "--llmc")
+    assert {"tokenizer.json", "train.bin", "val.bin", "meta.json", "train_llmc.bin", "val_llmc.bin"} <= set(
+        os.listdir(tmp_path / "out")
+    )
+    r = run_cli(
+        "prepare", tmp_path / "c", "--tokenizer", "bpe", "--vocab-size", "300", "--out", tmp_path / "out", "--llmc"
+    )
     assert r.returncode == 0 and "reused cached dataset" in r.stdout
 
 
-@pytest.mark.parametrize("case", ["missing", "empty_dir", "no_text", "small_vocab", "word_vocab", "bad_kind", "strict_utf8", "unwritable"])
+@pytest.mark.parametrize(
+    "case", ["missing", "empty_dir", "no_text", "small_vocab", "word_vocab", "bad_kind", "strict_utf8", "unwritable"]
+)
 def test_cli_bad_input_is_one_clear_error(tmp_path, case):
     make_docs(tmp_path / "c", 3)
     (tmp_path / "empty").mkdir()

@@ -1,16 +1,16 @@
 """`cli.py serve`: the completions API, streaming, limits, auth, static files, cancellation."""
+
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-import threading
 import time
 
 import pytest
+from serve_helpers import tiny_run
 
 from cllm.serve import server
-from serve_helpers import tiny_run
 
 PROMPT = "the cat sat"
 
@@ -73,7 +73,7 @@ def parse_sse(raw: str) -> list[str]:
     events = raw[:-2].split("\n\n")
     for event in events:
         assert event.startswith("data: ") and "\n" not in event, event
-    return [e[len("data: "):] for e in events]
+    return [e[len("data: ") :] for e in events]
 
 
 def assert_error(status, body, expected_status, param=None, code=None):
@@ -115,7 +115,11 @@ async def test_completion_response_schema(client, engine):
         assert c["finish_reason"] == "length" and c["logprobs"] is None
         assert len(c["text"]) == 12  # char tokens, no EOS: one character per token
     prompt_tokens = len(engine.tokenizer.encode(PROMPT))
-    assert body["usage"] == {"prompt_tokens": prompt_tokens, "completion_tokens": 24, "total_tokens": prompt_tokens + 24}
+    assert body["usage"] == {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": 24,
+        "total_tokens": prompt_tokens + 24,
+    }
 
 
 async def test_seed_reproducibility_and_n(client):
@@ -131,8 +135,11 @@ async def test_seed_reproducibility_and_n(client):
     from cllm.generation import Generator, SamplingConfig
 
     eng = client.server.app[server.ENGINE]
-    ids = list(Generator(eng.model, eng.tokenizer.eos_id).stream(
-        eng.prompt_ids(PROMPT), SamplingConfig(max_new_tokens=30, temperature=1.0, seed=42)))
+    ids = list(
+        Generator(eng.model, eng.tokenizer.eos_id).stream(
+            eng.prompt_ids(PROMPT), SamplingConfig(max_new_tokens=30, temperature=1.0, seed=42)
+        )
+    )
     assert eng.tokenizer.decode(ids) == a["choices"][0]["text"]
 
 
@@ -166,7 +173,7 @@ async def test_stop_strings_cut_plain_and_streamed(client):
     _, greedy = await complete(client, max_tokens=40, temperature=0)
     text = greedy["choices"][0]["text"]
     stop = text[10:13]
-    expected = text[:text.find(stop)]
+    expected = text[: text.find(stop)]
     _, cut = await complete(client, max_tokens=40, temperature=0, stop=["never-appears", stop])
     assert cut["choices"][0]["text"] == expected and cut["choices"][0]["finish_reason"] == "stop"
     assert cut["usage"]["completion_tokens"] < 40
@@ -209,16 +216,48 @@ async def test_malformed_json_and_bodies(client):
         assert_error(r.status, await r.json(), 400)
 
 
-@pytest.mark.parametrize("field,value", [
-    ("prompt", 5), ("prompt", []), ("prompt", [1, 2]), ("prompt", {"a": 1}),
-    ("max_tokens", "10"), ("max_tokens", -1), ("max_tokens", 1.5), ("max_tokens", True),
-    ("temperature", "hot"), ("temperature", -0.1), ("temperature", 2.5), ("temperature", False),
-    ("top_p", 0), ("top_p", 1.5), ("top_k", -1), ("top_k", 0.5), ("repeat_penalty", 0),
-    ("stop", 5), ("stop", ["a", 1]), ("stop", ["a", "b", "c", "d", "e"]), ("stop", ""),
-    ("seed", "1"), ("seed", -1), ("seed", 1.0), ("n", 0), ("n", "2"), ("n", 9), ("stream", "yes"),
-    ("beam_width", -1), ("echo", 1), ("model", 3), ("stream_options", {"include_usage": True}),
-    ("logprobs", 5), ("presence_penalty", 0.5), ("best_of", 3), ("suffix", "x"), ("frobnicate", 1),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("prompt", 5),
+        ("prompt", []),
+        ("prompt", [1, 2]),
+        ("prompt", {"a": 1}),
+        ("max_tokens", "10"),
+        ("max_tokens", -1),
+        ("max_tokens", 1.5),
+        ("max_tokens", True),
+        ("temperature", "hot"),
+        ("temperature", -0.1),
+        ("temperature", 2.5),
+        ("temperature", False),
+        ("top_p", 0),
+        ("top_p", 1.5),
+        ("top_k", -1),
+        ("top_k", 0.5),
+        ("repeat_penalty", 0),
+        ("stop", 5),
+        ("stop", ["a", 1]),
+        ("stop", ["a", "b", "c", "d", "e"]),
+        ("stop", ""),
+        ("seed", "1"),
+        ("seed", -1),
+        ("seed", 1.0),
+        ("n", 0),
+        ("n", "2"),
+        ("n", 9),
+        ("stream", "yes"),
+        ("beam_width", -1),
+        ("echo", 1),
+        ("model", 3),
+        ("stream_options", {"include_usage": True}),
+        ("logprobs", 5),
+        ("presence_penalty", 0.5),
+        ("best_of", 3),
+        ("suffix", "x"),
+        ("frobnicate", 1),
+    ],
+)
 async def test_wrong_fields_are_400_naming_the_field(client, field, value):
     status, body = await complete(client, **{field: value})
     assert_error(status, body, 400, param=field)
@@ -226,9 +265,22 @@ async def test_wrong_fields_are_400_naming_the_field(client, field, value):
 
 
 async def test_openai_defaults_are_accepted(client):
-    status, body = await complete(client, model="gpt-3.5-turbo-instruct", max_tokens=3, logprobs=None,
-                                  presence_penalty=0, frequency_penalty=0.0, logit_bias={}, best_of=1, n=1,
-                                  user="someone", suffix=None, stop=None, seed=None, temperature=None)
+    status, body = await complete(
+        client,
+        model="gpt-3.5-turbo-instruct",
+        max_tokens=3,
+        logprobs=None,
+        presence_penalty=0,
+        frequency_penalty=0.0,
+        logit_bias={},
+        best_of=1,
+        n=1,
+        user="someone",
+        suffix=None,
+        stop=None,
+        seed=None,
+        temperature=None,
+    )
     assert status == 200, body
     status, body = await complete(client, prompt=["a", "b"], max_tokens=3, n=2)
     assert status == 200 and [c["index"] for c in body["choices"]] == [0, 1, 2, 3]
@@ -259,8 +311,12 @@ async def test_unknown_paths_and_methods_are_json(client):
 
 async def test_api_key(make_client):
     client = await make_client(api_key="s3cret-123")
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-123"},
-                    {"Authorization": "Basic s3cret-123"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "s3cret-123"},
+        {"Authorization": "Basic s3cret-123"},
+    ):
         r = await client.post("/v1/completions", json={"prompt": "a", "max_tokens": 1}, headers=headers)
         assert_error(r.status, await r.json(), 401, code="invalid_api_key")
         assert r.headers["WWW-Authenticate"] == "Bearer"
@@ -280,15 +336,30 @@ async def test_page_and_static_files_stay_in_their_folder(client, tmp_path, monk
     r = await client.get("/")
     html = await r.text()
     assert r.status == 200 and r.headers["Content-Type"].startswith("text/html")
-    for needle in ('id="prompt"', 'id="generate"', 'id="output"', 'id="model"', 'id="temperature"',
-                   'id="max_tokens"', "/static/app.js"):
+    for needle in (
+        'id="prompt"',
+        'id="generate"',
+        'id="output"',
+        'id="model"',
+        'id="temperature"',
+        'id="max_tokens"',
+        "/static/app.js",
+    ):
         assert needle in html
     r = await client.get("/static/app.js")
     assert r.status == 200 and "javascript" in r.headers["Content-Type"]
     assert "/v1/completions" in await r.text()
-    for path in ("/static/../server.py", "/static/%2e%2e/server.py", "/static/..%2fserver.py",
-                 "/static/%2e%2e%2f%2e%2e%2fpyproject.toml", "/static//etc/passwd", "/static/",
-                 "/static/nothing.js", "/static/.hidden", "/../../etc/passwd"):
+    for path in (
+        "/static/../server.py",
+        "/static/%2e%2e/server.py",
+        "/static/..%2fserver.py",
+        "/static/%2e%2e%2f%2e%2e%2fpyproject.toml",
+        "/static//etc/passwd",
+        "/static/",
+        "/static/nothing.js",
+        "/static/.hidden",
+        "/../../etc/passwd",
+    ):
         r = await client.get(path)
         assert r.status == 404, path
         assert "def " not in await r.text()
@@ -393,8 +464,9 @@ async def test_streamed_text_arrives_while_it_is_generated(aiohttp_client, tmp_p
     # an untrained 256-dim, 8-layer model: 300 tokens take a few hundred milliseconds. (With kernels
     # that held the GIL, the event loop did not run until the worker was done, and all the text came
     # in one chunk at the end.)
-    from cllm.serve import Engine, ServerSettings, create_app
     from serve_helpers import random_checkpoint
+
+    from cllm.serve import Engine, ServerSettings, create_app
 
     engine = Engine.load(str(random_checkpoint(tmp_path_factory, embed_dim=256, num_layers=8, num_heads=4)))
     engine.warm_up()
@@ -405,7 +477,7 @@ async def test_streamed_text_arrives_while_it_is_generated(aiohttp_client, tmp_p
     received = 0
     async for line in r.content:
         if line.startswith(b"data: {"):
-            text = json.loads(line[len(b"data: "):])["choices"][0]["text"]
+            text = json.loads(line[len(b"data: ") :])["choices"][0]["text"]
             if text:
                 received += len(text)
                 arrivals.append((time.monotonic() - t0, received))
@@ -430,7 +502,7 @@ def test_incremental_text_equals_full_decoding():
         dropped = 0
         for i, t in enumerate(ids):
             dropped += inc.add(t, keep_chars=0)
-            full = tok.decode(ids[:i + 1])
+            full = tok.decode(ids[: i + 1])
             assert full[dropped:] == inc.tail, (kind, i)
         assert kind == "word" or dropped > 0, kind
 
@@ -442,10 +514,19 @@ def test_serve_cli_flag_errors(tmp_path):
     from serve_helpers import _SESSION  # noqa: F401  (the checkpoint is not needed: flags fail first)
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for args, needle in ((["--port", "-1"], "--port"), (["--max-concurrent", "0"], "--max-concurrent"),
-                         (["--bogus"], "unknown flag --bogus"), ([str(tmp_path / "none")], "no checkpoint")):
-        p = subprocess.run([sys.executable, os.path.join(root, "cli.py"), "serve", *args], capture_output=True,
-                           text=True, timeout=60, cwd=root)
+    for args, needle in (
+        (["--port", "-1"], "--port"),
+        (["--max-concurrent", "0"], "--max-concurrent"),
+        (["--bogus"], "unknown flag --bogus"),
+        ([str(tmp_path / "none")], "no checkpoint"),
+    ):
+        p = subprocess.run(
+            [sys.executable, os.path.join(root, "cli.py"), "serve", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=root,
+        )
         assert p.returncode == 2 and "Traceback" not in p.stderr
         errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and needle in errors[0], p.stderr
@@ -479,8 +560,22 @@ def test_cli_serve_answers_and_stops_cleanly_on_sigterm(tmp_path_factory):
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     run = tiny_run(tmp_path_factory)["run"]
-    proc = subprocess.Popen([sys.executable, os.path.join(root, "cli.py"), "serve", "--checkpoint", str(run),
-                             "--port", "0", "--api-key", "1234"], cwd=root, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(root, "cli.py"),
+            "serve",
+            "--checkpoint",
+            str(run),
+            "--port",
+            "0",
+            "--api-key",
+            "1234",
+        ],
+        cwd=root,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stderr.readline()
         m = re.search(r"on (http://127\.0\.0\.1:\d+/)", line)
@@ -488,8 +583,9 @@ def test_cli_serve_answers_and_stops_cleanly_on_sigterm(tmp_path_factory):
         assert "warning" not in line
         with urllib.request.urlopen(m.group(1) + "health", timeout=10) as r:
             assert json.load(r)["auth_required"] is True
-        req = urllib.request.Request(m.group(1) + "v1/completions", data=b'{"max_tokens": 2}',
-                                     headers={"Authorization": "Bearer 1234"})  # a key of digits stays text
+        req = urllib.request.Request(
+            m.group(1) + "v1/completions", data=b'{"max_tokens": 2}', headers={"Authorization": "Bearer 1234"}
+        )  # a key of digits stays text
         with urllib.request.urlopen(req, timeout=10) as r:
             assert len(json.load(r)["choices"][0]["text"]) == 2
         proc.send_signal(signal.SIGTERM)
@@ -555,8 +651,9 @@ def test_requests_take_turns_under_numbas_workqueue_layer(tmp_path_factory):
 
     ckpt = random_checkpoint(tmp_path_factory, embed_dim=256, num_layers=8, num_heads=4)
     env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue"}
-    result = subprocess.run([sys.executable, "-c", _CONCURRENT_RUNS, str(ckpt)], env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", _CONCURRENT_RUNS, str(ckpt)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     # (12 requests and the warm-up, under the layer the test asked for)
     assert "layer workqueue requests 13 errors []" in result.stdout, result.stdout

@@ -1,5 +1,6 @@
 """The page of `cli.py serve` in a real headless Chromium (Debian's, driven by Playwright's Python
 package): type a prompt, press Generate, watch the streamed text appear."""
+
 from __future__ import annotations
 
 import os
@@ -10,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from serve_helpers import random_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,9 +32,13 @@ def server(tmp_path_factory):
     # an untrained model big enough that generating 300 tokens takes most of a second (the tiny one,
     # and even a 128-dim one at 3-4k tokens/s, finish before the page has been polled twice)
     ckpt = random_checkpoint(tmp_path_factory, embed_dim=256, num_layers=8, num_heads=4)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "serve", str(ckpt), "--port", "0",
-                             "--max-concurrent", "1"],
-                            cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), "serve", str(ckpt), "--port", "0", "--max-concurrent", "1"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         url = None
@@ -63,9 +67,11 @@ def test_page_streams_generated_text(server):
     sync_playwright = _browser_or_skip()
     url, model_id = server
     from playwright.sync_api import expect
+
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--headless", "--no-sandbox", "--disable-gpu"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
         try:
             page = browser.new_page()
             errors = []
@@ -101,9 +107,12 @@ def test_page_streams_generated_text(server):
             import json
             import urllib.request
 
-            req = urllib.request.Request(url + "v1/completions", method="POST", headers={"Content-Type": "application/json"},
-                                         data=json.dumps({"prompt": "the cat", "max_tokens": 300, "seed": 11,
-                                                          "temperature": 0.8}).encode())
+            req = urllib.request.Request(
+                url + "v1/completions",
+                method="POST",
+                headers={"Content-Type": "application/json"},
+                data=json.dumps({"prompt": "the cat", "max_tokens": 300, "seed": 11, "temperature": 0.8}).encode(),
+            )
             with urllib.request.urlopen(req, timeout=30) as r:
                 assert json.load(r)["choices"][0]["text"] == text
             # an error from the server is shown, not swallowed

@@ -1,5 +1,6 @@
 """Vision (cllm/vision): the image tokenizer, k-means in Numba, refusing bad image files, and a tiny
 image model that learns stripes, samples them by class, completes them and classifies them."""
+
 from __future__ import annotations
 
 import struct
@@ -113,8 +114,12 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 def bomb_png(width: int, height: int) -> bytes:
     """A valid PNG header declaring width x height 8-bit grey pixels, with almost no data after it."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def bad_folder(root: Path) -> Path:
@@ -151,8 +156,22 @@ def test_bad_image_files_are_refused_with_a_reason_each(tmp_path):
 def test_cli_refuses_a_folder_without_usable_images(tmp_path):
     (tmp_path / "a.png").write_bytes(b"garbage")
     (tmp_path / "b.jpg").write_bytes(bomb_png(50_000, 50_000))
-    r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "train", str(tmp_path), "--checkpoint-dir",
-                        str(tmp_path / "run"), "--max-steps", "1"], capture_output=True, text=True, cwd=ROOT, check=False)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "cli.py"),
+            "train",
+            str(tmp_path),
+            "--checkpoint-dir",
+            str(tmp_path / "run"),
+            "--max-steps",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr
     assert "error: no usable images" in r.stderr and "1 corrupt" in r.stderr and "1 too large" in r.stderr
@@ -194,9 +213,24 @@ def stripes_model(tmp_path_factory):
             (root / split / kind).mkdir(parents=True)
             for i in range(n):
                 Image.fromarray(stripes(kind, i % 2), "L").save(root / split / kind / f"{i}.png")
-    cfg = TrainConfig(data=str(root / "train"), palette=2, embed_dim=32, num_layers=1, num_heads=2, batch_size=16,
-                      max_steps=150, learning_rate=1e-2, min_lr=1e-3, warmup_steps=10, eval_interval=150,
-                      sample_interval=10**6, checkpoint_dir=str(root / "run"), progress=False, threads=1, seed=0)
+    cfg = TrainConfig(
+        data=str(root / "train"),
+        palette=2,
+        embed_dim=32,
+        num_layers=1,
+        num_heads=2,
+        batch_size=16,
+        max_steps=150,
+        learning_rate=1e-2,
+        min_lr=1e-3,
+        warmup_steps=10,
+        eval_interval=150,
+        sample_interval=10**6,
+        checkpoint_dir=str(root / "run"),
+        progress=False,
+        threads=1,
+        seed=0,
+    )
     summary = train(cfg)
     ckpt = load_checkpoint(str(root / "run"))
     return summary, model_from_checkpoint(ckpt), load_tokenizer(ckpt.tokenizer_path), root
@@ -238,7 +272,7 @@ def test_completion_keeps_the_given_half(stripes_model):
         image = stripes(kind, 1)[:, :, None]
         out, original = complete_image(model, tok, image, 5, SamplingConfig(temperature=1.0, seed=3))
         assert np.array_equal(original, image)
-        assert (out[:, :H // 2] == image[None, :H // 2]).all()
+        assert (out[:, : H // 2] == image[None, : H // 2]).all()
         assert all(np.array_equal(o, image) for o in out)  # the top half determines the rest
         # the bottom three rows sampled from one given row of a horizontal pattern: still stripes
         out, _ = complete_image(model, tok, image, 3, SamplingConfig(temperature=1.0, seed=4), rows=1)
@@ -260,19 +294,48 @@ def test_generate_and_evaluate_commands(stripes_model, tmp_path, capsys):
     _, _, _, root = stripes_model
     run = str(root / "run")
     out = tmp_path / "grid.png"
-    assert cli.main(["generate", "--checkpoint", run, "--image-out", str(out), "--num-samples", "4", "--seed", "0",
-                     "--class", "v"]) == 0
+    assert (
+        cli.main(
+            [
+                "generate",
+                "--checkpoint",
+                run,
+                "--image-out",
+                str(out),
+                "--num-samples",
+                "4",
+                "--seed",
+                "0",
+                "--class",
+                "v",
+            ]
+        )
+        == 0
+    )
     img = Image.open(out)
     assert img.size[0] == img.size[1] > 2 * 4 * 8  # 2 x 2 cells of 4x4 pixels enlarged 8 times, with gaps
     out2 = tmp_path / "completions.png"
-    assert cli.main(["generate", "--checkpoint", run, "--image-out", str(out2), "--num-samples", "3",
-                     "--complete", str(root / "test" / "h" / "0.png")]) == 0
+    assert (
+        cli.main(
+            [
+                "generate",
+                "--checkpoint",
+                run,
+                "--image-out",
+                str(out2),
+                "--num-samples",
+                "3",
+                "--complete",
+                str(root / "test" / "h" / "0.png"),
+            ]
+        )
+        == 0
+    )
     assert Image.open(out2).size[0] > 5 * 32
     assert cli.main(["evaluate", run, "--classify", str(root / "test")]) == 0
     text = capsys.readouterr().out
     assert "accuracy     1.0000" in text and "bits/dim" in text
-    assert cli.main(["generate", "--checkpoint", run, "--image-out", str(tmp_path / "x.png"),
-                     "--class", "cat"]) == 2
+    assert cli.main(["generate", "--checkpoint", run, "--image-out", str(tmp_path / "x.png"), "--class", "cat"]) == 2
     assert "unknown class 'cat'" in capsys.readouterr().err
 
 
@@ -314,8 +377,9 @@ def test_rgb_folder_becomes_a_dataset(tmp_path):
     colours = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [250, 250, 250]], np.uint8)
     for i in range(10):  # 12x9 images of four colours; resized to 6x6 they blend a little
         Image.fromarray(colours[rng.integers(0, 4, (9, 12))], "RGB").save(tmp_path / f"{i}.png")
-    ds = prepare_dataset(str(tmp_path), str(tmp_path / "out"), image={"image_size": 6, "palette": 8},
-                         val_fraction=0.2, progress=False)
+    ds = prepare_dataset(
+        str(tmp_path), str(tmp_path / "out"), image={"image_size": 6, "palette": 8}, val_fraction=0.2, progress=False
+    )
     tok = ds.tokenizer
     assert tok.kind == "image" and tok.channels == 3 and not tok.labelled and 4 <= tok.num_colours <= 8
     train = np.asarray(read_token_file(ds.train_path))
@@ -323,8 +387,9 @@ def test_rgb_folder_becomes_a_dataset(tmp_path):
     records = train[:-1].reshape(8, tok.record_len)
     assert (records[:, 0] == tok.bos_id).all() and (records[:, -1] == tok.eos_id).all()
     assert (records[:, 1:-1] < tok.num_colours).all()
-    again = prepare_dataset(str(tmp_path), str(tmp_path / "out"), image={"image_size": 6, "palette": 8},
-                            val_fraction=0.2, progress=False)
+    again = prepare_dataset(
+        str(tmp_path), str(tmp_path / "out"), image={"image_size": 6, "palette": 8}, val_fraction=0.2, progress=False
+    )
     assert again.cached
 
 

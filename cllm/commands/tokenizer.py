@@ -1,20 +1,32 @@
 """`python cli.py tokenizer ACTION ...`: train, inspect and use tokenizers.
 
-    cli.py tokenizer train DATA --kind bpe --vocab-size 4096 --out tok.json
-    cli.py tokenizer encode tok.json "some text"        # prints the ids
-    cli.py tokenizer decode tok.json 17,42,256          # prints the text
-    cli.py tokenizer stats tok.json                     # size, training statistics (JSON)
-    cli.py tokenizer export-hf tok.json tokenizer.json  # HuggingFace tokenizer.json (bpe, wordpiece)
-    cli.py tokenizer export-vocab tok.json vocab.txt    # BERT's vocab.txt (wordpiece)
-    cli.py tokenizer import PATH --out tok.json         # HF tokenizer.json, vocab.txt, GPT-2 vocab.json, *.tiktoken
+cli.py tokenizer train DATA --kind bpe --vocab-size 4096 --out tok.json
+cli.py tokenizer encode tok.json "some text"        # prints the ids
+cli.py tokenizer decode tok.json 17,42,256          # prints the text
+cli.py tokenizer stats tok.json                     # size, training statistics (JSON)
+cli.py tokenizer export-hf tok.json tokenizer.json  # HuggingFace tokenizer.json (bpe, wordpiece)
+cli.py tokenizer export-vocab tok.json vocab.txt    # BERT's vocab.txt (wordpiece)
+cli.py tokenizer import PATH --out tok.json         # HF tokenizer.json, vocab.txt, GPT-2 vocab.json, *.tiktoken
 """
+
 from cllm.errors import TokenizerError
 
 
-def train(data: str, *, kind: str = "bpe", vocab_size: int | None = None, out: str = "tokenizer.json",
-          lowercase: bool = False, remove_punctuation: bool = False, remove_numbers: bool = False,
-          normalize_whitespace: bool = True, keep_newlines: bool = True, strip_gutenberg: bool = True,
-          progress: bool = True, score: str = "likelihood"):
+def train(
+    data: str,
+    *,
+    kind: str = "bpe",
+    vocab_size: int | None = None,
+    out: str = "tokenizer.json",
+    lowercase: bool = False,
+    remove_punctuation: bool = False,
+    remove_numbers: bool = False,
+    normalize_whitespace: bool = True,
+    keep_newlines: bool = True,
+    strip_gutenberg: bool = True,
+    progress: bool = True,
+    score: str = "likelihood",
+):
     """Train a tokenizer on DATA (a text file or a directory, read and cleaned as `prepare` reads it).
 
     Args:
@@ -30,9 +42,14 @@ def train(data: str, *, kind: str = "bpe", vocab_size: int | None = None, out: s
     from cllm.data import open_corpus
     from cllm.tokenizers import train_tokenizer
 
-    cleaning = dict(lowercase=lowercase, remove_punctuation=remove_punctuation, remove_numbers=remove_numbers,
-                    normalize_whitespace=normalize_whitespace, keep_newlines=keep_newlines,
-                    strip_gutenberg=strip_gutenberg)
+    cleaning = dict(
+        lowercase=lowercase,
+        remove_punctuation=remove_punctuation,
+        remove_numbers=remove_numbers,
+        normalize_whitespace=normalize_whitespace,
+        keep_newlines=keep_newlines,
+        strip_gutenberg=strip_gutenberg,
+    )
     corpus = open_corpus(data, progress=progress, **cleaning)
     extra = {"score": score} if kind == "wordpiece" else {}
     tok = train_tokenizer(kind, corpus, vocab_size, progress=progress, **extra)
@@ -93,7 +110,9 @@ def export_hf(tokenizer: str, out: str):
 
     tok = load_tokenizer(tokenizer)
     if tok.kind not in ("bpe", "bpe-vocab", "wordpiece"):
-        raise TokenizerError(f"only bpe and wordpiece tokenizers export to HuggingFace's format; {tokenizer} is a {tok.kind} tokenizer")
+        raise TokenizerError(
+            f"only bpe and wordpiece tokenizers export to HuggingFace's format; {tokenizer} is a {tok.kind} tokenizer"
+        )
     tok.export_hf(out)
     print(f"wrote {out}")
 
@@ -118,7 +137,8 @@ def import_(path: str, *, out: str = "tokenizer.json", pattern: str | None = Non
     """Read another library's tokenizer into a CLLM tokenizer file with the same ids.
 
     Args:
-      path: HuggingFace tokenizer.json (byte-level BPE or WordPiece), BERT vocab.txt, GPT-2 vocab.json (merges.txt beside it), a *.tiktoken rank file, or a directory holding one
+      path: HuggingFace tokenizer.json (byte-level BPE or WordPiece), BERT vocab.txt, GPT-2 vocab.json
+        (merges.txt beside it), a *.tiktoken rank file, or a directory holding one
       out: the CLLM tokenizer file to write
       pattern: a tiktoken file's split pattern when its name does not tell: gpt2, cl100k, o200k or a regex
     """
@@ -129,5 +149,12 @@ def import_(path: str, *, out: str = "tokenizer.json", pattern: str | None = Non
     print(f"wrote {out}: {tok.kind} tokenizer, {tok.vocab_size:,} ids, from {path}")
 
 
-ACTIONS = {"train": train, "encode": encode, "decode": decode, "stats": stats, "export-hf": export_hf,
-           "export-vocab": export_vocab, "import": import_}
+ACTIONS = {
+    "train": train,
+    "encode": encode,
+    "decode": decode,
+    "stats": stats,
+    "export-hf": export_hf,
+    "export-vocab": export_vocab,
+    "import": import_,
+}

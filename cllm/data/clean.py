@@ -4,6 +4,7 @@ Defaults keep the text as written except whitespace normalization, because a lan
 should see the text as written: `clean_text(t)` only tidies whitespace (and strips Gutenberg
 boilerplate when the markers are present).
 """
+
 from __future__ import annotations
 
 import re
@@ -13,7 +14,9 @@ import regex
 
 # "*** START OF THE PROJECT GUTENBERG EBOOK X ***" (also "THIS", and without spaces after ***)
 _GUT_START = regex.compile(r"^\*{3}\s*START OF (?:THE|THIS) PROJECT GUTENBERG[^\n]*$", regex.I | regex.M)
-_GUT_END = regex.compile(r"^(?:\*{3}\s*END OF (?:THE|THIS) PROJECT GUTENBERG|End of (?:the )?Project Gutenberg)[^\n]*$", regex.I | regex.M)
+_GUT_END = regex.compile(
+    r"^(?:\*{3}\s*END OF (?:THE|THIS) PROJECT GUTENBERG|End of (?:the )?Project Gutenberg)[^\n]*$", regex.I | regex.M
+)
 # whitespace (str.isspace) other than space and newline: turned into spaces
 _OTHER_SPACE = [chr(i) for i in range(sys.maxunicode + 1) if chr(i).isspace() and chr(i) not in " \n"]
 _TRAILING = re.compile(r" +\n")
@@ -27,7 +30,7 @@ def strip_gutenberg(text: str) -> str:
         return text
     start = _GUT_START.search(text)
     if start:
-        text = text[start.end():]
+        text = text[start.end() :]
     end = _GUT_END.search(text)
     if end:
         text = text[: end.start()]
@@ -41,20 +44,41 @@ def normalize_newlines(text: str) -> str:
     return text
 
 
-def clean_text(text: str, lowercase: bool = False, remove_punctuation: bool = False, remove_numbers: bool = False,
-               normalize_whitespace: bool = True, keep_newlines: bool = True, strip_gutenberg_boilerplate: bool = True) -> str:
+def clean_text(
+    text: str,
+    lowercase: bool = False,
+    remove_punctuation: bool = False,
+    remove_numbers: bool = False,
+    normalize_whitespace: bool = True,
+    keep_newlines: bool = True,
+    strip_gutenberg_boilerplate: bool = True,
+) -> str:
     """Clean one document.
 
     normalize_whitespace: runs of spaces/tabs (any str.isspace() but newline) become one space, spaces
     at line ends go, 3+ newlines become one blank line, the document is stripped at both ends but
     keeps a final newline if it had one. With keep_newlines=False every whitespace run, newlines
     included, becomes one space."""
-    return clean_owned([text], lowercase, remove_punctuation, remove_numbers, normalize_whitespace, keep_newlines,
-                       strip_gutenberg_boilerplate)
+    return clean_owned(
+        [text],
+        lowercase,
+        remove_punctuation,
+        remove_numbers,
+        normalize_whitespace,
+        keep_newlines,
+        strip_gutenberg_boilerplate,
+    )
 
 
-def clean_owned(box: list, lowercase: bool = False, remove_punctuation: bool = False, remove_numbers: bool = False,
-                normalize_whitespace: bool = True, keep_newlines: bool = True, strip_gutenberg_boilerplate: bool = True) -> str:
+def clean_owned(
+    box: list,
+    lowercase: bool = False,
+    remove_punctuation: bool = False,
+    remove_numbers: bool = False,
+    normalize_whitespace: bool = True,
+    keep_newlines: bool = True,
+    strip_gutenberg_boilerplate: bool = True,
+) -> str:
     """clean_text(box.pop(), ...): the text handed over in a one-element list, so that no caller
     keeps the original alive while its cleaned copies are made (one copy less at the peak: the
     corpus reader cleans a whole file's text at a time)."""

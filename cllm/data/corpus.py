@@ -12,6 +12,7 @@ directory (`manifest.jsonl` + `pages/`) is read from `pages/` only.
 Documents: one per file, one per line of a .jsonl file (its "text" field). Exact duplicate
 documents (after cleaning) are dropped and counted. Iterating twice gives the same documents.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -31,9 +32,22 @@ TEXT_EXT = {".txt", ".md", ".markdown", ".text", ".rst", ""}
 HTML_EXT = {".html", ".htm", ".xhtml"}
 PDF_EXT = {".pdf"}
 JSONL_EXT = {".jsonl"}
-CLEANING_OPTIONS = ("lowercase", "remove_punctuation", "remove_numbers", "normalize_whitespace", "keep_newlines", "strip_gutenberg")
-CLEANING_DEFAULTS = {"lowercase": False, "remove_punctuation": False, "remove_numbers": False,
-                     "normalize_whitespace": True, "keep_newlines": True, "strip_gutenberg": True}
+CLEANING_OPTIONS = (
+    "lowercase",
+    "remove_punctuation",
+    "remove_numbers",
+    "normalize_whitespace",
+    "keep_newlines",
+    "strip_gutenberg",
+)
+CLEANING_DEFAULTS = {
+    "lowercase": False,
+    "remove_punctuation": False,
+    "remove_numbers": False,
+    "normalize_whitespace": True,
+    "keep_newlines": True,
+    "strip_gutenberg": True,
+}
 
 
 @dataclass
@@ -62,9 +76,11 @@ class CorpusStats:
         return d
 
     def summary(self) -> str:
-        s = (f"{self.documents:,} documents from {self.files:,} files, {self.characters:,} characters, "
-             f"{self.lines:,} lines, {self.tokens:,} words, vocabulary {self.vocabulary:,}, "
-             f"{self.avg_chars_per_document:,.0f} characters per document")
+        s = (
+            f"{self.documents:,} documents from {self.files:,} files, {self.characters:,} characters, "
+            f"{self.lines:,} lines, {self.tokens:,} words, vocabulary {self.vocabulary:,}, "
+            f"{self.avg_chars_per_document:,.0f} characters per document"
+        )
         extra = [f"{n} {reason}" for reason, n in sorted(self.skipped.items())]
         if self.duplicates:
             extra.append(f"{self.duplicates} duplicate documents dropped")
@@ -151,7 +167,10 @@ def decode_text(raw: bytes, path: str, encoding: str = "auto") -> tuple[str, boo
             text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         if encoding != "auto":
-            raise TextDecodeError(f"{path} is not valid UTF-8 (byte {exc.start}: {raw[exc.start:exc.start + 4]!r}); convert it to UTF-8 (e.g. `iconv -f latin1 -t utf-8`) or pass --encoding auto to detect its encoding") from None
+            raise TextDecodeError(
+                f"{path} is not valid UTF-8 (byte {exc.start}: {raw[exc.start : exc.start + 4]!r}); convert it to "
+                "UTF-8 (e.g. `iconv -f latin1 -t utf-8`) or pass --encoding auto to detect its encoding"
+            ) from None
         from charset_normalizer import from_bytes
 
         results = from_bytes(raw)
@@ -162,7 +181,10 @@ def decode_text(raw: bytes, path: str, encoding: str = "auto") -> tuple[str, boo
             ties = [m for m in results if m.chaos == best.chaos and m.coherence == best.coherence]
             best = next((m for m in ties if m.encoding == "cp1252"), best)
         if best is None:
-            raise TextDecodeError(f"{path} is not valid UTF-8 and its encoding could not be detected; convert it to UTF-8 (e.g. with iconv)") from None
+            raise TextDecodeError(
+                f"{path} is not valid UTF-8 and its encoding could not be detected; convert it to UTF-8 "
+                "(e.g. with iconv)"
+            ) from None
         text = str(best)
         fallback = True
     return normalize_newlines(text), fallback
@@ -179,12 +201,18 @@ def _read_pdf(path: str) -> str:
     try:
         import pypdf
     except ImportError:
-        raise MissingDependencyError(f"reading the PDF file {path} needs pypdf; install it with `pip install 'cllm[pdf]'` (or `pip install pypdf`)") from None
+        raise MissingDependencyError(
+            f"reading the PDF file {path} needs pypdf; install it with `pip install 'cllm[pdf]'` "
+            "(or `pip install pypdf`)"
+        ) from None
     try:
         reader = pypdf.PdfReader(path)
         return "\n\n".join((page.extract_text() or "") for page in reader.pages)
     except Exception as exc:  # pypdf raises many types for damaged files
-        raise DataError(f"cannot read the PDF file {path} ({exc.__class__.__name__}: {exc}); it may be damaged or encrypted, remove it from the corpus") from None
+        raise DataError(
+            f"cannot read the PDF file {path} ({exc.__class__.__name__}: {exc}); it may be damaged or encrypted, "
+            "remove it from the corpus"
+        ) from None
 
 
 def _read_html(raw: bytes, path: str) -> str:
@@ -219,7 +247,9 @@ def _count_words(doc: str, vocab: set) -> int:
 class Corpus:
     """A re-iterable stream of cleaned documents, with statistics filled in by each full pass."""
 
-    def __init__(self, path, files, skipped, cleaning: dict, encoding: str = "auto", dedupe: bool = True, progress: bool = True):
+    def __init__(
+        self, path, files, skipped, cleaning: dict, encoding: str = "auto", dedupe: bool = True, progress: bool = True
+    ):
         self.path = os.fspath(path)
         self.files = files  # [(path, kind)]
         self._skipped = skipped
@@ -267,7 +297,10 @@ class Corpus:
                     try:
                         rec = json.loads(line)
                     except json.JSONDecodeError as exc:
-                        raise DataError(f"{path}:{lineno} is not valid JSON ({exc.msg}); each line of a .jsonl file must be one JSON object with a \"text\" field") from None
+                        raise DataError(
+                            f"{path}:{lineno} is not valid JSON ({exc.msg}); each line of a .jsonl file must be "
+                            'one JSON object with a "text" field'
+                        ) from None
                     if isinstance(rec, dict) and isinstance(rec.get("text"), str):
                         yield path, [rec["text"]], 0
                     else:
@@ -289,7 +322,14 @@ class Corpus:
         cl = {k: self.cleaning[k] for k in CLEANING_OPTIONS}
         cl["strip_gutenberg_boilerplate"] = cl.pop("strip_gutenberg")
         total = sum(os.path.getsize(p) for p, _ in self.files)
-        with tqdm(total=total, unit="B", unit_scale=True, desc="reading corpus", disable=None if self.progress else True, leave=False) as bar:
+        with tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            desc="reading corpus",
+            disable=None if self.progress else True,
+            leave=False,
+        ) as bar:
             last_path = None
             for path, box, nbytes in self._raw_documents(skipped, stats):
                 if path != last_path:
@@ -303,7 +343,7 @@ class Corpus:
                 if self.dedupe:
                     h = hashlib.blake2b(digest_size=16)
                     for i in range(0, len(doc), 1 << 16):  # not the whole document's bytes at once
-                        h.update(doc[i:i + (1 << 16)].encode("utf-8", "surrogatepass"))
+                        h.update(doc[i : i + (1 << 16)].encode("utf-8", "surrogatepass"))
                     digest = h.digest()
                     if digest in seen:
                         stats.duplicates += 1
@@ -331,20 +371,32 @@ class Corpus:
             self._complete = True
             nskip = sum(skipped.values())
             if nskip:
-                warnings.warn(f"{self.path}: skipped " + ", ".join(f"{n} {r}" for r, n in sorted(skipped.items())), stacklevel=3)
+                warnings.warn(
+                    f"{self.path}: skipped " + ", ".join(f"{n} {r}" for r, n in sorted(skipped.items())), stacklevel=3
+                )
         if stats.documents == 0:
             if not self.files:
-                raise EmptyCorpusError(f"{self.path} holds no text files (.txt, .md, .html, .pdf, .jsonl or text without an extension); point to a directory with text")
-            raise EmptyCorpusError(f"the corpus at {self.path} is empty after cleaning ({stats.files} file(s), {stats.empty} empty, {stats.duplicates} duplicate); give it files with text or relax the cleaning flags")
+                raise EmptyCorpusError(
+                    f"{self.path} holds no text files (.txt, .md, .html, .pdf, .jsonl or text without an "
+                    "extension); point to a directory with text"
+                )
+            raise EmptyCorpusError(
+                f"the corpus at {self.path} is empty after cleaning ({stats.files} file(s), {stats.empty} empty, "
+                f"{stats.duplicates} duplicate); give it files with text or relax the cleaning flags"
+            )
 
 
 def open_corpus(path, encoding: str = "auto", dedupe: bool = True, progress: bool = True, **cleaning) -> Corpus:
     """A Corpus over `path` without reading it yet (the first full iteration fills `stats`)."""
     unknown = set(cleaning) - set(CLEANING_OPTIONS)
     if unknown:
-        raise DataError(f"unknown cleaning option(s) {', '.join(sorted(unknown))}; known: {', '.join(CLEANING_OPTIONS)}")
+        raise DataError(
+            f"unknown cleaning option(s) {', '.join(sorted(unknown))}; known: {', '.join(CLEANING_OPTIONS)}"
+        )
     if encoding not in ("auto", "utf-8"):
-        raise DataError(f"encoding {encoding!r} is not supported; use 'auto' (UTF-8, else detected) or 'utf-8' (strict)")
+        raise DataError(
+            f"encoding {encoding!r} is not supported; use 'auto' (UTF-8, else detected) or 'utf-8' (strict)"
+        )
     opts = dict(CLEANING_DEFAULTS)
     opts.update({k: bool(v) for k, v in cleaning.items()})
     root, files, skipped = find_files(path)

@@ -1,5 +1,6 @@
 """TrainConfig: every flag of `cli.py train`, each field with its default and its --help line
 (cllm/commands/__init__.py derives the command line from it), and build_config for a resumed run."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,17 +22,23 @@ MODEL_DEFAULTS = {"embed_dim": 128, "num_layers": 4, "num_heads": 4, "seq_len": 
 class TrainConfig:
     """Every flag of `cli.py train`: each field is a flag of the same name (dashes for underscores)
     with this default and this help line (cllm/commands/__init__.py derives the command line)."""
+
     data: str = option(DEFAULT_DATA, "a text file, a directory, a prepared dataset or a crawl's output")
-    tokenizer: str = option("char", "char, word, bpe, wordpiece, or a tokenizer file to use as it is (CLLM's, HuggingFace's "
-                                    "tokenizer.json, BERT's vocab.txt, GPT-2's vocab.json, *.tiktoken); a folder of "
-                                    "images is read as images: cllm/vision")
+    tokenizer: str = option(
+        "char",
+        "char, word, bpe, wordpiece, or a tokenizer file to use as it is (CLLM's, HuggingFace's "
+        "tokenizer.json, BERT's vocab.txt, GPT-2's vocab.json, *.tiktoken); a folder of "
+        "images is read as images: cllm/vision",
+    )
     vocab_size: int | None = option(None, "ids in the vocabulary (none: word 8192, bpe 4096, char every character)")
     embed_dim: int | None = option(None, "C, the model's width", shown=MODEL_DEFAULTS["embed_dim"])
     num_layers: int | None = option(None, "L, transformer blocks", shown=MODEL_DEFAULTS["num_layers"])
-    num_heads: int | None = option(None, "NH, attention heads (must divide --embed-dim)",
-                                   shown=MODEL_DEFAULTS["num_heads"])
-    seq_len: int | None = option(None, "T, tokens per training sequence; also the model's context length",
-                                 shown=MODEL_DEFAULTS["seq_len"])
+    num_heads: int | None = option(
+        None, "NH, attention heads (must divide --embed-dim)", shown=MODEL_DEFAULTS["num_heads"]
+    )
+    seq_len: int | None = option(
+        None, "T, tokens per training sequence; also the model's context length", shown=MODEL_DEFAULTS["seq_len"]
+    )
     batch_size: int = option(12, "sequences per micro-batch per process")
     grad_accum: int = option(1, "micro-batches per optimizer step (a larger effective batch in the same memory)")
     learning_rate: float = option(1e-3, "peak learning rate, after warmup")
@@ -47,18 +54,35 @@ class TrainConfig:
     grad_clip: float = option(5.0, "clip the global gradient norm to this (0: no clipping)")
     beta1: float = option(0.9, "AdamW's first-moment decay")
     beta2: float = option(0.999, "AdamW's second-moment decay")
-    dropout: float = option(0.0, "probability of zeroing activations in training (embeddings, attention "
-                                 "probabilities, residual projections, as nanoGPT); 0: off")
-    epochs: float | None = option(None, "passes over the training split (none: 1, or as many steps as --max-time "
-                                        "allows when it is given without --max-steps; fractions allowed)", shown=1.0)
+    dropout: float = option(
+        0.0,
+        "probability of zeroing activations in training (embeddings, attention "
+        "probabilities, residual projections, as nanoGPT); 0: off",
+    )
+    epochs: float | None = option(
+        None,
+        "passes over the training split (none: 1, or as many steps as --max-time "
+        "allows when it is given without --max-steps; fractions allowed)",
+        shown=1.0,
+    )
     max_steps: int | None = option(None, "optimizer steps to run (none: from --epochs)")
-    max_time: float | None = option(None, "stop after this many seconds of training; alone (no --max-steps, no "
-                                          "--epochs) it sets the run's length and lays the schedule over it")
-    eval_interval: int | None = option(None, "steps between validations over the whole validation split (none: "
-                                             f"250, or {BUDGET_POINTS} spread over a --max-time budget)", shown=250)
-    checkpoint_interval: int | None = option(None, "steps between checkpoints (none: 500, or at each validation of a "
-                                                   "--max-time budget; a better validation loss also saves one)",
-                                             shown=500)
+    max_time: float | None = option(
+        None,
+        "stop after this many seconds of training; alone (no --max-steps, no "
+        "--epochs) it sets the run's length and lays the schedule over it",
+    )
+    eval_interval: int | None = option(
+        None,
+        "steps between validations over the whole validation split (none: "
+        f"250, or {BUDGET_POINTS} spread over a --max-time budget)",
+        shown=250,
+    )
+    checkpoint_interval: int | None = option(
+        None,
+        "steps between checkpoints (none: 500, or at each validation of a "
+        "--max-time budget; a better validation loss also saves one)",
+        shown=500,
+    )
     sample_interval: int = option(500, "steps between printed samples")
     sample_prompt: str = option("\n", "the text samples start from")
     sample_tokens: int = option(200, "tokens per printed sample")
@@ -66,8 +90,11 @@ class TrainConfig:
     seed: int = option(1337, "random seed of the weights and the batches")
     resume: str | None = option(None, "continue a run in --checkpoint-dir: latest, best or a checkpoint path")
     # fine-tuning (e.g. GPT-2 from `cli.py import-hf`): that checkpoint's sizes and tokenizer, a fresh optimizer
-    init_from: str | None = option(None, "start from this checkpoint's weights; its tokenizer encodes DATA "
-                                         "(--tokenizer and --vocab-size are then ignored)")
+    init_from: str | None = option(
+        None,
+        "start from this checkpoint's weights; its tokenizer encodes DATA "
+        "(--tokenizer and --vocab-size are then ignored)",
+    )
     threads: int | None = option(None, "Numba threads (none: the machine's cores, shared among local ranks)")
     # where the model runs (cllm/device.py); cuda needs the [cuda] extra and an NVIDIA GPU
     device: str = option("cpu", "cpu, cuda (under MPI: the GPU of the local rank) or cuda:N")
@@ -88,15 +115,36 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value!r}")
 
         if self.tokenizer not in ("char", "word", "bpe", "wordpiece", "image") and not os.path.exists(self.tokenizer):
-            raise ConfigError(f"--tokenizer must be char, word, bpe, wordpiece or a tokenizer file, "
-                              f"got {self.tokenizer!r}")
-        for name in ("vocab_size", "embed_dim", "num_layers", "num_heads", "seq_len", "max_steps", "max_time",
-                     "threads", "epochs", "eval_interval", "checkpoint_interval"):
+            raise ConfigError(
+                f"--tokenizer must be char, word, bpe, wordpiece or a tokenizer file, got {self.tokenizer!r}"
+            )
+        for name in (
+            "vocab_size",
+            "embed_dim",
+            "num_layers",
+            "num_heads",
+            "seq_len",
+            "max_steps",
+            "max_time",
+            "threads",
+            "epochs",
+            "eval_interval",
+            "checkpoint_interval",
+        ):
             positive(name, allow_none=True)
         for name in ("batch_size", "grad_accum", "learning_rate", "sample_interval", "keep_last"):
             positive(name)
-        for name in ("batch_size", "grad_accum", "warmup_steps", "eval_interval", "checkpoint_interval", "sample_interval",
-                     "keep_last", "seed", "sample_tokens"):
+        for name in (
+            "batch_size",
+            "grad_accum",
+            "warmup_steps",
+            "eval_interval",
+            "checkpoint_interval",
+            "sample_interval",
+            "keep_last",
+            "seed",
+            "sample_tokens",
+        ):
             if name.endswith("_interval") and getattr(self, name) is None:
                 continue
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):

@@ -1,5 +1,6 @@
 """What a run trains on: the prepared dataset (DATA itself, or prepared and cached under
 CHECKPOINT_DIR/dataset) and the sampler that draws its batches."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,10 @@ class BatchSampler:
 
     def __init__(self, tokens: np.ndarray, B: int, T: int, seed: int, align: int = 1):
         if len(tokens) < T + 2:
-            raise DataError(f"the training split has {len(tokens)} tokens, fewer than one window of "
-                            f"--seq-len {T} + 1; use more data or a smaller --seq-len")
+            raise DataError(
+                f"the training split has {len(tokens)} tokens, fewer than one window of "
+                f"--seq-len {T} + 1; use more data or a smaller --seq-len"
+            )
         self.tokens, self.B, self.T = tokens, B, T
         self.align = align  # windows start at multiples of align (an image model: one image per window)
         self.rng = np.random.Generator(np.random.PCG64(seed))
@@ -34,8 +37,10 @@ class BatchSampler:
             starts = self.rng.integers(0, len(self.tokens) - self.T - 1, size=n * self.B)
         else:
             starts = self.rng.integers(0, (len(self.tokens) - 1) // self.align, size=n * self.B) * self.align
-        window = np.stack([np.asarray(self.tokens[s:s + self.T + 1], dtype=np.int32) for s in starts])
-        return [(window[i * self.B:(i + 1) * self.B, :-1], window[i * self.B:(i + 1) * self.B, 1:]) for i in range(n)]
+        window = np.stack([np.asarray(self.tokens[s : s + self.T + 1], dtype=np.int32) for s in starts])
+        return [
+            (window[i * self.B : (i + 1) * self.B, :-1], window[i * self.B : (i + 1) * self.B, 1:]) for i in range(n)
+        ]
 
     def state(self) -> dict:
         return self.rng.bit_generator.state
@@ -53,20 +58,35 @@ def load_dataset(cfg: TrainConfig):
     data = cfg.data
     if not os.path.exists(data):
         raise DataError(f"no such file or directory: {data!r}")
-    if os.path.isdir(data) and all(os.path.exists(os.path.join(data, f)) for f in ("meta.json", "train.bin", "val.bin", "tokenizer.json")):
+    if os.path.isdir(data) and all(
+        os.path.exists(os.path.join(data, f)) for f in ("meta.json", "train.bin", "val.bin", "tokenizer.json")
+    ):
         _say(f"[1/5] Using the prepared dataset {data}")
         tokenizer = load_tokenizer(os.path.join(data, "tokenizer.json"))
         init_tok = _init_tokenizer(cfg)
         if init_tok is not None and init_tok._to_dict() != tokenizer._to_dict():
-            raise ConfigError(f"the prepared dataset {data} was encoded with another tokenizer than --init-from's "
-                              "checkpoint; give the raw text instead")
+            raise ConfigError(
+                f"the prepared dataset {data} was encoded with another tokenizer than --init-from's "
+                "checkpoint; give the raw text instead"
+            )
         _say(f"[2/5] Tokenizer: {tokenizer.kind}, {tokenizer.vocab_size} tokens")
-        return tokenizer, read_token_file(os.path.join(data, "train.bin")), read_token_file(os.path.join(data, "val.bin")), data
+        return (
+            tokenizer,
+            read_token_file(os.path.join(data, "train.bin")),
+            read_token_file(os.path.join(data, "val.bin")),
+            data,
+        )
     _say(f"[1/5] Loading and cleaning {data}")
     out_dir = os.path.join(cfg.checkpoint_dir, "dataset")
-    prepared = prepare_dataset(data, out_dir, tokenizer=_init_tokenizer(cfg) or cfg.tokenizer, vocab_size=cfg.vocab_size,
-                               val_fraction=cfg.val_fraction, progress=cfg.progress,
-                               image={"image_size": cfg.image_size, "grayscale": cfg.grayscale, "palette": cfg.palette})
+    prepared = prepare_dataset(
+        data,
+        out_dir,
+        tokenizer=_init_tokenizer(cfg) or cfg.tokenizer,
+        vocab_size=cfg.vocab_size,
+        val_fraction=cfg.val_fraction,
+        progress=cfg.progress,
+        image={"image_size": cfg.image_size, "grayscale": cfg.grayscale, "palette": cfg.palette},
+    )
     tokenizer = prepared.tokenizer
     _say(f"[2/5] Tokenizer: {tokenizer.kind}, {tokenizer.vocab_size} tokens")
     return tokenizer, read_token_file(prepared.train_path), read_token_file(prepared.val_path), out_dir

@@ -6,6 +6,7 @@
 Under mpirun every rank runs the same Trainer; rank 0 alone prepares the data, logs, samples and
 writes checkpoints (`self.main`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,8 +46,13 @@ class Trainer:
         self.threads = configure_threads(cfg.threads or max(1, cpu_count() // self.comm.local_size))
         if not cfg.resume:  # the model's sizes are checked before any data is read
             sizes = {k: getattr(cfg, k) or v for k, v in MODEL_DEFAULTS.items()}
-            ModelConfig(vocab_size=1, num_layers=sizes["num_layers"], num_heads=sizes["num_heads"],
-                        embed_dim=sizes["embed_dim"], max_seq_len=sizes["seq_len"])
+            ModelConfig(
+                vocab_size=1,
+                num_layers=sizes["num_layers"],
+                num_heads=sizes["num_heads"],
+                embed_dim=sizes["embed_dim"],
+                max_seq_len=sizes["seq_len"],
+            )
         if self.main:
             open_run_directory(cfg)
         resume = resume_checkpoint(cfg) if cfg.resume else None
@@ -58,9 +64,11 @@ class Trainer:
         steps_per_epoch = len(self.train_tokens) / self.tokens_per_step
         self.total_steps, self.planner = plan_run(cfg, steps_per_epoch, resume and resume.state, self.step)
         length = "steps to fill the time budget" if self.planner else self.total_steps
-        self.say(f"[5/5] Training: {length} of {self.micro_batches} x {self.B} x {self.T} tokens "
-                 f"({self.comm.size} process(es) x {self.threads} thread(s), grad-accum {cfg.grad_accum})"
-                 + (f", at most {cfg.max_time:g} s" if cfg.max_time else ""))
+        self.say(
+            f"[5/5] Training: {length} of {self.micro_batches} x {self.B} x {self.T} tokens "
+            f"({self.comm.size} process(es) x {self.threads} thread(s), grad-accum {cfg.grad_accum})"
+            + (f", at most {cfg.max_time:g} s" if cfg.max_time else "")
+        )
         self.last_saved = self.step if resume is not None else -1
         self.val_loss, self.history, self.stopped = None, [], False
 
@@ -78,16 +86,20 @@ class Trainer:
         if not self.main:
             loaded = load_dataset(dataclasses.replace(cfg, progress=False))
         self.tokenizer, self.train_tokens, self.val_tokens, self.dataset_dir = loaded
-        self.say(f"[3/5] Dataset: {len(self.train_tokens):,} training and {len(self.val_tokens):,} validation "
-                 f"tokens ({self.dataset_dir})")
+        self.say(
+            f"[3/5] Dataset: {len(self.train_tokens):,} training and {len(self.val_tokens):,} validation "
+            f"tokens ({self.dataset_dir})"
+        )
         if self.tokenizer.kind == "image":
             from cllm.vision import image_seq_len
 
             cfg.seq_len = image_seq_len(self.tokenizer, given_seq_len)
         self.B, self.T = cfg.batch_size, cfg.seq_len
         if len(self.val_tokens) < self.T + 1:  # refused now rather than at the first evaluation, after training
-            raise DataError(f"the validation split has {len(self.val_tokens)} tokens, fewer than one window of "
-                            f"--seq-len {self.T} + 1; use more data, a larger --val-fraction or a smaller --seq-len")
+            raise DataError(
+                f"the validation split has {len(self.val_tokens)} tokens, fewer than one window of "
+                f"--seq-len {self.T} + 1; use more data, a larger --val-fraction or a smaller --seq-len"
+            )
 
     def _build_model(self, resume, init) -> None:
         """A new model, the resumed one (with its optimizer and data position) or --init-from's weights;
@@ -97,13 +109,23 @@ class Trainer:
         from cllm.model import Model
 
         cfg, B, T = self.cfg, self.B, self.T
-        config = ModelConfig(vocab_size=self.tokenizer.vocab_size, max_seq_len=T, num_layers=cfg.num_layers,
-                             num_heads=cfg.num_heads, embed_dim=cfg.embed_dim)
+        config = ModelConfig(
+            vocab_size=self.tokenizer.vocab_size,
+            max_seq_len=T,
+            num_layers=cfg.num_layers,
+            num_heads=cfg.num_heads,
+            embed_dim=cfg.embed_dim,
+        )
         if cfg.init_from:  # the checkpoint's context may be longer than T (GPT-2's 1024 positions)
             config = (init or resume).model_config
         config.check_batch(B, T, training=True)
-        self.optimizer = optimizer_class(cfg.device)(lr=cfg.learning_rate, beta1=cfg.beta1, beta2=cfg.beta2,
-                                                     weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
+        self.optimizer = optimizer_class(cfg.device)(
+            lr=cfg.learning_rate,
+            beta1=cfg.beta1,
+            beta2=cfg.beta2,
+            weight_decay=cfg.weight_decay,
+            grad_clip=cfg.grad_clip,
+        )
         self.sampler = BatchSampler(self.train_tokens, B, T, cfg.seed, align=T if self.tokenizer.kind == "image" else 1)
         self.step, self.best_val, self.elapsed_before = 0, math.inf, 0.0
         if resume is not None:
@@ -113,8 +135,10 @@ class Trainer:
             self.say(f"[4/5] Model: {model.num_parameters():,} parameters from {init.path}")
         else:
             model = Model(config, seed=cfg.seed)
-            self.say(f"[4/5] Model: {model.num_parameters():,} parameters, {cfg.num_layers} layers, "
-                     f"{cfg.num_heads} heads, {cfg.embed_dim} dims, context {T}, vocab {self.tokenizer.vocab_size}")
+            self.say(
+                f"[4/5] Model: {model.num_parameters():,} parameters, {cfg.num_layers} layers, "
+                f"{cfg.num_heads} heads, {cfg.embed_dim} dims, context {T}, vocab {self.tokenizer.vocab_size}"
+            )
         for buffer in (model.params, model.m, model.v):
             self.comm.broadcast_(buffer)
         self.model = to_device(model, cfg.device, self.comm.local_rank)
@@ -123,8 +147,10 @@ class Trainer:
         from cllm import checkpoint as ck
 
         if resume.model_config != config:
-            raise ConfigError(f"cannot resume: the checkpoint's model ({resume.model_config}) differs from this "
-                              f"run's ({config}); the tokenizer or data changed")
+            raise ConfigError(
+                f"cannot resume: the checkpoint's model ({resume.model_config}) differs from this "
+                f"run's ({config}); the tokenizer or data changed"
+            )
         state = resume.state
         self.step = int(state.get("step", 0))
         self.optimizer.t = int(state.get("optimizer_t", self.step))
@@ -134,16 +160,23 @@ class Trainer:
         self.say(f"[4/5] Model: resumed {resume.path} at step {self.step}")
         saved_world = int(state.get("world_size", 1))
         if saved_world != self.comm.size:
-            self.say(f"note: this checkpoint was written by {saved_world} process(es) and resumes on "
-                     f"{self.comm.size}; the global batch changes accordingly")
+            self.say(
+                f"note: this checkpoint was written by {saved_world} process(es) and resumes on "
+                f"{self.comm.size}; the global batch changes accordingly"
+            )
         return ck.model_from_checkpoint(resume)
 
     # ---------------------------------------------------------------- the loop
     def run(self) -> dict:
         cfg = self.cfg
         self.t_start = time.perf_counter()
-        self.log = Logbook(cfg.checkpoint_dir, self.main, cfg.progress, self.step,
-                           None if self.total_steps == UNPLANNED else self.total_steps)
+        self.log = Logbook(
+            cfg.checkpoint_dir,
+            self.main,
+            cfg.progress,
+            self.step,
+            None if self.total_steps == UNPLANNED else self.total_steps,
+        )
         with StopFlag() as stop:
             try:
                 while self.step < self.total_steps:
@@ -153,9 +186,14 @@ class Trainer:
                     lr = lr_at(self.step, cfg, self.total_steps)
                     norm = self.optimizer.step(self.model, lr, loss)
                     self.step += 1
-                    record = {"step": self.step, "train_loss": loss, "lr": lr, "grad_norm": norm,
-                              "tokens_per_sec": self.tokens_per_step / (time.perf_counter() - t0),
-                              "elapsed_s": self.elapsed()}
+                    record = {
+                        "step": self.step,
+                        "train_loss": loss,
+                        "lr": lr,
+                        "grad_norm": norm,
+                        "tokens_per_sec": self.tokens_per_step / (time.perf_counter() - t0),
+                        "elapsed_s": self.elapsed(),
+                    }
                     improved = self.evaluate(record)
                     self.log.write(record)
                     self.history.append(record)
@@ -185,7 +223,7 @@ class Trainer:
         from kernels.dropout import derive_key
 
         K, rank = self.cfg.grad_accum, self.comm.rank
-        batches = self.sampler.next_global(self.micro_batches)[rank * K:(rank + 1) * K]
+        batches = self.sampler.next_global(self.micro_batches)[rank * K : (rank + 1) * K]
         self.model.zero_grad()
         local_loss = 0.0
         for k, (x, y) in enumerate(batches):
@@ -204,8 +242,15 @@ class Trainer:
         some rank, time budget used up); a time budget's plan (rank 0's) updates total_steps."""
         budget = self.cfg.max_time
         took = time.perf_counter() - self.t_start + (self.elapsed_before if self.planner else 0.0)
-        flags = np.array([local_loss, float(stop.requested), float(budget is not None and took >= budget),
-                          self.planner.total if self.main and self.planner else 0.0], dtype=np.float64)
+        flags = np.array(
+            [
+                local_loss,
+                float(stop.requested),
+                float(budget is not None and took >= budget),
+                self.planner.total if self.main and self.planner else 0.0,
+            ],
+            dtype=np.float64,
+        )
         self.comm.allreduce_sum_(flags)
         if self.planner and int(flags[3]) != self.total_steps:
             self.total_steps = int(flags[3])
@@ -218,7 +263,9 @@ class Trainer:
         self.val_loss, improved = None, False
         if self.main and self.planner:
             self.planner.reach(self.step, self.elapsed())
-        if self.main and (is_due(self.step, self.cfg.eval_interval, 250, self.planner) or self.step == self.total_steps):
+        if self.main and (
+            is_due(self.step, self.cfg.eval_interval, 250, self.planner) or self.step == self.total_steps
+        ):
             record.update(validation(self.model, self.tokenizer, self.val_tokens, self.B, self.T))
             self.val_loss = record["val_loss"]
             improved = self.val_loss < self.best_val
@@ -238,10 +285,18 @@ class Trainer:
         from cllm import checkpoint as ck
 
         ckdir, name = self.cfg.checkpoint_dir, f"step_{self.step:06d}"
-        state = {"step": self.step, "optimizer_t": self.optimizer.t, "sampler_state": self.sampler.state(),
-                 "best_val_loss": None if self.best_val == math.inf else self.best_val, "val_loss": self.val_loss,
-                 "elapsed_s": self.elapsed(), "world_size": self.comm.size, "dataset_dir": self.dataset_dir,
-                 "reason": reason, "planned_steps": self.planner and self.planner.planned}
+        state = {
+            "step": self.step,
+            "optimizer_t": self.optimizer.t,
+            "sampler_state": self.sampler.state(),
+            "best_val_loss": None if self.best_val == math.inf else self.best_val,
+            "val_loss": self.val_loss,
+            "elapsed_s": self.elapsed(),
+            "world_size": self.comm.size,
+            "dataset_dir": self.dataset_dir,
+            "reason": reason,
+            "planned_steps": self.planner and self.planner.planned,
+        }
         ck.save_checkpoint(ckdir, name, self.model, self.optimizer, self.tokenizer, self.cfg.to_json(), state)
         ck.set_pointer(ckdir, "latest", name)
         if self.val_loss is not None and self.val_loss <= self.best_val:
@@ -254,8 +309,11 @@ class Trainer:
         if not self.main:
             return
         if self.val_loss is None and self.step > 0 and (not self.history or "val_loss" not in self.history[-1]):
-            record = {"step": self.step, **validation(self.model, self.tokenizer, self.val_tokens, self.B, self.T),
-                      "elapsed_s": self.elapsed()}
+            record = {
+                "step": self.step,
+                **validation(self.model, self.tokenizer, self.val_tokens, self.B, self.T),
+                "elapsed_s": self.elapsed(),
+            }
             self.val_loss = record["val_loss"]
             self.best_val = min(self.best_val, self.val_loss)
             self.log.write(record)
@@ -269,13 +327,21 @@ class Trainer:
     def summary(self) -> dict:
         elapsed = time.perf_counter() - self.t_start
         trained_tokens = len(self.history) * self.tokens_per_step
-        summary = {"steps": self.step, "final_train_loss": self.history[-1]["train_loss"] if self.history else None,
-                   "val_loss": self.val_loss, "best_val_loss": None if self.best_val == math.inf else self.best_val,
-                   "elapsed_s": elapsed, "tokens_per_sec": trained_tokens / elapsed if elapsed > 0 else 0.0,
-                   "checkpoint": os.path.join(self.cfg.checkpoint_dir, "latest"), "interrupted": self.stopped}
+        summary = {
+            "steps": self.step,
+            "final_train_loss": self.history[-1]["train_loss"] if self.history else None,
+            "val_loss": self.val_loss,
+            "best_val_loss": None if self.best_val == math.inf else self.best_val,
+            "elapsed_s": elapsed,
+            "tokens_per_sec": trained_tokens / elapsed if elapsed > 0 else 0.0,
+            "checkpoint": os.path.join(self.cfg.checkpoint_dir, "latest"),
+            "interrupted": self.stopped,
+        }
         val = self.val_loss if self.val_loss is not None else float("nan")
-        self.say(f"done: {self.step} steps, val loss {val:.4f}, {summary['tokens_per_sec']:.0f} tokens/s, "
-                 f"{elapsed:.1f} s; checkpoint {summary['checkpoint']}")
+        self.say(
+            f"done: {self.step} steps, val loss {val:.4f}, {summary['tokens_per_sec']:.0f} tokens/s, "
+            f"{elapsed:.1f} s; checkpoint {summary['checkpoint']}"
+        )
         self.log.plot()
         return summary
 
@@ -292,8 +358,9 @@ def open_run_directory(cfg: TrainConfig) -> None:
         open(probe, "w").close()
         os.unlink(probe)
     except OSError as exc:
-        raise CheckpointError(f"the checkpoint directory {ckdir!r} is not writable ({exc.strerror}); "
-                              "choose another --checkpoint-dir") from exc
+        raise CheckpointError(
+            f"the checkpoint directory {ckdir!r} is not writable ({exc.strerror}); choose another --checkpoint-dir"
+        ) from exc
     ck.remove_stale_temporaries(ckdir)
     if not cfg.resume:
         ck.claim_run_directory(ckdir, cfg.overwrite, say)
@@ -311,10 +378,17 @@ def resume_checkpoint(cfg: TrainConfig):
     for flag, value in cfg.model_flags().items():
         have = run_T if flag == "seq_len" else getattr(saved, flag)
         if value is not None and value != have:
-            raise ConfigError(f"cannot resume: the checkpoint has {flag.replace('_', '-')} {have} but "
-                              f"--{flag.replace('_', '-')} {value} was given; drop the flag or start a new "
-                              "--checkpoint-dir")
-    cfg.embed_dim, cfg.num_layers, cfg.num_heads, cfg.seq_len = saved.embed_dim, saved.num_layers, saved.num_heads, run_T
+            raise ConfigError(
+                f"cannot resume: the checkpoint has {flag.replace('_', '-')} {have} but "
+                f"--{flag.replace('_', '-')} {value} was given; drop the flag or start a new "
+                "--checkpoint-dir"
+            )
+    cfg.embed_dim, cfg.num_layers, cfg.num_heads, cfg.seq_len = (
+        saved.embed_dim,
+        saved.num_layers,
+        saved.num_heads,
+        run_T,
+    )
     if tuned:
         cfg.init_from = resume.path  # its data is encoded with the checkpoint's tokenizer
     return resume
@@ -330,8 +404,10 @@ def init_checkpoint(cfg: TrainConfig):
     for flag in ("embed_dim", "num_layers", "num_heads"):
         value = getattr(cfg, flag)
         if value is not None and value != getattr(saved, flag):
-            raise ConfigError(f"--init-from {cfg.init_from} has {flag.replace('_', '-')} {getattr(saved, flag)}, not "
-                              f"{value}; drop --{flag.replace('_', '-')}")
+            raise ConfigError(
+                f"--init-from {cfg.init_from} has {flag.replace('_', '-')} {getattr(saved, flag)}, not "
+                f"{value}; drop --{flag.replace('_', '-')}"
+            )
     cfg.embed_dim, cfg.num_layers, cfg.num_heads = saved.embed_dim, saved.num_layers, saved.num_heads
     cfg.seq_len = cfg.seq_len or min(MODEL_DEFAULTS["seq_len"], saved.max_seq_len)
     return ckpt
