@@ -3,7 +3,7 @@
 used by BPE training (`count_chunks`, `chunks_to_words`), which makes no Python string per chunk.
 
 cls (0x110000,) uint8: per code point, bit 1 = \\p{L}, 2 = \\p{N}, 4 = \\s, 8 = [\\r\\n]
-(built from the `regex` module itself by cllm/tokenizers/bpe.py char_classes, so the classes
+(built from the `regex` module itself by cllm/tokenizers/pre_split.py char_classes, so the classes
 are exactly the ones the pattern uses).
 """
 import numpy as np

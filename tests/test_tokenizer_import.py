@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from cllm.tokenizers import BPETokenizer, load_tokenizer
 from cllm.tokenizers.base import TokenizerFileError
-from cllm.tokenizers.bpe import PATTERNS
 from cllm.tokenizers.imports import O200K, import_tokenizer
+from cllm.tokenizers.pre_split import PATTERNS
 
 tk = pytest.importorskip("tokenizers", reason="the HuggingFace `tokenizers` library (test extra) builds the files")
 

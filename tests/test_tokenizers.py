@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from cllm.errors import TokenizerError
 from cllm.tokenizers import BPETokenizer, CharTokenizer, WordTokenizer, load_tokenizer, train_tokenizer
 from cllm.tokenizers.base import TokenizerFileError, VocabSizeError
-from cllm.tokenizers.bpe import PATTERNS
+from cllm.tokenizers.pre_split import PATTERNS
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = (ROOT / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")
@@ -325,8 +325,8 @@ TRICKY = list("aZ1 \t\n\r'sSldvemtr.,!ſ_-9٣") + ["😀", "é", "\u0301", "\u00
 def test_numba_pre_split_matches_regex(text):
     import numpy as np
 
+    from cllm.tokenizers.pre_split import char_classes
     from kernels import bpe_split as K
-    from cllm.tokenizers.bpe import char_classes
 
     cps = np.frombuffer(text.encode("utf-32-le"), np.uint32)
     for name, gpt4 in (("gpt4", True), ("gpt2", False)):

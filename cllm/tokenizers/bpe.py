@@ -5,9 +5,10 @@ then the special tokens. `vocab_size` counts all of them. Every string is bytes,
 an id, so decode(encode(s)) == s for every Unicode string.
 
 Text is first pre-split by a regex (GPT-4's pattern by default, "gpt2" available) into chunks that
-merges never cross. Training counts the distinct chunks once (a Counter, streamed over documents)
-and hands them to kernels/bpe_train.py which keeps the pair counts up to date per merge. Encoding maps each
-chunk through a cache (chunk string -> ids); the misses are encoded together by one kernel call.
+merges never cross (cllm/tokenizers/pre_split.py). Training counts the distinct chunks once,
+streamed over documents, and hands them to kernels/bpe_train.py, which keeps the pair counts up to
+date per merge (the steps: cllm/tokenizers/bpe_trainer.py). Encoding maps each chunk through a cache
+(chunk string -> ids); the misses are encoded together by one kernel call.
 
 Special tokens (default `<|endoftext|>`, which is both BOS and EOS as in GPT-2) are NOT recognised
 inside text by `encode(text)`, so user text cannot forge them; pass `allowed_special="all"` (or a
@@ -17,28 +18,24 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 
 import numpy as np
 import regex
 
 from cllm.errors import TokenizerError
 from cllm.fileio import atomic_write_text
-from cllm.tokenizers.base import Tokenizer, TokenizerFileError, VocabSizeError, as_text_iter, field, progress_bar, text_pieces
+from cllm.tokenizers.base import Tokenizer, TokenizerFileError, VocabSizeError, as_text_iter, field
+from cllm.tokenizers.bpe_trainer import count_chunks_numba, count_chunks_regex, learn_merges, link_words, token_counts
+from cllm.tokenizers.pre_split import PATTERNS, char_classes, resolve_pattern, split_mode
 
-PATTERNS = {
-    # GPT-4 (tiktoken cl100k_base)
-    "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",
-    # GPT-2
-    "gpt2": r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
-}
 DEFAULT_SPECIALS = ("<|endoftext|>",)
 CACHE_LIMIT = 1 << 20  # chunk-cache entries before it is cleared (bounds memory on huge corpora)
 
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map from bytes to printable characters (HuggingFace's ByteLevel)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+          + list(range(ord("®"), ord("ÿ") + 1)))
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -49,95 +46,6 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
-_CLASSES = None
-
-
-def char_classes() -> np.ndarray:
-    """(0x110000,) uint8 class bits per code point for the Numba pre-split (kernels/bpe_split.py),
-    computed once per process from the `regex` module's own letter, number and space classes, a block
-    of code points at a time (all of them in one string would take ~100 MB while it is built)."""
-    global _CLASSES
-    if _CLASSES is None:
-        cls = np.zeros(0x110000, np.uint8)
-        pats = [(bit, regex.compile(pat)) for bit, pat in ((1, r"\p{L}+"), (2, r"\p{N}+"), (4, r"\s+"), (8, r"[\r\n]+"))]
-        block = 1 << 14
-        for lo in range(0, 0x110000, block):
-            part = "".join(map(chr, range(lo, lo + block)))
-            for bit, pat in pats:
-                for m in pat.finditer(part):
-                    cls[lo + m.start(): lo + m.end()] |= bit
-        _CLASSES = cls
-    return _CLASSES
-
-
-def _resolve_pattern(pattern: str) -> str:
-    pat = PATTERNS.get(pattern, pattern)
-    try:
-        regex.compile(pat)
-    except regex.error as exc:
-        raise TokenizerError(f"invalid pre-split pattern {pattern!r}: {exc}; use 'gpt4', 'gpt2' or a valid `regex` pattern") from None
-    return pat
-
-
-def _count_chunks_regex(texts, pattern, gpt4, progress):
-    """Distinct pre-split chunks with their counts, for any pattern (Python `regex` + Counter).
-    Returns (docs, chars, distinct, chunks, sym (N,) int32 bytes of the multi-byte chunks,
-    lens (W,), counts (W,), single (256,) counts of one-byte chunks)."""
-    split = regex.compile(pattern).findall
-    counts: Counter = Counter()
-    docs = chars = 0
-    with progress_bar(progress, desc="bpe: counting chunks", unit="doc") as bar:
-        for text in texts:
-            counts.update(split(text))
-            docs += 1
-            chars += len(text)
-            bar.update(1)
-    words, wcount = [], []
-    single = np.zeros(256, np.int64)
-    for chunk, n in counts.items():
-        bs = chunk.encode("utf-8", "surrogatepass")
-        if len(bs) == 1:
-            single[bs[0]] += n
-        else:
-            words.append(bs)
-            wcount.append(n)
-    sym = np.frombuffer(b"".join(words), np.uint8).astype(np.int32)
-    lens = np.fromiter(map(len, words), np.int64, len(words))
-    return docs, chars, len(counts), sum(counts.values()), sym, lens, np.asarray(wcount, np.int64), single
-
-
-def _count_chunks_numba(texts, pattern, gpt4, progress):
-    """The same for the built-in patterns, pre-split and counted by Numba kernels."""
-    from kernels import bpe_split as K
-
-    cls = char_classes()
-    table = K.new_chunk_cache()
-    cstate = np.zeros(2, np.int64)
-    pool = np.empty(1 << 16, np.uint32)  # code points of each distinct chunk
-    ent = np.empty((1 << 12, 3), np.int64)  # (offset, length, count) per distinct chunk
-    docs = chars = 0
-    with progress_bar(progress, desc="bpe: counting chunks", unit="doc") as bar:
-        for text in texts:
-            for piece in text_pieces(text):  # 4 bytes a character: piece by piece
-                cps = np.frombuffer(piece.encode("utf-32-le", "surrogatepass"), np.uint32)
-                pos = 0
-                while True:
-                    pos = K.count_chunks(cps, pos, cls, gpt4, table, cstate, pool, ent)
-                    if pos >= len(cps):
-                        break
-                    if cstate[0] >= len(ent):  # full: double what ran out and go on
-                        ent = np.concatenate([ent, np.empty_like(ent)])
-                    else:
-                        pool = np.concatenate([pool, np.empty(max(len(pool), len(cps) - pos), np.uint32)])
-            docs += 1
-            chars += len(text)
-            del text, piece, cps  # a streamed document is not kept while the next one is read
-            bar.update(1)
-    n_ent = int(cstate[0])
-    sym, lens, counts, single = K.chunks_to_words(pool[: cstate[1]], ent, n_ent)
-    return docs, chars, n_ent, int(ent[:n_ent, 2].sum()), sym, lens, counts, single
-
-
 class BPETokenizer(Tokenizer):
     kind = "bpe"
 
@@ -145,7 +53,7 @@ class BPETokenizer(Tokenizer):
         """`merges`: list of (left id, right id) in training order. The id of a merge's result
         is the id of its bytes if those already have one, else the next free id."""
         super().__init__()
-        self.pattern = _resolve_pattern(pattern)
+        self.pattern = resolve_pattern(pattern)
         self._split = regex.compile(self.pattern).findall
         vocab: list[bytes] = [bytes([i]) for i in range(256)]
         index: dict[bytes, int] = {v: i for i, v in enumerate(vocab)}
@@ -173,7 +81,7 @@ class BPETokenizer(Tokenizer):
         self._ranks = None  # the kernel's merge table, built on first encode
         self._cache: dict[str, tuple] = {}  # chunk -> ids, for a custom pattern (regex path)
         # the built-in patterns are pre-split in Numba, with the chunk cache kept there too
-        self._gpt4 = {PATTERNS["gpt4"]: True, PATTERNS["gpt2"]: False}.get(self.pattern)
+        self._gpt4 = split_mode(self.pattern)
         self._kcache = None
         self.register_special_tokens(special_tokens)
 
@@ -194,82 +102,37 @@ class BPETokenizer(Tokenizer):
         self.bos_id = sp.get("<|bos|>", self.eos_id)
         self.pad_id = sp.get("<|pad|>")
         self.unk_id = None  # byte-level: nothing is unknown
-        self._special_split = regex.compile("(" + "|".join(regex.escape(t) for t in sorted(sp, key=len, reverse=True)) + ")") if sp else None
+        longest_first = sorted(sp, key=len, reverse=True)
+        self._special_split = regex.compile("(" + "|".join(map(regex.escape, longest_first)) + ")") if sp else None
 
     # ---- training -----------------------------------------------------------------------------
     @classmethod
-    def train(cls, texts, vocab_size: int = 4096, pattern: str = "gpt4", special_tokens=DEFAULT_SPECIALS, progress: bool = True):
+    def train(cls, texts, vocab_size: int = 4096, pattern: str = "gpt4", special_tokens=DEFAULT_SPECIALS,
+              progress: bool = True):
         """Learn `vocab_size - 256 - len(special_tokens)` merges from `texts` (a string or an
         iterable of strings, read once). Ties between equally frequent pairs go to the smaller
         (left id, right id), so training is deterministic. Stops early (with fewer ids) when every
-        chunk has become a single token."""
-        from kernels import bpe_train as K
-
+        chunk has become a single token. The steps are in cllm/tokenizers/bpe_trainer.py."""
         special_tokens = list(dict.fromkeys(special_tokens or ()))
         if vocab_size is None or vocab_size < 256 + len(special_tokens):
-            raise VocabSizeError(f"vocab size {vocab_size} is too small for byte-level BPE: it needs 256 byte ids + {len(special_tokens)} special token(s) = {256 + len(special_tokens)} at least; use e.g. --vocab-size 4096")
-        pat = _resolve_pattern(pattern)
-        gpt4 = {PATTERNS["gpt4"]: True, PATTERNS["gpt2"]: False}.get(pat)
-        count = _count_chunks_regex if gpt4 is None else _count_chunks_numba
+            raise VocabSizeError(f"vocab size {vocab_size} is too small for byte-level BPE: it needs 256 byte ids + "
+                                 f"{len(special_tokens)} special token(s) = {256 + len(special_tokens)} at least; "
+                                 "use e.g. --vocab-size 4096")
+        pat = resolve_pattern(pattern)
+        gpt4 = split_mode(pat)
+        count = count_chunks_regex if gpt4 is None else count_chunks_numba
         docs, chars, n_distinct, n_chunks, sym, lens, wcount_a, single = count(as_text_iter(texts), pat, gpt4, progress)
         if n_chunks == 0:
             raise TokenizerError("cannot train a BPE tokenizer on empty text; give it a non-empty corpus")
-        W = len(lens)
-        N = int(lens.sum())
-        wstart = np.zeros(W, np.int32)
-        if W:
-            wstart[1:] = np.cumsum(lens)[:-1]
-        wid = np.repeat(np.arange(W, dtype=np.int32), lens)  # (N,)
-        pos = np.arange(N, dtype=np.int32)
-        nxt = pos + 1  # (N,) next position, -1 at each word's end
-        prv = pos - 1  # (N,) previous position, -1 at each word's start
-        if W:
-            ends = (wstart + lens - 1).astype(np.int64)
-            nxt[ends] = -1
-            prv[wstart] = -1
-        wmark = np.zeros(W, np.int32)
-
-        n_new = vocab_size - 256 - len(special_tokens)
-        capacity = 3 * N + 16
-        pairs, pa, pb, pcount, phead, occ_word, occ_next, heap_count, heap_pair, state = K.bpe_train_init(sym, nxt, prv, wid, wstart, wcount_a, capacity)
-        V = 256 + n_new
-        tok_hash = np.zeros(V, np.uint64)  # (V,) polynomial hash of each token's bytes
-        tok_pow = np.zeros(V, np.uint64)   # (V,) HASH_BASE ** len(bytes)
-        tok_hash[:256] = np.arange(1, 257, dtype=np.uint64)
-        tok_pow[:256] = K.HASH_BASE
-        tok_ids = K.bpe_token_table(tok_hash, tok_pow)
-        # one merge may reuse an id, so allow more merges than new ids
-        max_merges = n_new + 1024
-        merge_a = np.empty(max_merges, np.int32)
-        merge_b = np.empty(max_merges, np.int32)
-        merge_new = np.empty(max_merges, np.int32)
-        n_merges, next_id = 0, 256
-        step = max(1, n_new // 100)
-        with progress_bar(progress, desc="bpe: merging", unit="tok", total=n_new) as bar:
-            while next_id < V:
-                room = max_merges - n_merges
-                if room <= 0:
-                    merge_a, merge_b, merge_new = (np.concatenate([x, np.empty(max_merges, np.int32)]) for x in (merge_a, merge_b, merge_new))
-                    max_merges *= 2
-                    room = max_merges - n_merges
-                before, merges_before = next_id, n_merges
-                n_merges, next_id = K.bpe_train_steps(
-                    sym, nxt, prv, wstart, wcount_a, wmark, pairs, pa, pb, pcount, phead,
-                    occ_word, occ_next, heap_count, heap_pair, state,
-                    tok_hash, tok_pow, tok_ids, next_id, V, min(step, room),
-                    merge_a, merge_b, merge_new, n_merges)
-                bar.update(next_id - before)
-                if n_merges == merges_before:
-                    break  # no pair left: every chunk is a single token
-        merges = list(zip(merge_a[:n_merges].tolist(), merge_b[:n_merges].tolist()))
-        tok = cls(merges, pattern=pattern, special_tokens=special_tokens)
-        if tok._merge_new != merge_new[:n_merges].tolist():  # a 64-bit hash collision: never seen
-            raise TokenizerError("internal error: BPE training produced inconsistent token ids (hash collision); please report it")
-
-        # statistics: how often each final token occurs in the training text
-        alive = sym >= 0
-        tc = np.bincount(sym[alive], weights=wcount_a[wid[alive]], minlength=V).astype(np.int64)
-        tc[:256] += single
+        wstart, wid, nxt, prv = link_words(lens)
+        V = vocab_size - len(special_tokens)
+        merge_a, merge_b, merge_new = learn_merges(sym, nxt, prv, wid, wstart, wcount_a, V, progress)
+        n_merges = len(merge_a)
+        tok = cls(list(zip(merge_a.tolist(), merge_b.tolist())), pattern=pattern, special_tokens=special_tokens)
+        if tok._merge_new != merge_new.tolist():  # a 64-bit hash collision: never seen
+            raise TokenizerError("internal error: BPE training produced inconsistent token ids (hash collision); "
+                                 "please report it")
+        tc = token_counts(sym, wid, wcount_a, single, V)
         top = np.argsort(-tc, kind="stable")[:20]
         tok.train_stats = {
             "documents": docs,
@@ -284,7 +147,8 @@ class BPETokenizer(Tokenizer):
         if tok.vocab_size < vocab_size:
             import warnings
 
-            warnings.warn(f"bpe: the corpus ran out of pairs to merge; the vocabulary has {tok.vocab_size} ids, not {vocab_size}", stacklevel=2)
+            warnings.warn(f"bpe: the corpus ran out of pairs to merge; the vocabulary has {tok.vocab_size} ids, "
+                          f"not {vocab_size}", stacklevel=2)
         return tok
 
     # ---- encoding / decoding ------------------------------------------------------------------
@@ -293,7 +157,8 @@ class BPETokenizer(Tokenizer):
 
         if self._ranks is None:
             m = np.asarray(self.merges, np.int32).reshape(-1, 2)
-            self._ranks = K.bpe_build_ranks(np.ascontiguousarray(m[:, 0]), np.ascontiguousarray(m[:, 1]), np.asarray(self._merge_new, np.int32))
+            self._ranks = K.bpe_build_ranks(np.ascontiguousarray(m[:, 0]), np.ascontiguousarray(m[:, 1]),
+                                            np.asarray(self._merge_new, np.int32))
         return self._ranks
 
     def _encode_chunks(self, chunks: list[str]) -> list[tuple]:
@@ -331,10 +196,13 @@ class BPETokenizer(Tokenizer):
 
         kc = self._kcache
         if kc is None or kc["state"][0] >= CACHE_LIMIT or kc["state"][1] >= (1 << 24):
-            kc = self._kcache = {"dict": K.new_chunk_cache(), "state": np.zeros(3, np.int64), "cps": np.empty(1 << 16, np.uint32),
+            kc = self._kcache = {"dict": K.new_chunk_cache(), "state": np.zeros(3, np.int64),
+                                 "cps": np.empty(1 << 16, np.uint32),
                                  "ids": np.empty(1 << 16, np.int32), "ent": np.empty((1 << 12, 4), np.int64)}
         st = kc["state"]
-        for name, used, want in (("cps", st[1], min(n, 1 << 24)), ("ids", st[2], min(n, 1 << 24)), ("ent", st[0], min(n // 4 + 64, CACHE_LIMIT))):
+        wants = (("cps", st[1], min(n, 1 << 24)), ("ids", st[2], min(n, 1 << 24)),
+                 ("ent", st[0], min(n // 4 + 64, CACHE_LIMIT)))
+        for name, used, want in wants:
             a = kc[name]
             if len(a) - used < want:
                 size = max(2 * len(a), used + want)
@@ -348,7 +216,8 @@ class BPETokenizer(Tokenizer):
         try:
             cps = np.frombuffer(text.encode("utf-32-le"), np.uint32)  # (n,) code points
         except UnicodeEncodeError as exc:
-            raise TokenizerError(f"cannot encode text with a lone surrogate (U+{ord(exc.object[exc.start]):04X} at {exc.start}); it is not valid Unicode, clean the text first") from None
+            raise TokenizerError(f"cannot encode text with a lone surrogate (U+{ord(exc.object[exc.start]):04X} at "
+                                 f"{exc.start}); it is not valid Unicode, clean the text first") from None
         n = len(cps)
         cls, ranks = char_classes(), self._merge_table()
         parts = []
@@ -358,7 +227,8 @@ class BPETokenizer(Tokenizer):
             self._reserve_cache(n - pos)
             kc = self._kcache
             buf = np.empty(size, np.int32)
-            new_pos, m = K.bpe_encode_text(cps, pos, cls, self._gpt4, ranks, kc["dict"], kc["state"], kc["cps"], kc["ids"], kc["ent"], buf)
+            new_pos, m = K.bpe_encode_text(cps, pos, cls, self._gpt4, ranks, kc["dict"], kc["state"], kc["cps"],
+                                           kc["ids"], kc["ent"], buf)
             if new_pos == pos:  # one chunk longer than the buffer: grow it
                 size *= 4
                 continue
@@ -406,7 +276,9 @@ class BPETokenizer(Tokenizer):
 
     def token_bytes(self, token_id: int) -> bytes:
         """The raw bytes of a token (id_to_token shows them as text, with U+FFFD for partial UTF-8)."""
-        return self.vocab_bytes[token_id] if token_id < len(self.vocab_bytes) else self.id_to_token(token_id).encode("utf-8")
+        if token_id < len(self.vocab_bytes):
+            return self.vocab_bytes[token_id]
+        return self.id_to_token(token_id).encode("utf-8")
 
     # ---- files --------------------------------------------------------------------------------
     def _to_dict(self) -> dict:
@@ -423,14 +295,19 @@ class BPETokenizer(Tokenizer):
         pattern = field(d, "pattern", str, path)
         merges = field(d, "merges", list, path)
         specials = field(d, "special_tokens", dict, path)
-        if not all(isinstance(m, list) and len(m) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in m) for m in merges):
-            raise TokenizerFileError(f"{path}: the merges must be pairs of integer ids; the file is corrupt, re-create it")
+        def is_id(x) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        if not all(isinstance(m, list) and len(m) == 2 and all(map(is_id, m)) for m in merges):
+            raise TokenizerFileError(f"{path}: the merges must be pairs of integer ids; the file is corrupt, "
+                                     "re-create it")
         try:
             tok = cls(merges, pattern=pattern, special_tokens=sorted(specials, key=specials.get))
         except TokenizerFileError as exc:
             raise TokenizerFileError(f"{path}: {exc}; the file is corrupt, re-create it") from None
         if tok.special_tokens != specials:
-            raise TokenizerFileError(f"{path}: the special token ids do not follow the merged tokens; the file is corrupt, re-create it")
+            raise TokenizerFileError(f"{path}: the special token ids do not follow the merged tokens; the file is "
+                                     "corrupt, re-create it")
         return tok
 
     def export_hf(self, path: str) -> None:
@@ -455,7 +332,8 @@ class BPETokenizer(Tokenizer):
             "truncation": None,
             "padding": None,
             "added_tokens": [
-                {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+                {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+                 "special": True}
                 for t, i in self.special_tokens.items()
             ],
             "normalizer": None,

@@ -14,7 +14,15 @@ import warnings
 import numpy as np
 
 from cllm.errors import TokenizerError
-from cllm.tokenizers.base import Tokenizer, TokenizerFileError, VocabSizeError, as_text_iter, field, progress_bar, text_pieces
+from cllm.tokenizers.base import (
+    Tokenizer,
+    TokenizerFileError,
+    VocabSizeError,
+    as_text_iter,
+    field,
+    progress_bar,
+    text_pieces,
+)
 
 
 def _code_points(text: str) -> np.ndarray:

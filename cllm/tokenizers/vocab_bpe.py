@@ -136,7 +136,8 @@ class VocabBPETokenizer(BPETokenizer):
         np.cumsum([len(t) for t in whole], out=offsets[1:])
         ids = np.fromiter(whole.values(), np.int32, len(whole))
         pool_cps, pool_ids, ent = _empty_pools(len(ids), len(cps))
-        kc = {"dict": bpe_split.new_chunk_cache(), "state": np.zeros(3, np.int64), "cps": pool_cps, "ids": pool_ids, "ent": ent}
+        kc = {"dict": bpe_split.new_chunk_cache(), "state": np.zeros(3, np.int64), "cps": pool_cps, "ids": pool_ids,
+              "ent": ent}
         bpe_encode.seed_chunk_cache(kc["dict"], kc["state"], pool_cps, pool_ids, ent, cps, offsets, ids)
         return kc
 

@@ -18,7 +18,15 @@ from collections import Counter
 
 import regex
 
-from cllm.tokenizers.base import Tokenizer, TokenizerFileError, VocabSizeError, as_text_iter, field, progress_bar, text_pieces
+from cllm.tokenizers.base import (
+    Tokenizer,
+    TokenizerFileError,
+    VocabSizeError,
+    as_text_iter,
+    field,
+    progress_bar,
+    text_pieces,
+)
 
 WORD_PATTERN = r"\n|\w+(?:['\u2019]\w+)*|[^\w\s]"
 SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>", "<mask>"]
