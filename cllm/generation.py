@@ -156,26 +156,7 @@ class Generator:
             return logp / max(1, len(tokens) + ended) ** length_penalty
 
         for step in range(max_new_tokens):
-            logp = logits.astype(np.float64)
-            logp = logp - logp.max(axis=1, keepdims=True)
-            logp = logp - np.log(np.exp(logp).sum(axis=1, keepdims=True))
-            totals = np.array([b[1] for b in beams])[:, None] + logp  # (k, V)
-            flat = totals.ravel()
-            n_cand = min(flat.size, beam_width - len(finished))  # a finished beam keeps its slot
-            cand = np.argpartition(-flat, n_cand - 1)[:n_cand]
-            cand = cand[np.lexsort((cand, -flat[cand]))]  # best first, ties by index
-            new_beams, parents = [], []
-            V = logp.shape[1]
-            for c in cand:
-                parent, tok = divmod(int(c), V)
-                tokens = beams[parent][0] + [tok]
-                if self.eos_id is not None and tok == self.eos_id:
-                    finished.append((beams[parent][0], float(flat[c]), True))
-                    continue
-                new_beams.append((tokens, float(flat[c])))
-                parents.append(parent)
-                if len(new_beams) == beam_width:
-                    break
+            new_beams, parents = self._extend_beams(beams, logits, beam_width, finished)
             if not new_beams:  # every beam ended
                 beams = []
                 break
@@ -195,3 +176,29 @@ class Generator:
         everything = finished + [(t, s, False) for t, s in beams]
         everything.sort(key=lambda b: -norm(*b))
         return [(t, norm(t, s, ended)) for t, s, ended in everything]
+
+    def _extend_beams(self, beams: list[tuple[list[int], float]], logits: np.ndarray, beam_width: int,
+                      finished: list) -> tuple[list[tuple[list[int], float]], list[int]]:
+        """One beam-search step: the best extensions of `beams` (k of them, logits (k,V)) as (new beams, the
+        index of each one's parent); extensions ending in EOS go to `finished` instead (each keeps a slot)."""
+        logp = logits.astype(np.float64)
+        logp = logp - logp.max(axis=1, keepdims=True)
+        logp = logp - np.log(np.exp(logp).sum(axis=1, keepdims=True))
+        totals = np.array([b[1] for b in beams])[:, None] + logp  # (k, V)
+        flat = totals.ravel()
+        n_cand = min(flat.size, beam_width - len(finished))  # a finished beam keeps its slot
+        cand = np.argpartition(-flat, n_cand - 1)[:n_cand]
+        cand = cand[np.lexsort((cand, -flat[cand]))]  # best first, ties by index
+        new_beams, parents = [], []
+        V = logp.shape[1]
+        for c in cand:
+            parent, tok = divmod(int(c), V)
+            tokens = beams[parent][0] + [tok]
+            if self.eos_id is not None and tok == self.eos_id:
+                finished.append((beams[parent][0], float(flat[c]), True))
+                continue
+            new_beams.append((tokens, float(flat[c])))
+            parents.append(parent)
+            if len(new_beams) == beam_width:
+                break
+        return new_beams, parents

@@ -60,10 +60,42 @@ def _as_stops(stop) -> list[str]:
 
 
 def run_generate(prompt, checkpoint, max_new_tokens, temperature, top_k, top_p, repeat_penalty, repeat_last_n,
-                 num_samples, seed, stop, beam_width, length_penalty, stream, interactive, threads, tokenizer, device="cpu"):
-    from cllm.completion import StopStream, cut_at_stop, encode_prompt, load_for_generation
-    from cllm.errors import ConfigError
+                 num_samples, seed, stop, beam_width, length_penalty, stream, interactive, threads, tokenizer,
+                 device="cpu"):
+    from cllm.completion import encode_prompt, load_for_generation
     from cllm.generation import Generator, SamplingConfig
+
+    sampling, stops = _checked_settings(max_new_tokens, temperature, top_k, top_p, repeat_penalty, repeat_last_n,
+                                        num_samples, seed, stop, beam_width)
+    model, tok, _ = load_for_generation(checkpoint, tokenizer, threads, device)
+    gen = Generator(model, eos_id=tok.eos_id)
+    warn = _warn_once()
+
+    def one_prompt(text: str):
+        ids = encode_prompt(tok, text, model.config.max_seq_len, warn)
+        if beam_width:
+            _print_beams(gen, tok, ids, text, beam_width, max_new_tokens, length_penalty, num_samples, stops)
+            return
+        for i in range(num_samples):
+            cfg = SamplingConfig(**{**sampling.__dict__, "seed": None if seed is None else seed + i})
+            if i:
+                print("---------------")
+            _print_sample(gen, tok, ids, text, cfg, stops, stream)
+
+    if interactive:
+        print("interactive: type a prompt and press Enter; Ctrl-D ends.", file=sys.stderr)
+        for line in sys.stdin:
+            one_prompt(line.rstrip("\n"))
+        return 0
+    one_prompt(prompt)
+    return 0
+
+
+def _checked_settings(max_new_tokens, temperature, top_k, top_p, repeat_penalty, repeat_last_n, num_samples, seed,
+                      stop, beam_width):
+    """(SamplingConfig, stop strings) of the flags, each checked (ConfigError naming the flag)."""
+    from cllm.errors import ConfigError
+    from cllm.generation import SamplingConfig
 
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ConfigError(f"--num-samples must be a positive integer, got {num_samples!r}")
@@ -75,8 +107,11 @@ def run_generate(prompt, checkpoint, max_new_tokens, temperature, top_k, top_p, 
     sampling.validate()
     if not isinstance(beam_width, int) or beam_width < 0:
         raise ConfigError(f"--beam-width must be a non-negative integer, got {beam_width!r}")
-    model, tok, _ = load_for_generation(checkpoint, tokenizer, threads, device)
-    gen = Generator(model, eos_id=tok.eos_id)
+    return sampling, stops
+
+
+def _warn_once():
+    """A function that prints each distinct message once, to standard error."""
     warned = set()
 
     def warn(msg):
@@ -84,45 +119,41 @@ def run_generate(prompt, checkpoint, max_new_tokens, temperature, top_k, top_p, 
             warned.add(msg)
             print(msg, file=sys.stderr)
 
-    def one_prompt(text: str):
-        ids = encode_prompt(tok, text, model.config.max_seq_len, warn)
-        if beam_width:
-            beams = gen.beam_search(ids, beam_width, max_new_tokens, length_penalty)
-            for i, (new_ids, score) in enumerate(beams[:num_samples]):
-                body, _ = cut_at_stop(tok.decode(new_ids), stops)
-                if num_samples > 1:
-                    print(f"--- beam {i + 1}, score {score:.4f}")
-                print(text + body)
-            return
-        for i in range(num_samples):
-            cfg = SamplingConfig(**{**sampling.__dict__, "seed": None if seed is None else seed + i})
-            if i:
-                print("---------------")
-            sample(ids, text, cfg)
+    return warn
 
-    def sample(ids, text, cfg):
-        out, pieces = StopStream(tok, stops), [text]
-        if stream:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        for token in gen.stream(ids, cfg):
-            piece = out.add(token)
-            if stream and piece:
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-            pieces.append(piece)
-            if out.stopped:
-                break
-        if stream:
-            sys.stdout.write(out.finish() + "\n")
-            sys.stdout.flush()
-        else:
-            print("".join(pieces) + out.finish())
 
-    if interactive:
-        print("interactive: type a prompt and press Enter; Ctrl-D ends.", file=sys.stderr)
-        for line in sys.stdin:
-            one_prompt(line.rstrip("\n"))
-        return 0
-    one_prompt(prompt)
-    return 0
+def _print_beams(gen, tok, ids, text, beam_width, max_new_tokens, length_penalty, num_samples, stops) -> None:
+    """Beam search from `ids`; print the `num_samples` best beams (with their scores when several), each cut at
+    the first stop string."""
+    from cllm.completion import cut_at_stop
+
+    beams = gen.beam_search(ids, beam_width, max_new_tokens, length_penalty)
+    for i, (new_ids, score) in enumerate(beams[:num_samples]):
+        body, _ = cut_at_stop(tok.decode(new_ids), stops)
+        if num_samples > 1:
+            print(f"--- beam {i + 1}, score {score:.4f}")
+        print(text + body)
+
+
+def _print_sample(gen, tok, ids, text, cfg, stops, stream) -> None:
+    """Sample one text after `ids` (the prompt `text`) and print it, as it comes when `stream`; it ends at EOS,
+    the token limit or the first stop string (cllm/completion.py's StopStream holds back what may start one)."""
+    from cllm.completion import StopStream
+
+    out, pieces = StopStream(tok, stops), [text]
+    if stream:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    for token in gen.stream(ids, cfg):
+        piece = out.add(token)
+        if stream and piece:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        pieces.append(piece)
+        if out.stopped:
+            break
+    if stream:
+        sys.stdout.write(out.finish() + "\n")
+        sys.stdout.flush()
+    else:
+        print("".join(pieces) + out.finish())

@@ -126,7 +126,7 @@ def export_gguf(checkpoint: str, out_path: str, dtype: str = "f32") -> tuple[str
     if ckpt.tokenizer_path is None:
         raise CheckpointError(f"{ckpt.path} has no tokenizer, and a GGUF file must carry one for llama.cpp")
     tokenizer = load_tokenizer(ckpt.tokenizer_path)
-    tokens, types, merges, pre = vocabulary(tokenizer)
+    vocab = vocabulary(tokenizer)
     out_path = os.path.abspath(os.fspath(out_path))
     directory = os.path.dirname(out_path)
     if not os.path.isdir(directory):
@@ -135,26 +135,8 @@ def export_gguf(checkpoint: str, out_path: str, dtype: str = "f32") -> tuple[str
     writer = gguf.GGUFWriter(tmp, "gpt2")  # writes general.architecture
     try:
         writer.add_name(os.path.basename(os.path.dirname(ckpt.path)) or "cllm")
-        writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                              "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
-        if dtype == "q8_0":
-            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        writer.add_context_length(config.max_seq_len)
-        writer.add_embedding_length(config.embed_dim)
-        writer.add_block_count(config.num_layers)
-        writer.add_feed_forward_length(4 * config.embed_dim)
-        writer.add_head_count(config.num_heads)
-        writer.add_layer_norm_eps(1e-5)  # kernels/layernorm.py
-        writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre(pre)
-        writer.add_token_list(tokens)
-        writer.add_token_types(types)
-        writer.add_token_merges(merges)
-        if tokenizer.bos_id is not None:
-            writer.add_bos_token_id(tokenizer.bos_id)
-        if tokenizer.eos_id is not None:
-            writer.add_eos_token_id(tokenizer.eos_id)
-        writer.add_add_bos_token(False)
+        _add_model_keys(writer, config, dtype)
+        _add_tokenizer_keys(writer, tokenizer, *vocab)
         for name, array in gguf_tensors(config, ckpt.params).items():
             data, raw_dtype = _stored(array, dtype)
             writer.add_tensor(name, data, raw_dtype=raw_dtype)
@@ -162,12 +144,7 @@ def export_gguf(checkpoint: str, out_path: str, dtype: str = "f32") -> tuple[str
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        from cllm.fileio import default_mode, fsync_path
-
-        os.chmod(tmp, default_mode())
-        fsync_path(tmp)
-        os.replace(tmp, out_path)
-        fsync_path(directory)
+        _publish(tmp, out_path)
     except OSError as exc:
         raise CheckpointError(f"cannot write {out_path!r}: {exc.strerror or exc}; choose another path") from exc
     finally:
@@ -175,3 +152,44 @@ def export_gguf(checkpoint: str, out_path: str, dtype: str = "f32") -> tuple[str
         if os.path.exists(tmp):
             os.unlink(tmp)
     return ckpt.path, config, os.path.getsize(out_path)
+
+
+def _add_model_keys(writer, config: ModelConfig, dtype: str) -> None:
+    """The file type and the gpt2.* hyperparameters (the module doc lists where llama.cpp reads each)."""
+    import gguf
+
+    writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                          "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
+    if dtype == "q8_0":
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_context_length(config.max_seq_len)
+    writer.add_embedding_length(config.embed_dim)
+    writer.add_block_count(config.num_layers)
+    writer.add_feed_forward_length(4 * config.embed_dim)
+    writer.add_head_count(config.num_heads)
+    writer.add_layer_norm_eps(1e-5)  # kernels/layernorm.py
+
+
+def _add_tokenizer_keys(writer, tokenizer, tokens: list[str], types: list[int], merges: list[str], pre: str) -> None:
+    """The tokenizer.ggml.* keys of a byte-level BPE tokenizer (`vocabulary`'s tokens, types, merges, pre)."""
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    if tokenizer.bos_id is not None:
+        writer.add_bos_token_id(tokenizer.bos_id)
+    if tokenizer.eos_id is not None:
+        writer.add_eos_token_id(tokenizer.eos_id)
+    writer.add_add_bos_token(False)
+
+
+def _publish(tmp: str, out_path: str) -> None:
+    """Give the written temporary file the usual permissions, fsync it and rename it to out_path (atomic;
+    cllm/fileio.py's atomic_open does the same for files it opens itself, which GGUFWriter does not allow)."""
+    from cllm.fileio import default_mode, fsync_path
+
+    os.chmod(tmp, default_mode())
+    fsync_path(tmp)
+    os.replace(tmp, out_path)
+    fsync_path(os.path.dirname(out_path))
