@@ -15,7 +15,8 @@ from cllm.tokenizers.wordpiece import WordPieceTokenizer
 KINDS = {"word": WordTokenizer, "char": CharTokenizer, "bpe": BPETokenizer, "bpe-vocab": VocabBPETokenizer,
          "wordpiece": WordPieceTokenizer}
 
-__all__ = ["BPETokenizer", "CharTokenizer", "KINDS", "Tokenizer", "TokenizerFileError", "VocabSizeError", "WordTokenizer", "load_tokenizer", "train_tokenizer"]
+__all__ = ["BPETokenizer", "CharTokenizer", "KINDS", "Tokenizer", "TokenizerFileError", "VocabSizeError",
+           "WordTokenizer", "load_tokenizer", "train_tokenizer"]
 
 
 def _kind_class(kind: str):

@@ -121,7 +121,8 @@ class Tokenizer:
             raise TokenizerError(f"token id must be an integer, got {token_id!r}")
         i = int(token_id)
         if not 0 <= i < self.vocab_size:
-            raise TokenizerError(f"token id {i} is out of range: this {self.kind} tokenizer has ids 0..{self.vocab_size - 1}")
+            raise TokenizerError(f"token id {i} is out of range: this {self.kind} tokenizer has ids "
+                                 f"0..{self.vocab_size - 1}")
         return self._id_to_token[i]
 
     def token_to_id(self, token: str) -> int | None:
@@ -170,10 +171,12 @@ class Tokenizer:
 def field(d: dict, name: str, typ, path: str):
     """d[name], checked to be of type `typ`, else a TokenizerFileError naming the file and field."""
     if name not in d:
-        raise TokenizerFileError(f"{path}: tokenizer file has no {name!r} field; it is truncated or not a CLLM tokenizer (re-create it with `cli.py prepare` or `train_tokenizer`)")
+        raise TokenizerFileError(f"{path}: tokenizer file has no {name!r} field; it is truncated or not a CLLM "
+                                 "tokenizer (re-create it with `cli.py prepare` or `train_tokenizer`)")
     v = d[name]
     if not isinstance(v, typ) or isinstance(v, bool) and typ is not bool:
-        raise TokenizerFileError(f"{path}: field {name!r} of the tokenizer file has the wrong type ({type(v).__name__}); the file is corrupt, re-create it")
+        raise TokenizerFileError(f"{path}: field {name!r} of the tokenizer file has the wrong type "
+                                 f"({type(v).__name__}); the file is corrupt, re-create it")
     return v
 
 
@@ -188,18 +191,22 @@ def read_tokenizer_json(path) -> dict:
         with open(path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
-        raise TokenizerFileError(f"tokenizer file {path} does not exist; check the path or create one with `cli.py prepare`") from None
+        raise TokenizerFileError(f"tokenizer file {path} does not exist; check the path or create one with "
+                                 "`cli.py prepare`") from None
     except OSError as exc:
         raise TokenizerFileError(f"cannot read tokenizer file {path}: {exc.strerror}; check its permissions") from None
     try:
         d = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TokenizerFileError(f"{path} is not a valid tokenizer JSON file ({exc.__class__.__name__}: {exc}); it is truncated or corrupt, re-create it") from None
+        raise TokenizerFileError(f"{path} is not a valid tokenizer JSON file ({exc.__class__.__name__}: {exc}); it is "
+                                 "truncated or corrupt, re-create it") from None
     if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
-        hint = " (it looks like a HuggingFace tokenizer.json, which CLLM exports but does not load)" if isinstance(d, dict) and "model" in d else ""
+        looks_hf = isinstance(d, dict) and "model" in d
+        hint = " (it looks like a HuggingFace tokenizer.json, which CLLM exports but does not load)" if looks_hf else ""
         raise TokenizerFileError(f"{path} is not a CLLM tokenizer file (no \"format\": \"{FORMAT_NAME}\"){hint}")
     version = d.get("version")
     if version != FORMAT_VERSION:
-        raise TokenizerFileError(f"{path} has tokenizer format version {version!r}, this CLLM reads version {FORMAT_VERSION}; re-create the tokenizer with this version")
+        raise TokenizerFileError(f"{path} has tokenizer format version {version!r}, this CLLM reads version "
+                                 f"{FORMAT_VERSION}; re-create the tokenizer with this version")
     d["_path"] = path
     return d

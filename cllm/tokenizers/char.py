@@ -72,7 +72,8 @@ class CharTokenizer(Tokenizer):
         by_count = seen[np.lexsort((seen, -counts[seen]))]  # most frequent first, ties: smaller code point
         if vocab_size is not None:
             if vocab_size < 1:
-                raise VocabSizeError(f"vocab size {vocab_size} is too small for a char tokenizer; use at least 1 (or leave it out to keep every character)")
+                raise VocabSizeError(f"vocab size {vocab_size} is too small for a char tokenizer; use at least 1 (or "
+                                     "leave it out to keep every character)")
             kept = by_count[:vocab_size]
         else:
             kept = seen

@@ -50,7 +50,8 @@ class WordTokenizer(Tokenizer):
     @classmethod
     def train(cls, texts, vocab_size: int = 8192, min_frequency: int = 1, progress: bool = True):
         if vocab_size is None or vocab_size <= len(SPECIALS):
-            raise VocabSizeError(f"vocab size {vocab_size} leaves no room for words: a word tokenizer needs more than its {len(SPECIALS)} special tokens; use e.g. --vocab-size 8192")
+            raise VocabSizeError(f"vocab size {vocab_size} leaves no room for words: a word tokenizer needs more than "
+                                 f"its {len(SPECIALS)} special tokens; use e.g. --vocab-size 8192")
         split = regex.compile(WORD_PATTERN).findall
         counts: Counter = Counter()
         docs = chars = 0
@@ -68,7 +69,8 @@ class WordTokenizer(Tokenizer):
 
             raise TokenizerError("cannot train a word tokenizer on text without words; give it a non-empty corpus")
         # rank: most frequent first, ties by the string itself -> deterministic across runs
-        ranked = sorted((w for w, n in counts.items() if n >= min_frequency and w not in SPECIALS), key=lambda w: (-counts[w], w))
+        kept = (w for w, n in counts.items() if n >= min_frequency and w not in SPECIALS)
+        ranked = sorted(kept, key=lambda w: (-counts[w], w))
         words = ranked[: vocab_size - len(SPECIALS)]
         tok = cls(words)
         known = sum(counts[w] for w in words)
@@ -108,8 +110,10 @@ class WordTokenizer(Tokenizer):
     @classmethod
     def _from_dict(cls, d: dict, path: str):
         if field(d, "specials", list, path) != SPECIALS:
-            raise TokenizerFileError(f"{path}: unexpected special tokens for a word tokenizer; the file is from another program or corrupt")
+            raise TokenizerFileError(f"{path}: unexpected special tokens for a word tokenizer; the file is from "
+                                     "another program or corrupt")
         words = field(d, "words", list, path)
         if not all(isinstance(w, str) and w for w in words):
-            raise TokenizerFileError(f"{path}: the word list holds a non-string or empty token; the file is corrupt, re-create it")
+            raise TokenizerFileError(f"{path}: the word list holds a non-string or empty token; the file is "
+                                     "corrupt, re-create it")
         return cls(words)
