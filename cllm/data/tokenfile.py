@@ -91,22 +91,28 @@ def read_token_header(path) -> dict:
     except OSError as exc:
         raise TokenFileError(f"cannot read token file {path}: {exc.strerror}") from None
     if len(head) < HEADER_BYTES:
-        raise TokenFileError(f"{path} is too short to be a token file ({size} bytes, the header alone is {HEADER_BYTES}); it is truncated, run `cli.py prepare` again")
+        raise TokenFileError(f"{path} is too short to be a token file ({size} bytes, the header alone is "
+                             f"{HEADER_BYTES}); it is truncated, run `cli.py prepare` again")
     h = np.frombuffer(head, "<i4")
     if h[0] != MAGIC:
         from cllm.llmc import TOKENS_MAGIC
 
         if h[0] == TOKENS_MAGIC:
-            raise TokenFileError(f"{path} is an llm.c token file, not a CLLM one; prepare the corpus with `cli.py prepare` instead")
-        raise TokenFileError(f"{path} is not a CLLM token file (wrong magic number {int(h[0]):#x}); create it with `cli.py prepare`")
+            raise TokenFileError(f"{path} is an llm.c token file, not a CLLM one; prepare the corpus with "
+                                 "`cli.py prepare` instead")
+        raise TokenFileError(f"{path} is not a CLLM token file (wrong magic number {int(h[0]):#x}); create it with "
+                             "`cli.py prepare`")
     if h[1] != VERSION:
-        raise TokenFileError(f"{path} has token file version {int(h[1])}, this CLLM reads version {VERSION}; run `cli.py prepare` again")
+        raise TokenFileError(f"{path} has token file version {int(h[1])}, this CLLM reads version {VERSION}; "
+                             "run `cli.py prepare` again")
     itemsize = int(h[2])
     if itemsize not in _DTYPES:
-        raise TokenFileError(f"{path} has an invalid token width ({itemsize} bytes; 2 or 4 expected); the file is corrupt, run `cli.py prepare` again")
+        raise TokenFileError(f"{path} has an invalid token width ({itemsize} bytes; 2 or 4 expected); the file is "
+                             "corrupt, run `cli.py prepare` again")
     count = int(h[3]) + (int(h[4]) << 31)
     if size != HEADER_BYTES + count * itemsize:
-        raise TokenFileError(f"{path}: header says {count:,} tokens ({HEADER_BYTES + count * itemsize:,} bytes) but the file has {size:,} bytes; it is truncated or corrupt, run `cli.py prepare` again")
+        raise TokenFileError(f"{path}: header says {count:,} tokens ({HEADER_BYTES + count * itemsize:,} bytes) but "
+                             f"the file has {size:,} bytes; it is truncated or corrupt, run `cli.py prepare` again")
     return {"count": count, "dtype": _DTYPES[itemsize], "vocab_size": int(h[5])}
 
 
