@@ -158,8 +158,8 @@ def refuse_foreign_directory(out_dir: str) -> None:
 
 
 def prepare_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int | None = None,
-                    val_fraction: float = 0.1, encoding: str = "auto", dedupe: bool = True, progress: bool = True, llmc: bool = False,
-                    bpe_pattern: str = "gpt4", force: bool = False, image: dict | None = None,
+                    val_fraction: float = 0.1, encoding: str = "auto", dedupe: bool = True, progress: bool = True,
+                    llmc: bool = False, bpe_pattern: str = "gpt4", force: bool = False, image: dict | None = None,
                     **cleaning) -> PreparedDataset:
     """Clean, tokenize and split the corpus at `data_path` into `out_dir` (see the module doc).
     `vocab_size` None: word 8192, bpe 4096, char every character. `llmc=True` also writes

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import time
 
+
 async def image_generations(request):
     """The handler of POST /v1/images/generations (see the module doc)."""
     import asyncio
