@@ -20,6 +20,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || echo "note: chromium could not be installed; tests/test_serve_browser.py will skip"
+	$(PY) -m ruff check --no-cache .
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 # the transformers round trips of tests/test_hf_interop.py (and of the interop extra, bench/gpt2.py's PyTorch

@@ -98,8 +98,9 @@ def main() -> None:
         with gzip.open(os.path.join(args.data, "html", key + ".html.gz")) as f:
             pages[key] = f.read()
 
-    from cllm.scraper.extract import extract_html
     import lxml.html
+
+    from cllm.scraper.extract import extract_html
 
     def plain_body(html: bytes) -> str:
         doc = lxml.html.document_fromstring(html)

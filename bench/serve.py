@@ -56,10 +56,10 @@ def reference_tokens_per_s(checkpoint: str, max_tokens: int, n: int = 8, threads
 
 
 def _reference(checkpoint: str, max_tokens: int, n: int, threads) -> float:
+    import numba
+
     from cllm.completion import load_for_generation
     from cllm.generation import Generator, SamplingConfig
-
-    import numba
 
     model, tok, _ = load_for_generation(checkpoint, None, threads)
     numba.set_num_threads(threads or numba.config.NUMBA_NUM_THREADS)  # per thread: as in a server worker

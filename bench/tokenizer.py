@@ -21,13 +21,13 @@
   is written from a CLLM BPE trained with cl100k's split pattern (`--vocab` ids), and the JSON says so.
 All timings are taken in this one process, so under load compare the ratios, not the MB/s.
 """
+
 import argparse
 import json
 import os
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +82,9 @@ def main():
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--baseline-kb", type=int, default=185)
     ap.add_argument("--no-baseline", action="store_true")
-    ap.add_argument("--rank-file", default=None, help="a tiktoken rank file (cl100k_base.tiktoken); default: one written here")
+    ap.add_argument(
+        "--rank-file", default=None, help="a tiktoken rank file (cl100k_base.tiktoken); default: one written here"
+    )
     ap.add_argument("--big-mb", type=float, default=100, help="MB of text for the rank-file encoding comparison")
     args = ap.parse_args()
 
@@ -90,8 +92,17 @@ def main():
 
     text = (ROOT / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")
     shared = ROOT.parent / "shared" / "data"
-    extra = [p.read_text(encoding="utf-8-sig") for p in sorted(shared.glob("*.txt")) if p.name != "tinyshakespeare.txt"] if shared.is_dir() else []
-    res = {"bench": "tokenizer", "corpus": "tinyshakespeare", "corpus_bytes": len(text.encode()), "vocab_size": args.vocab}
+    extra = (
+        [p.read_text(encoding="utf-8-sig") for p in sorted(shared.glob("*.txt")) if p.name != "tinyshakespeare.txt"]
+        if shared.is_dir()
+        else []
+    )
+    res = {
+        "bench": "tokenizer",
+        "corpus": "tinyshakespeare",
+        "corpus_bytes": len(text.encode()),
+        "vocab_size": args.vocab,
+    }
 
     t = time.perf_counter()
     BPETokenizer.train(text[:5000], 300, progress=False).encode(text[:5000])  # compile (or load the cache)
@@ -106,10 +117,16 @@ def main():
         t = time.perf_counter()
         minbpe_train(sub, 512, small.pattern)
         py_s = time.perf_counter() - t
-        res["baseline"] = {"text_kb": args.baseline_kb, "vocab": 512, "pure_python_s": round(py_s, 2), "ours_s": round(ours_s, 4),
-                           "speedup": round(py_s / ours_s, 1)}
+        res["baseline"] = {
+            "text_kb": args.baseline_kb,
+            "vocab": 512,
+            "pure_python_s": round(py_s, 2),
+            "ours_s": round(ours_s, 4),
+            "speedup": round(py_s / ours_s, 1),
+        }
 
     nbytes = len(text.encode())
+
     def cold():  # a new tokenizer object: empty chunk cache, merge table not built yet
         fresh = BPETokenizer(tok.merges, pattern=tok.pattern, special_tokens=list(tok.special_tokens))
         return fresh.encode(text)
@@ -126,12 +143,21 @@ def main():
     except ImportError:
         res["tiktoken"] = "not installed (pip install tiktoken)"
     else:
-        enc = tiktoken.Encoding("cllm-bench", pat_str=tok.pattern, mergeable_ranks={b: i for i, b in enumerate(tok.vocab_bytes)},
-                                special_tokens=tok.special_tokens)
+        enc = tiktoken.Encoding(
+            "cllm-bench",
+            pat_str=tok.pattern,
+            mergeable_ranks={b: i for i, b in enumerate(tok.vocab_bytes)},
+            special_tokens=tok.special_tokens,
+        )
         same = all(enc.encode_ordinary(s) == tok.encode(s) for s in [text] + extra)
         tk_s, _ = best_of(5, lambda: enc.encode_ordinary(text))
-        res["tiktoken"] = {"version": tiktoken.__version__, "identical_ids": same, "MBps": round(nbytes / tk_s / 1e6, 2),
-                           "ratio_warm": round(tk_s / warm_s, 2), "ratio_cold": round(tk_s / cold_s, 2)}
+        res["tiktoken"] = {
+            "version": tiktoken.__version__,
+            "identical_ids": same,
+            "MBps": round(nbytes / tk_s / 1e6, 2),
+            "ratio_warm": round(tk_s / warm_s, 2),
+            "ratio_cold": round(tk_s / cold_s, 2),
+        }
     try:
         import tokenizers
     except ImportError:
@@ -142,8 +168,12 @@ def main():
             hf = tokenizers.Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
         same = all(hf.encode(s).ids == tok.encode(s, allowed_special="all") for s in [text] + extra)
         hf_s, _ = best_of(3, lambda: hf.encode(text))
-        res["hf_tokenizers"] = {"version": tokenizers.__version__, "identical_ids": same, "MBps": round(nbytes / hf_s / 1e6, 2),
-                                "ratio_warm": round(hf_s / warm_s, 2)}
+        res["hf_tokenizers"] = {
+            "version": tokenizers.__version__,
+            "identical_ids": same,
+            "MBps": round(nbytes / hf_s / 1e6, 2),
+            "ratio_warm": round(hf_s / warm_s, 2),
+        }
         res["wordpiece"] = bench_wordpiece(text, args.vocab)
     try:
         import tiktoken
@@ -180,12 +210,16 @@ def bench_wordpiece(text, vocab):
     out["hf_tokens_per_byte"] = round(len(hf.encode(held, add_special_tokens=False).ids) / n_held, 5)
     for score in ("frequency", "likelihood"):
         s, tok = best_of(2, lambda score=score: WordPieceTokenizer.train(train, vocab, score=score, progress=False))
-        out[score] = {"train_s": round(s, 3), "train_ratio_to_hf": round(s / hf_s, 2),
-                      "tokens_per_byte": round(len(tok.encode(held)) / n_held, 5)}
+        out[score] = {
+            "train_s": round(s, 3),
+            "train_ratio_to_hf": round(s / hf_s, 2),
+            "tokens_per_byte": round(len(tok.encode(held)) / n_held, 5),
+        }
     with tempfile.TemporaryDirectory() as d:
         tok.export_hf(os.path.join(d, "tokenizer.json"))
         hf_same = tokenizers.Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
     docs = [p for p in text.split("\n\n") if p]
+
     def cold():  # a new tokenizer object: empty word cache
         fresh = WordPieceTokenizer(tok._id_to_token)
         return [fresh.encode(p) for p in docs]
@@ -195,9 +229,14 @@ def bench_wordpiece(text, vocab):
     hf_doc_s, hf_ids = best_of(3, lambda: [e.ids for e in hf_same.encode_batch(docs, add_special_tokens=False)])
     hf_whole_s, _ = best_of(3, lambda: hf_same.encode(text, add_special_tokens=False))
     hf_best = min(hf_doc_s, hf_whole_s)
-    out["encode"] = {"identical_ids": ids == hf_ids, "cold_MBps": round(n_all / cold_s / 1e6, 2),
-                     "warm_MBps": round(n_all / warm_s / 1e6, 2), "hf_MBps": round(n_all / hf_best / 1e6, 2),
-                     "ratio_cold": round(hf_best / cold_s, 2), "ratio_warm": round(hf_best / warm_s, 2)}
+    out["encode"] = {
+        "identical_ids": ids == hf_ids,
+        "cold_MBps": round(n_all / cold_s / 1e6, 2),
+        "warm_MBps": round(n_all / warm_s / 1e6, 2),
+        "hf_MBps": round(n_all / hf_best / 1e6, 2),
+        "ratio_cold": round(hf_best / cold_s, 2),
+        "ratio_warm": round(hf_best / warm_s, 2),
+    }
     return out
 
 
@@ -231,7 +270,7 @@ def bench_rank_file(texts, args):
     corpus = "".join(texts)
     reps = max(1, int(args.big_mb * 1e6 / len(corpus.encode())))
     big = corpus * reps
-    docs = [big[i:i + 65536] for i in range(0, len(big), 65536)]
+    docs = [big[i : i + 65536] for i in range(0, len(big), 65536)]
     n = len(big.encode())
     del big
     t = time.perf_counter()
@@ -241,8 +280,16 @@ def bench_rank_file(texts, args):
     theirs = [enc.encode_ordinary(p) for p in docs]
     tk_s = time.perf_counter() - t
     same = all(len(a) == len(b) and a.tolist() == b for a, b in zip(ours, theirs))
-    out.update({"MB": round(n / 1e6, 1), "documents": len(docs), "identical_ids": same,
-                "MBps": round(n / ours_s / 1e6, 2), "tiktoken_MBps": round(n / tk_s / 1e6, 2), "ratio": round(tk_s / ours_s, 2)})
+    out.update(
+        {
+            "MB": round(n / 1e6, 1),
+            "documents": len(docs),
+            "identical_ids": same,
+            "MBps": round(n / ours_s / 1e6, 2),
+            "tiktoken_MBps": round(n / tk_s / 1e6, 2),
+            "ratio": round(tk_s / ours_s, 2),
+        }
+    )
     return out
 
 

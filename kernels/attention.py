@@ -19,7 +19,6 @@ from .blas import NO_TRANS, TRANS, gemm
 from .dropout import causal_mask_rows, keep_scale
 from .fastexp import softmax_row
 
-
 # Rows per block of the causal products: block i needs only the keys up to its last row, so with
 # blocks of 32 rows a T = 128 head computes 5/8 of the full square's products.
 CAUSAL_BLOCK = 32

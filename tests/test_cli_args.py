@@ -8,10 +8,16 @@ import subprocess
 import sys
 
 import pytest
-
-from cllm.commands import _base_type, action_parsers, command_function, command_parameters, flag_name, \
-    parse_command_line
 from train_helpers import CLI, ROOT, run_cli
+
+from cllm.commands import (
+    _base_type,
+    action_parsers,
+    command_function,
+    command_parameters,
+    flag_name,
+    parse_command_line,
+)
 
 sys.path.insert(0, str(ROOT))
 import cli  # noqa: E402  (the dispatcher at the repository root)

@@ -11,10 +11,10 @@ import tracemalloc
 
 import pytest
 from aiohttp import web
+from crawl_helpers import crawl, fast, manifest, page, page_texts, para, serve, wait_for
 
 from cllm.errors import CrawlError
 from cllm.scraper.crawler import Crawler
-from crawl_helpers import crawl, fast, manifest, page, page_texts, para, serve, wait_for
 
 
 def tree_site(fanout=3, depth=3):

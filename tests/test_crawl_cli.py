@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from aiohttp import web
-
 from crawl_helpers import manifest, page, serve, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]

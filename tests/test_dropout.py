@@ -8,6 +8,13 @@ import os
 
 import numpy as np
 import pytest
+from test_reference import NAMES, make_model
+from train_helpers import (
+    all_threads_after,  # noqa: F401  (autouse)
+    prepared_dataset,
+    tiny_config,
+    train_losses,
+)
 
 import kernels as K
 from cllm import checkpoint as ck
@@ -15,9 +22,6 @@ from cllm.config import ModelConfig
 from cllm.model import Model
 from cllm.training import train
 from kernels.dropout import derive_key, dropout_mask, dropout_threshold
-from test_reference import NAMES, make_model
-from train_helpers import all_threads_after  # noqa: F401  (autouse)
-from train_helpers import prepared_dataset, tiny_config, train_losses
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "reference", "dropout_reference.npz")
 

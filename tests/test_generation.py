@@ -3,6 +3,10 @@ distributions and against each other, beam search scores against a full forward,
 cost (one decode_step per token, never a full forward), stops, EOS, prompts."""
 import numpy as np
 import pytest
+from train_helpers import (
+    all_threads_after,  # noqa: F401  (autouse)
+    trained_checkpoint,
+)
 
 import cllm.commands.generate as generate_cmd
 from cllm.commands import run_command
@@ -10,8 +14,6 @@ from cllm.completion import cut_at_stop, encode_prompt, load_for_generation
 from cllm.errors import ConfigError
 from cllm.generation import Generator, SamplingConfig, apply_repeat_penalty, filter_probs, next_token
 from cllm.model import Model
-from train_helpers import all_threads_after  # noqa: F401  (autouse)
-from train_helpers import trained_checkpoint
 
 
 @pytest.fixture(scope="module")

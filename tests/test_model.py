@@ -198,7 +198,6 @@ def test_optimizer_matches_textbook_adamw():
     m = Model(TINY, seed=11, dtype=np.float64)
     roughen(m, 12, scale=0.05)
     opt = AdamW(lr=1e-2, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=0.05)
-    rng = np.random.default_rng(13)
     ref_p = {k: v.copy() for k, v in m.p.items()}
     ref_m = {k: np.zeros_like(v) for k, v in m.p.items()}
     ref_v = {k: np.zeros_like(v) for k, v in m.p.items()}

@@ -14,9 +14,9 @@ import subprocess
 import sys
 
 import pytest
+from train_helpers import ROOT
 
 from cllm.commands import UsageError, parse_command_line
-from train_helpers import ROOT
 
 sys.path.insert(0, str(ROOT))
 import cli  # noqa: E402

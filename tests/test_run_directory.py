@@ -6,9 +6,17 @@ import os
 import re
 import shlex
 
-from train_helpers import all_threads_after  # noqa: F401  (autouse)
-from train_helpers import ROOT, TINY_FLAGS, assert_clean_error, prepared_dataset, read_metrics, run_cli, \
-    tiny_config, write_corpus
+from train_helpers import (
+    ROOT,
+    TINY_FLAGS,
+    all_threads_after,  # noqa: F401  (autouse)
+    assert_clean_error,
+    prepared_dataset,
+    read_metrics,
+    run_cli,
+    tiny_config,
+    write_corpus,
+)
 
 
 def _snapshot(run) -> dict:

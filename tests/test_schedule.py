@@ -5,13 +5,18 @@ import json
 import math
 
 import pytest
+from train_helpers import (
+    all_threads_after,  # noqa: F401  (autouse)
+    prepared_dataset,
+    read_metrics,
+    tiny_config,
+    train_losses,
+)
 
 from cllm.data import read_token_file
 from cllm.errors import ConfigError
 from cllm.schedule import BUDGET_POINTS, UNPLANNED, BudgetPlanner, plan_run
 from cllm.training import TrainConfig, train
-from train_helpers import all_threads_after  # noqa: F401  (autouse)
-from train_helpers import prepared_dataset, read_metrics, tiny_config, train_losses
 
 
 @pytest.fixture

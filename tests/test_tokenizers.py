@@ -1,5 +1,6 @@
 """Tokenizers: hand-checked BPE merges and ids, a pure-Python reference for the Numba trainer,
 round trips (hypothesis), save/load, HuggingFace export parity, and bad tokenizer files."""
+
 import json
 import warnings
 from collections import Counter
@@ -28,6 +29,7 @@ def bpe():
 
 # ---------------------------------------------------------------------------------------------
 # BPE by hand
+
 
 def test_bpe_wikipedia_example_exact_merges_and_ids():
     # "aaabdaaabac" is one pre-split chunk. Pair counts: aa 4 (overlapping), ab 2, others 1.
@@ -83,6 +85,7 @@ def test_bpe_vocab_size_and_determinism(bpe):
 
 # ---------------------------------------------------------------------------------------------
 # the Numba trainer against a straightforward pure-Python one (minbpe's algorithm, same rules)
+
 
 def reference_train(text, vocab_size, pattern=PATTERNS["gpt4"]):
     counts = Counter(regex.findall(pattern, text))
@@ -146,7 +149,7 @@ def reference_encode(tok, text):
             if not cands:
                 break
             r, i = min(cands)
-            ids[i:i + 2] = [rank[(ids[i], ids[i + 1])][1]]
+            ids[i : i + 2] = [rank[(ids[i], ids[i + 1])][1]]
         out += ids
     return out
 
@@ -160,8 +163,13 @@ def test_bpe_encode_matches_reference_and_round_trips(bpe, text):
 
 
 @FAST
-@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=100)
-       | st.lists(st.sampled_from(["😀", "👍🏽", "e\u0301", "\u200d", "﷽", "\U0010ffff", "\x00", "\r\n", " ", "ǅ", "\ufeff"]), max_size=30).map("".join))
+@given(
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=100)
+    | st.lists(
+        st.sampled_from(["😀", "👍🏽", "e\u0301", "\u200d", "﷽", "\U0010ffff", "\x00", "\r\n", " ", "ǅ", "\ufeff"]),
+        max_size=30,
+    ).map("".join)
+)
 def test_bpe_round_trip_any_unicode(bpe, text):
     assert bpe.decode(bpe.encode(text)) == text
     assert bpe.decode(bpe.encode(text, allowed_special="all")) == text
@@ -177,6 +185,7 @@ def test_bpe_gpt2_pattern_round_trip():
 
 # ---------------------------------------------------------------------------------------------
 # HuggingFace export
+
 
 def test_export_hf_gives_identical_ids(bpe, tmp_path):
     tokenizers = pytest.importorskip("tokenizers")
@@ -197,6 +206,7 @@ def test_export_hf_gives_identical_ids(bpe, tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # char and word
+
 
 def test_char_tiny_shakespeare_has_65_ids():
     tok = CharTokenizer.train(SHAKESPEARE, progress=False)
@@ -233,7 +243,10 @@ def test_word_tokenizer_ids_ranking_and_decode():
     # 9 tokens, of which the, the, cat, cat, ! are known: 4 of 9 unknown
     assert tok.stats()["train"]["unknown_rate"] == pytest.approx(4 / 9)
     full = WordTokenizer.train("Hello, world! (It's me.)\nNext line: done.", vocab_size=100, progress=False)
-    assert full.decode(full.encode("Hello ,world !( It's me . )\nNext   line : done .")) == "Hello, world! (It's me.)\nNext line: done."
+    assert (
+        full.decode(full.encode("Hello ,world !( It's me . )\nNext   line : done ."))
+        == "Hello, world! (It's me.)\nNext line: done."
+    )
     assert full.encode_with_special("Hello") == [2, full.token_to_id("Hello"), 3]
 
 
@@ -256,6 +269,7 @@ def test_word_vocab_size_must_exceed_specials():
 
 # ---------------------------------------------------------------------------------------------
 # files
+
 
 @FAST
 @given(st.text(max_size=80))
@@ -317,7 +331,19 @@ def test_stats_report_training_and_encoding(bpe):
 # ---------------------------------------------------------------------------------------------
 # the Numba pre-split must cut exactly where the `regex` pattern does
 
-TRICKY = list("aZ1 \t\n\r'sSldvemtr.,!ſ_-9٣") + ["😀", "é", "\u0301", "\u00a0", "\u2028", "\u3000", "\x0b", "\x85", "ǅ", "Ⅻ", "²"]
+TRICKY = list("aZ1 \t\n\r'sSldvemtr.,!ſ_-9٣") + [
+    "😀",
+    "é",
+    "\u0301",
+    "\u00a0",
+    "\u2028",
+    "\u3000",
+    "\x0b",
+    "\x85",
+    "ǅ",
+    "Ⅻ",
+    "²",
+]
 
 
 @settings(max_examples=300, deadline=None)
@@ -379,6 +405,6 @@ def test_text_pieces_give_the_ids_of_the_whole_text(bpe, parts, size):
     for tok in (bpe, gpt2, word):
         whole = tok.encode(text)
         assert [i for p in pieces for i in tok.encode(p)] == whole
-        for pat in ([tok.pattern] if tok is not word else []):  # the regex itself agrees too
+        for pat in [tok.pattern] if tok is not word else []:  # the regex itself agrees too
             assert [c for p in pieces for c in regex.findall(pat, p)] == regex.findall(pat, text)
     assert [i for a in bpe.encode_pieces(text) for i in a.tolist()] == bpe.encode(text)

@@ -1,4 +1,5 @@
 """`cli.py tokenizer ...`: train, encode, decode, stats, export-hf, and its errors."""
+
 import json
 import subprocess
 import sys
@@ -8,7 +9,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), *map(str, args)], capture_output=True, text=True, cwd=ROOT
+    )
 
 
 def test_tokenizer_cli_round_trip(tmp_path):
@@ -29,9 +32,11 @@ def test_tokenizer_cli_round_trip(tmp_path):
 
 
 def test_tokenizer_cli_errors(tmp_path):
-    for args, msg in ((["frobnicate"], "unknown tokenizer action"),
-                      (["encode", tmp_path / "missing.json", "x"], "does not exist"),
-                      (["encode", tmp_path / "missing.json"], "usage: cli.py tokenizer encode")):
+    for args, msg in (
+        (["frobnicate"], "unknown tokenizer action"),
+        (["encode", tmp_path / "missing.json", "x"], "does not exist"),
+        (["encode", tmp_path / "missing.json"], "usage: cli.py tokenizer encode"),
+    ):
         r = run_cli("tokenizer", *args)
         assert r.returncode == 2 and "Traceback" not in r.stderr
         assert r.stderr.startswith("error:") and msg in r.stderr, r.stderr

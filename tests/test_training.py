@@ -7,13 +7,17 @@ import signal
 
 import numpy as np
 import pytest
+from train_helpers import (
+    all_threads_after,  # noqa: F401  (autouse)
+    read_metrics,
+    tiny_config,
+    train_losses,
+)
+from train_helpers import prepared_dataset as _prepared
 
 from cllm import checkpoint as ck
 from cllm.errors import ConfigError
 from cllm.training import BatchSampler, build_config, evaluate_tokens, train
-from train_helpers import all_threads_after  # noqa: F401  (autouse)
-from train_helpers import read_metrics, tiny_config, train_losses
-from train_helpers import prepared_dataset as _prepared
 
 
 @pytest.fixture

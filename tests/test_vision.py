@@ -394,7 +394,7 @@ def test_rgb_folder_becomes_a_dataset(tmp_path):
 
 
 def test_the_text_corpus_skips_image_folders():
-    from cllm.data.corpus import find_files
+    from cllm.data.files import find_files
     from cllm.vision.dataset import is_image_source
 
     _, files, skipped = find_files(str(ROOT / "data"))

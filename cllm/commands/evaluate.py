@@ -3,7 +3,6 @@ import json
 import sys
 
 
-
 def main(checkpoint: str = "checkpoints", data: str | None = None, *, text: str | None = None,
          stride: int | None = None, batch_size: int = 8, json: bool = False, progress: bool = True,
          threads: int | None = None, tokenizer: str | None = None, classify: str | None = None,

@@ -3,7 +3,6 @@ import os
 import sys
 
 
-
 def main(checkpoint: str = "checkpoints", *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
          max_concurrent: int = 2, max_queue: int = 32, max_tokens_cap: int = 1024, max_prompt_chars: int = 32768,
          max_body_bytes: int = 262144, max_n: int = 8, model_name: str | None = None, threads: int | None = None,

@@ -15,7 +15,6 @@ documents (after cleaning) are dropped and counted. Iterating twice gives the sa
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import os
@@ -23,15 +22,11 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 
-from cllm.data.clean import clean_owned, normalize_newlines
-from cllm.data.errors import CorpusNotFoundError, EmptyCorpusError, TextDecodeError
-from cllm.errors import DataError, MissingDependencyError
-from cllm.vision.dataset import holds_images
+from cllm.data.clean import clean_owned
+from cllm.data.errors import EmptyCorpusError
+from cllm.data.files import decode_text, find_files, looks_binary, read_bytes, read_html, read_pdf
+from cllm.errors import DataError
 
-TEXT_EXT = {".txt", ".md", ".markdown", ".text", ".rst", ""}
-HTML_EXT = {".html", ".htm", ".xhtml"}
-PDF_EXT = {".pdf"}
-JSONL_EXT = {".jsonl"}
 CLEANING_OPTIONS = (
     "lowercase",
     "remove_punctuation",
@@ -89,145 +84,6 @@ class CorpusStats:
         return s + (" (skipped: " + ", ".join(extra) + ")" if extra else "")
 
 
-def _file_kind(name: str) -> str | None:
-    ext = os.path.splitext(name)[1].lower()
-    if ext in TEXT_EXT:
-        return "text"
-    if ext in HTML_EXT:
-        return "html"
-    if ext in PDF_EXT:
-        return "pdf"
-    if ext in JSONL_EXT:
-        return "jsonl"
-    return None
-
-
-def find_files(path: str) -> tuple[str, list[tuple[str, str]], Counter]:
-    """(root, [(file path, kind)] sorted, Counter of skipped reasons) for a file or a directory."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise CorpusNotFoundError(f"corpus path {path} does not exist; give a text file or a directory of text files")
-    skipped: Counter = Counter()
-    if os.path.isfile(path):
-        kind = _file_kind(os.path.basename(path)) or "text"  # a file named explicitly is read as text
-        if not os.access(path, os.R_OK):
-            raise CorpusNotFoundError(f"cannot read {path}: permission denied; check its permissions")
-        return os.path.dirname(path), [(path, kind)], skipped
-    if not os.path.isdir(path):
-        raise CorpusNotFoundError(f"corpus path {path} is neither a file nor a directory")
-    if not os.access(path, os.R_OK | os.X_OK):
-        raise CorpusNotFoundError(f"cannot read directory {path}: permission denied; check its permissions")
-    root = path
-    if os.path.isfile(os.path.join(path, "manifest.jsonl")) and os.path.isdir(os.path.join(path, "pages")):
-        root = os.path.join(path, "pages")  # a crawl's output: the manifest is not training text
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        hidden = [d for d in dirnames if d.startswith(".")]
-        if hidden:
-            skipped["hidden"] += len(hidden)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        images = [d for d in dirnames if holds_images(os.path.join(dirpath, d))]  # e.g. data/digits
-        if images:
-            skipped["image folders"] += len(images)
-            dirnames[:] = [d for d in dirnames if d not in images]
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            if name.startswith("."):
-                skipped["hidden"] += 1
-                continue
-            kind = _file_kind(name)
-            if kind is None:
-                skipped["unsupported"] += 1
-                continue
-            files.append((full, kind))
-    files.sort(key=lambda fk: os.path.relpath(fk[0], root).split(os.sep))
-    return root, files, skipped
-
-
-def _read_bytes(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise CorpusNotFoundError(f"{path} disappeared while reading the corpus") from None
-    except OSError as exc:
-        raise CorpusNotFoundError(f"cannot read {path}: {exc.strerror}; check its permissions") from None
-
-
-def decode_text(raw: bytes, path: str, encoding: str = "auto") -> tuple[str, bool]:
-    """(text, used_fallback). UTF-8 with the BOM stripped; else (encoding="auto") a detected
-    encoding; "utf-8" makes invalid UTF-8 an error. CRLF/CR become LF."""
-    if raw.startswith(codecs.BOM_UTF8):
-        raw = raw[3:]
-    fallback = False
-    try:
-        if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-            text = raw.decode("utf-16")
-        else:
-            text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        if encoding != "auto":
-            raise TextDecodeError(
-                f"{path} is not valid UTF-8 (byte {exc.start}: {raw[exc.start : exc.start + 4]!r}); convert it to "
-                "UTF-8 (e.g. `iconv -f latin1 -t utf-8`) or pass --encoding auto to detect its encoding"
-            ) from None
-        from charset_normalizer import from_bytes
-
-        results = from_bytes(raw)
-        best = results.best()
-        if best is not None:
-            # single-byte code pages often tie (same chaos and coherence): prefer windows-1252,
-            # the most common one for Western text, as browsers do for unlabeled pages
-            ties = [m for m in results if m.chaos == best.chaos and m.coherence == best.coherence]
-            best = next((m for m in ties if m.encoding == "cp1252"), best)
-        if best is None:
-            raise TextDecodeError(
-                f"{path} is not valid UTF-8 and its encoding could not be detected; convert it to UTF-8 "
-                "(e.g. with iconv)"
-            ) from None
-        text = str(best)
-        fallback = True
-    return normalize_newlines(text), fallback
-
-
-def _looks_binary(raw: bytes) -> bool:
-    head = raw[:8192]
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return False
-    return b"\x00" in head
-
-
-def _read_pdf(path: str) -> str:
-    try:
-        import pypdf
-    except ImportError:
-        raise MissingDependencyError(
-            f"reading the PDF file {path} needs pypdf; install it with `pip install 'cllm[pdf]'` "
-            "(or `pip install pypdf`)"
-        ) from None
-    try:
-        reader = pypdf.PdfReader(path)
-        return "\n\n".join((page.extract_text() or "") for page in reader.pages)
-    except Exception as exc:  # pypdf raises many types for damaged files
-        raise DataError(
-            f"cannot read the PDF file {path} ({exc.__class__.__name__}: {exc}); it may be damaged or encrypted, "
-            "remove it from the corpus"
-        ) from None
-
-
-def _read_html(raw: bytes, path: str) -> str:
-    try:
-        from cllm.scraper.extract import extract_html
-    except ImportError:  # the crawler's extractor is the one to use; lxml's text as a fallback
-        import lxml.html
-
-        doc = lxml.html.fromstring(raw or b"<html></html>")
-        for bad in doc.xpath("//script|//style|//noscript|//template"):
-            bad.drop_tree()
-        return doc.text_content()
-    return extract_html(raw, url=None).text
-
-
 def _count_words(doc: str, vocab: set) -> int:
     """Whitespace-separated words of doc (added to vocab), split ~64 KB at a time at a line or
     word boundary, so that a big document never becomes one list of all its words."""
@@ -275,16 +131,16 @@ class Corpus:
         the document is cleaned and tokenized."""
         for path, kind in self.files:
             if kind == "pdf":
-                yield path, [_read_pdf(path)], os.path.getsize(path)
+                yield path, [read_pdf(path)], os.path.getsize(path)
                 continue
-            raw = _read_bytes(path)
+            raw = read_bytes(path)
             nbytes = len(raw)
             if kind == "html":
-                box = [_read_html(raw, path)]
+                box = [read_html(raw, path)]
                 del raw
                 yield path, box, nbytes
                 continue
-            if _looks_binary(raw):
+            if looks_binary(raw):
                 skipped["binary"] += 1
                 continue
             text, fallback = decode_text(raw, path, self.encoding)
@@ -340,15 +196,9 @@ class Corpus:
                 if not doc.strip():
                     stats.empty += 1
                     continue
-                if self.dedupe:
-                    h = hashlib.blake2b(digest_size=16)
-                    for i in range(0, len(doc), 1 << 16):  # not the whole document's bytes at once
-                        h.update(doc[i : i + (1 << 16)].encode("utf-8", "surrogatepass"))
-                    digest = h.digest()
-                    if digest in seen:
-                        stats.duplicates += 1
-                        continue
-                    seen.add(digest)
+                if self.dedupe and _seen_before(doc, seen):
+                    stats.duplicates += 1
+                    continue
                 stats.documents += 1
                 stats.characters += len(doc)
                 lengths.append(len(doc))
@@ -359,6 +209,11 @@ class Corpus:
                 del doc  # not alive while the next file is read and cleaned
             if last_path:
                 bar.update(os.path.getsize(last_path))
+        self._end_pass(stats, skipped, vocab, lengths)
+
+    def _end_pass(self, stats: "CorpusStats", skipped: Counter, vocab: set, lengths: list[int]) -> None:
+        """After a full pass: the statistics (a later pass keeps the first one's word counts), the
+        skipped files' warning (once), and an empty corpus refused."""
         stats.skipped = dict(skipped)
         if self._complete:  # a later pass: keep the first pass's word statistics
             for name in ("lines", "tokens", "vocabulary"):
@@ -384,6 +239,18 @@ class Corpus:
                 f"the corpus at {self.path} is empty after cleaning ({stats.files} file(s), {stats.empty} empty, "
                 f"{stats.duplicates} duplicate); give it files with text or relax the cleaning flags"
             )
+
+
+def _seen_before(doc: str, seen: set) -> bool:
+    """Whether an identical document was seen (a 16-byte hash of it joins `seen` otherwise)."""
+    h = hashlib.blake2b(digest_size=16)
+    for i in range(0, len(doc), 1 << 16):  # not the whole document's bytes at once
+        h.update(doc[i : i + (1 << 16)].encode("utf-8", "surrogatepass"))
+    digest = h.digest()
+    if digest in seen:
+        return True
+    seen.add(digest)
+    return False
 
 
 def open_corpus(path, encoding: str = "auto", dedupe: bool = True, progress: bool = True, **cleaning) -> Corpus:

@@ -2,6 +2,7 @@
 
     config.py      TrainConfig: every flag of `cli.py train` with its default and help; build_config
     data.py        what a run trains on (a prepared dataset, or one prepared here) and its batch sampler
+    start.py       where a run starts: its directory, the checkpoint it resumes or fine-tunes from
     trainer.py     Trainer: setup (a new, resumed or fine-tuned model) and run(), the loop
     evaluation.py  the validation loss (cllm/evaluate.py's loop) and the printed samples
     logbook.py     metrics.jsonl, the progress bar, loss.png
