@@ -32,7 +32,7 @@ def readme_commands() -> list[list[str]]:
         joined = re.sub(r"\\\n\s*", " ", block)
         for line in joined.splitlines():
             line = line.split(" #")[0].strip()
-            if line:
+            if "python" in line or line.startswith(("make", "mpirun")):  # a command, not a listing
                 commands.append(shlex.split(line))
     return commands
 
