@@ -69,7 +69,7 @@ def _reference(checkpoint: str, max_tokens: int, n: int, threads) -> float:
     t0 = time.perf_counter()
     count = 0
     for i in range(n):
-        count += sum(1 for _ in gen.stream(ids, SamplingConfig(max_new_tokens=max_tokens, seed=i, stop_at_eos=False)))
+        count += sum(1 for _ in gen.stream(ids, SamplingConfig(max_new_tokens=max_tokens, seed=i, ignore_eos=True)))
     return count / (time.perf_counter() - t0)
 
 

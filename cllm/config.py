@@ -29,12 +29,14 @@ def padded_vocab_size(vocab_size: int, multiple: int = 64) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    vocab_size: int = 65  # V: number of real token ids
-    max_seq_len: int = 256  # maxT: number of learned positions
-    num_layers: int = 4  # L
-    num_heads: int = 4  # NH
-    embed_dim: int = 128  # C
-    padded_vocab_size: int = 0  # Vp; 0 means "round vocab_size up to a multiple of 64"
+    """A GPT's sizes; the defaults are a new `cli.py train` run's (TrainConfig's model flags show them)."""
+
+    vocab_size: int = option(65, "V: number of real token ids")
+    max_seq_len: int = option(64, "maxT: number of learned positions, the context length")
+    num_layers: int = option(4, "L: transformer blocks")
+    num_heads: int = option(4, "NH: attention heads (divides embed_dim)")
+    embed_dim: int = option(128, "C: the model's width")
+    padded_vocab_size: int = option(0, "Vp: rows of the embedding table; 0 rounds vocab_size up to a multiple of 64")
 
     def __post_init__(self):
         for name in ("vocab_size", "max_seq_len", "num_layers", "num_heads", "embed_dim"):

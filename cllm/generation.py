@@ -13,19 +13,22 @@ from typing import Iterator
 
 import numpy as np
 
+from cllm.config import option
 from cllm.errors import ConfigError
 
 
 @dataclasses.dataclass
 class SamplingConfig:
-    max_new_tokens: int = 200
-    temperature: float = 0.8  # 0 means greedy
-    top_k: int = 0  # 0 disables
-    top_p: float = 1.0  # 1 disables; keeps the smallest set of tokens whose probability reaches top_p
-    repeat_penalty: float = 1.0  # > 1 discourages tokens seen in the last repeat_last_n tokens
-    repeat_last_n: int = 64
-    seed: int | None = None
-    stop_at_eos: bool = True
+    """How tokens are drawn; its fields are also `cli.py generate`'s sampling flags (cllm/commands/generate.py)."""
+
+    max_new_tokens: int = option(200, "tokens to generate")
+    temperature: float = option(0.8, "sampling temperature (0 is greedy)")
+    top_k: int = option(0, "sample among the k most likely tokens (0: all)")
+    top_p: float = option(1.0, "sample among the smallest set of tokens whose probability reaches p (1: all)")
+    repeat_penalty: float = option(1.0, "divide the logits of recently seen tokens by this (1: off)")
+    repeat_last_n: int = option(64, "how many recent tokens the repeat penalty looks at")
+    seed: int | None = option(None, "random seed; the same seed gives the same text (none: a fresh one)")
+    ignore_eos: bool = option(False, "go on after EOS: exactly --max-new-tokens tokens (for benchmarks)")
 
     def validate(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
@@ -121,7 +124,7 @@ class Generator:
         cache, logits, pos = self._prefill(history)
         for _ in range(cfg.max_new_tokens):
             tok = next_token(logits[0], cfg, rng, history)
-            if cfg.stop_at_eos and self.eos_id is not None and tok == self.eos_id:
+            if not cfg.ignore_eos and self.eos_id is not None and tok == self.eos_id:
                 return
             history.append(tok)
             yield tok

@@ -86,7 +86,7 @@ def test_transformers_gives_cllm_logits_and_greedy_tokens(bpe_run):
     assert diff < 1e-4
     prompt = tok.encode("First Citizen:")
     n = model.config.max_seq_len - len(prompt)
-    ours = list(Generator(model).stream(prompt, SamplingConfig(max_new_tokens=n, temperature=0, stop_at_eos=False)))
+    ours = list(Generator(model).stream(prompt, SamplingConfig(max_new_tokens=n, temperature=0, ignore_eos=True)))
     with torch.no_grad():
         theirs = gpt2.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
                                pad_token_id=tok.eos_id)[0, len(prompt):].tolist()

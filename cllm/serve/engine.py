@@ -155,7 +155,7 @@ class Engine:
                     break
                 cfg = SamplingConfig(max_new_tokens=req.max_tokens, temperature=req.temperature, top_k=req.top_k,
                                      top_p=req.top_p, repeat_penalty=req.repeat_penalty,
-                                     seed=None if req.seed is None else req.seed + i, stop_at_eos=not req.ignore_eos)
+                                     seed=None if req.seed is None else req.seed + i, ignore_eos=req.ignore_eos)
                 n_tokens, reason = self._sample(ids, cfg, req.stop, prefix, index, cancel, emit)
                 completion_tokens += n_tokens
                 index += 1

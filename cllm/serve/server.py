@@ -37,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
+from cllm.config import option
 from cllm.serve.engine import Engine
 from cllm.serve.requests import APIError, parse_completion_request
 from cllm.serve.responses import EventChannel, collect_response, stream_response
@@ -47,17 +48,32 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 LOG = logging.getLogger("cllm.serve")  # no handler: Python prints warnings as the bare message on stderr
 
 
+RETRY_AFTER_S = 1  # the Retry-After of a 429 (the queue is full)
+DISCONNECT_POLL_S = 0.05  # how often a generating request checks that its client is still there
+
+
 @dataclasses.dataclass
 class ServerSettings:
-    max_concurrent: int = 2  # generations running at once (worker threads)
-    max_queue: int = 32  # requests waiting for a worker; beyond: 429
-    max_tokens_cap: int = 1024  # largest max_tokens a request may ask for
-    max_prompt_chars: int = 32768
-    max_body_bytes: int = 256 * 1024
-    max_n: int = 8  # choices per request (n, and n x prompts)
-    api_key: str | None = None
-    retry_after_s: int = 1
-    disconnect_poll_s: float = 0.05
+    """The server's limits; its fields are also `cli.py serve`'s flags (cllm/commands/serve.py)."""
+
+    max_concurrent: int = option(2, "generations at once (worker threads)")
+    max_queue: int = option(32, "requests waiting for a generation slot (beyond: 429 with Retry-After)")
+    max_tokens_cap: int = option(1024, "largest max_tokens a request may ask for")
+    max_prompt_chars: int = option(32768, "longest prompt, in characters")
+    max_body_bytes: int = option(256 * 1024, "largest request body, in bytes")
+    max_n: int = option(8, "most choices per request (n, and n x prompts)")
+    api_key: str | None = option(None, "require `Authorization: Bearer KEY` on /v1/ (none: the CLLM_API_KEY "
+                                       "environment variable, else no key)")
+
+    def validate(self) -> None:
+        from cllm.errors import ConfigError
+
+        for f in dataclasses.fields(self):
+            value, minimum = getattr(self, f.name), 0 if f.name == "max_queue" else 1
+            if f.name != "api_key" and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+                raise ConfigError(f"--{f.name.replace('_', '-')} must be an integer >= {minimum}, got {value!r}")
+        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key.strip()):
+            raise ConfigError("--api-key must be a non-empty string")
 
 
 def error_response(status: int, message: str, param=None, code=None, type_="invalid_request_error", headers=None):
@@ -91,7 +107,7 @@ class Scheduler:
         if self.active + self.queued >= s.max_concurrent + s.max_queue:
             raise APIError(429, f"the server is busy ({self.active} generating, {self.queued} waiting); retry later",
                            code="rate_limit_exceeded", type_="rate_limit_error",
-                           headers={"Retry-After": str(s.retry_after_s)})
+                           headers={"Retry-After": str(RETRY_AFTER_S)})
         self.queued += 1
 
     async def acquire(self) -> None:
@@ -197,7 +213,7 @@ async def completions(request):
     sched.admit()
     cancel = threading.Event()
     sched.cancel_events.add(cancel)
-    watcher = asyncio.create_task(_watch_disconnect(request, cancel, settings.disconnect_poll_s))
+    watcher = asyncio.create_task(_watch_disconnect(request, cancel, DISCONNECT_POLL_S))
     acquired = False
     try:
         await sched.acquire()

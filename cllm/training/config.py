@@ -6,16 +6,17 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from cllm.config import option
+from cllm.config import ModelConfig, option
 from cllm.errors import ConfigError
 from cllm.schedule import BUDGET_POINTS
 
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "data")
 
 
-# The model sizes a new run gets; TrainConfig keeps None for "not given" so that a resumed run can
-# tell a flag the user typed (which must match the checkpoint) from one left at its default.
-MODEL_DEFAULTS = {"embed_dim": 128, "num_layers": 4, "num_heads": 4, "seq_len": 64}
+# The model sizes a new run gets (ModelConfig's defaults); TrainConfig keeps None for "not given" so
+# that a resumed run can tell a flag the user typed (which must match the checkpoint) from a default.
+MODEL_DEFAULTS = {"embed_dim": ModelConfig.embed_dim, "num_layers": ModelConfig.num_layers,
+                  "num_heads": ModelConfig.num_heads, "seq_len": ModelConfig.max_seq_len}
 
 
 @dataclasses.dataclass
