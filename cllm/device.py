@@ -156,6 +156,11 @@ class CudaModel:
     _prefill_tokens = Model._prefill_tokens
     _layer = Model._layer
     _layer_acts = Model._layer_acts
+    # the graph itself is Model's, calling kernels/cuda (self.ops) and this class's attention methods
+    _forward_graph = Model._forward_graph
+    _backward_graph = Model._backward_graph
+    _site_key = Model._site_key
+    drop = 0  # no dropout on the device yet
 
     def __init__(self, model: Model, gpu: int = 0):
         from numba import cuda
@@ -164,7 +169,7 @@ class CudaModel:
 
         if model.dtype != np.float32:
             raise ConfigError("the CUDA model runs in float32 only")
-        self.G = G
+        self.G = self.ops = G
         self.gpu = gpu
         self.config = model.config
         self.dtype = np.dtype(np.float32)
@@ -285,26 +290,9 @@ class CudaModel:
         ids = cuda.to_device(host_ids)  # the one copy in: inputs, then targets
         self._inputs, self._targets = ids[:B * T], ids[B * T:]
         cfg = self.config
-        L, C, NH, V, Vp = cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.vocab_size, cfg.padded_vocab_size
-        p, a = self.p, self.da
-        G.encoder_forward(a["encoded"], self._inputs, p["wte"], p["wpe"], B, T, C)
-        residual = a["encoded"]
-        for l in range(L):
-            pl, al = self._layer(p, l), self._layer_acts(a, l)
-            G.layernorm_forward(al["ln1"], al["ln1_mean"], al["ln1_rstd"], residual, pl["ln1w"], pl["ln1b"], B, T, C)
-            G.matmul_forward(al["qkv"], al["ln1"], pl["qkvw"], pl["qkvb"], B, T, C, 3 * C)
-            G.attention_forward(al["atty"], al["preatt"], al["att"], al["qkv"], B, T, C, NH)
-            G.matmul_forward(al["attproj"], al["atty"], pl["attprojw"], pl["attprojb"], B, T, C, C)
-            G.residual_forward(al["residual2"], residual, al["attproj"], B * T * C)
-            G.layernorm_forward(al["ln2"], al["ln2_mean"], al["ln2_rstd"], al["residual2"], pl["ln2w"], pl["ln2b"],
-                                B, T, C)
-            G.matmul_forward(al["fch"], al["ln2"], pl["fcw"], pl["fcb"], B, T, C, 4 * C)
-            G.gelu_forward(al["fch_gelu"], al["fch"], B * T * 4 * C)
-            G.matmul_forward(al["fcproj"], al["fch_gelu"], pl["fcprojw"], pl["fcprojb"], B, T, 4 * C, C)
-            G.residual_forward(al["residual3"], al["residual2"], al["fcproj"], B * T * C)
-            residual = al["residual3"]
-        G.layernorm_forward(a["lnf"], a["lnf_mean"], a["lnf_rstd"], residual, p["lnfw"], p["lnfb"], B, T, C)
-        G.matmul_forward(a["logits"], a["lnf"], p["wte"], None, B, T, C, Vp)
+        V, Vp = cfg.vocab_size, cfg.padded_vocab_size
+        a = self.da
+        self._forward_graph(self.p, a, self._inputs, B, T)
         self._has_targets = targets is not None
         if targets is None:
             self.mean_loss = None
@@ -320,38 +308,17 @@ class CudaModel:
         if not self._has_targets:
             raise RuntimeError("backward() needs a forward(idx, targets) first")
         _bind(self.gpu)
-        G, cfg = self.G, self.config
-        B, T = self.B, self.T
-        L, C, NH, V, Vp = cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.vocab_size, cfg.padded_vocab_size
-        p, g, a, ga = self.p, self.g, self.da, self.dga
-        G.fill_inplace(ga["losses"], 1.0 / (B * T))
-        G.crossentropy_softmax_backward(ga["logits"], ga["losses"], a["probs"], self._targets, B, T, V, Vp, True)
-        G.matmul_backward(ga["lnf"], g["wte"], None, ga["logits"], a["lnf"], p["wte"], B, T, C, Vp, True)
-        last = self._layer_acts(a, L - 1)["residual3"]
-        dlast = self._layer_acts(ga, L - 1)["residual3"]
-        G.layernorm_backward(dlast, g["lnfw"], g["lnfb"], ga["lnf"], last, p["lnfw"], a["lnf_mean"], a["lnf_rstd"],
-                             B, T, C, True)
-        for l in reversed(range(L)):
-            pl, gl = self._layer(p, l), self._layer(g, l)
-            al, gal = self._layer_acts(a, l), self._layer_acts(ga, l)
-            residual = a["encoded"] if l == 0 else self._layer_acts(a, l - 1)["residual3"]
-            dresidual = ga["encoded"] if l == 0 else self._layer_acts(ga, l - 1)["residual3"]
-            G.residual_backward(gal["residual2"], gal["fcproj"], gal["residual3"], B * T * C, True)
-            G.matmul_backward(gal["fch_gelu"], gl["fcprojw"], gl["fcprojb"], gal["fcproj"], al["fch_gelu"],
-                              pl["fcprojw"], B, T, 4 * C, C, True)
-            G.gelu_backward(gal["fch"], al["fch"], gal["fch_gelu"], B * T * 4 * C, True)
-            G.matmul_backward(gal["ln2"], gl["fcw"], gl["fcb"], gal["fch"], al["ln2"], pl["fcw"], B, T, C, 4 * C, True)
-            G.layernorm_backward(gal["residual2"], gl["ln2w"], gl["ln2b"], gal["ln2"], al["residual2"], pl["ln2w"],
-                                 al["ln2_mean"], al["ln2_rstd"], B, T, C)
-            G.residual_backward(dresidual, gal["attproj"], gal["residual2"], B * T * C, True)
-            G.matmul_backward(gal["atty"], gl["attprojw"], gl["attprojb"], gal["attproj"], al["atty"], pl["attprojw"],
-                              B, T, C, C, True)
-            G.attention_backward(gal["qkv"], self._dscores, gal["atty"], al["qkv"], al["att"], B, T, C, NH, True)
-            G.matmul_backward(gal["ln1"], gl["qkvw"], gl["qkvb"], gal["qkv"], al["ln1"], pl["qkvw"], B, T, C, 3 * C,
-                              True)
-            G.layernorm_backward(dresidual, gl["ln1w"], gl["ln1b"], gal["ln1"], residual, pl["ln1w"], al["ln1_mean"],
-                                 al["ln1_rstd"], B, T, C)
-        G.encoder_backward(g["wte"], g["wpe"], ga["encoded"], self._inputs, B, T, C)
+        self._backward_graph(self.p, self.g, self.da, self.dga, self._inputs, self._targets, self.B, self.T)
+
+    def _attention_forward(self, al: dict, B: int, T: int, l: int) -> None:
+        cfg = self.config
+        self.G.attention_forward(al["atty"], al["preatt"], al["att"], al["qkv"], B, T, cfg.embed_dim, cfg.num_heads)
+
+    def _attention_backward(self, gal: dict, al: dict, B: int, T: int, l: int) -> None:
+        # the scores' gradient goes through a scratch buffer that the keys' pass reads (kernels/cuda/attention.py)
+        cfg = self.config
+        self.G.attention_backward(gal["qkv"], self._dscores, gal["atty"], al["qkv"], al["att"], B, T, cfg.embed_dim,
+                                  cfg.num_heads, True)
 
     def grad_norm(self) -> float:
         """The global L2 norm of the gradients: reduced on the device, 8 bytes copied back."""

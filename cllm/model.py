@@ -166,37 +166,11 @@ class Model:
         if T > self.config.max_seq_len:
             raise ConfigError(f"sequence length {T} exceeds max_seq_len {self.config.max_seq_len}")
         self._ensure_activations(B, T)
-        cfg = self.config
-        L, C, NH, V, Vp = cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.vocab_size, cfg.padded_vocab_size
-        p, a = self.p, self.a
+        V, Vp = self.config.vocab_size, self.config.padded_vocab_size
+        a = self.a
         self.inputs = idx.reshape(-1)
         self.drop, self.drop_key = dropout_threshold(dropout), dropout_key
-        drop, key = self.drop, self._site_key
-        K.encoder_forward(a["encoded"], self.inputs, p["wte"], p["wpe"], B, T, C)
-        if drop:  # in place: the encoder's backward never reads its output
-            K.dropout_forward(a["encoded"], a["encoded"], B * T * C, drop, key(0, DROP_EMBEDDING))
-        residual = a["encoded"]
-        for l in range(L):
-            pl, al = self._layer(p, l), self._layer_acts(a, l)
-            K.layernorm_forward(al["ln1"], al["ln1_mean"], al["ln1_rstd"], residual, pl["ln1w"], pl["ln1b"], B, T, C)
-            K.matmul_forward(al["qkv"], al["ln1"], pl["qkvw"], pl["qkvb"], B, T, C, 3 * C)
-            K.attention_forward(al["atty"], al["preatt"], al["att"], al["qkv"], B, T, C, NH, drop,
-                                key(l, DROP_ATTENTION))
-            K.matmul_forward(al["attproj"], al["atty"], pl["attprojw"], pl["attprojb"], B, T, C, C)
-            if drop:  # in place, as for the MLP's projection below: matmul_backward reads inputs only
-                K.dropout_forward(al["attproj"], al["attproj"], B * T * C, drop, key(l, DROP_ATTPROJ))
-            K.residual_forward(al["residual2"], residual, al["attproj"], B * T * C)
-            K.layernorm_forward(al["ln2"], al["ln2_mean"], al["ln2_rstd"], al["residual2"], pl["ln2w"], pl["ln2b"],
-                                B, T, C)
-            K.matmul_forward(al["fch"], al["ln2"], pl["fcw"], pl["fcb"], B, T, C, 4 * C)
-            K.gelu_forward(al["fch_gelu"], al["fch"], B * T * 4 * C)
-            K.matmul_forward(al["fcproj"], al["fch_gelu"], pl["fcprojw"], pl["fcprojb"], B, T, 4 * C, C)
-            if drop:
-                K.dropout_forward(al["fcproj"], al["fcproj"], B * T * C, drop, key(l, DROP_FCPROJ))
-            K.residual_forward(al["residual3"], al["residual2"], al["fcproj"], B * T * C)
-            residual = al["residual3"]
-        K.layernorm_forward(a["lnf"], a["lnf_mean"], a["lnf_rstd"], residual, p["lnfw"], p["lnfb"], B, T, C)
-        K.matmul_forward(a["logits"], a["lnf"], p["wte"], None, B, T, C, Vp)
+        self._forward_graph(self.p, a, self.inputs, B, T)
         logits = a["logits"].reshape(B, T, Vp)[:, :, :V]
         if targets is None:
             self.targets = None
@@ -214,52 +188,100 @@ class Model:
         """Accumulates d(mean loss)/d(params) into grads (call zero_grad() first for a fresh step)."""
         if self.targets is None:
             raise RuntimeError("backward() needs a forward(idx, targets) first")
-        cfg = self.config
-        B, T = self.B, self.T
-        L, C, NH, V, Vp = cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.vocab_size, cfg.padded_vocab_size
         if self.grad_acts is None:
             self.grad_acts = np.zeros(sum(math.prod(v) for v in self._grad_shapes.values()), dtype=self.dtype)
             self.ga = _carve(self.grad_acts, self._grad_shapes)
-        p, g, a, ga = self.p, self.g, self.a, self.ga
-        drop, key = self.drop, self._site_key  # the masks of the forward, recomputed from their keys
-        # The activation gradients are not zeroed: the first kernel to write each one overwrites it
-        # (overwrite=True; it writes every element), the later ones add, as the contract says.
-        # Zeroing them cost a pass over ~550 MB per step at the seed config's size.
-        ga["losses"][:] = self.dtype.type(1.0 / (B * T))  # d(mean)/d(each loss)
-        K.crossentropy_softmax_backward(ga["logits"], ga["losses"], a["probs"], self.targets, B, T, V, Vp, True)
-        K.matmul_backward(ga["lnf"], g["wte"], None, ga["logits"], a["lnf"], p["wte"], B, T, C, Vp, True)
+        self._backward_graph(self.p, self.g, self.a, self.ga, self.inputs, self.targets, self.B, self.T)
+
+    # ---------------------------------------------------------------- the graph
+    # GPT-2's graph, once, for every device: `self.ops` is the kernel set (kernels/ here, kernels/cuda
+    # for CudaModel, cllm/device.py), and attention, whose kernels differ in signature, is a method.
+    ops = K
+
+    def _forward_graph(self, p: dict, a: dict, inputs, B: int, T: int) -> None:
+        """Embeddings to logits: fills every activation view of `a` (p: the parameter views)."""
+        ops, cfg = self.ops, self.config
+        L, C = cfg.num_layers, cfg.embed_dim
+        drop, key = self.drop, self._site_key
+        ops.encoder_forward(a["encoded"], inputs, p["wte"], p["wpe"], B, T, C)
+        if drop:  # in place: the encoder's backward never reads its output
+            ops.dropout_forward(a["encoded"], a["encoded"], B * T * C, drop, key(0, DROP_EMBEDDING))
+        residual = a["encoded"]
+        for l in range(L):
+            pl, al = self._layer(p, l), self._layer_acts(a, l)
+            ops.layernorm_forward(al["ln1"], al["ln1_mean"], al["ln1_rstd"], residual, pl["ln1w"], pl["ln1b"], B, T, C)
+            ops.matmul_forward(al["qkv"], al["ln1"], pl["qkvw"], pl["qkvb"], B, T, C, 3 * C)
+            self._attention_forward(al, B, T, l)
+            ops.matmul_forward(al["attproj"], al["atty"], pl["attprojw"], pl["attprojb"], B, T, C, C)
+            if drop:  # in place, as for the MLP's projection below: matmul_backward reads inputs only
+                ops.dropout_forward(al["attproj"], al["attproj"], B * T * C, drop, key(l, DROP_ATTPROJ))
+            ops.residual_forward(al["residual2"], residual, al["attproj"], B * T * C)
+            ops.layernorm_forward(al["ln2"], al["ln2_mean"], al["ln2_rstd"], al["residual2"], pl["ln2w"], pl["ln2b"],
+                                  B, T, C)
+            ops.matmul_forward(al["fch"], al["ln2"], pl["fcw"], pl["fcb"], B, T, C, 4 * C)
+            ops.gelu_forward(al["fch_gelu"], al["fch"], B * T * 4 * C)
+            ops.matmul_forward(al["fcproj"], al["fch_gelu"], pl["fcprojw"], pl["fcprojb"], B, T, 4 * C, C)
+            if drop:
+                ops.dropout_forward(al["fcproj"], al["fcproj"], B * T * C, drop, key(l, DROP_FCPROJ))
+            ops.residual_forward(al["residual3"], al["residual2"], al["fcproj"], B * T * C)
+            residual = al["residual3"]
+        ops.layernorm_forward(a["lnf"], a["lnf_mean"], a["lnf_rstd"], residual, p["lnfw"], p["lnfb"], B, T, C)
+        ops.matmul_forward(a["logits"], a["lnf"], p["wte"], None, B, T, C, cfg.padded_vocab_size)
+
+    def _backward_graph(self, p: dict, g: dict, a: dict, ga: dict, inputs, targets, B: int, T: int) -> None:
+        """The mean loss's gradients: into the parameter gradients g (+=) through the activation gradients ga.
+        These are not zeroed: the first kernel to write each one overwrites it (overwrite=True; it writes every
+        element), the later ones add, as the contract says. Zeroing them cost a pass over ~550 MB per step at
+        the seed config's size."""
+        ops, cfg = self.ops, self.config
+        L, C, V, Vp = cfg.num_layers, cfg.embed_dim, cfg.vocab_size, cfg.padded_vocab_size
+        drop, key = self.drop, self._site_key
+        ops.fill_inplace(ga["losses"], 1.0 / (B * T))  # d(mean)/d(each loss)
+        ops.crossentropy_softmax_backward(ga["logits"], ga["losses"], a["probs"], targets, B, T, V, Vp, True)
+        ops.matmul_backward(ga["lnf"], g["wte"], None, ga["logits"], a["lnf"], p["wte"], B, T, C, Vp, True)
         last = self._layer_acts(a, L - 1)["residual3"]
         dlast = self._layer_acts(ga, L - 1)["residual3"]
-        K.layernorm_backward(dlast, g["lnfw"], g["lnfb"], ga["lnf"], last, p["lnfw"], a["lnf_mean"], a["lnf_rstd"],
-                             B, T, C, True)
+        ops.layernorm_backward(dlast, g["lnfw"], g["lnfb"], ga["lnf"], last, p["lnfw"], a["lnf_mean"], a["lnf_rstd"],
+                               B, T, C, True)
         for l in reversed(range(L)):
             pl, gl = self._layer(p, l), self._layer(g, l)
             al, gal = self._layer_acts(a, l), self._layer_acts(ga, l)
             residual = a["encoded"] if l == 0 else self._layer_acts(a, l - 1)["residual3"]
             dresidual = ga["encoded"] if l == 0 else self._layer_acts(ga, l - 1)["residual3"]
-            K.residual_backward(gal["residual2"], gal["fcproj"], gal["residual3"], B * T * C, True)
+            ops.residual_backward(gal["residual2"], gal["fcproj"], gal["residual3"], B * T * C, True)
             if drop:  # in place: the dropped output's gradient -> the projection's
-                K.dropout_backward(gal["fcproj"], gal["fcproj"], B * T * C, drop, key(l, DROP_FCPROJ))
-            K.matmul_backward(gal["fch_gelu"], gl["fcprojw"], gl["fcprojb"], gal["fcproj"], al["fch_gelu"],
-                              pl["fcprojw"], B, T, 4 * C, C, True)
-            K.gelu_backward(gal["fch"], al["fch"], gal["fch_gelu"], B * T * 4 * C, True)
-            K.matmul_backward(gal["ln2"], gl["fcw"], gl["fcb"], gal["fch"], al["ln2"], pl["fcw"], B, T, C, 4 * C, True)
-            K.layernorm_backward(gal["residual2"], gl["ln2w"], gl["ln2b"], gal["ln2"], al["residual2"], pl["ln2w"],
-                                 al["ln2_mean"], al["ln2_rstd"], B, T, C)
-            K.residual_backward(dresidual, gal["attproj"], gal["residual2"], B * T * C, True)
+                ops.dropout_backward(gal["fcproj"], gal["fcproj"], B * T * C, drop, key(l, DROP_FCPROJ))
+            ops.matmul_backward(gal["fch_gelu"], gl["fcprojw"], gl["fcprojb"], gal["fcproj"], al["fch_gelu"],
+                                pl["fcprojw"], B, T, 4 * C, C, True)
+            ops.gelu_backward(gal["fch"], al["fch"], gal["fch_gelu"], B * T * 4 * C, True)
+            ops.matmul_backward(gal["ln2"], gl["fcw"], gl["fcb"], gal["fch"], al["ln2"], pl["fcw"], B, T, C, 4 * C,
+                                True)
+            ops.layernorm_backward(gal["residual2"], gl["ln2w"], gl["ln2b"], gal["ln2"], al["residual2"], pl["ln2w"],
+                                   al["ln2_mean"], al["ln2_rstd"], B, T, C)
+            ops.residual_backward(dresidual, gal["attproj"], gal["residual2"], B * T * C, True)
             if drop:
-                K.dropout_backward(gal["attproj"], gal["attproj"], B * T * C, drop, key(l, DROP_ATTPROJ))
-            K.matmul_backward(gal["atty"], gl["attprojw"], gl["attprojb"], gal["attproj"], al["atty"], pl["attprojw"],
-                              B, T, C, C, True)
-            K.attention_backward(gal["qkv"], None, None, gal["atty"], al["qkv"], al["att"], B, T, C, NH, True,
-                                 drop, key(l, DROP_ATTENTION))
-            K.matmul_backward(gal["ln1"], gl["qkvw"], gl["qkvb"], gal["qkv"], al["ln1"], pl["qkvw"],
-                              B, T, C, 3 * C, True)
-            K.layernorm_backward(dresidual, gl["ln1w"], gl["ln1b"], gal["ln1"], residual, pl["ln1w"], al["ln1_mean"],
-                                 al["ln1_rstd"], B, T, C)
+                ops.dropout_backward(gal["attproj"], gal["attproj"], B * T * C, drop, key(l, DROP_ATTPROJ))
+            ops.matmul_backward(gal["atty"], gl["attprojw"], gl["attprojb"], gal["attproj"], al["atty"],
+                                pl["attprojw"], B, T, C, C, True)
+            self._attention_backward(gal, al, B, T, l)
+            ops.matmul_backward(gal["ln1"], gl["qkvw"], gl["qkvb"], gal["qkv"], al["ln1"], pl["qkvw"],
+                                B, T, C, 3 * C, True)
+            ops.layernorm_backward(dresidual, gl["ln1w"], gl["ln1b"], gal["ln1"], residual, pl["ln1w"],
+                                   al["ln1_mean"], al["ln1_rstd"], B, T, C)
         if drop:
-            K.dropout_backward(ga["encoded"], ga["encoded"], B * T * C, drop, key(0, DROP_EMBEDDING))
-        K.encoder_backward(g["wte"], g["wpe"], ga["encoded"], self.inputs, B, T, C)
+            ops.dropout_backward(ga["encoded"], ga["encoded"], B * T * C, drop, key(0, DROP_EMBEDDING))
+        ops.encoder_backward(g["wte"], g["wpe"], ga["encoded"], inputs, B, T, C)
+
+    def _attention_forward(self, al: dict, B: int, T: int, l: int) -> None:
+        cfg = self.config
+        K.attention_forward(al["atty"], al["preatt"], al["att"], al["qkv"], B, T, cfg.embed_dim, cfg.num_heads,
+                            self.drop, self._site_key(l, DROP_ATTENTION))
+
+    def _attention_backward(self, gal: dict, al: dict, B: int, T: int, l: int) -> None:
+        # the gradients of the scores and probabilities are never read: None for both
+        cfg = self.config
+        K.attention_backward(gal["qkv"], None, None, gal["atty"], al["qkv"], al["att"], B, T, cfg.embed_dim,
+                             cfg.num_heads, True, self.drop, self._site_key(l, DROP_ATTENTION))
 
     def _site_key(self, layer: int, site: int) -> int:
         """The mask key of one dropout site of one layer in the last forward (0 when dropout is off)."""
