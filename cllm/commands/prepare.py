@@ -50,7 +50,7 @@ def main(data: str | None = None, *, tokenizer: str = "char", vocab_size: int | 
                              llmc=llmc, force=force, progress=progress,
                              image={"image_size": image_size, "grayscale": grayscale, "palette": palette})
     _print_summary(ds)
-    return None  # (fire would print a returned value)
+    return None
 
 
 def _default_out(data, tokenizer: str, vocab_size: int | None) -> str:
