@@ -52,9 +52,8 @@ def numba_cache_dir() -> str:
 
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.dirname(here)
-    # all Numba code now lives under kernels/ (the tokenizers' kernels too): the cllm/ glob finds nothing today
-    sources = sorted(glob.glob(os.path.join(here, "**", "*.py"), recursive=True)
-                     + glob.glob(os.path.join(root, "cllm", "**", "*kernels*.py"), recursive=True))
+    # all Numba code lives under kernels/ (the tokenizers' kernels and kernels/cuda too)
+    sources = sorted(glob.glob(os.path.join(here, "**", "*.py"), recursive=True))
     digest = hashlib.sha256()
     for path in sources:
         digest.update(os.path.relpath(path, root).encode())

@@ -70,7 +70,11 @@ def scale_inplace(x, s):
 
 @njit(**PJIT)
 def fill_inplace(x, value):
-    # x (N) = value
+    # x (N) = value; on the calling thread below PARALLEL_MIN_WORK (the backward fills the (B*T) loss
+    # gradients every step: waking the thread team would cost more than the fill)
     f = x.dtype.type(value)
+    if x.shape[0] < PARALLEL_MIN_WORK:
+        x[:] = f
+        return
     for i in prange(x.shape[0]):
         x[i] = f

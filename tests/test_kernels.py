@@ -865,3 +865,14 @@ def test_attention_backward_without_score_gradients(dtype):
     K.attention_backward(lean, None, None, dout, inp, att, B, T, C, NH)
     np.testing.assert_allclose(lean, full, rtol=1e-12 if dtype == F64 else 1e-5, atol=1e-12 if dtype == F64 else 1e-6)
     assert np.abs(lean).max() > 0
+
+
+@pytest.mark.parametrize("above", [False, True])
+def test_fill_inplace_on_both_sides_of_the_parallel_threshold(above):
+    from kernels import fill_inplace
+    from kernels._common import PARALLEL_MIN_WORK
+
+    n = PARALLEL_MIN_WORK + 3 if above else 5
+    x = np.full(n, np.nan, dtype=np.float32)
+    fill_inplace(x, 0.25)
+    assert np.all(x == np.float32(0.25))
