@@ -18,14 +18,19 @@ import warnings
 from cllm.errors import CheckpointError, ConfigError
 
 
-def load_for_generation(checkpoint: str, tokenizer_path=None, threads=None, device: str = "cpu"):
+def load_for_generation(checkpoint: str, tokenizer_path=None, threads=None, device: str = "cpu",
+                        quantize: str | None = None):
     """(model, tokenizer, checkpoint path) with a clear error for anything missing. The model holds
-    its parameters only (no gradients or optimizer moments: cllm/model.py allocates those on first use)."""
+    its parameters only (no gradients or optimizer moments: cllm/model.py allocates those on first use).
+    quantize "int8": an Int8Model (cllm/quantize.py), quantized here at load time."""
     from cllm.checkpoint import load_checkpoint, model_from_checkpoint
     from cllm.device import select_gpu, to_device
+    from cllm.quantize import Int8Model, check_scheme
     from cllm.runtime import configure_threads
     from cllm.tokenizers import load_tokenizer
 
+    if check_scheme(quantize) and device != "cpu":
+        raise ConfigError("--quantize runs on the CPU; drop --device or --quantize")
     configure_threads(threads)
     select_gpu(device)  # a missing GPU is reported before the checkpoint is read
     ckpt = load_checkpoint(checkpoint)
@@ -35,7 +40,10 @@ def load_for_generation(checkpoint: str, tokenizer_path=None, threads=None, devi
     tok = load_tokenizer(path)
     if tok.vocab_size != ckpt.model_config.vocab_size:
         raise CheckpointError(f"the tokenizer has {tok.vocab_size} tokens but the model {ckpt.model_config.vocab_size}")
-    return to_device(model_from_checkpoint(ckpt), device), tok, ckpt.path
+    model = model_from_checkpoint(ckpt)
+    if quantize == "int8":
+        return Int8Model(model), tok, ckpt.path
+    return to_device(model, device), tok, ckpt.path
 
 
 def default_start_ids(tokenizer) -> list[int]:

@@ -54,6 +54,7 @@ class Model:
         # the parameter views in docs/design.md's order, as the decoding kernels take them: built once
         # (every writer fills the views in place), which saves ~5 us per generated token
         self._weight_views = tuple(self.p[name] for name in self.shapes)
+        self._scales = None  # float weights; cllm/quantize.py's Int8Model passes its int8 scales here
         self.B = self.T = 0
         self.acts = self.grad_acts = None
         self.a = self.ga = {}  # name -> flat activation / activation-gradient view
@@ -321,8 +322,8 @@ class Model:
         tokens = self._decode_tokens(tokens, pos, kv_cache)
         nb = tokens.size
         logits = np.empty(nb * cfg.vocab_size, dtype=self.dtype)
-        K.decode_step(logits, kv_cache, tokens, pos, *self._weight_views, nb, cfg.num_layers, cfg.embed_dim,
-                      cfg.num_heads, cfg.max_seq_len, cfg.vocab_size)
+        K.decode_step(logits, kv_cache, tokens, pos, *self._weight_views, self._scales, nb, cfg.num_layers,
+                      cfg.embed_dim, cfg.num_heads, cfg.max_seq_len, cfg.vocab_size)
         return logits.reshape(nb, cfg.vocab_size)
 
     def prefill(self, tokens, pos0: int, kv_cache: np.ndarray) -> np.ndarray:
@@ -332,8 +333,8 @@ class Model:
         cfg = self.config
         tokens = self._prefill_tokens(tokens, pos0, kv_cache)
         logits = np.empty(cfg.vocab_size, dtype=self.dtype)
-        K.prefill(logits, kv_cache, tokens, pos0, *self._weight_views, cfg.num_layers, cfg.embed_dim,
-                  cfg.num_heads, cfg.max_seq_len, cfg.vocab_size)
+        K.prefill(logits, kv_cache, tokens, pos0, *self._weight_views, self._scales, cfg.num_layers,
+                  cfg.embed_dim, cfg.num_heads, cfg.max_seq_len, cfg.vocab_size)
         return logits
 
     def _decode_tokens(self, tokens, pos: int, kv_cache) -> np.ndarray:

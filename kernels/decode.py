@@ -17,6 +17,7 @@ from .fastexp import softmax_row
 from .gelu import GELU_SCALE, tanh_f32
 from .layernorm import layernorm_row
 from .matmul import ROW_BLOCKS, matmul_forward
+from .quant import QBLOCK, dequantize_q8, matvec_q8_forward, num_blocks
 
 # From this many weights on (4 MB in float32) a matrix-vector product is split over the threads.
 # Below it, waking the sleeping thread team (OMP_WAIT_POLICY=PASSIVE, cllm/__init__.py: about 35 us
@@ -117,26 +118,55 @@ GEMM_MIN_ROWS = 8
 
 
 @njit(**JIT)
-def _linear(out, x, weight, bias, R, C, OC):
-    # out (R,OC) = x (R,C) @ weight (OC,C)^T + bias (OC);  bias may be None
+def _linear(out, x, weight, scales, bias, R, C, OC, wbuf):
+    # out (R,OC) = x (R,C) @ weight (OC,C)^T + bias (OC);  bias may be None. scales None: weight is
+    # float; else weight is int8 with scales (OC, ceil(C/32)) (kernels/quant.py), and a product over
+    # many rows dequantizes the weight into wbuf (>= OC*C floats) once and runs the float gemm.
     if R < GEMM_MIN_ROWS:
+        _matvec(out, x, weight, scales, bias, R, C, OC)
+    elif scales is None:
+        matmul_forward(out, x, weight, bias, 1, R, C, OC)
+    else:
+        w = wbuf[:OC * C]
+        dequantize_q8(w, weight, scales, OC, C)
+        matmul_forward(out, x, w, bias, 1, R, C, OC)
+
+
+@njit(**JIT)
+def _matvec(out, x, weight, scales, bias, R, C, OC):
+    # a matrix-vector product of float weights (scales None) or int8 ones
+    if scales is None:
         matvec_forward(out, x, weight, bias, R, C, OC)
     else:
-        matmul_forward(out, x, weight, bias, 1, R, C, OC)
+        matvec_q8_forward(out, x, weight, scales, bias, R, C, OC)
+
+
+@njit(**JIT)
+def _rows(scales, which, r0, r1):
+    # rows r0:r1 of one int8 matrix's scales ((rows, nblk) flat, nblk per row); None for float weights
+    if scales is None:
+        return None
+    return scales[which][r0:r1]
 
 
 @njit(**JIT)
 def _forward_rows(logits, kvcache, tokens, seq, pos, wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb,
-                  ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb, R, L, C, NH, maxT, V, first_logit_row):
+                  ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb, scales, R, L, C, NH, maxT, V,
+                  first_logit_row):
     # R rows: row r is token tokens[r] of sequence seq[r] at position pos[r] (int arrays (R)). Every
     # row's k and v go into its sequence's cache first, then each row attends over its sequence's
     # positions 0..pos[r] (earlier positions already cached, or rows of this call). logits
-    # (R - first_logit_row, V) for the rows from first_logit_row on.
+    # (R - first_logit_row, V) for the rows from first_logit_row on. scales: None, or the int8
+    # model's (wte, qkvw, attprojw, fcw, fcprojw) scales, those five weights being int8
+    # (kernels/quant.py; cllm/quantize.py).
     hs = C // NH
     C2 = 2 * C
     C3 = 3 * C
     C4 = 4 * C
-    dt = wte.dtype
+    nbC = num_blocks(C)  # scales per row of a C-wide matrix
+    nb4C = num_blocks(C4)
+    dt = wpe.dtype
+    wbuf = np.empty(C4 * C if R >= GEMM_MIN_ROWS else 0, dtype=dt)  # an int8 layer dequantized for a gemm
     x = np.empty(R * C, dtype=dt)  # residual stream (R,C)
     xn = np.empty(R * C, dtype=dt)  # normalized (R,C)
     qkv = np.empty(R * C3, dtype=dt)  # (R,3C)
@@ -145,16 +175,21 @@ def _forward_rows(logits, kvcache, tokens, seq, pos, wte, wpe, ln1w, ln1b, qkvw,
     hid = np.empty(R * C4, dtype=dt)  # MLP hidden (R,4C)
     scores = np.empty(maxT, dtype=dt)  # attention row scratch
     kbuf = np.empty(maxT, dtype=np.float32)  # exp_shifted's scratch
-    scale = wte.dtype.type(1) / np.sqrt(wte.dtype.type(hs))
+    scale = dt.type(1) / np.sqrt(dt.type(hs))
     head = maxT * hs  # one head's block of keys or values
     for r in range(R):
         ix = tokens[r]
         p = pos[r]
-        for c in range(C):
-            x[r * C + c] = wte[ix * C + c] + wpe[p * C + c]
+        if scales is None:
+            for c in range(C):
+                x[r * C + c] = wte[ix * C + c] + wpe[p * C + c]
+        else:
+            for c in range(C):
+                x[r * C + c] = dt.type(wte[ix * C + c]) * scales[0][ix * nbC + c // QBLOCK] + wpe[p * C + c]
     for l in range(L):
         _layernorm_rows(xn, x, ln1w[l * C:(l + 1) * C], ln1b[l * C:(l + 1) * C], R, C)
-        _linear(qkv, xn, qkvw[l * C3 * C:(l + 1) * C3 * C], qkvb[l * C3:(l + 1) * C3], R, C, C3)
+        _linear(qkv, xn, qkvw[l * C3 * C:(l + 1) * C3 * C], _rows(scales, 1, l * C3 * nbC, (l + 1) * C3 * nbC),
+                qkvb[l * C3:(l + 1) * C3], R, C, C3, wbuf)
         for r in range(R):  # this layer's k (a column of keys_t) and v of every row into the cache
             kbase = (seq[r] * L + l) * 2 * NH * head  # the sequence's and layer's keys; values follow
             p = pos[r]
@@ -175,36 +210,40 @@ def _forward_rows(logits, kvcache, tokens, seq, pos, wte, wpe, ln1w, ln1b, qkvw,
                 _attend_cached(atty[r * C + h * hs:r * C + (h + 1) * hs], qkv[q0:q0 + hs],
                                kvcache[ko:ko + head].reshape(hs, maxT), kvcache[vo:vo + n * hs].reshape(n, hs),
                                scores[:n], kbuf, scale)
-        _linear(proj, atty, attprojw[l * C * C:(l + 1) * C * C], attprojb[l * C:(l + 1) * C], R, C, C)
+        _linear(proj, atty, attprojw[l * C * C:(l + 1) * C * C], _rows(scales, 2, l * C * nbC, (l + 1) * C * nbC),
+                attprojb[l * C:(l + 1) * C], R, C, C, wbuf)
         for i in range(R * C):
             x[i] += proj[i]
         _layernorm_rows(xn, x, ln2w[l * C:(l + 1) * C], ln2b[l * C:(l + 1) * C], R, C)
-        _linear(hid, xn, fcw[l * C4 * C:(l + 1) * C4 * C], fcb[l * C4:(l + 1) * C4], R, C, C4)
+        _linear(hid, xn, fcw[l * C4 * C:(l + 1) * C4 * C], _rows(scales, 3, l * C4 * nbC, (l + 1) * C4 * nbC),
+                fcb[l * C4:(l + 1) * C4], R, C, C4, wbuf)
         _gelu_inplace(hid, R * C4)
-        _linear(proj, hid, fcprojw[l * C * C4:(l + 1) * C * C4], fcprojb[l * C:(l + 1) * C], R, C4, C)
+        _linear(proj, hid, fcprojw[l * C * C4:(l + 1) * C * C4], _rows(scales, 4, l * C * nb4C, (l + 1) * C * nb4C),
+                fcprojb[l * C:(l + 1) * C], R, C4, C, wbuf)
         for i in range(R * C):
             x[i] += proj[i]
     nl = R - first_logit_row
     _layernorm_rows(xn, x[first_logit_row * C:], lnfw, lnfb, nl, C)
     # tied LM head: only the V real rows of wte (Vp,C)
-    matvec_forward(logits, xn, wte[: V * C], None, nl, C, V)
+    _matvec(logits, xn, wte[: V * C], _rows(scales, 0, 0, V * nbC), None, nl, C, V)
 
 
 @njit(**JIT)
 def decode_step(logits, kvcache, tokens, pos, wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb,
-                ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb, nb, L, C, NH, maxT, V):
+                ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb, scales, nb, L, C, NH, maxT, V):
     # logits (nb,V) for the next token of each sequence;  tokens (nb) int32, the tokens at
     # position `pos` (0-based, < maxT); their k and v are written into kvcache at `pos`.
-    # Parameter views are the model's named tensors (docs/design.md's order and shapes).
+    # Parameter views are the model's named tensors (docs/design.md's order and shapes); scales None
+    # (float weights) or an int8 model's (see _forward_rows).
     seq = np.arange(nb)
     positions = np.full(nb, pos)
     _forward_rows(logits, kvcache, tokens, seq, positions, wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb,
-                  ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb, nb, L, C, NH, maxT, V, 0)
+                  ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb, scales, nb, L, C, NH, maxT, V, 0)
 
 
 @njit(**JIT)
 def prefill(logits, kvcache, tokens, pos0, wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb,
-            ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb, L, C, NH, maxT, V):
+            ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb, scales, L, C, NH, maxT, V):
     # One sequence: tokens (n) int32 at positions pos0..pos0+n-1 (< maxT) in one call, their k and v
     # written into kvcache (positions before pos0 must hold the earlier tokens); logits (V) for the
     # token after the last. The same results as n decode steps, with the linear layers as matrix
@@ -213,4 +252,4 @@ def prefill(logits, kvcache, tokens, pos0, wte, wpe, ln1w, ln1b, qkvw, qkvb, att
     seq = np.zeros(n, dtype=np.int64)
     positions = pos0 + np.arange(n)
     _forward_rows(logits, kvcache, tokens, seq, positions, wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb,
-                  ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb, n, L, C, NH, maxT, V, n - 1)
+                  ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb, scales, n, L, C, NH, maxT, V, n - 1)

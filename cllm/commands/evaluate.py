@@ -6,7 +6,7 @@ import sys
 def main(checkpoint: str = "checkpoints", data: str | None = None, *, text: str | None = None,
          stride: int | None = None, batch_size: int = 8, json: bool = False, progress: bool = True,
          threads: int | None = None, tokenizer: str | None = None, classify: str | None = None,
-         device: str = "cpu"):
+         device: str = "cpu", quantize: str | None = None):
     """Loss, perplexity and bits per byte of CHECKPOINT on DATA (a text file or a directory of them,
     read and cleaned as training reads it; `-` reads standard input) or on --text STRING.
 
@@ -26,11 +26,15 @@ def main(checkpoint: str = "checkpoints", data: str | None = None, *, text: str 
       tokenizer: a tokenizer file, for a checkpoint without one
       classify: an image model: classify the images of this folder (a folder per class) by likelihood
       device: cpu, cuda or cuda:N (an NVIDIA GPU through the [cuda] extra; text models)
+      quantize: int8: score the model whose weight matrices are rounded as generate --quantize int8
+        rounds them (text models)
     """
     from cllm.errors import ConfigError
     from cllm.vision.dataset import is_image_source
 
     if classify is not None or (data is not None and data != "-" and is_image_source(data)):
+        if quantize is not None:
+            raise ConfigError("--quantize is for text models")
         from cllm.vision.cli import evaluate_command  # bits per dimension, accuracy, confusion matrix
 
         return evaluate_command(checkpoint, data, classify, batch_size, json, threads, tokenizer)
@@ -40,7 +44,7 @@ def main(checkpoint: str = "checkpoints", data: str | None = None, *, text: str 
                           "`-` for standard input, or --text STRING")
     if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int)):
         raise ConfigError(f"--stride must be a positive integer, got {stride!r}")
-    result = run_evaluate(checkpoint, data, text, stride, batch_size, progress, threads, tokenizer, device)
+    result = run_evaluate(checkpoint, data, text, stride, batch_size, progress, threads, tokenizer, device, quantize)
     if json:
         sys.stdout.write(_json.dumps(result) + "\n")
     else:
@@ -58,15 +62,21 @@ def main(checkpoint: str = "checkpoints", data: str | None = None, *, text: str 
 _json = json  # `json` is also a flag of main
 
 
-def run_evaluate(checkpoint, data, text, stride, batch_size, progress, threads, tokenizer, device="cpu") -> dict:
+def run_evaluate(checkpoint, data, text, stride, batch_size, progress, threads, tokenizer, device="cpu",
+                 quantize=None) -> dict:
     import os
 
     from cllm.checkpoint import load_checkpoint
     from cllm.completion import load_for_generation
-    from cllm.errors import DataError
+    from cllm.errors import ConfigError, DataError
     from cllm.evaluate import dataset_cleaning, encode_corpus, encode_documents, evaluate_stream
+    from cllm.quantize import check_scheme, dequantize_in_place
 
+    if check_scheme(quantize) and device != "cpu":
+        raise ConfigError("--quantize runs on the CPU; drop --device or --quantize")
     model, tok, path = load_for_generation(checkpoint, tokenizer, threads, device)
+    if quantize == "int8":  # the training forward over the int8 values (cllm/quantize.py)
+        dequantize_in_place(model)
     cleaning = dataset_cleaning(load_checkpoint(path)) or {}
     if text is not None or data == "-":
         from cllm.data.clean import clean_text

@@ -8,7 +8,8 @@ OPTIONS = ServerSettings  # the limits and the API key: ServerSettings' fields, 
 
 
 def main(checkpoint: str = "checkpoints", *, host: str = "127.0.0.1", port: int = 8000, model_name: str | None = None,
-         threads: int | None = None, tokenizer: str | None = None, device: str = "cpu", **limits):
+         threads: int | None = None, tokenizer: str | None = None, device: str = "cpu",
+         quantize: str | None = None, **limits):
     """Serve CHECKPOINT (default: the latest under checkpoints/) over HTTP until Ctrl-C.
 
     GET /health, GET /v1/models, POST /v1/completions (OpenAI's completions API: prompt, max_tokens,
@@ -23,6 +24,7 @@ def main(checkpoint: str = "checkpoints", *, host: str = "127.0.0.1", port: int 
       threads: Numba threads of each generation worker (none: the cores / --max-concurrent)
       tokenizer: a tokenizer file, for a checkpoint without one
       device: cpu, cuda or cuda:N (an NVIDIA GPU through the [cuda] extra)
+      quantize: int8: quantize the weight matrices at load time and decode from them (cllm/quantize.py)
     """
     from cllm.errors import ConfigError
 
@@ -42,7 +44,7 @@ def main(checkpoint: str = "checkpoints", *, host: str = "127.0.0.1", port: int 
     warning = host_warning(host)
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    engine = Engine.load(checkpoint, tokenizer, threads, model_name, device)
+    engine = Engine.load(checkpoint, tokenizer, threads, model_name, device, quantize)
     engine.warm_up()
     return run_server(create_app(engine, settings), host, port, engine)
 

@@ -65,10 +65,11 @@ class Engine:
         self.stats = {"requests": 0, "cancelled": 0, "completion_tokens": 0}
 
     @classmethod
-    def load(cls, checkpoint: str, tokenizer_path=None, threads=None, model_id=None, device="cpu") -> "Engine":
+    def load(cls, checkpoint: str, tokenizer_path=None, threads=None, model_id=None, device="cpu",
+             quantize=None) -> "Engine":
         from cllm.runtime import configure_threads
 
-        model, tok, path = load_for_generation(checkpoint, tokenizer_path, threads, device)
+        model, tok, path = load_for_generation(checkpoint, tokenizer_path, threads, device, quantize)
         engine = cls(model, tok, path, model_id)
         engine.threads = configure_threads(threads)
         return engine
