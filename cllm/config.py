@@ -6,6 +6,7 @@ refused before any buffer is allocated, with a message naming the figure and the
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 from cllm.errors import ConfigError
@@ -68,13 +69,7 @@ class ModelConfig:
         }
 
     def num_parameters(self) -> int:
-        total = 0
-        for shape in self.param_shapes().values():
-            n = 1
-            for d in shape:
-                n *= d
-            total += n
-        return total
+        return _total(self.param_shapes())
 
     def activation_shapes(self, B: int, T: int) -> dict[str, tuple[int, ...]]:
         # the forward's saved activations for a batch (B,T), as llm.c's ActivationTensors
@@ -92,21 +87,35 @@ class ModelConfig:
             "logits": (B, T, Vp), "probs": (B, T, Vp), "losses": (B, T),
         }
 
+    def grad_activation_shapes(self, B: int, T: int) -> dict[str, tuple[int, ...]]:
+        # the backward's activation gradients: ONE layer's, shared by every layer, because the backward
+        # of layer l reads no other layer's gradients but the residual stream's, and each layer's
+        # kernels overwrite each buffer before adding to it (cllm/model.py's _backward_graph). "residual"
+        # is the residual stream's gradient, from the last layer's output down to the embeddings.
+        # Not kept: the scores' and probabilities' gradients (attention's backward never needs them),
+        # the softmax output's (the fused cross-entropy backward writes the logits' gradient at once)
+        # and the LayerNorm statistics' (their backward reads the forward's statistics).
+        C, Vp = self.embed_dim, self.padded_vocab_size
+        return {
+            "residual": (B, T, C),
+            "ln1": (B, T, C), "qkv": (B, T, 3 * C), "atty": (B, T, C), "attproj": (B, T, C),
+            "residual2": (B, T, C), "ln2": (B, T, C), "fch": (B, T, 4 * C), "fch_gelu": (B, T, 4 * C),
+            "fcproj": (B, T, C),
+            "lnf": (B, T, C), "logits": (B, T, Vp), "losses": (B, T),
+        }
+
     def num_activations(self, B: int, T: int) -> int:
-        total = 0
-        for shape in self.activation_shapes(B, T).values():
-            n = 1
-            for d in shape:
-                n *= d
-            total += n
-        return total
+        return _total(self.activation_shapes(B, T))
+
+    def num_grad_activations(self, B: int, T: int) -> int:
+        return _total(self.grad_activation_shapes(B, T))
 
     def memory_bytes(self, B: int, T: int, training: bool = True) -> int:
         """Bytes the model needs: parameters (+ grads, AdamW m and v when training) and activations
         (+ their gradients when training) for a batch (B,T), plus a 10% allowance for BLAS scratch."""
         P = self.num_parameters()
         A = self.num_activations(B, T)
-        floats = P * 4 + A * 2 if training else P + A
+        floats = P * 4 + A + self.num_grad_activations(B, T) if training else P + A
         return int(floats * BYTES_PER_FLOAT * 1.1)
 
     def check_batch(self, B: int, T: int, training: bool = True) -> None:
@@ -171,3 +180,8 @@ def available_memory_bytes() -> int | None:
         except (ValueError, OSError):
             return None
     return best
+
+
+def _total(shapes: dict[str, tuple[int, ...]]) -> int:
+    """Elements of all the tensors of a {name: shape} table."""
+    return sum(math.prod(shape) for shape in shapes.values())

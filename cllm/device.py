@@ -257,7 +257,7 @@ class CudaModel:
             return
         self.config.check_batch(B, T, training=True)
         shapes = self.config.activation_shapes(B, T)
-        grad_shapes = {k: v for k, v in shapes.items() if k not in ("preatt", "att", "probs")}
+        grad_shapes = self.config.grad_activation_shapes(B, T)  # one layer's, shared (cllm/config.py)
         A = self.config.num_activations(B, T)
         self._acts = cuda.device_array(A, dtype=np.float32)
         self._grad_acts = cuda.device_array(sum(math.prod(v) for v in grad_shapes.values()), dtype=np.float32)

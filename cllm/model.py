@@ -4,9 +4,10 @@ Buffers (all flat, of the model's dtype, float32 unless a test asks for float64)
   params, grads, m, v   (P)  parameters, their gradients, AdamW first and second moments;
                              named views in GPT-2's order (ModelConfig.param_shapes); grads, m
                              and v are allocated on first use (never, when only generating)
-  acts, grad_acts       (A)  activations saved by the forward for batch (B,T), and their gradients
-                             (allocated by the first backward); named views as in
+  acts                  (A)  activations saved by the forward for batch (B,T): named views as in
                              ModelConfig.activation_shapes; re-allocated when B or T changes
+  grad_acts                  their gradients, allocated by the first backward: one layer's, which
+                             every layer reuses (ModelConfig.grad_activation_shapes)
 Pre-LayerNorm blocks, GELU MLP with 4C hidden units, learned positions, LM head tied to wte.
 """
 from __future__ import annotations
@@ -135,10 +136,7 @@ class Model:
         self.config.check_batch(B, T, training=self.has_training_buffers())
         shapes = self.config.activation_shapes(B, T)
         A = self.config.num_activations(B, T)
-        # the gradients of the attention scores and probabilities are never read, so the backward
-        # does not keep them (attention_backward gets None for them); nor the softmax output's (the
-        # fused cross-entropy backward writes the logits' gradient directly)
-        grad_shapes = {k: v for k, v in shapes.items() if k not in ("preatt", "att", "probs")}
+        grad_shapes = self.config.grad_activation_shapes(B, T)  # one layer's, shared by all (cllm/config.py)
         self.acts = np.zeros(A, dtype=self.dtype)
         self.a = _carve(self.acts, shapes)
         self._grad_shapes = grad_shapes
@@ -240,38 +238,39 @@ class Model:
         ops.fill_inplace(ga["losses"], 1.0 / (B * T))  # d(mean)/d(each loss)
         ops.crossentropy_softmax_backward(ga["logits"], ga["losses"], a["probs"], targets, B, T, V, Vp, True)
         ops.matmul_backward(ga["lnf"], g["wte"], None, ga["logits"], a["lnf"], p["wte"], B, T, C, Vp, True)
-        last = self._layer_acts(a, L - 1)["residual3"]
-        dlast = self._layer_acts(ga, L - 1)["residual3"]
-        ops.layernorm_backward(dlast, g["lnfw"], g["lnfb"], ga["lnf"], last, p["lnfw"], a["lnf_mean"], a["lnf_rstd"],
-                               B, T, C, True)
+        # ga holds one layer's activation gradients, which every layer reuses, and the residual stream's
+        # gradient ga["residual"]: the last layer's output's, then each layer turns it into its input's
+        dres = ga["residual"]
+        ops.layernorm_backward(dres, g["lnfw"], g["lnfb"], ga["lnf"], self._layer_acts(a, L - 1)["residual3"],
+                               p["lnfw"], a["lnf_mean"], a["lnf_rstd"], B, T, C, True)
         for l in reversed(range(L)):
-            pl, gl = self._layer(p, l), self._layer(g, l)
-            al, gal = self._layer_acts(a, l), self._layer_acts(ga, l)
+            pl, gl, al = self._layer(p, l), self._layer(g, l), self._layer_acts(a, l)
             residual = a["encoded"] if l == 0 else self._layer_acts(a, l - 1)["residual3"]
-            dresidual = ga["encoded"] if l == 0 else self._layer_acts(ga, l - 1)["residual3"]
-            ops.residual_backward(gal["residual2"], gal["fcproj"], gal["residual3"], B * T * C, True)
+            # dres, this layer's output's gradient, is read once, here; the input's gradient then
+            # overwrites it (residual_backward with overwrite) and the LayerNorm adds to it
+            ops.residual_backward(ga["residual2"], ga["fcproj"], dres, B * T * C, True)
             if drop:  # in place: the dropped output's gradient -> the projection's
-                ops.dropout_backward(gal["fcproj"], gal["fcproj"], B * T * C, drop, key(l, DROP_FCPROJ))
-            ops.matmul_backward(gal["fch_gelu"], gl["fcprojw"], gl["fcprojb"], gal["fcproj"], al["fch_gelu"],
+                ops.dropout_backward(ga["fcproj"], ga["fcproj"], B * T * C, drop, key(l, DROP_FCPROJ))
+            ops.matmul_backward(ga["fch_gelu"], gl["fcprojw"], gl["fcprojb"], ga["fcproj"], al["fch_gelu"],
                                 pl["fcprojw"], B, T, 4 * C, C, True)
-            ops.gelu_backward(gal["fch"], al["fch"], gal["fch_gelu"], B * T * 4 * C, True)
-            ops.matmul_backward(gal["ln2"], gl["fcw"], gl["fcb"], gal["fch"], al["ln2"], pl["fcw"], B, T, C, 4 * C,
+            ops.gelu_backward(ga["fch"], al["fch"], ga["fch_gelu"], B * T * 4 * C, True)
+            ops.matmul_backward(ga["ln2"], gl["fcw"], gl["fcb"], ga["fch"], al["ln2"], pl["fcw"], B, T, C, 4 * C,
                                 True)
-            ops.layernorm_backward(gal["residual2"], gl["ln2w"], gl["ln2b"], gal["ln2"], al["residual2"], pl["ln2w"],
+            ops.layernorm_backward(ga["residual2"], gl["ln2w"], gl["ln2b"], ga["ln2"], al["residual2"], pl["ln2w"],
                                    al["ln2_mean"], al["ln2_rstd"], B, T, C)
-            ops.residual_backward(dresidual, gal["attproj"], gal["residual2"], B * T * C, True)
+            ops.residual_backward(dres, ga["attproj"], ga["residual2"], B * T * C, True)
             if drop:
-                ops.dropout_backward(gal["attproj"], gal["attproj"], B * T * C, drop, key(l, DROP_ATTPROJ))
-            ops.matmul_backward(gal["atty"], gl["attprojw"], gl["attprojb"], gal["attproj"], al["atty"],
+                ops.dropout_backward(ga["attproj"], ga["attproj"], B * T * C, drop, key(l, DROP_ATTPROJ))
+            ops.matmul_backward(ga["atty"], gl["attprojw"], gl["attprojb"], ga["attproj"], al["atty"],
                                 pl["attprojw"], B, T, C, C, True)
-            self._attention_backward(gal, al, B, T, l)
-            ops.matmul_backward(gal["ln1"], gl["qkvw"], gl["qkvb"], gal["qkv"], al["ln1"], pl["qkvw"],
+            self._attention_backward(ga, al, B, T, l)
+            ops.matmul_backward(ga["ln1"], gl["qkvw"], gl["qkvb"], ga["qkv"], al["ln1"], pl["qkvw"],
                                 B, T, C, 3 * C, True)
-            ops.layernorm_backward(dresidual, gl["ln1w"], gl["ln1b"], gal["ln1"], residual, pl["ln1w"],
+            ops.layernorm_backward(dres, gl["ln1w"], gl["ln1b"], ga["ln1"], residual, pl["ln1w"],
                                    al["ln1_mean"], al["ln1_rstd"], B, T, C)
         if drop:
-            ops.dropout_backward(ga["encoded"], ga["encoded"], B * T * C, drop, key(0, DROP_EMBEDDING))
-        ops.encoder_backward(g["wte"], g["wpe"], ga["encoded"], inputs, B, T, C)
+            ops.dropout_backward(dres, dres, B * T * C, drop, key(0, DROP_EMBEDDING))
+        ops.encoder_backward(g["wte"], g["wpe"], dres, inputs, B, T, C)
 
     def _attention_forward(self, al: dict, B: int, T: int, l: int) -> None:
         cfg = self.config

@@ -119,8 +119,25 @@ def test_memory_estimate_counts_every_buffer():
     m.forward(np.zeros((3, 10), np.int32), np.zeros((3, 10), np.int32))
     A = m.acts.size
     assert A == cfg.num_activations(3, 10)
-    allocated = 4 * (4 * P + 2 * A)
+    m.backward()
+    G = m.grad_acts.size
+    assert G == cfg.num_grad_activations(3, 10)
+    allocated = 4 * (4 * P + A + G)
     assert allocated <= cfg.memory_bytes(3, 10) <= 1.2 * allocated
+
+
+def test_activation_gradients_are_one_layers_worth():
+    """Every layer's backward reuses one layer's activation-gradient buffers (cllm/config.py's
+    grad_activation_shapes): their size does not grow with the number of layers."""
+    sizes = {}
+    for L in (1, 3):
+        cfg = ModelConfig(vocab_size=65, max_seq_len=16, num_layers=L, num_heads=2, embed_dim=16)
+        m = Model(cfg, seed=0)
+        m.forward(np.zeros((2, 8), np.int32), np.zeros((2, 8), np.int32))
+        m.backward()
+        sizes[L] = (m.acts.size, m.grad_acts.size)
+    assert sizes[3][0] > sizes[1][0]  # the saved activations grow with the layers
+    assert sizes[3][1] == sizes[1][1]  # their gradients do not
 
 
 def test_round_trip_and_unknown_fields():
