@@ -297,11 +297,14 @@ class Model:
         return out
 
     def _layer_acts(self, views: dict, l: int) -> dict:
-        """The layer-l slices of the per-layer activation (or activation-gradient) tensors."""
+        """The layer-l slices of the per-layer activation tensors (preatt, shared by the layers, whole)."""
         n_layers = self.config.num_layers
         out = {}
         for name, view in views.items():
             if name in ("encoded", "lnf", "lnf_mean", "lnf_rstd", "logits", "probs", "losses"):
+                continue
+            if name == "preatt":  # one buffer, which every layer's attention reuses (ModelConfig.activation_shapes)
+                out[name] = view
                 continue
             n = view.size // n_layers
             out[name] = view[l * n:(l + 1) * n]
