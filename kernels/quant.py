@@ -76,9 +76,11 @@ def _matvec_q8_block(out, x, q, scales, bias, nb, C, OC, o0, o1):
             for k in range(nblk):
                 c0 = k * QBLOCK
                 c1 = min(c0 + QBLOCK, C)
+                wk = w[c0:c1]  # slices indexed from 0: with indices LLVM cannot prove non-negative
+                xk = xb[c0:c1]  # (numba wraps negative ones), the loop became byte-by-byte gathers, 60x slower
                 acc = zero
-                for c in range(c0, c1):
-                    acc += np.float32(w[c]) * xb[c]
+                for i in range(c1 - c0):
+                    acc += np.float32(wk[i]) * xk[i]
                 s += acc * s_row[k]
             if bias is not None:
                 s += bias[o]
