@@ -28,11 +28,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 GPT2 = {"vocab_size": 50257, "max_seq_len": 1024, "num_layers": 12, "num_heads": 12, "embed_dim": 768}
 
 
-def rss_now() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def child(engine: str, task: str, B: int, T: int, steps: int, new: int) -> dict:
     """One measurement in this (fresh) process: torch is imported before CLLM, as bench/step.py does."""
     if engine == "torch":
@@ -47,7 +42,7 @@ def child(engine: str, task: str, B: int, T: int, steps: int, new: int) -> dict:
 
     cfg = ModelConfig(**GPT2)
     rng = np.random.default_rng(0)
-    base = rss_now()
+    base = S.rss_now()
     if task == "train":
         if engine == "cllm":
             run, _ = S.numba_train(cfg, B, T, rng)

@@ -40,12 +40,16 @@ def parse_args(argv=None):
     ap.add_argument("--batches", default="16,32", help="--batch-size values")
     ap.add_argument("--lrs", default="1e-3,2e-3", help="peak learning rates (--min-lr is a tenth)")
     ap.add_argument("--dropouts", default="0,0.1,0.2", help="--dropout values")
+    ap.add_argument("--beta2s", default="0.99", help="AdamW --beta2 values (nanoGPT's 0.99 suits small batches)")
+    ap.add_argument("--weight-decays", default="0.1", help="--weight-decay values (nanoGPT's 0.1)")
     ap.add_argument("--screen-time", type=float, default=300.0, help="seconds per screened point")
     ap.add_argument("--confirm-time", type=float, default=1800.0, help="seconds per confirmed point")
     ap.add_argument("--confirm-top", type=int, default=2, help="screened points confirmed with the full budget")
     ap.add_argument("--max-points", type=int, default=None, help="screen only the first N grid points")
     ap.add_argument("--warmup-steps", type=int, default=100)
     ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--plot", default=None, help="write the confirmed points' curves (val loss against minutes) "
+                    "to this PNG (needs matplotlib, the [plot] extra)")
     return ap.parse_args(argv)
 
 
@@ -55,16 +59,23 @@ def grid(args) -> list[dict]:
     ints = lambda text: [int(x) for x in text.split(",")]  # noqa: E731
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     points = []
-    for (L, NH, C), T, B, lr, p in itertools.product(sizes, ints(args.contexts), ints(args.batches),
-                                                      floats(args.lrs), floats(args.dropouts)):
+    for (L, NH, C), T, B, lr, p, b2, wd in itertools.product(
+            sizes, ints(args.contexts), ints(args.batches), floats(args.lrs), floats(args.dropouts),
+            floats(args.beta2s), floats(args.weight_decays)):
         points.append({"num_layers": L, "num_heads": NH, "embed_dim": C, "seq_len": T, "batch_size": B,
-                       "learning_rate": lr, "min_lr": lr / 10, "dropout": p})
+                       "learning_rate": lr, "min_lr": lr / 10, "dropout": p, "beta2": b2, "weight_decay": wd})
     return points[:args.max_points] if args.max_points else points
 
 
 def point_name(point: dict, budget: float) -> str:
     return (f"L{point['num_layers']}-NH{point['num_heads']}-C{point['embed_dim']}-T{point['seq_len']}"
-            f"-B{point['batch_size']}-lr{point['learning_rate']:g}-p{point['dropout']:g}-{budget:g}s")
+            f"-B{point['batch_size']}-lr{point['learning_rate']:g}-p{point['dropout']:g}"
+            f"{optimizer_suffix(point)}-{budget:g}s")
+
+
+def optimizer_suffix(point: dict) -> str:
+    """-b2..-wd.. when the point sets them (the first sweep's points used the CLI's defaults and no suffix)."""
+    return "".join(f"-{tag}{point[key]:g}" for key, tag in (("beta2", "b2"), ("weight_decay", "wd")) if key in point)
 
 
 def train_command(dataset: str, point: dict, budget: float, run_dir: str, args) -> list[str]:
@@ -152,15 +163,41 @@ def ranked(records: list[dict]) -> list[dict]:
     return sorted((r for r in records if r.get("val_loss") is not None), key=lambda r: r["val_loss"])
 
 
+def plot_curves(records: list[dict], path: str) -> None:
+    """Validation loss against minutes of each record (the confirmed points), one line each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in records:
+        minutes, losses = zip(*r["curve"])
+        ax.plot(minutes, losses, "o-", markersize=3, label=f"{r['name']}: {r['val_loss']:.3f}")
+    ax.set_xlabel("minutes of wall time (2 cores)")
+    ax.set_ylabel("validation loss (nats per character)")
+    ax.set_ylim(top=min(2.5, ax.get_ylim()[1]))
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv=None):
     args = parse_args(argv)
     args.out = args.out or os.path.join(args.work_dir, "points.jsonl")
     os.makedirs(args.work_dir, exist_ok=True)
     dataset = prepare(args)
     done = load_points(args.out)
-    screened = ranked(run_stage("screen", grid(args), args.screen_time, dataset, done, args))
+    run_stage("screen", grid(args), args.screen_time, dataset, done, args)
+    # Finalists are the best of every point screened with this budget in the file, so that a sweep
+    # run as several invocations over different grids confirms the best of them all.
+    screened = ranked(r for r in done.values() if r["stage"] == "screen" and r["budget_s"] == args.screen_time)
     finalists = [r["config"] for r in screened[:args.confirm_top]]
     confirmed = ranked(run_stage("confirm", finalists, args.confirm_time, dataset, done, args))
+    if args.plot and confirmed:
+        plot_curves(confirmed, args.plot)
     keys = ("name", "val_loss", "best_val_loss", "tokens", "wall_s", "command")
     brief = lambda r: {k: r.get(k) for k in keys}  # noqa: E731
     print(json.dumps({"bench": "recipe", "out": args.out, "screened": len(screened),

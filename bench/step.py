@@ -5,6 +5,12 @@ is installed. Prints ONE JSON line with every config, or with --per-config one J
   generation tokens/s of batch-1 greedy decoding with a KV cache (model.decode_step): 256 new
              tokens after a 64-token prompt; the generation model gets max_seq_len 320 so that
              the baby config (block 64) can hold them
+  int8       tokens/s of the same decoding with the weight matrices in int8 (cllm/quantize.py's
+             Int8Model, quantized from the same float model), and its ratio to the float32 decode
+  memory     peak RSS of a process that builds the model and runs one training step (ru_maxrss),
+             and that peak above the process's RSS after its imports, for each engine and each
+             config of --memory-configs (default seed and GPT-2 small at B=4, T=256), each in a
+             fresh process of its own (RSS peaks are per process)
   MFU        model FLOPs/s over PEAK_FLOPS; training FLOPs = 6 N tokens + attention (12 L C T
              per token, nanoGPT/PaLM), generation = 2 N + 4 L C ctx per token; N counts the
              parameters but the padded vocabulary rows
@@ -14,6 +20,7 @@ is installed. Prints ONE JSON line with every config, or with --per-config one J
              second by 2 to 4x (measured), which would make any ratio an artifact
 
 Usage: .venv/bin/python bench/step.py [--configs baby,seed] [--seconds 3] [--rounds 3] [--no-torch] [--per-config]
+                                     [--memory-configs seed,gpt2 | --memory-configs none]
 """
 
 import os
@@ -23,7 +30,7 @@ import sys
 # environment sets a policy), torch keeps libgomp's default. The torch worker is started with the
 # environment as it was before CLLM was imported.
 USER_ENV = dict(os.environ)
-if "--torch-worker" in sys.argv[1:]:
+if "--torch-worker" in sys.argv[1:] or sys.argv[1:3] == ["--memory-child", "torch"]:
     import torch  # noqa: F401,E402  (loads torch's OpenMP runtime before CLLM's import sets its policy)
 
 import argparse  # noqa: E402
@@ -31,6 +38,7 @@ import importlib.util  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
+import resource  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -42,6 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cllm.config import ModelConfig  # noqa: E402
 from cllm.model import MATRIX_PARAMS, Model  # noqa: E402
 from cllm.optim import AdamW  # noqa: E402
+from cllm.quantize import Int8Model  # noqa: E402
 from cllm.runtime import configure_threads  # noqa: E402
 
 PEAK_FLOPS = 195e9  # the 2-core machine's float32 peak, FLOP/s
@@ -51,6 +60,10 @@ CONFIGS = {
     "baby": dict(cfg=ModelConfig(vocab_size=65, max_seq_len=64, num_layers=4, num_heads=4, embed_dim=128), B=12, T=64),
     "seed": dict(
         cfg=ModelConfig(vocab_size=5000, max_seq_len=128, num_layers=6, num_heads=8, embed_dim=256), B=32, T=128
+    ),
+    # GPT-2 small (124M): ~25 s a training step here, so by default only in --memory-configs
+    "gpt2": dict(
+        cfg=ModelConfig(vocab_size=50257, max_seq_len=1024, num_layers=12, num_heads=12, embed_dim=768), B=4, T=256
     ),
 }
 LR, BETAS, EPS, WD, CLIP = 1e-3, (0.9, 0.95), 1e-8, 0.1, 1.0
@@ -120,9 +133,12 @@ def numba_train(cfg, B, T, rng):
     return step, losses
 
 
-def numba_generate(cfg, prompt):
-    """A closure that generates NEW tokens greedily after the prompt and returns tokens/s."""
+def numba_generate(cfg, prompt, int8=False):
+    """A closure that generates NEW tokens greedily after the prompt and returns tokens/s; int8: from
+    the same model's int8 weights."""
     model = Model(gen_config(cfg), seed=0)
+    if int8:
+        model = Int8Model(model)
 
     def run():
         cache = model.new_kv_cache(1)
@@ -257,6 +273,51 @@ def torch_generate(torch, cfg, prompt):
     return run
 
 
+def rss_now() -> int:
+    """This process's resident set size now, bytes."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_child(engine: str, name: str) -> dict:
+    """In a fresh process: build the model of config `name`, run one training step (the first
+    allocates every buffer: activations, their gradients, AdamW's moments) and report the peak RSS."""
+    if engine == "torch":
+        import torch
+
+        torch.set_num_threads(THREADS)
+    else:
+        configure_threads(THREADS)
+    spec = CONFIGS[name]
+    rng = np.random.default_rng(0)
+    base = rss_now()
+    if engine == "torch":
+        step = torch_train(torch, spec["cfg"], spec["B"], spec["T"], rng)  # runs one step
+    else:
+        step, _ = numba_train(spec["cfg"], spec["B"], spec["T"], rng)  # runs one step
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"peak_rss_mib": round(peak / 2**20, 1), "above_imports_mib": round((peak - base) / 2**20, 1)}
+
+
+def measure_memory(name: str, engines: list[str]) -> dict:
+    """Peak RSS of one training step of config `name` for each engine, each in its own process."""
+    out = {}
+    for engine in engines:
+        env = USER_ENV if engine == "torch" else None
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-child", engine, name],
+                              capture_output=True, text=True, env=env, check=False)
+        if proc.returncode != 0:
+            out[engine] = {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
+        else:
+            out[engine] = json.loads(proc.stdout.strip().splitlines()[-1])
+    if all("peak_rss_mib" in out.get(e, {}) for e in ("numba", "torch")):
+        out["peak_ratio"] = round(out["numba"]["peak_rss_mib"] / out["torch"]["peak_rss_mib"], 3)
+    spec = CONFIGS[name]
+    cfg = spec["cfg"]
+    out["sizes"] = dict(L=cfg.num_layers, NH=cfg.num_heads, C=cfg.embed_dim, V=cfg.vocab_size, B=spec["B"], T=spec["T"])
+    return out
+
+
 def torch_worker():
     """Serves measurements over stdin/stdout: 'train NAME SECONDS' or 'gen NAME 0' -> tokens/s."""
     import torch
@@ -304,15 +365,21 @@ class TorchWorker:
 # ------------------------------------------------------------------ main
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", default="baby,seed")
+    ap.add_argument("--configs", default="baby,seed", help="configs timed ('none': memory only)")
     ap.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per training measurement")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved measurements per engine (the best counts)")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--per-config", action="store_true", help="one JSON line per config instead of one in all")
+    ap.add_argument("--memory-configs", default="seed,gpt2",
+                    help="configs whose peak RSS is measured ('none': no memory)")
     ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.torch_worker:
         return torch_worker()
+    if args.memory_child:
+        print(json.dumps(memory_child(*args.memory_child)))
+        return
 
     torch = None
     if not args.no_torch and importlib.util.find_spec("torch") is not None:
@@ -327,7 +394,7 @@ def main():
         "torch": torch.version if torch else None,
     }
     results = {}
-    for name in args.configs.split(","):
+    for name in [c for c in args.configs.split(",") if c != "none"]:
         load_before = os.getloadavg()[0]
         spec = CONFIGS[name]
         cfg, B, T = spec["cfg"], spec["B"], spec["T"]
@@ -335,7 +402,7 @@ def main():
         prompt = rng.integers(0, cfg.vocab_size, PROMPT).astype(np.int32)
         nstep, losses = numba_train(cfg, B, T, rng)
         train = {"numba": lambda: B * T * timed_loop(nstep, args.seconds)}
-        gen = {"numba": numba_generate(cfg, prompt)}
+        gen = {"numba": numba_generate(cfg, prompt), "numba_int8": numba_generate(cfg, prompt, int8=True)}
         if torch is not None:
             train["torch"] = lambda: torch.rate("train", name, args.seconds)
             gen["torch"] = lambda: torch.rate("gen", name)
@@ -351,6 +418,8 @@ def main():
                 "gen_tok_s": round(gen_tps, 1),
                 "train_mfu": round(train_tps * train_flops_per_token(cfg, T) / PEAK_FLOPS, 4),
                 "gen_mfu": round(gen_tps * gen_flops(gen_config(cfg), PROMPT - 1, NEW) / NEW / PEAK_FLOPS, 4),
+                "gen_int8_tok_s": round(gen["numba_int8"], 1),
+                "int8_gen_ratio": round(gen["numba_int8"] / gen_tps, 3),
                 "loss_first_last": [round(losses[0], 4), round(losses[-1], 4)],
             }
         )
@@ -373,8 +442,12 @@ def main():
             results[name] = {k: v for k, v in r.items() if k not in common and k != "config"}
     if torch is not None:
         torch.close()
+    engines = ["numba"] + (["torch"] if torch is not None else [])
+    memory = {name: measure_memory(name, engines) for name in args.memory_configs.split(",") if name != "none"}
     if not args.per_config:
-        print(json.dumps(dict(common, configs=results)))
+        print(json.dumps(dict(common, configs=results, memory=memory)))
+    elif memory:
+        print(json.dumps(dict(common, memory=memory)))
 
 
 if __name__ == "__main__":
