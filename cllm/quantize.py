@@ -1,12 +1,12 @@
 """int8 weight-only quantization for generation (`generate/serve/evaluate --quantize int8`).
 
 The five weight matrices that a decode step reads, wte (the embedding and the tied LM head), qkvw,
-attprojw, fcw and fcprojw, are stored as int8 in blocks of 32 with a float32 scale each (llama.cpp's
-Q8_0; kernels/quant.py says why blocks). Biases, LayerNorms and wpe stay float32: they are under 2%
+attprojw, fcw and fcprojw, are stored as int8 with one float32 scale per output row (kernels/quant.py
+says why rows and not llama.cpp's blocks of 32). Biases, LayerNorms and wpe stay float32: they are under 2%
 of the weights and a decode step reads each of their values once. Activations and the KV cache stay
 float32; the decode kernels accumulate in float32.
 
-    model = Int8Model(float_model)     # quantized at load time: 1.125 bytes a weight, not 4
+    model = Int8Model(float_model)     # quantized at load time: a byte a weight, not 4
     cache = model.new_kv_cache(1)
     logits = model.decode_step(token, 0, cache)
 
@@ -41,7 +41,7 @@ def _matrix(shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 def quantize_weights(model: Model) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """name -> (q int8 (rows, cols) flat, scales float32 (rows, ceil(cols/32)) flat) for QUANTIZED."""
+    """name -> (q int8 (rows, cols) flat, scales float32 (rows)) for QUANTIZED."""
     if model.dtype != np.float32:
         raise ConfigError("int8 quantization takes a float32 model")
     out = {}

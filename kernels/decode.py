@@ -17,7 +17,7 @@ from .fastexp import softmax_row
 from .gelu import GELU_SCALE, tanh_f32
 from .layernorm import layernorm_row
 from .matmul import ROW_BLOCKS, matmul_forward
-from .quant import QBLOCK, dequantize_q8, matvec_q8_forward, num_blocks
+from .quant import dequantize_q8, matvec_q8_forward
 
 # From this many weights on (4 MB in float32) a matrix-vector product is split over the threads.
 # Below it, waking the sleeping thread team (OMP_WAIT_POLICY=PASSIVE, cllm/__init__.py: about 35 us
@@ -120,7 +120,7 @@ GEMM_MIN_ROWS = 8
 @njit(**JIT)
 def _linear(out, x, weight, scales, bias, R, C, OC, wbuf):
     # out (R,OC) = x (R,C) @ weight (OC,C)^T + bias (OC);  bias may be None. scales None: weight is
-    # float; else weight is int8 with scales (OC, ceil(C/32)) (kernels/quant.py), and a product over
+    # float; else weight is int8 with scales (OC) (kernels/quant.py), and a product over
     # many rows dequantizes the weight into wbuf (>= OC*C floats) once and runs the float gemm.
     if R < GEMM_MIN_ROWS:
         _matvec(out, x, weight, scales, bias, R, C, OC)
@@ -143,7 +143,7 @@ def _matvec(out, x, weight, scales, bias, R, C, OC):
 
 @njit(**JIT)
 def _rows(scales, which, r0, r1):
-    # rows r0:r1 of one int8 matrix's scales ((rows, nblk) flat, nblk per row); None for float weights
+    # rows r0:r1 of one int8 matrix's scales (one per row); None for float weights
     if scales is None:
         return None
     return scales[which][r0:r1]
@@ -163,8 +163,6 @@ def _forward_rows(logits, kvcache, tokens, seq, pos, wte, wpe, ln1w, ln1b, qkvw,
     C2 = 2 * C
     C3 = 3 * C
     C4 = 4 * C
-    nbC = num_blocks(C)  # scales per row of a C-wide matrix
-    nb4C = num_blocks(C4)
     dt = wpe.dtype
     wbuf = np.empty(C4 * C if R >= GEMM_MIN_ROWS else 0, dtype=dt)  # an int8 layer dequantized for a gemm
     x = np.empty(R * C, dtype=dt)  # residual stream (R,C)
@@ -185,10 +183,10 @@ def _forward_rows(logits, kvcache, tokens, seq, pos, wte, wpe, ln1w, ln1b, qkvw,
                 x[r * C + c] = wte[ix * C + c] + wpe[p * C + c]
         else:
             for c in range(C):
-                x[r * C + c] = dt.type(wte[ix * C + c]) * scales[0][ix * nbC + c // QBLOCK] + wpe[p * C + c]
+                x[r * C + c] = dt.type(wte[ix * C + c]) * scales[0][ix] + wpe[p * C + c]
     for l in range(L):
         _layernorm_rows(xn, x, ln1w[l * C:(l + 1) * C], ln1b[l * C:(l + 1) * C], R, C)
-        _linear(qkv, xn, qkvw[l * C3 * C:(l + 1) * C3 * C], _rows(scales, 1, l * C3 * nbC, (l + 1) * C3 * nbC),
+        _linear(qkv, xn, qkvw[l * C3 * C:(l + 1) * C3 * C], _rows(scales, 1, l * C3, (l + 1) * C3),
                 qkvb[l * C3:(l + 1) * C3], R, C, C3, wbuf)
         for r in range(R):  # this layer's k (a column of keys_t) and v of every row into the cache
             kbase = (seq[r] * L + l) * 2 * NH * head  # the sequence's and layer's keys; values follow
@@ -210,22 +208,22 @@ def _forward_rows(logits, kvcache, tokens, seq, pos, wte, wpe, ln1w, ln1b, qkvw,
                 _attend_cached(atty[r * C + h * hs:r * C + (h + 1) * hs], qkv[q0:q0 + hs],
                                kvcache[ko:ko + head].reshape(hs, maxT), kvcache[vo:vo + n * hs].reshape(n, hs),
                                scores[:n], kbuf, scale)
-        _linear(proj, atty, attprojw[l * C * C:(l + 1) * C * C], _rows(scales, 2, l * C * nbC, (l + 1) * C * nbC),
+        _linear(proj, atty, attprojw[l * C * C:(l + 1) * C * C], _rows(scales, 2, l * C, (l + 1) * C),
                 attprojb[l * C:(l + 1) * C], R, C, C, wbuf)
         for i in range(R * C):
             x[i] += proj[i]
         _layernorm_rows(xn, x, ln2w[l * C:(l + 1) * C], ln2b[l * C:(l + 1) * C], R, C)
-        _linear(hid, xn, fcw[l * C4 * C:(l + 1) * C4 * C], _rows(scales, 3, l * C4 * nbC, (l + 1) * C4 * nbC),
+        _linear(hid, xn, fcw[l * C4 * C:(l + 1) * C4 * C], _rows(scales, 3, l * C4, (l + 1) * C4),
                 fcb[l * C4:(l + 1) * C4], R, C, C4, wbuf)
         _gelu_inplace(hid, R * C4)
-        _linear(proj, hid, fcprojw[l * C * C4:(l + 1) * C * C4], _rows(scales, 4, l * C * nb4C, (l + 1) * C * nb4C),
+        _linear(proj, hid, fcprojw[l * C * C4:(l + 1) * C * C4], _rows(scales, 4, l * C, (l + 1) * C),
                 fcprojb[l * C:(l + 1) * C], R, C4, C, wbuf)
         for i in range(R * C):
             x[i] += proj[i]
     nl = R - first_logit_row
     _layernorm_rows(xn, x[first_logit_row * C:], lnfw, lnfb, nl, C)
     # tied LM head: only the V real rows of wte (Vp,C)
-    _matvec(logits, xn, wte[: V * C], _rows(scales, 0, 0, V * nbC), None, nl, C, V)
+    _matvec(logits, xn, wte[: V * C], _rows(scales, 0, 0, V), None, nl, C, V)
 
 
 @njit(**JIT)
