@@ -5,7 +5,8 @@ time budget setting its length (`--max-time S` alone: warmup and cosine decay to
 S seconds, cllm/schedule.py), so points of any size are compared at equal wall time. Two stages:
   screen   the grid below (model size x context x batch x learning rate x dropout), each point with
            a short budget (--screen-time); a short budget favours small models, hence
-  confirm  the best --confirm-top screened points again with the full budget (--confirm-time).
+  confirm  the best --confirm-top screened points again with the full budget (--confirm-time),
+           each with every --confirm-dropouts value when given.
 Every finished point is appended at once to one JSONL file (--out): its command, configuration,
 steps, tokens, tokens/s, the validation loss over the whole validation split at the end, the best
 one, and the curve (minutes, validation loss). A point already in the file is not run again, so an
@@ -45,6 +46,9 @@ def parse_args(argv=None):
     ap.add_argument("--screen-time", type=float, default=300.0, help="seconds per screened point")
     ap.add_argument("--confirm-time", type=float, default=1800.0, help="seconds per confirmed point")
     ap.add_argument("--confirm-top", type=int, default=2, help="screened points confirmed with the full budget")
+    ap.add_argument("--confirm-dropouts", default=None,
+                    help="confirm each finalist with each of these --dropout values (default: its own); a short "
+                         "screen cannot show what dropout buys late in a run, when a model starts to overfit")
     ap.add_argument("--max-points", type=int, default=None, help="screen only the first N grid points")
     ap.add_argument("--warmup-steps", type=int, default=100)
     ap.add_argument("--seed", type=int, default=1337)
@@ -195,6 +199,8 @@ def main(argv=None):
     # run as several invocations over different grids confirms the best of them all.
     screened = ranked(r for r in done.values() if r["stage"] == "screen" and r["budget_s"] == args.screen_time)
     finalists = [r["config"] for r in screened[:args.confirm_top]]
+    if args.confirm_dropouts is not None:
+        finalists = [dict(c, dropout=float(p)) for c in finalists for p in args.confirm_dropouts.split(",")]
     confirmed = ranked(run_stage("confirm", finalists, args.confirm_time, dataset, done, args))
     if args.plot and confirmed:
         plot_curves(confirmed, args.plot)
