@@ -29,8 +29,7 @@ def load_for_generation(checkpoint: str, tokenizer_path=None, threads=None, devi
     from cllm.runtime import configure_threads
     from cllm.tokenizers import load_tokenizer
 
-    if check_scheme(quantize) and device != "cpu":
-        raise ConfigError("--quantize runs on the CPU; drop --device or --quantize")
+    check_scheme(quantize, device)
     configure_threads(threads)
     select_gpu(device)  # a missing GPU is reported before the checkpoint is read
     ckpt = load_checkpoint(checkpoint)

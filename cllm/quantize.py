@@ -16,6 +16,8 @@ numbers as the int8 kernels up to the order of float32 sums; tests/test_quantize
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 import kernels as K
@@ -26,18 +28,19 @@ SCHEMES = ("int8",)  # --quantize's values
 QUANTIZED = ("wte", "qkvw", "attprojw", "fcw", "fcprojw")  # the matrices, in the decode kernels' scales order
 
 
-def check_scheme(quantize: str | None) -> str | None:
-    if quantize is not None and quantize not in SCHEMES:
+def check_scheme(quantize: str | None, device: str = "cpu") -> None:
+    """A clear error for an unknown --quantize value, or for one asked of another device than the CPU."""
+    if quantize is None:
+        return
+    if quantize not in SCHEMES:
         raise ConfigError(f"--quantize takes {', '.join(SCHEMES)}, got {quantize!r}")
-    return quantize
+    if device != "cpu":
+        raise ConfigError("--quantize runs on the CPU; drop --device or --quantize")
 
 
 def _matrix(shape: tuple[int, ...]) -> tuple[int, int]:
     """(rows, columns) of a weight tensor: every dimension but the last are rows (layers stacked)."""
-    rows = 1
-    for d in shape[:-1]:
-        rows *= d
-    return rows, shape[-1]
+    return math.prod(shape[:-1]), shape[-1]
 
 
 def quantize_weights(model: Model) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -16,15 +16,8 @@ from ._common import JIT, PJIT
 from .fastexp import softmax_row
 from .gelu import GELU_SCALE, tanh_f32
 from .layernorm import layernorm_row
-from .matmul import ROW_BLOCKS, matmul_forward
+from .matmul import PARALLEL_MATVEC_MIN, ROW_BLOCKS, matmul_forward
 from .quant import dequantize_q8, matvec_q8_forward
-
-# From this many weights on (4 MB in float32) a matrix-vector product is split over the threads.
-# Below it, waking the sleeping thread team (OMP_WAIT_POLICY=PASSIVE, cllm/__init__.py: about 35 us
-# per parallel region, measured) costs more than the second core saves; a decode step runs 4
-# products per layer. Measured on the seed config (6 layers, 256 dims, vocab 5000): 1.15k tokens/s
-# all serial, 1.36k with its LM head (1.28M weights) split.
-PARALLEL_MATVEC_MIN = 1 << 20
 
 
 @njit(**JIT)
@@ -164,7 +157,10 @@ def _forward_rows(logits, kvcache, tokens, seq, pos, wte, wpe, ln1w, ln1b, qkvw,
     C3 = 3 * C
     C4 = 4 * C
     dt = wpe.dtype
-    wbuf = np.empty(C4 * C if R >= GEMM_MIN_ROWS else 0, dtype=dt)  # an int8 layer dequantized for a gemm
+    wsize = 0  # an int8 layer dequantized for a gemm: only int8 weights over many rows need it
+    if scales is not None and R >= GEMM_MIN_ROWS:
+        wsize = C4 * C
+    wbuf = np.empty(wsize, dtype=dt)
     x = np.empty(R * C, dtype=dt)  # residual stream (R,C)
     xn = np.empty(R * C, dtype=dt)  # normalized (R,C)
     qkv = np.empty(R * C3, dtype=dt)  # (R,3C)

@@ -15,6 +15,14 @@ from .blas import NO_TRANS, TRANS, gemm
 # stop the kernel from being cached on disk; the block count changes only speed, never results.
 ROW_BLOCKS = numba.config.NUMBA_NUM_THREADS
 
+# From this many weights on (4 MB in float32) a matrix-vector product (kernels/decode.py, float32
+# or int8: kernels/quant.py) is split over the threads.
+# Below it, waking the sleeping thread team (OMP_WAIT_POLICY=PASSIVE, cllm/__init__.py: about 35 us
+# per parallel region, measured) costs more than the second core saves; a decode step runs 4
+# products per layer. Measured on the seed config (6 layers, 256 dims, vocab 5000): 1.15k tokens/s
+# all serial, 1.36k with its LM head (1.28M weights) split.
+PARALLEL_MATVEC_MIN = 1 << 20
+
 
 @njit(**PJIT)
 def matmul_forward(out, inp, weight, bias, B, T, C, OC):

@@ -17,10 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._common import JIT, PJIT
-from .matmul import ROW_BLOCKS
-
-# The float product's threshold (kernels/decode.py) counted in weights: the same work per thread.
-PARALLEL_MATVEC_Q8_MIN = 1 << 20
+from .matmul import PARALLEL_MATVEC_MIN, ROW_BLOCKS
 
 
 @njit(**JIT)
@@ -82,7 +79,7 @@ def matvec_q8_forward(out, x, q, scales, bias, nb, C, OC):
     # out (nb,OC) float32 = x (nb,C) float32 @ W^T + bias (OC), W (OC,C) given as q int8 (OC,C) and
     # scales (OC); bias may be None. Split over output channels above the size where a thread
     # launch pays, as kernels/decode.py's matvec_forward.
-    if OC * C >= PARALLEL_MATVEC_Q8_MIN and ROW_BLOCKS > 1:
+    if OC * C >= PARALLEL_MATVEC_MIN and ROW_BLOCKS > 1:
         _matvec_q8_parallel(out, x, q, scales, bias, nb, C, OC)
     else:
         _matvec_q8_block(out, x, q, scales, bias, nb, C, OC, 0, OC)

@@ -68,12 +68,11 @@ def run_evaluate(checkpoint, data, text, stride, batch_size, progress, threads, 
 
     from cllm.checkpoint import load_checkpoint
     from cllm.completion import load_for_generation
-    from cllm.errors import ConfigError, DataError
+    from cllm.errors import DataError
     from cllm.evaluate import dataset_cleaning, encode_corpus, encode_documents, evaluate_stream
     from cllm.quantize import check_scheme, dequantize_in_place
 
-    if check_scheme(quantize) and device != "cpu":
-        raise ConfigError("--quantize runs on the CPU; drop --device or --quantize")
+    check_scheme(quantize, device)
     model, tok, path = load_for_generation(checkpoint, tokenizer, threads, device)
     if quantize == "int8":  # the training forward over the int8 values (cllm/quantize.py)
         dequantize_in_place(model)
