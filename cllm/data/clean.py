@@ -44,30 +44,15 @@ def normalize_newlines(text: str) -> str:
     return text
 
 
-def clean_text(
-    text: str,
-    lowercase: bool = False,
-    remove_punctuation: bool = False,
-    remove_numbers: bool = False,
-    normalize_whitespace: bool = True,
-    keep_newlines: bool = True,
-    strip_gutenberg_boilerplate: bool = True,
-) -> str:
-    """Clean one document.
+def clean_text(text: str, **options) -> str:
+    """Clean one document; options are clean_owned's (lowercase, remove_punctuation, remove_numbers,
+    normalize_whitespace, keep_newlines, strip_gutenberg_boilerplate), with its defaults.
 
     normalize_whitespace: runs of spaces/tabs (any str.isspace() but newline) become one space, spaces
     at line ends go, 3+ newlines become one blank line, the document is stripped at both ends but
     keeps a final newline if it had one. With keep_newlines=False every whitespace run, newlines
     included, becomes one space."""
-    return clean_owned(
-        [text],
-        lowercase,
-        remove_punctuation,
-        remove_numbers,
-        normalize_whitespace,
-        keep_newlines,
-        strip_gutenberg_boilerplate,
-    )
+    return clean_owned([text], **options)
 
 
 def clean_owned(
