@@ -97,12 +97,14 @@ class ModelConfig:
         # Not kept: the scores' and probabilities' gradients (attention's backward never needs them),
         # the softmax output's (the fused cross-entropy backward writes the logits' gradient at once)
         # and the LayerNorm statistics' (their backward reads the forward's statistics).
+        # Nor the residual connections' outputs': "residual" passes through them and the LayerNorms add
+        # into it in place. "dropped" holds a projection's output gradient through its dropout mask
+        # (with dropout only; the attention and MLP projections use it in turn).
         C, Vp = self.embed_dim, self.padded_vocab_size
         return {
             "residual": (B, T, C),
-            "ln1": (B, T, C), "qkv": (B, T, 3 * C), "atty": (B, T, C), "attproj": (B, T, C),
-            "residual2": (B, T, C), "ln2": (B, T, C), "fch": (B, T, 4 * C), "fch_gelu": (B, T, 4 * C),
-            "fcproj": (B, T, C),
+            "ln1": (B, T, C), "qkv": (B, T, 3 * C), "atty": (B, T, C),
+            "ln2": (B, T, C), "fch": (B, T, 4 * C), "fch_gelu": (B, T, 4 * C), "dropped": (B, T, C),
             "lnf": (B, T, C), "logits": (B, T, Vp), "losses": (B, T),
         }
 

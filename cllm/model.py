@@ -217,8 +217,7 @@ class Model:
             ops.residual_forward(al["residual2"], residual, al["attproj"], B * T * C)
             ops.layernorm_forward(al["ln2"], al["ln2_mean"], al["ln2_rstd"], al["residual2"], pl["ln2w"], pl["ln2b"],
                                   B, T, C)
-            ops.matmul_forward(al["fch"], al["ln2"], pl["fcw"], pl["fcb"], B, T, C, 4 * C)
-            ops.gelu_forward(al["fch_gelu"], al["fch"], B * T * 4 * C)
+            ops.matmul_gelu_forward(al["fch"], al["fch_gelu"], al["ln2"], pl["fcw"], pl["fcb"], B, T, C, 4 * C)
             ops.matmul_forward(al["fcproj"], al["fch_gelu"], pl["fcprojw"], pl["fcprojb"], B, T, 4 * C, C)
             if drop:
                 ops.dropout_forward(al["fcproj"], al["fcproj"], B * T * C, drop, key(l, DROP_FCPROJ))
@@ -246,22 +245,25 @@ class Model:
         for l in reversed(range(L)):
             pl, gl, al = self._layer(p, l), self._layer(g, l), self._layer_acts(a, l)
             residual = a["encoded"] if l == 0 else self._layer_acts(a, l - 1)["residual3"]
-            # dres, this layer's output's gradient, is read once, here; the input's gradient then
-            # overwrites it (residual_backward with overwrite) and the LayerNorm adds to it
-            ops.residual_backward(ga["residual2"], ga["fcproj"], dres, B * T * C, True)
-            if drop:  # in place: the dropped output's gradient -> the projection's
-                ops.dropout_backward(ga["fcproj"], ga["fcproj"], B * T * C, drop, key(l, DROP_FCPROJ))
-            ops.matmul_backward(ga["fch_gelu"], gl["fcprojw"], gl["fcprojb"], ga["fcproj"], al["fch_gelu"],
-                                pl["fcprojw"], B, T, 4 * C, C, True)
-            ops.gelu_backward(ga["fch"], al["fch"], ga["fch_gelu"], B * T * 4 * C, True)
+            # dres holds this layer's output's gradient. Each residual connection passes it through
+            # unchanged, so the projections read dres itself and the LayerNorms add into it in place:
+            # after LN2's backward it is residual2's gradient, after LN1's the layer input's. Only a
+            # dropped projection needs its own copy (the mask multiplies it, not the skip path).
+            dfcproj = dres
+            if drop:
+                dfcproj = ga["dropped"]
+                ops.dropout_backward(dfcproj, dres, B * T * C, drop, key(l, DROP_FCPROJ))
+            ops.matmul_gelu_backward(ga["fch"], ga["fch_gelu"], gl["fcprojw"], gl["fcprojb"], dfcproj, al["fch_gelu"],
+                                     al["fch"], pl["fcprojw"], B, T, 4 * C, C)
             ops.matmul_backward(ga["ln2"], gl["fcw"], gl["fcb"], ga["fch"], al["ln2"], pl["fcw"], B, T, C, 4 * C,
                                 True)
-            ops.layernorm_backward(ga["residual2"], gl["ln2w"], gl["ln2b"], ga["ln2"], al["residual2"], pl["ln2w"],
+            ops.layernorm_backward(dres, gl["ln2w"], gl["ln2b"], ga["ln2"], al["residual2"], pl["ln2w"],
                                    al["ln2_mean"], al["ln2_rstd"], B, T, C)
-            ops.residual_backward(dres, ga["attproj"], ga["residual2"], B * T * C, True)
+            dattproj = dres
             if drop:
-                ops.dropout_backward(ga["attproj"], ga["attproj"], B * T * C, drop, key(l, DROP_ATTPROJ))
-            ops.matmul_backward(ga["atty"], gl["attprojw"], gl["attprojb"], ga["attproj"], al["atty"],
+                dattproj = ga["dropped"]
+                ops.dropout_backward(dattproj, dres, B * T * C, drop, key(l, DROP_ATTPROJ))
+            ops.matmul_backward(ga["atty"], gl["attprojw"], gl["attprojb"], dattproj, al["atty"],
                                 pl["attprojw"], B, T, C, C, True)
             self._attention_backward(ga, al, B, T, l)
             ops.matmul_backward(ga["ln1"], gl["qkvw"], gl["qkvb"], ga["qkv"], al["ln1"], pl["qkvw"],

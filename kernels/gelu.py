@@ -8,7 +8,7 @@ the training step. In float64 (the gradient tests) the exact np.tanh is used.
 import numpy as np
 from numba import njit, prange
 
-from ._common import JIT, PJIT
+from ._common import JIT, PJIT, ROW_BLOCKS
 
 GELU_SCALE = np.sqrt(2.0 / np.pi)
 
@@ -43,19 +43,20 @@ def tanh_f32(x):
     return r
 
 
-@njit(**PJIT)
-def gelu_forward(out, inp, N):
-    # out (N) = gelu(inp (N))
+@njit(**JIT)
+def gelu_span(out, inp):
+    # out (n) = gelu(inp (n)) on one thread: gelu_forward's blocks, and the rows that
+    # kernels/matmul.matmul_gelu_forward has just computed. Pass slices indexed from 0 (vectorized).
     s = inp.dtype.type(GELU_SCALE)
     k = inp.dtype.type(0.044715)
     half = inp.dtype.type(0.5)
     one = inp.dtype.type(1)
     if inp.itemsize == 4:
-        for i in prange(N):
+        for i in range(out.size):
             x = inp[i]
             out[i] = half * x * (one + tanh_f32(s * (x + k * x * x * x)))
     else:
-        for i in prange(N):
+        for i in range(out.size):
             x = inp[i]
             out[i] = half * x * (one + np.tanh(s * (x + k * x * x * x)))
 
@@ -66,23 +67,42 @@ def gelu_grad(x, th, s, k3, half, one):
     return half * (one + th) + x * half * (one - th * th) * s * (one + k3 * x * x)
 
 
-@njit(**PJIT)
-def gelu_backward(dinp, inp, dout, N, overwrite=False):
-    # dinp (N) += gelu'(inp) * dout  (= with overwrite: what dinp held is ignored, NaN included)
+@njit(**JIT)
+def gelu_backward_span(dinp, inp, dout, overwrite):
+    # dinp (n) += gelu'(inp (n)) * dout (n) (= with overwrite) on one thread: gelu_backward's blocks,
+    # and the rows of dout that kernels/matmul.matmul_gelu_backward has just computed
     s = inp.dtype.type(GELU_SCALE)
     k = inp.dtype.type(0.044715)
     k3 = inp.dtype.type(3.0 * 0.044715)
     half = inp.dtype.type(0.5)
     one = inp.dtype.type(1)
     if inp.itemsize == 4:
-        for i in prange(N):
+        for i in range(dinp.size):
             x = inp[i]
             th = tanh_f32(s * (x + k * x * x * x))
             g = gelu_grad(x, th, s, k3, half, one) * dout[i]
             dinp[i] = g if overwrite else dinp[i] + g
     else:
-        for i in prange(N):
+        for i in range(dinp.size):
             x = inp[i]
             th = np.tanh(s * (x + k * x * x * x))
             g = gelu_grad(x, th, s, k3, half, one) * dout[i]
             dinp[i] = g if overwrite else dinp[i] + g
+
+
+@njit(**PJIT)
+def gelu_forward(out, inp, N):
+    # out (N) = gelu(inp (N));  one contiguous block per thread
+    for blk in prange(ROW_BLOCKS):
+        i0 = blk * N // ROW_BLOCKS
+        i1 = (blk + 1) * N // ROW_BLOCKS
+        gelu_span(out[i0:i1], inp[i0:i1])
+
+
+@njit(**PJIT)
+def gelu_backward(dinp, inp, dout, N, overwrite=False):
+    # dinp (N) += gelu'(inp) * dout  (= with overwrite: what dinp held is ignored, NaN included)
+    for blk in prange(ROW_BLOCKS):
+        i0 = blk * N // ROW_BLOCKS
+        i1 = (blk + 1) * N // ROW_BLOCKS
+        gelu_backward_span(dinp[i0:i1], inp[i0:i1], dout[i0:i1], overwrite)

@@ -5,15 +5,11 @@ BLAS's sgemm (SciPy's, the one np.dot calls inside Numba code) is 1.5x faster th
 Numba loop on this class of CPU. BLAS must run single-threaded (cllm.runtime.configure_threads does
 it): the kernels split the rows over Numba's threads.
 """
-import numba
 from numba import njit, prange
 
-from ._common import JIT, PJIT
+from ._common import JIT, PJIT, ROW_BLOCKS
 from .blas import NO_TRANS, TRANS, gemm
-
-# Row blocks per matmul: one per core. A constant rather than numba.get_num_threads(), which would
-# stop the kernel from being cached on disk; the block count changes only speed, never results.
-ROW_BLOCKS = numba.config.NUMBA_NUM_THREADS
+from .gelu import gelu_backward_span, gelu_span
 
 # From this many weights on (4 MB in float32) a matrix-vector product (kernels/decode.py, float32
 # or int8: kernels/quant.py) is split over the threads.
@@ -24,24 +20,43 @@ ROW_BLOCKS = numba.config.NUMBA_NUM_THREADS
 PARALLEL_MATVEC_MIN = 1 << 20
 
 
+@njit(**JIT)
+def forward_rows(out, inp, weight, bias, C, OC, r0, r1):
+    # rows r0..r1-1 of out (BT,OC) = inp (BT,C) @ weight (OC,C)^T + bias (OC), one single-threaded
+    # BLAS call; bias may be None. The bias is written first and gemm adds the product to it.
+    beta = 0  # an int: the float32 kernel keeps no float64 variable
+    if bias is not None:
+        O = out[r0 * OC: r1 * OC].reshape(r1 - r0, OC)
+        for r in range(r1 - r0):
+            O[r] = bias[:OC]
+        beta = 1
+    gemm(NO_TRANS, TRANS, r1 - r0, OC, C, 1, inp, r0 * C, C, weight, 0, C, beta, out, r0 * OC, OC)
+
+
 @njit(**PJIT)
 def matmul_forward(out, inp, weight, bias, B, T, C, OC):
     # out (B,T,OC) = inp (B,T,C) @ weight (OC,C)^T + bias (OC);  bias may be None
     # The rows are split into one block per thread, each a single-threaded BLAS call: Numba's
-    # threads then do all the parallel work and never fight BLAS's own pool for the cores. The
-    # bias is written first and gemm adds the product to it.
+    # threads then do all the parallel work and never fight BLAS's own pool for the cores.
+    BT = B * T
+    nblk = min(ROW_BLOCKS, BT)
+    for blk in prange(nblk):
+        forward_rows(out, inp, weight, bias, C, OC, blk * BT // nblk, (blk + 1) * BT // nblk)
+
+
+@njit(**PJIT)
+def matmul_gelu_forward(out, gelu_out, inp, weight, bias, B, T, C, OC):
+    # matmul_forward, then gelu_out (B,T,OC) = gelu(out) (the MLP's first layer): each thread applies
+    # the GELU to its block of rows right after their product, in the same parallel region.
+    # (Smaller pieces, to find them in L2, cost more than they save: each gemm call packs the whole
+    # weight matrix again, 1 MB at the seed config, measured 50% slower with pieces of 128 rows.)
     BT = B * T
     nblk = min(ROW_BLOCKS, BT)
     for blk in prange(nblk):
         r0 = blk * BT // nblk
         r1 = (blk + 1) * BT // nblk
-        beta = 0  # an int: the float32 kernel keeps no float64 variable
-        if bias is not None:
-            O = out[r0 * OC: r1 * OC].reshape(r1 - r0, OC)
-            for r in range(r1 - r0):
-                O[r] = bias[:OC]
-            beta = 1
-        gemm(NO_TRANS, TRANS, r1 - r0, OC, C, 1, inp, r0 * C, C, weight, 0, C, beta, out, r0 * OC, OC)
+        forward_rows(out, inp, weight, bias, C, OC, r0, r1)
+        gelu_span(gelu_out[r0 * OC:r1 * OC], out[r0 * OC:r1 * OC])
 
 
 @njit(**JIT)
@@ -54,6 +69,16 @@ def bias_backward_block(dbias, dout, BT, OC, o0, o1):
             acc[j] += row[j]
 
 
+@njit(**JIT)
+def weight_grad_block(dweight, dbias, dout, inp, BT, C, OC, o0, o1):
+    # rows o0..o1-1 (output channels) of dweight (OC,C) += dout^T (OC,BT) @ inp (BT,C) and of
+    # dbias (OC) += column sums of dout (BT,OC); dbias may be None. The block reads its columns of
+    # dout in place (row stride OC).
+    gemm(TRANS, NO_TRANS, o1 - o0, C, BT, 1, dout, o0, OC, inp, 0, C, 1, dweight, o0 * C, C)
+    if dbias is not None:
+        bias_backward_block(dbias, dout, BT, OC, o0, o1)
+
+
 @njit(**PJIT)
 def matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, overwrite=False):
     # dinp (B,T,C) += dout (B,T,OC) @ weight (OC,C)  (= with overwrite: what dinp held is ignored)
@@ -61,7 +86,7 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, overwr
     # dbias (OC) += column sums of dout;  dinp and dbias may be None
     # gemm with beta = 1 adds straight into the gradients. Each thread takes a block of rows of
     # dinp and a block of rows (output channels) of dweight and dbias, so no two threads write the
-    # same element; a dweight block reads its columns of dout in place (row stride OC).
+    # same element: one parallel region in all.
     BT = B * T
     beta = 0 if overwrite else 1  # for dinp; dweight and dbias always accumulate
     for blk in prange(ROW_BLOCKS):
@@ -69,8 +94,19 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, overwr
         r1 = (blk + 1) * BT // ROW_BLOCKS
         if dinp is not None:
             gemm(NO_TRANS, NO_TRANS, r1 - r0, C, OC, 1, dout, r0 * OC, OC, weight, 0, C, beta, dinp, r0 * C, C)
-        o0 = blk * OC // ROW_BLOCKS
-        o1 = (blk + 1) * OC // ROW_BLOCKS
-        gemm(TRANS, NO_TRANS, o1 - o0, C, BT, 1, dout, o0, OC, inp, 0, C, 1, dweight, o0 * C, C)
-        if dbias is not None:  # the same block of output channels (one parallel region in all)
-            bias_backward_block(dbias, dout, BT, OC, o0, o1)
+        weight_grad_block(dweight, dbias, dout, inp, BT, C, OC, blk * OC // ROW_BLOCKS, (blk + 1) * OC // ROW_BLOCKS)
+
+
+@njit(**PJIT)
+def matmul_gelu_backward(dpre, dinp, dweight, dbias, dout, inp, pre, weight, B, T, C, OC):
+    # matmul_backward with overwrite for a layer whose input is inp = gelu(pre) (the MLP's projection),
+    # then dpre (B,T,C) = gelu'(pre) * dinp: each thread applies the GELU's backward to its block of
+    # rows of dinp right after their product, in the same parallel region (matmul_gelu_forward says
+    # why whole blocks). dinp (B,T,C) is written too.
+    BT = B * T
+    for blk in prange(ROW_BLOCKS):
+        r0 = blk * BT // ROW_BLOCKS
+        r1 = (blk + 1) * BT // ROW_BLOCKS
+        gemm(NO_TRANS, NO_TRANS, r1 - r0, C, OC, 1, dout, r0 * OC, OC, weight, 0, C, 0, dinp, r0 * C, C)
+        gelu_backward_span(dpre[r0 * C:r1 * C], pre[r0 * C:r1 * C], dinp[r0 * C:r1 * C], True)
+        weight_grad_block(dweight, dbias, dout, inp, BT, C, OC, blk * OC // ROW_BLOCKS, (blk + 1) * OC // ROW_BLOCKS)

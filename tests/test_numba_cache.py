@@ -50,8 +50,7 @@ def test_changed_options_or_sources_compile_anew(tmp_path):
     assert again == {**first, "hits": 1, "misses": 0}  # unchanged code: loaded from the cache
 
     # the nogil change of the past: only kernels/_common.py changes, not the kernel's own file
-    _edit(copy / "kernels" / "_common.py", "PJIT = dict(cache=True, fastmath=FASTMATH, parallel=True, nogil=True)",
-          "PJIT = dict(cache=True, fastmath=FASTMATH, parallel=True, nogil=False)")
+    _edit(copy / "kernels" / "_common.py", "parallel=True, nogil=True,", "parallel=True, nogil=False,")
     flipped = _probe(copy)
     assert flipped["misses"] == 1 and flipped["hits"] == 0 and flipped["nogil"] is False
     assert flipped["dir"] != first["dir"]
