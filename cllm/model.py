@@ -253,8 +253,9 @@ class Model:
             if drop:
                 dfcproj = ga["dropped"]
                 ops.dropout_backward(dfcproj, dres, B * T * C, drop, key(l, DROP_FCPROJ))
-            ops.matmul_gelu_backward(ga["fch"], ga["fch_gelu"], gl["fcprojw"], gl["fcprojb"], dfcproj, al["fch_gelu"],
-                                     al["fch"], pl["fcprojw"], B, T, 4 * C, C)
+            ops.matmul_backward(ga["fch_gelu"], gl["fcprojw"], gl["fcprojb"], dfcproj, al["fch_gelu"],
+                                pl["fcprojw"], B, T, 4 * C, C, True)
+            ops.gelu_backward(ga["fch"], al["fch"], ga["fch_gelu"], B * T * 4 * C, True)
             ops.matmul_backward(ga["ln2"], gl["fcw"], gl["fcb"], ga["fch"], al["ln2"], pl["fcw"], B, T, C, 4 * C,
                                 True)
             ops.layernorm_backward(dres, gl["ln2w"], gl["ln2b"], ga["ln2"], al["residual2"], pl["ln2w"],

@@ -10,7 +10,7 @@ from .dropout import derive_key, dropout_backward, dropout_forward
 from .encoder import encoder_backward, encoder_forward
 from .gelu import gelu_backward, gelu_forward
 from .layernorm import layernorm_backward, layernorm_forward
-from .matmul import matmul_backward, matmul_forward, matmul_gelu_backward, matmul_gelu_forward
+from .matmul import matmul_backward, matmul_forward, matmul_gelu_forward
 from .quant import dequantize_q8, matvec_q8_forward, quantize_q8
 from .residual import residual_backward, residual_forward
 from .softmax import crossentropy_forward, crossentropy_softmax_backward, softmax_forward
@@ -21,7 +21,7 @@ __all__ = [
     "dropout_forward", "dropout_backward", "derive_key",
     "encoder_forward", "encoder_backward", "gelu_forward", "gelu_backward",
     "layernorm_forward", "layernorm_backward", "matmul_forward", "matmul_backward",
-    "matmul_gelu_forward", "matmul_gelu_backward",
+    "matmul_gelu_forward",
     "residual_forward", "residual_backward", "quantize_q8", "dequantize_q8", "matvec_q8_forward",
     "softmax_forward", "crossentropy_forward", "crossentropy_softmax_backward",
 ]

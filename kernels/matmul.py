@@ -9,7 +9,7 @@ from numba import njit, prange
 
 from ._common import JIT, PJIT, ROW_BLOCKS
 from .blas import NO_TRANS, TRANS, gemm
-from .gelu import gelu_backward_span, gelu_span
+from .gelu import gelu_span
 
 # From this many weights on (4 MB in float32) a matrix-vector product (kernels/decode.py, float32
 # or int8: kernels/quant.py) is split over the threads.
@@ -21,7 +21,7 @@ PARALLEL_MATVEC_MIN = 1 << 20
 
 
 @njit(**JIT)
-def forward_rows(out, inp, weight, bias, C, OC, r0, r1):
+def linear_rows(out, inp, weight, bias, C, OC, r0, r1):
     # rows r0..r1-1 of out (BT,OC) = inp (BT,C) @ weight (OC,C)^T + bias (OC), one single-threaded
     # BLAS call; bias may be None. The bias is written first and gemm adds the product to it.
     beta = 0  # an int: the float32 kernel keeps no float64 variable
@@ -41,7 +41,7 @@ def matmul_forward(out, inp, weight, bias, B, T, C, OC):
     BT = B * T
     nblk = min(ROW_BLOCKS, BT)
     for blk in prange(nblk):
-        forward_rows(out, inp, weight, bias, C, OC, blk * BT // nblk, (blk + 1) * BT // nblk)
+        linear_rows(out, inp, weight, bias, C, OC, blk * BT // nblk, (blk + 1) * BT // nblk)
 
 
 @njit(**PJIT)
@@ -55,7 +55,7 @@ def matmul_gelu_forward(out, gelu_out, inp, weight, bias, B, T, C, OC):
     for blk in prange(nblk):
         r0 = blk * BT // nblk
         r1 = (blk + 1) * BT // nblk
-        forward_rows(out, inp, weight, bias, C, OC, r0, r1)
+        linear_rows(out, inp, weight, bias, C, OC, r0, r1)
         gelu_span(gelu_out[r0 * OC:r1 * OC], out[r0 * OC:r1 * OC])
 
 
@@ -69,16 +69,6 @@ def bias_backward_block(dbias, dout, BT, OC, o0, o1):
             acc[j] += row[j]
 
 
-@njit(**JIT)
-def weight_grad_block(dweight, dbias, dout, inp, BT, C, OC, o0, o1):
-    # rows o0..o1-1 (output channels) of dweight (OC,C) += dout^T (OC,BT) @ inp (BT,C) and of
-    # dbias (OC) += column sums of dout (BT,OC); dbias may be None. The block reads its columns of
-    # dout in place (row stride OC).
-    gemm(TRANS, NO_TRANS, o1 - o0, C, BT, 1, dout, o0, OC, inp, 0, C, 1, dweight, o0 * C, C)
-    if dbias is not None:
-        bias_backward_block(dbias, dout, BT, OC, o0, o1)
-
-
 @njit(**PJIT)
 def matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, overwrite=False):
     # dinp (B,T,C) += dout (B,T,OC) @ weight (OC,C)  (= with overwrite: what dinp held is ignored)
@@ -86,7 +76,7 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, overwr
     # dbias (OC) += column sums of dout;  dinp and dbias may be None
     # gemm with beta = 1 adds straight into the gradients. Each thread takes a block of rows of
     # dinp and a block of rows (output channels) of dweight and dbias, so no two threads write the
-    # same element: one parallel region in all.
+    # same element; a dweight block reads its columns of dout in place (row stride OC).
     BT = B * T
     beta = 0 if overwrite else 1  # for dinp; dweight and dbias always accumulate
     for blk in prange(ROW_BLOCKS):
@@ -94,19 +84,8 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, overwr
         r1 = (blk + 1) * BT // ROW_BLOCKS
         if dinp is not None:
             gemm(NO_TRANS, NO_TRANS, r1 - r0, C, OC, 1, dout, r0 * OC, OC, weight, 0, C, beta, dinp, r0 * C, C)
-        weight_grad_block(dweight, dbias, dout, inp, BT, C, OC, blk * OC // ROW_BLOCKS, (blk + 1) * OC // ROW_BLOCKS)
-
-
-@njit(**PJIT)
-def matmul_gelu_backward(dpre, dinp, dweight, dbias, dout, inp, pre, weight, B, T, C, OC):
-    # matmul_backward with overwrite for a layer whose input is inp = gelu(pre) (the MLP's projection),
-    # then dpre (B,T,C) = gelu'(pre) * dinp: each thread applies the GELU's backward to its block of
-    # rows of dinp right after their product, in the same parallel region (matmul_gelu_forward says
-    # why whole blocks). dinp (B,T,C) is written too.
-    BT = B * T
-    for blk in prange(ROW_BLOCKS):
-        r0 = blk * BT // ROW_BLOCKS
-        r1 = (blk + 1) * BT // ROW_BLOCKS
-        gemm(NO_TRANS, NO_TRANS, r1 - r0, C, OC, 1, dout, r0 * OC, OC, weight, 0, C, 0, dinp, r0 * C, C)
-        gelu_backward_span(dpre[r0 * C:r1 * C], pre[r0 * C:r1 * C], dinp[r0 * C:r1 * C], True)
-        weight_grad_block(dweight, dbias, dout, inp, BT, C, OC, blk * OC // ROW_BLOCKS, (blk + 1) * OC // ROW_BLOCKS)
+        o0 = blk * OC // ROW_BLOCKS
+        o1 = (blk + 1) * OC // ROW_BLOCKS
+        gemm(TRANS, NO_TRANS, o1 - o0, C, BT, 1, dout, o0, OC, inp, 0, C, 1, dweight, o0 * C, C)
+        if dbias is not None:  # the same block of output channels (one parallel region in all)
+            bias_backward_block(dbias, dout, BT, OC, o0, o1)

@@ -25,7 +25,7 @@ from ._common import (
     chunks,
     work_array,
 )
-from .elementwise import gelu_backward, gelu_forward
+from .elementwise import gelu_forward
 
 # threads of a block: (TILE_N / MICRO, TILE_M / MICRO); each thread owns MICRO x MICRO outputs,
 # strided by the block's width, so that neighbouring threads write neighbouring columns
@@ -181,8 +181,3 @@ def matmul_gelu_forward(out, gelu_out, inp, weight, bias, B, T, C, OC):
     matmul_forward(out, inp, weight, bias, B, T, C, OC)
     gelu_forward(gelu_out, out, B * T * OC)
 
-
-def matmul_gelu_backward(dpre, dinp, dweight, dbias, dout, inp, pre, weight, B, T, C, OC):
-    # matmul_backward with overwrite, then dpre (B,T,C) = gelu'(pre) * dinp (inp = gelu(pre))
-    matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, True)
-    gelu_backward(dpre, pre, dinp, B * T * C, True)
