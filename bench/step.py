@@ -14,6 +14,9 @@ is installed. Prints ONE JSON line with every config, or with --per-config one J
   MFU        model FLOPs/s over PEAK_FLOPS; training FLOPs = 6 N tokens + attention (12 L C T
              per token, nanoGPT/PaLM), generation = 2 N + 4 L C ctx per token; N counts the
              parameters but the padded vocabulary rows
+  best step  train_step_ms_min: the shortest single CLLM training step of the timed rounds, and
+             train_mfu_best_step, its MFU (on a shared machine the rates move with other load;
+             the shortest step moves less)
   ratios     numba / torch, measured by this script in turns (the best of --rounds each); torch
              runs in a worker process that this script starts (torch.set_num_threads(2)): loaded
              into one process, Numba's and torch's two OpenMP runtimes slow whichever starts
@@ -115,22 +118,26 @@ def gen_config(cfg):
 
 # ------------------------------------------------------------------ Numba engine
 def numba_train(cfg, B, T, rng):
-    """A training step closure (forward + backward + AdamW) and the list of its losses."""
+    """A training step closure (forward + backward + AdamW), the list of its losses and the list of
+    the timed steps' durations (seconds)."""
     model = Model(cfg, seed=0)
     opt = AdamW(lr=LR, beta1=BETAS[0], beta2=BETAS[1], eps=EPS, weight_decay=WD, grad_clip=CLIP)
     x = rng.integers(0, cfg.vocab_size, (B, T)).astype(np.int32)
     y = rng.integers(0, cfg.vocab_size, (B, T)).astype(np.int32)
-    losses = []
+    losses, durations = [], []
 
     def step():
+        t0 = time.perf_counter()
         model.zero_grad()
         _, loss = model.forward(x, y)
         model.backward()
         opt.step(model, loss=loss)
+        durations.append(time.perf_counter() - t0)
         losses.append(loss)
 
     step()  # compiles / warms up
-    return step, losses
+    durations.clear()
+    return step, losses, durations
 
 
 def numba_generate(cfg, prompt, int8=False):
@@ -400,7 +407,7 @@ def main():
         cfg, B, T = spec["cfg"], spec["B"], spec["T"]
         rng = np.random.default_rng(0)
         prompt = rng.integers(0, cfg.vocab_size, PROMPT).astype(np.int32)
-        nstep, losses = numba_train(cfg, B, T, rng)
+        nstep, losses, durations = numba_train(cfg, B, T, rng)
         train = {"numba": lambda: B * T * timed_loop(nstep, args.seconds)}
         gen = {"numba": numba_generate(cfg, prompt), "numba_int8": numba_generate(cfg, prompt, int8=True)}
         if torch is not None:
@@ -417,6 +424,10 @@ def main():
                 "train_tok_s": round(train_tps, 1),
                 "gen_tok_s": round(gen_tps, 1),
                 "train_mfu": round(train_tps * train_flops_per_token(cfg, T) / PEAK_FLOPS, 4),
+                # the shortest single step of the timed rounds, and its MFU: less moved by other load on
+                # the machine than the rates above (a step either met a disturbance or not)
+                "train_step_ms_min": round(min(durations) * 1e3, 2),
+                "train_mfu_best_step": round(B * T * train_flops_per_token(cfg, T) / min(durations) / PEAK_FLOPS, 4),
                 "gen_mfu": round(gen_tps * gen_flops(gen_config(cfg), PROMPT - 1, NEW) / NEW / PEAK_FLOPS, 4),
                 "gen_int8_tok_s": round(gen["numba_int8"], 1),
                 "int8_gen_ratio": round(gen["numba_int8"] / gen_tps, 3),
