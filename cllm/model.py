@@ -242,17 +242,22 @@ class Model:
         dres = ga["residual"]
         ops.layernorm_backward(dres, g["lnfw"], g["lnfb"], ga["lnf"], self._layer_acts(a, L - 1)["residual3"],
                                p["lnfw"], a["lnf_mean"], a["lnf_rstd"], B, T, C, True)
+
+        def projection_grad(l: int, site: int):
+            # a residual projection's output gradient: dres itself, or with dropout dres through the
+            # site's mask, in ga["dropped"] (the mask multiplies the projection's path, not the skip's)
+            if not drop:
+                return dres
+            ops.dropout_backward(ga["dropped"], dres, B * T * C, drop, key(l, site))
+            return ga["dropped"]
+
         for l in reversed(range(L)):
             pl, gl, al = self._layer(p, l), self._layer(g, l), self._layer_acts(a, l)
             residual = a["encoded"] if l == 0 else self._layer_acts(a, l - 1)["residual3"]
             # dres holds this layer's output's gradient. Each residual connection passes it through
             # unchanged, so the projections read dres itself and the LayerNorms add into it in place:
-            # after LN2's backward it is residual2's gradient, after LN1's the layer input's. Only a
-            # dropped projection needs its own copy (the mask multiplies it, not the skip path).
-            dfcproj = dres
-            if drop:
-                dfcproj = ga["dropped"]
-                ops.dropout_backward(dfcproj, dres, B * T * C, drop, key(l, DROP_FCPROJ))
+            # after LN2's backward it is residual2's gradient, after LN1's the layer input's.
+            dfcproj = projection_grad(l, DROP_FCPROJ)
             ops.matmul_backward(ga["fch_gelu"], gl["fcprojw"], gl["fcprojb"], dfcproj, al["fch_gelu"],
                                 pl["fcprojw"], B, T, 4 * C, C, True)
             ops.gelu_backward(ga["fch"], al["fch"], ga["fch_gelu"], B * T * 4 * C, True)
@@ -260,10 +265,7 @@ class Model:
                                 True)
             ops.layernorm_backward(dres, gl["ln2w"], gl["ln2b"], ga["ln2"], al["residual2"], pl["ln2w"],
                                    al["ln2_mean"], al["ln2_rstd"], B, T, C)
-            dattproj = dres
-            if drop:
-                dattproj = ga["dropped"]
-                ops.dropout_backward(dattproj, dres, B * T * C, drop, key(l, DROP_ATTPROJ))
+            dattproj = projection_grad(l, DROP_ATTPROJ)
             ops.matmul_backward(ga["atty"], gl["attprojw"], gl["attprojb"], dattproj, al["atty"],
                                 pl["attprojw"], B, T, C, C, True)
             self._attention_backward(ga, al, B, T, l)

@@ -14,7 +14,7 @@ from numba import njit, prange
 
 from ._common import JIT, PJIT
 from .fastexp import softmax_row
-from .gelu import GELU_SCALE, tanh_f32
+from .gelu import gelu_span
 from .layernorm import layernorm_row
 from .matmul import PARALLEL_MATVEC_MIN, ROW_BLOCKS, matmul_forward
 from .quant import dequantize_q8, matvec_q8_forward
@@ -62,20 +62,6 @@ def _layernorm_rows(out, inp, weight, bias, R, C):
     # out, inp (R,C): serial, because R is a handful of rows and a thread launch costs more.
     for r in range(R):
         layernorm_row(out, inp, weight, bias, r * C, C)
-
-
-@njit(**JIT)
-def _gelu_inplace(h, N):
-    # serial, for the same reason as _layernorm_rows
-    s = h.dtype.type(GELU_SCALE)
-    k = h.dtype.type(0.044715)
-    half = h.dtype.type(0.5)
-    one = h.dtype.type(1)
-    for i in range(N):
-        v = h[i]
-        u = s * (v + k * v * v * v)
-        th = tanh_f32(u) if h.itemsize == 4 else np.tanh(u)
-        h[i] = half * v * (one + th)
 
 
 @njit(**JIT)
@@ -167,6 +153,9 @@ def _forward_rows(logits, kvcache, tokens, seq, pos, wte, wpe, ln1w, ln1b, qkvw,
     atty = np.empty(R * C, dtype=dt)  # attention output before its projection (R,C)
     proj = np.empty(R * C, dtype=dt)  # (R,C)
     hid = np.empty(R * C4, dtype=dt)  # MLP hidden (R,4C)
+    # gelu(hid) (R,4C), not in place: with out = inp, LLVM's overlap check sends gelu_span's loop to its
+    # scalar version (10x slower, measured)
+    hid_gelu = np.empty(R * C4, dtype=dt)
     scores = np.empty(maxT, dtype=dt)  # attention row scratch
     kbuf = np.empty(maxT, dtype=np.float32)  # exp_shifted's scratch
     scale = dt.type(1) / np.sqrt(dt.type(hs))
@@ -211,8 +200,8 @@ def _forward_rows(logits, kvcache, tokens, seq, pos, wte, wpe, ln1w, ln1b, qkvw,
         _layernorm_rows(xn, x, ln2w[l * C:(l + 1) * C], ln2b[l * C:(l + 1) * C], R, C)
         _linear(hid, xn, fcw[l * C4 * C:(l + 1) * C4 * C], _rows(scales, 3, l * C4, (l + 1) * C4),
                 fcb[l * C4:(l + 1) * C4], R, C, C4, wbuf)
-        _gelu_inplace(hid, R * C4)
-        _linear(proj, hid, fcprojw[l * C * C4:(l + 1) * C * C4], _rows(scales, 4, l * C, (l + 1) * C),
+        gelu_span(hid_gelu, hid)
+        _linear(proj, hid_gelu, fcprojw[l * C * C4:(l + 1) * C * C4], _rows(scales, 4, l * C, (l + 1) * C),
                 fcprojb[l * C:(l + 1) * C], R, C4, C, wbuf)
         for i in range(R * C):
             x[i] += proj[i]
