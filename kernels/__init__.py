@@ -12,7 +12,7 @@ from .gelu import gelu_backward, gelu_forward
 from .layernorm import layernorm_backward, layernorm_forward
 from .matmul import matmul_backward, matmul_forward, matmul_gelu_forward
 from .quant import dequantize_q8, matvec_q8_forward, quantize_q8
-from .residual import residual_backward, residual_forward
+from .residual import residual_forward
 from .softmax import crossentropy_forward, crossentropy_softmax_backward, softmax_forward
 
 __all__ = [
@@ -22,6 +22,6 @@ __all__ = [
     "encoder_forward", "encoder_backward", "gelu_forward", "gelu_backward",
     "layernorm_forward", "layernorm_backward", "matmul_forward", "matmul_backward",
     "matmul_gelu_forward",
-    "residual_forward", "residual_backward", "quantize_q8", "dequantize_q8", "matvec_q8_forward",
+    "residual_forward", "quantize_q8", "dequantize_q8", "matvec_q8_forward",
     "softmax_forward", "crossentropy_forward", "crossentropy_softmax_backward",
 ]

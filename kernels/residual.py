@@ -1,6 +1,8 @@
 """Residual connection: out = inp1 + inp2.
 
 Legend: N element count.
+No backward kernel: the sum passes its output's gradient to both inputs unchanged, so the model's
+backward reads the residual stream's gradient in place (cllm/model.py's _backward_graph).
 """
 from numba import njit, prange
 
@@ -14,14 +16,6 @@ def _add(out, inp1, inp2):
         out[i] = inp1[i] + inp2[i]
 
 
-@njit(**JIT)
-def _add_to_both(dinp1, dinp2, dout, overwrite):
-    for i in range(dout.size):
-        d = dout[i]
-        dinp1[i] = d if overwrite else dinp1[i] + d
-        dinp2[i] = d if overwrite else dinp2[i] + d
-
-
 @njit(**PJIT)
 def residual_forward(out, inp1, inp2, N):
     # out (N) = inp1 (N) + inp2 (N);  one contiguous block per thread, or one for a small N
@@ -32,15 +26,3 @@ def residual_forward(out, inp1, inp2, N):
         i0 = blk * N // ROW_BLOCKS
         i1 = (blk + 1) * N // ROW_BLOCKS
         _add(out[i0:i1], inp1[i0:i1], inp2[i0:i1])
-
-
-@njit(**PJIT)
-def residual_backward(dinp1, dinp2, dout, N, overwrite=False):
-    # dinp1, dinp2 (N) += dout (N)  (= with overwrite: what they held is ignored)
-    if N < PARALLEL_MIN_WORK:
-        _add_to_both(dinp1[:N], dinp2[:N], dout[:N], overwrite)
-        return
-    for blk in prange(ROW_BLOCKS):
-        i0 = blk * N // ROW_BLOCKS
-        i1 = (blk + 1) * N // ROW_BLOCKS
-        _add_to_both(dinp1[i0:i1], dinp2[i0:i1], dout[i0:i1], overwrite)

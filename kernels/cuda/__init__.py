@@ -14,7 +14,6 @@ from .elementwise import (
     fill_inplace,
     gelu_backward,
     gelu_forward,
-    residual_backward,
     residual_forward,
     scale_inplace,
 )
@@ -26,7 +25,6 @@ __all__ = [
     "NORM_BLOCKS", "adamw_update", "attention_backward", "attention_forward", "crossentropy_forward",
     "crossentropy_softmax_backward", "encoder_backward", "encoder_forward", "fill_inplace", "forward_rows",
     "gelu_backward", "gelu_forward", "gemm", "grad_norm_squared", "layernorm_backward", "layernorm_forward", "linear",
-    "matmul_backward", "matmul_forward", "matmul_gelu_forward", "residual_backward",
-    "residual_forward", "scale_inplace", "scratch",
+    "matmul_backward", "matmul_forward", "matmul_gelu_forward", "residual_forward", "scale_inplace", "scratch",
     "softmax_forward",
 ]

@@ -96,19 +96,6 @@ def residual_forward(out, inp1, inp2, N):
 
 
 @cuda.jit
-def _residual_backward(dinp1, dinp2, dout, N, overwrite):
-    for i in range(cuda.grid(1), N, cuda.gridsize(1)):
-        d = dout[i]
-        dinp1[i] = d if overwrite else dinp1[i] + d
-        dinp2[i] = d if overwrite else dinp2[i] + d
-
-
-def residual_backward(dinp1, dinp2, dout, N, overwrite=False):
-    # dinp1, dinp2 (N) += dout (N)  (= with overwrite)
-    _residual_backward[blocks(N), THREADS](dinp1, dinp2, dout, N, overwrite)
-
-
-@cuda.jit
 def _fill(x, value, N):
     for i in range(cuda.grid(1), N, cuda.gridsize(1)):
         x[i] = value
