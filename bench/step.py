@@ -299,9 +299,9 @@ def memory_child(engine: str, name: str) -> dict:
     rng = np.random.default_rng(0)
     base = rss_now()
     if engine == "torch":
-        step = torch_train(torch, spec["cfg"], spec["B"], spec["T"], rng)  # runs one step
+        torch_train(torch, spec["cfg"], spec["B"], spec["T"], rng)  # runs one step
     else:
-        step, _ = numba_train(spec["cfg"], spec["B"], spec["T"], rng)  # runs one step
+        numba_train(spec["cfg"], spec["B"], spec["T"], rng)  # runs one step
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"peak_rss_mib": round(peak / 2**20, 1), "above_imports_mib": round((peak - base) / 2**20, 1)}
 
