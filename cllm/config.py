@@ -72,15 +72,15 @@ class ModelConfig:
         return _total(self.param_shapes())
 
     def activation_shapes(self, B: int, T: int) -> dict[str, tuple[int, ...]]:
-        # the forward's saved activations for a batch (B,T), as llm.c's ActivationTensors, but for the
-        # attention scores (preatt): the backward reads only the probabilities, so the layers share
-        # one scores buffer (at GPT-2 small's size, B=4 T=256, it saves 11 x 12 MiB)
+        # the forward's saved activations for a batch (B,T), as llm.c's ActivationTensors, but without
+        # the attention scores (llm.c's preatt): the backward reads only the probabilities, so the
+        # scores are the attention kernel's scratch (at GPT-2 small's size, B=4 T=256, 12 x 12 MiB)
         L, C, NH, Vp = self.num_layers, self.embed_dim, self.num_heads, self.padded_vocab_size
         return {
             "encoded": (B, T, C),
             "ln1": (L, B, T, C), "ln1_mean": (L, B, T), "ln1_rstd": (L, B, T),
             "qkv": (L, B, T, 3 * C), "atty": (L, B, T, C),
-            "preatt": (B, NH, T, T), "att": (L, B, NH, T, T),  # preatt: one, every layer's scratch
+            "att": (L, B, NH, T, T),
             "attproj": (L, B, T, C), "residual2": (L, B, T, C),
             "ln2": (L, B, T, C), "ln2_mean": (L, B, T), "ln2_rstd": (L, B, T),
             "fch": (L, B, T, 4 * C), "fch_gelu": (L, B, T, 4 * C),

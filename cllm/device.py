@@ -312,7 +312,7 @@ class CudaModel:
 
     def _attention_forward(self, al: dict, B: int, T: int, l: int) -> None:
         cfg = self.config
-        self.G.attention_forward(al["atty"], al["preatt"], al["att"], al["qkv"], B, T, cfg.embed_dim, cfg.num_heads)
+        self.G.attention_forward(al["atty"], al["att"], al["qkv"], B, T, cfg.embed_dim, cfg.num_heads)
 
     def _attention_backward(self, gal: dict, al: dict, B: int, T: int, l: int) -> None:
         # the scores' gradient goes through a scratch buffer that the keys' pass reads (kernels/cuda/attention.py)

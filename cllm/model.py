@@ -279,8 +279,8 @@ class Model:
 
     def _attention_forward(self, al: dict, B: int, T: int, l: int) -> None:
         cfg = self.config
-        K.attention_forward(al["atty"], al["preatt"], al["att"], al["qkv"], B, T, cfg.embed_dim, cfg.num_heads,
-                            self.drop, self._site_key(l, DROP_ATTENTION))
+        K.attention_forward(al["atty"], al["att"], al["qkv"], B, T, cfg.embed_dim, cfg.num_heads, self.drop,
+                            self._site_key(l, DROP_ATTENTION))
 
     def _attention_backward(self, gal: dict, al: dict, B: int, T: int, l: int) -> None:
         # the gradients of the scores and probabilities are never read: None for both
@@ -302,14 +302,11 @@ class Model:
         return out
 
     def _layer_acts(self, views: dict, l: int) -> dict:
-        """The layer-l slices of the per-layer activation tensors (preatt, shared by the layers, whole)."""
+        """The layer-l slices of the per-layer activation tensors."""
         n_layers = self.config.num_layers
         out = {}
         for name, view in views.items():
             if name in ("encoded", "lnf", "lnf_mean", "lnf_rstd", "logits", "probs", "losses"):
-                continue
-            if name == "preatt":  # one buffer, which every layer's attention reuses (ModelConfig.activation_shapes)
-                out[name] = view
                 continue
             n = view.size // n_layers
             out[name] = view[l * n:(l + 1) * n]

@@ -2,8 +2,9 @@
 
 Legend: B batch, T time, C channels, NH heads, hs = C/NH head size.
 inp (B,T,3C) holds, for each position, q (C) then k (C) then v (C); head h uses channels
-[h*hs, (h+1)*hs) of each. preatt and att (B,NH,T,T) keep the scaled scores and the softmax
-probabilities; entries above the diagonal (t2 > t, the future) are 0 in both.
+[h*hs, (h+1)*hs) of each. att (B,NH,T,T) keeps the softmax probabilities, 0 above the diagonal
+(t2 > t, the future): the backward reads them. The scaled scores are scratch, one head's (T,T) at a
+time, which stays in cache (a (B,NH,T,T) scores buffer measured 9% slower at the seed config).
 The products run through kernels/blas.gemm on each head's channels in place (a row stride of 3C for
 q, k, v, of C for out): no copies in or out, and the backward adds straight into dinp.
 Dropout on the probabilities (drop > 0: the threshold of kernels/dropout.py, with its key): att keeps
@@ -25,8 +26,8 @@ CAUSAL_BLOCK = 32
 
 
 @njit(**PJIT)
-def attention_forward(out, preatt, att, inp, B, T, C, NH, drop=0, key=0):
-    # out (B,T,C);  preatt, att (B,NH,T,T);  inp (B,T,3C);  drop, key: dropout on the probabilities
+def attention_forward(out, att, inp, B, T, C, NH, drop=0, key=0):
+    # out (B,T,C);  att (B,NH,T,T);  inp (B,T,3C);  drop, key: dropout on the probabilities
     # Per (b, h): S = q k^T / sqrt(hs) in causal blocks of rows (each up to its last key; what lies
     # above the diagonal is then set to 0), a causal softmax row by row, and out = att @ v in the
     # same blocks. BLAS runs single-threaded inside each parallel iteration.
@@ -41,21 +42,20 @@ def attention_forward(out, preatt, att, inp, B, T, C, NH, drop=0, key=0):
         h = bh % NH
         q0 = b * T * C3 + h * hs  # head h's q in batch row b; its k is C further, its v 2C
         kbuf = np.empty(T, dtype=np.float32)  # exp_shifted's scratch
-        S = preatt[bh * T * T:(bh + 1) * T * T].reshape(T, T)
+        Sf = np.empty(T * T, dtype=inp.dtype)  # this head's scores (T,T), row by row
+        S = Sf.reshape(T, T)
         P = att[bh * T * T:(bh + 1) * T * T].reshape(T, T)
         for r0 in range(0, T, CAUSAL_BLOCK):  # rows r0..r1-1 need the scores of keys 0..r1-1 only
             r1 = min(T, r0 + CAUSAL_BLOCK)
             gemm(NO_TRANS, TRANS, r1 - r0, r1, hs, scale, inp, q0 + r0 * C3, C3, inp, q0 + C, C3, 0,
-                 preatt, bh * T * T + r0 * T, T)
+                 Sf, r0 * T, T)
         for t in range(T):  # rows as slices indexed from 0, so that LLVM vectorizes the loops
             n = t + 1
             srow = S[t]
             prow = P[t]
             softmax_row(prow[:n], srow[:n], kbuf)
-            stail = srow[n:]  # the causal mask: the future gets score 0 and probability 0
-            ptail = prow[n:]
+            ptail = prow[n:]  # the causal mask: the future gets probability 0
             for i in range(T - n):
-                stail[i] = zero
                 ptail[i] = zero
         src, s0 = att, bh * T * T  # the probabilities that multiply v
         if drop > 0:

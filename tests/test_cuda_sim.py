@@ -63,7 +63,7 @@ def _every_kernel_compiles_for_a_gpu():
         M._bias_backward: (fa, fa, i, i), M._matvec: (fa, fa, fa, fa, i, i, i, b),
         S._softmax_forward: (fa, fa, i, i, i),
         S._crossentropy_forward: (fa, fa, ia, i, i), S._crossentropy_softmax_backward: (fa, fa, fa, ia, i, i, i, b),
-        AT._attention_forward: (fa,) * 4 + (i, i, i, f), AT._attention_backward_rows: (fa,) * 5 + (i, i, i, f, b),
+        AT._attention_forward: (fa,) * 3 + (i, i, i, f), AT._attention_backward_rows: (fa,) * 5 + (i, i, i, f, b),
         AT._attention_backward_keys: (fa,) * 5 + (i, i, i, f, b), D._embed_rows: (fa, ia, fa, fa, i, i),
         D._kv_write: (fa, fa, ia) + (i,) * 6, D._attend_cached: (fa,) * 4 + (ia,) + (i,) * 6 + (f,),
     }
@@ -223,13 +223,12 @@ else:
     @pytest.mark.parametrize("overwrite", [False, True])
     def test_attention(B, T, C, NH, overwrite):
         inp, dout = rand(B, T, 3 * C), rand(B, T, C)
-        out, preatt, att = np.zeros(B * T * C, F32), np.zeros(B * NH * T * T, F32), np.zeros(B * NH * T * T, F32)
-        K.attention_forward(out, preatt, att, inp, B, T, C, NH)
-        d_out, d_pre, d_att = (cuda.device_array(n, F32) for n in (B * T * C, B * NH * T * T, B * NH * T * T))
+        out, att = np.zeros(B * T * C, F32), np.zeros(B * NH * T * T, F32)
+        K.attention_forward(out, att, inp, B, T, C, NH)
+        d_out, d_att = (cuda.device_array(n, F32) for n in (B * T * C, B * NH * T * T))
         d_inp = dev(inp)
-        G.attention_forward(d_out, d_pre, d_att, d_inp, B, T, C, NH)
+        G.attention_forward(d_out, d_att, d_inp, B, T, C, NH)
         close(d_out, out, 2e-5, "att out")
-        close(d_pre, preatt, 2e-5, "preatt")
         close(d_att, att, 2e-5, "att")
         dinp, dpreatt = rand(B, T, 3 * C), np.zeros(B * NH * T * T, F32)
         d_dinp, d_dpre = dev(dinp), cuda.device_array(B * NH * T * T, F32)

@@ -85,8 +85,7 @@ def test_float32_dropout_kernels_stay_float32():
     thr, key = dropout_threshold(0.2), 77
     cases = {
         "dropout_forward": (K.dropout_forward, z(7), u(7), 7, thr, key),
-        "attention_forward": (K.attention_forward, z(T * C), z(NH * T * T), z(NH * T * T), u(T * 3 * C), B, T, C, NH,
-                              thr, key),
+        "attention_forward": (K.attention_forward, z(T * C), z(NH * T * T), u(T * 3 * C), B, T, C, NH, thr, key),
         "attention_backward": (K.attention_backward, z(T * 3 * C), z(NH * T * T), z(NH * T * T), u(T * C),
                                u(T * 3 * C), u(NH * T * T), B, T, C, NH, False, thr, key),
     }
@@ -100,8 +99,8 @@ def test_attention_with_dropout_matches_numpy_across_causal_blocks():
     hs, key = C // NH, derive_key(11, 2, 3)
     rng = np.random.default_rng(4)
     inp, dout = rng.standard_normal(B * T * 3 * C), rng.standard_normal(B * T * C)
-    out, pre, att = np.empty(B * T * C), np.empty(B * NH * T * T), np.empty(B * NH * T * T)
-    K.attention_forward(out, pre, att, inp, B, T, C, NH, dropout_threshold(p), key)
+    out, att = np.empty(B * T * C), np.empty(B * NH * T * T)
+    K.attention_forward(out, att, inp, B, T, C, NH, dropout_threshold(p), key)
     dinp = np.zeros(B * T * 3 * C)
     K.attention_backward(dinp, None, None, dout, inp, att, B, T, C, NH, True, dropout_threshold(p), key)
     mask = _mask(B * NH * T * T, p, key).reshape(B, NH, T, T) / (1 - p)

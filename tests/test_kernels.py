@@ -411,17 +411,16 @@ def test_attention(B, T, NH, hs, seed):
     x = {"inp": rand(rng, B * T * 3 * C)}
     W = rand(rng, B * T * C)
     out = np.empty(B * T * C)
-    preatt, att = np.empty(B * NH * T * T), np.empty(B * NH * T * T)
+    att = np.empty(B * NH * T * T)
 
     def loss():
-        K.attention_forward(out, preatt, att, x["inp"], B, T, C, NH)
+        K.attention_forward(out, att, x["inp"], B, T, C, NH)
         return float(np.dot(out, W))
 
     loss()
-    y, s, p = np_attention(x["inp"], B, T, C, NH)
+    y, _, p = np_attention(x["inp"], B, T, C, NH)
     np.testing.assert_allclose(out.reshape(B, T, C), y, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(att.reshape(B, NH, T, T), p, rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(preatt.reshape(B, NH, T, T), s, rtol=1e-12, atol=1e-12)
     att_s = att.copy()
     datt = rand(rng, att.size)
     dpreatt = rand(rng, att.size)
@@ -440,12 +439,12 @@ def test_attention(B, T, NH, hs, seed):
     np.testing.assert_allclose((dpreatt - dpreatt0).reshape(B, NH, T, T), 2 * ref_dpre, rtol=1e-10, atol=1e-12)
 
     x32 = f32(x)
-    o32, pre32, att32 = np.empty(B * T * C, F32), np.empty(B * NH * T * T, F32), np.empty(B * NH * T * T, F32)
-    K.attention_forward(o32, pre32, att32, x32["inp"], B, T, C, NH)
+    o32, att32 = np.empty(B * T * C, F32), np.empty(B * NH * T * T, F32)
+    K.attention_forward(o32, att32, x32["inp"], B, T, C, NH)
     assert_f32(o32, out, "attention out", rtol=1e-4)
     assert_f32(att32, att, "att", rtol=1e-4)
     gi = np.zeros(B * T * 3 * C, F32)
-    K.attention_backward(gi, np.zeros_like(pre32), np.zeros_like(att32), W.astype(F32), x32["inp"], att32, B, T, C, NH)
+    K.attention_backward(gi, np.zeros_like(att32), np.zeros_like(att32), W.astype(F32), x32["inp"], att32, B, T, C, NH)
     assert_f32(gi, g["inp"], "attention dinp", rtol=2e-4)
 
 
@@ -736,7 +735,7 @@ def test_backward_overwrite_ignores_what_the_output_held(dtype):
     r = lambda n: rand(rng, n, dtype=dtype)  # noqa: E731
     inp, w, dout, dout_oc = r(N * C), r(OC * C), r(N * C), r(N * OC)
     qkv, att_in = r(N * 3 * C), np.zeros(B * NH * T * T, dtype)
-    K.attention_forward(np.empty(N * C, dtype), np.empty(B * NH * T * T, dtype), att_in, qkv, B, T, C, NH)
+    K.attention_forward(np.empty(N * C, dtype), att_in, qkv, B, T, C, NH)
     probs = np.abs(r(N * Vp))
     targets = rng.integers(0, V, N).astype(np.int32)
     mean, rstd = np.empty(N, dtype), np.empty(N, dtype)
@@ -798,7 +797,7 @@ def test_float32_arithmetic_stays_float32():
         "bias_backward_block": (bias_backward_block, z(OC), u(T * OC), T, OC, 1, OC),
         "gemm": (gemm, NO_TRANS, TRANS, 2, 3, 4, 1, u(8), 0, 4, u(12), 0, 4, 1, z(6), 0, 3),
         "exp_shifted": (exp_shifted, u(7), F32(0.5), z(7)),
-        "attention_forward": (K.attention_forward, z(T * C), z(NH * T * T), z(NH * T * T), u(T * 3 * C), B, T, C, NH),
+        "attention_forward": (K.attention_forward, z(T * C), z(NH * T * T), u(T * 3 * C), B, T, C, NH),
         "attention_backward": (
             K.attention_backward,
             z(T * 3 * C),
@@ -860,13 +859,12 @@ def test_attention_backward_without_score_gradients(dtype):
     rng = np.random.default_rng(5)
     inp = rng.normal(size=B * T * 3 * C).astype(dtype)
     out = np.zeros(B * T * C, dtype)
-    pre = np.zeros(B * NH * T * T, dtype)
-    att = np.zeros_like(pre)
-    K.attention_forward(out, pre, att, inp, B, T, C, NH)
+    att = np.zeros(B * NH * T * T, dtype)
+    K.attention_forward(out, att, inp, B, T, C, NH)
     dout = rng.normal(size=B * T * C).astype(dtype)
     full = rng.normal(size=inp.size).astype(dtype)  # accumulation onto non-zero gradients too
     lean = full.copy()
-    K.attention_backward(full, np.zeros_like(pre), np.zeros_like(pre), dout, inp, att, B, T, C, NH)
+    K.attention_backward(full, np.zeros_like(att), np.zeros_like(att), dout, inp, att, B, T, C, NH)
     K.attention_backward(lean, None, None, dout, inp, att, B, T, C, NH)
     np.testing.assert_allclose(lean, full, rtol=1e-12 if dtype == F64 else 1e-5, atol=1e-12 if dtype == F64 else 1e-6)
     assert np.abs(lean).max() > 0

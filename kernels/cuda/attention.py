@@ -2,7 +2,8 @@
 
 Legend: B batch, T time, C channels, NH heads, hs = C/NH head size.
 inp (B,T,3C) holds q, k, v of each position; head h uses channels [h*hs, (h+1)*hs) of each.
-preatt and att (B,NH,T,T) keep the scaled scores and the probabilities, 0 above the diagonal.
+att (B,NH,T,T) keeps the probabilities, 0 above the diagonal; the forward writes each row's scaled
+scores there first and turns them into probabilities in place.
 The grid is (blocks of ATT_ROWS query rows, B*NH): a thread owns one query row of one head and does
 its scores, softmax and weighted sum of values in one pass, so no (T,T) product is a separate launch.
 """
@@ -14,7 +15,7 @@ from ._common import ATT_ROWS, F32
 
 
 @cuda.jit
-def _attention_forward(out, preatt, att, inp, T, C, NH, scale):
+def _attention_forward(out, att, inp, T, C, NH, scale):
     bh = cuda.blockIdx.y
     t = cuda.blockIdx.x * ATT_ROWS + cuda.threadIdx.x
     if t >= T:
@@ -24,7 +25,7 @@ def _attention_forward(out, preatt, att, inp, T, C, NH, scale):
     hs = C // NH
     C3 = 3 * C
     q0 = (b * T + t) * C3 + h * hs  # this row's q; key t2's k is at (b*T + t2)*3C + C + h*hs
-    a0 = (bh * T + t) * T  # this row of preatt / att
+    a0 = (bh * T + t) * T  # this row of att
     mx = F32(-math.inf)
     for t2 in range(t + 1):
         k0 = (b * T + t2) * C3 + C + h * hs
@@ -32,18 +33,17 @@ def _attention_forward(out, preatt, att, inp, T, C, NH, scale):
         for i in range(hs):
             s += inp[q0 + i] * inp[k0 + i]
         s *= scale
-        preatt[a0 + t2] = s
+        att[a0 + t2] = s
         mx = max(mx, s)
     total = F32(0)
     for t2 in range(t + 1):
-        e = math.exp(preatt[a0 + t2] - mx)
+        e = math.exp(att[a0 + t2] - mx)
         att[a0 + t2] = e
         total += e
     inv = F32(1) / total
     for t2 in range(t + 1):
         att[a0 + t2] *= inv
-    for t2 in range(t + 1, T):  # the causal mask: the future gets score 0 and probability 0
-        preatt[a0 + t2] = F32(0)
+    for t2 in range(t + 1, T):  # the causal mask: the future gets probability 0
         att[a0 + t2] = F32(0)
     y0 = (b * T + t) * C + h * hs
     for i in range(hs):
@@ -53,10 +53,10 @@ def _attention_forward(out, preatt, att, inp, T, C, NH, scale):
         out[y0 + i] = s
 
 
-def attention_forward(out, preatt, att, inp, B, T, C, NH):
-    # out (B,T,C);  preatt, att (B,NH,T,T);  inp (B,T,3C)
+def attention_forward(out, att, inp, B, T, C, NH):
+    # out (B,T,C);  att (B,NH,T,T);  inp (B,T,3C)
     scale = F32(1.0 / math.sqrt(C // NH))
-    _attention_forward[((T + ATT_ROWS - 1) // ATT_ROWS, B * NH), ATT_ROWS](out, preatt, att, inp, T, C, NH, scale)
+    _attention_forward[((T + ATT_ROWS - 1) // ATT_ROWS, B * NH), ATT_ROWS](out, att, inp, T, C, NH, scale)
 
 
 @cuda.jit
