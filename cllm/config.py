@@ -95,17 +95,18 @@ class ModelConfig:
         # kernels overwrite each buffer before adding to it (cllm/model.py's _backward_graph). "residual"
         # is the residual stream's gradient, from the last layer's output down to the embeddings.
         # Not kept: the scores' and probabilities' gradients (attention's backward never needs them),
-        # the softmax output's (the fused cross-entropy backward writes the logits' gradient at once)
+        # the softmax output's and the logits' (the fused cross-entropy backward turns the forward's
+        # probabilities into the logits' gradient in place: at GPT-2 small's size, B=4 T=256, 196 MiB)
         # and the LayerNorm statistics' (their backward reads the forward's statistics).
         # Nor the residual connections' outputs': "residual" passes through them and the LayerNorms add
         # into it in place. "dropped" holds a projection's output gradient through its dropout mask
         # (with dropout only; the attention and MLP projections use it in turn).
-        C, Vp = self.embed_dim, self.padded_vocab_size
+        C = self.embed_dim
         return {
             "residual": (B, T, C),
             "ln1": (B, T, C), "qkv": (B, T, 3 * C), "atty": (B, T, C),
             "ln2": (B, T, C), "fch": (B, T, 4 * C), "fch_gelu": (B, T, 4 * C), "dropped": (B, T, C),
-            "lnf": (B, T, C), "logits": (B, T, Vp), "losses": (B, T),
+            "lnf": (B, T, C), "losses": (B, T),
         }
 
     def num_activations(self, B: int, T: int) -> int:

@@ -20,7 +20,7 @@ import threading
 import numpy as np
 
 from cllm.errors import CLLMError, ConfigError, MissingDependencyError
-from cllm.model import Model, _carve
+from cllm.model import BACKWARD_NEEDS_FORWARD, Model, _carve
 from cllm.optim import AdamW
 
 
@@ -306,9 +306,10 @@ class CudaModel:
     def backward(self) -> None:
         """Accumulates d(mean loss)/d(params) into the device's grads, as Model.backward."""
         if not self._has_targets:
-            raise RuntimeError("backward() needs a forward(idx, targets) first")
+            raise RuntimeError(BACKWARD_NEEDS_FORWARD)
         _bind(self.gpu)
         self._backward_graph(self.p, self.g, self.da, self.dga, self._inputs, self._targets, self.B, self.T)
+        self._has_targets = False
 
     def _attention_forward(self, al: dict, B: int, T: int, l: int) -> None:
         cfg = self.config

@@ -26,6 +26,7 @@ from kernels.dropout import dropout_threshold
 DROP_EMBEDDING, DROP_ATTENTION, DROP_ATTPROJ, DROP_FCPROJ = range(4)
 MATRIX_PARAMS = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")  # weight-decayed, normal init
 RESIDUAL_PROJECTIONS = ("attprojw", "fcprojw")  # init std scaled by 1/sqrt(2L) (GPT-2)
+BACKWARD_NEEDS_FORWARD = "backward() needs a forward(idx, targets) first (one backward per forward)"
 
 
 def _carve(buffer: np.ndarray, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
@@ -184,13 +185,16 @@ class Model:
         return logits, self.mean_loss
 
     def backward(self) -> None:
-        """Accumulates d(mean loss)/d(params) into grads (call zero_grad() first for a fresh step)."""
+        """Accumulates d(mean loss)/d(params) into grads (call zero_grad() first for a fresh step).
+        One backward per forward, as in PyTorch: it turns the forward's probabilities into the logits'
+        gradient in place, so a second one needs a new forward."""
         if self.targets is None:
-            raise RuntimeError("backward() needs a forward(idx, targets) first")
+            raise RuntimeError(BACKWARD_NEEDS_FORWARD)
         if self.grad_acts is None:
             self.grad_acts = np.zeros(sum(math.prod(v) for v in self._grad_shapes.values()), dtype=self.dtype)
             self.ga = _carve(self.grad_acts, self._grad_shapes)
         self._backward_graph(self.p, self.g, self.a, self.ga, self.inputs, self.targets, self.B, self.T)
+        self.targets = None
 
     # ---------------------------------------------------------------- the graph
     # GPT-2's graph, once, for every device: `self.ops` is the kernel set (kernels/ here, kernels/cuda
@@ -235,8 +239,9 @@ class Model:
         L, C, V, Vp = cfg.num_layers, cfg.embed_dim, cfg.vocab_size, cfg.padded_vocab_size
         drop, key = self.drop, self._site_key
         ops.fill_inplace(ga["losses"], 1.0 / (B * T))  # d(mean)/d(each loss)
-        ops.crossentropy_softmax_backward(ga["logits"], ga["losses"], a["probs"], targets, B, T, V, Vp, True)
-        ops.matmul_backward(ga["lnf"], g["wte"], None, ga["logits"], a["lnf"], p["wte"], B, T, C, Vp, True)
+        # the probabilities become the logits' gradient in place: nothing reads them after this
+        ops.crossentropy_softmax_backward_inplace(a["probs"], ga["losses"], targets, B, T, V, Vp)
+        ops.matmul_backward(ga["lnf"], g["wte"], None, a["probs"], a["lnf"], p["wte"], B, T, C, Vp, True)
         # ga holds one layer's activation gradients, which every layer reuses, and the residual stream's
         # gradient ga["residual"]: the last layer's output's, then each layer turns it into its input's
         dres = ga["residual"]

@@ -13,7 +13,12 @@ from .layernorm import layernorm_backward, layernorm_forward
 from .matmul import matmul_backward, matmul_forward, matmul_gelu_forward
 from .quant import dequantize_q8, matvec_q8_forward, quantize_q8
 from .residual import residual_forward
-from .softmax import crossentropy_forward, crossentropy_softmax_backward, softmax_forward
+from .softmax import (
+    crossentropy_forward,
+    crossentropy_softmax_backward,
+    crossentropy_softmax_backward_inplace,
+    softmax_forward,
+)
 
 __all__ = [
     "adamw_update", "grad_norm_squared", "scale_inplace", "fill_inplace",
@@ -24,4 +29,5 @@ __all__ = [
     "matmul_gelu_forward",
     "residual_forward", "quantize_q8", "dequantize_q8", "matvec_q8_forward",
     "softmax_forward", "crossentropy_forward", "crossentropy_softmax_backward",
+    "crossentropy_softmax_backward_inplace",
 ]

@@ -48,3 +48,23 @@ def crossentropy_softmax_backward(dlogits, dlosses, probs, targets, B, T, V, Vp,
             pad = dlogits[bt * Vp + V:(bt + 1) * Vp]
             for i in range(Vp - V):
                 pad[i] = zero
+
+
+@njit(**PJIT)
+def crossentropy_softmax_backward_inplace(probs, dlosses, targets, B, T, V, Vp):
+    # probs (B,T,Vp) becomes dlogits = (probs - onehot(target)) * dlosses, the padded columns 0: what
+    # crossentropy_softmax_backward with overwrite writes, without a (B,T,Vp) buffer of its own (the
+    # training backward reads the probabilities nowhere else). One array read and written at the same
+    # index: two arrays that overlap would send LLVM's vectorized loop to its scalar fallback.
+    one = probs.dtype.type(1)
+    zero = probs.dtype.type(0)
+    for bt in prange(B * T):
+        d = dlosses[bt]
+        g = probs[bt * Vp:(bt + 1) * Vp]
+        ix = targets[bt]
+        p_target = g[ix]
+        for i in range(V):
+            g[i] *= d
+        g[ix] = (p_target - one) * d  # one rounding, as (p - 1) * d in crossentropy_softmax_backward
+        for i in range(V, Vp):
+            g[i] = zero

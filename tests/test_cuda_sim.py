@@ -275,6 +275,9 @@ else:
         K.crossentropy_softmax_backward(dlogits, dlosses, probs, targets, B, T, V, Vp, overwrite)
         G.crossentropy_softmax_backward(d_dlogits, dev(dlosses), dev(probs), d_t, B, T, V, Vp, overwrite)
         close(d_dlogits, dlogits, 1e-6, "dlogits")
+        if overwrite:  # the model's form: the probabilities become the logits' gradient in place
+            G.crossentropy_softmax_backward_inplace(d_probs, dev(dlosses), d_t, B, T, V, Vp)
+            close(d_probs, dlogits, 1e-6, "dlogits in place")
 
     def test_adamw_and_grad_norm():
         N = 37

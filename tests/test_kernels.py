@@ -576,6 +576,17 @@ def test_softmax_crossentropy(B, T, V, pad, seed):
     K.crossentropy_softmax_backward(d32, dlosses.astype(F32), p32, targets, B, T, V, Vp)
     assert_f32(d32, g["logits"], "dlogits", rtol=1e-5)
 
+    # in place (the model's backward): the probabilities become what the overwrite form writes, the
+    # padded columns 0 whatever they held. To 4 rounding units, not bit for bit: the two loops are
+    # vectorized differently, and vector and scalar code may contract a multiply-add differently.
+    for pr, dl in ((probs_s, dlosses), (p32, dlosses.astype(F32))):
+        want = np.full_like(pr, np.nan)
+        K.crossentropy_softmax_backward(want, dl, pr, targets, B, T, V, Vp, True)
+        got = pr.copy()
+        got.reshape(N, Vp)[:, V:] = np.nan
+        K.crossentropy_softmax_backward_inplace(got, dl, targets, B, T, V, Vp)
+        np.testing.assert_allclose(got, want, rtol=4 * np.finfo(pr.dtype).eps, atol=0)
+
 
 # ------------------------------------------------------------------ AdamW
 def adamw_textbook(p, g, m, v, lr, b1, b2, eps, wd, t):
@@ -827,6 +838,8 @@ def test_float32_arithmetic_stays_float32():
             V,
             Vp,
         ),
+        "crossentropy_softmax_backward_inplace": (K.crossentropy_softmax_backward_inplace, u(T * Vp), u(T), tok,
+                                                  B, T, V, Vp),
     }
     promoted = {name: v for name, (k, *args) in cases.items() if (v := _float64_variables(k, *args))}
     assert not promoted, f"float64 arithmetic inside float32 kernels: {promoted}"

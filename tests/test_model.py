@@ -84,9 +84,24 @@ def test_backward_accumulates(model64):
     m = model64
     idx, tgt = batch(m.config, 2, 4, 5)
     _, g1 = loss_and_grads(m, idx, tgt)
-    m.backward()  # a second backward without zero_grad adds the same gradient again
+    m.forward(idx, tgt)
+    m.backward()  # a second step without zero_grad adds the same gradient again
     np.testing.assert_allclose(m.grads, 2 * g1, rtol=1e-12, atol=1e-15)
     assert np.any(g1 != 0)
+
+
+def test_one_backward_per_forward(model64):
+    # the backward turns the forward's probabilities into the logits' gradient in place (as PyTorch
+    # frees its graph): a second backward must refuse rather than use those as probabilities
+    m = model64
+    idx, tgt = batch(m.config, 2, 4, 5)
+    m.zero_grad()
+    m.forward(idx, tgt)
+    m.backward()
+    grads = m.grads.copy()
+    with pytest.raises(RuntimeError, match="one backward per forward"):
+        m.backward()
+    np.testing.assert_array_equal(m.grads, grads)
 
 
 def test_loss_matches_numpy_softmax(model64):

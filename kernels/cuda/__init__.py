@@ -19,11 +19,17 @@ from .elementwise import (
 )
 from .layernorm import layernorm_backward, layernorm_forward
 from .matmul import gemm, linear, matmul_backward, matmul_forward, matmul_gelu_forward
-from .softmax import crossentropy_forward, crossentropy_softmax_backward, softmax_forward
+from .softmax import (
+    crossentropy_forward,
+    crossentropy_softmax_backward,
+    crossentropy_softmax_backward_inplace,
+    softmax_forward,
+)
 
 __all__ = [
     "NORM_BLOCKS", "adamw_update", "attention_backward", "attention_forward", "crossentropy_forward",
-    "crossentropy_softmax_backward", "encoder_backward", "encoder_forward", "fill_inplace", "forward_rows",
+    "crossentropy_softmax_backward", "crossentropy_softmax_backward_inplace", "encoder_backward", "encoder_forward",
+    "fill_inplace", "forward_rows",
     "gelu_backward", "gelu_forward", "gemm", "grad_norm_squared", "layernorm_backward", "layernorm_forward", "linear",
     "matmul_backward", "matmul_forward", "matmul_gelu_forward", "residual_forward", "scale_inplace", "scratch",
     "softmax_forward",

@@ -68,3 +68,9 @@ def crossentropy_softmax_backward(dlogits, dlosses, probs, targets, B, T, V, Vp,
     # instead and the padded columns set to 0
     _crossentropy_softmax_backward[blocks(B * T * Vp), THREADS](dlogits, dlosses, probs, targets, B * T, V, Vp,
                                                                 overwrite)
+
+
+def crossentropy_softmax_backward_inplace(probs, dlosses, targets, B, T, V, Vp):
+    # probs (B,T,Vp) becomes the logits' gradient, as kernels/softmax.py's kernel of this name: each
+    # thread reads its element before it writes it, so the out-of-place kernel serves
+    _crossentropy_softmax_backward[blocks(B * T * Vp), THREADS](probs, dlosses, probs, targets, B * T, V, Vp, True)
