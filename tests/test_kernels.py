@@ -684,7 +684,7 @@ def test_serial_and_parallel_paths_agree():
     rng = np.random.default_rng(0)
     C = 64
     rows = 2 * PARALLEL_MIN_WORK // C + 3  # the whole: above the threshold
-    chunk = PARALLEL_MIN_WORK // C // 8  # each piece: below it (also below adamw's quarter)
+    chunk = PARALLEL_MIN_WORK // C // 8  # each piece: below it
     N = rows * C
     a, b, d = rand(rng, N, dtype=F32), rand(rng, N, dtype=F32), rand(rng, N, dtype=F32)
     w, bias = rand(rng, C, dtype=F32), rand(rng, C, dtype=F32)
@@ -723,15 +723,17 @@ def test_serial_and_parallel_paths_agree():
     np.testing.assert_array_equal(dw, sw)  # the same additions in the same order (rows, serially)
     np.testing.assert_array_equal(db, sb)
 
-    p1, m1, v1 = a.copy(), np.abs(b) * 0.1, np.abs(d) * 0.01
+    # AdamW's threshold is 4 x PARALLEL_MIN_WORK (kernels/adamw.py): a whole above it, pieces below
+    M = 4 * PARALLEL_MIN_WORK + 3 * C
+    ga, gb, gd = (np.resize(x, M) for x in (a, b, d))
+    p1, m1, v1 = ga.copy(), np.abs(gb) * 0.1, np.abs(gd) * 0.01
     p2, m2, v2 = p1.copy(), m1.copy(), v1.copy()
-    K.adamw_update(p1, d, m1, v1, 1e-3, 0.9, 0.95, 1e-8, 0.1, 3)
-    pieces(
-        lambda r0, r1: K.adamw_update(
-            span(p2, r0, r1), span(d, r0, r1), span(m2, r0, r1), span(v2, r0, r1), 1e-3, 0.9, 0.95, 1e-8, 0.1, 3
-        )
-    )
+    K.adamw_update(p1, gd, m1, v1, 1e-3, 0.9, 0.95, 1e-8, 0.1, 3)
+    for i0 in range(0, M, chunk * C):
+        i1 = min(M, i0 + chunk * C)
+        K.adamw_update(p2[i0:i1], gd[i0:i1], m2[i0:i1], v2[i0:i1], 1e-3, 0.9, 0.95, 1e-8, 0.1, 3)
     np.testing.assert_array_equal(p1, p2)
+    np.testing.assert_array_equal(m1, m2)
     np.testing.assert_array_equal(v1, v2)
 
 
