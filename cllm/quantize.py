@@ -50,7 +50,7 @@ def quantize_weights(model: Model) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     out = {}
     for name in QUANTIZED:
         rows, cols = _matrix(model.shapes[name])
-        out[name] = K.quantize_q8(model.p[name], rows, cols)
+        out[name] = K.quantize_int8_rows(model.p[name], rows, cols)
     return out
 
 
@@ -58,7 +58,7 @@ def dequantize_in_place(model: Model) -> None:
     """Replace the float model's QUANTIZED matrices by their int8 values times their scales."""
     for name, (q, scales) in quantize_weights(model).items():
         rows, cols = _matrix(model.shapes[name])
-        K.dequantize_q8(model.p[name], q, scales, rows, cols)
+        K.dequantize_int8_rows(model.p[name], q, scales, rows, cols)
 
 
 class Int8Model:

@@ -11,7 +11,7 @@ from .encoder import encoder_backward, encoder_forward
 from .gelu import gelu_backward, gelu_forward
 from .layernorm import layernorm_backward, layernorm_forward
 from .matmul import matmul_backward, matmul_forward, matmul_gelu_forward
-from .quant import dequantize_q8, matvec_q8_forward, quantize_q8
+from .quant import dequantize_int8_rows, matvec_int8_forward, quantize_int8_rows
 from .residual import residual_forward
 from .softmax import (
     crossentropy_forward,
@@ -27,7 +27,7 @@ __all__ = [
     "encoder_forward", "encoder_backward", "gelu_forward", "gelu_backward",
     "layernorm_forward", "layernorm_backward", "matmul_forward", "matmul_backward",
     "matmul_gelu_forward",
-    "residual_forward", "quantize_q8", "dequantize_q8", "matvec_q8_forward",
+    "residual_forward", "quantize_int8_rows", "dequantize_int8_rows", "matvec_int8_forward",
     "softmax_forward", "crossentropy_forward", "crossentropy_softmax_backward",
     "crossentropy_softmax_backward_inplace",
 ]

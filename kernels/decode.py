@@ -17,7 +17,7 @@ from .fastexp import softmax_row
 from .gelu import gelu_span
 from .layernorm import layernorm_row
 from .matmul import PARALLEL_MATVEC_MIN, ROW_BLOCKS, matmul_forward
-from .quant import dequantize_q8, matvec_q8_forward
+from .quant import dequantize_int8_rows, matvec_int8_forward
 
 
 @njit(**JIT)
@@ -107,7 +107,7 @@ def _linear(out, x, weight, scales, bias, R, C, OC, wbuf):
         matmul_forward(out, x, weight, bias, 1, R, C, OC)
     else:
         w = wbuf[:OC * C]
-        dequantize_q8(w, weight, scales, OC, C)
+        dequantize_int8_rows(w, weight, scales, OC, C)
         matmul_forward(out, x, w, bias, 1, R, C, OC)
 
 
@@ -117,7 +117,7 @@ def _matvec(out, x, weight, scales, bias, R, C, OC):
     if scales is None:
         matvec_forward(out, x, weight, bias, R, C, OC)
     else:
-        matvec_q8_forward(out, x, weight, scales, bias, R, C, OC)
+        matvec_int8_forward(out, x, weight, scales, bias, R, C, OC)
 
 
 @njit(**JIT)

@@ -21,7 +21,7 @@ from .matmul import PARALLEL_MATVEC_MIN, ROW_BLOCKS
 
 
 @njit(**JIT)
-def quantize_q8(w, OC, C):
+def quantize_int8_rows(w, OC, C):
     # w (OC,C) float -> (q int8 (OC,C), scales float32 (OC)): each row's weights rounded to the
     # nearest multiple of its scale, absmax/127, so that the row's largest weight is +-127.
     q = np.empty(OC * C, dtype=np.int8)
@@ -40,7 +40,7 @@ def quantize_q8(w, OC, C):
 
 
 @njit(**JIT)
-def dequantize_q8(out, q, scales, OC, C):
+def dequantize_int8_rows(out, q, scales, OC, C):
     # out (OC,C) float = q * its row's scale
     dt = out.dtype.type
     for o in range(OC):
@@ -50,7 +50,7 @@ def dequantize_q8(out, q, scales, OC, C):
 
 
 @njit(**JIT)
-def _matvec_q8_block(out, x, q, scales, bias, nb, C, OC, o0, o1):
+def _matvec_int8_block(out, x, q, scales, bias, nb, C, OC, o0, o1):
     # out[b, o0:o1] = dequantized weight rows o0:o1 @ x[b] + bias[o0:o1], for each of the nb rows:
     # a row's int8 products summed in float32, then scaled once. One weight row at a time against
     # every sequence, as the float product, so the int8 weights are read once per step.
@@ -69,17 +69,17 @@ def _matvec_q8_block(out, x, q, scales, bias, nb, C, OC, o0, o1):
 
 
 @njit(**PJIT)
-def _matvec_q8_parallel(out, x, q, scales, bias, nb, C, OC):
+def _matvec_int8_parallel(out, x, q, scales, bias, nb, C, OC):
     for blk in prange(ROW_BLOCKS):
-        _matvec_q8_block(out, x, q, scales, bias, nb, C, OC, blk * OC // ROW_BLOCKS, (blk + 1) * OC // ROW_BLOCKS)
+        _matvec_int8_block(out, x, q, scales, bias, nb, C, OC, blk * OC // ROW_BLOCKS, (blk + 1) * OC // ROW_BLOCKS)
 
 
 @njit(**JIT)
-def matvec_q8_forward(out, x, q, scales, bias, nb, C, OC):
+def matvec_int8_forward(out, x, q, scales, bias, nb, C, OC):
     # out (nb,OC) float32 = x (nb,C) float32 @ W^T + bias (OC), W (OC,C) given as q int8 (OC,C) and
     # scales (OC); bias may be None. Split over output channels above the size where a thread
     # launch pays, as kernels/decode.py's matvec_forward.
     if OC * C >= PARALLEL_MATVEC_MIN and ROW_BLOCKS > 1:
-        _matvec_q8_parallel(out, x, q, scales, bias, nb, C, OC)
+        _matvec_int8_parallel(out, x, q, scales, bias, nb, C, OC)
     else:
-        _matvec_q8_block(out, x, q, scales, bias, nb, C, OC, 0, OC)
+        _matvec_int8_block(out, x, q, scales, bias, nb, C, OC, 0, OC)

@@ -12,7 +12,7 @@ from cllm.model import Model
 from cllm.quantize import Int8Model, dequantize_in_place
 
 
-def numpy_q8(w: np.ndarray):
+def numpy_int8_rows(w: np.ndarray):
     """Reference int8 of a (rows, cols) matrix: per row, scale absmax/127 and weights rounded to the
     nearest multiple of it. Returns (q (rows, cols) int, scales (rows,))."""
     d = (np.abs(w.astype(np.float64)).max(axis=1) / 127.0).astype(np.float32)
@@ -27,13 +27,13 @@ def test_quantizer_matches_numpy_and_bounds_the_error(rows, cols):
     w = rng.standard_normal((rows, cols)).astype(np.float32)
     w[1, 3] = 9.0  # an outlier sets its row's grid
     w[2, :] = 0.0  # an all-zero row: scale 0, no division by zero
-    q, scales = K.quantize_q8(w.ravel(), rows, cols)
-    q_ref, s_ref = numpy_q8(w)
+    q, scales = K.quantize_int8_rows(w.ravel(), rows, cols)
+    q_ref, s_ref = numpy_int8_rows(w)
     np.testing.assert_array_equal(scales, s_ref)
     np.testing.assert_array_equal(q.reshape(rows, cols).astype(np.int64), q_ref)
     assert np.abs(q).max() <= 127 and scales[1] == pytest.approx(9.0 / 127) and scales[2] == 0
     deq = np.empty(rows * cols, dtype=np.float32)
-    K.dequantize_q8(deq, q, scales, rows, cols)
+    K.dequantize_int8_rows(deq, q, scales, rows, cols)
     assert np.all(np.abs(deq.reshape(rows, cols) - w) <= s_ref[:, None] / 2 * (1 + 1e-5))
 
 
@@ -43,13 +43,13 @@ def test_int8_matvec_equals_numpy_on_the_dequantized_weights(nb, C, OC):
     w = rng.standard_normal((OC, C)).astype(np.float32) * 0.05
     x = rng.standard_normal((nb, C)).astype(np.float32)
     bias = rng.standard_normal(OC).astype(np.float32)
-    q, scales = K.quantize_q8(w.ravel(), OC, C)
-    q_ref, s_ref = numpy_q8(w)
+    q, scales = K.quantize_int8_rows(w.ravel(), OC, C)
+    q_ref, s_ref = numpy_int8_rows(w)
     w_deq = q_ref * s_ref.astype(np.float64)[:, None]
     want = x.astype(np.float64) @ w_deq.T + bias
     for b in (bias, None):
         out = np.empty(nb * OC, dtype=np.float32)
-        K.matvec_q8_forward(out, x.ravel(), q, scales, b, nb, C, OC)
+        K.matvec_int8_forward(out, x.ravel(), q, scales, b, nb, C, OC)
         expected = want if b is not None else want - bias
         np.testing.assert_allclose(out.reshape(nb, OC), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
