@@ -211,24 +211,21 @@ class Model:
             ops.dropout_forward(a["encoded"], a["encoded"], B * T * C, drop, key(0, DROP_EMBEDDING))
         residual = a["encoded"]
         for l in range(L):
+            # three parallel regions per layer: LayerNorm 1 with the qkv product, attention, and the
+            # rest of the block row by row (kernels/block.py has the sequence of kernels each stands for)
             pl, al = self._layer(p, l), self._layer_acts(a, l)
-            ops.layernorm_forward(al["ln1"], al["ln1_mean"], al["ln1_rstd"], residual, pl["ln1w"], pl["ln1b"], B, T, C)
-            ops.matmul_forward(al["qkv"], al["ln1"], pl["qkvw"], pl["qkvb"], B, T, C, 3 * C)
+            ops.layernorm_matmul_forward(al["ln1"], al["ln1_mean"], al["ln1_rstd"], al["qkv"], residual, pl["ln1w"],
+                                         pl["ln1b"], pl["qkvw"], pl["qkvb"], B, T, C, 3 * C)
             self._attention_forward(al, B, T, l)
-            ops.matmul_forward(al["attproj"], al["atty"], pl["attprojw"], pl["attprojb"], B, T, C, C)
-            if drop:  # in place, as for the MLP's projection below: matmul_backward reads inputs only
-                ops.dropout_forward(al["attproj"], al["attproj"], B * T * C, drop, key(l, DROP_ATTPROJ))
-            ops.residual_forward(al["residual2"], residual, al["attproj"], B * T * C)
-            ops.layernorm_forward(al["ln2"], al["ln2_mean"], al["ln2_rstd"], al["residual2"], pl["ln2w"], pl["ln2b"],
-                                  B, T, C)
-            ops.matmul_gelu_forward(al["fch"], al["fch_gelu"], al["ln2"], pl["fcw"], pl["fcb"], B, T, C, 4 * C)
-            ops.matmul_forward(al["fcproj"], al["fch_gelu"], pl["fcprojw"], pl["fcprojb"], B, T, 4 * C, C)
-            if drop:
-                ops.dropout_forward(al["fcproj"], al["fcproj"], B * T * C, drop, key(l, DROP_FCPROJ))
-            ops.residual_forward(al["residual3"], al["residual2"], al["fcproj"], B * T * C)
+            # the projections' dropout is in place: matmul_backward reads inputs only
+            ops.block_tail_forward(al["attproj"], al["residual2"], al["ln2"], al["ln2_mean"], al["ln2_rstd"], al["fch"],
+                                   al["fch_gelu"], al["fcproj"], al["residual3"], al["atty"], residual,
+                                   pl["attprojw"], pl["attprojb"], pl["ln2w"], pl["ln2b"], pl["fcw"], pl["fcb"],
+                                   pl["fcprojw"], pl["fcprojb"], B, T, C, drop, key(l, DROP_ATTPROJ),
+                                   key(l, DROP_FCPROJ))
             residual = al["residual3"]
-        ops.layernorm_forward(a["lnf"], a["lnf_mean"], a["lnf_rstd"], residual, p["lnfw"], p["lnfb"], B, T, C)
-        ops.matmul_forward(a["logits"], a["lnf"], p["wte"], None, B, T, C, cfg.padded_vocab_size)
+        ops.layernorm_matmul_forward(a["lnf"], a["lnf_mean"], a["lnf_rstd"], a["logits"], residual, p["lnfw"],
+                                     p["lnfb"], p["wte"], None, B, T, C, cfg.padded_vocab_size)
 
     def _backward_graph(self, p: dict, g: dict, a: dict, ga: dict, inputs, targets, B: int, T: int) -> None:
         """The mean loss's gradients: into the parameter gradients g (+=) through the activation gradients ga.

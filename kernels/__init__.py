@@ -5,6 +5,7 @@ OC output channels, N element count.
 """
 from .adamw import adamw_update, fill_inplace, grad_norm_squared, scale_inplace
 from .attention import attention_backward, attention_forward
+from .block import block_tail_forward, layernorm_matmul_forward
 from .decode import decode_step, prefill
 from .dropout import derive_key, dropout_backward, dropout_forward
 from .encoder import encoder_backward, encoder_forward
@@ -26,7 +27,7 @@ __all__ = [
     "dropout_forward", "dropout_backward", "derive_key",
     "encoder_forward", "encoder_backward", "gelu_forward", "gelu_backward",
     "layernorm_forward", "layernorm_backward", "matmul_forward", "matmul_backward",
-    "matmul_gelu_forward",
+    "matmul_gelu_forward", "layernorm_matmul_forward", "block_tail_forward",
     "residual_forward", "quantize_int8_rows", "dequantize_int8_rows", "matvec_int8_forward",
     "softmax_forward", "crossentropy_forward", "crossentropy_softmax_backward",
     "crossentropy_softmax_backward_inplace",

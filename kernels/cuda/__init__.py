@@ -7,6 +7,7 @@ imported), which is how the tests run them. Legend as in kernels/_common.py.
 """
 from .adamw import NORM_BLOCKS, adamw_update, grad_norm_squared
 from .attention import attention_backward, attention_forward
+from .block import block_tail_forward, layernorm_matmul_forward
 from .decode import forward_rows, scratch
 from .elementwise import (
     encoder_backward,
@@ -27,10 +28,10 @@ from .softmax import (
 )
 
 __all__ = [
-    "NORM_BLOCKS", "adamw_update", "attention_backward", "attention_forward", "crossentropy_forward",
-    "crossentropy_softmax_backward", "crossentropy_softmax_backward_inplace", "encoder_backward", "encoder_forward",
-    "fill_inplace", "forward_rows",
-    "gelu_backward", "gelu_forward", "gemm", "grad_norm_squared", "layernorm_backward", "layernorm_forward", "linear",
+    "NORM_BLOCKS", "adamw_update", "attention_backward", "attention_forward", "block_tail_forward",
+    "crossentropy_forward", "crossentropy_softmax_backward", "crossentropy_softmax_backward_inplace",
+    "encoder_backward", "encoder_forward", "fill_inplace", "forward_rows", "gelu_backward", "gelu_forward", "gemm",
+    "grad_norm_squared", "layernorm_backward", "layernorm_forward", "layernorm_matmul_forward", "linear",
     "matmul_backward", "matmul_forward", "matmul_gelu_forward", "residual_forward", "scale_inplace", "scratch",
     "softmax_forward",
 ]
