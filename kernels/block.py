@@ -12,20 +12,12 @@ VM). The backward cannot follow: each weight gradient needs every row of its out
 """
 from numba import njit, prange
 
-from ._common import JIT, PJIT, ROW_BLOCKS
-from .dropout import _apply, keep_scale
+from ._common import PJIT, ROW_BLOCKS
+from .dropout import dropout_span, keep_scale
 from .gelu import gelu_span
-from .layernorm import layernorm_row
+from .layernorm import layernorm_rows
 from .matmul import linear_rows
-from .residual import _add
-
-
-@njit(**JIT)
-def _layernorm_rows(out, mean, rstd, inp, weight, bias, C, r0, r1):
-    for bt in range(r0, r1):
-        m, r = layernorm_row(out, inp, weight, bias, bt * C, C)
-        mean[bt] = m
-        rstd[bt] = r
+from .residual import add_span
 
 
 @njit(**PJIT)
@@ -37,7 +29,7 @@ def layernorm_matmul_forward(ln, mean, rstd, out, inp, lnw, lnb, weight, bias, B
     for blk in prange(nblk):
         r0 = blk * BT // nblk
         r1 = (blk + 1) * BT // nblk
-        _layernorm_rows(ln, mean, rstd, inp, lnw, lnb, C, r0, r1)
+        layernorm_rows(ln, mean, rstd, inp, lnw, lnb, C, r0, r1)
         linear_rows(out, ln, weight, bias, C, OC, r0, r1)
 
 
@@ -62,12 +54,12 @@ def block_tail_forward(attproj, residual2, ln2, ln2_mean, ln2_rstd, fch, fch_gel
         rows = slice(r0 * C, r1 * C)  # this block's elements of every (B,T,C) tensor
         linear_rows(attproj, atty, attprojw, attprojb, C, C, r0, r1)
         if drop > 0:
-            _apply(attproj[rows], attproj[rows], key_attproj, r0 * C, drop, scale)
-        _add(residual2[rows], residual[rows], attproj[rows])
-        _layernorm_rows(ln2, ln2_mean, ln2_rstd, residual2, ln2w, ln2b, C, r0, r1)
+            dropout_span(attproj[rows], attproj[rows], key_attproj, r0 * C, drop, scale)
+        add_span(residual2[rows], residual[rows], attproj[rows])
+        layernorm_rows(ln2, ln2_mean, ln2_rstd, residual2, ln2w, ln2b, C, r0, r1)
         linear_rows(fch, ln2, fcw, fcb, C, C4, r0, r1)
         gelu_span(fch_gelu[r0 * C4:r1 * C4], fch[r0 * C4:r1 * C4])
         linear_rows(fcproj, fch_gelu, fcprojw, fcprojb, C4, C, r0, r1)
         if drop > 0:
-            _apply(fcproj[rows], fcproj[rows], key_fcproj, r0 * C, drop, scale)
-        _add(residual3[rows], residual2[rows], fcproj[rows])
+            dropout_span(fcproj[rows], fcproj[rows], key_fcproj, r0 * C, drop, scale)
+        add_span(residual3[rows], residual2[rows], fcproj[rows])

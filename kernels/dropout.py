@@ -64,7 +64,7 @@ def keep_scale(x, threshold):
 
 
 @njit(**JIT)
-def _apply(out, inp, key, i0, threshold, scale):
+def dropout_span(out, inp, key, i0, threshold, scale):
     # out[i] = inp[i] * scale where element i0 + i is kept, else 0 (a block of one stream)
     zero = out.dtype.type(0)
     for i in range(out.size):
@@ -77,12 +77,12 @@ def dropout_forward(out, inp, N, threshold, key):
     # dropout_threshold(p), key from derive_key. One contiguous block per thread, or one for a small N.
     scale = keep_scale(out, threshold)
     if N < PARALLEL_MIN_WORK:
-        _apply(out[:N], inp[:N], key, 0, threshold, scale)
+        dropout_span(out[:N], inp[:N], key, 0, threshold, scale)
         return
     for blk in prange(ROW_BLOCKS):
         i0 = blk * N // ROW_BLOCKS
         i1 = (blk + 1) * N // ROW_BLOCKS
-        _apply(out[i0:i1], inp[i0:i1], key, i0, threshold, scale)
+        dropout_span(out[i0:i1], inp[i0:i1], key, i0, threshold, scale)
 
 
 @njit(**JIT)  # dropout_forward below runs the blocks in parallel

@@ -31,12 +31,18 @@ def layernorm_row(out, inp, weight, bias, o, C):
     return m, r
 
 
+@njit(**JIT)
+def layernorm_rows(out, mean, rstd, inp, weight, bias, C, r0, r1):
+    # rows r0..r1-1 of layernorm_forward, on the calling thread (kernels/block.py runs it per thread)
+    for bt in range(r0, r1):
+        mean[bt], rstd[bt] = layernorm_row(out, inp, weight, bias, bt * C, C)
+
+
 @njit(**PJIT)
 def layernorm_forward(out, mean, rstd, inp, weight, bias, B, T, C):
     # out, inp (B,T,C);  mean, rstd (B,T) saved for the backward;  weight, bias (C)
     if B * T * C < PARALLEL_MIN_WORK:
-        for bt in range(B * T):
-            mean[bt], rstd[bt] = layernorm_row(out, inp, weight, bias, bt * C, C)
+        layernorm_rows(out, mean, rstd, inp, weight, bias, C, 0, B * T)
         return
     for bt in prange(B * T):
         m, r = layernorm_row(out, inp, weight, bias, bt * C, C)

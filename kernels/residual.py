@@ -11,7 +11,7 @@ from .matmul import ROW_BLOCKS
 
 
 @njit(**JIT)
-def _add(out, inp1, inp2):
+def add_span(out, inp1, inp2):
     for i in range(out.size):
         out[i] = inp1[i] + inp2[i]
 
@@ -20,9 +20,9 @@ def _add(out, inp1, inp2):
 def residual_forward(out, inp1, inp2, N):
     # out (N) = inp1 (N) + inp2 (N);  one contiguous block per thread, or one for a small N
     if N < PARALLEL_MIN_WORK:
-        _add(out[:N], inp1[:N], inp2[:N])
+        add_span(out[:N], inp1[:N], inp2[:N])
         return
     for blk in prange(ROW_BLOCKS):
         i0 = blk * N // ROW_BLOCKS
         i1 = (blk + 1) * N // ROW_BLOCKS
-        _add(out[i0:i1], inp1[i0:i1], inp2[i0:i1])
+        add_span(out[i0:i1], inp1[i0:i1], inp2[i0:i1])

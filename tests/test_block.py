@@ -7,17 +7,13 @@ rows does, and vector and scalar code may contract a multiply-add differently). 
 as NaN, so each element must be written. Row counts include 1 and odd ones (uneven thread blocks)."""
 import numpy as np
 import pytest
-from test_kernels import _float64_variables
+from test_kernels import _float64_variables, rand
 
 import kernels as K
 from kernels.dropout import derive_key, dropout_threshold
 
 F32, F64 = np.float32, np.float64
 SHAPES = [(1, 1, 4, 8), (2, 3, 5, 7), (3, 7, 8, 24), (4, 16, 16, 48)]  # B, T, C, OC
-
-
-def rand(rng, n, dtype):
-    return rng.standard_normal(n).astype(dtype)
 
 
 def nans(n, dtype):
@@ -35,8 +31,8 @@ def close(got, want, dtype):
 def test_layernorm_matmul_forward_equals_the_two_kernels(dtype, B, T, C, OC, has_bias):
     rng = np.random.default_rng(B * 100 + OC)
     N = B * T
-    inp, lnw, lnb = rand(rng, N * C, dtype) * 3 + 1, rand(rng, C, dtype), rand(rng, C, dtype)
-    weight, bias = rand(rng, OC * C, dtype), rand(rng, OC, dtype) if has_bias else None
+    inp, lnw, lnb = rand(rng, N * C, dtype=dtype) * 3 + 1, rand(rng, C, dtype=dtype), rand(rng, C, dtype=dtype)
+    weight, bias = rand(rng, OC * C, dtype=dtype), rand(rng, OC, dtype=dtype) if has_bias else None
     got = {"ln": nans(N * C, dtype), "mean": nans(N, dtype), "rstd": nans(N, dtype), "out": nans(N * OC, dtype)}
     K.layernorm_matmul_forward(got["ln"], got["mean"], got["rstd"], got["out"], inp, lnw, lnb, weight, bias,
                                B, T, C, OC)
@@ -49,10 +45,10 @@ def test_layernorm_matmul_forward_equals_the_two_kernels(dtype, B, T, C, OC, has
 
 def tail_inputs(rng, B, T, C, dtype):
     N, C4 = B * T * C, 4 * C
-    x = {"atty": rand(rng, N, dtype), "residual": rand(rng, N, dtype)}
+    x = {"atty": rand(rng, N, dtype=dtype), "residual": rand(rng, N, dtype=dtype)}
     for name, n in (("attprojw", C * C), ("attprojb", C), ("ln2w", C), ("ln2b", C), ("fcw", C4 * C),
                     ("fcb", C4), ("fcprojw", C * C4), ("fcprojb", C)):
-        x[name] = rand(rng, n, dtype) * (0.3 if name.endswith("w") and name != "ln2w" else 1.0)
+        x[name] = rand(rng, n, dtype=dtype) * (0.3 if name.endswith("w") and name != "ln2w" else 1.0)
     return x
 
 
@@ -105,7 +101,7 @@ def test_block_kernels_keep_float32_arithmetic_in_float32():
     ln = {"ln": nans(B * T * C, F32), "mean": nans(B * T, F32), "rstd": nans(B * T, F32), "out": nans(B * T * 8, F32)}
     cases = {
         "layernorm_matmul_forward": (K.layernorm_matmul_forward, *ln.values(), x["residual"], x["ln2w"], x["ln2b"],
-                                     rand(rng, 8 * C, F32), rand(rng, 8, F32), B, T, C, 8),
+                                     rand(rng, 8 * C, dtype=F32), rand(rng, 8, dtype=F32), B, T, C, 8),
         "block_tail_forward": (K.block_tail_forward, *(o[k] for k in OUTPUTS), *x.values(), B, T, C,
                                dropout_threshold(0.2), 7, 8),
     }
