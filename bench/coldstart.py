@@ -29,7 +29,7 @@ t0 = time.perf_counter()
 import numpy as np
 from cllm.completion import encode_prompt, load_for_generation
 from cllm.generation import Generator, SamplingConfig
-import kernels
+import cllm.kernels  # noqa: F401
 t1 = time.perf_counter()
 model, tok, _ = load_for_generation(sys.argv[1])
 t2 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""GPU speed: CLLM's CUDA model (cllm/device.py, kernels/cuda) against the same model in PyTorch CUDA
+"""GPU speed: CLLM's CUDA model (cllm/device.py, cllm/kernels/cuda) against the same model in PyTorch CUDA
 (eager), in one run. Prints ONE JSON line; without a usable GPU it prints one line saying so and exits 1.
 
   training   tokens/s of forward + backward + AdamW (global-norm clipping) over a (B,T) batch, at the
@@ -164,7 +164,7 @@ def main() -> int:
     torch = None
     if not args.no_torch:
         import torch
-    from kernels.cuda import cublas
+    from cllm.kernels.cuda import cublas
 
     result = {"device": name, "peak_fp32_tflops": peak and peak / 1e12, "cublas": cublas.available(),
               "torch": torch and torch.__version__, "configs": {}}

@@ -1,9 +1,9 @@
 """Two choices of issue #18's second round, each timed against its alternative in this process.
 Prints ONE JSON line.
 
-  error_model  a serial loop over 1M float32 values compiled with NumPy's error model (kernels/_common.py)
+  error_model  a serial loop over 1M float32 values compiled with NumPy's error model (cllm/kernels/_common.py)
                and with Numba's default, Python's (a zero check before every division): GELU's rational
-               tanh (kernels/gelu.gelu_span) and AdamW's update of one block (kernels/adamw._adamw_block)
+               tanh (cllm/kernels/gelu.gelu_span) and AdamW's update of one block (cllm/kernels/adamw._adamw_block)
   fused_gelu   the MLP's first product with its GELU in one parallel region (matmul_gelu_forward) against
                matmul_forward then gelu_forward, at the baby GPT's and the seed config's sizes (B*T rows,
                C -> 4C). (The same fusion in the backward, the projection's input gradient with the GELU's
@@ -24,11 +24,11 @@ from numba import njit
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import kernels as K  # noqa: E402
+import cllm.kernels as K  # noqa: E402
+from cllm.kernels._common import JIT  # noqa: E402
+from cllm.kernels.adamw import _adamw_block  # noqa: E402
+from cllm.kernels.gelu import gelu_span  # noqa: E402
 from cllm.runtime import configure_threads  # noqa: E402
-from kernels._common import JIT  # noqa: E402
-from kernels.adamw import _adamw_block  # noqa: E402
-from kernels.gelu import gelu_span  # noqa: E402
 
 
 def best_us(call, repeats: int) -> float:

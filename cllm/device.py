@@ -2,7 +2,7 @@
 
 CudaModel holds the same flat buffers as Model (params, grads, AdamW moments, activations and their
 gradients, carved into the same named views), but as device arrays that stay on the GPU for the
-whole run, and calls the CUDA kernels of kernels/cuda. The host sees: the token ids going in (one
+whole run, and calls the CUDA kernels of cllm/kernels/cuda. The host sees: the token ids going in (one
 copy per forward), the (B,T) losses of a forward with targets, the gradient norm of each optimizer
 step (8 bytes), the logits of each decoding step, and whole buffers only when a checkpoint is
 written. Checkpoints do not know the device: `to_device` moves a loaded Model onto the GPU and
@@ -156,7 +156,7 @@ class CudaModel:
     _prefill_tokens = Model._prefill_tokens
     _layer = Model._layer
     _layer_acts = Model._layer_acts
-    # the graph itself is Model's, calling kernels/cuda (self.ops) and this class's attention methods
+    # the graph itself is Model's, calling cllm/kernels/cuda (self.ops) and this class's attention methods
     _forward_graph = Model._forward_graph
     _backward_graph = Model._backward_graph
     _site_key = Model._site_key
@@ -165,7 +165,7 @@ class CudaModel:
     def __init__(self, model: Model, gpu: int = 0):
         from numba import cuda
 
-        import kernels.cuda as G
+        import cllm.kernels.cuda as G
 
         if model.dtype != np.float32:
             raise ConfigError("the CUDA model runs in float32 only")
@@ -316,7 +316,7 @@ class CudaModel:
         self.G.attention_forward(al["atty"], al["att"], al["qkv"], B, T, cfg.embed_dim, cfg.num_heads)
 
     def _attention_backward(self, gal: dict, al: dict, B: int, T: int, l: int) -> None:
-        # the scores' gradient goes through a scratch buffer that the keys' pass reads (kernels/cuda/attention.py)
+        # the scores' gradient goes through a scratch buffer that the keys' pass reads (cllm/kernels/cuda/attention.py)
         cfg = self.config
         self.G.attention_backward(gal["qkv"], self._dscores, gal["atty"], al["qkv"], al["att"], B, T, cfg.embed_dim,
                                   cfg.num_heads, True)
@@ -380,7 +380,7 @@ class CudaAdamW(AdamW):
 
     @property
     def kernels(self):
-        import kernels.cuda as G
+        import cllm.kernels.cuda as G
 
         return G
 

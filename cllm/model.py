@@ -16,11 +16,11 @@ import math
 
 import numpy as np
 
-import kernels as K
+import cllm.kernels as K
 from cllm.config import ModelConfig
 from cllm.errors import ConfigError
+from cllm.kernels.dropout import dropout_threshold
 from cllm.runtime import configure_threads
-from kernels.dropout import dropout_threshold
 
 # dropout sites (nanoGPT's placement), the counters that give each its own mask stream per layer
 DROP_EMBEDDING, DROP_ATTENTION, DROP_ATTPROJ, DROP_FCPROJ = range(4)
@@ -159,7 +159,7 @@ class Model:
     def forward(self, idx, targets=None, *, dropout: float = 0.0, dropout_key: int = 0):
         """idx (B,T) token ids -> logits (B,T,V), a view into the activation buffer that the next
         forward overwrites; with targets (B,T) also returns the mean cross-entropy loss.
-        dropout p > 0 (training only) zeroes, with masks drawn from dropout_key (kernels/dropout.py),
+        dropout p > 0 (training only) zeroes, with masks drawn from dropout_key (cllm/kernels/dropout.py),
         the embeddings' sum, the attention probabilities and both residual projections' outputs."""
         idx = self._check_ids(idx, "idx")
         B, T = idx.shape
@@ -197,7 +197,7 @@ class Model:
         self.targets = None
 
     # ---------------------------------------------------------------- the graph
-    # GPT-2's graph, once, for every device: `self.ops` is the kernel set (kernels/ here, kernels/cuda
+    # GPT-2's graph, once, for every device: `self.ops` is the kernel set (cllm/kernels/ here, cllm/kernels/cuda
     # for CudaModel, cllm/device.py), and attention, whose kernels differ in signature, is a method.
     ops = K
 
@@ -212,7 +212,7 @@ class Model:
         residual = a["encoded"]
         for l in range(L):
             # three parallel regions per layer: LayerNorm 1 with the qkv product, attention, and the
-            # rest of the block row by row (kernels/block.py has the sequence of kernels each stands for)
+            # rest of the block row by row (cllm/kernels/block.py has the sequence of kernels each stands for)
             pl, al = self._layer(p, l), self._layer_acts(a, l)
             ops.layernorm_matmul_forward(al["ln1"], al["ln1_mean"], al["ln1_rstd"], al["qkv"], residual, pl["ln1w"],
                                          pl["ln1b"], pl["qkvw"], pl["qkvb"], B, T, C, 3 * C)
@@ -317,7 +317,7 @@ class Model:
     # ---------------------------------------------------------------- incremental decoding
     def new_kv_cache(self, num_sequences: int = 1) -> np.ndarray:
         """A KV cache for decode_step, flat: per sequence and layer, each head's keys (hs, maxT), then
-        each head's values (maxT, hs) (kernels/decode.py)."""
+        each head's values (maxT, hs) (cllm/kernels/decode.py)."""
         cfg = self.config
         return np.zeros(num_sequences * cfg.num_layers * cfg.max_seq_len * 2 * cfg.embed_dim, dtype=self.dtype)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import kernels as K
+import cllm.kernels as K
 from cllm.errors import TrainingError
 from cllm.model import MATRIX_PARAMS, Model
 

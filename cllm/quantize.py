@@ -1,7 +1,7 @@
 """int8 weight-only quantization for generation (`generate/serve/evaluate --quantize int8`).
 
 The five weight matrices that a decode step reads, wte (the embedding and the tied LM head), qkvw,
-attprojw, fcw and fcprojw, are stored as int8 with one float32 scale per output row (kernels/quant.py
+attprojw, fcw and fcprojw, are stored as int8 with one float32 scale per output row (cllm/kernels/quant.py
 says why rows and not llama.cpp's blocks of 32). Biases, LayerNorms and wpe stay float32: they are under 2%
 of the weights and a decode step reads each of their values once. Activations and the KV cache stay
 float32; the decode kernels accumulate in float32.
@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-import kernels as K
+import cllm.kernels as K
 from cllm.errors import ConfigError
 from cllm.model import Model
 
@@ -65,7 +65,7 @@ class Int8Model:
     """A float32 Model's weights for generation, its matrices in int8 (see the module's docstring).
 
     It decodes as Model does (Model's decode_step and prefill, which pass the int8 matrices and their
-    scales to kernels/decode.py) and holds no float copy of the matrices."""
+    scales to cllm/kernels/decode.py) and holds no float copy of the matrices."""
 
     new_kv_cache = Model.new_kv_cache
     decode_step = Model.decode_step

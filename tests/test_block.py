@@ -1,4 +1,4 @@
-"""kernels/block.py's fused kernels equal the kernels they stand for, run in sequence.
+"""cllm/kernels/block.py's fused kernels equal the kernels they stand for, run in sequence.
 
 The separate kernels are checked against NumPy, PyTorch and finite differences elsewhere
 (tests/test_kernels.py, tests/test_reference.py); here each fused kernel must give their numbers
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from test_kernels import _float64_variables, rand
 
-import kernels as K
-from kernels.dropout import derive_key, dropout_threshold
+import cllm.kernels as K
+from cllm.kernels.dropout import derive_key, dropout_threshold
 
 F32, F64 = np.float32, np.float64
 SHAPES = [(1, 1, 4, 8), (2, 3, 5, 7), (3, 7, 8, 24), (4, 16, 16, 48)]  # B, T, C, OC

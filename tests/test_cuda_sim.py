@@ -1,4 +1,4 @@
-"""The CUDA kernels and CudaModel (kernels/cuda, cllm/device.py) in Numba's CUDA simulator.
+"""The CUDA kernels and CudaModel (cllm/kernels/cuda, cllm/device.py) in Numba's CUDA simulator.
 
 The simulator must be switched on before numba.cuda is first imported, and must not leak into the
 other tests' processes, so without NUMBA_ENABLE_CUDASIM=1 this file is one test that runs this same
@@ -39,15 +39,15 @@ def _every_kernel_compiles_for_a_gpu():
     from numba import cuda
     from numba import types as t
 
-    import kernels.cuda._common as C
-    import kernels.cuda.adamw as A
-    import kernels.cuda.attention as AT
-    import kernels.cuda.decode as D
-    import kernels.cuda.elementwise as E
-    import kernels.cuda.layernorm as LN
-    import kernels.cuda.matmul as M
-    import kernels.cuda.softmax as S
-    from kernels.cuda._common import SIM
+    import cllm.kernels.cuda._common as C
+    import cllm.kernels.cuda.adamw as A
+    import cllm.kernels.cuda.attention as AT
+    import cllm.kernels.cuda.decode as D
+    import cllm.kernels.cuda.elementwise as E
+    import cllm.kernels.cuda.layernorm as LN
+    import cllm.kernels.cuda.matmul as M
+    import cllm.kernels.cuda.softmax as S
+    from cllm.kernels.cuda._common import SIM
 
     assert not SIM  # the GPU's block and tile sizes
     fa, ia, da, i, f, b = t.float32[::1], t.int32[::1], t.float64[::1], t.int64, t.float32, t.boolean
@@ -113,8 +113,8 @@ else:
 
     kernelapi.FakeCUDAShared.array = _shared_array
 
-    import kernels as K
-    import kernels.cuda as G
+    import cllm.kernels as K
+    import cllm.kernels.cuda as G
     from cllm.config import ModelConfig
     from cllm.device import CudaAdamW, CudaModel, to_device
     from cllm.model import Model
@@ -385,7 +385,7 @@ else:
 
     def _cli(capsys, *args):
         sys.path.insert(0, ROOT)
-        import cli
+        from cllm import cli
 
         capsys.readouterr()
         code = cli.main([str(a) for a in args])

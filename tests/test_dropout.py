@@ -1,4 +1,4 @@
-"""Dropout (kernels/dropout.py, the model's four sites, the training loop): the fraction dropped,
+"""Dropout (cllm/kernels/dropout.py, the model's four sites, the training loop): the fraction dropped,
 finite differences through fixed masks, PyTorch parity given the same masks (a fixture made by
 tests/reference/make_dropout_reference.py; torch is not imported here), evaluation without dropout,
 and a bit-identical resume with dropout on."""
@@ -16,12 +16,12 @@ from train_helpers import (
     train_losses,
 )
 
-import kernels as K
+import cllm.kernels as K
 from cllm import checkpoint as ck
 from cllm.config import ModelConfig
+from cllm.kernels.dropout import derive_key, dropout_mask, dropout_threshold
 from cllm.model import Model
 from cllm.training import train
-from kernels.dropout import derive_key, dropout_mask, dropout_threshold
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "reference", "dropout_reference.npz")
 
@@ -57,7 +57,7 @@ def test_keys_differ_per_counter_and_masks_repeat():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_dropout_kernels_scale_kept_elements_and_split_blocks_alike(dtype):
-    from kernels._common import PARALLEL_MIN_WORK
+    from cllm.kernels._common import PARALLEL_MIN_WORK
 
     p, key = 0.25, derive_key(9, 9, 9)
     n = PARALLEL_MIN_WORK + 12345  # the parallel path; its first n0 elements match the serial path's

@@ -33,7 +33,7 @@ def loaded(run):
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
-    import cli as cli_module
+    from cllm import cli as cli_module
 
     code = cli_module.main(["evaluate", *map(str, args)])
     out = capsys.readouterr()

@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-import cli
 from cllm import checkpoint as ck
+from cllm import cli
 from cllm.config import ModelConfig
 from cllm.model import Model
 from cllm.tokenizers import train_tokenizer

@@ -20,8 +20,8 @@ import pytest
 from test_gguf import SAMPLE, TEXT, make_checkpoint
 from train_helpers import ROOT, all_threads_after  # noqa: F401  (autouse)
 
-import cli
 from cllm import checkpoint as ck
+from cllm import cli
 from cllm.generation import Generator, SamplingConfig
 
 MISSING = ""

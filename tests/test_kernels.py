@@ -15,7 +15,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-import kernels as K
+import cllm.kernels as K
 from cllm.runtime import configure_threads
 
 configure_threads()
@@ -309,7 +309,7 @@ def test_gemm_matches_numpy(m, n, k, transa, transb, pad, off, beta, seed):
     # kernels.blas.gemm: row-major, operands addressed by offset and row stride inside larger
     # arrays (a block of columns of a wider matrix), beta = 1 accumulates, beta = 0 overwrites
     # even NaN; float32 and float64.
-    from kernels.blas import NO_TRANS, TRANS, gemm
+    from cllm.kernels.blas import NO_TRANS, TRANS, gemm
 
     rng = np.random.default_rng(seed)
     for dtype, tol in ((F64, 1e-13), (F32, 1e-5)):
@@ -370,7 +370,7 @@ def test_exp_shifted():
     # softmax uses (arguments <= 0 after the shift), NaN stays NaN; float64 is np.exp itself
     from numba import njit
 
-    from kernels.fastexp import exp_shifted
+    from cllm.kernels.fastexp import exp_shifted
 
     @njit
     def call(x, shift, kbuf):
@@ -659,7 +659,7 @@ def _float64_variables(kernel, *args):
     import numba
     from numba import types
 
-    from kernels._common import FASTMATH
+    from cllm.kernels._common import FASTMATH
 
     d = numba.njit(fastmath=FASTMATH)(kernel.py_func)
     d(*args)
@@ -679,7 +679,7 @@ def test_serial_and_parallel_paths_agree():
     # Small kernels run on the calling thread below PARALLEL_MIN_WORK elements and split over the
     # threads above it. The same rows computed in one large call (parallel path) and in chunks
     # below the threshold (serial path) must give identical results.
-    from kernels._common import PARALLEL_MIN_WORK
+    from cllm.kernels._common import PARALLEL_MIN_WORK
 
     rng = np.random.default_rng(0)
     C = 64
@@ -723,7 +723,7 @@ def test_serial_and_parallel_paths_agree():
     np.testing.assert_array_equal(dw, sw)  # the same additions in the same order (rows, serially)
     np.testing.assert_array_equal(db, sb)
 
-    # AdamW's threshold is 4 x PARALLEL_MIN_WORK (kernels/adamw.py): a whole above it, pieces below
+    # AdamW's threshold is 4 x PARALLEL_MIN_WORK (cllm/kernels/adamw.py): a whole above it, pieces below
     M = 4 * PARALLEL_MIN_WORK + 3 * C
     ga, gb, gd = (np.resize(x, M) for x in (a, b, d))
     p1, m1, v1 = ga.copy(), np.abs(gb) * 0.1, np.abs(gd) * 0.01
@@ -789,10 +789,10 @@ def test_backward_overwrite_ignores_what_the_output_held(dtype):
 
 
 def test_float32_arithmetic_stays_float32():
-    from kernels.blas import NO_TRANS, TRANS, gemm
-    from kernels.fastexp import exp_shifted
-    from kernels.layernorm import layernorm_row
-    from kernels.matmul import bias_backward_block
+    from cllm.kernels.blas import NO_TRANS, TRANS, gemm
+    from cllm.kernels.fastexp import exp_shifted
+    from cllm.kernels.layernorm import layernorm_row
+    from cllm.kernels.matmul import bias_backward_block
 
     B, T, C, NH, OC, V, Vp = 1, 3, 4, 2, 5, 6, 8
     z = lambda n: np.zeros(n, F32)  # noqa: E731
@@ -887,8 +887,8 @@ def test_attention_backward_without_score_gradients(dtype):
 
 @pytest.mark.parametrize("above", [False, True])
 def test_fill_inplace_on_both_sides_of_the_parallel_threshold(above):
-    from kernels import fill_inplace
-    from kernels._common import PARALLEL_MIN_WORK
+    from cllm.kernels import fill_inplace
+    from cllm.kernels._common import PARALLEL_MIN_WORK
 
     n = PARALLEL_MIN_WORK + 3 if above else 5
     x = np.full(n, np.nan, dtype=np.float32)

@@ -119,7 +119,7 @@ def test_loss_matches_numpy_softmax(model64):
 @pytest.mark.parametrize("nb, vocab", [(1, 37), (2, 37), (9, 37), (2, 17000)])  # 9: the gemm path
 def test_kv_cache_decode_equals_forward(nb, vocab):
     # vocab 17000 x 64 dims: an LM head of 1.09M weights, which decode_step splits over the threads
-    from kernels.decode import PARALLEL_MATVEC_MIN
+    from cllm.kernels.decode import PARALLEL_MATVEC_MIN
 
     embed = 32 if vocab < 1000 else 64
     assert (vocab * embed >= PARALLEL_MATVEC_MIN) == (vocab > 1000)
@@ -143,7 +143,7 @@ def test_prefill_equals_forward_and_decode_continues(dtype, tol):
     # a prompt fed in one prefill gives the forward's logits at its last position; decode steps then
     # continue from the cache it wrote; a second prefill can continue a cache too (pos0 > 0). 12
     # tokens: more than GEMM_MIN_ROWS, so the linear layers run as matrix products.
-    from kernels.decode import GEMM_MIN_ROWS
+    from cllm.kernels.decode import GEMM_MIN_ROWS
 
     cfg = ModelConfig(vocab_size=37, max_seq_len=20, num_layers=2, num_heads=4, embed_dim=32)
     m = Model(cfg, seed=5, dtype=dtype)

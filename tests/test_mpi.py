@@ -216,7 +216,7 @@ def test_mpirun_without_mpi4py_is_a_clear_error(tmp_path):
     # an MPI launcher's variables without mpi4py importable: one clear message, exit 2
     code = (
         "import sys; sys.modules['mpi4py'] = None; sys.argv = ['cli.py', 'train', '--max-steps', '1'];"
-        f"sys.path.insert(0, {str(ROOT)!r}); import cli; sys.exit(cli.main(sys.argv[1:]))"
+        f"sys.path.insert(0, {str(ROOT)!r}); from cllm.cli import main; sys.exit(main(sys.argv[1:]))"
     )
     env = dict(os.environ, PMI_SIZE="2", PMI_RANK="0")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)

@@ -1,4 +1,4 @@
-"""int8 generation (cllm/quantize.py, kernels/quant.py): the row quantizer against a NumPy
+"""int8 generation (cllm/quantize.py, cllm/kernels/quant.py): the row quantizer against a NumPy
 reference, the int8 matrix-vector product against NumPy on the dequantized weights, the int8 decode
 against the float decode of the same rounded weights, greedy tokens on a trained model, and the
 --quantize flag of generate, evaluate and serve."""
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from train_helpers import all_threads_after, assert_clean_error, run_cli, trained_checkpoint  # noqa: F401
 
-import kernels as K
+import cllm.kernels as K
 from cllm.config import ModelConfig
 from cllm.model import Model
 from cllm.quantize import Int8Model, dequantize_in_place

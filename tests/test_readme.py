@@ -19,7 +19,7 @@ from train_helpers import ROOT
 from cllm.commands import UsageError, parse_command_line
 
 sys.path.insert(0, str(ROOT))
-import cli  # noqa: E402
+from cllm import cli  # noqa: E402
 
 PARSE_ONLY = {"serve", "scrape"}  # a server runs until stopped; a crawl needs the site it names
 

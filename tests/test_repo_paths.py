@@ -5,7 +5,7 @@ import subprocess
 
 from train_helpers import ROOT
 
-TOP = ("cllm", "kernels", "tests", "bench", "docs", "data")
+TOP = ("cllm", "tests", "bench", "docs", "data")
 PATH = re.compile(r"(?<![\w./-])((?:%s)/[\w./-]*[\w/])" % "|".join(TOP))
 GENERATED = ("__pycache__", "data/.cache", ".venv")  # made at run time, never in a clone
 
@@ -33,7 +33,7 @@ def test_every_cited_repository_path_exists():
             continue  # its own examples
         text = (ROOT / rel).read_text(encoding="utf-8", errors="replace")
         for path in sorted(_cited_paths(text)):
-            module = path.rsplit(".", 1)[0] + ".py"  # kernels/blas.gemm: a name in kernels/blas.py
+            module = path.rsplit(".", 1)[0] + ".py"  # cllm/kernels/blas.gemm: a name in cllm/kernels/blas.py
             if not (ROOT / path).exists() and not (ROOT / module).exists():
                 missing.append(f"{rel}: {path}")
     assert not missing, "\n".join(missing)
@@ -50,5 +50,6 @@ def test_design_document_is_cited_by_its_path():
 
 
 def test_the_path_finder_finds_paths():
-    assert _cited_paths("see cllm/model.py, and kernels/_common.py.") == {"cllm/model.py", "kernels/_common.py"}
+    found = _cited_paths("see cllm/model.py, and cllm/kernels/_common.py.")
+    assert found == {"cllm/model.py", "cllm/kernels/_common.py"}
     assert _cited_paths("a/cllm/x.py or xcllm/y.py") == set()

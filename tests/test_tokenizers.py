@@ -351,8 +351,8 @@ TRICKY = list("aZ1 \t\n\r'sSldvemtr.,!ſ_-9٣") + [
 def test_numba_pre_split_matches_regex(text):
     import numpy as np
 
+    from cllm.kernels import bpe_split as K
     from cllm.tokenizers.pre_split import char_classes
-    from kernels import bpe_split as K
 
     cps = np.frombuffer(text.encode("utf-32-le"), np.uint32)
     for name, gpt4 in (("gpt4", True), ("gpt2", False)):

@@ -292,7 +292,7 @@ def test_classification_and_bits_per_dim(stripes_model):
 
 
 def test_generate_and_evaluate_commands(stripes_model, tmp_path, capsys):
-    import cli
+    from cllm import cli
 
     _, _, _, root = stripes_model
     run = str(root / "run")

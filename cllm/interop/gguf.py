@@ -167,7 +167,7 @@ def _add_model_keys(writer, config: ModelConfig, dtype: str) -> None:
     writer.add_block_count(config.num_layers)
     writer.add_feed_forward_length(4 * config.embed_dim)
     writer.add_head_count(config.num_heads)
-    writer.add_layer_norm_eps(1e-5)  # kernels/layernorm.py
+    writer.add_layer_norm_eps(1e-5)  # cllm/kernels/layernorm.py
 
 
 def _add_tokenizer_keys(writer, tokenizer, tokens: list[str], types: list[int], merges: list[str], pre: str) -> None:

@@ -37,7 +37,7 @@ import numpy as np
 from cllm.config import ModelConfig
 from cllm.errors import CheckpointError, ConfigError, TokenizerError
 
-LAYER_NORM_EPS = 1e-5  # kernels/layernorm.py's eps: an HF model with another eps computes something else
+LAYER_NORM_EPS = 1e-5  # cllm/kernels/layernorm.py's eps: an HF model with another eps computes something else
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")  # transformers' names of GPT-2's tanh-approximated GELU
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 

@@ -11,7 +11,7 @@ generation within one decoding step.
 
 Thread safety: Model.decode_step and prefill only read the parameters and write into the caller's
 KV cache and fresh arrays, so several threads may decode at once. The kernels release the GIL while
-they run (nogil=True, kernels/_common.py): generations on two workers use two cores, and the event
+they run (nogil=True, cllm/kernels/_common.py): generations on two workers use two cores, and the event
 loop runs while a worker decodes. (Holding it, a worker that called one kernel per token kept the
 loop from running for the whole generation: a streamed reply arrived in one piece at the end.)
 Numba's fallback threading layer, workqueue (used where neither OpenMP's libgomp nor TBB is

@@ -6,7 +6,7 @@ an id, so decode(encode(s)) == s for every Unicode string.
 
 Text is first pre-split by a regex (GPT-4's pattern by default, "gpt2" available) into chunks that
 merges never cross (cllm/tokenizers/pre_split.py). Training counts the distinct chunks once,
-streamed over documents, and hands them to kernels/bpe_train.py, which keeps the pair counts up to
+streamed over documents, and hands them to cllm/kernels/bpe_train.py, which keeps the pair counts up to
 date per merge (the steps: cllm/tokenizers/bpe_trainer.py). Encoding maps each chunk through a cache
 (chunk string -> ids); the misses are encoded together by one kernel call.
 
@@ -153,7 +153,7 @@ class BPETokenizer(Tokenizer):
 
     # ---- encoding / decoding ------------------------------------------------------------------
     def _merge_table(self):
-        from kernels import bpe_encode as K
+        from cllm.kernels import bpe_encode as K
 
         if self._ranks is None:
             m = np.asarray(self.merges, np.int32).reshape(-1, 2)
@@ -163,7 +163,7 @@ class BPETokenizer(Tokenizer):
 
     def _encode_chunks(self, chunks: list[str]) -> list[tuple]:
         """Encode distinct chunk strings with one kernel call (the regex path)."""
-        from kernels import bpe_encode as K
+        from cllm.kernels import bpe_encode as K
 
         bs = [c.encode("utf-8") for c in chunks]
         offsets = np.zeros(len(bs) + 1, np.int64)
@@ -192,7 +192,7 @@ class BPETokenizer(Tokenizer):
     def _reserve_cache(self, n: int) -> None:
         """Make room in the Numba chunk cache for the chunks of n more code points; past
         CACHE_LIMIT entries (or 64 MiB of pool) it starts again empty, bounding memory."""
-        from kernels import bpe_split as K
+        from cllm.kernels import bpe_split as K
 
         kc = self._kcache
         if kc is None or kc["state"][0] >= CACHE_LIMIT or kc["state"][1] >= (1 << 24):
@@ -211,7 +211,7 @@ class BPETokenizer(Tokenizer):
                 kc[name] = b
 
     def _encode_fast(self, text: str) -> np.ndarray:
-        from kernels import bpe_encode as K
+        from cllm.kernels import bpe_encode as K
 
         try:
             cps = np.frombuffer(text.encode("utf-32-le"), np.uint32)  # (n,) code points

@@ -1,6 +1,6 @@
 """Training byte-level BPE, step by step (BPETokenizer.train runs them in order): count the distinct
 pre-split chunks of the corpus (Numba for the built-in patterns, `regex` for others), link their
-bytes into words, learn the merges with the kernels of kernels/bpe_train.py, and count how often
+bytes into words, learn the merges with the kernels of cllm/kernels/bpe_train.py, and count how often
 each final token occurs.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ def count_chunks_regex(texts, pattern, gpt4, progress):
 
 def count_chunks_numba(texts, pattern, gpt4, progress):
     """The same for the built-in patterns, pre-split and counted by Numba kernels."""
-    from kernels import bpe_split as K
+    from cllm.kernels import bpe_split as K
 
     cls = char_classes()
     table = K.new_chunk_cache()
@@ -75,7 +75,7 @@ def count_chunks_numba(texts, pattern, gpt4, progress):
 
 def link_words(lens: np.ndarray):
     """The words (lens (W,) bytes each, laid end to end) as linked lists of positions, the layout of
-    kernels/bpe_train.py: (wstart (W,), wid (N,), nxt (N,), prv (N,)) int32."""
+    cllm/kernels/bpe_train.py: (wstart (W,), wid (N,), nxt (N,), prv (N,)) int32."""
     W = len(lens)
     N = int(lens.sum())
     wstart = np.zeros(W, np.int32)
@@ -95,7 +95,7 @@ def link_words(lens: np.ndarray):
 def learn_merges(sym, nxt, prv, wid, wstart, wcount_a, V: int, progress: bool):
     """Merge until the ids reach V (256 bytes + the merged tokens) or no pair is left; sym, nxt and
     prv are merged in place. Returns (merge_a, merge_b, merge_new) (M,) int32 in training order."""
-    from kernels import bpe_train as K
+    from cllm.kernels import bpe_train as K
 
     W, N = len(wstart), len(sym)
     wmark = np.zeros(W, np.int32)

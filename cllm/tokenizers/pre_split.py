@@ -1,6 +1,6 @@
 """The pre-split of byte-level BPE: text is cut into chunks by a regex before any merge, and merges
 never cross a chunk. GPT-4's and GPT-2's patterns are also run as a Numba scanner over code points
-(kernels/bpe_split.py), which reads the per-code-point classes made here from the `regex` module.
+(cllm/kernels/bpe_split.py), which reads the per-code-point classes made here from the `regex` module.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ _CLASSES = None
 
 
 def char_classes() -> np.ndarray:
-    """(0x110000,) uint8 class bits per code point for the Numba pre-split (kernels/bpe_split.py),
+    """(0x110000,) uint8 class bits per code point for the Numba pre-split (cllm/kernels/bpe_split.py),
     computed once per process from the `regex` module's own letter, number and space classes, a block
     of code points at a time (all of them in one string would take ~100 MB while it is built)."""
     global _CLASSES

@@ -127,7 +127,7 @@ class VocabBPETokenizer(BPETokenizer):
         super()._reserve_cache(n)
 
     def _seeded_cache(self) -> dict:
-        from kernels import bpe_encode, bpe_split
+        from cllm.kernels import bpe_encode, bpe_split
 
         whole = self._whole()
         text = "".join(whole)
@@ -282,6 +282,6 @@ def _internal_merges(vocab: dict[bytes, int], merges) -> list[tuple[int, int]]:
 
 def _empty_pools(n_tokens: int, n_cps: int):
     """The chunk cache's pools (code points, ids, entries) sized for the whole-vocabulary seeds of
-    kernels/bpe_encode.py seed_chunk_cache plus room to grow."""
+    cllm/kernels/bpe_encode.py seed_chunk_cache plus room to grow."""
     return (np.empty(n_cps + (1 << 16), np.uint32), np.empty(n_tokens + (1 << 16), np.int32),
             np.empty((n_tokens + (1 << 12), 4), np.int64))

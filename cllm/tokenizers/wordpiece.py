@@ -17,7 +17,7 @@ differ from Python's.
 
 Training (train): the words of the corpus are counted once; every word starts as its characters
 ("c", "##c", ...); the pair with the highest count(ab) / (count(a) count(b)) merges until the
-vocabulary has `vocab_size` tokens (kernels/wordpiece.py keeps all counts up to date per merge).
+vocabulary has `vocab_size` tokens (cllm/kernels/wordpiece.py keeps all counts up to date per merge).
 """
 from __future__ import annotations
 
@@ -314,9 +314,9 @@ def _alphabet(counts: Counter, specials: list[str]):
 
 
 def _merge(tokens: list[str], sym, wstart, lens, wcount, V: int, frequency: bool, progress: bool):
-    """Merge until V tokens or no pair is left, with the kernels of kernels/wordpiece.py (sym merged in
+    """Merge until V tokens or no pair is left, with the kernels of cllm/kernels/wordpiece.py (sym merged in
     place). Returns (merge_a, merge_b, merge_new) (M,) int32 in training order."""
-    from kernels import wordpiece as K
+    from cllm.kernels import wordpiece as K
 
     N = len(sym)
     cap = 3 * N + 16

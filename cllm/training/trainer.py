@@ -221,7 +221,7 @@ class Trainer:
         """This rank's micro-batches of the step's global batch: their gradients add up in model.grads,
         averaged over every micro-batch of every process; returns the sum of this rank's losses."""
         from cllm.device import average_gradients
-        from kernels.dropout import derive_key
+        from cllm.kernels.dropout import derive_key
 
         K, rank = self.cfg.grad_accum, self.comm.rank
         batches = self.sampler.next_global(self.micro_batches)[rank * K : (rank + 1) * K]
@@ -229,7 +229,7 @@ class Trainer:
         local_loss = 0.0
         for k, (x, y) in enumerate(batches):
             # dropout masks of this step and global micro-batch (so each rank's differ; 2 ranks draw
-            # what --grad-accum 2 draws), the same again on resume (kernels/dropout.py)
+            # what --grad-accum 2 draws), the same again on resume (cllm/kernels/dropout.py)
             key = derive_key(self.cfg.seed, self.step, rank * K + k)
             _, loss = self.model.forward(x, y, dropout=self.cfg.dropout, dropout_key=key)
             self.model.backward()

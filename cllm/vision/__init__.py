@@ -6,7 +6,7 @@ a folder of images a token dataset like any text corpus; the kernels, trainer, c
 sampler are the text model's.
 
     images.py      find and read image files (Pillow), ImageFolder labels, resize, refusals
-    palette.py     grey levels, k-means palette (kernels/kmeans.py), quantization
+    palette.py     grey levels, k-means palette (cllm/kernels/kmeans.py), quantization
     tokenizer.py   ImageTokenizer: images <-> records, JSON save/load
     dataset.py     a folder of images -> train.bin/val.bin/tokenizer.json; validation bits/dim
     sampling.py    sample, complete, grids as PNG

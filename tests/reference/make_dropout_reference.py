@@ -5,7 +5,7 @@ Run by hand, once (torch is never a dependency of CLLM, nor imported by the test
     .venv/bin/pip install torch==2.13.0
     .venv/bin/python tests/reference/make_dropout_reference.py
 
-The masks come from CLLM's counter-based generator (kernels/dropout.py) so that both sides drop the
+The masks come from CLLM's counter-based generator (cllm/kernels/dropout.py) so that both sides drop the
 same elements; everything else (the network, the 1/(1-p) scaling, the gradients) is PyTorch's.
 Saved: inputs, targets, the flat parameters, p and the key, the four masks (uint8), logits, loss and
 every parameter gradient by name. tests/test_dropout.py checks that CLLM still draws these masks.
@@ -22,8 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository: cl
 
 import make_reference as R  # noqa: E402  (sets torch's default dtype to float64)
 
+from cllm.kernels.dropout import derive_key, dropout_mask, dropout_threshold  # noqa: E402
 from cllm.model import DROP_ATTENTION, DROP_ATTPROJ, DROP_EMBEDDING, DROP_FCPROJ  # noqa: E402
-from kernels.dropout import derive_key, dropout_mask, dropout_threshold  # noqa: E402
 
 P_DROP = 0.25  # exactly 2^30 / 2^32: CLLM's drop probability is the same number
 KEY = 2026

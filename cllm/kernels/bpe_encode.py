@@ -7,9 +7,9 @@ import numpy as np
 from numba import njit, types
 from numba.typed import Dict
 
-from kernels._common import JIT
-from kernels.bpe_split import _utf8, chunk_key, next_chunk, same_chunk
-from kernels.bpe_train import _key
+from cllm.kernels._common import JIT
+from cllm.kernels.bpe_split import _utf8, chunk_key, next_chunk, same_chunk
+from cllm.kernels.bpe_train import _key
 
 
 @njit(**JIT)

@@ -1,10 +1,10 @@
 """Shared settings of the CUDA kernels (Numba's CUDA target, the `numba-cuda` package).
 
-Legend as in kernels/_common.py: B batch, T time, C channels, NH heads, hs = C/NH, V vocab,
+Legend as in cllm/kernels/_common.py: B batch, T time, C channels, NH heads, hs = C/NH, V vocab,
 Vp padded vocab, OC output channels, N element count.
 
 Every kernel works on the same flat float32 buffers, in the same layouts, as the CPU kernels in
-kernels/; here they are device arrays (or views of them). Launchers take the CPU kernel's
+cllm/kernels/; here they are device arrays (or views of them). Launchers take the CPU kernel's
 arguments, outputs first, and enqueue on the default stream: nothing is copied to or from the
 host. Forward launchers overwrite their outputs; backward launchers add (+=) unless `overwrite`.
 
@@ -23,7 +23,7 @@ SIM = bool(_config.ENABLE_CUDASIM)
 # layernorm, softmax, decode attention); the row kernels' shared-memory reductions need a power of two
 THREADS = 4 if SIM else 256
 ROW_THREADS = 4 if SIM else 128
-# the tiled matrix product (kernels/cuda/matmul.py): a block computes a (TILE_M, TILE_N) tile of C,
+# the tiled matrix product (cllm/kernels/cuda/matmul.py): a block computes a (TILE_M, TILE_N) tile of C,
 # each thread a (MICRO, MICRO) part of it; TILE_K columns of op(A) per shared-memory stage
 MICRO = 4
 TILE_M = 64 if not SIM else 8

@@ -78,7 +78,7 @@ def _matvec_int8_parallel(out, x, q, scales, bias, nb, C, OC):
 def matvec_int8_forward(out, x, q, scales, bias, nb, C, OC):
     # out (nb,OC) float32 = x (nb,C) float32 @ W^T + bias (OC), W (OC,C) given as q int8 (OC,C) and
     # scales (OC); bias may be None. Split over output channels above the size where a thread
-    # launch pays, as kernels/decode.py's matvec_forward.
+    # launch pays, as cllm/kernels/decode.py's matvec_forward.
     if OC * C >= PARALLEL_MATVEC_MIN and ROW_BLOCKS > 1:
         _matvec_int8_parallel(out, x, q, scales, bias, nb, C, OC)
     else:

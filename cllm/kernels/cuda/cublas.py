@@ -2,7 +2,7 @@
 
 Why nvmath-python rather than CuPy: its `nvmath.bindings.cublas` is the C API one to one (a handle,
 sgemm over raw device pointers with leading dimensions and beta), which is exactly what
-kernels/cuda/matmul.gemm needs to address a head's channels or a block of rows in place and to
+cllm/kernels/cuda/matmul.gemm needs to address a head's channels or a block of rows in place and to
 accumulate with beta = 1; it stands on the same cuda-bindings / cuda-pathfinder stack as numba-cuda,
 so it adds no second CUDA runtime and no array library (CuPy would bring both, and its own memory
 pool beside Numba's). It is optional: without it, or in the CUDA simulator, or with
@@ -51,7 +51,7 @@ def _ptr(array, offset):
 
 
 def gemm(transa, transb, m, n, k, alpha, a, a_off, lda, b, b_off, ldb, beta, c, c_off, ldc):
-    # Row-major C (m,n) = alpha op(A) op(B) + beta C, as kernels/cuda/matmul.gemm. cuBLAS is
+    # Row-major C (m,n) = alpha op(A) op(B) + beta C, as cllm/kernels/cuda/matmul.gemm. cuBLAS is
     # column-major: a row-major matrix is its transpose there, so it computes C^T = op(B)^T op(A)^T.
     scalars = np.array([alpha, beta], dtype=np.float32)  # host pointer mode: read during the call
     p = scalars.ctypes.data

@@ -1,4 +1,4 @@
-"""Causal multi-head self-attention over packed q, k, v, fused per (batch, head), as kernels/attention.py.
+"""Causal multi-head self-attention over packed q, k, v, fused per (batch, head), as cllm/kernels/attention.py.
 
 Legend: B batch, T time, C channels, NH heads, hs = C/NH head size.
 inp (B,T,3C) holds q, k, v of each position; head h uses channels [h*hs, (h+1)*hs) of each.

@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit, types
 from numba.typed import Dict
 
-from kernels._common import JIT
+from cllm.kernels._common import JIT
 
 CL_L, CL_N, CL_S, CL_NL = 1, 2, 4, 8
 

@@ -1,4 +1,4 @@
-"""kernels/block.py's fused block kernels as their kernels in sequence.
+"""cllm/kernels/block.py's fused block kernels as their kernels in sequence.
 
 Legend: B batch, T time, C channels.
 The CPU fuses them to wake its thread team fewer times; a GPU launch has no team to wake, so here
@@ -18,7 +18,7 @@ def layernorm_matmul_forward(ln, mean, rstd, out, inp, lnw, lnb, weight, bias, B
 def block_tail_forward(attproj, residual2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu, fcproj, residual3,
                        atty, residual, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, B, T, C,
                        drop=0, key_attproj=0, key_fcproj=0):
-    # the block after attention, as kernels/block.py's kernel of this name (without dropout)
+    # the block after attention, as cllm/kernels/block.py's kernel of this name (without dropout)
     if drop:
         raise ValueError("dropout is not implemented on the CUDA device")
     N = B * T * C

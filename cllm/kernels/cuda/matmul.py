@@ -1,9 +1,9 @@
-"""Matrix products: a tiled Numba kernel (the portable path) or cuBLAS (kernels/cuda/cublas.py, when
+"""Matrix products: a tiled Numba kernel (the portable path) or cuBLAS (cllm/kernels/cuda/cublas.py, when
 nvmath-python is installed and a real GPU runs), and the fully connected layer on top of them.
 
 Legend: B batch, T time, C input channels, OC output channels; m, n, k the sizes of
 C (m,n) = op(A) (m,k) @ op(B) (k,n).
-`gemm` takes kernels/blas.gemm's arguments: row-major matrices inside flat arrays, each at an
+`gemm` takes cllm/kernels/blas.gemm's arguments: row-major matrices inside flat arrays, each at an
 offset with a row stride, so a head's channels or a block of rows are addressed in place, and
 beta = 1 adds into the output (the backward's accumulation) without a scratch copy.
 """
@@ -94,7 +94,7 @@ def _gemm_tile(transa, transb, m, n, k, alpha, a, a_off, lda, b, b_off, ldb, bet
 
 def gemm(transa, transb, m, n, k, alpha, a, a_off, lda, b, b_off, ldb, beta, c, c_off, ldc):
     # Row-major C (m,n) = alpha op(A) op(B) + beta C inside the flat device arrays a, b, c (float32);
-    # op(X) is X^T when trans* is true. As kernels/blas.gemm, with booleans for the transposes.
+    # op(X) is X^T when trans* is true. As cllm/kernels/blas.gemm, with booleans for the transposes.
     if m == 0 or n == 0:
         return
     if cublas.available():
@@ -176,7 +176,7 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, T, C, OC, overwr
 
 
 def matmul_gelu_forward(out, gelu_out, inp, weight, bias, B, T, C, OC):
-    # matmul_forward, then gelu_out (B,T,OC) = gelu(out): the CPU kernel's fusion (kernels/matmul.py)
+    # matmul_forward, then gelu_out (B,T,OC) = gelu(out): the CPU kernel's fusion (cllm/kernels/matmul.py)
     # saves a pass over host memory; here the two kernels run one after the other
     matmul_forward(out, inp, weight, bias, B, T, C, OC)
     gelu_forward(gelu_out, out, B * T * OC)

@@ -1,4 +1,4 @@
-"""Softmax over the vocabulary, cross-entropy, and their fused backward, as kernels/softmax.py.
+"""Softmax over the vocabulary, cross-entropy, and their fused backward, as cllm/kernels/softmax.py.
 
 Legend: B batch, T time, V vocab, Vp padded vocab (rows of Vp, only the first V real).
 The softmax takes a row per block at a time (shared-memory max and sum); the others one thread per
@@ -71,6 +71,6 @@ def crossentropy_softmax_backward(dlogits, dlosses, probs, targets, B, T, V, Vp,
 
 
 def crossentropy_softmax_backward_inplace(probs, dlosses, targets, B, T, V, Vp):
-    # probs (B,T,Vp) becomes the logits' gradient, as kernels/softmax.py's kernel of this name: each
+    # probs (B,T,Vp) becomes the logits' gradient, as cllm/kernels/softmax.py's kernel of this name: each
     # thread reads its element before it writes it, so the out-of-place kernel serves
     _crossentropy_softmax_backward[blocks(B * T * Vp), THREADS](probs, dlosses, probs, targets, B * T, V, Vp, True)

@@ -46,7 +46,7 @@ def tanh_f32(x):
 @njit(**JIT)
 def gelu_span(out, inp):
     # out (n) = gelu(inp (n)) on one thread: gelu_forward's blocks, and the rows that
-    # kernels/matmul.matmul_gelu_forward has just computed. Pass slices indexed from 0 (vectorized).
+    # cllm/kernels/matmul.matmul_gelu_forward has just computed. Pass slices indexed from 0 (vectorized).
     s = inp.dtype.type(GELU_SCALE)
     k = inp.dtype.type(0.044715)
     half = inp.dtype.type(0.5)
@@ -70,7 +70,7 @@ def gelu_grad(x, th, s, k3, half, one):
 @njit(**JIT)
 def gelu_backward_span(dinp, inp, dout, overwrite):
     # dinp (n) += gelu'(inp (n)) * dout (n) (= with overwrite) on one thread: gelu_backward's blocks,
-    # and the rows of dout that kernels/matmul.matmul_gelu_backward has just computed
+    # and the rows of dout that cllm/kernels/matmul.matmul_gelu_backward has just computed
     s = inp.dtype.type(GELU_SCALE)
     k = inp.dtype.type(0.044715)
     k3 = inp.dtype.type(3.0 * 0.044715)

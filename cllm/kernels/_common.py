@@ -55,7 +55,7 @@ PARALLEL_MIN_WORK = 1 << 17
 
 
 def numba_cache_dir() -> str:
-    """kernels/__pycache__/numba-<key>: key = a hash of every Numba source file (this one with its
+    """cllm/kernels/__pycache__/numba-<key>: key = a hash of every Numba source file (this one with its
     flags included), the versions of CLLM, Numba, llvmlite and Python. Any change compiles anew;
     a checkout updated in place never runs a kernel compiled from older code or other flags."""
     import llvmlite
@@ -63,7 +63,7 @@ def numba_cache_dir() -> str:
 
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.dirname(here)
-    # all Numba code lives under kernels/ (the tokenizers' kernels and kernels/cuda too)
+    # all Numba code lives under cllm/kernels/ (the tokenizers' kernels and cllm/kernels/cuda too)
     sources = sorted(glob.glob(os.path.join(here, "**", "*.py"), recursive=True))
     digest = hashlib.sha256()
     for path in sources:

@@ -2,7 +2,7 @@
 
 Legend: B batch, T time, C channels.
 Everything in a block's forward except attention works row by row: a row's LayerNorm, its rows of
-each product (single-threaded BLAS on a block of rows, as kernels/matmul.py), its GELU, dropout
+each product (single-threaded BLAS on a block of rows, as cllm/kernels/matmul.py), its GELU, dropout
 and residual sums need no other row. So each thread takes its block of rows through the whole
 chain, and the forward wakes the thread team three times per layer (this, attention, this) instead
 of five (more where the small LayerNorm and residual kernels run in parallel). Measured on the baby

@@ -1,4 +1,4 @@
-"""Layer normalization over the channels (eps 1e-5, biased variance), as kernels/layernorm.py.
+"""Layer normalization over the channels (eps 1e-5, biased variance), as cllm/kernels/layernorm.py.
 
 Legend: B batch, T time, C channels. A block of ROW_THREADS threads normalizes a row at a time (the
 blocks take the rows in turn): its threads stride over the channels and meet in shared-memory sums.

@@ -99,7 +99,7 @@ GEMM_MIN_ROWS = 8
 @njit(**JIT)
 def _linear(out, x, weight, scales, bias, R, C, OC, wbuf):
     # out (R,OC) = x (R,C) @ weight (OC,C)^T + bias (OC);  bias may be None. scales None: weight is
-    # float; else weight is int8 with scales (OC) (kernels/quant.py), and a product over
+    # float; else weight is int8 with scales (OC) (cllm/kernels/quant.py), and a product over
     # many rows dequantizes the weight into wbuf (>= OC*C floats) once and runs the float gemm.
     if R < GEMM_MIN_ROWS:
         _matvec(out, x, weight, scales, bias, R, C, OC)
@@ -137,7 +137,7 @@ def _forward_rows(logits, kvcache, tokens, seq, pos, wte, wpe, ln1w, ln1b, qkvw,
     # positions 0..pos[r] (earlier positions already cached, or rows of this call). logits
     # (R - first_logit_row, V) for the rows from first_logit_row on. scales: None, or the int8
     # model's (wte, qkvw, attprojw, fcw, fcprojw) scales, those five weights being int8
-    # (kernels/quant.py; cllm/quantize.py).
+    # (cllm/kernels/quant.py; cllm/quantize.py).
     hs = C // NH
     C2 = 2 * C
     C3 = 3 * C

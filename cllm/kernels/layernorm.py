@@ -33,7 +33,7 @@ def layernorm_row(out, inp, weight, bias, o, C):
 
 @njit(**JIT)
 def layernorm_rows(out, mean, rstd, inp, weight, bias, C, r0, r1):
-    # rows r0..r1-1 of layernorm_forward, on the calling thread (kernels/block.py runs it per thread)
+    # rows r0..r1-1 of layernorm_forward, on the calling thread (cllm/kernels/block.py runs it per thread)
     for bt in range(r0, r1):
         mean[bt], rstd[bt] = layernorm_row(out, inp, weight, bias, bt * C, C)
 

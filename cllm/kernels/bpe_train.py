@@ -21,14 +21,14 @@ Pairs (a, b) get a dense index through a typed dict keyed by a << 32 | b:
 Each merge touches only the words in its pair's list: cost ~ the number of occurrences merged
 (a word on the list is rescanned whole, so a pathological chunk of millions of letters is slow).
 
-The chunks come from kernels/bpe_split.py (count_chunks, chunks_to_words); the merges learned here
-are applied by kernels/bpe_encode.py. The heap helpers are shared with kernels/wordpiece.py.
+The chunks come from cllm/kernels/bpe_split.py (count_chunks, chunks_to_words); the merges learned here
+are applied by cllm/kernels/bpe_encode.py. The heap helpers are shared with cllm/kernels/wordpiece.py.
 """
 import numpy as np
 from numba import njit, types
 from numba.typed import Dict
 
-from kernels._common import JIT  # one decorator set and one cache directory for all Numba code
+from cllm.kernels._common import JIT  # one decorator set and one cache directory for all Numba code
 
 HASH_BASE = np.uint64(1099511628211)  # FNV prime: any odd 64-bit multiplier works
 

@@ -1,9 +1,9 @@
 """CLLM's kernels for NVIDIA GPUs, through Numba's CUDA target (`pip install -e '.[cuda]'`).
 
-The same operations, flat float32 buffers and layouts as the CPU kernels in kernels/, on device
+The same operations, flat float32 buffers and layouts as the CPU kernels in cllm/kernels/, on device
 arrays; cllm/device.py's CudaModel calls them. Importing this package needs numba-cuda; running the
 kernels needs a GPU, or NUMBA_ENABLE_CUDASIM=1 (Numba's simulator, set before numba.cuda is first
-imported), which is how the tests run them. Legend as in kernels/_common.py.
+imported), which is how the tests run them. Legend as in cllm/kernels/_common.py.
 """
 from .adamw import NORM_BLOCKS, adamw_update, grad_norm_squared
 from .attention import attention_backward, attention_forward

@@ -1,9 +1,9 @@
-"""Decoding with a KV cache on the device, as kernels/decode.py: R rows (tokens) at once, each of a
+"""Decoding with a KV cache on the device, as cllm/kernels/decode.py: R rows (tokens) at once, each of a
 sequence at a position, through every layer; the linear layers are matrix-vector products for a few
-rows and the training forward's matmul for more (kernels/cuda/matmul.linear).
+rows and the training forward's matmul for more (cllm/kernels/cuda/matmul.linear).
 
 Legend: R rows, L layers, C channels, NH heads, hs = C/NH, maxT positions, V vocab.
-kvcache (nb, L, 2, NH, ...) in kernels/decode.py's layout: per sequence and layer, each head's keys
+kvcache (nb, L, 2, NH, ...) in cllm/kernels/decode.py's layout: per sequence and layer, each head's keys
 transposed (hs, maxT), then each head's values (maxT, hs). rows (3R) int32 on the device: the
 tokens, then each row's sequence, then its position. Every row's k and v go into the cache before
 any row attends, so the rows of one call may continue one sequence (prefill).

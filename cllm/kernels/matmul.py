@@ -1,4 +1,4 @@
-"""Fully connected layer: out = inp @ weight^T + bias, through BLAS's gemm (kernels/blas.py).
+"""Fully connected layer: out = inp @ weight^T + bias, through BLAS's gemm (cllm/kernels/blas.py).
 
 Legend: B batch, T time, C input channels, OC output channels.
 BLAS's sgemm (SciPy's, the one np.dot calls inside Numba code) is 1.5x faster than a hand-blocked
@@ -11,8 +11,8 @@ from ._common import JIT, PJIT, ROW_BLOCKS
 from .blas import NO_TRANS, TRANS, gemm
 from .gelu import gelu_span
 
-# From this many weights on (4 MB in float32) a matrix-vector product (kernels/decode.py, float32
-# or int8: kernels/quant.py) is split over the threads.
+# From this many weights on (4 MB in float32) a matrix-vector product (cllm/kernels/decode.py, float32
+# or int8: cllm/kernels/quant.py) is split over the threads.
 # Below it, waking the sleeping thread team (OMP_WAIT_POLICY=PASSIVE, cllm/__init__.py: about 35 us
 # per parallel region, measured) costs more than the second core saves; a decode step runs 4
 # products per layer. Measured on the seed config (6 layers, 256 dims, vocab 5000): 1.15k tokens/s

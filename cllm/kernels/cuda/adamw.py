@@ -1,4 +1,4 @@
-"""AdamW (PyTorch's formula, as kernels/adamw.py) and the gradient norm, on the device.
+"""AdamW (PyTorch's formula, as cllm/kernels/adamw.py) and the gradient norm, on the device.
 
 Legend: N element count.
 """
@@ -28,7 +28,7 @@ def _adamw(params, grads, m, v, N, b1, b2, omb1, omb2, decay, step_size, bc2_sqr
 
 def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, t):
     # params, grads, m, v (N); t the step number from 1. The scalars are formed in float64 on the
-    # host and cast once, as the CPU kernel forms them (1 - beta in float64: see kernels/adamw.py).
+    # host and cast once, as the CPU kernel forms them (1 - beta in float64: see cllm/kernels/adamw.py).
     N = params.size
     _adamw[blocks(N), THREADS](params, grads, m, v, N, F32(beta1), F32(beta2), F32(1.0 - beta1), F32(1.0 - beta2),
                                F32(1.0 - lr * weight_decay), F32(lr / (1.0 - beta1 ** t)),

@@ -25,8 +25,8 @@ import numpy as np
 from numba import njit, types
 from numba.typed import Dict
 
-from kernels._common import JIT
-from kernels.bpe_train import _add_occurrence, _better, _key, _sift_down  # shared with the BPE trainer
+from cllm.kernels._common import JIT
+from cllm.kernels.bpe_train import _add_occurrence, _better, _key, _sift_down  # shared with the BPE trainer
 
 
 @njit(**JIT)

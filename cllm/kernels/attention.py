@@ -5,11 +5,11 @@ inp (B,T,3C) holds, for each position, q (C) then k (C) then v (C); head h uses 
 [h*hs, (h+1)*hs) of each. att (B,NH,T,T) keeps the softmax probabilities, 0 above the diagonal
 (t2 > t, the future): the backward reads them. The scaled scores are scratch, one head's (T,T) at a
 time, which stays in cache (a (B,NH,T,T) scores buffer measured 9% slower at the seed config).
-The products run through kernels/blas.gemm on each head's channels in place (a row stride of 3C for
+The products run through cllm/kernels/blas.gemm on each head's channels in place (a row stride of 3C for
 q, k, v, of C for out): no copies in or out, and the backward adds straight into dinp.
-Dropout on the probabilities (drop > 0: the threshold of kernels/dropout.py, with its key): att keeps
+Dropout on the probabilities (drop > 0: the threshold of cllm/kernels/dropout.py, with its key): att keeps
 the probabilities before dropout (the softmax backward needs them) and out = (att * M) @ v with M the
-scaled mask of kernels/dropout.causal_mask_rows, built per head in scratch and rebuilt by the backward
+scaled mask of cllm/kernels/dropout.causal_mask_rows, built per head in scratch and rebuilt by the backward
 from (key, element index): nothing per mask is stored. With drop = 0 no mask is built.
 """
 import numpy as np
