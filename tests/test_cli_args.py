@@ -20,7 +20,7 @@ from cllm.commands import (
 )
 
 sys.path.insert(0, str(ROOT))
-import cli  # noqa: E402  (the dispatcher at the repository root)
+from cllm import cli  # noqa: E402
 
 # what a user may type as text, each of which a Python-literal parser would turn into something else
 TEXTS = ["1984", "Hello, world", "True", "None", "[1, 2]", "{'a': 1}", "-", "3.5", " padded "]
