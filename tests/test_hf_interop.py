@@ -31,7 +31,28 @@ try:
 except ImportError as exc:  # the reason is printed by the skips below
     torch = transformers = None
     MISSING = f"{exc.name} is not installed: make test-interop (pip install -e '.[interop]')"
+    if os.environ.get("CLLM_INTEROP_REQUIRED"):  # make test-interop: a missing reference is a failure, not a skip
+        raise
 needs_hf = pytest.mark.skipif(transformers is None, reason=MISSING)
+
+
+@needs_hf
+def test_transformers_and_huggingface_kernels_import_from_the_repository_root():
+    """transformers 5 depends on HuggingFace's PyPI package `kernels`; a top-level `kernels` folder of CLLM's
+    shadowed it from the checkout (`import transformers` failed there). Run as a user would, from the root."""
+    code = ("import importlib.util, transformers, cllm.kernels.matmul\n"
+            "from transformers import GPT2LMHeadModel\n"
+            "spec = importlib.util.find_spec('kernels')\n"
+            "print(transformers.__version__, spec.origin if spec else '-')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    version, origin = r.stdout.split()
+    # HuggingFace's kernels from site-packages (transformers 5 installs it) or none, never a folder of the checkout
+    assert origin == "-" or "site-packages" in origin, origin
+    if int(version.split(".")[0]) >= 5:
+        assert origin != "-"
+    expected = os.environ.get("CLLM_EXPECT_TRANSFORMERS")  # make test-interop pins the newest and the oldest
+    assert expected is None or version == expected, (version, expected)
 
 
 @pytest.fixture(scope="module")
