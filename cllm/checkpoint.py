@@ -22,6 +22,8 @@ import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
 
 from cllm.config import ModelConfig
 from cllm.errors import CheckpointError, ConfigError
@@ -57,8 +59,6 @@ def save_checkpoint(
     state: dict | None = None,
 ) -> str:
     """Write directory/name/ atomically and return its path."""
-    from safetensors.numpy import save_file
-
     try:
         os.makedirs(directory, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
@@ -239,9 +239,6 @@ def read_config(path: str) -> dict:
 
 def load_checkpoint(path: str, with_optimizer: bool = False) -> Checkpoint:
     """Read and validate a checkpoint; any problem is a CheckpointError naming the file."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
     path = resolve_checkpoint(path)
     config = read_config(path)
     config_path = os.path.join(path, CONFIG_FILE)
@@ -293,7 +290,8 @@ def load_checkpoint(path: str, with_optimizer: bool = False) -> Checkpoint:
 
 def model_from_checkpoint(ckpt: Checkpoint):
     """A Model holding the checkpoint's weights (and AdamW moments when loaded)."""
-    from cllm.model import Model
+    # costly: Numba and the kernels (~0.45 s); export-hf, export-gguf and export-llmc read checkpoints without them
+    from cllm.model import Model  # noqa: PLC0415
 
     model = Model(ckpt.model_config, seed=None)
     for name, tensor in ckpt.params.items():

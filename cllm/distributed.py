@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
+
 from cllm.errors import MissingDependencyError
 
 # Environment variables that MPI launchers set in every rank (Open MPI, MPICH/Hydra, Intel MPI, Slurm's PMI)
@@ -50,7 +52,7 @@ class MPIComm:
     """COMM_WORLD through mpi4py's buffer methods (upper-case: raw buffers, no pickle)."""
 
     def __init__(self):
-        from mpi4py import MPI
+        from mpi4py import MPI  # noqa: PLC0415 - optional: the mpi extra (importing it starts MPI)
 
         self.MPI = MPI
         self.comm = MPI.COMM_WORLD
@@ -66,8 +68,6 @@ class MPIComm:
         self.comm.Allreduce(self.MPI.IN_PLACE, array, op=self.MPI.SUM)
 
     def allreduce_scalar(self, value: float) -> float:
-        import numpy as np
-
         buf = np.array([value], dtype=np.float64)
         self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
         return float(buf[0])
@@ -92,7 +92,7 @@ def world():
     if _world is None:
         if launched_by_mpirun():
             try:
-                import mpi4py  # noqa: F401
+                import mpi4py  # noqa: F401, PLC0415 - optional: the mpi extra
             except ImportError as exc:
                 raise MissingDependencyError(
                     "this was started by mpirun, but mpi4py is not installed; install the MPI extra "

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import os
 
+import numba
+import scipy.linalg  # noqa: F401  (loads SciPy's BLAS, the one Numba's np.dot calls)
+from threadpoolctl import threadpool_limits
+
 _configured = None
 
 
@@ -16,14 +20,9 @@ def configure_threads(num_threads: int | None = None) -> int:
     """Use num_threads Numba threads and single-threaded BLAS; returns the count. None keeps the count
     set by an earlier call (so that a Model created after `--threads N` keeps N), or all cores."""
     global _configured
-    import numba
-    from threadpoolctl import threadpool_limits
-
     n = num_threads or _configured or numba.config.NUMBA_NUM_THREADS
     n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
     if _configured != n:
-        import scipy.linalg  # noqa: F401  (loads SciPy's BLAS, the one Numba's np.dot calls)
-
         threadpool_limits(limits=1, user_api="blas")
         numba.set_num_threads(n)
         _configured = n

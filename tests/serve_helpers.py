@@ -10,6 +10,14 @@ import json
 import random
 from pathlib import Path
 
+from cllm.checkpoint import save_checkpoint
+from cllm.config import ModelConfig
+from cllm.data import prepare_dataset, read_token_file
+from cllm.data.clean import clean_text
+from cllm.model import Model
+from cllm.tokenizers import load_tokenizer
+from cllm.training import TrainConfig, train
+
 T = 16  # the tiny model's context
 
 _WORDS = ("the a cat dog sat on mat and ran far away into woods while birds sang of red blue green "
@@ -31,10 +39,6 @@ def tiny_run(tmp_path_factory) -> dict:
     "val_loss": the validation loss training logged, "corpus": the corpus file, "dataset": prepared dir}."""
     if "run" in _SESSION:
         return _SESSION["run"]
-    from cllm.data import prepare_dataset, read_token_file
-    from cllm.data.clean import clean_text
-    from cllm.training import TrainConfig, train
-
     base = tmp_path_factory.mktemp("serve_run")
     for n_lines in range(150, 200):  # a corpus whose cut validation text is its own cleaning
         corpus = base / f"corpus{n_lines}.txt"
@@ -65,11 +69,6 @@ def random_checkpoint(tmp_path_factory, embed_dim=128, num_layers=4, num_heads=4
     time (the browser test watches text arrive), with the tiny run's char tokenizer."""
     key = f"random{embed_dim}x{num_layers}x{seq_len}"
     if key not in _SESSION:
-        from cllm.checkpoint import save_checkpoint
-        from cllm.config import ModelConfig
-        from cllm.model import Model
-        from cllm.tokenizers import load_tokenizer
-
         tok = load_tokenizer(str(tiny_run(tmp_path_factory)["dataset"] / "tokenizer.json"))
         model = Model(ModelConfig(vocab_size=tok.vocab_size, max_seq_len=seq_len, num_layers=num_layers,
                                   num_heads=num_heads, embed_dim=embed_dim), seed=1)

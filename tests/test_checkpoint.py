@@ -4,6 +4,7 @@ temporaries, and atomicity under SIGKILL at random moments of a training run."""
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -158,8 +159,6 @@ def test_prune_keeps_the_newest_and_the_pointed_to(tmp_path):
 def test_resaving_a_step_never_exposes_a_half_deleted_checkpoint(tmp_path, monkeypatch):
     """Re-saving a step that `latest` points to (a run resumed from an older checkpoint of its own
     directory): a process dying while the old directory is being deleted leaves `latest` readable."""
-    import shutil
-
     ck.save_checkpoint(str(tmp_path), "step_000002", Model(CONFIG, seed=1))
     ck.set_pointer(str(tmp_path), "latest", "step_000002")
     real_rmtree = shutil.rmtree

@@ -9,6 +9,9 @@ from pathlib import Path
 from aiohttp import web
 from crawl_helpers import manifest, page, serve, wait_for
 
+from cllm.commands import parse_command_line, scrape
+from cllm.scraper.settings import CrawlSettings
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -106,9 +109,6 @@ async def test_ctrl_c_stops_cleanly_with_a_resume_hint(tmp_path):
 def test_every_flag_reaches_the_crawl_setting_of_its_name():
     # the flags are CrawlSettings' fields: a name typed on the command line is the field it sets
     # (--timeout was once the field timeout_s, --ignore-robots the negation of obey_robots)
-    from cllm.commands import parse_command_line, scrape
-    from cllm.scraper.settings import CrawlSettings
-
     typed = {"timeout": ("5", 5.0), "max_redirects": ("2", 2), "allow_domains": ("A.org, .b.org", "A.org, .b.org"),
              "retry_backoff_s": ("0.5", 0.5), "user_agent": ("Bot/1", "Bot/1"), "jitter_ms": ("7", 7)}
     argv = ["http://x.org/", "out", "9"] + [a for name, (text, _) in typed.items()

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from cllm.errors import CrawlError
 from cllm.scraper.fetch import FetchError, _Decoder, parse_retry_after
+from cllm.scraper.frontier import _extension
 from cllm.scraper.robots import Robots
 from cllm.scraper.settings import DEFAULT_USER_AGENT, CrawlSettings
 from cllm.scraper.urls import canonicalize, extract_links, in_scope, url_hash
@@ -146,8 +147,6 @@ def test_settings_are_validated():
 
 
 def test_extension_of_a_url():
-    from cllm.scraper.frontier import _extension
-
     assert _extension("http://h/a/photo.JPG?x=1") == "jpg"
     assert _extension("http://h/a.b/page") == ""
     assert _extension("http://h/") == ""

@@ -14,12 +14,14 @@ from train_helpers import (
     trained_checkpoint,
 )
 
+import cllm.commands.llmc as llmc_cmd
 from cllm import checkpoint as ck
 from cllm.commands import run_command
 from cllm.config import ModelConfig
 from cllm.errors import CheckpointError
 from cllm.llmc import export_checkpoint, import_model_file, read_model_file
 from cllm.model import Model
+from cllm.tokenizers import train_tokenizer
 
 # llm.c train_gpt2.c: int model_header[256]; magic, version, maxT, V, L, NH, C, Vp
 MAGIC, VERSION = 20240326, 3
@@ -213,8 +215,6 @@ def test_export_to_an_unwritable_path(saved_model, tmp_path):
 
 
 def test_tokenizer_must_match_the_vocabulary(tmp_path):
-    from cllm.tokenizers import train_tokenizer
-
     path, _ = _good_file(tmp_path)
     tok = train_tokenizer("char", "abc", progress=False)
     tok.save(str(tmp_path / "tok.json"))
@@ -231,8 +231,6 @@ def test_import_refuses_to_overwrite_a_run(saved_model, tmp_path):
 
 
 def test_commands_round_trip_with_tokenizer_and_generate(tmp_path, tmp_path_factory, capsys):
-    import cllm.commands.llmc as llmc_cmd
-
     run = trained_checkpoint(tmp_path_factory)
     out = tmp_path / "model.bin"
     assert run_command(llmc_cmd, "export-llmc", [str(run), str(out)]) == 0

@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
+from safetensors.numpy import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = str(ROOT / "cli.py")
@@ -75,8 +77,6 @@ def _trained_steps(ckdir):
 
 
 def _weights(ckdir):
-    from safetensors.numpy import load_file
-
     return load_file(str(ckdir / "latest" / "model.safetensors"))
 
 
@@ -165,8 +165,6 @@ def test_resume_with_another_world_size_says_so(corpus):
 
 @needs_mpi
 def test_a_dead_rank_ends_the_others(corpus):
-    import psutil
-
     proc = subprocess.Popen(
         [
             MPIEXEC,

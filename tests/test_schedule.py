@@ -15,7 +15,7 @@ from train_helpers import (
 
 from cllm.data import read_token_file
 from cllm.errors import ConfigError
-from cllm.schedule import BUDGET_POINTS, UNPLANNED, BudgetPlanner, plan_run
+from cllm.schedule import BUDGET_POINTS, UNPLANNED, VALIDATION_SHARE, BudgetPlanner, plan_run
 from cllm.training import TrainConfig, train
 
 
@@ -58,8 +58,6 @@ def test_the_plan_fills_the_budget(speed):
 def test_slow_validations_do_not_follow_each_other():
     # validations longer than the spacing of the points: they are spaced out to take at most a
     # quarter of the run (not one after every step), and the plan still accounts for their cost
-    from cllm.schedule import VALIDATION_SHARE
-
     budget, cost = 600.0, 2.5 * 600.0 / BUDGET_POINTS
     planner = BudgetPlanner(budget)
     steps, elapsed, points = simulate(planner, budget, lambda t: 0.05, point_cost=cost)

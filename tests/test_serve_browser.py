@@ -3,11 +3,13 @@ package): type a prompt, press Generate, watch the streamed text appear."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ CHROMIUM = "/usr/bin/chromium"
 
 def _browser_or_skip():
     try:
-        from playwright.sync_api import sync_playwright
+        from playwright.sync_api import sync_playwright  # noqa: PLC0415 - optional: the test extra; without it the test skips
     except ImportError:
         pytest.skip("the playwright Python package is not installed (pip install -e '.[test]')")
     if not os.path.exists(CHROMIUM):
@@ -66,7 +68,7 @@ def server(tmp_path_factory):
 def test_page_streams_generated_text(server):
     sync_playwright = _browser_or_skip()
     url, model_id = server
-    from playwright.sync_api import expect
+    from playwright.sync_api import expect  # noqa: PLC0415 - optional: the test extra; without it the test skips
 
     with sync_playwright() as p:
         browser = p.chromium.launch(
@@ -104,9 +106,6 @@ def test_page_streams_generated_text(server):
             partial = {n for status, n in growth if status.startswith("generating") and 0 < n < 300}
             assert len(partial) >= 2, growth  # the text grew while it was being generated
             # the same seed from the API gives the same text
-            import json
-            import urllib.request
-
             req = urllib.request.Request(
                 url + "v1/completions",
                 method="POST",

@@ -3,6 +3,8 @@ test time by `tokenizers` and `tiktoken` themselves (no network) and CLLM's ids 
 on the bundled text and on any Unicode text (hypothesis)."""
 import base64
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from hypothesis import strategies as st
 
 from cllm.tokenizers import BPETokenizer, load_tokenizer
 from cllm.tokenizers.base import TokenizerFileError
+from cllm.tokenizers.bpe import bytes_to_unicode
 from cllm.tokenizers.imports import O200K, import_tokenizer
 from cllm.tokenizers.pre_split import PATTERNS
 
@@ -28,13 +31,11 @@ FAST = settings(max_examples=60, deadline=None,
 @pytest.fixture(scope="module")
 def hf_bytelevel(tmp_path_factory):
     """A GPT-2-style tokenizer.json (ByteLevel pre-tokenizer with its regex) trained by `tokenizers`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    hf = Tokenizer(models.BPE())
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    hf.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=["<|endoftext|>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    hf = tk.Tokenizer(tk.models.BPE())
+    hf.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = tk.decoders.ByteLevel()
+    trainer = tk.trainers.BpeTrainer(vocab_size=700, special_tokens=["<|endoftext|>"], show_progress=False,
+                                     initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet())
     hf.train_from_iterator([SAMPLE], trainer)
     path = tmp_path_factory.mktemp("hf") / "tokenizer.json"
     hf.save(str(path))
@@ -104,8 +105,6 @@ def test_hf_split_pre_tokenizer_ignore_merges_prefix_space_nfc(hf_bytelevel, tmp
 def test_ignore_merges_takes_a_whole_chunk_that_is_a_token(tmp_path):
     # merges a+b, b+c, a+bc: "abc" merges to [ab, c] ((a,b) ranks first and (ab,c) is no merge),
     # but with ignore_merges the chunk "abc" is itself a token and is taken whole
-    from cllm.tokenizers.bpe import bytes_to_unicode
-
     b2u = bytes_to_unicode()
     vocab = {b2u[b]: i for i, b in enumerate(range(256))}
     vocab.update({"ab": 256, "bc": 257, "abc": 258})
@@ -125,10 +124,8 @@ def test_ignore_merges_takes_a_whole_chunk_that_is_a_token(tmp_path):
 
 
 def test_refuses_what_it_cannot_reproduce(hf_bytelevel, tmp_path):
-    from tokenizers import Tokenizer, models, trainers
-
-    uni = Tokenizer(models.Unigram())
-    uni.train_from_iterator([SHAKESPEARE[:5000]], trainers.UnigramTrainer(vocab_size=100, show_progress=False))
+    uni = tk.Tokenizer(tk.models.Unigram())
+    uni.train_from_iterator([SHAKESPEARE[:5000]], tk.trainers.UnigramTrainer(vocab_size=100, show_progress=False))
     uni.save(str(tmp_path / "uni.json"))
     with pytest.raises(TokenizerFileError, match="Unigram model cannot be read"):
         import_tokenizer(str(tmp_path / "uni.json"))
@@ -151,7 +148,7 @@ def test_refuses_what_it_cannot_reproduce(hf_bytelevel, tmp_path):
 @pytest.mark.parametrize("pattern", ["gpt2", "cl100k", "o200k"])
 def test_tiktoken_rank_file_same_ids(pattern, tmp_path, monkeypatch):
     tiktoken = pytest.importorskip("tiktoken", reason="tiktoken (test extra) is the reference")
-    from tiktoken.load import load_tiktoken_bpe
+    from tiktoken.load import load_tiktoken_bpe  # noqa: PLC0415 - optional: the test extra (skipped above without it)
 
     regex = {"gpt2": PATTERNS["gpt2"], "cl100k": PATTERNS["gpt4"], "o200k": O200K}[pattern]
     bpe = BPETokenizer.train(SAMPLE, 600, pattern=regex, special_tokens=[], progress=False)
@@ -191,9 +188,6 @@ def test_gpt2_vocab_and_merges_files(hf_bytelevel, tmp_path):
 
 
 def test_cli_import(hf_bytelevel, tmp_path):
-    import subprocess
-    import sys
-
     def run_cli(*args):
         return subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], capture_output=True, text=True,
                               cwd=ROOT, check=False)

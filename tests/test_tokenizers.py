@@ -6,15 +6,17 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import regex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cllm.errors import TokenizerError
+from cllm.kernels import bpe_split
 from cllm.tokenizers import BPETokenizer, CharTokenizer, WordTokenizer, load_tokenizer, train_tokenizer
-from cllm.tokenizers.base import TokenizerFileError, VocabSizeError
-from cllm.tokenizers.pre_split import PATTERNS
+from cllm.tokenizers.base import TokenizerFileError, VocabSizeError, text_pieces
+from cllm.tokenizers.pre_split import PATTERNS, char_classes
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = (ROOT / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")
@@ -349,14 +351,9 @@ TRICKY = list("aZ1 \t\n\r'sSldvemtr.,!ſ_-9٣") + [
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(TRICKY), max_size=25).map("".join) | st.text(max_size=40))
 def test_numba_pre_split_matches_regex(text):
-    import numpy as np
-
-    from cllm.kernels import bpe_split as K
-    from cllm.tokenizers.pre_split import char_classes
-
     cps = np.frombuffer(text.encode("utf-32-le"), np.uint32)
     for name, gpt4 in (("gpt4", True), ("gpt2", False)):
-        offs = K.split_offsets(cps, char_classes(), gpt4).tolist()
+        offs = bpe_split.split_offsets(cps, char_classes(), gpt4).tolist()
         assert [text[a:b] for a, b in zip(offs, offs[1:])] == regex.findall(PATTERNS[name], text), name
 
 
@@ -395,8 +392,6 @@ _PIECE_ALPHABET = list("ab Zé\n\n  .,'-1234\t\u00a0\u2019ßы字😀") + ["'s",
 @given(st.lists(st.sampled_from(_PIECE_ALPHABET), max_size=400), st.integers(1, 40))
 def test_text_pieces_give_the_ids_of_the_whole_text(bpe, parts, size):
     """prepare encodes big documents piece by piece: the cuts must never change a token."""
-    from cllm.tokenizers.base import text_pieces
-
     text = "".join(parts)
     pieces = list(text_pieces(text, size))
     assert "".join(pieces) == text

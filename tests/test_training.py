@@ -5,6 +5,7 @@ import math
 import os
 import signal
 
+import numba
 import numpy as np
 import pytest
 from train_helpers import (
@@ -16,7 +17,10 @@ from train_helpers import (
 from train_helpers import prepared_dataset as _prepared
 
 from cllm import checkpoint as ck
+from cllm.config import ModelConfig
 from cllm.errors import ConfigError
+from cllm.model import Model
+from cllm.optim import AdamW
 from cllm.training import BatchSampler, build_config, evaluate_tokens, train
 
 
@@ -27,8 +31,6 @@ def dataset(tmp_path_factory):
 
 def _interrupt_at(monkeypatch, step):
     """Send a real SIGINT to this process during the optimizer update of `step` (the loop's Ctrl-C path)."""
-    from cllm.optim import AdamW
-
     calls = {"n": 0}
     original = AdamW.step
 
@@ -141,7 +143,7 @@ def test_metrics_pointers_pruning_and_plot(tmp_path, dataset):
         assert loaded.m is not None and loaded.tokenizer_path is not None
     png = run / "loss.png"
     try:
-        import matplotlib  # noqa: F401
+        import matplotlib  # noqa: F401, PLC0415 - optional: the plot extra; loss.png is drawn only with it
     except ImportError:
         assert not png.exists()
     else:
@@ -167,9 +169,6 @@ def test_batch_sampler_windows_and_state():
 
 
 def test_evaluate_tokens_is_the_mean_over_every_window():
-    from cllm.config import ModelConfig
-    from cllm.model import Model
-
     model = Model(ModelConfig(vocab_size=11, max_seq_len=8, num_layers=1, num_heads=2, embed_dim=8), seed=3)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 11, size=45).astype(np.uint16)
@@ -189,10 +188,6 @@ def test_evaluate_tokens_is_the_mean_over_every_window():
 def test_threads_flag_holds_for_the_whole_run(tmp_path, dataset, monkeypatch):
     """--threads N is the number of Numba threads the training steps run on (creating the Model must
     not reset it to every core)."""
-    import numba
-
-    from cllm.optim import AdamW
-
     seen = []
     original = AdamW.step
 

@@ -9,7 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numba
 import pytest
+
+from cllm.data import prepare_dataset
+from cllm.runtime import configure_threads
+from cllm.training import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = str(ROOT / "cli.py")
@@ -46,8 +51,6 @@ def write_corpus(directory: Path, name: str = "corpus.txt", **kw) -> Path:
 
 def tiny_config(data, checkpoint_dir, **overrides):
     """A TrainConfig of the tiny model with no progress bar, no samples, evaluation only at the end."""
-    from cllm.training import TrainConfig
-
     kw = dict(TINY, data=str(data), checkpoint_dir=str(checkpoint_dir), max_steps=12, eval_interval=1000,
               checkpoint_interval=1000, sample_interval=100000, warmup_steps=2, seed=7, progress=False)
     kw.update(overrides)
@@ -58,10 +61,6 @@ def tiny_config(data, checkpoint_dir, **overrides):
 def all_threads_after():
     """Import into a test module: the quick runs set one thread; the tests after them get all back."""
     yield
-    import numba
-
-    from cllm.runtime import configure_threads
-
     configure_threads(numba.config.NUMBA_NUM_THREADS)
 
 
@@ -71,8 +70,6 @@ _SESSION: dict[str, Path] = {}
 def prepared_dataset(tmp_path_factory) -> Path:
     """A char-level prepared dataset directory of the tiny corpus (made once per session)."""
     if "dataset" not in _SESSION:
-        from cllm.data import prepare_dataset
-
         base = tmp_path_factory.mktemp("dataset")
         corpus = write_corpus(base / "text")
         prepare_dataset(str(corpus), str(base / "prepared"), tokenizer="char", progress=False)
@@ -84,8 +81,6 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     """A run directory (with `latest`) of the tiny model trained for 300 steps on the tiny corpus
     (enough for a greedy continuation that is not one character repeated)."""
     if "run" not in _SESSION:
-        from cllm.training import train
-
         data = prepared_dataset(tmp_path_factory)
         run = tmp_path_factory.mktemp("trained") / "run"
         train(tiny_config(data, run, max_steps=300, learning_rate=1e-2, warmup_steps=5))

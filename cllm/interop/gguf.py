@@ -46,8 +46,13 @@ import os
 
 import numpy as np
 
+from cllm.checkpoint import load_checkpoint
 from cllm.config import ModelConfig
 from cllm.errors import CheckpointError, MissingDependencyError, TokenizerError
+from cllm.fileio import default_mode, fsync_path
+from cllm.interop.hf import special_ids, tokenizer_files
+from cllm.tokenizers import load_tokenizer
+from cllm.tokenizers.bpe import PATTERNS
 
 DTYPES = ("f32", "f16", "q8_0")
 PRE_TOKENIZERS = {"gpt2": "gpt-2", "gpt4": "llama-bpe"}  # CLLM pattern name -> llama.cpp tokenizer.ggml.pre
@@ -76,8 +81,6 @@ def vocabulary(tokenizer) -> tuple[list[str], list[int], list[str], str]:
         raise TokenizerError(f"GGUF export needs a byte-level BPE tokenizer, and this checkpoint's is "
                              f"{getattr(tokenizer, 'kind', None)!r}: llama.cpp's gpt2 loader reads BPE tokens and "
                              "merges only; train with --tokenizer bpe")
-    from cllm.tokenizers.bpe import PATTERNS
-
     pre = next((PRE_TOKENIZERS[k] for k, v in PATTERNS.items() if v == tokenizer.pattern), None)
     if pre is None:
         raise TokenizerError("GGUF export needs the gpt2 or gpt4 pre-split pattern (llama.cpp knows its "
@@ -85,8 +88,6 @@ def vocabulary(tokenizer) -> tuple[list[str], list[int], list[str], str]:
     if any(getattr(tokenizer, k, False) for k in ("whole_words", "prefix_space", "nfc")):
         raise TokenizerError("this imported tokenizer ignores merges, adds a prefix space or normalizes to NFC, "
                              "which llama.cpp's gpt2 tokenizer does not; it cannot go into a GGUF file exactly")
-    from cllm.interop.hf import special_ids, tokenizer_files
-
     model = tokenizer_files(tokenizer, 0)["tokenizer.json"]["model"]
     tokens = [""] * tokenizer.vocab_size
     for text, i in model["vocab"].items():
@@ -98,7 +99,7 @@ def vocabulary(tokenizer) -> tuple[list[str], list[int], list[str], str]:
 
 def _stored(array: np.ndarray, dtype: str):
     """(data to write, ggml type or None for a plain float array) of one tensor."""
-    import gguf
+    import gguf  # noqa: PLC0415 - optional: the gguf extra
 
     if array.ndim < 2 or dtype == "f32":
         return array, None
@@ -114,13 +115,10 @@ def export_gguf(checkpoint: str, out_path: str, dtype: str = "f32") -> tuple[str
     if dtype not in DTYPES:
         raise CheckpointError(f"unknown GGUF type {dtype!r}; choose one of {', '.join(DTYPES)}")
     try:
-        import gguf
+        import gguf  # noqa: PLC0415 - optional: the gguf extra
     except ImportError:
         raise MissingDependencyError("GGUF export needs the gguf package (llama.cpp's writer): "
                                      "pip install -e '.[gguf]'") from None
-    from cllm.checkpoint import load_checkpoint
-    from cllm.tokenizers import load_tokenizer
-
     ckpt = load_checkpoint(checkpoint)
     config = ckpt.model_config
     if ckpt.tokenizer_path is None:
@@ -156,7 +154,7 @@ def export_gguf(checkpoint: str, out_path: str, dtype: str = "f32") -> tuple[str
 
 def _add_model_keys(writer, config: ModelConfig, dtype: str) -> None:
     """The file type and the gpt2.* hyperparameters (the module doc lists where llama.cpp reads each)."""
-    import gguf
+    import gguf  # noqa: PLC0415 - optional: the gguf extra
 
     writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                           "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
@@ -187,8 +185,6 @@ def _add_tokenizer_keys(writer, tokenizer, tokens: list[str], types: list[int], 
 def _publish(tmp: str, out_path: str) -> None:
     """Give the written temporary file the usual permissions, fsync it and rename it to out_path (atomic;
     cllm/fileio.py's atomic_open does the same for files it opens itself, which GGUFWriter does not allow)."""
-    from cllm.fileio import default_mode, fsync_path
-
     os.chmod(tmp, default_mode())
     fsync_path(tmp)
     os.replace(tmp, out_path)

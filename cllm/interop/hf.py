@@ -33,9 +33,16 @@ import shutil
 import tempfile
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
 
+from cllm.checkpoint import load_checkpoint, save_checkpoint, set_pointer
 from cllm.config import ModelConfig
 from cllm.errors import CheckpointError, ConfigError, TokenizerError
+from cllm.fileio import default_mode, fsync_path
+from cllm.tokenizers import load_tokenizer
+from cllm.tokenizers.imports import import_tokenizer
+from cllm.tokenizers.word import WORD_PATTERN
 
 LAYER_NORM_EPS = 1e-5  # cllm/kernels/layernorm.py's eps: an HF model with another eps computes something else
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")  # transformers' names of GPT-2's tanh-approximated GELU
@@ -178,8 +185,6 @@ def _word_level_json(tokenizer) -> dict:
         split = {"type": "Split", "pattern": {"Regex": r"[\s\S]"}, "behavior": "Isolated", "invert": False}
         decoder, unk = {"type": "Fuse"}, "<unk>"
     else:
-        from cllm.tokenizers.word import WORD_PATTERN
-
         # the pattern's matches are the pieces, everything else (spaces) is dropped: invert + Removed
         pattern = WORD_PATTERN.replace("\\u2019", "\u2019")  # Oniguruma spells escapes differently
         split = {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Removed", "invert": True}
@@ -199,11 +204,6 @@ def _word_level_json(tokenizer) -> dict:
 def export_hf(checkpoint: str, out_dir: str) -> tuple[str, ModelConfig]:
     """Write CHECKPOINT as a transformers GPT-2 directory OUT_DIR (new or empty), all files or none:
     they are written into a temporary directory beside it that is renamed into place."""
-    from safetensors.numpy import save_file
-
-    from cllm.checkpoint import load_checkpoint
-    from cllm.tokenizers import load_tokenizer
-
     ckpt = load_checkpoint(checkpoint)
     config = ckpt.model_config
     tokenizer = load_tokenizer(ckpt.tokenizer_path) if ckpt.tokenizer_path else None
@@ -234,8 +234,6 @@ def export_hf(checkpoint: str, out_dir: str) -> tuple[str, ModelConfig]:
 
 def _publish_dir(tmp: str, out_dir: str) -> None:
     """fsync tmp's files and rename tmp to out_dir (replacing an empty directory)."""
-    from cllm.fileio import default_mode, fsync_path
-
     os.chmod(tmp, default_mode(directory=True))
     for name in os.listdir(tmp):
         os.chmod(os.path.join(tmp, name), default_mode())
@@ -250,9 +248,6 @@ def _publish_dir(tmp: str, out_dir: str) -> None:
 def read_hf_tensors(hf_dir: str) -> dict[str, np.ndarray]:
     """The tensors of model.safetensors (or its shards), names without the `transformer.` prefix and
     without the causal-mask buffers; a pickle-only directory is refused, never opened."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
     single = os.path.join(hf_dir, "model.safetensors")
     index = os.path.join(hf_dir, "model.safetensors.index.json")
     if os.path.isfile(single):
@@ -291,8 +286,6 @@ def import_hf(hf_dir: str, checkpoint_dir: str) -> tuple[str, bool]:
     """Read a GPT-2 HuggingFace directory into CHECKPOINT_DIR/step_000000 (with `latest`); its
     tokenizer.json, when present, becomes the checkpoint's tokenizer. Returns (step directory,
     whether a tokenizer came along)."""
-    from cllm import checkpoint as ck
-
     hf_dir = os.fspath(hf_dir)
     if not os.path.isdir(hf_dir):
         raise CheckpointError(f"{hf_dir!r} is not a directory; give a HuggingFace model directory (config.json + "
@@ -321,9 +314,9 @@ def import_hf(hf_dir: str, checkpoint_dir: str) -> tuple[str, bool]:
     model = _ParamsModel(config, params)
     source = {"imported_from": os.path.abspath(hf_dir), "format": "huggingface"}
     try:
-        path = ck.save_checkpoint(checkpoint_dir, "step_000000", model, tokenizer=tokenizer, train_config=source,
-                                  state={"step": 0, **source})
-        ck.set_pointer(checkpoint_dir, "latest", "step_000000")
+        path = save_checkpoint(checkpoint_dir, "step_000000", model, tokenizer=tokenizer, train_config=source,
+                               state={"step": 0, **source})
+        set_pointer(checkpoint_dir, "latest", "step_000000")
     except OSError as exc:
         raise CheckpointError(f"cannot write the checkpoint to {checkpoint_dir!r}: {exc.strerror or exc}; choose "
                               "another directory") from exc
@@ -352,11 +345,6 @@ def _read_tokenizer(hf_dir: str, config: ModelConfig):
     path = os.path.join(hf_dir, "tokenizer.json")
     if not os.path.isfile(path):
         return None
-    try:
-        from cllm.tokenizers.imports import import_tokenizer
-    except ImportError:
-        raise CheckpointError("reading a HuggingFace tokenizer.json needs cllm/tokenizers/imports.py, which this "
-                              "CLLM lacks; remove tokenizer.json to import the weights alone") from None
     tokenizer = import_tokenizer(path)
     if tokenizer.vocab_size != config.vocab_size:
         raise CheckpointError(f"{path} has {tokenizer.vocab_size:,} tokens but the model's vocabulary is "

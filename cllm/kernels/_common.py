@@ -16,7 +16,10 @@ import shutil
 import sys
 import time
 
+import llvmlite
 import numba
+
+from cllm import __version__
 
 # Numba's OpenMP threads wait passively (sleep) between parallel kernels unless the user chose
 # otherwise. With libgomp's default spinning, one other busy process on the machine made every
@@ -58,9 +61,6 @@ def numba_cache_dir() -> str:
     """cllm/kernels/__pycache__/numba-<key>: key = a hash of every Numba source file (this one with its
     flags included), the versions of CLLM, Numba, llvmlite and Python. Any change compiles anew;
     a checkout updated in place never runs a kernel compiled from older code or other flags."""
-    import llvmlite
-    import numba
-
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.dirname(here)
     # all Numba code lives under cllm/kernels/ (the tokenizers' kernels and cllm/kernels/cuda too)
@@ -70,8 +70,6 @@ def numba_cache_dir() -> str:
         digest.update(os.path.relpath(path, root).encode())
         with open(path, "rb") as f:
             digest.update(f.read())
-    from cllm import __version__
-
     digest.update(f"{__version__} {numba.__version__} {llvmlite.__version__} {sys.version}".encode())
     return os.path.join(here, "__pycache__", "numba-" + digest.hexdigest()[:16])
 
@@ -79,12 +77,10 @@ def numba_cache_dir() -> str:
 def _use_numba_cache_dir() -> None:
     """Point Numba's cache at numba_cache_dir() (unless the user set NUMBA_CACHE_DIR) before any kernel
     is decorated, and delete the directories of older keys (each a full set of compiled kernels)."""
-    from numba.core import config
-
     if os.environ.get("NUMBA_CACHE_DIR"):
         return
     path = numba_cache_dir()
-    config.CACHE_DIR = path
+    numba.config.CACHE_DIR = path
     parent = os.path.dirname(path)
     try:
         os.makedirs(path, exist_ok=True)

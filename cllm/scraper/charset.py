@@ -4,6 +4,8 @@ from __future__ import annotations
 import codecs
 import re
 
+from charset_normalizer import from_bytes
+
 _BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
 # <meta charset=x> and <meta http-equiv=Content-Type content="text/html; charset=x">
 _META_CHARSET = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?\s*([-\w.:]+)""", re.I)
@@ -52,8 +54,6 @@ def decode_html(data: bytes | str, http_charset: str | None = None) -> tuple[str
     except UnicodeDecodeError:
         pass
     try:
-        from charset_normalizer import from_bytes
-
         best = from_bytes(data[:200_000]).best()
         if best is not None:
             return data.decode(best.encoding, "replace"), best.encoding

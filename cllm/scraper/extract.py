@@ -19,8 +19,10 @@ How it works (the ideas of readability and trafilatura, kept small), one module 
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
+from cllm.errors import MissingDependencyError
 from cllm.scraper.boilerplate import clean_block, drop_never_text, strip_junk
 from cllm.scraper.charset import decode_html
 from cllm.scraper.dom import parse_html, remove_keeping_tail
@@ -93,12 +95,9 @@ def extract_html(html: bytes | str, url: str | None = None, http_charset: str | 
 def extract_pdf(data: bytes) -> Extracted:
     """The text of a PDF (pypdf, the [pdf] extra), one line per text line; title from metadata."""
     try:
-        from pypdf import PdfReader
+        from pypdf import PdfReader  # noqa: PLC0415 - optional: the pdf extra
     except ImportError:
-        from cllm.errors import MissingDependencyError
-
         raise MissingDependencyError("PDF support needs pypdf: pip install -e '.[pdf]'") from None
-    import io
 
     try:
         reader = PdfReader(io.BytesIO(data))

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from cllm.scraper.dom import parse_html
+from cllm.scraper.extract import extract_pdf, extract_tree
+from cllm.scraper.urls import extract_links, page_meta_robots
+
 
 class PageContent(NamedTuple):
     title: str
@@ -15,10 +19,6 @@ class PageContent(NamedTuple):
 
 def read_page(body: bytes, charset: str | None, final_url: str, is_pdf: bool) -> PageContent:
     """The content of a page fetched from `final_url` (HTML, or PDF text with the [pdf] extra)."""
-    from cllm.scraper.dom import parse_html
-    from cllm.scraper.extract import extract_pdf, extract_tree
-    from cllm.scraper.urls import extract_links, page_meta_robots
-
     if is_pdf:
         got = extract_pdf(body)
         return PageContent(got.title, got.text, [], False, False)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, field
 
+from tqdm import tqdm
+
 
 @dataclass
 class Summary:
@@ -35,8 +37,6 @@ class ProgressBar:
     stderr only when it is a terminal (tqdm's disable=None) and `show` is on."""
 
     def __init__(self, summary: Summary, max_pages: int, show: bool):
-        from tqdm import tqdm
-
         self.summary = summary
         self.bar = tqdm(total=max_pages, unit="page", desc="scrape", disable=None if show else True,
                         dynamic_ncols=True, leave=True)

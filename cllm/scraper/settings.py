@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import cllm
 from cllm.config import option
+from cllm.errors import CrawlError
 
 DEFAULT_USER_AGENT = f"CLLM-crawler/{cllm.__version__} (+https://github.com/cllm-project/cllm)"
 
@@ -82,8 +83,6 @@ class CrawlSettings:
         return tuple(d.strip().lower().lstrip(".") for d in self.allow_domains.split(",") if d.strip())
 
     def __post_init__(self) -> None:
-        from cllm.errors import CrawlError
-
         checks = [
             ("max_pages", self.max_pages >= 1), ("max_depth", self.max_depth >= 0),
             ("max_bytes", self.max_bytes >= 1024), ("min_chars", self.min_chars >= 0),

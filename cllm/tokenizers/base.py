@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import regex
 
 from cllm.errors import TokenizerError
@@ -32,7 +33,8 @@ class VocabSizeError(TokenizerError):
 
 def progress_bar(progress: bool, **kw):
     """A tqdm bar on stderr; `progress=True` shows it on a terminal only (tqdm's disable=None)."""
-    from tqdm import tqdm
+    # costly: tqdm takes ~20 ms to import, and only training a tokenizer shows a bar; generate and serve load one
+    from tqdm import tqdm  # noqa: PLC0415
 
     return tqdm(disable=None if progress else True, leave=False, **kw)
 
@@ -96,8 +98,6 @@ class Tokenizer:
 
     def encode_array(self, text: str):
         """encode() as an int32 NumPy array (BPE makes it without a Python list)."""
-        import numpy as np
-
         return np.asarray(self.encode(text), np.int32)
 
     def encode_pieces(self, text: str):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import numpy as np
 import regex
@@ -145,15 +146,13 @@ class BPETokenizer(Tokenizer):
             "top_tokens": [[tok._id_to_token[i], int(tc[i])] for i in top if tc[i] > 0],
         }
         if tok.vocab_size < vocab_size:
-            import warnings
-
             warnings.warn(f"bpe: the corpus ran out of pairs to merge; the vocabulary has {tok.vocab_size} ids, "
                           f"not {vocab_size}", stacklevel=2)
         return tok
 
     # ---- encoding / decoding ------------------------------------------------------------------
     def _merge_table(self):
-        from cllm.kernels import bpe_encode as K
+        from cllm.kernels import bpe_encode as K  # noqa: PLC0415 - costly: Numba and the kernels (~0.45 s); char and word tokenizers never need them
 
         if self._ranks is None:
             m = np.asarray(self.merges, np.int32).reshape(-1, 2)
@@ -163,7 +162,7 @@ class BPETokenizer(Tokenizer):
 
     def _encode_chunks(self, chunks: list[str]) -> list[tuple]:
         """Encode distinct chunk strings with one kernel call (the regex path)."""
-        from cllm.kernels import bpe_encode as K
+        from cllm.kernels import bpe_encode as K  # noqa: PLC0415 - costly: as in _merge_table
 
         bs = [c.encode("utf-8") for c in chunks]
         offsets = np.zeros(len(bs) + 1, np.int64)
@@ -192,7 +191,7 @@ class BPETokenizer(Tokenizer):
     def _reserve_cache(self, n: int) -> None:
         """Make room in the Numba chunk cache for the chunks of n more code points; past
         CACHE_LIMIT entries (or 64 MiB of pool) it starts again empty, bounding memory."""
-        from cllm.kernels import bpe_split as K
+        from cllm.kernels import bpe_split as K  # noqa: PLC0415 - costly: as in _merge_table
 
         kc = self._kcache
         if kc is None or kc["state"][0] >= CACHE_LIMIT or kc["state"][1] >= (1 << 24):
@@ -211,7 +210,7 @@ class BPETokenizer(Tokenizer):
                 kc[name] = b
 
     def _encode_fast(self, text: str) -> np.ndarray:
-        from cllm.kernels import bpe_encode as K
+        from cllm.kernels import bpe_encode as K  # noqa: PLC0415 - costly: as in _merge_table
 
         try:
             cps = np.frombuffer(text.encode("utf-32-le"), np.uint32)  # (n,) code points

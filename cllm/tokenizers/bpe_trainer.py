@@ -43,7 +43,7 @@ def count_chunks_regex(texts, pattern, gpt4, progress):
 
 def count_chunks_numba(texts, pattern, gpt4, progress):
     """The same for the built-in patterns, pre-split and counted by Numba kernels."""
-    from cllm.kernels import bpe_split as K
+    from cllm.kernels import bpe_split as K  # noqa: PLC0415 - costly: Numba and the kernels (~0.45 s); char and word tokenizers never need them
 
     cls = char_classes()
     table = K.new_chunk_cache()
@@ -95,7 +95,7 @@ def link_words(lens: np.ndarray):
 def learn_merges(sym, nxt, prv, wid, wstart, wcount_a, V: int, progress: bool):
     """Merge until the ids reach V (256 bytes + the merged tokens) or no pair is left; sym, nxt and
     prv are merged in place. Returns (merge_a, merge_b, merge_new) (M,) int32 in training order."""
-    from cllm.kernels import bpe_train as K
+    from cllm.kernels import bpe_train as K  # noqa: PLC0415 - costly: as in count_chunks_numba
 
     W, N = len(wstart), len(sym)
     wmark = np.zeros(W, np.int32)

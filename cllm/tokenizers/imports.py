@@ -17,8 +17,11 @@ import binascii
 import json
 import os
 
+from cllm.tokenizers import load_tokenizer
 from cllm.tokenizers.base import FORMAT_NAME, Tokenizer, TokenizerFileError
 from cllm.tokenizers.bpe import PATTERNS, bytes_to_unicode
+from cllm.tokenizers.vocab_bpe import VocabBPETokenizer
+from cllm.tokenizers.wordpiece import WordPieceTokenizer
 
 # tiktoken's split patterns by encoding name (cl100k's is CLLM's "gpt4"); o200k's from tiktoken_ext/openai_public.py
 O200K = "|".join([
@@ -56,8 +59,6 @@ def import_tokenizer(path: str, pattern: str | None = None) -> Tokenizer:
         return read_bert_vocab(path)
     d = _read_json(path)
     if isinstance(d, dict) and d.get("format") == FORMAT_NAME:
-        from cllm.tokenizers import load_tokenizer
-
         return load_tokenizer(path)
     if isinstance(d, dict) and isinstance(d.get("model"), dict):
         return read_hf_json(d, path)
@@ -119,8 +120,6 @@ def read_hf_json(d: dict, path: str) -> Tokenizer:
     if kind == "BPE":
         return _hf_bpe(d, path)
     if kind == "WordPiece":
-        from cllm.tokenizers.wordpiece import WordPieceTokenizer
-
         return WordPieceTokenizer.from_hf(d, path)
     raise TokenizerFileError(f"{path}: a HuggingFace {kind or 'unknown'} model cannot be read; "
                              "CLLM reads byte-level BPE and WordPiece models")
@@ -163,8 +162,6 @@ def _hf_normalizer(norm, path: str) -> bool:
 
 
 def _hf_bpe(d: dict, path: str) -> Tokenizer:
-    from cllm.tokenizers.vocab_bpe import VocabBPETokenizer
-
     model = d["model"]
     for key, ok in (("dropout", (None, 0, 0.0)), ("continuing_subword_prefix", (None, "")),
                     ("end_of_word_suffix", (None, "")), ("byte_fallback", (None, False))):
@@ -229,8 +226,6 @@ def read_tiktoken(path: str, pattern: str | None = None) -> Tokenizer:
     token is that token, else the pair whose joined bytes have the lowest rank merges first. The
     merges are recovered from the ranks (each token splits into the two parts that BPE with the
     lower ranks leaves). Specials: tiktoken's for a known encoding name, else <|endoftext|> after."""
-    from cllm.tokenizers.vocab_bpe import VocabBPETokenizer
-
     name = _tiktoken_name(path)
     key = pattern if pattern is not None else name
     if key is None:
@@ -280,6 +275,4 @@ def recover_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
 # ---- BERT vocab.txt -------------------------------------------------------------------------
 
 def read_bert_vocab(path: str) -> Tokenizer:
-    from cllm.tokenizers.wordpiece import WordPieceTokenizer
-
     return WordPieceTokenizer.from_vocab_txt(path)

@@ -127,7 +127,7 @@ class VocabBPETokenizer(BPETokenizer):
         super()._reserve_cache(n)
 
     def _seeded_cache(self) -> dict:
-        from cllm.kernels import bpe_encode, bpe_split
+        from cllm.kernels import bpe_encode, bpe_split  # noqa: PLC0415 - costly: Numba (cllm/tokenizers/bpe.py)
 
         whole = self._whole()
         text = "".join(whole)

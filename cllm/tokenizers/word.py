@@ -18,6 +18,7 @@ from collections import Counter
 
 import regex
 
+from cllm.errors import TokenizerError
 from cllm.tokenizers.base import (
     Tokenizer,
     TokenizerFileError,
@@ -65,8 +66,6 @@ class WordTokenizer(Tokenizer):
                 bar.update(1)
         total = sum(counts.values())
         if total == 0:
-            from cllm.errors import TokenizerError
-
             raise TokenizerError("cannot train a word tokenizer on text without words; give it a non-empty corpus")
         # rank: most frequent first, ties by the string itself -> deterministic across runs
         kept = (w for w, n in counts.items() if n >= min_frequency and w not in SPECIALS)

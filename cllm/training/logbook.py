@@ -6,11 +6,13 @@ import json
 import os
 import sys
 
+from tqdm import tqdm
+
+from cllm.fileio import atomic_open, atomic_write_text
+
 
 def say(msg: str) -> None:
     """A line on stderr that does not break the progress bar."""
-    from tqdm import tqdm
-
     tqdm.write(msg, file=sys.stderr)
 
 
@@ -19,8 +21,6 @@ class Logbook:
     On resume, the metrics logged after the checkpoint's step are dropped (they are logged again)."""
 
     def __init__(self, checkpoint_dir: str, main: bool, progress: bool, step: int, total_steps: int | None):
-        from tqdm import tqdm
-
         self.path = os.path.join(checkpoint_dir, "metrics.jsonl")
         self.main = main
         self.file = None
@@ -69,18 +69,16 @@ def truncate_metrics(path: str, step: int) -> None:
                     keep.append(line)
             except ValueError:
                 continue
-    from cllm.fileio import atomic_write_text
-
     atomic_write_text(path, "".join(keep))
 
 
 def plot_losses(metrics_path: str, png_path: str) -> bool:
     """A loss-curve PNG when matplotlib (the [plot] extra) is installed; returns whether it was written."""
-    try:
-        import matplotlib
+    try:  # optional: the plot extra
+        import matplotlib  # noqa: PLC0415
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError:
         return False
     steps, losses, vsteps, vlosses = [], [], [], []
@@ -102,8 +100,6 @@ def plot_losses(metrics_path: str, png_path: str) -> bool:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    from cllm.fileio import atomic_open
-
     with atomic_open(png_path, "wb") as f:
         fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
