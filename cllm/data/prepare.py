@@ -29,10 +29,9 @@ import numpy as np
 
 from cllm.data.corpus import CLEANING_DEFAULTS, CLEANING_OPTIONS, open_corpus
 from cllm.data.errors import EmptyCorpusError, TokenFileError
-from cllm.data.tokenfile import TokenFileWriter, read_token_header
+from cllm.data.tokenfile import TokenFileWriter, export_dataset_tokens, read_token_file, read_token_header
 from cllm.errors import CLLMError, DataError, TokenizerError
 from cllm.fileio import atomic_write_text
-from cllm.llmc import export_dataset_tokens
 
 PREPARE_VERSION = 1
 KINDS = ("word", "char", "bpe", "wordpiece")
@@ -48,13 +47,9 @@ class PreparedDataset:
     cached: bool = False  # True when an earlier run's result was reused
 
     def train_tokens(self) -> np.ndarray:
-        from cllm.data.tokenfile import read_token_file
-
         return read_token_file(self.train_path)
 
     def val_tokens(self) -> np.ndarray:
-        from cllm.data.tokenfile import read_token_file
-
         return read_token_file(self.val_path)
 
 
