@@ -2,6 +2,7 @@
 
     tokens, nbytes, docs = encode_corpus("notes/", tokenizer)     # the training loader's way
     result = evaluate_stream(model, tokens, nbytes, stride=64)    # {"loss", "perplexity", ...}
+    result = evaluate_checkpoint("runs/x", "notes/", stride=64)   # `cli.py evaluate`: load, read, score
 
 The text is read exactly as training reads it (cllm.data.open_corpus with the same cleaning and
 de-duplication; each document encoded and, for word/BPE tokenizers, followed by EOS; documents
