@@ -90,20 +90,20 @@ def imports_of(name: str, path: str, modules: dict[str, str]) -> list[tuple[str,
         edges.append((target, line))
         parts = target.split(".")
         for k in range(1, len(parts)):  # the packages it runs first, unless `name` is inside them
-            package = ".".join(parts[:k])
-            if package in modules and package != name and not name.startswith(package + "."):
-                edges.append((package, line))
+            outer = ".".join(parts[:k])
+            if outer in modules and outer != name and not name.startswith(outer + "."):
+                edges.append((outer, line))
     return edges
 
 
 def import_graph(root: str | None = None) -> dict[str, dict[str, int]]:
-    """module -> {imported module: line of its first import}."""
+    """module -> {imported module: line of its first import (the lowest line number)}."""
     modules = module_files(root)
     graph = {}
     for name, path in modules.items():
         edges: dict[str, int] = {}
         for target, line in imports_of(name, path, modules):
-            edges.setdefault(target, line)
+            edges[target] = min(line, edges.get(target, line))
         graph[name] = edges
     return graph
 
