@@ -2,6 +2,7 @@
 
     tokens, nbytes, docs = encode_corpus("notes/", tokenizer)     # the training loader's way
     result = evaluate_stream(model, tokens, nbytes, stride=64)    # {"loss", "perplexity", ...}
+    result = evaluate_checkpoint("runs/x", "notes/", stride=64)   # `cli.py evaluate`: load, read, score
 
 The text is read exactly as training reads it (cllm.data.open_corpus with the same cleaning and
 de-duplication; each document encoded and, for word/BPE tokenizers, followed by EOS; documents
@@ -20,17 +21,75 @@ per token in bits times tokens per byte: comparable across tokenizers, unlike pe
 """
 from __future__ import annotations
 
+import json
 import math
+import os
+import sys
 
 import numpy as np
+from tqdm import tqdm
 
+from cllm import kinds
+from cllm.checkpoint import load_checkpoint
+from cllm.completion import load_for_generation
 from cllm.errors import ConfigError, DataError
+
+# cllm.data is imported where it is used: it is costly at start-up (cllm/data/clean.py builds its table of
+# whitespace over every code point, ~0.2 s), and training imports this module for evaluate_tokens alone
+
+
+def evaluate_checkpoint(checkpoint: str, data: str | None = None, **options) -> dict:
+    """`cli.py evaluate`: the checkpoint's scores on `data` (or options["text"]), by the kind of the data
+    (cllm/kinds.py): a text's loss, perplexity and bits per byte (evaluate_text, below); a folder of
+    images' bits per dimension and, with classify=FOLDER, accuracy (cllm/vision/likelihood.py)."""
+    source = options.get("classify") or data
+    kind = kinds.get(kinds.DEFAULT) if source is None or source == "-" else kinds.for_input(source)
+    return kind.evaluate(checkpoint, data, **options)
+
+
+def evaluate_text(checkpoint, data=None, text=None, stride=None, batch_size=8, progress=True, threads=None,
+                  tokenizer=None, device="cpu", quantize=None, classify=None) -> dict:
+    """Loss, perplexity and bits per byte of the checkpoint on `data` (a text file, a directory of them,
+    read and cleaned as its training data was, or - for standard input) or on the string `text`."""
+    from cllm.data.clean import clean_text
+    from cllm.data.corpus import CLEANING_DEFAULTS
+    from cllm.quantize import check_scheme, dequantize_in_place  # costly: loads Numba and the kernels
+
+    if classify is not None:
+        raise ConfigError(f"--classify classifies images by likelihood; {classify} holds no images (give a folder "
+                          "of images, a folder per class)")
+    if (data is None) == (text is None):
+        raise ConfigError("give the text to evaluate: a file or directory (python cli.py evaluate CHECKPOINT PATH), "
+                          "`-` for standard input, or --text STRING")
+    if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int)):
+        raise ConfigError(f"--stride must be a positive integer, got {stride!r}")
+    check_scheme(quantize, device)
+    model, tok, path = load_for_generation(checkpoint, tokenizer, threads, device)
+    if quantize == "int8":  # the training forward over the int8 values (cllm/quantize.py)
+        dequantize_in_place(model)
+    cleaning = dataset_cleaning(load_checkpoint(path)) or {}
+    if text is not None or data == "-":
+        raw = text if text is not None else sys.stdin.read()
+        opts = {**CLEANING_DEFAULTS, **cleaning}
+        opts["strip_gutenberg_boilerplate"] = opts.pop("strip_gutenberg")
+        doc = clean_text(str(raw), **opts)
+        tokens, nbytes, ndocs = encode_documents([doc] if doc.strip() else [], tok)
+        source = "--text" if text is not None else "<stdin>"
+    else:
+        data = str(data)
+        if not os.path.exists(data):
+            raise DataError(f"no such file or directory: {data!r}; give a text file or directory, "
+                            "or the text itself with --text")
+        tokens, nbytes, ndocs = encode_corpus(data, tok, cleaning, progress=progress)
+        source = data
+    result = evaluate_stream(model, tokens, nbytes, stride=stride, batch_size=batch_size, progress=progress)
+    return {"checkpoint": path, "data": source, "documents": ndocs, **result}
 
 
 def encode_corpus(path: str, tokenizer, cleaning: dict | None = None, progress: bool = False):
     """(int32 token stream, UTF-8 bytes of the cleaned text, number of documents) for a file or a
     directory, through the same loader, cleaning and EOS rule as `prepare_dataset`."""
-    from cllm.data import open_corpus
+    from cllm.data.corpus import open_corpus
 
     corpus = open_corpus(path, progress=progress, **(cleaning or {}))
     return encode_documents(corpus, tokenizer)
@@ -93,11 +152,19 @@ def window_losses(model, tokens: np.ndarray, T: int, batch_size: int, plan=None)
         yield model.a["losses"].reshape(B, T)[:real], batch
 
 
+def evaluate_tokens(model, tokens: np.ndarray, B: int, T: int) -> float:
+    """Mean next-token loss over every non-overlapping window of T+1 tokens of `tokens`, B windows per
+    forward (deterministic; a tail shorter than a window is not scored): training's validation loss."""
+    total, count = 0.0, 0
+    for losses, _ in window_losses(model, tokens, T, B):
+        total += float(losses.sum(dtype=np.float64))
+        count += losses.size
+    return total / count
+
+
 def evaluate_stream(model, tokens: np.ndarray, nbytes: int, stride: int | None = None, batch_size: int = 8,
                     progress: bool = False) -> dict:
     """Loss, perplexity and bits per byte of `model` on a token stream (see the module doc)."""
-    from tqdm import tqdm
-
     T_model = model.config.max_seq_len
     stride = T_model if stride is None else stride
     if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= T_model:
@@ -139,9 +206,6 @@ def evaluate_stream(model, tokens: np.ndarray, nbytes: int, stride: int | None =
 
 def dataset_cleaning(ckpt) -> dict | None:
     """The cleaning options of the dataset a checkpoint was trained on (from its meta.json), if known."""
-    import json
-    import os
-
     dataset_dir = (ckpt.state or {}).get("dataset_dir")
     if not dataset_dir:
         return None

@@ -18,9 +18,8 @@ from cllm.data import (
     read_token_file,
     write_token_file,
 )
-from cllm.data.tokenfile import HEADER_BYTES
+from cllm.data.tokenfile import HEADER_BYTES, export_llmc_tokens, read_llmc_tokens
 from cllm.errors import DataError, MissingDependencyError
-from cllm.llmc import export_llmc_tokens, read_llmc_tokens
 
 
 def minimal_pdf(text: str) -> bytes:

@@ -1,5 +1,5 @@
 """llm.c interoperability: export-llmc / import-llmc against llm.c's fp32 model file format as
-train_gpt2.c reads it, written out here independently of cllm/llmc.py."""
+train_gpt2.c reads it, written out here independently of cllm/interop/llmc.py."""
 
 import json
 import os
@@ -19,7 +19,7 @@ from cllm import checkpoint as ck
 from cllm.commands import run_command
 from cllm.config import ModelConfig
 from cllm.errors import CheckpointError
-from cllm.llmc import export_checkpoint, import_model_file, read_model_file
+from cllm.interop.llmc import export_checkpoint, import_model_file, read_model_file
 from cllm.model import Model
 from cllm.tokenizers import train_tokenizer
 

@@ -3,6 +3,9 @@ image model that learns stripes, samples them by class, completes them and class
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import struct
 import subprocess
 import sys
@@ -12,11 +15,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from serve_helpers import tiny_run
 
+from cllm import cli
+from cllm.checkpoint import load_checkpoint, model_from_checkpoint
+from cllm.data import prepare_dataset, read_token_file
+from cllm.data.files import find_files
 from cllm.errors import DataError, TokenizerError
+from cllm.generation import SamplingConfig
+from cllm.serve.engine import Engine
+from cllm.serve.server import create_app
 from cllm.tokenizers import TokenizerFileError, load_tokenizer
+from cllm.training import TrainConfig, sample_text, train
+from cllm.vision.dataset import is_image_source
 from cllm.vision.images import load_images
+from cllm.vision.likelihood import evaluate_images
 from cllm.vision.palette import kmeans, kmeans_palette
+from cllm.vision.sampling import complete_image, sample_images
 from cllm.vision.tokenizer import ImageTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,9 +219,6 @@ def is_stripes(img: np.ndarray, kind: str) -> bool:
 @pytest.fixture(scope="module")
 def stripes_model(tmp_path_factory):
     """A 1-layer model trained on 4x4 stripes in two class folders (h, v); trained once."""
-    from cllm.checkpoint import load_checkpoint, model_from_checkpoint
-    from cllm.training import TrainConfig, train
-
     root = tmp_path_factory.mktemp("stripes")
     for split, n in (("train", 40), ("test", 6)):
         for kind in ("h", "v"):
@@ -240,8 +252,6 @@ def stripes_model(tmp_path_factory):
 
 
 def test_tiny_model_learns_stripes(stripes_model):
-    import json
-
     summary, _, tok, root = stripes_model
     assert tok.classes == ["h", "v"] and tok.record_len == 2 + 1 + H * W
     # every target is determined except the class (1 bit) and the first pixel's phase (1 bit):
@@ -252,10 +262,20 @@ def test_tiny_model_learns_stripes(stripes_model):
     assert bpd and bpd[-1] < 0.25  # 2 bits per 16-pixel image is 0.125
 
 
-def test_class_conditioning_changes_samples(stripes_model):
-    from cllm.generation import SamplingConfig
-    from cllm.vision.sampling import sample_images
+def test_the_sample_printed_in_training_is_a_whole_image(stripes_model):
+    """An image model's training sample is the image kind's (cllm/kinds.py): one sampled record drawn as text,
+    its class then H rows of W characters, whatever the prompt and token count."""
+    _, model, tok, _ = stripes_model
+    for seed in range(4):
+        lines = sample_text(model, tok, "", 50, seed=seed).splitlines()
+        assert len(lines) == 1 + H and lines[0] in ("[h]", "[v]")
+        rows = lines[1:]
+        assert all(len(r) == W for r in rows)
+        lines_of_one_colour = rows if lines[0] == "[h]" else ["".join(c) for c in zip(*rows)]
+        assert all(len(set(line)) == 1 for line in lines_of_one_colour), lines
 
+
+def test_class_conditioning_changes_samples(stripes_model):
     _, model, tok, _ = stripes_model
     for kind in ("h", "v"):
         pixels, labels = sample_images(model, tok, 6, SamplingConfig(temperature=1.0, seed=1), label=kind)
@@ -267,9 +287,6 @@ def test_class_conditioning_changes_samples(stripes_model):
 
 
 def test_completion_keeps_the_given_half(stripes_model):
-    from cllm.generation import SamplingConfig
-    from cllm.vision.sampling import complete_image
-
     _, model, tok, _ = stripes_model
     for kind in ("h", "v"):
         image = stripes(kind, 1)[:, :, None]
@@ -283,8 +300,6 @@ def test_completion_keeps_the_given_half(stripes_model):
 
 
 def test_classification_and_bits_per_dim(stripes_model):
-    from cllm.vision.likelihood import evaluate_images
-
     _, model, tok, root = stripes_model
     r = evaluate_images(model, tok, str(root / "test"), classify=True)
     assert r["accuracy"] == 1.0 and r["confusion_matrix"] == [[6, 0], [0, 6]]
@@ -292,8 +307,6 @@ def test_classification_and_bits_per_dim(stripes_model):
 
 
 def test_generate_and_evaluate_commands(stripes_model, tmp_path, capsys):
-    from cllm import cli
-
     _, _, _, root = stripes_model
     run = str(root / "run")
     out = tmp_path / "grid.png"
@@ -343,12 +356,6 @@ def test_generate_and_evaluate_commands(stripes_model, tmp_path, capsys):
 
 
 async def test_serve_returns_png_images(stripes_model, aiohttp_client):
-    import base64
-    import io
-
-    from cllm.serve.engine import Engine
-    from cllm.serve.server import create_app
-
     _, _, _, root = stripes_model
     client = await aiohttp_client(create_app(Engine.load(str(root / "run"), threads=1)))
     r = await client.post("/v1/images/generations", json={"n": 3, "class": "h", "seed": 0})
@@ -358,24 +365,22 @@ async def test_serve_returns_png_images(stripes_model, aiohttp_client):
     for d in body["data"]:
         img = np.asarray(Image.open(io.BytesIO(base64.b64decode(d["b64_json"]))))
         assert img.shape == (H, W) and is_stripes(img[:, :, None], "h")
+    r = await client.post("/v1/images/generations", json={"n": 2, "class": "v", "seed": 1, "grid": True})
+    body = await r.json()
+    assert len(body["data"]) == 1 and body["data"][0]["classes"] == ["v", "v"]
+    grid = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["data"][0]["b64_json"]))))
+    assert grid.shape[1] > 2 * W  # both images, enlarged, side by side
     r = await client.post("/v1/images/generations", json={"n": 2, "class": "cat"})
     assert r.status == 400 and (await r.json())["error"]["param"] == "class"
 
 
 async def test_serve_says_a_text_model_makes_no_images(aiohttp_client, tmp_path_factory):
-    from serve_helpers import tiny_run
-
-    from cllm.serve.engine import Engine
-    from cllm.serve.server import create_app
-
     client = await aiohttp_client(create_app(Engine.load(str(tiny_run(tmp_path_factory)["run"]), threads=1)))
     r = await client.post("/v1/images/generations", json={"n": 1})
     assert r.status == 400 and (await r.json())["error"]["code"] == "images_not_supported"
 
 
 def test_rgb_folder_becomes_a_dataset(tmp_path):
-    from cllm.data import prepare_dataset, read_token_file
-
     rng = np.random.default_rng(5)
     colours = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [250, 250, 250]], np.uint8)
     for i in range(10):  # 12x9 images of four colours; resized to 6x6 they blend a little
@@ -397,9 +402,6 @@ def test_rgb_folder_becomes_a_dataset(tmp_path):
 
 
 def test_the_text_corpus_skips_image_folders():
-    from cllm.data.files import find_files
-    from cllm.vision.dataset import is_image_source
-
     _, files, skipped = find_files(str(ROOT / "data"))
     assert files and not any("digits" in f for f, _ in files)  # not even data/digits/README.md
     assert skipped["image folders"] == 1

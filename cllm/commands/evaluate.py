@@ -1,6 +1,10 @@
-"""`python cli.py evaluate CHECKPOINT TEXT_OR_DIR [flags]`: loss, perplexity and bits per byte."""
+"""`python cli.py evaluate CHECKPOINT TEXT_OR_DIR [flags]`: loss, perplexity and bits per byte (cllm/evaluate.py
+does the work; for a folder of images, bits per dimension and accuracy: cllm/vision/likelihood.py)."""
 import json
 import sys
+
+from cllm.evaluate import evaluate_checkpoint
+from cllm.vision.likelihood import format_confusion
 
 
 def main(checkpoint: str = "checkpoints", data: str | None = None, *, text: str | None = None,
@@ -29,70 +33,39 @@ def main(checkpoint: str = "checkpoints", data: str | None = None, *, text: str 
       quantize: int8: score the model whose weight matrices are rounded as generate --quantize int8
         rounds them (text models)
     """
-    from cllm.errors import ConfigError
-    from cllm.vision.dataset import is_image_source
-
-    if classify is not None or (data is not None and data != "-" and is_image_source(data)):
-        if quantize is not None:
-            raise ConfigError("--quantize is for text models")
-        from cllm.vision.cli import evaluate_command  # bits per dimension, accuracy, confusion matrix
-
-        return evaluate_command(checkpoint, data, classify, batch_size, json, threads, tokenizer)
-
-    if (data is None) == (text is None):
-        raise ConfigError("give the text to evaluate: a file or directory (python cli.py evaluate CHECKPOINT PATH), "
-                          "`-` for standard input, or --text STRING")
-    if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int)):
-        raise ConfigError(f"--stride must be a positive integer, got {stride!r}")
-    result = run_evaluate(checkpoint, data, text, stride, batch_size, progress, threads, tokenizer, device, quantize)
+    result = evaluate_checkpoint(checkpoint, data, text=text, stride=stride, batch_size=batch_size, progress=progress,
+                                 threads=threads, tokenizer=tokenizer, device=device, quantize=quantize,
+                                 classify=classify)
     if json:
         sys.stdout.write(_json.dumps(result) + "\n")
+    elif "bits_per_dim" in result:  # a folder of images (cllm/vision/likelihood.py)
+        _print_images(result)
     else:
-        bpb = result["bits_per_byte"]
-        print(f"checkpoint   {result['checkpoint']}")
-        print(f"data         {result['data']} ({result['documents']} document(s), {result['bytes']:,} bytes, "
-              f"{result['tokens']:,} tokens)")
-        print(f"windows      {result['windows']} of {result['context']} tokens, stride {result['stride']}")
-        print(f"loss         {result['loss']:.4f} nats/token")
-        print(f"perplexity   {result['perplexity']:.3f}")
-        print(f"bits/byte    {bpb:.4f}" if bpb is not None else "bits/byte    n/a")
+        _print_text(result)
     return 0
 
 
 _json = json  # `json` is also a flag of main
 
 
-def run_evaluate(checkpoint, data, text, stride, batch_size, progress, threads, tokenizer, device="cpu",
-                 quantize=None) -> dict:
-    import os
+def _print_text(result: dict) -> None:
+    bpb = result["bits_per_byte"]
+    print(f"checkpoint   {result['checkpoint']}")
+    print(f"data         {result['data']} ({result['documents']} document(s), {result['bytes']:,} bytes, "
+          f"{result['tokens']:,} tokens)")
+    print(f"windows      {result['windows']} of {result['context']} tokens, stride {result['stride']}")
+    print(f"loss         {result['loss']:.4f} nats/token")
+    print(f"perplexity   {result['perplexity']:.3f}")
+    print(f"bits/byte    {bpb:.4f}" if bpb is not None else "bits/byte    n/a")
 
-    from cllm.checkpoint import load_checkpoint
-    from cllm.completion import load_for_generation
-    from cllm.errors import DataError
-    from cllm.evaluate import dataset_cleaning, encode_corpus, encode_documents, evaluate_stream
-    from cllm.quantize import check_scheme, dequantize_in_place
 
-    check_scheme(quantize, device)
-    model, tok, path = load_for_generation(checkpoint, tokenizer, threads, device)
-    if quantize == "int8":  # the training forward over the int8 values (cllm/quantize.py)
-        dequantize_in_place(model)
-    cleaning = dataset_cleaning(load_checkpoint(path)) or {}
-    if text is not None or data == "-":
-        from cllm.data.clean import clean_text
-        from cllm.data.corpus import CLEANING_DEFAULTS
-
-        raw = text if text is not None else sys.stdin.read()
-        opts = {**CLEANING_DEFAULTS, **cleaning}
-        opts["strip_gutenberg_boilerplate"] = opts.pop("strip_gutenberg")
-        doc = clean_text(str(raw), **opts)
-        tokens, nbytes, ndocs = encode_documents([doc] if doc.strip() else [], tok)
-        source = "--text" if text is not None else "<stdin>"
-    else:
-        data = str(data)
-        if not os.path.exists(data):
-            raise DataError(f"no such file or directory: {data!r}; give a text file or directory, "
-                            "or the text itself with --text")
-        tokens, nbytes, ndocs = encode_corpus(data, tok, cleaning, progress=progress)
-        source = data
-    result = evaluate_stream(model, tokens, nbytes, stride=stride, batch_size=batch_size, progress=progress)
-    return {"checkpoint": path, "data": source, "documents": ndocs, **result}
+def _print_images(result: dict) -> None:
+    print(f"checkpoint   {result['checkpoint']}")
+    print(f"data         {result['data']} ({result['images']} images of {result['size']})")
+    print(f"bits/dim     {result['bits_per_dim']:.4f} (-log2 p(image) per pixel and channel)")
+    if "bits_per_dim_joint" in result:
+        print(f"  with label {result['bits_per_dim_joint']:.4f} (-log2 p(true class, image), as training's validation)")
+    if "accuracy" in result:
+        print(f"accuracy     {result['accuracy']:.4f} (classification by likelihood)")
+        print("confusion matrix (rows: true class, columns: predicted)")
+        print(format_confusion(result["classes"], result["confusion_matrix"]))

@@ -1,5 +1,6 @@
 """`python cli.py export-llmc CHECKPOINT OUT.bin` and `python cli.py import-llmc IN.bin CHECKPOINT_DIR`:
-llm.c's fp32 model file (see cllm/llmc.py for its layout)."""
+llm.c's fp32 model file (see cllm/interop/llmc.py for its layout)."""
+from cllm.interop.llmc import export_checkpoint, import_model_file
 
 
 def export_main(checkpoint: str, out: str):
@@ -10,8 +11,6 @@ def export_main(checkpoint: str, out: str):
       checkpoint: a run directory, a step directory or a latest/best link
       out: the llm.c model file to write
     """
-    from cllm.llmc import export_checkpoint
-
     path, config = export_checkpoint(str(checkpoint), str(out))
     print(f"wrote {out}: llm.c fp32 model (version 3) from {path}; maxT {config.max_seq_len}, V {config.vocab_size}, "
           f"Vp {config.padded_vocab_size}, L {config.num_layers}, NH {config.num_heads}, C {config.embed_dim}, "
@@ -29,8 +28,6 @@ def import_main(model_file: str, checkpoint_dir: str, *, tokenizer: str | None =
       tokenizer: a CLLM tokenizer file of the model's vocabulary, stored with the checkpoint (none:
         pass it to generate)
     """
-    from cllm.llmc import import_model_file
-
     path = import_model_file(str(model_file), str(checkpoint_dir), None if tokenizer is None else str(tokenizer))
     print(f"wrote checkpoint {path}" + ("" if tokenizer else "; it has no tokenizer: generate with --tokenizer PATH"))
     return 0

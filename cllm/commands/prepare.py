@@ -3,6 +3,12 @@
 Clean and tokenize a corpus (a file or a directory tree) into DIR/tokenizer.json, DIR/train.bin,
 DIR/val.bin and DIR/meta.json. Running it again with the same inputs and flags reuses DIR.
 """
+import os
+import warnings
+
+from cllm import kinds
+from cllm.data import prepare_dataset
+from cllm.errors import DataError
 
 
 def main(data: str | None = None, *, tokenizer: str = "char", vocab_size: int | None = None, out: str | None = None,
@@ -31,11 +37,6 @@ def main(data: str | None = None, *, tokenizer: str = "char", vocab_size: int | 
       grayscale: a folder of images: read them as grayscale (automatic when every image is)
       palette: a folder of images: k-means colours, or grey levels for grayscale images
     """
-    import warnings
-
-    from cllm.data import prepare_dataset
-    from cllm.errors import DataError
-
     if data is None:
         raise DataError("prepare needs a corpus: `cli.py prepare DATA --tokenizer char --out DIR` (DATA: a text file "
                         "or a directory)")
@@ -49,35 +50,14 @@ def main(data: str | None = None, *, tokenizer: str = "char", vocab_size: int | 
                              strip_gutenberg=strip_gutenberg, dedupe=dedupe, encoding=encoding, bpe_pattern=bpe_pattern,
                              llmc=llmc, force=force, progress=progress,
                              image={"image_size": image_size, "grayscale": grayscale, "palette": palette})
-    _print_summary(ds)
+    print(kinds.for_tokenizer(ds.tokenizer).summary(ds))  # a text corpus's, or a folder of images' (cllm/kinds.py)
     return None
 
 
 def _default_out(data, tokenizer: str, vocab_size: int | None) -> str:
     """data/.cache/<name of DATA>-<tokenizer>[-<vocab size>]: data/.cache/ is git-ignored, and hidden, so a corpus
     directory data/ never reads it back."""
-    import os
-
     name = os.path.splitext(os.path.basename(os.path.normpath(str(data))))[0] or "corpus"
     tok_name = os.path.splitext(os.path.basename(os.path.normpath(tokenizer)))[0]  # a file: its name
     return os.path.join("data", ".cache", f"{name}-{tok_name}" + (f"-{vocab_size}" if vocab_size else ""))
 
-
-def _print_summary(ds) -> None:
-    """What was prepared (or reused): the corpus statistics and the token files' sizes."""
-    m = ds.meta
-    if m.get("kind") == "image":  # cllm/vision/dataset.py
-        from cllm.vision.dataset import summary
-
-        print(f"{summary(m)}; {'reused' if ds.cached else 'prepared'} {ds.out_dir}: train.bin {m['train_tokens']:,} "
-              f"tokens, val.bin {m['val_tokens']:,} tokens, {m['vocab_size']} ids")
-        return
-    c = m["corpus"]
-    print(f"corpus: {c['documents']:,} documents from {c['files']:,} files, {c['characters']:,} characters, "
-          f"{c['lines']:,} lines, {c['tokens']:,} words, vocabulary {c['vocabulary']:,}, "
-          f"{c['avg_chars_per_document']:,.0f} characters per document"
-          + (f"; skipped {c['skipped']}" if c["skipped"] else "")
-          + (f"; {c['duplicates']} duplicates dropped" if c["duplicates"] else ""))
-    state = "reused cached dataset" if ds.cached else f"prepared in {m['seconds']:.1f} s"
-    print(f"{state}: {ds.out_dir} ({m['tokenizer']} tokenizer, {m['vocab_size']:,} ids, {m['dtype']}): "
-          f"train.bin {m['train_tokens']:,} tokens, val.bin {m['val_tokens']:,} tokens")

@@ -8,10 +8,12 @@ import codecs
 import os
 from collections import Counter
 
+from charset_normalizer import from_bytes
+
+from cllm import kinds
 from cllm.data.clean import normalize_newlines
 from cllm.data.errors import CorpusNotFoundError, TextDecodeError
 from cllm.errors import DataError, MissingDependencyError
-from cllm.vision.dataset import holds_images
 
 TEXT_EXT = {".txt", ".md", ".markdown", ".text", ".rst", ""}
 HTML_EXT = {".html", ".htm", ".xhtml"}
@@ -56,10 +58,11 @@ def find_files(path: str) -> tuple[str, list[tuple[str, str]], Counter]:
         if hidden:
             skipped["hidden"] += len(hidden)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        images = [d for d in dirnames if holds_images(os.path.join(dirpath, d))]  # e.g. data/digits
-        if images:
-            skipped["image folders"] += len(images)
-            dirnames[:] = [d for d in dirnames if d not in images]
+        claimed = {d: kinds.claimed_folder(os.path.join(dirpath, d)) for d in dirnames}  # data/digits: images
+        for d, kind in claimed.items():
+            if kind is not None:
+                skipped[f"{kind} folders"] += 1
+        dirnames[:] = [d for d in dirnames if claimed[d] is None]
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
             if name.startswith("."):
@@ -101,8 +104,6 @@ def decode_text(raw: bytes, path: str, encoding: str = "auto") -> tuple[str, boo
                 f"{path} is not valid UTF-8 (byte {exc.start}: {raw[exc.start : exc.start + 4]!r}); convert it to "
                 "UTF-8 (e.g. `iconv -f latin1 -t utf-8`) or pass --encoding auto to detect its encoding"
             ) from None
-        from charset_normalizer import from_bytes
-
         results = from_bytes(raw)
         best = results.best()
         if best is not None:
@@ -146,7 +147,7 @@ def read_pdf(path: str) -> str:
 
 
 def read_html(raw: bytes, path: str) -> str:
-    try:
+    try:  # imported here: the crawler's extractor is optional (a CLLM without cllm/scraper/ reads HTML too)
         from cllm.scraper.extract import extract_html
     except ImportError:  # the crawler's extractor is the one to use; lxml's text as a fallback
         import lxml.html

@@ -19,6 +19,8 @@ meta.json is written last and deleted first, so a crash mid-way never leaves a "
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import os
@@ -26,13 +28,16 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
 
+from cllm import kinds
 from cllm.data.corpus import CLEANING_DEFAULTS, CLEANING_OPTIONS, open_corpus
 from cllm.data.errors import EmptyCorpusError, TokenFileError
-from cllm.data.tokenfile import TokenFileWriter, read_token_header
+from cllm.data.tokenfile import TokenFileWriter, export_dataset_tokens, read_token_file, read_token_header
 from cllm.errors import CLLMError, DataError, TokenizerError
 from cllm.fileio import atomic_write_text
-from cllm.llmc import export_dataset_tokens
+from cllm.tokenizers import load_tokenizer, train_tokenizer
+from cllm.tokenizers.imports import import_tokenizer
 
 PREPARE_VERSION = 1
 KINDS = ("word", "char", "bpe", "wordpiece")
@@ -48,13 +53,9 @@ class PreparedDataset:
     cached: bool = False  # True when an earlier run's result was reused
 
     def train_tokens(self) -> np.ndarray:
-        from cllm.data.tokenfile import read_token_file
-
         return read_token_file(self.train_path)
 
     def val_tokens(self) -> np.ndarray:
-        from cllm.data.tokenfile import read_token_file
-
         return read_token_file(self.val_path)
 
 
@@ -78,9 +79,6 @@ def _release_free_memory() -> None:
     if _malloc_trim is None:
         _malloc_trim = False
         try:
-            import ctypes
-            import ctypes.util
-
             name = ctypes.util.find_library("c")
             trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
             if trim is not None:
@@ -121,8 +119,6 @@ def _split_plan(lengths: list[int], val_fraction: float) -> tuple[int, int, floa
 
 def _load_cached(out_dir: str, key: str):
     """The PreparedDataset in out_dir if its meta.json has this key and its files check out."""
-    from cllm.tokenizers import load_tokenizer
-
     meta_path = os.path.join(out_dir, "meta.json")
     try:
         with open(meta_path, encoding="utf-8") as f:
@@ -161,19 +157,25 @@ def prepare_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int
                     val_fraction: float = 0.1, encoding: str = "auto", dedupe: bool = True, progress: bool = True,
                     llmc: bool = False, bpe_pattern: str = "gpt4", force: bool = False, image: dict | None = None,
                     **cleaning) -> PreparedDataset:
+    """A token dataset in `out_dir` from the input at `data_path`, prepared by its kind (cllm/kinds.py): a
+    corpus of text by prepare_text_dataset (below), a folder of images (or tokenizer "image") by
+    cllm/vision/dataset.py with the `image` options (image_size, grayscale, palette). Each kind takes the
+    options that apply to it."""
+    kind = kinds.for_input(data_path, tokenizer)
+    return kind.prepare(data_path, out_dir, tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction,
+                        encoding=encoding, dedupe=dedupe, progress=progress, llmc=llmc, bpe_pattern=bpe_pattern,
+                        force=force, image=image, **cleaning)
+
+
+def prepare_text_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int | None = None,
+                         val_fraction: float = 0.1, encoding: str = "auto", dedupe: bool = True,
+                         progress: bool = True, llmc: bool = False, bpe_pattern: str = "gpt4", force: bool = False,
+                         **cleaning) -> PreparedDataset:
     """Clean, tokenize and split the corpus at `data_path` into `out_dir` (see the module doc).
     `vocab_size` None: word 8192, bpe 4096, char every character. `llmc=True` also writes
     llm.c token files (train_llmc.bin, val_llmc.bin). `force=True` ignores the cache.
     `tokenizer` may be a trained Tokenizer instead of a kind (fine-tuning: the checkpoint's): the corpus is
-    encoded with it and none is trained. A folder of
-    images (or tokenizer "image") becomes an image dataset (cllm/vision/dataset.py) with the
-    `image` options: image_size, grayscale, palette."""
-    from cllm.vision.dataset import is_image_source, prepare_image_dataset
-
-    if tokenizer == "image" or is_image_source(data_path):
-        return prepare_image_dataset(data_path, out_dir, val_fraction=val_fraction, force=force, progress=progress,
-                                     **(image or {}))
-
+    encoded with it and none is trained."""
     given, tokenizer = _resolve_tokenizer(tokenizer, vocab_size, val_fraction)
     corpus = open_corpus(data_path, encoding=encoding, dedupe=dedupe, progress=progress, **cleaning)
     options = _dataset_options(corpus, tokenizer, given, vocab_size, val_fraction, encoding, dedupe, bpe_pattern)
@@ -215,8 +217,6 @@ def _resolve_tokenizer(tokenizer, vocab_size, val_fraction) -> tuple[object | No
     """(the given Tokenizer or None, the tokenizer kind), after checking the kind, vocab size and val fraction.
     `tokenizer` is a kind, a tokenizer file (imported) or a trained Tokenizer."""
     if isinstance(tokenizer, str) and tokenizer not in KINDS and os.path.exists(tokenizer):
-        from cllm.tokenizers.imports import import_tokenizer
-
         tokenizer = import_tokenizer(tokenizer)  # a tokenizer file: CLLM's, HuggingFace's, BERT's, GPT-2's, tiktoken's
     given, tokenizer = (None, tokenizer) if isinstance(tokenizer, str) else (tokenizer, tokenizer.kind)
     if tokenizer not in KINDS and given is None:
@@ -256,8 +256,6 @@ def _claim_output_dir(out_dir: str) -> str:
 
 def _train_pass(corpus, tokenizer: str, given, vocab_size, bpe_pattern: str, progress: bool):
     """Pass 1: train the tokenizer (or use the given one); fills corpus.stats and corpus.doc_lengths."""
-    from cllm.tokenizers import train_tokenizer
-
     kw = {"progress": progress}
     if tokenizer == "bpe":
         kw["pattern"] = bpe_pattern
@@ -275,8 +273,6 @@ def _encode_pass(corpus, tok, train_path: str, val_path: str, plan: tuple[int, i
                  progress: bool):
     """Pass 2: encode each of the `n_docs` documents into train.bin / val.bin as `plan` (_split_plan's)
     splits them; returns the two (closed) TokenFileWriters, whose counts and dtype meta.json records."""
-    from tqdm import tqdm
-
     first_val, straddle, straddle_frac = plan
     V = tok.vocab_size
     with TokenFileWriter(train_path, V) as wt, TokenFileWriter(val_path, V) as wv, \
@@ -340,4 +336,19 @@ def _dataset_meta(data_path, key: str, tokenizer: str, tok, wt, wv, plan: tuple[
     }
 
 
-__all__ = ["PreparedDataset", "prepare_dataset", "CLEANING_DEFAULTS", "CLEANING_OPTIONS", "TokenFileError"]
+def summary(ds: PreparedDataset) -> str:
+    """What was prepared (or reused), for `cli.py prepare`: the corpus statistics and the token files' sizes."""
+    m = ds.meta
+    c = m["corpus"]
+    corpus = (f"corpus: {c['documents']:,} documents from {c['files']:,} files, {c['characters']:,} characters, "
+              f"{c['lines']:,} lines, {c['tokens']:,} words, vocabulary {c['vocabulary']:,}, "
+              f"{c['avg_chars_per_document']:,.0f} characters per document"
+              + (f"; skipped {c['skipped']}" if c["skipped"] else "")
+              + (f"; {c['duplicates']} duplicates dropped" if c["duplicates"] else ""))
+    state = "reused cached dataset" if ds.cached else f"prepared in {m['seconds']:.1f} s"
+    return (f"{corpus}\n{state}: {ds.out_dir} ({m['tokenizer']} tokenizer, {m['vocab_size']:,} ids, {m['dtype']}): "
+            f"train.bin {m['train_tokens']:,} tokens, val.bin {m['val_tokens']:,} tokens")
+
+
+__all__ = ["PreparedDataset", "prepare_dataset", "prepare_text_dataset", "CLEANING_DEFAULTS", "CLEANING_OPTIONS",
+           "TokenFileError"]

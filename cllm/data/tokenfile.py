@@ -5,7 +5,10 @@ Header: 256 little-endian int32 (as llm.c's, but our own magic so the two are ne
     [3] token count, low 31 bits   [4] token count >> 31   [5] vocabulary size   [6:] zero
 ids are uint16 when the vocabulary fits (<= 65,536 ids), else uint32.
 
-llm.c's token file (for its train_gpt2.c) is written and read by cllm/llmc.py.
+llm.c's token file (llm.c `dataloader.h`, for its train_gpt2.c; `cli.py prepare --llmc`) is written and read
+here too: header 256 x int32 [0] magic 20240520, [1] version 1, [2] token count, the rest zero; then the
+tokens as little-endian uint16 (so vocabularies of at most 65,535 ids). llm.c's model file is
+cllm/interop/llmc.py's.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import os
 import numpy as np
 
 from cllm.data.errors import TokenFileError
+from cllm.errors import DataError
 from cllm.fileio import atomic_open
 
 MAGIC = 0x544B4C43
@@ -21,6 +25,8 @@ VERSION = 1
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 _DTYPES = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
+LLMC_TOKENS_MAGIC = 20240520  # header[0] of llm.c's token file
+LLMC_TOKENS_VERSION = 1
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
@@ -95,9 +101,7 @@ def read_token_header(path) -> dict:
                              f"{HEADER_BYTES}); it is truncated, run `cli.py prepare` again")
     h = np.frombuffer(head, "<i4")
     if h[0] != MAGIC:
-        from cllm.llmc import TOKENS_MAGIC
-
-        if h[0] == TOKENS_MAGIC:
+        if h[0] == LLMC_TOKENS_MAGIC:
             raise TokenFileError(f"{path} is an llm.c token file, not a CLLM one; prepare the corpus with "
                                  "`cli.py prepare` instead")
         raise TokenFileError(f"{path} is not a CLLM token file (wrong magic number {int(h[0]):#x}); create it with "
@@ -122,3 +126,44 @@ def read_token_file(path) -> np.ndarray:
     if info["count"] == 0:
         return np.zeros(0, info["dtype"])
     return np.memmap(os.fspath(path), dtype=info["dtype"], mode="r", offset=HEADER_BYTES, shape=(info["count"],))
+
+
+# ------------------------------------------------------------------------------ llm.c's token file
+def export_llmc_tokens(tokens, out_path) -> int:
+    """Write ids (a CLLM token file's path or an array) as llm.c's token file; returns the count.
+    llm.c stores uint16, so every id must be below 65,536 (vocabularies up to 65,535 ids)."""
+    if isinstance(tokens, (str, os.PathLike)):
+        vocab = read_token_header(tokens)["vocab_size"]
+        if vocab > 65535:
+            raise DataError(f"llm.c token files hold uint16 ids: a vocabulary of {vocab:,} does not fit (65,535 at "
+                            "most); prepare with a smaller --vocab-size")
+        tokens = read_token_file(tokens)
+    a = np.asarray(tokens)
+    if a.size and (int(a.min()) < 0 or int(a.max()) > 65535):
+        raise DataError("llm.c token files hold uint16 ids; these ids do not fit (use a vocabulary of at most "
+                        "65,535)")
+    header = np.zeros(HEADER_INTS, "<i4")
+    header[0], header[1], header[2] = LLMC_TOKENS_MAGIC, LLMC_TOKENS_VERSION, a.size
+    with atomic_open(os.fspath(out_path), "wb") as f:
+        f.write(header.tobytes())
+        step = 1 << 24
+        for i in range(0, a.size, step):
+            f.write(np.ascontiguousarray(a[i:i + step]).astype("<u2").tobytes())
+    return int(a.size)
+
+
+def read_llmc_tokens(path) -> np.ndarray:
+    """Read llm.c's token file back (header checked) as a uint16 memmap."""
+    size = os.path.getsize(path)
+    h = np.fromfile(path, "<i4", HEADER_INTS)
+    if (h.size < HEADER_INTS or h[0] != LLMC_TOKENS_MAGIC or h[1] != LLMC_TOKENS_VERSION
+            or size != HEADER_BYTES + 2 * int(h[2])):
+        raise TokenFileError(f"{path} is not a valid llm.c token file (magic {LLMC_TOKENS_MAGIC}, version "
+                             f"{LLMC_TOKENS_VERSION}, uint16 tokens)")
+    return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(int(h[2]),))
+
+
+def export_dataset_tokens(out_dir: str) -> None:
+    """A prepared dataset's train.bin and val.bin (in out_dir) as llm.c token files train_llmc.bin, val_llmc.bin."""
+    for split in ("train", "val"):
+        export_llmc_tokens(os.path.join(out_dir, f"{split}.bin"), os.path.join(out_dir, f"{split}_llmc.bin"))

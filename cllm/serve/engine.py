@@ -129,6 +129,14 @@ class Engine:
         with self._turns:
             return self._run(req, cancel, emit)
 
+    def run_exclusive(self, work, *args):
+        """work(*args) under the rule run() follows for kernels on several threads at once (see warm_up): for
+        generation other than completions, such as an image model's samples (cllm/serve/server.py)."""
+        if self._turns is None:
+            self.warm_up()
+        with self._turns:
+            return work(*args)
+
     def _run(self, req: CompletionRequest, cancel: threading.Event, emit) -> dict:
         from cllm.generation import SamplingConfig
 

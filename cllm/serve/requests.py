@@ -186,8 +186,8 @@ def _check_choice_limits(n: int, beam_width: int, n_prompts: int, settings: Serv
 # ---------------------------------------------------------------------------------- images
 def parse_image_request(body, settings: ServerSettings, tok):
     """(n, label, temperature, top_k, top_p, seed, grid) of an image request for the ImageTokenizer `tok`
-    (cllm/vision/serve.py documents the fields); APIError(400) naming the first bad field."""
-    check_fields(body, _IMAGE_FIELDS, "the documentation of /v1/images/generations (cllm/vision/serve.py)")
+    (cllm/serve/server.py's image_generations documents the fields); APIError(400) naming the first bad field."""
+    check_fields(body, _IMAGE_FIELDS, "the documentation of /v1/images/generations (cllm/serve/server.py)")
     if body.get("response_format", "b64_json") not in ("b64_json", None):
         bad_value("response_format", "only 'b64_json' is supported (the PNG itself, base64-encoded)")
     size = f"{tok.width}x{tok.height}"

@@ -6,8 +6,8 @@
     GET  /v1/models/ID      that one model (404 for another id)
     POST /v1/completions    OpenAI's completions request/response; "stream": true sends
                             server-sent events `data: {chunk}` and a final `data: [DONE]`
-    POST /v1/images/generations  an image model's samples as base64 PNGs (cllm/vision/serve.py); a text
-                            model answers 400 "images_not_supported"
+    POST /v1/images/generations  an image model's samples as base64 PNGs (image_generations, below); a
+                            text model answers 400 "images_not_supported"
     GET  /                  the page (cllm/serve/static/index.html), GET /static/NAME its files
 
 Generation runs in a thread pool (Engine.run), never on the event loop. At most
@@ -24,6 +24,7 @@ into the JSON or server-sent-events response.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import hmac
 import json
@@ -37,11 +38,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
+from cllm import kinds
 from cllm.config import option
+from cllm.errors import ConfigError
+from cllm.generation import SamplingConfig
 from cllm.serve.engine import Engine
-from cllm.serve.requests import APIError, parse_completion_request
+from cllm.serve.requests import APIError, parse_completion_request, parse_image_request
 from cllm.serve.responses import EventChannel, collect_response, stream_response
-from cllm.vision.serve import image_generations
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -66,8 +69,6 @@ class ServerSettings:
                                        "environment variable, else no key)")
 
     def validate(self) -> None:
-        from cllm.errors import ConfigError
-
         for f in dataclasses.fields(self):
             value, minimum = getattr(self, f.name), 0 if f.name == "max_queue" else 1
             if f.name != "api_key" and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
@@ -247,6 +248,43 @@ async def completions(request):
         watcher.cancel()
 
 
+async def image_generations(request):
+    """POST /v1/images/generations: PNGs as base64 in JSON, in the shape of OpenAI's image-generation API where
+    it applies:
+
+        {"n": 4, "class": "7", "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": 0, "grid": false,
+         "response_format": "b64_json"}
+        -> {"created": 1700000000, "model": "...", "data": [{"b64_json": "<PNG>", "class": "7"}, ...]}
+
+    "class" (a class folder's name; omitted: the model draws one per image) is CLLM's extension; with
+    "grid": true, "data" holds one PNG of all n images and their "classes". The model's dataset kind
+    (cllm/kinds.py) makes the images; a kind without them (text) answers 400 "images_not_supported", and a
+    model without classes refuses "class". Images are generated on the worker threads, under the same
+    admission limits as completions; cllm/serve/requests.py checks the request."""
+    engine, sched = request.app[ENGINE], request.app[SCHEDULER]
+    tok = engine.tokenizer
+    kind = kinds.for_tokenizer(tok)
+    if kind.sample_pngs is None:
+        raise APIError(400, f"this server's model generates {kind.name} ({tok.kind} tokenizer), not images; use "
+                            "POST /v1/completions", code="images_not_supported")
+    body = await read_json(request)
+    n, label, temperature, top_k, top_p, seed, as_grid = parse_image_request(body, request.app[SETTINGS], tok)
+    sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    sched.admit()
+    await sched.acquire()
+    try:
+        pngs, labels = await asyncio.get_running_loop().run_in_executor(
+            sched.pool, engine.run_exclusive, kind.sample_pngs, engine.model, tok, n, sampling, label, as_grid)
+    finally:
+        sched.release()
+    b64 = [base64.b64encode(png).decode("ascii") for png in pngs]
+    if as_grid:
+        data = [{"b64_json": b64[0], "classes": labels}]
+    else:
+        data = [{"b64_json": b, "class": c} for b, c in zip(b64, labels)]
+    return web.json_response({"created": int(time.time()), "model": engine.model_id, "data": data})
+
+
 async def index(request):
     return _static_file("index.html")
 
@@ -288,7 +326,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> web.Ap
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{model:.+}", model)
     app.router.add_post("/v1/completions", completions)
-    app.router.add_post("/v1/images/generations", image_generations)  # image models (cllm/vision/serve.py)
+    app.router.add_post("/v1/images/generations", image_generations)  # image models
     app.router.add_get("/", index)
     app.router.add_get("/static/{name:.+}", static)
     return app

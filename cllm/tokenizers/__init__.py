@@ -3,6 +3,7 @@
     tok = train_tokenizer("bpe", texts, vocab_size=4096)
     ids = tok.encode("Hello"); tok.decode(ids); tok.save("tok.json"); load_tokenizer("tok.json")
 """
+from cllm import kinds as dataset_kinds
 from cllm.errors import TokenizerError
 from cllm.tokenizers.base import Tokenizer, TokenizerFileError, VocabSizeError, read_tokenizer_json
 from cllm.tokenizers.bpe import BPETokenizer
@@ -35,14 +36,12 @@ def train_tokenizer(kind: str, texts, vocab_size: int | None = None, **kw) -> To
 
 
 def load_tokenizer(path) -> Tokenizer:
-    """Read any kind back from its JSON file (or a directory holding tokenizer.json)."""
-    # cycle: cllm/vision/tokenizer.py imports this package
-    from cllm.vision.tokenizer import ImageTokenizer  # noqa: PLC0415
-
-    kinds = {**KINDS, "image": ImageTokenizer}
+    """Read any kind back from its JSON file (or a directory holding tokenizer.json); a kind of another
+    dataset kind than text (an image tokenizer) through the registry of dataset kinds (cllm/kinds.py)."""
     d = read_tokenizer_json(path)
     file = d.pop("_path")
     kind = d.get("kind")
+    kinds = KINDS if kind in KINDS else {**KINDS, **dataset_kinds.tokenizer_classes()}
     if kind not in kinds:
         raise TokenizerFileError(f"{file}: unknown tokenizer kind {kind!r}; this CLLM knows {', '.join(kinds)}")
     tok = kinds[kind]._from_dict(d, file)

@@ -7,7 +7,9 @@ import os
 
 import numpy as np
 
+from cllm.checkpoint import load_checkpoint
 from cllm.errors import CheckpointError, ConfigError, DataError
+from cllm.tokenizers import load_tokenizer
 from cllm.training.config import TrainConfig
 from cllm.training.logbook import say as _say
 
@@ -52,8 +54,7 @@ class BatchSampler:
 def load_dataset(cfg: TrainConfig):
     """The prepared dataset for cfg.data: DATA itself when it is one, else prepared (and cached)
     under CHECKPOINT_DIR/dataset. Returns (tokenizer, train tokens, val tokens, dataset dir)."""
-    from cllm.data import prepare_dataset, read_token_file
-    from cllm.tokenizers import load_tokenizer
+    from cllm.data import prepare_dataset, read_token_file  # costly at start-up (cllm/evaluate.py says why)
 
     data = cfg.data
     if not os.path.exists(data):
@@ -96,9 +97,6 @@ def _init_tokenizer(cfg: TrainConfig):
     """The tokenizer of --init-from's checkpoint (None without the flag)."""
     if not cfg.init_from:
         return None
-    from cllm.checkpoint import load_checkpoint
-    from cllm.tokenizers import load_tokenizer
-
     ckpt = load_checkpoint(cfg.init_from)
     if ckpt.tokenizer_path is None:
         raise CheckpointError(f"--init-from {cfg.init_from}: the checkpoint has no tokenizer to encode the data with")

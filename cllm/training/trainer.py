@@ -13,12 +13,17 @@ import dataclasses
 import math
 import os
 import signal
+import threading
 import time
 
 import numpy as np
 
+from cllm import checkpoint as ck
+from cllm import kinds
 from cllm.config import ModelConfig
+from cllm.distributed import world
 from cllm.errors import ConfigError, DataError
+from cllm.runtime import configure_threads, cpu_count
 from cllm.schedule import UNPLANNED, is_due, lr_at, plan_run
 from cllm.training.config import MODEL_DEFAULTS, TrainConfig
 from cllm.training.data import BatchSampler, load_dataset
@@ -34,9 +39,7 @@ def train(cfg: TrainConfig) -> dict:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig):
-        from cllm.device import check_training_device
-        from cllm.distributed import world
-        from cllm.runtime import configure_threads, cpu_count
+        from cllm.device import check_training_device  # costly at start-up: loads Numba and the kernels
 
         cfg.validate()
         self.cfg, self.comm = cfg, world()
@@ -91,10 +94,8 @@ class Trainer:
             f"[3/5] Dataset: {len(self.train_tokens):,} training and {len(self.val_tokens):,} validation "
             f"tokens ({self.dataset_dir})"
         )
-        if self.tokenizer.kind == "image":
-            from cllm.vision import image_seq_len
-
-            cfg.seq_len = image_seq_len(self.tokenizer, given_seq_len)
+        self.kind = kinds.for_tokenizer(self.tokenizer)  # text or image (cllm/kinds.py): its context and windows
+        cfg.seq_len = self.kind.seq_len(self.tokenizer, given_seq_len) or cfg.seq_len
         self.B, self.T = cfg.batch_size, cfg.seq_len
         if len(self.val_tokens) < self.T + 1:  # refused now rather than at the first evaluation, after training
             raise DataError(
@@ -105,8 +106,7 @@ class Trainer:
     def _build_model(self, resume, init) -> None:
         """A new model, the resumed one (with its optimizer and data position) or --init-from's weights;
         every rank then holds rank 0's weights and moments, on the run's device."""
-        from cllm import checkpoint as ck
-        from cllm.device import optimizer_class, to_device
+        from cllm.device import optimizer_class, to_device  # costly at start-up: loads Numba and the kernels
         from cllm.model import Model
 
         cfg, B, T = self.cfg, self.B, self.T
@@ -127,7 +127,7 @@ class Trainer:
             weight_decay=cfg.weight_decay,
             grad_clip=cfg.grad_clip,
         )
-        self.sampler = BatchSampler(self.train_tokens, B, T, cfg.seed, align=T if self.tokenizer.kind == "image" else 1)
+        self.sampler = BatchSampler(self.train_tokens, B, T, cfg.seed, align=self.kind.align(self.tokenizer))
         self.step, self.best_val, self.elapsed_before = 0, math.inf, 0.0
         if resume is not None:
             model = self._resume(resume, config)
@@ -145,8 +145,6 @@ class Trainer:
         self.model = to_device(model, cfg.device, self.comm.local_rank)
 
     def _resume(self, resume, config: ModelConfig):
-        from cllm import checkpoint as ck
-
         if resume.model_config != config:
             raise ConfigError(
                 f"cannot resume: the checkpoint's model ({resume.model_config}) differs from this "
@@ -220,7 +218,7 @@ class Trainer:
     def forward_backward(self) -> float:
         """This rank's micro-batches of the step's global batch: their gradients add up in model.grads,
         averaged over every micro-batch of every process; returns the sum of this rank's losses."""
-        from cllm.device import average_gradients
+        from cllm.device import average_gradients  # costly at start-up: loads Numba and the kernels
         from cllm.kernels.dropout import derive_key
 
         K, rank = self.cfg.grad_accum, self.comm.rank
@@ -283,8 +281,6 @@ class Trainer:
 
     def save(self, reason: str) -> None:
         """Checkpoint step_NNNNNN (atomic), then the latest (and best) links, then pruning."""
-        from cllm import checkpoint as ck
-
         ckdir, name = self.cfg.checkpoint_dir, f"step_{self.step:06d}"
         state = {
             "step": self.step,
@@ -356,8 +352,6 @@ class StopFlag:
         self._previous = None
 
     def __enter__(self):
-        import threading
-
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handler)
         return self

@@ -10,12 +10,15 @@ sampler are the text model's.
     tokenizer.py   ImageTokenizer: images <-> records, JSON save/load
     dataset.py     a folder of images -> train.bin/val.bin/tokenizer.json; validation bits/dim
     sampling.py    sample, complete, grids as PNG
-    likelihood.py  bits per dimension and classification by likelihood
+    likelihood.py  bits per dimension and classification by likelihood (`cli.py evaluate`)
+    cli.py         what `cli.py generate` does for an image model
+    kind.py        the "image" dataset kind: how the data, training, evaluation and serve layers treat
+                   images, registered in cllm/kinds.py, which imports this module on its first lookup
 """
 import importlib
 
-# name -> submodule; imported on first use (PEP 562), so that `import cllm.vision.x` by the text
-# pipeline (cllm/data/corpus.py, cllm/serve/server.py) does not load every module of the package
+# name -> submodule; imported on first use (PEP 562), so that `import cllm.vision.x` (cllm/kinds.py's
+# lookup, cllm/tokenizers reading an image tokenizer) does not load every module of the package
 _WHERE = {"evaluate_records": "dataset", "image_seq_len": "dataset", "is_image_source": "dataset",
           "prepare_image_dataset": "dataset", "ImageFileError": "images", "find_images": "images",
           "load_images": "images", "open_image": "images", "evaluate_images": "likelihood",

@@ -20,8 +20,14 @@ import time
 
 import numpy as np
 
-from cllm.errors import ConfigError, DataError
+from cllm.data.prepare import PreparedDataset
+from cllm.data.tokenfile import TokenFileWriter, read_token_header
+from cllm.errors import CLLMError, ConfigError, DataError
+from cllm.evaluate import window_losses
+from cllm.fileio import atomic_write_text
+from cllm.tokenizers import load_tokenizer
 from cllm.vision.images import find_images, is_image_name, load_images
+from cllm.vision.tokenizer import ImageTokenizer
 
 PREPARE_VERSION = 1
 
@@ -68,11 +74,6 @@ def _cache_key(found, options: dict) -> str:
 
 
 def _cached(out_dir: str, key: str):
-    from cllm.data.prepare import PreparedDataset
-    from cllm.data.tokenfile import read_token_header
-    from cllm.errors import CLLMError
-    from cllm.tokenizers import load_tokenizer
-
     try:
         with open(os.path.join(out_dir, "meta.json"), encoding="utf-8") as f:
             meta = json.load(f)
@@ -99,11 +100,6 @@ def prepare_image_dataset(data_path, out_dir, image_size: int | None = None, gra
                           progress: bool = True) -> object:
     """Read, tokenize and split the images at data_path into out_dir; returns a PreparedDataset.
     grayscale False still reads grayscale when every image is (PNG mode L, ...)."""
-    from cllm.data.prepare import PreparedDataset
-    from cllm.data.tokenfile import TokenFileWriter
-    from cllm.fileio import atomic_write_text
-    from cllm.vision.tokenizer import ImageTokenizer
-
     check_image_options(image_size, palette)
     found = find_images(data_path)
     options = {"image_size": image_size, "grayscale": bool(grayscale), "palette": palette,
@@ -171,8 +167,6 @@ def evaluate_records(model, tokens: np.ndarray, tokenizer, batch_size: int) -> d
     """Validation over every image record of a split (tokens: records then one `<image>`):
     loss (mean nats per token over every target, as training's validation loss) and bits per
     dimension, -log2 p(label, pixels) / (pixels x channels): the label's and the pixels' targets only."""
-    from cllm.evaluate import window_losses
-
     R = tokenizer.record_len
     n = (len(tokens) - 1) // R
     first = tokenizer.first_pixel - 1 - tokenizer.labelled  # target column of the label (or first pixel)

@@ -2,6 +2,7 @@
 
     logp = joint_log_probs(model, tok, ids)      # (n, L) log p(label y, pixels) in nats, every y
     result = evaluate_images(model, tok, "digits/test", classify=True)
+    result = evaluate_checkpoint("runs/digits", classify="digits/test")   # `cli.py evaluate`'s
 
 For a model with classes, p(pixels) = sum_y p(y) p(pixels | y) (labels summed out: the
 `bits_per_dim` reported here); the most likely y is the predicted class. `bits_per_dim_joint` is
@@ -14,7 +15,36 @@ import math
 
 import numpy as np
 
-from cllm.errors import DataError
+from cllm.completion import load_for_generation
+from cllm.errors import ConfigError, DataError
+from cllm.vision.images import load_images
+
+
+def load_image_model(checkpoint: str, tokenizer: str | None = None, threads: int | None = None):
+    """(model, image tokenizer, checkpoint path); a clear error for a text checkpoint."""
+    model, tok, path = load_for_generation(checkpoint, tokenizer, threads)
+    if tok.kind != "image":
+        raise ConfigError(f"{path} is a text model ({tok.kind} tokenizer); image generation and --classify need a "
+                          "model trained on a folder of images")
+    return model, tok, path
+
+
+def evaluate_checkpoint(checkpoint: str, data: str | None = None, classify: str | None = None, batch_size: int = 32,
+                        threads: int | None = None, tokenizer: str | None = None, quantize: str | None = None,
+                        text: str | None = None, **_text_options) -> dict:
+    """`cli.py evaluate CHECKPOINT IMAGES/` (bits per dimension) or `--classify TEST_DIR` (also accuracy and
+    the confusion matrix); the image kind's `evaluate` (cllm/vision/kind.py). The options of a text's
+    evaluation (stride, progress, device) do not apply."""
+    if quantize is not None:
+        raise ConfigError("--quantize is for text models")
+    if text is not None:
+        raise ConfigError("--text is for text models; give a folder of images")
+    if data is not None and classify is not None and data != classify:
+        raise ConfigError("give the images once: either DATA or --classify TEST_DIR")
+    path = classify or data
+    model, tok, ckpt = load_image_model(checkpoint, tokenizer, threads)
+    return {"checkpoint": ckpt, "data": path, "size": f"{tok.width}x{tok.height}x{tok.channels}",
+            **evaluate_images(model, tok, path, classify=classify is not None, batch_size=batch_size)}
 
 
 def joint_log_probs(model, tok, ids: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -57,8 +87,6 @@ def confusion_matrix(true: np.ndarray, pred: np.ndarray, L: int) -> np.ndarray:
 def evaluate_images(model, tok, path: str, classify: bool = False, batch_size: int = 32, warn=None) -> dict:
     """Bits per dimension of the images under `path` (read like the training set: same size, same
     resize policy) and, with classify, the accuracy and confusion matrix of likelihood classification."""
-    from cllm.vision.images import load_images
-
     size = tok.height if tok.height == tok.width else None
     images = load_images(path, size, tok.channels == 1, classes=tok.classes or None, warn=warn)
     if images.pixels.shape[1:3] != (tok.height, tok.width):

@@ -3,6 +3,7 @@
     pixels, labels = sample_images(model, tok, 16, SamplingConfig(temperature=1.0, seed=0), label="7")
     completions, given = complete_image(model, tok, image (H,W,C) uint8, 4, sampling)
     save_png(grid(pixels, cols=4), "samples.png")
+    pngs, labels = sample_pngs(model, tok, 4, sampling)     # PNG files' bytes (the server's images)
 
 Every sequence of a batch is at the same position of its record, so a batch of n images is decoded
 with one KV cache of n sequences and one Model.decode_step per pixel. At a pixel position only colour
@@ -11,9 +12,14 @@ before temperature, top-k and top-p apply), so every sample is a whole image.
 """
 from __future__ import annotations
 
+import io
+
 import numpy as np
 
 from cllm.errors import ConfigError
+from cllm.fileio import atomic_write_bytes
+from cllm.generation import SamplingConfig, next_token
+from cllm.vision.likelihood import logsumexp
 
 
 def _check_model(model, tok) -> None:
@@ -35,8 +41,6 @@ def _allowed(tok, position: int) -> np.ndarray:
 def fill_records(model, tok, fixed: np.ndarray, sampling) -> np.ndarray:
     """Complete records (n, record_len - 1) int32 where -1 marks a token to draw: known tokens are fed,
     missing ones sampled left to right with `sampling` (a cllm.generation.SamplingConfig)."""
-    from cllm.generation import next_token
-
     _check_model(model, tok)
     sampling.validate()
     seq = np.array(fixed, dtype=np.int32)
@@ -72,8 +76,6 @@ def sample_images(model, tok, n: int, sampling, label=None) -> tuple[np.ndarray,
 
 def label_posterior(model, tok, ids: np.ndarray, known: int) -> np.ndarray:
     """(L,) p(y | the first `known` pixels of ids (H*W,)), from log p(y, those pixels) for every class."""
-    from cllm.vision.likelihood import logsumexp
-
     L = len(tok.classes)
     rec = tok.records(np.repeat(ids[None], L, axis=0), np.arange(L))
     rows = np.concatenate([rec, np.full((L, 1), tok.bos_id, np.int32)], axis=1)
@@ -113,7 +115,7 @@ def complete_image(model, tok, image: np.ndarray, n: int, sampling, rows: int | 
 def grid(images: np.ndarray, cols: int | None = None, scale: int | None = None, pad: int = 1):
     """A PIL image of images (n, H, W, C) uint8 in a grid of `cols` columns (default: about square),
     each enlarged `scale` times without smoothing (default: to at least 32 pixels), 1-pixel gaps."""
-    from PIL import Image
+    from PIL import Image  # imported here: costly at start-up (~60 ms), and only pictures need it
 
     n, H, W, C = images.shape
     cols = cols or int(np.ceil(np.sqrt(n)))
@@ -142,14 +144,29 @@ def completion_grid(original: np.ndarray, completions: np.ndarray, rows: int, sc
 
 def save_png(img, path: str) -> None:
     """Write a PIL image as PNG atomically (a reader never sees half a file)."""
-    from cllm.fileio import atomic_write_bytes
-
     atomic_write_bytes(str(path), png_bytes(img))
 
 
 def png_bytes(img) -> bytes:
-    import io
-
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def sample_pngs(model, tok, n: int, sampling, label=None, as_grid: bool = False) -> tuple[list[bytes], list]:
+    """n samples as PNG files' bytes: one PNG of them all in a grid (as_grid), else one per image at its own
+    size (a PNG pixel per pixel); and the n images' class names (None for a model without classes). The
+    image kind's `sample_pngs` (cllm/vision/kind.py): what POST /v1/images/generations returns."""
+    pixels, labels = sample_images(model, tok, n, sampling, label=label)
+    if as_grid:
+        return [png_bytes(grid(pixels))], labels
+    return [png_bytes(grid(p[None], scale=1, pad=0)) for p in pixels], labels
+
+
+def sample_picture(model, tok, prompt: str, n_tokens: int, seed: int, temperature: float = 0.8) -> str:
+    """One image sampled (its class too, for a model with classes) and drawn as text (ImageTokenizer.decode):
+    the sample printed during training. `prompt` and `n_tokens` do not apply: a sample is one whole image."""
+    fixed = np.full((1, tok.record_len - 1), -1, np.int32)
+    fixed[:, 0] = tok.bos_id
+    seq = fill_records(model, tok, fixed, SamplingConfig(temperature=temperature, top_k=0, seed=seed))
+    return tok.decode(seq[0])

@@ -1,6 +1,7 @@
 """llm.c interoperability: its fp32 model file, so that a model trained here runs in llm.c's C
-trainer (`train_gpt2.c`) and a GPT-2 model file written by llm.c loads here, and its token file, so that
-a dataset prepared here (`cli.py prepare --llmc`) trains there.
+trainer (`train_gpt2.c`) and a GPT-2 model file written by llm.c loads here. Its token file, so that
+a dataset prepared here (`cli.py prepare --llmc`) trains there, is written by cllm/data/tokenfile.py
+beside CLLM's own (the data layer writes it; this module needs none of it).
 
 The model file (llm.c `gpt2_build_from_checkpoint`), little-endian:
 
@@ -13,9 +14,6 @@ The model file (llm.c `gpt2_build_from_checkpoint`), little-endian:
 
 That order is ModelConfig.param_shapes(), the layout of Model.params, so the parameters are
 written and read as one flat block. llm.c's bf16 files (version 5) are not read: export fp32 there.
-
-The token file (llm.c `dataloader.h`): header 256 x int32 [0] magic 20240520, [1] version 1, [2] token
-count, the rest zero; then the tokens as little-endian uint16 (so vocabularies of at most 65,535 ids).
 """
 from __future__ import annotations
 
@@ -24,17 +22,17 @@ import os
 
 import numpy as np
 
+from cllm import checkpoint as ck
 from cllm.config import ModelConfig
-from cllm.errors import CheckpointError, ConfigError, DataError
+from cllm.errors import CheckpointError, ConfigError
 from cllm.fileio import atomic_open
+from cllm.tokenizers import load_tokenizer
 
 MAGIC = 20240326
 VERSION = 3  # fp32, padded vocabulary (Vp in header[7])
 UNPADDED_VERSION = 1  # fp32, no padding: Vp = V
 HEADER_INTS = 256
-HEADER_BYTES = HEADER_INTS * 4  # of both files
-TOKENS_MAGIC = 20240520  # the token file's header[0]
-TOKENS_VERSION = 1
+HEADER_BYTES = HEADER_INTS * 4
 
 
 @dataclasses.dataclass
@@ -134,9 +132,7 @@ def read_model_file(path: str) -> LlmcModel:
 
 def export_checkpoint(checkpoint: str, out_path: str) -> tuple[str, ModelConfig]:
     """Write the checkpoint's model as llm.c's fp32 model file; returns (checkpoint path, config)."""
-    from cllm.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = ck.load_checkpoint(checkpoint)
     write_model_file(out_path, ckpt.model_config, flat_params(ckpt.model_config, ckpt.params))
     return ckpt.path, ckpt.model_config
 
@@ -144,13 +140,9 @@ def export_checkpoint(checkpoint: str, out_path: str) -> tuple[str, ModelConfig]
 def import_model_file(model_path: str, checkpoint_dir: str, tokenizer_path: str | None = None) -> str:
     """Read llm.c's model file into a new checkpoint CHECKPOINT_DIR/step_000000 (with `latest`
     pointing to it, and the tokenizer when given); returns the step directory."""
-    from cllm import checkpoint as ck
-
     model = read_model_file(model_path)
     tokenizer = None
     if tokenizer_path is not None:
-        from cllm.tokenizers import load_tokenizer
-
         tokenizer = load_tokenizer(os.fspath(tokenizer_path))
         if tokenizer.vocab_size != model.config.vocab_size:
             raise CheckpointError(f"the tokenizer {tokenizer_path} has {tokenizer.vocab_size:,} tokens but the model "
@@ -171,48 +163,3 @@ def import_model_file(model_path: str, checkpoint_dir: str, tokenizer_path: str 
         raise CheckpointError(f"cannot write the checkpoint to {checkpoint_dir!r}: {exc.strerror or exc}; "
                               "choose another directory") from exc
     return path
-
-
-# ---------------------------------------------------------------------------------- token files
-def export_llmc_tokens(tokens, out_path) -> int:
-    """Write ids (a CLLM token file's path or an array) as llm.c's token file; returns the count.
-    llm.c stores uint16, so every id must be below 65,536 (vocabularies up to 65,535 ids)."""
-    from cllm.data.tokenfile import read_token_file, read_token_header
-
-    if isinstance(tokens, (str, os.PathLike)):
-        vocab = read_token_header(tokens)["vocab_size"]
-        if vocab > 65535:
-            raise DataError(f"llm.c token files hold uint16 ids: a vocabulary of {vocab:,} does not fit (65,535 at "
-                            "most); prepare with a smaller --vocab-size")
-        tokens = read_token_file(tokens)
-    a = np.asarray(tokens)
-    if a.size and (int(a.min()) < 0 or int(a.max()) > 65535):
-        raise DataError("llm.c token files hold uint16 ids; these ids do not fit (use a vocabulary of at most "
-                        "65,535)")
-    header = np.zeros(HEADER_INTS, "<i4")
-    header[0], header[1], header[2] = TOKENS_MAGIC, TOKENS_VERSION, a.size
-    with atomic_open(os.fspath(out_path), "wb") as f:
-        f.write(header.tobytes())
-        step = 1 << 24
-        for i in range(0, a.size, step):
-            f.write(np.ascontiguousarray(a[i:i + step]).astype("<u2").tobytes())
-    return int(a.size)
-
-
-def read_llmc_tokens(path) -> np.ndarray:
-    """Read llm.c's token file back (header checked) as a uint16 memmap."""
-    from cllm.data.errors import TokenFileError
-
-    size = os.path.getsize(path)
-    h = np.fromfile(path, "<i4", HEADER_INTS)
-    if (h.size < HEADER_INTS or h[0] != TOKENS_MAGIC or h[1] != TOKENS_VERSION
-            or size != HEADER_BYTES + 2 * int(h[2])):
-        raise TokenFileError(f"{path} is not a valid llm.c token file (magic {TOKENS_MAGIC}, version "
-                             f"{TOKENS_VERSION}, uint16 tokens)")
-    return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(int(h[2]),))
-
-
-def export_dataset_tokens(out_dir: str) -> None:
-    """A prepared dataset's train.bin and val.bin (in out_dir) as llm.c token files train_llmc.bin, val_llmc.bin."""
-    for split in ("train", "val"):
-        export_llmc_tokens(os.path.join(out_dir, f"{split}.bin"), os.path.join(out_dir, f"{split}_llmc.bin"))
