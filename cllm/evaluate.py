@@ -89,8 +89,8 @@ def window_losses(model, tokens: np.ndarray, T: int, batch_size: int, plan=None)
         real = len(batch)
         starts = [s for s, _ in batch] + [batch[0][0]] * (B - real)
         window = np.stack([np.asarray(tokens[s:s + T + 1], dtype=np.int32) for s in starts])
-        model.forward(window[:, :-1], window[:, 1:])
-        yield model.a["losses"].reshape(B, T)[:real], batch
+        model.loss(window[:, :-1], window[:, 1:])
+        yield model.token_losses()[:real], batch
 
 
 def evaluate_stream(model, tokens: np.ndarray, nbytes: int, stride: int | None = None, batch_size: int = 8,
