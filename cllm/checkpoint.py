@@ -72,10 +72,9 @@ def save_checkpoint(
         tensors = {k: np.ascontiguousarray(t, dtype=np.float32) for k, t in model.named_tensors().items()}
         save_file(tensors, os.path.join(tmp, MODEL_FILE), metadata={"format": "cllm", "version": str(FORMAT_VERSION)})
         if optimizer is not None:
-            save_file(
-                {"m": model.m.astype(np.float32, copy=False), "v": model.v.astype(np.float32, copy=False)},
-                os.path.join(tmp, OPTIMIZER_FILE),
-            )
+            m, v = model.moments_to_host()
+            save_file({"m": m.astype(np.float32, copy=False), "v": v.astype(np.float32, copy=False)},
+                      os.path.join(tmp, OPTIMIZER_FILE))
         config = {"format_version": FORMAT_VERSION, "model": model.config.to_dict(), "train": train_config or {}}
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
             json.dump(config, f, indent=2)

@@ -20,8 +20,11 @@ import threading
 import numpy as np
 
 from cllm.errors import CLLMError, ConfigError, MissingDependencyError
-from cllm.model import BACKWARD_NEEDS_FORWARD, Model, _carve
+from cllm.model import BACKWARD_NEEDS_FORWARD, TOKEN_LOSSES_NEED_TARGETS, GPTGraph, Model, _carve, _flat_values
 from cllm.optim import AdamW
+
+# numba.cuda and cllm.kernels.cuda are imported inside the functions that need them: numba-cuda is an
+# optional extra, and NUMBA_ENABLE_CUDASIM must be set before numba.cuda's first import
 
 
 class DeviceError(CLLMError):
@@ -94,9 +97,9 @@ def average_gradients(model, comm, n: int) -> None:
     The CUDA model's pass through the host for the Allreduce, which MPI needs there without a
     CUDA-aware MPI."""
     if isinstance(model, CudaModel):
-        grads = model.grads
+        grads = model.grads_to_host()  # a host copy of its own
         comm.allreduce_sum_(grads)
-        model.set_grads(grads * np.float32(1.0 / n))
+        model.load_grads(grads * np.float32(1.0 / n))
         return
     comm.allreduce_sum_(model.grads)
     model.grads *= model.dtype.type(1.0 / n)
@@ -146,21 +149,10 @@ class DeviceCache:
         return DeviceCache(out)
 
 
-class CudaModel:
-    """Model's interface on a GPU (float32 only). Built from a Model (its weights and moments)."""
-
-    # the host-side checks and view slicing are Model's own (they use only config and views)
-    _check_ids = Model._check_ids
-    _token_array = Model._token_array
-    _decode_tokens = Model._decode_tokens
-    _prefill_tokens = Model._prefill_tokens
-    _layer = Model._layer
-    _layer_acts = Model._layer_acts
-    # the graph itself is Model's, calling cllm/kernels/cuda (self.ops) and this class's attention methods
-    _forward_graph = Model._forward_graph
-    _backward_graph = Model._backward_graph
-    _site_key = Model._site_key
-    drop = 0  # no dropout on the device yet
+class CudaModel(GPTGraph):
+    """The model on a GPU (LanguageModel, cllm/model_interface.py; float32 only), built from a Model (its
+    weights and moments). GPTGraph's graph calls cllm/kernels/cuda (self.ops) and this class's attention.
+    p, g, m_views, v_views, a and ga are device views; the host reads through *_to_host (copies)."""
 
     def __init__(self, model: Model, gpu: int = 0):
         from numba import cuda
@@ -169,18 +161,16 @@ class CudaModel:
 
         if model.dtype != np.float32:
             raise ConfigError("the CUDA model runs in float32 only")
+        super().__init__(model.config, np.float32)
         self.G = self.ops = G
         self.gpu = gpu
-        self.config = model.config
-        self.dtype = np.dtype(np.float32)
-        self.shapes = model.shapes
         self._params = cuda.to_device(model.params)
         P = model.params.size
         self._grads = cuda.device_array(P, dtype=np.float32)
         G.fill_inplace(self._grads, 0.0)
         # the moments: the host model's, unless it never allocated them (a model loaded to generate:
         # reading model.m would allocate P zeros on the host for nothing)
-        if getattr(model, "_training_buffers", True) is None:
+        if not model.has_training_buffers():
             self._m, self._v = cuda.device_array(P, dtype=np.float32), cuda.device_array(P, dtype=np.float32)
             G.fill_inplace(self._m, 0.0)
             G.fill_inplace(self._v, 0.0)
@@ -201,48 +191,46 @@ class CudaModel:
         self._lm_head = self.p["wte"][:V * C]
         self._work = threading.local()  # decoding scratch per thread (the server decodes on several)
         self.B = self.T = 0
-        self.da = self.dga = {}  # name -> activation / activation-gradient device view
-        self.a = {}  # "losses": the (B*T,) losses of the last forward with targets, on the host
+        self._acts = self._grad_acts = self._dscores = None
+        self.a = self.ga = {}  # name -> activation / activation-gradient device view
+        self._losses = None  # (B*T,) host losses of the last forward with targets
         self.mean_loss = None
         self._has_targets = False
 
-    # ---------------------------------------------------------------- buffers on the host
-    @property
-    def params(self) -> np.ndarray:
+    # ---------------------------------------------------------------- buffers, read and written from the host
+    def params_to_host(self) -> np.ndarray:
         return self._params.copy_to_host()
 
-    @property
-    def grads(self) -> np.ndarray:
+    def load_params(self, params) -> None:
+        _bind(self.gpu)
+        self._params.copy_to_device(np.ascontiguousarray(_flat_values(params, self._params.size, "params"),
+                                                         dtype=np.float32))
+
+    def grads_to_host(self) -> np.ndarray:
         return self._grads.copy_to_host()
 
-    @property
-    def m(self) -> np.ndarray:
-        return self._m.copy_to_host()
+    def load_grads(self, grads) -> None:
+        _bind(self.gpu)
+        self._grads.copy_to_device(np.ascontiguousarray(_flat_values(grads, self._grads.size, "grads"),
+                                                        dtype=np.float32))
 
-    @property
-    def v(self) -> np.ndarray:
-        return self._v.copy_to_host()
-
-    def set_grads(self, grads: np.ndarray) -> None:
-        self._grads.copy_to_device(np.ascontiguousarray(grads, dtype=np.float32))
+    def moments_to_host(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._m.copy_to_host(), self._v.copy_to_host()
 
     def named_tensors(self) -> dict[str, np.ndarray]:
         """Host copies of the parameters, of their real shapes (what checkpoints write)."""
-        host = _carve(self.params, self.shapes)
+        host = _carve(self.params_to_host(), self.shapes)
         return {name: host[name].reshape(shape) for name, shape in self.shapes.items()}
 
-    def tensor(self, name: str) -> np.ndarray:
-        return self.named_tensors()[name]
-
-    def num_parameters(self) -> int:
-        return self._params.size
+    def memory_bytes(self) -> int:
+        held = (self._params, self._grads, self._m, self._v, self._acts, self._grad_acts, self._dscores)
+        return sum(b.nbytes for b in held if b is not None)
 
     def to_host(self) -> Model:
         """A CPU Model with these weights and AdamW moments."""
         model = Model(self.config, seed=None)
-        model.params[:] = self.params
-        model.m[:] = self.m
-        model.v[:] = self.v
+        model.params[:] = self.params_to_host()
+        model.m[:], model.v[:] = self.moments_to_host()
         return model
 
     def zero_grad(self) -> None:
@@ -262,53 +250,60 @@ class CudaModel:
         self._acts = cuda.device_array(A, dtype=np.float32)
         self._grad_acts = cuda.device_array(sum(math.prod(v) for v in grad_shapes.values()), dtype=np.float32)
         self._dscores = cuda.device_array(B * self.config.num_heads * T * T, dtype=np.float32)  # attention's dS
-        self.da = _carve(self._acts, shapes)
-        self.dga = _carve(self._grad_acts, grad_shapes)
+        self.a = _carve(self._acts, shapes)
+        self.ga = _carve(self._grad_acts, grad_shapes)
         self.B, self.T = B, T
 
     def forward(self, idx, targets=None, *, dropout: float = 0.0, dropout_key: int = 0):
-        """idx (B,T) token ids -> logits (B,T,V) copied to the host; with targets (B,T) returns
-        (the device's logits (B,T,Vp), mean loss) and leaves the losses in self.a["losses"].
-        No dropout on the device yet: dropout must be 0 (dropout_key is then unused)."""
+        """LanguageModel.forward: the logits (B,T,V) are copied to the host (use loss() when only the loss
+        is needed). No dropout on the device yet: dropout must be 0 (dropout_key is then unused)."""
+        self._forward(idx, targets, dropout)
+        B, T, V, Vp = self.B, self.T, self.config.vocab_size, self.config.padded_vocab_size
+        logits = self.a["logits"].copy_to_host().reshape(B, T, Vp)[:, :, :V]
+        return logits if targets is None else (logits, self.mean_loss)
+
+    def loss(self, idx, targets, *, dropout: float = 0.0, dropout_key: int = 0) -> float:
+        self._forward(idx, targets, dropout)
+        return self.mean_loss
+
+    def token_losses(self) -> np.ndarray:
+        if self.mean_loss is None:
+            raise RuntimeError(TOKEN_LOSSES_NEED_TARGETS)
+        return self._losses.reshape(self.B, self.T).copy()
+
+    def _forward(self, idx, targets, dropout: float) -> None:
+        """The forward on the device; with targets, the losses come to the host (the one small copy out)."""
         from numba import cuda
 
         if dropout:
             raise ConfigError("dropout is not implemented on the CUDA device yet")
         _bind(self.gpu)
         G = self.G
-        idx = self._check_ids(idx, "idx")
+        idx, targets = self._check_batch(idx, targets)
         B, T = idx.shape
-        if T > self.config.max_seq_len:
-            raise ConfigError(f"sequence length {T} exceeds max_seq_len {self.config.max_seq_len}")
-        host_ids = idx.reshape(-1)
-        if targets is not None:
-            tg = self._check_ids(targets, "targets").reshape(-1)
-            if tg.size != B * T:
-                raise ConfigError(f"targets must have the shape of idx ({B}, {T})")
-            host_ids = np.concatenate([host_ids, tg])
+        host_ids = idx.reshape(-1) if targets is None else np.concatenate([idx.reshape(-1), targets])
         self._ensure_activations(B, T)
         ids = cuda.to_device(host_ids)  # the one copy in: inputs, then targets
         self._inputs, self._targets = ids[:B * T], ids[B * T:]
         cfg = self.config
         V, Vp = cfg.vocab_size, cfg.padded_vocab_size
-        a = self.da
+        a = self.a
         self._forward_graph(self.p, a, self._inputs, B, T)
         self._has_targets = targets is not None
         if targets is None:
             self.mean_loss = None
-            return a["logits"].copy_to_host().reshape(B, T, Vp)[:, :, :V]
+            return
         G.softmax_forward(a["probs"], a["logits"], B, T, V, Vp)
         G.crossentropy_forward(a["losses"], a["probs"], self._targets, B, T, Vp)
-        self.a = {"losses": a["losses"].copy_to_host()}  # the one small copy out of a training forward
-        self.mean_loss = float(np.mean(self.a["losses"], dtype=np.float64))
-        return a["logits"].reshape(B, T, Vp), self.mean_loss
+        self._losses = a["losses"].copy_to_host()
+        self.mean_loss = float(np.mean(self._losses, dtype=np.float64))
 
     def backward(self) -> None:
         """Accumulates d(mean loss)/d(params) into the device's grads, as Model.backward."""
         if not self._has_targets:
             raise RuntimeError(BACKWARD_NEEDS_FORWARD)
         _bind(self.gpu)
-        self._backward_graph(self.p, self.g, self.da, self.dga, self._inputs, self._targets, self.B, self.T)
+        self._backward_graph(self.p, self.g, self.a, self.ga, self._inputs, self._targets, self.B, self.T)
         self._has_targets = False
 
     def _attention_forward(self, al: dict, B: int, T: int, l: int) -> None:

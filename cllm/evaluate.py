@@ -148,8 +148,8 @@ def window_losses(model, tokens: np.ndarray, T: int, batch_size: int, plan=None)
         real = len(batch)
         starts = [s for s, _ in batch] + [batch[0][0]] * (B - real)
         window = np.stack([np.asarray(tokens[s:s + T + 1], dtype=np.int32) for s in starts])
-        model.forward(window[:, :-1], window[:, 1:])
-        yield model.a["losses"].reshape(B, T)[:real], batch
+        model.loss(window[:, :-1], window[:, 1:])
+        yield model.token_losses()[:real], batch
 
 
 def evaluate_tokens(model, tokens: np.ndarray, B: int, T: int) -> float:

@@ -9,9 +9,15 @@ Buffers (all flat, of the model's dtype, float32 unless a test asks for float64)
   grad_acts                  their gradients, allocated by the first backward: one layer's, which
                              every layer reuses (ModelConfig.grad_activation_shapes)
 Pre-LayerNorm blocks, GELU MLP with 4C hidden units, learned positions, LM head tied to wte.
+
+Model implements cllm/model_interface.py's LanguageModel. Two bases hold what it shares with the other
+implementations: GPTGraph, GPT-2's forward and backward over named views for a kernel set (also
+cllm/device.py's CudaModel), and HostDecoding, the KV-cache decoding with the CPU kernels (also
+cllm/quantize.py's Int8Model).
 """
 from __future__ import annotations
 
+import abc
 import math
 
 import numpy as np
@@ -20,6 +26,7 @@ import cllm.kernels as K
 from cllm.config import ModelConfig
 from cllm.errors import ConfigError
 from cllm.kernels.dropout import dropout_threshold
+from cllm.model_interface import LanguageModel, read_only
 from cllm.runtime import configure_threads
 
 # dropout sites (nanoGPT's placement), the counters that give each its own mask stream per layer
@@ -27,6 +34,7 @@ DROP_EMBEDDING, DROP_ATTENTION, DROP_ATTPROJ, DROP_FCPROJ = range(4)
 MATRIX_PARAMS = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")  # weight-decayed, normal init
 RESIDUAL_PROJECTIONS = ("attprojw", "fcprojw")  # init std scaled by 1/sqrt(2L) (GPT-2)
 BACKWARD_NEEDS_FORWARD = "backward() needs a forward(idx, targets) first (one backward per forward)"
+TOKEN_LOSSES_NEED_TARGETS = "token_losses() needs the last forward to have had targets"
 
 
 def _carve(buffer: np.ndarray, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
@@ -40,166 +48,30 @@ def _carve(buffer: np.ndarray, shapes: dict[str, tuple[int, ...]]) -> dict[str, 
     return views
 
 
-class Model:
-    def __init__(self, config: ModelConfig, seed: int | None = 0, dtype=np.float32):
-        configure_threads()
-        self.config = config
-        self.dtype = np.dtype(dtype)
-        self.shapes = config.param_shapes()
-        config.check_memory(training=False)  # the parameters: refuse before allocating them
-        P = config.num_parameters()
-        self.params = np.zeros(P, dtype=self.dtype)
-        self.p = _carve(self.params, self.shapes)  # name -> flat parameter view
-        # grads, m and v (P each) exist from their first use on, as in llm.c: generating, serving and
-        # evaluating never hold them (a model 4x smaller in memory)
-        self._training_buffers = None  # (grads, m, v) and their named views, once allocated
-        # the parameter views in docs/design.md's order, as the decoding kernels take them: built once
-        # (every writer fills the views in place), which saves ~5 us per generated token
-        self._weight_views = tuple(self.p[name] for name in self.shapes)
-        self._scales = None  # float weights; cllm/quantize.py's Int8Model passes its int8 scales here
-        self.B = self.T = 0
-        self.acts = self.grad_acts = None
-        self.a = self.ga = {}  # name -> flat activation / activation-gradient view
-        self.inputs = self.targets = None  # (B,T) int32 of the last forward
-        self.drop, self.drop_key = 0, 0  # the last forward's dropout threshold and key (the backward's)
-        self.mean_loss = None
-        if seed is not None:
-            self.init_weights(seed)
+def _flat_values(values, size: int, what: str) -> np.ndarray:
+    """load_params / load_grads' input: `size` host values, flattened (ConfigError for another count)."""
+    values = np.asarray(values).reshape(-1)
+    if values.size != size:
+        raise ConfigError(f"{what} holds {values.size} values; the model has {size} parameters")
+    return values
 
-    # ---------------------------------------------------------------- gradients and AdamW moments
-    def _training(self) -> dict:
-        if self._training_buffers is None:
-            self.config.check_memory(training=True)
-            P = self.params.size
-            bufs = {name: np.zeros(P, dtype=self.dtype) for name in ("grads", "m", "v")}
-            views = {"g": _carve(bufs["grads"], self.shapes), "m_views": _carve(bufs["m"], self.shapes),
-                     "v_views": _carve(bufs["v"], self.shapes)}
-            self._training_buffers = {**bufs, **views}
-        return self._training_buffers
 
-    def _set_training(name: str):
-        """A property for a training buffer: allocated on first read; assigning (`model.grads *= s`)
-        writes into the buffer, whose views stay valid."""
-        def get(self):
-            return self._training()[name]
+class GPTGraph(LanguageModel):
+    """GPT-2's graph, once, for every device: the forward and backward over named flat views, calling the
+    kernel set `self.ops` (cllm/kernels here; cllm/kernels/cuda for cllm/device.py's CudaModel). Attention,
+    whose kernels differ in signature, is each subclass's _attention_forward / _attention_backward.
+    Subclasses set drop and drop_key (the dropout threshold and key of the last forward) and config."""
 
-        def set_(self, value):
-            buf = self._training()[name]
-            if value is not buf:
-                buf[...] = value
-        return property(get, set_)
-
-    grads = _set_training("grads")  # (P) gradients of the parameters
-    m = _set_training("m")  # (P) AdamW first moments
-    v = _set_training("v")  # (P) AdamW second moments
-    g = property(lambda self: self._training()["g"])  # name -> flat gradient view
-    m_views = property(lambda self: self._training()["m_views"])  # name -> first-moment view
-    v_views = property(lambda self: self._training()["v_views"])  # name -> second-moment view
-    del _set_training
-
-    def has_training_buffers(self) -> bool:
-        return self._training_buffers is not None
-
-    # ---------------------------------------------------------------- parameters
-    def init_weights(self, seed: int) -> None:
-        """GPT-2 initialization: N(0, 0.02) matrices, residual projections scaled by 1/sqrt(2L),
-        zero biases, unit LayerNorm gains; the padded vocabulary rows of wte stay zero."""
-        rng = np.random.default_rng(seed)
-        cfg = self.config
-        self.params[:] = 0
-        for name, shape in self.shapes.items():
-            view = self.p[name]
-            if name in MATRIX_PARAMS:
-                std = 0.02 / math.sqrt(2 * cfg.num_layers) if name in RESIDUAL_PROJECTIONS else 0.02
-                view[:] = rng.normal(0.0, std, size=view.size).astype(self.dtype)
-            elif name in ("ln1w", "ln2w", "lnfw"):
-                view[:] = 1
-        V, C = cfg.vocab_size, cfg.embed_dim
-        self.p["wte"][V * C:] = 0
-
-    def tensor(self, name: str) -> np.ndarray:
-        """A parameter as an array of its real shape (a view: writing to it changes the model)."""
-        return self.p[name].reshape(self.shapes[name])
-
-    def named_tensors(self) -> dict[str, np.ndarray]:
-        return {name: self.tensor(name) for name in self.shapes}
-
-    def num_parameters(self) -> int:
-        return self.params.size
-
-    def zero_grad(self) -> None:
-        K.fill_inplace(self.grads, 0.0)
-
-    # ---------------------------------------------------------------- activations
-    def _ensure_activations(self, B: int, T: int) -> None:
-        if (B, T) == (self.B, self.T):
-            return
-        self.config.check_batch(B, T, training=self.has_training_buffers())
-        shapes = self.config.activation_shapes(B, T)
-        A = self.config.num_activations(B, T)
-        grad_shapes = self.config.grad_activation_shapes(B, T)  # one layer's, shared by all (cllm/config.py)
-        self.acts = np.zeros(A, dtype=self.dtype)
-        self.a = _carve(self.acts, shapes)
-        self._grad_shapes = grad_shapes
-        self.grad_acts, self.ga = None, {}  # allocated by the first backward at this (B,T)
-        self.B, self.T = B, T
-
-    def _check_ids(self, ids, what: str) -> np.ndarray:
-        ids = np.asarray(ids)
-        if ids.ndim == 1:
-            ids = ids[None, :]
-        if ids.ndim != 2 or ids.shape[1] == 0 or not np.issubdtype(ids.dtype, np.integer):
-            raise ConfigError(f"{what} must be a (B,T) array of integer token ids, got shape {ids.shape}")
-        V = self.config.vocab_size
-        if ids.size and (ids.min() < 0 or ids.max() >= V):
-            raise ConfigError(f"{what} holds token ids outside [0, {V})")
-        return np.ascontiguousarray(ids, dtype=np.int32)
-
-    # ---------------------------------------------------------------- forward / backward
-    def forward(self, idx, targets=None, *, dropout: float = 0.0, dropout_key: int = 0):
-        """idx (B,T) token ids -> logits (B,T,V), a view into the activation buffer that the next
-        forward overwrites; with targets (B,T) also returns the mean cross-entropy loss.
-        dropout p > 0 (training only) zeroes, with masks drawn from dropout_key (cllm/kernels/dropout.py),
-        the embeddings' sum, the attention probabilities and both residual projections' outputs."""
-        idx = self._check_ids(idx, "idx")
-        B, T = idx.shape
-        if T > self.config.max_seq_len:
-            raise ConfigError(f"sequence length {T} exceeds max_seq_len {self.config.max_seq_len}")
-        self._ensure_activations(B, T)
-        V, Vp = self.config.vocab_size, self.config.padded_vocab_size
-        a = self.a
-        self.inputs = idx.reshape(-1)
-        self.drop, self.drop_key = dropout_threshold(dropout), dropout_key
-        self._forward_graph(self.p, a, self.inputs, B, T)
-        logits = a["logits"].reshape(B, T, Vp)[:, :, :V]
-        if targets is None:
-            self.targets = None
-            self.mean_loss = None
-            return logits
-        self.targets = self._check_ids(targets, "targets").reshape(-1)
-        if self.targets.size != B * T:
-            raise ConfigError(f"targets must have the shape of idx ({B}, {T})")
-        K.softmax_forward(a["probs"], a["logits"], B, T, V, Vp)
-        K.crossentropy_forward(a["losses"], a["probs"], self.targets, B, T, Vp)
-        self.mean_loss = float(np.mean(a["losses"], dtype=np.float64))
-        return logits, self.mean_loss
-
-    def backward(self) -> None:
-        """Accumulates d(mean loss)/d(params) into grads (call zero_grad() first for a fresh step).
-        One backward per forward, as in PyTorch: it turns the forward's probabilities into the logits'
-        gradient in place, so a second one needs a new forward."""
-        if self.targets is None:
-            raise RuntimeError(BACKWARD_NEEDS_FORWARD)
-        if self.grad_acts is None:
-            self.grad_acts = np.zeros(sum(math.prod(v) for v in self._grad_shapes.values()), dtype=self.dtype)
-            self.ga = _carve(self.grad_acts, self._grad_shapes)
-        self._backward_graph(self.p, self.g, self.a, self.ga, self.inputs, self.targets, self.B, self.T)
-        self.targets = None
-
-    # ---------------------------------------------------------------- the graph
-    # GPT-2's graph, once, for every device: `self.ops` is the kernel set (cllm/kernels/ here, cllm/kernels/cuda
-    # for CudaModel, cllm/device.py), and attention, whose kernels differ in signature, is a method.
     ops = K
+    drop, drop_key = 0, 0
+
+    @abc.abstractmethod
+    def _attention_forward(self, al: dict, B: int, T: int, l: int) -> None:
+        """Layer l's attention: al["qkv"] -> al["att"] (the probabilities) and al["atty"]."""
+
+    @abc.abstractmethod
+    def _attention_backward(self, gal: dict, al: dict, B: int, T: int, l: int) -> None:
+        """Layer l's attention backward: gal["atty"] -> gal["qkv"] (overwritten)."""
 
     def _forward_graph(self, p: dict, a: dict, inputs, B: int, T: int) -> None:
         """Embeddings to logits: fills every activation view of `a` (p: the parameter views)."""
@@ -279,17 +151,6 @@ class Model:
             ops.dropout_backward(dres, dres, B * T * C, drop, key(0, DROP_EMBEDDING))
         ops.encoder_backward(g["wte"], g["wpe"], dres, inputs, B, T, C)
 
-    def _attention_forward(self, al: dict, B: int, T: int, l: int) -> None:
-        cfg = self.config
-        K.attention_forward(al["atty"], al["att"], al["qkv"], B, T, cfg.embed_dim, cfg.num_heads, self.drop,
-                            self._site_key(l, DROP_ATTENTION))
-
-    def _attention_backward(self, gal: dict, al: dict, B: int, T: int, l: int) -> None:
-        # the gradients of the scores and probabilities are never read: None for both
-        cfg = self.config
-        K.attention_backward(gal["qkv"], None, None, gal["atty"], al["qkv"], al["att"], B, T, cfg.embed_dim,
-                             cfg.num_heads, True, self.drop, self._site_key(l, DROP_ATTENTION))
-
     def _site_key(self, layer: int, site: int) -> int:
         """The mask key of one dropout site of one layer in the last forward (0 when dropout is off)."""
         return K.derive_key(self.drop_key, layer, site) if self.drop else 0
@@ -314,7 +175,12 @@ class Model:
             out[name] = view[l * n:(l + 1) * n]
         return out
 
-    # ---------------------------------------------------------------- incremental decoding
+
+class HostDecoding(LanguageModel):
+    """KV-cache decoding with the CPU kernels (cllm/kernels/decode.py). Subclasses set `_weight_views`
+    (the parameters in ModelConfig.param_shapes's order, flat) and `_scales` (None for float weights;
+    cllm/quantize.py's Int8Model passes its int8 matrices in _weight_views and their row scales here)."""
+
     def new_kv_cache(self, num_sequences: int = 1) -> np.ndarray:
         """A KV cache for decode_step, flat: per sequence and layer, each head's keys (hs, maxT), then
         each head's values (maxT, hs) (cllm/kernels/decode.py)."""
@@ -343,32 +209,183 @@ class Model:
                   cfg.embed_dim, cfg.num_heads, cfg.max_seq_len, cfg.vocab_size)
         return logits
 
-    def _decode_tokens(self, tokens, pos: int, kv_cache) -> np.ndarray:
-        """decode_step's checked inputs (shared with cllm/device.py's CudaModel): the token array."""
-        cfg = self.config
-        tokens = self._token_array(tokens)
-        if not 0 <= pos < cfg.max_seq_len:
-            raise ConfigError(f"position {pos} is outside the model's context of {cfg.max_seq_len}")
-        if kv_cache.size != tokens.size * cfg.num_layers * cfg.max_seq_len * 2 * cfg.embed_dim:
-            raise ConfigError("kv_cache does not match the number of sequences; use new_kv_cache(nb)")
-        return tokens
 
-    def _prefill_tokens(self, tokens, pos0: int, kv_cache) -> np.ndarray:
-        """prefill's checked inputs (shared with CudaModel): the token array."""
-        cfg = self.config
-        tokens = self._token_array(tokens)
-        if pos0 < 0 or pos0 + tokens.size > cfg.max_seq_len:
-            raise ConfigError(f"positions {pos0}..{pos0 + tokens.size - 1} are outside the model's context of "
-                              f"{cfg.max_seq_len}")
-        if kv_cache.size != cfg.num_layers * cfg.max_seq_len * 2 * cfg.embed_dim:
-            raise ConfigError("prefill takes a cache for one sequence; use new_kv_cache(1)")
-        return tokens
+class Model(GPTGraph, HostDecoding):
+    """The model on the CPU (LanguageModel, cllm/model_interface.py): host buffers (the module's docstring),
+    which it also offers writable as `params`, `grads`, `m`, `v` and tensor(name) (the CPU's own: other
+    implementations read through *_to_host and write through load_*)."""
 
-    def _token_array(self, tokens) -> np.ndarray:
-        """tokens (an id or ids) as a contiguous int32 array (n,), n >= 1, every id in the vocabulary."""
-        tokens = np.ascontiguousarray(np.atleast_1d(tokens), dtype=np.int32)
-        if tokens.size == 0:
-            raise ConfigError("no tokens to feed")
-        if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
-            raise ConfigError(f"token ids must lie in [0, {self.config.vocab_size})")
-        return tokens
+    def __init__(self, config: ModelConfig, seed: int | None = 0, dtype=np.float32):
+        configure_threads()
+        super().__init__(config, dtype)
+        config.check_memory(training=False)  # the parameters: refuse before allocating them
+        P = config.num_parameters()
+        self.params = np.zeros(P, dtype=self.dtype)
+        self.p = _carve(self.params, self.shapes)  # name -> flat parameter view
+        # grads, m and v (P each) exist from their first use on, as in llm.c: generating, serving and
+        # evaluating never hold them (a model 4x smaller in memory)
+        self._training_buffers = None  # (grads, m, v) and their named views, once allocated
+        # the parameter views in docs/design.md's order, as the decoding kernels take them: built once
+        # (every writer fills the views in place), which saves ~5 us per generated token
+        self._weight_views = tuple(self.p[name] for name in self.shapes)
+        self._scales = None  # float weights; cllm/quantize.py's Int8Model passes its int8 scales here
+        self.B = self.T = 0
+        self.acts = self.grad_acts = None
+        self.a = self.ga = {}  # name -> flat activation / activation-gradient view
+        self.inputs = self.targets = None  # (B,T) int32 of the last forward
+        self.drop, self.drop_key = 0, 0  # the last forward's dropout threshold and key (the backward's)
+        self.mean_loss = None
+        if seed is not None:
+            self.init_weights(seed)
+
+    # ---------------------------------------------------------------- gradients and AdamW moments
+    def _training(self) -> dict:
+        if self._training_buffers is None:
+            self.config.check_memory(training=True)
+            P = self.params.size
+            bufs = {name: np.zeros(P, dtype=self.dtype) for name in ("grads", "m", "v")}
+            views = {"g": _carve(bufs["grads"], self.shapes), "m_views": _carve(bufs["m"], self.shapes),
+                     "v_views": _carve(bufs["v"], self.shapes)}
+            self._training_buffers = {**bufs, **views}
+        return self._training_buffers
+
+    def _set_training(name: str):
+        """A property for a training buffer: allocated on first read; assigning (`model.grads *= s`)
+        writes into the buffer, whose views stay valid."""
+        def get(self):
+            return self._training()[name]
+
+        def set_(self, value):
+            buf = self._training()[name]
+            if value is not buf:
+                buf[...] = value
+        return property(get, set_)
+
+    grads = _set_training("grads")  # (P) gradients of the parameters
+    m = _set_training("m")  # (P) AdamW first moments
+    v = _set_training("v")  # (P) AdamW second moments
+    g = property(lambda self: self._training()["g"])  # name -> flat gradient view
+    m_views = property(lambda self: self._training()["m_views"])  # name -> first-moment view
+    v_views = property(lambda self: self._training()["v_views"])  # name -> second-moment view
+    del _set_training
+
+    def has_training_buffers(self) -> bool:
+        return self._training_buffers is not None
+
+    # ---------------------------------------------------------------- parameters
+    def init_weights(self, seed: int) -> None:
+        """GPT-2 initialization: N(0, 0.02) matrices, residual projections scaled by 1/sqrt(2L),
+        zero biases, unit LayerNorm gains; the padded vocabulary rows of wte stay zero."""
+        rng = np.random.default_rng(seed)
+        cfg = self.config
+        self.params[:] = 0
+        for name, shape in self.shapes.items():
+            view = self.p[name]
+            if name in MATRIX_PARAMS:
+                std = 0.02 / math.sqrt(2 * cfg.num_layers) if name in RESIDUAL_PROJECTIONS else 0.02
+                view[:] = rng.normal(0.0, std, size=view.size).astype(self.dtype)
+            elif name in ("ln1w", "ln2w", "lnfw"):
+                view[:] = 1
+        V, C = cfg.vocab_size, cfg.embed_dim
+        self.p["wte"][V * C:] = 0
+
+    def tensor(self, name: str) -> np.ndarray:
+        """A parameter as an array of its real shape (a view: writing to it changes the model)."""
+        return self.p[name].reshape(self.shapes[name])
+
+    def named_tensors(self) -> dict[str, np.ndarray]:
+        return {name: read_only(self.tensor(name)) for name in self.shapes}
+
+    def params_to_host(self) -> np.ndarray:
+        return read_only(self.params)
+
+    def load_params(self, params) -> None:
+        self.params[:] = _flat_values(params, self.params.size, "params")
+
+    def grads_to_host(self) -> np.ndarray:
+        return read_only(self.grads)
+
+    def load_grads(self, grads) -> None:
+        self.grads[:] = _flat_values(grads, self.params.size, "grads")
+
+    def moments_to_host(self) -> tuple[np.ndarray, np.ndarray]:
+        return read_only(self.m), read_only(self.v)
+
+    def memory_bytes(self) -> int:
+        held = [self.params, self.acts, self.grad_acts]
+        if self.has_training_buffers():
+            held += [self.grads, self.m, self.v]
+        return sum(b.nbytes for b in held if b is not None)
+
+    def zero_grad(self) -> None:
+        K.fill_inplace(self.grads, 0.0)
+
+    # ---------------------------------------------------------------- activations
+    def _ensure_activations(self, B: int, T: int) -> None:
+        if (B, T) == (self.B, self.T):
+            return
+        self.config.check_batch(B, T, training=self.has_training_buffers())
+        shapes = self.config.activation_shapes(B, T)
+        A = self.config.num_activations(B, T)
+        grad_shapes = self.config.grad_activation_shapes(B, T)  # one layer's, shared by all (cllm/config.py)
+        self.acts = np.zeros(A, dtype=self.dtype)
+        self.a = _carve(self.acts, shapes)
+        self._grad_shapes = grad_shapes
+        self.grad_acts, self.ga = None, {}  # allocated by the first backward at this (B,T)
+        self.B, self.T = B, T
+
+    # ---------------------------------------------------------------- forward / backward
+    def forward(self, idx, targets=None, *, dropout: float = 0.0, dropout_key: int = 0):
+        """LanguageModel.forward: the logits (B,T,V) are a view into the activation buffer that the next
+        forward overwrites. dropout p > 0 zeroes, with masks drawn from dropout_key (cllm/kernels/dropout.py),
+        the embeddings' sum, the attention probabilities and both residual projections' outputs."""
+        idx, targets = self._check_batch(idx, targets)
+        B, T = idx.shape
+        self._ensure_activations(B, T)
+        V, Vp = self.config.vocab_size, self.config.padded_vocab_size
+        a = self.a
+        self.inputs = idx.reshape(-1)
+        self.drop, self.drop_key = dropout_threshold(dropout), dropout_key
+        self._forward_graph(self.p, a, self.inputs, B, T)
+        logits = a["logits"].reshape(B, T, Vp)[:, :, :V]
+        if targets is None:
+            self.targets = None
+            self.mean_loss = None
+            return logits
+        self.targets = targets
+        K.softmax_forward(a["probs"], a["logits"], B, T, V, Vp)
+        K.crossentropy_forward(a["losses"], a["probs"], self.targets, B, T, Vp)
+        self.mean_loss = float(np.mean(a["losses"], dtype=np.float64))
+        return logits, self.mean_loss
+
+    def loss(self, idx, targets, *, dropout: float = 0.0, dropout_key: int = 0) -> float:
+        return self.forward(idx, targets, dropout=dropout, dropout_key=dropout_key)[1]
+
+    def token_losses(self) -> np.ndarray:
+        if self.mean_loss is None:
+            raise RuntimeError(TOKEN_LOSSES_NEED_TARGETS)
+        return read_only(self.a["losses"]).reshape(self.B, self.T)
+
+    def backward(self) -> None:
+        """Accumulates d(mean loss)/d(params) into grads (call zero_grad() first for a fresh step).
+        One backward per forward, as in PyTorch: it turns the forward's probabilities into the logits'
+        gradient in place, so a second one needs a new forward."""
+        if self.targets is None:
+            raise RuntimeError(BACKWARD_NEEDS_FORWARD)
+        if self.grad_acts is None:
+            self.grad_acts = np.zeros(sum(math.prod(v) for v in self._grad_shapes.values()), dtype=self.dtype)
+            self.ga = _carve(self.grad_acts, self._grad_shapes)
+        self._backward_graph(self.p, self.g, self.a, self.ga, self.inputs, self.targets, self.B, self.T)
+        self.targets = None
+
+    # ---------------------------------------------------------------- attention (GPTGraph's)
+    def _attention_forward(self, al: dict, B: int, T: int, l: int) -> None:
+        cfg = self.config
+        K.attention_forward(al["atty"], al["att"], al["qkv"], B, T, cfg.embed_dim, cfg.num_heads, self.drop,
+                            self._site_key(l, DROP_ATTENTION))
+
+    def _attention_backward(self, gal: dict, al: dict, B: int, T: int, l: int) -> None:
+        # the gradients of the scores and probabilities are never read: None for both
+        cfg = self.config
+        K.attention_backward(gal["qkv"], None, None, gal["atty"], al["qkv"], al["att"], B, T, cfg.embed_dim,
+                             cfg.num_heads, True, self.drop, self._site_key(l, DROP_ATTENTION))

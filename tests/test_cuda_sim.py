@@ -2,8 +2,8 @@
 
 The simulator must be switched on before numba.cuda is first imported, and must not leak into the
 other tests' processes, so without NUMBA_ENABLE_CUDASIM=1 this file is one test that runs this same
-file again under pytest in a child process with the simulator on (and a short GIL switch interval:
-the simulator's block manager polls its threads at every barrier). For one test's own output:
+file again under pytest in a child process with the simulator on (tests/cuda_sim_helpers.py). For one
+test's own output:
     NUMBA_ENABLE_CUDASIM=1 .venv/bin/python -m pytest -q tests/test_cuda_sim.py
 Shapes are tiny and odd (T = 5, C = 7, V = 11, ...): the simulator runs every GPU thread as a Python
 thread, and odd sizes leave blocks and tiles partly filled. Tolerances are the CPU float32 parity
@@ -15,9 +15,7 @@ import sys
 
 import numpy as np
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+from cuda_sim_helpers import ROOT, SIMULATED, patch_simulator, run_in_simulator
 
 
 def _no_gpu_is_one_line_and_non_zero(tmp_path):
@@ -81,37 +79,10 @@ if not SIMULATED:
     test_every_kernel_compiles_for_a_gpu = _every_kernel_compiles_for_a_gpu
 
     def test_simulator_suite():
-        env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "CLLM_SIM_SWITCH": "1e-5"}
-        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__], cwd=ROOT,
-                           env=env, capture_output=True, text=True, timeout=900, check=False)
-        print(r.stdout[-3000:])
-        assert r.returncode == 0, r.stdout[-8000:] + r.stderr[-3000:]
-        assert " passed" in r.stdout and "skipped" not in r.stdout.strip().splitlines()[-1], r.stdout[-2000:]
+        run_in_simulator(__file__)
 else:
-    import threading
-
-    sys.setswitchinterval(float(os.environ.get("CLLM_SIM_SWITCH", "1e-5")))
+    patch_simulator()
     from numba import cuda
-    from numba.cuda.simulator import kernelapi
-
-    _SHARED_LOCK = threading.Lock()
-
-    def _shared_array(self, shape, dtype, alignment=None):
-        # numba-cuda 0.30's simulator finds a block's shared array by the calling line with an
-        # unlocked get-then-set, so two threads of a block could each create their own "shared"
-        # array (a tiled gemm then read another thread's empty tile: wrong results about once in 50
-        # launches here). The same lookup under a lock, keyed on the caller's file and line as the
-        # simulator keys it. Static shapes only (no kernel here uses dynamic shared memory).
-        assert shape != 0 and alignment is None
-        frame = sys._getframe(1)
-        key = (frame.f_code.co_filename, frame.f_lineno)
-        with _SHARED_LOCK:
-            array = self._allocations.get(key)
-            if array is None:
-                array = self._allocations[key] = np.empty(shape, dtype)  # F32 or np.float64 here
-        return array
-
-    kernelapi.FakeCUDAShared.array = _shared_array
 
     import cllm.kernels as K
     import cllm.kernels.cuda as G
@@ -313,11 +284,11 @@ else:
                 norms.append(opt.step(model, loss=loss))
             assert losses[1] == pytest.approx(losses[0], abs=1e-5)
             assert norms[1] == pytest.approx(norms[0], rel=1e-5)
-        for name, got, want in (("params", gpu.params, cpu.params), ("m", gpu.m, cpu.m), ("v", gpu.v, cpu.v),
-                                ("grads", gpu.grads, cpu.grads)):
+        for name, got, want in (("params", gpu.params_to_host(), cpu.params), ("grads", gpu.grads_to_host(), cpu.grads),
+                                *zip(("m", "v"), gpu.moments_to_host(), cpu.moments_to_host())):
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=name)
         host = gpu.to_host()  # and back: the same numbers, so a run moves between devices
-        np.testing.assert_array_equal(host.params, gpu.params)
+        np.testing.assert_array_equal(host.params, gpu.params_to_host())
         logits = gpu.forward(batches[0][0])
         np.testing.assert_allclose(logits, cpu.forward(batches[0][0]), rtol=0, atol=1e-5)
 
@@ -380,8 +351,8 @@ else:
                 for key in a.keys():  # noqa: SIM118 (safe_open has keys(), not iteration)
                     np.testing.assert_array_equal(a.get_tensor(key), b.get_tensor(key), err_msg=key)
         loaded = ck.model_from_checkpoint(ck.load_checkpoint(str(tmp_path / "gpu"), with_optimizer=True))
-        np.testing.assert_array_equal(loaded.params, gpu.params)  # resumes on the CPU bit for bit
-        np.testing.assert_array_equal(to_device(loaded, "cuda").v, gpu.v)  # and back onto the GPU
+        np.testing.assert_array_equal(loaded.params, gpu.params_to_host())  # resumes on the CPU bit for bit
+        np.testing.assert_array_equal(to_device(loaded, "cuda").moments_to_host()[1], gpu.moments_to_host()[1])
 
     def _cli(capsys, *args):
         sys.path.insert(0, ROOT)

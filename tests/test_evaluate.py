@@ -87,7 +87,7 @@ def test_whole_split_matches_trainings_function_and_stride_1_matches_a_direct_re
         start = max(0, t - T)
         window = short[start : start + T + 1] if start + T + 1 <= short.size else short[start:]
         model.forward(window[None, :-1], window[None, 1:])
-        ref.append(float(model.a["losses"][t - start - 1]))
+        ref.append(float(model.token_losses()[0, t - start - 1]))
     got1 = evaluate_stream(model, short, short.size, stride=1, batch_size=5)
     assert got1["scored_tokens"] == short.size - 1 == len(ref)
     assert got1["loss"] == pytest.approx(np.mean(ref), rel=1e-5)

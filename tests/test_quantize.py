@@ -80,7 +80,7 @@ def test_int8_decode_equals_the_float_decode_of_the_rounded_weights():
 
 def test_int8_model_holds_about_a_quarter_of_the_bytes():
     float_model, _, int8 = _models(C=128)
-    ratio = int8.weight_bytes() / float_model.params.nbytes
+    ratio = int8.memory_bytes() / float_model.params.nbytes
     assert 0.25 < ratio < 0.3, ratio  # 1/4 for the matrices (and a scale a row), 1 for the few float tensors
 
 

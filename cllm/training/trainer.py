@@ -229,7 +229,7 @@ class Trainer:
             # dropout masks of this step and global micro-batch (so each rank's differ; 2 ranks draw
             # what --grad-accum 2 draws), the same again on resume (cllm/kernels/dropout.py)
             key = derive_key(self.cfg.seed, self.step, rank * K + k)
-            _, loss = self.model.forward(x, y, dropout=self.cfg.dropout, dropout_key=key)
+            loss = self.model.loss(x, y, dropout=self.cfg.dropout, dropout_key=key)
             self.model.backward()
             local_loss += loss
         if self.micro_batches > 1:

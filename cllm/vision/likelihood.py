@@ -66,8 +66,8 @@ def joint_log_probs(model, tok, ids: np.ndarray, batch_size: int = 32) -> np.nda
         real = len(rows)
         if real < B:
             rows = np.concatenate([rows, np.repeat(rows[:1], B - real, axis=0)])
-        model.forward(rows[:, :-1], rows[:, 1:])
-        losses = model.a["losses"].reshape(B, tok.record_len)
+        model.loss(rows[:, :-1], rows[:, 1:])
+        losses = model.token_losses()  # (B, record_len)
         out[i0:i0 + real] = -losses[:real, :last].sum(axis=1, dtype=np.float64)
     return out.reshape(n, L)
 

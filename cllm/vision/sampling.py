@@ -79,8 +79,8 @@ def label_posterior(model, tok, ids: np.ndarray, known: int) -> np.ndarray:
     L = len(tok.classes)
     rec = tok.records(np.repeat(ids[None], L, axis=0), np.arange(L))
     rows = np.concatenate([rec, np.full((L, 1), tok.bos_id, np.int32)], axis=1)
-    model.forward(rows[:, :-1], rows[:, 1:])
-    logp = -model.a["losses"].reshape(L, tok.record_len)[:, :tok.first_pixel - 1 + known].sum(1, dtype=np.float64)
+    model.loss(rows[:, :-1], rows[:, 1:])
+    logp = -model.token_losses()[:, :tok.first_pixel - 1 + known].sum(1, dtype=np.float64)  # (L, record_len) losses
     return np.exp(logp - logsumexp(logp))
 
 

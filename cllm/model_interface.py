@@ -1,0 +1,199 @@
+"""The model interface: what every model object offers, on every device (docs/design.md, "The model interface").
+
+Three classes implement `LanguageModel`:
+  Model      (cllm/model.py)     float32/float64 buffers on the host, the @njit kernels; trains and decodes
+  CudaModel  (cllm/device.py)    float32 buffers on a GPU, the CUDA kernels; trains and decodes
+  Int8Model  (cllm/quantize.py)  int8 weight matrices on the host; decodes and scores only (trainable = False)
+
+Model and CudaModel share GPT-2's graph (cllm/model.py's GPTGraph, over a kernel set); Model and Int8Model
+share the CPU decoding (cllm/model.py's HostDecoding). Every name below means the same on each:
+
+- Results come back to the host as NumPy arrays: logits (B,T,V) (the padded vocabulary columns cut off),
+  decoding logits, per-token losses, gradient norms.
+- Values read out (`params_to_host`, `grads_to_host`, `moments_to_host`, `named_tensors`,
+  `token_losses`) are host arrays that never write back into the model: on the CPU read-only views of
+  the live buffers (no copy; they follow later updates, so copy to keep), elsewhere copies of their
+  own. Values go in only through `load_params` / `load_grads`.
+- `p`, `g`, `m_views`, `v_views` and `a` are the buffers where the model computes (NumPy arrays on the
+  CPU, Numba device arrays on a GPU), name -> flat view, for the optimizer's kernels (cllm/optim.py)
+  and for tests; writing through `p` changes the model on each device. Int8Model has none of them.
+- A model that cannot train raises NotTrainableError from every training member, never a silent no-op.
+"""
+from __future__ import annotations
+
+import abc
+
+import numpy as np
+
+from cllm.config import ModelConfig
+from cllm.errors import ConfigError
+
+
+class NotTrainableError(ConfigError):
+    """A training member (backward, gradients, moments) asked of a model that cannot train."""
+
+
+class LanguageModel(abc.ABC):
+    """A GPT-2 model of `config` computing in `dtype` (see the module's docstring for the conventions).
+
+    Attributes: config (ModelConfig), dtype (numpy dtype of parameters, activations and logits),
+    shapes (name -> parameter shape, ModelConfig.param_shapes's order), trainable (bool)."""
+
+    trainable = True
+
+    # the training-side buffers, name -> flat view where the model computes (see the module's docstring)
+    p: dict  # parameters
+    g: dict  # their gradients
+    m_views: dict  # AdamW first moments
+    v_views: dict  # AdamW second moments
+    a: dict  # activations of the last forward (ModelConfig.activation_shapes)
+
+    def __init__(self, config: ModelConfig, dtype=np.float32):
+        self.config = config
+        self.dtype = np.dtype(dtype)
+        self.shapes = config.param_shapes()
+
+    # ---------------------------------------------------------------- sizes
+    def num_parameters(self) -> int:
+        """P, the number of parameters (the padded vocabulary rows of wte included)."""
+        return self.config.num_parameters()
+
+    @abc.abstractmethod
+    def memory_bytes(self) -> int:
+        """Bytes of the buffers the model holds now, on its device: weights, and those of gradients,
+        moments and activations once allocated."""
+
+    # ---------------------------------------------------------------- the whole-sequence forward
+    @abc.abstractmethod
+    def forward(self, idx, targets=None, *, dropout: float = 0.0, dropout_key: int = 0):
+        """idx (B,T) token ids -> host logits (B,T,V) of `dtype`; with targets (B,T) -> (logits, mean
+        cross-entropy loss as a float), and the per-token losses in token_losses(). The logits are valid
+        until the next forward (on the CPU a view of the activations): copy them to keep them.
+        dropout p > 0 (training only) draws its masks from dropout_key (cllm/kernels/dropout.py);
+        an implementation without dropout raises ConfigError for p > 0."""
+
+    @abc.abstractmethod
+    def loss(self, idx, targets, *, dropout: float = 0.0, dropout_key: int = 0) -> float:
+        """forward(idx, targets) without bringing the logits to the host (what training and evaluation
+        need: on a GPU the logits would be the largest copy of the step): the mean loss."""
+
+    @abc.abstractmethod
+    def token_losses(self) -> np.ndarray:
+        """The (B,T) per-token cross-entropy losses of the last forward, on the host (RuntimeError when that
+        forward had no targets)."""
+
+    # ---------------------------------------------------------------- training
+    @abc.abstractmethod
+    def backward(self) -> None:
+        """Accumulate d(mean loss)/d(params) of the last forward with targets into the gradients (call
+        zero_grad first for a fresh step). One backward per forward: a second raises RuntimeError."""
+
+    @abc.abstractmethod
+    def zero_grad(self) -> None:
+        """Set every gradient to 0."""
+
+    # ---------------------------------------------------------------- parameters and gradients
+    @abc.abstractmethod
+    def named_tensors(self) -> dict[str, np.ndarray]:
+        """name -> the parameter as a host array of its real shape, read-only (what checkpoints write)."""
+
+    @abc.abstractmethod
+    def params_to_host(self) -> np.ndarray:
+        """The (P,) parameters in ModelConfig.param_shapes's order as a host array, read-only on the CPU
+        (Int8Model: the values its int8 weights stand for)."""
+
+    @abc.abstractmethod
+    def load_params(self, params) -> None:
+        """Replace every parameter by `params` (P,) host values; the model computes with them from now on
+        (Int8Model quantizes them)."""
+
+    @abc.abstractmethod
+    def grads_to_host(self) -> np.ndarray:
+        """The (P,) gradients as a host array (read-only on the CPU)."""
+
+    @abc.abstractmethod
+    def load_grads(self, grads) -> None:
+        """Replace the gradients by `grads` (P,) host values (e.g. averaged over processes)."""
+
+    @abc.abstractmethod
+    def moments_to_host(self) -> tuple[np.ndarray, np.ndarray]:
+        """AdamW's moments (m, v), (P,) each, as host arrays (read-only on the CPU)."""
+
+    # ---------------------------------------------------------------- incremental decoding
+    @abc.abstractmethod
+    def new_kv_cache(self, num_sequences: int = 1):
+        """A zeroed KV cache for num_sequences sequences, on the model's device (a flat NumPy array on
+        the CPU: per sequence and layer each head's keys (hs, maxT), then its values (maxT, hs))."""
+
+    @abc.abstractmethod
+    def decode_step(self, tokens, pos: int, kv_cache) -> np.ndarray:
+        """Feed tokens (nb,) at position pos (every earlier position already in kv_cache, a cache for nb
+        sequences) and return the next-token logits (nb, V) on the host: forward's row pos."""
+
+    @abc.abstractmethod
+    def prefill(self, tokens, pos0: int, kv_cache) -> np.ndarray:
+        """Feed one sequence's tokens (n,) at positions pos0..pos0+n-1 (the earlier ones already in
+        kv_cache, a cache for one sequence) and return the logits (V,) after the last, on the host."""
+
+    # ---------------------------------------------------------------- the input checks of every implementation
+    # They read config only, so bad input gives the same ConfigError on every device.
+    def _check_ids(self, ids, what: str) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.ndim == 1:
+            ids = ids[None, :]
+        if ids.ndim != 2 or ids.shape[1] == 0 or not np.issubdtype(ids.dtype, np.integer):
+            raise ConfigError(f"{what} must be a (B,T) array of integer token ids, got shape {ids.shape}")
+        V = self.config.vocab_size
+        if ids.size and (ids.min() < 0 or ids.max() >= V):
+            raise ConfigError(f"{what} holds token ids outside [0, {V})")
+        return np.ascontiguousarray(ids, dtype=np.int32)
+
+    def _check_batch(self, idx, targets) -> tuple[np.ndarray, np.ndarray | None]:
+        """forward's checked inputs: idx (B,T) int32 and targets (B*T,) int32 or None."""
+        idx = self._check_ids(idx, "idx")
+        B, T = idx.shape
+        if T > self.config.max_seq_len:
+            raise ConfigError(f"sequence length {T} exceeds max_seq_len {self.config.max_seq_len}")
+        if targets is None:
+            return idx, None
+        targets = self._check_ids(targets, "targets").reshape(-1)
+        if targets.size != B * T:
+            raise ConfigError(f"targets must have the shape of idx ({B}, {T})")
+        return idx, targets
+
+    def _decode_tokens(self, tokens, pos: int, kv_cache) -> np.ndarray:
+        """decode_step's checked inputs: the token array."""
+        cfg = self.config
+        tokens = self._token_array(tokens)
+        if not 0 <= pos < cfg.max_seq_len:
+            raise ConfigError(f"position {pos} is outside the model's context of {cfg.max_seq_len}")
+        if kv_cache.size != tokens.size * cfg.num_layers * cfg.max_seq_len * 2 * cfg.embed_dim:
+            raise ConfigError("kv_cache does not match the number of sequences; use new_kv_cache(nb)")
+        return tokens
+
+    def _prefill_tokens(self, tokens, pos0: int, kv_cache) -> np.ndarray:
+        """prefill's checked inputs: the token array."""
+        cfg = self.config
+        tokens = self._token_array(tokens)
+        if pos0 < 0 or pos0 + tokens.size > cfg.max_seq_len:
+            raise ConfigError(f"positions {pos0}..{pos0 + tokens.size - 1} are outside the model's context of "
+                              f"{cfg.max_seq_len}")
+        if kv_cache.size != cfg.num_layers * cfg.max_seq_len * 2 * cfg.embed_dim:
+            raise ConfigError("prefill takes a cache for one sequence; use new_kv_cache(1)")
+        return tokens
+
+    def _token_array(self, tokens) -> np.ndarray:
+        """tokens (an id or ids) as a contiguous int32 array (n,), n >= 1, every id in the vocabulary."""
+        tokens = np.ascontiguousarray(np.atleast_1d(tokens), dtype=np.int32)
+        if tokens.size == 0:
+            raise ConfigError("no tokens to feed")
+        if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
+            raise ConfigError(f"token ids must lie in [0, {self.config.vocab_size})")
+        return tokens
+
+
+def read_only(array: np.ndarray) -> np.ndarray:
+    """A read-only view of `array`: what the CPU hands out of its live buffers (writes go through load_*)."""
+    view = array.view()
+    view.flags.writeable = False
+    return view

@@ -1,0 +1,59 @@
+"""Running tests in Numba's CUDA simulator (tests/test_cuda_sim.py, tests/test_model_interface.py).
+
+The simulator must be switched on before numba.cuda is first imported and must not leak into the other
+tests' processes: a test file without NUMBA_ENABLE_CUDASIM=1 runs its CUDA tests again under pytest in a
+child process with the simulator on (run_in_simulator), and that child calls patch_simulator() before
+it builds anything on the device.
+"""
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+
+def run_in_simulator(test_file: str, *pytest_args: str) -> None:
+    """pytest on test_file in a child with the simulator on (and a short GIL switch interval: the
+    simulator's block manager polls its threads at every barrier); fails with its output unless every
+    selected test passed and none was skipped."""
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "CLLM_SIM_SWITCH": "1e-5"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file, *pytest_args],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
+    print(r.stdout[-3000:])
+    assert r.returncode == 0, r.stdout[-8000:] + r.stderr[-3000:]
+    assert " passed" in r.stdout and "skipped" not in r.stdout.strip().splitlines()[-1], r.stdout[-2000:]
+
+
+_SHARED_LOCK = threading.Lock()
+
+
+def _shared_array(self, shape, dtype, alignment=None):
+    # numba-cuda 0.30's simulator finds a block's shared array by the calling line with an
+    # unlocked get-then-set, so two threads of a block could each create their own "shared"
+    # array (a tiled gemm then read another thread's empty tile: wrong results about once in 50
+    # launches here). The same lookup under a lock, keyed on the caller's file and line as the
+    # simulator keys it. Static shapes only (no kernel here uses dynamic shared memory).
+    import numpy as np
+
+    assert shape != 0 and alignment is None
+    frame = sys._getframe(1)
+    key = (frame.f_code.co_filename, frame.f_lineno)
+    with _SHARED_LOCK:
+        array = self._allocations.get(key)
+        if array is None:
+            array = self._allocations[key] = np.empty(shape, dtype)  # float32 or float64 here
+    return array
+
+
+def patch_simulator() -> None:
+    """In a simulated process: the GIL switch interval run_in_simulator asks for, and the shared-array fix."""
+    if not SIMULATED:
+        pytest.fail("patch_simulator() runs only under NUMBA_ENABLE_CUDASIM=1")
+    sys.setswitchinterval(float(os.environ.get("CLLM_SIM_SWITCH", "1e-5")))
+    from numba.cuda.simulator import kernelapi
+
+    kernelapi.FakeCUDAShared.array = _shared_array
