@@ -2,6 +2,9 @@
 import json
 import sys
 
+from cllm.errors import ConfigError
+from cllm.vision.dataset import is_image_source
+
 
 def main(checkpoint: str = "checkpoints", data: str | None = None, *, text: str | None = None,
          stride: int | None = None, batch_size: int = 8, json: bool = False, progress: bool = True,
@@ -29,13 +32,11 @@ def main(checkpoint: str = "checkpoints", data: str | None = None, *, text: str 
       quantize: int8: score the model whose weight matrices are rounded as generate --quantize int8
         rounds them (text models)
     """
-    from cllm.errors import ConfigError
-    from cllm.vision.dataset import is_image_source
-
     if classify is not None or (data is not None and data != "-" and is_image_source(data)):
         if quantize is not None:
             raise ConfigError("--quantize is for text models")
-        from cllm.vision.cli import evaluate_command  # bits per dimension, accuracy, confusion matrix
+        # bits per dimension, accuracy, confusion matrix; imported here: only image models need cllm/vision/cli.py
+        from cllm.vision.cli import evaluate_command
 
         return evaluate_command(checkpoint, data, classify, batch_size, json, threads, tokenizer)
 

@@ -3,6 +3,11 @@
 Clean and tokenize a corpus (a file or a directory tree) into DIR/tokenizer.json, DIR/train.bin,
 DIR/val.bin and DIR/meta.json. Running it again with the same inputs and flags reuses DIR.
 """
+import os
+import warnings
+
+from cllm.data import prepare_dataset
+from cllm.errors import DataError
 
 
 def main(data: str | None = None, *, tokenizer: str = "char", vocab_size: int | None = None, out: str | None = None,
@@ -36,11 +41,6 @@ def main(data: str | None = None, *, tokenizer: str = "char", vocab_size: int | 
       grayscale: a folder of images: read them as grayscale (automatic when every image is)
       palette: a folder of images: k-means colours, or grey levels for grayscale images
     """
-    import warnings
-
-    from cllm.data import prepare_dataset
-    from cllm.errors import DataError
-
     if data is None:
         raise DataError("prepare needs a corpus: `cli.py prepare DATA --tokenizer char --out DIR` (DATA: a text file "
                         "or a directory)")
@@ -61,8 +61,6 @@ def main(data: str | None = None, *, tokenizer: str = "char", vocab_size: int | 
 def _default_out(data, tokenizer: str, vocab_size: int | None) -> str:
     """data/.cache/<name of DATA>-<tokenizer>[-<vocab size>]: data/.cache/ is git-ignored, and hidden, so a corpus
     directory data/ never reads it back."""
-    import os
-
     name = os.path.splitext(os.path.basename(os.path.normpath(str(data))))[0] or "corpus"
     tok_name = os.path.splitext(os.path.basename(os.path.normpath(tokenizer)))[0]  # a file: its name
     return os.path.join("data", ".cache", f"{name}-{tok_name}" + (f"-{vocab_size}" if vocab_size else ""))
