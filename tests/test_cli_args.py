@@ -198,6 +198,7 @@ def test_bad_values_and_flags_are_one_clear_error():
             (["train", "--learning-rate", "fast"], "expected a number, got 'fast'", "train"),
             (["train", "--frobnicate"], "unknown flag --frobnicate;", "train"),
             (["scrape"], "missing START_URL, OUT_DIR", "scrape"),
+            (["scrape", "http://x", "out", "5", "--max-pages", "7"], "MAX_PAGES given twice", "scrape"),
             (["tokenizer", "trian", "x"], "unknown tokenizer action 'trian' (did you mean train?)", "tokenizer"),
             (["tokenizer", "exprot-hf"], "unknown tokenizer action 'exprot-hf' (did you mean export-hf?)",
              "tokenizer"),

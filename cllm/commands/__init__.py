@@ -175,7 +175,10 @@ def parse_command_line(module, name: str, args: list[str]):
         args = args[1:]
     ns = vars(parser.parse_intermixed_args(args))
     func = ns.pop("_func")
-    return func, *_call_arguments(func, ns)
+    try:
+        return func, *_call_arguments(func, ns)
+    except UsageError as exc:  # a positional given twice: point to this command's --help
+        raise UsageError(str(exc), parser.prog) from None
 
 
 def build_parser(module, name: str) -> argparse.ArgumentParser:
