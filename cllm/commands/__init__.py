@@ -88,7 +88,7 @@ def _abbreviates(letters: str, words: list[str]) -> bool:
 
 
 def did_you_mean(typed: str, choices) -> str:
-    """" (did you mean --a or --b?)" for the nearest choices, "" when none is near."""
+    """The message's ' (did you mean --a or --b?)' for the nearest choices; '' when none is near."""
     near = nearest(typed, choices)
     if not near:
         return ""
@@ -170,7 +170,8 @@ def parse_command_line(module, name: str, args: list[str]):
         if not args:
             raise UsageError(f"{name} needs an action: {', '.join(actions)}", f"cli.py {name}")
         if args[0] not in actions:
-            raise UsageError(f"unknown {name} action {args[0]!r}{did_you_mean(args[0], actions)}", f"cli.py {name}")
+            hint = did_you_mean(args[0], actions) or f" (the actions: {', '.join(actions)})"
+            raise UsageError(f"unknown {name} action {args[0]!r}{hint}", f"cli.py {name}")
         parser = _command_parser(f"cli.py {name} {args[0]}", actions[args[0]], getattr(module, "OPTIONS", None))
         args = args[1:]
     ns = vars(parser.parse_intermixed_args(args))
