@@ -40,14 +40,8 @@ class ModelConfig:
     padded_vocab_size: int = option(0, "Vp: rows of the embedding table; 0 rounds vocab_size up to a multiple of 64")
 
     def __post_init__(self):
-        for name in ("vocab_size", "max_seq_len", "num_layers", "num_heads", "embed_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if self.embed_dim % self.num_heads != 0:
-            raise ConfigError(
-                f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads}); "
-                f"try --num-heads {_nearest_divisor(self.embed_dim, self.num_heads)}")
+        check_sizes(vocab_size=self.vocab_size, max_seq_len=self.max_seq_len, num_layers=self.num_layers,
+                    num_heads=self.num_heads, embed_dim=self.embed_dim)
         if self.padded_vocab_size == 0:
             object.__setattr__(self, "padded_vocab_size", padded_vocab_size(self.vocab_size))
         if self.padded_vocab_size < self.vocab_size:
@@ -155,6 +149,18 @@ class ModelConfig:
         if unknown:
             raise ConfigError(f"unknown model config fields: {sorted(unknown)}")
         return cls(**d)
+
+
+def check_sizes(**sizes: int) -> None:
+    """Refuse sizes that make no model: each a positive integer, embed_dim a multiple of num_heads.
+    A new training run checks its sizes with this before its data (and so its vocabulary) is read."""
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    embed_dim, num_heads = sizes.get("embed_dim"), sizes.get("num_heads")
+    if embed_dim and num_heads and embed_dim % num_heads != 0:
+        raise ConfigError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads}); "
+                          f"try --num-heads {_nearest_divisor(embed_dim, num_heads)}")
 
 
 def _nearest_divisor(n: int, near: int) -> int:

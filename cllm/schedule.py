@@ -29,6 +29,10 @@ from __future__ import annotations
 import math
 
 BUDGET_POINTS = 20  # validations, checkpoints and plan revisions spread over a time budget
+# a run's length and rhythm when no flag and no time budget sets them (TrainConfig's --help shows these)
+EPOCHS = 1.0
+EVAL_INTERVAL = 250
+CHECKPOINT_INTERVAL = 500
 CALIBRATION = 0.02  # share of the budget measured before the first plan
 SKIPPED_STEPS = 2  # a process's first steps compile kernels and fault pages in: not timed
 MIN_SPAN_STEPS = 2  # a revision needs at least this many steps measured since the last one
@@ -122,14 +126,14 @@ class BudgetPlanner:
 
 def plan_run(cfg, steps_per_epoch: float, state: dict | None, step: int) -> tuple[int, BudgetPlanner | None]:
     """The schedule's length in steps for a TrainConfig, and the planner when a time budget sets it
-    (restored from a checkpoint's state on resume): --max-steps, else --epochs (default 1), else the budget."""
+    (restored from a checkpoint's state on resume): --max-steps, else --epochs (default EPOCHS), else the budget."""
     if budget_shapes_run(cfg.max_steps, cfg.epochs, cfg.max_time):
         state = state or {}
         planner = BudgetPlanner(cfg.max_time, state.get("planned_steps"), step, float(state.get("elapsed_s", 0.0)))
         return planner.total, planner
     if cfg.max_steps is not None:
         return cfg.max_steps, None
-    epochs = 1.0 if cfg.epochs is None else cfg.epochs
+    epochs = EPOCHS if cfg.epochs is None else cfg.epochs
     return max(1, math.ceil(epochs * steps_per_epoch)), None
 
 

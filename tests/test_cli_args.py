@@ -16,6 +16,7 @@ from cllm.commands import (
     command_function,
     command_parameters,
     flag_name,
+    nearest,
     parse_command_line,
 )
 
@@ -122,28 +123,51 @@ def _help_blocks(text: str) -> dict[str, str]:
 def _shown(default) -> str:
     if default is None or default == () or default == []:
         return "none"
+    if isinstance(default, bool):
+        return "on" if default else "off"
     return str(default).strip() or "'"
+
+
+# how a help line states a default: the parser's "(default: X)", or the line's own "(none: ...)",
+# "(default: ...)" or "... by default"
+DEFAULT_STATED = re.compile(r"\((?:default|none): |\bby default\b")
+
+
+def _help_of(name: str, action: str = "") -> str:
+    r = subprocess.run([sys.executable, CLI, name, *([action] if action else []), "--help"], capture_output=True,
+                       text=True, cwd=ROOT)
+    assert r.returncode == 0 and not r.stderr, r.stderr
+    return r.stdout
 
 
 @pytest.mark.parametrize("name, action, func, options", [pytest.param(c[0], c[1], c[2], c[3],
                          id=f"{c[0]} {c[1]}".strip()) for c in COMMANDS])
 def test_help_lists_every_parameter_with_its_default(name, action, func, options):
-    r = subprocess.run([sys.executable, CLI, name, *([action] if action else []), "--help"], capture_output=True,
-                       text=True, cwd=ROOT)
-    assert r.returncode == 0 and not r.stderr, r.stderr
-    blocks = _help_blocks(r.stdout)
+    help_text = _help_of(name, action)
+    blocks = _help_blocks(help_text)
     for pname, kind, annotation, default, doc in command_parameters(func, options):
         key = pname.upper() if kind in ("positional", "varargs") else flag_name(pname)
-        assert key in blocks, (key, r.stdout)
+        assert key in blocks, (key, help_text)
         text = blocks[key]
         assert doc and doc.split()[0] in text, (key, text)  # the one-line meaning
         if kind == "varargs" or default is inspect.Parameter.empty:
             continue
-        if default is None and "(none:" in doc:
+        if default is None and DEFAULT_STATED.search(doc):
             continue  # the help line itself says what leaving it out means
         assert f"default: {_shown(default)}" in text, (key, text)
     # no short flag besides -h, so none can collide with it
-    assert not re.findall(r"(?<![\w-])-[a-gi-zA-Z]\b", r.stdout.split("\n\n")[0])
+    assert not re.findall(r"(?<![\w-])-[a-gi-zA-Z]\b", help_text.split("\n\n")[0])
+
+
+@pytest.mark.parametrize("name, action", [pytest.param(c[0], c[1], id=f"{c[0]} {c[1]}".strip()) for c in COMMANDS]
+                         + [pytest.param("tokenizer", "", id="tokenizer (actions)")])
+def test_help_shows_each_default_once(name, action):
+    """Every argument's help, as --help prints it, states its default at most once (prepare's
+    --vocab-size said "(default: word 8192, ...) (default: none)"; --epochs "(none: 1, ...) (default: 1.0)")."""
+    blocks = _help_blocks(_help_of(name, action))
+    assert blocks
+    twice = {key: text for key, text in blocks.items() if len(DEFAULT_STATED.findall(text)) > 1}
+    assert not twice, twice
 
 
 def test_a_command_with_actions_lists_them_and_refuses_a_missing_one():
@@ -161,14 +185,43 @@ def test_serve_dash_h_is_help_not_a_host():
 
 
 def test_bad_values_and_flags_are_one_clear_error():
-    for args, msg in ((["generate", "hi", "--max-new-tokens", "many"], "expected an integer, got 'many'"),
-                      (["generate", "hi", "--temprature", "0"], "unknown flag --temprature"),
-                      (["train", "--embed-dims", "16"], "unknown flag --embed-dims"),
-                      (["train", "--seq", "16"], "unknown flag --seq"),  # no abbreviations
-                      (["train", "--learning-rate", "fast"], "expected a number, got 'fast'")):
+    """One line: what is wrong, the nearest flag or action, and which --help to read; no usage block."""
+    for args, msg, see in (
+            (["generate", "hi", "--max-new-tokens", "many"], "expected an integer, got 'many'", "generate"),
+            (["generate", "hi", "--temprature", "0"], "unknown flag --temprature (did you mean --temperature?)",
+             "generate"),
+            (["train", "--embed-dims", "16"], "unknown flag --embed-dims (did you mean --embed-dim?)", "train"),
+            (["train", "--seq", "16"], "unknown flag --seq (did you mean --seq-len?)", "train"),  # no abbreviations
+            (["train", "--lr", "0.1"], "unknown flag --lr (did you mean --learning-rate?)", "train"),
+            (["train", "--lr=0.1"], "unknown flag --lr (did you mean --learning-rate?)", "train"),
+            (["train", "--max-stpes", "3"], "unknown flag --max-stpes (did you mean --max-steps?)", "train"),
+            (["train", "--learning-rate", "fast"], "expected a number, got 'fast'", "train"),
+            (["train", "--frobnicate"], "unknown flag --frobnicate;", "train"),
+            (["scrape"], "missing START_URL, OUT_DIR", "scrape"),
+            (["scrape", "http://x", "out", "5", "--max-pages", "7"], "MAX_PAGES given twice", "scrape"),
+            (["tokenizer", "trian", "x"], "unknown tokenizer action 'trian' (did you mean train?)", "tokenizer"),
+            (["tokenizer", "exprot-hf"], "unknown tokenizer action 'exprot-hf' (did you mean export-hf?)",
+             "tokenizer"),
+            (["tokenizer", "train", "x", "--vocab", "9"], "unknown flag --vocab (did you mean --vocab-size?)",
+             "tokenizer train")):
         r = run_cli(*args)
         assert r.returncode == 2, (args, r.stderr)
         assert r.stderr.startswith("error: ") and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert len(r.stderr.splitlines()) == 1 and "usage" not in r.stderr, r.stderr
+        assert r.stderr.rstrip().endswith(f"see 'cli.py {see} --help'"), r.stderr
+
+
+def test_nearest_flag():
+    flags = ["--learning-rate", "--min-lr", "--seq-len", "--seed", "--sample-interval", "--sample-prompt",
+             "--max-new-tokens", "--temperature", "--max-steps"]
+    assert nearest("--lr", flags) == ["--learning-rate"]  # initials; not --min-lr
+    assert nearest("--seq", flags) == ["--seq-len"]
+    assert nearest("--max-new", flags) == ["--max-new-tokens"]
+    assert nearest("--learning_rate", flags) == ["--learning-rate"]
+    assert nearest("--temp", flags) == ["--temperature"]
+    assert set(nearest("--sample", flags)) == {"--sample-interval", "--sample-prompt"}
+    assert nearest("--tempreture", flags) == ["--temperature"]  # no abbreviation: difflib's closest
+    assert nearest("--xyz", flags) == []
 
 
 def test_every_flag_maps_to_a_field_of_the_same_name():

@@ -1,6 +1,7 @@
 """`cli.py train` and `cli.py generate` as a user runs them (subprocesses): prompts stay text,
 Ctrl-C saves and exits 130, and every kind of bad input is one clear `error:` line."""
 
+import importlib
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from train_helpers import (
     CLI,
@@ -24,9 +26,11 @@ from train_helpers import (
 )
 from train_helpers import prepared_dataset as _prepared
 
+from cllm.commands import parse_command_line
 from cllm.completion import load_for_generation
 from cllm.generation import Generator, SamplingConfig
-from cllm.training import build_config, train
+from cllm.model import MATRIX_PARAMS
+from cllm.training import TrainConfig, Trainer, build_config, train
 
 
 @pytest.fixture(scope="module")
@@ -274,3 +278,53 @@ def test_bad_input_is_one_clear_error(tmp_path, trained, name):
     if name.startswith(("validation split", "dataset smaller")):  # refused before any training step
         assert not (tmp_path / "ck" / "metrics.jsonl").exists() or not read_metrics(tmp_path / "ck")
         assert not os.path.lexists(tmp_path / "ck" / "latest")
+
+
+def _adamw_reference(params: dict, grads: list[dict], lr: float, beta1: float, beta2: float, weight_decay: float,
+                     grad_clip: float, eps: float = 1e-8) -> dict:
+    """AdamW as its formula says, in float64, over {name: flat parameter} for a list of steps' gradients:
+    clip the global gradient norm, update the moments, correct their bias, decay the matrices (decoupled)."""
+    p = {k: v.astype(np.float64) for k, v in params.items()}
+    m = {k: np.zeros_like(v) for k, v in p.items()}
+    v2 = {k: np.zeros_like(v) for k, v in p.items()}
+    for t, g in enumerate(grads, start=1):
+        g = {k: x.astype(np.float64) for k, x in g.items()}
+        norm = np.sqrt(sum(float(np.sum(x * x)) for x in g.values()))
+        if grad_clip and norm > grad_clip:
+            g = {k: x * (grad_clip / (norm + 1e-6)) for k, x in g.items()}
+        for k in p:
+            m[k] = beta1 * m[k] + (1 - beta1) * g[k]
+            v2[k] = beta2 * v2[k] + (1 - beta2) * g[k] ** 2
+            update = (m[k] / (1 - beta1 ** t)) / (np.sqrt(v2[k] / (1 - beta2 ** t)) + eps)
+            p[k] = p[k] - lr * (update + (weight_decay if k in MATRIX_PARAMS else 0.0) * p[k])
+    return p
+
+
+def test_the_optimizer_flags_reach_adamw(tmp_path):
+    """--weight-decay, --grad-clip, --beta1 and --beta2, parsed as `cli.py train` parses them, are the
+    AdamW the Trainer builds, and two of its updates move the weights as AdamW's formula says with these
+    values, not with the defaults."""
+    chosen = {"weight_decay": 0.3, "grad_clip": 0.05, "beta1": 0.5, "beta2": 0.7}
+    argv = [str(write_corpus(tmp_path)), *TINY_FLAGS, "--checkpoint-dir", str(tmp_path / "ck"), "--no-progress"]
+    for name, value in chosen.items():
+        argv += ["--" + name.replace("_", "-"), str(value)]
+    _, args, given = parse_command_line(importlib.import_module("cllm.commands.train"), "train", argv)
+    trainer = Trainer(build_config(dict(given, data=args[0])))
+    opt, model = trainer.optimizer, trainer.model
+    assert {name: getattr(opt, name) for name in chosen} == chosen
+
+    rng = np.random.default_rng(0)
+    start = {k: v.copy() for k, v in model.p.items()}
+    grads = []
+    for _ in range(2):  # two steps: the first update of Adam is sign(g) whatever the betas
+        model.grads[:] = rng.standard_normal(model.grads.size).astype(model.grads.dtype) * 0.01
+        grads.append({k: v.copy() for k, v in model.g.items()})
+        opt.step(model, lr=0.01)
+    got = {k: v.astype(np.float64) for k, v in model.p.items()}
+    want = _adamw_reference(start, grads, lr=0.01, **chosen)
+    defaults = {name: getattr(TrainConfig, name) for name in chosen}
+    with_defaults = _adamw_reference(start, grads, lr=0.01, **defaults)
+    for k in got:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    # the test can tell: with the default values the weights would differ far beyond that tolerance
+    assert max(float(np.max(np.abs(with_defaults[k] - want[k]))) for k in got) > 1e-3

@@ -35,7 +35,7 @@ def test_tokenizer_cli_errors(tmp_path):
     for args, msg in (
         (["frobnicate"], "unknown tokenizer action"),
         (["encode", tmp_path / "missing.json", "x"], "does not exist"),
-        (["encode", tmp_path / "missing.json"], "usage: cli.py tokenizer encode"),
+        (["encode", tmp_path / "missing.json"], "missing TEXT; see 'cli.py tokenizer encode --help'"),
     ):
         r = run_cli("tokenizer", *args)
         assert r.returncode == 2 and "Traceback" not in r.stderr

@@ -17,21 +17,28 @@ A command is a function in cllm/commands/<module>.py (`main`, or several named i
   `list[str]` ones may be repeated;
 - the annotation is the type: `str` reaches the function as the exact text typed ("1984",
   "Hello, world" and "None" stay strings), `int`/`float` are parsed, anything else is refused;
-- the default is the signature's, and `--help` shows it beside the `Args:` line;
+- the default is the signature's, and `--help` shows it beside the `Args:` line; only a default
+  of None ("decided later") may be explained by the line itself, as `(none: ...)` or `(default: ...)`,
+  and then `--help` adds nothing: every flag's help states its default once;
 - `**flags` takes the fields of the dataclass named by the module's `OPTIONS` (train takes
   TrainConfig's): each field is a flag with the field's default and its `help` metadata; only the
   flags the user typed reach the function (so a resumed run can tell them from defaults);
 - a module with `ACTIONS` (a dict name -> function) is a command with sub-actions
   (`cli.py tokenizer train ...`), each action a signature as above.
 
-`run_command` is the single place where user errors become one message and an exit code.
+`run_command` is the single place where user errors become one message and an exit code: a
+command line that does not parse is one line naming the nearest flag (or action) and the command's
+--help, exit code 2.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import inspect
+import re
 import sys
+import textwrap
 import types
 import typing
 import warnings
@@ -40,16 +47,73 @@ from cllm.errors import CLLMError
 
 
 class UsageError(Exception):
-    """A command line that does not parse (unknown flag, missing argument, a value of the wrong type)."""
+    """A command line that does not parse (unknown flag, missing argument, a value of the wrong type);
+    `prog` is the command whose --help the message points to."""
+
+    def __init__(self, message: str, prog: str = "cli.py"):
+        super().__init__(message)
+        self.prog = prog
+
+    def line(self) -> str:
+        """The one line the user sees (without the leading "error: ")."""
+        return f"{self}; see '{self.prog} --help'"
+
+
+def nearest(typed: str, choices, n: int = 3) -> list[str]:
+    """What `typed` most likely meant: the choices it abbreviates (`--lr` for --learning-rate, `--seq`
+    for --seq-len, `--max-new` for --max-new-tokens), up to n, nearest first; else difflib's closest
+    choice (`--temprature` for --temperature); else none."""
+    choices = list(dict.fromkeys(choices))
+    word = typed.lstrip("-").replace("_", "-").lower()
+
+    def similarity(choice):
+        return difflib.SequenceMatcher(None, typed, choice).ratio()
+
+    abbreviations = [c for c in choices if _abbreviates(word.replace("-", ""), c.lstrip("-").split("-"))]
+    if abbreviations:
+        return sorted(abbreviations, key=similarity, reverse=True)[:n]
+    return difflib.get_close_matches(typed, choices, n=1, cutoff=0.6)
+
+
+def _abbreviates(letters: str, words: list[str]) -> bool:
+    """Whether `letters` is a prefix of the first word, then of the next, and so on: "lr" of
+    learning-rate, "seq" of seq-len, "maxnew" of max-new-tokens."""
+    if not letters:
+        return True
+    if not words:
+        return False
+    first = words[0]
+    return any(letters.startswith(first[:k]) and _abbreviates(letters[k:], words[1:])
+               for k in range(len(first), 0, -1))
+
+
+def did_you_mean(typed: str, choices) -> str:
+    """The message's ' (did you mean --a or --b?)' for the nearest choices; '' when none is near."""
+    near = nearest(typed, choices)
+    if not near:
+        return ""
+    return " (did you mean " + (near[0] if len(near) == 1 else ", ".join(near[:-1]) + " or " + near[-1]) + "?)"
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
+        """argparse's messages, reworded as one line each; never the usage block."""
         prefix = "unrecognized arguments: "
         if message.startswith(prefix):
             first = message[len(prefix):].split(" ")[0]
-            message = f"unknown flag {first}" if first.startswith("-") else f"unexpected argument {first!r}"
-        raise UsageError(message + "\n" + self.format_usage().rstrip())
+            if first.startswith("-"):
+                flag = first.split("=")[0]
+                message = f"unknown flag {flag}{did_you_mean(flag, self.flags())}"
+            else:
+                message = f"unexpected argument {first!r}"
+        elif message.startswith("the following arguments are required: "):
+            message = "missing " + message.split(": ", 1)[1]
+        raise UsageError(message, self.prog)
+
+    def flags(self) -> list[str]:
+        """Every flag --help lists (python-fire's hidden --noflag spellings left out)."""
+        return [s for a in self._actions if a.help != argparse.SUPPRESS for s in a.option_strings
+                if s.startswith("--")]
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -60,8 +124,6 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         super().__init__(prog, max_help_position=30, width=110)
 
     def _split_lines(self, text, width):
-        import textwrap
-
         return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
@@ -76,7 +138,7 @@ def run_command(module, name: str, args: list[str]) -> int:
     try:
         func, call_args, kwargs = parse_command_line(module, name, args)
     except UsageError as exc:
-        sys.stderr.write(f"error: {exc}\nsee: python cli.py {name} --help\n")
+        sys.stderr.write(f"error: {exc.line()}\n")
         return 2
     except SystemExit as exc:  # --help printed its text
         return int(exc.code or 0)
@@ -106,14 +168,18 @@ def parse_command_line(module, name: str, args: list[str]):
         if args and args[0] in ("-h", "--help"):
             build_parser(module, name).parse_args(["--help"])
         if not args:
-            raise UsageError(f"{name} needs an action: {', '.join(actions)}")
+            raise UsageError(f"{name} needs an action: {', '.join(actions)}", f"cli.py {name}")
         if args[0] not in actions:
-            raise UsageError(f"unknown {name} action {args[0]!r}; choose one of: {', '.join(actions)}")
+            hint = did_you_mean(args[0], actions) or f" (the actions: {', '.join(actions)})"
+            raise UsageError(f"unknown {name} action {args[0]!r}{hint}", f"cli.py {name}")
         parser = _command_parser(f"cli.py {name} {args[0]}", actions[args[0]], getattr(module, "OPTIONS", None))
         args = args[1:]
     ns = vars(parser.parse_intermixed_args(args))
     func = ns.pop("_func")
-    return func, *_call_arguments(func, ns)
+    try:
+        return func, *_call_arguments(func, ns)
+    except UsageError as exc:  # a positional given twice: point to this command's --help
+        raise UsageError(str(exc), parser.prog) from None
 
 
 def build_parser(module, name: str) -> argparse.ArgumentParser:
@@ -183,9 +249,13 @@ def _add_signature(parser: argparse.ArgumentParser, func, options) -> None:
     for name, kind, annotation, default, help_text in command_parameters(func, options):
         base, is_list = _base_type(annotation, f"{func.__qualname__}({name})")
         required = default is inspect.Parameter.empty
-        says_none = default is None and "(none:" in (help_text or "")  # the help text says what none means
-        shown = "" if required or kind == "varargs" or says_none else f" (default: {_show(default)})"
-        text = (help_text or name.replace("_", " ")) + shown
+        text = help_text or name.replace("_", " ")
+        if states_default(text):  # the help line says what leaving the flag out means
+            if default is not None:
+                raise TypeError(f"{func.__qualname__}({name}): the help line states a default, but the default is "
+                                f"{default!r}; drop it from the line (--help shows {_show(default)!r} itself)")
+        elif not (required or kind == "varargs"):
+            text += f" (default: {_show(default)})"
         if kind in ("positional", "varargs"):
             nargs = "*" if kind == "varargs" else (None if required else "?")
             parser.add_argument(name, nargs=nargs, type=_converter(base), help=text, metavar=name.upper(),
@@ -208,6 +278,14 @@ def _add_signature(parser: argparse.ArgumentParser, func, options) -> None:
         else:
             parser.add_argument(flag, dest=name, type=_converter(base), default=value, help=text,
                                 metavar=base.__name__.upper())
+
+
+_DEFAULT_STATED = re.compile(r"\((?:default|none): |\bby default\b")
+
+
+def states_default(help_text: str) -> int:
+    """How many times a help line states a default ("(default: ...)", "(none: ...)", "... by default")."""
+    return len(_DEFAULT_STATED.findall(help_text))
 
 
 def flag_name(name: str) -> str:
@@ -275,6 +353,8 @@ def _converter(base):
 def _show(default) -> str:
     if default is None:
         return "none"
+    if isinstance(default, bool):
+        return "on" if default else "off"
     if isinstance(default, str):
         return repr(default) if default.strip() != default or not default else default
     if isinstance(default, (list, tuple)):

@@ -2,7 +2,9 @@
 import dataclasses
 import sys
 
-from cllm.generation import SamplingConfig
+from cllm.completion import StopStream, cut_at_stop, encode_prompt, load_for_generation
+from cllm.errors import ConfigError
+from cllm.generation import Generator, SamplingConfig
 
 OPTIONS = SamplingConfig  # the sampling flags: SamplingConfig's fields, with their defaults and help
 
@@ -40,10 +42,8 @@ def main(prompt: str = "", *, checkpoint: str = "checkpoints", num_samples: int 
     cfg = _checked_settings(SamplingConfig(**sampling), num_samples, beam_width)
     if image_out is not None or class_ is not None or complete is not None:
         if quantize is not None:
-            from cllm.errors import ConfigError
-
             raise ConfigError("--quantize is for text models")
-        from cllm.vision.cli import generate_images
+        from cllm.vision.cli import generate_images  # imported here: text generation does not pay for cllm.vision
 
         return generate_images(checkpoint, image_out, num_samples, class_, complete, cfg.temperature, cfg.top_k,
                                cfg.top_p, cfg.seed, threads, tokenizer, keep_rows)
@@ -53,8 +53,6 @@ def main(prompt: str = "", *, checkpoint: str = "checkpoints", num_samples: int 
 
 
 def _as_stops(stop) -> list[str]:
-    from cllm.errors import ConfigError
-
     stops = [stop] if isinstance(stop, str) else list(stop or ())
     if not all(isinstance(s, str) and s for s in stops):
         raise ConfigError("--stop takes non-empty strings")
@@ -63,9 +61,6 @@ def _as_stops(stop) -> list[str]:
 
 def run_generate(prompt, checkpoint, sampling, num_samples, stops, beam_width, length_penalty, stream, interactive,
                  threads, tokenizer, device="cpu", quantize=None):
-    from cllm.completion import encode_prompt, load_for_generation
-    from cllm.generation import Generator
-
     model, tok, _ = load_for_generation(checkpoint, tokenizer, threads, device, quantize)
     gen = Generator(model, eos_id=tok.eos_id)
     warn = _warn_once()
@@ -92,8 +87,6 @@ def run_generate(prompt, checkpoint, sampling, num_samples, stops, beam_width, l
 
 def _checked_settings(sampling: SamplingConfig, num_samples, beam_width) -> SamplingConfig:
     """The sampling settings and the flags beside them, each checked (ConfigError naming the flag)."""
-    from cllm.errors import ConfigError
-
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ConfigError(f"--num-samples must be a positive integer, got {num_samples!r}")
     sampling.validate()
@@ -117,8 +110,6 @@ def _warn_once():
 def _print_beams(gen, tok, ids, text, beam_width, max_new_tokens, length_penalty, num_samples, stops) -> None:
     """Beam search from `ids`; print the `num_samples` best beams (with their scores when several), each cut at
     the first stop string."""
-    from cllm.completion import cut_at_stop
-
     beams = gen.beam_search(ids, beam_width, max_new_tokens, length_penalty)
     for i, (new_ids, score) in enumerate(beams[:num_samples]):
         body, _ = cut_at_stop(tok.decode(new_ids), stops)
@@ -130,8 +121,6 @@ def _print_beams(gen, tok, ids, text, beam_width, max_new_tokens, length_penalty
 def _print_sample(gen, tok, ids, text, cfg, stops, stream) -> None:
     """Sample one text after `ids` (the prompt `text`) and print it, as it comes when `stream`; it ends at EOS,
     the token limit or the first stop string (cllm/completion.py's StopStream holds back what may start one)."""
-    from cllm.completion import StopStream
-
     out, pieces = StopStream(tok, stops), [text]
     if stream:
         sys.stdout.write(text)

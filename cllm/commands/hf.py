@@ -1,5 +1,6 @@
 """`python cli.py export-hf CHECKPOINT OUT_DIR` and `python cli.py import-hf HF_DIR CHECKPOINT_DIR`:
 HuggingFace transformers' GPT-2 directory (see cllm/interop/hf.py for the tensor names)."""
+from cllm.interop.hf import export_hf, import_hf
 
 
 def export_main(checkpoint: str, out_dir: str) -> int:
@@ -10,8 +11,6 @@ def export_main(checkpoint: str, out_dir: str) -> int:
         checkpoint: a step directory, a latest/best link or a run directory
         out_dir: the directory to create (new or empty)
     """
-    from cllm.interop.hf import export_hf
-
     path, config = export_hf(checkpoint, out_dir)
     print(f"wrote {out_dir}: GPT-2 for transformers from {path}; {config.num_layers} layers, {config.num_heads} heads, "
           f"{config.embed_dim} dims, context {config.max_seq_len}, vocab {config.vocab_size:,}")
@@ -27,8 +26,6 @@ def import_main(hf_dir: str, checkpoint_dir: str) -> int:
         hf_dir: the HuggingFace model directory
         checkpoint_dir: the new checkpoint directory
     """
-    from cllm.interop.hf import import_hf
-
     path, has_tokenizer = import_hf(hf_dir, checkpoint_dir)
     print(f"wrote checkpoint {path}" + ("" if has_tokenizer else "; it has no tokenizer (the directory had no "
                                                                    "tokenizer.json): generate with --tokenizer PATH"))

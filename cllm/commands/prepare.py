@@ -23,11 +23,16 @@ def main(data: str | None = None, *, tokenizer: str = "char", vocab_size: int | 
     Args:
       data: a text file or a directory (recursive; .txt .md .html .pdf .jsonl, text without extension)
       tokenizer: word, char, bpe, wordpiece, or a tokenizer file to use as it is (see `cli.py tokenizer import`)
-      vocab_size: ids in the vocabulary (default: word 8192, bpe 4096, char every character)
-      out: output directory (default: data/.cache/<name of DATA>-<tokenizer>[-<vocab size>])
+      vocab_size: ids in the vocabulary (none: the tokenizer kind's own, as `cli.py train --help` lists)
+      out: output directory (none: data/.cache/<name of DATA>-<tokenizer>[-<vocab size>])
       val_fraction: share of the data held out for validation (0 <= f < 1)
-      lowercase, remove_punctuation, remove_numbers: cleaning, off by default
-      normalize_whitespace, keep_newlines, strip_gutenberg, dedupe: on by default (--no-<flag> to turn off)
+      lowercase: cleaning: lowercase the text
+      remove_punctuation: cleaning: drop punctuation
+      remove_numbers: cleaning: drop numbers
+      normalize_whitespace: cleaning: runs of spaces and tabs become one space
+      keep_newlines: cleaning: keep line breaks (--no-keep-newlines: every whitespace run becomes one space)
+      strip_gutenberg: cleaning: drop Project Gutenberg's header and licence
+      dedupe: drop documents seen before (exact duplicates)
       encoding: auto (UTF-8, else a detected encoding) or utf-8 (invalid UTF-8 is an error)
       bpe_pattern: gpt4 or gpt2 pre-split (or a regex)
       llmc: also write llm.c token files train_llmc.bin / val_llmc.bin

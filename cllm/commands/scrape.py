@@ -8,8 +8,11 @@ The flags are CrawlSettings' fields (cllm/scraper/settings.py), each with its de
 """
 from __future__ import annotations
 
+import asyncio
 import sys
 
+from cllm.errors import MissingDependencyError
+from cllm.scraper.crawler import Crawler
 from cllm.scraper.settings import CrawlSettings
 
 OPTIONS = CrawlSettings  # the flags (the name run_command looks for)
@@ -26,15 +29,10 @@ def main(start_url: str, out_dir: str, max_pages: int = CrawlSettings.max_pages,
         max_depth: follow links up to this many clicks from the start URL
         delay_ms: pause between two requests to one host, ms (robots.txt Crawl-delay wins if larger)
     """
-    import asyncio
-
-    from cllm.errors import MissingDependencyError
-    from cllm.scraper.crawler import Crawler
-
     settings = CrawlSettings(max_pages=max_pages, max_depth=max_depth, delay_ms=delay_ms, **flags)
     if settings.include_pdf:
         try:
-            import pypdf  # noqa: F401
+            import pypdf  # noqa: F401  (optional: the [pdf] extra; only checked to be there)
         except ImportError:
             raise MissingDependencyError("--include-pdf needs pypdf: pip install -e '.[pdf]'") from None
     if settings.ignore_robots:

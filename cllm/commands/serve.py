@@ -1,8 +1,13 @@
 """`python cli.py serve [--checkpoint DIR] [--host 127.0.0.1] [--port 8000]`: the HTTP API and page."""
+import asyncio
 import os
+import signal
 import sys
 
-from cllm.serve.server import ServerSettings
+from cllm.errors import ConfigError
+from cllm.runtime import cpu_count
+from cllm.serve import Engine, create_app, host_warning
+from cllm.serve.server import ServerSettings, start_site
 
 OPTIONS = ServerSettings  # the limits and the API key: ServerSettings' fields, with their defaults and help
 
@@ -26,8 +31,6 @@ def main(checkpoint: str = "checkpoints", *, host: str = "127.0.0.1", port: int 
       device: cpu, cuda or cuda:N (an NVIDIA GPU through the [cuda] extra)
       quantize: int8: quantize the weight matrices at load time and decode from them (cllm/quantize.py)
     """
-    from cllm.errors import ConfigError
-
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port must lie in [0, 65535], got {port}")
     if not host:
@@ -35,10 +38,6 @@ def main(checkpoint: str = "checkpoints", *, host: str = "127.0.0.1", port: int 
     limits.setdefault("api_key", os.environ.get("CLLM_API_KEY") or None)
     settings = ServerSettings(**limits)
     settings.validate()
-
-    from cllm.runtime import cpu_count
-    from cllm.serve import Engine, create_app, host_warning
-
     if threads is None:  # the cores shared among the workers (bench/serve.py: faster than all cores each)
         threads = max(1, cpu_count() // settings.max_concurrent)
     warning = host_warning(host)
@@ -50,14 +49,7 @@ def main(checkpoint: str = "checkpoints", *, host: str = "127.0.0.1", port: int 
 
 
 def run_server(app, host: str, port: int, engine) -> int:
-    import asyncio
-    import signal
-
-    from cllm.errors import ConfigError
-
     async def serve():
-        from cllm.serve.server import start_site
-
         try:
             runner, bound = await start_site(app, host, port)
         except OSError as exc:

@@ -1,7 +1,13 @@
 """`python cli.py train [DATA] [flags]`: train a GPT; see cllm/training/trainer.py for the loop.
 
 The flags are TrainConfig's fields (cllm/training/config.py), each with its default and meaning there."""
+import sys
+import traceback
+
+from cllm.distributed import world
+from cllm.errors import CLLMError
 from cllm.training import TrainConfig as OPTIONS  # noqa: F401 (the name run_command looks for)
+from cllm.training import build_config, train
 
 
 def main(data: str | None = None, **flags):
@@ -18,20 +24,12 @@ def main(data: str | None = None, **flags):
     given = dict(flags)
     if data is not None:
         given["data"] = data
-    from cllm.distributed import world
-    from cllm.training import build_config, train
-
     comm = world()
     if comm.size == 1:
         summary = train(build_config(given))
     else:
         # a rank that fails must take the others down with it: they would wait forever in the next
         # collective operation otherwise
-        import sys
-        import traceback
-
-        from cllm.errors import CLLMError
-
         try:
             summary = train(build_config(given))
         except CLLMError as exc:

@@ -4,17 +4,24 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 
+from cllm import checkpoint as ck
 from cllm.config import ModelConfig, option
 from cllm.errors import ConfigError
-from cllm.schedule import BUDGET_POINTS
+from cllm.schedule import BUDGET_POINTS, CHECKPOINT_INTERVAL, EPOCHS, EVAL_INTERVAL
+from cllm.tokenizers import KINDS
 
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "data")
 
+# each trained kind's vocabulary size when --vocab-size is left out: its train() default, their one home
+VOCAB_SIZES = {kind: inspect.signature(KINDS[kind].train).parameters["vocab_size"].default
+               for kind in ("word", "bpe", "wordpiece")}
 
 # The model sizes a new run gets (ModelConfig's defaults); TrainConfig keeps None for "not given" so
 # that a resumed run can tell a flag the user typed (which must match the checkpoint) from a default.
+# cllm/training/start.py settle_sizes applies them, once.
 MODEL_DEFAULTS = {"embed_dim": ModelConfig.embed_dim, "num_layers": ModelConfig.num_layers,
                   "num_heads": ModelConfig.num_heads, "seq_len": ModelConfig.max_seq_len}
 
@@ -31,7 +38,9 @@ class TrainConfig:
         "tokenizer.json, BERT's vocab.txt, GPT-2's vocab.json, *.tiktoken); a folder of "
         "images is read as images: cllm/vision",
     )
-    vocab_size: int | None = option(None, "ids in the vocabulary (none: word 8192, bpe 4096, char every character)")
+    vocab_size: int | None = option(None, "ids in the vocabulary (none: the tokenizer kind's own: "
+                                          + ", ".join(f"{kind} {size}" for kind, size in VOCAB_SIZES.items())
+                                          + ", char every character)")
     embed_dim: int | None = option(None, "C, the model's width", shown=MODEL_DEFAULTS["embed_dim"])
     num_layers: int | None = option(None, "L, transformer blocks", shown=MODEL_DEFAULTS["num_layers"])
     num_heads: int | None = option(
@@ -62,9 +71,8 @@ class TrainConfig:
     )
     epochs: float | None = option(
         None,
-        "passes over the training split (none: 1, or as many steps as --max-time "
+        f"passes over the training split (none: {EPOCHS:g}, or as many steps as --max-time "
         "allows when it is given without --max-steps; fractions allowed)",
-        shown=1.0,
     )
     max_steps: int | None = option(None, "optimizer steps to run (none: from --epochs)")
     max_time: float | None = option(
@@ -75,14 +83,12 @@ class TrainConfig:
     eval_interval: int | None = option(
         None,
         "steps between validations over the whole validation split (none: "
-        f"250, or {BUDGET_POINTS} spread over a --max-time budget)",
-        shown=250,
+        f"{EVAL_INTERVAL}, or {BUDGET_POINTS} spread over a --max-time budget)",
     )
     checkpoint_interval: int | None = option(
         None,
-        "steps between checkpoints (none: 500, or at each validation of a "
+        f"steps between checkpoints (none: {CHECKPOINT_INTERVAL}, or at each validation of a "
         "--max-time budget; a better validation loss also saves one)",
-        shown=500,
     )
     sample_interval: int = option(500, "steps between printed samples")
     sample_prompt: str = option("\n", "the text samples start from")
@@ -172,8 +178,6 @@ def build_config(given: dict) -> TrainConfig:
     """A TrainConfig from the flags the user gave. With --resume, the checkpoint's own training
     config is the base (so that `train --resume latest` continues the same run: same data,
     tokenizer and schedule) and the given flags override it."""
-    from cllm import checkpoint as ck
-
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     base = {}
     if given.get("resume"):

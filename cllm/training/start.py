@@ -1,20 +1,35 @@
-"""Where a run starts from: its directory (writable, no other run in it) and the checkpoint it
-resumes (--resume) or fine-tunes from (--init-from), whose sizes the run takes."""
+"""Where a run starts from: its model sizes, its directory (writable, no other run in it) and the
+checkpoint it resumes (--resume) or fine-tunes from (--init-from), whose sizes the run takes."""
 
 from __future__ import annotations
 
 import os
 
+from cllm import checkpoint as ck
+from cllm.config import check_sizes
 from cllm.errors import CheckpointError, ConfigError
 from cllm.training.config import MODEL_DEFAULTS, TrainConfig
 from cllm.training.logbook import say
 
 
+def settle_sizes(cfg: TrainConfig) -> dict:
+    """Give the model sizes the user left out (None) ModelConfig's defaults, the one place they are
+    applied; a new run's sizes are checked now, before any data is read. Returns the sizes as typed
+    ({flag: value or None}): --resume and --init-from refuse a typed size their checkpoint does not
+    have, and an image model's context is one image unless --seq-len was typed."""
+    given = cfg.model_flags()
+    for flag, default in MODEL_DEFAULTS.items():
+        if given[flag] is None:
+            setattr(cfg, flag, default)
+    if not cfg.resume and not cfg.init_from:  # those take their checkpoint's sizes
+        check_sizes(embed_dim=cfg.embed_dim, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+                    max_seq_len=cfg.seq_len)
+    return given
+
+
 def open_run_directory(cfg: TrainConfig) -> None:
     """Rank 0: the checkpoint directory exists and is writable, holds no temporaries of a killed save,
     and (without --resume) no other run (cllm/checkpoint.py claim_run_directory)."""
-    from cllm import checkpoint as ck
-
     ckdir = cfg.checkpoint_dir
     try:
         os.makedirs(ckdir, exist_ok=True)
@@ -30,16 +45,15 @@ def open_run_directory(cfg: TrainConfig) -> None:
         ck.claim_run_directory(ckdir, cfg.overwrite, say)
 
 
-def resume_checkpoint(cfg: TrainConfig):
-    """--resume's checkpoint; the run takes its sizes (a size flag that differs is refused)."""
-    from cllm import checkpoint as ck
-
+def resume_checkpoint(cfg: TrainConfig, given: dict):
+    """--resume's checkpoint; the run takes its sizes (a size flag in `given`, settle_sizes' answer,
+    that differs is refused)."""
     path = os.path.join(cfg.checkpoint_dir, cfg.resume) if cfg.resume in ("latest", "best") else cfg.resume
     resume = ck.load_checkpoint(path, with_optimizer=True)
     saved = resume.model_config
     tuned = bool(resume.train_config.get("init_from"))  # fine-tuning trains on a T below the model's context
     run_T = resume.train_config.get("seq_len") if tuned else saved.max_seq_len
-    for flag, value in cfg.model_flags().items():
+    for flag, value in given.items():
         have = run_T if flag == "seq_len" else getattr(saved, flag)
         if value is not None and value != have:
             raise ConfigError(
@@ -58,20 +72,19 @@ def resume_checkpoint(cfg: TrainConfig):
     return resume
 
 
-def init_checkpoint(cfg: TrainConfig):
-    """--init-from's checkpoint; the run takes its sizes (a size flag that differs is refused) and a
-    --seq-len up to its context."""
-    from cllm.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(cfg.init_from)
+def init_checkpoint(cfg: TrainConfig, given: dict):
+    """--init-from's checkpoint; the run takes its sizes (a size flag in `given`, settle_sizes' answer,
+    that differs is refused) and a --seq-len up to its context."""
+    ckpt = ck.load_checkpoint(cfg.init_from)
     saved = ckpt.model_config
     for flag in ("embed_dim", "num_layers", "num_heads"):
-        value = getattr(cfg, flag)
+        value = given[flag]
         if value is not None and value != getattr(saved, flag):
             raise ConfigError(
                 f"--init-from {cfg.init_from} has {flag.replace('_', '-')} {getattr(saved, flag)}, not "
                 f"{value}; drop --{flag.replace('_', '-')}"
             )
     cfg.embed_dim, cfg.num_layers, cfg.num_heads = saved.embed_dim, saved.num_layers, saved.num_heads
-    cfg.seq_len = cfg.seq_len or min(MODEL_DEFAULTS["seq_len"], saved.max_seq_len)
+    if given["seq_len"] is None:  # the default context, or the checkpoint's when shorter
+        cfg.seq_len = min(cfg.seq_len, saved.max_seq_len)
     return ckpt

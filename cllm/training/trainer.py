@@ -24,12 +24,12 @@ from cllm.config import ModelConfig
 from cllm.distributed import world
 from cllm.errors import ConfigError, DataError
 from cllm.runtime import configure_threads, cpu_count
-from cllm.schedule import UNPLANNED, is_due, lr_at, plan_run
-from cllm.training.config import MODEL_DEFAULTS, TrainConfig
+from cllm.schedule import CHECKPOINT_INTERVAL, EVAL_INTERVAL, UNPLANNED, is_due, lr_at, plan_run
+from cllm.training.config import TrainConfig
 from cllm.training.data import BatchSampler, load_dataset
 from cllm.training.evaluation import sample_text, validation
 from cllm.training.logbook import Logbook, say
-from cllm.training.start import init_checkpoint, open_run_directory, resume_checkpoint
+from cllm.training.start import init_checkpoint, open_run_directory, resume_checkpoint, settle_sizes
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -48,19 +48,11 @@ class Trainer:
         self.say = say if self.main else (lambda msg: None)
         # ranks on one machine share its cores
         self.threads = configure_threads(cfg.threads or max(1, cpu_count() // self.comm.local_size))
-        if not cfg.resume:  # the model's sizes are checked before any data is read
-            sizes = {k: getattr(cfg, k) or v for k, v in MODEL_DEFAULTS.items()}
-            ModelConfig(
-                vocab_size=1,
-                num_layers=sizes["num_layers"],
-                num_heads=sizes["num_heads"],
-                embed_dim=sizes["embed_dim"],
-                max_seq_len=sizes["seq_len"],
-            )
+        self.given_sizes = settle_sizes(cfg)  # before any data is read
         if self.main:
             open_run_directory(cfg)
-        resume = resume_checkpoint(cfg) if cfg.resume else None
-        init = init_checkpoint(cfg) if cfg.init_from and resume is None else None
+        resume = resume_checkpoint(cfg, self.given_sizes) if cfg.resume else None
+        init = init_checkpoint(cfg, self.given_sizes) if cfg.init_from and resume is None else None
         self._load_data()
         self._build_model(resume, init)
         self.micro_batches = cfg.grad_accum * self.comm.size  # per optimizer step, over all processes
@@ -80,10 +72,6 @@ class Trainer:
     def _load_data(self) -> None:
         """Rank 0 prepares (or finds in its cache) the dataset; the others then read the same cache."""
         cfg = self.cfg
-        given_seq_len = cfg.seq_len  # None unless given: an image model's context is one image
-        for flag, default in MODEL_DEFAULTS.items():
-            if getattr(cfg, flag) is None:
-                setattr(cfg, flag, default)
         if self.main:
             loaded = load_dataset(cfg)
         self.comm.barrier()
@@ -95,7 +83,7 @@ class Trainer:
             f"tokens ({self.dataset_dir})"
         )
         self.kind = kinds.for_tokenizer(self.tokenizer)  # text or image (cllm/kinds.py): its context and windows
-        cfg.seq_len = self.kind.seq_len(self.tokenizer, given_seq_len) or cfg.seq_len
+        cfg.seq_len = self.kind.seq_len(self.tokenizer, self.given_sizes["seq_len"]) or cfg.seq_len
         self.B, self.T = cfg.batch_size, cfg.seq_len
         if len(self.val_tokens) < self.T + 1:  # refused now rather than at the first evaluation, after training
             raise DataError(
@@ -199,7 +187,7 @@ class Trainer:
                     self.log.show(record)
                     if self.main and cfg.sample_interval and self.step % cfg.sample_interval == 0:
                         self.sample()
-                    interval = is_due(self.step, cfg.checkpoint_interval, 500, self.planner)
+                    interval = is_due(self.step, cfg.checkpoint_interval, CHECKPOINT_INTERVAL, self.planner)
                     if self.main and (interval or improved):  # a new best is always saved: `best` is never stale
                         self.save("interval" if interval else "best")
                     if stop_now:
@@ -263,7 +251,7 @@ class Trainer:
         if self.main and self.planner:
             self.planner.reach(self.step, self.elapsed())
         if self.main and (
-            is_due(self.step, self.cfg.eval_interval, 250, self.planner) or self.step == self.total_steps
+            is_due(self.step, self.cfg.eval_interval, EVAL_INTERVAL, self.planner) or self.step == self.total_steps
         ):
             record.update(validation(self.model, self.tokenizer, self.val_tokens, self.B, self.T))
             self.val_loss = record["val_loss"]
