@@ -36,7 +36,7 @@ def main(prompt: str = "", *, checkpoint: str = "checkpoints", num_samples: int 
       complete: an image model: keep the top half of this image and sample the rest (a grid beside it)
       keep_rows: with --complete, the rows kept (none: half of them)
       device: cpu, cuda or cuda:N (an NVIDIA GPU through the [cuda] extra)
-      quantize: int8: quantize the weight matrices at load time (blocks of 32, as llama.cpp's Q8_0) and
+      quantize: int8: quantize the weight matrices at load time (int8, one float32 scale per output row) and
         decode from them (faster, a quarter of the memory; text models)
     """
     cfg = _checked_settings(SamplingConfig(**sampling), num_samples, beam_width)
