@@ -1,6 +1,6 @@
 """Model configuration: sizes, validation with clear errors, and a memory estimate.
 
-The seed's C program crashed while creating a model it could not hold; here an impossible config is
+The original C program crashed while creating a model it could not hold; here an impossible config is
 refused before any buffer is allocated, with a message naming the figure and the fix.
 """
 from __future__ import annotations

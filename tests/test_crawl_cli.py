@@ -1,4 +1,4 @@
-"""`python cli.py scrape` end to end, in a subprocess, against a local server: the seed's positional
+"""`python cli.py scrape` end to end, in a subprocess, against a local server: the original C scraper's positional
 order, user errors as one line, and resume after a hard kill (SIGKILL) in the middle of a crawl."""
 import asyncio
 import os
@@ -37,7 +37,7 @@ def site_routes(n=6):
 
 async def test_seed_positional_order_and_flags(tmp_path):
     async with serve(site_routes()) as site:
-        # scrape URL OUT MAX_PAGES MAX_DEPTH DELAY_MS, as the seed's web_scraper took them
+        # scrape URL OUT MAX_PAGES MAX_DEPTH DELAY_MS, as the original C program's web_scraper took them
         code, out, err = await run_cli(site.url("/"), tmp_path / "a", 3, 1, 0, "--jitter-ms", 0,
                                        "--min-chars", 20, "--no-progress")
         assert code == 0, err

@@ -4,6 +4,7 @@ CLLM once installed a top-level package `kernels` and a module `cli`. HuggingFac
 dependency of transformers 5, so the two overwrote each other in site-packages, and from a checkout CLLM's folder
 shadowed HuggingFace's (`import transformers` failed). tests/test_hf_interop.py imports transformers from the
 repository root; this test builds the wheel and reads its top-level names."""
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -11,12 +12,25 @@ import zipfile
 from train_helpers import ROOT
 
 
+def _checkout_copy(dest):
+    """The files a clone has (tracked, or new and not ignored), copied: building in place would leave build/ and
+    *.egg-info in the checkout."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split("\n")
+    for rel in filter(None, files):
+        if (ROOT / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+
+
 def test_the_wheel_installs_only_the_cllm_package(tmp_path):
+    src = tmp_path / "src"
+    _checkout_copy(src)
     # --no-build-isolation: the test extra installs setuptools, so the build needs no download
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                        "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+                        "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    (wheel,) = tmp_path.glob("cllm-*.whl")
+    (wheel,) = (tmp_path / "dist").glob("cllm-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names}
     assert top == {"cllm", wheel.name.split("-py3")[0] + ".dist-info"}, sorted(top)

@@ -1,4 +1,4 @@
-"""Text cleaning, each step a flag (the seed loader's options) plus Project Gutenberg stripping.
+"""Text cleaning, each step a flag (the original C loader's options) plus Project Gutenberg stripping.
 
 Defaults keep the text as written except whitespace normalization, because a language model
 should see the text as written: `clean_text(t)` only tidies whitespace (and strips Gutenberg

@@ -47,7 +47,7 @@ CLEANING_DEFAULTS = {
 
 @dataclass
 class CorpusStats:
-    """What the seed printed, plus what was skipped. Filled by a full pass over the corpus."""
+    """What the original C loader printed, plus what was skipped. Filled by a full pass over the corpus."""
 
     files: int = 0
     documents: int = 0

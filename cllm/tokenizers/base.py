@@ -116,7 +116,7 @@ class Tokenizer:
         return ids
 
     def id_to_token(self, token_id: int) -> str:
-        """The token's string (the seed's get_token_string); a TokenizerError for a bad id."""
+        """The token's string (the original C program's get_token_string); a TokenizerError for a bad id."""
         if not isinstance(token_id, (int,)) and not hasattr(token_id, "__index__"):
             raise TokenizerError(f"token id must be an integer, got {token_id!r}")
         i = int(token_id)

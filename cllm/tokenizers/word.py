@@ -1,4 +1,4 @@
-"""Word tokenizer (the seed's): words and punctuation marks are separate tokens.
+"""Word tokenizer (the original C program's): words and punctuation marks are separate tokens.
 
 Ids: PAD=0, UNK=1, BOS=2, EOS=3, MASK=4, then the training corpus's tokens ranked by frequency,
 ties broken by the token string (so training is deterministic), capped at `vocab_size` ids in all.
