@@ -10,7 +10,7 @@
              a table of known GPUs; none for an unknown one). Neither side uses TF32.
   ratios     CLLM / PyTorch, measured in turns in this process (the best of --rounds each)
 
-JSON keys: device, smoke, peak_fp32_tflops, cublas, torch (its version, or null with not_run.torch saying
+JSON keys: bench, device, smoke, peak_fp32_tflops, cublas, torch (its version, or null with not_run.torch saying
 why), configs {NAME: {B, T, train_tokens_per_s, generate_tokens_per_s, train_mfu, generate_mfu, and with torch:
 torch_train_tokens_per_s, torch_generate_tokens_per_s, train_ratio, generate_ratio, torch_train_mfu}} (the
 MFUs are null without a known peak).
@@ -186,7 +186,7 @@ def main() -> int:
         import torch  # optional, and seconds to import
     from cllm.kernels.cuda import cublas
 
-    result = {"device": name, "smoke": args.smoke, "peak_fp32_tflops": peak and peak / 1e12,
+    result = {"bench": "gpu", "device": name, "smoke": args.smoke, "peak_fp32_tflops": peak and peak / 1e12,
               "cublas": cublas.available(), "torch": torch and torch.__version__, "configs": {}}
     if no_torch:
         result["not_run"] = {"torch": no_torch}
