@@ -14,7 +14,7 @@ Each measurement runs in a fresh process started by this script, one at a time (
 process, and Numba's and torch's OpenMP runtimes slow each other when loaded together; see
 bench/step.py), torch with torch.set_num_threads(2). On a shared machine compare the ratios.
 
-JSON keys: bench, config, train {"T=..": {cllm, torch, speed_ratio, peak_rss_ratio}}, generate {prompt,
+JSON keys: bench, smoke, config, train {"T=..": {cllm, torch, speed_ratio, peak_rss_ratio}}, generate {prompt,
 new_tokens, cllm, torch, speed_ratio}, largest_T_cllm_estimate, machine_load_1min, seconds; each engine's
 entry is {tokens_per_s, peak_rss_gib, peak_above_imports_gib} or {error}. Without torch (the [interop]
 extra) "torch" is null and not_run.torch says why.
