@@ -30,6 +30,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
@@ -43,11 +45,10 @@ def child(engine: str, task: str, sizes: dict, B: int, T: int, steps: int, new: 
     """One measurement in this (fresh) process. The imports are here, not at the top: torch (optional)
     is imported before CLLM, as bench/step.py does, and the parent process needs neither."""
     if engine == "torch":
-        import torch
+        import torch  # optional (the interop extra)
 
         torch.set_num_threads(2)
     sys.path.insert(0, HERE)
-    import numpy as np
     import step as S  # bench/step.py: the PyTorch model and both engines' loops
 
     from cllm.config import ModelConfig

@@ -175,7 +175,7 @@ def main() -> int:
     except CLLMError as exc:
         print(f"bench/gpu.py: {exc}", file=sys.stderr)
         return 1
-    from numba import cuda
+    from numba import cuda  # as select_gpu's module: after --smoke has chosen the simulator
 
     name = getattr(cuda.get_current_device(), "name", "the CUDA simulator")  # the simulator's device has none
     name = name.decode() if isinstance(name, bytes) else str(name)
@@ -184,7 +184,7 @@ def main() -> int:
     no_torch = "not asked for (--no-torch)" if args.no_torch else missing("torch", "interop")
     if not no_torch:
         import torch  # optional, and seconds to import
-    from cllm.kernels.cuda import cublas
+    from cllm.kernels.cuda import cublas  # as cllm.device
 
     result = {"bench": "gpu", "device": name, "smoke": args.smoke, "peak_fp32_tflops": peak and peak / 1e12,
               "cublas": cublas.available(), "torch": torch and torch.__version__, "configs": {}}

@@ -310,7 +310,7 @@ def memory_child(engine: str, name: str) -> dict:
     """In a fresh process: build the model of config `name`, run one training step (the first
     allocates every buffer: activations, their gradients, AdamW's moments) and report the peak RSS."""
     if engine == "torch":
-        import torch
+        import torch  # optional (the interop extra): only the torch side's processes import it
 
         torch.set_num_threads(THREADS)
     else:
@@ -347,7 +347,7 @@ def measure_memory(name: str, engines: list[str]) -> dict:
 
 def torch_worker():
     """Serves measurements over stdin/stdout: 'train NAME SECONDS' or 'gen NAME 0' -> tokens/s."""
-    import torch
+    import torch  # optional (the interop extra): only the torch side's processes import it
 
     torch.set_num_threads(THREADS)
     print(torch.__version__, flush=True)
