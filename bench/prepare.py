@@ -104,7 +104,7 @@ def build_corpus(d: Path, mb: float, file_chars: int | None = None) -> tuple[int
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=float, default=100)
     ap.add_argument("--kinds", default="char,word,bpe")
     ap.add_argument("--keep", default=None, help="build the corpus here and keep it")
