@@ -9,8 +9,12 @@
                                its cache (on a batch-1 KV cache of the model's size)
                   first_token  prefilling the prompt and sampling one token
 
-Usage: .venv/bin/python bench/coldstart.py [--checkpoint checkpoints/shakespeare-char] [--runs 5]
+JSON keys: bench, smoke, checkpoint, wall_s_best, wall_s_median, split_s {imports, model_load, cache_load,
+first_token}, loadavg_1min.
+
+Usage: .venv/bin/python bench/coldstart.py [--checkpoint checkpoints/shakespeare-char] [--runs 5] [--smoke]
 (the checkpoint is any trained one, e.g. from the README's worked example)
+  --smoke: one run of each, with an untrained 1-layer, 32-dim checkpoint written to a temporary directory
 """
 import argparse
 import json
@@ -18,9 +22,14 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.common import SMOKE_HELP  # noqa: E402
+from bench.serve import make_checkpoint  # noqa: E402
 
 # runs in a fresh interpreter and prints the split as JSON
 SPLIT = r"""
@@ -47,9 +56,18 @@ def main():
     ap.add_argument("--checkpoint", default=os.path.join("checkpoints", "shakespeare-char"))
     ap.add_argument("--prompt", default="ROMEO:")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = ap.parse_args()
+    if args.smoke:
+        with tempfile.TemporaryDirectory(prefix="cllm-bench-coldstart-") as tmp:
+            args.checkpoint, args.runs = make_checkpoint(tmp, embed_dim=32, num_layers=1, context=16), 1
+            return measure(args)
     if not os.path.exists(os.path.join(ROOT, args.checkpoint)) and not os.path.exists(args.checkpoint):
         sys.exit(f"error: no checkpoint at {args.checkpoint}; train one first (README, worked example)")
+    measure(args)
+
+
+def measure(args) -> None:
     cmd = [sys.executable, os.path.join(ROOT, "cli.py"), "generate", args.prompt, "--checkpoint", args.checkpoint,
            "--max-new-tokens", "1", "--no-stream"]
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)  # fills the JIT cache if it is cold
@@ -64,7 +82,8 @@ def main():
                              capture_output=True, text=True)
         splits.append(json.loads(out.stdout.strip().splitlines()[-1]))
     split = {k: round(statistics.median(s[k] for s in splits), 3) for k in splits[0]}
-    print(json.dumps({"bench": "coldstart", "checkpoint": args.checkpoint, "wall_s_best": round(min(walls), 3),
+    print(json.dumps({"bench": "coldstart", "smoke": args.smoke, "checkpoint": args.checkpoint,
+                      "wall_s_best": round(min(walls), 3),
                       "wall_s_median": round(statistics.median(walls), 3), "split_s": split,
                       "loadavg_1min": round(os.getloadavg()[0], 2)}))
 

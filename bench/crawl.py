@@ -1,13 +1,16 @@
 """Crawler throughput and memory on a local site: 2,000 pages over 4 loopback hosts, zero delay.
 
-    python bench/crawl.py [--pages 2000] [--hosts 4] [--concurrency 8] [--per-host 1]
+    python bench/crawl.py [--pages 2000] [--hosts 4] [--concurrency 8] [--per-host 1] [--smoke]
 
 The site runs in a separate process (so that its CPU and memory are not counted): hosts
 127.0.0.1 ... 127.0.0.<hosts>, page j at http://127.0.0.<1 + j % hosts>:PORT/p/j, about 9 KB of
 HTML each (navigation, an article of 6 paragraphs, a footer), linking to pages 10j+1 ... 10j+10
 (a tree of depth 4) and to 5 pseudo-random other pages on all hosts (work for the dedup). Every
 host serves a robots.txt. The crawler runs with the default settings except zero delay/jitter.
-Prints one JSON line: pages kept, seconds, pages/s, peak RSS of the crawling process.
+Prints one JSON line: pages kept, seconds, pages/s, peak RSS of the crawling process. Its keys: bench,
+smoke, site_pages, hosts, concurrency, per_host, kept, written, errors, seconds, pages_per_s, text_mb,
+rss_before_mb, peak_rss_mb, cpus.
+  --smoke: 30 pages over 2 hosts
 """
 import argparse
 import asyncio
@@ -16,12 +19,19 @@ import multiprocessing as mp
 import os
 import random
 import resource
+import socket
 import sys
 import tempfile
 import time
 
+from aiohttp import web
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from bench.common import SMOKE_HELP  # noqa: E402
+from cllm.scraper.crawler import Crawler  # noqa: E402
+from cllm.scraper.settings import CrawlSettings  # noqa: E402
 
 WORDS = ("river stone light harbour winter engine garden letter market window signal paper valley "
          "journey morning silver border forest number station island story mountain bridge").split()
@@ -49,11 +59,8 @@ def make_page(j: int, n_pages: int, hosts: list[str]) -> bytes:
 
 def serve(n_pages: int, n_hosts: int, ready) -> None:
     """The site, in its own process: report the host URLs through `ready`, then serve forever."""
-    from aiohttp import web
 
     async def main():
-        import socket
-
         socks = []
         for h in range(n_hosts):
             s = socket.socket()
@@ -90,16 +97,16 @@ def main() -> None:
     ap.add_argument("--hosts", type=int, default=4)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--per-host", type=int, default=1)
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = ap.parse_args()
+    if args.smoke:
+        args.pages, args.hosts = 30, 2
 
     parent, child = mp.Pipe()
     server = mp.Process(target=serve, args=(args.pages, args.hosts, child), daemon=True)
     server.start()
     hosts = parent.recv()
     try:
-        from cllm.scraper.crawler import Crawler
-        from cllm.scraper.settings import CrawlSettings
-
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         settings = CrawlSettings(max_pages=args.pages, max_depth=10, delay_ms=0, jitter_ms=0, progress=False,
                                  concurrency=args.concurrency, per_host=args.per_host,
@@ -114,8 +121,9 @@ def main() -> None:
     finally:
         server.terminate()
     print(json.dumps({
-        "bench": "crawl", "site_pages": args.pages, "hosts": args.hosts, "concurrency": args.concurrency,
-        "per_host": args.per_host, "kept": summary.kept, "written": summary.written, "errors": summary.errors,
+        "bench": "crawl", "smoke": args.smoke, "site_pages": args.pages, "hosts": args.hosts,
+        "concurrency": args.concurrency, "per_host": args.per_host, "kept": summary.kept, "written": summary.written,
+        "errors": summary.errors,
         "seconds": round(seconds, 2), "pages_per_s": round(summary.kept / seconds, 1),
         "text_mb": round(text_bytes / 1e6, 2), "rss_before_mb": round(rss_before, 1), "peak_rss_mb": round(peak, 1),
         "cpus": os.cpu_count(),

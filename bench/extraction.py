@@ -1,6 +1,6 @@
 """Main-text extraction quality on the Scrapinghub article-extraction benchmark.
 
-    python bench/extraction.py [--data DIR] [--limit N] [--worst K] [--no-trafilatura]
+    python bench/extraction.py [--data DIR] [--limit N] [--worst K] [--no-trafilatura] [--smoke]
 
 Scores `cllm.scraper.extract.extract_html` with the benchmark's own metric (its evaluate.py, as
 summarised in the data folder's SOURCE.md): \\w+ tokens, multisets of 4-token shingles, per-page
@@ -8,19 +8,34 @@ TP/FP/FN normalised to sum 1, macro-averaged precision and recall, F1 = their ha
 accuracy = exact token-list match. Plain lxml body text is scored as a floor, and trafilatura side
 by side when it is installed (pip install -e '.[bench]'). Prints one JSON line.
 Published F1 on this data: trafilatura .958, readability-lxml .922, plain lxml body .394.
+
+JSON keys: bench, smoke, dataset, pages, cllm, plain_lxml_body, trafilatura (each {precision, recall, f1,
+accuracy, seconds}; trafilatura null with not_run.trafilatura saying why when it is not installed).
+  --smoke: 6 generated article pages (navigation, article, related links, footer) in the benchmark's
+  layout, written to a temporary directory: the benchmark's data is not in the repository
 """
 import argparse
 import gzip
 import json
 import os
+import random
 import re
 import sys
+import tempfile
 import time
 from collections import Counter
 
+import lxml.html
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from bench.common import SMOKE_HELP, missing  # noqa: E402
+from cllm.scraper.extract import extract_html  # noqa: E402
+
 DEFAULT_DATA = os.path.join(ROOT, "..", "shared", "bench", "extraction", "scrapinghub")
+WORDS = ("river stone light harbour winter engine garden letter market window signal paper valley "
+         "journey morning silver border forest number station island story mountain bridge").split()
 
 _WORD = re.compile(r"\w+")
 
@@ -72,6 +87,27 @@ def per_page_f1(truth: str, pred: str) -> float:
     return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
+def write_smoke_data(directory: str, n: int = 6) -> None:
+    """n article pages with their main text known, as the benchmark lays them out: ground-truth.json
+    ({key: {articleBody, url}}) and html/KEY.html.gz."""
+    os.makedirs(os.path.join(directory, "html"))
+    rng, truth = random.Random(0), {}
+    for i in range(n):
+        paragraphs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(40, 80))) + "." for _ in range(4)]
+        nav = "".join(f'<li><a href="/s{k}">Section {k}</a></li>' for k in range(8))
+        related = "".join(f'<li><a href="/r{k}">Related story {k} {rng.choice(WORDS)}</a></li>' for k in range(6))
+        html = (f"<html><head><title>Article {i}</title></head><body><header><nav><ul>{nav}</ul></nav></header>"
+                f"<main><article><h1>Article {i}</h1>{''.join(f'<p>{p}</p>' for p in paragraphs)}</article>"
+                f"<aside><ul>{related}</ul></aside></main><footer>Copyright Smoke Site. All rights reserved."
+                "</footer></body></html>")
+        key = f"smoke{i:02d}"
+        truth[key] = {"articleBody": "\n".join(paragraphs), "url": f"https://smoke.example/{key}"}
+        with gzip.open(os.path.join(directory, "html", key + ".html.gz"), "wt", encoding="utf-8") as f:
+            f.write(html)
+    with open(os.path.join(directory, "ground-truth.json"), "w", encoding="utf-8") as f:
+        json.dump(truth, f)
+
+
 def run(name, fn, pages, truth):
     start = time.perf_counter()
     preds = {key: fn(html) for key, html in pages.items()}
@@ -87,8 +123,20 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="score only the first N pages")
     ap.add_argument("--worst", type=int, default=0, help="list the K worst pages (per-page F1) on stderr")
     ap.add_argument("--no-trafilatura", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = ap.parse_args()
+    if args.smoke:
+        with tempfile.TemporaryDirectory(prefix="cllm-bench-extraction-") as tmp:
+            write_smoke_data(tmp)
+            args.data = tmp
+            return measure(args)
+    if not os.path.isfile(os.path.join(args.data, "ground-truth.json")):
+        sys.exit(f"bench/extraction.py: no ground-truth.json in {args.data} (the Scrapinghub article-extraction "
+                 "benchmark's data; --data DIR, or --smoke)")
+    measure(args)
 
+
+def measure(args) -> None:
     with open(os.path.join(args.data, "ground-truth.json"), encoding="utf-8") as f:
         truth = json.load(f)
     keys = sorted(truth)[: args.limit or None]
@@ -98,25 +146,22 @@ def main() -> None:
         with gzip.open(os.path.join(args.data, "html", key + ".html.gz")) as f:
             pages[key] = f.read()
 
-    import lxml.html
-
-    from cllm.scraper.extract import extract_html
-
     def plain_body(html: bytes) -> str:
         doc = lxml.html.document_fromstring(html)
         body = doc.find("body")
         return (body if body is not None else doc).text_content()
 
-    out = {"bench": "extraction", "dataset": "scrapinghub-article-extraction-benchmark", "pages": len(pages)}
+    dataset = "generated (--smoke)" if args.smoke else "scrapinghub-article-extraction-benchmark"
+    out = {"bench": "extraction", "smoke": args.smoke, "dataset": dataset, "pages": len(pages)}
     out["cllm"], preds = run("cllm", lambda h: extract_html(h).text, pages, truth)
     out["plain_lxml_body"], _ = run("plain", plain_body, pages, truth)
-    if not args.no_trafilatura:
-        try:
-            import trafilatura
-        except ImportError:
-            out["trafilatura"] = "not installed"
-        else:
-            out["trafilatura"], _ = run("trafilatura", lambda h: trafilatura.extract(h) or "", pages, truth)
+    no_trafilatura = "not asked for (--no-trafilatura)" if args.no_trafilatura else missing("trafilatura", "bench")
+    if no_trafilatura:
+        out["trafilatura"], out["not_run"] = None, {"trafilatura": no_trafilatura}
+    else:
+        import trafilatura  # optional (the bench extra), and slow to import
+
+        out["trafilatura"], _ = run("trafilatura", lambda h: trafilatura.extract(h) or "", pages, truth)
     if args.worst:
         ranked = sorted(keys, key=lambda k: per_page_f1(truth[k]["articleBody"], preds[k]))
         for k in ranked[: args.worst]:

@@ -14,7 +14,13 @@ Each measurement runs in a fresh process started by this script, one at a time (
 process, and Numba's and torch's OpenMP runtimes slow each other when loaded together; see
 bench/step.py), torch with torch.set_num_threads(2). On a shared machine compare the ratios.
 
-Usage: .venv/bin/python bench/gpt2.py [--batch 4] [--seq-lens 256] [--steps 2] [--new 64] [--no-torch]
+JSON keys: bench, smoke, config, train {"T=..": {cllm, torch, speed_ratio, peak_rss_ratio}}, generate {prompt,
+new_tokens, cllm, torch, speed_ratio}, largest_T_cllm_estimate, machine_load_1min, seconds; each engine's
+entry is {tokens_per_s, peak_rss_gib, peak_above_imports_gib} or {error}. Without torch (the [interop]
+extra) "torch" is null and not_run.torch says why.
+
+Usage: .venv/bin/python bench/gpt2.py [--batch 4] [--seq-lens 256] [--steps 2] [--new 64] [--no-torch] [--smoke]
+  --smoke: a 2-layer, 64-dim model (vocab 500) at B=2, T=32, one step, 8 new tokens
 """
 import argparse
 import json
@@ -24,28 +30,35 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from bench.common import SMOKE_HELP, missing  # noqa: E402
+
 GPT2 = {"vocab_size": 50257, "max_seq_len": 1024, "num_layers": 12, "num_heads": 12, "embed_dim": 768}
+SMOKE = {"vocab_size": 500, "max_seq_len": 128, "num_layers": 2, "num_heads": 2, "embed_dim": 64}
 
 
-def child(engine: str, task: str, B: int, T: int, steps: int, new: int) -> dict:
-    """One measurement in this (fresh) process: torch is imported before CLLM, as bench/step.py does."""
+def child(engine: str, task: str, sizes: dict, B: int, T: int, steps: int, new: int) -> dict:
+    """One measurement in this (fresh) process. The imports are here, not at the top: torch (optional)
+    is imported before CLLM, as bench/step.py does, and the parent process needs neither."""
     if engine == "torch":
-        import torch
+        import torch  # optional (the interop extra)
 
         torch.set_num_threads(2)
     sys.path.insert(0, HERE)
-    import numpy as np
     import step as S  # bench/step.py: the PyTorch model and both engines' loops
 
     from cllm.config import ModelConfig
 
-    cfg = ModelConfig(**GPT2)
+    cfg = ModelConfig(**sizes)
     rng = np.random.default_rng(0)
     base = S.rss_now()
     if task == "train":
         if engine == "cllm":
-            run, _ = S.numba_train(cfg, B, T, rng)
+            run, _, _ = S.numba_train(cfg, B, T, rng)  # the step, its losses, its durations
         else:
             run = S.torch_train(torch, cfg, B, T, rng)
         rate = max(S.timed_loop(run, 0.0, min_iters=1) for _ in range(steps)) * B * T
@@ -62,16 +75,17 @@ def child(engine: str, task: str, B: int, T: int, steps: int, new: int) -> dict:
 def measure(engine: str, task: str, args, T: int = 0) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", engine, task, "--batch", str(args.batch),
            "--steps", str(args.steps), "--new", str(args.new), "--seq-lens", str(T or 1)]
+    cmd += ["--smoke"] if args.smoke else []
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         return {"error": (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def largest_t(B: int) -> int:
-    from cllm.config import ModelConfig, available_memory_bytes
+def largest_t(sizes: dict, B: int) -> int:
+    from cllm.config import ModelConfig, available_memory_bytes  # only here: the parent imports no CLLM at start
 
-    cfg, have, best = ModelConfig(**GPT2), available_memory_bytes(), 0
+    cfg, have, best = ModelConfig(**sizes), available_memory_bytes(), 0
     for T in (64, 128, 256, 512, 1024):
         if cfg.memory_bytes(B, T) <= have:
             best = T
@@ -85,15 +99,23 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--new", type=int, default=64)
     p.add_argument("--no-torch", action="store_true")
-    p.add_argument("--child", nargs=2)
+    p.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
+    sizes = SMOKE if args.smoke else GPT2
     if args.child:
-        print(json.dumps(child(*args.child, args.batch, int(args.seq_lens), args.steps, args.new)))
+        print(json.dumps(child(*args.child, sizes, args.batch, int(args.seq_lens), args.steps, args.new)))
         return
-    engines = ["cllm"] + ([] if args.no_torch else ["torch"])
+    if args.smoke:
+        args.batch, args.seq_lens, args.steps, args.new = 2, "32", 1, 8
+    no_torch = "not asked for (--no-torch)" if args.no_torch else missing("torch", "interop")
+    engines = ["cllm"] + ([] if no_torch else ["torch"])
     t0 = time.time()
-    result = {"bench": "gpt2", "config": {**GPT2, "batch": args.batch}, "train": {}, "generate": {},
-              "largest_T_cllm_estimate": largest_t(args.batch), "machine_load_1min": os.getloadavg()[0]}
+    result = {"bench": "gpt2", "smoke": args.smoke, "config": {**sizes, "batch": args.batch}, "train": {},
+              "generate": {}, "largest_T_cllm_estimate": largest_t(sizes, args.batch),
+              "machine_load_1min": os.getloadavg()[0]}
+    if no_torch:
+        result["torch"], result["not_run"] = None, {"torch": no_torch}
     for T in (int(t) for t in args.seq_lens.split(",")):
         row = {e: measure(e, "train", args, T) for e in engines}
         if "torch" in row and "tokens_per_s" in row["torch"] and "tokens_per_s" in row["cllm"]:

@@ -10,30 +10,62 @@ and the loss over the whole validation split, so the two can be compared fairly.
 
 torch is not a CLLM dependency: `.venv/bin/pip install torch==2.13.0` (a local CPU wheel), then
   .venv/bin/python bench/nanogpt_reference.py [--seeds 1337,1,2] [--bias] [--beta2 0.99] [--weight-decay 0.1]
-      [--grad-clip 1.0]
-Prints one JSON line per seed.
+      [--grad-clip 1.0] [--steps 2000] [--data FILE] [--smoke]
+Prints one JSON line per seed, keys: bench, smoke, seed, bias, beta2, weight_decay, grad_clip, steps,
+val_loss_20_batches, val_loss_whole_split, train_s. Without torch, one line: torch null, not_run.torch.
+  --smoke: 5 steps of one seed, the validation split's first 20,000 characters
 """
 import argparse
 import json
 import math
 import os
+import sys
 import time
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DATA = os.path.join(HERE, "..", "..", "shared", "data", "tinyshakespeare.txt")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.common import SMOKE_HELP, missing  # noqa: E402
+
+SHARED_DATA = os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt")
+DATA = SHARED_DATA if os.path.exists(SHARED_DATA) else os.path.join(ROOT, "data", "tinyshakespeare.txt")
 L, NH, C, T, B = 4, 4, 128, 64, 12
 STEPS, WARMUP, LR, MIN_LR = 2000, 100, 1e-3, 1e-4
 
 
-def lr_at(it):
-    # nanoGPT's schedule: linear warmup, then cosine to MIN_LR at STEPS
+def parse_args():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", default="1337")
+    ap.add_argument("--bias", action="store_true", help="biases in LayerNorm and Linear (CLLM's GPT-2 layout)")
+    ap.add_argument("--beta2", type=float, default=0.99, help="AdamW's beta2 (nanoGPT's recipe: 0.99)")
+    ap.add_argument("--weight-decay", type=float, default=0.1, help="on matrices (nanoGPT's recipe: 0.1)")
+    ap.add_argument("--grad-clip", type=float, default=1.0, help="global norm; 0: none (nanoGPT's recipe: 1.0)")
+    ap.add_argument("--steps", type=int, default=STEPS, help="training steps (nanoGPT's recipe: 2000)")
+    ap.add_argument("--data", default=DATA, help="the corpus (default: tiny Shakespeare)")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    args = ap.parse_args()
+    if args.smoke:
+        args.seeds, args.steps = "1337", 5
+    return args
+
+
+if __name__ == "__main__" and missing("torch", "interop"):
+    # the whole script is the PyTorch side: without torch it says so in its JSON line
+    print(json.dumps({"bench": "nanogpt_reference", "smoke": parse_args().smoke, "torch": None,
+                      "not_run": {"torch": missing("torch", "interop")}}))
+    sys.exit(0)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+
+def lr_at(it, steps):
+    # nanoGPT's schedule: linear warmup, then cosine to MIN_LR at `steps`
     if it < WARMUP:
         return LR * (it + 1) / (WARMUP + 1)
-    ratio = (it - WARMUP) / (STEPS - WARMUP)
+    ratio = (it - WARMUP) / (steps - WARMUP)
     return MIN_LR + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (LR - MIN_LR)
 
 
@@ -79,21 +111,16 @@ class GPT(torch.nn.Module):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", default="1337")
-    ap.add_argument("--bias", action="store_true", help="biases in LayerNorm and Linear (CLLM's GPT-2 layout)")
-    ap.add_argument("--beta2", type=float, default=0.99, help="AdamW's beta2 (nanoGPT's recipe: 0.99)")
-    ap.add_argument("--weight-decay", type=float, default=0.1, help="on matrices (nanoGPT's recipe: 0.1)")
-    ap.add_argument("--grad-clip", type=float, default=1.0, help="global norm; 0: none (nanoGPT's recipe: 1.0)")
-    args = ap.parse_args()
+    args = parse_args()
     torch.set_num_threads(2)
-    text = open(DATA, encoding="utf-8").read()
+    with open(args.data, encoding="utf-8") as f:
+        text = f.read()
     chars = sorted(set(text))
     lut = np.zeros(0x110000, dtype=np.int64)
     lut[[ord(c) for c in chars]] = np.arange(len(chars))
     ids = lut[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)]
     n = int(0.9 * len(ids))  # nanoGPT's split: first 90% train, last 10% val
-    train, val = torch.from_numpy(ids[:n]), torch.from_numpy(ids[n:])
+    train, val = torch.from_numpy(ids[:n]), torch.from_numpy(ids[n:n + 20_000] if args.smoke else ids[n:])
     for seed in (int(s) for s in args.seeds.split(",")):
         torch.manual_seed(seed)
         model = GPT(len(chars), args.bias)
@@ -107,9 +134,9 @@ def main():
             return torch.stack([data[i:i + T] for i in ix]), torch.stack([data[i + 1:i + 1 + T] for i in ix])
 
         t0 = time.perf_counter()
-        for it in range(STEPS):
+        for it in range(args.steps):
             for g in opt.param_groups:
-                g["lr"] = lr_at(it)
+                g["lr"] = lr_at(it, args.steps)
             x, y = batch(train)
             loss = model(x, y)
             opt.zero_grad(set_to_none=True)
@@ -126,8 +153,9 @@ def main():
             xs = val[:nw * T].view(nw, T)
             ys = val[1:nw * T + 1].view(nw, T)
             full = sum(float(model(xs[i:i + 64], ys[i:i + 64])) * len(xs[i:i + 64]) for i in range(0, nw, 64)) / nw
-        print(json.dumps({"seed": seed, "bias": args.bias, "beta2": args.beta2, "weight_decay": args.weight_decay,
-                          "grad_clip": args.grad_clip, "val_loss_20_batches": round(est, 4),
+        print(json.dumps({"bench": "nanogpt_reference", "smoke": args.smoke, "seed": seed, "bias": args.bias,
+                          "beta2": args.beta2, "weight_decay": args.weight_decay, "grad_clip": args.grad_clip,
+                          "steps": args.steps, "val_loss_20_batches": round(est, 4),
                           "val_loss_whole_split": round(full, 4), "train_s": round(wall, 1)}), flush=True)
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Prepare benchmark: throughput and peak memory of `prepare_dataset` on a ~100 MB corpus.
 
-    python bench/prepare.py [--mb 100] [--kinds char,word,bpe] [--keep DIR]
+    python bench/prepare.py [--mb 100] [--kinds char,word,bpe] [--keep DIR] [--smoke]
 
 The corpus is built from the shared texts (../shared/data, else data/tinyshakespeare.txt):
 copies of each book (Gutenberg boilerplate removed), each file made unique by a first line so that
@@ -12,7 +12,12 @@ peak above the baseline is a small multiple of the largest file, not of the corp
 The peak is also given per pass: reading + training the tokenizer (which must keep the corpus's
 distinct characters, words or BPE chunks with their counts), then encoding + writing, whose own
 growth (peak minus the RSS it starts from) is what one document at a time costs.
-Prints one JSON line.
+Prints one JSON line. Its keys: bench, smoke, corpus_bytes, files, largest_file_bytes, build_s, kinds {KIND:
+{seconds, MBps, train_tokens, val_tokens, vocab_size, baseline_rss_MB, peak_rss_MB, peak_above_baseline_MB,
+peak_above_baseline_over_largest_file, peak_above_baseline_over_corpus, train_pass_peak_above_baseline_MB,
+encode_pass_peak_above_baseline_MB, encode_pass_peak_above_baseline_over_largest_file,
+encode_pass_start_above_baseline_MB, encode_pass_growth_over_largest_file} or {error}}.
+  --smoke: a 0.2 MB corpus of 50 KB files, vocabularies of 1,000 words and 300 BPE ids
 """
 
 import argparse
@@ -25,6 +30,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import SMOKE_HELP  # noqa: E402
+from cllm.data import strip_gutenberg  # noqa: E402
+from cllm.data.clean import normalize_newlines  # noqa: E402
+
+VOCAB = {"char": None, "word": 8192, "bpe": 4096}
+SMOKE_VOCAB = {"char": None, "word": 1000, "bpe": 300}
 
 CHILD = r"""
 import json, os, resource, sys, time, psutil
@@ -69,14 +82,12 @@ print(json.dumps({{"seconds": dt, "baseline_rss": base, "peak_rss": max(peak, ph
 """
 
 
-def build_corpus(d: Path, mb: int) -> tuple[int, int, int]:
-    sys.path.insert(0, str(ROOT))
-    from cllm.data import strip_gutenberg
-    from cllm.data.clean import normalize_newlines
-
+def build_corpus(d: Path, mb: float, file_chars: int | None = None) -> tuple[int, int, int]:
+    """Files of whole books (or their first file_chars characters) until the corpus holds mb MB."""
     shared = ROOT.parent / "shared" / "data"
     sources = sorted(shared.glob("*.txt")) if shared.is_dir() else [ROOT / "data" / "tinyshakespeare.txt"]
-    books = [(p.stem, strip_gutenberg(normalize_newlines(p.read_text(encoding="utf-8-sig")))) for p in sources]
+    books = [(p.stem, strip_gutenberg(normalize_newlines(p.read_text(encoding="utf-8-sig")))[:file_chars])
+             for p in sources]
     total, n, largest = 0, 0, 0
     k = 0
     while total < mb * 1_000_000:
@@ -93,11 +104,17 @@ def build_corpus(d: Path, mb: int) -> tuple[int, int, int]:
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--mb", type=int, default=100)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mb", type=float, default=100)
     ap.add_argument("--kinds", default="char,word,bpe")
     ap.add_argument("--keep", default=None, help="build the corpus here and keep it")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = ap.parse_args()
+    unknown = set(args.kinds.split(",")) - set(VOCAB)
+    if unknown:
+        ap.error(f"unknown --kinds {','.join(sorted(unknown))}: choose from {','.join(VOCAB)}")
+    if args.smoke:
+        args.mb = 0.2
     work = Path(args.keep or tempfile.mkdtemp(prefix="cllm-bench-prepare-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -106,9 +123,10 @@ def main():
             shutil.rmtree(corpus)
         corpus.mkdir()
         t = time.perf_counter()
-        total, nfiles, largest = build_corpus(corpus, args.mb)
+        total, nfiles, largest = build_corpus(corpus, args.mb, 50_000 if args.smoke else None)
         res = {
             "bench": "prepare",
+            "smoke": args.smoke,
             "corpus_bytes": total,
             "files": nfiles,
             "largest_file_bytes": largest,
@@ -116,7 +134,7 @@ def main():
             "kinds": {},
         }
         for kind in args.kinds.split(","):
-            vocab = {"char": None, "word": 8192, "bpe": 4096}[kind]
+            vocab = (SMOKE_VOCAB if args.smoke else VOCAB)[kind]
             r = subprocess.run(
                 [
                     sys.executable,

@@ -13,10 +13,15 @@ one, and the curve (minutes, validation loss). A point already in the file is no
 interrupted sweep continues where it stopped. Prints ONE JSON line: the best screened and confirmed
 points. Timings depend on what else runs on the machine: sweep on an otherwise idle one.
 
+The JSON line's keys: bench, smoke, out, screened, best_screened and confirmed (lists of {name, val_loss,
+best_val_loss, tokens, wall_s, command}).
+
 Usage:
   .venv/bin/python bench/recipe.py                                    # the default grid, 300 s / 1800 s
   .venv/bin/python bench/recipe.py --screen-time 20 --max-points 2 --confirm-top 0   # a quick trial
   .venv/bin/python bench/recipe.py --sizes 4x4x128,6x6x192 --dropouts 0,0.2 --lrs 1e-3
+  .venv/bin/python bench/recipe.py --smoke    # one 1x2x32 point screened for 2 s on the corpus's first 100 KB,
+      # in a temporary directory; its confirmation has the same budget, so it is found in the JSONL (as on resume)
 """
 import argparse
 import itertools
@@ -24,11 +29,18 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.common import SMOKE_HELP  # noqa: E402
+
 CLI = os.path.join(ROOT, "cli.py")
 DEFAULT_DATA = os.path.join(ROOT, "data", "tinyshakespeare.txt")
+SMOKE_ARGS = ["--sizes", "1x2x32", "--contexts", "32", "--batches", "4", "--lrs", "1e-3", "--dropouts", "0",
+              "--screen-time", "2", "--confirm-top", "1", "--confirm-time", "2", "--warmup-steps", "2"]
 
 
 def parse_args(argv=None):
@@ -54,7 +66,9 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--plot", default=None, help="write the confirmed points' curves (val loss against minutes) "
                     "to this PNG (needs matplotlib, the [plot] extra)")
-    return ap.parse_args(argv)
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    args = ap.parse_args(argv)
+    return ap.parse_args((sys.argv[1:] if argv is None else argv) + SMOKE_ARGS) if args.smoke else args
 
 
 def grid(args) -> list[dict]:
@@ -169,7 +183,7 @@ def ranked(records: list[dict]) -> list[dict]:
 
 def plot_curves(records: list[dict], path: str) -> None:
     """Validation loss against minutes of each record (the confirmed points), one line each."""
-    import matplotlib
+    import matplotlib  # optional (the plot extra), and only for --plot
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -190,6 +204,17 @@ def plot_curves(records: list[dict], path: str) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.smoke:
+        with tempfile.TemporaryDirectory(prefix="cllm-bench-recipe-") as tmp:
+            args.work_dir = tmp
+            args.data = os.path.join(tmp, "corpus.txt")
+            with open(DEFAULT_DATA, encoding="utf-8") as src, open(args.data, "w", encoding="utf-8") as dst:
+                dst.write(src.read(100_000))
+            return sweep(args)
+    return sweep(args)
+
+
+def sweep(args) -> None:
     args.out = args.out or os.path.join(args.work_dir, "points.jsonl")
     os.makedirs(args.work_dir, exist_ok=True)
     dataset = prepare(args)
@@ -206,7 +231,7 @@ def main(argv=None):
         plot_curves(confirmed, args.plot)
     keys = ("name", "val_loss", "best_val_loss", "tokens", "wall_s", "command")
     brief = lambda r: {k: r.get(k) for k in keys}  # noqa: E731
-    print(json.dumps({"bench": "recipe", "out": args.out, "screened": len(screened),
+    print(json.dumps({"bench": "recipe", "smoke": args.smoke, "out": args.out, "screened": len(screened),
                       "best_screened": [brief(r) for r in screened[:3]],
                       "confirmed": [brief(r) for r in confirmed]}))
 

@@ -8,7 +8,11 @@ For each point: milliseconds, model FLOPs (6 N per token + 12 L C T per token fo
 `cost_per_flop` = (ms / FLOPs) relative to the first point: a value that climbs means the step grows
 faster than its arithmetic (memory traffic, the T x T attention matrices, cache misses).
 
-Usage: .venv/bin/python bench/scaling.py [--repeats 3]
+JSON keys: bench, smoke, step_vs_T [{T, ms, gflop, cost_per_flop}], step_vs_C [{C, ...}], decode_ms_vs_pos
+[{pos, ...}], loadavg_1min.
+
+Usage: .venv/bin/python bench/scaling.py [--repeats 3] [--smoke]
+  --smoke: T in 16, 32 and C in 32, 64 at B 2, one timed step each, decoding to position 64
 """
 
 import argparse
@@ -21,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.common import SMOKE_HELP  # noqa: E402
 from cllm.config import ModelConfig  # noqa: E402
 from cllm.model import Model  # noqa: E402
 from cllm.optim import AdamW  # noqa: E402
@@ -56,30 +61,35 @@ def curve(points):
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = ap.parse_args()
-    out = {"bench": "scaling"}
-    B = 8
+    if args.smoke:
+        B, Ts, Cs, positions, args.repeats = 2, (16, 32), (32, 64), (8, 16, 32, 48), 1
+    else:
+        B, Ts, Cs, positions = 8, (64, 128, 256, 512), (64, 128, 256, 512), (16, 64, 128, 256, 384, 496)
+    decode_len = positions[-1] + 16  # each position's figure is the median of the 32 around it
+    out = {"bench": "scaling", "smoke": args.smoke}
     pts = []
-    for T in (64, 128, 256, 512):
+    for T in Ts:
         cfg = ModelConfig(vocab_size=65, max_seq_len=T, num_layers=4, num_heads=4, embed_dim=128)
         pts.append(
             {"T": T, "ms": round(step_ms(cfg, B, T, args.repeats), 2), "gflop": round(step_flops(cfg, B, T) / 1e9, 3)}
         )
     out["step_vs_T"] = curve(pts)
     pts = []
-    for C in (64, 128, 256, 512):
+    for C in Cs:
         cfg = ModelConfig(vocab_size=65, max_seq_len=64, num_layers=4, num_heads=4, embed_dim=C)
         pts.append(
             {"C": C, "ms": round(step_ms(cfg, B, 64, args.repeats), 2), "gflop": round(step_flops(cfg, B, 64) / 1e9, 3)}
         )
     out["step_vs_C"] = curve(pts)
-    cfg = ModelConfig(vocab_size=65, max_seq_len=512, num_layers=4, num_heads=4, embed_dim=128)
+    cfg = ModelConfig(vocab_size=65, max_seq_len=decode_len, num_layers=4, num_heads=4, embed_dim=128)
     model = Model(cfg, seed=0)
     cache = model.new_kv_cache(1)
     times = []
-    for pos in range(512):
+    for pos in range(decode_len):
         t = time.perf_counter()
         model.decode_step(np.array([pos % 65], dtype=np.int32), pos, cache)
         times.append(time.perf_counter() - t)
@@ -92,7 +102,7 @@ def main():
                 "ms": round(float(np.median(times[max(1, p - 16) : p + 16])) * 1e3, 4),
                 "gflop": round((2 * n + 4 * cfg.num_layers * cfg.embed_dim * (p + 1)) / 1e9, 6),
             }
-            for p in (16, 64, 128, 256, 384, 496)
+            for p in positions
         ]
     )
     out["loadavg_1min"] = os.getloadavg()[0]

@@ -1,7 +1,7 @@
 """Benchmark `cli.py serve`: concurrent streaming clients against a real server process.
 
     python bench/serve.py [--checkpoint DIR] [--clients 16] [--requests 200] [--max-tokens 64]
-                          [--max-concurrent 2] [--threads N]
+                          [--max-concurrent 2] [--threads N] [--smoke]
 
 Without --checkpoint it serves an untrained model of `train`'s default size (128 dims, 4 layers,
 4 heads, context 64) with a char tokenizer of the bundled tinyshakespeare text: weights do not
@@ -12,6 +12,13 @@ Prints one JSON line: requests/s, generated tokens/s, p50/p99 latency and time t
 errors (must be 0), /health latency under load, the server's peak RSS, and as the reference the
 tokens/s of the same model generating alone in this process (no server, one worker thread with
 the server's per-worker Numba threads), with their ratio, and the CPU seconds of server and clients.
+
+JSON keys: bench, smoke, clients, requests, max_tokens, server_max_concurrent, cpus, model {embed_dim, num_layers,
+num_heads, context, vocab_size}, wall_s, req_per_s, tokens_per_s, latency_p50_s, latency_p99_s, ttft_p50_s,
+ttft_p99_s, errors, error_samples, health_probes, health_p50_ms, health_p99_ms, health_max_ms,
+server_peak_rss_mb, server_cpu_s, client_cpu_s, reference_tokens_per_s, server_vs_reference.
+
+  --smoke: an untrained 1-layer, 32-dim model (context 16), 2 clients, 4 requests of 4 tokens
 """
 from __future__ import annotations
 
@@ -24,19 +31,26 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import aiohttp
+import numba
 import numpy as np
+import psutil
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.common import SMOKE_HELP  # noqa: E402
+from cllm.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from cllm.completion import load_for_generation  # noqa: E402
+from cllm.config import ModelConfig  # noqa: E402
+from cllm.generation import Generator, SamplingConfig  # noqa: E402
+from cllm.model import Model  # noqa: E402
+from cllm.tokenizers import train_tokenizer  # noqa: E402
+
 
 def make_checkpoint(directory: str, embed_dim: int = 128, num_layers: int = 4, context: int = 64) -> str:
-    from cllm.checkpoint import save_checkpoint
-    from cllm.config import ModelConfig
-    from cllm.model import Model
-    from cllm.tokenizers import train_tokenizer
-
     with open(os.path.join(ROOT, "data", "tinyshakespeare.txt"), encoding="utf-8") as f:
         text = f.read()
     tok = train_tokenizer("char", [text], None, progress=False)
@@ -49,18 +63,11 @@ def reference_tokens_per_s(checkpoint: str, max_tokens: int, n: int = 8, threads
     """Generation alone, in this process, through the same Generator the server uses, on a worker
     thread as in the server (on a loaded machine the main thread's OpenMP team can be far slower:
     see the closing note of the serving issue)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(1) as pool:  # the best of 3: the machine may be shared
         return max(pool.submit(_reference, checkpoint, max_tokens, n, threads).result() for _ in range(3))
 
 
 def _reference(checkpoint: str, max_tokens: int, n: int, threads) -> float:
-    import numba
-
-    from cllm.completion import load_for_generation
-    from cllm.generation import Generator, SamplingConfig
-
     model, tok, _ = load_for_generation(checkpoint, None, threads)
     numba.set_num_threads(threads or numba.config.NUMBA_NUM_THREADS)  # per thread: as in a server worker
     gen = Generator(model, eos_id=tok.eos_id)
@@ -105,16 +112,12 @@ def peak_rss_mb(pid: int) -> float | None:
     except OSError:
         pass
     try:
-        import psutil
-
         return psutil.Process(pid).memory_info().rss / 2 ** 20  # current, not peak
     except Exception:
         return None
 
 
 async def run_load(url: str, args) -> dict:
-    import aiohttp
-
     latencies, ttfts, tokens, errors = [], [], [], []
     health_ms = []
     next_request = iter(range(args.requests))
@@ -200,7 +203,11 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--max-concurrent", type=int, default=2, help="the server's --max-concurrent")
     ap.add_argument("--threads", type=int, default=None, help="the server's --threads (Numba threads)")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = ap.parse_args()
+    if args.smoke:
+        args.embed_dim, args.num_layers, args.context = 32, 1, 16
+        args.clients, args.requests, args.max_tokens = 2, 4, 4
     with tempfile.TemporaryDirectory(prefix="cllm-bench-serve-") as tmp:
         checkpoint = args.checkpoint or make_checkpoint(tmp, args.embed_dim, args.num_layers, args.context)
         proc, url = start_server(checkpoint, args)
@@ -215,11 +222,11 @@ def main() -> None:
             proc.terminate()
             proc.wait(30)
         per_worker = args.threads or max(1, len(os.sched_getaffinity(0)) // args.max_concurrent)
-        reference = reference_tokens_per_s(checkpoint, args.max_tokens, threads=per_worker)
-        from cllm.checkpoint import load_checkpoint
-
+        runs = 2 if args.smoke else 8
+        reference = reference_tokens_per_s(checkpoint, args.max_tokens, n=runs, threads=per_worker)
         cfg = load_checkpoint(checkpoint).model_config
-    out = {"bench": "serve", "clients": args.clients, "requests": args.requests, "max_tokens": args.max_tokens,
+    out = {"bench": "serve", "smoke": args.smoke, "clients": args.clients, "requests": args.requests,
+           "max_tokens": args.max_tokens,
            "server_max_concurrent": args.max_concurrent, "cpus": len(os.sched_getaffinity(0)),
            "model": {"embed_dim": cfg.embed_dim, "num_layers": cfg.num_layers, "num_heads": cfg.num_heads,
                      "context": cfg.max_seq_len, "vocab_size": cfg.vocab_size},

@@ -9,7 +9,7 @@ is installed. Prints ONE JSON line with every config, or with --per-config one J
              Int8Model, quantized from the same float model), and its ratio to the float32 decode
   memory     peak RSS of a process that builds the model and runs one training step (ru_maxrss),
              and that peak above the process's RSS after its imports, for each engine and each
-             config of --memory-configs (default seed and GPT-2 small at B=4, T=256), each in a
+             config of --memory-configs (default medium and GPT-2 small at B=4, T=256), each in a
              fresh process of its own (RSS peaks are per process)
   MFU        model FLOPs/s over PEAK_FLOPS; training FLOPs = 6 N tokens + attention (12 L C T
              per token, nanoGPT/PaLM), generation = 2 N + 4 L C ctx per token; N counts the
@@ -22,8 +22,18 @@ is installed. Prints ONE JSON line with every config, or with --per-config one J
              into one process, Numba's and torch's two OpenMP runtimes slow whichever starts
              second by 2 to 4x (measured), which would make any ratio an artifact
 
-Usage: .venv/bin/python bench/step.py [--configs baby,seed] [--seconds 3] [--rounds 3] [--no-torch] [--per-config]
-                                     [--memory-configs seed,gpt2 | --memory-configs none]
+Configs: baby (nanoGPT's CPU Shakespeare model: L4 NH4 C128 T64 B12 V65), medium (L6 NH8 C256 T128 B32
+V5000), gpt2 (GPT-2 small at B=4, T=256), tiny (L2 NH2 C64 T32 B2 V500: --smoke's).
+
+JSON keys (one line): bench, smoke, threads, peak_flops, python, torch (its version, or null with not_run.torch
+saying why), configs {NAME: {sizes, params, train_tok_s, gen_tok_s, train_mfu, train_step_ms_min,
+train_mfu_best_step, gen_mfu, gen_int8_tok_s, int8_gen_ratio, loss_first_last, loadavg_1min, and with torch:
+torch_train_tok_s, torch_gen_tok_s, torch_train_mfu, train_ratio, gen_ratio}}, memory {NAME: {numba, torch
+({peak_rss_mib, above_imports_mib} or {error}), peak_ratio, sizes}}.
+
+Usage: .venv/bin/python bench/step.py [--configs baby,medium] [--seconds 3] [--rounds 3] [--no-torch] [--per-config]
+                                     [--memory-configs medium,gpt2 | --memory-configs none] [--smoke]
+  --smoke: --configs tiny --memory-configs tiny --seconds 0 --rounds 1, 16 new tokens after an 8-token prompt
 """
 
 import os
@@ -37,7 +47,6 @@ if "--torch-worker" in sys.argv[1:] or sys.argv[1:3] == ["--memory-child", "torc
     import torch  # noqa: F401,E402  (loads torch's OpenMP runtime before CLLM's import sets its policy)
 
 import argparse  # noqa: E402
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
@@ -50,6 +59,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.common import SMOKE_HELP, missing  # noqa: E402
 from cllm.config import ModelConfig  # noqa: E402
 from cllm.model import MATRIX_PARAMS, Model  # noqa: E402
 from cllm.optim import AdamW  # noqa: E402
@@ -61,14 +71,18 @@ THREADS = 2
 PROMPT, NEW = 64, 256
 CONFIGS = {
     "baby": dict(cfg=ModelConfig(vocab_size=65, max_seq_len=64, num_layers=4, num_heads=4, embed_dim=128), B=12, T=64),
-    "seed": dict(
+    # the size of the C program CLLM started from
+    "medium": dict(
         cfg=ModelConfig(vocab_size=5000, max_seq_len=128, num_layers=6, num_heads=8, embed_dim=256), B=32, T=128
     ),
     # GPT-2 small (124M): ~25 s a training step here, so by default only in --memory-configs
     "gpt2": dict(
         cfg=ModelConfig(vocab_size=50257, max_seq_len=1024, num_layers=12, num_heads=12, embed_dim=768), B=4, T=256
     ),
+    # --smoke's: every code path in well under a second of work
+    "tiny": dict(cfg=ModelConfig(vocab_size=500, max_seq_len=32, num_layers=2, num_heads=2, embed_dim=64), B=2, T=32),
 }
+SMOKE_ARGS = ["--configs", "tiny", "--memory-configs", "tiny", "--seconds", "0", "--rounds", "1"]
 LR, BETAS, EPS, WD, CLIP = 1e-3, (0.9, 0.95), 1e-8, 0.1, 1.0
 
 
@@ -104,6 +118,12 @@ def best_rates(runs, rounds):
         for name, run in runs.items():
             best[name] = max(best[name], run())
     return best
+
+
+def set_generation_length(prompt: int, new: int) -> None:
+    """--smoke's shorter generation: the loops and gen_config read PROMPT and NEW when they run."""
+    global PROMPT, NEW
+    PROMPT, NEW = prompt, new
 
 
 def gen_config(cfg):
@@ -290,7 +310,7 @@ def memory_child(engine: str, name: str) -> dict:
     """In a fresh process: build the model of config `name`, run one training step (the first
     allocates every buffer: activations, their gradients, AdamW's moments) and report the peak RSS."""
     if engine == "torch":
-        import torch
+        import torch  # optional (the interop extra): only the torch side's processes import it
 
         torch.set_num_threads(THREADS)
     else:
@@ -327,7 +347,7 @@ def measure_memory(name: str, engines: list[str]) -> dict:
 
 def torch_worker():
     """Serves measurements over stdin/stdout: 'train NAME SECONDS' or 'gen NAME 0' -> tokens/s."""
-    import torch
+    import torch  # optional (the interop extra): only the torch side's processes import it
 
     torch.set_num_threads(THREADS)
     print(torch.__version__, flush=True)
@@ -349,9 +369,9 @@ def torch_worker():
 
 
 class TorchWorker:
-    def __init__(self):
+    def __init__(self, smoke: bool):
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--torch-worker"],
+            [sys.executable, os.path.abspath(__file__), "--torch-worker"] + (["--smoke"] if smoke else []),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -372,16 +392,23 @@ class TorchWorker:
 # ------------------------------------------------------------------ main
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", default="baby,seed", help="configs timed ('none': memory only)")
+    ap.add_argument("--configs", default="baby,medium", help="configs timed ('none': memory only)")
     ap.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per training measurement")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved measurements per engine (the best counts)")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--per-config", action="store_true", help="one JSON line per config instead of one in all")
-    ap.add_argument("--memory-configs", default="seed,gpt2",
+    ap.add_argument("--memory-configs", default="medium,gpt2",
                     help="configs whose peak RSS is measured ('none': no memory)")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.smoke:
+        args = ap.parse_args(sys.argv[1:] + SMOKE_ARGS)
+        set_generation_length(8, 16)
+    for name in (args.configs + "," + args.memory_configs).split(","):
+        if name != "none" and name not in CONFIGS:
+            ap.error(f"unknown config {name!r}: choose from {', '.join(CONFIGS)} or none")
     if args.torch_worker:
         return torch_worker()
     if args.memory_child:
@@ -389,17 +416,21 @@ def main():
         return
 
     torch = None
-    if not args.no_torch and importlib.util.find_spec("torch") is not None:
-        torch = TorchWorker()  # started before Numba's threads exist
+    no_torch = "not asked for (--no-torch)" if args.no_torch else missing("torch", "interop")
+    if not no_torch:
+        torch = TorchWorker(args.smoke)  # started before Numba's threads exist
     threads = configure_threads(THREADS)
 
     common = {
         "bench": "step",
+        "smoke": args.smoke,
         "threads": threads,
         "peak_flops": PEAK_FLOPS,
         "python": platform.python_version(),
         "torch": torch.version if torch else None,
     }
+    if no_torch:
+        common["not_run"] = {"torch": no_torch}
     results = {}
     for name in [c for c in args.configs.split(",") if c != "none"]:
         load_before = os.getloadavg()[0]

@@ -16,6 +16,13 @@ scored on data/digits/test, every figure on the same 359 test images:
   training image (if scikit-learn is installed: the [bench] extra).
 Timings are wall time on this machine; with other processes running they vary, so the JSON names the
 number of CPUs and the load average.
+
+JSON keys: bench, smoke, dataset, train_images, test_images, model, best_val_loss, checkpoint_step,
+bits_per_dim, bits_per_dim_joint, histogram_per_position_bits_per_dim, histogram_shared_bits_per_dim,
+png_files_bits_per_pixel, png_tiled_bits_per_pixel, accuracy, accuracy_logistic_regression, accuracy_knn_1,
+accuracy_knn_5 (null without scikit-learn, with not_run.sklearn saying why), confusion_matrix, train_s,
+train_tokens_per_s, eval_s, cpus, load_average, wall_s.
+  --smoke: a 1-layer, 16-dim model trained for 3 steps of 4 images, scored on the whole test set
 """
 from __future__ import annotations
 
@@ -29,9 +36,19 @@ import tempfile
 import time
 
 import numpy as np
+from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from bench.common import SMOKE_HELP, missing  # noqa: E402
+from cllm.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from cllm.generation import SamplingConfig  # noqa: E402
+from cllm.tokenizers import load_tokenizer  # noqa: E402
+from cllm.training import TrainConfig, train  # noqa: E402
+from cllm.vision.images import load_images  # noqa: E402
+from cllm.vision.likelihood import evaluate_images  # noqa: E402
+from cllm.vision.sampling import complete_image, completion_row, grid, sample_images, save_png  # noqa: E402
 
 DIGITS = os.path.join(ROOT, "data", "digits")
 
@@ -50,8 +67,6 @@ def histogram_bits(train_ids: np.ndarray, test_ids: np.ndarray, K: int, per_posi
 
 def png_bits(files: list[str], pixels: np.ndarray) -> dict:
     """PNG bits per pixel: of the files themselves, and of all the images tiled into one PNG."""
-    from PIL import Image
-
     own = sum(os.path.getsize(f) for f in files) * 8 / pixels[..., 0].size
     n, H, W, _ = pixels.shape
     cols = math.ceil(math.sqrt(n))
@@ -64,12 +79,15 @@ def png_bits(files: list[str], pixels: np.ndarray) -> dict:
     return {"png_files_bits_per_pixel": own, "png_tiled_bits_per_pixel": len(buf.getvalue()) * 8 / pixels[..., 0].size}
 
 
+SKLEARN_KEYS = ("accuracy_logistic_regression", "accuracy_knn_1", "accuracy_knn_5")
+
+
 def sklearn_baselines(train, test) -> dict:
-    try:
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.neighbors import KNeighborsClassifier
-    except ImportError:
-        return {"sklearn": "not installed (pip install -e '.[bench]')"}
+    reason = missing("sklearn", "bench")
+    if reason:
+        return {**dict.fromkeys(SKLEARN_KEYS), "not_run": {"sklearn": reason}}
+    from sklearn.linear_model import LogisticRegression  # optional (the bench extra), and slow to import
+    from sklearn.neighbors import KNeighborsClassifier
     X, y = train.pixels.reshape(len(train.pixels), -1) / 255.0, train.labels
     Xt, yt = test.pixels.reshape(len(test.pixels), -1) / 255.0, test.labels
     out = {}
@@ -92,12 +110,10 @@ def main() -> None:
     ap.add_argument("--checkpoint-dir", default=None, help="keep the run here (default: a temporary directory)")
     ap.add_argument("--samples-out", default=None, help="also write a grid of samples (one row per class)")
     ap.add_argument("--completions-out", default=None, help="also write completions of test images")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = ap.parse_args()
-
-    from cllm.checkpoint import load_checkpoint, model_from_checkpoint
-    from cllm.training import TrainConfig, train
-    from cllm.vision.images import load_images
-    from cllm.vision.likelihood import evaluate_images
+    if args.smoke:
+        args.steps, args.embed_dim, args.num_layers, args.num_heads, args.batch_size = 3, 16, 1, 2, 4
 
     t_all = time.perf_counter()
     tmp = tempfile.TemporaryDirectory()
@@ -112,8 +128,6 @@ def main() -> None:
     train_s = time.perf_counter() - t0
     ckpt = load_checkpoint(os.path.join(ckdir, "best"))
     model = model_from_checkpoint(ckpt)
-    from cllm.tokenizers import load_tokenizer
-
     tok = load_tokenizer(ckpt.tokenizer_path)
     t0 = time.perf_counter()
     result = evaluate_images(model, tok, os.path.join(DIGITS, "test"), classify=True)
@@ -124,7 +138,7 @@ def main() -> None:
     K = tok.num_colours
     train_ids, test_ids = tok.quantize(train_set.pixels), tok.quantize(test_set.pixels)
     out = {
-        "bench": "vision", "dataset": "data/digits (UCI optical digits, 8x8, 17 grey levels)",
+        "bench": "vision", "smoke": args.smoke, "dataset": "data/digits (UCI optical digits, 8x8, 17 grey levels)",
         "train_images": len(train_ids), "test_images": len(test_ids),
         "model": {k: getattr(cfg, k) for k in ("embed_dim", "num_layers", "num_heads", "batch_size", "learning_rate",
                                                "max_steps", "seed")} | {"parameters": model.num_parameters()},
@@ -145,13 +159,8 @@ def main() -> None:
 
 
 def write_figures(model, tok, test_set, args) -> None:
-    from cllm.generation import SamplingConfig
-    from cllm.vision.sampling import complete_image, completion_row, grid, save_png
-
     sampling = SamplingConfig(temperature=1.0, seed=args.seed)
     if args.samples_out:
-        from cllm.vision.sampling import sample_images
-
         rows = [sample_images(model, tok, 8, sampling, label=c)[0] for c in tok.classes]
         save_png(grid(np.concatenate(rows), cols=8, scale=4), args.samples_out)
     if args.completions_out:

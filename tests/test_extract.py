@@ -39,17 +39,25 @@ ARTICLE = f"""<!DOCTYPE html>
 </body></html>"""
 
 
+# a piece of each kind of boilerplate in ARTICLE: none may reach the main text
+BOILERPLATE = ("SCRIPT-TEXT", "color: red", "cookies", "SITE-HEADER", "NAV-SPORT", "SHARE-TWEET", "ADVERT-TEXT",
+               "RELATED-ONE", "SIDEBAR-TEXT", "COMMENT-TEXT", "FOOTER-TEXT")
+
+
+def assert_article_text(text: str) -> None:
+    lines = text.splitlines()
+    # paragraphs and headings each on their own line, in document order
+    assert P1 in lines and P2 in lines and P3 in lines and "Logbooks" in lines
+    assert lines.index(P1) < lines.index("Logbooks") < lines.index(P2) < lines.index(P3)
+    for junk in BOILERPLATE:
+        assert junk not in text, junk
+
+
 def test_article_main_text_without_boilerplate():
     got = extract_html(ARTICLE, url="https://coast.example/keepers")
     assert isinstance(got, Extracted)
     assert got.title == "The Last Lighthouse Keepers | Coast Weekly"
-    lines = got.text.splitlines()
-    # paragraphs and headings each on their own line, in document order
-    assert P1 in lines and P2 in lines and P3 in lines and "Logbooks" in lines
-    assert lines.index(P1) < lines.index("Logbooks") < lines.index(P2) < lines.index(P3)
-    for junk in ("SCRIPT-TEXT", "color: red", "cookies", "SITE-HEADER", "NAV-SPORT", "SHARE-TWEET",
-                 "ADVERT-TEXT", "RELATED-ONE", "SIDEBAR-TEXT", "COMMENT-TEXT", "FOOTER-TEXT"):
-        assert junk not in got.text, junk
+    assert_article_text(got.text)
 
 
 def test_page_without_semantic_markup_uses_paragraph_scoring():
@@ -113,7 +121,18 @@ def test_xml_declaration_and_empty_inputs():
     assert extract_html(page).text == "Plain xhtml paragraph."
     assert extract_html(b"") == Extracted("", "", "utf-8")
     assert extract_html("   ").text == ""
-    assert extract_html(b"\x00\x01binary\xff\xfe").text is not None
+
+
+def test_stray_binary_bytes_do_not_cost_the_article():
+    # NUL, a control byte and invalid UTF-8 before, inside and after a page: its main text is still the
+    # article's sentences and none of its boilerplate, and no NUL reaches the text
+    junk = b"\x00\x01binary\xff\xfe"
+    page = ARTICLE.encode()
+    for data in (junk + page, page.replace(b"<h2>", junk + b"<h2>"), page + junk):
+        got = extract_html(data)
+        assert_article_text(got.text)
+        assert "\x00" not in got.text
+    assert "\x00" not in extract_html(junk).text
 
 
 @settings(max_examples=60, deadline=None)
