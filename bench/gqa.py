@@ -11,9 +11,9 @@ Prints ONE JSON line.
                 ratio = torch / cllm (> 1: cllm faster)
 Each figure is the shortest of --repeats calls in microseconds (the calls of a side taken in turns), the
 best of --rounds rounds. Torch runs in a worker process that this script starts (torch.set_num_threads as
-Numba's thread count), in turns with CLLM round by round: loaded into one process, Numba's and torch's OpenMP runtimes slow whichever
-runs second by 2 to 4x (bench/step.py measured it), which would make the ratio an artifact. On a loaded
-machine compare only the ratios.
+Numba's thread count), in turns with CLLM round by round: loaded into one process, Numba's and torch's
+OpenMP runtimes slow whichever runs second by 2 to 4x (bench/step.py measured it), which would make the
+ratio an artifact. On a loaded machine compare only the ratios.
 
 Usage: .venv/bin/python bench/gqa.py [--repeats 20] [--rounds 3] [--smoke] [--no-torch]
 """
