@@ -3,8 +3,11 @@ parity in float32 (tests/reference/gqa_reference.npz, made by tests/reference/ma
 equality with cllm/kernels/attention.py when every query head has its own kv head, and decoding from
 the KV cache against the forward's rows.
 """
+import json
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,7 +23,8 @@ configure_threads()
 
 F64 = np.float64
 F32 = np.float32
-FIXTURE = os.path.join(os.path.dirname(__file__), "reference", "gqa_reference.npz")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(ROOT, "tests", "reference", "gqa_reference.npz")
 
 
 def np_gqa(qkv, B, T, NH, NKV, hs):
@@ -270,3 +274,16 @@ def test_float32_arithmetic_stays_float32():
     }
     promoted = {name: v for name, (k, *args) in cases.items() if (v := _float64_variables(k, *args))}
     assert not promoted, f"float64 arithmetic inside float32 kernels: {promoted}"
+
+
+def test_bench_smoke():
+    # bench/gqa.py runs end to end at tiny sizes (torch left out: the tests never load it) and prints one
+    # JSON line; a bad count is one line on stderr and a non-zero exit
+    run = [sys.executable, os.path.join(ROOT, "bench", "gqa.py")]
+    r = subprocess.run([*run, "--smoke", "--no-torch"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (line,) = r.stdout.strip().splitlines()
+    result = json.loads(line)
+    assert result["vs_attention"]["forward"]["ratio"] > 0 and result["vs_torch"] == "torch not run"
+    r = subprocess.run([*run, "--repeats", "0"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
