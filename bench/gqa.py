@@ -24,6 +24,7 @@ import sys
 USER_ENV = dict(os.environ)
 
 import argparse  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
@@ -179,20 +180,13 @@ def main() -> int:
     for call in calls.values():
         call()  # compiles, or loads from the cache
     worker = None
-    if not args.no_torch:
-        try:
-            import importlib.util  # noqa: PLC0415
-
-            has_torch = importlib.util.find_spec("torch") is not None
-        except ValueError:
-            has_torch = False
-        if has_torch:
-            spec = json.dumps({"sizes": sizes, "repeats": repeats, "threads": threads})
-            worker = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--torch-worker", spec],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=USER_ENV)
-            if worker.stdout.readline().strip() != "ready":
-                print("bench/gqa.py: the torch worker did not start", file=sys.stderr)
-                return 1
+    if not args.no_torch and importlib.util.find_spec("torch") is not None:
+        spec = json.dumps({"sizes": sizes, "repeats": repeats, "threads": threads})
+        worker = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--torch-worker", spec],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=USER_ENV)
+        if worker.stdout.readline().strip() != "ready":
+            print("bench/gqa.py: the torch worker did not start", file=sys.stderr)
+            return 1
     ours, theirs = {}, {}
     for _ in range(rounds):  # CLLM's round, then torch's, in turns
         for name, us in round_us(calls, repeats).items():

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from test_kernels import SETTINGS, _float64_variables, assert_f32, check_backward, rand
 
 import cllm.kernels as K
+from cllm.kernels import gqa
 from cllm.kernels._common import PARALLEL_MIN_WORK
 from cllm.runtime import configure_threads
 
@@ -256,8 +257,6 @@ def test_decode_parallel_path_and_window_refill():
 
 
 def test_float32_arithmetic_stays_float32():
-    from cllm.kernels import gqa
-
     B, T, NH, NKV, hs, maxT = 1, 3, 4, 2, 2, 4
     W = (NH + 2 * NKV) * hs
     z = lambda n: np.zeros(n, F32)  # noqa: E731
