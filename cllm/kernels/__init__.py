@@ -32,3 +32,8 @@ __all__ = [
     "softmax_forward", "crossentropy_forward", "crossentropy_softmax_backward",
     "crossentropy_softmax_backward_inplace",
 ]
+
+# grouped-query attention (cllm/kernels/gqa.py)
+from .gqa import gqa_backward, gqa_decode, gqa_forward, gqa_prefill  # noqa: E402
+
+__all__ += ["gqa_forward", "gqa_backward", "gqa_decode", "gqa_prefill"]

@@ -35,3 +35,8 @@ __all__ = [
     "matmul_backward", "matmul_forward", "matmul_gelu_forward", "residual_forward", "scale_inplace", "scratch",
     "softmax_forward",
 ]
+
+# grouped-query attention (cllm/kernels/cuda/gqa.py)
+from .gqa import gqa_backward, gqa_decode, gqa_forward, gqa_prefill  # noqa: E402
+
+__all__ += ["gqa_forward", "gqa_backward", "gqa_decode", "gqa_prefill"]
