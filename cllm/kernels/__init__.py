@@ -32,3 +32,11 @@ __all__ = [
     "softmax_forward", "crossentropy_forward", "crossentropy_softmax_backward",
     "crossentropy_softmax_backward_inplace",
 ]
+
+# the Llama family's operations (RMSNorm, rotary embeddings, SwiGLU)
+from .rmsnorm import rmsnorm_backward, rmsnorm_forward  # noqa: E402
+from .rope import rope_backward, rope_forward, rope_table  # noqa: E402
+from .swiglu import swiglu_backward, swiglu_forward  # noqa: E402
+
+__all__ += ["rmsnorm_forward", "rmsnorm_backward", "rope_table", "rope_forward", "rope_backward",
+            "swiglu_forward", "swiglu_backward"]
