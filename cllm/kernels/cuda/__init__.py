@@ -35,3 +35,11 @@ __all__ = [
     "matmul_backward", "matmul_forward", "matmul_gelu_forward", "residual_forward", "scale_inplace", "scratch",
     "softmax_forward",
 ]
+
+# the Llama family's operations (RMSNorm, rotary embeddings, SwiGLU)
+from .rmsnorm import rmsnorm_backward, rmsnorm_forward  # noqa: E402
+from .rope import rope_backward, rope_forward  # noqa: E402
+from .swiglu import swiglu_backward, swiglu_forward  # noqa: E402
+
+__all__ += ["rmsnorm_forward", "rmsnorm_backward", "rope_forward", "rope_backward", "swiglu_forward",
+            "swiglu_backward"]
