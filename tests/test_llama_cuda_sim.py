@@ -37,6 +37,7 @@ def _every_kernel_compiles_for_a_gpu():
     for kernel, sig in signatures.items():
         ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
         assert ".entry" in ptx and ".target sm_90" in ptx, kernel.py_func.__name__
+        assert ".f64" not in ptx, f"float64 arithmetic in {kernel.py_func.__name__}"  # float32 stays float32
 
 
 if not SIMULATED:
