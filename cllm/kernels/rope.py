@@ -8,12 +8,14 @@ HuggingFace's rotate-half convention (transformers' Llama, Qwen2, Mistral): with
 i of a head is paired with dimension i + half and rotated by the angle p * inv_freq[i] at position p:
     y[i]        = x[i] * cos - x[i + half] * sin
     y[i + half] = x[i + half] * cos + x[i] * sin
-llama.cpp's default (interleaved) convention pairs dimensions (2i, 2i+1) instead, with the same angles.
-The two agree up to a fixed permutation of each head's dimensions, z[2i] = x[i], z[2i+1] = x[i + half]:
-interleaved(z) is that permutation of rotate_half(x). Attention scores are dot products within a head,
-which a permutation shared by q and k leaves unchanged, so llama.cpp's HF->GGUF converter permutes the
-rows of the q and k projection weights that way (per head: reshape (2, half) -> swap -> (half, 2)) and
-runs its interleaved kernel on the result (tests/test_llama_kernels.py checks this relation).
+llama.cpp's Llama kernel (its "normal" RoPE mode) pairs adjacent dimensions (2i, 2i+1) instead, with the
+same angles: the interleaved convention. With P the per-head permutation (P x)[2i] = x[i],
+(P x)[2i+1] = x[i + half], interleaved(P x) = P rotate_half(x). Attention scores are dot products within
+a head, which a permutation shared by q and k leaves unchanged, so llama.cpp's HF->GGUF converter
+(convert_hf_to_gguf.py, LlamaModel.permute) applies P to the rows of the q and k projection weights (per
+head: reshape (2, half) -> swap the axes -> flatten) and runs its interleaved kernel on the result; the
+v heads are not permuted. (Its "neox" mode, which it uses for Qwen2 among others, is rotate-half itself.)
+tests/test_llama_kernels.py checks the relation.
 """
 import numpy as np
 from numba import njit, prange
