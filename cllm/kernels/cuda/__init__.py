@@ -40,3 +40,11 @@ __all__ = [
 from .gqa import gqa_backward, gqa_decode, gqa_forward, gqa_prefill  # noqa: E402
 
 __all__ += ["gqa_forward", "gqa_backward", "gqa_decode", "gqa_prefill"]
+
+# the Llama family's operations (RMSNorm, rotary embeddings, SwiGLU)
+from .rmsnorm import rmsnorm_backward, rmsnorm_forward  # noqa: E402
+from .rope import rope_backward, rope_forward  # noqa: E402
+from .swiglu import swiglu_backward, swiglu_forward  # noqa: E402
+
+__all__ += ["rmsnorm_forward", "rmsnorm_backward", "rope_forward", "rope_backward", "swiglu_forward",
+            "swiglu_backward"]
