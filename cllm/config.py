@@ -38,6 +38,17 @@ class ModelConfig:
     num_heads: int = option(4, "NH: attention heads (divides embed_dim)")
     embed_dim: int = option(128, "C: the model's width")
     padded_vocab_size: int = option(0, "Vp: rows of the embedding table; 0 rounds vocab_size up to a multiple of 64")
+    # The architecture. gpt2: learned positions, LayerNorm with biases, GELU MLP of 4C, biases everywhere, LM head
+    # tied to wte. llama: rotary positions (RoPE), RMSNorm, SwiGLU MLP, grouped-query attention, no biases (Qwen2:
+    # biases on q, k and v), the LM head tied or its own matrix.
+    arch: str = option("gpt2", "gpt2 or llama")
+    num_kv_heads: int = option(0, "NKV: key/value heads, each shared by NH/NKV query heads (0: NH)")
+    ffn_dim: int = option(0, "F: hidden units of the MLP (0: 4C for gpt2, 8C/3 rounded up to a multiple of 64 "
+                             "for llama)")
+    rope_theta: float = option(10000.0, "llama: the base of the rotary embeddings' frequencies")
+    norm_eps: float = option(1e-5, "epsilon of every normalization (LayerNorm or RMSNorm)")
+    tie_embeddings: bool = option(True, "the LM head is wte (gpt2 always); false: its own (Vp,C) matrix lm_head")
+    attention_bias: bool = option(False, "llama: biases on the q, k and v projections (Qwen2's layout)")
 
     def __post_init__(self):
         check_sizes(vocab_size=self.vocab_size, max_seq_len=self.max_seq_len, num_layers=self.num_layers,
@@ -47,9 +58,57 @@ class ModelConfig:
         if self.padded_vocab_size < self.vocab_size:
             raise ConfigError(f"padded_vocab_size ({self.padded_vocab_size}) is smaller than "
                               f"vocab_size ({self.vocab_size})")
+        self._settle_architecture()
 
-    # the shapes of the parameter tensors, in GPT-2's order as llm.c lays them out
+    def _settle_architecture(self) -> None:
+        """Refuse what the architecture cannot be; resolve the 0 placeholders of num_kv_heads and ffn_dim."""
+        if self.arch not in ARCHITECTURES:
+            raise ConfigError(f"unknown architecture {self.arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
+        C, NH = self.embed_dim, self.num_heads
+        for name in ("num_kv_heads", "ffn_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative integer (0: the architecture's default), "
+                                  f"got {value!r}")
+        if not (isinstance(self.norm_eps, (int, float)) and 0 < self.norm_eps < 1):
+            raise ConfigError(f"norm_eps must be a small positive number, got {self.norm_eps!r}")
+        if self.arch == "gpt2":
+            changed = [f"--{flag}" for flag, bad in (
+                ("num-kv-heads", self.num_kv_heads not in (0, NH)), ("ffn-dim", self.ffn_dim not in (0, 4 * C)),
+                ("no-tie-embeddings", not self.tie_embeddings), ("attention-bias", self.attention_bias))
+                if bad]
+            if changed:
+                raise ConfigError(f"{', '.join(changed)}: GPT-2's layout has every head's keys and values, a 4C "
+                                  "MLP, biases everywhere and a tied LM head; use --arch llama")
+            object.__setattr__(self, "num_kv_heads", NH)
+            object.__setattr__(self, "ffn_dim", 4 * C)
+            return
+        nkv = self.num_kv_heads or NH
+        if NH % nkv != 0:
+            raise ConfigError(f"num_heads ({NH}) must be a multiple of num_kv_heads ({nkv}): each key/value head "
+                              f"serves the same number of query heads")
+        if (C // NH) % 2 != 0:
+            raise ConfigError(f"the head size embed_dim/num_heads ({C // NH}) must be even: rotary embeddings turn "
+                              "pairs of dimensions")
+        if not (isinstance(self.rope_theta, (int, float)) and self.rope_theta > 1):
+            raise ConfigError(f"rope_theta must be a number above 1, got {self.rope_theta!r}")
+        object.__setattr__(self, "num_kv_heads", nkv)
+        object.__setattr__(self, "ffn_dim", self.ffn_dim or llama_ffn_dim(C))
+
+    @property
+    def head_size(self) -> int:
+        """hs: the width of one attention head."""
+        return self.embed_dim // self.num_heads
+
+    @property
+    def qkv_dim(self) -> int:
+        """Rows of the packed q, k, v projection: NH query heads, then NKV key heads, then NKV value heads."""
+        return (self.num_heads + 2 * self.num_kv_heads) * self.head_size
+
+    # the shapes of the parameter tensors, in their file order: gpt2's is llm.c's
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        if self.arch == "llama":
+            return self._llama_param_shapes()
         L, C, Vp, maxT = self.num_layers, self.embed_dim, self.padded_vocab_size, self.max_seq_len
         return {
             "wte": (Vp, C), "wpe": (maxT, C),
@@ -61,6 +120,19 @@ class ModelConfig:
             "fcprojw": (L, C, 4 * C), "fcprojb": (L, C),
             "lnfw": (C,), "lnfb": (C,),
         }
+
+    def _llama_param_shapes(self) -> dict[str, tuple[int, ...]]:
+        # qkvw: the q rows (NH*hs), then k (NKV*hs), then v (NKV*hs), as HF's q_proj, k_proj, v_proj stacked;
+        # fcw: the gate rows (F), then the up rows (F), as gate_proj and up_proj stacked; fcprojw is down_proj.
+        L, C, Vp, F, QKV = self.num_layers, self.embed_dim, self.padded_vocab_size, self.ffn_dim, self.qkv_dim
+        shapes = {"wte": (Vp, C), "ln1w": (L, C), "qkvw": (L, QKV, C)}
+        if self.attention_bias:
+            shapes["qkvb"] = (L, QKV)
+        shapes.update({"attprojw": (L, C, C), "ln2w": (L, C), "fcw": (L, 2 * F, C), "fcprojw": (L, C, F),
+                       "lnfw": (C,)})
+        if not self.tie_embeddings:
+            shapes["lm_head"] = (Vp, C)
+        return shapes
 
     def num_parameters(self) -> int:
         return _total(self.param_shapes())
@@ -149,6 +221,15 @@ class ModelConfig:
         if unknown:
             raise ConfigError(f"unknown model config fields: {sorted(unknown)}")
         return cls(**d)
+
+
+ARCHITECTURES = ("gpt2", "llama")
+
+
+def llama_ffn_dim(C: int) -> int:
+    """Llama's MLP width for a model of width C: two thirds of 4C (SwiGLU's three matrices then hold as many
+    weights as GELU's two of 4C), rounded up to a multiple of 64."""
+    return -(-(8 * C // 3) // 64) * 64
 
 
 def check_sizes(**sizes: int) -> None:

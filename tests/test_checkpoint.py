@@ -99,7 +99,7 @@ def test_damaged_checkpoints_are_refused(saved, damage, message):
     elif damage == "version":
         _rewrite_config(path, format_version=99)
     elif damage == "shapes":
-        _rewrite_config(path, model={"embed_dim": 16})
+        _rewrite_config(path, model={"embed_dim": 16, "ffn_dim": 64})  # a consistent config of another size
     elif damage == "negative":
         _rewrite_config(path, model={"num_layers": -2})
     elif damage == "heads":

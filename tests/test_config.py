@@ -145,3 +145,35 @@ def test_round_trip_and_unknown_fields():
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match="unknown"):
         ModelConfig.from_dict({**cfg.to_dict(), "n_embd": 8})
+
+
+def test_the_llama_architecture_resolves_its_defaults_and_counts_smollm2():
+    """SmolLM2-135M's sizes (30 layers, 576 wide, 9 heads over 3 kv heads, ffn 1536, 49,152 ids, tied) give its
+    published 134.5M parameters; the 0 placeholders resolve per architecture."""
+    smol = ModelConfig(arch="llama", vocab_size=49152, max_seq_len=2048, num_layers=30, num_heads=9, embed_dim=576,
+                       num_kv_heads=3, ffn_dim=1536)
+    assert smol.num_parameters() == 134_515_008
+    assert smol.qkv_dim == (9 + 2 * 3) * 64
+    assert ModelConfig(arch="llama", embed_dim=128).ffn_dim == 384  # 8C/3 = 341, up to a multiple of 64
+    assert ModelConfig(arch="llama").num_kv_heads == ModelConfig().num_heads
+    untied = ModelConfig(arch="llama", tie_embeddings=False, attention_bias=True)
+    assert untied.param_shapes()["lm_head"] == (untied.padded_vocab_size, untied.embed_dim)
+    assert untied.param_shapes()["qkvb"] == (untied.num_layers, untied.qkv_dim)
+    gpt2 = ModelConfig()
+    assert (gpt2.num_kv_heads, gpt2.ffn_dim) == (gpt2.num_heads, 4 * gpt2.embed_dim)
+    assert ModelConfig.from_dict(gpt2.to_dict()) == gpt2
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"arch": "mamba"}, "unknown architecture"),
+    ({"num_kv_heads": 2}, "use --arch llama"),
+    ({"tie_embeddings": False}, "no-tie-embeddings"),
+    ({"arch": "llama", "num_heads": 4, "num_kv_heads": 3}, "multiple of num_kv_heads"),
+    ({"arch": "llama", "embed_dim": 12, "num_heads": 4}, "must be even"),
+    ({"arch": "llama", "rope_theta": 0.5}, "rope_theta"),
+    ({"arch": "llama", "ffn_dim": -1}, "non-negative"),
+    ({"norm_eps": 0}, "norm_eps"),
+])
+def test_impossible_architectures_are_refused(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig(**fields)
