@@ -97,35 +97,32 @@ GEMM_MIN_ROWS = 8
 
 
 @njit(**JIT)
-def _linear(out, x, weight, scales, bias, R, C, OC, wbuf):
+def _linear(out, x, weight, scales, which, r0, bias, R, C, OC, wbuf):
     # out (R,OC) = x (R,C) @ weight (OC,C)^T + bias (OC);  bias may be None. scales None: weight is
-    # float; else weight is int8 with scales (OC) (cllm/kernels/quant.py), and a product over
-    # many rows dequantizes the weight into wbuf (>= OC*C floats) once and runs the float gemm.
+    # float; else weight is int8 and scales[which][r0:r0 + OC] its rows' scales (cllm/kernels/quant.py),
+    # and a product over many rows dequantizes the weight into wbuf (>= OC*C floats) once and runs
+    # the float gemm. The int8 branches slice the scales themselves: a helper returning an array or
+    # None would give Optional(array) (Numba prunes `x is None` only for an argument typed None), and
+    # a prange kernel reads an Optional argument wrongly (Numba's launcher passes the bare array, the
+    # loop body reads its "present" flag from past its end): the int8 product raised "expected
+    # array(float32, 1d, C), got None" at random (tests/test_quantize.py).
     if R < GEMM_MIN_ROWS:
-        _matvec(out, x, weight, scales, bias, R, C, OC)
+        _matvec(out, x, weight, scales, which, r0, bias, R, C, OC)
     elif scales is None:
         matmul_forward(out, x, weight, bias, 1, R, C, OC)
     else:
         w = wbuf[:OC * C]
-        dequantize_int8_rows(w, weight, scales, OC, C)
+        dequantize_int8_rows(w, weight, scales[which][r0:r0 + OC], OC, C)
         matmul_forward(out, x, w, bias, 1, R, C, OC)
 
 
 @njit(**JIT)
-def _matvec(out, x, weight, scales, bias, R, C, OC):
-    # a matrix-vector product of float weights (scales None) or int8 ones
+def _matvec(out, x, weight, scales, which, r0, bias, R, C, OC):
+    # a matrix-vector product of float weights (scales None) or int8 ones (see _linear)
     if scales is None:
         matvec_forward(out, x, weight, bias, R, C, OC)
     else:
-        matvec_int8_forward(out, x, weight, scales, bias, R, C, OC)
-
-
-@njit(**JIT)
-def _rows(scales, which, r0, r1):
-    # rows r0:r1 of one int8 matrix's scales (one per row); None for float weights
-    if scales is None:
-        return None
-    return scales[which][r0:r1]
+        matvec_int8_forward(out, x, weight, scales[which][r0:r0 + OC], bias, R, C, OC)
 
 
 @njit(**JIT)
@@ -171,8 +168,8 @@ def _forward_rows(logits, kvcache, tokens, seq, pos, wte, wpe, ln1w, ln1b, qkvw,
                 x[r * C + c] = dt.type(wte[ix * C + c]) * scales[0][ix] + wpe[p * C + c]
     for l in range(L):
         _layernorm_rows(xn, x, ln1w[l * C:(l + 1) * C], ln1b[l * C:(l + 1) * C], R, C)
-        _linear(qkv, xn, qkvw[l * C3 * C:(l + 1) * C3 * C], _rows(scales, 1, l * C3, (l + 1) * C3),
-                qkvb[l * C3:(l + 1) * C3], R, C, C3, wbuf)
+        _linear(qkv, xn, qkvw[l * C3 * C:(l + 1) * C3 * C], scales, 1, l * C3, qkvb[l * C3:(l + 1) * C3],
+                R, C, C3, wbuf)
         for r in range(R):  # this layer's k (a column of keys_t) and v of every row into the cache
             kbase = (seq[r] * L + l) * 2 * NH * head  # the sequence's and layer's keys; values follow
             p = pos[r]
@@ -193,22 +190,22 @@ def _forward_rows(logits, kvcache, tokens, seq, pos, wte, wpe, ln1w, ln1b, qkvw,
                 _attend_cached(atty[r * C + h * hs:r * C + (h + 1) * hs], qkv[q0:q0 + hs],
                                kvcache[ko:ko + head].reshape(hs, maxT), kvcache[vo:vo + n * hs].reshape(n, hs),
                                scores[:n], kbuf, scale)
-        _linear(proj, atty, attprojw[l * C * C:(l + 1) * C * C], _rows(scales, 2, l * C, (l + 1) * C),
+        _linear(proj, atty, attprojw[l * C * C:(l + 1) * C * C], scales, 2, l * C,
                 attprojb[l * C:(l + 1) * C], R, C, C, wbuf)
         for i in range(R * C):
             x[i] += proj[i]
         _layernorm_rows(xn, x, ln2w[l * C:(l + 1) * C], ln2b[l * C:(l + 1) * C], R, C)
-        _linear(hid, xn, fcw[l * C4 * C:(l + 1) * C4 * C], _rows(scales, 3, l * C4, (l + 1) * C4),
+        _linear(hid, xn, fcw[l * C4 * C:(l + 1) * C4 * C], scales, 3, l * C4,
                 fcb[l * C4:(l + 1) * C4], R, C, C4, wbuf)
         gelu_span(hid_gelu, hid)
-        _linear(proj, hid_gelu, fcprojw[l * C * C4:(l + 1) * C * C4], _rows(scales, 4, l * C, (l + 1) * C),
+        _linear(proj, hid_gelu, fcprojw[l * C * C4:(l + 1) * C * C4], scales, 4, l * C,
                 fcprojb[l * C:(l + 1) * C], R, C4, C, wbuf)
         for i in range(R * C):
             x[i] += proj[i]
     nl = R - first_logit_row
     _layernorm_rows(xn, x[first_logit_row * C:], lnfw, lnfb, nl, C)
     # tied LM head: only the V real rows of wte (Vp,C)
-    _matvec(logits, xn, wte[: V * C], _rows(scales, 0, 0, V), None, nl, C, V)
+    _matvec(logits, xn, wte[: V * C], scales, 0, 0, None, nl, C, V)
 
 
 @njit(**JIT)
