@@ -385,7 +385,6 @@ class Model(GPTGraph, HostDecoding):
                             self._site_key(l, DROP_ATTENTION))
 
     def _attention_backward(self, gal: dict, al: dict, B: int, T: int, l: int) -> None:
-        # the gradients of the scores and probabilities are never read: None for both
         cfg = self.config
-        K.attention_backward(gal["qkv"], None, None, gal["atty"], al["qkv"], al["att"], B, T, cfg.embed_dim,
-                             cfg.num_heads, True, self.drop, self._site_key(l, DROP_ATTENTION))
+        K.attention_backward(gal["qkv"], gal["atty"], al["qkv"], al["att"], B, T, cfg.embed_dim, cfg.num_heads, True,
+                             self.drop, self._site_key(l, DROP_ATTENTION))

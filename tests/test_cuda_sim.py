@@ -83,6 +83,7 @@ if not SIMULATED:
 else:
     patch_simulator()
     from numba import cuda
+    from test_kernels import np_attention_dscores
 
     import cllm.kernels as K
     import cllm.kernels.cuda as G
@@ -201,12 +202,14 @@ else:
         G.attention_forward(d_out, d_att, d_inp, B, T, C, NH)
         close(d_out, out, 2e-5, "att out")
         close(d_att, att, 2e-5, "att")
-        dinp, dpreatt = rand(B, T, 3 * C), np.zeros(B * NH * T * T, F32)
+        dinp = rand(B, T, 3 * C)
         d_dinp, d_dpre = dev(dinp), cuda.device_array(B * NH * T * T, F32)
-        K.attention_backward(dinp, dpreatt, None, dout, inp, att, B, T, C, NH, overwrite)
+        K.attention_backward(dinp, dout, inp, att, B, T, C, NH, overwrite)
         G.attention_backward(d_dinp, d_dpre, dev(dout), d_inp, dev(att), B, T, C, NH, overwrite)
         close(d_dinp, dinp, 1e-4, "att dinp")
-        close(d_dpre, dpreatt, 1e-4, "dpreatt (dS)")
+        # the CUDA kernel's scratch dS, which its keys' pass reads, against NumPy's (the CPU kernel keeps none)
+        dscores = np_attention_dscores(inp, att.reshape(B, NH, T, T), dout, B, T, C, NH)
+        close(d_dpre, dscores.ravel(), 1e-4, "dpreatt (dS)")
 
     @pytest.mark.parametrize("overwrite", [False, True])
     def test_gelu_and_residual(overwrite):

@@ -86,8 +86,8 @@ def test_float32_dropout_kernels_stay_float32():
     cases = {
         "dropout_forward": (K.dropout_forward, z(7), u(7), 7, thr, key),
         "attention_forward": (K.attention_forward, z(T * C), z(NH * T * T), u(T * 3 * C), B, T, C, NH, thr, key),
-        "attention_backward": (K.attention_backward, z(T * 3 * C), z(NH * T * T), z(NH * T * T), u(T * C),
-                               u(T * 3 * C), u(NH * T * T), B, T, C, NH, False, thr, key),
+        "attention_backward": (K.attention_backward, z(T * 3 * C), u(T * C), u(T * 3 * C), u(NH * T * T), B, T, C, NH,
+                               False, thr, key),
     }
     promoted = {name: v for name, (k, *args) in cases.items() if (v := _float64_variables(k, *args))}
     assert not promoted, f"float64 arithmetic inside float32 kernels: {promoted}"
@@ -102,7 +102,7 @@ def test_attention_with_dropout_matches_numpy_across_causal_blocks():
     out, att = np.empty(B * T * C), np.empty(B * NH * T * T)
     K.attention_forward(out, att, inp, B, T, C, NH, dropout_threshold(p), key)
     dinp = np.zeros(B * T * 3 * C)
-    K.attention_backward(dinp, None, None, dout, inp, att, B, T, C, NH, True, dropout_threshold(p), key)
+    K.attention_backward(dinp, dout, inp, att, B, T, C, NH, True, dropout_threshold(p), key)
     mask = _mask(B * NH * T * T, p, key).reshape(B, NH, T, T) / (1 - p)
     qkv = inp.reshape(B, T, 3, NH, hs)
     q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # (B,NH,T,hs)

@@ -157,7 +157,7 @@ def test_equals_attention_when_every_query_head_has_its_kv_head(dtype, B, T, NH,
     start = rand(rng, qkv.size, dtype=dtype)
     d, d_a = start.copy(), start.copy()
     K.gqa_backward(d, dout, qkv, att, B, T, NH, NH, hs, overwrite)
-    K.attention_backward(d_a, None, None, dout, qkv, att_a, B, T, C, NH, overwrite)
+    K.attention_backward(d_a, dout, qkv, att_a, B, T, C, NH, overwrite)
     np.testing.assert_array_equal(d, d_a)
 
 

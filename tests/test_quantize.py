@@ -1,15 +1,37 @@
 """int8 generation (cllm/quantize.py, cllm/kernels/quant.py): the row quantizer against a NumPy
 reference, the int8 matrix-vector product against NumPy on the dequantized weights, the int8 decode
-against the float decode of the same rounded weights, greedy tokens on a trained model, and the
+against the float decode of the same rounded weights, greedy tokens on a trained model, generation
+past the context (generate, the server's engine) against the float model of the rounded weights,
+float and int8 models decoding in one process (fresh processes, cold and warm Numba cache), and the
 --quantize flag of generate, evaluate and serve."""
+import json
+import os
+import subprocess
+import sys
+import threading
+
 import numpy as np
 import pytest
-from train_helpers import all_threads_after, assert_clean_error, run_cli, trained_checkpoint  # noqa: F401
+from train_helpers import (
+    ROOT,
+    all_threads_after,  # noqa: F401  (a fixture: one thread by the tiny runs, then all)
+    assert_clean_error,
+    corpus_text,
+    run_cli,
+    trained_checkpoint,
+)
 
 import cllm.kernels as K
+from cllm.checkpoint import save_checkpoint
+from cllm.completion import load_for_generation
 from cllm.config import ModelConfig
+from cllm.generation import Generator, SamplingConfig
+from cllm.kernels.matmul import PARALLEL_MATVEC_MIN
 from cllm.model import Model
 from cllm.quantize import Int8Model, dequantize_in_place
+from cllm.serve import Engine
+from cllm.serve.engine import CompletionRequest
+from cllm.tokenizers import train_tokenizer
 
 
 def numpy_int8_rows(w: np.ndarray):
@@ -88,8 +110,6 @@ def test_greedy_int8_tokens_follow_the_float_ones_on_a_trained_model(tmp_path_fa
     """200 greedy tokens from a trained model (the tiny one). They must equal the float model's;
     should the two part at a near tie, the float logits' gap between its top two at that step must
     be under twice the int8 model's logit error there."""
-    from cllm.completion import load_for_generation
-
     run = trained_checkpoint(tmp_path_factory)
     float_model, tok, _ = load_for_generation(str(run))
     int8, _, _ = load_for_generation(str(run), quantize="int8")
@@ -117,11 +137,12 @@ def test_cli_generate_evaluate_quantize(tmp_path_factory, tmp_path):
     quant = run_cli("generate", "the ", "--checkpoint", run, "--temperature", "0", "--max-new-tokens", "20",
                     "--ignore-eos", "--quantize", "int8")
     assert plain.returncode == 0 and quant.returncode == 0, quant.stderr
-    assert len(quant.stdout) > len("the ") and quant.stdout.startswith("the ")
+    # the continuation itself: the int8 model's 20 greedy tokens (20 of them cross the context of 16)
+    model, tok, _ = load_for_generation(str(run), quantize="int8")
+    ids = list(Generator(model).stream(tok.encode("the "), _greedy(20)))
+    assert len(ids) == 20 and quant.stdout == "the " + tok.decode(ids) + "\n"
     text = tmp_path / "eval.txt"
     text.write_text("the cat sat on the mat and the dog ran far away into the woods.\n" * 20)
-    import json
-
     losses = {}
     for q in ([], ["--quantize", "int8"]):
         r = run_cli("evaluate", run, text, "--json", "--no-progress", *q)
@@ -136,20 +157,120 @@ def test_cli_generate_evaluate_quantize(tmp_path_factory, tmp_path):
 def test_serve_engine_loads_and_answers_with_int8_weights(tmp_path_factory):
     """The server's engine (cli.py serve --quantize int8) decodes from the int8 model: greedy text
     equal to the int8 Generator's."""
-    import threading
-
-    from cllm.completion import load_for_generation
-    from cllm.generation import Generator, SamplingConfig
-    from cllm.serve import Engine
-    from cllm.serve.engine import CompletionRequest
-
     run = str(trained_checkpoint(tmp_path_factory))
     engine = Engine.load(run, threads=1, quantize="int8")
     assert isinstance(engine.model, Int8Model)
-    pieces = []
-    engine._run(CompletionRequest(prompts=["the "], max_tokens=15, temperature=0.0, ignore_eos=True),
-                threading.Event(), lambda kind, index, *rest: pieces.append(rest[0]) if kind == "delta" else None)
     model, tok, _ = load_for_generation(run, quantize="int8")
-    ids = list(Generator(model).stream(tok.encode("the "), SamplingConfig(max_new_tokens=15, temperature=0,
-                                                                          ignore_eos=True)))
-    assert "".join(pieces) == tok.decode(ids)
+    ids = list(Generator(model).stream(tok.encode("the "), _greedy(15)))
+    assert _engine_text(engine, "the ", 15) == tok.decode(ids)
+
+
+def _greedy(n: int) -> SamplingConfig:
+    return SamplingConfig(max_new_tokens=n, temperature=0, ignore_eos=True)
+
+
+def _engine_text(engine: Engine, prompt: str, n: int) -> str:
+    """The text of n greedy tokens after `prompt` from the server's engine."""
+    pieces = []
+    engine._run(CompletionRequest(prompts=[prompt], max_tokens=n, temperature=0.0, ignore_eos=True),
+                threading.Event(), lambda kind, index, *rest: pieces.append(rest[0]) if kind == "delta" else None)
+    return "".join(pieces)
+
+
+# A model whose int8 MLP products take the threaded path (4C x C = PARALLEL_MATVEC_MIN weights, with
+# more than one thread: cllm/kernels/quant.py) and whose context of 16 the generation below passes
+# several times (each pass re-prefills 8 tokens: the dequantize-then-gemm path, cllm/kernels/decode.py).
+WIDE = dict(max_seq_len=16, num_layers=1, num_heads=8, embed_dim=int(np.sqrt(PARALLEL_MATVEC_MIN // 4)))
+
+
+@pytest.fixture(scope="module")
+def int8_and_rounded(tmp_path_factory):
+    """(a checkpoint, its twin holding the float values its int8 weights stand for): greedy decoding
+    must give the same tokens from the first with --quantize int8 as from the second in float32."""
+    tok = train_tokenizer("char", corpus_text(), progress=False)
+    model = Model(ModelConfig(vocab_size=tok.vocab_size, **WIDE), seed=None)
+    rng = np.random.default_rng(11)
+    for name in ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw"):
+        # five times GPT-2's init: with 0.02 an untrained model's greedy text repeats one token
+        model.p[name][:] = rng.normal(0.0, 0.1, model.p[name].size)
+    model.p["ln1w"][:] = model.p["ln2w"][:] = model.p["lnfw"][:] = 1
+    base = tmp_path_factory.mktemp("int8_twins")
+    source = save_checkpoint(str(base), "source", model, tokenizer=tok)
+    dequantize_in_place(model)
+    return source, save_checkpoint(str(base), "rounded", model, tokenizer=tok)
+
+
+def test_int8_generation_past_the_context_equals_the_float_of_the_rounded_weights(int8_and_rounded):
+    source, rounded = int8_and_rounded
+    int8, tok, _ = load_for_generation(source, quantize="int8")
+    floats, _, _ = load_for_generation(rounded)
+    assert isinstance(int8, Int8Model) and int8.config.max_seq_len == 16
+    prompt = tok.encode("the cat")
+    got = list(Generator(int8).stream(prompt, _greedy(60)))
+    assert len(got) == 60 and got == list(Generator(floats).stream(prompt, _greedy(60)))
+    assert len(set(got)) > 10  # not one token repeated: the comparison can tell models apart
+
+
+def test_cli_generate_and_serve_int8_past_the_context(int8_and_rounded):
+    """`generate --quantize int8` and the server's engine past the context: the float text of the rounded weights."""
+    source, rounded = int8_and_rounded
+    args = ("generate", "the cat", "--temperature", "0", "--max-new-tokens", "60", "--ignore-eos")
+    quant = run_cli(*args, "--checkpoint", source, "--quantize", "int8")
+    plain = run_cli(*args, "--checkpoint", rounded)
+    assert quant.returncode == 0, quant.stderr
+    assert plain.returncode == 0, plain.stderr
+    assert quant.stdout == plain.stdout and len(quant.stdout) > len("the cat") + 30
+    served = _engine_text(Engine.load(source, threads=1, quantize="int8"), "the cat", 60)
+    assert served == _engine_text(Engine.load(rounded, threads=1), "the cat", 60)
+    assert quant.stdout == "the cat" + served + "\n"
+
+
+# Loads a float32 model and its int8 version in one process and decodes with each in turn, in the
+# order argv[1] gives ("fi" or "if"), three rounds; prints the tokens and the decoding kernels that
+# Numba compiled for an Optional argument (the cause of the random "expected array(float32, 1d, C),
+# got None" of the int8 product, cllm/kernels/decode.py _linear; found only where this process
+# compiled them: kernels loaded from the cache list no signatures).
+BOTH_MODELS = """
+import json, sys
+import numpy as np
+from numba import types
+import cllm.kernels.decode, cllm.kernels.quant
+from cllm.config import ModelConfig
+from cllm.model import Model
+from cllm.quantize import Int8Model
+cfg = ModelConfig(vocab_size=67, **json.loads(sys.argv[2]))
+runs = {"f": [], "i": []}
+for _ in range(3):
+    for kind in sys.argv[1]:
+        model = Model(cfg, seed=1)
+        model = Int8Model(model) if kind == "i" else model
+        cache = model.new_kv_cache(1)
+        tokens = [int(np.argmax(model.prefill(np.arange(1, 9, dtype=np.int32), 0, cache)))]
+        for pos in range(8, cfg.max_seq_len - 1):
+            tokens.append(int(np.argmax(model.decode_step(tokens[-1], pos, cache)[0])))
+        runs[kind].append(tokens)
+optional = sorted(f"{module.__name__}.{name}" for module in (cllm.kernels.decode, cllm.kernels.quant)
+                  for name, f in vars(module).items() if hasattr(f, "signatures")
+                  for sig in f.signatures if any(isinstance(t, types.Optional) for t in sig))
+print(json.dumps({"runs": runs, "optional": optional}))
+"""
+
+
+def test_float_and_int8_decode_in_one_process_in_fresh_processes(tmp_path):
+    """Float32 and int8 models decode in one process, in either order, any number of times: seven fresh
+    processes, the first compiling every kernel (an empty Numba cache), the others loading them."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NUMBA_CACHE_DIR": str(tmp_path / "numba"),
+           "NUMBA_NUM_THREADS": "2"}  # the threaded int8 product, on any machine
+    shape = json.dumps({**WIDE, "max_seq_len": 40})
+    outputs = []
+    for order in ("fi", "if", "fi", "if", "fi", "if", "fi"):
+        r = subprocess.run([sys.executable, "-c", BOTH_MODELS, order, shape], capture_output=True, text=True,
+                           cwd=ROOT, env=env, timeout=600)
+        assert r.returncode == 0, f"process {len(outputs) + 1} ({order}) failed:\n{r.stderr[-3000:]}"
+        outputs.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    assert outputs[0]["optional"] == []  # the cold process compiled no kernel for an Optional argument
+    first = outputs[0]["runs"]
+    for out in outputs:  # every round of every process gives the same tokens
+        for kind in "fi":
+            assert out["runs"][kind] == [first[kind][0]] * 3
+

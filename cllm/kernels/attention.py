@@ -70,18 +70,17 @@ def attention_forward(out, att, inp, B, T, C, NH, drop=0, key=0):
 
 
 @njit(**PJIT)
-def attention_backward(dinp, dpreatt, datt, dout, inp, att, B, T, C, NH, overwrite=False, drop=0, key=0):
+def attention_backward(dinp, dout, inp, att, B, T, C, NH, overwrite=False, drop=0, key=0):
     # dinp (B,T,3C) += ... (= with overwrite: what it held is ignored; each element of dinp is
-    # written by exactly one product);  dpreatt, datt (B,NH,T,T) += ...;  dout (B,T,C);  inp (B,T,3C);
-    # dpreatt and datt may be None: the model reads neither, and skipping them saves writing (and
-    # zeroing) two (B,NH,T,T) arrays per layer.
-    # att (B,NH,T,T). O(T^2 hs) per head, with BLAS for the four products:
+    # written by exactly one product);  dout (B,T,C);  inp (B,T,3C);  att (B,NH,T,T).
+    # O(T^2 hs) per head, with BLAS for the four products:
     #   dP = dout_h v^T,  dv += P^T dout_h,  dS = P * (dP - rowsum(P * dP)),
     #   dq += dS k / sqrt(hs),  dk += dS^T q / sqrt(hs)
-    # Each call adds exactly its own contribution to every output (the local dP and dS are used,
-    # not the accumulated buffers), so calling it twice gives twice the gradient everywhere.
+    # dP and dS are one head's scratch, never written out: nothing but a test would read them
+    # (tests/test_kernels.py computes them in NumPy). Each call adds exactly its own contribution to
+    # dinp, so calling it twice gives twice the gradient.
     # With dropout (drop, key as in the forward): the mask M is rebuilt, dv uses P * M, and dP is
-    # multiplied by M (datt then holds the gradient of the probabilities before dropout).
+    # multiplied by M (the gradient of the probabilities before dropout).
     hs = C // NH
     C3 = 3 * C
     dt = inp.dtype.type
@@ -110,7 +109,6 @@ def attention_backward(dinp, dpreatt, datt, dout, inp, att, B, T, C, NH, overwri
             # dv rows r0..r1-1 += P[r0:, r0:r1]^T dy[r0:]: only queries at or after a key attend to it
             gemm(TRANS, NO_TRANS, r1 - r0, hs, T - r0, 1, src, s0 + r0 * T + r0, T, dout, y0 + r0 * C, C,
                  beta, dinp, q0 + 2 * C + r0 * C3, C3)
-        a0 = bh * T * T
         for t in range(T):  # rows as slices indexed from 0 (vectorized)
             prow = P[t]
             drow = dP[t]
@@ -118,19 +116,11 @@ def attention_backward(dinp, dpreatt, datt, dout, inp, att, B, T, C, NH, overwri
                 mrow = M[t * T:t * T + t + 1]
                 for t2 in range(t + 1):
                     drow[t2] *= mrow[t2]
-            if datt is not None:
-                da = datt[a0 + t * T:a0 + t * T + t + 1]
-                for t2 in range(t + 1):
-                    da[t2] += drow[t2]
             s = dt(0)
             for t2 in range(t + 1):
                 s += prow[t2] * drow[t2]
             for t2 in range(t + 1):
                 drow[t2] = prow[t2] * (drow[t2] - s)
-            if dpreatt is not None:
-                dpa = dpreatt[a0 + t * T:a0 + t * T + t + 1]
-                for t2 in range(t + 1):
-                    dpa[t2] += drow[t2]
             dtail = drow[t + 1:]
             for i in range(T - t - 1):
                 dtail[i] = dt(0)

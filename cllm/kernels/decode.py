@@ -1,5 +1,8 @@
 """Decoding with a KV cache: one step of the whole GPT costs O(T) attention plus the weight matrices,
-instead of a full forward over the prefix. `prefill` feeds a whole prompt in one call.
+instead of a full forward over the prefix. `prefill` feeds a whole prompt in one call. One forward,
+_forward_rows, serves both, float32 or int8 weights; its LayerNorm, GELU, residual sums and (from
+GEMM_MIN_ROWS rows on) linear layers are the training forward's kernels. Its own: the attention
+over the cache, and the matrix-vector products of a few rows (docs/design.md, Decoding, says why).
 
 Legend: nb number of sequences decoded together (1 for sampling, the beam width for beam search),
 L layers, C channels, NH heads, hs = C/NH, maxT maximum sequence length, V vocab, Vp padded vocab.
@@ -15,9 +18,10 @@ from numba import njit, prange
 from ._common import JIT, PJIT
 from .fastexp import softmax_row
 from .gelu import gelu_span
-from .layernorm import layernorm_row
+from .layernorm import layernorm_rows
 from .matmul import PARALLEL_MATVEC_MIN, ROW_BLOCKS, matmul_forward
 from .quant import dequantize_int8_rows, matvec_int8_forward
+from .residual import add_span
 
 
 @njit(**JIT)
@@ -58,13 +62,6 @@ def matvec_forward(out, x, weight, bias, nb, C, OC):
 
 
 @njit(**JIT)
-def _layernorm_rows(out, inp, weight, bias, R, C):
-    # out, inp (R,C): serial, because R is a handful of rows and a thread launch costs more.
-    for r in range(R):
-        layernorm_row(out, inp, weight, bias, r * C, C)
-
-
-@njit(**JIT)
 def _attend_cached(out, q, keys_t, values, scores, kbuf, scale):
     # One head, one query: out (hs) = softmax(q keys^T * scale) @ values;  q (hs);  keys_t (hs,maxT)
     # the cached keys transposed, of which positions 0..n-1 are used;  values (n,hs);  scores (n),
@@ -97,35 +94,32 @@ GEMM_MIN_ROWS = 8
 
 
 @njit(**JIT)
-def _linear(out, x, weight, scales, bias, R, C, OC, wbuf):
+def _linear(out, x, weight, scales, which, r0, bias, R, C, OC, wbuf):
     # out (R,OC) = x (R,C) @ weight (OC,C)^T + bias (OC);  bias may be None. scales None: weight is
-    # float; else weight is int8 with scales (OC) (cllm/kernels/quant.py), and a product over
-    # many rows dequantizes the weight into wbuf (>= OC*C floats) once and runs the float gemm.
+    # float; else weight is int8 and scales[which][r0:r0 + OC] its rows' scales (cllm/kernels/quant.py),
+    # and a product over many rows dequantizes the weight into wbuf (>= OC*C floats) once and runs
+    # the float gemm. The int8 branches slice the scales themselves: a helper returning an array or
+    # None would give Optional(array) (Numba prunes `x is None` only for an argument typed None), and
+    # a prange kernel reads an Optional argument wrongly (Numba's launcher passes the bare array, the
+    # loop body reads its "present" flag from past its end): the int8 product raised "expected
+    # array(float32, 1d, C), got None" at random (tests/test_quantize.py).
     if R < GEMM_MIN_ROWS:
-        _matvec(out, x, weight, scales, bias, R, C, OC)
+        _matvec(out, x, weight, scales, which, r0, bias, R, C, OC)
     elif scales is None:
         matmul_forward(out, x, weight, bias, 1, R, C, OC)
     else:
         w = wbuf[:OC * C]
-        dequantize_int8_rows(w, weight, scales, OC, C)
+        dequantize_int8_rows(w, weight, scales[which][r0:r0 + OC], OC, C)
         matmul_forward(out, x, w, bias, 1, R, C, OC)
 
 
 @njit(**JIT)
-def _matvec(out, x, weight, scales, bias, R, C, OC):
-    # a matrix-vector product of float weights (scales None) or int8 ones
+def _matvec(out, x, weight, scales, which, r0, bias, R, C, OC):
+    # a matrix-vector product of float weights (scales None) or int8 ones (see _linear)
     if scales is None:
         matvec_forward(out, x, weight, bias, R, C, OC)
     else:
-        matvec_int8_forward(out, x, weight, scales, bias, R, C, OC)
-
-
-@njit(**JIT)
-def _rows(scales, which, r0, r1):
-    # rows r0:r1 of one int8 matrix's scales (one per row); None for float weights
-    if scales is None:
-        return None
-    return scales[which][r0:r1]
+        matvec_int8_forward(out, x, weight, scales[which][r0:r0 + OC], bias, R, C, OC)
 
 
 @njit(**JIT)
@@ -147,8 +141,14 @@ def _forward_rows(logits, kvcache, tokens, seq, pos, wte, wpe, ln1w, ln1b, qkvw,
     if scales is not None and R >= GEMM_MIN_ROWS:
         wsize = C4 * C
     wbuf = np.empty(wsize, dtype=dt)
-    x = np.empty(R * C, dtype=dt)  # residual stream (R,C)
+    # the residual stream (R,C): x enters a layer, x2 = x + attention (training's residual2), then
+    # x = x2 + MLP (residual3); two buffers, because cllm/kernels/residual.add_span vectorizes only
+    # when its output is not an input
+    x = np.empty(R * C, dtype=dt)
+    x2 = np.empty(R * C, dtype=dt)
     xn = np.empty(R * C, dtype=dt)  # normalized (R,C)
+    mean = np.empty(R, dtype=dt)  # each row's LayerNorm statistics (layernorm_rows writes them; unread)
+    rstd = np.empty(R, dtype=dt)
     qkv = np.empty(R * C3, dtype=dt)  # (R,3C)
     atty = np.empty(R * C, dtype=dt)  # attention output before its projection (R,C)
     proj = np.empty(R * C, dtype=dt)  # (R,C)
@@ -170,9 +170,9 @@ def _forward_rows(logits, kvcache, tokens, seq, pos, wte, wpe, ln1w, ln1b, qkvw,
             for c in range(C):
                 x[r * C + c] = dt.type(wte[ix * C + c]) * scales[0][ix] + wpe[p * C + c]
     for l in range(L):
-        _layernorm_rows(xn, x, ln1w[l * C:(l + 1) * C], ln1b[l * C:(l + 1) * C], R, C)
-        _linear(qkv, xn, qkvw[l * C3 * C:(l + 1) * C3 * C], _rows(scales, 1, l * C3, (l + 1) * C3),
-                qkvb[l * C3:(l + 1) * C3], R, C, C3, wbuf)
+        layernorm_rows(xn, mean, rstd, x, ln1w[l * C:(l + 1) * C], ln1b[l * C:(l + 1) * C], C, 0, R)
+        _linear(qkv, xn, qkvw[l * C3 * C:(l + 1) * C3 * C], scales, 1, l * C3, qkvb[l * C3:(l + 1) * C3],
+                R, C, C3, wbuf)
         for r in range(R):  # this layer's k (a column of keys_t) and v of every row into the cache
             kbase = (seq[r] * L + l) * 2 * NH * head  # the sequence's and layer's keys; values follow
             p = pos[r]
@@ -193,22 +193,20 @@ def _forward_rows(logits, kvcache, tokens, seq, pos, wte, wpe, ln1w, ln1b, qkvw,
                 _attend_cached(atty[r * C + h * hs:r * C + (h + 1) * hs], qkv[q0:q0 + hs],
                                kvcache[ko:ko + head].reshape(hs, maxT), kvcache[vo:vo + n * hs].reshape(n, hs),
                                scores[:n], kbuf, scale)
-        _linear(proj, atty, attprojw[l * C * C:(l + 1) * C * C], _rows(scales, 2, l * C, (l + 1) * C),
+        _linear(proj, atty, attprojw[l * C * C:(l + 1) * C * C], scales, 2, l * C,
                 attprojb[l * C:(l + 1) * C], R, C, C, wbuf)
-        for i in range(R * C):
-            x[i] += proj[i]
-        _layernorm_rows(xn, x, ln2w[l * C:(l + 1) * C], ln2b[l * C:(l + 1) * C], R, C)
-        _linear(hid, xn, fcw[l * C4 * C:(l + 1) * C4 * C], _rows(scales, 3, l * C4, (l + 1) * C4),
+        add_span(x2, x, proj)
+        layernorm_rows(xn, mean, rstd, x2, ln2w[l * C:(l + 1) * C], ln2b[l * C:(l + 1) * C], C, 0, R)
+        _linear(hid, xn, fcw[l * C4 * C:(l + 1) * C4 * C], scales, 3, l * C4,
                 fcb[l * C4:(l + 1) * C4], R, C, C4, wbuf)
         gelu_span(hid_gelu, hid)
-        _linear(proj, hid_gelu, fcprojw[l * C * C4:(l + 1) * C * C4], _rows(scales, 4, l * C, (l + 1) * C),
+        _linear(proj, hid_gelu, fcprojw[l * C * C4:(l + 1) * C * C4], scales, 4, l * C,
                 fcprojb[l * C:(l + 1) * C], R, C4, C, wbuf)
-        for i in range(R * C):
-            x[i] += proj[i]
-    nl = R - first_logit_row
-    _layernorm_rows(xn, x[first_logit_row * C:], lnfw, lnfb, nl, C)
+        add_span(x, x2, proj)
+    f0 = first_logit_row
+    layernorm_rows(xn, mean, rstd, x, lnfw, lnfb, C, f0, R)
     # tied LM head: only the V real rows of wte (Vp,C)
-    _matvec(logits, xn, wte[: V * C], _rows(scales, 0, 0, V), None, nl, C, V)
+    _matvec(logits, xn[f0 * C:], wte[: V * C], scales, 0, 0, None, R - f0, C, V)
 
 
 @njit(**JIT)
