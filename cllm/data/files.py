@@ -87,8 +87,8 @@ def read_bytes(path: str) -> bytes:
         raise CorpusNotFoundError(f"cannot read {path}: {exc.strerror}; check its permissions") from None
 
 
-def decode_text(raw: bytes, path: str, encoding: str = "auto") -> tuple[str, bool]:
-    """(text, used_fallback). UTF-8 with the BOM stripped; else (encoding="auto") a detected
+def decode_text(raw: bytes, path: str, encoding: str) -> tuple[str, bool]:
+    """(text, used_fallback). UTF-8 with the BOM stripped; else (encoding "auto", CorpusOptions') a detected
     encoding; "utf-8" makes invalid UTF-8 an error. CRLF/CR become LF."""
     if raw.startswith(codecs.BOM_UTF8):
         raw = raw[3:]
