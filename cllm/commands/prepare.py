@@ -7,9 +7,7 @@ import os
 import warnings
 
 from cllm import kinds
-from cllm.data import prepare_dataset
-from cllm.data.clean import options_of
-from cllm.data.prepare import PrepareOptions
+from cllm.data import PrepareOptions, prepare_dataset
 from cllm.errors import DataError
 
 OPTIONS = PrepareOptions  # the dataset flags: PrepareOptions' fields (cllm/data/prepare.py), their one home
@@ -26,7 +24,7 @@ def main(data: str | None = None, *, out: str | None = None, **options):
         raise DataError("prepare needs a corpus: `cli.py prepare DATA --tokenizer char --out DIR` (DATA: a text file "
                         "or a directory)")
     if out is None:
-        opts = options_of(PrepareOptions, options, "prepare option")
+        opts = PrepareOptions(**options)  # the flags typed, the defaults for the others
         out = _default_out(data, opts.tokenizer, opts.vocab_size)
     with warnings.catch_warnings():
         warnings.simplefilter("always")  # shown as one line each by cllm/commands/__init__.py

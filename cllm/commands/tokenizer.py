@@ -12,8 +12,7 @@ cli.py tokenizer import PATH --out tok.json         # HF tokenizer.json, vocab.t
 
 import json
 
-from cllm.data import open_corpus
-from cllm.data.corpus import CorpusOptions
+from cllm.data import CorpusOptions, open_corpus
 from cllm.errors import TokenizerError
 from cllm.tokenizers import load_tokenizer, train_tokenizer
 from cllm.tokenizers.imports import import_tokenizer
