@@ -32,10 +32,9 @@ from tqdm import tqdm
 from cllm import kinds
 from cllm.checkpoint import load_checkpoint
 from cllm.completion import load_for_generation
+from cllm.data.clean import CleaningOptions, clean_text
+from cllm.data.corpus import open_corpus
 from cllm.errors import ConfigError, DataError
-
-# cllm.data is imported where it is used: it is costly at start-up (cllm/data/clean.py builds its table of
-# whitespace over every code point, ~0.2 s), and training imports this module for evaluate_tokens alone
 
 
 def evaluate_checkpoint(checkpoint: str, data: str | None = None, **options) -> dict:
@@ -51,9 +50,8 @@ def evaluate_text(checkpoint, data=None, text=None, stride=None, batch_size=8, p
                   tokenizer=None, device="cpu", quantize=None, classify=None) -> dict:
     """Loss, perplexity and bits per byte of the checkpoint on `data` (a text file, a directory of them,
     read and cleaned as its training data was, or - for standard input) or on the string `text`."""
-    from cllm.data.clean import clean_text
-    from cllm.data.corpus import CLEANING_DEFAULTS
-    from cllm.quantize import check_scheme, dequantize_in_place  # costly: loads Numba and the kernels
+    # costly at start-up: Numba and the kernels, which `prepare` (through cllm/data/textkind.py) would pay
+    from cllm.quantize import check_scheme, dequantize_in_place  # noqa: PLC0415
 
     if classify is not None:
         raise ConfigError(f"--classify classifies images by likelihood; {classify} holds no images (give a folder "
@@ -70,9 +68,7 @@ def evaluate_text(checkpoint, data=None, text=None, stride=None, batch_size=8, p
     cleaning = dataset_cleaning(load_checkpoint(path)) or {}
     if text is not None or data == "-":
         raw = text if text is not None else sys.stdin.read()
-        opts = {**CLEANING_DEFAULTS, **cleaning}
-        opts["strip_gutenberg_boilerplate"] = opts.pop("strip_gutenberg")
-        doc = clean_text(str(raw), **opts)
+        doc = clean_text(str(raw), **cleaning)
         tokens, nbytes, ndocs = encode_documents([doc] if doc.strip() else [], tok)
         source = "--text" if text is not None else "<stdin>"
     else:
@@ -89,8 +85,6 @@ def evaluate_text(checkpoint, data=None, text=None, stride=None, batch_size=8, p
 def encode_corpus(path: str, tokenizer, cleaning: dict | None = None, progress: bool = False):
     """(int32 token stream, UTF-8 bytes of the cleaned text, number of documents) for a file or a
     directory, through the same loader, cleaning and EOS rule as `prepare_dataset`."""
-    from cllm.data.corpus import open_corpus
-
     corpus = open_corpus(path, progress=progress, **(cleaning or {}))
     return encode_documents(corpus, tokenizer)
 
@@ -214,6 +208,5 @@ def dataset_cleaning(ckpt) -> dict | None:
             cleaning = json.load(f)["options"]["cleaning"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    from cllm.data.corpus import CLEANING_OPTIONS
-
-    return {k: bool(v) for k, v in cleaning.items() if k in CLEANING_OPTIONS} if isinstance(cleaning, dict) else None
+    known = CleaningOptions.__dataclass_fields__
+    return {k: bool(v) for k, v in cleaning.items() if k in known} if isinstance(cleaning, dict) else None

@@ -40,7 +40,7 @@ class DatasetKind:
     recognises: Callable[[str], bool]
     # (path) -> whether a folder inside a text corpus is this kind's, and the corpus skips it whole
     claims_folder: Callable[[str], bool]
-    # (data_path, out_dir, **prepare_dataset's options) -> PreparedDataset (cllm/data/prepare.py)
+    # (data_path, out_dir, PrepareOptions) -> PreparedDataset (cllm/data/prepare.py)
     prepare: Callable[..., object]
     # (PreparedDataset) -> what `cli.py prepare` prints about it
     summary: Callable[[object], str]

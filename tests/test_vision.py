@@ -386,7 +386,7 @@ def test_rgb_folder_becomes_a_dataset(tmp_path):
     for i in range(10):  # 12x9 images of four colours; resized to 6x6 they blend a little
         Image.fromarray(colours[rng.integers(0, 4, (9, 12))], "RGB").save(tmp_path / f"{i}.png")
     ds = prepare_dataset(
-        str(tmp_path), str(tmp_path / "out"), image={"image_size": 6, "palette": 8}, val_fraction=0.2, progress=False
+        str(tmp_path), str(tmp_path / "out"), image_size=6, palette=8, val_fraction=0.2, progress=False
     )
     tok = ds.tokenizer
     assert tok.kind == "image" and tok.channels == 3 and not tok.labelled and 4 <= tok.num_colours <= 8
@@ -396,7 +396,7 @@ def test_rgb_folder_becomes_a_dataset(tmp_path):
     assert (records[:, 0] == tok.bos_id).all() and (records[:, -1] == tok.eos_id).all()
     assert (records[:, 1:-1] < tok.num_colours).all()
     again = prepare_dataset(
-        str(tmp_path), str(tmp_path / "out"), image={"image_size": 6, "palette": 8}, val_fraction=0.2, progress=False
+        str(tmp_path), str(tmp_path / "out"), image_size=6, palette=8, val_fraction=0.2, progress=False
     )
     assert again.cached
 

@@ -5,6 +5,7 @@ import sys
 from cllm.completion import StopStream, cut_at_stop, encode_prompt, load_for_generation
 from cllm.errors import ConfigError
 from cllm.generation import Generator, SamplingConfig
+from cllm.vision.cli import generate_images
 
 OPTIONS = SamplingConfig  # the sampling flags: SamplingConfig's fields, with their defaults and help
 
@@ -43,8 +44,6 @@ def main(prompt: str = "", *, checkpoint: str = "checkpoints", num_samples: int 
     if image_out is not None or class_ is not None or complete is not None:
         if quantize is not None:
             raise ConfigError("--quantize is for text models")
-        from cllm.vision.cli import generate_images  # imported here: text generation does not pay for cllm.vision
-
         return generate_images(checkpoint, image_out, num_samples, class_, complete, cfg.temperature, cfg.top_k,
                                cfg.top_p, cfg.seed, threads, tokenizer, keep_rows)
     stream = sys.stdout.isatty() if stream is None else stream

@@ -32,7 +32,7 @@ def main(start_url: str, out_dir: str, max_pages: int = CrawlSettings.max_pages,
     settings = CrawlSettings(max_pages=max_pages, max_depth=max_depth, delay_ms=delay_ms, **flags)
     if settings.include_pdf:
         try:
-            import pypdf  # noqa: F401  (optional: the [pdf] extra; only checked to be there)
+            import pypdf  # noqa: F401, PLC0415  (optional: the [pdf] extra; only checked to be there)
         except ImportError:
             raise MissingDependencyError("--include-pdf needs pypdf: pip install -e '.[pdf]'") from None
     if settings.ignore_robots:

@@ -12,57 +12,31 @@ cli.py tokenizer import PATH --out tok.json         # HF tokenizer.json, vocab.t
 
 import json
 
+from cllm.data import CorpusOptions, open_corpus
 from cllm.errors import TokenizerError
 from cllm.tokenizers import load_tokenizer, train_tokenizer
 from cllm.tokenizers.imports import import_tokenizer
 from cllm.tokenizers.wordpiece import SCORES
 
+OPTIONS = CorpusOptions  # train's reading and cleaning flags (cllm/data/corpus.py), as `prepare` has them
 
-def train(
-    data: str,
-    *,
-    kind: str = "bpe",
-    vocab_size: int | None = None,
-    out: str = "tokenizer.json",
-    lowercase: bool = False,
-    remove_punctuation: bool = False,
-    remove_numbers: bool = False,
-    normalize_whitespace: bool = True,
-    keep_newlines: bool = True,
-    strip_gutenberg: bool = True,
-    progress: bool = True,
-    score: str = SCORES[0],
-):
-    """Train a tokenizer on DATA (a text file or a directory, read and cleaned as `prepare` reads it).
+
+def train(data: str, *, kind: str = "bpe", vocab_size: int | None = None, out: str = "tokenizer.json",
+          score: str = SCORES[0], **reading):
+    """Train a tokenizer on DATA (a text file or a directory, read and cleaned as `prepare` reads it: the
+    flags but --kind, --vocab-size, --out and --score are CorpusOptions', cllm/data/corpus.py).
 
     Args:
       data: a text file or a directory
       kind: word, char, bpe or wordpiece
       vocab_size: ids in the vocabulary (none: the kind's own, as `cli.py train --help` lists)
       out: the tokenizer file to write
-      lowercase: cleaning: lowercase the text
-      remove_punctuation: cleaning: drop punctuation
-      remove_numbers: cleaning: drop numbers
-      normalize_whitespace: cleaning: runs of spaces and tabs become one space
-      keep_newlines: cleaning: keep line breaks (--no-keep-newlines: every whitespace run becomes one space)
-      strip_gutenberg: cleaning: drop Project Gutenberg's header and licence
-      progress: show progress bars
       score: wordpiece merges: frequency (the most frequent pair, as HuggingFace's WordPieceTrainer) or likelihood
         (count(ab) / (count(a) count(b)), the original WordPiece rule: about twice the tokens on English)
     """
-    from cllm.data import open_corpus  # imported here: cllm.data's cleaning tables cost ~0.4 s, only train reads text
-
-    cleaning = dict(
-        lowercase=lowercase,
-        remove_punctuation=remove_punctuation,
-        remove_numbers=remove_numbers,
-        normalize_whitespace=normalize_whitespace,
-        keep_newlines=keep_newlines,
-        strip_gutenberg=strip_gutenberg,
-    )
-    corpus = open_corpus(data, progress=progress, **cleaning)
+    corpus = open_corpus(data, **reading)
     extra = {"score": score} if kind == "wordpiece" else {}
-    tok = train_tokenizer(kind, corpus, vocab_size, progress=progress, **extra)
+    tok = train_tokenizer(kind, corpus, vocab_size, progress=corpus.progress, **extra)
     tok.save(out)
     print(f"wrote {out}: {tok.kind} tokenizer, {tok.vocab_size:,} ids, trained on {corpus.stats.summary()}")
 

@@ -1,6 +1,6 @@
 """Load a corpus: a file or a directory tree of text, Markdown, HTML, PDF and JSONL files.
 
-    corpus = load_corpus("books/", lowercase=True)
+    corpus = load_corpus("books/", lowercase=True)   # any CorpusOptions field (below)
     for doc in corpus: ...            # streams: one document in memory at a time
     corpus.stats                      # documents, characters, lines, tokens, vocabulary, ...
 
@@ -22,27 +22,23 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 
-from cllm.data.clean import clean_owned
+from tqdm import tqdm
+
+from cllm.config import option
+from cllm.data.clean import CleaningOptions, clean_owned, options_of
 from cllm.data.errors import EmptyCorpusError
 from cllm.data.files import decode_text, find_files, looks_binary, read_bytes, read_html, read_pdf
 from cllm.errors import DataError
 
-CLEANING_OPTIONS = (
-    "lowercase",
-    "remove_punctuation",
-    "remove_numbers",
-    "normalize_whitespace",
-    "keep_newlines",
-    "strip_gutenberg",
-)
-CLEANING_DEFAULTS = {
-    "lowercase": False,
-    "remove_punctuation": False,
-    "remove_numbers": False,
-    "normalize_whitespace": True,
-    "keep_newlines": True,
-    "strip_gutenberg": True,
-}
+
+@dataclass
+class CorpusOptions(CleaningOptions):
+    """How a corpus is read: its encoding, de-duplication, progress bars and the cleaning flags; the
+    flags of `tokenizer train` (and, with the dataset's own, of `prepare`), each default written here once."""
+
+    encoding: str = option("auto", "auto (UTF-8, else a detected encoding) or utf-8 (invalid UTF-8 is an error)")
+    dedupe: bool = option(True, "drop documents seen before (exact duplicates)")
+    progress: bool = option(True, "show progress bars")
 
 
 @dataclass
@@ -103,16 +99,15 @@ def _count_words(doc: str, vocab: set) -> int:
 class Corpus:
     """A re-iterable stream of cleaned documents, with statistics filled in by each full pass."""
 
-    def __init__(
-        self, path, files, skipped, cleaning: dict, encoding: str = "auto", dedupe: bool = True, progress: bool = True
-    ):
+    def __init__(self, path, files, skipped, options: CorpusOptions):
         self.path = os.fspath(path)
         self.files = files  # [(path, kind)]
         self._skipped = skipped
-        self.cleaning = cleaning
-        self.encoding = encoding
-        self.dedupe = dedupe
-        self.progress = progress
+        self.options = options
+        self.cleaning = options.cleaning()  # {flag: bool}, as meta.json records it
+        self.encoding = options.encoding
+        self.dedupe = options.dedupe
+        self.progress = options.progress
         self.stats = CorpusStats()
         self.doc_lengths: list[int] = []  # characters of each document, in order (for splits)
         self._complete = False
@@ -168,15 +163,11 @@ class Corpus:
                 yield path, box, nbytes
 
     def _documents(self):
-        from tqdm import tqdm
-
         stats = CorpusStats(files=len(self.files))
         skipped = Counter(self._skipped)
         seen: set = set()
         vocab: set = set()
         lengths: list[int] = []
-        cl = {k: self.cleaning[k] for k in CLEANING_OPTIONS}
-        cl["strip_gutenberg_boilerplate"] = cl.pop("strip_gutenberg")
         total = sum(os.path.getsize(p) for p, _ in self.files)
         with tqdm(
             total=total,
@@ -192,7 +183,7 @@ class Corpus:
                     bar.update(os.path.getsize(last_path) if last_path else 0)
                     last_path = path
                 stats.bytes += nbytes
-                doc = clean_owned(box, **cl)
+                doc = clean_owned(box, self.options)
                 if not doc.strip():
                     stats.empty += 1
                     continue
@@ -253,28 +244,26 @@ def _seen_before(doc: str, seen: set) -> bool:
     return False
 
 
-def open_corpus(path, encoding: str = "auto", dedupe: bool = True, progress: bool = True, **cleaning) -> Corpus:
-    """A Corpus over `path` without reading it yet (the first full iteration fills `stats`)."""
-    unknown = set(cleaning) - set(CLEANING_OPTIONS)
-    if unknown:
+def open_corpus(path, **options) -> Corpus:
+    """A Corpus over `path` without reading it yet (the first full iteration fills `stats`); `options` are
+    CorpusOptions' fields (the cleaning flags, encoding, dedupe, progress)."""
+    return corpus_at(path, options_of(CorpusOptions, options, "corpus option"))
+
+
+def corpus_at(path, options: CorpusOptions) -> Corpus:
+    """open_corpus for options given as a CorpusOptions (or a subclass: cllm/data/prepare.py's PrepareOptions)."""
+    if options.encoding not in ("auto", "utf-8"):
         raise DataError(
-            f"unknown cleaning option(s) {', '.join(sorted(unknown))}; known: {', '.join(CLEANING_OPTIONS)}"
+            f"encoding {options.encoding!r} is not supported; use 'auto' (UTF-8, else detected) or 'utf-8' (strict)"
         )
-    if encoding not in ("auto", "utf-8"):
-        raise DataError(
-            f"encoding {encoding!r} is not supported; use 'auto' (UTF-8, else detected) or 'utf-8' (strict)"
-        )
-    opts = dict(CLEANING_DEFAULTS)
-    opts.update({k: bool(v) for k, v in cleaning.items()})
     root, files, skipped = find_files(path)
-    return Corpus(path, files, skipped, opts, encoding=encoding, dedupe=dedupe, progress=progress)
+    return Corpus(path, files, skipped, options)
 
 
-def load_corpus(path, encoding: str = "auto", dedupe: bool = True, progress: bool = True, **cleaning) -> Corpus:
-    """Open `path` and read it once to fill `stats` (and to raise EmptyCorpusError early).
-    Cleaning flags: lowercase, remove_punctuation, remove_numbers, normalize_whitespace (on),
-    keep_newlines (on), strip_gutenberg (on). The result streams its documents when iterated."""
-    corpus = open_corpus(path, encoding=encoding, dedupe=dedupe, progress=progress, **cleaning)
+def load_corpus(path, **options) -> Corpus:
+    """Open `path` and read it once to fill `stats` (and to raise EmptyCorpusError early); `options` are
+    CorpusOptions' fields. The result streams its documents when iterated."""
+    corpus = open_corpus(path, **options)
     for _ in corpus:
         pass
     return corpus

@@ -87,8 +87,8 @@ def read_bytes(path: str) -> bytes:
         raise CorpusNotFoundError(f"cannot read {path}: {exc.strerror}; check its permissions") from None
 
 
-def decode_text(raw: bytes, path: str, encoding: str = "auto") -> tuple[str, bool]:
-    """(text, used_fallback). UTF-8 with the BOM stripped; else (encoding="auto") a detected
+def decode_text(raw: bytes, path: str, encoding: str) -> tuple[str, bool]:
+    """(text, used_fallback). UTF-8 with the BOM stripped; else (encoding "auto", CorpusOptions') a detected
     encoding; "utf-8" makes invalid UTF-8 an error. CRLF/CR become LF."""
     if raw.startswith(codecs.BOM_UTF8):
         raw = raw[3:]
@@ -130,7 +130,7 @@ def looks_binary(raw: bytes) -> bool:
 
 def read_pdf(path: str) -> str:
     try:
-        import pypdf
+        import pypdf  # noqa: PLC0415 (optional: the [pdf] extra)
     except ImportError:
         raise MissingDependencyError(
             f"reading the PDF file {path} needs pypdf; install it with `pip install 'cllm[pdf]'` "
@@ -147,10 +147,12 @@ def read_pdf(path: str) -> str:
 
 
 def read_html(raw: bytes, path: str) -> str:
-    try:  # imported here: the crawler's extractor is optional (a CLLM without cllm/scraper/ reads HTML too)
-        from cllm.scraper.extract import extract_html
+    # imported here: costly at start-up (~40 ms) for every corpus reader, and only HTML files need it; and
+    # optional (a CLLM without cllm/scraper/ reads HTML too)
+    try:
+        from cllm.scraper.extract import extract_html  # noqa: PLC0415
     except ImportError:  # the crawler's extractor is the one to use; lxml's text as a fallback
-        import lxml.html
+        import lxml.html  # noqa: PLC0415
 
         doc = lxml.html.fromstring(raw or b"<html></html>")
         for bad in doc.xpath("//script|//style|//noscript|//template"):

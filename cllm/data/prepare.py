@@ -8,9 +8,9 @@ lists and code points stays a few times one piece; a document is held as text (a
 read and cleaned, a few copies of that); what grows with the corpus is only what training must keep
 (distinct characters, words or BPE chunks with their counts: the vocabulary, not the size).
 
-Split (deterministic, `val_fraction` default 0.1): a single document splits by token position
-(first 90% train, as nanoGPT); several documents split at a document boundary: the first
-documents holding ~90% of the characters go to train, the rest to val. Word and BPE append EOS
+Split (deterministic, by PrepareOptions' `val_fraction`, f): a single document splits by token
+position (the first 1 - f train, as nanoGPT); several documents split at a document boundary: the
+first documents holding ~1 - f of the characters go to train, the rest to val. Word and BPE append EOS
 after every document, so documents are separated in the token stream (char has no EOS).
 
 Cache: meta.json records a key hashing the input files (relative path + content), the options and
@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hashlib
+import inspect
 import json
 import os
 import time
@@ -31,16 +32,48 @@ import numpy as np
 from tqdm import tqdm
 
 from cllm import kinds
-from cllm.data.corpus import CLEANING_DEFAULTS, CLEANING_OPTIONS, open_corpus
+from cllm.config import option
+from cllm.data.clean import options_of
+from cllm.data.corpus import CorpusOptions, corpus_at
 from cllm.data.errors import EmptyCorpusError, TokenFileError
 from cllm.data.tokenfile import TokenFileWriter, export_dataset_tokens, read_token_file, read_token_header
 from cllm.errors import CLLMError, DataError, TokenizerError
 from cllm.fileio import atomic_write_text
+from cllm.tokenizers import KINDS as TOKENIZER_CLASSES
 from cllm.tokenizers import load_tokenizer, train_tokenizer
 from cllm.tokenizers.imports import import_tokenizer
 
 PREPARE_VERSION = 1
 KINDS = ("word", "char", "bpe", "wordpiece")
+
+# each trained kind's vocabulary size when --vocab-size is left out: its train() default, their one home
+VOCAB_SIZES = {kind: inspect.signature(TOKENIZER_CLASSES[kind].train).parameters["vocab_size"].default
+               for kind in ("word", "bpe", "wordpiece")}
+
+
+@dataclass
+class PrepareOptions(CorpusOptions):
+    """How a dataset is prepared: the flags of `prepare` (CorpusOptions' and these), each default written here
+    once; `train` takes the ones it offers from here (cllm/training/config.py). A kind (cllm/kinds.py) reads the
+    ones that apply to it: text the tokenizer, corpus and split options, images the image options and the split."""
+
+    tokenizer: str = option(
+        "char",
+        "char, word, bpe, wordpiece, or a tokenizer file to use as it is (CLLM's, HuggingFace's "
+        "tokenizer.json, BERT's vocab.txt, GPT-2's vocab.json, *.tiktoken); a folder of "
+        "images is read as images: cllm/vision",
+    )
+    vocab_size: int | None = option(None, "ids in the vocabulary (none: the tokenizer kind's own: "
+                                          + ", ".join(f"{kind} {size}" for kind, size in VOCAB_SIZES.items())
+                                          + ", char every character)")
+    val_fraction: float = option(0.1, "share of the data held out for validation (0 <= f < 1)")
+    bpe_pattern: str = option("gpt4", "gpt4 or gpt2 pre-split (or a regex)")
+    llmc: bool = option(False, "also write llm.c token files train_llmc.bin / val_llmc.bin")
+    force: bool = option(False, "rebuild even when a cached result matches")
+    image_size: int | None = option(
+        None, "a folder of images: centre-crop and resize them to S x S pixels (none: their one size)")
+    grayscale: bool = option(False, "a folder of images: read them as grayscale (automatic when every image is)")
+    palette: int = option(16, "a folder of images: k-means colours, or grey levels for grayscale images")
 
 
 @dataclass
@@ -153,45 +186,39 @@ def refuse_foreign_directory(out_dir: str) -> None:
                         "choose a new or empty --out")
 
 
-def prepare_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int | None = None,
-                    val_fraction: float = 0.1, encoding: str = "auto", dedupe: bool = True, progress: bool = True,
-                    llmc: bool = False, bpe_pattern: str = "gpt4", force: bool = False, image: dict | None = None,
-                    **cleaning) -> PreparedDataset:
+def prepare_dataset(data_path, out_dir, **options) -> PreparedDataset:
     """A token dataset in `out_dir` from the input at `data_path`, prepared by its kind (cllm/kinds.py): a
     corpus of text by prepare_text_dataset (below), a folder of images (or tokenizer "image") by
-    cllm/vision/dataset.py with the `image` options (image_size, grayscale, palette). Each kind takes the
-    options that apply to it."""
-    kind = kinds.for_input(data_path, tokenizer)
-    return kind.prepare(data_path, out_dir, tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction,
-                        encoding=encoding, dedupe=dedupe, progress=progress, llmc=llmc, bpe_pattern=bpe_pattern,
-                        force=force, image=image, **cleaning)
+    cllm/vision/dataset.py. `options` are PrepareOptions' fields (their defaults for those left out); each
+    kind reads the ones that apply to it."""
+    opts = options_of(PrepareOptions, options, "prepare option")
+    kind = kinds.for_input(data_path, opts.tokenizer)
+    return kind.prepare(data_path, out_dir, opts)
 
 
-def prepare_text_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size: int | None = None,
-                         val_fraction: float = 0.1, encoding: str = "auto", dedupe: bool = True,
-                         progress: bool = True, llmc: bool = False, bpe_pattern: str = "gpt4", force: bool = False,
-                         **cleaning) -> PreparedDataset:
+def prepare_text_dataset(data_path, out_dir, opts: PrepareOptions) -> PreparedDataset:
     """Clean, tokenize and split the corpus at `data_path` into `out_dir` (see the module doc).
-    `vocab_size` None: word 8192, bpe 4096, char every character. `llmc=True` also writes
-    llm.c token files (train_llmc.bin, val_llmc.bin). `force=True` ignores the cache.
-    `tokenizer` may be a trained Tokenizer instead of a kind (fine-tuning: the checkpoint's): the corpus is
+    `opts.vocab_size` None: the kind's own (VOCAB_SIZES), char every character. `opts.llmc` also writes
+    llm.c token files (train_llmc.bin, val_llmc.bin). `opts.force` ignores the cache.
+    `opts.tokenizer` may be a trained Tokenizer instead of a kind (fine-tuning: the checkpoint's): the corpus is
     encoded with it and none is trained."""
+    tokenizer, vocab_size, val_fraction, progress = opts.tokenizer, opts.vocab_size, opts.val_fraction, opts.progress
     given, tokenizer = _resolve_tokenizer(tokenizer, vocab_size, val_fraction)
-    corpus = open_corpus(data_path, encoding=encoding, dedupe=dedupe, progress=progress, **cleaning)
-    options = _dataset_options(corpus, tokenizer, given, vocab_size, val_fraction, encoding, dedupe, bpe_pattern)
+    corpus = corpus_at(data_path, opts)
+    options = _dataset_options(corpus, tokenizer, given, vocab_size, val_fraction, opts.bpe_pattern)
     key = _hash_inputs(corpus, options) if corpus.files else ""
     out_dir = os.fspath(out_dir)
-    if not force and corpus.files:
+    if not opts.force and corpus.files:
         cached = _load_cached(out_dir, key)
         if cached is not None:
-            if llmc and not all(os.path.exists(os.path.join(out_dir, f"{split}_llmc.bin"))
+            if opts.llmc and not all(os.path.exists(os.path.join(out_dir, f"{split}_llmc.bin"))
                                 for split in ("train", "val")):
                 export_dataset_tokens(out_dir)
             return cached
 
     meta_path = _claim_output_dir(out_dir)
     t0 = time.perf_counter()
-    tok = _train_pass(corpus, tokenizer, given, vocab_size, bpe_pattern, progress)
+    tok = _train_pass(corpus, tokenizer, given, vocab_size, opts.bpe_pattern, progress)
     stats, lengths = corpus.stats, corpus.doc_lengths  # pass 1's (pass 2 makes new ones)
     plan = _split_plan(lengths, val_fraction)  # where val starts
     eos = tok.eos_id if given is not None or tokenizer in ("word", "bpe", "wordpiece") else None
@@ -207,7 +234,7 @@ def prepare_text_dataset(data_path, out_dir, tokenizer: str = "char", vocab_size
     meta = _dataset_meta(data_path, key, tokenizer, tok, wt, wv, plan, len(lengths), options, stats)
     meta["seconds"] = round(time.perf_counter() - t0, 3)
     ds = PreparedDataset(out_dir, tok, train_path, val_path, meta)
-    if llmc:
+    if opts.llmc:
         export_dataset_tokens(out_dir)
     atomic_write_text(meta_path, json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
     return ds
@@ -229,10 +256,10 @@ def _resolve_tokenizer(tokenizer, vocab_size, val_fraction) -> tuple[object | No
     return given, tokenizer
 
 
-def _dataset_options(corpus, tokenizer: str, given, vocab_size, val_fraction, encoding, dedupe, bpe_pattern) -> dict:
+def _dataset_options(corpus, tokenizer: str, given, vocab_size, val_fraction, bpe_pattern) -> dict:
     """The options the dataset depends on (meta.json's "options", hashed into the cache key)."""
     options = {"tokenizer": tokenizer, "vocab_size": vocab_size, "val_fraction": float(val_fraction),
-               "encoding": encoding, "dedupe": bool(dedupe), "cleaning": corpus.cleaning}
+               "encoding": corpus.encoding, "dedupe": bool(corpus.dedupe), "cleaning": corpus.cleaning}
     if tokenizer == "bpe":
         options["bpe_pattern"] = bpe_pattern
     if given is not None:  # the cache is valid for this tokenizer only
@@ -350,5 +377,4 @@ def summary(ds: PreparedDataset) -> str:
             f"train.bin {m['train_tokens']:,} tokens, val.bin {m['val_tokens']:,} tokens")
 
 
-__all__ = ["PreparedDataset", "prepare_dataset", "prepare_text_dataset", "CLEANING_DEFAULTS", "CLEANING_OPTIONS",
-           "TokenFileError"]
+__all__ = ["PrepareOptions", "PreparedDataset", "prepare_dataset", "prepare_text_dataset", "TokenFileError"]

@@ -10,9 +10,9 @@ from cllm.kinds import DatasetKind, register
 from cllm.tokenizers import KINDS
 
 
-def prepare(data_path, out_dir, image: dict | None = None, **options):
-    """prepare_text_dataset with prepare_dataset's options (`image` does not apply to text)."""
-    return prepare_text_dataset(data_path, out_dir, **options)
+def prepare(data_path, out_dir, options):
+    """prepare_text_dataset with prepare_dataset's PrepareOptions (the image options do not apply to text)."""
+    return prepare_text_dataset(data_path, out_dir, options)
 
 
 def validate(model, tokenizer, tokens, B: int, T: int) -> dict:

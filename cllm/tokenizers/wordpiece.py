@@ -321,7 +321,7 @@ def _alphabet(counts: Counter, specials: list[str]):
 def _merge(tokens: list[str], sym, wstart, lens, wcount, V: int, frequency: bool, progress: bool):
     """Merge until V tokens or no pair is left, with the kernels of cllm/kernels/wordpiece.py (sym merged in
     place). Returns (merge_a, merge_b, merge_new) (M,) int32 in training order."""
-    from cllm.kernels import wordpiece as K  # imported here: Numba (~0.4 s) is only needed to train
+    from cllm.kernels import wordpiece as K  # noqa: PLC0415 (costly: Numba, ~0.4 s, is only needed to train)
 
     N = len(sym)
     cap = 3 * N + 16

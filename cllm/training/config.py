@@ -4,20 +4,23 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 
 from cllm import checkpoint as ck
 from cllm.config import ModelConfig, option
+from cllm.data.prepare import PrepareOptions
 from cllm.errors import ConfigError
 from cllm.schedule import BUDGET_POINTS, CHECKPOINT_INTERVAL, EPOCHS, EVAL_INTERVAL
-from cllm.tokenizers import KINDS
 
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "data")
 
-# each trained kind's vocabulary size when --vocab-size is left out: its train() default, their one home
-VOCAB_SIZES = {kind: inspect.signature(KINDS[kind].train).parameters["vocab_size"].default
-               for kind in ("word", "bpe", "wordpiece")}
+
+def prepare_field(name: str, help: str | None = None):
+    """A TrainConfig field that is PrepareOptions' field `name` (cllm/data/prepare.py): its default and help
+    (or this help, where train's meaning is narrower), so that the default is written once, there."""
+    field = PrepareOptions.__dataclass_fields__[name]
+    return dataclasses.field(default=field.default,
+                             metadata={**field.metadata, **({"help": help} if help else {}), "from": PrepareOptions})
 
 # The model sizes a new run gets (ModelConfig's defaults); TrainConfig keeps None for "not given" so
 # that a resumed run can tell a flag the user typed (which must match the checkpoint) from a default.
@@ -32,15 +35,8 @@ class TrainConfig:
     with this default and this help line (cllm/commands/__init__.py derives the command line)."""
 
     data: str = option(DEFAULT_DATA, "a text file, a directory, a prepared dataset or a crawl's output")
-    tokenizer: str = option(
-        "char",
-        "char, word, bpe, wordpiece, or a tokenizer file to use as it is (CLLM's, HuggingFace's "
-        "tokenizer.json, BERT's vocab.txt, GPT-2's vocab.json, *.tiktoken); a folder of "
-        "images is read as images: cllm/vision",
-    )
-    vocab_size: int | None = option(None, "ids in the vocabulary (none: the tokenizer kind's own: "
-                                          + ", ".join(f"{kind} {size}" for kind, size in VOCAB_SIZES.items())
-                                          + ", char every character)")
+    tokenizer: str = prepare_field("tokenizer")
+    vocab_size: int | None = prepare_field("vocab_size")
     embed_dim: int | None = option(None, "C, the model's width", shown=MODEL_DEFAULTS["embed_dim"])
     num_layers: int | None = option(None, "L, transformer blocks", shown=MODEL_DEFAULTS["num_layers"])
     num_heads: int | None = option(
@@ -105,13 +101,13 @@ class TrainConfig:
     threads: int | None = option(None, "Numba threads (none: the machine's cores, shared among local ranks)")
     # where the model runs (cllm/device.py); cuda needs the [cuda] extra and an NVIDIA GPU
     device: str = option("cpu", "cpu, cuda (under MPI: the GPU of the local rank) or cuda:N")
-    val_fraction: float = option(0.1, "share of the data held out for validation")
+    val_fraction: float = prepare_field("val_fraction", "share of the data held out for validation (0 < f < 1)")
     checkpoint_dir: str = option("checkpoints/run", "the run's directory: checkpoints, metrics.jsonl, loss.png")
-    image_size: int | None = option(None, "images: centre-crop and resize to S x S pixels (none: their one size)")
-    grayscale: bool = option(False, "images: read them as grayscale (automatic when every image is)")
-    palette: int = option(16, "images: k-means colours over sampled pixels, or grey levels for grayscale images")
+    image_size: int | None = prepare_field("image_size")
+    grayscale: bool = prepare_field("grayscale")
+    palette: int = prepare_field("palette")
     overwrite: bool = option(False, "replace a finished or unfinished run already in --checkpoint-dir")
-    progress: bool = option(True, "show the progress bar")
+    progress: bool = prepare_field("progress")
 
     def validate(self) -> None:
         def positive(name, allow_none=False):
@@ -169,6 +165,11 @@ class TrainConfig:
 
     def model_flags(self) -> dict:
         return {k: getattr(self, k) for k in MODEL_DEFAULTS}
+
+    def prepare_options(self) -> dict:
+        """The fields that are PrepareOptions' (prepare_field's), for prepare_dataset: the data is prepared as
+        `cli.py prepare` with the same flags would prepare it."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("from")}
 
     def to_json(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from cllm.checkpoint import load_checkpoint
+from cllm.data import prepare_dataset, read_token_file
 from cllm.errors import CheckpointError, ConfigError, DataError
 from cllm.tokenizers import load_tokenizer
 from cllm.training.config import TrainConfig
@@ -54,8 +55,6 @@ class BatchSampler:
 def load_dataset(cfg: TrainConfig):
     """The prepared dataset for cfg.data: DATA itself when it is one, else prepared (and cached)
     under CHECKPOINT_DIR/dataset. Returns (tokenizer, train tokens, val tokens, dataset dir)."""
-    from cllm.data import prepare_dataset, read_token_file  # costly at start-up (cllm/evaluate.py says why)
-
     data = cfg.data
     if not os.path.exists(data):
         raise DataError(f"no such file or directory: {data!r}")
@@ -79,15 +78,8 @@ def load_dataset(cfg: TrainConfig):
         )
     _say(f"[1/5] Loading and cleaning {data}")
     out_dir = os.path.join(cfg.checkpoint_dir, "dataset")
-    prepared = prepare_dataset(
-        data,
-        out_dir,
-        tokenizer=_init_tokenizer(cfg) or cfg.tokenizer,
-        vocab_size=cfg.vocab_size,
-        val_fraction=cfg.val_fraction,
-        progress=cfg.progress,
-        image={"image_size": cfg.image_size, "grayscale": cfg.grayscale, "palette": cfg.palette},
-    )
+    options = {**cfg.prepare_options(), "tokenizer": _init_tokenizer(cfg) or cfg.tokenizer}
+    prepared = prepare_dataset(data, out_dir, **options)
     tokenizer = prepared.tokenizer
     _say(f"[2/5] Tokenizer: {tokenizer.kind}, {tokenizer.vocab_size} tokens")
     return tokenizer, read_token_file(prepared.train_path), read_token_file(prepared.val_path), out_dir

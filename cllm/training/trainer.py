@@ -21,8 +21,11 @@ import numpy as np
 from cllm import checkpoint as ck
 from cllm import kinds
 from cllm.config import ModelConfig
+from cllm.device import average_gradients, check_training_device, optimizer_class, to_device
 from cllm.distributed import world
 from cllm.errors import ConfigError, DataError
+from cllm.kernels.dropout import derive_key
+from cllm.model import Model
 from cllm.runtime import configure_threads, cpu_count
 from cllm.schedule import CHECKPOINT_INTERVAL, EVAL_INTERVAL, UNPLANNED, is_due, lr_at, plan_run
 from cllm.training.config import TrainConfig
@@ -39,8 +42,6 @@ def train(cfg: TrainConfig) -> dict:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig):
-        from cllm.device import check_training_device  # costly at start-up: loads Numba and the kernels
-
         cfg.validate()
         self.cfg, self.comm = cfg, world()
         check_training_device(cfg.device, cfg.dropout, self.comm.local_rank)  # before any data is read
@@ -94,9 +95,6 @@ class Trainer:
     def _build_model(self, resume, init) -> None:
         """A new model, the resumed one (with its optimizer and data position) or --init-from's weights;
         every rank then holds rank 0's weights and moments, on the run's device."""
-        from cllm.device import optimizer_class, to_device  # costly at start-up: loads Numba and the kernels
-        from cllm.model import Model
-
         cfg, B, T = self.cfg, self.B, self.T
         config = ModelConfig(
             vocab_size=self.tokenizer.vocab_size,
@@ -206,9 +204,6 @@ class Trainer:
     def forward_backward(self) -> float:
         """This rank's micro-batches of the step's global batch: their gradients add up in model.grads,
         averaged over every micro-batch of every process; returns the sum of this rank's losses."""
-        from cllm.device import average_gradients  # costly at start-up: loads Numba and the kernels
-        from cllm.kernels.dropout import derive_key
-
         K, rank = self.cfg.grad_accum, self.comm.rank
         batches = self.sampler.next_global(self.micro_batches)[rank * K : (rank + 1) * K]
         self.model.zero_grad()

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from cllm.data.prepare import PreparedDataset
+from cllm.data.prepare import PreparedDataset, PrepareOptions
 from cllm.data.tokenfile import TokenFileWriter, read_token_header
 from cllm.errors import CLLMError, ConfigError, DataError
 from cllm.evaluate import window_losses
@@ -95,18 +95,18 @@ def check_image_options(image_size, palette) -> None:
         raise ConfigError(f"--palette must be an integer from 2 to 4096, got {palette!r}")
 
 
-def prepare_image_dataset(data_path, out_dir, image_size: int | None = None, grayscale: bool = False,
-                          palette: int = 16, val_fraction: float = 0.1, force: bool = False,
-                          progress: bool = True) -> object:
-    """Read, tokenize and split the images at data_path into out_dir; returns a PreparedDataset.
+def prepare_image_dataset(data_path, out_dir, opts: PrepareOptions) -> PreparedDataset:
+    """Read, tokenize and split the images at data_path into out_dir; returns a PreparedDataset. Of the
+    PrepareOptions (cllm/data/prepare.py) it reads image_size, grayscale, palette, val_fraction and force;
     grayscale False still reads grayscale when every image is (PNG mode L, ...)."""
+    image_size, grayscale, palette, val_fraction = opts.image_size, opts.grayscale, opts.palette, opts.val_fraction
     check_image_options(image_size, palette)
     found = find_images(data_path)
     options = {"image_size": image_size, "grayscale": bool(grayscale), "palette": palette,
                "val_fraction": float(val_fraction)}
     key = _cache_key(found, options)
     out_dir = os.fspath(out_dir)
-    if not force and (cached := _cached(out_dir, key)) is not None:
+    if not opts.force and (cached := _cached(out_dir, key)) is not None:
         return cached
     t0 = time.perf_counter()
     images = load_images(data_path, image_size, True if grayscale else None)

@@ -18,6 +18,7 @@ Lanczos filtering; nothing is padded. Without S, every image must already have o
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -83,7 +84,9 @@ def find_images(path: str) -> FoundImages:
 
 def open_image(path: str, max_pixels: int = MAX_PIXELS):
     """The decoded image (a loaded PIL.Image), or an ImageFileError saying why not."""
-    from PIL import Image, UnidentifiedImageError
+    # imported here: costly at start-up (~25 ms), and cllm/kinds.py's lookup imports this module for every
+    # prepare and train, of text too
+    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
 
     try:
         with warnings.catch_warnings():
@@ -113,7 +116,7 @@ def fit_size(img, size: int | None):
     """Centre-crop to a square and resize to size x size (Lanczos); None leaves the image as it is."""
     if size is None:
         return img
-    from PIL import Image
+    from PIL import Image  # noqa: PLC0415 (costly: see open_image)
 
     w, h = img.size
     s = min(w, h)
@@ -199,6 +202,4 @@ def _describe(skipped: Counter) -> str:
 
 
 def _stderr(msg: str) -> None:
-    import sys
-
     print(msg, file=sys.stderr)

@@ -12,12 +12,10 @@ from cllm.vision.sampling import sample_picture, sample_pngs
 from cllm.vision.tokenizer import ImageTokenizer
 
 
-def prepare(data_path, out_dir, val_fraction: float = 0.1, force: bool = False, progress: bool = True,
-            image: dict | None = None, **text_options):
-    """prepare_image_dataset with prepare_dataset's options: `image` holds image_size, grayscale and palette;
-    the text options (tokenizer, vocab_size, cleaning, ...) do not apply."""
-    return prepare_image_dataset(data_path, out_dir, val_fraction=val_fraction, force=force, progress=progress,
-                                 **(image or {}))
+def prepare(data_path, out_dir, options):
+    """prepare_image_dataset with prepare_dataset's PrepareOptions (cllm/data/prepare.py): the image options,
+    val_fraction, force and progress apply; the text ones (tokenizer, vocab_size, cleaning, ...) do not."""
+    return prepare_image_dataset(data_path, out_dir, options)
 
 
 def prepared_summary(ds) -> str:

@@ -23,7 +23,7 @@ def gray_levels(K: int) -> np.ndarray:
 def quantize(pixels: np.ndarray, palette: np.ndarray) -> np.ndarray:
     """(n,) int32 index of the nearest palette colour (squared distance, ties: the lower index) for
     pixels (n, C) uint8 and a palette (K, C) uint8."""
-    from cllm.kernels.kmeans import kmeans_assign
+    from cllm.kernels.kmeans import kmeans_assign  # noqa: PLC0415 (costly: Numba, ~0.45 s; see kmeans below)
 
     pts = np.ascontiguousarray(pixels, dtype=np.float32).reshape(-1)
     n, C = pixels.shape
@@ -52,7 +52,9 @@ def _kmeanspp(points: np.ndarray, K: int, rng: np.random.Generator) -> np.ndarra
 def kmeans(points: np.ndarray, centres: np.ndarray, iterations: int = 30) -> tuple[np.ndarray, np.ndarray]:
     """Lloyd's algorithm in Numba (cllm/kernels/kmeans.py) from the given centres: (centres (K, D) float32,
     labels (n,) int32). Stops early when no label changes."""
-    from cllm.kernels.kmeans import kmeans_assign, kmeans_update
+    # imported here: costly at start-up (Numba and the kernels, ~0.45 s), and cllm/kinds.py's lookup imports this
+    # module for every prepare and train, of text too
+    from cllm.kernels.kmeans import kmeans_assign, kmeans_update  # noqa: PLC0415
 
     n, D = points.shape
     K = len(centres)

@@ -115,7 +115,7 @@ def complete_image(model, tok, image: np.ndarray, n: int, sampling, rows: int | 
 def grid(images: np.ndarray, cols: int | None = None, scale: int | None = None, pad: int = 1):
     """A PIL image of images (n, H, W, C) uint8 in a grid of `cols` columns (default: about square),
     each enlarged `scale` times without smoothing (default: to at least 32 pixels), 1-pixel gaps."""
-    from PIL import Image  # imported here: costly at start-up (~60 ms), and only pictures need it
+    from PIL import Image  # noqa: PLC0415 (costly at start-up, ~25-60 ms, and only pictures need it)
 
     n, H, W, C = images.shape
     cols = cols or int(np.ceil(np.sqrt(n)))

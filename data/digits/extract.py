@@ -16,7 +16,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def main() -> None:
-    import sklearn.datasets
+    import sklearn.datasets  # noqa: PLC0415 (optional: scikit-learn, the [bench] extra)
 
     src = os.path.join(os.path.dirname(sklearn.datasets.__file__), "data", "digits.csv.gz")
     with gzip.open(src, "rt") as f:

@@ -29,7 +29,7 @@ def available() -> bool:
         _state["checked"] = True
         if not SIM and os.environ.get("CLLM_CUBLAS", "1") != "0":
             try:
-                from nvmath.bindings import cublas as module
+                from nvmath.bindings import cublas as module  # noqa: PLC0415 (optional: nvmath-python)
             except ImportError:
                 module = None
             _state["module"] = module
