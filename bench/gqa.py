@@ -74,7 +74,7 @@ def attention_calls(K, sizes: dict) -> dict:
     out, att, dqkv = np.empty(B * T * C, f), np.empty(B * NH * T * T, f), np.empty(qkv.size, f)
     return {"attention.forward": lambda: K.attention_forward(out, att, qkv, B, T, C, NH),
             "gqa(NKV=NH).forward": lambda: K.gqa_forward(out, att, qkv, B, T, NH, NH, hs),
-            "attention.backward": lambda: K.attention_backward(dqkv, None, None, dout, qkv, att, B, T, C, NH, True),
+            "attention.backward": lambda: K.attention_backward(dqkv, dout, qkv, att, B, T, C, NH, True),
             "gqa(NKV=NH).backward": lambda: K.gqa_backward(dqkv, dout, qkv, att, B, T, NH, NH, hs, True)}
 
 
