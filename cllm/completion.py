@@ -23,11 +23,13 @@ def load_for_generation(checkpoint: str, tokenizer_path=None, threads=None, devi
     """(model, tokenizer, checkpoint path) with a clear error for anything missing. The model holds
     its parameters only (no gradients or optimizer moments: cllm/model.py allocates those on first use).
     quantize "int8": an Int8Model (cllm/quantize.py), quantized here at load time."""
-    from cllm.checkpoint import load_checkpoint, model_from_checkpoint
-    from cllm.device import select_gpu, to_device
-    from cllm.quantize import Int8Model, check_scheme
-    from cllm.runtime import configure_threads
-    from cllm.tokenizers import load_tokenizer
+    # costly at start-up: these load Numba and the kernels, and cllm/data/textkind.py imports this module
+    # on every `prepare` (for default_start_ids), which never loads a model
+    from cllm.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: PLC0415
+    from cllm.device import select_gpu, to_device  # noqa: PLC0415
+    from cllm.quantize import Int8Model, check_scheme  # noqa: PLC0415
+    from cllm.runtime import configure_threads  # noqa: PLC0415
+    from cllm.tokenizers import load_tokenizer  # noqa: PLC0415
 
     check_scheme(quantize, device)
     configure_threads(threads)

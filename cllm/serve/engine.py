@@ -20,12 +20,17 @@ requests take turns (see warm_up).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
 import time
 
+import numba
+
 from cllm.completion import StopStream, cut_at_stop, encode_prompt, load_for_generation
+from cllm.generation import Generator, SamplingConfig
+from cllm.runtime import configure_threads
 
 
 @dataclasses.dataclass
@@ -49,8 +54,6 @@ class CompletionRequest:
 
 class Engine:
     def __init__(self, model, tokenizer, checkpoint_path: str, model_id: str | None = None):
-        from cllm.generation import Generator
-
         self.model = model
         self.tokenizer = tokenizer
         self.checkpoint_path = checkpoint_path
@@ -67,8 +70,6 @@ class Engine:
     @classmethod
     def load(cls, checkpoint: str, tokenizer_path=None, threads=None, model_id=None, device="cpu",
              quantize=None) -> "Engine":
-        from cllm.runtime import configure_threads
-
         model, tok, path = load_for_generation(checkpoint, tokenizer_path, threads, device, quantize)
         engine = cls(model, tok, path, model_id)
         engine.threads = configure_threads(threads)
@@ -78,18 +79,12 @@ class Engine:
         """Run once in each worker thread: Numba's thread count is per thread, so the count that
         configure_threads set in the main thread does not reach the workers by itself."""
         if self.threads:
-            import numba
-
             numba.set_num_threads(self.threads)
 
     def warm_up(self) -> None:
         """Compile (or load from Numba's cache) the decoding kernels before the first request, and
         find out whether requests may generate at once (the first parallel kernel picks Numba's
         threading layer). run() calls it when nobody did."""
-        import contextlib
-
-        import numba
-
         with self._warm_lock:
             if self._turns is not None:
                 return
@@ -138,8 +133,6 @@ class Engine:
             return work(*args)
 
     def _run(self, req: CompletionRequest, cancel: threading.Event, emit) -> dict:
-        from cllm.generation import SamplingConfig
-
         self._count("requests")
         prompt_tokens = completion_tokens = 0
         index = 0
