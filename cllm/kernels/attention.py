@@ -4,7 +4,7 @@ Legend: B batch, T time, C channels, NH heads, hs = C/NH head size.
 inp (B,T,3C) holds, for each position, q (C) then k (C) then v (C); head h uses channels
 [h*hs, (h+1)*hs) of each. att (B,NH,T,T) keeps the softmax probabilities, 0 above the diagonal
 (t2 > t, the future): the backward reads them. The scaled scores are scratch, one head's (T,T) at a
-time, which stays in cache (a (B,NH,T,T) scores buffer measured 9% slower at the seed config).
+time, which stays in cache (a (B,NH,T,T) scores buffer measured 9% slower at the medium config, L6 NH8 C256 T128).
 The products run through cllm/kernels/blas.gemm on each head's channels in place (a row stride of 3C for
 q, k, v, of C for out): no copies in or out, and the backward adds straight into dinp.
 Dropout on the probabilities (drop > 0: the threshold of cllm/kernels/dropout.py, with its key): att keeps

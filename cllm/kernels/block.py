@@ -7,7 +7,7 @@ and residual sums need no other row. So each thread takes its block of rows thro
 chain, and the forward wakes the thread team three times per layer (this, attention, this) instead
 of five (more where the small LayerNorm and residual kernels run in parallel). Measured on the baby
 GPT (4 layers, 128 dims, B*T = 768): forward 10.50 -> 9.78 ms, 2.3% of a training step, the results
-identical; no change at the seed config's size, where the products dwarf a wake-up (~50 us on this
+identical; no change at the medium config's size (L6 NH8 C256), where the products dwarf a wake-up (~50 us on this
 VM). The backward cannot follow: each weight gradient needs every row of its output gradient.
 """
 from numba import njit, prange

@@ -15,7 +15,7 @@ from .gelu import gelu_span
 # or int8: cllm/kernels/quant.py) is split over the threads.
 # Below it, waking the sleeping thread team (OMP_WAIT_POLICY=PASSIVE, cllm/__init__.py: about 35 us
 # per parallel region, measured) costs more than the second core saves; a decode step runs 4
-# products per layer. Measured on the seed config (6 layers, 256 dims, vocab 5000): 1.15k tokens/s
+# products per layer. Measured on the medium config (6 layers, 256 dims, vocab 5000): 1.15k tokens/s
 # all serial, 1.36k with its LM head (1.28M weights) split.
 PARALLEL_MATVEC_MIN = 1 << 20
 
@@ -49,7 +49,7 @@ def matmul_gelu_forward(out, gelu_out, inp, weight, bias, B, T, C, OC):
     # matmul_forward, then gelu_out (B,T,OC) = gelu(out) (the MLP's first layer): each thread applies
     # the GELU to its block of rows right after their product, in the same parallel region.
     # (Smaller pieces, to find them in L2, cost more than they save: each gemm call packs the whole
-    # weight matrix again, 1 MB at the seed config, measured 50% slower with pieces of 128 rows.)
+    # weight matrix again, 1 MB at the medium config, measured 50% slower with pieces of 128 rows.)
     BT = B * T
     nblk = min(ROW_BLOCKS, BT)
     for blk in prange(nblk):
