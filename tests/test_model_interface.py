@@ -73,8 +73,8 @@ def close(got, want, kind: str, what: str) -> None:
 
 
 if not SIMULATED:
-    def test_cuda_model_in_the_simulator():
-        run_in_simulator(__file__, "-k", "cuda")
+    def test_cuda_model_in_the_simulator(arch):
+        run_in_simulator(__file__, "-k", f"cuda and {arch}")
 
 
 @pytest.mark.parametrize("kind", KINDS)
