@@ -13,7 +13,7 @@ llama: pre-RMSNorm blocks, rotary positions on q and k, grouped-query attention,
 units, no biases (but qkvb with attention_bias), LM head wte or its own lm_head (docs/design.md).
 
 Model implements cllm/model_interface.py's LanguageModel. Two bases hold what it shares with the other
-implementations: GPTGraph, GPT-2's forward and backward over named views for a kernel set (also
+implementations: GPTGraph, the forward and backward of each architecture over named views for a kernel set (also
 cllm/device.py's CudaModel), and HostDecoding, the KV-cache decoding with the CPU kernels (also
 cllm/quantize.py's Int8Model).
 """
@@ -59,6 +59,11 @@ def _flat_values(values, size: int, what: str) -> np.ndarray:
     return values
 
 
+def rope_tables(config: ModelConfig, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """llama's RoPE (cos, sin) tables (maxT, hs/2) flat, of dtype, for the model's positions and theta."""
+    return K.rope_table(config.max_seq_len, config.head_size, config.rope_theta, dtype)
+
+
 class GPTGraph(LanguageModel):
     """The training graph, once, for every device: the forward and backward over named flat views, calling
     the kernel set `self.ops` (cllm/kernels here; cllm/kernels/cuda for cllm/device.py's CudaModel), with one
@@ -73,9 +78,7 @@ class GPTGraph(LanguageModel):
     def _rope_tables(self):
         """llama's RoPE (cos, sin) of the model's dtype, as arrays the kernel set takes (device arrays on CUDA)."""
         if self._rope is None:
-            cfg = self.config
-            self._rope = tuple(self._to_ops(t) for t in K.rope_table(cfg.max_seq_len, cfg.head_size,
-                                                                     cfg.rope_theta, self.dtype))
+            self._rope = tuple(self._to_ops(t) for t in rope_tables(self.config, self.dtype))
         return self._rope
 
     def _to_ops(self, array: np.ndarray):
@@ -267,6 +270,8 @@ class HostDecoding(LanguageModel):
     (the parameters in ModelConfig.param_shapes's order, flat) and `_scales` (None for float weights;
     cllm/quantize.py's Int8Model passes its int8 matrices in _weight_views and their row scales here)."""
 
+    _host_rope = None  # llama's (cos, sin) for the decoding kernels, host arrays built on first use
+
     def new_kv_cache(self, num_sequences: int = 1) -> np.ndarray:
         """A KV cache for decode_step, flat: per sequence and layer, gpt2: each head's keys (hs, maxT), then
         each head's values (maxT, hs); llama: the NKV kv heads' keys (NKV, maxT, hs), then their values
@@ -279,19 +284,14 @@ class HostDecoding(LanguageModel):
         w = dict(zip(self.shapes, self._weight_views))
         head, head_scale = (w["wte"], 0) if cfg.tie_embeddings else (w["lm_head"], 5)
         logits = np.empty((B * T - first_logit_row) * cfg.vocab_size, dtype=self.dtype)
-        cos, sin = self._host_rope_tables()
+        if self._host_rope is None:
+            self._host_rope = rope_tables(cfg, self.dtype)
+        cos, sin = self._host_rope
         K.llama_forward_rows(logits, kv_cache, tokens, w["wte"], w["ln1w"], w["qkvw"], w.get("qkvb"), w["attprojw"],
                              w["ln2w"], w["fcw"], w["fcprojw"], w["lnfw"], head, head_scale, cos, sin, self._scales,
                              B, T, pos0, cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.ffn_dim,
                              cfg.max_seq_len, cfg.vocab_size, cfg.norm_eps, first_logit_row)
         return logits
-
-    def _host_rope_tables(self):
-        """llama's RoPE (cos, sin) for the decoding kernels, of the model's dtype (built once)."""
-        if getattr(self, "_host_rope", None) is None:
-            cfg = self.config
-            self._host_rope = K.rope_table(cfg.max_seq_len, cfg.head_size, cfg.rope_theta, self.dtype)
-        return self._host_rope
 
     def decode_step(self, tokens, pos: int, kv_cache: np.ndarray) -> np.ndarray:
         """Feed tokens (nb,) at position pos (every earlier position already in kv_cache) and
