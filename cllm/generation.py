@@ -3,8 +3,9 @@ greedy decoding, and beam search with length normalization.
 
 The prompt is fed in one Model.prefill call; every new token then costs one Model.decode_step:
 O(position) attention plus the weight matrices, never a forward over the whole prefix. When the
-context is full, the last half of it is re-fed into a fresh cache (positions are learned and
-absolute, so the cache cannot simply slide).
+context is full, the last half of it is re-fed into a fresh cache (gpt2's positions are learned and
+absolute, so the cache cannot simply slide; llama's re-prefill restarts its RoPE positions at 0 the same
+way, as each training window starts at 0).
 """
 from __future__ import annotations
 

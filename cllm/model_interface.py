@@ -5,7 +5,7 @@ Three classes implement `LanguageModel`:
   CudaModel  (cllm/device.py)    float32 buffers on a GPU, the CUDA kernels; trains and decodes
   Int8Model  (cllm/quantize.py)  int8 weight matrices on the host; decodes and scores only (trainable = False)
 
-Model and CudaModel share GPT-2's graph (cllm/model.py's GPTGraph, over a kernel set); Model and Int8Model
+Model and CudaModel share each architecture's graph (cllm/model.py's GPTGraph, over a kernel set); Model and Int8Model
 share the CPU decoding (cllm/model.py's HostDecoding). Every name below means the same on each:
 
 - Results come back to the host as NumPy arrays: logits (B,T,V) (the padded vocabulary columns cut off),
@@ -123,7 +123,8 @@ class LanguageModel(abc.ABC):
     @abc.abstractmethod
     def new_kv_cache(self, num_sequences: int = 1):
         """A zeroed KV cache for num_sequences sequences, on the model's device (a flat NumPy array on
-        the CPU: per sequence and layer each head's keys (hs, maxT), then its values (maxT, hs))."""
+        the CPU: per sequence and layer, gpt2: each head's keys (hs, maxT), then its values (maxT, hs); llama: the
+        NKV kv heads' keys (NKV, maxT, hs), then their values; ModelConfig.kv_cache_size floats per sequence)."""
 
     @abc.abstractmethod
     def decode_step(self, tokens, pos: int, kv_cache) -> np.ndarray:
@@ -167,7 +168,7 @@ class LanguageModel(abc.ABC):
         tokens = self._token_array(tokens)
         if not 0 <= pos < cfg.max_seq_len:
             raise ConfigError(f"position {pos} is outside the model's context of {cfg.max_seq_len}")
-        if kv_cache.size != tokens.size * cfg.num_layers * cfg.max_seq_len * 2 * cfg.embed_dim:
+        if kv_cache.size != cfg.kv_cache_size(tokens.size):
             raise ConfigError("kv_cache does not match the number of sequences; use new_kv_cache(nb)")
         return tokens
 
@@ -178,7 +179,7 @@ class LanguageModel(abc.ABC):
         if pos0 < 0 or pos0 + tokens.size > cfg.max_seq_len:
             raise ConfigError(f"positions {pos0}..{pos0 + tokens.size - 1} are outside the model's context of "
                               f"{cfg.max_seq_len}")
-        if kv_cache.size != cfg.num_layers * cfg.max_seq_len * 2 * cfg.embed_dim:
+        if kv_cache.size != cfg.kv_cache_size(1):
             raise ConfigError("prefill takes a cache for one sequence; use new_kv_cache(1)")
         return tokens
 

@@ -151,7 +151,7 @@ def _damaged_checkpoint(tmp_path, run, damage):
     elif damage == "version":
         config["format_version"] = 7
     elif damage == "shapes":
-        config["model"]["embed_dim"] = 32
+        config["model"].update(embed_dim=32, ffn_dim=128)  # a consistent gpt2 config (4C) that the tensors do not fit
     elif damage == "negative":
         config["model"]["num_layers"] = -1
     (ck / "config.json").write_text(json.dumps(config))
