@@ -17,6 +17,7 @@ import sys
 
 import numpy as np
 import pytest
+from hf_llama_helpers import llama3_tokenizer, llama_config, llama_tensors, write_llama_dir
 from test_gguf import SAMPLE, TEXT, make_checkpoint
 from train_helpers import ROOT, all_threads_after  # noqa: F401  (autouse)
 
@@ -251,3 +252,135 @@ def test_gpt2_style_vocabulary_survives_import_fine_tune_and_export(tmp_path):
     assert cli.main(["export-gguf", str(tmp_path / "ck"), str(tmp_path / "m.gguf")]) == 0
     tokens = gguf.GGUFReader(str(tmp_path / "m.gguf")).fields["tokenizer.ggml.tokens"].contents()
     assert tokens == [bpe.id_to_token(i) for i in range(V)]
+
+
+# ---------------------------------------------------------------------------------------- the Llama family
+# Random models at odd sizes (tests/hf_llama_helpers.py: 6 query heads over 2 kv heads, head size 8, an MLP
+# of 100, rope_theta 500000, untied unless said): LlamaForCausalLM, Qwen2ForCausalLM (q, k, v biases) and
+# MistralForCausalLM without a sliding window.
+
+def read_dir(path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(config.json, every tensor) of an HF directory, sharded or not."""
+    from safetensors.numpy import load_file
+
+    with open(os.path.join(path, "config.json")) as f:
+        cfg = json.load(f)
+    tensors = {}
+    for name in sorted(os.listdir(path)):
+        if name.endswith(".safetensors"):
+            tensors.update(load_file(os.path.join(path, name)))
+    return cfg, tensors
+
+
+def hf_rope_theta(cfg: dict) -> float:
+    return (cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta"))
+
+
+@pytest.mark.parametrize("model_type, tied, shards, new_rope", [
+    ("llama", False, 3, False), ("llama", True, 1, True), ("qwen2", False, 2, True), ("mistral", False, 1, False)],
+    ids=["llama-untied-sharded-4.x-config", "llama-tied", "qwen2-biases-sharded", "mistral"])
+def test_llama_family_round_trip_gives_identical_tensors_config_and_token_ids(model_type, tied, shards, new_rope,
+                                                                             tmp_path):
+    """Without torch: HF dir -> import-hf -> CLLM checkpoint -> export-hf -> a LlamaForCausalLM directory
+    with the same tensors (plus a zero o_proj bias where the model has q, k, v biases: LlamaAttention's
+    attention_bias adds one), the same sizes in config.json, and a tokenizer giving the same ids."""
+    tokenizers = pytest.importorskip("tokenizers", reason="the tokenizers package (test extra) is not installed")
+    from cllm.tokenizers import load_tokenizer
+
+    tok = llama3_tokenizer(TEXT)
+    cfg = llama_config(model_type, vocab_size=tok.get_vocab_size(), tied=tied, new_rope=new_rope)
+    tensors = llama_tensors(cfg)
+    hf = write_llama_dir(tmp_path / "hf", cfg, tensors, shards=shards, tokenizer=tok)
+    assert cli.main(["import-hf", hf, str(tmp_path / "ck")]) == 0
+    back = ck.load_checkpoint(str(tmp_path / "ck"))
+    c = back.model_config
+    assert (c.arch, c.num_kv_heads, c.ffn_dim, c.rope_theta, c.norm_eps, c.tie_embeddings, c.attention_bias) == \
+        ("llama", 2, 100, 500000.0, 1e-6, tied, model_type == "qwen2")
+    assert c.padded_vocab_size > c.vocab_size and not back.params["wte"][c.vocab_size:].any()  # padding is zero
+    text = SAMPLE.replace("<|endoftext|>", "")
+    want_ids = tok.encode(text, add_special_tokens=False).ids
+    assert load_tokenizer(back.tokenizer_path).encode(text) == want_ids
+
+    assert cli.main(["export-hf", str(tmp_path / "ck"), str(tmp_path / "out")]) == 0
+    out_cfg, out = read_dir(tmp_path / "out")
+    expected = dict(tensors)
+    if model_type == "qwen2":
+        for l in range(cfg["num_hidden_layers"]):
+            expected[f"model.layers.{l}.self_attn.o_proj.bias"] = np.zeros(48, np.float32)
+    assert set(out) == set(expected)
+    for name, t in expected.items():
+        np.testing.assert_array_equal(out[name], t, err_msg=name)
+    assert out_cfg["architectures"] == ["LlamaForCausalLM"] and out_cfg["model_type"] == "llama"
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings"):
+        assert out_cfg[key] == cfg[key], key
+    assert out_cfg["rope_theta"] == hf_rope_theta(out_cfg) == hf_rope_theta(cfg) == 500000.0
+    assert out_cfg["attention_bias"] == (model_type == "qwen2") and out_cfg["hidden_act"] == "silu"
+    assert tokenizers.Tokenizer.from_file(str(tmp_path / "out" / "tokenizer.json")).encode(
+        text, add_special_tokens=False).ids == want_ids
+    # and back again: the exported directory imports to the same checkpoint
+    assert cli.main(["import-hf", str(tmp_path / "out"), str(tmp_path / "ck2")]) == 0
+    again = ck.load_checkpoint(str(tmp_path / "ck2"))
+    assert again.model_config == c
+    for name, t in back.params.items():
+        np.testing.assert_array_equal(again.params[name], t, err_msg=name)
+
+
+def sentencepiece_byte_fallback_json(vocab_size: int) -> dict:
+    """A tokenizer.json in Llama 2's / TinyLlama's layout: a BPE over "▁"-marked text with byte fallback
+    (<0x00>..<0xFF> tokens), trained by `tokenizers`."""
+    import tokenizers as tk
+
+    sp = tk.Tokenizer(tk.models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    sp.normalizer = tk.normalizers.Sequence([tk.normalizers.Prepend("\u2581"), tk.normalizers.Replace(" ", "\u2581")])
+    sp.decoder = tk.decoders.Sequence([tk.decoders.Replace("\u2581", " "), tk.decoders.ByteFallback(),
+                                       tk.decoders.Fuse(), tk.decoders.Strip(" ", 1, 0)])
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    sp.train_from_iterator([TEXT], tk.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                                          show_progress=False))
+    return json.loads(sp.to_str())
+
+
+LLAMA_REFUSALS = {  # name -> (model type, config changes, tensor change, what the one line names)
+    "rope-scaling-llama3": ("llama", {"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}},
+                            None, "rope_scaling of type 'llama3'"),
+    "rope-scaling-4.x-linear": ("llama", {"rope_scaling": {"type": "linear", "factor": 2.0}}, None,
+                                "rope_scaling of type 'linear'"),
+    "mistral-sliding-window": ("mistral", {"sliding_window": 4096}, None, "sliding attention window of 4096"),
+    "qwen2-sliding-window": ("qwen2", {"use_sliding_window": True, "sliding_window": 32}, None,
+                             "sliding attention window of 32"),
+    "gelu": ("llama", {"hidden_act": "gelu"}, None, "hidden_act 'gelu'"),
+    "mlp-bias": ("llama", {"mlp_bias": True}, None, "biases in the MLP"),
+    "head-dim": ("llama", {"head_dim": 16}, None, "head_dim 16"),
+    "other-model-type": ("llama", {"model_type": "gemma"}, None, "CLLM imports model_type gpt2, llama, qwen2, mistral"),
+    "o-proj-bias": ("llama", {"attention_bias": True}, "o_bias", "o_proj.bias is not zero"),
+    "extra-tensor": ("llama", {}, "extra", "has no place for, e.g. 'model.layers.0.mlp.up_proj.bias'"),
+    "missing-tensor": ("llama", {}, "missing", "has no tensor 'model.layers.1.mlp.down_proj.weight'"),
+    "untied-head-in-tied-config": ("llama", {"tie_word_embeddings": True}, "head", "lm_head.weight differs"),
+    "sentencepiece-byte-fallback": ("llama", {}, "sentencepiece", "byte_fallback = True"),
+}
+
+
+@pytest.mark.parametrize("case", list(LLAMA_REFUSALS))
+def test_llama_family_refusals_are_one_line_and_write_nothing(case, tmp_path, capsys):
+    model_type, changes, tensor_change, message = LLAMA_REFUSALS[case]
+    cfg = {**llama_config(model_type), **changes}
+    base = llama_config(model_type)  # the tensors of the model without the change
+    tensors = llama_tensors(dict(base, attention_bias=False, tie_word_embeddings=False))
+    if tensor_change == "o_bias":  # a Llama with attention_bias: q, k, v and o biases, o's not zero
+        for l in range(2):
+            tensors.update({f"model.layers.{l}.self_attn.{p}_proj.bias": np.full(n, 0.1, np.float32)
+                            for p, n in (("q", 48), ("k", 16), ("v", 16), ("o", 48))})
+    elif tensor_change == "extra":
+        tensors["model.layers.0.mlp.up_proj.bias"] = np.zeros(100, np.float32)
+    elif tensor_change == "missing":
+        del tensors["model.layers.1.mlp.down_proj.weight"]
+    hf = write_llama_dir(tmp_path / "hf", cfg, tensors)
+    if tensor_change == "sentencepiece":
+        pytest.importorskip("tokenizers", reason="the tokenizers package (test extra) builds the tokenizer")
+        with open(os.path.join(hf, "tokenizer.json"), "w") as f:
+            json.dump(sentencepiece_byte_fallback_json(cfg["vocab_size"]), f)
+    assert cli.main(["import-hf", hf, str(tmp_path / "ck")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err, err
+    assert not (tmp_path / "ck").exists()

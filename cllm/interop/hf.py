@@ -1,4 +1,7 @@
-"""HuggingFace transformers interop: a CLLM checkpoint as a GPT-2 directory, and back.
+"""HuggingFace transformers interop: a CLLM checkpoint as a GPT-2 or Llama directory, and back.
+
+This module reads and writes the directory and GPT-2's names; cllm/interop/hf_llama.py holds the Llama
+family's (a llama checkpoint exports as LlamaForCausalLM; Llama, Qwen2 and Mistral directories import).
 
     OUT_DIR/config.json             GPT2Config (model_type gpt2, GPT2LMHeadModel, tied head)
             model.safetensors       transformers' tensor names, Conv1D orientation, fp32
@@ -40,6 +43,13 @@ from cllm.checkpoint import load_checkpoint, save_checkpoint, set_pointer
 from cllm.config import ModelConfig
 from cllm.errors import CheckpointError, ConfigError, TokenizerError
 from cllm.fileio import default_mode, fsync_path
+from cllm.interop.hf_llama import (
+    ARCHITECTURES,
+    from_llama_tensors,
+    llama_hf_config,
+    model_config_from_llama,
+    to_llama_tensors,
+)
 from cllm.tokenizers import load_tokenizer
 from cllm.tokenizers.imports import import_tokenizer
 from cllm.tokenizers.word import WORD_PATTERN
@@ -124,8 +134,8 @@ def _special_ids(tokenizer) -> dict:
 def model_config_from_hf(cfg: dict, where: str) -> ModelConfig:
     """A ModelConfig from a GPT-2 config.json; a model CLLM would compute differently is refused."""
     if cfg.get("model_type") != "gpt2":
-        raise CheckpointError(f"{where} describes a {cfg.get('model_type')!r} model; CLLM imports GPT-2 (model_type "
-                              "gpt2) only")
+        raise CheckpointError(f"{where} describes a {cfg.get('model_type')!r} model; CLLM imports model_type gpt2, "
+                              f"{', '.join(ARCHITECTURES)}")
     checks = [
         (cfg.get("activation_function", "gelu_new") in TANH_GELUS,
          f"activation_function {cfg.get('activation_function')!r} (CLLM computes the tanh GELU, gelu_new)"),
@@ -202,7 +212,8 @@ def _word_level_json(tokenizer) -> dict:
 
 # ---------------------------------------------------------------------------------------- export
 def export_hf(checkpoint: str, out_dir: str) -> tuple[str, ModelConfig]:
-    """Write CHECKPOINT as a transformers GPT-2 directory OUT_DIR (new or empty), all files or none:
+    """Write CHECKPOINT as a transformers GPT-2 (or, for a llama checkpoint, LlamaForCausalLM) directory
+    OUT_DIR (new or empty), all files or none:
     they are written into a temporary directory beside it that is renamed into place."""
     ckpt = load_checkpoint(checkpoint)
     config = ckpt.model_config
@@ -217,10 +228,13 @@ def export_hf(checkpoint: str, out_dir: str) -> tuple[str, ModelConfig]:
         tmp = tempfile.mkdtemp(prefix="." + os.path.basename(out_dir) + ".", suffix=".tmp", dir=parent)
     except OSError as exc:
         raise CheckpointError(f"cannot write to {parent!r}: {exc.strerror or exc}; choose another OUT_DIR") from exc
+    llama = config.arch == "llama"
     try:
-        save_file(to_hf_tensors(config, ckpt.params), os.path.join(tmp, "model.safetensors"),
+        tensors = to_llama_tensors(config, ckpt.params) if llama else to_hf_tensors(config, ckpt.params)
+        save_file(tensors, os.path.join(tmp, "model.safetensors"),
                   metadata={"format": "pt"})  # transformers refuses a safetensors file without format=pt
-        files["config.json"] = hf_config(config, tokenizer)
+        files["config.json"] = llama_hf_config(config, _special_ids(tokenizer)) if llama else hf_config(config,
+                                                                                                       tokenizer)
         files["generation_config.json"] = {"_from_model_config": True, **_special_ids(tokenizer)}
         for name, obj in files.items():
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
@@ -283,7 +297,7 @@ def read_hf_tensors(hf_dir: str) -> dict[str, np.ndarray]:
 
 
 def import_hf(hf_dir: str, checkpoint_dir: str) -> tuple[str, bool]:
-    """Read a GPT-2 HuggingFace directory into CHECKPOINT_DIR/step_000000 (with `latest`); its
+    """Read a GPT-2, Llama, Qwen2 or Mistral HuggingFace directory into CHECKPOINT_DIR/step_000000 (with `latest`); its
     tokenizer.json, when present, becomes the checkpoint's tokenizer. Returns (step directory,
     whether a tokenizer came along)."""
     hf_dir = os.fspath(hf_dir)
@@ -298,10 +312,16 @@ def import_hf(hf_dir: str, checkpoint_dir: str) -> tuple[str, bool]:
         raise CheckpointError(f"{hf_dir} has no config.json; not a HuggingFace model directory") from None
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{cfg_path} is unreadable or not valid JSON ({exc})") from None
-    config = model_config_from_hf(cfg, cfg_path)
-    tensors = read_hf_tensors(hf_dir)
-    _check_tied_head(tensors, hf_dir)
-    params = from_hf_tensors(config, tensors, hf_dir)
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_path} is not a JSON object; not a HuggingFace config.json")
+    if cfg.get("model_type") in ARCHITECTURES:
+        config = model_config_from_llama(cfg, cfg_path)
+        params = from_llama_tensors(config, read_hf_tensors(hf_dir), hf_dir)
+    else:
+        config = model_config_from_hf(cfg, cfg_path)
+        tensors = read_hf_tensors(hf_dir)
+        _check_tied_head(tensors, hf_dir)
+        params = from_hf_tensors(config, tensors, hf_dir)
     if not all(np.isfinite(t).all() for t in params.values()):
         raise CheckpointError(f"{hf_dir} holds non-finite weights (NaN or Inf): the model is broken")
     tokenizer = _read_tokenizer(hf_dir, config)
