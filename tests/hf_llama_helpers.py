@@ -3,8 +3,8 @@ as transformers writes it (either spelling of RoPE's base), random float32 tenso
 names in model.safetensors or in shards with their index, and a byte-level BPE tokenizer.json in Llama
 3's layout trained by the `tokenizers` library when it is installed.
 
-The sizes are the odd ones the brief of these tests asks for: 6 query heads over 2 key/value heads
-(head size 8), an MLP of 100 units (not a multiple of 64), rope_theta 500000, the LM head untied."""
+The sizes are odd on purpose: 6 query heads over 2 key/value heads (head size 16; a width of 96 is
+whole Q8_0 blocks), an MLP of 100 units (not a multiple of 64), rope_theta 500000, the LM head untied."""
 from __future__ import annotations
 
 import json
@@ -15,7 +15,7 @@ from safetensors.numpy import save_file
 
 from cllm.interop.gguf import LLAMA3_SPLIT
 
-SIZES = dict(hidden_size=48, intermediate_size=100, num_hidden_layers=2, num_attention_heads=6,
+SIZES = dict(hidden_size=96, intermediate_size=100, num_hidden_layers=2, num_attention_heads=6,
              num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6)
 ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
 
@@ -34,7 +34,7 @@ def llama_config(model_type: str = "llama", vocab_size: int = 300, tied: bool = 
     if model_type == "qwen2":
         cfg.update(use_sliding_window=False, sliding_window=None, max_window_layers=2)
     if model_type == "mistral":
-        cfg.update(sliding_window=None, head_dim=8)
+        cfg.update(sliding_window=None, head_dim=16)
     cfg.update(changes)
     return cfg
 

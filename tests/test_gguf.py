@@ -298,9 +298,9 @@ def test_llama_gguf_metadata_holds_what_llama_cpp_llama_loader_reads(llama_expor
     cfg, _, tok, readers = llama_exported
     meta = {k: f.contents() for k, f in readers["q8_0"].fields.items() if not k.startswith("GGUF.")}
     assert meta["general.architecture"] == "llama" and meta["general.file_type"] == 7
-    want = {"llama.context_length": 64, "llama.embedding_length": 48, "llama.block_count": 2,
+    want = {"llama.context_length": 64, "llama.embedding_length": 96, "llama.block_count": 2,
             "llama.feed_forward_length": 100, "llama.attention.head_count": 6, "llama.attention.head_count_kv": 2,
-            "llama.rope.dimension_count": 8, "llama.vocab_size": tok.get_vocab_size()}
+            "llama.rope.dimension_count": 16, "llama.vocab_size": tok.get_vocab_size()}
     assert {k: meta[k] for k in want} == want
     assert meta["llama.rope.freq_base"] == 500000.0
     assert meta["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-6)

@@ -14,11 +14,12 @@ import pickle
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from hf_llama_helpers import llama3_tokenizer, llama_config, llama_tensors, write_llama_dir
-from test_gguf import SAMPLE, TEXT, make_checkpoint
+from test_gguf import SAMPLE, TEXT, llama_forward_ggml, make_checkpoint
 from train_helpers import ROOT, all_threads_after  # noqa: F401  (autouse)
 
 from cllm import checkpoint as ck
@@ -255,7 +256,7 @@ def test_gpt2_style_vocabulary_survives_import_fine_tune_and_export(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- the Llama family
-# Random models at odd sizes (tests/hf_llama_helpers.py: 6 query heads over 2 kv heads, head size 8, an MLP
+# Random models at odd sizes (tests/hf_llama_helpers.py: 6 query heads over 2 kv heads, head size 16, an MLP
 # of 100, rope_theta 500000, untied unless said): LlamaForCausalLM, Qwen2ForCausalLM (q, k, v biases) and
 # MistralForCausalLM without a sliding window.
 
@@ -306,7 +307,7 @@ def test_llama_family_round_trip_gives_identical_tensors_config_and_token_ids(mo
     expected = dict(tensors)
     if model_type == "qwen2":
         for l in range(cfg["num_hidden_layers"]):
-            expected[f"model.layers.{l}.self_attn.o_proj.bias"] = np.zeros(48, np.float32)
+            expected[f"model.layers.{l}.self_attn.o_proj.bias"] = np.zeros(96, np.float32)
     assert set(out) == set(expected)
     for name, t in expected.items():
         np.testing.assert_array_equal(out[name], t, err_msg=name)
@@ -351,7 +352,7 @@ LLAMA_REFUSALS = {  # name -> (model type, config changes, tensor change, what t
                              "sliding attention window of 32"),
     "gelu": ("llama", {"hidden_act": "gelu"}, None, "hidden_act 'gelu'"),
     "mlp-bias": ("llama", {"mlp_bias": True}, None, "biases in the MLP"),
-    "head-dim": ("llama", {"head_dim": 16}, None, "head_dim 16"),
+    "head-dim": ("llama", {"head_dim": 32}, None, "head_dim 32"),
     "other-model-type": ("llama", {"model_type": "gemma"}, None, "CLLM imports model_type gpt2, llama, qwen2, mistral"),
     "o-proj-bias": ("llama", {"attention_bias": True}, "o_bias", "o_proj.bias is not zero"),
     "extra-tensor": ("llama", {}, "extra", "has no place for, e.g. 'model.layers.0.mlp.up_proj.bias'"),
@@ -370,7 +371,7 @@ def test_llama_family_refusals_are_one_line_and_write_nothing(case, tmp_path, ca
     if tensor_change == "o_bias":  # a Llama with attention_bias: q, k, v and o biases, o's not zero
         for l in range(2):
             tensors.update({f"model.layers.{l}.self_attn.{p}_proj.bias": np.full(n, 0.1, np.float32)
-                            for p, n in (("q", 48), ("k", 16), ("v", 16), ("o", 48))})
+                            for p, n in (("q", 96), ("k", 32), ("v", 32), ("o", 96))})
     elif tensor_change == "extra":
         tensors["model.layers.0.mlp.up_proj.bias"] = np.zeros(100, np.float32)
     elif tensor_change == "missing":
@@ -384,3 +385,70 @@ def test_llama_family_refusals_are_one_line_and_write_nothing(case, tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err, err
     assert not (tmp_path / "ck").exists()
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def hf_llama(request, tmp_path_factory):
+    """A random transformers model (every weight random, norms near 1) at the odd sizes, saved with its
+    Llama 3-layout tokenizer, imported with import-hf and exported again with export-hf and export-gguf.
+    Returns a namespace: model (transformers, eval), tok (tokenizers.Tokenizer), hf, ck, out (exported HF
+    dir) and gguf {dtype: path}."""
+    if transformers is None:
+        pytest.skip(MISSING)
+    pytest.importorskip("tokenizers", reason="the tokenizers package (test extra) is not installed")
+    base = tmp_path_factory.mktemp(f"hf_{request.param}")
+    tok = llama3_tokenizer(TEXT)
+    cfg = llama_config(request.param, vocab_size=tok.get_vocab_size(), new_rope=False)
+    kwargs = {k: v for k, v in cfg.items() if k not in ("architectures", "model_type", "torch_dtype")}
+    config = transformers.AutoConfig.for_model(request.param, **kwargs)
+    torch.manual_seed(1)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # transformers initializes norms to one and weights at 0.02: make every tensor count
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(base / "hf", safe_serialization=True)
+    tok.save(str(base / "hf" / "tokenizer.json"))
+    assert cli.main(["import-hf", str(base / "hf"), str(base / "ck")]) == 0
+    assert cli.main(["export-hf", str(base / "ck"), str(base / "out")]) == 0
+    ggufs = {}
+    for dtype in ("f32", "f16", "q8_0"):
+        ggufs[dtype] = str(base / f"{dtype}.gguf")
+        assert cli.main(["export-gguf", str(base / "ck"), ggufs[dtype], "--dtype", dtype]) == 0
+    return SimpleNamespace(model=model, tok=tok, hf=str(base / "hf"), ck=str(base / "ck"), out=str(base / "out"),
+                           gguf=ggufs, config=cfg)
+
+
+def hf_logits(model, ids: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor(ids)).logits.numpy()
+
+
+@needs_hf
+def test_exported_llama_loads_in_transformers_with_the_original_logits_and_token_ids(hf_llama):
+    """transformers reads export-hf's LlamaForCausalLM (a Qwen2 comes back as a Llama with a zero o_proj
+    bias) and computes the original model's logits; AutoTokenizer gives the tokenizer's ids."""
+    out = transformers.AutoModelForCausalLM.from_pretrained(hf_llama.out).eval()
+    assert type(out).__name__ == "LlamaForCausalLM"
+    ids = np.random.default_rng(4).integers(0, hf_llama.config["vocab_size"], (2, 64))
+    diff = float(np.abs(hf_logits(out, ids) - hf_logits(hf_llama.model, ids)).max())
+    print(f"largest |logit difference| exported vs original ({hf_llama.config['model_type']}): {diff:.2e}")
+    assert diff < 1e-5
+    text = SAMPLE.replace("<|endoftext|>", "")
+    want = hf_llama.tok.encode(text, add_special_tokens=False).ids
+    assert transformers.AutoTokenizer.from_pretrained(hf_llama.out)(text)["input_ids"] == want
+
+
+@needs_hf
+def test_llama_cpp_graph_on_the_exported_gguf_gives_transformers_logits(hf_llama):
+    """The GGUF export end to end without CLLM's forward: its tensors, read back with the gguf package
+    and run through llama.cpp's llama graph written in NumPy (tests/test_gguf.py), give the logits of the
+    transformers model the checkpoint was imported from."""
+    import gguf
+
+    ids = np.array(hf_llama.tok.encode(TEXT[:400], add_special_tokens=False).ids[:64])
+    want = hf_logits(hf_llama.model, ids[None, :])[0]
+    diffs = {dtype: float(np.abs(llama_forward_ggml(gguf.GGUFReader(path), ids) - want).max())
+             for dtype, path in hf_llama.gguf.items()}
+    print(f"largest |logit difference| llama.cpp graph vs transformers ({hf_llama.config['model_type']}):", diffs)
+    assert diffs["f32"] < 1e-4
+    assert diffs["f16"] < 2e-2 and diffs["q8_0"] < 0.1  # rounding of the weights only
