@@ -101,6 +101,15 @@ class ModelConfig:
         return self.embed_dim // self.num_heads
 
     @property
+    def kv_dim(self) -> int:
+        """Channels of one position's keys (or values): NKV*hs (C for gpt2), what the KV cache holds per layer."""
+        return self.num_kv_heads * self.head_size
+
+    def kv_cache_size(self, num_sequences: int = 1) -> int:
+        """Floats of a KV cache for num_sequences: per sequence and layer, the keys and values of maxT positions."""
+        return num_sequences * self.num_layers * self.max_seq_len * 2 * self.kv_dim
+
+    @property
     def qkv_dim(self) -> int:
         """Rows of the packed q, k, v projection: NH query heads, then NKV key heads, then NKV value heads."""
         return (self.num_heads + 2 * self.num_kv_heads) * self.head_size
@@ -142,6 +151,22 @@ class ModelConfig:
         # the attention scores (llm.c's preatt): the backward reads only the probabilities, so the
         # scores are the attention kernel's scratch (at GPT-2 small's size, B=4 T=256, 12 x 12 MiB)
         L, C, NH, Vp = self.num_layers, self.embed_dim, self.num_heads, self.padded_vocab_size
+        if self.arch == "llama":
+            # no LayerNorm means (RMSNorm keeps rstd only); qkv holds q and k after RoPE (the attention's
+            # backward reads the rotated ones); fch (2F) gate|up, fch_swiglu (F) their SwiGLU
+            F, QKV = self.ffn_dim, self.qkv_dim
+            return {
+                "encoded": (B, T, C),
+                "ln1": (L, B, T, C), "ln1_rstd": (L, B, T),
+                "qkv": (L, B, T, QKV), "atty": (L, B, T, C),
+                "att": (L, B, NH, T, T),
+                "attproj": (L, B, T, C), "residual2": (L, B, T, C),
+                "ln2": (L, B, T, C), "ln2_rstd": (L, B, T),
+                "fch": (L, B, T, 2 * F), "fch_swiglu": (L, B, T, F),
+                "fcproj": (L, B, T, C), "residual3": (L, B, T, C),
+                "lnf": (B, T, C), "lnf_rstd": (B, T),
+                "logits": (B, T, Vp), "probs": (B, T, Vp), "losses": (B, T),
+            }
         return {
             "encoded": (B, T, C),
             "ln1": (L, B, T, C), "ln1_mean": (L, B, T), "ln1_rstd": (L, B, T),
@@ -168,6 +193,14 @@ class ModelConfig:
         # into it in place. "dropped" holds a projection's output gradient through its dropout mask
         # (with dropout only; the attention and MLP projections use it in turn).
         C = self.embed_dim
+        if self.arch == "llama":  # the same buffers with llama's widths; no dropout, so no "dropped"
+            F = self.ffn_dim
+            return {
+                "residual": (B, T, C),
+                "ln1": (B, T, C), "qkv": (B, T, self.qkv_dim), "atty": (B, T, C),
+                "ln2": (B, T, C), "fch": (B, T, 2 * F), "fch_swiglu": (B, T, F),
+                "lnf": (B, T, C), "losses": (B, T),
+            }
         return {
             "residual": (B, T, C),
             "ln1": (B, T, C), "qkv": (B, T, 3 * C), "atty": (B, T, C),

@@ -8,7 +8,9 @@ Buffers (all flat, of the model's dtype, float32 unless a test asks for float64)
                              ModelConfig.activation_shapes; re-allocated when B or T changes
   grad_acts                  their gradients, allocated by the first backward: one layer's, which
                              every layer reuses (ModelConfig.grad_activation_shapes)
-Pre-LayerNorm blocks, GELU MLP with 4C hidden units, learned positions, LM head tied to wte.
+gpt2: pre-LayerNorm blocks, GELU MLP with 4C hidden units, learned positions, LM head tied to wte.
+llama: pre-RMSNorm blocks, rotary positions on q and k, grouped-query attention, SwiGLU MLP of F hidden
+units, no biases (but qkvb with attention_bias), LM head wte or its own lm_head (docs/design.md).
 
 Model implements cllm/model_interface.py's LanguageModel. Two bases hold what it shares with the other
 implementations: GPTGraph, GPT-2's forward and backward over named views for a kernel set (also
@@ -31,10 +33,13 @@ from cllm.runtime import configure_threads
 
 # dropout sites (nanoGPT's placement), the counters that give each its own mask stream per layer
 DROP_EMBEDDING, DROP_ATTENTION, DROP_ATTPROJ, DROP_FCPROJ = range(4)
-MATRIX_PARAMS = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")  # weight-decayed, normal init
-RESIDUAL_PROJECTIONS = ("attprojw", "fcprojw")  # init std scaled by 1/sqrt(2L) (GPT-2)
+MATRIX_PARAMS = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw", "lm_head")  # weight-decayed, normal init
+RESIDUAL_PROJECTIONS = ("attprojw", "fcprojw")  # init std scaled by 1/sqrt(2L) (GPT-2; nanoGPT's Llama too)
+NOT_PER_LAYER = ("wte", "wpe", "lm_head")  # the matrices that are not a stack of L layers
 BACKWARD_NEEDS_FORWARD = "backward() needs a forward(idx, targets) first (one backward per forward)"
 TOKEN_LOSSES_NEED_TARGETS = "token_losses() needs the last forward to have had targets"
+LLAMA_NO_DROPOUT = ("--dropout is not implemented for --arch llama (its grouped-query attention has no dropout "
+                    "masks); train it with --dropout 0")
 
 
 def _carve(buffer: np.ndarray, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
@@ -57,13 +62,27 @@ def _flat_values(values, size: int, what: str) -> np.ndarray:
 
 
 class GPTGraph(LanguageModel):
-    """GPT-2's graph, once, for every device: the forward and backward over named flat views, calling the
-    kernel set `self.ops` (cllm/kernels here; cllm/kernels/cuda for cllm/device.py's CudaModel). Attention,
-    whose kernels differ in signature, is each subclass's _attention_forward / _attention_backward.
-    Subclasses set drop and drop_key (the dropout threshold and key of the last forward) and config."""
+    """The training graph, once, for every device: the forward and backward over named flat views, calling
+    the kernel set `self.ops` (cllm/kernels here; cllm/kernels/cuda for cllm/device.py's CudaModel), with one
+    pair of methods per architecture (_gpt2_*, _llama_*). GPT-2's attention, whose kernels differ in signature
+    between devices, is each subclass's _attention_forward / _attention_backward; llama's GQA kernels share
+    theirs. Subclasses set drop and drop_key (the dropout threshold and key of the last forward) and config."""
 
     ops = K
     drop, drop_key = 0, 0
+    _rope = None  # llama's (cos, sin) tables (maxT, hs/2), built on first use
+
+    def _rope_tables(self):
+        """llama's RoPE (cos, sin) of the model's dtype, as arrays the kernel set takes (device arrays on CUDA)."""
+        if self._rope is None:
+            cfg = self.config
+            self._rope = tuple(self._to_ops(t) for t in K.rope_table(cfg.max_seq_len, cfg.head_size,
+                                                                     cfg.rope_theta, self.dtype))
+        return self._rope
+
+    def _to_ops(self, array: np.ndarray):
+        """A host array as the kernel set takes it (CudaModel copies it to the device)."""
+        return array
 
     @abc.abstractmethod
     def _attention_forward(self, al: dict, B: int, T: int, l: int) -> None:
@@ -75,6 +94,82 @@ class GPTGraph(LanguageModel):
 
     def _forward_graph(self, p: dict, a: dict, inputs, B: int, T: int) -> None:
         """Embeddings to logits: fills every activation view of `a` (p: the parameter views)."""
+        if self.config.arch == "llama":
+            self._llama_forward_graph(p, a, inputs, B, T)
+        else:
+            self._gpt2_forward_graph(p, a, inputs, B, T)
+
+    def _backward_graph(self, p: dict, g: dict, a: dict, ga: dict, inputs, targets, B: int, T: int) -> None:
+        """The mean loss's gradients: into the parameter gradients g (+=) through the activation gradients ga.
+        These are not zeroed: the first kernel to write each one overwrites it (overwrite=True; it writes every
+        element), the later ones add, as the contract says. Zeroing them cost a pass over ~550 MB per step at
+        the seed config's size."""
+        if self.config.arch == "llama":
+            self._llama_backward_graph(p, g, a, ga, inputs, targets, B, T)
+        else:
+            self._gpt2_backward_graph(p, g, a, ga, inputs, targets, B, T)
+
+    def _lm_head_backward(self, p: dict, g: dict, a: dict, ga: dict, targets, B: int, T: int) -> None:
+        """The loss's gradient down to the final norm's output ga["lnf"] (overwritten), and the LM head's."""
+        ops, cfg = self.ops, self.config
+        C, V, Vp = cfg.embed_dim, cfg.vocab_size, cfg.padded_vocab_size
+        head = "wte" if cfg.tie_embeddings else "lm_head"
+        ops.fill_inplace(ga["losses"], 1.0 / (B * T))  # d(mean)/d(each loss)
+        # the probabilities become the logits' gradient in place: nothing reads them after this
+        ops.crossentropy_softmax_backward_inplace(a["probs"], ga["losses"], targets, B, T, V, Vp)
+        ops.matmul_backward(ga["lnf"], g[head], None, a["probs"], a["lnf"], p[head], B, T, C, Vp, True)
+
+    def _llama_forward_graph(self, p: dict, a: dict, inputs, B: int, T: int) -> None:
+        ops, cfg = self.ops, self.config
+        L, C, NH, NKV, hs = cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_size
+        F, QKV, eps, N = cfg.ffn_dim, cfg.qkv_dim, cfg.norm_eps, B * T
+        cos, sin = self._rope_tables()
+        ops.encoder_forward(a["encoded"], inputs, p["wte"], None, B, T, C)  # no positions: RoPE places them
+        residual = a["encoded"]
+        for l in range(L):
+            pl, al = self._layer(p, l), self._layer_acts(a, l)
+            ops.rmsnorm_forward(al["ln1"], al["ln1_rstd"], residual, pl["ln1w"], N, C, eps)
+            ops.matmul_forward(al["qkv"], al["ln1"], pl["qkvw"], pl.get("qkvb"), B, T, C, QKV)
+            ops.rope_forward(al["qkv"], cos, sin, B, T, NH, NKV, hs)
+            ops.gqa_forward(al["atty"], al["att"], al["qkv"], B, T, NH, NKV, hs)
+            ops.matmul_forward(al["attproj"], al["atty"], pl["attprojw"], None, B, T, C, C)
+            ops.residual_forward(al["residual2"], residual, al["attproj"], N * C)
+            ops.rmsnorm_forward(al["ln2"], al["ln2_rstd"], al["residual2"], pl["ln2w"], N, C, eps)
+            ops.matmul_forward(al["fch"], al["ln2"], pl["fcw"], None, B, T, C, 2 * F)
+            ops.swiglu_forward(al["fch_swiglu"], al["fch"], N, F)
+            ops.matmul_forward(al["fcproj"], al["fch_swiglu"], pl["fcprojw"], None, B, T, F, C)
+            ops.residual_forward(al["residual3"], al["residual2"], al["fcproj"], N * C)
+            residual = al["residual3"]
+        ops.rmsnorm_forward(a["lnf"], a["lnf_rstd"], residual, p["lnfw"], N, C, eps)
+        head = p["wte"] if cfg.tie_embeddings else p["lm_head"]
+        ops.matmul_forward(a["logits"], a["lnf"], head, None, B, T, C, cfg.padded_vocab_size)
+
+    def _llama_backward_graph(self, p: dict, g: dict, a: dict, ga: dict, inputs, targets, B: int, T: int) -> None:
+        ops, cfg = self.ops, self.config
+        L, C, NH, NKV, hs = cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_size
+        F, QKV, N = cfg.ffn_dim, cfg.qkv_dim, B * T
+        cos, sin = self._rope_tables()
+        self._lm_head_backward(p, g, a, ga, targets, B, T)
+        dres = ga["residual"]  # the residual stream's gradient, as in _gpt2_backward_graph
+        ops.rmsnorm_backward(dres, g["lnfw"], ga["lnf"], self._layer_acts(a, L - 1)["residual3"], p["lnfw"],
+                             a["lnf_rstd"], N, C, True)
+        for l in reversed(range(L)):
+            pl, gl, al = self._layer(p, l), self._layer(g, l), self._layer_acts(a, l)
+            residual = a["encoded"] if l == 0 else self._layer_acts(a, l - 1)["residual3"]
+            ops.matmul_backward(ga["fch_swiglu"], gl["fcprojw"], None, dres, al["fch_swiglu"], pl["fcprojw"],
+                                B, T, F, C, True)
+            ops.swiglu_backward(ga["fch"], ga["fch_swiglu"], al["fch"], N, F, True)
+            ops.matmul_backward(ga["ln2"], gl["fcw"], None, ga["fch"], al["ln2"], pl["fcw"], B, T, C, 2 * F, True)
+            ops.rmsnorm_backward(dres, gl["ln2w"], ga["ln2"], al["residual2"], pl["ln2w"], al["ln2_rstd"], N, C)
+            ops.matmul_backward(ga["atty"], gl["attprojw"], None, dres, al["atty"], pl["attprojw"], B, T, C, C, True)
+            ops.gqa_backward(ga["qkv"], ga["atty"], al["qkv"], al["att"], B, T, NH, NKV, hs, True)
+            ops.rope_backward(ga["qkv"], cos, sin, B, T, NH, NKV, hs)  # to the unrotated q and k
+            ops.matmul_backward(ga["ln1"], gl["qkvw"], gl.get("qkvb"), ga["qkv"], al["ln1"], pl["qkvw"],
+                                B, T, C, QKV, True)
+            ops.rmsnorm_backward(dres, gl["ln1w"], ga["ln1"], residual, pl["ln1w"], al["ln1_rstd"], N, C)
+        ops.encoder_backward(g["wte"], None, dres, inputs, B, T, C)
+
+    def _gpt2_forward_graph(self, p: dict, a: dict, inputs, B: int, T: int) -> None:
         ops, cfg = self.ops, self.config
         L, C = cfg.num_layers, cfg.embed_dim
         drop, key = self.drop, self._site_key
@@ -99,18 +194,11 @@ class GPTGraph(LanguageModel):
         ops.layernorm_matmul_forward(a["lnf"], a["lnf_mean"], a["lnf_rstd"], a["logits"], residual, p["lnfw"],
                                      p["lnfb"], p["wte"], None, B, T, C, cfg.padded_vocab_size)
 
-    def _backward_graph(self, p: dict, g: dict, a: dict, ga: dict, inputs, targets, B: int, T: int) -> None:
-        """The mean loss's gradients: into the parameter gradients g (+=) through the activation gradients ga.
-        These are not zeroed: the first kernel to write each one overwrites it (overwrite=True; it writes every
-        element), the later ones add, as the contract says. Zeroing them cost a pass over ~550 MB per step at
-        the seed config's size."""
+    def _gpt2_backward_graph(self, p: dict, g: dict, a: dict, ga: dict, inputs, targets, B: int, T: int) -> None:
         ops, cfg = self.ops, self.config
-        L, C, V, Vp = cfg.num_layers, cfg.embed_dim, cfg.vocab_size, cfg.padded_vocab_size
+        L, C = cfg.num_layers, cfg.embed_dim
         drop, key = self.drop, self._site_key
-        ops.fill_inplace(ga["losses"], 1.0 / (B * T))  # d(mean)/d(each loss)
-        # the probabilities become the logits' gradient in place: nothing reads them after this
-        ops.crossentropy_softmax_backward_inplace(a["probs"], ga["losses"], targets, B, T, V, Vp)
-        ops.matmul_backward(ga["lnf"], g["wte"], None, a["probs"], a["lnf"], p["wte"], B, T, C, Vp, True)
+        self._lm_head_backward(p, g, a, ga, targets, B, T)
         # ga holds one layer's activation gradients, which every layer reuses, and the residual stream's
         # gradient ga["residual"]: the last layer's output's, then each layer turns it into its input's
         dres = ga["residual"]
@@ -159,7 +247,7 @@ class GPTGraph(LanguageModel):
         """The layer-l slices of the per-layer parameter (or gradient) tensors."""
         out = {}
         for name, shape in self.shapes.items():
-            if len(shape) >= 2 and name not in ("wte", "wpe"):
+            if len(shape) >= 2 and name not in NOT_PER_LAYER:
                 n = math.prod(shape[1:])
                 out[name] = views[name][l * n:(l + 1) * n]
         return out
@@ -182,10 +270,30 @@ class HostDecoding(LanguageModel):
     cllm/quantize.py's Int8Model passes its int8 matrices in _weight_views and their row scales here)."""
 
     def new_kv_cache(self, num_sequences: int = 1) -> np.ndarray:
-        """A KV cache for decode_step, flat: per sequence and layer, each head's keys (hs, maxT), then
-        each head's values (maxT, hs) (cllm/kernels/decode.py)."""
+        """A KV cache for decode_step, flat: per sequence and layer, gpt2: each head's keys (hs, maxT), then
+        each head's values (maxT, hs); llama: the NKV kv heads' keys (NKV, maxT, hs), then their values
+        (cllm/kernels/decode.py)."""
+        return np.zeros(self.config.kv_cache_size(num_sequences), dtype=self.dtype)
+
+    def _llama_rows(self, tokens, B: int, T: int, pos0: int, kv_cache: np.ndarray, first_logit_row: int):
+        """cllm/kernels/decode.llama_forward_rows over this model's weights: logits (R - first_logit_row, V)."""
         cfg = self.config
-        return np.zeros(num_sequences * cfg.num_layers * cfg.max_seq_len * 2 * cfg.embed_dim, dtype=self.dtype)
+        w = dict(zip(self.shapes, self._weight_views))
+        head, head_scale = (w["wte"], 0) if cfg.tie_embeddings else (w["lm_head"], 5)
+        logits = np.empty((B * T - first_logit_row) * cfg.vocab_size, dtype=self.dtype)
+        cos, sin = self._host_rope_tables()
+        K.llama_forward_rows(logits, kv_cache, tokens, w["wte"], w["ln1w"], w["qkvw"], w.get("qkvb"), w["attprojw"],
+                             w["ln2w"], w["fcw"], w["fcprojw"], w["lnfw"], head, head_scale, cos, sin, self._scales,
+                             B, T, pos0, cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.ffn_dim,
+                             cfg.max_seq_len, cfg.vocab_size, cfg.norm_eps, first_logit_row)
+        return logits
+
+    def _host_rope_tables(self):
+        """llama's RoPE (cos, sin) for the decoding kernels, of the model's dtype (built once)."""
+        if getattr(self, "_host_rope", None) is None:
+            cfg = self.config
+            self._host_rope = K.rope_table(cfg.max_seq_len, cfg.head_size, cfg.rope_theta, self.dtype)
+        return self._host_rope
 
     def decode_step(self, tokens, pos: int, kv_cache: np.ndarray) -> np.ndarray:
         """Feed tokens (nb,) at position pos (every earlier position already in kv_cache) and
@@ -193,6 +301,8 @@ class HostDecoding(LanguageModel):
         cfg = self.config
         tokens = self._decode_tokens(tokens, pos, kv_cache)
         nb = tokens.size
+        if cfg.arch == "llama":
+            return self._llama_rows(tokens, nb, 1, pos, kv_cache, 0).reshape(nb, cfg.vocab_size)
         logits = np.empty(nb * cfg.vocab_size, dtype=self.dtype)
         K.decode_step(logits, kv_cache, tokens, pos, *self._weight_views, self._scales, nb, cfg.num_layers,
                       cfg.embed_dim, cfg.num_heads, cfg.max_seq_len, cfg.vocab_size)
@@ -204,6 +314,8 @@ class HostDecoding(LanguageModel):
         token after the last: what n decode steps give, with matrix products over all n rows."""
         cfg = self.config
         tokens = self._prefill_tokens(tokens, pos0, kv_cache)
+        if cfg.arch == "llama":
+            return self._llama_rows(tokens, 1, tokens.size, pos0, kv_cache, tokens.size - 1)
         logits = np.empty(cfg.vocab_size, dtype=self.dtype)
         K.prefill(logits, kv_cache, tokens, pos0, *self._weight_views, self._scales, cfg.num_layers,
                   cfg.embed_dim, cfg.num_heads, cfg.max_seq_len, cfg.vocab_size)
@@ -274,8 +386,9 @@ class Model(GPTGraph, HostDecoding):
 
     # ---------------------------------------------------------------- parameters
     def init_weights(self, seed: int) -> None:
-        """GPT-2 initialization: N(0, 0.02) matrices, residual projections scaled by 1/sqrt(2L),
-        zero biases, unit LayerNorm gains; the padded vocabulary rows of wte stay zero."""
+        """GPT-2 initialization (nanoGPT's, also for llama): N(0, 0.02) matrices (lm_head too), residual
+        projections scaled by 1/sqrt(2L), zero biases, unit LayerNorm / RMSNorm gains; the padded vocabulary
+        rows of wte (and lm_head) stay zero."""
         rng = np.random.default_rng(seed)
         cfg = self.config
         self.params[:] = 0
@@ -287,7 +400,9 @@ class Model(GPTGraph, HostDecoding):
             elif name in ("ln1w", "ln2w", "lnfw"):
                 view[:] = 1
         V, C = cfg.vocab_size, cfg.embed_dim
-        self.p["wte"][V * C:] = 0
+        for name in ("wte", "lm_head"):
+            if name in self.p:
+                self.p[name][V * C:] = 0
 
     def tensor(self, name: str) -> np.ndarray:
         """A parameter as an array of its real shape (a view: writing to it changes the model)."""
@@ -340,6 +455,8 @@ class Model(GPTGraph, HostDecoding):
         forward overwrites. dropout p > 0 zeroes, with masks drawn from dropout_key (cllm/kernels/dropout.py),
         the embeddings' sum, the attention probabilities and both residual projections' outputs."""
         idx, targets = self._check_batch(idx, targets)
+        if dropout and self.config.arch == "llama":
+            raise ConfigError(LLAMA_NO_DROPOUT)
         B, T = idx.shape
         self._ensure_activations(B, T)
         V, Vp = self.config.vocab_size, self.config.padded_vocab_size

@@ -167,7 +167,7 @@ class LanguageModel(abc.ABC):
         tokens = self._token_array(tokens)
         if not 0 <= pos < cfg.max_seq_len:
             raise ConfigError(f"position {pos} is outside the model's context of {cfg.max_seq_len}")
-        if kv_cache.size != tokens.size * cfg.num_layers * cfg.max_seq_len * 2 * cfg.embed_dim:
+        if kv_cache.size != cfg.kv_cache_size(tokens.size):
             raise ConfigError("kv_cache does not match the number of sequences; use new_kv_cache(nb)")
         return tokens
 
@@ -178,7 +178,7 @@ class LanguageModel(abc.ABC):
         if pos0 < 0 or pos0 + tokens.size > cfg.max_seq_len:
             raise ConfigError(f"positions {pos0}..{pos0 + tokens.size - 1} are outside the model's context of "
                               f"{cfg.max_seq_len}")
-        if kv_cache.size != cfg.num_layers * cfg.max_seq_len * 2 * cfg.embed_dim:
+        if kv_cache.size != cfg.kv_cache_size(1):
             raise ConfigError("prefill takes a cache for one sequence; use new_kv_cache(1)")
         return tokens
 

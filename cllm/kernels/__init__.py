@@ -6,7 +6,7 @@ OC output channels, N element count.
 from .adamw import adamw_update, fill_inplace, grad_norm_squared, scale_inplace
 from .attention import attention_backward, attention_forward
 from .block import block_tail_forward, layernorm_matmul_forward
-from .decode import decode_step, prefill
+from .decode import decode_step, llama_forward_rows, prefill
 from .dropout import derive_key, dropout_backward, dropout_forward
 from .encoder import encoder_backward, encoder_forward
 from .gelu import gelu_backward, gelu_forward
@@ -23,7 +23,7 @@ from .softmax import (
 
 __all__ = [
     "adamw_update", "grad_norm_squared", "scale_inplace", "fill_inplace",
-    "attention_forward", "attention_backward", "decode_step", "prefill",
+    "attention_forward", "attention_backward", "decode_step", "llama_forward_rows", "prefill",
     "dropout_forward", "dropout_backward", "derive_key",
     "encoder_forward", "encoder_backward", "gelu_forward", "gelu_backward",
     "layernorm_forward", "layernorm_backward", "matmul_forward", "matmul_backward",

@@ -1,4 +1,5 @@
-"""Decoding with a KV cache: one step of the whole GPT costs O(T) attention plus the weight matrices,
+"""Decoding with a KV cache: one step of the whole model (gpt2: _forward_rows; llama: llama_forward_rows)
+costs O(T) attention plus the weight matrices,
 instead of a full forward over the prefix. `prefill` feeds a whole prompt in one call. One forward,
 _forward_rows, serves both, float32 or int8 weights; its LayerNorm, GELU, residual sums and (from
 GEMM_MIN_ROWS rows on) linear layers are the training forward's kernels. Its own: the attention
@@ -18,10 +19,14 @@ from numba import njit, prange
 from ._common import JIT, PJIT
 from .fastexp import softmax_row
 from .gelu import gelu_span
+from .gqa import gqa_prefill
 from .layernorm import layernorm_rows
 from .matmul import PARALLEL_MATVEC_MIN, ROW_BLOCKS, matmul_forward
 from .quant import dequantize_int8_rows, matvec_int8_forward
 from .residual import add_span
+from .rmsnorm import rmsnorm_row
+from .rope import rope_forward
+from .swiglu import swiglu_rows
 
 
 @njit(**JIT)
@@ -234,3 +239,72 @@ def prefill(logits, kvcache, tokens, pos0, wte, wpe, ln1w, ln1b, qkvw, qkvb, att
     positions = pos0 + np.arange(n)
     _forward_rows(logits, kvcache, tokens, seq, positions, wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb,
                   ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb, scales, n, L, C, NH, maxT, V, n - 1)
+
+
+@njit(**JIT)
+def _rmsnorm_rows(out, inp, weight, eps, C, r0, r1):
+    # rows r0..r1-1 of out (R,C) = RMSNorm(inp (R,C)) * weight (C)
+    for r in range(r0, r1):
+        rmsnorm_row(out[r * C:(r + 1) * C], inp[r * C:(r + 1) * C], weight, eps, C)
+
+
+@njit(**JIT)
+def llama_forward_rows(logits, kvcache, tokens, wte, ln1w, qkvw, qkvb, attprojw, ln2w, fcw, fcprojw, lnfw, head,
+                       head_scale, cos, sin, scales, B, T, pos0, L, C, NH, NKV, F, maxT, V, eps, first_logit_row):
+    # The llama decoding forward: B sequences of T new tokens each, tokens (B*T) int32 at positions
+    # pos0..pos0+T-1 (decode_step: B sequences, T = 1; prefill: one sequence, T tokens). Each layer's k and
+    # v go into the cache first (cllm/kernels/gqa.py's gqa_prefill), then every row attends over its
+    # sequence's positions 0..its own. kvcache (B, L, 2, NKV, maxT, hs): per sequence and layer, the kv heads'
+    # keys (NKV,maxT,hs), then their values: only the NKV kv heads are kept (NH/NKV times less than gpt2's
+    # per-head cache). logits (R - first_logit_row, V) for rows first_logit_row..R-1 (R = B*T).
+    # head: wte or lm_head (the model's LM head);  qkvb may be None;  cos, sin: rope_table (maxT, hs/2).
+    # scales None (float weights) or the int8 model's scales of (wte, qkvw, attprojw, fcw, fcprojw[, lm_head])
+    # (cllm/quantize.py), those weights int8; head_scale is the index of the LM head's in it.
+    R = B * T
+    hs = C // NH
+    QKV = (NH + 2 * NKV) * hs
+    F2 = 2 * F
+    layer_cache = 2 * NKV * maxT * hs  # one sequence's and layer's keys and values
+    dt = lnfw.dtype
+    wsize = 0  # an int8 matrix dequantized for a gemm over many rows: the largest one
+    if scales is not None and R >= GEMM_MIN_ROWS:
+        wsize = max(QKV * C, C * C, F2 * C, C * F)
+    wbuf = np.empty(wsize, dtype=dt)
+    x = np.empty(R * C, dtype=dt)  # the residual stream entering a layer (R,C)
+    x2 = np.empty(R * C, dtype=dt)  # after the attention's residual sum
+    xn = np.empty(R * C, dtype=dt)  # normalized (R,C)
+    qkv = np.empty(R * QKV, dtype=dt)  # (R, QKV) q|k|v, q and k rotated in place
+    atty = np.empty(R * C, dtype=dt)
+    proj = np.empty(R * C, dtype=dt)
+    hid = np.empty(R * F2, dtype=dt)  # gate|up (R,2F)
+    act = np.empty(R * F, dtype=dt)  # silu(gate) * up (R,F)
+    for r in range(R):
+        ix = tokens[r]
+        if scales is None:
+            x[r * C:(r + 1) * C] = wte[ix * C:(ix + 1) * C]
+        else:
+            for c in range(C):
+                x[r * C + c] = dt.type(wte[ix * C + c]) * scales[0][ix]
+    for l in range(L):
+        _rmsnorm_rows(xn, x, ln1w[l * C:(l + 1) * C], eps, C, 0, R)
+        if qkvb is None:
+            _linear(qkv, xn, qkvw[l * QKV * C:(l + 1) * QKV * C], scales, 1, l * QKV, None, R, C, QKV, wbuf)
+        else:
+            _linear(qkv, xn, qkvw[l * QKV * C:(l + 1) * QKV * C], scales, 1, l * QKV, qkvb[l * QKV:(l + 1) * QKV],
+                    R, C, QKV, wbuf)
+        rope_forward(qkv, cos, sin, B, T, NH, NKV, hs, pos0)
+        for b in range(B):
+            k0 = (b * L + l) * layer_cache
+            gqa_prefill(atty[b * T * C:(b + 1) * T * C], qkv[b * T * QKV:(b + 1) * T * QKV],
+                        kvcache[k0:k0 + layer_cache // 2], kvcache[k0 + layer_cache // 2:k0 + layer_cache],
+                        1, T, NH, NKV, hs, pos0, maxT)
+        _linear(proj, atty, attprojw[l * C * C:(l + 1) * C * C], scales, 2, l * C, None, R, C, C, wbuf)
+        add_span(x2, x, proj)
+        _rmsnorm_rows(xn, x2, ln2w[l * C:(l + 1) * C], eps, C, 0, R)
+        _linear(hid, xn, fcw[l * F2 * C:(l + 1) * F2 * C], scales, 3, l * F2, None, R, C, F2, wbuf)
+        swiglu_rows(act, hid, F, 0, R)
+        _linear(proj, act, fcprojw[l * C * F:(l + 1) * C * F], scales, 4, l * C, None, R, F, C, wbuf)
+        add_span(x, x2, proj)
+    f0 = first_logit_row
+    _rmsnorm_rows(xn, x, lnfw, eps, C, f0, R)
+    _matvec(logits, xn[f0 * C:], head[:V * C], scales, head_scale, 0, None, R - f0, C, V)

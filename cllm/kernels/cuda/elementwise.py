@@ -20,8 +20,18 @@ def _encoder_forward(out, inp, wte, wpe, BT, T, C):
         out[i] = wte[inp[bt] * C + c] + wpe[(bt % T) * C + c]
 
 
+@cuda.jit
+def _embedding_forward(out, inp, wte, BT, C):
+    for i in range(cuda.grid(1), BT * C, cuda.gridsize(1)):
+        out[i] = wte[inp[i // C] * C + i % C]
+
+
 def encoder_forward(out, inp, wte, wpe, B, T, C):
-    # out (B,T,C) = wte[inp[b,t]] + wpe[t];  inp (B,T) int32;  wte (Vp,C);  wpe (maxT,C)
+    # out (B,T,C) = wte[inp[b,t]] + wpe[t];  inp (B,T) int32;  wte (Vp,C);  wpe (maxT,C), or None (llama:
+    # token embeddings alone)
+    if wpe is None:
+        _embedding_forward[blocks(B * T * C), THREADS](out, inp, wte, B * T, C)
+        return
     _encoder_forward[blocks(B * T * C), THREADS](out, inp, wte, wpe, B * T, T, C)
 
 
@@ -45,8 +55,10 @@ def _encoder_backward_wpe(dwpe, dout, B, T, C):
 
 
 def encoder_backward(dwte, dwpe, dout, inp, B, T, C):
-    # dwte (Vp,C) += dout rows at the token ids;  dwpe (maxT,C) += dout summed over the batch
+    # dwte (Vp,C) += dout rows at the token ids;  dwpe (maxT,C) += dout summed over the batch (dwpe None: skipped)
     _encoder_backward_wte[blocks(C), THREADS](dwte, dout, inp, B * T, C)
+    if dwpe is None:
+        return
     _encoder_backward_wpe[blocks(T * C), THREADS](dwpe, dout, B, T, C)
 
 
