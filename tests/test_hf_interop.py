@@ -452,3 +452,66 @@ def test_llama_cpp_graph_on_the_exported_gguf_gives_transformers_logits(hf_llama
     print(f"largest |logit difference| llama.cpp graph vs transformers ({hf_llama.config['model_type']}):", diffs)
     assert diffs["f32"] < 1e-4
     assert diffs["f16"] < 2e-2 and diffs["q8_0"] < 0.1  # rounding of the weights only
+
+
+def imported_model(hf_llama):
+    """CLLM's Model of the imported checkpoint."""
+    return ck.model_from_checkpoint(ck.load_checkpoint(hf_llama.ck))
+
+
+@needs_hf
+def test_imported_llama_gives_transformers_logits_and_32_greedy_tokens(hf_llama):
+    model = imported_model(hf_llama)
+    ids = np.random.default_rng(3).integers(0, hf_llama.config["vocab_size"], (2, 64))
+    diff = float(np.abs(model.forward(ids)[..., :hf_llama.config["vocab_size"]] - hf_logits(hf_llama.model, ids)).max())
+    print(f"largest |logit difference| CLLM vs transformers ({hf_llama.config['model_type']}): {diff:.2e}")
+    assert diff < 1e-4
+    prompt = hf_llama.tok.encode("First Citizen:", add_special_tokens=False).ids
+    n = 32
+    ours = list(Generator(model).stream(prompt, SamplingConfig(max_new_tokens=n, temperature=0, ignore_eos=True)))
+    with torch.no_grad():
+        theirs = hf_llama.model.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                         pad_token_id=0)[0, len(prompt):].tolist()
+    assert len(theirs) == n and ours == theirs
+
+
+@needs_hf
+def test_adamw_steps_on_the_imported_llama_give_transformers_losses(hf_llama):
+    """Five AdamW steps (weight decay on the matrices, none on norms and biases, the gradient clipped to
+    a global norm of 1) on the imported model and on transformers' own: the same losses."""
+    from cllm.optim import AdamW
+
+    lr, betas, eps, wd, clip, steps = 1e-2, (0.9, 0.95), 1e-8, 0.1, 1.0, 5
+    rng = np.random.default_rng(7)
+    V = hf_llama.config["vocab_size"]
+    idx, targets = rng.integers(0, V, (2, 32)), rng.integers(0, V, (2, 32))
+
+    model = imported_model(hf_llama)
+    opt = AdamW(lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=wd, grad_clip=clip)
+    ours, our_norms = [], []
+    for _ in range(steps):
+        model.zero_grad()
+        _, loss = model.forward(idx, targets)
+        model.backward()
+        our_norms.append(opt.step(model, loss=loss))
+        ours.append(loss)
+
+    torch_model = transformers.AutoModelForCausalLM.from_pretrained(hf_llama.hf).train()  # no dropout in these
+    named = dict(torch_model.named_parameters())
+    decayed = [p for n, p in named.items() if n.endswith("weight") and "norm" not in n]
+    torch_opt = torch.optim.AdamW([{"params": decayed, "weight_decay": wd},
+                                   {"params": [p for p in named.values() if all(p is not d for d in decayed)],
+                                    "weight_decay": 0.0}], lr=lr, betas=betas, eps=eps)
+    theirs, their_norms = [], []
+    x, y = torch.tensor(idx), torch.tensor(targets)
+    for _ in range(steps):
+        torch_opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(torch_model(x).logits.reshape(-1, V), y.reshape(-1))
+        loss.backward()
+        their_norms.append(float(torch.nn.utils.clip_grad_norm_(list(named.values()), clip)))
+        torch_opt.step()
+        theirs.append(loss.item())
+    print(f"losses ({hf_llama.config['model_type']}): CLLM {np.round(ours, 6)} transformers {np.round(theirs, 6)}")
+    assert theirs[-1] < theirs[0] - 0.5  # the steps do train
+    np.testing.assert_allclose(our_norms, their_norms, rtol=1e-4)
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4)
