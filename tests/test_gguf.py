@@ -22,19 +22,22 @@ TEXT = ("First Citizen: Before we proceed any further, hear me speak.\nAll: Spea
 SAMPLE = "Hello there,  ROMEO!\n\n  We'll see \u00fcber 12345 \u2603\u65e5\u672c <|endoftext|> end"
 
 
-def make_checkpoint(directory, kind: str = "bpe", pattern: str = "gpt4", layers: int = 2, seed: int = 0):
+def make_checkpoint(directory, kind: str = "bpe", pattern: str = "gpt4", layers: int = 2, seed: int = 0, **arch):
     """A checkpoint of a small model with every parameter random (biases and norm gains too, so that
-    a swapped or transposed tensor shows in the logits) and a `kind` tokenizer trained on TEXT.
-    Returns (checkpoint dir, model, tokenizer)."""
+    a swapped or transposed tensor shows in the logits) and a `kind` tokenizer trained on TEXT; `arch`
+    holds ModelConfig fields to change (arch="llama", num_heads=6, ...). Returns (checkpoint dir, model, tokenizer)."""
     kw = {"pattern": pattern} if kind == "bpe" else {}
     tok = train_tokenizer(kind, TEXT, 300 if kind == "bpe" else None, progress=False, **kw)
-    config = ModelConfig(vocab_size=tok.vocab_size, max_seq_len=24, num_layers=layers, num_heads=2, embed_dim=64)
+    config = ModelConfig(**{"vocab_size": tok.vocab_size, "max_seq_len": 24, "num_layers": layers, "num_heads": 2,
+                            "embed_dim": 64, **arch})
     model = Model(config, seed=None)
     rng = np.random.default_rng(seed)
     model.params[:] = rng.normal(0.0, 0.1, model.params.size).astype(np.float32)
     for name in ("ln1w", "ln2w", "lnfw"):
         model.p[name][:] += 1.0
-    model.p["wte"][config.vocab_size * config.embed_dim:] = 0  # the padded rows, as training keeps them
+    for name in ("wte", "lm_head"):
+        if name in model.p:
+            model.p[name][config.vocab_size * config.embed_dim:] = 0  # the padded rows, as training keeps them
     ck.save_checkpoint(str(directory), "step_000000", model, tokenizer=tok)
     ck.set_pointer(str(directory), "latest", "step_000000")
     return str(directory), model, tok
@@ -356,3 +359,24 @@ def llama_forward_ggml(reader, ids: np.ndarray) -> np.ndarray:
         x = x + linear(gate / (1 + np.exp(-gate)) * linear(h, f"blk.{l}.ffn_up"), f"blk.{l}.ffn_down")
     head = w.get("output.weight", w["token_embd.weight"])  # no output.weight: tied to token_embd
     return rms_norm(x, "output_norm") @ head.T
+
+
+@pytest.mark.parametrize("arch", [dict(tie_embeddings=True, attention_bias=True), dict(tie_embeddings=False)],
+                         ids=["tied-qkv-bias", "untied"])
+def test_llama_cpp_llama_graph_on_a_cllm_llama_gives_its_logits(arch, tmp_path):
+    """A llama checkpoint of CLLM's own (6 heads over 2 kv heads, MLP 100, rope_theta 500000), exported
+    as llama.cpp's llama and run through its graph in NumPy, gives CLLM's logits."""
+    run, model, tok = make_checkpoint(tmp_path / "run", arch="llama", num_heads=6, num_kv_heads=2, ffn_dim=100,
+                                      rope_theta=500000.0, norm_eps=1e-6, embed_dim=96, **arch)
+    ids = np.array(tok.encode(SAMPLE, allowed_special="all")[:24])
+    ref = model.forward(ids[None, :])[0, :, :tok.vocab_size]
+    diffs = {}
+    for dtype in ("f32", "f16", "q8_0"):
+        assert cli.main(["export-gguf", run, str(tmp_path / f"{dtype}.gguf"), "--dtype", dtype]) == 0
+        reader = gguf.GGUFReader(str(tmp_path / f"{dtype}.gguf"))
+        assert ("output.weight" in {t.name for t in reader.tensors}) != arch["tie_embeddings"]
+        diffs[dtype] = float(np.abs(llama_forward_ggml(reader, ids) - ref).max())
+    print("largest |logit difference| llama.cpp graph vs CLLM:", diffs)
+    assert diffs["f32"] < 1e-4
+    # rounding of the weights only (measured 3.0e-3 and 9.2e-2 on these seeded weights of std 0.1)
+    assert diffs["f16"] < 2e-2 and diffs["q8_0"] < 0.2
