@@ -105,3 +105,21 @@ def llama3_tokenizer(text: str, vocab_size: int = 300):
                                      initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     bpe.train_from_iterator([text], trainer)
     return bpe
+
+
+def save_bf16(tensors: dict[str, np.ndarray], path) -> dict[str, np.ndarray]:
+    """Write float32 tensors as a bfloat16 safetensors file (each value's upper 16 bits: rounded toward
+    zero), as the format lays it out (safetensors' numpy writer has no bfloat16); returns the float32
+    values the file holds."""
+    header, chunks, offset, held = {}, [], 0, {}
+    for name, t in tensors.items():
+        bits = (np.ascontiguousarray(t, np.float32).view(np.uint32) >> 16).astype("<u2")
+        held[name] = (bits.astype(np.uint32) << 16).view(np.float32)
+        header[name] = {"dtype": "BF16", "shape": list(t.shape), "data_offsets": [offset, offset + bits.nbytes]}
+        chunks.append(bits.tobytes())
+        offset += bits.nbytes
+    raw = json.dumps({"__metadata__": {"format": "pt"}, **header}).encode()
+    raw += b" " * (-len(raw) % 8)  # the header is padded to 8 bytes
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw + b"".join(chunks))
+    return held

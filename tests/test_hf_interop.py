@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from hf_llama_helpers import llama3_tokenizer, llama_config, llama_tensors, write_llama_dir
+from hf_llama_helpers import llama3_tokenizer, llama_config, llama_tensors, save_bf16, write_llama_dir
 from test_gguf import SAMPLE, TEXT, llama_forward_ggml, make_checkpoint
 from train_helpers import ROOT, all_threads_after  # noqa: F401  (autouse)
 
@@ -325,6 +325,27 @@ def test_llama_family_round_trip_gives_identical_tensors_config_and_token_ids(mo
     assert again.model_config == c
     for name, t in back.params.items():
         np.testing.assert_array_equal(again.params[name], t, err_msg=name)
+
+
+def test_llama_in_bfloat16_imports_exactly(tmp_path):
+    """Most Llama-family models are published in bfloat16, which NumPy has no type for: import-hf widens
+    it to float32 exactly (a model whose tensors are all bfloat16, one shard of two holding them)."""
+    cfg = llama_config("qwen2")
+    tensors = llama_tensors(cfg)
+    names = sorted(tensors)
+    hf = write_llama_dir(tmp_path / "hf", cfg, {n: tensors[n] for n in names[1::2]}, shards=1)
+    os.rename(os.path.join(hf, "model.safetensors"), os.path.join(hf, "model-00001-of-00002.safetensors"))
+    held = save_bf16({n: tensors[n] for n in names[::2]}, os.path.join(hf, "model-00002-of-00002.safetensors"))
+    weight_map = {n: f"model-0000{2 if n in held else 1}-of-00002.safetensors" for n in names}
+    with open(os.path.join(hf, "model.safetensors.index.json"), "w") as f:
+        json.dump({"weight_map": weight_map}, f)
+    assert cli.main(["import-hf", hf, str(tmp_path / "ck")]) == 0
+    assert cli.main(["export-hf", str(tmp_path / "ck"), str(tmp_path / "out")]) == 0
+    _, out = read_dir(tmp_path / "out")
+    for name in names:
+        want = held.get(name, tensors[name])
+        assert name not in held or not np.array_equal(want, tensors[name])  # bfloat16 did round
+        np.testing.assert_array_equal(out[name], want, err_msg=name)
 
 
 def sentencepiece_byte_fallback_json(vocab_size: int) -> dict:

@@ -57,6 +57,7 @@ from cllm.tokenizers.word import WORD_PATTERN
 LAYER_NORM_EPS = 1e-5  # cllm/kernels/layernorm.py's eps: an HF model with another eps computes something else
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")  # transformers' names of GPT-2's tanh-approximated GELU
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+SAFETENSORS_DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}  # bfloat16's bits read as uint16
 
 # per layer: CLLM tensor -> (HF name under transformer.h.{l}., transposed for Conv1D)
 LAYER_NAMES = {
@@ -283,16 +284,37 @@ def read_hf_tensors(hf_dir: str) -> dict[str, np.ndarray]:
     tensors = {}
     for file in files:
         try:
-            tensors.update(load_file(file))
-        except (SafetensorError, OSError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"{file} is missing, corrupt or holds a dtype NumPy cannot read (bf16: save it "
-                                  f"as float32 or float16) ({exc})") from None
+            tensors.update(load_safetensors(file))
+        except (SafetensorError, OSError, ValueError, TypeError, KeyError) as exc:
+            raise CheckpointError(f"{file} is missing, corrupt or holds a dtype other than float32, float16 or "
+                                  f"bfloat16 ({exc})") from None
     out = {}
     for name, t in tensors.items():
         name = name.removeprefix("transformer.")
         if name.endswith(("attn.bias", "attn.masked_bias")) and t.ndim == 4:
             continue  # the causal mask older transformers stored as a buffer
         out[name] = t
+    return out
+
+
+def load_safetensors(path: str) -> dict[str, np.ndarray]:
+    """A safetensors file's tensors. NumPy has no bfloat16, the type most Llama-family models are published
+    in, so a file holding one is read here (8-byte header length, JSON header, data) and each bfloat16
+    tensor widened exactly to float32: its 16 bits are a float32's upper half."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    specs = {k: v for k, v in header.items() if k != "__metadata__"}
+    if not any(spec["dtype"] == "BF16" for spec in specs.values()):
+        return load_file(path)
+    data = np.memmap(path, np.uint8, "r", offset=8 + size)
+    out = {}
+    for name, spec in specs.items():
+        if spec["dtype"] not in SAFETENSORS_DTYPES:
+            raise ValueError(f"tensor {name!r} is {spec['dtype']}")
+        begin, end = spec["data_offsets"]
+        t = data[begin:end].view(SAFETENSORS_DTYPES[spec["dtype"]]).reshape(spec["shape"])
+        out[name] = (t.astype(np.uint32) << 16).view(np.float32) if spec["dtype"] == "BF16" else np.array(t)
     return out
 
 
