@@ -4,6 +4,7 @@ metadata holds what that loader requires, and its vocabulary reproduces CLLM's t
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -380,3 +381,44 @@ def test_llama_cpp_llama_graph_on_a_cllm_llama_gives_its_logits(arch, tmp_path):
     assert diffs["f32"] < 1e-4
     # rounding of the weights only (measured 3.0e-3 and 9.2e-2 on these seeded weights of std 0.1)
     assert diffs["f16"] < 2e-2 and diffs["q8_0"] < 0.2
+
+
+# ---------------------------------------------------------------------------------------- llama.cpp itself
+def llama_cpp_module():
+    """llama-cpp-python's llama_cpp (llama.cpp built as a library) when it can be imported: installed, or
+    from the directory CLLM_LLAMA_CPP_PYTHON names (e.g. a `pip install --target DIR` of its source
+    distribution, kept outside the repository); None otherwise."""
+    extra = os.environ.get("CLLM_LLAMA_CPP_PYTHON")
+    if extra and extra not in sys.path:
+        sys.path.append(extra)
+    try:
+        import llama_cpp  # noqa: PLC0415 - optional: built from source, minutes of compiling
+    except ImportError:
+        return None
+    return llama_cpp
+
+
+@pytest.mark.parametrize("arch", [{}, dict(arch="llama", num_heads=6, num_kv_heads=2, ffn_dim=100, embed_dim=96,
+                                           rope_theta=500000.0, norm_eps=1e-6, tie_embeddings=False)],
+                         ids=["gpt2", "llama"])
+def test_llama_cpp_runs_the_exported_gguf_with_cllm_tokens_and_logits(arch, tmp_path):
+    """llama.cpp itself (through llama-cpp-python) loads the f32 GGUF, tokenizes the text to CLLM's ids
+    and computes CLLM's logits at every position (its KV cache kept f32, flash attention off)."""
+    llama_cpp = llama_cpp_module()
+    if llama_cpp is None:
+        pytest.skip("llama-cpp-python is not importable: build it from source outside the repository (pip install "
+                    "--target DIR --no-binary :all: llama-cpp-python, minutes) and set CLLM_LLAMA_CPP_PYTHON=DIR")
+    run, model, tok = make_checkpoint(tmp_path / "run", **arch)
+    path = str(tmp_path / "model.gguf")
+    assert cli.main(["export-gguf", run, path]) == 0
+    f32 = 0  # GGML_TYPE_F32
+    llm = llama_cpp.Llama(path, n_ctx=model.config.max_seq_len, n_batch=model.config.max_seq_len, n_threads=1,
+                          logits_all=True, flash_attn=False, type_k=f32, type_v=f32, verbose=False)
+    text = SAMPLE.replace("<|endoftext|>", "")
+    ids = tok.encode(text)[:model.config.max_seq_len]
+    assert llm.tokenize(text.encode(), add_bos=False, special=False)[:len(ids)] == ids
+    llm.eval(ids)
+    got = np.array(llm.scores[:len(ids)])
+    diff = float(np.abs(got - model.forward(np.array([ids]))[0, :, :tok.vocab_size]).max())
+    print(f"largest |logit difference| llama.cpp vs CLLM ({model.config.arch}): {diff:.2e}")
+    assert diff < 1e-3
