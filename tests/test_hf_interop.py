@@ -19,12 +19,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from hf_llama_helpers import llama3_tokenizer, llama_config, llama_tensors, save_bf16, write_llama_dir
+from safetensors.numpy import load_file
 from test_gguf import SAMPLE, TEXT, llama_forward_ggml, make_checkpoint
 from train_helpers import ROOT, all_threads_after  # noqa: F401  (autouse)
 
 from cllm import checkpoint as ck
 from cllm import cli
 from cllm.generation import Generator, SamplingConfig
+from cllm.optim import AdamW
+from cllm.tokenizers import load_tokenizer
+from cllm.training import TrainConfig, train
 
 MISSING = ""
 try:
@@ -67,8 +71,6 @@ def bpe_run(tmp_path_factory):
 
 
 def test_export_writes_transformers_names_conv1d_layout_and_drops_padding(bpe_run):
-    from safetensors.numpy import load_file
-
     _, model, tok, hf = bpe_run
     cfg = model.config
     assert cfg.padded_vocab_size > cfg.vocab_size  # the padding the export must drop
@@ -155,8 +157,6 @@ def test_import_refuses_a_pickle_without_opening_it(bpe_run, tmp_path, capsys):
 
 def test_export_then_import_gives_the_checkpoint_back(bpe_run, tmp_path):
     """Without torch: export-hf then import-hf gives the checkpoint's weights and tokenizer back."""
-    from cllm.tokenizers import load_tokenizer
-
     _, model, tok, hf = bpe_run
     assert cli.main(["import-hf", hf, str(tmp_path / "imported")]) == 0
     back = ck.load_checkpoint(str(tmp_path / "imported"))
@@ -170,9 +170,6 @@ def test_export_then_import_gives_the_checkpoint_back(bpe_run, tmp_path):
 def test_train_init_from_starts_from_the_checkpoint_with_its_tokenizer(bpe_run, tmp_path):
     """`train --init-from`: the imported weights are the starting point (a learning rate of 1e-9 leaves
     them), the data is encoded with the checkpoint's tokenizer, the model keeps its context."""
-    from cllm.tokenizers import load_tokenizer
-    from cllm.training import TrainConfig, train
-
     _, model, tok, hf = bpe_run
     assert cli.main(["import-hf", hf, str(tmp_path / "imported")]) == 0
     data = tmp_path / "data.txt"
@@ -225,8 +222,8 @@ def test_gpt2_style_vocabulary_survives_import_fine_tune_and_export(tmp_path):
     """A tokenizer whose ids are not CLLM's own order (GPT-2's: bytes in byte-level-alphabet order, the
     special token first) comes in with import-hf and goes out again through export-hf and export-gguf
     with the same ids."""
-    import gguf
-    import tokenizers as tk
+    import gguf  # noqa: PLC0415 - optional: the gguf extra
+    import tokenizers as tk  # noqa: PLC0415 - optional: the test extra
 
     hf = tmp_path / "hf"
     bpe = tk.Tokenizer(tk.models.BPE())
@@ -245,8 +242,6 @@ def test_gpt2_style_vocabulary_survives_import_fine_tune_and_export(tmp_path):
 
     assert cli.main(["import-hf", str(hf), str(tmp_path / "ck")]) == 0
     back = ck.load_checkpoint(str(tmp_path / "ck"))
-    from cllm.tokenizers import load_tokenizer
-
     assert load_tokenizer(back.tokenizer_path).encode(text) == want
     assert cli.main(["export-hf", str(tmp_path / "ck"), str(tmp_path / "out")]) == 0
     assert transformers.AutoTokenizer.from_pretrained(tmp_path / "out")(text)["input_ids"] == want
@@ -262,8 +257,6 @@ def test_gpt2_style_vocabulary_survives_import_fine_tune_and_export(tmp_path):
 
 def read_dir(path) -> tuple[dict, dict[str, np.ndarray]]:
     """(config.json, every tensor) of an HF directory, sharded or not."""
-    from safetensors.numpy import load_file
-
     with open(os.path.join(path, "config.json")) as f:
         cfg = json.load(f)
     tensors = {}
@@ -286,8 +279,6 @@ def test_llama_family_round_trip_gives_identical_tensors_config_and_token_ids(mo
     with the same tensors (plus a zero o_proj bias where the model has q, k, v biases: LlamaAttention's
     attention_bias adds one), the same sizes in config.json, and a tokenizer giving the same ids."""
     tokenizers = pytest.importorskip("tokenizers", reason="the tokenizers package (test extra) is not installed")
-    from cllm.tokenizers import load_tokenizer
-
     tok = llama3_tokenizer(TEXT)
     cfg = llama_config(model_type, vocab_size=tok.get_vocab_size(), tied=tied, new_rope=new_rope)
     tensors = llama_tensors(cfg)
@@ -351,7 +342,7 @@ def test_llama_in_bfloat16_imports_exactly(tmp_path):
 def sentencepiece_byte_fallback_json(vocab_size: int) -> dict:
     """A tokenizer.json in Llama 2's / TinyLlama's layout: a BPE over "▁"-marked text with byte fallback
     (<0x00>..<0xFF> tokens), trained by `tokenizers`."""
-    import tokenizers as tk
+    import tokenizers as tk  # noqa: PLC0415 - optional: the test extra
 
     sp = tk.Tokenizer(tk.models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
     sp.normalizer = tk.normalizers.Sequence([tk.normalizers.Prepend("\u2581"), tk.normalizers.Replace(" ", "\u2581")])
@@ -464,7 +455,7 @@ def test_llama_cpp_graph_on_the_exported_gguf_gives_transformers_logits(hf_llama
     """The GGUF export end to end without CLLM's forward: its tensors, read back with the gguf package
     and run through llama.cpp's llama graph written in NumPy (tests/test_gguf.py), give the logits of the
     transformers model the checkpoint was imported from."""
-    import gguf
+    import gguf  # noqa: PLC0415 - optional: the gguf extra
 
     ids = np.array(hf_llama.tok.encode(TEXT[:400], add_special_tokens=False).ids[:64])
     want = hf_logits(hf_llama.model, ids[None, :])[0]
@@ -500,8 +491,6 @@ def test_imported_llama_gives_transformers_logits_and_32_greedy_tokens(hf_llama)
 def test_adamw_steps_on_the_imported_llama_give_transformers_losses(hf_llama):
     """Five AdamW steps (weight decay on the matrices, none on norms and biases, the gradient clipped to
     a global norm of 1) on the imported model and on transformers' own: the same losses."""
-    from cllm.optim import AdamW
-
     lr, betas, eps, wd, clip, steps = 1e-2, (0.9, 0.95), 1e-8, 0.1, 1.0, 5
     rng = np.random.default_rng(7)
     V = hf_llama.config["vocab_size"]
