@@ -11,6 +11,8 @@ import os
 
 from cllm.errors import ConfigError
 
+LLAMA_NO_DROPOUT = ("--dropout is not implemented for --arch llama (its grouped-query attention has no dropout "
+                    "masks); train it with --dropout 0")
 BYTES_PER_FLOAT = 4  # the memory check counts float32 buffers (the model's dtype unless a test asks for float64)
 
 

@@ -183,12 +183,15 @@ class CudaModel(GPTGraph):
         self._stats = cuda.device_array(1, dtype=np.float64)  # the gradient norm's square
         self._partials = cuda.device_array(G.NORM_BLOCKS, dtype=np.float64)
         L = self.config.num_layers
-        names = ("ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb", "ln2w", "ln2b", "fcw", "fcb", "fcprojw",
-                 "fcprojb")
-        self._decode_layers = [tuple(self._layer(self.p, l)[n] for n in names) for l in range(L)]
-        V, C = self.config.vocab_size, self.config.embed_dim
-        self._decode_weights = (self.p["wte"], self.p["wpe"], self.p["lnfw"], self.p["lnfb"])
-        self._lm_head = self.p["wte"][:V * C]
+        if self.config.arch == "llama":  # cllm/kernels/cuda/decode.llama_forward_rows's weights
+            names = ("ln1w", "qkvw", "qkvb", "attprojw", "ln2w", "fcw", "fcprojw")
+            head = self.p["wte"] if self.config.tie_embeddings else self.p["lm_head"]
+            self._decode_weights = (self.p["wte"], self.p["lnfw"], head)
+        else:
+            names = ("ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb", "ln2w", "ln2b", "fcw", "fcb", "fcprojw",
+                     "fcprojb")
+            self._decode_weights = (self.p["wte"], self.p["wpe"], self.p["lnfw"], self.p["lnfb"])
+        self._decode_layers = [tuple(self._layer(self.p, l).get(n) for n in names) for l in range(L)]
         self._work = threading.local()  # decoding scratch per thread (the server decodes on several)
         self.B = self.T = 0
         self._acts = self._grad_acts = self._dscores = None
@@ -249,7 +252,8 @@ class CudaModel(GPTGraph):
         A = self.config.num_activations(B, T)
         self._acts = cuda.device_array(A, dtype=np.float32)
         self._grad_acts = cuda.device_array(sum(math.prod(v) for v in grad_shapes.values()), dtype=np.float32)
-        self._dscores = cuda.device_array(B * self.config.num_heads * T * T, dtype=np.float32)  # attention's dS
+        if self.config.arch == "gpt2":  # attention's dS (llama's GQA kernel keeps its own)
+            self._dscores = cuda.device_array(B * self.config.num_heads * T * T, dtype=np.float32)
         self.a = _carve(self._acts, shapes)
         self.ga = _carve(self._grad_acts, grad_shapes)
         self.B, self.T = B, T
@@ -316,6 +320,11 @@ class CudaModel(GPTGraph):
         self.G.attention_backward(gal["qkv"], self._dscores, gal["atty"], al["qkv"], al["att"], B, T, cfg.embed_dim,
                                   cfg.num_heads, True)
 
+    def _to_ops(self, array: np.ndarray):
+        from numba import cuda
+
+        return cuda.to_device(array)
+
     def grad_norm(self) -> float:
         """The global L2 norm of the gradients: reduced on the device, 8 bytes copied back."""
         _bind(self.gpu)
@@ -329,8 +338,7 @@ class CudaModel(GPTGraph):
 
         _bind(self.gpu)
         cfg = self.config
-        cache = cuda.device_array(num_sequences * cfg.num_layers * cfg.max_seq_len * 2 * cfg.embed_dim,
-                                  dtype=np.float32)
+        cache = cuda.device_array(cfg.kv_cache_size(num_sequences), dtype=np.float32)
         self.G.fill_inplace(cache, 0.0)
         return DeviceCache(cache)
 
@@ -340,8 +348,24 @@ class CudaModel(GPTGraph):
             cache = self._work.by_rows = {}
         if R not in cache:
             cfg = self.config
-            cache[R] = self.G.scratch(R, cfg.embed_dim, cfg.num_heads, cfg.max_seq_len)
+            if cfg.arch == "llama":
+                cache[R] = self.G.llama_scratch(R, cfg.embed_dim, cfg.qkv_dim, cfg.ffn_dim)
+            else:
+                cache[R] = self.G.scratch(R, cfg.embed_dim, cfg.num_heads, cfg.max_seq_len)
         return cache[R]
+
+    def _llama_rows(self, tokens, B: int, T: int, pos0: int, cache: DeviceCache, n_logits: int) -> np.ndarray:
+        from numba import cuda
+
+        _bind(self.gpu)
+        cfg = self.config
+        logits = cuda.device_array(n_logits * cfg.vocab_size, dtype=np.float32)
+        cos, sin = self._rope_tables()
+        self.G.llama_forward_rows(logits, cache.array.reshape(-1), cuda.to_device(tokens), self._decode_weights,
+                                  self._decode_layers, cos, sin, self._scratch(B * T), B, T, pos0, cfg.num_layers,
+                                  cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.ffn_dim, cfg.max_seq_len,
+                                  cfg.vocab_size, cfg.norm_eps, B * T - n_logits)
+        return logits.copy_to_host()
 
     def _run_rows(self, tokens, seq, positions, cache: DeviceCache, n_logits: int) -> np.ndarray:
         from numba import cuda
@@ -360,12 +384,17 @@ class CudaModel(GPTGraph):
         """As Model.decode_step: tokens (nb,) at position pos -> next-token logits (nb, V) on the host."""
         tokens = self._decode_tokens(tokens, pos, kv_cache)
         nb = tokens.size
-        logits = self._run_rows(tokens, np.arange(nb), np.full(nb, pos), kv_cache, nb)
+        if self.config.arch == "llama":
+            logits = self._llama_rows(tokens, nb, 1, pos, kv_cache, nb)
+        else:
+            logits = self._run_rows(tokens, np.arange(nb), np.full(nb, pos), kv_cache, nb)
         return logits.reshape(nb, self.config.vocab_size)
 
     def prefill(self, tokens, pos0: int, kv_cache: DeviceCache) -> np.ndarray:
         """As Model.prefill: one sequence's tokens at pos0.. in one pass -> the next token's logits (V,)."""
         tokens = self._prefill_tokens(tokens, pos0, kv_cache)
+        if self.config.arch == "llama":
+            return self._llama_rows(tokens, 1, tokens.size, pos0, kv_cache, 1)
         return self._run_rows(tokens, np.zeros(tokens.size), pos0 + np.arange(tokens.size), kv_cache, 1)
 
 

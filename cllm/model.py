@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 import cllm.kernels as K
-from cllm.config import ModelConfig
+from cllm.config import LLAMA_NO_DROPOUT, ModelConfig
 from cllm.errors import ConfigError
 from cllm.kernels.dropout import dropout_threshold
 from cllm.model_interface import LanguageModel, read_only
@@ -38,8 +38,6 @@ RESIDUAL_PROJECTIONS = ("attprojw", "fcprojw")  # init std scaled by 1/sqrt(2L) 
 NOT_PER_LAYER = ("wte", "wpe", "lm_head")  # the matrices that are not a stack of L layers
 BACKWARD_NEEDS_FORWARD = "backward() needs a forward(idx, targets) first (one backward per forward)"
 TOKEN_LOSSES_NEED_TARGETS = "token_losses() needs the last forward to have had targets"
-LLAMA_NO_DROPOUT = ("--dropout is not implemented for --arch llama (its grouped-query attention has no dropout "
-                    "masks); train it with --dropout 0")
 
 
 def _carve(buffer: np.ndarray, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:

@@ -1,9 +1,10 @@
 """int8 weight-only quantization for generation (`generate/serve/evaluate --quantize int8`).
 
 The five weight matrices that a decode step reads, wte (the embedding and the tied LM head), qkvw,
-attprojw, fcw and fcprojw, are stored as int8 with one float32 scale per output row (cllm/kernels/quant.py
-says why rows and not llama.cpp's blocks of 32). Biases, LayerNorms and wpe stay float32: they are under 2%
-of the weights and a decode step reads each of their values once. Activations and the KV cache stay
+attprojw, fcw and fcprojw (and llama's untied LM head lm_head), are stored as int8 with one float32 scale
+per output row (cllm/kernels/quant.py says why rows and not llama.cpp's blocks of 32). Biases, LayerNorms
+(RMSNorms) and wpe stay float32: they are under 2% of the weights and a decode step reads each of their
+values once. Activations and the KV cache stay
 float32; the decode kernels accumulate in float32.
 
     model = Int8Model(float_model)     # quantized at load time: a byte a weight, not 4
@@ -34,6 +35,12 @@ SCHEMES = ("int8",)  # --quantize's values
 QUANTIZED = ("wte", "qkvw", "attprojw", "fcw", "fcprojw")  # the matrices, in the decode kernels' scales order
 
 
+def quantized_names(shapes: dict) -> tuple[str, ...]:
+    """The matrices quantized for a model of these parameter shapes: QUANTIZED, and llama's untied LM head
+    lm_head after them (scale index 5 in cllm/kernels/decode.llama_forward_rows)."""
+    return QUANTIZED + (("lm_head",) if "lm_head" in shapes else ())
+
+
 def check_scheme(quantize: str | None, device: str = "cpu") -> None:
     """A clear error for an unknown --quantize value, or for one asked of another device than the CPU."""
     if quantize is None:
@@ -50,7 +57,7 @@ def _matrix(shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 def quantize_weights(model: Model) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """name -> (q int8 (rows, cols) flat, scales float32 (rows)) for QUANTIZED."""
+    """name -> (q int8 (rows, cols) flat, scales float32 (rows)) for quantized_names."""
     if model.dtype != np.float32:
         raise ConfigError("int8 quantization takes a float32 model")
     return _quantize_views(model.p, model.shapes)
@@ -59,7 +66,7 @@ def quantize_weights(model: Model) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def _quantize_views(views: dict[str, np.ndarray], shapes: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """quantize_weights over name -> flat float32 parameter views."""
     out = {}
-    for name in QUANTIZED:
+    for name in quantized_names(shapes):
         rows, cols = _matrix(shapes[name])
         out[name] = K.quantize_int8_rows(views[name], rows, cols)
     return out
@@ -96,7 +103,7 @@ class Int8Model(HostDecoding):
         # the float tensors are copies, so the float model can be freed
         self._weight_views = tuple(quantized[name][0] if name in quantized else views[name].copy()
                                    for name in self.shapes)
-        self._scales = tuple(quantized[name][1] for name in QUANTIZED)
+        self._scales = tuple(quantized[name][1] for name in quantized_names(self.shapes))
 
     def memory_bytes(self) -> int:
         """Bytes of weights held (int8 matrices, their scales and the float tensors)."""
@@ -106,7 +113,7 @@ class Int8Model(HostDecoding):
     def params_to_host(self) -> np.ndarray:
         out = np.empty(self.num_parameters(), dtype=np.float32)
         views = _carve(out, self.shapes)
-        scales = dict(zip(QUANTIZED, self._scales))
+        scales = dict(zip(quantized_names(self.shapes), self._scales))
         for name, weights in zip(self.shapes, self._weight_views):
             if name in scales:
                 K.dequantize_int8_rows(views[name], weights, scales[name], *_matrix(self.shapes[name]))

@@ -20,7 +20,14 @@ if SIMULATED:
     from cllm.device import CudaModel, DeviceCache
 
 KINDS = ["cpu", "int8", "cuda"] if SIMULATED else ["cpu", "int8"]
-CONFIG = ModelConfig(vocab_size=11, max_seq_len=6, num_layers=2, num_heads=2, embed_dim=8, padded_vocab_size=13)
+# every test runs for each architecture (the autouse fixture `arch` sets CONFIG): llama's with fewer kv heads
+# than query heads, an untied LM head and q, k, v biases, so that each of its parameters matters
+CONFIGS = {
+    "gpt2": ModelConfig(vocab_size=11, max_seq_len=6, num_layers=2, num_heads=2, embed_dim=8, padded_vocab_size=13),
+    "llama": ModelConfig(arch="llama", vocab_size=11, max_seq_len=6, num_layers=2, num_heads=4, num_kv_heads=2,
+                         embed_dim=16, ffn_dim=24, padded_vocab_size=13, tie_embeddings=False, attention_bias=True),
+}
+CONFIG = CONFIGS["gpt2"]
 B, T = 2, 5
 RNG = np.random.default_rng(11)
 IDX = RNG.integers(0, CONFIG.vocab_size, (B, T)).astype(np.int32)
@@ -28,11 +35,19 @@ TARGETS = RNG.integers(0, CONFIG.vocab_size, (B, T)).astype(np.int32)
 TOL = {"cpu": 0.0, "int8": 1e-4, "cuda": 1e-5}  # logits and losses against the reference Model
 
 
+@pytest.fixture(autouse=True, params=list(CONFIGS))
+def arch(request, monkeypatch):
+    monkeypatch.setitem(globals(), "CONFIG", CONFIGS[request.param])
+    return request.param
+
+
 def reference(seed: int = 3, rounded: bool = False) -> Model:
     """A float32 Model whose biases and gains are not 0 and 1 (so every parameter matters)."""
     model = Model(CONFIG, seed=seed)
     model.params += np.random.default_rng(seed).normal(0, 0.05, model.params.size).astype(np.float32)
-    model.p["wte"][CONFIG.vocab_size * CONFIG.embed_dim:] = 0
+    for name in ("wte", "lm_head"):  # the padded vocabulary rows stay 0
+        if name in model.p:
+            model.p[name][CONFIG.vocab_size * CONFIG.embed_dim:] = 0
     if rounded:
         dequantize_in_place(model)
     return model
@@ -58,8 +73,8 @@ def close(got, want, kind: str, what: str) -> None:
 
 
 if not SIMULATED:
-    def test_cuda_model_in_the_simulator():
-        run_in_simulator(__file__, "-k", "cuda")
+    def test_cuda_model_in_the_simulator(arch):
+        run_in_simulator(__file__, "-k", f"cuda and {arch}")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -130,7 +145,8 @@ def test_decode_step_after_prefill_equals_the_forwards_last_row(kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_new_kv_cache_shapes(kind):
     model, _ = make(kind)
-    per_sequence = CONFIG.num_layers * CONFIG.max_seq_len * 2 * CONFIG.embed_dim
+    # the keys and values of the kv heads only (llama: NKV of NH)
+    per_sequence = CONFIG.num_layers * CONFIG.max_seq_len * 2 * CONFIG.num_kv_heads * CONFIG.head_size
     for n in (1, 3):
         cache = model.new_kv_cache(n)
         assert cache.size == n * per_sequence
@@ -187,7 +203,7 @@ def test_backward_gives_the_reference_grads(kind):
     assert not model.grads_to_host().any()
     # p is where the model computes: the optimizer's kernels and a test may write through it
     before = model.forward(IDX).copy()
-    model.p["lnfb"][:] = np.full(CONFIG.embed_dim, 0.5, np.float32)
+    model.p["lnfw"][:] = np.full(CONFIG.embed_dim, 0.5, np.float32)
     assert np.abs(model.forward(IDX) - before).max() > 0.01
 
 

@@ -133,6 +133,9 @@ def read_model_file(path: str) -> LlmcModel:
 def export_checkpoint(checkpoint: str, out_path: str) -> tuple[str, ModelConfig]:
     """Write the checkpoint's model as llm.c's fp32 model file; returns (checkpoint path, config)."""
     ckpt = ck.load_checkpoint(checkpoint)
+    if ckpt.model_config.arch != "gpt2":
+        raise CheckpointError(f"{ckpt.path} is a {ckpt.model_config.arch} model; llm.c's model file holds GPT-2's "
+                              "layout only, so export-llmc takes gpt2 checkpoints")
     write_model_file(out_path, ckpt.model_config, flat_params(ckpt.model_config, ckpt.params))
     return ckpt.path, ckpt.model_config
 

@@ -24,6 +24,9 @@ VOCAB_SIZES = {kind: inspect.signature(KINDS[kind].train).parameters["vocab_size
 # cllm/training/start.py settle_sizes applies them, once.
 MODEL_DEFAULTS = {"embed_dim": ModelConfig.embed_dim, "num_layers": ModelConfig.num_layers,
                   "num_heads": ModelConfig.num_heads, "seq_len": ModelConfig.max_seq_len}
+# The architecture flags, ModelConfig's fields of the same names; None ("not given") leaves ModelConfig's
+# default (a new run) or the checkpoint's value (--resume, --init-from: a different typed one is refused)
+ARCH_FLAGS = ("arch", "num_kv_heads", "ffn_dim", "rope_theta", "norm_eps", "tie_embeddings", "attention_bias")
 
 
 @dataclasses.dataclass
@@ -49,6 +52,19 @@ class TrainConfig:
     seq_len: int | None = option(
         None, "T, tokens per training sequence; also the model's context length", shown=MODEL_DEFAULTS["seq_len"]
     )
+    arch: str | None = option(None, "the architecture: gpt2 or llama (RoPE, RMSNorm, SwiGLU, grouped-query "
+                                    "attention, no biases)", shown=ModelConfig.arch)
+    num_kv_heads: int | None = option(None, "llama: key/value heads (must divide --num-heads; fewer: a smaller "
+                                            "KV cache)", shown="--num-heads")
+    ffn_dim: int | None = option(None, "llama: hidden units of the SwiGLU MLP", shown="8C/3 rounded up to 64")
+    rope_theta: float | None = option(None, "llama: the base of the rotary embeddings' frequencies",
+                                      shown=ModelConfig.rope_theta)
+    norm_eps: float | None = option(None, "epsilon of the LayerNorms (gpt2) or RMSNorms (llama)",
+                                    shown=ModelConfig.norm_eps)
+    tie_embeddings: bool | None = option(None, "llama: the LM head is the embedding table; --no-tie-embeddings "
+                                               "gives it its own matrix", shown=ModelConfig.tie_embeddings)
+    attention_bias: bool | None = option(None, "llama: biases on the q, k and v projections (Qwen2's layout)",
+                                         shown=ModelConfig.attention_bias)
     batch_size: int = option(12, "sequences per micro-batch per process")
     grad_accum: int = option(1, "micro-batches per optimizer step (a larger effective batch in the same memory)")
     learning_rate: float = option(1e-3, "peak learning rate, after warmup")
@@ -169,6 +185,10 @@ class TrainConfig:
 
     def model_flags(self) -> dict:
         return {k: getattr(self, k) for k in MODEL_DEFAULTS}
+
+    def arch_flags(self) -> dict:
+        """The architecture flags given ({ModelConfig field: value}, those left out omitted)."""
+        return {k: getattr(self, k) for k in ARCH_FLAGS if getattr(self, k) is not None}
 
     def to_json(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

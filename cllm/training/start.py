@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 
 from cllm import checkpoint as ck
-from cllm.config import check_sizes
+from cllm.config import LLAMA_NO_DROPOUT, ModelConfig, check_sizes
 from cllm.errors import CheckpointError, ConfigError
-from cllm.training.config import MODEL_DEFAULTS, TrainConfig
+from cllm.training.config import ARCH_FLAGS, MODEL_DEFAULTS, TrainConfig
 from cllm.training.logbook import say
 
 
@@ -24,7 +24,28 @@ def settle_sizes(cfg: TrainConfig) -> dict:
     if not cfg.resume and not cfg.init_from:  # those take their checkpoint's sizes
         check_sizes(embed_dim=cfg.embed_dim, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
                     max_seq_len=cfg.seq_len)
+        # the architecture's own refusals (a vocabulary of 1 stands in for the data's, not yet read)
+        check_dropout(ModelConfig(vocab_size=1, max_seq_len=cfg.seq_len, num_layers=cfg.num_layers,
+                                  num_heads=cfg.num_heads, embed_dim=cfg.embed_dim, **cfg.arch_flags()), cfg)
     return given
+
+
+def check_dropout(config: ModelConfig, cfg: TrainConfig) -> None:
+    """Refuse --dropout for a model that has none (llama)."""
+    if cfg.dropout and config.arch == "llama":
+        raise ConfigError(LLAMA_NO_DROPOUT)
+
+
+def take_architecture(cfg: TrainConfig, saved: ModelConfig, refusal: str) -> None:
+    """The run takes the checkpoint's architecture flags; one given with another value is refused
+    (refusal: the message's start, e.g. "cannot resume: the checkpoint has")."""
+    for flag in ARCH_FLAGS:
+        value, have = getattr(cfg, flag), getattr(saved, flag)
+        if value is not None and value != have and not (flag == "num_kv_heads" and value == 0):
+            raise ConfigError(f"{refusal} {flag.replace('_', '-')} {have} but --{flag.replace('_', '-')} {value} "
+                              "was given; drop the flag")
+        setattr(cfg, flag, have)
+    check_dropout(saved, cfg)
 
 
 def open_run_directory(cfg: TrainConfig) -> None:
@@ -67,6 +88,7 @@ def resume_checkpoint(cfg: TrainConfig, given: dict):
         saved.num_heads,
         run_T,
     )
+    take_architecture(cfg, saved, "cannot resume: the checkpoint has")
     if tuned:
         cfg.init_from = resume.path  # its data is encoded with the checkpoint's tokenizer
     return resume
@@ -85,6 +107,7 @@ def init_checkpoint(cfg: TrainConfig, given: dict):
                 f"{value}; drop --{flag.replace('_', '-')}"
             )
     cfg.embed_dim, cfg.num_layers, cfg.num_heads = saved.embed_dim, saved.num_layers, saved.num_heads
+    take_architecture(cfg, saved, f"--init-from {cfg.init_from} has")
     if given["seq_len"] is None:  # the default context, or the checkpoint's when shorter
         cfg.seq_len = min(cfg.seq_len, saved.max_seq_len)
     return ckpt

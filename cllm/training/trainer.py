@@ -104,6 +104,7 @@ class Trainer:
             num_layers=cfg.num_layers,
             num_heads=cfg.num_heads,
             embed_dim=cfg.embed_dim,
+            **cfg.arch_flags(),
         )
         if cfg.init_from:  # the checkpoint's context may be longer than T (GPT-2's 1024 positions)
             config = (init or resume).model_config
@@ -124,9 +125,10 @@ class Trainer:
             self.say(f"[4/5] Model: {model.num_parameters():,} parameters from {init.path}")
         else:
             model = Model(config, seed=cfg.seed)
+            kv = f" ({config.num_kv_heads} kv)" if config.num_kv_heads != config.num_heads else ""
             self.say(
-                f"[4/5] Model: {model.num_parameters():,} parameters, {cfg.num_layers} layers, "
-                f"{cfg.num_heads} heads, {cfg.embed_dim} dims, context {T}, vocab {self.tokenizer.vocab_size}"
+                f"[4/5] Model: {model.num_parameters():,} parameters, {config.arch}, {cfg.num_layers} layers, "
+                f"{cfg.num_heads} heads{kv}, {cfg.embed_dim} dims, context {T}, vocab {self.tokenizer.vocab_size}"
             )
         for buffer in (model.params, model.m, model.v):
             self.comm.broadcast_(buffer)

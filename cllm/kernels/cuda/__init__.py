@@ -8,7 +8,7 @@ imported), which is how the tests run them. Legend as in cllm/kernels/_common.py
 from .adamw import NORM_BLOCKS, adamw_update, grad_norm_squared
 from .attention import attention_backward, attention_forward
 from .block import block_tail_forward, layernorm_matmul_forward
-from .decode import forward_rows, scratch
+from .decode import forward_rows, llama_forward_rows, llama_scratch, scratch
 from .elementwise import (
     encoder_backward,
     encoder_forward,
@@ -33,7 +33,7 @@ __all__ = [
     "encoder_backward", "encoder_forward", "fill_inplace", "forward_rows", "gelu_backward", "gelu_forward", "gemm",
     "grad_norm_squared", "layernorm_backward", "layernorm_forward", "layernorm_matmul_forward", "linear",
     "matmul_backward", "matmul_forward", "matmul_gelu_forward", "residual_forward", "scale_inplace", "scratch",
-    "softmax_forward",
+    "softmax_forward", "llama_forward_rows", "llama_scratch",
 ]
 
 # grouped-query attention (cllm/kernels/cuda/gqa.py)

@@ -7,6 +7,7 @@ kvcache (nb, L, 2, NH, ...) in cllm/kernels/decode.py's layout: per sequence and
 transposed (hs, maxT), then each head's values (maxT, hs). rows (3R) int32 on the device: the
 tokens, then each row's sequence, then its position. Every row's k and v go into the cache before
 any row attends, so the rows of one call may continue one sequence (prefill).
+llama_forward_rows is llama's, in cllm/kernels/decode.llama_forward_rows's cache layout (the NKV kv heads).
 """
 import math
 
@@ -14,9 +15,13 @@ import numpy as np
 from numba import cuda
 
 from ._common import F32, ROW_THREADS, THREADS, block_max, block_sum, blocks
-from .elementwise import gelu_forward, residual_forward
+from .elementwise import encoder_forward, gelu_forward, residual_forward
+from .gqa import gqa_prefill
 from .layernorm import layernorm_forward
 from .matmul import linear
+from .rmsnorm import rmsnorm_forward
+from .rope import rope_forward
+from .swiglu import swiglu_forward
 
 
 @cuda.jit
@@ -120,3 +125,43 @@ def forward_rows(logits, kvcache, rows, weights, layers, work, R, L, C, NH, maxT
     nl = R - first_logit_row
     layernorm_forward(xn, mean, rstd, x[first_logit_row * C:], lnfw, lnfb, 1, nl, C)
     linear(logits, xn, wte, None, nl, C, V)  # the tied LM head: wte's first V rows
+
+
+def llama_scratch(R, C, QKV, F):
+    """Device work buffers of llama_forward_rows for R rows (QKV = (NH+2*NKV)*hs, F the MLP width)."""
+    f = np.float32
+    return {"x": cuda.device_array(R * C, f), "xn": cuda.device_array(R * C, f), "qkv": cuda.device_array(R * QKV, f),
+            "atty": cuda.device_array(R * C, f), "proj": cuda.device_array(R * C, f),
+            "hid": cuda.device_array(R * 2 * F, f), "act": cuda.device_array(R * F, f), "rstd": cuda.device_array(R, f)}
+
+
+def llama_forward_rows(logits, kvcache, tokens, weights, layers, cos, sin, work, B, T, pos0, L, C, NH, NKV, F, maxT,
+                       V, eps, first_logit_row):
+    # As cllm/kernels/decode.llama_forward_rows: B sequences of T tokens (device int32 (B*T)) at positions
+    # pos0..pos0+T-1;  kvcache (B, L, 2, NKV, maxT, hs);  weights: (wte, lnfw, LM head);  layers: per layer
+    # (ln1w, qkvw, qkvb or None, attprojw, ln2w, fcw, fcprojw);  cos, sin: the RoPE tables on the device
+    wte, lnfw, head = weights
+    R, hs = B * T, C // NH
+    QKV = (NH + 2 * NKV) * hs
+    half = NKV * maxT * hs  # one sequence's and layer's keys (then as many values)
+    x, xn, qkv, atty, proj = work["x"], work["xn"], work["qkv"], work["atty"], work["proj"]
+    hid, act, rstd = work["hid"], work["act"], work["rstd"]
+    encoder_forward(x, tokens, wte, None, 1, R, C)
+    for l, (ln1w, qkvw, qkvb, attprojw, ln2w, fcw, fcprojw) in enumerate(layers):
+        rmsnorm_forward(xn, rstd, x, ln1w, R, C, eps)
+        linear(qkv, xn, qkvw, qkvb, R, C, QKV)
+        rope_forward(qkv, cos, sin, B, T, NH, NKV, hs, pos0)
+        for b in range(B):
+            k0 = (b * L + l) * 2 * half
+            gqa_prefill(atty[b * T * C:(b + 1) * T * C], qkv[b * T * QKV:(b + 1) * T * QKV], kvcache[k0:k0 + half],
+                        kvcache[k0 + half:k0 + 2 * half], 1, T, NH, NKV, hs, pos0, maxT)
+        linear(proj, atty, attprojw, None, R, C, C)
+        residual_forward(x, x, proj, R * C)
+        rmsnorm_forward(xn, rstd, x, ln2w, R, C, eps)
+        linear(hid, xn, fcw, None, R, C, 2 * F)
+        swiglu_forward(act, hid, R, F)
+        linear(proj, act, fcprojw, None, R, F, C)
+        residual_forward(x, x, proj, R * C)
+    nl = R - first_logit_row
+    rmsnorm_forward(xn, rstd, x[first_logit_row * C:], lnfw, nl, C, eps)
+    linear(logits, xn, head, None, nl, C, V)  # the LM head's first V rows
