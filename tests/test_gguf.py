@@ -4,9 +4,11 @@ metadata holds what that loader requires, and its vocabulary reproduces CLLM's t
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
+from hf_llama_helpers import llama3_tokenizer, llama_config, llama_tensors, write_llama_dir
 
 from cllm import checkpoint as ck
 from cllm import cli
@@ -21,19 +23,22 @@ TEXT = ("First Citizen: Before we proceed any further, hear me speak.\nAll: Spea
 SAMPLE = "Hello there,  ROMEO!\n\n  We'll see \u00fcber 12345 \u2603\u65e5\u672c <|endoftext|> end"
 
 
-def make_checkpoint(directory, kind: str = "bpe", pattern: str = "gpt4", layers: int = 2, seed: int = 0):
+def make_checkpoint(directory, kind: str = "bpe", pattern: str = "gpt4", layers: int = 2, seed: int = 0, **arch):
     """A checkpoint of a small model with every parameter random (biases and norm gains too, so that
-    a swapped or transposed tensor shows in the logits) and a `kind` tokenizer trained on TEXT.
-    Returns (checkpoint dir, model, tokenizer)."""
+    a swapped or transposed tensor shows in the logits) and a `kind` tokenizer trained on TEXT; `arch`
+    holds ModelConfig fields to change (arch="llama", num_heads=6, ...). Returns (checkpoint dir, model, tokenizer)."""
     kw = {"pattern": pattern} if kind == "bpe" else {}
     tok = train_tokenizer(kind, TEXT, 300 if kind == "bpe" else None, progress=False, **kw)
-    config = ModelConfig(vocab_size=tok.vocab_size, max_seq_len=24, num_layers=layers, num_heads=2, embed_dim=64)
+    config = ModelConfig(**{"vocab_size": tok.vocab_size, "max_seq_len": 24, "num_layers": layers, "num_heads": 2,
+                            "embed_dim": 64, **arch})
     model = Model(config, seed=None)
     rng = np.random.default_rng(seed)
     model.params[:] = rng.normal(0.0, 0.1, model.params.size).astype(np.float32)
     for name in ("ln1w", "ln2w", "lnfw"):
         model.p[name][:] += 1.0
-    model.p["wte"][config.vocab_size * config.embed_dim:] = 0  # the padded rows, as training keeps them
+    for name in ("wte", "lm_head"):
+        if name in model.p:
+            model.p[name][config.vocab_size * config.embed_dim:] = 0  # the padded rows, as training keeps them
     ck.save_checkpoint(str(directory), "step_000000", model, tokenizer=tok)
     ck.set_pointer(str(directory), "latest", "step_000000")
     return str(directory), model, tok
@@ -219,3 +224,235 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path, capsys):
     assert "unknown GGUF type 'q4'" in capsys.readouterr().err
     assert cli.main(["export-gguf", str(tmp_path / "missing"), str(out)]) == 2
     assert not out.exists() and not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+# ---------------------------------------------------------------------------------------- llama
+# A Llama-family HuggingFace directory (tests/hf_llama_helpers.py: 6 query heads over 2 kv heads, an MLP of
+# 100, rope_theta 500000) imported with import-hf and exported with export-gguf as llama.cpp's `llama`.
+
+@pytest.fixture(scope="module", params=[("llama", False), ("qwen2", True)], ids=["llama-untied", "qwen2-tied"])
+def llama_exported(request, tmp_path_factory):
+    """(HF config, HF tensors, tokenizers.Tokenizer, {dtype: GGUFReader}) of a random model."""
+    pytest.importorskip("tokenizers", reason="the tokenizers package (test extra) builds the Llama 3 tokenizer")
+    model_type, tied = request.param
+    base = tmp_path_factory.mktemp("llama_gguf")
+    tok = llama3_tokenizer(TEXT)
+    cfg = llama_config(model_type, vocab_size=tok.get_vocab_size(), tied=tied)
+    tensors = llama_tensors(cfg, seed=1)
+    hf = write_llama_dir(base / "hf", cfg, tensors, tokenizer=tok)
+    assert cli.main(["import-hf", hf, str(base / "ck")]) == 0
+    readers = {}
+    for dtype in ("f32", "f16", "q8_0"):
+        assert cli.main(["export-gguf", str(base / "ck"), str(base / f"{dtype}.gguf"), "--dtype", dtype]) == 0
+        readers[dtype] = gguf.GGUFReader(str(base / f"{dtype}.gguf"))
+    return cfg, tensors, tok, readers
+
+
+def unpermute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    """The inverse of llama.cpp's converter permutation: per head, row 2i -> i and row 2i+1 -> i + hs/2."""
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def llama_cpp_llama_tensors(cfg: dict, hf: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What each tensor of llama.cpp's llama loader (src/models/llama.cpp load_arch_tensors) must hold,
+    from the HF tensors (nn.Linear's (out, in) is ggml's {in, out}: no transpose), q and k un-permuted."""
+    want = {"token_embd.weight": hf["model.embed_tokens.weight"], "output_norm.weight": hf["model.norm.weight"]}
+    if not cfg["tie_word_embeddings"]:
+        want["output.weight"] = hf["lm_head.weight"]
+    for l in range(cfg["num_hidden_layers"]):
+        p, g = f"model.layers.{l}.", f"blk.{l}."
+        names = {"attn_norm.weight": "input_layernorm.weight", "attn_q.weight": "self_attn.q_proj.weight",
+                 "attn_k.weight": "self_attn.k_proj.weight", "attn_v.weight": "self_attn.v_proj.weight",
+                 "attn_output.weight": "self_attn.o_proj.weight", "ffn_norm.weight": "post_attention_layernorm.weight",
+                 "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
+                 "ffn_down.weight": "mlp.down_proj.weight"}
+        if cfg["model_type"] == "qwen2":
+            names.update({"attn_q.bias": "self_attn.q_proj.bias", "attn_k.bias": "self_attn.k_proj.bias",
+                          "attn_v.bias": "self_attn.v_proj.bias"})
+        want.update({g + k: hf[p + v] for k, v in names.items()})
+    return want
+
+
+def test_llama_gguf_tensors_are_the_hf_tensors_in_llama_cpp_names_and_q_k_order(llama_exported):
+    cfg, hf, _, readers = llama_exported
+    want = llama_cpp_llama_tensors(cfg, hf)
+    NH, NKV = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    for dtype, reader in readers.items():
+        got = {t.name: t for t in reader.tensors}
+        assert set(got) == set(want), dtype
+        for name, t in got.items():
+            value = as_float(t)
+            assert value.shape == want[name].shape, name
+            if ".attn_q." in name or ".attn_k." in name:
+                permuted = value
+                value = unpermute_rope_rows(value, NH if ".attn_q." in name else NKV)
+                assert not np.array_equal(permuted, value)  # the rows did move
+            if dtype == "f32" or t.data.ndim == 1:
+                assert t.tensor_type == gguf.GGMLQuantizationType.F32, name
+                np.testing.assert_array_equal(value, want[name], err_msg=name)
+            else:
+                # q8_0 needs rows of whole 32-value blocks: ffn_down's 100 inputs stay f16
+                q8 = dtype == "q8_0" and t.shape[0] % 32 == 0
+                kind = gguf.GGMLQuantizationType.Q8_0 if q8 else gguf.GGMLQuantizationType.F16
+                assert t.tensor_type == kind, name
+                np.testing.assert_allclose(value, want[name], atol=0.01 if q8 else 1e-3, err_msg=name)
+
+
+def test_llama_gguf_metadata_holds_what_llama_cpp_llama_loader_reads(llama_exported):
+    cfg, _, tok, readers = llama_exported
+    meta = {k: f.contents() for k, f in readers["q8_0"].fields.items() if not k.startswith("GGUF.")}
+    assert meta["general.architecture"] == "llama" and meta["general.file_type"] == 7
+    want = {"llama.context_length": 64, "llama.embedding_length": 96, "llama.block_count": 2,
+            "llama.feed_forward_length": 100, "llama.attention.head_count": 6, "llama.attention.head_count_kv": 2,
+            "llama.rope.dimension_count": 16, "llama.vocab_size": tok.get_vocab_size()}
+    assert {k: meta[k] for k in want} == want
+    assert meta["llama.rope.freq_base"] == 500000.0
+    assert meta["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-6)
+    # Llama 3's split and ignore_merges: llama.cpp's llama-bpe pre-tokenizer
+    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "llama-bpe"
+    assert meta["tokenizer.ggml.tokens"] == [tok.id_to_token(i) for i in range(tok.get_vocab_size())]
+    text = SAMPLE.replace("<|endoftext|>", "")
+    assert llama3_split_ids(meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.merges"], text) == \
+        tok.encode(text, add_special_tokens=False).ids
+
+
+def llama_forward_ggml(reader, ids: np.ndarray) -> np.ndarray:
+    """Logits (T, V) computed from the GGUF tensors and keys the way llama.cpp's llama graph does
+    (src/models/llama.cpp; RMSNorm, ggml_rope_ext in its normal mode, grouped-query attention,
+    SiLU-gated MLP), in float64. Normal-mode RoPE turns adjacent dimensions (2i, 2i+1) of a head by the
+    angle p * freq_base^(-2i/n_rot) (ggml-cpu's rope_f32); query head h reads key/value head
+    h // (NH/NKV) (ggml_mul_mat's broadcast over heads)."""
+    meta = {k: f.contents() for k, f in reader.fields.items()}
+    w = {t.name: as_float(t).astype(np.float64) for t in reader.tensors}
+    NH, NKV = meta["llama.attention.head_count"], meta["llama.attention.head_count_kv"]
+    eps, n_rot = meta["llama.attention.layer_norm_rms_epsilon"], meta["llama.rope.dimension_count"]
+    x = w["token_embd.weight"][ids]
+    T, C = x.shape
+    hs = C // NH
+    angle = np.arange(T)[:, None] * meta["llama.rope.freq_base"] ** (-np.arange(0, n_rot, 2) / n_rot)
+    cos, sin = np.cos(angle)[:, None, :], np.sin(angle)[:, None, :]  # (T, 1, n_rot/2)
+
+    def rms_norm(x, name):
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w[name + ".weight"]
+
+    def linear(x, name):
+        y = x @ w[name + ".weight"].T
+        return y + w[name + ".bias"] if name + ".bias" in w else y
+
+    def rope(a):  # (T, heads, hs): the pairs of the first n_rot dimensions
+        out = a.copy()
+        x0, x1 = a[..., 0:n_rot:2], a[..., 1:n_rot:2]
+        out[..., 0:n_rot:2], out[..., 1:n_rot:2] = x0 * cos - x1 * sin, x0 * sin + x1 * cos
+        return out
+
+    mask = np.triu(np.full((T, T), -np.inf), 1)
+    for l in range(meta["llama.block_count"]):
+        h = rms_norm(x, f"blk.{l}.attn_norm")
+        q = rope(linear(h, f"blk.{l}.attn_q").reshape(T, NH, hs))
+        k = np.repeat(rope(linear(h, f"blk.{l}.attn_k").reshape(T, NKV, hs)), NH // NKV, axis=1)
+        v = np.repeat(linear(h, f"blk.{l}.attn_v").reshape(T, NKV, hs), NH // NKV, axis=1)
+        att = np.einsum("thd,shd->hts", q, k) / np.sqrt(hs) + mask
+        att = np.exp(att - att.max(-1, keepdims=True))
+        y = np.einsum("hts,shd->thd", att / att.sum(-1, keepdims=True), v).reshape(T, C)
+        x = x + linear(y, f"blk.{l}.attn_output")
+        h = rms_norm(x, f"blk.{l}.ffn_norm")
+        gate = linear(h, f"blk.{l}.ffn_gate")
+        x = x + linear(gate / (1 + np.exp(-gate)) * linear(h, f"blk.{l}.ffn_up"), f"blk.{l}.ffn_down")
+    head = w.get("output.weight", w["token_embd.weight"])  # no output.weight: tied to token_embd
+    return rms_norm(x, "output_norm") @ head.T
+
+
+@pytest.mark.parametrize("arch", [dict(tie_embeddings=True, attention_bias=True), dict(tie_embeddings=False)],
+                         ids=["tied-qkv-bias", "untied"])
+def test_llama_cpp_llama_graph_on_a_cllm_llama_gives_its_logits(arch, tmp_path):
+    """A llama checkpoint of CLLM's own (6 heads over 2 kv heads, MLP 100, rope_theta 500000), exported
+    as llama.cpp's llama and run through its graph in NumPy, gives CLLM's logits."""
+    run, model, tok = make_checkpoint(tmp_path / "run", arch="llama", num_heads=6, num_kv_heads=2, ffn_dim=100,
+                                      rope_theta=500000.0, norm_eps=1e-6, embed_dim=96, **arch)
+    ids = np.array(tok.encode(SAMPLE, allowed_special="all")[:24])
+    ref = model.forward(ids[None, :])[0, :, :tok.vocab_size]
+    diffs = {}
+    for dtype in ("f32", "f16", "q8_0"):
+        assert cli.main(["export-gguf", run, str(tmp_path / f"{dtype}.gguf"), "--dtype", dtype]) == 0
+        reader = gguf.GGUFReader(str(tmp_path / f"{dtype}.gguf"))
+        assert ("output.weight" in {t.name for t in reader.tensors}) != arch["tie_embeddings"]
+        diffs[dtype] = float(np.abs(llama_forward_ggml(reader, ids) - ref).max())
+    print("largest |logit difference| llama.cpp graph vs CLLM:", diffs)
+    assert diffs["f32"] < 1e-4
+    # rounding of the weights only (measured 3.0e-3 and 9.2e-2 on these seeded weights of std 0.1)
+    assert diffs["f16"] < 2e-2 and diffs["q8_0"] < 0.2
+
+
+# ---------------------------------------------------------------------------------------- llama.cpp itself
+def llama_cpp_module():
+    """llama-cpp-python's llama_cpp (llama.cpp built as a library) when it can be imported: installed, or
+    from the directory CLLM_LLAMA_CPP_PYTHON names (e.g. a `pip install --target DIR` of its source
+    distribution, kept outside the repository); None otherwise."""
+    extra = os.environ.get("CLLM_LLAMA_CPP_PYTHON")
+    if extra and extra not in sys.path:
+        sys.path.append(extra)
+    try:
+        import llama_cpp  # noqa: PLC0415 - optional: built from source, minutes of compiling
+    except ImportError:
+        return None
+    return llama_cpp
+
+
+LLAMA_ODD = dict(arch="llama", num_heads=6, num_kv_heads=2, ffn_dim=100, embed_dim=96, rope_theta=500000.0,
+                 norm_eps=1e-6)
+
+
+@pytest.mark.parametrize("arch", [{}, dict(LLAMA_ODD, tie_embeddings=False),
+                                  dict(LLAMA_ODD, tie_embeddings=True, attention_bias=True)],
+                         ids=["gpt2", "llama-untied", "llama-tied-qkv-bias"])
+def test_llama_cpp_runs_the_exported_gguf_with_cllm_tokens_and_logits(arch, tmp_path):
+    """llama.cpp itself (through llama-cpp-python) loads the f32 GGUF, tokenizes the text to CLLM's ids
+    and computes CLLM's logits at every position (its KV cache kept f32, flash attention off)."""
+    llama_cpp = llama_cpp_module()
+    if llama_cpp is None:
+        pytest.skip("llama-cpp-python is not importable: build it from source outside the repository (pip install "
+                    "--target DIR --no-binary :all: llama-cpp-python, minutes) and set CLLM_LLAMA_CPP_PYTHON=DIR")
+    run, model, tok = make_checkpoint(tmp_path / "run", **arch)
+    path = str(tmp_path / "model.gguf")
+    assert cli.main(["export-gguf", run, path]) == 0
+    f32 = 0  # GGML_TYPE_F32
+    llm = llama_cpp.Llama(path, n_ctx=model.config.max_seq_len, n_batch=model.config.max_seq_len, n_threads=1,
+                          logits_all=True, flash_attn=False, type_k=f32, type_v=f32, verbose=False)
+    text = SAMPLE.replace("<|endoftext|>", "")
+    ids = tok.encode(text)[:model.config.max_seq_len]
+    assert llm.tokenize(text.encode(), add_bos=False, special=False)[:len(ids)] == ids
+    llm.eval(ids)
+    got = np.array(llm.scores[:len(ids)])
+    diff = float(np.abs(got - model.forward(np.array([ids]))[0, :, :tok.vocab_size]).max())
+    print(f"largest |logit difference| llama.cpp vs CLLM ({model.config.arch}): {diff:.2e}")
+    # measured 3.0e-6 (llama) and 1.1e-3 (gpt2): ggml's CPU GELU reads a table of float16 values
+    # (ggml-cpu/vec.h, GGML_GELU_FP16), SiLU it computes in float32
+    assert diff < (1e-4 if model.config.arch == "llama" else 5e-3)
+
+
+def test_llama_cpp_runs_an_imported_llama3_style_model_with_its_token_ids(tmp_path):
+    """A Llama-family directory with a Llama 3-layout tokenizer (its split, merges ignored for a chunk that
+    is a token), imported and exported to GGUF: llama.cpp's llama-bpe tokenizer gives the ids of the
+    `tokenizers` library and its llama graph CLLM's logits (a Qwen2: q, k, v biases)."""
+    llama_cpp = llama_cpp_module()
+    if llama_cpp is None:
+        pytest.skip("llama-cpp-python is not importable: build it from source outside the repository (pip install "
+                    "--target DIR --no-binary :all: llama-cpp-python, minutes) and set CLLM_LLAMA_CPP_PYTHON=DIR")
+    pytest.importorskip("tokenizers", reason="the tokenizers package (test extra) builds the Llama 3 tokenizer")
+    tok = llama3_tokenizer(TEXT)
+    cfg = llama_config("qwen2", vocab_size=tok.get_vocab_size())
+    hf = write_llama_dir(tmp_path / "hf", cfg, llama_tensors(cfg, seed=2), tokenizer=tok)
+    assert cli.main(["import-hf", hf, str(tmp_path / "ck")]) == 0
+    assert cli.main(["export-gguf", str(tmp_path / "ck"), str(tmp_path / "m.gguf")]) == 0
+    T = cfg["max_position_embeddings"]
+    llm = llama_cpp.Llama(str(tmp_path / "m.gguf"), n_ctx=T, n_batch=T, n_threads=1, logits_all=True,
+                          flash_attn=False, type_k=0, type_v=0, verbose=False)  # 0: GGML_TYPE_F32
+    text = SAMPLE.replace("<|endoftext|>", "") + TEXT[:300]
+    want = tok.encode(text, add_special_tokens=False).ids
+    assert llm.tokenize(text.encode(), add_bos=False, special=False) == want
+    ids = want[:T]
+    llm.eval(ids)
+    model = ck.model_from_checkpoint(ck.load_checkpoint(str(tmp_path / "ck")))
+    diff = float(np.abs(np.array(llm.scores[:T]) - model.forward(np.array([ids]))[0, :, :cfg["vocab_size"]]).max())
+    print(f"largest |logit difference| llama.cpp vs CLLM (imported qwen2): {diff:.2e}")
+    assert diff < 1e-4

@@ -14,15 +14,21 @@ import pickle
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from test_gguf import SAMPLE, TEXT, make_checkpoint
+from hf_llama_helpers import llama3_tokenizer, llama_config, llama_tensors, save_bf16, write_llama_dir
+from safetensors.numpy import load_file
+from test_gguf import SAMPLE, TEXT, llama_forward_ggml, make_checkpoint
 from train_helpers import ROOT, all_threads_after  # noqa: F401  (autouse)
 
 from cllm import checkpoint as ck
 from cllm import cli
 from cllm.generation import Generator, SamplingConfig
+from cllm.optim import AdamW
+from cllm.tokenizers import load_tokenizer
+from cllm.training import TrainConfig, train
 
 MISSING = ""
 try:
@@ -65,8 +71,6 @@ def bpe_run(tmp_path_factory):
 
 
 def test_export_writes_transformers_names_conv1d_layout_and_drops_padding(bpe_run):
-    from safetensors.numpy import load_file
-
     _, model, tok, hf = bpe_run
     cfg = model.config
     assert cfg.padded_vocab_size > cfg.vocab_size  # the padding the export must drop
@@ -153,8 +157,6 @@ def test_import_refuses_a_pickle_without_opening_it(bpe_run, tmp_path, capsys):
 
 def test_export_then_import_gives_the_checkpoint_back(bpe_run, tmp_path):
     """Without torch: export-hf then import-hf gives the checkpoint's weights and tokenizer back."""
-    from cllm.tokenizers import load_tokenizer
-
     _, model, tok, hf = bpe_run
     assert cli.main(["import-hf", hf, str(tmp_path / "imported")]) == 0
     back = ck.load_checkpoint(str(tmp_path / "imported"))
@@ -168,9 +170,6 @@ def test_export_then_import_gives_the_checkpoint_back(bpe_run, tmp_path):
 def test_train_init_from_starts_from_the_checkpoint_with_its_tokenizer(bpe_run, tmp_path):
     """`train --init-from`: the imported weights are the starting point (a learning rate of 1e-9 leaves
     them), the data is encoded with the checkpoint's tokenizer, the model keeps its context."""
-    from cllm.tokenizers import load_tokenizer
-    from cllm.training import TrainConfig, train
-
     _, model, tok, hf = bpe_run
     assert cli.main(["import-hf", hf, str(tmp_path / "imported")]) == 0
     data = tmp_path / "data.txt"
@@ -223,8 +222,8 @@ def test_gpt2_style_vocabulary_survives_import_fine_tune_and_export(tmp_path):
     """A tokenizer whose ids are not CLLM's own order (GPT-2's: bytes in byte-level-alphabet order, the
     special token first) comes in with import-hf and goes out again through export-hf and export-gguf
     with the same ids."""
-    import gguf
-    import tokenizers as tk
+    import gguf  # noqa: PLC0415 - optional: the gguf extra
+    import tokenizers as tk  # noqa: PLC0415 - optional: the test extra
 
     hf = tmp_path / "hf"
     bpe = tk.Tokenizer(tk.models.BPE())
@@ -243,11 +242,286 @@ def test_gpt2_style_vocabulary_survives_import_fine_tune_and_export(tmp_path):
 
     assert cli.main(["import-hf", str(hf), str(tmp_path / "ck")]) == 0
     back = ck.load_checkpoint(str(tmp_path / "ck"))
-    from cllm.tokenizers import load_tokenizer
-
     assert load_tokenizer(back.tokenizer_path).encode(text) == want
     assert cli.main(["export-hf", str(tmp_path / "ck"), str(tmp_path / "out")]) == 0
     assert transformers.AutoTokenizer.from_pretrained(tmp_path / "out")(text)["input_ids"] == want
     assert cli.main(["export-gguf", str(tmp_path / "ck"), str(tmp_path / "m.gguf")]) == 0
     tokens = gguf.GGUFReader(str(tmp_path / "m.gguf")).fields["tokenizer.ggml.tokens"].contents()
     assert tokens == [bpe.id_to_token(i) for i in range(V)]
+
+
+# ---------------------------------------------------------------------------------------- the Llama family
+# Random models at odd sizes (tests/hf_llama_helpers.py: 6 query heads over 2 kv heads, head size 16, an MLP
+# of 100, rope_theta 500000, untied unless said): LlamaForCausalLM, Qwen2ForCausalLM (q, k, v biases) and
+# MistralForCausalLM without a sliding window.
+
+def read_dir(path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(config.json, every tensor) of an HF directory, sharded or not."""
+    with open(os.path.join(path, "config.json")) as f:
+        cfg = json.load(f)
+    tensors = {}
+    for name in sorted(os.listdir(path)):
+        if name.endswith(".safetensors"):
+            tensors.update(load_file(os.path.join(path, name)))
+    return cfg, tensors
+
+
+def hf_rope_theta(cfg: dict) -> float:
+    return (cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta"))
+
+
+@pytest.mark.parametrize("model_type, tied, shards, new_rope", [
+    ("llama", False, 3, False), ("llama", True, 1, True), ("qwen2", False, 2, True), ("mistral", False, 1, False)],
+    ids=["llama-untied-sharded-4.x-config", "llama-tied", "qwen2-biases-sharded", "mistral"])
+def test_llama_family_round_trip_gives_identical_tensors_config_and_token_ids(model_type, tied, shards, new_rope,
+                                                                             tmp_path):
+    """Without torch: HF dir -> import-hf -> CLLM checkpoint -> export-hf -> a LlamaForCausalLM directory
+    with the same tensors (plus a zero o_proj bias where the model has q, k, v biases: LlamaAttention's
+    attention_bias adds one), the same sizes in config.json, and a tokenizer giving the same ids."""
+    tokenizers = pytest.importorskip("tokenizers", reason="the tokenizers package (test extra) is not installed")
+    tok = llama3_tokenizer(TEXT)
+    cfg = llama_config(model_type, vocab_size=tok.get_vocab_size(), tied=tied, new_rope=new_rope)
+    tensors = llama_tensors(cfg)
+    hf = write_llama_dir(tmp_path / "hf", cfg, tensors, shards=shards, tokenizer=tok)
+    assert cli.main(["import-hf", hf, str(tmp_path / "ck")]) == 0
+    back = ck.load_checkpoint(str(tmp_path / "ck"))
+    c = back.model_config
+    assert (c.arch, c.num_kv_heads, c.ffn_dim, c.rope_theta, c.norm_eps, c.tie_embeddings, c.attention_bias) == \
+        ("llama", 2, 100, 500000.0, 1e-6, tied, model_type == "qwen2")
+    assert c.padded_vocab_size > c.vocab_size and not back.params["wte"][c.vocab_size:].any()  # padding is zero
+    text = SAMPLE.replace("<|endoftext|>", "")
+    want_ids = tok.encode(text, add_special_tokens=False).ids
+    assert load_tokenizer(back.tokenizer_path).encode(text) == want_ids
+
+    assert cli.main(["export-hf", str(tmp_path / "ck"), str(tmp_path / "out")]) == 0
+    out_cfg, out = read_dir(tmp_path / "out")
+    expected = dict(tensors)
+    if model_type == "qwen2":
+        for l in range(cfg["num_hidden_layers"]):
+            expected[f"model.layers.{l}.self_attn.o_proj.bias"] = np.zeros(96, np.float32)
+    assert set(out) == set(expected)
+    for name, t in expected.items():
+        np.testing.assert_array_equal(out[name], t, err_msg=name)
+    assert out_cfg["architectures"] == ["LlamaForCausalLM"] and out_cfg["model_type"] == "llama"
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings"):
+        assert out_cfg[key] == cfg[key], key
+    assert out_cfg["rope_theta"] == hf_rope_theta(out_cfg) == hf_rope_theta(cfg) == 500000.0
+    assert out_cfg["attention_bias"] == (model_type == "qwen2") and out_cfg["hidden_act"] == "silu"
+    assert tokenizers.Tokenizer.from_file(str(tmp_path / "out" / "tokenizer.json")).encode(
+        text, add_special_tokens=False).ids == want_ids
+    # and back again: the exported directory imports to the same checkpoint
+    assert cli.main(["import-hf", str(tmp_path / "out"), str(tmp_path / "ck2")]) == 0
+    again = ck.load_checkpoint(str(tmp_path / "ck2"))
+    assert again.model_config == c
+    for name, t in back.params.items():
+        np.testing.assert_array_equal(again.params[name], t, err_msg=name)
+
+
+def test_llama_in_bfloat16_imports_exactly(tmp_path):
+    """Most Llama-family models are published in bfloat16, which NumPy has no type for: import-hf widens
+    it to float32 exactly (a model whose tensors are all bfloat16, one shard of two holding them)."""
+    cfg = llama_config("qwen2")
+    tensors = llama_tensors(cfg)
+    names = sorted(tensors)
+    hf = write_llama_dir(tmp_path / "hf", cfg, {n: tensors[n] for n in names[1::2]}, shards=1)
+    os.rename(os.path.join(hf, "model.safetensors"), os.path.join(hf, "model-00001-of-00002.safetensors"))
+    held = save_bf16({n: tensors[n] for n in names[::2]}, os.path.join(hf, "model-00002-of-00002.safetensors"))
+    weight_map = {n: f"model-0000{2 if n in held else 1}-of-00002.safetensors" for n in names}
+    with open(os.path.join(hf, "model.safetensors.index.json"), "w") as f:
+        json.dump({"weight_map": weight_map}, f)
+    assert cli.main(["import-hf", hf, str(tmp_path / "ck")]) == 0
+    assert cli.main(["export-hf", str(tmp_path / "ck"), str(tmp_path / "out")]) == 0
+    _, out = read_dir(tmp_path / "out")
+    for name in names:
+        want = held.get(name, tensors[name])
+        assert name not in held or not np.array_equal(want, tensors[name])  # bfloat16 did round
+        np.testing.assert_array_equal(out[name], want, err_msg=name)
+
+
+def sentencepiece_byte_fallback_json(vocab_size: int) -> dict:
+    """A tokenizer.json in Llama 2's / TinyLlama's layout: a BPE over "▁"-marked text with byte fallback
+    (<0x00>..<0xFF> tokens), trained by `tokenizers`."""
+    import tokenizers as tk  # noqa: PLC0415 - optional: the test extra
+
+    sp = tk.Tokenizer(tk.models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    sp.normalizer = tk.normalizers.Sequence([tk.normalizers.Prepend("\u2581"), tk.normalizers.Replace(" ", "\u2581")])
+    sp.decoder = tk.decoders.Sequence([tk.decoders.Replace("\u2581", " "), tk.decoders.ByteFallback(),
+                                       tk.decoders.Fuse(), tk.decoders.Strip(" ", 1, 0)])
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    sp.train_from_iterator([TEXT], tk.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                                          show_progress=False))
+    return json.loads(sp.to_str())
+
+
+LLAMA_REFUSALS = {  # name -> (model type, config changes, tensor change, what the one line names)
+    "rope-scaling-llama3": ("llama", {"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}},
+                            None, "rope_scaling of type 'llama3'"),
+    "rope-scaling-4.x-linear": ("llama", {"rope_scaling": {"type": "linear", "factor": 2.0}}, None,
+                                "rope_scaling of type 'linear'"),
+    "mistral-sliding-window": ("mistral", {"sliding_window": 4096}, None, "sliding attention window of 4096"),
+    "qwen2-sliding-window": ("qwen2", {"use_sliding_window": True, "sliding_window": 32}, None,
+                             "sliding attention window of 32"),
+    "gelu": ("llama", {"hidden_act": "gelu"}, None, "hidden_act 'gelu'"),
+    "mlp-bias": ("llama", {"mlp_bias": True}, None, "biases in the MLP"),
+    "head-dim": ("llama", {"head_dim": 32}, None, "head_dim 32"),
+    "other-model-type": ("llama", {"model_type": "gemma"}, None, "CLLM imports model_type gpt2, llama, qwen2, mistral"),
+    "o-proj-bias": ("llama", {"attention_bias": True}, "o_bias", "o_proj.bias is not zero"),
+    "extra-tensor": ("llama", {}, "extra", "has no place for, e.g. 'model.layers.0.mlp.up_proj.bias'"),
+    "missing-tensor": ("llama", {}, "missing", "has no tensor 'model.layers.1.mlp.down_proj.weight'"),
+    "untied-head-in-tied-config": ("llama", {"tie_word_embeddings": True}, "head", "lm_head.weight differs"),
+    "sentencepiece-byte-fallback": ("llama", {}, "sentencepiece", "byte_fallback = True"),
+}
+
+
+@pytest.mark.parametrize("case", list(LLAMA_REFUSALS))
+def test_llama_family_refusals_are_one_line_and_write_nothing(case, tmp_path, capsys):
+    model_type, changes, tensor_change, message = LLAMA_REFUSALS[case]
+    cfg = {**llama_config(model_type), **changes}
+    base = llama_config(model_type)  # the tensors of the model without the change
+    tensors = llama_tensors(dict(base, attention_bias=False, tie_word_embeddings=False))
+    if tensor_change == "o_bias":  # a Llama with attention_bias: q, k, v and o biases, o's not zero
+        for l in range(2):
+            tensors.update({f"model.layers.{l}.self_attn.{p}_proj.bias": np.full(n, 0.1, np.float32)
+                            for p, n in (("q", 96), ("k", 32), ("v", 32), ("o", 96))})
+    elif tensor_change == "extra":
+        tensors["model.layers.0.mlp.up_proj.bias"] = np.zeros(100, np.float32)
+    elif tensor_change == "missing":
+        del tensors["model.layers.1.mlp.down_proj.weight"]
+    hf = write_llama_dir(tmp_path / "hf", cfg, tensors)
+    if tensor_change == "sentencepiece":
+        pytest.importorskip("tokenizers", reason="the tokenizers package (test extra) builds the tokenizer")
+        with open(os.path.join(hf, "tokenizer.json"), "w") as f:
+            json.dump(sentencepiece_byte_fallback_json(cfg["vocab_size"]), f)
+    assert cli.main(["import-hf", hf, str(tmp_path / "ck")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err, err
+    assert not (tmp_path / "ck").exists()
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def hf_llama(request, tmp_path_factory):
+    """A random transformers model (every weight random, norms near 1) at the odd sizes, saved with its
+    Llama 3-layout tokenizer, imported with import-hf and exported again with export-hf and export-gguf.
+    Returns a namespace: model (transformers, eval), tok (tokenizers.Tokenizer), hf, ck, out (exported HF
+    dir) and gguf {dtype: path}."""
+    if transformers is None:
+        pytest.skip(MISSING)
+    pytest.importorskip("tokenizers", reason="the tokenizers package (test extra) is not installed")
+    base = tmp_path_factory.mktemp(f"hf_{request.param}")
+    tok = llama3_tokenizer(TEXT)
+    cfg = llama_config(request.param, vocab_size=tok.get_vocab_size(), new_rope=False)
+    kwargs = {k: v for k, v in cfg.items() if k not in ("architectures", "model_type", "torch_dtype")}
+    config = transformers.AutoConfig.for_model(request.param, **kwargs)
+    torch.manual_seed(1)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # transformers initializes norms to one and weights at 0.02: make every tensor count
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(base / "hf", safe_serialization=True)
+    tok.save(str(base / "hf" / "tokenizer.json"))
+    assert cli.main(["import-hf", str(base / "hf"), str(base / "ck")]) == 0
+    assert cli.main(["export-hf", str(base / "ck"), str(base / "out")]) == 0
+    ggufs = {}
+    for dtype in ("f32", "f16", "q8_0"):
+        ggufs[dtype] = str(base / f"{dtype}.gguf")
+        assert cli.main(["export-gguf", str(base / "ck"), ggufs[dtype], "--dtype", dtype]) == 0
+    return SimpleNamespace(model=model, tok=tok, hf=str(base / "hf"), ck=str(base / "ck"), out=str(base / "out"),
+                           gguf=ggufs, config=cfg)
+
+
+def hf_logits(model, ids: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor(ids)).logits.numpy()
+
+
+@needs_hf
+def test_exported_llama_loads_in_transformers_with_the_original_logits_and_token_ids(hf_llama):
+    """transformers reads export-hf's LlamaForCausalLM (a Qwen2 comes back as a Llama with a zero o_proj
+    bias) and computes the original model's logits; AutoTokenizer gives the tokenizer's ids."""
+    out = transformers.AutoModelForCausalLM.from_pretrained(hf_llama.out).eval()
+    assert type(out).__name__ == "LlamaForCausalLM"
+    ids = np.random.default_rng(4).integers(0, hf_llama.config["vocab_size"], (2, 64))
+    diff = float(np.abs(hf_logits(out, ids) - hf_logits(hf_llama.model, ids)).max())
+    print(f"largest |logit difference| exported vs original ({hf_llama.config['model_type']}): {diff:.2e}")
+    assert diff < 1e-5
+    text = SAMPLE.replace("<|endoftext|>", "")
+    want = hf_llama.tok.encode(text, add_special_tokens=False).ids
+    assert transformers.AutoTokenizer.from_pretrained(hf_llama.out)(text)["input_ids"] == want
+
+
+@needs_hf
+def test_llama_cpp_graph_on_the_exported_gguf_gives_transformers_logits(hf_llama):
+    """The GGUF export end to end without CLLM's forward: its tensors, read back with the gguf package
+    and run through llama.cpp's llama graph written in NumPy (tests/test_gguf.py), give the logits of the
+    transformers model the checkpoint was imported from."""
+    import gguf  # noqa: PLC0415 - optional: the gguf extra
+
+    ids = np.array(hf_llama.tok.encode(TEXT[:400], add_special_tokens=False).ids[:64])
+    want = hf_logits(hf_llama.model, ids[None, :])[0]
+    diffs = {dtype: float(np.abs(llama_forward_ggml(gguf.GGUFReader(path), ids) - want).max())
+             for dtype, path in hf_llama.gguf.items()}
+    print(f"largest |logit difference| llama.cpp graph vs transformers ({hf_llama.config['model_type']}):", diffs)
+    assert diffs["f32"] < 1e-4
+    assert diffs["f16"] < 2e-2 and diffs["q8_0"] < 0.1  # rounding of the weights only
+
+
+def imported_model(hf_llama):
+    """CLLM's Model of the imported checkpoint."""
+    return ck.model_from_checkpoint(ck.load_checkpoint(hf_llama.ck))
+
+
+@needs_hf
+def test_imported_llama_gives_transformers_logits_and_32_greedy_tokens(hf_llama):
+    model = imported_model(hf_llama)
+    ids = np.random.default_rng(3).integers(0, hf_llama.config["vocab_size"], (2, 64))
+    diff = float(np.abs(model.forward(ids)[..., :hf_llama.config["vocab_size"]] - hf_logits(hf_llama.model, ids)).max())
+    print(f"largest |logit difference| CLLM vs transformers ({hf_llama.config['model_type']}): {diff:.2e}")
+    assert diff < 1e-4
+    prompt = hf_llama.tok.encode("First Citizen:", add_special_tokens=False).ids
+    n = 32
+    ours = list(Generator(model).stream(prompt, SamplingConfig(max_new_tokens=n, temperature=0, ignore_eos=True)))
+    with torch.no_grad():
+        theirs = hf_llama.model.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                         pad_token_id=0)[0, len(prompt):].tolist()
+    assert len(theirs) == n and ours == theirs
+
+
+@needs_hf
+def test_adamw_steps_on_the_imported_llama_give_transformers_losses(hf_llama):
+    """Five AdamW steps (weight decay on the matrices, none on norms and biases, the gradient clipped to
+    a global norm of 1) on the imported model and on transformers' own: the same losses."""
+    lr, betas, eps, wd, clip, steps = 1e-2, (0.9, 0.95), 1e-8, 0.1, 1.0, 5
+    rng = np.random.default_rng(7)
+    V = hf_llama.config["vocab_size"]
+    idx, targets = rng.integers(0, V, (2, 32)), rng.integers(0, V, (2, 32))
+
+    model = imported_model(hf_llama)
+    opt = AdamW(lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=wd, grad_clip=clip)
+    ours, our_norms = [], []
+    for _ in range(steps):
+        model.zero_grad()
+        _, loss = model.forward(idx, targets)
+        model.backward()
+        our_norms.append(opt.step(model, loss=loss))
+        ours.append(loss)
+
+    torch_model = transformers.AutoModelForCausalLM.from_pretrained(hf_llama.hf).train()  # no dropout in these
+    named = dict(torch_model.named_parameters())
+    decayed = [p for n, p in named.items() if n.endswith("weight") and "norm" not in n]
+    torch_opt = torch.optim.AdamW([{"params": decayed, "weight_decay": wd},
+                                   {"params": [p for p in named.values() if all(p is not d for d in decayed)],
+                                    "weight_decay": 0.0}], lr=lr, betas=betas, eps=eps)
+    theirs, their_norms = [], []
+    x, y = torch.tensor(idx), torch.tensor(targets)
+    for _ in range(steps):
+        torch_opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(torch_model(x).logits.reshape(-1, V), y.reshape(-1))
+        loss.backward()
+        their_norms.append(float(torch.nn.utils.clip_grad_norm_(list(named.values()), clip)))
+        torch_opt.step()
+        theirs.append(loss.item())
+    print(f"losses ({hf_llama.config['model_type']}): CLLM {np.round(ours, 6)} transformers {np.round(theirs, 6)}")
+    assert theirs[-1] < theirs[0] - 0.5  # the steps do train
+    np.testing.assert_allclose(our_norms, their_norms, rtol=1e-4)
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4)

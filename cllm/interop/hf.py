@@ -1,4 +1,7 @@
-"""HuggingFace transformers interop: a CLLM checkpoint as a GPT-2 directory, and back.
+"""HuggingFace transformers interop: a CLLM checkpoint as a GPT-2 or Llama directory, and back.
+
+This module reads and writes the directory and GPT-2's names; cllm/interop/hf_llama.py holds the Llama
+family's (a llama checkpoint exports as LlamaForCausalLM; Llama, Qwen2 and Mistral directories import).
 
     OUT_DIR/config.json             GPT2Config (model_type gpt2, GPT2LMHeadModel, tied head)
             model.safetensors       transformers' tensor names, Conv1D orientation, fp32
@@ -40,6 +43,13 @@ from cllm.checkpoint import load_checkpoint, save_checkpoint, set_pointer
 from cllm.config import ModelConfig
 from cllm.errors import CheckpointError, ConfigError, TokenizerError
 from cllm.fileio import default_mode, fsync_path
+from cllm.interop.hf_llama import (
+    ARCHITECTURES,
+    from_llama_tensors,
+    llama_hf_config,
+    model_config_from_llama,
+    to_llama_tensors,
+)
 from cllm.tokenizers import load_tokenizer
 from cllm.tokenizers.imports import import_tokenizer
 from cllm.tokenizers.word import WORD_PATTERN
@@ -47,6 +57,7 @@ from cllm.tokenizers.word import WORD_PATTERN
 LAYER_NORM_EPS = 1e-5  # cllm/kernels/layernorm.py's eps: an HF model with another eps computes something else
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")  # transformers' names of GPT-2's tanh-approximated GELU
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+SAFETENSORS_DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}  # bfloat16's bits read as uint16
 
 # per layer: CLLM tensor -> (HF name under transformer.h.{l}., transposed for Conv1D)
 LAYER_NAMES = {
@@ -124,8 +135,8 @@ def _special_ids(tokenizer) -> dict:
 def model_config_from_hf(cfg: dict, where: str) -> ModelConfig:
     """A ModelConfig from a GPT-2 config.json; a model CLLM would compute differently is refused."""
     if cfg.get("model_type") != "gpt2":
-        raise CheckpointError(f"{where} describes a {cfg.get('model_type')!r} model; CLLM imports GPT-2 (model_type "
-                              "gpt2) only")
+        raise CheckpointError(f"{where} describes a {cfg.get('model_type')!r} model; CLLM imports model_type gpt2, "
+                              f"{', '.join(ARCHITECTURES)}")
     checks = [
         (cfg.get("activation_function", "gelu_new") in TANH_GELUS,
          f"activation_function {cfg.get('activation_function')!r} (CLLM computes the tanh GELU, gelu_new)"),
@@ -202,7 +213,8 @@ def _word_level_json(tokenizer) -> dict:
 
 # ---------------------------------------------------------------------------------------- export
 def export_hf(checkpoint: str, out_dir: str) -> tuple[str, ModelConfig]:
-    """Write CHECKPOINT as a transformers GPT-2 directory OUT_DIR (new or empty), all files or none:
+    """Write CHECKPOINT as a transformers GPT-2 (or, for a llama checkpoint, LlamaForCausalLM) directory
+    OUT_DIR (new or empty), all files or none:
     they are written into a temporary directory beside it that is renamed into place."""
     ckpt = load_checkpoint(checkpoint)
     config = ckpt.model_config
@@ -217,10 +229,13 @@ def export_hf(checkpoint: str, out_dir: str) -> tuple[str, ModelConfig]:
         tmp = tempfile.mkdtemp(prefix="." + os.path.basename(out_dir) + ".", suffix=".tmp", dir=parent)
     except OSError as exc:
         raise CheckpointError(f"cannot write to {parent!r}: {exc.strerror or exc}; choose another OUT_DIR") from exc
+    llama = config.arch == "llama"
     try:
-        save_file(to_hf_tensors(config, ckpt.params), os.path.join(tmp, "model.safetensors"),
+        tensors = to_llama_tensors(config, ckpt.params) if llama else to_hf_tensors(config, ckpt.params)
+        save_file(tensors, os.path.join(tmp, "model.safetensors"),
                   metadata={"format": "pt"})  # transformers refuses a safetensors file without format=pt
-        files["config.json"] = hf_config(config, tokenizer)
+        files["config.json"] = llama_hf_config(config, _special_ids(tokenizer)) if llama else hf_config(config,
+                                                                                                       tokenizer)
         files["generation_config.json"] = {"_from_model_config": True, **_special_ids(tokenizer)}
         for name, obj in files.items():
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
@@ -269,10 +284,10 @@ def read_hf_tensors(hf_dir: str) -> dict[str, np.ndarray]:
     tensors = {}
     for file in files:
         try:
-            tensors.update(load_file(file))
-        except (SafetensorError, OSError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"{file} is missing, corrupt or holds a dtype NumPy cannot read (bf16: save it "
-                                  f"as float32 or float16) ({exc})") from None
+            tensors.update(load_safetensors(file))
+        except (SafetensorError, OSError, ValueError, TypeError, KeyError) as exc:
+            raise CheckpointError(f"{file} is missing, corrupt or holds a dtype other than float32, float16 or "
+                                  f"bfloat16 ({exc})") from None
     out = {}
     for name, t in tensors.items():
         name = name.removeprefix("transformer.")
@@ -282,8 +297,29 @@ def read_hf_tensors(hf_dir: str) -> dict[str, np.ndarray]:
     return out
 
 
+def load_safetensors(path: str) -> dict[str, np.ndarray]:
+    """A safetensors file's tensors. NumPy has no bfloat16, the type most Llama-family models are published
+    in, so a file holding one is read here (8-byte header length, JSON header, data) and each bfloat16
+    tensor widened exactly to float32: its 16 bits are a float32's upper half."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    specs = {k: v for k, v in header.items() if k != "__metadata__"}
+    if not any(spec["dtype"] == "BF16" for spec in specs.values()):
+        return load_file(path)
+    data = np.memmap(path, np.uint8, "r", offset=8 + size)
+    out = {}
+    for name, spec in specs.items():
+        if spec["dtype"] not in SAFETENSORS_DTYPES:
+            raise ValueError(f"tensor {name!r} is {spec['dtype']}")
+        begin, end = spec["data_offsets"]
+        t = data[begin:end].view(SAFETENSORS_DTYPES[spec["dtype"]]).reshape(spec["shape"])
+        out[name] = (t.astype(np.uint32) << 16).view(np.float32) if spec["dtype"] == "BF16" else np.array(t)
+    return out
+
+
 def import_hf(hf_dir: str, checkpoint_dir: str) -> tuple[str, bool]:
-    """Read a GPT-2 HuggingFace directory into CHECKPOINT_DIR/step_000000 (with `latest`); its
+    """Read a GPT-2, Llama, Qwen2 or Mistral HuggingFace directory into CHECKPOINT_DIR/step_000000 (with `latest`); its
     tokenizer.json, when present, becomes the checkpoint's tokenizer. Returns (step directory,
     whether a tokenizer came along)."""
     hf_dir = os.fspath(hf_dir)
@@ -298,10 +334,16 @@ def import_hf(hf_dir: str, checkpoint_dir: str) -> tuple[str, bool]:
         raise CheckpointError(f"{hf_dir} has no config.json; not a HuggingFace model directory") from None
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{cfg_path} is unreadable or not valid JSON ({exc})") from None
-    config = model_config_from_hf(cfg, cfg_path)
-    tensors = read_hf_tensors(hf_dir)
-    _check_tied_head(tensors, hf_dir)
-    params = from_hf_tensors(config, tensors, hf_dir)
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_path} is not a JSON object; not a HuggingFace config.json")
+    if cfg.get("model_type") in ARCHITECTURES:
+        config = model_config_from_llama(cfg, cfg_path)
+        params = from_llama_tensors(config, read_hf_tensors(hf_dir), hf_dir)
+    else:
+        config = model_config_from_hf(cfg, cfg_path)
+        tensors = read_hf_tensors(hf_dir)
+        _check_tied_head(tensors, hf_dir)
+        params = from_hf_tensors(config, tensors, hf_dir)
     if not all(np.isfinite(t).all() for t in params.values()):
         raise CheckpointError(f"{hf_dir} holds non-finite weights (NaN or Inf): the model is broken")
     tokenizer = _read_tokenizer(hf_dir, config)
