@@ -23,8 +23,9 @@ from cllm.errors import CLLMError, ConfigError, MissingDependencyError
 from cllm.model import BACKWARD_NEEDS_FORWARD, TOKEN_LOSSES_NEED_TARGETS, GPTGraph, Model, _carve, _flat_values
 from cllm.optim import AdamW
 
-# numba.cuda and cllm.kernels.cuda are imported inside the functions that need them: numba-cuda is an
-# optional extra, and NUMBA_ENABLE_CUDASIM must be set before numba.cuda's first import
+# numba.cuda and cllm.kernels.cuda are imported inside the functions that need them (the lines marked
+# "noqa: PLC0415" point here): numba-cuda is an optional extra, and NUMBA_ENABLE_CUDASIM must be set before
+# numba.cuda's first import
 
 
 class DeviceError(CLLMError):
@@ -43,12 +44,12 @@ def parse_device(device: str) -> int | None:
 
 
 def _cuda():
-    import importlib.util
+    import importlib.util  # noqa: PLC0415 (optional, see the top)
 
     if importlib.util.find_spec("numba_cuda") is None:
         raise MissingDependencyError("--device cuda needs Numba's CUDA target; install it with: "
                                      "pip install -e '.[cuda]'")
-    from numba import cuda
+    from numba import cuda  # noqa: PLC0415 (optional, see the top)
 
     return cuda
 
@@ -112,7 +113,7 @@ def _bind(gpu: int) -> None:
     """Make GPU `gpu` current in the calling thread: the server decodes on worker threads, which start
     with no current device (Numba would take GPU 0)."""
     if getattr(_thread, "gpu", None) != gpu:
-        from numba import cuda
+        from numba import cuda  # noqa: PLC0415 (optional, see the top)
 
         cuda.select_device(gpu)
         _thread.gpu = gpu
@@ -133,7 +134,7 @@ class DeviceCache:
         return DeviceCache(self.array.reshape(*shape))
 
     def __getitem__(self, rows) -> DeviceCache:
-        from numba import cuda
+        from numba import cuda  # noqa: PLC0415 (optional, see the top)
 
         rows = [int(r) for r in np.atleast_1d(rows)]
         out = cuda.device_array((len(rows), self.array.shape[1]), dtype=self.array.dtype)
@@ -142,7 +143,7 @@ class DeviceCache:
         return DeviceCache(out)
 
     def copy(self) -> DeviceCache:
-        from numba import cuda
+        from numba import cuda  # noqa: PLC0415 (optional, see the top)
 
         out = cuda.device_array(self.array.shape, dtype=self.array.dtype)
         out.copy_to_device(self.array)
@@ -155,9 +156,9 @@ class CudaModel(GPTGraph):
     p, g, m_views, v_views, a and ga are device views; the host reads through *_to_host (copies)."""
 
     def __init__(self, model: Model, gpu: int = 0):
-        from numba import cuda
+        from numba import cuda  # noqa: PLC0415 (optional, see the top)
 
-        import cllm.kernels.cuda as G
+        import cllm.kernels.cuda as G  # noqa: PLC0415 (optional, see the top)
 
         if model.dtype != np.float32:
             raise ConfigError("the CUDA model runs in float32 only")
@@ -242,7 +243,7 @@ class CudaModel(GPTGraph):
 
     # ---------------------------------------------------------------- training
     def _ensure_activations(self, B: int, T: int) -> None:
-        from numba import cuda
+        from numba import cuda  # noqa: PLC0415 (optional, see the top)
 
         if (B, T) == (self.B, self.T):
             return
@@ -277,7 +278,7 @@ class CudaModel(GPTGraph):
 
     def _forward(self, idx, targets, dropout: float) -> None:
         """The forward on the device; with targets, the losses come to the host (the one small copy out)."""
-        from numba import cuda
+        from numba import cuda  # noqa: PLC0415 (optional, see the top)
 
         if dropout:
             raise ConfigError("dropout is not implemented on the CUDA device yet")
@@ -321,7 +322,7 @@ class CudaModel(GPTGraph):
                                   cfg.num_heads, True)
 
     def _to_ops(self, array: np.ndarray):
-        from numba import cuda
+        from numba import cuda  # noqa: PLC0415 (optional, see the top)
 
         return cuda.to_device(array)
 
@@ -334,7 +335,7 @@ class CudaModel(GPTGraph):
     # ---------------------------------------------------------------- incremental decoding
     def new_kv_cache(self, num_sequences: int = 1) -> DeviceCache:
         """A zeroed KV cache on the device, in Model.new_kv_cache's layout."""
-        from numba import cuda
+        from numba import cuda  # noqa: PLC0415 (optional, see the top)
 
         _bind(self.gpu)
         cfg = self.config
@@ -355,7 +356,7 @@ class CudaModel(GPTGraph):
         return cache[R]
 
     def _llama_rows(self, tokens, B: int, T: int, pos0: int, cache: DeviceCache, n_logits: int) -> np.ndarray:
-        from numba import cuda
+        from numba import cuda  # noqa: PLC0415 (optional, see the top)
 
         _bind(self.gpu)
         cfg = self.config
@@ -368,7 +369,7 @@ class CudaModel(GPTGraph):
         return logits.copy_to_host()
 
     def _run_rows(self, tokens, seq, positions, cache: DeviceCache, n_logits: int) -> np.ndarray:
-        from numba import cuda
+        from numba import cuda  # noqa: PLC0415 (optional, see the top)
 
         _bind(self.gpu)
         cfg = self.config
@@ -404,7 +405,7 @@ class CudaAdamW(AdamW):
 
     @property
     def kernels(self):
-        import cllm.kernels.cuda as G
+        import cllm.kernels.cuda as G  # noqa: PLC0415 (optional, see the top)
 
         return G
 

@@ -104,7 +104,7 @@ class GPTGraph(LanguageModel):
         """The mean loss's gradients: into the parameter gradients g (+=) through the activation gradients ga.
         These are not zeroed: the first kernel to write each one overwrites it (overwrite=True; it writes every
         element), the later ones add, as the contract says. Zeroing them cost a pass over ~550 MB per step at
-        the seed config's size."""
+        the medium config's size (L6 NH8 C256)."""
         if self.config.arch == "llama":
             self._llama_backward_graph(p, g, a, ga, inputs, targets, B, T)
         else:

@@ -34,7 +34,7 @@ def _matvec_block(out, x, weight, bias, nb, C, OC, o0, o1):
     # out[b, o0:o1] = weight[o0:o1] (rows, C) @ x[b] (C) + bias[o0:o1] for each of the nb rows.
     # One weight row at a time against every sequence, so the weights are read once: the step is
     # bound by reading them. A plain loop (LLVM vectorizes the dot product) reads them at about
-    # twice the speed of BLAS's gemv on one core here (28 against 15 GB/s, the seed config's 24 MB).
+    # twice the speed of BLAS's gemv on one core here (28 against 15 GB/s, the medium config's 24 MB).
     zero = x.dtype.type(0)
     for o in range(o0, o1):
         w = weight[o * C:(o + 1) * C]
