@@ -34,11 +34,11 @@ SUMMARIES = {
     "scrape": "crawl a website politely into clean text files, a corpus for prepare and train",
     "tokenizer": "train, inspect, convert and use tokenizers (actions: train, encode, decode, ...)",
     "evaluate": "loss, perplexity and bits per byte of a model on a text",
-    "serve": "serve a model over HTTP: an OpenAI-style API and a chat page",
+    "serve": "serve a model over HTTP: an OpenAI-style completions API and a page that streams text",
     "export-llmc": "write a model as llm.c's model file",
     "import-llmc": "read llm.c's model file into a checkpoint",
-    "export-hf": "write a model as a HuggingFace transformers GPT-2 folder",
-    "import-hf": "read a HuggingFace GPT-2 folder into a checkpoint",
+    "export-hf": "write a model as a HuggingFace transformers folder (GPT-2 or Llama)",
+    "import-hf": "read a HuggingFace GPT-2, Llama, Qwen2 or Mistral folder into a checkpoint",
     "export-gguf": "write a model as a GGUF file that llama.cpp runs",
 }
 
