@@ -32,6 +32,8 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # bench.common, as a script run from anywhere
+from bench.common import SMOKE_HELP, missing  # noqa: E402
 
 # (B, T, NH, NKV, hs); maxT for the decode step (its position is maxT - 1)
 FULL = {"attention": (8, 128, 8, 8, 32), "gqa": (4, 256, 8, 2, 64), "decode": (4, 32, 4, 64), "maxT": 1024}
@@ -156,7 +158,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes, one round of two calls: checks the script runs")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--torch-worker", help=argparse.SUPPRESS)  # JSON: sizes, repeats, threads
     args = ap.parse_args()
@@ -216,8 +218,10 @@ def main() -> int:
     result = {"bench": "gqa", "smoke": args.smoke, "threads": threads,
               "sizes": {"attention (B,T,NH,NKV,hs)": sizes["attention"], "gqa (B,T,NH,NKV,hs)": sizes["gqa"],
                         "decode (B,NH,NKV,hs)": sizes["decode"], "maxT": sizes["maxT"]},
-              "vs_attention": vs_attention, "vs_torch": vs_torch if worker is not None else "torch not run",
+              "vs_attention": vs_attention, "vs_torch": vs_torch if worker is not None else None,
               "loadavg_1min": os.getloadavg()[0]}
+    if worker is None:  # bench/common.py's convention: the side that did not run is null, and not_run says why
+        result["not_run"] = {"vs_torch": "--no-torch" if args.no_torch else missing("torch", "interop")}
     print(json.dumps(result))
     return 0
 

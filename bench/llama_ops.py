@@ -27,6 +27,7 @@ from numba import njit, prange
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cllm.kernels as K  # noqa: E402
+from bench.common import SMOKE_HELP, missing  # noqa: E402
 from cllm.kernels._common import PJIT, ROW_BLOCKS  # noqa: E402
 from cllm.kernels.matmul import linear_rows  # noqa: E402
 from cllm.kernels.swiglu import swiglu_rows  # noqa: E402
@@ -167,7 +168,7 @@ def fused(N, C, F, repeats, rng):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes, 2 repeats")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = ap.parse_args()
     threads = configure_threads()
     if torch is not None:
@@ -184,7 +185,10 @@ def main() -> None:
         "swiglu": swiglu(B * T, F, repeats, rng),
         "fused_matmul_swiglu": fused(B * T, C, F, max(2, repeats // 3), rng),
         "loadavg_1min": os.getloadavg()[0],
+        "smoke": args.smoke,
     }
+    if torch is None:  # bench/common.py's convention: the side that did not run is null, and not_run says why
+        result["not_run"] = {"torch": missing("torch", "interop")}
     print(json.dumps(result))
 
 

@@ -200,6 +200,29 @@ def check_vision(out):
         assert all(out[k] is None for k in keys)
 
 
+def check_gqa(out):
+    for part in ("forward", "backward"):  # the GQA kernel at NKV == NH against GPT-2's attention kernel
+        c = out["vs_attention"][part]
+        positive(c["gqa_us"], c["attention_us"])
+        ratio_of(c["ratio"], c["attention_us"], c["gqa_us"])
+    if ran(out, "vs_torch"):
+        for name in ("forward", "forward_backward", "decode_step"):
+            c = out["vs_torch"][name]
+            positive(c["cllm_us"], c["torch_us"])
+            ratio_of(c["ratio"], c["torch_us"], c["cllm_us"])
+
+
+def check_llama_ops(out):
+    for op in ("rmsnorm", "rope", "swiglu"):
+        for part in ("forward", "backward"):
+            c = out[op][part]
+            positive(c["cllm_us"])
+            if ran(out, "torch"):
+                positive(c["torch_us"])
+                ratio_of(c["ratio"], c["torch_us"], c["cllm_us"])
+    positive(out["fused_matmul_swiglu"]["fused_us"], out["fused_matmul_swiglu"]["separate_us"])
+
+
 CHECKS = {name[len("check_"):]: fn for name, fn in globals().items() if name.startswith("check_")}
 
 

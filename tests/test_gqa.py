@@ -3,7 +3,6 @@ parity in float32 (tests/reference/gqa_reference.npz, made by tests/reference/ma
 equality with cllm/kernels/attention.py when every query head has its own kv head, and decoding from
 the KV cache against the forward's rows.
 """
-import json
 import math
 import os
 import subprocess
@@ -275,14 +274,8 @@ def test_float32_arithmetic_stays_float32():
     assert not promoted, f"float64 arithmetic inside float32 kernels: {promoted}"
 
 
-def test_bench_smoke():
-    # bench/gqa.py runs end to end at tiny sizes (torch left out: the tests never load it) and prints one
-    # JSON line; a bad count is one line on stderr and a non-zero exit
-    run = [sys.executable, os.path.join(ROOT, "bench", "gqa.py")]
-    r = subprocess.run([*run, "--smoke", "--no-torch"], capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    (line,) = r.stdout.strip().splitlines()
-    result = json.loads(line)
-    assert result["vs_attention"]["forward"]["ratio"] > 0 and result["vs_torch"] == "torch not run"
-    r = subprocess.run([*run, "--repeats", "0"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+def test_bench_rejects_a_bad_count():
+    # bench/gqa.py's --smoke run is tests/test_bench_smoke.py's; a bad count is one line on stderr, exit 2
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gqa.py"), "--repeats", "0"], capture_output=True,
+                       text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
