@@ -8,7 +8,6 @@ it builds anything on the device.
 import os
 import subprocess
 import sys
-import threading
 
 import pytest
 
@@ -28,32 +27,9 @@ def run_in_simulator(test_file: str, *pytest_args: str) -> None:
     assert " passed" in r.stdout and "skipped" not in r.stdout.strip().splitlines()[-1], r.stdout[-2000:]
 
 
-_SHARED_LOCK = threading.Lock()
-
-
-def _shared_array(self, shape, dtype, alignment=None):
-    # numba-cuda 0.30's simulator finds a block's shared array by the calling line with an
-    # unlocked get-then-set, so two threads of a block could each create their own "shared"
-    # array (a tiled gemm then read another thread's empty tile: wrong results about once in 50
-    # launches here). The same lookup under a lock, keyed on the caller's file and line as the
-    # simulator keys it. Static shapes only (no kernel here uses dynamic shared memory).
-    import numpy as np
-
-    assert shape != 0 and alignment is None
-    frame = sys._getframe(1)
-    key = (frame.f_code.co_filename, frame.f_lineno)
-    with _SHARED_LOCK:
-        array = self._allocations.get(key)
-        if array is None:
-            array = self._allocations[key] = np.empty(shape, dtype)  # float32 or float64 here
-    return array
-
-
 def patch_simulator() -> None:
-    """In a simulated process: the GIL switch interval run_in_simulator asks for, and the shared-array fix."""
+    """In a simulated process: the GIL switch interval run_in_simulator asks for. (The simulator's shared-array
+    fix is cllm/kernels/cuda/_common.py's, applied when that module is imported under the simulator.)"""
     if not SIMULATED:
         pytest.fail("patch_simulator() runs only under NUMBA_ENABLE_CUDASIM=1")
     sys.setswitchinterval(float(os.environ.get("CLLM_SIM_SWITCH", "1e-5")))
-    from numba.cuda.simulator import kernelapi
-
-    kernelapi.FakeCUDAShared.array = _shared_array

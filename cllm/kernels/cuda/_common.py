@@ -13,11 +13,39 @@ a Python thread, and which CI uses) blocks are tiny, so that a test's kernels ru
 kernels loop with the block's stride, so any block size gives the same results, and the tests'
 odd sizes leave blocks partly filled either way.
 """
+import sys
+import threading
+
 import numpy as np
 from numba import cuda
 from numba.cuda import config as _config
 
 SIM = bool(_config.ENABLE_CUDASIM)
+
+_SHARED_LOCK = threading.Lock()
+
+
+def _simulated_shared_array(self, shape, dtype, alignment=None):
+    # numba-cuda's simulator finds a block's shared array by the calling line with an unlocked
+    # get-then-set, so two threads of a block could each create their own "shared" array: a tiled gemm
+    # then read another thread's empty tile, a row reduction summed uninitialized floats (wrong results,
+    # or a math domain error, about once in 50 launches). The same lookup under a lock, keyed on the
+    # caller's file and line as the simulator keys it. Static shapes only (no kernel here uses dynamic
+    # shared memory).
+    assert shape != 0 and alignment is None
+    frame = sys._getframe(1)
+    key = (frame.f_code.co_filename, frame.f_lineno)
+    with _SHARED_LOCK:
+        array = self._allocations.get(key)
+        if array is None:
+            array = self._allocations[key] = np.empty(shape, dtype)
+    return array
+
+
+if SIM:  # every simulated run of these kernels (tests, bench/gpu.py --smoke, a user's) gets the fix
+    from numba.cuda.simulator import kernelapi
+
+    kernelapi.FakeCUDAShared.array = _simulated_shared_array
 
 # threads per block of the elementwise kernels, and of the row kernels (one block per row:
 # layernorm, softmax, decode attention); the row kernels' shared-memory reductions need a power of two
