@@ -11,8 +11,6 @@ import os
 
 from cllm.errors import ConfigError
 
-LLAMA_NO_DROPOUT = ("--dropout is not implemented for --arch llama (its grouped-query attention has no dropout "
-                    "masks); train it with --dropout 0")
 BYTES_PER_FLOAT = 4  # the memory check counts float32 buffers (the model's dtype unless a test asks for float64)
 
 
@@ -195,12 +193,12 @@ class ModelConfig:
         # into it in place. "dropped" holds a projection's output gradient through its dropout mask
         # (with dropout only; the attention and MLP projections use it in turn).
         C = self.embed_dim
-        if self.arch == "llama":  # the same buffers with llama's widths; no dropout, so no "dropped"
+        if self.arch == "llama":  # the same buffers with llama's widths
             F = self.ffn_dim
             return {
                 "residual": (B, T, C),
                 "ln1": (B, T, C), "qkv": (B, T, self.qkv_dim), "atty": (B, T, C),
-                "ln2": (B, T, C), "fch": (B, T, 2 * F), "fch_swiglu": (B, T, F),
+                "ln2": (B, T, C), "fch": (B, T, 2 * F), "fch_swiglu": (B, T, F), "dropped": (B, T, C),
                 "lnf": (B, T, C), "losses": (B, T),
             }
         return {

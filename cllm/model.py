@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 import cllm.kernels as K
-from cllm.config import LLAMA_NO_DROPOUT, ModelConfig
+from cllm.config import ModelConfig
 from cllm.errors import ConfigError
 from cllm.kernels.dropout import dropout_threshold
 from cllm.model_interface import LanguageModel, read_only
@@ -124,21 +124,28 @@ class GPTGraph(LanguageModel):
         ops, cfg = self.ops, self.config
         L, C, NH, NKV, hs = cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_size
         F, QKV, eps, N = cfg.ffn_dim, cfg.qkv_dim, cfg.norm_eps, B * T
+        drop, key = self.drop, self._site_key
         cos, sin = self._rope_tables()
         ops.encoder_forward(a["encoded"], inputs, p["wte"], None, B, T, C)  # no positions: RoPE places them
+        if drop:  # dropout at GPT-2's four sites, in place (no backward reads these outputs)
+            ops.dropout_forward(a["encoded"], a["encoded"], N * C, drop, key(0, DROP_EMBEDDING))
         residual = a["encoded"]
         for l in range(L):
             pl, al = self._layer(p, l), self._layer_acts(a, l)
             ops.rmsnorm_forward(al["ln1"], al["ln1_rstd"], residual, pl["ln1w"], N, C, eps)
             ops.matmul_forward(al["qkv"], al["ln1"], pl["qkvw"], pl.get("qkvb"), B, T, C, QKV)
             ops.rope_forward(al["qkv"], cos, sin, B, T, NH, NKV, hs)
-            ops.gqa_forward(al["atty"], al["att"], al["qkv"], B, T, NH, NKV, hs)
+            ops.gqa_forward(al["atty"], al["att"], al["qkv"], B, T, NH, NKV, hs, drop, key(l, DROP_ATTENTION))
             ops.matmul_forward(al["attproj"], al["atty"], pl["attprojw"], None, B, T, C, C)
+            if drop:
+                ops.dropout_forward(al["attproj"], al["attproj"], N * C, drop, key(l, DROP_ATTPROJ))
             ops.residual_forward(al["residual2"], residual, al["attproj"], N * C)
             ops.rmsnorm_forward(al["ln2"], al["ln2_rstd"], al["residual2"], pl["ln2w"], N, C, eps)
             ops.matmul_forward(al["fch"], al["ln2"], pl["fcw"], None, B, T, C, 2 * F)
             ops.swiglu_forward(al["fch_swiglu"], al["fch"], N, F)
             ops.matmul_forward(al["fcproj"], al["fch_swiglu"], pl["fcprojw"], None, B, T, F, C)
+            if drop:
+                ops.dropout_forward(al["fcproj"], al["fcproj"], N * C, drop, key(l, DROP_FCPROJ))
             ops.residual_forward(al["residual3"], al["residual2"], al["fcproj"], N * C)
             residual = al["residual3"]
         ops.rmsnorm_forward(a["lnf"], a["lnf_rstd"], residual, p["lnfw"], N, C, eps)
@@ -149,6 +156,7 @@ class GPTGraph(LanguageModel):
         ops, cfg = self.ops, self.config
         L, C, NH, NKV, hs = cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_size
         F, QKV, N = cfg.ffn_dim, cfg.qkv_dim, B * T
+        drop, key = self.drop, self._site_key
         cos, sin = self._rope_tables()
         self._lm_head_backward(p, g, a, ga, targets, B, T)
         dres = ga["residual"]  # the residual stream's gradient, as in _gpt2_backward_graph
@@ -157,17 +165,21 @@ class GPTGraph(LanguageModel):
         for l in reversed(range(L)):
             pl, gl, al = self._layer(p, l), self._layer(g, l), self._layer_acts(a, l)
             residual = a["encoded"] if l == 0 else self._layer_acts(a, l - 1)["residual3"]
-            ops.matmul_backward(ga["fch_swiglu"], gl["fcprojw"], None, dres, al["fch_swiglu"], pl["fcprojw"],
-                                B, T, F, C, True)
+            ops.matmul_backward(ga["fch_swiglu"], gl["fcprojw"], None, self._projection_grad(ga, l, DROP_FCPROJ),
+                                al["fch_swiglu"], pl["fcprojw"], B, T, F, C, True)
             ops.swiglu_backward(ga["fch"], ga["fch_swiglu"], al["fch"], N, F, True)
             ops.matmul_backward(ga["ln2"], gl["fcw"], None, ga["fch"], al["ln2"], pl["fcw"], B, T, C, 2 * F, True)
             ops.rmsnorm_backward(dres, gl["ln2w"], ga["ln2"], al["residual2"], pl["ln2w"], al["ln2_rstd"], N, C)
-            ops.matmul_backward(ga["atty"], gl["attprojw"], None, dres, al["atty"], pl["attprojw"], B, T, C, C, True)
-            ops.gqa_backward(ga["qkv"], ga["atty"], al["qkv"], al["att"], B, T, NH, NKV, hs, True)
+            ops.matmul_backward(ga["atty"], gl["attprojw"], None, self._projection_grad(ga, l, DROP_ATTPROJ),
+                                al["atty"], pl["attprojw"], B, T, C, C, True)
+            ops.gqa_backward(ga["qkv"], ga["atty"], al["qkv"], al["att"], B, T, NH, NKV, hs, True, drop,
+                             key(l, DROP_ATTENTION))
             ops.rope_backward(ga["qkv"], cos, sin, B, T, NH, NKV, hs)  # to the unrotated q and k
             ops.matmul_backward(ga["ln1"], gl["qkvw"], gl.get("qkvb"), ga["qkv"], al["ln1"], pl["qkvw"],
                                 B, T, C, QKV, True)
             ops.rmsnorm_backward(dres, gl["ln1w"], ga["ln1"], residual, pl["ln1w"], al["ln1_rstd"], N, C)
+        if drop:
+            ops.dropout_backward(dres, dres, N * C, drop, key(0, DROP_EMBEDDING))
         ops.encoder_backward(g["wte"], None, dres, inputs, B, T, C)
 
     def _gpt2_forward_graph(self, p: dict, a: dict, inputs, B: int, T: int) -> None:
@@ -206,21 +218,13 @@ class GPTGraph(LanguageModel):
         ops.layernorm_backward(dres, g["lnfw"], g["lnfb"], ga["lnf"], self._layer_acts(a, L - 1)["residual3"],
                                p["lnfw"], a["lnf_mean"], a["lnf_rstd"], B, T, C, True)
 
-        def projection_grad(l: int, site: int):
-            # a residual projection's output gradient: dres itself, or with dropout dres through the
-            # site's mask, in ga["dropped"] (the mask multiplies the projection's path, not the skip's)
-            if not drop:
-                return dres
-            ops.dropout_backward(ga["dropped"], dres, B * T * C, drop, key(l, site))
-            return ga["dropped"]
-
         for l in reversed(range(L)):
             pl, gl, al = self._layer(p, l), self._layer(g, l), self._layer_acts(a, l)
             residual = a["encoded"] if l == 0 else self._layer_acts(a, l - 1)["residual3"]
             # dres holds this layer's output's gradient. Each residual connection passes it through
             # unchanged, so the projections read dres itself and the LayerNorms add into it in place:
             # after LN2's backward it is residual2's gradient, after LN1's the layer input's.
-            dfcproj = projection_grad(l, DROP_FCPROJ)
+            dfcproj = self._projection_grad(ga, l, DROP_FCPROJ)
             ops.matmul_backward(ga["fch_gelu"], gl["fcprojw"], gl["fcprojb"], dfcproj, al["fch_gelu"],
                                 pl["fcprojw"], B, T, 4 * C, C, True)
             ops.gelu_backward(ga["fch"], al["fch"], ga["fch_gelu"], B * T * 4 * C, True)
@@ -228,7 +232,7 @@ class GPTGraph(LanguageModel):
                                 True)
             ops.layernorm_backward(dres, gl["ln2w"], gl["ln2b"], ga["ln2"], al["residual2"], pl["ln2w"],
                                    al["ln2_mean"], al["ln2_rstd"], B, T, C)
-            dattproj = projection_grad(l, DROP_ATTPROJ)
+            dattproj = self._projection_grad(ga, l, DROP_ATTPROJ)
             ops.matmul_backward(ga["atty"], gl["attprojw"], gl["attprojb"], dattproj, al["atty"],
                                 pl["attprojw"], B, T, C, C, True)
             self._attention_backward(ga, al, B, T, l)
@@ -239,6 +243,16 @@ class GPTGraph(LanguageModel):
         if drop:
             ops.dropout_backward(dres, dres, B * T * C, drop, key(0, DROP_EMBEDDING))
         ops.encoder_backward(g["wte"], g["wpe"], dres, inputs, B, T, C)
+
+    def _projection_grad(self, ga: dict, l: int, site: int):
+        """A residual projection's output gradient: the residual stream's gradient ga["residual"] itself, or
+        with dropout that through the site's mask, in ga["dropped"] (the mask multiplies the projection's
+        path, not the skip's)."""
+        if not self.drop:
+            return ga["residual"]
+        n = ga["dropped"].size
+        self.ops.dropout_backward(ga["dropped"], ga["residual"], n, self.drop, self._site_key(l, site))
+        return ga["dropped"]
 
     def _site_key(self, layer: int, site: int) -> int:
         """The mask key of one dropout site of one layer in the last forward (0 when dropout is off)."""
@@ -453,8 +467,6 @@ class Model(GPTGraph, HostDecoding):
         forward overwrites. dropout p > 0 zeroes, with masks drawn from dropout_key (cllm/kernels/dropout.py),
         the embeddings' sum, the attention probabilities and both residual projections' outputs."""
         idx, targets = self._check_batch(idx, targets)
-        if dropout and self.config.arch == "llama":
-            raise ConfigError(LLAMA_NO_DROPOUT)
         B, T = idx.shape
         self._ensure_activations(B, T)
         V, Vp = self.config.vocab_size, self.config.padded_vocab_size

@@ -17,6 +17,7 @@ from test_kernels import SETTINGS, _float64_variables, assert_f32, check_backwar
 import cllm.kernels as K
 from cllm.kernels import gqa
 from cllm.kernels._common import PARALLEL_MIN_WORK
+from cllm.kernels.dropout import derive_key, dropout_mask, dropout_threshold
 from cllm.runtime import configure_threads
 
 configure_threads()
@@ -142,22 +143,58 @@ def test_parallel_path_equals_the_reference():
 @pytest.mark.parametrize("dtype", [F64, F32])
 @pytest.mark.parametrize("B,T,NH,hs", [(2, 7, 3, 5), (1, 40, 2, 8), (3, 1, 4, 2)])
 @pytest.mark.parametrize("overwrite", [False, True])
-def test_equals_attention_when_every_query_head_has_its_kv_head(dtype, B, T, NH, hs, overwrite):
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_equals_attention_when_every_query_head_has_its_kv_head(dtype, B, T, NH, hs, overwrite, p):
     # NKV == NH: the packed row is attention.py's (B,T,3C) q, k, v, and the same products run in the same
-    # order, so the results are the same bits
+    # order with the same dropout masks, so the results are the same bits
     rng = np.random.default_rng(3)
     C = NH * hs
+    drop, key = dropout_threshold(p), derive_key(7, 1, 2)
     qkv, dout = rand(rng, B * T * 3 * C, dtype=dtype), rand(rng, B * T * C, dtype=dtype)
-    out, att = forward(qkv, B, T, NH, NH, hs)
+    out, att = np.empty(B * T * C, dtype), np.empty(B * NH * T * T, dtype)
+    K.gqa_forward(out, att, qkv, B, T, NH, NH, hs, drop, key)
     out_a, att_a = np.empty_like(out), np.empty_like(att)
-    K.attention_forward(out_a, att_a, qkv, B, T, C, NH)
+    K.attention_forward(out_a, att_a, qkv, B, T, C, NH, drop, key)
     np.testing.assert_array_equal(out, out_a)
     np.testing.assert_array_equal(att, att_a)
     start = rand(rng, qkv.size, dtype=dtype)
     d, d_a = start.copy(), start.copy()
-    K.gqa_backward(d, dout, qkv, att, B, T, NH, NH, hs, overwrite)
-    K.attention_backward(d_a, dout, qkv, att_a, B, T, C, NH, overwrite)
+    K.gqa_backward(d, dout, qkv, att, B, T, NH, NH, hs, overwrite, drop, key)
+    K.attention_backward(d_a, dout, qkv, att_a, B, T, C, NH, overwrite, drop, key)
     np.testing.assert_array_equal(d, d_a)
+
+
+# ------------------------------------------------------------------ dropout on the probabilities
+@pytest.mark.parametrize("B,T,NH,NKV,hs", [(2, 37, 6, 2, 3), (1, 5, 3, 1, 4)])
+def test_dropout_matches_numpy_given_the_masks_and_finite_differences(B, T, NH, NKV, hs):
+    # the masks are the stream's (dropout_mask at head (b, h)'s counters), the probabilities are kept
+    # before dropout, out = (P * M) @ v, and the backward is the gradient of that function
+    rng = np.random.default_rng(9)
+    p, key = 0.3, derive_key(11, 2, 3)
+    drop = dropout_threshold(p)
+    W = (NH + 2 * NKV) * hs
+    x = {"qkv": rand(rng, B * T * W)}
+    dout = rand(rng, B * T * NH * hs)
+    out, att = np.empty(B * T * NH * hs), np.empty(B * NH * T * T)
+
+    def loss():
+        K.gqa_forward(out, att, x["qkv"], B, T, NH, NKV, hs, drop, key)
+        return float(np.dot(out, dout))
+
+    loss()
+    mask = np.empty(B * NH * T * T, np.uint8)
+    dropout_mask(mask, mask.size, drop, key)
+    M = mask.reshape(B, NH, T, T) / (1 - p)
+    _, P = np_gqa(x["qkv"], B, T, NH, NKV, hs)
+    np.testing.assert_allclose(att.reshape(B, NH, T, T), P, atol=1e-14)  # att: before dropout
+    v = np.repeat(x["qkv"].reshape(B, T, NH + 2 * NKV, hs).transpose(0, 2, 1, 3)[:, NH + NKV:], NH // NKV, axis=1)
+    want = ((P * M) @ v).transpose(0, 2, 1, 3).reshape(-1)
+    np.testing.assert_allclose(out, want, atol=1e-12)
+    plain, _ = forward(x["qkv"], B, T, NH, NKV, hs)
+    assert np.abs(out - plain).max() > 1e-3  # the masks change the output
+    att_s = att.copy()
+    check_backward(loss, x, lambda gr: K.gqa_backward(gr["qkv"], dout, x["qkv"], att_s, B, T, NH, NKV, hs, False,
+                                                      drop, key), rng)
 
 
 # ------------------------------------------------------------------ PyTorch parity
@@ -261,14 +298,15 @@ def test_float32_arithmetic_stays_float32():
     z = lambda n: np.zeros(n, F32)  # noqa: E731
     u = lambda n: np.full(n, 0.5, F32)  # noqa: E731
     cache = B * NKV * maxT * hs
+    drop = dropout_threshold(0.3)
     cases = {
         "gqa_forward": (gqa.gqa_forward, z(T * NH * hs), z(NH * T * T), u(T * W), B, T, NH, NKV, hs),
         "gqa_backward": (gqa._backward_group, z(T * W), u(T * NH * hs), u(T * W), u(NH * T * T), 0, 1, T, NH, NKV,
-                         hs, False),
+                         hs, False, drop, 5),  # with dropout: its mask arithmetic must stay float32 too
         "gqa_decode": (gqa._decode_group, z(NH * hs), u(W), u(cache), u(cache), 0, 1, NH, NKV, hs, 2, maxT),
         "gqa_prefill": (gqa._prefill_head, z(T * NH * hs), u(T * W), u(cache), u(cache), 0, 3, T, NH, NKV, hs, 1,
                         maxT),
-        "forward_head": (gqa._forward_head, z(T * NH * hs), z(NH * T * T), u(T * W), 0, 1, T, NH, NKV, hs),
+        "forward_head": (gqa._forward_head, z(T * NH * hs), z(NH * T * T), u(T * W), 0, 1, T, NH, NKV, hs, drop, 5),
     }
     promoted = {name: v for name, (k, *args) in cases.items() if (v := _float64_variables(k, *args))}
     assert not promoted, f"float64 arithmetic inside float32 kernels: {promoted}"

@@ -7,8 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from cllm.config import LLAMA_NO_DROPOUT, ModelConfig
-from cllm.errors import ConfigError
+from cllm.config import ModelConfig
 from cllm.model import MATRIX_PARAMS, Model
 from cllm.quantize import Int8Model, dequantize_in_place
 
@@ -155,10 +154,31 @@ def test_memory_estimate_counts_llamas_buffers():
     assert cfg.memory_bytes(2, 8) > cfg.memory_bytes(2, 8, training=False) > 4 * cfg.num_parameters()
 
 
-def test_dropout_is_refused_with_one_message():
-    cfg = config()
-    model = Model(cfg, seed=0)
-    idx, tgt = batch(cfg, 1, 4)
-    with pytest.raises(ConfigError, match="--dropout 0") as info:
-        model.loss(idx, tgt, dropout=0.1)
-    assert str(info.value) == LLAMA_NO_DROPOUT
+@pytest.mark.parametrize("nkv", [2, 4])
+def test_finite_differences_through_fixed_dropout_masks(nkv):
+    # dropout at the four sites (embeddings, probabilities, both projections) with one key is a fixed
+    # function of the parameters: its gradient equals central differences; evaluation then drops nothing
+    cfg = config(num_kv_heads=nkv)
+    model = roughened(cfg)
+    idx, tgt = batch(cfg, 2, 7)
+    plain = model.loss(idx, tgt)
+    p, key = 0.3, 4242
+    dropped = model.loss(idx, tgt, dropout=p, dropout_key=key)
+    assert abs(dropped - plain) > 1e-3  # the masks change the function
+    model.zero_grad()
+    model.backward()
+    grads = {name: model.g[name].copy() for name in cfg.param_shapes()}
+    rng = np.random.default_rng(6)
+    eps = 1e-6
+    for name in cfg.param_shapes():
+        view = model.p[name]
+        rows = cfg.vocab_size * cfg.embed_dim if name == "wte" else view.size
+        for i in rng.choice(rows, 4, replace=False):
+            old = view[i]
+            view[i] = old + eps
+            up = model.loss(idx, tgt, dropout=p, dropout_key=key)
+            view[i] = old - eps
+            down = model.loss(idx, tgt, dropout=p, dropout_key=key)
+            view[i] = old
+            assert grads[name][i] == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-8), (name, i)
+    assert model.loss(idx, tgt) == plain

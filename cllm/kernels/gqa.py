@@ -5,8 +5,10 @@ W = (NH + 2*NKV)*hs the packed row, rep = NH/NKV query heads per kv head, maxT c
 qkv (B,T,W) holds, for each position, the NH query heads, then the NKV key heads, then the NKV value
 heads, hs channels each (HuggingFace's q_proj, k_proj, v_proj outputs side by side). Query head h reads
 kv head h // rep, as HF's repeat_kv repeats each kv head rep times in a row. With NKV == NH the row is
-cllm/kernels/attention.py's (B,T,3C) q, k, v and these kernels compute what its kernels compute (without
-dropout), the same products in the same order.
+cllm/kernels/attention.py's (B,T,3C) q, k, v and these kernels compute what its kernels compute, the same
+products in the same order, dropout included: the probabilities' dropout (drop > 0, the threshold of
+cllm/kernels/dropout.py, with its key) draws head (b, h)'s mask at counters (b*NH + h)*T*T onwards, as
+attention.py does, and att keeps the probabilities before dropout.
 att (B,NH,T,T) keeps the probabilities, 0 above the diagonal (the future); the scaled scores are
 scratch, one head's (T,T) at a time. Products run through cllm/kernels/blas.gemm on the heads' channels
 in place (row stride W for q, k, v; C for out), in causal blocks of rows as attention.py does.
@@ -24,13 +26,14 @@ from numba import njit, prange
 from ._common import JIT, PARALLEL_MIN_WORK, PJIT
 from .attention import CAUSAL_BLOCK
 from .blas import NO_TRANS, TRANS, gemm
+from .dropout import causal_mask_rows, keep_scale
 from .fastexp import softmax_row
 
 
 @njit(**JIT)
-def _forward_head(out, att, qkv, b, h, T, NH, NKV, hs):
+def _forward_head(out, att, qkv, b, h, T, NH, NKV, hs, drop, key):
     # one (batch row b, query head h) of gqa_forward: S = q k^T / sqrt(hs) in causal blocks of rows,
-    # the causal softmax row by row into att, out = att @ v in the same blocks
+    # the causal softmax row by row into att, out = att @ v (or (att * M) @ v with dropout) in the same blocks
     C = NH * hs
     W = (NH + 2 * NKV) * hs
     g = h // (NH // NKV)
@@ -55,32 +58,40 @@ def _forward_head(out, att, qkv, b, h, T, NH, NKV, hs):
         ptail = prow[n:]  # the causal mask: the future gets probability 0
         for i in range(T - n):
             ptail[i] = zero
+    src, s0 = att, bh * T * T  # the probabilities that multiply v
+    if drop > 0:
+        src, s0 = np.empty(T * T, dtype=att.dtype), 0  # P * M, this head's dropped probabilities
+        causal_mask_rows(src, key, bh * T * T, drop, keep_scale(qkv, drop), T)
+        for i in range(T * T):
+            src[i] *= att[bh * T * T + i]
     for r0 in range(0, T, CAUSAL_BLOCK):  # out rows r0..r1-1 = P[r0:r1, :r1] @ v[:r1]
         r1 = min(T, r0 + CAUSAL_BLOCK)
-        gemm(NO_TRANS, NO_TRANS, r1 - r0, hs, r1, 1, att, bh * T * T + r0 * T, T, qkv, v0, W, 0,
+        gemm(NO_TRANS, NO_TRANS, r1 - r0, hs, r1, 1, src, s0 + r0 * T, T, qkv, v0, W, 0,
              out, b * T * C + r0 * C + h * hs, C)
 
 
 @njit(**PJIT)
-def gqa_forward(out, att, qkv, B, T, NH, NKV, hs):
-    # out (B,T,NH*hs);  att (B,NH,T,T) the probabilities (the backward reads them);  qkv (B,T,W)
+def gqa_forward(out, att, qkv, B, T, NH, NKV, hs, drop=0, key=0):
+    # out (B,T,NH*hs);  att (B,NH,T,T) the probabilities (the backward reads them);  qkv (B,T,W);
+    # drop, key: dropout on the probabilities (0: none)
     # Parallel over (b, h): each writes only its own head's rows of out and its (T,T) of att. BLAS runs
     # single-threaded inside each parallel iteration; small work stays on the calling thread.
     if B * NH * T * T * hs < PARALLEL_MIN_WORK:
         for bh in range(B * NH):
-            _forward_head(out, att, qkv, bh // NH, bh % NH, T, NH, NKV, hs)
+            _forward_head(out, att, qkv, bh // NH, bh % NH, T, NH, NKV, hs, drop, key)
     else:
         for bh in prange(B * NH):
-            _forward_head(out, att, qkv, bh // NH, bh % NH, T, NH, NKV, hs)
+            _forward_head(out, att, qkv, bh // NH, bh % NH, T, NH, NKV, hs, drop, key)
 
 
 @njit(**JIT)
-def _backward_group(dqkv, dout, qkv, att, b, g, T, NH, NKV, hs, overwrite):
+def _backward_group(dqkv, dout, qkv, att, b, g, T, NH, NKV, hs, overwrite, drop, key):
     # one (batch row b, kv head g) of gqa_backward: its rep query heads one after the other, each adding
     # its share into the kv head's dk and dv (the first one sets them with overwrite). Per query head h:
     #   dP = dout_h v^T,  dv += P^T dout_h,  dS = P * (dP - rowsum(P * dP)),
     #   dq_h += dS k / sqrt(hs),  dk += dS^T q_h / sqrt(hs)
     # Each head's own dP and dS are used, never an accumulated buffer, so a call adds exactly its gradient.
+    # With dropout the head's mask M is rebuilt: dv uses P * M and dP is multiplied by M.
     C = NH * hs
     W = (NH + 2 * NKV) * hs
     rep = NH // NKV
@@ -91,6 +102,10 @@ def _backward_group(dqkv, dout, qkv, att, b, g, T, NH, NKV, hs, overwrite):
     dP = np.empty((T, T), dtype=qkv.dtype)
     dPf = dP.reshape(T * T)
     beta_q = 0 if overwrite else 1  # every dq element is written by exactly one product
+    if drop > 0:  # scratch for one head's scaled mask M and dropped probabilities P * M
+        M, dropped = np.empty(T * T, dtype=att.dtype), np.empty(T * T, dtype=att.dtype)
+    else:
+        M, dropped = dPf, dPf  # never read
     for r in range(rep):
         h = g * rep + r
         q0 = b * T * W + h * hs
@@ -98,16 +113,26 @@ def _backward_group(dqkv, dout, qkv, att, b, g, T, NH, NKV, hs, overwrite):
         a0 = (b * NH + h) * T * T
         beta_kv = 0 if overwrite and r == 0 else 1  # the group's first head sets dk, dv with overwrite
         P = att[a0:a0 + T * T].reshape(T, T)
+        src, s0 = att, a0  # the probabilities that multiplied v
+        if drop > 0:
+            causal_mask_rows(M, key, a0, drop, keep_scale(qkv, drop), T)
+            for i in range(T * T):
+                dropped[i] = att[a0 + i] * M[i]
+            src, s0 = dropped, 0
         for r0 in range(0, T, CAUSAL_BLOCK):
             r1 = min(T, r0 + CAUSAL_BLOCK)
             # dP rows r0..r1-1, keys 0..r1-1 (the rest is masked below)
             gemm(NO_TRANS, TRANS, r1 - r0, r1, hs, 1, dout, y0 + r0 * C, C, qkv, v0, W, 0, dPf, r0 * T, T)
             # dv rows r0..r1-1 += P[r0:, r0:r1]^T dy[r0:]: only queries at or after a key attend to it
-            gemm(TRANS, NO_TRANS, r1 - r0, hs, T - r0, 1, att, a0 + r0 * T + r0, T, dout, y0 + r0 * C, C,
+            gemm(TRANS, NO_TRANS, r1 - r0, hs, T - r0, 1, src, s0 + r0 * T + r0, T, dout, y0 + r0 * C, C,
                  beta_kv, dqkv, v0 + r0 * W, W)
         for t in range(T):  # rows as slices indexed from 0 (vectorized)
             prow = P[t]
             drow = dP[t]
+            if drop > 0:  # the gradient of the dropped probabilities -> of the probabilities
+                mrow = M[t * T:t * T + t + 1]
+                for t2 in range(t + 1):
+                    drow[t2] *= mrow[t2]
             s = dt(0)
             for t2 in range(t + 1):
                 s += prow[t2] * drow[t2]
@@ -125,17 +150,17 @@ def _backward_group(dqkv, dout, qkv, att, b, g, T, NH, NKV, hs, overwrite):
 
 
 @njit(**PJIT)
-def gqa_backward(dqkv, dout, qkv, att, B, T, NH, NKV, hs, overwrite=False):
+def gqa_backward(dqkv, dout, qkv, att, B, T, NH, NKV, hs, overwrite=False, drop=0, key=0):
     # dqkv (B,T,W) += ... (= with overwrite: what it held is ignored);  dout (B,T,NH*hs);  qkv (B,T,W);
-    # att (B,NH,T,T) from gqa_forward. Parallel over (b, kv head): a kv head's dk and dv collect the
-    # gradients of all its rep query heads, so one iteration owns the whole group (its query heads' dq
-    # and its kv head's dk, dv) and no two threads ever add into the same gradient.
+    # att (B,NH,T,T) from gqa_forward; drop, key: the forward's dropout. Parallel over (b, kv head): a kv
+    # head's dk and dv collect the gradients of all its rep query heads, so one iteration owns the whole
+    # group (its query heads' dq and its kv head's dk, dv) and no two threads ever add into the same gradient.
     if B * NH * T * T * hs < PARALLEL_MIN_WORK:
         for bg in range(B * NKV):
-            _backward_group(dqkv, dout, qkv, att, bg // NKV, bg % NKV, T, NH, NKV, hs, overwrite)
+            _backward_group(dqkv, dout, qkv, att, bg // NKV, bg % NKV, T, NH, NKV, hs, overwrite, drop, key)
     else:
         for bg in prange(B * NKV):
-            _backward_group(dqkv, dout, qkv, att, bg // NKV, bg % NKV, T, NH, NKV, hs, overwrite)
+            _backward_group(dqkv, dout, qkv, att, bg // NKV, bg % NKV, T, NH, NKV, hs, overwrite, drop, key)
 
 
 @njit(**JIT)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from cllm import checkpoint as ck
-from cllm.config import LLAMA_NO_DROPOUT, ModelConfig, check_sizes
+from cllm.config import ModelConfig, check_sizes
 from cllm.errors import CheckpointError, ConfigError
 from cllm.training.config import ARCH_FLAGS, MODEL_DEFAULTS, TrainConfig
 from cllm.training.logbook import say
@@ -25,15 +25,9 @@ def settle_sizes(cfg: TrainConfig) -> dict:
         check_sizes(embed_dim=cfg.embed_dim, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
                     max_seq_len=cfg.seq_len)
         # the architecture's own refusals (a vocabulary of 1 stands in for the data's, not yet read)
-        check_dropout(ModelConfig(vocab_size=1, max_seq_len=cfg.seq_len, num_layers=cfg.num_layers,
-                                  num_heads=cfg.num_heads, embed_dim=cfg.embed_dim, **cfg.arch_flags()), cfg)
+        ModelConfig(vocab_size=1, max_seq_len=cfg.seq_len, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+                    embed_dim=cfg.embed_dim, **cfg.arch_flags())
     return given
-
-
-def check_dropout(config: ModelConfig, cfg: TrainConfig) -> None:
-    """Refuse --dropout for a model that has none (llama)."""
-    if cfg.dropout and config.arch == "llama":
-        raise ConfigError(LLAMA_NO_DROPOUT)
 
 
 def take_architecture(cfg: TrainConfig, saved: ModelConfig, refusal: str) -> None:
@@ -45,7 +39,6 @@ def take_architecture(cfg: TrainConfig, saved: ModelConfig, refusal: str) -> Non
             raise ConfigError(f"{refusal} {flag.replace('_', '-')} {have} but --{flag.replace('_', '-')} {value} "
                               "was given; drop the flag")
         setattr(cfg, flag, have)
-    check_dropout(saved, cfg)
 
 
 def open_run_directory(cfg: TrainConfig) -> None:

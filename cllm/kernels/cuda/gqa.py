@@ -64,8 +64,10 @@ def _gqa_forward(out, att, qkv, T, NH, NKV, hs, scale):
         out[y0 + i] = s
 
 
-def gqa_forward(out, att, qkv, B, T, NH, NKV, hs):
-    # out (B,T,NH*hs);  att (B,NH,T,T);  qkv (B,T,W)
+def gqa_forward(out, att, qkv, B, T, NH, NKV, hs, drop=0, key=0):
+    # out (B,T,NH*hs);  att (B,NH,T,T);  qkv (B,T,W);  drop, key: the CPU kernel's signature, where they
+    # are its dropout; the device has no dropout (cllm/device.py's CudaModel refuses it before this)
+    assert not drop, "no dropout on the CUDA device"
     scale = F32(1.0 / math.sqrt(hs))
     _gqa_forward[((T + ATT_ROWS - 1) // ATT_ROWS, B * NH), ATT_ROWS](out, att, qkv, T, NH, NKV, hs, scale)
 
@@ -131,9 +133,11 @@ def _gqa_backward_keys(dqkv, dS, dout, qkv, att, T, NH, NKV, hs, scale, overwrit
         dqkv[k0 + NKV * hs + i] = gv if overwrite else dqkv[k0 + NKV * hs + i] + gv
 
 
-def gqa_backward(dqkv, dout, qkv, att, B, T, NH, NKV, hs, overwrite=False):
+def gqa_backward(dqkv, dout, qkv, att, B, T, NH, NKV, hs, overwrite=False, drop=0, key=0):
     # dqkv (B,T,W) += ... (= with overwrite);  dout (B,T,NH*hs);  qkv (B,T,W);  att (B,NH,T,T). The scores'
-    # gradient dS (B,NH,T,T) is a work array: the keys' pass reads what the rows' pass wrote.
+    # gradient dS (B,NH,T,T) is a work array: the keys' pass reads what the rows' pass wrote. drop: as in
+    # gqa_forward, always 0 here.
+    assert not drop, "no dropout on the CUDA device"
     scale = F32(1.0 / math.sqrt(hs))
     dS = work_array("gqa_dS", B * NH * T * T)
     nrows = (T + ATT_ROWS - 1) // ATT_ROWS
