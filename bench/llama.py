@@ -7,7 +7,7 @@
                prefill  tokens/s of one --prefill token prompt into a fresh KV cache (last row's logits only)
              engines: cllm_f32 (Model), cllm_int8 (cllm/quantize.py's Int8Model, as `generate --quantize
              int8`), transformers (LlamaForCausalLM from export-hf's directory, float32, its default
-             attention, past_key_values), llama_cpp_f32 and llama_cpp_q8_0 (llama-cpp-python on export-gguf's
+             attention, its KV cache), llama_cpp_f32 and llama_cpp_q8_0 (llama-cpp-python on export-gguf's
              f32 and q8_0 files; llm.eval with the last row's logits, no sampler); the best of --rounds each.
              first_token: each engine's argmax after the prompt; first_token_agrees: transformers' and
              llama.cpp f32's against cllm_f32's (the same weights, float32: they must agree)
@@ -53,6 +53,7 @@ import sys
 USER_ENV = dict(os.environ)
 
 import argparse  # noqa: E402
+import inspect  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
@@ -80,6 +81,8 @@ INFERENCE_ENGINES = ("cllm_f32", "cllm_int8", "transformers", "llama_cpp_f32", "
 
 
 # ------------------------------------------------------------------------------------------ children
+# CLLM is imported inside these functions, not at the top: the parent imports only cllm.config (no Numba),
+# and a torch child must import torch first (child() below).
 def rss_now() -> int:
     """This process's resident set size now, bytes."""
     with open("/proc/self/statm") as f:
@@ -99,7 +102,7 @@ def synthetic_tokenizer(vocab_size: int):
     """A byte-level BPE tokenizer of exactly vocab_size ids: the 256 bytes, two-byte merges, <|endoftext|>.
     export-gguf and export-hf need a tokenizer of the model's vocabulary; which tokens it holds does not change
     the speed (the benchmark feeds token ids), and training a real one of 49152 ids would take minutes."""
-    from cllm.tokenizers.bpe import BPETokenizer
+    from cllm.tokenizers.bpe import BPETokenizer  # CLLM imported in the children only (see above)
 
     merges = [(i // 256, i % 256) for i in range(vocab_size - 257)]  # every pair distinct: one new id each
     tok = BPETokenizer(merges)
@@ -110,7 +113,7 @@ def synthetic_tokenizer(vocab_size: int):
 def prepare(sizes: dict, workdir: str, targets: str) -> dict:
     """Write what the other engines load, from CLLM's model (its own init, seed 0): a checkpoint, then
     export-hf's directory (targets has "hf") and export-gguf's f32 and q8_0 files (targets has "gguf")."""
-    from cllm import checkpoint as ck
+    from cllm import checkpoint as ck  # CLLM imported in the children only (see above)
     from cllm.config import ModelConfig
     from cllm.interop.gguf import export_gguf
     from cllm.interop.hf import export_hf
@@ -136,7 +139,7 @@ def best_rate(run, rounds: int) -> float:
 
 
 def infer_cllm(sizes: dict, int8: bool, a) -> dict:
-    from cllm.config import ModelConfig
+    from cllm.config import ModelConfig  # CLLM imported in the children only (see above)
     from cllm.model import Model
     from cllm.quantize import Int8Model
 
@@ -184,14 +187,17 @@ def infer_transformers(sizes: dict, workdir: str, a) -> dict:
         model(long, use_cache=True, logits_to_keep=1)
         return long.shape[1] / (time.perf_counter() - t0)
 
+    # the KV cache's argument and output field: `cache` from transformers 5.25 on (past_key_values deprecated)
+    cache = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
     def decode():
         out = model(prompt, use_cache=True, logits_to_keep=1)
-        past, tok = out.past_key_values, int(torch.argmax(out.logits[0, -1]))
+        past, tok = getattr(out, cache), int(torch.argmax(out.logits[0, -1]))
         first.append(tok)
         t0 = time.perf_counter()
         for _ in range(a.new):
-            out = model(torch.tensor([[tok]]), past_key_values=past, use_cache=True, logits_to_keep=1)
-            past, tok = out.past_key_values, int(torch.argmax(out.logits[0, -1]))
+            out = model(torch.tensor([[tok]]), use_cache=True, logits_to_keep=1, **{cache: past})
+            past, tok = getattr(out, cache), int(torch.argmax(out.logits[0, -1]))
         return a.new / (time.perf_counter() - t0)
 
     with torch.inference_mode():
@@ -281,7 +287,7 @@ def timed_steps(step, steps: int) -> float:
 
 
 def train_cllm(sizes: dict, a) -> tuple[float, int]:
-    from cllm.config import ModelConfig
+    from cllm.config import ModelConfig  # CLLM imported in the children only (see above)
     from cllm.model import Model
     from cllm.optim import AdamW
 
@@ -304,7 +310,7 @@ def train_torch(sizes: dict, a) -> tuple[float, int]:
     import torch  # optional (the interop extra)
     from transformers import LlamaConfig, LlamaForCausalLM  # optional (the interop extra)
 
-    from cllm.config import ModelConfig
+    from cllm.config import ModelConfig  # CLLM imported in the children only (see above)
     from cllm.interop.hf_llama import llama_hf_config
 
     torch.set_num_threads(THREADS)
