@@ -223,6 +223,47 @@ def check_llama_ops(out):
     positive(out["fused_matmul_swiglu"]["fused_us"], out["fused_matmul_swiglu"]["separate_us"])
 
 
+def check_llama(out):
+    assert out["machine"]["cpu_count"] >= 1 and len(out["machine"]["load_avg_end"]) == 3
+    inf, ratios, vocab = out["inference"], out["inference"]["ratios"], out["inference"]["config"]["vocab_size"]
+    sides = {"transformers": ("transformers",), "llama_cpp": ("llama_cpp_f32", "llama_cpp_q8_0")}
+    engines = ["cllm_f32", "cllm_int8"]
+    for side, entries in sides.items():
+        if ran(out, side):
+            engines += entries
+        else:
+            assert all(inf[e] is None for e in entries), inf
+    for e in engines:
+        assert "error" not in inf[e], (e, inf[e])  # a child process failed
+        positive(inf[e]["decode_tokens_per_s"], inf[e]["prefill_tokens_per_s"], inf[e]["peak_rss_gib"])
+        assert 0 <= inf[e]["first_token"] < vocab and inf["first_token"][e] == inf[e]["first_token"]
+    if ran(out, "transformers"):  # the same float32 weights: the same first token
+        assert inf["first_token_agrees"]["transformers"] is True
+        ratio_of(ratios["decode_f32_vs_transformers"], inf["cllm_f32"]["decode_tokens_per_s"],
+                 inf["transformers"]["decode_tokens_per_s"])
+        ratio_of(ratios["prefill_f32_vs_transformers"], inf["cllm_f32"]["prefill_tokens_per_s"],
+                 inf["transformers"]["prefill_tokens_per_s"])
+    else:
+        assert ratios["decode_f32_vs_transformers"] is None
+    if ran(out, "llama_cpp"):
+        assert inf["first_token_agrees"]["llama_cpp_f32"] is True
+        ratio_of(ratios["decode_f32_vs_llama_cpp"], inf["cllm_f32"]["decode_tokens_per_s"],
+                 inf["llama_cpp_f32"]["decode_tokens_per_s"])
+        ratio_of(ratios["decode_int8_vs_llama_cpp_q8_0"], inf["cllm_int8"]["decode_tokens_per_s"],
+                 inf["llama_cpp_q8_0"]["decode_tokens_per_s"])
+    train = out["train"]
+    for side in ["cllm"] + (["torch"] if ran(out, "torch") else []):
+        row = train[side]
+        assert "error" not in row, (side, row)
+        positive(row["tokens_per_s"], row["step_ms_min"], row["peak_above_imports_gib"])
+        assert row["peak_rss_gib"] > row["peak_above_imports_gib"]
+    if ran(out, "torch"):
+        ratio_of(train["speed_ratio"], train["cllm"]["tokens_per_s"], train["torch"]["tokens_per_s"])
+        ratio_of(train["peak_rss_ratio"], train["cllm"]["peak_rss_gib"], train["torch"]["peak_rss_gib"])
+    else:
+        assert train["torch"] is None and train["speed_ratio"] is None
+
+
 CHECKS = {name[len("check_"):]: fn for name, fn in globals().items() if name.startswith("check_")}
 
 
