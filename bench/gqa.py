@@ -1,9 +1,6 @@
-"""Grouped-query attention (cllm/kernels/gqa.py) timed against what it would replace and against PyTorch.
+"""Grouped-query attention (cllm/kernels/gqa.py, which GPT-2's attention also runs) timed against PyTorch.
 Prints ONE JSON line.
 
-  vs_attention  NKV == NH at GPT-2 sizes: gqa_forward / gqa_backward against cllm/kernels/attention.py's
-                attention_forward / attention_backward on the same (B,T,3C) buffer (the GPT-2 model could
-                call the one kernel); timed in turns in this process. ratio = attention / gqa (> 1: gqa faster)
   vs_torch      NKV < NH (4 query heads per kv head, hs 64): the forward, forward + backward, and one
                 decode step from a KV cache of maxT positions, against torch's
                 scaled_dot_product_attention(is_causal, enable_gqa) on the same numbers (autograd for the
@@ -36,8 +33,8 @@ sys.path.insert(0, ROOT)  # bench.common, as a script run from anywhere
 from bench.common import SMOKE_HELP, missing  # noqa: E402
 
 # (B, T, NH, NKV, hs); maxT for the decode step (its position is maxT - 1)
-FULL = {"attention": (8, 128, 8, 8, 32), "gqa": (4, 256, 8, 2, 64), "decode": (4, 32, 4, 64), "maxT": 1024}
-SMOKE = {"attention": (2, 9, 2, 2, 4), "gqa": (2, 9, 4, 2, 4), "decode": (2, 4, 2, 4), "maxT": 16}
+FULL = {"gqa": (4, 256, 8, 2, 64), "decode": (4, 32, 4, 64), "maxT": 1024}
+SMOKE = {"gqa": (2, 9, 4, 2, 4), "decode": (2, 4, 2, 4), "maxT": 16}
 
 
 def round_us(calls: dict, repeats: int) -> dict:
@@ -64,20 +61,6 @@ def data(sizes: dict):
             "row": rng.standard_normal(nb * (dNH + 2 * dNKV) * dhs).astype(f),
             "kcache": rng.standard_normal(nb * dNKV * maxT * dhs).astype(f),
             "vcache": rng.standard_normal(nb * dNKV * maxT * dhs).astype(f)}
-
-
-def attention_calls(K, sizes: dict) -> dict:
-    """name -> a call: attention.py's kernels and gqa's on the same (B,T,3C) buffer (NKV == NH)."""
-    B, T, NH, _, hs = sizes["attention"]
-    C = NH * hs
-    rng = np.random.default_rng(1)
-    f = np.float32
-    qkv, dout = rng.standard_normal(B * T * 3 * C).astype(f), rng.standard_normal(B * T * C).astype(f)
-    out, att, dqkv = np.empty(B * T * C, f), np.empty(B * NH * T * T, f), np.empty(qkv.size, f)
-    return {"attention.forward": lambda: K.attention_forward(out, att, qkv, B, T, C, NH),
-            "gqa(NKV=NH).forward": lambda: K.gqa_forward(out, att, qkv, B, T, NH, NH, hs),
-            "attention.backward": lambda: K.attention_backward(dqkv, dout, qkv, att, B, T, C, NH, True),
-            "gqa(NKV=NH).backward": lambda: K.gqa_backward(dqkv, dout, qkv, att, B, T, NH, NH, hs, True)}
 
 
 def gqa_calls(K, sizes: dict) -> dict:
@@ -178,7 +161,7 @@ def main() -> int:
     from cllm.runtime import configure_threads  # noqa: PLC0415
 
     threads = configure_threads()
-    calls = {**attention_calls(K, sizes), **gqa_calls(K, sizes)}
+    calls = gqa_calls(K, sizes)
     for call in calls.values():
         call()  # compiles, or loads from the cache
     worker = None
@@ -205,10 +188,6 @@ def main() -> int:
     def r(x):
         return round(x, 1)
 
-    vs_attention = {}
-    for part in ("forward", "backward"):
-        a, g = ours[f"attention.{part}"], ours[f"gqa(NKV=NH).{part}"]
-        vs_attention[part] = {"gqa_us": r(g), "attention_us": r(a), "ratio": round(a / g, 2)}
     vs_torch = {}
     for name in ("forward", "forward_backward", "decode_step"):
         entry = {"cllm_us": r(ours[name])}
@@ -216,9 +195,9 @@ def main() -> int:
             entry.update(torch_us=r(theirs[name]), ratio=round(theirs[name] / ours[name], 2))
         vs_torch[name] = entry
     result = {"bench": "gqa", "smoke": args.smoke, "threads": threads,
-              "sizes": {"attention (B,T,NH,NKV,hs)": sizes["attention"], "gqa (B,T,NH,NKV,hs)": sizes["gqa"],
+              "sizes": {"gqa (B,T,NH,NKV,hs)": sizes["gqa"],
                         "decode (B,NH,NKV,hs)": sizes["decode"], "maxT": sizes["maxT"]},
-              "vs_attention": vs_attention, "vs_torch": vs_torch if worker is not None else None,
+              "vs_torch": vs_torch if worker is not None else None,
               "loadavg_1min": os.getloadavg()[0]}
     if worker is None:  # bench/common.py's convention: the side that did not run is null, and not_run says why
         result["not_run"] = {"vs_torch": "--no-torch" if args.no_torch else missing("torch", "interop")}

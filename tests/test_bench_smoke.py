@@ -201,10 +201,7 @@ def check_vision(out):
 
 
 def check_gqa(out):
-    for part in ("forward", "backward"):  # the GQA kernel at NKV == NH against GPT-2's attention kernel
-        c = out["vs_attention"][part]
-        positive(c["gqa_us"], c["attention_us"])
-        ratio_of(c["ratio"], c["attention_us"], c["gqa_us"])
+    assert out["threads"] >= 1 and set(out["sizes"]) == {"gqa (B,T,NH,NKV,hs)", "decode (B,NH,NKV,hs)", "maxT"}
     if ran(out, "vs_torch"):
         for name in ("forward", "forward_backward", "decode_step"):
             c = out["vs_torch"][name]

@@ -1,7 +1,8 @@
 """Grouped-query attention (cllm/kernels/gqa.py): finite differences in float64, a NumPy reference, PyTorch
 parity in float32 (tests/reference/gqa_reference.npz, made by tests/reference/make_gqa_reference.py),
-equality with cllm/kernels/attention.py when every query head has its own kv head, and decoding from
-the KV cache against the forward's rows.
+dropout on the probabilities against a NumPy reference given the masks, and decoding from the KV cache
+against the forward's rows (GPT-2's attention, cllm/kernels/attention.py, runs these kernels with NKV = NH:
+tests/test_kernels.py and tests/test_dropout.py test it in that form).
 """
 import math
 import os
@@ -137,31 +138,6 @@ def test_parallel_path_equals_the_reference():
     dqkv = np.ones(qkv.size)
     K.gqa_backward(dqkv, dout, qkv, att, B, T, NH, NKV, hs)
     np.testing.assert_allclose(dqkv, 1 + np_gqa_backward(dout, qkv, p, B, T, NH, NKV, hs), rtol=1e-10, atol=1e-11)
-
-
-# ------------------------------------------------------------------ one kernel for GPT-2 too
-@pytest.mark.parametrize("dtype", [F64, F32])
-@pytest.mark.parametrize("B,T,NH,hs", [(2, 7, 3, 5), (1, 40, 2, 8), (3, 1, 4, 2)])
-@pytest.mark.parametrize("overwrite", [False, True])
-@pytest.mark.parametrize("p", [0.0, 0.3])
-def test_equals_attention_when_every_query_head_has_its_kv_head(dtype, B, T, NH, hs, overwrite, p):
-    # NKV == NH: the packed row is attention.py's (B,T,3C) q, k, v, and the same products run in the same
-    # order with the same dropout masks, so the results are the same bits
-    rng = np.random.default_rng(3)
-    C = NH * hs
-    drop, key = dropout_threshold(p), derive_key(7, 1, 2)
-    qkv, dout = rand(rng, B * T * 3 * C, dtype=dtype), rand(rng, B * T * C, dtype=dtype)
-    out, att = np.empty(B * T * C, dtype), np.empty(B * NH * T * T, dtype)
-    K.gqa_forward(out, att, qkv, B, T, NH, NH, hs, drop, key)
-    out_a, att_a = np.empty_like(out), np.empty_like(att)
-    K.attention_forward(out_a, att_a, qkv, B, T, C, NH, drop, key)
-    np.testing.assert_array_equal(out, out_a)
-    np.testing.assert_array_equal(att, att_a)
-    start = rand(rng, qkv.size, dtype=dtype)
-    d, d_a = start.copy(), start.copy()
-    K.gqa_backward(d, dout, qkv, att, B, T, NH, NH, hs, overwrite, drop, key)
-    K.attention_backward(d_a, dout, qkv, att_a, B, T, C, NH, overwrite, drop, key)
-    np.testing.assert_array_equal(d, d_a)
 
 
 # ------------------------------------------------------------------ dropout on the probabilities
