@@ -525,3 +525,30 @@ def test_adamw_steps_on_the_imported_llama_give_transformers_losses(hf_llama):
     assert theirs[-1] < theirs[0] - 0.5  # the steps do train
     np.testing.assert_allclose(our_norms, their_norms, rtol=1e-4)
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4)
+
+
+@needs_hf
+def test_an_embedding_wider_than_the_tokenizer_imports_as_padding(tmp_path):
+    """Qwen2.5's case: config.json's vocab_size (151,936) exceeds its tokenizer's 151,665 tokens. The rows
+    past the tokenizer become padding (V..Vp): the model's logits are transformers' first V, generation can
+    only give ids the tokenizer decodes, and export-hf writes the tokenizer's V rows."""
+    pytest.importorskip("tokenizers", reason="the tokenizers package (test extra) is not installed")
+    tok = llama3_tokenizer(TEXT)
+    V = tok.get_vocab_size()
+    cfg = llama_config("qwen2", vocab_size=V + 37, new_rope=False)
+    kwargs = {k: v for k, v in cfg.items() if k not in ("architectures", "model_type", "torch_dtype")}
+    torch.manual_seed(2)
+    hf_model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model("qwen2", **kwargs))
+    hf_model.eval()
+    hf_model.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    tok.save(str(tmp_path / "hf" / "tokenizer.json"))
+    assert cli.main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "ck")]) == 0
+    model = ck.model_from_checkpoint(ck.load_checkpoint(str(tmp_path / "ck")))
+    assert (model.config.vocab_size, model.config.padded_vocab_size) == (V, 64 * -(-(V + 37) // 64))
+    ids = np.random.default_rng(5).integers(0, V, (2, 40))
+    want = hf_logits(hf_model, ids)[..., :V]
+    assert float(np.abs(model.forward(ids) - want).max()) < 1e-4
+    assert cli.main(["export-hf", str(tmp_path / "ck"), str(tmp_path / "out")]) == 0
+    out = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert out.config.vocab_size == V
+    assert float(np.abs(hf_logits(out, ids) - want).max()) < 1e-4

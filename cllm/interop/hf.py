@@ -30,6 +30,7 @@ convert it to safetensors.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -347,6 +348,11 @@ def import_hf(hf_dir: str, checkpoint_dir: str) -> tuple[str, bool]:
     if not all(np.isfinite(t).all() for t in params.values()):
         raise CheckpointError(f"{hf_dir} holds non-finite weights (NaN or Inf): the model is broken")
     tokenizer = _read_tokenizer(hf_dir, config)
+    if tokenizer is not None and tokenizer.vocab_size < config.vocab_size:
+        # Qwen2.5's embedding has 151,936 rows for 151,665 tokens: the rows past the tokenizer are padding
+        # (ModelConfig's V..Vp), which no output reaches, so nothing can generate an id it cannot decode
+        config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size,
+                                     padded_vocab_size=config.padded_vocab_size)
     checkpoint_dir = os.fspath(checkpoint_dir)
     if os.path.lexists(os.path.join(checkpoint_dir, "latest")):
         raise CheckpointError(f"{checkpoint_dir!r} already holds checkpoints (it has a 'latest' link); import into "
@@ -388,7 +394,7 @@ def _read_tokenizer(hf_dir: str, config: ModelConfig):
     if not os.path.isfile(path):
         return None
     tokenizer = import_tokenizer(path)
-    if tokenizer.vocab_size != config.vocab_size:
+    if tokenizer.vocab_size > config.vocab_size:
         raise CheckpointError(f"{path} has {tokenizer.vocab_size:,} tokens but the model's vocabulary is "
-                              f"{config.vocab_size:,}")
+                              f"{config.vocab_size:,}: the model has no embedding for the last ones")
     return tokenizer
