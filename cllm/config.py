@@ -119,7 +119,7 @@ class ModelConfig:
         object.__setattr__(self, "ffn_dim", self.ffn_dim or llama_ffn_dim(C))
 
     def block_options(self) -> list[str]:
-        """The llama block options this config turns on, as flags (relu2 aside: see exported_options)."""
+        """The llama block options this config turns on, as flags (--activation aside: forward_options adds relu2)."""
         return [flag for flag, on in (
             ("--qk-norm", self.qk_norm), (f"--logit-softcap {self.logit_softcap:g}", self.logit_softcap),
             ("--zero-init-proj", self.zero_init_proj)) if on]
