@@ -49,6 +49,13 @@ class ModelConfig:
     norm_eps: float = option(1e-5, "epsilon of every normalization (LayerNorm or RMSNorm)")
     tie_embeddings: bool = option(True, "the LM head is wte (gpt2 always); false: its own (Vp,C) matrix lm_head")
     attention_bias: bool = option(False, "llama: biases on the q, k and v projections (Qwen2's layout)")
+    # llama's block options (modded-nanogpt's); the defaults are the plain Llama block, so a config.json written
+    # before they existed loads unchanged
+    activation: str = option("", "the MLP's activation: gelu (gpt2), swiglu or relu2 (llama); empty: the "
+                                 "architecture's (gelu, swiglu)")
+    qk_norm: bool = option(False, "llama: RMS-normalize each head's q and k (no gain) before the scores")
+    logit_softcap: float = option(0.0, "llama: logits = X tanh(logits / X) with this X; 0: off")
+    zero_init_proj: bool = option(False, "llama: the attention and MLP output projections start at zero")
 
     def __post_init__(self):
         check_sizes(vocab_size=self.vocab_size, max_seq_len=self.max_seq_len, num_layers=self.num_layers,
@@ -72,6 +79,9 @@ class ModelConfig:
                                   f"got {value!r}")
         if not (isinstance(self.norm_eps, (int, float)) and 0 < self.norm_eps < 1):
             raise ConfigError(f"norm_eps must be a small positive number, got {self.norm_eps!r}")
+        cap = self.logit_softcap
+        if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not (cap == 0 or 0 < cap < math.inf):
+            raise ConfigError(f"logit_softcap must be 0 (off) or a positive number, got {cap!r}")
         if self.arch == "gpt2":
             changed = [f"--{flag}" for flag, bad in (
                 ("num-kv-heads", self.num_kv_heads not in (0, NH)), ("ffn-dim", self.ffn_dim not in (0, 4 * C)),
@@ -80,6 +90,13 @@ class ModelConfig:
             if changed:
                 raise ConfigError(f"{', '.join(changed)}: GPT-2's layout has every head's keys and values, a 4C "
                                   "MLP, biases everywhere and a tied LM head; use --arch llama")
+            options = self.block_options()
+            if self.activation not in ("", "gelu"):
+                options.insert(0, f"--activation {self.activation}")
+            if options:
+                raise ConfigError(f"{', '.join(options)}: llama's block options; GPT-2's block has none of them "
+                                  "(use --arch llama)")
+            object.__setattr__(self, "activation", "gelu")
             object.__setattr__(self, "num_kv_heads", NH)
             object.__setattr__(self, "ffn_dim", 4 * C)
             return
@@ -92,8 +109,36 @@ class ModelConfig:
                               "pairs of dimensions")
         if not (isinstance(self.rope_theta, (int, float)) and self.rope_theta > 1):
             raise ConfigError(f"rope_theta must be a number above 1, got {self.rope_theta!r}")
+        if self.activation not in ("",) + LLAMA_ACTIVATIONS:
+            raise ConfigError(f"activation {self.activation!r} is not llama's; choose one of: "
+                              f"{', '.join(LLAMA_ACTIVATIONS)}")
+        object.__setattr__(self, "activation", self.activation or "swiglu")
         object.__setattr__(self, "num_kv_heads", nkv)
         object.__setattr__(self, "ffn_dim", self.ffn_dim or llama_ffn_dim(C))
+
+    def block_options(self) -> list[str]:
+        """The llama block options this config turns on, as flags (--activation aside: forward_options adds relu2)."""
+        return [flag for flag, on in (
+            ("--qk-norm", self.qk_norm), (f"--logit-softcap {self.logit_softcap:g}", self.logit_softcap),
+            ("--zero-init-proj", self.zero_init_proj)) if on]
+
+    def forward_options(self) -> list[str]:
+        """The options that change the forward (not the init): what a kernel set or a file format must know."""
+        relu2 = [f"--activation {self.activation}"] if self.activation == "relu2" else []
+        return relu2 + [flag for flag in self.block_options() if flag != "--zero-init-proj"]
+
+    def check_exportable(self, what: str) -> None:
+        """Refuse to write a model with forward options that `what` (a format) cannot express."""
+        options = self.forward_options()
+        if options:
+            raise ConfigError(f"{what} cannot express {', '.join(options)}: the format has no such field, and a "
+                              "reader would compute other logits than this model; export a model trained without "
+                              "them")
+
+    @property
+    def mlp_rows(self) -> int:
+        """Rows of the MLP's fc matrix (and channels of its output): 2F for SwiGLU (gate and up), F otherwise."""
+        return 2 * self.ffn_dim if self.activation == "swiglu" else self.ffn_dim
 
     @property
     def head_size(self) -> int:
@@ -132,12 +177,13 @@ class ModelConfig:
 
     def _llama_param_shapes(self) -> dict[str, tuple[int, ...]]:
         # qkvw: the q rows (NH*hs), then k (NKV*hs), then v (NKV*hs), as HF's q_proj, k_proj, v_proj stacked;
-        # fcw: the gate rows (F), then the up rows (F), as gate_proj and up_proj stacked; fcprojw is down_proj.
+        # fcw: the gate rows (F), then the up rows (F), as gate_proj and up_proj stacked (relu2: F rows, no gate);
+        # fcprojw is down_proj.
         L, C, Vp, F, QKV = self.num_layers, self.embed_dim, self.padded_vocab_size, self.ffn_dim, self.qkv_dim
         shapes = {"wte": (Vp, C), "ln1w": (L, C), "qkvw": (L, QKV, C)}
         if self.attention_bias:
             shapes["qkvb"] = (L, QKV)
-        shapes.update({"attprojw": (L, C, C), "ln2w": (L, C), "fcw": (L, 2 * F, C), "fcprojw": (L, C, F),
+        shapes.update({"attprojw": (L, C, C), "ln2w": (L, C), "fcw": (L, self.mlp_rows, C), "fcprojw": (L, C, F),
                        "lnfw": (C,)})
         if not self.tie_embeddings:
             shapes["lm_head"] = (Vp, C)
@@ -153,16 +199,19 @@ class ModelConfig:
         L, C, NH, Vp = self.num_layers, self.embed_dim, self.num_heads, self.padded_vocab_size
         if self.arch == "llama":
             # no LayerNorm means (RMSNorm keeps rstd only); qkv holds q and k after RoPE (the attention's
-            # backward reads the rotated ones); fch (2F) gate|up, fch_swiglu (F) their SwiGLU
-            F, QKV = self.ffn_dim, self.qkv_dim
+            # backward reads the rotated ones; with qk_norm, normalized, and qk_rstd each q and k head's
+            # 1/rms: cllm/kernels/qknorm.py); fch (2F) gate|up, fch_swiglu (F) their SwiGLU (relu2: fch (F), and
+            # fch_swiglu its relu2); with logit_softcap, logits are the capped ones
+            F, QKV, FH = self.ffn_dim, self.qkv_dim, self.mlp_rows
+            qk = {"qk_rstd": (L, B, T, NH + self.num_kv_heads)} if self.qk_norm else {}
             return {
                 "encoded": (B, T, C),
                 "ln1": (L, B, T, C), "ln1_rstd": (L, B, T),
-                "qkv": (L, B, T, QKV), "atty": (L, B, T, C),
+                "qkv": (L, B, T, QKV), **qk, "atty": (L, B, T, C),
                 "att": (L, B, NH, T, T),
                 "attproj": (L, B, T, C), "residual2": (L, B, T, C),
                 "ln2": (L, B, T, C), "ln2_rstd": (L, B, T),
-                "fch": (L, B, T, 2 * F), "fch_swiglu": (L, B, T, F),
+                "fch": (L, B, T, FH), "fch_swiglu": (L, B, T, F),
                 "fcproj": (L, B, T, C), "residual3": (L, B, T, C),
                 "lnf": (B, T, C), "lnf_rstd": (B, T),
                 "logits": (B, T, Vp), "probs": (B, T, Vp), "losses": (B, T),
@@ -198,7 +247,7 @@ class ModelConfig:
             return {
                 "residual": (B, T, C),
                 "ln1": (B, T, C), "qkv": (B, T, self.qkv_dim), "atty": (B, T, C),
-                "ln2": (B, T, C), "fch": (B, T, 2 * F), "fch_swiglu": (B, T, F), "dropped": (B, T, C),
+                "ln2": (B, T, C), "fch": (B, T, self.mlp_rows), "fch_swiglu": (B, T, F), "dropped": (B, T, C),
                 "lnf": (B, T, C), "losses": (B, T),
             }
         return {
@@ -257,6 +306,7 @@ class ModelConfig:
 
 
 ARCHITECTURES = ("gpt2", "llama")
+LLAMA_ACTIVATIONS = ("swiglu", "relu2")
 
 
 def llama_ffn_dim(C: int) -> int:

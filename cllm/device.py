@@ -162,6 +162,9 @@ class CudaModel(GPTGraph):
 
         if model.dtype != np.float32:
             raise ConfigError("the CUDA model runs in float32 only")
+        if model.config.forward_options():  # cllm/kernels/cuda has no kernels for them
+            raise ConfigError(f"{', '.join(model.config.forward_options())}: not implemented on --device cuda yet; "
+                              "use --device cpu")
         super().__init__(model.config, np.float32)
         self.G = self.ops = G
         self.gpu = gpu

@@ -118,6 +118,8 @@ class GPTGraph(LanguageModel):
         ops.fill_inplace(ga["losses"], 1.0 / (B * T))  # d(mean)/d(each loss)
         # the probabilities become the logits' gradient in place: nothing reads them after this
         ops.crossentropy_softmax_backward_inplace(a["probs"], ga["losses"], targets, B, T, V, Vp)
+        if cfg.logit_softcap:  # to the uncapped logits' gradient, in place: dy/dx = 1 - (capped / cap)^2
+            ops.softcap_backward(a["probs"], a["probs"], a["logits"], B * T * Vp, cfg.logit_softcap, True)
         ops.matmul_backward(ga["lnf"], g[head], None, a["probs"], a["lnf"], p[head], B, T, C, Vp, True)
 
     def _llama_forward_graph(self, p: dict, a: dict, inputs, B: int, T: int) -> None:
@@ -125,6 +127,7 @@ class GPTGraph(LanguageModel):
         L, C, NH, NKV, hs = cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_size
         F, QKV, eps, N = cfg.ffn_dim, cfg.qkv_dim, cfg.norm_eps, B * T
         drop, key = self.drop, self._site_key
+        relu2 = cfg.activation == "relu2"
         cos, sin = self._rope_tables()
         ops.encoder_forward(a["encoded"], inputs, p["wte"], None, B, T, C)  # no positions: RoPE places them
         if drop:  # dropout at GPT-2's four sites, in place (no backward reads these outputs)
@@ -135,14 +138,22 @@ class GPTGraph(LanguageModel):
             ops.rmsnorm_forward(al["ln1"], al["ln1_rstd"], residual, pl["ln1w"], N, C, eps)
             ops.matmul_forward(al["qkv"], al["ln1"], pl["qkvw"], pl.get("qkvb"), B, T, C, QKV)
             ops.rope_forward(al["qkv"], cos, sin, B, T, NH, NKV, hs)
+            if cfg.qk_norm:
+                # after RoPE, in place (modded-nanogpt normalizes before it: the same numbers, as a rotation of
+                # pairs keeps each head's sum of squares; after, the attention's backward and qknorm_backward
+                # both read the normalized values kept in qkv, and no unnormalized copy is needed)
+                ops.qknorm_forward(al["qkv"], al["qk_rstd"], N, NH, NKV, hs, eps)
             ops.gqa_forward(al["atty"], al["att"], al["qkv"], B, T, NH, NKV, hs, drop, key(l, DROP_ATTENTION))
             ops.matmul_forward(al["attproj"], al["atty"], pl["attprojw"], None, B, T, C, C)
             if drop:
                 ops.dropout_forward(al["attproj"], al["attproj"], N * C, drop, key(l, DROP_ATTPROJ))
             ops.residual_forward(al["residual2"], residual, al["attproj"], N * C)
             ops.rmsnorm_forward(al["ln2"], al["ln2_rstd"], al["residual2"], pl["ln2w"], N, C, eps)
-            ops.matmul_forward(al["fch"], al["ln2"], pl["fcw"], None, B, T, C, 2 * F)
-            ops.swiglu_forward(al["fch_swiglu"], al["fch"], N, F)
+            ops.matmul_forward(al["fch"], al["ln2"], pl["fcw"], None, B, T, C, cfg.mlp_rows)
+            if relu2:
+                ops.relu2_forward(al["fch_swiglu"], al["fch"], N, F)
+            else:
+                ops.swiglu_forward(al["fch_swiglu"], al["fch"], N, F)
             ops.matmul_forward(al["fcproj"], al["fch_swiglu"], pl["fcprojw"], None, B, T, F, C)
             if drop:
                 ops.dropout_forward(al["fcproj"], al["fcproj"], N * C, drop, key(l, DROP_FCPROJ))
@@ -151,12 +162,15 @@ class GPTGraph(LanguageModel):
         ops.rmsnorm_forward(a["lnf"], a["lnf_rstd"], residual, p["lnfw"], N, C, eps)
         head = p["wte"] if cfg.tie_embeddings else p["lm_head"]
         ops.matmul_forward(a["logits"], a["lnf"], head, None, B, T, C, cfg.padded_vocab_size)
+        if cfg.logit_softcap:  # in place: the backward needs only the capped logits
+            ops.softcap_forward(a["logits"], a["logits"], N * cfg.padded_vocab_size, cfg.logit_softcap)
 
     def _llama_backward_graph(self, p: dict, g: dict, a: dict, ga: dict, inputs, targets, B: int, T: int) -> None:
         ops, cfg = self.ops, self.config
         L, C, NH, NKV, hs = cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_size
         F, QKV, N = cfg.ffn_dim, cfg.qkv_dim, B * T
         drop, key = self.drop, self._site_key
+        relu2 = cfg.activation == "relu2"
         cos, sin = self._rope_tables()
         self._lm_head_backward(p, g, a, ga, targets, B, T)
         dres = ga["residual"]  # the residual stream's gradient, as in _gpt2_backward_graph
@@ -167,13 +181,19 @@ class GPTGraph(LanguageModel):
             residual = a["encoded"] if l == 0 else self._layer_acts(a, l - 1)["residual3"]
             ops.matmul_backward(ga["fch_swiglu"], gl["fcprojw"], None, self._projection_grad(ga, l, DROP_FCPROJ),
                                 al["fch_swiglu"], pl["fcprojw"], B, T, F, C, True)
-            ops.swiglu_backward(ga["fch"], ga["fch_swiglu"], al["fch"], N, F, True)
-            ops.matmul_backward(ga["ln2"], gl["fcw"], None, ga["fch"], al["ln2"], pl["fcw"], B, T, C, 2 * F, True)
+            if relu2:
+                ops.relu2_backward(ga["fch"], ga["fch_swiglu"], al["fch"], N, F, True)
+            else:
+                ops.swiglu_backward(ga["fch"], ga["fch_swiglu"], al["fch"], N, F, True)
+            ops.matmul_backward(ga["ln2"], gl["fcw"], None, ga["fch"], al["ln2"], pl["fcw"], B, T, C, cfg.mlp_rows,
+                                True)
             ops.rmsnorm_backward(dres, gl["ln2w"], ga["ln2"], al["residual2"], pl["ln2w"], al["ln2_rstd"], N, C)
             ops.matmul_backward(ga["atty"], gl["attprojw"], None, self._projection_grad(ga, l, DROP_ATTPROJ),
                                 al["atty"], pl["attprojw"], B, T, C, C, True)
             ops.gqa_backward(ga["qkv"], ga["atty"], al["qkv"], al["att"], B, T, NH, NKV, hs, True, drop,
                              key(l, DROP_ATTENTION))
+            if cfg.qk_norm:  # to the rotated, unnormalized q and k
+                ops.qknorm_backward(ga["qkv"], al["qkv"], al["qk_rstd"], N, NH, NKV, hs)
             ops.rope_backward(ga["qkv"], cos, sin, B, T, NH, NKV, hs)  # to the unrotated q and k
             ops.matmul_backward(ga["ln1"], gl["qkvw"], gl.get("qkvb"), ga["qkv"], al["ln1"], pl["qkvw"],
                                 B, T, C, QKV, True)
@@ -304,7 +324,8 @@ class HostDecoding(LanguageModel):
         K.llama_forward_rows(logits, kv_cache, tokens, w["wte"], w["ln1w"], w["qkvw"], w.get("qkvb"), w["attprojw"],
                              w["ln2w"], w["fcw"], w["fcprojw"], w["lnfw"], head, head_scale, cos, sin, self._scales,
                              B, T, pos0, cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.ffn_dim,
-                             cfg.max_seq_len, cfg.vocab_size, cfg.norm_eps, first_logit_row)
+                             cfg.max_seq_len, cfg.vocab_size, cfg.norm_eps, first_logit_row,
+                             cfg.activation == "relu2", cfg.qk_norm, float(cfg.logit_softcap))
         return logits
 
     def decode_step(self, tokens, pos: int, kv_cache: np.ndarray) -> np.ndarray:
@@ -399,8 +420,9 @@ class Model(GPTGraph, HostDecoding):
     # ---------------------------------------------------------------- parameters
     def init_weights(self, seed: int) -> None:
         """GPT-2 initialization (nanoGPT's, also for llama): N(0, 0.02) matrices (lm_head too), residual
-        projections scaled by 1/sqrt(2L), zero biases, unit LayerNorm / RMSNorm gains; the padded vocabulary
-        rows of wte (and lm_head) stay zero."""
+        projections scaled by 1/sqrt(2L) (zero with zero_init_proj, as modded-nanogpt: each block starts as the
+        identity), zero biases, unit LayerNorm / RMSNorm gains; the padded vocabulary rows of wte (and lm_head)
+        stay zero."""
         rng = np.random.default_rng(seed)
         cfg = self.config
         self.params[:] = 0
@@ -409,6 +431,8 @@ class Model(GPTGraph, HostDecoding):
             if name in MATRIX_PARAMS:
                 std = 0.02 / math.sqrt(2 * cfg.num_layers) if name in RESIDUAL_PROJECTIONS else 0.02
                 view[:] = rng.normal(0.0, std, size=view.size).astype(self.dtype)
+                if name in RESIDUAL_PROJECTIONS and cfg.zero_init_proj:
+                    view[:] = 0  # drawn all the same: the other tensors get the values they have without the option
             elif name in ("ln1w", "ln2w", "lnfw"):
                 view[:] = 1
         V, C = cfg.vocab_size, cfg.embed_dim

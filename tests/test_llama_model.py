@@ -34,9 +34,16 @@ def batch(cfg: ModelConfig, B: int, T: int, seed: int = 0):
             rng.integers(0, cfg.vocab_size, (B, T)).astype(np.int32))
 
 
-@pytest.mark.parametrize("tied,bias,nkv", [(True, False, 2), (False, True, 2), (False, False, 4), (True, True, 1)])
-def test_finite_differences_every_tensor(tied, bias, nkv):
-    cfg = config(tie_embeddings=tied, attention_bias=bias, num_kv_heads=nkv)
+# the block options (tests/test_block_options.py): all on, and relu2 with the soft-cap alone
+ALL_OPTIONS = dict(activation="relu2", qk_norm=True, logit_softcap=1.5, zero_init_proj=True)
+
+
+@pytest.mark.parametrize("tied,bias,nkv,options", [
+    (True, False, 2, {}), (False, True, 2, {}), (False, False, 4, {}), (True, True, 1, {}),
+    (True, False, 2, ALL_OPTIONS), (False, True, 1, ALL_OPTIONS), (True, False, 4, dict(qk_norm=True)),
+    (False, False, 2, dict(activation="relu2", logit_softcap=0.7))])
+def test_finite_differences_every_tensor(tied, bias, nkv, options):
+    cfg = config(tie_embeddings=tied, attention_bias=bias, num_kv_heads=nkv, **options)
     model = roughened(cfg)
     idx, tgt = batch(cfg, 2, 7)
     model.zero_grad()

@@ -178,6 +178,7 @@ def export_gguf(checkpoint: str, out_path: str, dtype: str = "f32") -> tuple[str
                                      "pip install -e '.[gguf]'") from None
     ckpt = load_checkpoint(checkpoint)
     config = ckpt.model_config
+    config.check_exportable("export-gguf (llama.cpp's keys)")
     if ckpt.tokenizer_path is None:
         raise CheckpointError(f"{ckpt.path} has no tokenizer, and a GGUF file must carry one for llama.cpp")
     tokenizer = load_tokenizer(ckpt.tokenizer_path)

@@ -219,6 +219,7 @@ def export_hf(checkpoint: str, out_dir: str) -> tuple[str, ModelConfig]:
     they are written into a temporary directory beside it that is renamed into place."""
     ckpt = load_checkpoint(checkpoint)
     config = ckpt.model_config
+    config.check_exportable("export-hf (transformers' config)")
     tokenizer = load_tokenizer(ckpt.tokenizer_path) if ckpt.tokenizer_path else None
     files = tokenizer_files(tokenizer, config.max_seq_len) if tokenizer is not None else {}
     out_dir = os.path.abspath(os.fspath(out_dir))

@@ -45,3 +45,11 @@ from .swiglu import swiglu_backward, swiglu_forward  # noqa: E402
 
 __all__ += ["rmsnorm_forward", "rmsnorm_backward", "rope_table", "rope_forward", "rope_backward",
             "swiglu_forward", "swiglu_backward"]
+
+# the llama block options (cllm/config.py: activation relu2, qk_norm, logit_softcap)
+from .qknorm import qknorm_backward, qknorm_forward  # noqa: E402
+from .relu2 import relu2_backward, relu2_forward  # noqa: E402
+from .softcap import softcap_backward, softcap_forward  # noqa: E402
+
+__all__ += ["relu2_forward", "relu2_backward", "qknorm_forward", "qknorm_backward", "softcap_forward",
+            "softcap_backward"]

@@ -22,10 +22,13 @@ from .gelu import gelu_span
 from .gqa import gqa_prefill
 from .layernorm import layernorm_rows
 from .matmul import PARALLEL_MATVEC_MIN, ROW_BLOCKS, matmul_forward
+from .qknorm import qknorm_row
 from .quant import dequantize_int8_rows, matvec_int8_forward
+from .relu2 import relu2_rows
 from .residual import add_span
 from .rmsnorm import rmsnorm_row
 from .rope import rope_forward
+from .softcap import softcap_forward
 from .swiglu import swiglu_rows
 
 
@@ -250,7 +253,8 @@ def _rmsnorm_rows(out, inp, weight, eps, C, r0, r1):
 
 @njit(**JIT)
 def llama_forward_rows(logits, kvcache, tokens, wte, ln1w, qkvw, qkvb, attprojw, ln2w, fcw, fcprojw, lnfw, head,
-                       head_scale, cos, sin, scales, B, T, pos0, L, C, NH, NKV, F, maxT, V, eps, first_logit_row):
+                       head_scale, cos, sin, scales, B, T, pos0, L, C, NH, NKV, F, maxT, V, eps, first_logit_row,
+                       relu2=False, qk_norm=False, softcap=0.0):
     # The llama decoding forward: B sequences of T new tokens each, tokens (B*T) int32 at positions
     # pos0..pos0+T-1 (decode_step: B sequences, T = 1; prefill: one sequence, T tokens). Each layer's k and
     # v go into the cache first (cllm/kernels/gqa.py's gqa_prefill), then every row attends over its
@@ -260,10 +264,13 @@ def llama_forward_rows(logits, kvcache, tokens, wte, ln1w, qkvw, qkvb, attprojw,
     # head: wte or lm_head (the model's LM head);  qkvb may be None;  cos, sin: rope_table (maxT, hs/2).
     # scales None (float weights) or the int8 model's scales of (wte, qkvw, attprojw, fcw, fcprojw[, lm_head])
     # (cllm/quantize.py), those weights int8; head_scale is the index of the LM head's in it.
+    # The block options (cllm/config.py), as the training forward (cllm/model.py) applies them: relu2, the
+    # MLP is relu(fc x)^2 with an fc of F rows (else SwiGLU, 2F); qk_norm, each q and k head RMS-normalized
+    # after RoPE (so the cache holds normalized keys); softcap > 0, logits = softcap tanh(logits / softcap).
     R = B * T
     hs = C // NH
     QKV = (NH + 2 * NKV) * hs
-    F2 = 2 * F
+    F2 = F if relu2 else 2 * F  # rows of fcw
     layer_cache = 2 * NKV * maxT * hs  # one sequence's and layer's keys and values
     dt = lnfw.dtype
     wsize = 0  # an int8 matrix dequantized for a gemm over many rows: the largest one
@@ -276,8 +283,9 @@ def llama_forward_rows(logits, kvcache, tokens, wte, ln1w, qkvw, qkvb, attprojw,
     qkv = np.empty(R * QKV, dtype=dt)  # (R, QKV) q|k|v, q and k rotated in place
     atty = np.empty(R * C, dtype=dt)
     proj = np.empty(R * C, dtype=dt)
-    hid = np.empty(R * F2, dtype=dt)  # gate|up (R,2F)
-    act = np.empty(R * F, dtype=dt)  # silu(gate) * up (R,F)
+    hid = np.empty(R * F2, dtype=dt)  # gate|up (R,2F) (relu2: (R,F))
+    act = np.empty(R * F, dtype=dt)  # silu(gate) * up (R,F) (relu2: relu(hid)^2)
+    qk_rstd = np.empty(NH + NKV, dtype=dt)  # qk_norm's statistics of one row (unread here)
     for r in range(R):
         ix = tokens[r]
         if scales is None:
@@ -293,6 +301,9 @@ def llama_forward_rows(logits, kvcache, tokens, wte, ln1w, qkvw, qkvb, attprojw,
             _linear(qkv, xn, qkvw[l * QKV * C:(l + 1) * QKV * C], scales, 1, l * QKV, qkvb[l * QKV:(l + 1) * QKV],
                     R, C, QKV, wbuf)
         rope_forward(qkv, cos, sin, B, T, NH, NKV, hs, pos0)
+        if qk_norm:
+            for r in range(R):
+                qknorm_row(qkv[r * QKV:(r + 1) * QKV], qk_rstd, NH, NKV, hs, eps)
         for b in range(B):
             k0 = (b * L + l) * layer_cache
             gqa_prefill(atty[b * T * C:(b + 1) * T * C], qkv[b * T * QKV:(b + 1) * T * QKV],
@@ -302,9 +313,14 @@ def llama_forward_rows(logits, kvcache, tokens, wte, ln1w, qkvw, qkvb, attprojw,
         add_span(x2, x, proj)
         _rmsnorm_rows(xn, x2, ln2w[l * C:(l + 1) * C], eps, C, 0, R)
         _linear(hid, xn, fcw[l * F2 * C:(l + 1) * F2 * C], scales, 3, l * F2, None, R, C, F2, wbuf)
-        swiglu_rows(act, hid, F, 0, R)
+        if relu2:
+            relu2_rows(act, hid, F, 0, R)
+        else:
+            swiglu_rows(act, hid, F, 0, R)
         _linear(proj, act, fcprojw[l * C * F:(l + 1) * C * F], scales, 4, l * C, None, R, F, C, wbuf)
         add_span(x, x2, proj)
     f0 = first_logit_row
     _rmsnorm_rows(xn, x, lnfw, eps, C, f0, R)
     _matvec(logits, xn[f0 * C:], head[:V * C], scales, head_scale, 0, None, R - f0, C, V)
+    if softcap > 0:
+        softcap_forward(logits, logits, logits.size, softcap)

@@ -29,7 +29,8 @@ MODEL_DEFAULTS = {"embed_dim": ModelConfig.embed_dim, "num_layers": ModelConfig.
                   "num_heads": ModelConfig.num_heads, "seq_len": ModelConfig.max_seq_len}
 # The architecture flags, ModelConfig's fields of the same names; None ("not given") leaves ModelConfig's
 # default (a new run) or the checkpoint's value (--resume, --init-from: a different typed one is refused)
-ARCH_FLAGS = ("arch", "num_kv_heads", "ffn_dim", "rope_theta", "norm_eps", "tie_embeddings", "attention_bias")
+ARCH_FLAGS = ("arch", "num_kv_heads", "ffn_dim", "rope_theta", "norm_eps", "tie_embeddings", "attention_bias",
+              "activation", "qk_norm", "logit_softcap", "zero_init_proj")
 
 
 @dataclasses.dataclass
@@ -61,6 +62,15 @@ class TrainConfig:
                                                "gives it its own matrix", shown=ModelConfig.tie_embeddings)
     attention_bias: bool | None = option(None, "llama: biases on the q, k and v projections (Qwen2's layout)",
                                          shown=ModelConfig.attention_bias)
+    # llama's block options (modded-nanogpt's; cllm/config.py)
+    activation: str | None = option(None, "llama: the MLP's activation, swiglu or relu2 (relu(x)^2: an fc of F rows, "
+                                          "no gate)", shown="swiglu")
+    qk_norm: bool | None = option(None, "llama: RMS-normalize each head's queries and keys before the scores",
+                                  shown=ModelConfig.qk_norm)
+    logit_softcap: float | None = option(None, "llama: cap the logits smoothly, X tanh(logits / X); 0: off",
+                                         shown=ModelConfig.logit_softcap)
+    zero_init_proj: bool | None = option(None, "llama: start the attention and MLP output projections at zero",
+                                         shown=ModelConfig.zero_init_proj)
     batch_size: int = option(12, "sequences per micro-batch per process")
     grad_accum: int = option(1, "micro-batches per optimizer step (a larger effective batch in the same memory)")
     learning_rate: float = option(1e-3, "peak learning rate, after warmup")
