@@ -45,3 +45,8 @@ from .swiglu import swiglu_backward, swiglu_forward  # noqa: E402
 
 __all__ += ["rmsnorm_forward", "rmsnorm_backward", "rope_table", "rope_forward", "rope_backward",
             "swiglu_forward", "swiglu_backward"]
+
+# Muon's momentum, Newton-Schulz orthogonalization and update (cllm/kernels/muon.py)
+from .muon import muon_update, newton_schulz  # noqa: E402
+
+__all__ += ["muon_update", "newton_schulz"]
