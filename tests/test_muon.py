@@ -29,7 +29,7 @@ from train_helpers import prepared_dataset as _prepared
 
 from cllm import checkpoint as ck
 from cllm.config import ModelConfig
-from cllm.errors import ConfigError
+from cllm.errors import ConfigError, TrainingError
 from cllm.kernels.muon import newton_schulz, work_size
 from cllm.model import Model
 from cllm.optim import HIDDEN_MATRICES, MUON_STATE, Muon
@@ -180,6 +180,24 @@ def test_ten_steps_equal_a_pytorch_muon(arch):
         np.testing.assert_allclose(ours.tensor(n), p.detach().numpy(), rtol=0, atol=1e-5, err_msg=n)
     # the steps moved every hidden matrix far beyond the tolerance
     assert min(np.abs(ours.tensor(n) - start[n]).max() for n in HIDDEN_MATRICES) > 1e-2
+
+
+def test_a_non_finite_gradient_is_refused_and_nothing_moves():
+    model = Model(small_config("gpt2"), seed=1)
+    x = np.random.default_rng(0).integers(0, 40, (2, 16))
+    opt = Muon(lr=1e-3)
+    model.forward(x, x)
+    model.backward()
+    opt.step(model)
+    before, momentum = model.params.copy(), opt.buffer(model).copy()
+    model.g["fcw"][3] = np.nan
+    with pytest.raises(TrainingError, match="gradient norm is nan at step 2"):
+        opt.step(model)
+    with pytest.raises(TrainingError, match="loss is inf"):
+        opt.step(model, loss=float("inf"))
+    np.testing.assert_array_equal(model.params, before)
+    np.testing.assert_array_equal(opt.buffer(model), momentum)
+    assert opt.t == 1
 
 
 # ---------------------------------------------------------------- training runs
