@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 from train_helpers import (
     ROOT,
     all_threads_after,  # noqa: F401  (autouse)
@@ -29,7 +29,7 @@ from train_helpers import prepared_dataset as _prepared
 
 from cllm import checkpoint as ck
 from cllm.config import ModelConfig
-from cllm.errors import ConfigError, TrainingError
+from cllm.errors import CheckpointError, ConfigError, TrainingError
 from cllm.kernels.muon import newton_schulz, work_size
 from cllm.model import Model
 from cllm.optim import HIDDEN_MATRICES, MUON_STATE, Muon
@@ -236,6 +236,16 @@ def test_resume_with_the_other_optimizer_is_refused(tmp_path, dataset):
         train(tiny_config(dataset, muon, optimizer="adamw", max_steps=4, resume="latest"))
     with pytest.raises(ConfigError, match="trained with --optimizer adamw but --optimizer muon was given"):
         train(tiny_config(dataset, adamw, optimizer="muon", max_steps=4, resume="latest"))
+    # a Muon checkpoint without its momentum is refused, naming what is missing
+    step2 = os.path.realpath(muon / "latest")
+    broken = tmp_path / "broken"
+    shutil.copytree(step2, broken / "step_000002")
+    opt_file = str(broken / "step_000002" / ck.OPTIMIZER_FILE)
+    tensors = {k: t for k, t in load_file(opt_file).items() if k != MUON_STATE}
+    save_file(tensors, opt_file, metadata={"optimizer": "muon"})
+    with pytest.raises(CheckpointError, match=MUON_STATE):
+        train(tiny_config(dataset, tmp_path / "again", optimizer="muon", max_steps=4,
+                          resume=str(broken / "step_000002")))
     # `--resume latest` alone continues with the run's own optimizer (build_config takes the saved flags)
     r = run_cli("train", "--resume", "latest", "--checkpoint-dir", muon, "--max-steps", "3", "--no-progress")
     assert r.returncode == 0, r.stderr
