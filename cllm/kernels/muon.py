@@ -1,6 +1,11 @@
 """Muon's update of the hidden weight matrices: Nesterov momentum, Newton-Schulz orthogonalization
 through BLAS, the scaled step (cllm/optim.py's Muon orchestrates it; docs/training.md describes it).
 
+Each matrix is orthogonalized whole by one thread, calling BLAS's gemm (cllm/kernels/blas.py) on it, and
+the threads share the matrices out. NumPy's matmul over the layers' stacked matrices (BLAS single-threaded,
+as cllm/runtime.py sets it) took 1.3x this kernel's time for the Newton-Schulz alone, at 4 layers of
+width 192 on two cores (96 against 126 ms, measured alternately in one process).
+
 Legend: r, c a matrix's rows and columns (row-major, out x in as the model stores them), n = min(r, c),
 E matrices, N element count.
 """
@@ -70,8 +75,9 @@ def muon_update(params, grads, momentum, table, starts, work, mu, lr, decay, ste
     # a time, each alone in its thread, with BLAS single-threaded). Per matrix W (r, c), gradient G:
     #   B = mu*B + G;  U = G + mu*B (Nesterov);  O = newton_schulz(U)
     #   W = decay*W - lr * sqrt(max(1, r/c)) * O
-    # The scale sqrt(max(1, r/c)) is Keller Jordan's published one (his muon.py): a tall matrix's O has
-    # smaller entries (its rows are not all unit), which it makes up for.
+    # The scale sqrt(max(1, r/c)) is Keller Jordan's published one (his muon.py; others match AdamW's RMS
+    # instead): with it the update's RMS entry is 1/sqrt(c) for every shape, where a tall O's orthonormal
+    # columns alone give 1/sqrt(r).
     dt = params.dtype.type
     mu_, decay_ = dt(mu), dt(decay)
     for k in prange(starts.shape[0] - 1):
