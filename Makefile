@@ -24,15 +24,16 @@ test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 # the transformers round trips of tests/test_hf_interop.py (and bench/gpt2.py's PyTorch side): torch==2.13.0 is the
-# CPU wheel. They run twice: with the newest transformers the interop extra allows, then with the oldest
-# (TRANSFORMERS_OLDEST and the tokenizers / huggingface_hub it needs, put in front of the venv's by PYTHONPATH).
+# CPU wheel; tests/test_muon.py's PyTorch Muon runs once beside them. The round trips run twice: with the newest
+# transformers the interop extra allows, then with the oldest (TRANSFORMERS_OLDEST and the tokenizers /
+# huggingface_hub it needs, put in front of the venv's by PYTHONPATH).
 # `make test` runs without torch or transformers and skips these tests, saying so; here a missing one fails.
 TRANSFORMERS_OLDEST := transformers==4.40.2 tokenizers==0.19.1 huggingface_hub==0.23.5
 OLDEST_DIR := $(VENV)/transformers-oldest
 test-interop: $(STAMP)
 	$(PY) -m pip install -q -e '.[interop]'
 	CLLM_INTEROP_REQUIRED=1 CLLM_EXPECT_TRANSFORMERS=$$($(PY) -c 'import transformers; print(transformers.__version__)') \
-		$(PY) -m pytest -q -p no:cacheprovider tests/test_hf_interop.py
+		$(PY) -m pytest -q -p no:cacheprovider tests/test_hf_interop.py tests/test_muon.py
 	$(PY) -m pip install -q --no-deps --upgrade --target $(OLDEST_DIR) $(TRANSFORMERS_OLDEST)
 	PYTHONPATH=$(OLDEST_DIR) CLLM_INTEROP_REQUIRED=1 CLLM_EXPECT_TRANSFORMERS=4.40.2 \
 		$(PY) -m pytest -q -p no:cacheprovider tests/test_hf_interop.py

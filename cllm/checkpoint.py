@@ -2,7 +2,8 @@
 
     CHECKPOINT_DIR/
       step_000500/           model.safetensors   named parameter tensors (no pickle)
-                             optimizer.safetensors  AdamW m and v, flat
+                             optimizer.safetensors  AdamW m and v, flat; Muon's momentum
+                                                    (muon_momentum) too; its metadata names the optimizer
                              config.json         format version, model config, training config
                              state.json          step, data RNG state, best val loss, elapsed time
                              tokenizer.json      the tokenizer, when there is one
@@ -22,7 +23,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
 from cllm.config import ModelConfig
@@ -46,6 +47,8 @@ class Checkpoint:
     state: dict = field(default_factory=dict)
     m: np.ndarray | None = None  # AdamW moments (P), flat, None if the file has none
     v: np.ndarray | None = None
+    optimizer: str = "adamw"  # the optimizer that wrote optimizer.safetensors (cllm/optim.py's names)
+    optimizer_state: dict[str, np.ndarray] = field(default_factory=dict)  # its tensors besides m and v
     tokenizer_path: str | None = None
 
 
@@ -73,8 +76,9 @@ def save_checkpoint(
         save_file(tensors, os.path.join(tmp, MODEL_FILE), metadata={"format": "cllm", "version": str(FORMAT_VERSION)})
         if optimizer is not None:
             m, v = model.moments_to_host()
-            save_file({"m": m.astype(np.float32, copy=False), "v": v.astype(np.float32, copy=False)},
-                      os.path.join(tmp, OPTIMIZER_FILE))
+            moments = {"m": m, "v": v, **optimizer.state_tensors(model)}
+            save_file({k: t.astype(np.float32, copy=False) for k, t in moments.items()},
+                      os.path.join(tmp, OPTIMIZER_FILE), metadata={"optimizer": optimizer.name})
         config = {"format_version": FORMAT_VERSION, "model": model.config.to_dict(), "train": train_config or {}}
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
             json.dump(config, f, indent=2)
@@ -281,10 +285,21 @@ def load_checkpoint(path: str, with_optimizer: bool = False) -> Checkpoint:
         for key in ("m", "v"):
             if key not in opt or opt[key].shape != (P,):
                 raise CheckpointError(f"{OPTIMIZER_FILE} in {path!r} does not match the model ({P} parameters)")
-        ckpt.m, ckpt.v = opt["m"], opt["v"]
+        ckpt.m, ckpt.v = opt.pop("m"), opt.pop("v")
+        ckpt.optimizer_state = opt
+        ckpt.optimizer = read_metadata(os.path.join(path, OPTIMIZER_FILE)).get("optimizer", "adamw")
     tok = os.path.join(path, TOKENIZER_FILE)
     ckpt.tokenizer_path = tok if os.path.exists(tok) else None
     return ckpt
+
+
+def read_metadata(file: str) -> dict:
+    """The metadata of a safetensors file ({} without any); the file was read once already."""
+    try:
+        with safe_open(file, framework="numpy") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{file} is corrupt or truncated ({exc})") from exc
 
 
 def model_from_checkpoint(ckpt: Checkpoint):

@@ -53,3 +53,8 @@ from .softcap import softcap_backward, softcap_forward  # noqa: E402
 
 __all__ += ["relu2_forward", "relu2_backward", "qknorm_forward", "qknorm_backward", "softcap_forward",
             "softcap_backward"]
+
+# Muon's momentum, Newton-Schulz orthogonalization and update (cllm/kernels/muon.py)
+from .muon import muon_update, newton_schulz  # noqa: E402
+
+__all__ += ["muon_update", "newton_schulz"]

@@ -82,10 +82,16 @@ class TrainConfig:
     # average of their squares) and a clip of 5 (the gradient norm sits at 1.5-2.3 in the second
     # half, so a clip of 1 rescaled every step; 5 stays as a guard against spikes) average 1.873,
     # every seed better by 0.02 to 0.04.
-    weight_decay: float = option(0.0, "AdamW's decoupled weight decay (matrices only)")
+    weight_decay: float = option(0.0, "decoupled weight decay of the matrices (AdamW's and Muon's)")
     grad_clip: float = option(5.0, "clip the global gradient norm to this (0: no clipping)")
     beta1: float = option(0.9, "AdamW's first-moment decay")
     beta2: float = option(0.999, "AdamW's second-moment decay")
+    # Muon (cllm/optim.py): the blocks' hidden matrices orthogonalized; AdamW (--learning-rate) for the rest
+    optimizer: str = option("adamw", "adamw, or muon: Muon for the blocks' weight matrices and AdamW for "
+                                     "embeddings, head, biases and gains")
+    muon_lr: float = option(0.02, "muon: peak learning rate of the weight matrices (the schedule scales it "
+                                  "as --learning-rate)")
+    muon_momentum: float = option(0.95, "muon: momentum of the weight matrices (Nesterov)")
     dropout: float = option(
         0.0,
         "probability of zeroing activations in training (embeddings, attention "
@@ -184,6 +190,14 @@ class TrainConfig:
             raise ConfigError("--warmup-steps, --weight-decay and --grad-clip must be >= 0")
         if not 0 <= self.beta1 < 1 or not 0 <= self.beta2 < 1:
             raise ConfigError("--beta1 and --beta2 must lie in [0, 1)")
+        if self.optimizer not in ("adamw", "muon"):
+            raise ConfigError(f"--optimizer must be adamw or muon, got {self.optimizer!r}")
+        positive("muon_lr")
+        if not isinstance(self.muon_momentum, (int, float)) or not 0 <= self.muon_momentum < 1:
+            raise ConfigError(f"--muon-momentum must lie in [0, 1), got {self.muon_momentum!r}")
+        if self.optimizer == "muon" and self.device != "cpu":
+            raise ConfigError("--optimizer muon runs on --device cpu only (no CUDA kernels for it yet); "
+                              "use --optimizer adamw on a GPU")
         if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
             raise ConfigError(f"--dropout must lie in [0, 1), got {self.dropout!r}")
         if not 0 < self.val_fraction < 1:

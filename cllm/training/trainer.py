@@ -1,7 +1,7 @@
 """The training run: Trainer(cfg) sets it up, Trainer.run() is the loop.
 
     get a batch -> forward/backward (K micro-batches) -> share loss and decisions over the ranks ->
-    AdamW step -> log -> evaluate -> sample -> save -> stop?
+    optimizer step -> log -> evaluate -> sample -> save -> stop?
 
 Under mpirun every rank runs the same Trainer; rank 0 alone prepares the data, logs, samples and
 writes checkpoints (`self.main`).
@@ -26,6 +26,7 @@ from cllm.distributed import world
 from cllm.errors import ConfigError, DataError
 from cllm.kernels.dropout import derive_key
 from cllm.model import Model
+from cllm.optim import Muon
 from cllm.runtime import configure_threads, cpu_count
 from cllm.schedule import CHECKPOINT_INTERVAL, EVAL_INTERVAL, UNPLANNED, is_due, lr_at, plan_run
 from cllm.training.config import TrainConfig
@@ -53,6 +54,10 @@ class Trainer:
         if self.main:
             open_run_directory(cfg)
         resume = resume_checkpoint(cfg, self.given_sizes) if cfg.resume else None
+        if resume is not None and resume.optimizer != cfg.optimizer:
+            raise ConfigError(f"cannot resume: the checkpoint was trained with --optimizer {resume.optimizer} "
+                              f"but --optimizer {cfg.optimizer} was given; drop the flag or start a new "
+                              "--checkpoint-dir")
         init = init_checkpoint(cfg, self.given_sizes) if cfg.init_from and resume is None else None
         self._load_data()
         self._build_model(resume, init)
@@ -107,13 +112,12 @@ class Trainer:
         if cfg.init_from:  # the checkpoint's context may be longer than T (GPT-2's 1024 positions)
             config = (init or resume).model_config
         config.check_batch(B, T, training=True)
-        self.optimizer = optimizer_class(cfg.device)(
-            lr=cfg.learning_rate,
-            beta1=cfg.beta1,
-            beta2=cfg.beta2,
-            weight_decay=cfg.weight_decay,
-            grad_clip=cfg.grad_clip,
-        )
+        adamw = dict(lr=cfg.learning_rate, beta1=cfg.beta1, beta2=cfg.beta2, weight_decay=cfg.weight_decay,
+                     grad_clip=cfg.grad_clip)
+        if cfg.optimizer == "muon":  # the CPU's only (TrainConfig.validate refuses another device)
+            self.optimizer = Muon(**adamw, muon_lr=cfg.muon_lr, momentum=cfg.muon_momentum)
+        else:
+            self.optimizer = optimizer_class(cfg.device)(**adamw)
         self.sampler = BatchSampler(self.train_tokens, B, T, cfg.seed, align=self.kind.align(self.tokenizer))
         self.step, self.best_val, self.elapsed_before = 0, math.inf, 0.0
         if resume is not None:
@@ -128,7 +132,11 @@ class Trainer:
                 f"[4/5] Model: {model.num_parameters():,} parameters, {config.arch}, {cfg.num_layers} layers, "
                 f"{cfg.num_heads} heads{kv}, {cfg.embed_dim} dims, context {T}, vocab {self.tokenizer.vocab_size}"
             )
-        for buffer in (model.params, model.m, model.v):
+        if resume is not None:
+            self.optimizer.load_state(resume.optimizer_state, model)
+        # every rank starts from rank 0's weights and optimizer state; the steps then keep them equal, as
+        # each rank steps on the same all-reduced gradients (Muon orthogonalizes identical momenta)
+        for buffer in (model.params, model.m, model.v, *self.optimizer.state_tensors(model).values()):
             self.comm.broadcast_(buffer)
         self.model = to_device(model, cfg.device, self.comm.local_rank)
 
