@@ -578,6 +578,9 @@ def test_default_chat_template_after_export_hf_gives_cllm_ids(tmp_path):
     auto = transformers.AutoTokenizer.from_pretrained(hf)
     assert auto.chat_template == CHATML_TEMPLATE
     assert_same_chat_ids(auto, tok, seed=0)
+    back = str(tmp_path / "back")  # import-hf keeps the template in the checkpoint's tokenizer
+    assert cli.main(["import-hf", hf, back]) == 0
+    assert load_tokenizer(ck.load_checkpoint(back).tokenizer_path).chat_template == CHATML_TEMPLATE
 
 
 def foreign_chat_dir(path, specials: list[str], config: dict) -> str:
