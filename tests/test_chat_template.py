@@ -145,10 +145,10 @@ def test_add_chat_tokens_single_ids_never_from_text(chatml_tok):
     assert add_chat_tokens(tok) is tok and tok.vocab_size == size  # a second call adds nothing
 
 
-@pytest.mark.parametrize("kind, needle", [("char", "use a bpe tokenizer"), ("word", "use a bpe tokenizer")])
-def test_add_chat_tokens_refuses_char_and_word(kind, needle):
-    tok = train_tokenizer(kind, TEXT, progress=False) if kind == "word" else train_tokenizer(kind, TEXT)
-    with pytest.raises(ChatTemplateError, match=needle):
+@pytest.mark.parametrize("kind", ["char", "word"])
+def test_add_chat_tokens_refuses_char_and_word(kind):
+    tok = train_tokenizer(kind, TEXT, progress=False)
+    with pytest.raises(ChatTemplateError, match="use a bpe tokenizer"):
         add_chat_tokens(tok)
     with pytest.raises(ChatTemplateError, match="has no chat template"):
         apply_chat_template(tok, CONV)
@@ -200,7 +200,7 @@ def test_assistant_mask_covers_content_and_end_of_turn(chatml_tok, llama_tok):
     assert not any(mask)
 
 
-def test_assistant_mask_refuses_a_template_that_is_not_prefix_stable(chatml_tok):
+def test_assistant_mask_refuses_a_template_that_is_not_prefix_stable():
     tok = add_chat_tokens(train_tokenizer("bpe", TEXT, 300, progress=False))
     tok.chat_template = "{% for m in messages %}{{ m.role }}: {{ m.content }}{% if loop.last %} [end]{% endif %}\n" \
                         "{% endfor %}"
