@@ -118,7 +118,7 @@ def _roles_from_config(path: str) -> dict:
 
 def chat_template_from_config(path: str) -> str | None:
     """The chat template beside a HuggingFace tokenizer file, as transformers finds it: chat_template.jinja
-    (what transformers 4.43+ saves), else tokenizer_config.json's "chat_template", a string or a list of
+    (what newer transformers saves), else tokenizer_config.json's "chat_template", a string or a list of
     {"name", "template"} of which the one named "default" is the one used without a name."""
     jinja_path = os.path.join(os.path.dirname(path), "chat_template.jinja")
     if os.path.isfile(jinja_path):
