@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import pickle
+import random
 import shutil
 import subprocess
 import sys
@@ -20,14 +21,20 @@ import numpy as np
 import pytest
 from hf_llama_helpers import llama3_tokenizer, llama_config, llama_tensors, save_bf16, write_llama_dir
 from safetensors.numpy import load_file
+from test_chat_template import LLAMA3_TEMPLATE
 from test_gguf import SAMPLE, TEXT, llama_forward_ggml, make_checkpoint
 from train_helpers import ROOT, all_threads_after  # noqa: F401  (autouse)
 
 from cllm import checkpoint as ck
 from cllm import cli
+from cllm.chat.template import CHATML_TEMPLATE, add_chat_tokens, apply_chat_template, render_text
+from cllm.config import ModelConfig
 from cllm.generation import Generator, SamplingConfig
+from cllm.interop.gguf import LLAMA3_SPLIT
+from cllm.model import Model
 from cllm.optim import AdamW
-from cllm.tokenizers import load_tokenizer
+from cllm.tokenizers import load_tokenizer, train_tokenizer
+from cllm.tokenizers.imports import import_tokenizer
 from cllm.training import TrainConfig, train
 
 MISSING = ""
@@ -552,3 +559,96 @@ def test_an_embedding_wider_than_the_tokenizer_imports_as_padding(tmp_path):
     out = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     assert out.config.vocab_size == V
     assert float(np.abs(hf_logits(out, ids) - want).max()) < 1e-4
+
+
+# ---- chat templates: transformers' apply_chat_template gives CLLM's ids (cllm/chat/template.py)
+
+CHAT_PIECES = ["Hello", " world", "speak", ",", "?", "\n", "\n\n", " ", "  ", "\t", "\u00fcber", " \u2603",
+               "\u65e5\u672c", "'s", "12345", "\U0001f600", "<b>&", "{{ x }}", "<|im_end|>", "<|eot_id|>"]
+
+
+def random_conversations(seed: int, n: int = 100):
+    """n conversations: an optional system message, then 1..6 user and assistant messages in random order, whose
+    contents join random pieces (unicode, newlines, other templates' special tokens, nothing at all)."""
+    rng = random.Random(seed)
+
+    def text() -> str:
+        return "".join(rng.choice(CHAT_PIECES) for _ in range(rng.randint(0, 12)))
+
+    for _ in range(n):
+        conv = [{"role": "system", "content": text()}] if rng.random() < 0.5 else []
+        conv += [{"role": rng.choice(["user", "assistant"]), "content": text()} for _ in range(rng.randint(1, 6))]
+        yield conv, rng.random() < 0.5
+
+
+def transformers_chat_ids(auto, conv, add_generation_prompt: bool) -> list[int]:
+    out = auto.apply_chat_template(conv, tokenize=True, add_generation_prompt=add_generation_prompt)
+    return out if isinstance(out, list) else out["input_ids"]  # transformers 5 returns a BatchEncoding
+
+
+def assert_same_chat_ids(auto, tok, seed: int):
+    n = 0
+    for conv, gen in random_conversations(seed):
+        assert transformers_chat_ids(auto, conv, gen) == apply_chat_template(tok, conv, gen), (conv, gen)
+        n += 1
+    assert n == 100
+
+
+@needs_hf
+def test_default_chat_template_after_export_hf_gives_cllm_ids(tmp_path):
+    tok = add_chat_tokens(train_tokenizer("bpe", TEXT, 300, progress=False))
+    model = Model(ModelConfig(vocab_size=tok.vocab_size, max_seq_len=16, num_layers=1, num_heads=2, embed_dim=32))
+    run, hf = str(tmp_path / "run"), str(tmp_path / "hf")
+    ck.save_checkpoint(run, "step_000000", model, tokenizer=tok)
+    ck.set_pointer(run, "latest", "step_000000")
+    assert cli.main(["export-hf", run, hf]) == 0
+    auto = transformers.AutoTokenizer.from_pretrained(hf)
+    assert auto.chat_template == CHATML_TEMPLATE
+    assert_same_chat_ids(auto, tok, seed=0)
+    back = str(tmp_path / "back")  # import-hf keeps the template in the checkpoint's tokenizer
+    assert cli.main(["import-hf", hf, back]) == 0
+    assert load_tokenizer(ck.load_checkpoint(back).tokenizer_path).chat_template == CHATML_TEMPLATE
+
+
+def foreign_chat_dir(path, specials: list[str], config: dict) -> str:
+    """A HuggingFace tokenizer directory made by the `tokenizers` library (Llama 3's byte-level BPE layout,
+    trained on TEXT with `specials`) and a tokenizer_config.json holding `config`."""
+    import tokenizers as tk
+
+    bpe = tk.Tokenizer(tk.models.BPE(ignore_merges=True))
+    bpe.pre_tokenizer = tk.pre_tokenizers.Sequence([
+        tk.pre_tokenizers.Split(tk.Regex(LLAMA3_SPLIT), "isolated"),
+        tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    bpe.decoder = tk.decoders.ByteLevel()
+    trainer = tk.trainers.BpeTrainer(vocab_size=400, special_tokens=specials, show_progress=False,
+                                     initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator([TEXT], trainer)
+    os.makedirs(path)
+    bpe.save(os.path.join(path, "tokenizer.json"))
+    with open(os.path.join(path, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", **config}, f)
+    return str(path)
+
+
+@needs_hf
+@pytest.mark.parametrize("style", ["chatml", "llama3"])
+def test_chat_template_from_tokenizer_config_gives_transformers_ids(style, tmp_path):
+    pytest.importorskip("tokenizers", reason="the tokenizers package (test extra) builds the tokenizer")
+    if style == "chatml":  # Qwen2's layout: no BOS, the list form of named templates
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        config = {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+                  "chat_template": [{"name": "default", "template": CHATML_TEMPLATE},
+                                    {"name": "tool_use", "template": "{{ tools | tojson }}"}]}
+    else:
+        specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+        config = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "chat_template": LLAMA3_TEMPLATE}
+    hf = foreign_chat_dir(tmp_path / "hf", specials, config)
+    auto = transformers.AutoTokenizer.from_pretrained(hf)
+    tok = import_tokenizer(hf)
+    assert tok.chat_template == (CHATML_TEMPLATE if style == "chatml" else LLAMA3_TEMPLATE)
+    assert_same_chat_ids(auto, tok, seed=1)
+    # the template sees the special tokens the config names, and no others (CLLM's guessed BOS stays out)
+    probe = "{{ bos_token is defined }} {{ bos_token }}|{{ eos_token }}|{{ pad_token }}|{{ unk_token is defined }}"
+    conv = [{"role": "user", "content": "hi"}]
+    want = auto.apply_chat_template(conv, chat_template=probe, tokenize=False)
+    assert render_text(probe, conv, **tok.special_token_strings()) == want

@@ -8,12 +8,15 @@ cli.py tokenizer stats tok.json                     # size, training statistics 
 cli.py tokenizer export-hf tok.json tokenizer.json  # HuggingFace tokenizer.json (bpe, wordpiece)
 cli.py tokenizer export-vocab tok.json vocab.txt    # BERT's vocab.txt (wordpiece)
 cli.py tokenizer import PATH --out tok.json         # HF tokenizer.json, vocab.txt, GPT-2 vocab.json, *.tiktoken
+cli.py tokenizer apply-chat-template tok.json conv.json [--add-generation-prompt] [--text]   # a conversation's ids
 """
 
 import json
+import sys
 
+from cllm.chat import template as chat
 from cllm.data import CorpusOptions, open_corpus
-from cllm.errors import TokenizerError
+from cllm.errors import DataError, TokenizerError
 from cllm.tokenizers import load_tokenizer, train_tokenizer
 from cllm.tokenizers.imports import import_tokenizer
 from cllm.tokenizers.wordpiece import SCORES
@@ -119,6 +122,38 @@ def import_(path: str, *, out: str = "tokenizer.json", pattern: str | None = Non
     print(f"wrote {out}: {tok.kind} tokenizer, {tok.vocab_size:,} ids, from {path}")
 
 
+def apply_chat_template(tokenizer: str, messages: str, *, add_generation_prompt: bool = False, text: bool = False):
+    """Print the ids (space-separated) of a conversation rendered by the tokenizer's chat template, as
+    transformers' apply_chat_template gives them, or with --text the rendered text.
+
+    Args:
+      tokenizer: a tokenizer file (or a directory holding tokenizer.json) that has a chat template
+      messages: a JSON file (- for stdin) holding [{"role": "system"|"user"|"assistant", "content": "..."}, ...]
+      add_generation_prompt: end with the opening of an assistant turn, for the model to continue
+      text: print the rendered text instead of the ids
+    """
+    try:
+        if messages == "-":
+            raw = sys.stdin.read()
+        else:
+            with open(messages, encoding="utf-8") as f:
+                raw = f.read()
+    except FileNotFoundError:
+        raise DataError(f"messages file {messages} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read messages file {messages}: {exc}") from None
+    try:
+        conversation = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise chat.ChatTemplateError(f"{messages} is not valid JSON ({exc}); it must hold a list of "
+                                     "{\"role\": ..., \"content\": ...} objects") from None
+    tok = load_tokenizer(tokenizer)
+    if text:
+        sys.stdout.write(chat.chat_text(tok, conversation, add_generation_prompt))
+    else:
+        print(" ".join(map(str, chat.apply_chat_template(tok, conversation, add_generation_prompt))))
+
+
 ACTIONS = {
     "train": train,
     "encode": encode,
@@ -127,4 +162,5 @@ ACTIONS = {
     "export-hf": export_hf,
     "export-vocab": export_vocab,
     "import": import_,
+    "apply-chat-template": apply_chat_template,
 }

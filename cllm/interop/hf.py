@@ -7,7 +7,8 @@ family's (a llama checkpoint exports as LlamaForCausalLM; Llama, Qwen2 and Mistr
             model.safetensors       transformers' tensor names, Conv1D orientation, fp32
             generation_config.json  bos/eos ids
             tokenizer.json          the `tokenizers` library's file (byte-level BPE, or WordLevel for
-            tokenizer_config.json   char and word), loaded by AutoTokenizer as PreTrainedTokenizerFast
+            tokenizer_config.json   char and word), loaded by AutoTokenizer as PreTrainedTokenizerFast;
+                                    the config holds the special tokens and the chat template, if any
 
 Tensor names (transformers' GPT2LMHeadModel; transformers/models/gpt2/modeling_gpt2.py). GPT-2's
 linear layers are Conv1D: y = x @ W + b with W (in, out), the transpose of CLLM's (out, in):
@@ -176,11 +177,12 @@ def tokenizer_files(tokenizer, max_len: int) -> dict[str, dict]:
         tok_json = _word_level_json(tokenizer)
     else:
         raise TokenizerError(f"cannot export a {kind!r} tokenizer to HuggingFace; it has no tokenizer.json form")
-    names = {"bos_token": tokenizer.bos_id, "eos_token": tokenizer.eos_id, "pad_token": tokenizer.pad_id,
-             "unk_token": tokenizer.unk_id}
+    # the special-token strings a chat template sees: the same in transformers as in CLLM (cllm/chat/template.py)
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_len,
               "clean_up_tokenization_spaces": False, "add_bos_token": False, "add_eos_token": False,
-              **{k: tokenizer.id_to_token(i) for k, i in names.items() if i is not None}}
+              **tokenizer.special_token_strings()}
+    if getattr(tokenizer, "chat_template", None) is not None:
+        config["chat_template"] = tokenizer.chat_template
     return {"tokenizer.json": tok_json, "tokenizer_config.json": config}
 
 

@@ -45,6 +45,11 @@ def load_tokenizer(path) -> Tokenizer:
     if kind not in kinds:
         raise TokenizerFileError(f"{file}: unknown tokenizer kind {kind!r}; this CLLM knows {', '.join(kinds)}")
     tok = kinds[kind]._from_dict(d, file)
+    template = d.get("chat_template")  # files from before chat templates have none
+    if template is not None and not isinstance(template, str):
+        raise TokenizerFileError(f"{file}: field 'chat_template' of the tokenizer file has the wrong type "
+                                 f"({type(template).__name__}); the file is corrupt, re-create it")
+    tok.chat_template = template
     stats = d.get("train_stats")
     tok.train_stats = stats if isinstance(stats, dict) else {}
     return tok

@@ -3,7 +3,7 @@
 A tokenizer file is one JSON object:
 
     {"format": "cllm-tokenizer", "version": 1, "kind": "word"|"char"|"bpe", ...kind fields...,
-     "train_stats": {...}}
+     "chat_template": "..." (only when it has one), "train_stats": {...}}
 
 It is read with `json.loads` only, so loading never executes anything (no pickle), and every
 field is validated before use so that a truncated or foreign file gives one clear message.
@@ -81,6 +81,9 @@ class Tokenizer:
 
     def __init__(self):
         self.train_stats: dict = {}
+        # Jinja source that renders a conversation (cllm/chat/template.py), or None: kept from an imported
+        # tokenizer_config.json, set by add_chat_tokens, saved in the tokenizer file
+        self.chat_template: str | None = None
         # counted by encode(), reported by stats(): how much text it saw and how much was unknown
         self._encoded_tokens = 0
         self._encoded_unknown = 0
@@ -129,6 +132,12 @@ class Tokenizer:
         """The id of a token string, or None when it is not in the vocabulary."""
         return self._token_to_id.get(token)
 
+    def special_token_strings(self) -> dict[str, str]:
+        """{"bos_token": "<|endoftext|>", ...}: the strings of this tokenizer's BOS, EOS, PAD and UNK ids, as
+        export-hf writes them into tokenizer_config.json and a chat template sees them."""
+        ids = {"bos_token": self.bos_id, "eos_token": self.eos_id, "pad_token": self.pad_id, "unk_token": self.unk_id}
+        return {name: self.id_to_token(i) for name, i in ids.items() if i is not None}
+
     def stats(self) -> dict:
         """Size, what training saw (documents, characters, tokens, unknown rate, top tokens),
         and what encode() has seen since this object was made (tokens, unknown rate)."""
@@ -148,6 +157,8 @@ class Tokenizer:
         """Write the tokenizer as one JSON file, atomically."""
         d = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "kind": self.kind}
         d.update(self._to_dict())
+        if self.chat_template is not None:
+            d["chat_template"] = self.chat_template
         d["train_stats"] = self.train_stats
         atomic_write_text(os.fspath(path), json.dumps(d, ensure_ascii=False, indent=1) + "\n")
 

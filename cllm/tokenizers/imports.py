@@ -97,19 +97,43 @@ def _read_json(path: str):
                                  "it is truncated or corrupt") from None
 
 
+def _read_config(path: str) -> dict:
+    """The tokenizer_config.json beside the file ({} when there is none)."""
+    cfg_path = os.path.join(os.path.dirname(path), "tokenizer_config.json")
+    cfg = _read_json(cfg_path) if os.path.isfile(cfg_path) else {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
 def _roles_from_config(path: str) -> dict:
     """bos/eos/pad token strings from a tokenizer_config.json beside the file, if there is one."""
-    cfg_path = os.path.join(os.path.dirname(path), "tokenizer_config.json")
-    if not os.path.isfile(cfg_path):
-        return {}
-    cfg = _read_json(cfg_path)
+    cfg = _read_config(path)
     roles = {}
     for role in ("bos", "eos", "pad"):
-        v = cfg.get(f"{role}_token") if isinstance(cfg, dict) else None
+        v = cfg.get(f"{role}_token")
         v = v.get("content") if isinstance(v, dict) else v
         if isinstance(v, str):
             roles[role] = v
     return roles
+
+
+def chat_template_from_config(path: str) -> str | None:
+    """The chat template beside a HuggingFace tokenizer file, as transformers finds it: chat_template.jinja
+    (what newer transformers saves), else tokenizer_config.json's "chat_template", a string or a list of
+    {"name", "template"} of which the one named "default" is the one used without a name."""
+    jinja_path = os.path.join(os.path.dirname(path), "chat_template.jinja")
+    if os.path.isfile(jinja_path):
+        try:
+            return _read_bytes(jinja_path).decode("utf-8")
+        except UnicodeDecodeError:
+            raise TokenizerFileError(f"{jinja_path} is not UTF-8 text") from None
+    template = _read_config(path).get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    if template is not None and not isinstance(template, str):
+        raise TokenizerFileError(f"{path}: the chat_template beside it is neither a string nor a list of named "
+                                 "templates")
+    return template
 
 
 # ---- HuggingFace tokenizer.json ---------------------------------------------------------------
@@ -117,10 +141,10 @@ def _roles_from_config(path: str) -> dict:
 def read_hf_json(d: dict, path: str) -> Tokenizer:
     model = d["model"]
     kind = model.get("type")
-    if kind == "BPE":
-        return _hf_bpe(d, path)
-    if kind == "WordPiece":
-        return WordPieceTokenizer.from_hf(d, path)
+    if kind in ("BPE", "WordPiece"):
+        tok = _hf_bpe(d, path) if kind == "BPE" else WordPieceTokenizer.from_hf(d, path)
+        tok.chat_template = chat_template_from_config(path)
+        return tok
     raise TokenizerFileError(f"{path}: a HuggingFace {kind or 'unknown'} model cannot be read; "
                              "CLLM reads byte-level BPE and WordPiece models")
 

@@ -93,6 +93,14 @@ class VocabBPETokenizer(BPETokenizer):
         order = sorted(sp, key=len, reverse=True)
         self._special_re = regex.compile("(" + "|".join(regex.escape(t) for t in order) + ")") if sp else None
 
+    def special_token_strings(self) -> dict[str, str]:
+        """The bos/eos/pad tokens its tokenizer_config.json named, exactly (a role the file left out stays out,
+        as transformers leaves it out of a chat template, though CLLM may guess an id for it); without such a
+        file, those of the ids."""
+        if self.roles:
+            return {f"{role}_token": name for role, name in self.roles.items() if role in ("bos", "eos", "pad")}
+        return super().special_token_strings()
+
     def register_special_tokens(self, tokens) -> None:
         if tokens:
             raise TokenizerError("an imported tokenizer keeps the special tokens of its file; add them there")

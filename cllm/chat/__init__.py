@@ -1,0 +1,1 @@
+"""Chat: conversations ([{"role": ..., "content": ...}, ...]) rendered by chat templates (cllm/chat/template.py)."""
