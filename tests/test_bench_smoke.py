@@ -183,6 +183,13 @@ def check_shakespeare_parity(out):
         assert out["max_weight_diff"] < 1e-4
 
 
+def check_optimizer(out):
+    assert set(out["results"]) == {"gpt2/adamw", "gpt2/muon", "llama/adamw", "llama/muon"}
+    for r in out["results"].values():
+        positive(r["fwd_bwd_ms"], r["step_ms"])
+        assert r["share"] == pytest.approx(r["step_ms"] / (r["fwd_bwd_ms"] + r["step_ms"]), abs=1e-3)
+
+
 def check_recipe(out):
     assert out["screened"] == 1 and len(out["confirmed"]) == 1
     positive(out["confirmed"][0]["val_loss"], out["confirmed"][0]["tokens"])
