@@ -58,8 +58,9 @@ def default_start_ids(tokenizer) -> list[int]:
 
 
 def encode_prompt(tok, prompt: str, max_len: int, warn) -> list[int]:
-    """Prompt ids: BOS (or a newline) for an empty prompt; a warning for unknown words and for a
-    prompt longer than the context (cropped to its last tokens)."""
+    """Prompt ids: BOS (or a newline) for an empty prompt, BOS first where the tokenizer adds it (an imported
+    Llama 3's); a warning for unknown words and for a prompt longer than the context (cropped to its last
+    tokens)."""
     with warnings.catch_warnings(record=True) as caught:  # the tokenizer's warnings, as one plain line each
         warnings.simplefilter("always")
         ids = tok.encode(prompt) if prompt else default_start_ids(tok)
@@ -67,11 +68,15 @@ def encode_prompt(tok, prompt: str, max_len: int, warn) -> list[int]:
         warn(f"warning: {w.message}")
     if not ids:
         ids = default_start_ids(tok)
+    elif getattr(tok, "add_bos", False) and ids[0] != tok.bos_id:
+        ids = [tok.bos_id, *ids]  # Llama 3's models expect it (tokenizers/vocab_bpe.py's add_bos)
     if tok.unk_id is not None and tok.unk_id in ids:
         warn("warning: the prompt holds words this tokenizer does not know; they become <unk>")
     if len(ids) >= max_len:
         warn(f"warning: the prompt has {len(ids)} tokens, more than the context allows; keeping the last {max_len - 1}")
         ids = ids[-(max_len - 1):]
+        if getattr(tok, "add_bos", False):  # the BOS stays first
+            ids[0] = tok.bos_id
     return ids
 
 

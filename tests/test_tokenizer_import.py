@@ -202,3 +202,41 @@ def test_cli_import(hf_bytelevel, tmp_path):
     r = run_cli("tokenizer", "import", tmp_path / "nfkc.json", "--out", tmp_path / "x.json")
     assert r.returncode == 2 and r.stderr.startswith("error:") and "NFKC" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.json").exists()
+
+
+def test_a_bos_adding_post_processor_puts_bos_before_prompts(tmp_path):
+    """Llama 3's tokenizer.json puts <|begin_of_text|> before every sequence (a TemplateProcessing inside a
+    Sequence post-processor): generate's prompt ids equal `tokenizers`' encode with its special tokens, the
+    flag survives CLLM's file and the tokenizer.json export, and a tokenizer without it adds nothing."""
+    from cllm.completion import encode_prompt  # noqa: PLC0415 - only this test needs the generation side
+
+    hf = tk.Tokenizer(tk.models.BPE())
+    hf.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = tk.decoders.ByteLevel()
+    trainer = tk.trainers.BpeTrainer(vocab_size=600, special_tokens=["<|begin_of_text|>", "<|end_of_text|>"],
+                                     show_progress=False, initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet())
+    hf.train_from_iterator([SAMPLE], trainer)
+    plain = tmp_path / "plain.json"
+    hf.save(str(plain))
+    hf.post_processor = tk.processors.Sequence([
+        tk.processors.ByteLevel(trim_offsets=False),
+        tk.processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                         pair="<|begin_of_text|> $A <|begin_of_text|> $B",
+                                         special_tokens=[("<|begin_of_text|>", 0)])])
+    path = tmp_path / "llama3.json"
+    hf.save(str(path))
+    tok = import_tokenizer(str(path))
+    assert tok.add_bos and tok.bos_id == 0
+    texts = ["ROMEO: hello", ODD, SHAKESPEARE[:2000]]
+    for text in texts:
+        assert encode_prompt(tok, text, 10**6, warn=print) == hf.encode(text).ids
+    tok.save(tmp_path / "cllm.json")
+    again = load_tokenizer(str(tmp_path / "cllm.json"))
+    assert again.add_bos and encode_prompt(again, "x y", 100, print) == hf.encode("x y").ids
+    tok.export_hf(tmp_path / "exported.json")
+    exported = tk.Tokenizer.from_file(str(tmp_path / "exported.json"))
+    assert all(exported.encode(text).ids == hf.encode(text).ids for text in texts)
+    cropped = encode_prompt(tok, SHAKESPEARE[:2000], 50, warn=lambda msg: None)
+    assert len(cropped) == 49 and cropped[0] == 0 and cropped[1:] == hf.encode(SHAKESPEARE[:2000]).ids[-48:]
+    without = import_tokenizer(str(plain))
+    assert not without.add_bos and encode_prompt(without, "x y", 100, print) == hf.encode("x y").ids[1:]

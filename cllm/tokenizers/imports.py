@@ -216,7 +216,21 @@ def _hf_bpe(d: dict, path: str) -> Tokenizer:
             specials[a["content"]] = a["id"]
     return VocabBPETokenizer(vocab, merges, pattern=pattern, specials=specials,
                              whole_words=bool(model.get("ignore_merges")), prefix_space=prefix_space, nfc=nfc,
-                             roles=_roles_from_config(path))
+                             roles=_roles_from_config(path), add_bos=_adds_bos(d, path))
+
+
+def _adds_bos(d: dict, path: str) -> bool:
+    """Whether the tokenizer puts a special token before every sequence, as Llama 3's does: tokenizer.json's
+    post-processor (a TemplateProcessing, alone or in a Sequence) whose single-sequence template starts with a
+    special token, or tokenizer_config.json's add_bos_token."""
+    post = d.get("post_processor")
+    steps = post.get("processors", []) if isinstance(post, dict) and post.get("type") == "Sequence" else [post]
+    for step in steps:
+        if isinstance(step, dict) and step.get("type") == "TemplateProcessing":
+            single = step.get("single") or []
+            if single and isinstance(single[0], dict) and "SpecialToken" in single[0]:
+                return True
+    return _read_config(path).get("add_bos_token") is True
 
 
 # ---- GPT-2 vocab.json + merges.txt ----------------------------------------------------------

@@ -37,9 +37,11 @@ class VocabBPETokenizer(BPETokenizer):
     kind = "bpe-vocab"
 
     def __init__(self, vocab: dict[bytes, int], merges, pattern: str = "gpt2", specials: dict[str, int] | None = None,
-                 whole_words: bool = False, prefix_space: bool = False, nfc: bool = False, roles: dict | None = None):
+                 whole_words: bool = False, prefix_space: bool = False, nfc: bool = False, roles: dict | None = None,
+                 add_bos: bool = False):
         """`vocab`: token bytes -> id; `merges`: (left bytes, right bytes) in rank order; `specials`:
-        special-token string -> id; `roles`: {"bos"|"eos"|"pad": special string} (else guessed)."""
+        special-token string -> id; `roles`: {"bos"|"eos"|"pad": special string} (else guessed); `add_bos`:
+        a prompt starts with BOS (Llama 3's tokenizer.json adds it in its post-processor)."""
         missing = [b for b in range(256) if bytes([b]) not in vocab]
         if missing:
             raise TokenizerFileError(f"the vocabulary has no token for byte {missing[0]:#04x} ({len(missing)} bytes "
@@ -67,6 +69,7 @@ class VocabBPETokenizer(BPETokenizer):
             self._token_to_id.setdefault(t, i)
         self._token_to_id.update(self.specials)
         self._set_roles(roles or {})
+        self.add_bos = bool(add_bos) and self.bos_id is not None
         self._whole_index = None  # chunk text -> internal id, built on first use
 
     @classmethod
@@ -214,7 +217,7 @@ class VocabBPETokenizer(BPETokenizer):
                               "normalized": False, "special": True} for t, i in self.specials.items()],
             "normalizer": {"type": "NFC"} if self.nfc else None,
             "pre_tokenizer": pre,
-            "post_processor": None,
+            "post_processor": self._hf_post_processor(),
             "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
             "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
                       "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
@@ -222,6 +225,18 @@ class VocabBPETokenizer(BPETokenizer):
                       "merges": [f"{show(a)} {show(b)}" for a, b in self.file_merges]},
         }
         atomic_write_text(os.fspath(path), json.dumps(hf, ensure_ascii=False, indent=1) + "\n")
+
+    def _hf_post_processor(self) -> dict | None:
+        """tokenizer.json's post-processor: BOS before a sequence when add_bos (transformers' tokenizer(text)
+        then gives encode_prompt's ids), else none."""
+        if not self.add_bos:
+            return None
+        bos = self._id_to_token[self.bos_id]
+        return {"type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                         {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {bos: {"id": bos, "ids": [self.bos_id], "tokens": [bos]}}}
 
     def _to_dict(self) -> dict:
         b2u = bytes_to_unicode()
@@ -236,6 +251,7 @@ class VocabBPETokenizer(BPETokenizer):
             "special_tokens": self.specials,
             "roles": self.roles,
             "whole_words": self.whole_words, "prefix_space": self.prefix_space, "nfc": self.nfc,
+            "add_bos": self.add_bos,
         }
 
     @classmethod
@@ -259,7 +275,8 @@ class VocabBPETokenizer(BPETokenizer):
         try:
             return cls(vocab, [(raw(a), raw(b)) for a, b in merges], pattern=field(d, "pattern", str, path),
                        specials=specials, whole_words=bool(d.get("whole_words")),
-                       prefix_space=bool(d.get("prefix_space")), nfc=bool(d.get("nfc")), roles=roles)
+                       prefix_space=bool(d.get("prefix_space")), nfc=bool(d.get("nfc")), roles=roles,
+                       add_bos=bool(d.get("add_bos")))
         except TokenizerFileError as exc:
             raise TokenizerFileError(f"{path}: {exc}") from None
 
