@@ -183,16 +183,34 @@ def _accumulate(model, batches, K):
     return Trainer.forward_backward(trainer) / K  # share()'s figure on one process
 
 
+def _two_ranks(model, batches):
+    """(loss, grads) of 2 MPI ranks with one micro-batch each, played in turn in this process: each rank's
+    Allreduce is left out here (a no-op comm), and the sum of the ranks' results is what it would give."""
+    loss, grads = 0.0, 0.0
+    for rank in (0, 1):
+        comm = types.SimpleNamespace(rank=rank, size=2, allreduce_sum_=lambda array: None)
+        trainer = types.SimpleNamespace(
+            cfg=types.SimpleNamespace(grad_accum=1, seed=0, dropout=0.0), comm=comm, step=0,
+            sampler=types.SimpleNamespace(next_global=lambda n: batches), model=model, micro_batches=2)
+        loss += Trainer.forward_backward(trainer) / 2  # share(): the Allreduce of the losses, / micro-batches
+        grads = grads + model.grads
+    return loss, grads
+
+
 @pytest.mark.parametrize("arch", list(CONFIGS))
-def test_accumulation_gives_the_mean_over_every_scored_token(arch):
+@pytest.mark.parametrize("world", ["grad-accum 2", "2 ranks"])
+def test_accumulation_gives_the_mean_over_every_scored_token(arch, world):
     cfg = CONFIGS[arch]
     model = model_for(cfg, np.float64)
     (x1, y1), (x2, y2) = model_batch(cfg, 3), model_batch(cfg, 4)
     m2 = np.zeros_like(MASK)
     m2[0, 5] = True  # 1 scored target against the first micro-batch's 6: a mean of means would weigh it 6x
     batches = [(x1, masked(y1)), (x2, masked(y2, m2))]
-    loss = _accumulate(model, batches, 2)
-    grads = model.grads.copy()
+    if world == "2 ranks":
+        loss, grads = _two_ranks(model, batches)
+    else:
+        loss = _accumulate(model, batches, 2)
+        grads = model.grads.copy()
     model.zero_grad()
     want = model.loss(np.concatenate([x1, x2]), np.concatenate([b[1] for b in batches]))  # one batch of 2B rows
     model.backward()
