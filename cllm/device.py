@@ -304,12 +304,13 @@ class CudaModel(GPTGraph):
         G.softmax_forward(a["probs"], a["logits"], B, T, V, Vp)
         G.crossentropy_forward(a["losses"], a["probs"], self._targets, B, T, Vp)
         self._losses = a["losses"].copy_to_host()
-        self.mean_loss = float(np.mean(self._losses, dtype=np.float64))
+        self.mean_loss = self._mean_loss(self._losses, targets)  # over the targets that are not -1
 
-    def backward(self) -> None:
-        """Accumulates d(mean loss)/d(params) into the device's grads, as Model.backward."""
+    def backward(self, normalizer: float | None = None) -> None:
+        """Accumulates d(mean loss)/d(params) into the device's grads, as Model.backward (normalizer too)."""
         if not self._has_targets:
             raise RuntimeError(BACKWARD_NEEDS_FORWARD)
+        self._start_backward(normalizer)
         _bind(self.gpu)
         self._backward_graph(self.p, self.g, self.a, self.ga, self._inputs, self._targets, self.B, self.T)
         self._has_targets = False

@@ -3,7 +3,10 @@
 Under `mpirun -n N python cli.py train ...` every rank holds the whole model; each step every rank
 computes gradients on its own slice of the global batch, the flat gradient buffer is averaged with
 one in-place Allreduce (mpi4py's buffer interface: no pickling), and the identical AdamW step then
-runs on every rank. Communication per step: 4 bytes x parameters, reduced and broadcast back.
+runs on every rank. With targets masked by -1 the mean is over the global batch's scored tokens: each
+micro-batch's gradient is weighted by its count before the Allreduce (cllm/training/trainer.py's
+forward_backward; every rank counts the whole global batch itself, so no extra message).
+Communication per step: 4 bytes x parameters, reduced and broadcast back.
 Without MPI, `SingleProcess` offers the same methods as no-ops, so the training loop has one path.
 """
 from __future__ import annotations

@@ -124,12 +124,13 @@ def window_plan(n_tokens: int, T: int, stride: int) -> list[tuple[int, int]]:
     return plan
 
 
-def window_losses(model, tokens: np.ndarray, T: int, batch_size: int, plan=None):
+def window_losses(model, tokens: np.ndarray, T: int, batch_size: int, plan=None, labels=None):
     """The one evaluation loop (validation in training, `cli.py evaluate`, image likelihoods): the model
     reads windows of T inputs and their T targets from `tokens`, batch_size windows per forward; yields
     per batch (losses (real windows, T), the batch's entries of `plan`). `plan`: [(window start, first
     scored position)], by default every non-overlapping window. The last batch is padded with its first
-    window; the padding is never yielded."""
+    window; the padding is never yielded. labels: None, or a stream as long as `tokens` whose entries are
+    the targets instead (-1: not scored, loss 0 there; HuggingFace's labels, with -1 for -100)."""
     if plan is None:
         n_windows = (len(tokens) - 1) // T
         if n_windows == 0:
@@ -142,17 +143,28 @@ def window_losses(model, tokens: np.ndarray, T: int, batch_size: int, plan=None)
         real = len(batch)
         starts = [s for s, _ in batch] + [batch[0][0]] * (B - real)
         window = np.stack([np.asarray(tokens[s:s + T + 1], dtype=np.int32) for s in starts])
-        model.loss(window[:, :-1], window[:, 1:])
+        targets = window[:, 1:] if labels is None else np.stack([labels[s + 1:s + T + 1] for s in starts])
+        model.loss(window[:, :-1], targets)
         yield model.token_losses()[:real], batch
 
 
-def evaluate_tokens(model, tokens: np.ndarray, B: int, T: int) -> float:
+def evaluate_tokens(model, tokens: np.ndarray, B: int, T: int, labels=None) -> float:
     """Mean next-token loss over every non-overlapping window of T+1 tokens of `tokens`, B windows per
-    forward (deterministic; a tail shorter than a window is not scored): training's validation loss."""
+    forward (deterministic; a tail shorter than a window is not scored): training's validation loss.
+    labels (as window_losses's): the mean is over the targets that are not -1, as in training."""
+    if labels is not None:
+        labels = np.asarray(labels, dtype=np.int32)
+        if labels.shape != np.shape(tokens):
+            raise DataError(f"labels hold {labels.size} entries for {np.size(tokens)} tokens; give one per token")
     total, count = 0.0, 0
-    for losses, _ in window_losses(model, tokens, T, B):
-        total += float(losses.sum(dtype=np.float64))
-        count += losses.size
+    for losses, batch in window_losses(model, tokens, T, B, labels=labels):
+        total += float(losses.sum(dtype=np.float64))  # 0 at the unscored positions
+        if labels is None:
+            count += losses.size
+        else:
+            count += sum(int(np.count_nonzero(labels[s + 1:s + T + 1] >= 0)) for s, _ in batch)
+    if count == 0:
+        raise DataError("no target to score: every label of the evaluated windows is -1")
     return total / count
 
 

@@ -73,6 +73,8 @@ class GPTGraph(LanguageModel):
 
     ops = K
     drop, drop_key = 0, 0
+    num_targets = 0  # the last forward's count of targets >= 0 (-1: no loss there), what its mean divides by
+    _dloss = 0.0  # d(loss)/d(each unmasked token's loss) of the backward under way
     _rope = None  # llama's (cos, sin) tables (maxT, hs/2), built on first use
 
     def _rope_tables(self):
@@ -110,12 +112,30 @@ class GPTGraph(LanguageModel):
         else:
             self._gpt2_backward_graph(p, g, a, ga, inputs, targets, B, T)
 
+    def _mean_loss(self, losses: np.ndarray, targets: np.ndarray) -> float:
+        """The mean of a forward's host losses (B*T,) over the positions whose target is not -1 (their losses
+        are 0, so the sum of all is theirs), counted here once per forward into num_targets. A batch with no
+        target at all has loss 0 (no 0/0; its backward gives zero gradients)."""
+        self.num_targets = int(np.count_nonzero(targets >= 0))
+        if not self.num_targets:
+            return 0.0
+        return float(np.sum(losses, dtype=np.float64) / self.num_targets)  # np.mean's bits when nothing is masked
+
+    def _start_backward(self, normalizer: float | None) -> None:
+        """The backward differentiates (sum of the unmasked token losses) / normalizer; None: / num_targets,
+        i.e. the mean loss. A normalizer of 0 (nothing to score) gives zero gradients, not a division by 0."""
+        n = self.num_targets if normalizer is None else normalizer
+        if n < 0:
+            raise ValueError(f"backward's normalizer must be >= 0, got {n}")
+        self._dloss = 1.0 / n if n else 0.0
+
     def _lm_head_backward(self, p: dict, g: dict, a: dict, ga: dict, targets, B: int, T: int) -> None:
         """The loss's gradient down to the final norm's output ga["lnf"] (overwritten), and the LM head's."""
         ops, cfg = self.ops, self.config
         C, V, Vp = cfg.embed_dim, cfg.vocab_size, cfg.padded_vocab_size
         head = "wte" if cfg.tie_embeddings else "lm_head"
-        ops.fill_inplace(ga["losses"], 1.0 / (B * T))  # d(mean)/d(each loss)
+        # d(loss)/d(each token's loss): 1/(B*T) without masks, as the plain mean; rows with target -1 ignore it
+        ops.fill_inplace(ga["losses"], self._dloss)
         # the probabilities become the logits' gradient in place: nothing reads them after this
         ops.crossentropy_softmax_backward_inplace(a["probs"], ga["losses"], targets, B, T, V, Vp)
         if cfg.logit_softcap:  # to the uncapped logits' gradient, in place: dy/dx = 1 - (capped / cap)^2
@@ -506,23 +526,26 @@ class Model(GPTGraph, HostDecoding):
         self.targets = targets
         K.softmax_forward(a["probs"], a["logits"], B, T, V, Vp)
         K.crossentropy_forward(a["losses"], a["probs"], self.targets, B, T, Vp)
-        self.mean_loss = float(np.mean(a["losses"], dtype=np.float64))
+        self.mean_loss = self._mean_loss(a["losses"], self.targets)
         return logits, self.mean_loss
 
     def loss(self, idx, targets, *, dropout: float = 0.0, dropout_key: int = 0) -> float:
         return self.forward(idx, targets, dropout=dropout, dropout_key=dropout_key)[1]
 
     def token_losses(self) -> np.ndarray:
+        """(B,T), 0 where the target was -1."""
         if self.mean_loss is None:
             raise RuntimeError(TOKEN_LOSSES_NEED_TARGETS)
         return read_only(self.a["losses"]).reshape(self.B, self.T)
 
-    def backward(self) -> None:
-        """Accumulates d(mean loss)/d(params) into grads (call zero_grad() first for a fresh step).
+    def backward(self, normalizer: float | None = None) -> None:
+        """Accumulates d(mean loss)/d(params) into grads (call zero_grad() first for a fresh step); with a
+        normalizer, d(sum of the unmasked token losses / normalizer) (LanguageModel.backward).
         One backward per forward, as in PyTorch: it turns the forward's probabilities into the logits'
         gradient in place, so a second one needs a new forward."""
         if self.targets is None:
             raise RuntimeError(BACKWARD_NEEDS_FORWARD)
+        self._start_backward(normalizer)
         if self.grad_acts is None:
             self.grad_acts = np.zeros(sum(math.prod(v) for v in self._grad_shapes.values()), dtype=self.dtype)
             self.ga = _carve(self.grad_acts, self._grad_shapes)

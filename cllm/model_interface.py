@@ -67,7 +67,9 @@ class LanguageModel(abc.ABC):
     @abc.abstractmethod
     def forward(self, idx, targets=None, *, dropout: float = 0.0, dropout_key: int = 0):
         """idx (B,T) token ids -> host logits (B,T,V) of `dtype`; with targets (B,T) -> (logits, mean
-        cross-entropy loss as a float), and the per-token losses in token_losses(). The logits are valid
+        cross-entropy loss as a float), and the per-token losses in token_losses(). A target of -1 means no loss
+        at that position (PyTorch's ignore_index): the mean is over the other positions (0 if there is none).
+        The logits are valid
         until the next forward (on the CPU a view of the activations): copy them to keep them.
         dropout p > 0 (training only) draws its masks from dropout_key (cllm/kernels/dropout.py);
         an implementation without dropout raises ConfigError for p > 0."""
@@ -79,14 +81,17 @@ class LanguageModel(abc.ABC):
 
     @abc.abstractmethod
     def token_losses(self) -> np.ndarray:
-        """The (B,T) per-token cross-entropy losses of the last forward, on the host (RuntimeError when that
-        forward had no targets)."""
+        """The (B,T) per-token cross-entropy losses of the last forward, on the host, 0 where the target was -1
+        (RuntimeError when that forward had no targets)."""
 
     # ---------------------------------------------------------------- training
     @abc.abstractmethod
-    def backward(self) -> None:
+    def backward(self, normalizer: float | None = None) -> None:
         """Accumulate d(mean loss)/d(params) of the last forward with targets into the gradients (call
-        zero_grad first for a fresh step). One backward per forward: a second raises RuntimeError."""
+        zero_grad first for a fresh step). One backward per forward: a second raises RuntimeError.
+        normalizer: differentiate (sum of the losses at targets other than -1) / normalizer instead, e.g. the
+        step's mean count of such targets per micro-batch, so that micro-batches of different counts add up to
+        the mean over all their tokens (cllm/training/trainer.py); 0 gives zero gradients."""
 
     @abc.abstractmethod
     def zero_grad(self) -> None:
@@ -138,26 +143,28 @@ class LanguageModel(abc.ABC):
 
     # ---------------------------------------------------------------- the input checks of every implementation
     # They read config only, so bad input gives the same ConfigError on every device.
-    def _check_ids(self, ids, what: str) -> np.ndarray:
+    def _check_ids(self, ids, what: str, lowest: int = 0) -> np.ndarray:
         ids = np.asarray(ids)
         if ids.ndim == 1:
             ids = ids[None, :]
         if ids.ndim != 2 or ids.shape[1] == 0 or not np.issubdtype(ids.dtype, np.integer):
             raise ConfigError(f"{what} must be a (B,T) array of integer token ids, got shape {ids.shape}")
         V = self.config.vocab_size
-        if ids.size and (ids.min() < 0 or ids.max() >= V):
-            raise ConfigError(f"{what} holds token ids outside [0, {V})")
+        if ids.size and (ids.min() < lowest or ids.max() >= V):
+            ignore = " or -1 (no loss there)" if lowest < 0 else ""
+            raise ConfigError(f"{what} holds token ids outside [0, {V}){ignore}")
         return np.ascontiguousarray(ids, dtype=np.int32)
 
     def _check_batch(self, idx, targets) -> tuple[np.ndarray, np.ndarray | None]:
-        """forward's checked inputs: idx (B,T) int32 and targets (B*T,) int32 or None."""
+        """forward's checked inputs: idx (B,T) int32 and targets (B*T,) int32 or None. A target of -1 means no
+        loss at that position (PyTorch's ignore_index; cllm/kernels/softmax.py)."""
         idx = self._check_ids(idx, "idx")
         B, T = idx.shape
         if T > self.config.max_seq_len:
             raise ConfigError(f"sequence length {T} exceeds max_seq_len {self.config.max_seq_len}")
         if targets is None:
             return idx, None
-        targets = self._check_ids(targets, "targets").reshape(-1)
+        targets = self._check_ids(targets, "targets", lowest=-1).reshape(-1)
         if targets.size != B * T:
             raise ConfigError(f"targets must have the shape of idx ({B}, {T})")
         return idx, targets

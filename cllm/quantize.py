@@ -146,8 +146,12 @@ class Int8Model(HostDecoding):
         z = logits.reshape(B * T, -1).astype(np.float64)
         top = z.max(axis=1)
         lse = top + np.log(np.exp(z - top[:, None]).sum(axis=1))
-        self._losses = (lse - z[np.arange(B * T), targets]).astype(self.dtype).reshape(B, T)
-        return logits, float(np.mean(self._losses, dtype=np.float64))
+        scored = targets >= 0  # -1: no loss there (cllm/model_interface.py's forward)
+        losses = np.zeros(B * T)
+        losses[scored] = lse[scored] - z[scored, targets[scored]]
+        self._losses = losses.astype(self.dtype).reshape(B, T)
+        count = int(np.count_nonzero(scored))
+        return logits, float(np.sum(self._losses, dtype=np.float64) / count) if count else 0.0
 
     def loss(self, idx, targets, *, dropout: float = 0.0, dropout_key: int = 0) -> float:
         return self.forward(idx, targets, dropout=dropout, dropout_key=dropout_key)[1]
@@ -158,7 +162,7 @@ class Int8Model(HostDecoding):
         return self._losses.copy()
 
     # ---------------------------------------------------------------- training: one clear error for each
-    def backward(self) -> None:
+    def backward(self, normalizer: float | None = None) -> None:
         raise NotTrainableError(CANNOT_TRAIN)
 
     def zero_grad(self) -> None:

@@ -1,12 +1,19 @@
 """Softmax over the vocabulary and cross-entropy, with their fused backward.
 
 Legend: B batch, T time, V vocab, Vp padded vocab (rows of Vp, only the first V are real).
+
+A target of IGNORE_INDEX (-1, PyTorch's ignore_index convention) means "no loss at this position" (supervised
+fine-tuning scores the assistant's tokens only): the cross-entropy kernels give it loss 0 and a zero logits
+gradient, and never read probs at it. They test target < 0; the model's input check lets -1 through and no
+other negative id.
 """
 import numpy as np
 from numba import njit, prange
 
 from ._common import PJIT
 from .fastexp import softmax_row
+
+IGNORE_INDEX = -1  # a target that has no loss (see the module's docstring)
 
 
 @njit(**PJIT)
@@ -25,20 +32,28 @@ def softmax_forward(probs, logits, B, T, V, Vp):
 
 @njit(**PJIT)
 def crossentropy_forward(losses, probs, targets, B, T, Vp):
-    # losses (B,T) = -log probs[b,t,targets[b,t]];  probs (B,T,Vp);  targets (B,T) int32
+    # losses (B,T) = -log probs[b,t,targets[b,t]], 0 where the target is -1;  probs (B,T,Vp);  targets (B,T) int32
     for bt in prange(B * T):
-        losses[bt] = -np.log(probs[bt * Vp + targets[bt]])
+        ix = targets[bt]
+        losses[bt] = -np.log(probs[bt * Vp + ix]) if ix >= 0 else losses.dtype.type(0)
 
 
 @njit(**PJIT)
 def crossentropy_softmax_backward(dlogits, dlosses, probs, targets, B, T, V, Vp, overwrite=False):
     # dlogits (B,T,Vp) += (probs - onehot(target)) * dlosses;  only the first V columns. With
     # overwrite, = instead of += (what dlogits held is ignored) and the padded columns are set to 0.
+    # A row whose target is -1 gets nothing (with overwrite: zeros).
     one = probs.dtype.type(1)
     zero = probs.dtype.type(0)
     for bt in prange(B * T):
         d = dlosses[bt]
         ix = targets[bt]
+        if ix < 0:
+            if overwrite:
+                row = dlogits[bt * Vp:(bt + 1) * Vp]
+                for i in range(Vp):
+                    row[i] = zero
+            continue
         p = probs[bt * Vp:bt * Vp + V]
         g = dlogits[bt * Vp:bt * Vp + V]
         for i in range(V):  # one add per element (adding p d, then subtracting d, would round twice)
@@ -56,12 +71,17 @@ def crossentropy_softmax_backward_inplace(probs, dlosses, targets, B, T, V, Vp):
     # crossentropy_softmax_backward with overwrite writes, without a (B,T,Vp) buffer of its own (the
     # training backward reads the probabilities nowhere else). One array read and written at the same
     # index: two arrays that overlap would send LLVM's vectorized loop to its scalar fallback.
+    # A row whose target is -1 becomes zeros.
     one = probs.dtype.type(1)
     zero = probs.dtype.type(0)
     for bt in prange(B * T):
         d = dlosses[bt]
         g = probs[bt * Vp:(bt + 1) * Vp]
         ix = targets[bt]
+        if ix < 0:
+            for i in range(Vp):
+                g[i] = zero
+            continue
         p_target = g[ix]
         for i in range(V):
             g[i] *= d

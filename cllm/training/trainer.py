@@ -212,10 +212,19 @@ class Trainer:
         return self.summary()
 
     def forward_backward(self) -> float:
-        """This rank's micro-batches of the step's global batch: their gradients add up in model.grads,
-        averaged over every micro-batch of every process; returns the sum of this rank's losses."""
+        """This rank's micro-batches of the step's global batch: their gradients add up in model.grads to
+        the gradient of the mean loss over every scored target (not -1) of every micro-batch of every process;
+        returns the sum of this rank's losses, each weighted as its gradient (share() divides by the number
+        of micro-batches)."""
         K, rank = self.cfg.grad_accum, self.comm.rank
-        batches = self.sampler.next_global(self.micro_batches)[rank * K : (rank + 1) * K]
+        global_batches = self.sampler.next_global(self.micro_batches)
+        batches = global_batches[rank * K : (rank + 1) * K]
+        # Token weighting (supervised fine-tuning masks targets with -1): micro-batch k's summed loss is
+        # divided by the global batch's mean count per micro-batch, and average_gradients then divides by the
+        # number of micro-batches: the mean over all scored targets of the global batch. Every rank holds the
+        # whole global batch, so the count needs no communication. Without -1 targets each count is B*T and
+        # the weight 1.0: the plain mean of the micro-batches' means, bit for bit.
+        per_batch = sum(int(np.count_nonzero(y >= 0)) for _, y in global_batches) / self.micro_batches
         self.model.zero_grad()
         local_loss = 0.0
         for k, (x, y) in enumerate(batches):
@@ -223,8 +232,8 @@ class Trainer:
             # what --grad-accum 2 draws), the same again on resume (cllm/kernels/dropout.py)
             key = derive_key(self.cfg.seed, self.step, rank * K + k)
             loss = self.model.loss(x, y, dropout=self.cfg.dropout, dropout_key=key)
-            self.model.backward()
-            local_loss += loss
+            self.model.backward(normalizer=per_batch)
+            local_loss += (loss * (self.model.num_targets / per_batch)) if per_batch else 0.0
         if self.micro_batches > 1:
             average_gradients(self.model, self.comm, self.micro_batches)
         return local_loss

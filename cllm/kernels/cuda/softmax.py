@@ -2,7 +2,8 @@
 
 Legend: B batch, T time, V vocab, Vp padded vocab (rows of Vp, only the first V real).
 The softmax takes a row per block at a time (shared-memory max and sum); the others one thread per
-element or row.
+element or row. A target of -1 (PyTorch's ignore_index convention) has loss 0 and a zero logits gradient, as
+in cllm/kernels/softmax.py (the kernels test target < 0).
 """
 import math
 
@@ -43,11 +44,12 @@ def softmax_forward(probs, logits, B, T, V, Vp):
 @cuda.jit
 def _crossentropy_forward(losses, probs, targets, BT, Vp):
     for bt in range(cuda.grid(1), BT, cuda.gridsize(1)):
-        losses[bt] = -math.log(probs[bt * Vp + targets[bt]])
+        ix = targets[bt]
+        losses[bt] = -math.log(probs[bt * Vp + ix]) if ix >= 0 else F32(0)
 
 
 def crossentropy_forward(losses, probs, targets, B, T, Vp):
-    # losses (B,T) = -log probs[b,t,targets[b,t]];  probs (B,T,Vp);  targets (B,T) int32
+    # losses (B,T) = -log probs[b,t,targets[b,t]], 0 where the target is -1;  probs (B,T,Vp);  targets (B,T) int32
     _crossentropy_forward[blocks(B * T), THREADS](losses, probs, targets, B * T, Vp)
 
 
@@ -56,16 +58,17 @@ def _crossentropy_softmax_backward(dlogits, dlosses, probs, targets, BT, V, Vp, 
     for e in range(cuda.grid(1), BT * Vp, cuda.gridsize(1)):
         bt = e // Vp
         i = e % Vp
-        if i < V:
-            v = (probs[e] - (F32(1) if i == targets[bt] else F32(0))) * dlosses[bt]
+        ix = targets[bt]
+        if i < V and ix >= 0:
+            v = (probs[e] - (F32(1) if i == ix else F32(0))) * dlosses[bt]
             dlogits[e] = v if overwrite else dlogits[e] + v
-        elif overwrite:
+        elif overwrite:  # a padded column, or a row whose target is -1
             dlogits[e] = F32(0)
 
 
 def crossentropy_softmax_backward(dlogits, dlosses, probs, targets, B, T, V, Vp, overwrite=False):
     # dlogits (B,T,Vp) += (probs - onehot(target)) * dlosses, first V columns; with overwrite, =
-    # instead and the padded columns set to 0
+    # instead and the padded columns set to 0; a row whose target is -1 gets nothing (with overwrite: zeros)
     _crossentropy_softmax_backward[blocks(B * T * Vp), THREADS](dlogits, dlosses, probs, targets, B * T, V, Vp,
                                                                 overwrite)
 
