@@ -216,3 +216,8 @@ def test_cli_errors(tmp_path):
     one = write_jsonl(tmp_path / "one.jsonl", [{"messages": c} for c in conversations(1)])
     r = run_cli("prepare", one, "--out", tmp_path / "o3", "--tokenizer", "bpe", "--vocab-size", "270")
     assert r.returncode != 0 and "Traceback" not in r.stderr and "--val-fraction 0" in r.stderr
+    r = run_cli("prepare", good, "--out", tmp_path / "o4", "--tokenizer", "bpe", "--vocab-size", "270",
+                "--val-fraction", "0")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("train", tmp_path / "o4", "--checkpoint-dir", tmp_path / "ck", "--no-progress")
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "validation split is empty" in r.stderr

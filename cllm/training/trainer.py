@@ -91,7 +91,10 @@ class Trainer:
         self.kind = kinds.for_data(self.train_tokens, self.tokenizer)  # text, image or chat (cllm/kinds.py)
         cfg.seq_len = self.kind.seq_len(self.tokenizer, self.given_sizes["seq_len"]) or cfg.seq_len
         self.B, self.T = cfg.batch_size, cfg.seq_len
-        if len(self.val_tokens) < self.T + 1:  # refused now rather than at the first evaluation, after training
+        if len(self.val_tokens) == 0:  # refused now rather than at the first evaluation, after training
+            raise DataError("the validation split is empty; use a larger --val-fraction or more data")
+        # the same for a window of a token stream (a kind with its own sampler, chat, pads short windows)
+        if self.kind.sampler is None and len(self.val_tokens) < self.T + 1:
             raise DataError(
                 f"the validation split has {len(self.val_tokens)} tokens, fewer than one window of "
                 f"--seq-len {self.T} + 1; use more data, a larger --val-fraction or a smaller --seq-len"
