@@ -12,9 +12,9 @@ import pytest
 
 from cllm import kinds
 from cllm.chat.data import ChatSplit, chat_tokenizer, conversation_window, read_chat_split, read_conversations
-from cllm.chat.kind import validate
 from cllm.chat.template import assistant_mask
 from cllm.data import prepare_dataset
+from cllm.data.files import find_files
 from cllm.errors import DataError, TokenizerError
 from cllm.tokenizers import train_tokenizer
 from cllm.training.data import ChatSampler, _splits
@@ -90,6 +90,13 @@ def test_jsonl_with_messages_is_the_chat_kind(tmp_path):
     assert kinds.for_input(tmp_path / "other.jsonl", "bpe").name == "text"
     (tmp_path / "notes.txt").write_text("a note")
     assert kinds.for_input(tmp_path, "bpe").name == "text"  # a folder with other files is a text corpus
+
+
+def test_the_text_corpus_skips_chat_folders():
+    _, files, skipped = find_files(str(ROOT / "data"))
+    assert files and not any("conversations.jsonl" in f for f, _ in files)
+    assert skipped["chat folders"] == 1
+    assert kinds.for_input(ROOT / "data").name == "text" and kinds.for_input(ROOT / "data" / "chat").name == "chat"
 
 
 def test_prepared_masks_equal_assistant_mask_and_split_is_by_conversation(prepared):
@@ -184,6 +191,7 @@ def test_validation_is_the_mean_over_assistant_targets():
     mask = np.array([0, 1, 1, 0, 0, 0, 0, 1, 0, 0], np.uint8)
     split = ChatSplit(tokens, mask, np.array([0, 3, 10]))
     # T=4: conversation 0's targets at positions 0, 1 (row 0); conversation 1's at position 3 (row 1)
+    validate = kinds.get("chat").validate
     assert validate(FakeModel(), None, split, B=2, T=4)["val_loss"] == pytest.approx((0 + 1 + 103) / 3)
     # B=1: one conversation per forward, each row 0
     assert validate(FakeModel(), None, split, B=1, T=4)["val_loss"] == pytest.approx((0 + 1 + 3) / 3)

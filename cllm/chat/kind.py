@@ -8,6 +8,8 @@ sampler and validation all differ, which is what the registry's fields are for. 
 chat model's tokenizer is a bpe (or imported) one, so a trained chat model samples, evaluates and serves as text."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from cllm.chat.data import ChatSplit, conversation_window, is_chat_source, prepare_chat_dataset, summary
@@ -47,7 +49,7 @@ CHAT = register(DatasetKind(
     name="chat",
     tokenizers={},  # a chat model's tokenizer is a text one (see the module doc)
     recognises=is_chat_source,
-    claims_folder=lambda path: False,  # a text corpus keeps reading its *.jsonl files as text
+    claims_folder=lambda path: os.path.isdir(path) and is_chat_source(path),  # a text corpus skips it (data/chat)
     prepare=prepare_chat_dataset,
     summary=summary,
     seq_len=lambda tokenizer, requested: requested,
