@@ -213,6 +213,19 @@ def test_tokenizer_must_carry_chat_tokens(prepared):
         chat_tokenizer("char", [], None, "gpt4")
 
 
+def test_a_tokenizer_file_with_a_template_encodes_as_it_is(prepared, tmp_path):
+    convs, ds = prepared
+    again = prepare_dataset(Path(ds.out_dir).parent / "a.jsonl", tmp_path / "again",
+                            tokenizer=str(Path(ds.out_dir) / "tokenizer.json"), val_fraction=0.2, progress=False)
+    assert again.tokenizer._to_dict() == ds.tokenizer._to_dict()
+    assert np.array_equal(read_chat_split(again.out_dir, "val").tokens, read_chat_split(ds.out_dir, "val").tokens)
+    plain = train_tokenizer("bpe", [m["content"] for c in convs for m in c], 280)
+    plain.save(tmp_path / "plain.json")
+    with pytest.raises(TokenizerError, match="no chat tokens"):
+        prepare_dataset(Path(ds.out_dir).parent / "a.jsonl", tmp_path / "o", tokenizer=str(tmp_path / "plain.json"),
+                        progress=False)
+
+
 def test_cli_errors(tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", ["nope", {"messages": [{"role": "user", "content": "hi"}]}])
     r = run_cli("prepare", bad, "--out", tmp_path / "o1", "--tokenizer", "bpe")

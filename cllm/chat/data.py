@@ -217,8 +217,14 @@ def prepare_chat_dataset(data_path, out_dir, opts) -> ChatDataset:
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
         raise DataError(f"val fraction must be a number in [0, 1), got {val_fraction!r}; e.g. --val-fraction 0.1")
     out_dir = os.fspath(out_dir)
-    tok_option = opts.tokenizer if isinstance(opts.tokenizer, str) else hashlib.sha256(
-        json.dumps(opts.tokenizer._to_dict(), sort_keys=True).encode()).hexdigest()
+    # the cache is valid for this tokenizer only: a file's or a given Tokenizer's content, not its name
+    if not isinstance(opts.tokenizer, str):
+        tok_option = hashlib.sha256(json.dumps(opts.tokenizer._to_dict(), sort_keys=True).encode()).hexdigest()
+    elif os.path.isfile(opts.tokenizer):
+        with open(opts.tokenizer, "rb") as f:
+            tok_option = hashlib.sha256(f.read()).hexdigest()
+    else:
+        tok_option = opts.tokenizer
     options = {"tokenizer": tok_option, "vocab_size": opts.vocab_size, "val_fraction": float(val_fraction),
                "bpe_pattern": opts.bpe_pattern}
     files = chat_files(data_path)
