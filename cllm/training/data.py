@@ -62,10 +62,14 @@ class ChatSampler:
     drawn (their window would have no loss at all)."""
 
     def __init__(self, split: ChatSplit, B: int, T: int, seed: int, align: int = 1):
+        # align: BatchSampler's signature (the registry's sampler field); a window always starts a conversation
         self.split, self.B, self.T = split, B, T
-        self.eligible = np.array([c for c in range(split.conversations)
-                                  if np.any(split.mask[split.starts[c] + 1:min(split.starts[c] + T + 1,
-                                                                                split.starts[c + 1])])], np.int64)
+        eligible = []
+        for c in range(split.conversations):
+            a, b = int(split.starts[c]), int(split.starts[c + 1])
+            if np.any(split.mask[a + 1:min(a + T + 1, b)]):  # a target of the window is the assistant's
+                eligible.append(c)
+        self.eligible = np.array(eligible, np.int64)
         if self.eligible.size == 0:
             raise DataError(f"no training conversation has an assistant token within its first {T + 1} tokens; "
                             "use a larger --seq-len")
@@ -94,8 +98,8 @@ def _splits(out_dir: str, meta: dict | None = None):
         try:
             with open(os.path.join(out_dir, "meta.json"), encoding="utf-8") as f:
                 meta = json.load(f)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read {out_dir}/meta.json ({exc}); run `cli.py prepare` again") from None
+        except (OSError, ValueError):
+            meta = None  # as before chat datasets: a text dataset's token files are read without its meta.json
     if isinstance(meta, dict) and meta.get("kind") == "chat":
         return read_chat_split(out_dir, "train"), read_chat_split(out_dir, "val")
     return read_token_file(os.path.join(out_dir, "train.bin")), read_token_file(os.path.join(out_dir, "val.bin"))
