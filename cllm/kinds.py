@@ -1,4 +1,4 @@
-"""Dataset kinds: what differs between a text corpus and a folder of images, in one registry.
+"""Dataset kinds: what differs between a text corpus, a folder of images and conversations, in one registry.
 
 A kind says how it recognises its inputs, prepares them into a token dataset, how its models train
 (context, window alignment, validation, the samples printed) and are evaluated, and what the server

@@ -5,7 +5,8 @@ ChatSampler) and validates by the mean loss over the held-out conversations' ass
 A kind of its own rather than an option of the text kind: its input is recognised by content (*.jsonl rows with
 "messages"), its prepared files differ (a mask and conversation starts beside each token file) and its windows,
 sampler and validation all differ, which is what the registry's fields are for. It claims no tokenizer kind: a
-chat model's tokenizer is a bpe (or imported) one, so a trained chat model samples, evaluates and serves as text."""
+chat model's tokenizer is a bpe (or imported) one, so a trained chat model samples, evaluates and serves as text.
+It claims a folder of conversation JSONL, so that a text corpus (data/) skips data/chat whole."""
 from __future__ import annotations
 
 import os
