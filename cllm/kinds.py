@@ -1,4 +1,4 @@
-"""Dataset kinds: what differs between a text corpus and a folder of images, in one registry.
+"""Dataset kinds: what differs between a text corpus, a folder of images and conversations, in one registry.
 
 A kind says how it recognises its inputs, prepares them into a token dataset, how its models train
 (context, window alignment, validation, the samples printed) and are evaluated, and what the server
@@ -26,12 +26,13 @@ import os
 from typing import Callable
 
 DEFAULT = "text"
-BUILTIN = {"text": "cllm.data.textkind", "image": "cllm.vision.kind"}  # name -> the module that registers it
+# name -> the module that registers it
+BUILTIN = {"text": "cllm.data.textkind", "image": "cllm.vision.kind", "chat": "cllm.chat.kind"}
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetKind:
-    """One kind of dataset and its models; every field but `sample_pngs` is required."""
+    """One kind of dataset and its models; every field but `sample_pngs` and `sampler` is required."""
 
     name: str
     # tokenizer kind (Tokenizer.kind, tokenizer.json's "kind") -> the class that reads such a file back
@@ -57,6 +58,9 @@ class DatasetKind:
     # (model, tokenizer, n, SamplingConfig, label, as_grid) -> (PNG files' bytes, the n images' class names);
     # None: the model makes no images (POST /v1/images/generations answers "images_not_supported")
     sample_pngs: Callable[..., tuple[list[bytes], list]] | None = None
+    # (training split, B, T, seed, align) -> the sampler of training batches, with next_global, state and
+    # set_state as cllm/training/data.py BatchSampler's; None: BatchSampler (random windows of the token stream)
+    sampler: Callable[..., object] | None = None
 
 
 _KINDS: dict[str, DatasetKind] = {}
@@ -121,6 +125,13 @@ def for_tokenizer(tokenizer) -> DatasetKind:
         if kind.name != DEFAULT and tokenizer.kind in kind.tokenizers:
             return kind
     return kinds[DEFAULT]
+
+
+def for_data(split, tokenizer) -> DatasetKind:
+    """The kind that trains and validates `split` (a loaded training or validation split): the one it names
+    in its `kind` attribute (a chat split, cllm/chat/data.py), else its tokenizer's."""
+    name = getattr(split, "kind", None)
+    return get(name) if isinstance(name, str) else for_tokenizer(tokenizer)
 
 
 def claimed_folder(path: str) -> str | None:

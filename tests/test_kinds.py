@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_built_in_kinds_register_on_the_first_lookup():
-    assert kinds.names() == ["text", "image"]
+    assert kinds.names() == ["text", "image", "chat"]
     text, image = kinds.get("text"), kinds.get("image")
     assert image.tokenizers == {"image": ImageTokenizer} and "char" in text.tokenizers
     assert image.sample_pngs is not None and text.sample_pngs is None  # what the server offers

@@ -29,7 +29,7 @@ def main(data: str | None = None, *, out: str | None = None, **options):
     with warnings.catch_warnings():
         warnings.simplefilter("always")  # shown as one line each by cllm/commands/__init__.py
         ds = prepare_dataset(str(data), str(out), **options)
-    print(kinds.for_tokenizer(ds.tokenizer).summary(ds))  # a text corpus's, or a folder of images' (cllm/kinds.py)
+    print(kinds.for_data(ds, ds.tokenizer).summary(ds))  # a text corpus's, images' or chat's (cllm/kinds.py)
     return None
 
 

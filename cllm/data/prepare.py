@@ -171,7 +171,8 @@ def _load_cached(out_dir: str, key: str):
     return PreparedDataset(out_dir, tok, train_path, val_path, meta, cached=True)
 
 
-DATASET_FILES = ("meta.json", "tokenizer.json", "train.bin", "val.bin", "train_llmc.bin", "val_llmc.bin")
+DATASET_FILES = ("meta.json", "tokenizer.json", "train.bin", "val.bin", "train_llmc.bin", "val_llmc.bin",
+                 "train_mask.npy", "val_mask.npy", "train_starts.npy", "val_starts.npy")  # the last four: chat
 
 
 def refuse_foreign_directory(out_dir: str) -> None:

@@ -3,10 +3,12 @@ CHECKPOINT_DIR/dataset) and the sampler that draws its batches."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
 
+from cllm.chat.data import ChatSplit, conversation_window, read_chat_split
 from cllm.checkpoint import load_checkpoint
 from cllm.data import prepare_dataset, read_token_file
 from cllm.errors import CheckpointError, ConfigError, DataError
@@ -52,9 +54,61 @@ class BatchSampler:
         self.rng.bit_generator.state = state
 
 
+class ChatSampler:
+    """Batches of whole conversations (a chat dataset, cllm/chat/data.py): each window is one conversation
+    from its start, cut at T+1 tokens or padded (conversation_window: targets -1 on padding and on what the
+    assistant does not say). Conversations are drawn uniformly from a seeded generator whose state is saved in
+    checkpoints, as BatchSampler's. Those with no assistant token within their first T+1 tokens are never
+    drawn (their window would have no loss at all)."""
+
+    def __init__(self, split: ChatSplit, B: int, T: int, seed: int, align: int = 1):
+        # align: BatchSampler's signature (the registry's sampler field); a window always starts a conversation
+        self.split, self.B, self.T = split, B, T
+        eligible = []
+        for c in range(split.conversations):
+            a, b = int(split.starts[c]), int(split.starts[c + 1])
+            if np.any(split.mask[a + 1:min(a + T + 1, b)]):  # a target of the window is the assistant's
+                eligible.append(c)
+        self.eligible = np.array(eligible, np.int64)
+        if self.eligible.size == 0:
+            raise DataError(f"no training conversation has an assistant token within its first {T + 1} tokens; "
+                            "use a larger --seq-len")
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+
+    def next(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.next_global(1)[0]
+
+    def next_global(self, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """n micro-batches (x, y), each (B,T) int32, from one draw of n*B conversations (as BatchSampler's)."""
+        picks = self.eligible[self.rng.integers(0, self.eligible.size, size=n * self.B)]
+        xy = [conversation_window(self.split, int(c), self.T) for c in picks]
+        x, y = np.stack([a for a, _ in xy]), np.stack([b for _, b in xy])
+        return [(x[i * self.B:(i + 1) * self.B], y[i * self.B:(i + 1) * self.B]) for i in range(n)]
+
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+
+def _splits(out_dir: str, meta: dict | None = None):
+    """(train, val) of the prepared dataset in out_dir: token memmaps, or ChatSplits for a chat dataset."""
+    if meta is None:
+        try:
+            with open(os.path.join(out_dir, "meta.json"), encoding="utf-8") as f:
+                meta = json.load(f)
+        except (OSError, ValueError):
+            meta = None  # as before chat datasets: a text dataset's token files are read without its meta.json
+    if isinstance(meta, dict) and meta.get("kind") == "chat":
+        return read_chat_split(out_dir, "train"), read_chat_split(out_dir, "val")
+    return read_token_file(os.path.join(out_dir, "train.bin")), read_token_file(os.path.join(out_dir, "val.bin"))
+
+
 def load_dataset(cfg: TrainConfig):
     """The prepared dataset for cfg.data: DATA itself when it is one, else prepared (and cached)
-    under CHECKPOINT_DIR/dataset. Returns (tokenizer, train tokens, val tokens, dataset dir)."""
+    under CHECKPOINT_DIR/dataset. Returns (tokenizer, train split, val split, dataset dir); a split is a token
+    memmap, or a ChatSplit (cllm/chat/data.py) for a chat dataset."""
     data = cfg.data
     if not os.path.exists(data):
         raise DataError(f"no such file or directory: {data!r}")
@@ -70,19 +124,14 @@ def load_dataset(cfg: TrainConfig):
                 "checkpoint; give the raw text instead"
             )
         _say(f"[2/5] Tokenizer: {tokenizer.kind}, {tokenizer.vocab_size} tokens")
-        return (
-            tokenizer,
-            read_token_file(os.path.join(data, "train.bin")),
-            read_token_file(os.path.join(data, "val.bin")),
-            data,
-        )
+        return (tokenizer, *_splits(data), data)
     _say(f"[1/5] Loading and cleaning {data}")
     out_dir = os.path.join(cfg.checkpoint_dir, "dataset")
     options = {**cfg.prepare_options(), "tokenizer": _init_tokenizer(cfg) or cfg.tokenizer}
     prepared = prepare_dataset(data, out_dir, **options)
     tokenizer = prepared.tokenizer
     _say(f"[2/5] Tokenizer: {tokenizer.kind}, {tokenizer.vocab_size} tokens")
-    return tokenizer, read_token_file(prepared.train_path), read_token_file(prepared.val_path), out_dir
+    return (tokenizer, *_splits(out_dir, prepared.meta), out_dir)
 
 
 def _init_tokenizer(cfg: TrainConfig):

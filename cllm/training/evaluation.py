@@ -12,8 +12,9 @@ __all__ = ["evaluate_tokens", "sample_text", "validation"]
 
 
 def validation(model, tokenizer, tokens: np.ndarray, B: int, T: int) -> dict:
-    """{"val_loss": ...} over the validation split; an image model's also has "val_bits_per_dim"."""
-    return kinds.for_tokenizer(tokenizer).validate(model, tokenizer, tokens, B, T)
+    """{"val_loss": ...} over the validation split (a chat split's: over its assistant tokens); an image model's
+    also has "val_bits_per_dim"."""
+    return kinds.for_data(tokens, tokenizer).validate(model, tokenizer, tokens, B, T)
 
 
 def sample_text(model, tokenizer, prompt: str, n_tokens: int, seed: int) -> str:

@@ -88,10 +88,13 @@ class Trainer:
             f"[3/5] Dataset: {len(self.train_tokens):,} training and {len(self.val_tokens):,} validation "
             f"tokens ({self.dataset_dir})"
         )
-        self.kind = kinds.for_tokenizer(self.tokenizer)  # text or image (cllm/kinds.py): its context and windows
+        self.kind = kinds.for_data(self.train_tokens, self.tokenizer)  # text, image or chat (cllm/kinds.py)
         cfg.seq_len = self.kind.seq_len(self.tokenizer, self.given_sizes["seq_len"]) or cfg.seq_len
         self.B, self.T = cfg.batch_size, cfg.seq_len
-        if len(self.val_tokens) < self.T + 1:  # refused now rather than at the first evaluation, after training
+        if len(self.val_tokens) == 0:  # refused now rather than at the first evaluation, after training
+            raise DataError("the validation split is empty; use a larger --val-fraction or more data")
+        # the same for a window of a token stream (a kind with its own sampler, chat, pads short windows)
+        if self.kind.sampler is None and len(self.val_tokens) < self.T + 1:
             raise DataError(
                 f"the validation split has {len(self.val_tokens)} tokens, fewer than one window of "
                 f"--seq-len {self.T} + 1; use more data, a larger --val-fraction or a smaller --seq-len"
@@ -118,7 +121,8 @@ class Trainer:
             self.optimizer = Muon(**adamw, muon_lr=cfg.muon_lr, momentum=cfg.muon_momentum)
         else:
             self.optimizer = optimizer_class(cfg.device)(**adamw)
-        self.sampler = BatchSampler(self.train_tokens, B, T, cfg.seed, align=self.kind.align(self.tokenizer))
+        self.sampler = (self.kind.sampler or BatchSampler)(self.train_tokens, B, T, cfg.seed,
+                                                           align=self.kind.align(self.tokenizer))
         self.step, self.best_val, self.elapsed_before = 0, math.inf, 0.0
         if resume is not None:
             model = self._resume(resume, config)
