@@ -6,6 +6,7 @@ so). A reference side whose package `make test` does not install (torch, trafila
 is reported, not failed: its key is null and "not_run" says why.
 """
 import importlib.util
+import subprocess
 
 SMOKE_HELP = "the smallest sizes: a few seconds through the same code paths (tests/test_bench_smoke.py)"
 
@@ -18,3 +19,22 @@ def missing(module: str, extra: str) -> str | None:
     except (ImportError, ValueError):  # a parent package missing, or a module hidden by sys.modules
         found = False
     return None if found else f"{module} is not installed (pip install -e '.[{extra}]')"
+
+
+def cpu_model() -> str | None:
+    """The CPU every speed figure must name: lscpu's "Model name", else /proc/cpuinfo's first "model name"."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None

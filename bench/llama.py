@@ -69,7 +69,7 @@ ROOT = os.path.dirname(HERE)
 # bench/ itself off the path: bench/kernels.py would hide the `kernels` package transformers imports
 sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
 
-from bench.common import SMOKE_HELP, missing  # noqa: E402
+from bench.common import SMOKE_HELP, cpu_model, missing  # noqa: E402
 
 SMOLLM2_135M = dict(arch="llama", vocab_size=49152, max_seq_len=2048, num_layers=30, num_heads=9, num_kv_heads=3,
                     embed_dim=576, ffn_dim=1536, rope_theta=100000.0, norm_eps=1e-5, tie_embeddings=True)
@@ -379,25 +379,6 @@ def measure_llama_cpp(engine: str, argv: list[str], workdir: str) -> dict:
         result = {**measure("infer", engine, argv, workdir, ("--no-extra-bufts",)),
                   "note": f"with its defaults: {result['error']} (AMX); run with use_extra_bufts=false"}
     return result
-
-
-def cpu_model() -> str | None:
-    """lscpu's "Model name" line, else /proc/cpuinfo's first "model name"."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 def llama_cpp_missing() -> str | None:

@@ -25,24 +25,13 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import SMOKE_HELP  # noqa: E402
+from bench.common import SMOKE_HELP, cpu_model  # noqa: E402
 from cllm.config import ModelConfig  # noqa: E402
 from cllm.model import Model  # noqa: E402
 from cllm.optim import AdamW, Muon  # noqa: E402
 from cllm.runtime import configure_threads  # noqa: E402
 
 VOCAB = 65  # tiny Shakespeare's characters
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def shortest_ms(call, n: int) -> float:
@@ -95,7 +84,7 @@ def main(argv=None) -> int:
             best[key][1] = min(best[key][1], shortest_ms(step, args.steps))
     results = {key: {"fwd_bwd_ms": round(f, 3), "step_ms": round(s, 3), "share": round(s / (f + s), 4)}
                for key, (f, s) in best.items()}
-    print(json.dumps({"bench": "optimizer", "smoke": args.smoke, "cpu": cpu_name(), "threads": threads,
+    print(json.dumps({"bench": "optimizer", "smoke": args.smoke, "cpu": cpu_model(), "threads": threads,
                       "config": {"layers": args.layers, "heads": args.heads, "embed": args.embed, "seq_len": T,
                                  "batch": B, "vocab": VOCAB},
                       "results": results, "loadavg_1min": os.getloadavg()[0]}))

@@ -5,6 +5,7 @@ past the context (generate, the server's engine) against the float model of the 
 float and int8 models decoding in one process (fresh processes, cold and warm Numba cache), and the
 --quantize flag of generate, evaluate and serve."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -177,10 +178,10 @@ def _engine_text(engine: Engine, prompt: str, n: int) -> str:
     return "".join(pieces)
 
 
-# A model whose int8 MLP products take the threaded path (4C x C = PARALLEL_MATVEC_MIN weights, with
+# A model whose int8 MLP products take the threaded path (4C x C >= PARALLEL_MATVEC_MIN weights, with
 # more than one thread: cllm/kernels/quant.py) and whose context of 16 the generation below passes
 # several times (each pass re-prefills 8 tokens: the dequantize-then-gemm path, cllm/kernels/decode.py).
-WIDE = dict(max_seq_len=16, num_layers=1, num_heads=8, embed_dim=int(np.sqrt(PARALLEL_MATVEC_MIN // 4)))
+WIDE = dict(max_seq_len=16, num_layers=1, num_heads=8, embed_dim=8 * math.ceil(math.sqrt(PARALLEL_MATVEC_MIN / 4) / 8))
 
 
 @pytest.fixture(scope="module")

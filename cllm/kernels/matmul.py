@@ -11,13 +11,13 @@ from ._common import JIT, PJIT, ROW_BLOCKS
 from .blas import NO_TRANS, TRANS, gemm
 from .gelu import gelu_span
 
-# From this many weights on (4 MB in float32) a matrix-vector product (cllm/kernels/decode.py, float32
-# or int8: cllm/kernels/quant.py) is split over the threads.
-# Below it, waking the sleeping thread team (OMP_WAIT_POLICY=PASSIVE, cllm/__init__.py: about 35 us
-# per parallel region, measured) costs more than the second core saves; a decode step runs 4
-# products per layer. Measured on the medium config (6 layers, 256 dims, vocab 5000): 1.15k tokens/s
-# all serial, 1.36k with its LM head (1.28M weights) split.
-PARALLEL_MATVEC_MIN = 1 << 20
+# From this many weights on (1.2 MB in float32) a matrix-vector product (cllm/kernels/decode.py, float32
+# or int8: cllm/kernels/quant.py) is split over the threads. Below it, waking the sleeping thread team
+# (OMP_WAIT_POLICY=PASSIVE, cllm/__init__.py) costs more than the second core saves. Measured on the
+# Intel Xeon 2-core machine, one product timed alone, parallel / serial time: 2.5 at 65k weights, 1.09
+# at 262k, 0.61 at 332k, 0.54-0.59 from 553k to 1.77M (int8: 1.33, 0.67, 0.59-0.86). A SmolLM2-135M
+# layer's four products (332k to 1.77M weights) all split from here: batch-1 decoding 25 -> 31 tokens/s.
+PARALLEL_MATVEC_MIN = 300_000
 
 
 @njit(**JIT)
