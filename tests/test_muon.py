@@ -112,8 +112,11 @@ class TorchMuon:
         self.adamw = torch.optim.AdamW([{"params": decayed, "weight_decay": wd}, {"params": rest, "weight_decay": 0}],
                                        lr=lr, betas=betas, eps=1e-8)
 
-    @torch.no_grad()
     def step(self, lr):
+        with torch.no_grad():  # not a decorator: the class must be defined when torch is absent
+            return self._step(lr)
+
+    def _step(self, lr):
         params = list(self.named.values())
         norm = float(torch.nn.utils.clip_grad_norm_(params, self.clip))
         for group in self.adamw.param_groups:
