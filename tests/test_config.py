@@ -59,8 +59,8 @@ def test_bad_token_ids():
     m = Model(cfg, seed=0)
     with pytest.raises(ConfigError, match="outside"):
         m.forward(np.array([[1, 11]]))
-    with pytest.raises(ConfigError, match="outside"):
-        m.forward(np.array([[1, 2]]), np.array([[-1, 2]]))
+    with pytest.raises(ConfigError, match="outside"):  # -1 is a target with no loss; -2 is nothing
+        m.forward(np.array([[1, 2]]), np.array([[-2, 2]]))
     with pytest.raises(ConfigError, match="shape"):
         m.forward(np.array([[1, 2]]), np.array([[1, 2, 3]]))
 
