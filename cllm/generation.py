@@ -28,6 +28,11 @@ class SamplingConfig:
     top_p: float = option(1.0, "sample among the smallest set of tokens whose probability reaches p (1: all)")
     repeat_penalty: float = option(1.0, "divide the logits of recently seen tokens by this (1: off)")
     repeat_last_n: int = option(64, "how many recent tokens the repeat penalty looks at")
+    presence_penalty: float = option(0.0, "subtract this from the logit of every token already generated "
+                                          "(OpenAI's; -2..2, 0: off)")
+    frequency_penalty: float = option(0.0, "subtract this times its count so far from a generated token's logit "
+                                           "(OpenAI's; -2..2, 0: off)")
+    min_p: float = option(0.0, "drop tokens less likely than min_p times the most likely one (llama.cpp's; 0: off)")
     seed: int | None = option(None, "random seed; the same seed gives the same text (none: a fresh one)")
     ignore_eos: bool = option(False, "go on after EOS: exactly --max-new-tokens tokens (for benchmarks)")
 
@@ -44,6 +49,11 @@ class SamplingConfig:
             raise ConfigError(f"--repeat-penalty must be > 0 (1 disables it), got {self.repeat_penalty!r}")
         if not isinstance(self.repeat_last_n, int) or self.repeat_last_n < 0:
             raise ConfigError(f"--repeat-last-n must be a non-negative integer, got {self.repeat_last_n!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                raise ConfigError(f"--{name.replace('_', '-')} must lie in [-2, 2], got {getattr(self, name)!r}")
+        if not 0 <= self.min_p <= 1:
+            raise ConfigError(f"--min-p must lie in [0, 1], got {self.min_p!r}")
 
 
 def apply_repeat_penalty(logits: np.ndarray, recent: list[int], penalty: float) -> np.ndarray:
@@ -81,11 +91,39 @@ def filter_probs(probs: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
     return probs
 
 
-def next_token(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator, history: list[int]) -> int:
-    """Pick the next token id from one row of logits (V,)."""
-    logits = np.asarray(logits, dtype=np.float64)
+def apply_presence_frequency(logits: np.ndarray, counts: dict[int, int], presence: float,
+                             frequency: float) -> np.ndarray:
+    """OpenAI's penalties: logit[j] -= count[j] * frequency + (count[j] > 0) * presence, count[j] the times token j
+    was generated so far (the prompt's tokens do not count, as in OpenAI's and vLLM's servers)."""
+    if (presence == 0 and frequency == 0) or not counts:
+        return logits
+    logits = logits.copy()
+    ids = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+    n = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
+    logits[ids] -= n * frequency + presence
+    return logits
+
+
+def apply_logit_bias(logits: np.ndarray, bias: dict[int, float] | None) -> np.ndarray:
+    """OpenAI's logit_bias: {token id: value added to its logit}; -100 bans a token, 100 all but forces it."""
+    if not bias:
+        return logits
+    logits = logits.copy()
+    for token, value in bias.items():
+        logits[token] += value
+    return logits
+
+
+def next_token(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator, history: list[int],
+               counts: dict[int, int] | None = None, logit_bias: dict[int, float] | None = None) -> int:
+    """Pick the next token id from one row of logits (V,). counts: how often each token was generated so far (for
+    the presence and frequency penalties). The order: logit bias, repeat penalty, presence and frequency
+    penalties, temperature (0: the argmax here), top-k, top-p, min-p (the order of transformers' processors)."""
+    logits = apply_logit_bias(np.asarray(logits, dtype=np.float64), logit_bias)
     if cfg.repeat_penalty != 1.0 and cfg.repeat_last_n:
         logits = apply_repeat_penalty(logits, history[-cfg.repeat_last_n:], cfg.repeat_penalty)
+    if counts:
+        logits = apply_presence_frequency(logits, counts, cfg.presence_penalty, cfg.frequency_penalty)
     if cfg.temperature == 0:
         return int(np.argmax(logits))
     z = logits / cfg.temperature
@@ -93,11 +131,48 @@ def next_token(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator
     probs = np.exp(z)
     probs /= probs.sum()
     probs = filter_probs(probs, cfg.top_k, cfg.top_p)
+    if cfg.min_p > 0:  # the most likely token always stays
+        probs = np.where(probs >= cfg.min_p * probs.max(), probs, 0.0)
+        probs /= probs.sum()
     # inverse CDF (twice as fast as rng.choice(p=...), which re-validates p every call): the first
     # token whose cumulative mass exceeds u; a zero-probability token never does (its cumulative
     # mass equals its predecessor's)
     cdf = np.cumsum(probs)
     return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), probs.size - 1))
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """(..., V) logits -> float64 log-probabilities."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def top_logprobs(logp: np.ndarray, n: int) -> list[tuple[int, float]]:
+    """The n most likely (id, log-probability) of one row (V,), the likeliest first, ties by the lower id."""
+    if n <= 0:
+        return []
+    n = min(n, logp.size)
+    ids = np.argpartition(-logp, n - 1)[:n]
+    ids = ids[np.lexsort((ids, -logp[ids]))]
+    return [(int(i), float(logp[i])) for i in ids]
+
+
+def prompt_logprobs(model, ids: list[int], top_n: int = 0) -> list[tuple[float, list] | None]:
+    """For each token of `ids`: None for the first (nothing predicts it), then (its log-probability given the
+    tokens before it, the top_n alternatives) from one forward over the whole prompt, at most the model's context
+    long (what `cli.py evaluate` scores with one window)."""
+    if len(ids) > model.config.max_seq_len:
+        raise ConfigError(f"the prompt has {len(ids)} tokens; its log-probabilities need at most the context, "
+                          f"{model.config.max_seq_len}")
+    out: list[tuple[float, list] | None] = [None]
+    if len(ids) < 2:
+        return out[:len(ids)]
+    x = np.asarray(ids[:-1], dtype=np.int32)[None, :]
+    logp = log_softmax(np.array(model.forward(x)[0]))  # (L-1, V)
+    for j, tok in enumerate(ids[1:]):
+        out.append((float(logp[j, tok]), top_logprobs(logp[j], top_n)))
+    return out
 
 
 class Generator:
@@ -116,19 +191,38 @@ class Generator:
         logits = self.model.prefill(np.asarray(tokens, dtype=np.int32), 0, cache)
         return cache, logits[None, :], len(tokens)
 
-    def stream(self, prompt: list[int], cfg: SamplingConfig) -> Iterator[int]:
+    def stream(self, prompt: list[int], cfg: SamplingConfig, logit_bias: dict[int, float] | None = None
+               ) -> Iterator[int]:
+        """The new token ids, one at a time; EOS ends them (and is not yielded) unless cfg.ignore_eos."""
+        for tok, _ in self._steps(prompt, cfg, logit_bias):
+            yield tok
+
+    def stream_scored(self, prompt: list[int], cfg: SamplingConfig, top_n: int = 0,
+                      logit_bias: dict[int, float] | None = None) -> Iterator[tuple[int, float, list]]:
+        """stream()'s tokens as (id, its log-probability, [(id, log-probability)] of the top_n most likely): the
+        model's own distribution (a log-softmax of its logits, before any penalty, bias or temperature), so a
+        token's value is minus the loss `cli.py evaluate` gives it in the same context."""
+        for tok, logits in self._steps(prompt, cfg, logit_bias):
+            logp = log_softmax(logits)
+            yield tok, float(logp[tok]), top_logprobs(logp, top_n)
+
+    def _steps(self, prompt: list[int], cfg: SamplingConfig, logit_bias=None) -> Iterator[tuple[int, np.ndarray]]:
+        """(token, the logits row (V,) it was drawn from) for each new token."""
         cfg.validate()
         if not prompt:
             raise ConfigError("the prompt is empty; give at least one token")
         rng = np.random.default_rng(cfg.seed)
         history = list(prompt)
+        counts: dict[int, int] = {}
         cache, logits, pos = self._prefill(history)
         for _ in range(cfg.max_new_tokens):
-            tok = next_token(logits[0], cfg, rng, history)
+            row = logits[0]
+            tok = next_token(row, cfg, rng, history, counts, logit_bias)
             if not cfg.ignore_eos and self.eos_id is not None and tok == self.eos_id:
                 return
             history.append(tok)
-            yield tok
+            counts[tok] = counts.get(tok, 0) + 1
+            yield tok, row
             if pos >= self.max_len:  # context full: keep the last half and rebuild the cache
                 cache, logits, pos = self._prefill(history[-(self.max_len // 2):])
             else:
