@@ -3,14 +3,16 @@ does the work; for a folder of images, bits per dimension and accuracy: cllm/vis
 import json
 import sys
 
+from cllm.errors import ConfigError
 from cllm.evaluate import evaluate_checkpoint
+from cllm.multiple_choice import evaluate_task_file
 from cllm.vision.likelihood import format_confusion
 
 
 def main(checkpoint: str = "checkpoints", data: str | None = None, *, text: str | None = None,
          stride: int | None = None, batch_size: int = 8, json: bool = False, progress: bool = True,
          threads: int | None = None, tokenizer: str | None = None, classify: str | None = None,
-         device: str = "cpu", quantize: str | None = None):
+         device: str = "cpu", quantize: str | None = None, task: str | None = None):
     """Loss, perplexity and bits per byte of CHECKPOINT on DATA (a text file or a directory of them,
     read and cleaned as training reads it; `-` reads standard input) or on --text STRING.
 
@@ -32,7 +34,22 @@ def main(checkpoint: str = "checkpoints", data: str | None = None, *, text: str 
       device: cpu, cuda or cuda:N (an NVIDIA GPU through the [cuda] extra; text models)
       quantize: int8: score the model whose weight matrices are rounded as generate --quantize int8
         rounds them (text models)
+      task: a multiple-choice task (JSONL lines {"context", "choices", "gold"}): accuracy and length-normalized
+        accuracy by likelihood, as lm-evaluation-harness scores HellaSwag or ARC (cllm/multiple_choice.py)
     """
+    if task is not None:
+        if data is not None or text is not None:
+            raise ConfigError("--task scores a multiple-choice file; give it without DATA or --text")
+        result = evaluate_task_file(checkpoint, task, threads=threads, tokenizer=tokenizer, device=device,
+                                    quantize=quantize, progress=progress)
+        if json:
+            sys.stdout.write(_json.dumps(result) + "\n")
+        else:
+            print(f"checkpoint   {result['checkpoint']}")
+            print(f"task         {result['task']} ({result['questions']} questions)")
+            print(f"acc          {result['acc']:.4f} +- {result['acc_stderr']:.4f}")
+            print(f"acc_norm     {result['acc_norm']:.4f} +- {result['acc_norm_stderr']:.4f}")
+        return 0
     result = evaluate_checkpoint(checkpoint, data, text=text, stride=stride, batch_size=batch_size, progress=progress,
                                  threads=threads, tokenizer=tokenizer, device=device, quantize=quantize,
                                  classify=classify)
