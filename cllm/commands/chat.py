@@ -42,6 +42,8 @@ def main(*, checkpoint: str = "checkpoints", system: str | None = None, threads:
                           "conversations\") or an imported model that has one")
     session = ChatSession(model, tok, system, notify=lambda message: print(message, file=sys.stderr))
     interactive = sys.stdin.isatty()
+    if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 become U+FFFD, not an error mid-session
+        sys.stdin.reconfigure(errors="replace")
     if interactive:
         print(HELP, file=sys.stderr)
     try:
