@@ -14,6 +14,7 @@ from cllm.commands import did_you_mean, run_command
 COMMANDS = {
     "train": "train",
     "generate": "generate",
+    "chat": "chat",
     "prepare": "prepare",
     "scrape": "scrape",
     "tokenizer": "tokenizer",
@@ -30,6 +31,7 @@ COMMANDS = {
 SUMMARIES = {
     "train": "train a GPT on text: a file, a folder, a prepared dataset or a crawl (default: data/)",
     "generate": "continue a prompt with a trained model",
+    "chat": "talk with a model fine-tuned on conversations, in the terminal",
     "prepare": "clean and tokenize a corpus into a token dataset that train reads",
     "scrape": "crawl a website politely into clean text files, a corpus for prepare and train",
     "tokenizer": "train, inspect, convert and use tokenizers (actions: train, encode, decode, ...)",

@@ -40,10 +40,24 @@ from cllm.errors import ConfigError, DataError
 def evaluate_checkpoint(checkpoint: str, data: str | None = None, **options) -> dict:
     """`cli.py evaluate`: the checkpoint's scores on `data` (or options["text"]), by the kind of the data
     (cllm/kinds.py): a text's loss, perplexity and bits per byte (evaluate_text, below); a folder of
-    images' bits per dimension and, with classify=FOLDER, accuracy (cllm/vision/likelihood.py)."""
+    images' bits per dimension and, with classify=FOLDER, accuracy (cllm/vision/likelihood.py); conversations'
+    assistant-token loss (cllm/chat/kind.py)."""
     source = options.get("classify") or data
-    kind = kinds.get(kinds.DEFAULT) if source is None or source == "-" else kinds.for_input(source)
+    if source is None or source == "-":
+        kind = kinds.get(kinds.DEFAULT)
+    else:  # a prepared dataset is evaluated by the kind that prepared it (a chat dataset: its held-out split)
+        kind = kinds.get(_prepared_kind(source) or kinds.for_input(source).name)
     return kind.evaluate(checkpoint, data, **options)
+
+
+def _prepared_kind(path) -> str | None:
+    """The kind a prepared dataset's meta.json names ("chat", "image"), if `path` is one and the kind is known."""
+    try:
+        with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
+            name = json.load(f).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if name in kinds.names() else None
 
 
 def evaluate_text(checkpoint, data=None, text=None, stride=None, batch_size=8, progress=True, threads=None,

@@ -29,6 +29,7 @@ DOCUMENTS = ["README.md"] + sorted("docs/" + p.name for p in (ROOT / "docs").glo
 PARSE_ONLY_COMMANDS = {
     "serve": "a server runs until stopped (tests/test_serve.py starts and queries one)",
     "scrape": "a crawl needs the outside site it names (tests/test_crawl_cli.py crawls a local one)",
+    "chat": "a conversation reads the terminal until /exit (tests/test_chat_cli.py pipes sessions into it)",
 }
 # whole programs that only parse, and why:
 PARSE_ONLY_PROGRAMS = {

@@ -9,20 +9,35 @@ chat model's tokenizer is a bpe (or imported) one, so a trained chat model sampl
 It claims a folder of conversation JSONL, so that a text corpus (data/) skips data/chat whole."""
 from __future__ import annotations
 
+import json
+import math
 import os
 
 import numpy as np
 
-from cllm.chat.data import ChatSplit, conversation_window, is_chat_source, prepare_chat_dataset, summary
+from cllm.chat.data import (
+    BadRows,
+    ChatSplit,
+    conversation_window,
+    is_chat_source,
+    prepare_chat_dataset,
+    read_chat_split,
+    read_conversations,
+    summary,
+)
+from cllm.chat.template import ChatTemplateError, assistant_mask
+from cllm.completion import load_for_generation
 from cllm.data.textkind import sample_text
-from cllm.errors import DataError
+from cllm.errors import ConfigError, DataError
 from cllm.kinds import DatasetKind, register
+from cllm.tokenizers import load_tokenizer
 from cllm.training.data import ChatSampler
 
 
-def validate(model, tokenizer, split: ChatSplit, B: int, T: int) -> dict:
-    """{"val_loss": mean loss over the assistant tokens (targets >= 0) of every held-out conversation's window},
-    B windows per forward (the last batch padded with its first window, not counted)."""
+def assistant_loss(model, split: ChatSplit, B: int, T: int) -> tuple[float, int]:
+    """(summed loss, count) over the assistant targets (targets >= 0) of every conversation's window (its first
+    T + 1 tokens, cllm/chat/data.py conversation_window), B windows per forward (the last batch padded with its
+    first window, not counted)."""
     total, count = 0.0, 0
     n = split.conversations
     for first in range(0, n, B):
@@ -35,15 +50,113 @@ def validate(model, tokenizer, split: ChatSplit, B: int, T: int) -> dict:
         losses, keep = model.token_losses()[:real], y[:real] >= 0
         total += float(losses[keep].sum(dtype=np.float64))
         count += int(keep.sum())
+    return total, count
+
+
+def validate(model, tokenizer, split: ChatSplit, B: int, T: int) -> dict:
+    """{"val_loss": mean loss over the assistant tokens of every held-out conversation's window}."""
+    total, count = assistant_loss(model, split, B, T)
     if count == 0:
         raise DataError(f"no held-out conversation has an assistant token within its first {T + 1} tokens; "
                         "use a larger --seq-len or --val-fraction")
     return {"val_loss": total / count}
 
 
-def evaluate(checkpoint, data, **options) -> dict:
-    raise DataError("`cli.py evaluate` does not read conversations yet; the assistant-token loss on held-out "
-                    "conversations is `cli.py train`'s validation (val_loss)")
+def evaluate(checkpoint, data, text=None, stride=None, batch_size=8, progress=True, threads=None, tokenizer=None,
+             device="cpu", quantize=None, classify=None) -> dict:
+    """`cli.py evaluate CHECKPOINT CONVERSATIONS`: the mean loss over the assistant tokens (and its perplexity) of
+    conversations, each scored as training validates it (validate above: one window of the model's context from
+    the conversation's start). `data`: JSONL conversations (a file or a folder of them), rendered with the
+    checkpoint's tokenizer, bad rows left out and reported as `prepare` reports them; or a prepared chat dataset,
+    whose held-out conversations are the ones training's val_loss is over."""
+    # costly at start-up: Numba and the kernels, which `prepare` (importing this kind) would pay
+    from cllm.quantize import check_scheme, dequantize_in_place  # noqa: PLC0415
+
+    if text is not None:
+        raise ConfigError("--text evaluates text; conversations come from a JSONL file or a prepared chat dataset")
+    if classify is not None:
+        raise ConfigError("--classify is for a folder of images, not conversations")
+    if stride is not None:
+        raise ConfigError("--stride does not apply to conversations: each is one window from its start, as "
+                          "training validates it")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    check_scheme(quantize, device)
+    model, tok, path = load_for_generation(checkpoint, tokenizer, threads, device)
+    if quantize == "int8":  # the training forward over the int8 values (cllm/quantize.py)
+        dequantize_in_place(model)
+    data = os.fspath(data)
+    prepared = is_prepared(data)  # a prepared dataset: its held-out conversations
+    split, bad = _prepared_split(data, tok) if prepared else _rendered_split(data, tok)
+    n = split.conversations
+    if n == 0:
+        raise DataError(f"{data} holds no held-out conversations (prepared with --val-fraction 0); evaluate the "
+                        "JSONL conversations instead")
+    V = model.config.vocab_size
+    if int(split.tokens.max()) >= V:
+        raise DataError(f"the conversations encode to token ids outside the model's vocabulary of {V}; "
+                        "the tokenizer does not belong to this checkpoint")
+    T = model.config.max_seq_len
+    total, count = assistant_loss(model, split, min(batch_size, n), T)
+    if count == 0:
+        raise DataError(f"no conversation of {data} has an assistant token within its first {T + 1} tokens "
+                        "(the model's context)")
+    # the assistant's targets: its tokens but any that starts a conversation (nothing predicts it)
+    mask = np.asarray(split.mask, bool)
+    assistant = int(mask.sum() - mask[np.asarray(split.starts[:-1])].sum())
+    loss = total / count
+    return {"checkpoint": path, "data": data, "held_out": prepared, "conversations": n,
+            "assistant_tokens": assistant, "scored_tokens": count, "context": T, "loss": loss,
+            "perplexity": math.exp(loss) if loss < 700 else math.inf, "bad_rows": bad.total,
+            "bad_rows_report": bad.describe()}
+
+
+def is_prepared(path: str) -> bool:
+    """Whether `path` is a prepared chat dataset (its meta.json says "kind": "chat")."""
+    try:
+        with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("kind") == "chat"
+
+
+def _prepared_split(path: str, tokenizer) -> tuple[ChatSplit, BadRows]:
+    """The held-out split of a prepared chat dataset encoded with `tokenizer`, and the bad rows prepare left out."""
+    if load_tokenizer(os.path.join(path, "tokenizer.json"))._to_dict() != tokenizer._to_dict():
+        raise DataError(f"the prepared dataset {path} was encoded with another tokenizer than the checkpoint's; "
+                        "evaluate its JSONL conversations instead")
+    with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
+        recorded = json.load(f).get("bad_rows") or {}
+    bad = BadRows(dict(recorded.get("counts") or {}), list(recorded.get("first") or []))
+    return read_chat_split(path, "val"), bad
+
+
+def _rendered_split(path: str, tokenizer) -> tuple[ChatSplit, BadRows]:
+    """The conversations of the JSONL at `path` rendered with `tokenizer`'s chat template, one after the other, as
+    a ChatSplit in memory; rows that are not conversations, or that the template refuses, are the bad rows."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise DataError(f"the checkpoint's {tokenizer.kind} tokenizer has no chat template, so it cannot render "
+                        "conversations; evaluate a model fine-tuned on conversations (docs/training.md)")
+    conversations, bad = read_conversations(path)
+    ids, mask, starts, first_error = [], [], [0], None
+    for where, conv in conversations:
+        try:
+            a, m = assistant_mask(tokenizer, conv)
+        except ChatTemplateError as exc:
+            first_error = first_error or exc
+            bad.add(where, "the chat template refused it")
+            continue
+        ids += a
+        mask += m
+        starts.append(len(ids))
+    if len(starts) == 1:
+        why = f"the chat template refused every one: {first_error}" if first_error else bad.describe()
+        raise DataError(f"no conversation of {path} to evaluate: {why}. Each row must be "
+                        '{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]} with an '
+                        "assistant turn")
+    split = ChatSplit(np.asarray(ids, np.int64), np.asarray(mask, np.uint8), np.asarray(starts, np.int64))
+    return split, bad
 
 
 CHAT = register(DatasetKind(

@@ -1,5 +1,6 @@
 """`python cli.py evaluate CHECKPOINT TEXT_OR_DIR [flags]`: loss, perplexity and bits per byte (cllm/evaluate.py
-does the work; for a folder of images, bits per dimension and accuracy: cllm/vision/likelihood.py)."""
+does the work; for a folder of images, bits per dimension and accuracy: cllm/vision/likelihood.py; for
+conversations, the loss on the assistant's tokens: cllm/chat/kind.py)."""
 import json
 import sys
 
@@ -17,11 +18,13 @@ def main(checkpoint: str = "checkpoints", data: str | None = None, *, text: str 
     read and cleaned as training reads it; `-` reads standard input) or on --text STRING.
 
     The model reads windows of its context length that start every --stride tokens; every token is
-    scored once.
+    scored once. Conversations (a JSONL file of {"messages": [...]} rows, a folder of them, or a prepared
+    chat dataset, whose held-out conversations it reads) are scored as training validates them: the mean
+    loss over the assistant's tokens, each conversation one window from its start.
 
     Args:
       checkpoint: a run directory, a step directory or a latest/best link
-      data: a text file, a directory of them, or - for standard input
+      data: a text file, a directory of them, - for standard input, or conversations (JSONL)
       text: the text itself, instead of DATA
       stride: tokens between window starts (none: the context, disjoint windows, as training's
         validation loss; smaller: more context per token, slower)
@@ -57,6 +60,8 @@ def main(checkpoint: str = "checkpoints", data: str | None = None, *, text: str 
         sys.stdout.write(_json.dumps(result) + "\n")
     elif "bits_per_dim" in result:  # a folder of images (cllm/vision/likelihood.py)
         _print_images(result)
+    elif "conversations" in result:  # conversations (cllm/chat/kind.py)
+        _print_conversations(result)
     else:
         _print_text(result)
     return 0
@@ -74,6 +79,19 @@ def _print_text(result: dict) -> None:
     print(f"loss         {result['loss']:.4f} nats/token")
     print(f"perplexity   {result['perplexity']:.3f}")
     print(f"bits/byte    {bpb:.4f}" if bpb is not None else "bits/byte    n/a")
+
+
+def _print_conversations(result: dict) -> None:
+    beyond = result["assistant_tokens"] - result["scored_tokens"]
+    print(f"checkpoint   {result['checkpoint']}")
+    held = "held-out " if result["held_out"] else ""
+    print(f"data         {result['data']} ({result['conversations']:,} {held}conversation(s); "
+          f"{result['bad_rows_report']})")
+    print(f"assistant    {result['scored_tokens']:,} tokens scored, each conversation one window of "
+          f"{result['context']} tokens from its start"
+          + (f" ({beyond:,} more lie beyond it)" if beyond else ""))
+    print(f"loss         {result['loss']:.4f} nats/token (the assistant's tokens, as training's val_loss)")
+    print(f"perplexity   {result['perplexity']:.3f}")
 
 
 def _print_images(result: dict) -> None:
