@@ -66,12 +66,14 @@ def tiny_run(tmp_path_factory) -> dict:
     return _SESSION["run"]
 
 
-def random_checkpoint(tmp_path_factory, embed_dim=128, num_layers=4, num_heads=4, seq_len=512) -> Path:
+def random_checkpoint(tmp_path_factory, embed_dim=128, num_layers=4, num_heads=4, seq_len=512, chat=False) -> Path:
     """A checkpoint of an untrained model, bigger than the tiny one so that generating takes visible
-    time (the browser test watches text arrive), with the tiny run's char tokenizer."""
-    key = f"random{embed_dim}x{num_layers}x{seq_len}"
+    time (the browser test watches text arrive), with the tiny run's char tokenizer, or with chat=True
+    chat_run's bpe tokenizer and its chat template."""
+    key = f"random{embed_dim}x{num_layers}x{seq_len}" + ("chat" if chat else "")
     if key not in _SESSION:
-        tok = load_tokenizer(str(tiny_run(tmp_path_factory)["dataset"] / "tokenizer.json"))
+        source = chat_run(tmp_path_factory) / "latest" if chat else tiny_run(tmp_path_factory)["dataset"]
+        tok = load_tokenizer(str(source / "tokenizer.json"))
         model = Model(ModelConfig(vocab_size=tok.vocab_size, max_seq_len=seq_len, num_layers=num_layers,
                                   num_heads=num_heads, embed_dim=embed_dim), seed=1)
         base = tmp_path_factory.mktemp(key)
