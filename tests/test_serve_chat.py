@@ -80,7 +80,7 @@ def test_the_end_of_turn_token_comes_from_the_template(engine):
 
 
 async def test_replies_are_greedy_generation_up_to_the_end_of_turn(engine, make_client):
-    client = await make_client(engine)
+    client = client_default = await make_client(engine)
     reasons = []
     for messages in QUESTIONS:
         text, prompt_tokens, tokens, reason = greedy_reply(engine, messages, max_tokens=40)
@@ -96,11 +96,13 @@ async def test_replies_are_greedy_generation_up_to_the_end_of_turn(engine, make_
         assert "<|im" not in text
         reasons.append(reason)
     assert reasons.count("stop") >= 3, reasons  # the end-of-turn token ended most replies
-    # without max tokens a reply may fill the context's rest
-    text, prompt_tokens, _, _ = greedy_reply(engine, HI, max_tokens=128 - len(apply_chat_template(
-        engine.tokenizer, HI, add_generation_prompt=True)))
-    status, body = await chat(client, messages=HI, temperature=0)
-    assert body["choices"][0]["message"]["content"] == text
+    # without max tokens a reply runs to its end of turn (or the server's cap)
+    client = await make_client(engine, max_tokens_cap=6)
+    for cap in (1024, 6):
+        text, _, tokens, reason = greedy_reply(engine, HI, max_tokens=cap)
+        status, body = await chat(client if cap == 6 else client_default, messages=HI, temperature=0)
+        assert body["choices"][0]["message"]["content"] == text and body["usage"]["completion_tokens"] == tokens
+        assert body["choices"][0]["finish_reason"] == reason == ("length" if cap == 6 else "stop")
 
 
 async def test_the_openai_sdk_streams_and_not(engine, make_client):

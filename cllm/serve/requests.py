@@ -94,7 +94,7 @@ def parse_completion_request(body: dict, settings: ServerSettings) -> Completion
 def parse_chat_request(body: dict, settings: ServerSettings) -> tuple[list[dict], CompletionRequest]:
     """(messages, the generation's CompletionRequest without its prompt) from a decoded JSON body; APIError(400)
     naming the first bad field. Its max_tokens is None when the body gives neither 'max_completion_tokens' nor
-    'max_tokens' (the server then fills the context, cllm/serve/server.py chat_completions)."""
+    'max_tokens' (cllm/serve/server.py chat_completions then allows its max_tokens_cap)."""
     check_fields(body, _CHAT_FIELDS, "the documentation of /v1/chat/completions (docs/serving.md)")
     _check_openai_fields(body, _CHAT_NOOPS)
     messages = _parse_messages(body, settings)

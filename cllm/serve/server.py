@@ -222,7 +222,8 @@ async def chat_completions(request):
     "finish_reason", "logprobs": null}], "usage"}, or with "stream": true "chat.completion.chunk" events. The
     conversation is rendered by the tokenizer's chat template with the generation prompt (cropped to the context
     as a completion's prompt is); a reply ends at the template's end-of-turn token (never part of the content,
-    finish_reason "stop"). Without max tokens, a reply may fill what the context has left."""
+    finish_reason "stop"). Without max tokens, a reply may run to the server's max_tokens_cap (OpenAI's has no
+    limit but the context; here generation goes on past a full context, as completions do)."""
     engine: Engine = request.app[ENGINE]
     if engine.chat_template is None:
         raise APIError(400, f"this model's {engine.tokenizer.kind} tokenizer has no chat template, so it cannot "
@@ -234,8 +235,8 @@ async def chat_completions(request):
     except TokenizerError as exc:  # the template's own refusal (raise_exception) or what it could not render
         raise APIError(400, str(exc), param="messages", code="chat_template_error") from None
     req.end_ids = engine.end_of_turn
-    if req.max_tokens is None:
-        req.max_tokens = min(request.app[SETTINGS].max_tokens_cap, max(1, engine.context - len(req.prompt_ids)))
+    if req.max_tokens is None:  # a reply normally ends sooner, at the end-of-turn token
+        req.max_tokens = request.app[SETTINGS].max_tokens_cap
     return await _generate(request, req, "chatcmpl-", CHAT)
 
 
