@@ -77,6 +77,10 @@ def test_the_end_of_turn_token_comes_from_the_template(engine):
     assert end_of_turn_ids(tok) == {tok.eos_id}
     tok.chat_template = "{{ raise_exception('no') }}"
     assert end_of_turn_ids(tok) == {tok.eos_id}
+    # a template that wants a system message first is asked again with one
+    tok.chat_template = ("{% if messages[0]['role'] != 'system' %}{{ raise_exception('system first') }}{% endif %}"
+                         + CHATML_TEMPLATE)
+    assert end_of_turn_ids(tok) == {tok.token_to_id("<|im_end|>"), tok.eos_id}
 
 
 async def test_replies_are_greedy_generation_up_to_the_end_of_turn(engine, make_client):
@@ -142,6 +146,27 @@ async def test_the_openai_sdk_streams_and_not(engine, make_client):
     assert two.choices[0].message.content != two.choices[1].message.content
     assert two.usage.prompt_tokens == prompt_tokens  # the conversation once, however many choices
     await oai.close()
+
+
+async def test_a_stream_of_two_choices(engine, make_client):
+    client = await make_client(engine)
+    r = await client.post("/v1/chat/completions", json={"messages": HI, "n": 2, "seed": 1, "max_tokens": 8,
+                                                         "stream": True})
+    assert r.status == 200 and r.headers["Content-Type"] == "text/event-stream"
+    events = (await r.text()).split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    chunks = [json.loads(e[len("data: "):]) for e in events[:-2]]
+    assert [c["choices"][0]["delta"] for c in chunks[:2]] == [{"role": "assistant"}] * 2
+    assert [c["choices"][0]["index"] for c in chunks[:2]] == [0, 1]
+    texts, reasons = {0: "", 1: ""}, {}
+    for c in chunks[2:]:
+        (choice,) = c["choices"]
+        texts[choice["index"]] += choice["delta"].get("content", "")
+        if choice["finish_reason"]:
+            reasons[choice["index"]] = choice["finish_reason"]
+    status, whole = await chat(client, messages=HI, n=2, seed=1, max_tokens=8)
+    assert texts == {c["index"]: c["message"]["content"] for c in whole["choices"]}
+    assert reasons == {c["index"]: c["finish_reason"] for c in whole["choices"]}
 
 
 def assert_error(status, body, param=None, code="invalid_value", words=""):

@@ -36,20 +36,21 @@ def _specials(tokenizer) -> dict[str, int]:
 def end_of_turn_ids(tokenizer) -> frozenset[int]:
     """The ids that end an assistant turn: the tokenizer's EOS, and the special token its chat template writes right
     after an assistant message (ChatML's <|im_end|>, Llama 3's <|eot_id|>, a Mistral template's </s>). Found by
-    rendering a short conversation, so any template's own token is found; a template that refuses that
-    conversation leaves EOS alone."""
+    rendering a short conversation (with a system message too, for templates that want one), so any template's
+    own token is found; a template that refuses both leaves EOS alone."""
     ends = {tokenizer.eos_id} if tokenizer.eos_id is not None else set()
     specials = _specials(tokenizer)
-    try:
-        text = chat_text(tokenizer, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE}])
-    except TokenizerError:
-        return frozenset(ends)
-    at = text.rfind(_PROBE)
-    if at >= 0:
-        rest = text[at + len(_PROBE):]
-        found = [(rest.find(s), -len(s), s) for s in specials if rest.find(s) >= 0]
+    turn = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE}]
+    for conversation in (turn, [{"role": "system", "content": "Be brief."}, *turn]):
+        try:
+            text = chat_text(tokenizer, conversation)
+        except TokenizerError:
+            continue
+        rest = text[text.rfind(_PROBE) + len(_PROBE):] if _PROBE in text else ""
+        found = [(rest.find(s), -len(s), s) for s in specials if s in rest]
         if found:  # the first one after the message (the longest of those starting there)
             ends.add(specials[min(found)[2]])
+        break
     return frozenset(ends)
 
 

@@ -128,7 +128,7 @@ async def collect_response(request, req, events, future, meta, shape: Shape = TE
     if result["cancelled"] and (request.transport is None or request.transport.is_closing()):
         _log_dropped(request, future, meta)
     choices = [shape.choice(i, "".join(texts.get(i, [])), reasons.get(i)) for i in sorted(set(texts) | set(reasons))]
-    return web.json_response({**meta, "object": shape.object, "choices": choices, "usage": _usage(result)})
+    return web.json_response({**meta, "choices": choices, "usage": _usage(result)})
 
 
 async def stream_response(request, req, events, future, cancel, meta, shape: Shape = TEXT):
