@@ -1,7 +1,7 @@
 """POST /v1/chat/completions (cllm/serve/) and the chat loop it shares (cllm/chat/generate.py): replies equal greedy
 generation on the rendered conversation up to the end-of-turn token, the OpenAI SDK streaming and not, usage,
-n, stop strings, max_completion_tokens, finish reasons, the request errors, and a model whose tokenizer is
-imported from HuggingFace files with its template."""
+n, stop strings, max_completion_tokens, finish reasons, the request errors, a model whose tokenizer is
+imported from HuggingFace files with its template, and a llama."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from serve_helpers import ROOT, chat_run, tiny_run
 
 from cllm.chat.generate import end_of_turn_ids
 from cllm.chat.template import CHATML_TEMPLATE, apply_chat_template
+from cllm.config import ModelConfig
 from cllm.generation import Generator, SamplingConfig
 from cllm.interop.hf import tokenizer_files
+from cllm.model import Model
 from cllm.serve import Engine, ServerSettings, create_app
 from cllm.serve.engine import CompletionRequest
 from cllm.tokenizers import load_tokenizer
@@ -260,6 +262,18 @@ async def test_an_imported_tokenizer_with_its_template(engine, make_client, tmp_
         status, body = await chat(client, messages=messages, temperature=0, max_tokens=40)
         assert body["choices"][0]["message"]["content"] == text and body["choices"][0]["finish_reason"] == reason
         assert body["usage"]["completion_tokens"] == tokens
+
+
+async def test_a_llama_model_chats_the_same_way(engine, make_client):
+    # the server is the same for both architectures: an untrained llama over the chat tokenizer
+    llama = Model(ModelConfig(arch="llama", vocab_size=engine.tokenizer.vocab_size, max_seq_len=128, num_layers=1,
+                              num_heads=2, embed_dim=32), seed=2)
+    served = Engine(llama, engine.tokenizer, engine.checkpoint_path)
+    client = await make_client(served)
+    status, body = await chat(client, messages=HI, temperature=0, max_tokens=12)
+    text, prompt_tokens, tokens, reason = greedy_reply(served, HI, max_tokens=12)
+    assert body["choices"][0]["message"]["content"] == text and body["choices"][0]["finish_reason"] == reason
+    assert body["usage"]["prompt_tokens"] == prompt_tokens and body["usage"]["completion_tokens"] == tokens
 
 
 def test_a_long_conversation_keeps_its_last_tokens(engine):
