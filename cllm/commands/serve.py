@@ -19,7 +19,8 @@ def main(checkpoint: str = "checkpoints", *, host: str = "127.0.0.1", port: int 
 
     GET /health, GET /v1/models, POST /v1/completions (OpenAI's completions API: prompt, max_tokens,
     temperature, top_p, stop, seed, n, stream, echo; extensions top_k, repeat_penalty, beam_width,
-    ignore_eos) and a page at /. The limits and --api-key are ServerSettings' (cllm/serve/server.py).
+    ignore_eos), POST /v1/chat/completions (a model with a chat template: docs/serving.md "Chat") and a page
+    at /. The limits and --api-key are ServerSettings' (cllm/serve/server.py).
 
     Args:
       checkpoint: a run directory, a step directory or a latest/best link

@@ -4,7 +4,11 @@
 thread (the server calls it from a thread pool, off the event loop) and reports through `emit`:
 
     emit("delta", index, text)                     new text of choice `index` (stop strings held back)
-    emit("done", index, finish_reason, n_tokens)   choice finished: "stop" (EOS/stop string) or "length"
+    emit("done", index, finish_reason, n_tokens)   choice finished: "stop" (EOS, end of turn, stop string) or
+                                                   "length"
+
+A chat request is a completion request whose prompt is already ids (the conversation rendered by
+Engine.chat_prompt_ids) and whose choices also end at the chat template's end-of-turn token (end_ids).
 
 `cancel` (a threading.Event) is checked before every token: a client that went away stops its
 generation within one decoding step.
@@ -28,7 +32,8 @@ import time
 
 import numba
 
-from cllm.completion import StopStream, cut_at_stop, encode_prompt, load_for_generation
+from cllm.chat.generate import chat_prompt_ids, end_of_turn_ids, generate_reply
+from cllm.completion import cut_at_stop, encode_prompt, load_for_generation
 from cllm.generation import Generator, SamplingConfig
 from cllm.runtime import configure_threads
 
@@ -50,6 +55,10 @@ class CompletionRequest:
     echo: bool = False
     ignore_eos: bool = False
     include_usage: bool = False
+    # chat (cllm/serve/server.py chat_completions): the prompt as ids, used instead of `prompts`, and the ids
+    # that end a choice besides EOS
+    prompt_ids: list[int] | None = None
+    end_ids: frozenset[int] = frozenset()
 
 
 class Engine:
@@ -66,6 +75,8 @@ class Engine:
         self._turns = None  # set by warm_up: a lock that requests hold while generating, or a no-op
         self.threads: int | None = None  # Numba threads of each worker thread (None: Numba's default)
         self.stats = {"requests": 0, "cancelled": 0, "completion_tokens": 0}
+        # a chat model's end-of-turn ids (cllm/chat/generate.py), None without a chat template
+        self.end_of_turn = end_of_turn_ids(tokenizer) if self.chat_template is not None else None
 
     @classmethod
     def load(cls, checkpoint: str, tokenizer_path=None, threads=None, model_id=None, device="cpu",
@@ -96,17 +107,26 @@ class Engine:
                 layer = None
             self._turns = contextlib.nullcontext() if layer in ("omp", "tbb") else threading.Lock()
 
+    @property
+    def chat_template(self) -> str | None:
+        return getattr(self.tokenizer, "chat_template", None)
+
     def describe(self) -> dict:
         cfg = self.model.config
         return {"id": self.model_id, "checkpoint": self.checkpoint_path, "context_length": cfg.max_seq_len,
                 "parameters": int(self.model.num_parameters()), "vocab_size": cfg.vocab_size,
                 "tokenizer": self.tokenizer.kind, "embed_dim": cfg.embed_dim, "num_layers": cfg.num_layers,
-                "num_heads": cfg.num_heads}
+                "num_heads": cfg.num_heads, "chat": self.chat_template is not None}
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """(ids fed to the model, tokens of the prompt): an empty prompt starts from BOS or a newline;
         a prompt longer than the context keeps its last context - 1 tokens, as `generate` does."""
         return encode_prompt(self.tokenizer, prompt, self.context, lambda msg: None)
+
+    def chat_prompt_ids(self, messages: list[dict]) -> list[int]:
+        """The conversation's ids with the generation prompt, cropped to the context as prompt_ids crops a
+        prompt; a ChatTemplateError for what the template refuses."""
+        return chat_prompt_ids(self.tokenizer, messages, self.context)
 
     def stats_now(self) -> dict:
         """A copy of the counters (of requests finished: tokens are counted when a request ends)."""
@@ -136,8 +156,9 @@ class Engine:
         self._count("requests")
         prompt_tokens = completion_tokens = 0
         index = 0
-        for prompt in req.prompts:
-            ids = self.prompt_ids(prompt)
+        prompts = [req.prompt_ids] if req.prompt_ids is not None else req.prompts
+        for prompt in prompts:
+            ids = self.prompt_ids(prompt) if isinstance(prompt, str) else prompt
             prompt_tokens += len(ids)
             prefix = prompt if req.echo else ""
             if req.beam_width:
@@ -158,7 +179,7 @@ class Engine:
                 cfg = SamplingConfig(max_new_tokens=req.max_tokens, temperature=req.temperature, top_k=req.top_k,
                                      top_p=req.top_p, repeat_penalty=req.repeat_penalty,
                                      seed=None if req.seed is None else req.seed + i, ignore_eos=req.ignore_eos)
-                n_tokens, reason = self._sample(ids, cfg, req.stop, prefix, index, cancel, emit)
+                n_tokens, reason = self._sample(ids, cfg, req, prefix, index, cancel, emit)
                 completion_tokens += n_tokens
                 index += 1
         self._count("completion_tokens", completion_tokens)
@@ -166,23 +187,14 @@ class Engine:
             self._count("cancelled")
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "cancelled": cancel.is_set()}
 
-    def _sample(self, ids, cfg, stops, prefix, index, cancel, emit) -> tuple[int, str]:
+    def _sample(self, ids, cfg, req, prefix, index, cancel, emit) -> tuple[int, str]:
         """One sampled choice, streamed through emit; (tokens generated, finish reason)."""
-        out = StopStream(self.tokenizer, stops)
         if prefix:
             emit("delta", index, prefix)
-        for token in self.generator.stream(ids, cfg):
-            piece = out.add(token)
-            if piece:
-                emit("delta", index, piece)
-            if out.stopped or cancel.is_set():
-                break
-        rest = out.finish()
-        if rest:
-            emit("delta", index, rest)
-        reason = "stop" if out.stopped or out.count < cfg.max_new_tokens else "length"
-        emit("done", index, reason, out.count)
-        return out.count, reason
+        reply = generate_reply(self.generator, self.tokenizer, ids, cfg, req.end_ids, req.stop,
+                               on_text=lambda piece: emit("delta", index, piece), cancelled=cancel.is_set)
+        emit("done", index, reply.finish_reason, reply.tokens)
+        return reply.tokens, reply.finish_reason
 
 
 def default_model_id(checkpoint_path: str) -> str:

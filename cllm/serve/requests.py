@@ -2,10 +2,12 @@
 naming the first bad field (OpenAI's error shape; cllm/serve/server.py turns it into the response).
 
     parse_completion_request(body, settings) -> CompletionRequest     POST /v1/completions
+    parse_chat_request(body, settings) -> (messages, CompletionRequest)  POST /v1/chat/completions
     parse_image_request(body, settings, tok) -> (n, label, ...)        POST /v1/images/generations
 
-Checks run in a fixed order (the body's keys, the OpenAI no-ops, the prompt, sampling, stop strings,
-stream options, the choice limits), so the field an error names does not depend on the body's key order.
+Checks run in a fixed order (the body's keys, the OpenAI no-ops, the prompt or messages, sampling, stop
+strings, stream options, the choice limits), so the field an error names does not depend on the body's key
+order.
 """
 from __future__ import annotations
 
@@ -33,6 +35,17 @@ _OPENAI_NOOPS = {  # accepted for compatibility, only at values that change noth
 }
 _FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "n", "stream", "top_k",
            "repeat_penalty", "beam_width", "echo", "ignore_eos", "stream_options", *_OPENAI_NOOPS}
+_CHAT_NOOPS = {  # chat's own, at the values that change nothing
+    "logprobs": (None, False), "top_logprobs": (None, 0), "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0), "logit_bias": (None, {}), "user": None,
+    "response_format": (None, {"type": "text"}), "tools": (None, []), "tool_choice": (None, "none"),
+    "store": (None, False),
+}
+# chat has no echo, suffix or beams: a reply ends at the template's end-of-turn token, which beam search and
+# ignore_eos do not know
+_CHAT_FIELDS = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed",
+                "n", "stream", "top_k", "repeat_penalty", "stream_options", *_CHAT_NOOPS}
+CHAT_ROLES = ("system", "user", "assistant")
 _IMAGE_FIELDS = {"n", "class", "temperature", "top_k", "top_p", "seed", "grid", "response_format", "model", "size"}
 
 
@@ -65,9 +78,9 @@ def check_fields(body, fields, docs: str) -> None:
 def parse_completion_request(body: dict, settings: ServerSettings) -> CompletionRequest:
     """A CompletionRequest from a decoded JSON body; APIError(400) naming the first bad field."""
     check_fields(body, _FIELDS, "GET /v1/models and the documentation of /v1/completions")
-    _check_openai_fields(body)
+    _check_openai_fields(body, _OPENAI_NOOPS)
     prompts = _parse_prompts(body, settings)
-    sampling = _parse_sampling(body, settings)
+    sampling = _parse_sampling(body, settings, _parse_max_tokens(body, settings, "max_tokens", 16))
     n, beam_width, stream = sampling["n"], sampling["beam_width"], sampling["stream"]
     best_of = body.get("best_of")
     if best_of is not None and best_of != n:
@@ -78,9 +91,74 @@ def parse_completion_request(body: dict, settings: ServerSettings) -> Completion
     return CompletionRequest(prompts=prompts, stop=stops, include_usage=include_usage, **sampling)
 
 
-def _check_openai_fields(body: dict) -> None:
+def parse_chat_request(body: dict, settings: ServerSettings) -> tuple[list[dict], CompletionRequest]:
+    """(messages, the generation's CompletionRequest without its prompt) from a decoded JSON body; APIError(400)
+    naming the first bad field. Its max_tokens is None when the body gives neither 'max_completion_tokens' nor
+    'max_tokens' (cllm/serve/server.py chat_completions then allows its max_tokens_cap)."""
+    check_fields(body, _CHAT_FIELDS, "the documentation of /v1/chat/completions (docs/serving.md)")
+    _check_openai_fields(body, _CHAT_NOOPS)
+    messages = _parse_messages(body, settings)
+    if body.get("max_tokens") is not None and body.get("max_completion_tokens") is not None:
+        bad_value("max_tokens", "give 'max_completion_tokens' or its older name 'max_tokens', not both")
+    name = "max_tokens" if body.get("max_tokens") is not None else "max_completion_tokens"
+    sampling = _parse_sampling(body, settings, _parse_max_tokens(body, settings, name, None))
+    stops = _parse_stops(body)
+    include_usage = _parse_stream_options(body, sampling["stream"])
+    _check_choice_limits(sampling["n"], 0, 1, settings)
+    return messages, CompletionRequest(prompts=[], stop=stops, include_usage=include_usage, **sampling)
+
+
+def _parse_messages(body: dict, settings: ServerSettings) -> list[dict]:
+    """'messages' as [{"role", "content": str, "name"?}]: roles system, user, assistant; a content that is a
+    list of text parts ({"type": "text", "text": ...}) becomes their texts joined by newlines."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        bad_value("messages", "'messages' must be a non-empty list of {\"role\", \"content\"} objects")
+    out, chars = [], 0
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            bad_value(where, f"{where} must be an object with 'role' and 'content', got {json.dumps(m)[:80]}")
+        for key in m:
+            if key not in ("role", "content", "name"):
+                bad_value(f"{where}.{key}", f"{where} has {key!r}; this server reads 'role', 'content' and 'name' "
+                                            "(no tools or audio)")
+        role = m.get("role")
+        if role not in CHAT_ROLES:
+            bad_value(f"{where}.role", f"{where}.role must be one of {', '.join(map(repr, CHAT_ROLES))}, "
+                                       f"got {json.dumps(role)}")
+        message = {"role": role, "content": _message_text(m.get("content"), f"{where}.content")}
+        if m.get("name") is not None:
+            if not isinstance(m["name"], str):
+                bad_value(f"{where}.name", f"{where}.name must be a string")
+            message["name"] = m["name"]
+        chars += len(message["content"])
+        out.append(message)
+    if chars > settings.max_prompt_chars:
+        raise APIError(400, f"'messages' hold {chars} characters; this server accepts at most "
+                            f"{settings.max_prompt_chars}", param="messages", code="prompt_too_long")
+    return out
+
+
+def _message_text(content, where: str) -> str:
+    """A message's content: a string, or a non-empty list of text parts joined by newlines."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content:
+        texts = []
+        for k, part in enumerate(content):
+            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+                    and set(part) == {"type", "text"}):
+                bad_value(f"{where}[{k}]", f"{where}[{k}] must be a text part {{\"type\": \"text\", \"text\": "
+                                           "...}; this server reads text only")
+            texts.append(part["text"])
+        return "\n".join(texts)
+    bad_value(where, f"{where} must be a string or a non-empty list of text parts, got {json.dumps(content)[:80]}")
+
+
+def _check_openai_fields(body: dict, noops: dict) -> None:
     """OpenAI's fields this server accepts only at values that change nothing, and 'user' and 'model'."""
-    for key, allowed in _OPENAI_NOOPS.items():
+    for key, allowed in noops.items():
         if key in body and allowed is not None and body[key] not in allowed:
             bad_value(key, f"{key!r} is not supported by this server (only {allowed[0]!r} or {allowed[-1]!r})")
     if "user" in body and not isinstance(body["user"], str):
@@ -115,13 +193,22 @@ def _get(body: dict, name: str, default, check, what: str):
     return v
 
 
-def _parse_sampling(body: dict, settings: ServerSettings) -> dict:
-    """The CompletionRequest fields of generation: max_tokens, the sampling settings, n, beam_width and
-    the stream/echo/ignore_eos switches, each checked (the keywords of CompletionRequest)."""
-    max_tokens = _get(body, "max_tokens", 16, lambda v: _is_int(v) and v >= 0, "a non-negative integer")
+def _parse_max_tokens(body: dict, settings: ServerSettings, name: str, default: int | None) -> int | None:
+    """body[name] (null or absent: `default`), a non-negative integer within the server's cap."""
+    max_tokens = body.get(name)
+    if max_tokens is None:
+        return default
+    if not (_is_int(max_tokens) and max_tokens >= 0):
+        bad_value(name, f"{name!r} must be a non-negative integer, got {json.dumps(max_tokens)}")
     if max_tokens > settings.max_tokens_cap:
-        raise APIError(400, f"'max_tokens' is {max_tokens}; this server allows at most {settings.max_tokens_cap}",
-                       param="max_tokens", code="max_tokens_too_large")
+        raise APIError(400, f"{name!r} is {max_tokens}; this server allows at most {settings.max_tokens_cap}",
+                       param=name, code="max_tokens_too_large")
+    return max_tokens
+
+
+def _parse_sampling(body: dict, settings: ServerSettings, max_tokens: int | None) -> dict:
+    """The CompletionRequest fields of generation: max_tokens (checked by the caller), the sampling settings,
+    n, beam_width and the stream/echo/ignore_eos switches, each checked (the keywords of CompletionRequest)."""
     temperature = float(_get(body, "temperature", 1.0, lambda v: _is_number(v) and 0 <= v <= 2,
                              "a number in [0, 2]"))
     top_p = float(_get(body, "top_p", 1.0, lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"))

@@ -1,8 +1,11 @@
 """A completion's HTTP response, from the events its worker thread emits: one JSON body, or server-sent
-events as the text arrives (cllm/serve/server.py's `completions` starts the worker and picks one).
+events as the text arrives (cllm/serve/server.py's `completions` and `chat_completions` start the worker and
+pick one).
 
 The worker (Engine.run) emits ("delta", index, text), ("done", index, finish_reason, n_tokens) and, last,
-("end",) into an EventChannel; the coroutine here takes them in batches.
+("end",) into an EventChannel; the coroutine here takes them in batches. A Shape says how a choice looks in
+each API: TEXT for /v1/completions, CHAT for /v1/chat/completions (a message, and in a stream the deltas
+{"role": "assistant"} first, then {"content": piece}s, then {} with the finish reason).
 """
 from __future__ import annotations
 
@@ -32,6 +35,43 @@ async def _result(future) -> dict:
 def _usage(result: dict) -> dict:
     return {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"],
             "total_tokens": result["prompt_tokens"] + result["completion_tokens"]}
+
+
+class Shape:
+    """/v1/completions' choices: {"text", "index", "logprobs", "finish_reason"}, whole or as a chunk."""
+
+    object = chunk_object = "text_completion"
+
+    def choice(self, index: int, text: str, reason) -> dict:
+        return {"text": text, "index": index, "logprobs": None, "finish_reason": reason}
+
+    def chunk_choice(self, index: int, text: str, reason) -> dict:
+        return self.choice(index, text, reason)
+
+    def opening(self, n: int) -> list[dict]:
+        """The chunk choices sent before any text."""
+        return []
+
+
+class ChatShape(Shape):
+    """/v1/chat/completions' choices: {"index", "message": {"role": "assistant", "content"}, "logprobs",
+    "finish_reason"}; a chunk's choice holds a "delta" instead of the message."""
+
+    object, chunk_object = "chat.completion", "chat.completion.chunk"
+
+    def choice(self, index, text, reason):
+        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                "finish_reason": reason}
+
+    def chunk_choice(self, index, text, reason):
+        return {"index": index, "delta": {"content": text} if text else {}, "logprobs": None, "finish_reason": reason}
+
+    def opening(self, n):
+        return [{"index": i, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}
+                for i in range(n)]
+
+
+TEXT, CHAT = Shape(), ChatShape()
 
 
 class EventChannel:
@@ -73,7 +113,7 @@ class EventChannel:
             await self.ready.wait()
 
 
-async def collect_response(request, req, events, future, meta):
+async def collect_response(request, req, events, future, meta, shape: Shape = TEXT):
     texts: dict[int, list[str]] = {}
     reasons: dict[int, str] = {}
     while True:
@@ -87,12 +127,11 @@ async def collect_response(request, req, events, future, meta):
     result = await _result(future)
     if result["cancelled"] and (request.transport is None or request.transport.is_closing()):
         _log_dropped(request, future, meta)
-    choices = [{"text": "".join(texts.get(i, [])), "index": i, "logprobs": None, "finish_reason": reasons.get(i)}
-               for i in sorted(set(texts) | set(reasons))]
+    choices = [shape.choice(i, "".join(texts.get(i, [])), reasons.get(i)) for i in sorted(set(texts) | set(reasons))]
     return web.json_response({**meta, "choices": choices, "usage": _usage(result)})
 
 
-async def stream_response(request, req, events, future, cancel, meta):
+async def stream_response(request, req, events, future, cancel, meta, shape: Shape = TEXT):
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)
@@ -101,10 +140,14 @@ async def stream_response(request, req, events, future, cancel, meta):
         data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
         await response.write(f"data: {data}\n\n".encode())
 
+    meta = {**meta, "object": shape.chunk_object}
+
     def chunk(index, text, reason):
-        return {**meta, "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": reason}]}
+        return {**meta, "choices": [shape.chunk_choice(index, text, reason)]}
 
     try:
+        for choice in shape.opening(req.n):
+            await send({**meta, "choices": [choice]})
         ended = False
         while not ended:
             # everything the worker produced since the last write goes out together: consecutive

@@ -1,11 +1,15 @@
-"""The HTTP server: an OpenAI-style completions API, health, model list and a small page.
+"""The HTTP server: OpenAI-style completions and chat completions APIs, health, model list and a small page.
 
-    GET  /health            {"status": "ok", "model": ..., "active": n, "queued": m, "stats": {"requests",
-                            "cancelled", "completion_tokens"} of the requests finished}   (no auth)
-    GET  /v1/models         {"object": "list", "data": [{"id": ..., "object": "model", ...}]}
+    GET  /health            {"status": "ok", "model": ..., "chat": true|false (it has a chat template), "active": n,
+                            "queued": m, "stats": {"requests", "cancelled", "completion_tokens"} of the requests
+                            finished}   (no auth)
+    GET  /v1/models         {"object": "list", "data": [{"id": ..., "object": "model", "chat": true|false, ...}]}
     GET  /v1/models/ID      that one model (404 for another id)
     POST /v1/completions    OpenAI's completions request/response; "stream": true sends
                             server-sent events `data: {chunk}` and a final `data: [DONE]`
+    POST /v1/chat/completions  OpenAI's chat completions: the messages rendered by the tokenizer's chat
+                            template, the reply ends at its end-of-turn token; a model without a template
+                            answers 400 "chat_not_supported" (chat_completions, below)
     POST /v1/images/generations  an image model's samples as base64 PNGs (image_generations, below); a
                             text model answers 400 "images_not_supported"
     GET  /                  the page (cllm/serve/static/index.html), GET /static/NAME its files
@@ -40,11 +44,11 @@ from aiohttp import web
 
 from cllm import kinds
 from cllm.config import option
-from cllm.errors import ConfigError
+from cllm.errors import ConfigError, TokenizerError
 from cllm.generation import SamplingConfig
 from cllm.serve.engine import Engine
-from cllm.serve.requests import APIError, parse_completion_request, parse_image_request
-from cllm.serve.responses import EventChannel, collect_response, stream_response
+from cllm.serve.requests import APIError, parse_chat_request, parse_completion_request, parse_image_request
+from cllm.serve.responses import CHAT, TEXT, EventChannel, collect_response, stream_response
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -160,7 +164,8 @@ async def auth_middleware(request, handler):
 async def health(request):
     app = request.app
     sched: Scheduler = app[SCHEDULER]
-    return web.json_response({"status": "ok", "model": app[ENGINE].model_id, "active": sched.active,
+    return web.json_response({"status": "ok", "model": app[ENGINE].model_id,
+                              "chat": app[ENGINE].chat_template is not None, "active": sched.active,
                               "queued": sched.queued, "auth_required": bool(app[SETTINGS].api_key),
                               "max_tokens_cap": app[SETTINGS].max_tokens_cap, "stats": app[ENGINE].stats_now()})
 
@@ -206,11 +211,40 @@ async def _watch_disconnect(request, cancel: threading.Event, poll: float) -> No
 
 
 async def completions(request):
+    req = parse_completion_request(await read_json(request), request.app[SETTINGS])
+    return await _generate(request, req, "cmpl-", TEXT)
+
+
+async def chat_completions(request):
+    """POST /v1/chat/completions: OpenAI's chat request (messages, max_completion_tokens or max_tokens, and the
+    sampling fields of /v1/completions: cllm/serve/requests.py parse_chat_request) -> {"id": "chatcmpl-...",
+    "object": "chat.completion", "choices": [{"index", "message": {"role": "assistant", "content"},
+    "finish_reason", "logprobs": null}], "usage"}, or with "stream": true "chat.completion.chunk" events. The
+    conversation is rendered by the tokenizer's chat template with the generation prompt (cropped to the context
+    as a completion's prompt is); a reply ends at the template's end-of-turn token (never part of the content,
+    finish_reason "stop"). Without max tokens, a reply may run to the server's max_tokens_cap (OpenAI's has no
+    limit but the context; here generation goes on past a full context, as completions do)."""
+    engine: Engine = request.app[ENGINE]
+    if engine.chat_template is None:
+        raise APIError(400, f"this model's {engine.tokenizer.kind} tokenizer has no chat template, so it cannot "
+                            "chat; use POST /v1/completions, or serve a model fine-tuned on conversations "
+                            "(docs/training.md)", code="chat_not_supported")
+    messages, req = parse_chat_request(await read_json(request), request.app[SETTINGS])
+    try:
+        req.prompt_ids = engine.chat_prompt_ids(messages)
+    except TokenizerError as exc:  # the template's own refusal (raise_exception) or what it could not render
+        raise APIError(400, str(exc), param="messages", code="chat_template_error") from None
+    req.end_ids = engine.end_of_turn
+    if req.max_tokens is None:  # a reply normally ends sooner, at the end-of-turn token
+        req.max_tokens = request.app[SETTINGS].max_tokens_cap
+    return await _generate(request, req, "chatcmpl-", CHAT)
+
+
+async def _generate(request, req, id_prefix: str, shape):
+    """Run `req` on a worker thread under the admission limits; its response as JSON or server-sent events."""
     app = request.app
-    settings: ServerSettings = app[SETTINGS]
     engine: Engine = app[ENGINE]
     sched: Scheduler = app[SCHEDULER]
-    req = parse_completion_request(await read_json(request), settings)
     sched.admit()
     cancel = threading.Event()
     sched.cancel_events.add(cancel)
@@ -235,11 +269,11 @@ async def completions(request):
         # the slot is free when the worker is, even when this handler is cancelled first
         future.add_done_callback(lambda f: sched.release())
         acquired = False
-        meta = {"id": "cmpl-" + secrets.token_hex(12), "object": "text_completion", "created": int(time.time()),
+        meta = {"id": id_prefix + secrets.token_hex(12), "object": shape.object, "created": int(time.time()),
                 "model": engine.model_id}
         if req.stream:
-            return await stream_response(request, req, events, future, cancel, meta)
-        return await collect_response(request, req, events, future, meta)
+            return await stream_response(request, req, events, future, cancel, meta, shape)
+        return await collect_response(request, req, events, future, meta, shape)
     finally:
         if acquired:
             sched.release()
@@ -326,6 +360,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> web.Ap
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{model:.+}", model)
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/images/generations", image_generations)  # image models
     app.router.add_get("/", index)
     app.router.add_get("/static/{name:.+}", static)
