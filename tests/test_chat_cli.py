@@ -10,7 +10,8 @@ import pytest
 from train_helpers import CLI, ROOT, all_threads_after, assert_clean_error, read_metrics, run_cli, tiny_config  # noqa: F401
 
 from cllm.chat.data import _split, read_conversations
-from cllm.chat.session import ChatSession, end_of_turn_ids
+from cllm.chat.generate import end_of_turn_ids
+from cllm.chat.session import ChatSession
 from cllm.chat.template import CHATML_TEMPLATE, add_chat_tokens, apply_chat_template
 from cllm.completion import load_for_generation
 from cllm.errors import ConfigError, DataError

@@ -11,54 +11,16 @@ the reply budget (--max-new-tokens, at most half the context) exceeds the model'
 reply then gets what is left of the context, at most --max-new-tokens, so the generator never has to slide its
 cache past the system message.
 
-The turn's generation (generate_reply) is kept small and local; the server's chat completions do the same step.
+A turn's generation is cllm/chat/generate.py's generate_reply, the step POST /v1/chat/completions runs too.
 """
 from __future__ import annotations
 
 import dataclasses
 
-from cllm.chat.template import apply_chat_template, chat_text
-from cllm.completion import StopStream
+from cllm.chat.generate import end_of_turn_ids, generate_reply
+from cllm.chat.template import apply_chat_template, check_template
 from cllm.errors import ConfigError
 from cllm.generation import Generator, SamplingConfig
-
-_PROBE = "Probe reply."  # an assistant message whose rendering shows what the template writes after the content
-
-
-def end_of_turn_ids(tokenizer) -> set[int]:
-    """The ids that end an assistant turn: the first special token the chat template writes after an assistant
-    message's content (<|im_end|> for ChatML, <|eot_id|> for Llama 3, </s> for templates that close a turn with
-    EOS), and the tokenizer's EOS (an imported model's end of text)."""
-    ends = {tokenizer.eos_id} if tokenizer.eos_id is not None else set()
-    probe = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": _PROBE}]
-    after = chat_text(tokenizer, probe).rpartition(_PROBE)[2]
-    # special-token strings -> ids: an imported tokenizer keeps its file's in `specials`, CLLM's own kinds in
-    # `special_tokens` (as cllm/chat/template.py reads them)
-    specials = getattr(tokenizer, "specials", None) or getattr(tokenizer, "special_tokens", None) or {}
-    found = sorted((after.find(s), i) for s, i in specials.items() if s in after)
-    if found:
-        ends.add(found[0][1])
-    return ends
-
-
-def generate_reply(model, tokenizer, ids: list[int], sampling: SamplingConfig, end_ids: set[int],
-                   on_text=None) -> str:
-    """The reply's text after the prompt `ids`: tokens sampled until one of `end_ids` (not part of the reply;
-    --ignore-eos goes on) or sampling.max_new_tokens of them; on_text(piece) gets the text as it comes."""
-    text = StopStream(tokenizer)  # no stop strings: it only decodes the growing reply piece by piece
-    pieces = []
-    for token in Generator(model, eos_id=None).stream(ids, sampling):  # several ids may end a turn: checked here
-        if token in end_ids and not sampling.ignore_eos:
-            break
-        piece = text.add(token)
-        if piece:
-            pieces.append(piece)
-            if on_text:
-                on_text(piece)
-    rest = text.finish()
-    if rest and on_text:
-        on_text(rest)
-    return "".join(pieces) + rest
 
 
 class ChatSession:
@@ -68,7 +30,9 @@ class ChatSession:
         """notify(message): called once, the first time older turns are dropped (none: say nothing)."""
         self.model, self.tokenizer = model, tokenizer
         self.context = model.config.max_seq_len
-        self.end_ids = end_of_turn_ids(tokenizer)  # also checks that the tokenizer has a chat template
+        check_template(tokenizer)  # one clear error for a tokenizer without a chat template
+        self.end_ids = end_of_turn_ids(tokenizer)
+        self.generator = Generator(model, eos_id=tokenizer.eos_id)
         self.system = [{"role": "system", "content": system}] if system else []
         self.turns: list[dict] = []  # the user and assistant messages after the system message, oldest first
         self.notify = notify
@@ -116,6 +80,9 @@ class ChatSession:
                               f"tokens, and the model's context is {self.context}; say it in fewer words")
         limit = min(sampling.max_new_tokens, self.context - len(ids))
         sampling = dataclasses.replace(sampling, max_new_tokens=limit)
-        reply = generate_reply(self.model, self.tokenizer, ids, sampling, self.end_ids, on_text)
-        self.turns.append({"role": "assistant", "content": reply})
-        return reply
+        if sampling.ignore_eos:  # --ignore-eos: only the token limit ends the reply
+            reply = generate_reply(Generator(self.model, eos_id=None), self.tokenizer, ids, sampling, on_text=on_text)
+        else:
+            reply = generate_reply(self.generator, self.tokenizer, ids, sampling, self.end_ids, on_text=on_text)
+        self.turns.append({"role": "assistant", "content": reply.text})
+        return reply.text

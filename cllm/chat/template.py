@@ -168,6 +168,11 @@ def render_text(template: str, messages, add_generation_prompt: bool = False, **
         raise ChatTemplateError(f"the chat template failed: {type(exc).__name__}: {exc}") from None
 
 
+def check_template(tokenizer) -> None:
+    """Raise ChatTemplateError when the tokenizer has no chat template."""
+    _template_of(tokenizer)
+
+
 def _template_of(tokenizer) -> str:
     template = getattr(tokenizer, "chat_template", None)
     if template is None:
