@@ -35,8 +35,9 @@ SUMMARIES = {
     "prepare": "clean and tokenize a corpus into a token dataset that train reads",
     "scrape": "crawl a website politely into clean text files, a corpus for prepare and train",
     "tokenizer": "train, inspect, convert and use tokenizers (actions: train, encode, decode, ...)",
-    "evaluate": "loss, perplexity and bits per byte of a model on a text",
-    "serve": "serve a model over HTTP: an OpenAI-style completions API and a page that streams text",
+    "evaluate": "loss, perplexity and bits per byte on a text, assistant-token loss on conversations, accuracy on a "
+                "multiple-choice task (--task)",
+    "serve": "serve a model over HTTP: OpenAI-style completions and chat completions, and a page that streams text",
     "export-llmc": "write a model as llm.c's model file",
     "import-llmc": "read llm.c's model file into a checkpoint",
     "export-hf": "write a model as a HuggingFace transformers folder (GPT-2 or Llama)",
