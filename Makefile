@@ -21,7 +21,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || echo "note: chromium could not be installed; tests/test_serve_browser.py will skip"
 	$(PY) -m ruff check --no-cache .
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=30 tests
 
 # the transformers round trips of tests/test_hf_interop.py (and bench/gpt2.py's PyTorch side): torch==2.13.0 is the
 # CPU wheel; tests/test_muon.py's PyTorch Muon runs once beside them. The round trips run twice: with the newest
