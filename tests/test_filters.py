@@ -356,3 +356,27 @@ def test_word_hashes_match_python_and_minhash_estimates_jaccard():
     half = base[:200] + [w + "x" for w in base[200:]]  # Jaccard of the 3-word shingles ~ 1/3
     assert index.seen(words(half)) == -1
     assert index.seen(words(base[:390] + ["edited"] * 10)) == 0
+
+
+def test_language_kernels_agree_with_py3langid():
+    """classify (Numba over py3langid's model arrays) gives py3langid's own answer and probability."""
+    from cllm.data.filters.language import _model, classify  # noqa: PLC0415 (this test only)
+
+    ident = _model()[0]
+    with open(SHAKESPEARE, encoding="utf-8") as f:
+        verse = f.read(3000)
+    for text in [*FRENCH, *GERMAN, *SPANISH, verse, verse.upper(), "Hello", "", "ça va", LOREM]:
+        ours, theirs = classify(text), ident.classify(text)
+        assert ours[0] == theirs[0] and abs(ours[1] - theirs[1]) < 1e-3, (text[:40], ours, theirs)
+
+
+def test_top_ngram_share_counts_the_most_frequent_ngram():
+    from cllm.data.filters.textstats import top_ngram_share  # noqa: PLC0415 (this test only)
+
+    def share(text, n):
+        h, c, _ = word_stats(np.frombuffer(text.encode(), np.uint8))
+        return top_ngram_share(h, c, n)
+
+    assert share("a b c d e f", 2) == 0.0  # no repeat
+    assert share("ab cd ab cd xyz", 2) == pytest.approx(2 * 4 / 11)  # "ab cd" twice: 8 of 11 characters
+    assert share("to be or not to be", 2) == pytest.approx(2 * 4 / 13)

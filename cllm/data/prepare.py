@@ -58,7 +58,7 @@ VOCAB_SIZES = {kind: inspect.signature(TOKENIZER_CLASSES[kind].train).parameters
 
 
 @dataclass
-class PrepareOptions(CorpusOptions, FilterOptions):
+class PrepareOptions(FilterOptions, CorpusOptions):
     """How a dataset is prepared: the flags of `prepare` (CorpusOptions', FilterOptions' and these), each default
     written here once; `train` takes the ones it offers from here (cllm/training/config.py). A kind (cllm/kinds.py)
     reads the ones that apply to it: text the tokenizer, corpus, filter and split options, images the image options

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cllm.data.filters.textstats import minhash
+from cllm.data.filters.textstats import band_keys, minhash
 
 NUM_PERM = 128
 SHINGLE = 3
@@ -44,7 +44,7 @@ class NearDuplicateIndex:
         self.threshold = threshold
         self.shingle = shingle
         self.bands, self.rows = bands_for(threshold, num_perm)
-        self.buckets: dict = {}  # (band, band's bytes) -> [indices of the kept documents]
+        self.buckets: dict = {}  # a band's key (band_keys) -> [indices of the kept documents]
         self.signatures = np.empty((64, num_perm), np.uint32)  # kept documents' signatures, grown by doubling
         self.count = 0
 
@@ -54,8 +54,7 @@ class NearDuplicateIndex:
     def seen(self, hashes: np.ndarray) -> int:
         """The index of the kept document this one duplicates, or -1 (and this one joins the kept)."""
         sig = self.signature(hashes)
-        r = self.rows
-        keys = [(band, sig[band * r:(band + 1) * r].tobytes()) for band in range(self.bands)]
+        keys = band_keys(sig, self.bands, self.rows).tolist()
         tried = set()
         for key in keys:
             for other in self.buckets.get(key, ()):

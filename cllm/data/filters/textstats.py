@@ -1,5 +1,6 @@
 """Numba kernels over a document's UTF-8 bytes: its words' hashes and statistics, MinHash signatures of its
-word shingles, and Gopher's top n-gram repetition. One pass over the bytes in compiled code replaces
+word shingles and their LSH band keys, Gopher's top n-gram repetition, and the byte n-gram features of
+py3langid's model (cllm/data/filters/language.py). One pass over the bytes in compiled code replaces
 Python's per-word loops, which would cap the filters at a few MB/s (bench/prepare.py measures them).
 
 A word is a run of bytes other than ASCII whitespace (as str.split() after cllm/data/clean.py has turned
@@ -107,7 +108,7 @@ def minhash(hashes, shingle, a, b):
 @njit(**JIT)
 def top_ngram_share(hashes, chars, n):
     """Gopher's repetition measure: the characters covered by the most frequent n-gram of words (its
-    characters times its count) over all words' characters; 0 with fewer than n words."""
+    characters times its count) over all words' characters; 0 with fewer than n words or no repeat."""
     W = hashes.size
     if W < n:
         return 0.0
@@ -115,24 +116,82 @@ def top_ngram_share(hashes, chars, n):
     grams = np.empty(m, np.uint64)
     for s in range(m):
         grams[s] = _shingle_hash(hashes, s, n)
-    order = np.argsort(grams)
-    best_count = 0
-    best_start = 0
+    ordered = np.sort(grams)
+    best_count = 1
+    best = ordered[0]
     run = 1
-    for t in range(1, m + 1):
-        if t < m and grams[order[t]] == grams[order[t - 1]]:
+    for t in range(1, m):
+        if ordered[t] == ordered[t - 1]:
             run += 1
-            continue
-        if run > best_count:
-            best_count = run
-            best_start = order[t - 1]
-        run = 1
+            if run > best_count:
+                best_count = run
+                best = ordered[t]
+        else:
+            run = 1
     if best_count < 2:
         return 0.0
+    start = 0
+    while grams[start] != best:  # the first occurrence gives the n-gram's characters
+        start += 1
     gram_chars = 0
     total = 0
-    for j in range(best_start, best_start + n):
+    for j in range(start, start + n):
         gram_chars += chars[j]
     for j in range(W):
         total += chars[j]
     return gram_chars * best_count / max(total, 1)
+
+
+@njit(**JIT)
+def band_keys(sig, bands, rows):
+    """uint64 (bands,): a hash of each band of `rows` values of the signature sig (uint32 (K,)), its band
+    index mixed in, so that one dict holds every band's buckets."""
+    keys = np.empty(bands, np.uint64)
+    for band in range(bands):
+        h = FNV_OFFSET ^ (np.uint64(band) * MIX)
+        for j in range(band * rows, (band + 1) * rows):
+            h = (h ^ np.uint64(sig[j])) * FNV_PRIME
+        keys[band] = h
+    return keys
+
+
+@njit(**JIT)
+def dfa_features(nextmove, rowbase, output, text):
+    """(feature indices int64 (F,) sorted, their counts float32 (F,)) of text (uint8 (N,)): the byte n-grams
+    of a language model given as an automaton: state -> nextmove[rowbase[state] + byte], and a state that
+    ends a feature gives output[state] >= 0 (langid.py's model, which py3langid ships)."""
+    hits = np.empty(text.size, np.int64)
+    k = 0
+    state = 0
+    for i in range(text.size):
+        state = nextmove[rowbase[state] + text[i]]
+        f = output[state]
+        if f >= 0:
+            hits[k] = f
+            k += 1
+    hits = np.sort(hits[:k])
+    idx = np.empty(k, np.int64)
+    counts = np.empty(k, np.float32)
+    u = 0
+    for i in range(k):
+        if u > 0 and hits[i] == idx[u - 1]:
+            counts[u - 1] += 1
+        else:
+            idx[u] = hits[i]
+            counts[u] = 1
+            u += 1
+    return idx[:u], counts[:u]
+
+
+@njit(**JIT)
+def nb_scores(idx, counts, table, lut, prior):
+    """float32 (C,): prior + sum over the features f of log(1 + counts) * table[f] (table: float16 (F, C) as its
+    uint16 bits, read through lut (float32 (65536,)): NumPy converts float16 at ~8 ns an element, this at ~1)."""
+    C = prior.size
+    scores = prior.copy()
+    for i in range(idx.size):
+        w = np.float32(np.log1p(counts[i]))
+        row = table[idx[i]]
+        for c in range(C):
+            scores[c] += w * lut[row[c]]
+    return scores
