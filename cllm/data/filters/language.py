@@ -4,7 +4,7 @@ downloaded and nothing is unpickled).
 
 py3langid walks the text's bytes in a Python loop and converts its float16 table with NumPy (about 0.8 ms per
 1,000 characters); here the walk and the scoring are Numba kernels (cllm/data/filters/textstats.py dfa_features,
-nb_scores) over the same model arrays, computing py3langid's scores (log(1 + count) times the features'
+nb_classify) over the same model arrays, computing py3langid's scores (log(1 + count) times the features'
 log-probabilities, plus the prior; probabilities normalized over sqrt(bytes)): tests/test_filters.py checks that
 the two agree.
 
@@ -18,10 +18,10 @@ import unicodedata
 
 import numpy as np
 
-from cllm.data.filters.textstats import dfa_features, nb_scores
+from cllm.data.filters.textstats import dfa_features, nb_classify
 from cllm.errors import DataError
 
-SAMPLE = 600
+SAMPLE = 500
 HALF_TO_FLOAT = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 _model_arrays = None
 
@@ -37,7 +37,8 @@ def _model():
         _model_arrays = (ident, np.frombuffer(ident.tk_nextmove, np.uint32),
                          np.asarray(ident._rowbase, np.int64), np.asarray(ident.tk_output, np.int64),
                          np.ascontiguousarray(ident.nb_ptc).view(np.uint16), HALF_TO_FLOAT,
-                         np.asarray(ident.nb_pc, np.float32))
+                         np.asarray(ident.nb_pc, np.float32),
+                         np.asarray(ident._alias_pairs, np.int64).reshape(-1, 2))
     return _model_arrays
 
 
@@ -60,23 +61,13 @@ def parse_languages(spec: str) -> tuple[str, ...]:
 
 def classify(text: str) -> tuple[str, float]:
     """(ISO 639-1 code, probability) of text's language, as py3langid's classify with norm_probs gives it."""
-    ident, nextmove, rowbase, output, table, lut, prior = _model()
+    ident, nextmove, rowbase, output, table, lut, prior, alias = _model()
     if text.isupper():
         text = text.lower()
     data = unicodedata.normalize("NFC", text).encode("utf-8", "surrogatepass")
     idx, counts = dfa_features(nextmove, rowbase, output, np.frombuffer(data, np.uint8))
-    if idx.size == 0:  # no feature: every language alike
-        scores = np.zeros(len(ident.nb_classes), np.float32)
-    else:
-        scores = nb_scores(idx, counts, table, lut, prior)
-    scores *= np.float32(1.0 / math.sqrt(len(data) or 1))
-    scores = np.exp(scores - scores.max())
-    scores /= scores.sum()
-    for i, j in ident._alias_pairs:  # a language the model knows under two labels (srl and sr): one score
-        scores[i] += scores[j]
-        scores[j] = 0.0
-    best = int(scores.argmax())
-    return ident.nb_classes[best], float(scores[best])
+    best, prob = nb_classify(idx, counts, table, lut, prior, 1.0 / math.sqrt(len(data) or 1), alias)
+    return ident.nb_classes[best], float(prob)
 
 
 def detect(doc: str) -> tuple[str, float]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import regex
 
 from cllm.data.filters.textstats import top_ngram_share, word_hash
 
@@ -25,7 +24,6 @@ ELLIPSES = ("...", "…")
 # C4 keeps lines that end in one of these (C4's own: . ! ? and a closing double quote), plus the CJK forms
 TERMINAL = (".", "!", "?", '"', "”", "。", "！", "？")
 POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
-_SENTENCE_END = regex.compile(r"[.!?。！？][\"”')\]]*(?=\s|$)")
 
 GOPHER_RULES = ("gopher_word_count", "gopher_mean_word_length", "gopher_symbol_ratio", "gopher_bullet_lines",
                 "gopher_ellipsis_lines", "gopher_letter_words", "gopher_stop_words", "gopher_repetition")
@@ -102,6 +100,13 @@ def c4_page_rule(doc: str, s: QualitySettings) -> str | None:
     """The C4 page rule that drops `doc` (after its line rules), or None."""
     if "lorem ipsum" in doc.lower():
         return "c4_lorem_ipsum"
-    if len(_SENTENCE_END.findall(doc)) < s.c4_min_sentences:
+    if count_sentences(doc) < s.c4_min_sentences:
         return "c4_min_sentences"
     return None
+
+
+def count_sentences(doc: str) -> int:
+    """Sentence ends: a terminal mark (or one and a closing quote) before a space, plus the non-blank lines, each of
+    which ends one after C4's line rule. str.count, at ~1 GB/s, rather than a regex (~80 MB/s)."""
+    marks = sum(doc.count(m + " ") for m in (".", "!", "?", '."', '!"', '?"', ".”", "。", "！", "？"))
+    return marks + sum(1 for line in doc.split("\n") if line.strip())
