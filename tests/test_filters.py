@@ -241,7 +241,9 @@ def test_planted_lines_removed_by_their_rules(planted):
     from cllm.data.prepare import PrepareOptions  # noqa: PLC0415
 
     corpus = corpus_at(str(planted["crawl"]), PrepareOptions(languages="en", progress=False))
-    kept_text = "\n".join(corpus)
+    first = list(corpus)
+    assert list(corpus) == first  # the second pass reuses the first's decisions: the same documents
+    kept_text = "\n".join(first)
     kept_lines = set(kept_text.split("\n"))
     report = planted["report"]["rules"]
     planted_lines = planted["truth"]["lines"]
@@ -380,3 +382,18 @@ def test_top_ngram_share_counts_the_most_frequent_ngram():
     assert share("a b c d e f", 2) == 0.0  # no repeat
     assert share("ab cd ab cd xyz", 2) == pytest.approx(2 * 4 / 11)  # "ab cd" twice: 8 of 11 characters
     assert share("to be or not to be", 2) == pytest.approx(2 * 4 / 13)
+
+
+def test_jsonl_records_with_urls_are_grouped_by_site(tmp_path):
+    """A JSONL record's "url" gives its site: the menu line on 4 pages of a.example goes, the one line on 2 pages
+    of b.example (fewer than --boilerplate-min-pages 3) stays."""
+    rng = random.Random(5)
+    rows = [{"text": f"Menu | Home | About\n{clean_page(rng, i)}", "url": f"https://a.example/{i}"} for i in range(4)]
+    rows += [{"text": f"Shared line of b.\n{clean_page(rng, 10 + i)}", "url": f"https://b.example/{i}"}
+             for i in range(2)]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ds = prepare_dataset(str(tmp_path / "c.jsonl"), str(tmp_path / "o"), tokenizer="char", filters="boilerplate",
+                         progress=False)
+    report = json.loads((tmp_path / "o" / "filters.json").read_text())
+    assert report["rules"]["boilerplate"]["lines"] == 4 and ds.meta["corpus"]["documents"] == 6
+    assert report["rules"]["boilerplate"]["examples"][0]["text"] == "Menu | Home | About"
