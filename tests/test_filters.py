@@ -397,3 +397,17 @@ def test_jsonl_records_with_urls_are_grouped_by_site(tmp_path):
     report = json.loads((tmp_path / "o" / "filters.json").read_text())
     assert report["rules"]["boilerplate"]["lines"] == 4 and ds.meta["corpus"]["documents"] == 6
     assert report["rules"]["boilerplate"]["examples"][0]["text"] == "Menu | Home | About"
+
+
+def test_near_duplicate_index_grows_and_keeps_the_first_copy():
+    """Many documents (the band table doubles several times): each copy is matched to its own original."""
+    rng = random.Random(11)
+    index = NearDuplicateIndex(0.5)
+    docs = [[f"{rng.choice(NOUN)}{rng.randint(0, 10**6)}" for _ in range(60)] for _ in range(300)]
+    for k, words in enumerate(docs):
+        assert index.seen(word_stats(np.frombuffer(" ".join(words).encode(), np.uint8))[0]) == -1, k
+    assert index.table_keys.size >= 2 * 300 * index.bands // 2
+    for k in range(0, 300, 7):
+        copy = list(docs[k])
+        copy[rng.randrange(60)] = "edited"
+        assert index.seen(word_stats(np.frombuffer(" ".join(copy).encode(), np.uint8))[0]) == k

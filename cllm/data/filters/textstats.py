@@ -162,6 +162,58 @@ def band_keys(sig, bands, rows):
 
 
 @njit(**JIT)
+def lsh_lookup(table_keys, table_docs, keys, out):
+    """The kept documents that share a band with this one: for each band key (keys uint64 (B,)), the document
+    table_docs holds under it in the open-addressing table (table_keys uint64 (S,), S a power of 2, 0 empty;
+    a key of 0 is taken as 1), written to out (int64 (B,)); returns how many."""
+    mask = np.uint64(table_keys.size - 1)
+    n = 0
+    for b in range(keys.size):
+        k = keys[b] if keys[b] != 0 else np.uint64(1)
+        slot = k & mask
+        while table_keys[slot] != 0:
+            if table_keys[slot] == k:
+                out[n] = table_docs[slot]
+                n += 1
+                break
+            slot = (slot + np.uint64(1)) & mask
+    return n
+
+
+@njit(**JIT)
+def lsh_insert(table_keys, table_docs, keys, doc):
+    """Put document `doc` under each band key not already taken (the first document seen keeps a key);
+    returns how many keys it took. The caller keeps the table at most half full."""
+    mask = np.uint64(table_keys.size - 1)
+    added = 0
+    for b in range(keys.size):
+        k = keys[b] if keys[b] != 0 else np.uint64(1)
+        slot = k & mask
+        while table_keys[slot] != 0 and table_keys[slot] != k:
+            slot = (slot + np.uint64(1)) & mask
+        if table_keys[slot] == 0:
+            table_keys[slot] = k
+            table_docs[slot] = doc
+            added += 1
+    return added
+
+
+@njit(**JIT)
+def lsh_rehash(new_keys, new_docs, keys, docs):
+    """Every (key, document) of the table (keys, docs) put into the empty, larger table (new_keys, new_docs)."""
+    mask = np.uint64(new_keys.size - 1)
+    for i in range(keys.size):
+        k = keys[i]
+        if k == 0:
+            continue
+        slot = k & mask
+        while new_keys[slot] != 0:
+            slot = (slot + np.uint64(1)) & mask
+        new_keys[slot] = k
+        new_docs[slot] = docs[i]
+
+
+@njit(**JIT)
 def dfa_features(nextmove, rowbase, output, text):
     """(feature indices int64 (F,) sorted, their counts float32 (F,)) of text (uint8 (N,)): the byte n-grams
     of a language model given as an automaton: state -> nextmove[rowbase[state] + byte], and a state that
