@@ -60,7 +60,7 @@ class FilterOptions:
 
     filters: str = option("auto", "corpus filters: auto (all for a crawl's output folder, none for text files), "
                                   "all, none, or a comma list of boilerplate, gopher, c4, near-dup")
-    languages: str = option("", "keep documents in these languages only (ISO 639-1 codes, e.g. en,fr; none: "
+    languages: str = option("", "keep documents in these languages only (ISO 639 codes, e.g. en,fr; none: "
                                 "keep all); each document's detected language is recorded either way")
     near_dup_threshold: float = option(0.5, "near-dup: estimated Jaccard similarity of 3-word shingles "
                                             "(0 < t <= 1) from which a document is a copy of an earlier one")

@@ -1,6 +1,6 @@
 """Language identification with py3langid's model (langid.py's naive Bayes over byte n-grams, maintained as
-py3langid: 97 languages, ISO 639-1 codes; the model ships inside the package as a NumPy archive, so nothing is
-downloaded and nothing is unpickled).
+py3langid: 140 languages, ISO 639 codes, two letters where there is one; the model ships inside the package as
+a NumPy archive, so nothing is downloaded and nothing is unpickled).
 
 py3langid walks the text's bytes in a Python loop and converts its float16 table with NumPy (about 0.8 ms per
 1,000 characters); here the walk and the scoring are Numba kernels (cllm/data/filters/textstats.py dfa_features,
@@ -54,13 +54,13 @@ def parse_languages(spec: str) -> tuple[str, ...]:
     known = set(known_languages())
     bad = [c for c in codes if c not in known]
     if bad:
-        raise DataError(f"unknown language code(s) {', '.join(bad)} in --languages; use ISO 639-1 codes, e.g. "
+        raise DataError(f"unknown language code(s) {', '.join(bad)} in --languages; use ISO 639 codes, e.g. "
                         f"--languages en,fr (known: {', '.join(sorted(known))})")
     return codes
 
 
 def classify(text: str) -> tuple[str, float]:
-    """(ISO 639-1 code, probability) of text's language, as py3langid's classify with norm_probs gives it."""
+    """(ISO 639 code, probability) of text's language, as py3langid's classify with norm_probs gives it."""
     ident, nextmove, rowbase, output, table, lut, prior, alias = _model()
     if text.isupper():
         text = text.lower()
