@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Prepare benchmark: throughput and peak memory of `prepare_dataset` on a ~100 MB corpus.
 
-    python bench/prepare.py [--mb 100] [--kinds char,word,bpe] [--keep DIR] [--smoke]
+    python bench/prepare.py [--mb 100] [--kinds char,word,bpe] [--keep DIR] [--smoke] [--filters-mb 20]
 
 The corpus is built from the shared texts (../shared/data, else data/tinyshakespeare.txt):
 copies of each book (Gutenberg boilerplate removed), each file made unique by a first line so that
@@ -18,10 +18,22 @@ peak_above_baseline_over_largest_file, peak_above_baseline_over_corpus, train_pa
 encode_pass_peak_above_baseline_MB, encode_pass_peak_above_baseline_over_largest_file,
 encode_pass_start_above_baseline_MB, encode_pass_growth_over_largest_file} or {error}}.
   --smoke: a 0.2 MB corpus of 50 KB files, vocabularies of 1,000 words and 300 BPE ids
+
+The filters part (key "filters"; --kinds none runs it alone) times the corpus filters of cllm/data/filters/
+on a crawl's output folder built from the same texts: web-like pages of 1 to 24 paragraphs (about 3 KB on
+average, as FineWeb's documents) on 20 sites, each site's pages with 3 boilerplate lines, a tenth of the pages
+near-duplicates of earlier ones (7% of the words edited). One pass with every filter on (the pass that
+decides), after a warm-up on a small corpus. Its keys: corpus_bytes, pages, documents_in, documents_out,
+filters_cpu_s and filters_MBps (the filters' own CPU time: reading and cleaning left out, and on a shared
+machine the time other processes take), MBps per filter (CPU), pass_MBps and pass_cpu_MBps (the whole pass,
+wall clock and CPU), removed {rule: documents}, and minhash: MB/s (wall) of the MinHash signatures alone
+(words hashed, 128 permutations, 3-word shingles) by cllm/data/filters/textstats.py's Numba kernels and by
+datasketch's update_batch (where datasketch is installed), on the same pages.
 """
 
 import argparse
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -32,9 +44,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
+
 from bench.common import SMOKE_HELP  # noqa: E402
 from cllm.data import strip_gutenberg  # noqa: E402
 from cllm.data.clean import normalize_newlines  # noqa: E402
+from cllm.data.corpus import corpus_at  # noqa: E402
+from cllm.data.filters.neardup import NUM_PERM, SHINGLE, NearDuplicateIndex  # noqa: E402
+from cllm.data.filters.textstats import word_stats  # noqa: E402
+from cllm.data.prepare import PrepareOptions  # noqa: E402
 
 VOCAB = {"char": None, "word": 8192, "bpe": 4096}
 SMOKE_VOCAB = {"char": None, "word": 1000, "bpe": 300}
@@ -82,12 +100,16 @@ print(json.dumps({{"seconds": dt, "baseline_rss": base, "peak_rss": max(peak, ph
 """
 
 
-def build_corpus(d: Path, mb: float, file_chars: int | None = None) -> tuple[int, int, int]:
-    """Files of whole books (or their first file_chars characters) until the corpus holds mb MB."""
+def _books(file_chars: int | None = None) -> list[tuple[str, str]]:
     shared = ROOT.parent / "shared" / "data"
     sources = sorted(shared.glob("*.txt")) if shared.is_dir() else [ROOT / "data" / "tinyshakespeare.txt"]
-    books = [(p.stem, strip_gutenberg(normalize_newlines(p.read_text(encoding="utf-8-sig")))[:file_chars])
-             for p in sources]
+    return [(p.stem, strip_gutenberg(normalize_newlines(p.read_text(encoding="utf-8-sig")))[:file_chars])
+            for p in sources]
+
+
+def build_corpus(d: Path, mb: float, file_chars: int | None = None) -> tuple[int, int, int]:
+    """Files of whole books (or their first file_chars characters) until the corpus holds mb MB."""
+    books = _books(file_chars)
     total, n, largest = 0, 0, 0
     k = 0
     while total < mb * 1_000_000:
@@ -103,18 +125,107 @@ def build_corpus(d: Path, mb: float, file_chars: int | None = None) -> tuple[int
     return total, n, largest
 
 
+def build_web_corpus(d: Path, mb: float) -> tuple[int, int]:
+    """A crawl's output folder (pages/, manifest.jsonl) of web-like pages made of the books' paragraphs (their
+    lines joined, as a page's text is): (bytes, pages). See the module doc."""
+    rng = random.Random(0)
+    paras = [" ".join(p.split()) for _, body in _books() for p in body.split("\n\n") if len(p) > 80]
+    (d / "pages").mkdir(parents=True)
+    sites = [[f"Home | News | Shop | About site {k}", f"Site {k} uses cookies to remember your settings.",
+              f"Copyright 2026 Site {k}. All rights reserved."] for k in range(20)]
+    total, n, pages, manifest = 0, 0, [], []
+    while total < mb * 1_000_000:
+        if pages and rng.random() < 0.1:  # a near-duplicate of an earlier page: 7% of its words edited
+            words = rng.choice(pages).split(" ")
+            for i in rng.sample(range(len(words)), len(words) * 7 // 100):
+                words[i] = rng.choice(words)
+            body = " ".join(words)
+        else:
+            body = f"Page {n}\n\n" + "\n\n".join(rng.choice(paras) for _ in range(rng.randint(1, 24)))
+            pages.append(body)
+        site = n % len(sites)
+        text = "\n".join([*sites[site][:2], body, sites[site][2]]) + "\n"
+        data = text.encode()
+        (d / "pages" / f"{n:06d}.txt").write_bytes(data)
+        manifest.append(json.dumps({"url": f"https://site{site}.example/{n}", "file": f"pages/{n:06d}.txt"}))
+        total += len(data)
+        n += 1
+    (d / "manifest.jsonl").write_text("\n".join(manifest) + "\n")
+    return total, n
+
+
+def bench_filters(work: Path, mb: float) -> dict:
+    """The filters part (module doc)."""
+    crawl = work / "crawl"
+    if crawl.exists():
+        shutil.rmtree(crawl)
+    total, npages = build_web_corpus(crawl, mb)
+    warm = work / "warm"  # the kernels compiled or loaded from Numba's cache and the language model loaded first
+    if warm.exists():
+        shutil.rmtree(warm)
+    build_web_corpus(warm, 0.05)
+    for _ in corpus_at(str(warm), PrepareOptions(filters="all", progress=False)):
+        pass
+    corpus = corpus_at(str(crawl), PrepareOptions(filters="all", progress=False))
+    t, cpu = time.perf_counter(), time.process_time()
+    for _ in corpus:
+        pass
+    pass_s, pass_cpu = time.perf_counter() - t, time.process_time() - cpu
+    f = corpus.filters
+    spent = sum(f.seconds.values())
+    res = {"corpus_bytes": total, "pages": npages, "documents_in": f.documents_in, "documents_out": f.documents_out,
+           "filters_cpu_s": round(spent, 2), "filters_MBps": round(f.bytes_in / spent / 1e6, 1),
+           "pass_MBps": round(f.bytes_in / pass_s / 1e6, 1), "pass_cpu_MBps": round(f.bytes_in / pass_cpu / 1e6, 1),
+           "MBps": {name: round(f.bytes_in / s / 1e6, 1) for name, s in f.seconds.items() if s > 0},
+           "removed": {rule: c["documents"] for rule, c in f.counts_by_rule().items() if c["documents"]},
+           "minhash": bench_minhash(crawl, min(mb, 5))}
+    return res
+
+
+def bench_minhash(crawl: Path, mb: float) -> dict:
+    """MB/s of MinHash signatures alone: the Numba kernels against datasketch (if installed), same pages."""
+    docs, size = [], 0
+    for p in sorted((crawl / "pages").iterdir()):
+        docs.append(p.read_text(encoding="utf-8"))
+        size += len(docs[-1].encode())
+        if size >= mb * 1_000_000:
+            break
+    index = NearDuplicateIndex(0.5)
+    index.signature(word_stats(np.frombuffer(b"warm up", np.uint8))[0])
+    t = time.perf_counter()
+    for doc in docs:
+        index.signature(word_stats(np.frombuffer(doc.encode(), np.uint8))[0])
+    out = {"bytes": size, "numba_MBps": round(size / (time.perf_counter() - t) / 1e6, 1)}
+    try:
+        from datasketch import MinHash  # noqa: PLC0415 (optional: only this comparison uses it)
+    except ImportError:
+        out["datasketch_MBps"] = None
+        return out
+    t = time.perf_counter()
+    for doc in docs:
+        words = doc.lower().split()
+        m = MinHash(num_perm=NUM_PERM)
+        m.update_batch([" ".join(words[i:i + SHINGLE]).encode() for i in range(max(len(words) - SHINGLE + 1, 1))])
+    out["datasketch_MBps"] = round(size / (time.perf_counter() - t) / 1e6, 1)
+    out["numba_over_datasketch"] = round(out["numba_MBps"] / out["datasketch_MBps"], 1)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=float, default=100)
     ap.add_argument("--kinds", default="char,word,bpe")
     ap.add_argument("--keep", default=None, help="build the corpus here and keep it")
     ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    ap.add_argument("--filters-mb", type=float, default=20, help="MB of web pages for the filters part (0: skip)")
     args = ap.parse_args()
-    unknown = set(args.kinds.split(",")) - set(VOCAB)
+    kinds = [] if args.kinds == "none" else args.kinds.split(",")
+    unknown = set(kinds) - set(VOCAB)
     if unknown:
         ap.error(f"unknown --kinds {','.join(sorted(unknown))}: choose from {','.join(VOCAB)}")
     if args.smoke:
         args.mb = 0.2
+        args.filters_mb = min(args.filters_mb, 0.3)
     work = Path(args.keep or tempfile.mkdtemp(prefix="cllm-bench-prepare-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -133,7 +244,7 @@ def main():
             "build_s": round(time.perf_counter() - t, 1),
             "kinds": {},
         }
-        for kind in args.kinds.split(","):
+        for kind in kinds:
             vocab = (SMOKE_VOCAB if args.smoke else VOCAB)[kind]
             r = subprocess.run(
                 [
@@ -176,6 +287,8 @@ def main():
                     (c["encode_peak_rss"] - c["encode_start_rss"]) / largest, 1
                 ),
             }
+        if args.filters_mb > 0:
+            res["filters"] = bench_filters(work, args.filters_mb)
         print(json.dumps(res))
     finally:
         if not args.keep:

@@ -9,6 +9,7 @@ import asyncio
 import json
 import math
 import os
+import random
 import re
 import shutil
 import socket
@@ -148,6 +149,15 @@ def sentences(word: str, n: int) -> str:
     return " ".join(f"the {word} sat on the mat and the {word} ran far away." for _ in range(n))
 
 
+def prose(word: str, seed: int) -> str:
+    """Eight sentences about `word`, different for each seed."""
+    rng = random.Random(seed)
+    things = ("garden", "river", "bridge", "market", "lantern", "harbor", "teacher", "window", "village", "orchard")
+    acts = ("watched", "crossed", "painted", "visited", "repaired", "followed", "measured", "described")
+    return " ".join(f"The {word} {rng.choice(acts)} the {rng.choice(things)} near the {rng.choice(things)} and "
+                    f"{rng.choice(acts)} a {rng.choice(things)} with the {rng.choice(things)}." for _ in range(8))
+
+
 def test_train_from_a_folder_of_mixed_files(tmp_path):
     pytest.importorskip("pypdf", reason="reading PDF files needs the [pdf] extra (pypdf)")
     src = tmp_path / "mixed"
@@ -173,8 +183,10 @@ def test_train_from_a_folder_of_mixed_files(tmp_path):
 
 async def test_train_from_a_crawls_output_directory(tmp_path):
     n = 4
-    routes = {"/": page("Home", [f"/p{i}" for i in range(n)], body=para(sentences("home", 2))),
-              **{f"/p{i}": page(f"Page {i}", body=para(sentences(f"foxtrot{i}", 2))) for i in range(n)}}
+    # distinct prose on each page: a crawl's output is filtered by default (cllm/data/filters/), and pages of
+    # one repeated sentence would go as spam and near-duplicates
+    routes = {"/": page("Home", [f"/p{i}" for i in range(n)], body=f"<p>{prose('home', n)}</p>"),
+              **{f"/p{i}": page(f"Page {i}", body=f"<p>{prose(f'foxtrot{i}', i)}</p>") for i in range(n)}}
     out = tmp_path / "crawl"
     async with serve(routes) as site:
         proc = await asyncio.create_subprocess_exec(

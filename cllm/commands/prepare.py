@@ -1,7 +1,9 @@
 """`python cli.py prepare DATA --tokenizer {word,char,bpe,wordpiece,FILE} --vocab-size N --out DIR`
 
-Clean and tokenize a corpus (a file or a directory tree) into DIR/tokenizer.json, DIR/train.bin,
-DIR/val.bin and DIR/meta.json. Running it again with the same inputs and flags reuses DIR.
+Clean, filter and tokenize a corpus (a file or a directory tree) into DIR/tokenizer.json, DIR/train.bin,
+DIR/val.bin and DIR/meta.json. Running it again with the same inputs and flags reuses DIR. The corpus filters
+(--filters, --languages, --near-dup-threshold, --boilerplate-min-pages: cllm/data/filters/) run on a crawl's
+output folder by default and add DIR/filters.json and DIR/documents.jsonl, their report.
 """
 import os
 import warnings

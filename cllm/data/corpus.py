@@ -7,10 +7,12 @@
 A directory is walked recursively in sorted order (deterministic); hidden files and directories
 are skipped (a crawl keeps its state in OUT_DIR/.crawl/), as are binary files and unsupported
 extensions, each counted in `stats.skipped` and reported in one warning. A crawl's output
-directory (`manifest.jsonl` + `pages/`) is read from `pages/` only.
+directory (`manifest.jsonl` + `pages/`) is read from `pages/` only, each page with its site (the host
+of its URL in the manifest).
 
-Documents: one per file, one per line of a .jsonl file (its "text" field). Exact duplicate
-documents (after cleaning) are dropped and counted. Iterating twice gives the same documents.
+Documents: one per file, one per line of a .jsonl file (its "text" field; its "url", if any, gives its
+site). Exact duplicate documents (after cleaning) are dropped and counted. With FilterOptions (`prepare`'s
+flags), the corpus filters of cllm/data/filters/ run next. Iterating twice gives the same documents.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ import os
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
 from cllm.config import option
 from cllm.data.clean import CleaningOptions, clean_owned, options_of
 from cllm.data.errors import EmptyCorpusError
-from cllm.data.files import decode_text, find_files, looks_binary, read_bytes, read_html, read_pdf
+from cllm.data.files import crawl_pages, decode_text, find_files, looks_binary, read_bytes, read_html, read_pdf
+from cllm.data.filters import FilterOptions, FilterPipeline
 from cllm.errors import DataError
 
 
@@ -52,6 +56,7 @@ class CorpusStats:
     tokens: int = 0  # whitespace-separated words
     vocabulary: int = 0  # distinct whitespace-separated words
     duplicates: int = 0
+    filtered: int = 0  # documents the corpus filters dropped (cllm/data/filters/)
     empty: int = 0  # documents with no text left after cleaning
     bytes: int = 0
     skipped: dict = field(default_factory=dict)  # reason -> number of files
@@ -75,6 +80,8 @@ class CorpusStats:
         extra = [f"{n} {reason}" for reason, n in sorted(self.skipped.items())]
         if self.duplicates:
             extra.append(f"{self.duplicates} duplicate documents dropped")
+        if self.filtered:
+            extra.append(f"{self.filtered} documents filtered out")
         if self.empty:
             extra.append(f"{self.empty} empty documents dropped")
         return s + (" (skipped: " + ", ".join(extra) + ")" if extra else "")
@@ -99,8 +106,14 @@ def _count_words(doc: str, vocab: set) -> int:
 class Corpus:
     """A re-iterable stream of cleaned documents, with statistics filled in by each full pass."""
 
-    def __init__(self, path, files, skipped, options: CorpusOptions):
+    def __init__(self, path, files, skipped, options: CorpusOptions, root: str | None = None):
         self.path = os.fspath(path)
+        root = os.fspath(root) if root is not None else self.path
+        pages = crawl_pages(self.path)  # {page file: URL} of a crawl's output, else {}
+        self._sites: dict = {}  # host -> site id
+        self._page_site = {p: self._site_id(url) for p, url in pages.items()}
+        self.filters = (FilterPipeline(options, "web" if pages else "text", root)
+                        if isinstance(options, FilterOptions) else None)
         self.files = files  # [(path, kind)]
         self._skipped = skipped
         self.options = options
@@ -115,25 +128,33 @@ class Corpus:
     def __iter__(self):
         return self._documents()
 
+    def _site_id(self, url) -> int | None:
+        """A small integer for the host of `url` (None without one): the boilerplate filter's groups."""
+        if not isinstance(url, str):
+            return None
+        host = urlsplit(url).hostname
+        return None if host is None else self._sites.setdefault(host, len(self._sites))
+
     @property
     def documents(self) -> list[str]:
         """All documents as a list (holds the whole corpus in memory; iterate to stream)."""
         return list(self)
 
     def _raw_documents(self, skipped: Counter, stats: CorpusStats):
-        """Uncleaned documents, file by file, as (path, [text], bytes): the caller pops the text
-        out of the list, so that this generator does not keep it (nor the file's bytes) alive while
-        the document is cleaned and tokenized."""
+        """Uncleaned documents, file by file, as (path, [text], bytes, site id or None): the caller pops
+        the text out of the list, so that this generator does not keep it (nor the file's bytes) alive
+        while the document is cleaned and tokenized."""
         for path, kind in self.files:
+            site = self._page_site.get(path)
             if kind == "pdf":
-                yield path, [read_pdf(path)], os.path.getsize(path)
+                yield path, [read_pdf(path)], os.path.getsize(path), site
                 continue
             raw = read_bytes(path)
             nbytes = len(raw)
             if kind == "html":
                 box = [read_html(raw, path)]
                 del raw
-                yield path, box, nbytes
+                yield path, box, nbytes, site
                 continue
             if looks_binary(raw):
                 skipped["binary"] += 1
@@ -153,19 +174,42 @@ class Corpus:
                             'one JSON object with a "text" field'
                         ) from None
                     if isinstance(rec, dict) and isinstance(rec.get("text"), str):
-                        yield path, [rec["text"]], 0
+                        yield path, [rec["text"]], 0, self._site_id(rec.get("url"))
                     else:
                         skipped["jsonl records without text"] += 1
                 stats.bytes += nbytes
             else:
                 box = [text]
                 del text
-                yield path, box, nbytes
+                yield path, box, nbytes, site
+
+    def _cleaned(self, skipped: Counter, stats: CorpusStats, bar=None):
+        """(path, cleaned document, site) of every document, exact duplicates and empty ones counted and left out."""
+        seen: set = set()
+        last_path = None
+        for path, box, nbytes, site in self._raw_documents(skipped, stats):
+            if bar is not None and path != last_path:
+                bar.update(os.path.getsize(last_path) if last_path else 0)
+                last_path = path
+            stats.bytes += nbytes
+            doc = clean_owned(box, self.options)
+            if not doc.strip():
+                stats.empty += 1
+                continue
+            if self.dedupe and _seen_before(doc, seen):
+                stats.duplicates += 1
+                continue
+            yield path, doc, site
+            del doc
+        if bar is not None and last_path:
+            bar.update(os.path.getsize(last_path))
 
     def _documents(self):
+        filters = self.filters
+        if filters is not None and filters.needs_boilerplate_pass:  # every page's lines counted first
+            filters.count_boilerplate((doc, site) for _, doc, site in self._cleaned(Counter(), CorpusStats()))
         stats = CorpusStats(files=len(self.files))
         skipped = Counter(self._skipped)
-        seen: set = set()
         vocab: set = set()
         lengths: list[int] = []
         total = sum(os.path.getsize(p) for p, _ in self.files)
@@ -177,19 +221,14 @@ class Corpus:
             disable=None if self.progress else True,
             leave=False,
         ) as bar:
-            last_path = None
-            for path, box, nbytes in self._raw_documents(skipped, stats):
-                if path != last_path:
-                    bar.update(os.path.getsize(last_path) if last_path else 0)
-                    last_path = path
-                stats.bytes += nbytes
-                doc = clean_owned(box, self.options)
-                if not doc.strip():
-                    stats.empty += 1
-                    continue
-                if self.dedupe and _seen_before(doc, seen):
-                    stats.duplicates += 1
-                    continue
+            if filters is not None:
+                filters.begin_pass()
+            for path, doc, site in self._cleaned(skipped, stats, bar):
+                if filters is not None:
+                    doc = filters.apply(doc, path, site)
+                    if doc is None:
+                        stats.filtered += 1
+                        continue
                 stats.documents += 1
                 stats.characters += len(doc)
                 lengths.append(len(doc))
@@ -198,8 +237,8 @@ class Corpus:
                     stats.tokens += _count_words(doc, vocab)
                 yield doc
                 del doc  # not alive while the next file is read and cleaned
-            if last_path:
-                bar.update(os.path.getsize(last_path))
+        if filters is not None:
+            filters.end_pass(complete=True)
         self._end_pass(stats, skipped, vocab, lengths)
 
     def _end_pass(self, stats: "CorpusStats", skipped: Counter, vocab: set, lengths: list[int]) -> None:
@@ -228,7 +267,8 @@ class Corpus:
                 )
             raise EmptyCorpusError(
                 f"the corpus at {self.path} is empty after cleaning ({stats.files} file(s), {stats.empty} empty, "
-                f"{stats.duplicates} duplicate); give it files with text or relax the cleaning flags"
+                f"{stats.duplicates} duplicate, {stats.filtered} filtered out); give it files with text or relax the "
+                "cleaning flags" + (" or the filters (--filters none, --languages)" if stats.filtered else "")
             )
 
 
@@ -257,7 +297,7 @@ def corpus_at(path, options: CorpusOptions) -> Corpus:
             f"encoding {options.encoding!r} is not supported; use 'auto' (UTF-8, else detected) or 'utf-8' (strict)"
         )
     root, files, skipped = find_files(path)
-    return Corpus(path, files, skipped, options)
+    return Corpus(path, files, skipped, options, root)
 
 
 def load_corpus(path, **options) -> Corpus:

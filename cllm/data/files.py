@@ -5,6 +5,7 @@ main text, PDF text through pypdf)."""
 from __future__ import annotations
 
 import codecs
+import json
 import os
 from collections import Counter
 
@@ -50,7 +51,7 @@ def find_files(path: str) -> tuple[str, list[tuple[str, str]], Counter]:
     if not os.access(path, os.R_OK | os.X_OK):
         raise CorpusNotFoundError(f"cannot read directory {path}: permission denied; check its permissions")
     root = path
-    if os.path.isfile(os.path.join(path, "manifest.jsonl")) and os.path.isdir(os.path.join(path, "pages")):
+    if is_crawl_output(path):
         root = os.path.join(path, "pages")  # a crawl's output: the manifest is not training text
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -75,6 +76,28 @@ def find_files(path: str) -> tuple[str, list[tuple[str, str]], Counter]:
             files.append((full, kind))
     files.sort(key=lambda fk: os.path.relpath(fk[0], root).split(os.sep))
     return root, files, skipped
+
+
+def is_crawl_output(path: str) -> bool:
+    """Whether `path` is a crawl's output folder (cllm/scraper/output.py: manifest.jsonl and pages/)."""
+    return os.path.isfile(os.path.join(path, "manifest.jsonl")) and os.path.isdir(os.path.join(path, "pages"))
+
+
+def crawl_pages(path: str) -> dict[str, str]:
+    """{page file's path (as find_files gives it): its URL} from a crawl's manifest; {} for anything else.
+    Lines that are not JSON objects with "file" and "url" (a torn last line, a duplicate's record) are passed."""
+    if not os.path.isdir(path) or not is_crawl_output(path):
+        return {}
+    pages = {}
+    with open(os.path.join(path, "manifest.jsonl"), encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("file"), str) and isinstance(rec.get("url"), str):
+                pages[os.path.join(path, *rec["file"].split("/"))] = rec.get("final_url") or rec["url"]
+    return pages
 
 
 def read_bytes(path: str) -> bytes:

@@ -13,6 +13,11 @@ position (the first 1 - f train, as nanoGPT); several documents split at a docum
 first documents holding ~1 - f of the characters go to train, the rest to val. Word and BPE append EOS
 after every document, so documents are separated in the token stream (char has no EOS).
 
+Filters (cllm/data/filters/: boilerplate lines, language, Gopher's and C4's quality rules, near-duplicates)
+run while the corpus is read, by default on a crawl's output only; the first pass decides. When any is on,
+DIR/filters.json (what each rule removed, with examples) and DIR/documents.jsonl (each document's source,
+language and fate) are written after it; meta.json records the languages (documents kept per language) always.
+
 Cache: meta.json records a key hashing the input files (relative path + content), the options and
 this format's version; re-running with the same key reuses DIR as is, anything else rebuilds it.
 meta.json is written last and deleted first, so a crash mid-way never leaves a "valid" cache.
@@ -36,6 +41,7 @@ from cllm.config import option
 from cllm.data.clean import options_of
 from cllm.data.corpus import CorpusOptions, corpus_at
 from cllm.data.errors import EmptyCorpusError, TokenFileError
+from cllm.data.filters import FilterOptions
 from cllm.data.tokenfile import TokenFileWriter, export_dataset_tokens, read_token_file, read_token_header
 from cllm.errors import CLLMError, DataError, TokenizerError
 from cllm.fileio import atomic_write_text
@@ -52,10 +58,11 @@ VOCAB_SIZES = {kind: inspect.signature(TOKENIZER_CLASSES[kind].train).parameters
 
 
 @dataclass
-class PrepareOptions(CorpusOptions):
-    """How a dataset is prepared: the flags of `prepare` (CorpusOptions' and these), each default written here
-    once; `train` takes the ones it offers from here (cllm/training/config.py). A kind (cllm/kinds.py) reads the
-    ones that apply to it: text the tokenizer, corpus and split options, images the image options and the split."""
+class PrepareOptions(FilterOptions, CorpusOptions):
+    """How a dataset is prepared: the flags of `prepare` (CorpusOptions', FilterOptions' and these), each default
+    written here once; `train` takes the ones it offers from here (cllm/training/config.py). A kind (cllm/kinds.py)
+    reads the ones that apply to it: text the tokenizer, corpus, filter and split options, images the image options
+    and the split."""
 
     tokenizer: str = option(
         "char",
@@ -172,7 +179,8 @@ def _load_cached(out_dir: str, key: str):
 
 
 DATASET_FILES = ("meta.json", "tokenizer.json", "train.bin", "val.bin", "train_llmc.bin", "val_llmc.bin",
-                 "train_mask.npy", "val_mask.npy", "train_starts.npy", "val_starts.npy")  # the last four: chat
+                 "train_mask.npy", "val_mask.npy", "train_starts.npy", "val_starts.npy",  # these four: chat
+                 "filters.json", "documents.jsonl")  # the corpus filters' report
 
 
 def refuse_foreign_directory(out_dir: str) -> None:
@@ -221,6 +229,8 @@ def prepare_text_dataset(data_path, out_dir, opts: PrepareOptions) -> PreparedDa
     t0 = time.perf_counter()
     tok = _train_pass(corpus, tokenizer, given, vocab_size, opts.bpe_pattern, progress)
     stats, lengths = corpus.stats, corpus.doc_lengths  # pass 1's (pass 2 makes new ones)
+    if corpus.filters is not None and corpus.filters.enabled:  # else the dataset's files are as before
+        _write_filter_report(corpus.filters, out_dir)
     plan = _split_plan(lengths, val_fraction)  # where val starts
     eos = tok.eos_id if given is not None or tokenizer in ("word", "bpe", "wordpiece") else None
     train_path, val_path = os.path.join(out_dir, "train.bin"), os.path.join(out_dir, "val.bin")
@@ -233,6 +243,9 @@ def prepare_text_dataset(data_path, out_dir, opts: PrepareOptions) -> PreparedDa
                                "use --val-fraction 0")
     tok.save(os.path.join(out_dir, "tokenizer.json"))
     meta = _dataset_meta(data_path, key, tokenizer, tok, wt, wv, plan, len(lengths), options, stats)
+    if corpus.filters is not None:
+        meta["languages"] = dict(corpus.filters.languages_seen.most_common())
+        meta["filters"] = corpus.filters.counts_by_rule()
     meta["seconds"] = round(time.perf_counter() - t0, 3)
     ds = PreparedDataset(out_dir, tok, train_path, val_path, meta)
     if opts.llmc:
@@ -263,6 +276,8 @@ def _dataset_options(corpus, tokenizer: str, given, vocab_size, val_fraction, bp
                "encoding": corpus.encoding, "dedupe": bool(corpus.dedupe), "cleaning": corpus.cleaning}
     if tokenizer == "bpe":
         options["bpe_pattern"] = bpe_pattern
+    if corpus.filters is not None and corpus.filters.enabled:  # absent otherwise: the key of a dataset as before
+        options["filters"] = corpus.filters.settings()
     if given is not None:  # the cache is valid for this tokenizer only
         options["tokenizer_sha256"] = hashlib.sha256(json.dumps(given._to_dict(), sort_keys=True).encode()).hexdigest()
     return options
@@ -280,6 +295,20 @@ def _claim_output_dir(out_dir: str) -> str:
     except OSError as exc:
         raise DataError(f"cannot write to output directory {out_dir}: {exc.strerror}; choose another --out") from None
     return meta_path
+
+
+def _write_filter_report(filters, out_dir: str) -> None:
+    """DIR/filters.json (FilterPipeline.report: what each rule removed) and DIR/documents.jsonl (one line per
+    document read, in order: its source, detected language and the rule that removed it, null when kept), after
+    the pass that decided them."""
+    atomic_write_text(os.path.join(out_dir, "filters.json"),
+                      json.dumps(filters.report(), indent=1, ensure_ascii=False) + "\n")
+    path = os.path.join(out_dir, "documents.jsonl")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:  # streamed: one line per document
+        for source, lang, score, rule in filters.documents:
+            f.write(json.dumps({"source": filters.relative(source), "language": lang, "language_score": score,
+                                "removed_by": rule}, ensure_ascii=False) + "\n")
+    os.replace(path + ".tmp", path)
 
 
 def _train_pass(corpus, tokenizer: str, given, vocab_size, bpe_pattern: str, progress: bool):
@@ -373,6 +402,16 @@ def summary(ds: PreparedDataset) -> str:
               f"{c['avg_chars_per_document']:,.0f} characters per document"
               + (f"; skipped {c['skipped']}" if c["skipped"] else "")
               + (f"; {c['duplicates']} duplicates dropped" if c["duplicates"] else ""))
+    filtered = m.get("filters")
+    if filtered is not None and "filters" in m["options"]:  # filters on (else: as before, the report aside)
+        rules = [f"  {rule}: " + ", ".join(
+            [f"{c['documents']:,} documents"] * bool(c["documents"]) + [f"{c['lines']:,} lines"] * bool(c["lines"])
+            + [f"{c['bytes']:,} bytes"]) for rule, c in filtered.items()]
+        langs = ", ".join(f"{lang} {n:,}" for lang, n in list(m.get("languages", {}).items())[:8])
+        corpus += (f"\nfilters ({', '.join(m['options']['filters']['filters']) or 'none'}; "
+                   f"report: {os.path.join(ds.out_dir, 'filters.json')}): "
+                   + ("removed\n" + "\n".join(rules) if rules else "nothing removed")
+                   + (f"\nlanguages (documents kept): {langs}" if langs else ""))
     state = "reused cached dataset" if ds.cached else f"prepared in {m['seconds']:.1f} s"
     return (f"{corpus}\n{state}: {ds.out_dir} ({m['tokenizer']} tokenizer, {m['vocab_size']:,} ids, {m['dtype']}): "
             f"train.bin {m['train_tokens']:,} tokens, val.bin {m['val_tokens']:,} tokens")

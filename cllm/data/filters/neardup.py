@@ -1,0 +1,82 @@
+"""Near-duplicate documents: MinHash over word shingles, with locality-sensitive hashing (LSH) to find the
+candidates, and the candidates' signatures compared to keep only those whose estimated Jaccard
+similarity reaches the threshold. The first document seen is kept; a later one that matches a kept
+document is dropped.
+
+Shingles are 3 words (normalized: cllm/data/filters/textstats.py): an edit of one word changes at most 3
+shingles, so a copy with 10% of its words edited keeps a Jaccard similarity of about 0.57 to its original
+(0.75 at 5%), while unrelated pages share almost no 3-word shingles. The default threshold, 0.5, catches such
+copies; FineWeb's 5-word shingles at 0.75 would miss them (0.42 at 10%).
+
+Signatures of K = 128 hash functions are cut into b bands of r rows (b*r <= K): two documents become
+candidates when one band is equal, which happens with probability 1 - (1 - J^r)^b. r is the largest for
+which a pair at the threshold is a candidate with probability >= 0.99 (fewest needless comparisons).
+Memory: each kept document's signature (512 bytes) and its b band keys in an open-addressing table of
+arrays at most half full (12 bytes a slot: about 1 KB a document at the default 42 bands; a dict of
+Python ints took ~4.6 KB). A band key keeps the first document seen under it: a later one that shares it
+is compared with that one.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cllm.data.filters.textstats import band_keys, lsh_insert, lsh_lookup, lsh_rehash, minhash
+
+NUM_PERM = 128
+SHINGLE = 3
+
+
+def bands_for(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
+    """(b, r): the most rows per band for which a pair at `threshold` is a candidate with probability >= 0.99."""
+    best = (num_perm, 1)
+    for r in range(1, num_perm + 1):
+        b = num_perm // r
+        if 1 - (1 - threshold ** r) ** b >= 0.99:
+            best = (b, r)
+    return best
+
+
+class NearDuplicateIndex:
+    """The kept documents' signatures; `seen(hashes)` says whether a document (its word hashes) is a near
+    duplicate of one of them, and adds it to them when it is not."""
+
+    def __init__(self, threshold: float, num_perm: int = NUM_PERM, shingle: int = SHINGLE, seed: int = 1):
+        rng = np.random.default_rng(seed)
+        self.a = rng.integers(1, 2**63, num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)  # odd
+        self.b = rng.integers(0, 2**63, num_perm, dtype=np.uint64)
+        self.threshold = threshold
+        self.shingle = shingle
+        self.bands, self.rows = bands_for(threshold, num_perm)
+        self.table_keys = np.zeros(1024, np.uint64)  # band key -> kept document (lsh_lookup, lsh_insert)
+        self.table_docs = np.zeros(1024, np.int32)
+        self.used = 0
+        self._found = np.empty(self.bands, np.int64)
+        self.signatures = np.empty((64, num_perm), np.uint32)  # kept documents' signatures, grown by doubling
+        self.count = 0
+
+    def signature(self, hashes: np.ndarray) -> np.ndarray:
+        return minhash(hashes, self.shingle, self.a, self.b)
+
+    def seen(self, hashes: np.ndarray) -> int:
+        """The index of the kept document this one duplicates, or -1 (and this one joins the kept)."""
+        sig = self.signature(hashes)
+        keys = band_keys(sig, self.bands, self.rows)
+        found = lsh_lookup(self.table_keys, self.table_docs, keys, self._found)
+        for other in dict.fromkeys(self._found[:found].tolist()):  # each candidate once, in band order
+            if np.count_nonzero(self.signatures[other] == sig) >= self.threshold * sig.size:
+                return other
+        if self.count == len(self.signatures):
+            self.signatures = np.concatenate([self.signatures, np.empty_like(self.signatures)])
+        self.signatures[self.count] = sig
+        if 2 * (self.used + keys.size) > self.table_keys.size:
+            self._grow()
+        self.used += lsh_insert(self.table_keys, self.table_docs, keys, self.count)
+        self.count += 1
+        return -1
+
+    def _grow(self) -> None:
+        """Double the table: it stays at most half full, so probes stay short."""
+        keys, docs = self.table_keys, self.table_docs
+        self.table_keys = np.zeros(2 * keys.size, np.uint64)
+        self.table_docs = np.zeros(2 * keys.size, np.int32)
+        lsh_rehash(self.table_keys, self.table_docs, keys, docs)
