@@ -134,6 +134,8 @@ class TrainConfig:
     # where the model runs (cllm/device.py); cuda needs the [cuda] extra and an NVIDIA GPU
     device: str = option("cpu", "cpu, cuda (under MPI: the GPU of the local rank) or cuda:N")
     val_fraction: float = prepare_field("val_fraction", "share of the data held out for validation (0 < f < 1)")
+    filters: str = prepare_field("filters")  # the corpus filters (cllm/data/filters/), as `prepare` runs them
+    languages: str = prepare_field("languages")
     checkpoint_dir: str = option("checkpoints/run", "the run's directory: checkpoints, metrics.jsonl, loss.png")
     image_size: int | None = prepare_field("image_size")
     grayscale: bool = prepare_field("grayscale")
