@@ -328,8 +328,14 @@ class JsonConstraint:
 
     def _take(self, token: int, rest: list[int]) -> int:
         """Consume the walk's first token; `rest` closes the JSON from there."""
-        if not self.matcher.consume_token(token):
-            raise RuntimeError(f"structured output: the closing walk failed ({self.matcher.get_error()})")
+        if self.matcher.validate_tokens([token]) != 1:
+            # a kept walk that no longer applies (a range or pattern the shortcut in commit did not foresee): walk
+            # again from here; it is no longer than the tokens left unless the grammar is stranger still
+            self.walk = _Walk(self.vocab, self.matcher, self.lexer)
+            if not self.walk.path:
+                raise RuntimeError(f"structured output: no way to close the JSON ({self.matcher.get_error()})")
+            token, rest = self.walk.path[0], self.walk.path[1:]
+        self.matcher.consume_token(token)
         self.lexer.feed(self.vocab.tokens[token])
         self.walk.path = rest
         return token
