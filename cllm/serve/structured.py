@@ -5,10 +5,10 @@ docs/serving.md gives the numbers) turns a JSON schema into a grammar over bytes
 vocabulary given as byte strings, says which tokens may come next. Whitespace is off (compact JSON with ',' and
 ':'), so an untrained model cannot spend its tokens on blanks.
 
-A grammar alone cannot stop a string or a number from running past max_tokens. So every step also knows how many
-tokens the shortest way to close the JSON from here takes (`closing`: a greedy walk that prefers '"' inside a
-string, then '}' and ']', then the shortest values: "", 0, ...); a sampled token that would leave fewer tokens than
-that is replaced by the walk's first token. The walk from the start is the fewest tokens a request needs
+A grammar alone cannot stop a string or a number from running past max_tokens. So every step also keeps a short
+way to close the JSON from there (_Walk: a greedy walk that prefers '"' inside a string, then '}' and ']', then the
+shortest values: "", 0, ...); a sampled token after which that walk no longer fits in the tokens left is replaced
+by the walk's next token. The walk from the start is the fewest tokens a request needs
 (JsonGrammar.min_tokens); with at least that many the output always parses, with fewer the server answers 400.
 
     grammar = compile_json_grammar(tokenizer, schema)          # None: any JSON object; cached per tokenizer+schema
@@ -26,7 +26,7 @@ from collections import OrderedDict
 import llguidance
 import numpy as np
 
-from cllm.errors import ConfigError
+from cllm.errors import ConfigError, TokenizerError
 
 # the special-token marker of llguidance's token trie: a token whose bytes start with 0xFF is never text
 _SPECIAL = b"\xff"
@@ -50,14 +50,17 @@ class _Vocabulary:
 
     def __init__(self, tokenizer):
         kind = getattr(tokenizer, "kind", "")
-        if kind == "word":  # decode() puts spaces between words by context: a token has no bytes of its own
-            raise StructuredOutputError("structured output needs a char or byte-level BPE tokenizer; this model's "
-                                        "tokenizer is a word tokenizer, whose tokens have no fixed bytes")
+        if kind != "char" and not hasattr(tokenizer, "token_bytes"):
+            # a word or WordPiece tokenizer's decode() puts spaces between tokens by context: no fixed bytes
+            raise StructuredOutputError(f"structured output needs a char or byte-level BPE tokenizer; this model's "
+                                        f"tokenizer is a {kind} tokenizer, whose tokens have no fixed bytes")
         n = tokenizer.vocab_size
-        specials = set()
+        # an imported byte-level BPE keeps its file's specials in `specials`; CLLM's own bpe in `special_tokens`
+        named = getattr(tokenizer, "specials", None) or getattr(tokenizer, "special_tokens", None) or {}
+        specials = set(named.values()) if kind != "char" else set()
         tokens = []
         for i in range(n):
-            bs = _token_bytes(tokenizer, i)
+            bs = None if i in specials else _token_bytes(tokenizer, i)
             if bs is None:
                 specials.add(i)
                 bs = _SPECIAL + f"<special {i}>".encode()
@@ -91,15 +94,12 @@ class _Vocabulary:
 
 
 def _token_bytes(tokenizer, i: int) -> bytes | None:
-    """A token's bytes, or None for a special token (or an id the tokenizer does not use)."""
+    """A text token's bytes, or None for an id the tokenizer does not use (an imported vocabulary's gap)."""
     if tokenizer.kind == "char":
         return tokenizer.id_to_token(i).encode("utf-8")
-    specials = getattr(tokenizer, "specials", None) or getattr(tokenizer, "special_tokens", None) or {}
-    if i in set(specials.values()):
-        return None
     try:
         return tokenizer.token_bytes(i)
-    except Exception:  # an imported vocabulary's unused id (cllm/tokenizers/vocab_bpe.py raises TokenizerError)
+    except TokenizerError:  # cllm/tokenizers/vocab_bpe.py: "token id ... is not used by this tokenizer"
         return None
 
 
@@ -185,7 +185,7 @@ class _Lexer:
     def __init__(self):
         self.in_string = self.escaped = self.key = False
         self.last = 0  # the last byte outside strings
-        self.stack = []  # the open containers, b"{" or b"["
+        self.stack = []  # the open containers' first bytes, 0x7B '{' or 0x5B '['
 
     def copy(self) -> _Lexer:
         other = _Lexer()
