@@ -21,6 +21,7 @@ from cllm.serve import Engine, ServerSettings, create_app
 from cllm.serve.structured import StructuredOutputError, compile_json_grammar
 from cllm.tokenizers import BPETokenizer
 from cllm.tokenizers.char import CharTokenizer
+from cllm.tokenizers.vocab_bpe import VocabBPETokenizer
 from cllm.tokenizers.word import WordTokenizer
 
 PERSON = {"type": "object", "properties": {
@@ -191,3 +192,26 @@ async def test_completion_request_errors(engines, make_client):
         resp = await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 100, **body})
         err = (await resp.json())["error"]
         assert resp.status == 400 and err["param"] == param, (body, err)
+
+
+def test_imported_byte_level_vocabulary_with_a_gap_and_a_special():
+    """An imported byte-level BPE (cllm/tokenizers/vocab_bpe.py): multi-byte tokens, an id the file does not use
+    and EOS as a special; random logits at temperature 1 still give valid JSON at the minimum budget and above."""
+    vocab = {bytes([b]): b for b in range(256)}
+    vocab.update({b'{"': 256, b'":': 257, b'","': 258, b'"}': 260, b"true": 261})  # 259: unused
+    tok = VocabBPETokenizer(vocab, [], specials={"<|endoftext|>": 262})
+    grammar = compile_json_grammar(tok, PERSON)
+    assert grammar.vocab.tokens[259][:1] == b"\xff" and 262 in grammar.vocab.special_set
+    rng = np.random.default_rng(0)
+    for k in range(10):
+        budget = grammar.min_tokens + 15 * (k % 3)
+        c = grammar.constraint(budget)
+        ids = []
+        for step in range(budget):
+            logits = c.mask(rng.normal(size=tok.vocab_size) * 4)
+            assert np.isneginf(logits[[259, 262]]).all()
+            p = np.exp(logits - logits.max())
+            ids.append(c.commit(int(rng.choice(p.size, p=p / p.sum())), budget - step))
+            if c.done:
+                break
+        check(tok.decode(ids), PERSON)
