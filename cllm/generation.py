@@ -191,10 +191,11 @@ class Generator:
         logits = self.model.prefill(np.asarray(tokens, dtype=np.int32), 0, cache)
         return cache, logits[None, :], len(tokens)
 
-    def stream(self, prompt: list[int], cfg: SamplingConfig, logit_bias: dict[int, float] | None = None
-               ) -> Iterator[int]:
-        """The new token ids, one at a time; EOS ends them (and is not yielded) unless cfg.ignore_eos."""
-        for tok, _ in self._steps(prompt, cfg, logit_bias):
+    def stream(self, prompt: list[int], cfg: SamplingConfig, logit_bias: dict[int, float] | None = None,
+               constraint=None) -> Iterator[int]:
+        """The new token ids, one at a time; EOS ends them (and is not yielded) unless cfg.ignore_eos.
+        `constraint` (e.g. cllm/serve/structured.py's JsonConstraint): see _steps."""
+        for tok, _ in self._steps(prompt, cfg, logit_bias, constraint):
             yield tok
 
     def stream_scored(self, prompt: list[int], cfg: SamplingConfig, top_n: int = 0,
@@ -206,8 +207,12 @@ class Generator:
             logp = log_softmax(logits)
             yield tok, float(logp[tok]), top_logprobs(logp, top_n)
 
-    def _steps(self, prompt: list[int], cfg: SamplingConfig, logit_bias=None) -> Iterator[tuple[int, np.ndarray]]:
-        """(token, the logits row (V,) it was drawn from) for each new token."""
+    def _steps(self, prompt: list[int], cfg: SamplingConfig, logit_bias=None,
+               constraint=None) -> Iterator[tuple[int, np.ndarray]]:
+        """(token, the logits row (V,) it was drawn from) for each new token. A `constraint` (grammar-constrained
+        decoding) sets the logits of the tokens it disallows to -inf before sampling (constraint.mask), may replace
+        the sampled token (constraint.commit(token, tokens left), e.g. to close a JSON object in time), and ends the
+        generation once constraint.done."""
         cfg.validate()
         if not prompt:
             raise ConfigError("the prompt is empty; give at least one token")
@@ -215,14 +220,20 @@ class Generator:
         history = list(prompt)
         counts: dict[int, int] = {}
         cache, logits, pos = self._prefill(history)
-        for _ in range(cfg.max_new_tokens):
+        for step in range(cfg.max_new_tokens):
             row = logits[0]
-            tok = next_token(row, cfg, rng, history, counts, logit_bias)
+            if constraint is None:
+                tok = next_token(row, cfg, rng, history, counts, logit_bias)
+            else:
+                tok = next_token(constraint.mask(row), cfg, rng, history, counts, logit_bias)
+                tok = constraint.commit(tok, cfg.max_new_tokens - step)
             if not cfg.ignore_eos and self.eos_id is not None and tok == self.eos_id:
                 return
             history.append(tok)
             counts[tok] = counts.get(tok, 0) + 1
             yield tok, row
+            if constraint is not None and constraint.done:
+                return
             if pos >= self.max_len:  # context full: keep the last half and rebuild the cache
                 cache, logits, pos = self._prefill(history[-(self.max_len // 2):])
             else:

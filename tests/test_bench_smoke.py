@@ -268,6 +268,12 @@ def check_llama(out):
         assert train["torch"] is None and train["speed_ratio"] is None
 
 
+def check_structured(out):
+    for row in out["vocabularies"].values():  # --smoke measures llguidance only
+        positive(row["cllm_us"], row["min_tokens"], row["llguidance"]["mask_us"], row["llguidance"]["compile_s"])
+        assert row["min_tokens"] < row["tokens"]
+
+
 CHECKS = {name[len("check_"):]: fn for name, fn in globals().items() if name.startswith("check_")}
 
 

@@ -68,10 +68,11 @@ def chat_prompt_ids(tokenizer, messages, context: int) -> list[int]:
 
 
 def generate_reply(generator, tokenizer, ids: list[int], cfg, end_ids=frozenset(), stops=(), on_text=None,
-                   cancelled=None) -> Reply:
+                   cancelled=None, constraint=None) -> Reply:
     """Generate from `ids` (a cllm.generation.Generator, its SamplingConfig `cfg`) until a token of `end_ids`, EOS,
     a stop string, cfg.max_new_tokens tokens or `cancelled()` (checked after every token). on_text(piece) gets
-    the text as it becomes safe to show (a possible stop string's start and half a UTF-8 character held back)."""
+    the text as it becomes safe to show (a possible stop string's start and half a UTF-8 character held back).
+    `constraint`: grammar-constrained decoding (Generator._steps); its completion is a "stop"."""
     out = StopStream(tokenizer, stops)
     pieces = []
     ended = False
@@ -82,7 +83,7 @@ def generate_reply(generator, tokenizer, ids: list[int], cfg, end_ids=frozenset(
             if on_text is not None:
                 on_text(piece)
 
-    for token in generator.stream(ids, cfg):
+    for token in generator.stream(ids, cfg, constraint=constraint):
         if token in end_ids:
             ended = True
             break
@@ -91,5 +92,6 @@ def generate_reply(generator, tokenizer, ids: list[int], cfg, end_ids=frozenset(
             break
     release(out.finish())
     # fewer tokens than asked: EOS ended it (or a cancel, whose reason nobody reads)
+    ended = ended or (constraint is not None and constraint.done)
     reason = "stop" if ended or out.stopped or out.count < cfg.max_new_tokens else "length"
     return Reply("".join(pieces), out.count, reason)

@@ -59,6 +59,11 @@ class CompletionRequest:
     # that end a choice besides EOS
     prompt_ids: list[int] | None = None
     end_ids: frozenset[int] = frozenset()
+    # structured output (cllm/serve/structured.py): the JSON schema the text must match, the request field that
+    # gave it, and its grammar (set by cllm/serve/requests.py compile_structured)
+    json_schema: dict | None = None
+    json_schema_field: str = ""
+    grammar: object | None = None
 
 
 class Engine:
@@ -191,8 +196,10 @@ class Engine:
         """One sampled choice, streamed through emit; (tokens generated, finish reason)."""
         if prefix:
             emit("delta", index, prefix)
+        constraint = req.grammar.constraint(cfg.max_new_tokens) if req.grammar is not None else None
         reply = generate_reply(self.generator, self.tokenizer, ids, cfg, req.end_ids, req.stop,
-                               on_text=lambda piece: emit("delta", index, piece), cancelled=cancel.is_set)
+                               on_text=lambda piece: emit("delta", index, piece), cancelled=cancel.is_set,
+                               constraint=constraint)
         emit("done", index, reply.finish_reason, reply.tokens)
         return reply.tokens, reply.finish_reason
 

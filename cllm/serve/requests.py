@@ -4,6 +4,8 @@ naming the first bad field (OpenAI's error shape; cllm/serve/server.py turns it 
     parse_completion_request(body, settings) -> CompletionRequest     POST /v1/completions
     parse_chat_request(body, settings) -> (messages, CompletionRequest)  POST /v1/chat/completions
     parse_image_request(body, settings, tok) -> (n, label, ...)        POST /v1/images/generations
+    parse_structured(body, ...) -> JSON schema or None                  'response_format' / 'json_schema'
+    compile_structured(req, tokenizer)                                  the schema's grammar, or APIError(400)
 
 Checks run in a fixed order (the body's keys, the OpenAI no-ops, the prompt or messages, sampling, stop
 strings, stream options, the choice limits), so the field an error names does not depend on the body's key
@@ -16,6 +18,7 @@ import math
 from typing import TYPE_CHECKING
 
 from cllm.serve.engine import CompletionRequest
+from cllm.serve.structured import StructuredOutputError, compile_json_grammar
 
 if TYPE_CHECKING:
     from cllm.serve.server import ServerSettings
@@ -34,11 +37,12 @@ _OPENAI_NOOPS = {  # accepted for compatibility, only at values that change noth
     "logit_bias": (None, {}), "suffix": (None, ""), "best_of": None, "user": None,
 }
 _FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "n", "stream", "top_k",
-           "repeat_penalty", "beam_width", "echo", "ignore_eos", "stream_options", *_OPENAI_NOOPS}
+           "repeat_penalty", "beam_width", "echo", "ignore_eos", "stream_options", *_OPENAI_NOOPS,
+           "json_schema", "response_format"}
 _CHAT_NOOPS = {  # chat's own, at the values that change nothing
     "logprobs": (None, False), "top_logprobs": (None, 0), "presence_penalty": (None, 0, 0.0),
     "frequency_penalty": (None, 0, 0.0), "logit_bias": (None, {}), "user": None,
-    "response_format": (None, {"type": "text"}), "tools": (None, []), "tool_choice": (None, "none"),
+    "response_format": None, "tools": (None, []), "tool_choice": (None, "none"),
     "store": (None, False),
 }
 # chat has no echo, suffix or beams: a reply ends at the template's end-of-turn token, which beam search and
@@ -88,7 +92,9 @@ def parse_completion_request(body: dict, settings: ServerSettings) -> Completion
     stops = _parse_stops(body)
     include_usage = _parse_stream_options(body, stream)
     _check_choice_limits(n, beam_width, len(prompts), settings)
-    return CompletionRequest(prompts=prompts, stop=stops, include_usage=include_usage, **sampling)
+    json_schema, field = parse_structured(body, ("json_schema", "response_format"), beam_width, stops)
+    return CompletionRequest(prompts=prompts, stop=stops, include_usage=include_usage, json_schema=json_schema,
+                             json_schema_field=field, **sampling)
 
 
 def parse_chat_request(body: dict, settings: ServerSettings) -> tuple[list[dict], CompletionRequest]:
@@ -105,7 +111,9 @@ def parse_chat_request(body: dict, settings: ServerSettings) -> tuple[list[dict]
     stops = _parse_stops(body)
     include_usage = _parse_stream_options(body, sampling["stream"])
     _check_choice_limits(sampling["n"], 0, 1, settings)
-    return messages, CompletionRequest(prompts=[], stop=stops, include_usage=include_usage, **sampling)
+    json_schema, _ = parse_structured(body, ("response_format",), 0, stops)
+    return messages, CompletionRequest(prompts=[], stop=stops, include_usage=include_usage, json_schema=json_schema,
+                                       **sampling)
 
 
 def _parse_messages(body: dict, settings: ServerSettings) -> list[dict]:
@@ -268,6 +276,65 @@ def _check_choice_limits(n: int, beam_width: int, n_prompts: int, settings: Serv
     if n * n_prompts > settings.max_n:
         bad_value("n", f"'n' x prompts is {n * n_prompts}; this server allows at most {settings.max_n} choices "
                        "per request")
+
+
+# ---------------------------------------------------------------------------------- structured output
+def parse_structured(body: dict, fields: tuple[str, ...], beam_width: int, stops: list[str]
+                     ) -> tuple[dict | None, str]:
+    """(the JSON schema the output must match, or None for free text; the field that gave it) from the body's
+    `fields` among 'response_format' (OpenAI's {"type": "text" | "json_object" | "json_schema", "json_schema":
+    {"name", "schema", "strict", "description"}}; json_object: any JSON object) and 'json_schema' (completions:
+    the schema itself). cllm/serve/structured.py makes the grammar (compile_structured)."""
+    given = [f for f in fields if body.get(f) is not None]
+    if len(given) > 1:
+        bad_value(given[1], "give 'json_schema' or 'response_format', not both")
+    if not given:
+        return None, ""
+    field = given[0]
+    value = body[field]
+    if field == "json_schema":
+        schema = value
+    else:
+        kind = value.get("type") if isinstance(value, dict) else None
+        if kind == "text" and set(value) == {"type"}:
+            return None, ""
+        if kind == "json_object" and set(value) == {"type"}:
+            schema = {"type": "object"}
+        elif kind == "json_schema" and set(value) <= {"type", "json_schema"}:
+            spec = value.get("json_schema")
+            if not isinstance(spec, dict) or set(spec) - {"name", "schema", "strict", "description"}:
+                bad_value(field, "'response_format.json_schema' must be an object with 'name', 'schema' and "
+                                 "optionally 'strict' and 'description'")
+            if not isinstance(spec.get("name", ""), str) or not isinstance(spec.get("strict") or False, bool):
+                bad_value(field, "'response_format.json_schema': 'name' must be a string and 'strict' true or false")
+            schema = spec.get("schema", {"type": "object"})
+        else:
+            bad_value(field, "'response_format' must be {\"type\": \"text\"}, {\"type\": \"json_object\"} or "
+                             "{\"type\": \"json_schema\", \"json_schema\": {\"name\": ..., \"schema\": {...}}}")
+    if not isinstance(schema, dict):
+        bad_value(field, f"the JSON schema must be an object, got {json.dumps(schema)[:80]}")
+    if beam_width:
+        bad_value("beam_width", "structured output samples; leave out 'beam_width'")
+    if stops:  # a stop string would cut the JSON short
+        bad_value("stop", "'stop' cannot be used with structured output (it would cut the JSON short)")
+    return schema, field
+
+
+def compile_structured(req: CompletionRequest, tokenizer) -> None:
+    """Set req.grammar for req.json_schema (nothing without one): APIError(400) for a schema the engine refuses, a
+    tokenizer that cannot spell JSON, or a max_tokens below the fewest tokens that close the JSON."""
+    if req.json_schema is None:
+        return
+    field = req.json_schema_field or "response_format"
+    try:
+        grammar = compile_json_grammar(tokenizer, req.json_schema)
+    except StructuredOutputError as exc:
+        raise APIError(400, str(exc), param=field, code="invalid_schema") from None
+    if req.max_tokens < grammar.min_tokens:
+        raise APIError(400, f"'max_tokens' is {req.max_tokens}; JSON for this schema needs at least "
+                            f"{grammar.min_tokens} tokens with this model's tokenizer", param="max_tokens",
+                       code="max_tokens_too_small")
+    req.grammar = grammar
 
 
 # ---------------------------------------------------------------------------------- images

@@ -47,7 +47,13 @@ from cllm.config import option
 from cllm.errors import ConfigError, TokenizerError
 from cllm.generation import SamplingConfig
 from cllm.serve.engine import Engine
-from cllm.serve.requests import APIError, parse_chat_request, parse_completion_request, parse_image_request
+from cllm.serve.requests import (
+    APIError,
+    compile_structured,
+    parse_chat_request,
+    parse_completion_request,
+    parse_image_request,
+)
 from cllm.serve.responses import CHAT, TEXT, EventChannel, collect_response, stream_response
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -212,6 +218,7 @@ async def _watch_disconnect(request, cancel: threading.Event, poll: float) -> No
 
 async def completions(request):
     req = parse_completion_request(await read_json(request), request.app[SETTINGS])
+    compile_structured(req, request.app[ENGINE].tokenizer)
     return await _generate(request, req, "cmpl-", TEXT)
 
 
@@ -237,6 +244,7 @@ async def chat_completions(request):
     req.end_ids = engine.end_of_turn
     if req.max_tokens is None:  # a reply normally ends sooner, at the end-of-turn token
         req.max_tokens = request.app[SETTINGS].max_tokens_cap
+    compile_structured(req, engine.tokenizer)
     return await _generate(request, req, "chatcmpl-", CHAT)
 
 
