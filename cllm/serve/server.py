@@ -163,6 +163,9 @@ async def metrics_middleware(request, handler):
     except web.HTTPException as exc:
         status = exc.status
         raise
+    except asyncio.CancelledError:  # the server cancelled the handler (its client went away): nginx's 499
+        status = 499
+        raise
     finally:
         request.app[METRICS].requests.labels(route, str(status)).inc()
 
@@ -326,15 +329,16 @@ async def _generate(request, req, id_prefix: str, shape):
     cancel = threading.Event()
     sched.cancel_events.add(cancel)
     watcher = asyncio.create_task(_watch_disconnect(request, cancel, DISCONNECT_POLL_S))
+    loop = asyncio.get_running_loop()
+    events = EventChannel(loop)
+    # timed from here: the time to the first token includes the wait for a slot
+    emit = stats.timed_emit(events.put, skip_first=req.echo)
     acquired = False
     try:
         await sched.acquire()
         acquired = True
         if cancel.is_set():
             return web.Response(status=499)
-        loop = asyncio.get_running_loop()
-        events = EventChannel(loop)
-        emit = stats.timed_emit(events.put, skip_first=getattr(req, "echo", False))
 
         def work():
             try:
