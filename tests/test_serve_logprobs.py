@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from serve_helpers import chat_run, tiny_run
 
+from cllm.evaluate import evaluate_text
 from cllm.generation import Generator, SamplingConfig
 from cllm.multiple_choice import choice_loglikelihoods, encode_pair
 
@@ -77,6 +78,19 @@ async def test_echo_logprobs_equal_the_evaluators_losses(client, engine):
     for value, top in zip(lp["token_logprobs"][1:], lp["top_logprobs"][1:]):
         assert len(top) == 1 and max(top.values()) >= value - 1e-9
     assert body["choices"][0]["text"].startswith(tok.decode(ids))
+
+
+async def test_echo_logprobs_average_to_cli_evaluates_loss(client, engine):
+    """`cli.py evaluate CKPT --text TEXT` on a text of one window: its loss is the mean of minus the echoed
+    log-probabilities of the text's tokens after the first."""
+    text = "the cat sat on a mat."[:16]
+    result = evaluate_text(engine.checkpoint_path, text=text, progress=False)
+    status, body = await post(client, "/v1/completions", prompt=engine.tokenizer.encode(text), echo=True, logprobs=0,
+                              max_tokens=0)
+    assert status == 200, body
+    values = body["choices"][0]["logprobs"]["token_logprobs"]
+    assert len(values) == len(text) and result["windows"] == 1
+    assert math.isclose(result["loss"], -sum(values[1:]) / (len(values) - 1), rel_tol=1e-5)
 
 
 async def test_generated_logprobs_are_the_models_distribution(client, engine):
