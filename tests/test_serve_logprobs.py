@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from serve_helpers import chat_run, tiny_run
+from serve_helpers import chat_run, random_checkpoint, tiny_run
 
 from cllm.evaluate import evaluate_text
 from cllm.generation import Generator, SamplingConfig
@@ -91,6 +93,29 @@ async def test_echo_logprobs_average_to_cli_evaluates_loss(client, engine):
     values = body["choices"][0]["logprobs"]["token_logprobs"]
     assert len(values) == len(text) and result["windows"] == 1
     assert math.isclose(result["loss"], -sum(values[1:]) / (len(values) - 1), rel_tol=1e-5)
+
+
+def test_concurrent_echoes_score_as_alone(tmp_path_factory):
+    """Echoes share the model's forward buffers (Model.forward): scored on two threads at once, as the server's
+    workers do, they equal the values scored one at a time (a bigger model and long prompts, so that the forwards
+    overlap)."""
+    from cllm.serve import Engine
+    from cllm.serve.engine import CompletionRequest
+
+    engine = Engine.load(str(random_checkpoint(tmp_path_factory, embed_dim=64, num_layers=2, seq_len=256)))
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(0, engine.tokenizer.vocab_size, 250).tolist() for _ in range(4)]
+
+    def score(prompt):
+        entries = []
+        engine.run(CompletionRequest(prompts=[prompt], echo=True, logprobs=1, max_tokens=0), threading.Event(),
+                   lambda *e: entries.extend(e[2]) if e[0] == "logprobs" else None)
+        return entries
+
+    alone = [score(p) for p in prompts]
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(5):
+            assert list(pool.map(score, prompts)) == alone
 
 
 async def test_generated_logprobs_are_the_models_distribution(client, engine):

@@ -82,6 +82,8 @@ class Engine:
         self.generator = Generator(model, eos_id=tokenizer.eos_id)
         self._lock = threading.Lock()  # for stats
         self._warm_lock = threading.Lock()
+        # Model.forward (an echo's log-probabilities) writes the model's own activation buffers, unlike decoding
+        self._forward_lock = threading.Lock()
         self._turns = None  # set by warm_up: a lock that requests hold while generating, or a no-op
         self.threads: int | None = None  # Numba threads of each worker thread (None: Numba's default)
         self.stats = {"requests": 0, "cancelled": 0, "completion_tokens": 0}
@@ -208,7 +210,8 @@ class Engine:
     def _sample(self, ids, cfg, req, prefix, index, cancel, emit) -> tuple[int, str]:
         """One sampled choice, streamed through emit; (tokens generated, finish reason)."""
         if req.echo and req.logprobs is not None:  # the prompt's own, from one forward over it
-            scored = prompt_logprobs(self.model, ids, req.logprobs)
+            with self._forward_lock:
+                scored = prompt_logprobs(self.model, ids, req.logprobs)
             emit("logprobs", index, [self._named(t, *(s or (None, []))) for t, s in zip(ids, scored)])
         if prefix:
             emit("delta", index, prefix)
