@@ -297,7 +297,7 @@ async def test_bad_new_fields_are_400(client, field, value):
 
 
 @pytest.mark.parametrize("field,value", [("temperature", 0.5), ("logprobs", 1), ("presence_penalty", 1.0),
-                                         ("seed", 1), ("min_p", 0.1)])
+                                         ("seed", 1), ("min_p", 0.1), ("ignore_eos", True)])
 async def test_beam_search_refuses_sampling_fields(client, field, value):
     status, err = await post(client, "/v1/completions", prompt=PROMPT, beam_width=2, **{field: value})
     assert status == 400 and err["error"]["param"] == field, err

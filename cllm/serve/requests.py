@@ -283,7 +283,7 @@ def _check_beam_options(body: dict) -> None:
     request with beam_width refuses them at other values than their defaults."""
     defaults = {"temperature": (1.0,), "top_p": (1.0,), "top_k": (0,), "repeat_penalty": (1.0,), "min_p": (0.0,),
                 "presence_penalty": (0.0,), "frequency_penalty": (0.0,), "logit_bias": ({},), "seed": (),
-                "logprobs": ()}
+                "logprobs": (), "ignore_eos": (False,)}
     for name, allowed in defaults.items():
         if body.get(name) is not None and body[name] not in allowed:
             bad_value(name, f"{name!r} does not apply to beam search ('beam_width'); leave it out")
