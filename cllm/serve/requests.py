@@ -4,6 +4,9 @@ naming the first bad field (OpenAI's error shape; cllm/serve/server.py turns it 
     parse_completion_request(body, settings) -> CompletionRequest     POST /v1/completions
     parse_chat_request(body, settings) -> (messages, CompletionRequest)  POST /v1/chat/completions
     parse_image_request(body, settings, tok) -> (n, label, ...)        POST /v1/images/generations
+    parse_tokenize_request(body, settings) -> (text, add_special, with_pieces)   POST /tokenize
+    parse_detokenize_request(body, vocab_size) -> ids                  POST /detokenize
+    check_prompt_ids(req, vocab_size, context)                         the checks that need the model
 
 Checks run in a fixed order (the body's keys, the OpenAI no-ops, the prompt or messages, sampling, stop
 strings, stream options, the choice limits), so the field an error names does not depend on the body's key

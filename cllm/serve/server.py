@@ -297,7 +297,8 @@ async def chat_completions(request):
     """POST /v1/chat/completions: OpenAI's chat request (messages, max_completion_tokens or max_tokens, and the
     sampling fields of /v1/completions: cllm/serve/requests.py parse_chat_request) -> {"id": "chatcmpl-...",
     "object": "chat.completion", "choices": [{"index", "message": {"role": "assistant", "content"},
-    "finish_reason", "logprobs": null}], "usage"}, or with "stream": true "chat.completion.chunk" events. The
+    "finish_reason", "logprobs"}], "usage"}, or with "stream": true "chat.completion.chunk" events (logprobs: null
+    unless the request asks, cllm/serve/responses.py ChatShape). The
     conversation is rendered by the tokenizer's chat template with the generation prompt (cropped to the context
     as a completion's prompt is); a reply ends at the template's end-of-turn token (never part of the content,
     finish_reason "stop"). Without max tokens, a reply may run to the server's max_tokens_cap (OpenAI's has no
