@@ -27,13 +27,15 @@ test: $(STAMP)
 # CPU wheel; tests/test_muon.py's PyTorch Muon runs once beside them. The round trips run twice: with the newest
 # transformers the interop extra allows, then with the oldest (TRANSFORMERS_OLDEST and the tokenizers /
 # huggingface_hub it needs, put in front of the venv's by PYTHONPATH).
-# `make test` runs without torch or transformers and skips these tests, saying so; here a missing one fails.
+# tests/test_lm_eval.py runs lm-evaluation-harness (the evalharness extra: lm-eval[api], which needs no torch) against
+# `cli.py serve`.
+# `make test` runs without torch, transformers or lm-eval and skips these tests, saying so; here a missing one fails.
 TRANSFORMERS_OLDEST := transformers==4.40.2 tokenizers==0.19.1 huggingface_hub==0.23.5
 OLDEST_DIR := $(VENV)/transformers-oldest
 test-interop: $(STAMP)
-	$(PY) -m pip install -q -e '.[interop]'
+	$(PY) -m pip install -q -e '.[interop,evalharness]'
 	CLLM_INTEROP_REQUIRED=1 CLLM_EXPECT_TRANSFORMERS=$$($(PY) -c 'import transformers; print(transformers.__version__)') \
-		$(PY) -m pytest -q -p no:cacheprovider tests/test_hf_interop.py tests/test_muon.py
+		$(PY) -m pytest -q -p no:cacheprovider tests/test_hf_interop.py tests/test_muon.py tests/test_lm_eval.py
 	$(PY) -m pip install -q --no-deps --upgrade --target $(OLDEST_DIR) $(TRANSFORMERS_OLDEST)
 	PYTHONPATH=$(OLDEST_DIR) CLLM_INTEROP_REQUIRED=1 CLLM_EXPECT_TRANSFORMERS=4.40.2 \
 		$(PY) -m pytest -q -p no:cacheprovider tests/test_hf_interop.py

@@ -199,11 +199,12 @@ class Generator:
             yield tok
 
     def stream_scored(self, prompt: list[int], cfg: SamplingConfig, top_n: int = 0,
-                      logit_bias: dict[int, float] | None = None) -> Iterator[tuple[int, float, list]]:
+                      logit_bias: dict[int, float] | None = None, constraint=None
+                      ) -> Iterator[tuple[int, float, list]]:
         """stream()'s tokens as (id, its log-probability, [(id, log-probability)] of the top_n most likely): the
         model's own distribution (a log-softmax of its logits, before any penalty, bias or temperature), so a
         token's value is minus the loss `cli.py evaluate` gives it in the same context."""
-        for tok, logits in self._steps(prompt, cfg, logit_bias):
+        for tok, logits in self._steps(prompt, cfg, logit_bias, constraint):
             logp = log_softmax(logits)
             yield tok, float(logp[tok]), top_logprobs(logp, top_n)
 

@@ -221,7 +221,7 @@ async def test_malformed_json_and_bodies(client):
     [
         ("prompt", 5),
         ("prompt", []),
-        ("prompt", [1, 2]),
+        ("prompt", ["a", [1]]),  # strings and token ids mixed
         ("prompt", {"a": 1}),
         ("max_tokens", "10"),
         ("max_tokens", -1),
@@ -251,8 +251,8 @@ async def test_malformed_json_and_bodies(client):
         ("echo", 1),
         ("model", 3),
         ("stream_options", {"include_usage": True}),
-        ("logprobs", 5),
-        ("presence_penalty", 0.5),
+        ("logprobs", 21),
+        ("presence_penalty", 2.5),
         ("best_of", 3),
         ("suffix", "x"),
         ("frobnicate", 1),

@@ -201,7 +201,7 @@ async def test_bad_requests_get_json_errors(engine, make_client):
         ({"messages": [user], "stream_options": {"include_usage": True}}, "stream_options", "stream"),
         ({"messages": [user], "echo": True}, "echo", "unknown field"),
         ({"messages": [user], "beam_width": 2}, "beam_width", "unknown field"),
-        ({"messages": [user], "logprobs": True}, "logprobs", "not supported"),
+        ({"messages": [user], "logprobs": 1}, "logprobs", "true or false"),
     ]
     for body, param, words in cases:
         status, answer = await chat(client, **body)

@@ -6,6 +6,10 @@ thread (the server calls it from a thread pool, off the event loop) and reports 
     emit("delta", index, text)                     new text of choice `index` (stop strings held back)
     emit("done", index, finish_reason, n_tokens)   choice finished: "stop" (EOS, end of turn, stop string) or
                                                    "length"
+    emit("logprobs", index, entries)               with req.logprobs set: [(token text, log-probability or None,
+                                                   [(text, log-probability)] alternatives)] of the next tokens of
+                                                   choice `index` (the echoed prompt's first, then each new
+                                                   token's before its text; the first prompt token's is None)
 
 A chat request is a completion request whose prompt is already ids (the conversation rendered by
 Engine.chat_prompt_ids) and whose choices also end at the chat template's end-of-turn token (end_ids).
@@ -34,14 +38,14 @@ import numba
 
 from cllm.chat.generate import chat_prompt_ids, end_of_turn_ids, generate_reply
 from cllm.completion import cut_at_stop, encode_prompt, load_for_generation
-from cllm.generation import Generator, SamplingConfig
+from cllm.generation import Generator, SamplingConfig, prompt_logprobs
 from cllm.runtime import configure_threads
 
 
 @dataclasses.dataclass
 class CompletionRequest:
     """A validated /v1/completions request (see server.parse_completion_request)."""
-    prompts: list[str]
+    prompts: list[str | list[int]]  # text, or token ids used as they are
     max_tokens: int = 16
     temperature: float = 1.0
     top_p: float = 1.0
@@ -55,6 +59,12 @@ class CompletionRequest:
     echo: bool = False
     ignore_eos: bool = False
     include_usage: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    min_p: float = 0.0
+    logit_bias: dict[int, float] | None = None
+    logprobs: int | None = None  # the alternatives listed per token; None: no log-probabilities
+    user: str | None = None  # the client's end-user id, written in the request's log line
     # chat (cllm/serve/server.py chat_completions): the prompt as ids, used instead of `prompts`, and the ids
     # that end a choice besides EOS
     prompt_ids: list[int] | None = None
@@ -77,6 +87,8 @@ class Engine:
         self.generator = Generator(model, eos_id=tokenizer.eos_id)
         self._lock = threading.Lock()  # for stats
         self._warm_lock = threading.Lock()
+        # Model.forward (an echo's log-probabilities) writes the model's own activation buffers, unlike decoding
+        self._forward_lock = threading.Lock()
         self._turns = None  # set by warm_up: a lock that requests hold while generating, or a no-op
         self.threads: int | None = None  # Numba threads of each worker thread (None: Numba's default)
         self.stats = {"requests": 0, "cancelled": 0, "completion_tokens": 0}
@@ -165,7 +177,7 @@ class Engine:
         for prompt in prompts:
             ids = self.prompt_ids(prompt) if isinstance(prompt, str) else prompt
             prompt_tokens += len(ids)
-            prefix = prompt if req.echo else ""
+            prefix = (prompt if isinstance(prompt, str) else self.tokenizer.decode(prompt)) if req.echo else ""
             if req.beam_width:
                 if cancel.is_set():
                     break
@@ -183,7 +195,9 @@ class Engine:
                     break
                 cfg = SamplingConfig(max_new_tokens=req.max_tokens, temperature=req.temperature, top_k=req.top_k,
                                      top_p=req.top_p, repeat_penalty=req.repeat_penalty,
-                                     seed=None if req.seed is None else req.seed + i, ignore_eos=req.ignore_eos)
+                                     presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+                                     min_p=req.min_p, seed=None if req.seed is None else req.seed + i,
+                                     ignore_eos=req.ignore_eos)
                 n_tokens, reason = self._sample(ids, cfg, req, prefix, index, cancel, emit)
                 completion_tokens += n_tokens
                 index += 1
@@ -192,16 +206,49 @@ class Engine:
             self._count("cancelled")
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "cancelled": cancel.is_set()}
 
+    def _named(self, token: int, logprob: float | None, top: list) -> tuple[str, float | None, list]:
+        """A token's log-probability entry with token texts for ids (a token that is part of a UTF-8 character
+        decodes to U+FFFD)."""
+        decode = self.tokenizer.decode
+        return decode([token]), logprob, [(decode([i]), lp) for i, lp in top]
+
     def _sample(self, ids, cfg, req, prefix, index, cancel, emit) -> tuple[int, str]:
         """One sampled choice, streamed through emit; (tokens generated, finish reason)."""
+        if req.echo and req.logprobs is not None:  # the prompt's own, from one forward over it
+            with self._forward_lock:
+                scored = prompt_logprobs(self.model, ids, req.logprobs)
+            emit("logprobs", index, [self._named(t, *(s or (None, []))) for t, s in zip(ids, scored)])
         if prefix:
             emit("delta", index, prefix)
+        generator = self.generator
+        if req.logprobs is not None or req.logit_bias:
+            generator = _ScoredGenerator(self.generator, req,
+                                         lambda entry: emit("logprobs", index, [self._named(*entry)]))
         constraint = req.grammar.constraint(cfg.max_new_tokens) if req.grammar is not None else None
-        reply = generate_reply(self.generator, self.tokenizer, ids, cfg, req.end_ids, req.stop,
+        reply = generate_reply(generator, self.tokenizer, ids, cfg, req.end_ids, req.stop,
                                on_text=lambda piece: emit("delta", index, piece), cancelled=cancel.is_set,
                                constraint=constraint)
         emit("done", index, reply.finish_reason, reply.tokens)
         return reply.tokens, reply.finish_reason
+
+
+class _ScoredGenerator:
+    """A Generator for generate_reply whose stream() applies the request's logit_bias and, with req.logprobs set,
+    hands each token's (id, log-probability, alternatives) to on_token before the token's text goes out (the
+    end-of-turn token, never part of a reply, is not handed on)."""
+
+    def __init__(self, generator: Generator, req: CompletionRequest, on_token):
+        self.generator, self.req, self.on_token = generator, req, on_token
+
+    def stream(self, ids, cfg, constraint=None):
+        req = self.req
+        if req.logprobs is None:
+            yield from self.generator.stream(ids, cfg, req.logit_bias, constraint)
+            return
+        for token, logprob, top in self.generator.stream_scored(ids, cfg, req.logprobs, req.logit_bias, constraint):
+            if token not in req.end_ids:
+                self.on_token((token, logprob, top))
+            yield token
 
 
 def default_model_id(checkpoint_path: str) -> str:

@@ -6,6 +6,9 @@ naming the first bad field (OpenAI's error shape; cllm/serve/server.py turns it 
     parse_image_request(body, settings, tok) -> (n, label, ...)        POST /v1/images/generations
     parse_structured(body, ...) -> JSON schema or None                  'response_format' / 'json_schema'
     compile_structured(req, tokenizer)                                  the schema's grammar, or APIError(400)
+    parse_tokenize_request(body, settings) -> (text, add_special, with_pieces)   POST /tokenize
+    parse_detokenize_request(body, vocab_size) -> ids                  POST /detokenize
+    check_prompt_ids(req, vocab_size, context)                         the checks that need the model
 
 Checks run in a fixed order (the body's keys, the OpenAI no-ops, the prompt or messages, sampling, stop
 strings, stream options, the choice limits), so the field an error names does not depend on the body's key
@@ -33,22 +36,23 @@ class APIError(Exception):
 
 
 _OPENAI_NOOPS = {  # accepted for compatibility, only at values that change nothing
-    "logprobs": (None, 0), "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0),
-    "logit_bias": (None, {}), "suffix": (None, ""), "best_of": None, "user": None,
+    "suffix": (None, ""), "best_of": None, "user": None,
 }
+# the fields every endpoint's generation acts on (_parse_generation_options), beyond _parse_sampling's
+_OPTION_FIELDS = {"presence_penalty", "frequency_penalty", "min_p", "logit_bias", "user"}
 _FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "n", "stream", "top_k",
-           "repeat_penalty", "beam_width", "echo", "ignore_eos", "stream_options", *_OPENAI_NOOPS,
-           "json_schema", "response_format"}
+           "repeat_penalty", "beam_width", "echo", "ignore_eos", "stream_options", "logprobs", *_OPTION_FIELDS,
+           *_OPENAI_NOOPS, "json_schema", "response_format"}
 _CHAT_NOOPS = {  # chat's own, at the values that change nothing
-    "logprobs": (None, False), "top_logprobs": (None, 0), "presence_penalty": (None, 0, 0.0),
-    "frequency_penalty": (None, 0, 0.0), "logit_bias": (None, {}), "user": None,
-    "response_format": None, "tools": (None, []), "tool_choice": (None, "none"),
+    "user": None, "response_format": None, "tools": (None, []), "tool_choice": (None, "none"),
     "store": (None, False),
 }
 # chat has no echo, suffix or beams: a reply ends at the template's end-of-turn token, which beam search and
 # ignore_eos do not know
 _CHAT_FIELDS = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed",
-                "n", "stream", "top_k", "repeat_penalty", "stream_options", *_CHAT_NOOPS}
+                "n", "stream", "top_k", "repeat_penalty", "stream_options", "logprobs", "top_logprobs",
+                *_OPTION_FIELDS, *_CHAT_NOOPS}
+MAX_LOGPROBS = 20  # the most alternatives per token a request may ask for (OpenAI's chat limit; vLLM's default)
 CHAT_ROLES = ("system", "user", "assistant")
 _IMAGE_FIELDS = {"n", "class", "temperature", "top_k", "top_p", "seed", "grid", "response_format", "model", "size"}
 
@@ -92,9 +96,14 @@ def parse_completion_request(body: dict, settings: ServerSettings) -> Completion
     stops = _parse_stops(body)
     include_usage = _parse_stream_options(body, stream)
     _check_choice_limits(n, beam_width, len(prompts), settings)
+    options = _parse_generation_options(body)
+    logprobs = _get(body, "logprobs", None, lambda v: v is None or (_is_int(v) and 0 <= v <= MAX_LOGPROBS),
+                    f"null or an integer from 0 to {MAX_LOGPROBS} (the alternatives listed per token)")
+    if beam_width:
+        _check_beam_options(body)
     json_schema, field = parse_structured(body, ("json_schema", "response_format"), beam_width, stops)
-    return CompletionRequest(prompts=prompts, stop=stops, include_usage=include_usage, json_schema=json_schema,
-                             json_schema_field=field, **sampling)
+    return CompletionRequest(prompts=prompts, stop=stops, include_usage=include_usage, logprobs=logprobs,
+                             json_schema=json_schema, json_schema_field=field, **options, **sampling)
 
 
 def parse_chat_request(body: dict, settings: ServerSettings) -> tuple[list[dict], CompletionRequest]:
@@ -111,9 +120,11 @@ def parse_chat_request(body: dict, settings: ServerSettings) -> tuple[list[dict]
     stops = _parse_stops(body)
     include_usage = _parse_stream_options(body, sampling["stream"])
     _check_choice_limits(sampling["n"], 0, 1, settings)
+    options = _parse_generation_options(body)
     json_schema, _ = parse_structured(body, ("response_format",), 0, stops)
-    return messages, CompletionRequest(prompts=[], stop=stops, include_usage=include_usage, json_schema=json_schema,
-                                       **sampling)
+    return messages, CompletionRequest(prompts=[], stop=stops, include_usage=include_usage,
+                                       logprobs=_parse_chat_logprobs(body), json_schema=json_schema,
+                                       **options, **sampling)
 
 
 def _parse_messages(body: dict, settings: ServerSettings) -> list[dict]:
@@ -175,15 +186,23 @@ def _check_openai_fields(body: dict, noops: dict) -> None:
         bad_value("model", "'model' must be a string")
 
 
-def _parse_prompts(body: dict, settings: ServerSettings) -> list[str]:
-    """'prompt' as a list of strings (a string is a list of one), each within the server's length limit."""
+def _is_ids(v) -> bool:
+    return isinstance(v, list) and bool(v) and all(_is_int(i) for i in v)
+
+
+def _parse_prompts(body: dict, settings: ServerSettings) -> list[str | list[int]]:
+    """'prompt' as a list of prompts, each a string or a list of token ids (OpenAI's four forms: a string, a list
+    of strings, a list of ids, a list of lists of ids), each within the server's length limit (check_prompt_ids
+    checks the ids against the model)."""
     prompt = body.get("prompt", "")
-    if isinstance(prompt, str):
+    if isinstance(prompt, str) or _is_ids(prompt):
         prompts = [prompt]
-    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+    elif isinstance(prompt, list) and prompt and (all(isinstance(p, str) for p in prompt)
+                                                  or all(_is_ids(p) for p in prompt)):
         prompts = list(prompt)
     else:
-        bad_value("prompt", "'prompt' must be a string or a non-empty list of strings")
+        bad_value("prompt", "'prompt' must be a string, a non-empty list of strings, a non-empty list of token ids, "
+                            "or a list of such lists")
     for p in prompts:
         if len(p) > settings.max_prompt_chars:
             raise APIError(400, f"'prompt' has {len(p)} characters; this server accepts at most "
@@ -235,6 +254,64 @@ def _parse_sampling(body: dict, settings: ServerSettings, max_tokens: int | None
     return dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                 repeat_penalty=repeat_penalty, seed=seed, n=n, stream=stream, beam_width=beam_width, echo=echo,
                 ignore_eos=ignore_eos)
+
+
+def _parse_generation_options(body: dict) -> dict:
+    """The CompletionRequest fields both endpoints act on beyond _parse_sampling's: OpenAI's presence and frequency
+    penalties, llama.cpp's min_p, OpenAI's logit_bias ({"token id": bias}; check_prompt_ids checks the ids against
+    the vocabulary) and user (a string, written in the request's log line)."""
+    penalty = {name: float(_get(body, name, 0.0, lambda v: _is_number(v) and -2 <= v <= 2, "a number in [-2, 2]"))
+               for name in ("presence_penalty", "frequency_penalty")}
+    min_p = float(_get(body, "min_p", 0.0, lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"))
+    bias = _get(body, "logit_bias", {}, lambda v: isinstance(v, dict), 'an object {"token id": bias from -100 to 100}')
+    logit_bias = {}
+    for key, value in bias.items():
+        if not (isinstance(key, str) and key.isascii() and key.isdigit()):
+            bad_value("logit_bias", f"'logit_bias' keys must be token ids (non-negative integers as strings), "
+                                    f"got {json.dumps(key)}")
+        if not (_is_number(value) and -100 <= value <= 100):
+            bad_value("logit_bias", f"'logit_bias' values must be numbers from -100 to 100, got {json.dumps(value)} "
+                                    f"for {key}")
+        logit_bias[int(key)] = float(value)
+    return dict(**penalty, min_p=min_p, logit_bias=logit_bias or None, user=body.get("user"))
+
+
+def _parse_chat_logprobs(body: dict) -> int | None:
+    """Chat's 'logprobs' (true: the reply's tokens with their log-probabilities) and 'top_logprobs' (the
+    alternatives listed per token, 0..MAX_LOGPROBS, only with 'logprobs': true) -> the alternatives, or None."""
+    wanted = _get(body, "logprobs", False, lambda v: isinstance(v, bool), "true or false")
+    top = _get(body, "top_logprobs", None, lambda v: v is None or (_is_int(v) and 0 <= v <= MAX_LOGPROBS),
+               f"null or an integer from 0 to {MAX_LOGPROBS}")
+    if top is not None and not wanted:
+        bad_value("top_logprobs", "'top_logprobs' needs 'logprobs': true")
+    return (top or 0) if wanted else None
+
+
+def _check_beam_options(body: dict) -> None:
+    """Beam search ranks beams by the model's own log-probabilities: the sampling fields do nothing there, so a
+    request with beam_width refuses them at other values than their defaults."""
+    defaults = {"temperature": (1.0,), "top_p": (1.0,), "top_k": (0,), "repeat_penalty": (1.0,), "min_p": (0.0,),
+                "presence_penalty": (0.0,), "frequency_penalty": (0.0,), "logit_bias": ({},), "seed": (),
+                "logprobs": (), "ignore_eos": (False,)}
+    for name, allowed in defaults.items():
+        if body.get(name) is not None and body[name] not in allowed:
+            bad_value(name, f"{name!r} does not apply to beam search ('beam_width'); leave it out")
+
+
+def check_prompt_ids(req: CompletionRequest, vocab_size: int, context: int) -> None:
+    """The model-dependent checks of a parsed request: token-id prompts and logit_bias ids within the vocabulary;
+    an echo with log-probabilities (one forward over the prompt) at most the context long."""
+    for p in req.prompts:
+        if isinstance(p, list):
+            bad = [i for i in p if not 0 <= i < vocab_size]
+            if bad:
+                bad_value("prompt", f"'prompt' holds the token id {bad[0]}; this model's ids are 0..{vocab_size - 1}")
+            if req.echo and req.logprobs is not None and len(p) > context:
+                raise APIError(400, f"'prompt' has {len(p)} tokens; 'echo' with 'logprobs' scores at most the "
+                                    f"model's context, {context}", param="prompt", code="prompt_too_long")
+    for i in req.logit_bias or {}:
+        if i >= vocab_size:
+            bad_value("logit_bias", f"'logit_bias' names the token id {i}; this model's ids are 0..{vocab_size - 1}")
 
 
 def _parse_stops(body: dict) -> list[str]:
@@ -335,6 +412,41 @@ def compile_structured(req: CompletionRequest, tokenizer) -> None:
                             f"{grammar.min_tokens} tokens with this model's tokenizer", param="max_tokens",
                        code="max_tokens_too_small")
     req.grammar = grammar
+
+
+# ---------------------------------------------------------------------------------- tokenizer
+def parse_tokenize_request(body, settings: ServerSettings) -> tuple[str, bool, bool]:
+    """(text, add_special, with_pieces) of POST /tokenize: llama.cpp's {"content", "add_special" (default false),
+    "with_pieces"} or vLLM's {"prompt", "add_special_tokens" (default true)}."""
+    check_fields(body, {"content", "add_special", "with_pieces", "prompt", "add_special_tokens", "model"},
+                 "the documentation of /tokenize (docs/serving.md)")
+    if ("content" in body) == ("prompt" in body):
+        bad_value("content", "give the text as 'content' (llama.cpp's name) or 'prompt' (vLLM's), one of them")
+    name = "content" if "content" in body else "prompt"
+    text = body[name]
+    if not isinstance(text, str):
+        bad_value(name, f"{name!r} must be a string")
+    if len(text) > settings.max_prompt_chars:
+        raise APIError(400, f"{name!r} has {len(text)} characters; this server accepts at most "
+                            f"{settings.max_prompt_chars}", param=name, code="prompt_too_long")
+    special = "add_special" if name == "content" else "add_special_tokens"
+    add_special = _get(body, special, name == "prompt", lambda v: isinstance(v, bool), "true or false")
+    if ("add_special" if special == "add_special_tokens" else "add_special_tokens") in body:
+        bad_value(special, f"with {name!r}, the switch is {special!r}")
+    with_pieces = _get(body, "with_pieces", False, lambda v: isinstance(v, bool), "true or false")
+    return text, add_special, with_pieces
+
+
+def parse_detokenize_request(body, vocab_size: int) -> list[int]:
+    """The ids of POST /detokenize's {"tokens": [ids]}, each within the vocabulary."""
+    check_fields(body, {"tokens", "model"}, "the documentation of /detokenize (docs/serving.md)")
+    ids = body.get("tokens")
+    if not (isinstance(ids, list) and all(_is_int(i) for i in ids)):
+        bad_value("tokens", "'tokens' must be a list of token ids")
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        bad_value("tokens", f"'tokens' holds the id {bad[0]}; this model's ids are 0..{vocab_size - 1}")
+    return ids
 
 
 # ---------------------------------------------------------------------------------- images

@@ -2,8 +2,9 @@
 events as the text arrives (cllm/serve/server.py's `completions` and `chat_completions` start the worker and
 pick one).
 
-The worker (Engine.run) emits ("delta", index, text), ("done", index, finish_reason, n_tokens) and, last,
-("end",) into an EventChannel; the coroutine here takes them in batches. A Shape says how a choice looks in
+The worker (Engine.run) emits ("delta", index, text), ("done", index, finish_reason, n_tokens), with
+log-probabilities asked for ("logprobs", index, [(token text, log-probability, [(text, log-probability)])]) and,
+last, ("end",) into an EventChannel; the coroutine here takes them in batches. A Shape says how a choice looks in
 each API: TEXT for /v1/completions, CHAT for /v1/chat/completions (a message, and in a stream the deltas
 {"role": "assistant"} first, then {"content": piece}s, then {} with the finish reason).
 """
@@ -38,15 +39,28 @@ def _usage(result: dict) -> dict:
 
 
 class Shape:
-    """/v1/completions' choices: {"text", "index", "logprobs", "finish_reason"}, whole or as a chunk."""
+    """/v1/completions' choices: {"text", "index", "logprobs", "finish_reason"}, whole or as a chunk; logprobs in
+    OpenAI's completions shape {"tokens", "token_logprobs", "top_logprobs": [{text: log-probability}],
+    "text_offset"} (the first echoed token's log-probability and alternatives are null)."""
 
     object = chunk_object = "text_completion"
 
-    def choice(self, index: int, text: str, reason) -> dict:
-        return {"text": text, "index": index, "logprobs": None, "finish_reason": reason}
+    def choice(self, index: int, text: str, reason, logprobs=None) -> dict:
+        return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": reason}
 
-    def chunk_choice(self, index: int, text: str, reason) -> dict:
-        return self.choice(index, text, reason)
+    def chunk_choice(self, index: int, text: str, reason, logprobs=None) -> dict:
+        return self.choice(index, text, reason, logprobs)
+
+    def logprobs(self, entries: list[tuple], offset: int) -> tuple[dict, int]:
+        """(the logprobs object of `entries`, the text offset after them); text_offset counts characters from the
+        start of the choice's text (the echoed prompt's included)."""
+        offsets = []
+        for token, _, _ in entries:
+            offsets.append(offset)
+            offset += len(token)
+        return {"tokens": [e[0] for e in entries], "token_logprobs": [e[1] for e in entries],
+                "top_logprobs": [None if e[1] is None else dict(e[2]) for e in entries],
+                "text_offset": offsets}, offset
 
     def opening(self, n: int) -> list[dict]:
         """The chunk choices sent before any text."""
@@ -59,12 +73,21 @@ class ChatShape(Shape):
 
     object, chunk_object = "chat.completion", "chat.completion.chunk"
 
-    def choice(self, index, text, reason):
-        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None,
+    def choice(self, index, text, reason, logprobs=None):
+        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
                 "finish_reason": reason}
 
-    def chunk_choice(self, index, text, reason):
-        return {"index": index, "delta": {"content": text} if text else {}, "logprobs": None, "finish_reason": reason}
+    def chunk_choice(self, index, text, reason, logprobs=None):
+        return {"index": index, "delta": {"content": text} if text else {}, "logprobs": logprobs,
+                "finish_reason": reason}
+
+    def logprobs(self, entries, offset):
+        """OpenAI's chat shape: {"content": [{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob",
+        "bytes"}]}]} (bytes: the token text's UTF-8)."""
+        def item(token, logprob):
+            return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+        return {"content": [{**item(t, lp), "top_logprobs": [item(a, alp) for a, alp in top]}
+                            for t, lp, top in entries]}, offset
 
     def opening(self, n):
         return [{"index": i, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}
@@ -116,10 +139,13 @@ class EventChannel:
 async def collect_response(request, req, events, future, meta, shape: Shape = TEXT):
     texts: dict[int, list[str]] = {}
     reasons: dict[int, str] = {}
+    scored: dict[int, list[tuple]] = {}
     while True:
         for event in await events.get_batch():
             if event[0] == "delta":
                 texts.setdefault(event[1], []).append(event[2])
+            elif event[0] == "logprobs":
+                scored.setdefault(event[1], []).extend(event[2])
             elif event[0] == "done":
                 reasons[event[1]] = event[2]
         if events.ended:
@@ -127,7 +153,9 @@ async def collect_response(request, req, events, future, meta, shape: Shape = TE
     result = await _result(future)
     if result["cancelled"] and (request.transport is None or request.transport.is_closing()):
         _log_dropped(request, future, meta)
-    choices = [shape.choice(i, "".join(texts.get(i, [])), reasons.get(i)) for i in sorted(set(texts) | set(reasons))]
+    choices = [shape.choice(i, "".join(texts.get(i, [])), reasons.get(i),
+                            None if req.logprobs is None else shape.logprobs(scored.get(i, []), 0)[0])
+               for i in sorted(set(texts) | set(reasons))]
     return web.json_response({**meta, "choices": choices, "usage": _usage(result)})
 
 
@@ -142,8 +170,13 @@ async def stream_response(request, req, events, future, cancel, meta, shape: Sha
 
     meta = {**meta, "object": shape.chunk_object}
 
-    def chunk(index, text, reason):
-        return {**meta, "choices": [shape.chunk_choice(index, text, reason)]}
+    offsets: dict[int, int] = {}  # per choice, the text offset of its next token (for text_offset)
+
+    def chunk(index, text, reason, entries=()):
+        logprobs = None
+        if req.logprobs is not None and entries:
+            logprobs, offsets[index] = shape.logprobs(entries, offsets.get(index, 0))
+        return {**meta, "choices": [shape.chunk_choice(index, text, reason, logprobs)]}
 
     try:
         for choice in shape.opening(req.n):
@@ -151,24 +184,31 @@ async def stream_response(request, req, events, future, cancel, meta, shape: Sha
         ended = False
         while not ended:
             # everything the worker produced since the last write goes out together: consecutive
-            # pieces of text of one choice become one chunk (fewer writes when the loop is busy)
+            # pieces of text (and token log-probabilities) of one choice become one chunk (fewer writes when
+            # the loop is busy)
             batch = await events.get_batch()
-            pending = None  # [index, text] not yet sent
+            pending = None  # [index, text, log-probability entries] not yet sent
             for event in batch:
-                if event[0] == "delta" and pending is not None and pending[0] == event[1]:
-                    pending[1] += event[2]
+                kind = event[0]
+                if kind in ("delta", "logprobs") and pending is not None and pending[0] == event[1]:
+                    if kind == "delta":
+                        pending[1] += event[2]
+                    else:
+                        pending[2].extend(event[2])
                     continue
                 if pending is not None:
-                    await send(chunk(pending[0], pending[1], None))
+                    await send(chunk(pending[0], pending[1], None, pending[2]))
                     pending = None
-                if event[0] == "delta":
-                    pending = [event[1], event[2]]
-                elif event[0] == "done":
+                if kind == "delta":
+                    pending = [event[1], event[2], []]
+                elif kind == "logprobs":
+                    pending = [event[1], "", list(event[2])]
+                elif kind == "done":
                     await send(chunk(event[1], "", event[2]))
-                elif event[0] == "end":
+                elif kind == "end":
                     ended = True
             if pending is not None:
-                await send(chunk(pending[0], pending[1], None))
+                await send(chunk(pending[0], pending[1], None, pending[2]))
         try:
             result = await _result(future)
         except APIError as exc:  # the headers are sent: the error goes into the stream

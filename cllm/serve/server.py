@@ -12,6 +12,12 @@
                             answers 400 "chat_not_supported" (chat_completions, below)
     POST /v1/images/generations  an image model's samples as base64 PNGs (image_generations, below); a
                             text model answers 400 "images_not_supported"
+    POST /tokenize          text -> token ids in llama.cpp's shape ({"content", "add_special", "with_pieces"}) or
+                            vLLM's ({"prompt", "add_special_tokens"}) -> {"tokens", "count", "max_model_len"}
+    POST /detokenize        {"tokens": [...]} -> {"content": text, "prompt": text} (llama.cpp's and vLLM's names)
+    GET  /tokenizer_info    vLLM's: {"tokenizer_class", "eos_token", "bos_token", "model_max_length", ...}; with
+                            /tokenize it is what lm-evaluation-harness's "remote tokenizer" looks for
+    GET  /metrics           Prometheus' text format (cllm/serve/metrics.py; no auth, as /health)
     GET  /                  the page (cllm/serve/static/index.html), GET /static/NAME its files
 
 Generation runs in a thread pool (Engine.run), never on the event loop. At most
@@ -20,7 +26,8 @@ request gets 429 with Retry-After. A client that disconnects (while queued or ge
 cancel event, and the worker stops before its next token; the log gets one line
 ("... disconnected: generation ID cancelled after N tokens"). Every error is OpenAI's JSON shape
 {"error": {"message", "type", "param", "code"}}. The request's "model" may be any string (tools send
-their own default names): the server has one model and answers with its id.
+their own default names): the server has one model and answers with its id. The API key, when set, guards
+/v1/ and the tokenizer's endpoints.
 
 Request bodies are checked by cllm/serve/requests.py; cllm/serve/responses.py turns a generation's events
 into the JSON or server-sent-events response.
@@ -47,12 +54,16 @@ from cllm.config import option
 from cllm.errors import ConfigError, TokenizerError
 from cllm.generation import SamplingConfig
 from cllm.serve.engine import Engine
+from cllm.serve.metrics import CONTENT_TYPE, Metrics
 from cllm.serve.requests import (
     APIError,
+    check_prompt_ids,
     compile_structured,
     parse_chat_request,
     parse_completion_request,
+    parse_detokenize_request,
     parse_image_request,
+    parse_tokenize_request,
 )
 from cllm.serve.responses import CHAT, TEXT, EventChannel, collect_response, stream_response
 
@@ -136,6 +147,28 @@ class Scheduler:
 ENGINE = web.AppKey("engine", Engine)
 SETTINGS = web.AppKey("settings", ServerSettings)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
+METRICS = web.AppKey("metrics", Metrics)
+GUARDED = ("/v1/", "/tokenize", "/detokenize", "/tokenizer_info")  # the paths the API key guards
+
+
+@web.middleware
+async def metrics_middleware(request, handler):
+    """Count every answer by route and status (outermost: it sees the error middleware's answers too)."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "other"
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except asyncio.CancelledError:  # the server cancelled the handler (its client went away): nginx's 499
+        status = 499
+        raise
+    finally:
+        request.app[METRICS].requests.labels(route, str(status)).inc()
 
 
 @web.middleware
@@ -157,7 +190,7 @@ async def errors_middleware(request, handler):
 @web.middleware
 async def auth_middleware(request, handler):
     key = request.app[SETTINGS].api_key
-    if key and request.path.startswith("/v1/"):
+    if key and request.path.startswith(GUARDED):
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
@@ -217,16 +250,57 @@ async def _watch_disconnect(request, cancel: threading.Event, poll: float) -> No
 
 
 async def completions(request):
+    engine: Engine = request.app[ENGINE]
     req = parse_completion_request(await read_json(request), request.app[SETTINGS])
-    compile_structured(req, request.app[ENGINE].tokenizer)
+    check_prompt_ids(req, engine.tokenizer.vocab_size, engine.context)
+    compile_structured(req, engine.tokenizer)
     return await _generate(request, req, "cmpl-", TEXT)
+
+
+async def tokenize(request):
+    """POST /tokenize: llama.cpp's {"content": text, "add_special": false, "with_pieces": false} or vLLM's
+    {"prompt": text, "add_special_tokens": true} -> {"tokens": [ids], "count", "max_model_len"}; with_pieces makes
+    each token {"id", "piece"}. add_special puts the tokenizer's BOS first, where it has one."""
+    engine: Engine = request.app[ENGINE]
+    text, add_special, with_pieces = parse_tokenize_request(await read_json(request), request.app[SETTINGS])
+    tok = engine.tokenizer
+    ids = [int(i) for i in tok.encode(text)] if text else []
+    if add_special and tok.bos_id is not None and ids[:1] != [tok.bos_id]:
+        ids.insert(0, tok.bos_id)
+    tokens = [{"id": i, "piece": tok.decode([i])} for i in ids] if with_pieces else ids
+    return web.json_response({"tokens": tokens, "count": len(ids), "max_model_len": engine.context})
+
+
+async def detokenize(request):
+    """POST /detokenize: {"tokens": [ids]} -> {"content": text, "prompt": text} (llama.cpp's name, vLLM's)."""
+    engine: Engine = request.app[ENGINE]
+    ids = parse_detokenize_request(await read_json(request), engine.tokenizer.vocab_size)
+    text = engine.tokenizer.decode(ids)
+    return web.json_response({"content": text, "prompt": text})
+
+
+async def tokenizer_info(request):
+    """GET /tokenizer_info, vLLM's: the special tokens' strings (null where the tokenizer has none), the context
+    (model_max_length), the tokenizer's kind (tokenizer_class) and its chat template, if any."""
+    engine: Engine = request.app[ENGINE]
+    tok = engine.tokenizer
+    specials = {name: None for name in ("bos_token", "eos_token", "pad_token", "unk_token")}
+    specials.update(tok.special_token_strings())
+    return web.json_response({"tokenizer_class": tok.kind, **specials, "model_max_length": engine.context,
+                              "vocab_size": tok.vocab_size, "add_bos_token": bool(getattr(tok, "add_bos", False)),
+                              "chat_template": engine.chat_template})
+
+
+async def metrics(request):
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
 
 
 async def chat_completions(request):
     """POST /v1/chat/completions: OpenAI's chat request (messages, max_completion_tokens or max_tokens, and the
     sampling fields of /v1/completions: cllm/serve/requests.py parse_chat_request) -> {"id": "chatcmpl-...",
     "object": "chat.completion", "choices": [{"index", "message": {"role": "assistant", "content"},
-    "finish_reason", "logprobs": null}], "usage"}, or with "stream": true "chat.completion.chunk" events. The
+    "finish_reason", "logprobs"}], "usage"}, or with "stream": true "chat.completion.chunk" events (logprobs: null
+    unless the request asks, cllm/serve/responses.py ChatShape). The
     conversation is rendered by the tokenizer's chat template with the generation prompt (cropped to the context
     as a completion's prompt is); a reply ends at the template's end-of-turn token (never part of the content,
     finish_reason "stop"). Without max tokens, a reply may run to the server's max_tokens_cap (OpenAI's has no
@@ -237,6 +311,7 @@ async def chat_completions(request):
                             "chat; use POST /v1/completions, or serve a model fine-tuned on conversations "
                             "(docs/training.md)", code="chat_not_supported")
     messages, req = parse_chat_request(await read_json(request), request.app[SETTINGS])
+    check_prompt_ids(req, engine.tokenizer.vocab_size, engine.context)
     try:
         req.prompt_ids = engine.chat_prompt_ids(messages)
     except TokenizerError as exc:  # the template's own refusal (raise_exception) or what it could not render
@@ -253,19 +328,21 @@ async def _generate(request, req, id_prefix: str, shape):
     app = request.app
     engine: Engine = app[ENGINE]
     sched: Scheduler = app[SCHEDULER]
+    stats: Metrics = app[METRICS]
     sched.admit()
     cancel = threading.Event()
     sched.cancel_events.add(cancel)
     watcher = asyncio.create_task(_watch_disconnect(request, cancel, DISCONNECT_POLL_S))
+    loop = asyncio.get_running_loop()
+    events = EventChannel(loop)
+    # timed from here: the time to the first token includes the wait for a slot
+    emit = stats.timed_emit(events.put, skip_first=req.echo)
     acquired = False
     try:
         await sched.acquire()
         acquired = True
         if cancel.is_set():
             return web.Response(status=499)
-        loop = asyncio.get_running_loop()
-        events = EventChannel(loop)
-        emit = events.put
 
         def work():
             try:
@@ -279,6 +356,7 @@ async def _generate(request, req, id_prefix: str, shape):
         acquired = False
         meta = {"id": id_prefix + secrets.token_hex(12), "object": shape.object, "created": int(time.time()),
                 "model": engine.model_id}
+        future.add_done_callback(lambda f: _finished(f, stats, meta["id"], req))
         if req.stream:
             return await stream_response(request, req, events, future, cancel, meta, shape)
         return await collect_response(request, req, events, future, meta, shape)
@@ -288,6 +366,17 @@ async def _generate(request, req, id_prefix: str, shape):
         cancel.set()  # a handler that ends early (error, disconnect, cancellation) stops its worker
         sched.cancel_events.discard(cancel)
         watcher.cancel()
+
+
+def _finished(future, stats: Metrics, generation_id: str, req) -> None:
+    """Count a finished generation's tokens and write its log line (with the request's 'user')."""
+    if future.cancelled() or future.exception() is not None:
+        return
+    result = future.result()
+    stats.finished(result)
+    LOG.info("generation %s: %d prompt tokens, %d generated%s%s", generation_id, result["prompt_tokens"],
+             result["completion_tokens"], ", cancelled" if result["cancelled"] else "",
+             f", user {req.user!r}" if req.user else "")
 
 
 async def image_generations(request):
@@ -349,12 +438,15 @@ def _static_file(name: str):
 
 def create_app(engine: Engine, settings: ServerSettings | None = None) -> web.Application:
     settings = settings or ServerSettings()
-    app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=[metrics_middleware, errors_middleware, auth_middleware],
+                          client_max_size=settings.max_body_bytes)
     app[ENGINE] = engine
     app[SETTINGS] = settings
+    app[METRICS] = Metrics()
 
     async def startup(app):
         app[SCHEDULER] = Scheduler(settings, engine.init_worker)
+        app[METRICS].watch_scheduler(app[SCHEDULER])
 
     async def cleanup(app):
         sched = app[SCHEDULER]
@@ -370,6 +462,10 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> web.Ap
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/images/generations", image_generations)  # image models
+    app.router.add_post("/tokenize", tokenize)
+    app.router.add_post("/detokenize", detokenize)
+    app.router.add_get("/tokenizer_info", tokenizer_info)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/", index)
     app.router.add_get("/static/{name:.+}", static)
     return app
