@@ -164,6 +164,23 @@ async def test_http_chat_and_completions_validate(engines, make_client):
     assert done == 11
 
 
+async def test_logprobs_of_a_constrained_reply_score_its_tokens(engines, make_client):
+    """Structured output with logprobs: the reply still validates and every generated token is scored, with
+    the model's own (unmasked) log-probabilities, so the values are finite and at most 0."""
+    plain = await make_client(engines[0])
+    resp = await plain.post("/v1/completions", json={"prompt": "data:", "json_schema": PERSON, "seed": 3,
+                                                     "max_tokens": 150, "logprobs": 2})
+    body = await resp.json()
+    assert resp.status == 200, body
+    choice = body["choices"][0]
+    check(choice["text"], PERSON)
+    lp = choice["logprobs"]
+    assert "".join(lp["tokens"]) == choice["text"]
+    assert len(lp["token_logprobs"]) == body["usage"]["completion_tokens"]
+    assert all(v <= 0 and v > -1e9 for v in lp["token_logprobs"])
+    assert all(len(top) == 2 for top in lp["top_logprobs"])
+
+
 @pytest.mark.parametrize("body, param, code", [
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}},
      "response_format", "invalid_schema"),
