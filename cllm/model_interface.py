@@ -210,7 +210,7 @@ class LanguageModel(abc.ABC):
         if kv_cache.size % per_sequence:
             raise ConfigError("kv_cache is not a cache of whole sequences; use new_kv_cache(num_sequences)")
         num_slots = kv_cache.size // per_sequence
-        if slots.min() < 0 or slots.max() >= num_slots or np.unique(slots).size != B:
+        if slots.min() < 0 or slots.max() >= num_slots or np.count_nonzero(np.bincount(slots)) != B:
             raise ConfigError(f"slots must be {B} distinct sequences of the cache's {num_slots}")
         return tokens, positions, slots
 

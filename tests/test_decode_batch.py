@@ -1,8 +1,11 @@
 """Model.decode_batch (cllm/model.py, cllm/kernels/decode.py): one step of B sequences, each at its own position
 in its own slot of a shared cache, gives the logits of B separate decode_step runs (gpt2 and llama with GQA,
-float32 and int8, fewer and more rows than the gemm threshold), and bad input is refused."""
+float32 and int8, fewer and more rows than the gemm threshold), and bad input is refused. CudaModel's batched
+step (cllm/device.py, cllm/kernels/cuda/decode.py) runs in Numba's CUDA simulator, in a child process as
+tests/test_cuda_sim.py does (tests/cuda_sim_helpers.py), against the CPU's."""
 import numpy as np
 import pytest
+from cuda_sim_helpers import SIMULATED, patch_simulator, run_in_simulator
 
 from cllm.config import ModelConfig
 from cllm.errors import ConfigError
@@ -77,3 +80,34 @@ def test_bad_input_is_refused():
                         (([1, 2], [0, 1], cache[:-1]), "whole sequences"), (([1, 29], [0, 1], cache), "token ids")]:
         with pytest.raises(ConfigError, match=match):
             model.decode_batch(*args)
+
+
+if not SIMULATED:
+    def test_cuda_decode_batch_in_the_simulator():
+        run_in_simulator(__file__, "-k", "on_the_device")
+else:
+    patch_simulator()
+
+    @pytest.mark.parametrize("arch", ["gpt2", "llama"])
+    def test_decode_batch_on_the_device_equals_the_cpus(arch):
+        from numba import cuda
+
+        from cllm.device import DeviceCache, to_device
+
+        sizes = dict(vocab_size=13, max_seq_len=8, num_layers=1, num_heads=2, embed_dim=8)
+        if arch == "llama":
+            sizes.update(arch="llama", num_kv_heads=1, ffn_dim=12)
+        cpu = roughened(ModelConfig(**sizes))
+        gpu = to_device(cpu, "cuda")
+        n, rng = cpu.config.kv_cache_size(1), np.random.default_rng(0)
+        host = cpu.new_kv_cache(4)
+        slots, positions = np.array([2, 0, 3]), np.array([1, 4, 2])
+        for slot, k in zip(slots, positions):  # prompts of different lengths in three of four slots
+            cpu.prefill(rng.integers(0, 13, size=k).astype(np.int32), 0, host[slot * n:(slot + 1) * n])
+        device = DeviceCache(cuda.to_device(host))
+        for _ in range(2):
+            tokens = rng.integers(0, 13, size=3).astype(np.int32)
+            np.testing.assert_allclose(gpu.decode_batch(tokens, positions, device, slots),
+                                       cpu.decode_batch(tokens, positions, host, slots), rtol=0, atol=1e-5)
+            positions += 1
+        np.testing.assert_allclose(device.array.copy_to_host(), host, rtol=0, atol=1e-5)

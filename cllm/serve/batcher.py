@@ -52,6 +52,7 @@ class _Sequence:
     rng: np.random.Generator | None = None
     history: list[int] = dataclasses.field(default_factory=list)
     counts: dict[int, int] = dataclasses.field(default_factory=dict)
+    unstored: list[int] | None = None  # a prompt whose KV the prefix cache gets once its first token is out
 
 
 class PrefixCache:
@@ -213,7 +214,9 @@ class Batcher:
         seq.pos = len(tokens)
         self.stats["prefill_tokens"] += len(tokens) - start
         if use_prefix and self.prefix is not None:
-            self.prefix.store(tokens, cache)
+            # stored after the first token has gone out (decoding writes only positions >= len(tokens), so the
+            # prompt's stay as they are): the copy does not delay the time to first token
+            seq.unstored = tokens
 
     def _finish(self, seq: _Sequence, end: bool = True) -> None:
         if end:
@@ -236,6 +239,9 @@ class Batcher:
             seq.counts[tok] = seq.counts.get(tok, 0) + 1
             seq.produced += 1
             seq.out.put(tok)
+            if seq.unstored is not None:
+                self.prefix.store(seq.unstored, self._slot(seq.slot))
+                seq.unstored = None
             if seq.produced >= seq.cfg.max_new_tokens:
                 self._finish(seq)
             elif seq.pos >= self.max_len:  # context full: the last half re-fed, as Generator._steps does
