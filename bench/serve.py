@@ -27,9 +27,11 @@ clients in turn, alternated over --rounds rounds (the machine may be shared: the
 tokens/s and the time to first token of each, and the ratio of 16 clients' tokens/s to one's; then the prefix
 case, on the same model with a context of 1024: the time to first token of a 512-token prompt the server has
 not seen (cold) against one whose first 90% it has (the previous cold prompt's first 461 tokens, then 51 new
-ones), alternated, one client, one token each. JSON keys: bench, smoke, model, clients {N: {tokens_per_s,
-ttft_p50_s, errors}}, tokens_per_s_16_vs_1, prefix {prompt_tokens, shared_tokens, cold_ttft_s, warm_ttft_s,
-warm_vs_cold}.
+ones), alternated, one client, one token each. Also the same client counts in this process through Engine.run
+(no HTTP, no client process), batched and with the batcher off, alternated. JSON keys: bench, smoke, model,
+clients {N: {tokens_per_s, ttft_p50_s, errors}}, tokens_per_s_16_vs_1, engine_tokens_per_s {batched, unbatched:
+{N: tokens/s}}, engine_16_vs_1, engine_batched_vs_unbatched_at_16, prefix {prompt_tokens, shared_tokens,
+cold_ttft_s, warm_ttft_s, warm_vs_cold}.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -58,6 +61,7 @@ from cllm.completion import load_for_generation  # noqa: E402
 from cllm.config import ModelConfig  # noqa: E402
 from cllm.generation import Generator, SamplingConfig  # noqa: E402
 from cllm.model import Model  # noqa: E402
+from cllm.serve.engine import CompletionRequest, Engine  # noqa: E402
 from cllm.tokenizers import train_tokenizer  # noqa: E402
 
 
@@ -221,6 +225,42 @@ async def first_token_s(url: str, prompt: str) -> float:
     raise SystemExit("no token came back")
 
 
+def engine_tokens_per_s(engine: Engine, clients: int, requests_per_client: int, max_tokens: int) -> float:
+    """Aggregate tokens/s of `clients` threads each running requests through Engine.run (no HTTP)."""
+    count = [0] * clients
+
+    def client(k):
+        engine.init_worker()
+        for r in range(requests_per_client):
+            req = CompletionRequest(prompts=["ROMEO:"], max_tokens=max_tokens, temperature=0.8, seed=100 * k + r,
+                                    ignore_eos=True)
+            count[k] += engine.run(req, threading.Event(), lambda *a: None)["completion_tokens"]
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(count) / (time.perf_counter() - t0)
+
+
+def engine_sweep(checkpoint: str, clients, args) -> dict:
+    """The same client counts in this process through Engine.run, batched and unbatched (batching=False: each
+    request decodes on its own thread, as before cllm/serve/batcher.py), alternated: the batcher's gain without
+    the HTTP and client costs."""
+    engines = {"batched": Engine.load(checkpoint), "unbatched": Engine.load(checkpoint)}
+    engines["unbatched"].batcher = None
+    for engine in engines.values():
+        engine.warm_up()
+    runs = {name: {c: [] for c in clients} for name in engines}
+    for _ in range(args.rounds):
+        for c in clients:
+            for name, engine in engines.items():
+                runs[name][c].append(engine_tokens_per_s(engine, c, args.requests_per_client, args.max_tokens))
+    return {name: {c: round(float(np.median(v)), 1) for c, v in by.items()} for name, by in runs.items()}
+
+
 def sweep(args, tmp: str) -> dict:
     """The batching table and the prefix case (the module's docstring)."""
     checkpoint = args.checkpoint or make_checkpoint(tmp, args.embed_dim, args.num_layers, args.context)
@@ -236,6 +276,7 @@ def sweep(args, tmp: str) -> dict:
     finally:
         proc.terminate()
         proc.wait(30)
+    in_process = engine_sweep(checkpoint, clients, args)
     table = {c: {"tokens_per_s": float(np.median([r["tokens_per_s"] for r in rs])),
                  "ttft_p50_s": round(float(np.median([r["ttft_p50_s"] for r in rs])), 4),
                  "errors": sum(r["errors"] for r in rs)} for c, rs in runs.items()}
@@ -260,11 +301,16 @@ def sweep(args, tmp: str) -> dict:
     one, most = table[clients[0]]["tokens_per_s"], table[clients[-1]]["tokens_per_s"]
     cold_s, warm_s = float(np.median(cold)), float(np.median(warm))
     cfg = load_checkpoint(checkpoint).model_config
+    batched = in_process["batched"]
     return {"bench": "serve_sweep", "smoke": args.smoke, "cpus": len(os.sched_getaffinity(0)),
             "model": {"embed_dim": cfg.embed_dim, "num_layers": cfg.num_layers, "num_heads": cfg.num_heads,
                       "context": cfg.max_seq_len, "vocab_size": cfg.vocab_size},
             "max_tokens": args.max_tokens, "rounds": args.rounds, "clients": table,
             f"tokens_per_s_{clients[-1]}_vs_1": round(most / one, 2),
+            "engine_tokens_per_s": in_process,
+            f"engine_{clients[-1]}_vs_1": round(batched[clients[-1]] / batched[clients[0]], 2),
+            f"engine_batched_vs_unbatched_at_{clients[-1]}": round(
+                batched[clients[-1]] / in_process["unbatched"][clients[-1]], 2),
             "prefix": {"prompt_tokens": n, "shared_tokens": shared, "cold_ttft_s": round(cold_s, 4),
                        "warm_ttft_s": round(warm_s, 4), "warm_vs_cold": round(warm_s / cold_s, 3)}}
 

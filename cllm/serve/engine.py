@@ -17,7 +17,8 @@ Batching (cllm/serve/batcher.py): on the CPU the sampled choices of all requests
 one Model.decode_batch per step, and a prompt sharing a prefix with a recent one skips that part of its prefill;
 run() then only waits for its tokens. What the batcher does not do runs on the request's own thread as before
 (unbatched_reason says which: beam search, a CUDA model, and the request fields in UNBATCHED_FIELDS, such as
-log-probabilities or a constraint, until the batcher learns them).
+log-probabilities or a constraint, until the batcher learns them). The server's --max-concurrent (its worker
+threads, which now mostly wait for tokens) bounds how many requests decode together: 16 clients need 16.
 
 Thread safety: Model.decode_step and prefill only read the parameters and write into the caller's
 KV cache and fresh arrays, so several threads may decode at once. The kernels release the GIL while
