@@ -2,6 +2,10 @@
 shared steps and each gets the tokens Generator.stream gives for its seed (gpt2 and llama, each with its own
 sampling settings, through a context overflow too); a shared prompt prefix is reused from the prefix cache; a
 consumer that stops frees its slot; the engine batches sampled choices and keeps beam search on its own path."""
+import json
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -131,3 +135,14 @@ def test_engine_batches_sampled_choices_and_keeps_beam_search_apart(tmp_path):
     beams = CompletionRequest(prompts=["the"], max_tokens=5, beam_width=2)
     assert batched.unbatched_reason(beams) == "beam search"
     assert run(batched, beams) == run(plain, beams)
+
+
+def test_bench_serve_sweep_smoke():
+    # bench/serve.py --sweep (docs/performance.md's serving table) on its smoke model: every request answered
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "bench/serve.py", "--sweep", "--smoke"], cwd=root, capture_output=True,
+                       text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert all(row["errors"] == 0 and row["tokens_per_s"] > 0 for row in out["clients"].values())
+    assert out["engine_tokens_per_s"]["batched"]["2"] > 0 and out["prefix"]["warm_ttft_s"] > 0
