@@ -105,7 +105,7 @@ else:
         for slot, k in zip(slots, positions):  # prompts of different lengths in three of four slots
             cpu.prefill(rng.integers(0, 13, size=k).astype(np.int32), 0, host[slot * n:(slot + 1) * n])
         device = DeviceCache(cuda.to_device(host))
-        for _ in range(2):
+        for _ in range(2):  # two steps: the second attends over the first's keys
             tokens = rng.integers(0, 13, size=3).astype(np.int32)
             np.testing.assert_allclose(gpu.decode_batch(tokens, positions, device, slots),
                                        cpu.decode_batch(tokens, positions, host, slots), rtol=0, atol=1e-5)
