@@ -113,6 +113,22 @@ def test_a_consumer_that_stops_frees_its_slot():
     assert not batcher._active and len(batcher._free) == batcher._cache.size // model.config.kv_cache_size(1)
 
 
+def test_a_failing_step_reaches_its_consumers_and_the_loop_goes_on():
+    model = roughened(ModelConfig(**GPT2))
+    batcher = Batcher(model, eos_id=EOS, prefix_cache_bytes=0)
+    cfg = SamplingConfig(max_new_tokens=4, temperature=0.0, ignore_eos=True)
+    real = model.decode_batch
+
+    def broken(*args):
+        raise RuntimeError("the kernel fell over")
+
+    model.decode_batch = broken
+    with pytest.raises(RuntimeError, match="fell over"):
+        list(batcher.stream([1, 2], cfg))
+    model.decode_batch = real
+    assert list(batcher.stream([1, 2], cfg)) == list(Generator(model, eos_id=EOS).stream([1, 2], cfg))
+
+
 def test_engine_batches_sampled_choices_and_keeps_beam_search_apart(tmp_path):
     tok = train_tokenizer("char", ["the cat sat on the mat; the dog ran far away.\n"], None, progress=False)
     model = roughened(ModelConfig(**{**GPT2, "vocab_size": tok.vocab_size, "max_seq_len": 48}))
