@@ -19,6 +19,19 @@ ttft_p99_s, errors, error_samples, health_probes, health_p50_ms, health_p99_ms, 
 server_peak_rss_mb, server_cpu_s, client_cpu_s, reference_tokens_per_s, server_vs_reference.
 
   --smoke: an untrained 1-layer, 32-dim model (context 16), 2 clients, 4 requests of 4 tokens
+
+    python bench/serve.py --sweep [--rounds 3] [--smoke]
+
+The batching table (docs/performance.md, Serving) instead: one server (--max-concurrent 16) under 1, 4 and 16
+clients in turn, alternated over --rounds rounds (the machine may be shared: the median of each), the aggregate
+tokens/s and the time to first token of each, and the ratio of 16 clients' tokens/s to one's; then the prefix
+case, on the same model with a context of 1024: the time to first token of a 512-token prompt the server has
+not seen (cold) against one whose first 90% it has (the previous cold prompt's first 461 tokens, then 51 new
+ones), alternated, one client, one token each. Also the same client counts in this process through Engine.run
+(no HTTP, no client process), batched and with the batcher off, alternated. JSON keys: bench, smoke, model,
+clients {N: {tokens_per_s, ttft_p50_s, errors}}, tokens_per_s_16_vs_1, engine_tokens_per_s {batched, unbatched:
+{N: tokens/s}}, engine_16_vs_1, engine_batched_vs_unbatched_at_16, prefix {prompt_tokens, shared_tokens,
+cold_ttft_s, warm_ttft_s, warm_vs_cold}.
 """
 from __future__ import annotations
 
@@ -30,6 +43,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -47,6 +61,7 @@ from cllm.completion import load_for_generation  # noqa: E402
 from cllm.config import ModelConfig  # noqa: E402
 from cllm.generation import Generator, SamplingConfig  # noqa: E402
 from cllm.model import Model  # noqa: E402
+from cllm.serve.engine import CompletionRequest, Engine  # noqa: E402
 from cllm.tokenizers import train_tokenizer  # noqa: E402
 
 
@@ -117,14 +132,14 @@ def peak_rss_mb(pid: int) -> float | None:
         return None
 
 
-async def run_load(url: str, args) -> dict:
+async def run_load(url: str, args, prompt: str = "ROMEO:") -> dict:
     latencies, ttfts, tokens, errors = [], [], [], []
     health_ms = []
     next_request = iter(range(args.requests))
     done = asyncio.Event()
 
     async def one(session, i):
-        body = {"prompt": "ROMEO:", "max_tokens": args.max_tokens, "temperature": 0.8, "seed": i, "stream": True,
+        body = {"prompt": prompt, "max_tokens": args.max_tokens, "temperature": 0.8, "seed": i, "stream": True,
                 "ignore_eos": True, "stream_options": {"include_usage": True}}
         t0 = time.perf_counter()
         first = None
@@ -192,6 +207,114 @@ async def run_load(url: str, args) -> dict:
             "health_max_ms": round(max(health_ms), 2) if health_ms else None}
 
 
+SWEEP_CLIENTS = (1, 4, 16)
+PREFIX_PROMPT, PREFIX_SHARED = 512, 461  # tokens (characters: the char tokenizer), 90% shared
+
+
+async def first_token_s(url: str, prompt: str) -> float:
+    """Seconds from sending a streamed one-token request to its first text."""
+    body = {"prompt": prompt, "max_tokens": 1, "temperature": 0.0, "stream": True, "ignore_eos": True}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+        t0 = time.perf_counter()
+        async with session.post(url + "v1/completions", json=body) as r:
+            if r.status != 200:
+                raise SystemExit(f"HTTP {r.status}: {(await r.text())[:200]}")
+            async for data in r.content.iter_any():
+                if b'"text": "' in data or b'"text":"' in data:
+                    return time.perf_counter() - t0
+    raise SystemExit("no token came back")
+
+
+def engine_tokens_per_s(engine: Engine, clients: int, requests_per_client: int, max_tokens: int) -> float:
+    """Aggregate tokens/s of `clients` threads each running requests through Engine.run (no HTTP)."""
+    count = [0] * clients
+
+    def client(k):
+        engine.init_worker()
+        for r in range(requests_per_client):
+            req = CompletionRequest(prompts=["ROMEO:"], max_tokens=max_tokens, temperature=0.8, seed=100 * k + r,
+                                    ignore_eos=True)
+            count[k] += engine.run(req, threading.Event(), lambda *a: None)["completion_tokens"]
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(count) / (time.perf_counter() - t0)
+
+
+def engine_sweep(checkpoint: str, clients, args) -> dict:
+    """The same client counts in this process through Engine.run, batched and unbatched (batching=False: each
+    request decodes on its own thread, as before cllm/serve/batcher.py), alternated: the batcher's gain without
+    the HTTP and client costs."""
+    engines = {"batched": Engine.load(checkpoint), "unbatched": Engine.load(checkpoint)}
+    engines["unbatched"].batcher = None
+    for engine in engines.values():
+        engine.warm_up()
+    runs = {name: {c: [] for c in clients} for name in engines}
+    for _ in range(args.rounds):
+        for c in clients:
+            for name, engine in engines.items():
+                runs[name][c].append(engine_tokens_per_s(engine, c, args.requests_per_client, args.max_tokens))
+    return {name: {c: round(float(np.median(v)), 1) for c, v in by.items()} for name, by in runs.items()}
+
+
+def sweep(args, tmp: str) -> dict:
+    """The batching table and the prefix case (the module's docstring)."""
+    checkpoint = args.checkpoint or make_checkpoint(tmp, args.embed_dim, args.num_layers, args.context)
+    clients = (1, 2) if args.smoke else SWEEP_CLIENTS
+    args.max_concurrent = max(clients)
+    runs = {c: [] for c in clients}
+    proc, url = start_server(checkpoint, args)
+    try:
+        for _ in range(args.rounds):
+            for c in clients:
+                load = argparse.Namespace(**{**vars(args), "clients": c, "requests": c * args.requests_per_client})
+                runs[c].append(asyncio.run(run_load(url, load)))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    in_process = engine_sweep(checkpoint, clients, args)
+    table = {c: {"tokens_per_s": float(np.median([r["tokens_per_s"] for r in rs])),
+                 "ttft_p50_s": round(float(np.median([r["ttft_p50_s"] for r in rs])), 4),
+                 "errors": sum(r["errors"] for r in rs)} for c, rs in runs.items()}
+    with open(os.path.join(ROOT, "data", "tinyshakespeare.txt"), encoding="utf-8") as f:
+        text = f.read()
+    n, shared = (24, 21) if args.smoke else (PREFIX_PROMPT, PREFIX_SHARED)
+    long_dir = os.path.join(tmp, "long")
+    os.makedirs(long_dir, exist_ok=True)
+    long_ckpt = make_checkpoint(long_dir, args.embed_dim, args.num_layers, 2 * n)
+    proc, url = start_server(long_ckpt, args)
+    cold, warm = [], []
+    try:
+        asyncio.run(first_token_s(url, text[:n]))  # the kernels of this size, compiled or loaded
+        for i in range(2 if args.smoke else 8):
+            prompt = text[(2 * i + 1) * n:(2 * i + 2) * n]  # a text the server has not seen
+            cold.append(asyncio.run(first_token_s(url, prompt)))
+            other = text[(2 * i + 2) * n:(2 * i + 3) * n]
+            warm.append(asyncio.run(first_token_s(url, prompt[:shared] + other[:n - shared])))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    one, most = table[clients[0]]["tokens_per_s"], table[clients[-1]]["tokens_per_s"]
+    cold_s, warm_s = float(np.median(cold)), float(np.median(warm))
+    cfg = load_checkpoint(checkpoint).model_config
+    batched = in_process["batched"]
+    return {"bench": "serve_sweep", "smoke": args.smoke, "cpus": len(os.sched_getaffinity(0)),
+            "model": {"embed_dim": cfg.embed_dim, "num_layers": cfg.num_layers, "num_heads": cfg.num_heads,
+                      "context": cfg.max_seq_len, "vocab_size": cfg.vocab_size},
+            "max_tokens": args.max_tokens, "rounds": args.rounds, "clients": table,
+            f"tokens_per_s_{clients[-1]}_vs_1": round(most / one, 2),
+            "engine_tokens_per_s": in_process,
+            f"engine_{clients[-1]}_vs_1": round(batched[clients[-1]] / batched[clients[0]], 2),
+            f"engine_batched_vs_unbatched_at_{clients[-1]}": round(
+                batched[clients[-1]] / in_process["unbatched"][clients[-1]], 2),
+            "prefix": {"prompt_tokens": n, "shared_tokens": shared, "cold_ttft_s": round(cold_s, 4),
+                       "warm_ttft_s": round(warm_s, 4), "warm_vs_cold": round(warm_s / cold_s, 3)}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", help="default: an untrained model of train's default size")
@@ -204,7 +327,17 @@ def main() -> None:
     ap.add_argument("--max-concurrent", type=int, default=2, help="the server's --max-concurrent")
     ap.add_argument("--threads", type=int, default=None, help="the server's --threads (Numba threads)")
     ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    ap.add_argument("--sweep", action="store_true", help="the batching table: 1, 4, 16 clients and the prefix case")
+    ap.add_argument("--rounds", type=int, default=3, help="--sweep: rounds of alternated client counts")
+    ap.add_argument("--requests-per-client", type=int, default=4, help="--sweep: requests of each client per run")
     args = ap.parse_args()
+    if args.sweep:
+        if args.smoke:
+            args.embed_dim, args.num_layers, args.context = 32, 1, 16
+            args.max_tokens, args.rounds, args.requests_per_client = 4, 1, 1
+        with tempfile.TemporaryDirectory(prefix="cllm-bench-serve-") as tmp:
+            print(json.dumps(sweep(args, tmp)))
+        return
     if args.smoke:
         args.embed_dim, args.num_layers, args.context = 32, 1, 16
         args.clients, args.requests, args.max_tokens = 2, 4, 4

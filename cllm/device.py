@@ -347,17 +347,20 @@ class CudaModel(GPTGraph):
         self.G.fill_inplace(cache, 0.0)
         return DeviceCache(cache)
 
-    def _scratch(self, R: int) -> dict:
+    def _scratch(self, R: int, batched: bool = False) -> dict:
+        """Work buffers for R rows; llama's batched step (decode_batch) also needs attention scores."""
         cache = getattr(self._work, "by_rows", None)
         if cache is None:
             cache = self._work.by_rows = {}
-        if R not in cache:
+        key = (R, batched)
+        if key not in cache:
             cfg = self.config
             if cfg.arch == "llama":
-                cache[R] = self.G.llama_scratch(R, cfg.embed_dim, cfg.qkv_dim, cfg.ffn_dim)
+                cache[key] = self.G.llama_scratch(R, cfg.embed_dim, cfg.qkv_dim, cfg.ffn_dim,
+                                                  *((cfg.num_heads, cfg.max_seq_len) if batched else ()))
             else:
-                cache[R] = self.G.scratch(R, cfg.embed_dim, cfg.num_heads, cfg.max_seq_len)
-        return cache[R]
+                cache[key] = self.G.scratch(R, cfg.embed_dim, cfg.num_heads, cfg.max_seq_len)
+        return cache[key]
 
     def _llama_rows(self, tokens, B: int, T: int, pos0: int, cache: DeviceCache, n_logits: int) -> np.ndarray:
         from numba import cuda  # noqa: PLC0415 (optional, see the top)
@@ -394,6 +397,26 @@ class CudaModel(GPTGraph):
         else:
             logits = self._run_rows(tokens, np.arange(nb), np.full(nb, pos), kv_cache, nb)
         return logits.reshape(nb, self.config.vocab_size)
+
+    def decode_batch(self, tokens, positions, kv_cache: DeviceCache, slots=None) -> np.ndarray:
+        """As Model.decode_batch: B sequences at their own positions in their own slots of the cache, in one pass
+        over the weights -> next-token logits (B, V) on the host."""
+        from numba import cuda  # noqa: PLC0415 (optional, see the top)
+
+        tokens, positions, slots = self._batch_inputs(tokens, positions, kv_cache, slots)
+        cfg = self.config
+        B = tokens.size
+        if cfg.arch != "llama":
+            return self._run_rows(tokens, slots, positions, kv_cache, B).reshape(B, cfg.vocab_size)
+        _bind(self.gpu)
+        rows = cuda.to_device(np.concatenate([tokens, slots, positions]).astype(np.int32))
+        logits = cuda.device_array(B * cfg.vocab_size, dtype=np.float32)
+        cos, sin = self._rope_tables()
+        self.G.llama_forward_rows(logits, kv_cache.array.reshape(-1), None, self._decode_weights, self._decode_layers,
+                                  cos, sin, self._scratch(B, batched=True), B, 1, 0, cfg.num_layers, cfg.embed_dim,
+                                  cfg.num_heads, cfg.num_kv_heads, cfg.ffn_dim, cfg.max_seq_len, cfg.vocab_size,
+                                  cfg.norm_eps, 0, rows)
+        return logits.copy_to_host().reshape(B, cfg.vocab_size)
 
     def prefill(self, tokens, pos0: int, kv_cache: DeviceCache) -> np.ndarray:
         """As Model.prefill: one sequence's tokens at pos0.. in one pass -> the next token's logits (V,)."""

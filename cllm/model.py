@@ -27,6 +27,7 @@ import numpy as np
 import cllm.kernels as K
 from cllm.config import ModelConfig
 from cllm.errors import ConfigError
+from cllm.kernels.decode import decode_batch as decode_batch_kernel
 from cllm.kernels.dropout import dropout_threshold
 from cllm.model_interface import LanguageModel, read_only
 from cllm.runtime import configure_threads
@@ -332,15 +333,18 @@ class HostDecoding(LanguageModel):
         (cllm/kernels/decode.py)."""
         return np.zeros(self.config.kv_cache_size(num_sequences), dtype=self.dtype)
 
+    def _host_rope_tables(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._host_rope is None:
+            self._host_rope = rope_tables(self.config, self.dtype)
+        return self._host_rope
+
     def _llama_rows(self, tokens, B: int, T: int, pos0: int, kv_cache: np.ndarray, first_logit_row: int):
         """cllm/kernels/decode.llama_forward_rows over this model's weights: logits (R - first_logit_row, V)."""
         cfg = self.config
         w = dict(zip(self.shapes, self._weight_views))
         head, head_scale = (w["wte"], 0) if cfg.tie_embeddings else (w["lm_head"], 5)
         logits = np.empty((B * T - first_logit_row) * cfg.vocab_size, dtype=self.dtype)
-        if self._host_rope is None:
-            self._host_rope = rope_tables(cfg, self.dtype)
-        cos, sin = self._host_rope
+        cos, sin = self._host_rope_tables()
         K.llama_forward_rows(logits, kv_cache, tokens, w["wte"], w["ln1w"], w["qkvw"], w.get("qkvb"), w["attprojw"],
                              w["ln2w"], w["fcw"], w["fcprojw"], w["lnfw"], head, head_scale, cos, sin, self._scales,
                              B, T, pos0, cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.ffn_dim,
@@ -360,6 +364,28 @@ class HostDecoding(LanguageModel):
         K.decode_step(logits, kv_cache, tokens, pos, *self._weight_views, self._scales, nb, cfg.num_layers,
                       cfg.embed_dim, cfg.num_heads, cfg.max_seq_len, cfg.vocab_size)
         return logits.reshape(nb, cfg.vocab_size)
+
+    def decode_batch(self, tokens, positions, kv_cache: np.ndarray, slots=None) -> np.ndarray:
+        """LanguageModel.decode_batch: one step of B sequences at their own positions, in one pass over the
+        weights (cllm/kernels/decode.py decode_batch; llama_forward_rows with per-row positions)."""
+        cfg = self.config
+        tokens, positions, slots = self._batch_inputs(tokens, positions, kv_cache, slots)
+        B = tokens.size
+        if cfg.arch == "llama":
+            w = dict(zip(self.shapes, self._weight_views))
+            head, head_scale = (w["wte"], 0) if cfg.tie_embeddings else (w["lm_head"], 5)
+            logits = np.empty(B * cfg.vocab_size, dtype=self.dtype)
+            cos, sin = self._host_rope_tables()
+            K.llama_forward_rows(logits, kv_cache, tokens, w["wte"], w["ln1w"], w["qkvw"], w.get("qkvb"),
+                                 w["attprojw"], w["ln2w"], w["fcw"], w["fcprojw"], w["lnfw"], head, head_scale, cos,
+                                 sin, self._scales, B, 1, 0, cfg.num_layers, cfg.embed_dim, cfg.num_heads,
+                                 cfg.num_kv_heads, cfg.ffn_dim, cfg.max_seq_len, cfg.vocab_size, cfg.norm_eps, 0,
+                                 cfg.activation == "relu2", cfg.qk_norm, float(cfg.logit_softcap), slots, positions)
+            return logits.reshape(B, cfg.vocab_size)
+        logits = np.empty(B * cfg.vocab_size, dtype=self.dtype)
+        decode_batch_kernel(logits, kv_cache, tokens, slots, positions, *self._weight_views, self._scales, B,
+                            cfg.num_layers, cfg.embed_dim, cfg.num_heads, cfg.max_seq_len, cfg.vocab_size)
+        return logits.reshape(B, cfg.vocab_size)
 
     def prefill(self, tokens, pos0: int, kv_cache: np.ndarray) -> np.ndarray:
         """Feed one sequence's tokens (n,) at positions pos0..pos0+n-1 in one call (the earlier

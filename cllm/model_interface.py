@@ -141,6 +141,21 @@ class LanguageModel(abc.ABC):
         """Feed one sequence's tokens (n,) at positions pos0..pos0+n-1 (the earlier ones already in
         kv_cache, a cache for one sequence) and return the logits (V,) after the last, on the host."""
 
+    def decode_batch(self, tokens, positions, kv_cache, slots=None) -> np.ndarray:
+        """One decoding step of B sequences at their own positions: tokens (B,) and positions (B,), row b the
+        token at position positions[b] of the cache's sequence slots[b] (slots (B,) distinct, default 0..B-1;
+        kv_cache a cache of S >= B sequences from new_kv_cache(S), each sequence's earlier positions already
+        in it); the next-token logits (B, V) on the host, what B separate decode_step calls give. The weight
+        matrices are read once for all B rows (decoding is bound by reading them), so serving concurrent
+        requests together costs little more than one. This default runs them one at a time; Model, Int8Model
+        and CudaModel batch them."""
+        tokens, positions, slots = self._batch_inputs(tokens, positions, kv_cache, slots)
+        n = self.config.kv_cache_size(1)
+        rows = []
+        for tok, pos, slot in zip(tokens, positions, slots):
+            rows.append(self.decode_step(tok[None], int(pos), kv_cache[slot * n:(slot + 1) * n])[0])
+        return np.stack(rows)
+
     # ---------------------------------------------------------------- the input checks of every implementation
     # They read config only, so bad input gives the same ConfigError on every device.
     def _check_ids(self, ids, what: str, lowest: int = 0) -> np.ndarray:
@@ -178,6 +193,26 @@ class LanguageModel(abc.ABC):
         if kv_cache.size != cfg.kv_cache_size(tokens.size):
             raise ConfigError("kv_cache does not match the number of sequences; use new_kv_cache(nb)")
         return tokens
+
+    def _batch_inputs(self, tokens, positions, kv_cache, slots) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """decode_batch's checked inputs: tokens (B,) int32, positions and slots (B,) int64."""
+        cfg = self.config
+        tokens = self._token_array(tokens)
+        B = tokens.size
+        positions = np.ascontiguousarray(np.atleast_1d(positions), dtype=np.int64)
+        slots = np.arange(B, dtype=np.int64) if slots is None else np.ascontiguousarray(np.atleast_1d(slots),
+                                                                                       dtype=np.int64)
+        if positions.shape != (B,) or slots.shape != (B,):
+            raise ConfigError(f"decode_batch takes one position and one slot per token ({B} tokens)")
+        if positions.min() < 0 or positions.max() >= cfg.max_seq_len:
+            raise ConfigError(f"a position lies outside the model's context of {cfg.max_seq_len}")
+        per_sequence = cfg.kv_cache_size(1)
+        if kv_cache.size % per_sequence:
+            raise ConfigError("kv_cache is not a cache of whole sequences; use new_kv_cache(num_sequences)")
+        num_slots = kv_cache.size // per_sequence
+        if slots.min() < 0 or slots.max() >= num_slots or np.count_nonzero(np.bincount(slots)) != B:
+            raise ConfigError(f"slots must be {B} distinct sequences of the cache's {num_slots}")
+        return tokens, positions, slots
 
     def _prefill_tokens(self, tokens, pos0: int, kv_cache) -> np.ndarray:
         """prefill's checked inputs: the token array."""

@@ -542,6 +542,8 @@ async def test_model_by_id_and_a_failing_generation_is_json(client, engine, monk
         raise RuntimeError("the kernel fell over")
 
     monkeypatch.setattr(engine.generator, "stream", broken)
+    if engine.batcher is not None:  # the sampled choices' path (cllm/serve/batcher.py)
+        monkeypatch.setattr(engine.batcher, "stream", broken)
     status, body = await complete(client, max_tokens=3)
     assert_error(status, body, 500, code="generation_failed")
     assert "fell over" in body["error"]["message"]

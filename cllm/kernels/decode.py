@@ -231,6 +231,16 @@ def decode_step(logits, kvcache, tokens, pos, wte, wpe, ln1w, ln1b, qkvw, qkvb, 
 
 
 @njit(**JIT)
+def decode_batch(logits, kvcache, tokens, seq, positions, wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb,
+                 ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb, scales, nb, L, C, NH, maxT, V):
+    # One step of nb sequences, each at its own position: row b is token tokens[b] of the cache's
+    # sequence seq[b] at position positions[b] (int64 arrays (nb)); logits (nb,V). The linear layers read
+    # their weights once for all nb rows, which is what makes a batched step cheaper than nb steps.
+    _forward_rows(logits, kvcache, tokens, seq, positions, wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb,
+                  ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb, scales, nb, L, C, NH, maxT, V, 0)
+
+
+@njit(**JIT)
 def prefill(logits, kvcache, tokens, pos0, wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb,
             ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb, scales, L, C, NH, maxT, V):
     # One sequence: tokens (n) int32 at positions pos0..pos0+n-1 (< maxT) in one call, their k and v
@@ -254,7 +264,7 @@ def _rmsnorm_rows(out, inp, weight, eps, C, r0, r1):
 @njit(**JIT)
 def llama_forward_rows(logits, kvcache, tokens, wte, ln1w, qkvw, qkvb, attprojw, ln2w, fcw, fcprojw, lnfw, head,
                        head_scale, cos, sin, scales, B, T, pos0, L, C, NH, NKV, F, maxT, V, eps, first_logit_row,
-                       relu2=False, qk_norm=False, softcap=0.0):
+                       relu2=False, qk_norm=False, softcap=0.0, seq=None, positions=None):
     # The llama decoding forward: B sequences of T new tokens each, tokens (B*T) int32 at positions
     # pos0..pos0+T-1 (decode_step: B sequences, T = 1; prefill: one sequence, T tokens). Each layer's k and
     # v go into the cache first (cllm/kernels/gqa.py's gqa_prefill), then every row attends over its
@@ -267,6 +277,8 @@ def llama_forward_rows(logits, kvcache, tokens, wte, ln1w, qkvw, qkvb, attprojw,
     # The block options (cllm/config.py), as the training forward (cllm/model.py) applies them: relu2, the
     # MLP is relu(fc x)^2 with an fc of F rows (else SwiGLU, 2F); qk_norm, each q and k head RMS-normalized
     # after RoPE (so the cache holds normalized keys); softcap > 0, logits = softcap tanh(logits / softcap).
+    # seq, positions (int64 (B)), T = 1: a batched decode step instead, row b the cache's sequence seq[b] at its
+    # own position positions[b] (pos0 unused); RoPE and the attention go row by row, the linear layers over all.
     R = B * T
     hs = C // NH
     QKV = (NH + 2 * NKV) * hs
@@ -300,15 +312,22 @@ def llama_forward_rows(logits, kvcache, tokens, wte, ln1w, qkvw, qkvb, attprojw,
         else:
             _linear(qkv, xn, qkvw[l * QKV * C:(l + 1) * QKV * C], scales, 1, l * QKV, qkvb[l * QKV:(l + 1) * QKV],
                     R, C, QKV, wbuf)
-        rope_forward(qkv, cos, sin, B, T, NH, NKV, hs, pos0)
+        if positions is None:
+            rope_forward(qkv, cos, sin, B, T, NH, NKV, hs, pos0)
+        else:
+            for r in range(R):
+                rope_forward(qkv[r * QKV:(r + 1) * QKV], cos, sin, 1, 1, NH, NKV, hs, positions[r])
         if qk_norm:
             for r in range(R):
                 qknorm_row(qkv[r * QKV:(r + 1) * QKV], qk_rstd, NH, NKV, hs, eps)
         for b in range(B):
-            k0 = (b * L + l) * layer_cache
+            s, p = b, pos0
+            if positions is not None:
+                s, p = seq[b], positions[b]
+            k0 = (s * L + l) * layer_cache
             gqa_prefill(atty[b * T * C:(b + 1) * T * C], qkv[b * T * QKV:(b + 1) * T * QKV],
                         kvcache[k0:k0 + layer_cache // 2], kvcache[k0 + layer_cache // 2:k0 + layer_cache],
-                        1, T, NH, NKV, hs, pos0, maxT)
+                        1, T, NH, NKV, hs, p, maxT)
         _linear(proj, atty, attprojw[l * C * C:(l + 1) * C * C], scales, 2, l * C, None, R, C, C, wbuf)
         add_span(x2, x, proj)
         _rmsnorm_rows(xn, x2, ln2w[l * C:(l + 1) * C], eps, C, 0, R)

@@ -17,6 +17,13 @@ Engine.chat_prompt_ids) and whose choices also end at the chat template's end-of
 `cancel` (a threading.Event) is checked before every token: a client that went away stops its
 generation within one decoding step.
 
+Batching (cllm/serve/batcher.py): on the CPU the sampled choices of all requests decode together on one thread,
+one Model.decode_batch per step, and a prompt sharing a prefix with a recent one skips that part of its prefill;
+run() then only waits for its tokens. What the batcher does not do runs on the request's own thread as before
+(unbatched_reason says which: beam search, a CUDA model, and the request fields in UNBATCHED_FIELDS, such as
+log-probabilities or a constraint, until the batcher learns them). The server's --max-concurrent (its worker
+threads, which now mostly wait for tokens) bounds how many requests decode together: 16 clients need 16.
+
 Thread safety: Model.decode_step and prefill only read the parameters and write into the caller's
 KV cache and fresh arrays, so several threads may decode at once. The kernels release the GIL while
 they run (nogil=True, cllm/kernels/_common.py): generations on two workers use two cores, and the event
@@ -24,7 +31,7 @@ loop runs while a worker decodes. (Holding it, a worker that called one kernel p
 loop from running for the whole generation: a streamed reply arrived in one piece at the end.)
 Numba's fallback threading layer, workqueue (used where neither OpenMP's libgomp nor TBB is
 installed), aborts the process when two threads launch parallel kernels at once; there the
-requests take turns (see warm_up).
+requests take turns (see warm_up): the batcher's steps and the unbatched requests.
 """
 from __future__ import annotations
 
@@ -39,7 +46,16 @@ import numba
 from cllm.chat.generate import chat_prompt_ids, end_of_turn_ids, generate_reply
 from cllm.completion import cut_at_stop, encode_prompt, load_for_generation
 from cllm.generation import Generator, SamplingConfig, prompt_logprobs
+from cllm.model import HostDecoding
 from cllm.runtime import configure_threads
+from cllm.serve.batcher import Batcher
+
+# request fields (getattr: another feature may add them) whose choices run unbatched when set (not None, not
+# empty, not False): per-token log-probabilities and constrained decoding read each step's logits on the
+# request's own thread (Generator.stream_scored, the constraint hook of cllm/generation.py)
+# the request fields whose generation the batcher does not do yet: log-probabilities (Generator.stream_scored) and
+# structured output (a grammar constraint per step); their choices run on the request's own thread
+UNBATCHED_FIELDS = {"logprobs": "log-probabilities", "grammar": "structured output"}
 
 
 @dataclasses.dataclass
@@ -77,7 +93,7 @@ class CompletionRequest:
 
 
 class Engine:
-    def __init__(self, model, tokenizer, checkpoint_path: str, model_id: str | None = None):
+    def __init__(self, model, tokenizer, checkpoint_path: str, model_id: str | None = None, batching: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.checkpoint_path = checkpoint_path
@@ -94,6 +110,12 @@ class Engine:
         self.stats = {"requests": 0, "cancelled": 0, "completion_tokens": 0}
         # a chat model's end-of-turn ids (cllm/chat/generate.py), None without a chat template
         self.end_of_turn = end_of_turn_ids(tokenizer) if self.chat_template is not None else None
+        # the batched decoding of the sampled choices: host models only (the CUDA model's batched step exists,
+        # cllm/device.py, but the batcher's slot views and prefix copies are host arrays)
+        self.batcher = None
+        if batching and isinstance(model, HostDecoding):
+            self.batcher = Batcher(model, eos_id=tokenizer.eos_id, init_thread=self.init_worker,
+                                   turns=self._turn)
 
     @classmethod
     def load(cls, checkpoint: str, tokenizer_path=None, threads=None, model_id=None, device="cpu",
@@ -158,8 +180,22 @@ class Engine:
         """Run every choice of `req`; returns {"prompt_tokens", "completion_tokens", "cancelled"}."""
         if self._turns is None:
             self.warm_up()
-        with self._turns:
-            return self._run(req, cancel, emit)
+        return self._run(req, cancel, emit)
+
+    def _turn(self):
+        """The turn a thread running kernels holds (none before warm_up has found out; see there)."""
+        return self._turns if self._turns is not None else contextlib.nullcontext()
+
+    def unbatched_reason(self, req: CompletionRequest) -> str | None:
+        """Why `req`'s choices run on its own thread instead of the batcher (None: they are batched)."""
+        if self.batcher is None:
+            return "no batcher (a CUDA model, or batching off)"
+        if req.beam_width:
+            return "beam search"
+        for name, why in UNBATCHED_FIELDS.items():
+            if getattr(req, name) is not None:  # logprobs=0 still asks for the chosen tokens' values
+                return why
+        return None
 
     def run_exclusive(self, work, *args):
         """work(*args) under the rule run() follows for kernels on several threads at once (see warm_up): for
@@ -181,7 +217,8 @@ class Engine:
             if req.beam_width:
                 if cancel.is_set():
                     break
-                beams = self.generator.beam_search(ids, req.beam_width, req.max_tokens)
+                with self._turn():
+                    beams = self.generator.beam_search(ids, req.beam_width, req.max_tokens)
                 for new_ids, _score in beams[:req.n]:
                     body, stopped = cut_at_stop(self.tokenizer.decode(new_ids), req.stop)
                     ended = stopped or len(new_ids) < req.max_tokens
@@ -220,16 +257,34 @@ class Engine:
             emit("logprobs", index, [self._named(t, *(s or (None, []))) for t, s in zip(ids, scored)])
         if prefix:
             emit("delta", index, prefix)
-        generator = self.generator
-        if req.logprobs is not None or req.logit_bias:
+        constraint = req.grammar.constraint(cfg.max_new_tokens) if req.grammar is not None else None
+        batched = self.unbatched_reason(req) is None
+        if batched:
+            generator = _BatchedGenerator(self.batcher, req.logit_bias)
+        elif req.logprobs is not None or req.logit_bias:
             generator = _ScoredGenerator(self.generator, req,
                                          lambda entry: emit("logprobs", index, [self._named(*entry)]))
-        constraint = req.grammar.constraint(cfg.max_new_tokens) if req.grammar is not None else None
-        reply = generate_reply(generator, self.tokenizer, ids, cfg, req.end_ids, req.stop,
-                               on_text=lambda piece: emit("delta", index, piece), cancelled=cancel.is_set,
-                               constraint=constraint)
+        else:
+            generator = self.generator
+        # the batcher's thread takes its own turns; an unbatched choice holds them for its whole generation
+        with contextlib.nullcontext() if batched else self._turn():
+            reply = generate_reply(generator, self.tokenizer, ids, cfg, req.end_ids, req.stop,
+                                   on_text=lambda piece: emit("delta", index, piece), cancelled=cancel.is_set,
+                                   constraint=constraint)
         emit("done", index, reply.finish_reason, reply.tokens)
         return reply.tokens, reply.finish_reason
+
+
+class _BatchedGenerator:
+    """The batcher as generate_reply's generator, with the request's logit_bias (no constraint: such requests are
+    not batched, see UNBATCHED_FIELDS)."""
+
+    def __init__(self, batcher, logit_bias):
+        self.batcher, self.logit_bias = batcher, logit_bias
+
+    def stream(self, ids, cfg, constraint=None):
+        assert constraint is None, "structured output is not batched"
+        return self.batcher.stream(ids, cfg, self.logit_bias)
 
 
 class _ScoredGenerator:

@@ -127,34 +127,115 @@ def forward_rows(logits, kvcache, rows, weights, layers, work, R, L, C, NH, maxT
     linear(logits, xn, wte, None, nl, C, V)  # the tied LM head: wte's first V rows
 
 
-def llama_scratch(R, C, QKV, F):
-    """Device work buffers of llama_forward_rows for R rows (QKV = (NH+2*NKV)*hs, F the MLP width)."""
+@cuda.jit
+def _llama_rope_rows(qkv, cos, sin, rows, R, NH, NKV, hs):
+    # a batched step's RoPE: row r's q and k heads rotated for its own position rows[2R + r] (as rope.py's _rope)
+    half = hs // 2
+    heads = NH + NKV
+    W = (NH + 2 * NKV) * hs
+    for e in range(cuda.grid(1), R * heads * half, cuda.gridsize(1)):
+        i = e % half
+        r = e // (half * heads)
+        o = r * W + ((e // half) % heads) * hs + i
+        p = rows[2 * R + r]
+        c = cos[p * half + i]
+        s = sin[p * half + i]
+        a = qkv[o]
+        b = qkv[o + half]
+        qkv[o] = a * c - b * s
+        qkv[o + half] = b * c + a * s
+
+
+@cuda.jit
+def _llama_kv_write_rows(kvcache, qkv, rows, l, R, L, NH, NKV, hs, maxT):
+    # row r's k and v of every kv head into its sequence's (rows[R + r]) layer-l cache at its position
+    W = (NH + 2 * NKV) * hs
+    half = NKV * maxT * hs
+    for e in range(cuda.grid(1), R * NKV * hs, cuda.gridsize(1)):
+        i = e % hs
+        g = (e // hs) % NKV
+        r = e // (NKV * hs)
+        c = (rows[R + r] * L + l) * 2 * half + (g * maxT + rows[2 * R + r]) * hs + i
+        kvcache[c] = qkv[r * W + (NH + g) * hs + i]
+        kvcache[c + half] = qkv[r * W + (NH + NKV + g) * hs + i]
+
+
+@cuda.jit
+def _llama_attend_rows(out, qkv, kvcache, scores, rows, l, R, L, NH, NKV, hs, maxT, scale):
+    # one block per (row, query head): as gqa.py's _attend_cached over the row's own sequence and positions
+    # 0..rows[2R + r]; scores: a row of maxT per (row, head)
+    buf = cuda.shared.array(ROW_THREADS, dtype=F32)
+    tid = cuda.threadIdx.x
+    W = (NH + 2 * NKV) * hs
+    half = NKV * maxT * hs
+    for rh in range(cuda.blockIdx.x, R * NH, cuda.gridDim.x):
+        r = rh // NH
+        h = rh % NH
+        n = rows[2 * R + r] + 1
+        c0 = (rows[R + r] * L + l) * 2 * half + (h // (NH // NKV)) * maxT * hs
+        q0 = r * W + h * hs
+        s0 = rh * maxT
+        mx = F32(-math.inf)
+        for t in range(tid, n, ROW_THREADS):
+            s = F32(0)
+            for i in range(hs):
+                s += qkv[q0 + i] * kvcache[c0 + t * hs + i]
+            s *= scale
+            scores[s0 + t] = s
+            mx = max(mx, s)
+        mx = block_max(buf, mx)
+        total = F32(0)
+        for t in range(tid, n, ROW_THREADS):
+            e = math.exp(scores[s0 + t] - mx)
+            scores[s0 + t] = e
+            total += e
+        inv = F32(1) / block_sum(buf, total)  # its barriers also publish every thread's scores
+        for i in range(tid, hs, ROW_THREADS):
+            s = F32(0)
+            for t in range(n):
+                s += scores[s0 + t] * kvcache[c0 + half + t * hs + i]
+            out[rh * hs + i] = s * inv
+        cuda.syncthreads()  # every thread has read the scores before the next pair overwrites them
+
+
+def llama_scratch(R, C, QKV, F, NH=1, maxT=0):
+    """Device work buffers of llama_forward_rows for R rows (QKV = (NH+2*NKV)*hs, F the MLP width; NH and maxT:
+    the batched step's attention scores, (R, NH, maxT))."""
     f = np.float32
-    return {"x": cuda.device_array(R * C, f), "xn": cuda.device_array(R * C, f), "qkv": cuda.device_array(R * QKV, f),
+    return {"scores": cuda.device_array(max(1, R * NH * maxT), f),
+            "x": cuda.device_array(R * C, f), "xn": cuda.device_array(R * C, f), "qkv": cuda.device_array(R * QKV, f),
             "atty": cuda.device_array(R * C, f), "proj": cuda.device_array(R * C, f),
             "hid": cuda.device_array(R * 2 * F, f), "act": cuda.device_array(R * F, f), "rstd": cuda.device_array(R, f)}
 
 
 def llama_forward_rows(logits, kvcache, tokens, weights, layers, cos, sin, work, B, T, pos0, L, C, NH, NKV, F, maxT,
-                       V, eps, first_logit_row):
+                       V, eps, first_logit_row, rows=None):
     # As cllm/kernels/decode.llama_forward_rows: B sequences of T tokens (device int32 (B*T)) at positions
     # pos0..pos0+T-1;  kvcache (B, L, 2, NKV, maxT, hs);  weights: (wte, lnfw, LM head);  layers: per layer
-    # (ln1w, qkvw, qkvb or None, attprojw, ln2w, fcw, fcprojw);  cos, sin: the RoPE tables on the device
+    # (ln1w, qkvw, qkvb or None, attprojw, ln2w, fcw, fcprojw);  cos, sin: the RoPE tables on the device.
+    # rows (device int32 (3B): tokens, sequences, positions, as forward_rows's), T = 1: a batched decode step,
+    # row b the cache's sequence rows[B + b] at its own position rows[2B + b] (tokens and pos0 unused).
     wte, lnfw, head = weights
     R, hs = B * T, C // NH
     QKV = (NH + 2 * NKV) * hs
     half = NKV * maxT * hs  # one sequence's and layer's keys (then as many values)
     x, xn, qkv, atty, proj = work["x"], work["xn"], work["qkv"], work["atty"], work["proj"]
     hid, act, rstd = work["hid"], work["act"], work["rstd"]
-    encoder_forward(x, tokens, wte, None, 1, R, C)
+    encoder_forward(x, tokens if rows is None else rows[:R], wte, None, 1, R, C)
     for l, (ln1w, qkvw, qkvb, attprojw, ln2w, fcw, fcprojw) in enumerate(layers):
         rmsnorm_forward(xn, rstd, x, ln1w, R, C, eps)
         linear(qkv, xn, qkvw, qkvb, R, C, QKV)
-        rope_forward(qkv, cos, sin, B, T, NH, NKV, hs, pos0)
-        for b in range(B):
-            k0 = (b * L + l) * 2 * half
-            gqa_prefill(atty[b * T * C:(b + 1) * T * C], qkv[b * T * QKV:(b + 1) * T * QKV], kvcache[k0:k0 + half],
-                        kvcache[k0 + half:k0 + 2 * half], 1, T, NH, NKV, hs, pos0, maxT)
+        if rows is not None:  # each row at its own position in its own sequence
+            _llama_rope_rows[blocks(R * (NH + NKV) * (hs // 2)), THREADS](qkv, cos, sin, rows, R, NH, NKV, hs)
+            _llama_kv_write_rows[blocks(R * NKV * hs), THREADS](kvcache, qkv, rows, l, R, L, NH, NKV, hs, maxT)
+            _llama_attend_rows[blocks(R * NH, 1), ROW_THREADS](atty, qkv, kvcache, work["scores"], rows, l, R, L, NH,
+                                                               NKV, hs, maxT, F32(1.0 / math.sqrt(hs)))
+        else:
+            rope_forward(qkv, cos, sin, B, T, NH, NKV, hs, pos0)
+            for b in range(B):
+                k0 = (b * L + l) * 2 * half
+                gqa_prefill(atty[b * T * C:(b + 1) * T * C], qkv[b * T * QKV:(b + 1) * T * QKV],
+                            kvcache[k0:k0 + half], kvcache[k0 + half:k0 + 2 * half], 1, T, NH, NKV, hs, pos0, maxT)
         linear(proj, atty, attprojw, None, R, C, C)
         residual_forward(x, x, proj, R * C)
         rmsnorm_forward(xn, rstd, x, ln2w, R, C, eps)
