@@ -77,6 +77,20 @@ def _hidden_or_chrome(el) -> bool:
             or bool(_HIDDEN_STYLE.search(el.get("style") or "")))
 
 
+def strip_hidden(doc) -> None:
+    """The light cleaning that the fallbacks (cllm/scraper/extract.py) start from: remove hidden
+    elements, page chrome by ARIA role and blocks named by a distinctive boilerplate stem (comments,
+    cookies, share bars ...), but not those named only by a short word ("widget", "tag", "hidden",
+    "ads"), which also name the containers of whole articles on some sites."""
+    for el in list(doc.iter(etree.Element)):
+        if el.getparent() is None or el.tag in ("html", "body"):
+            continue
+        ci = class_id(el)
+        if _hidden_or_chrome(el) or (ci.strip() and el.tag != "a" and _UNLIKELY_STEMS.search(ci)
+                                     and not _MAYBE_CANDIDATE.search(ci)):
+            remove_keeping_tail(el)
+
+
 def strip_junk(doc, protected: set) -> None:
     """Remove hidden elements, page chrome, <header>s and boilerplate-named blocks.
 

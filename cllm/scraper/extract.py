@@ -19,14 +19,16 @@ How it works (the ideas of readability and trafilatura, kept small), one module 
 """
 from __future__ import annotations
 
+import copy
 import io
 from dataclasses import dataclass
 
 from cllm.errors import MissingDependencyError
-from cllm.scraper.boilerplate import clean_block, drop_never_text, strip_junk
+from cllm.scraper.boilerplate import clean_block, drop_never_text, strip_hidden, strip_junk
 from cllm.scraper.charset import decode_html
 from cllm.scraper.dom import parse_html, remove_keeping_tail
-from cllm.scraper.readability import main_block, marked_up_body
+from cllm.scraper.paragraphs import Paragraph, classify, good_text, page_paragraphs
+from cllm.scraper.readability import main_block, marked_up_body, readability_candidate
 from cllm.scraper.serialize import blocks_to_text
 
 __all__ = ["Extracted", "decode_html", "extract_html", "parse_html", "extract_tree"]
@@ -61,11 +63,71 @@ def _drop_headline(block, titles: str) -> None:
             remove_keeping_tail(h)
 
 
+# The main block is trusted when it holds at least this share of the page's visible text; below it the
+# fallbacks compete with it (see _choose). Below MIN_GOOD characters of good paragraphs it is weak (an
+# over-cleaned or wrong block: trafilatura's minimal extraction size is 250 characters too) and every
+# fallback competes; a fallback replaces it only with RATIO times its quality plus MARGIN characters.
+TRUSTED_SHARE = 0.25
+MIN_GOOD = 250
+RATIO = 1.5
+MARGIN = 100
+
+
+def _quality(root) -> int:
+    """Measured quality of a candidate (an element, a list of them, or paragraphs): the characters of
+    the paragraphs that the jusText-style classifier (paragraphs.py) calls good, less those it calls
+    boilerplate."""
+    paras = root if isinstance(root, list) and (not root or isinstance(root[0], Paragraph)) else \
+        classify(page_paragraphs(root))
+    return sum(len(p.text) if p.cls == "good" else -len(p.text) if p.cls == "bad" else 0 for p in paras)
+
+
+def _choose(main_text: str, main_blocks: list, light) -> str:
+    """The main block's text, unless it holds little of the page's visible text and a fallback measures
+    better: the marked-up article body or readability's choice after a lighter cleaning (the class-name
+    cleaning can strip a whole page whose containers have unlucky names), or the jusText-style good
+    paragraphs (forums, shops, recipes). The whole visible text is the last resort: a page with visible
+    text never yields nothing."""
+    body = light.find("body")
+    body = light if body is None else body
+    visible = blocks_to_text(body)
+    if not visible:
+        return main_text
+    if main_text and len(main_text) >= TRUSTED_SHARE * len(visible):
+        return main_text
+    main_q = _quality(main_blocks) if main_text else 0
+    weak = main_q < MIN_GOOD
+    candidates = [(main_text, main_q)]
+    marked = marked_up_body(light)
+    if marked:
+        for block in marked:
+            clean_block(block)
+        candidates.append((blocks_to_text(marked), _quality(marked)))
+    if weak or not marked:
+        blocks = readability_candidate(body)
+        for block in blocks:
+            clean_block(block)
+        candidates.append((blocks_to_text(blocks), _quality(blocks)))
+    if weak:
+        paras = classify(page_paragraphs(body))
+        candidates.append((good_text(paras), _quality([p for p in paras if p.cls == "good"])))
+    best = max(range(len(candidates)), key=lambda i: (candidates[i][1], -i))
+    # the main block keeps its place unless a fallback has clearly more good text
+    if main_text and candidates[best][1] < RATIO * main_q + MARGIN:
+        best = 0
+    return candidates[best][0] or main_text or visible
+
+
 def extract_tree(doc) -> tuple[str, str]:
     """(title, text) of a parsed document. Mutates the tree (removes boilerplate)."""
     title = _title(doc)
     titles = " ".join([title] + [" ".join(t.split()) for t in doc.xpath('//meta[@property="og:title"]/@content')])
     drop_never_text(doc)
+    light = copy.deepcopy(doc)  # for the fallbacks: only what a reader never sees is removed from it
+    strip_hidden(light)
+    for h in light.iter("h1"):  # the headline is the title (see _drop_headline)
+        if " ".join(h.text_content().split()) in titles:
+            h.drop_tree()
     marked = marked_up_body(doc)
     protected = set(marked)
     for el in marked:
@@ -75,7 +137,7 @@ def extract_tree(doc) -> tuple[str, str]:
     for block in blocks:
         clean_block(block)
         _drop_headline(block, titles)
-    return title, blocks_to_text(blocks)
+    return title, _choose(blocks_to_text(blocks), blocks, light)
 
 
 def extract_html(html: bytes | str, url: str | None = None, http_charset: str | None = None) -> Extracted:

@@ -1,0 +1,132 @@
+"""A jusText-style paragraph classifier: the fallback when the main block found by readability.py holds
+little of a page's text (forums, shops, recipes, pages whose every container has an unlucky class name).
+
+The page is cut into paragraphs (one per block element's run of text, as serialize.py cuts lines). Each
+is classified on its own by length and link density, then by its context (jusText's revision): a
+middling paragraph beside good ones is good, a short one between good ones is good, a heading that
+introduces good text is good. No stop-word lists: the pages are in any language.
+
+    page_paragraphs(root) -> [Paragraph]; classify(paragraphs) -> their classes; good_text(paragraphs)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cllm.scraper.dom import BLOCK_TAGS
+
+HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
+# jusText's thresholds in characters (its LENGTH_LOW and LENGTH_HIGH, MAX_LINK_DENSITY), and how far
+# a heading may stand before the good text it introduces (its MAX_HEADING_DISTANCE)
+SHORT = 70
+LONG = 200
+MAX_LINK_DENSITY = 0.2
+MAX_HEADING_DISTANCE = 200
+
+
+@dataclass
+class Paragraph:
+    text: str
+    link_chars: int
+    heading: bool
+    cls: str = ""  # "good", "near", "short" or "bad"
+
+    @property
+    def link_density(self) -> float:
+        return self.link_chars / len(self.text) if self.text else 0.0
+
+
+def page_paragraphs(root) -> list[Paragraph]:
+    """The paragraphs of `root` in document order: text between block-element boundaries."""
+    out: list[Paragraph] = []
+    buf: list[str] = []
+    state = {"links": 0, "heading": False}
+
+    def flush():
+        text = " ".join("".join(buf).split())
+        if text:
+            out.append(Paragraph(text, min(state["links"], len(text)), state["heading"]))
+        buf.clear()
+        state["links"], state["heading"] = 0, False
+
+    def walk(el, in_link: bool, in_heading: bool):
+        tag = el.tag if isinstance(el.tag, str) else ""
+        if tag in BLOCK_TAGS:
+            flush()
+        in_link = in_link or tag == "a"
+        in_heading = in_heading or tag in HEADINGS
+        if tag and el.text:
+            buf.append(el.text)
+            state["links"] += len(" ".join(el.text.split())) if in_link else 0
+            state["heading"] |= in_heading and bool(el.text.strip())
+        if tag:
+            for child in el:
+                walk(child, in_link, in_heading)
+        if tag in BLOCK_TAGS:
+            flush()
+        if el.tail:
+            buf.append(el.tail)
+            # the tail belongs to the parent: inside a link only when the parent is one
+            state["links"] += len(" ".join(el.tail.split())) if in_link and tag != "a" else 0
+
+    for el in root if isinstance(root, list) else [root]:
+        tail, el.tail = el.tail, None
+        walk(el, False, False)
+        el.tail = tail
+        flush()
+    return out
+
+
+def _nearest(paras: list[Paragraph], i: int, step: int) -> str:
+    """The class of the nearest paragraph from i in direction step that is not short ("bad" at the ends)."""
+    j = i + step
+    while 0 <= j < len(paras):
+        if paras[j].cls != "short":
+            return "good" if paras[j].cls == "good" else "bad"
+        j += step
+    return "bad"
+
+
+def classify(paras: list[Paragraph]) -> list[Paragraph]:
+    """Set each paragraph's class: context-free first, then revised by its neighbours (jusText)."""
+    for p in paras:
+        n = len(p.text)
+        if p.link_density > MAX_LINK_DENSITY or "\u00a9" in p.text:
+            p.cls = "bad"
+        elif n < SHORT:
+            p.cls = "short"
+        elif n < LONG:
+            p.cls = "near"
+        else:
+            p.cls = "good"
+    # a short paragraph between good text (both nearest non-short neighbours good) is good; between
+    # a good and a near one too (jusText's rule), else bad
+    revised = []
+    for i, p in enumerate(paras):
+        if p.cls != "short":
+            revised.append(p.cls)
+            continue
+        before, after = _nearest(paras, i, -1), _nearest(paras, i, 1)
+        revised.append("good" if before == after == "good" else "bad")
+    # a near-good paragraph next to good text is good
+    for i, p in enumerate(paras):
+        if p.cls == "near":
+            revised[i] = "good" if "good" in (_nearest(paras, i, -1), _nearest(paras, i, 1)) else "bad"
+    for p, cls in zip(paras, revised):
+        p.cls = cls
+    # a heading is good when good text follows within MAX_HEADING_DISTANCE characters
+    for i, p in enumerate(paras):
+        if p.heading and p.cls != "good" and p.link_density <= MAX_LINK_DENSITY:
+            distance = 0
+            for q in paras[i + 1:]:
+                if q.cls == "good":
+                    p.cls = "good"
+                    break
+                distance += len(q.text)
+                if distance > MAX_HEADING_DISTANCE:
+                    break
+    return paras
+
+
+def good_text(paras: list[Paragraph]) -> str:
+    """The good paragraphs, one a line."""
+    return "\n".join(p.text for p in paras if p.cls == "good")
