@@ -66,8 +66,25 @@ def class_weight(el) -> int:
     return weight
 
 
+# Page-chrome elements that lose their tag, not their content, when they hold most of the page's
+# text: an unclosed <nav> or <aside> that swallowed the article (the parser closes it at </body>).
+_CHROME_TAGS = ("nav", "aside", "footer", "menu", "dialog", "label", "button", "figure")
+# A <noscript> holding at least this much text is the page's content for readers without JavaScript
+# (sites that render their articles with scripts), not a "please enable JavaScript" notice.
+NOSCRIPT_CONTENT = 500
+
+
 def drop_never_text(doc) -> None:
     """Remove the elements whose content is never prose (DROP_TAGS), text after them kept."""
+    body = doc.find("body")
+    for el in doc.iter("noscript"):
+        if text_len(el) >= NOSCRIPT_CONTENT:
+            el.tag = "div"
+    if body is not None:
+        swallowing = 0.5 * text_len(body)
+        for el in list(body.iter(*_CHROME_TAGS)):
+            if swallowing and text_len(el) > swallowing:
+                el.tag = "div"
     etree.strip_elements(doc, *DROP_TAGS, with_tail=False)
 
 

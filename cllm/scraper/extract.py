@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from cllm.errors import MissingDependencyError
 from cllm.scraper.boilerplate import clean_block, drop_never_text, strip_hidden, strip_junk
 from cllm.scraper.charset import decode_html
-from cllm.scraper.dom import parse_html, remove_keeping_tail
-from cllm.scraper.paragraphs import Paragraph, classify, good_text, page_paragraphs
+from cllm.scraper.dom import parse_html, remove_keeping_tail, text_len
+from cllm.scraper.paragraphs import SHORT, classify, good_text, page_paragraphs
 from cllm.scraper.readability import main_block, marked_up_body, readability_candidate
 from cllm.scraper.serialize import blocks_to_text
 
@@ -73,49 +73,59 @@ RATIO = 1.5
 MARGIN = 100
 
 
-def _quality(root) -> int:
-    """Measured quality of a candidate (an element, a list of them, or paragraphs): the characters of
-    the paragraphs that the jusText-style classifier (paragraphs.py) calls good, less those it calls
-    boilerplate."""
-    paras = root if isinstance(root, list) and (not root or isinstance(root[0], Paragraph)) else \
-        classify(page_paragraphs(root))
-    return sum(len(p.text) if p.cls == "good" else -len(p.text) if p.cls == "bad" else 0 for p in paras)
+def _quality(root) -> tuple[int, int]:
+    """Measured quality of a candidate (an element or a list of them): (prose, junk) characters: its
+    paragraphs of 70 characters or more with few links (paragraphs.py's context-free classes), and its
+    link lists and copyright lines. Short lines count as neither."""
+    prose = junk = 0
+    for p in classify(page_paragraphs(root), context=False):
+        if p.cls in ("good", "near"):
+            prose += len(p.text)
+        elif p.cls == "bad":
+            junk += len(p.text)
+    return prose, junk
 
 
 def _choose(main_text: str, main_blocks: list, light) -> str:
-    """The main block's text, unless it holds little of the page's visible text and a fallback measures
-    better: the marked-up article body or readability's choice after a lighter cleaning (the class-name
-    cleaning can strip a whole page whose containers have unlucky names), or the jusText-style good
-    paragraphs (forums, shops, recipes). The whole visible text is the last resort: a page with visible
-    text never yields nothing."""
+    """The main block's text, unless it is weak (little prose) or holds little of the page's visible
+    text and a fallback measures better: the marked-up article body or readability's choice after a
+    lighter cleaning (the class-name cleaning can strip a whole page whose containers have unlucky
+    names), or the jusText-style good paragraphs (forums, shops, recipes). The whole visible text is the
+    last resort: a page with visible text never yields nothing."""
     body = light.find("body")
     body = light if body is None else body
-    visible = blocks_to_text(body)
+    visible = text_len(body)
     if not visible:
         return main_text
-    if main_text and len(main_text) >= TRUSTED_SHARE * len(visible):
+    prose, junk = _quality(main_blocks) if main_text else (0, 0)
+    weak = prose < MIN_GOOD
+    if not weak and len(main_text) >= TRUSTED_SHARE * visible:
         return main_text
-    main_q = _quality(main_blocks) if main_text else 0
-    weak = main_q < MIN_GOOD
-    candidates = [(main_text, main_q)]
+    candidates = [(main_text, prose - junk)]
     marked = marked_up_body(light)
     if marked:
         for block in marked:
             clean_block(block)
-        candidates.append((blocks_to_text(marked), _quality(marked)))
+        candidates.append((blocks_to_text(marked), _net(marked)))
     if weak or not marked:
         blocks = readability_candidate(body)
         for block in blocks:
             clean_block(block)
-        candidates.append((blocks_to_text(blocks), _quality(blocks)))
+        candidates.append((blocks_to_text(blocks), _net(blocks)))
     if weak:
         paras = classify(page_paragraphs(body))
-        candidates.append((good_text(paras), _quality([p for p in paras if p.cls == "good"])))
+        good = [p for p in paras if p.cls == "good"]
+        candidates.append((good_text(good), sum(len(p.text) for p in good if len(p.text) >= SHORT)))
     best = max(range(len(candidates)), key=lambda i: (candidates[i][1], -i))
     # the main block keeps its place unless a fallback has clearly more good text
-    if main_text and candidates[best][1] < RATIO * main_q + MARGIN:
+    if main_text and candidates[best][1] < RATIO * candidates[0][1] + MARGIN:
         best = 0
-    return candidates[best][0] or main_text or visible
+    return candidates[best][0] or main_text or blocks_to_text(body)
+
+
+def _net(root) -> int:
+    prose, junk = _quality(root)
+    return prose - junk
 
 
 def extract_tree(doc) -> tuple[str, str]:

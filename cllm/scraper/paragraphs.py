@@ -86,8 +86,9 @@ def _nearest(paras: list[Paragraph], i: int, step: int) -> str:
     return "bad"
 
 
-def classify(paras: list[Paragraph]) -> list[Paragraph]:
-    """Set each paragraph's class: context-free first, then revised by its neighbours (jusText)."""
+def classify(paras: list[Paragraph], context: bool = True) -> list[Paragraph]:
+    """Set each paragraph's class: context-free first ("good", "near", "short" or "bad"), then, with
+    `context`, revised by its neighbours (jusText) to "good" or "bad"."""
     for p in paras:
         n = len(p.text)
         if p.link_density > MAX_LINK_DENSITY or "\u00a9" in p.text:
@@ -98,6 +99,8 @@ def classify(paras: list[Paragraph]) -> list[Paragraph]:
             p.cls = "near"
         else:
             p.cls = "good"
+    if not context:
+        return paras
     # a short paragraph between good text (both nearest non-short neighbours good) is good; between
     # a good and a near one too (jusText's rule), else bad
     revised = []
