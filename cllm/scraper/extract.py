@@ -23,11 +23,13 @@ import copy
 import io
 from dataclasses import dataclass
 
+from lxml import etree
+
 from cllm.errors import MissingDependencyError
 from cllm.scraper.boilerplate import clean_block, drop_never_text, strip_hidden, strip_junk
 from cllm.scraper.charset import decode_html
 from cllm.scraper.dom import parse_html, remove_keeping_tail, text_len
-from cllm.scraper.paragraphs import SHORT, classify, good_text, page_paragraphs
+from cllm.scraper.paragraphs import SHORT, classify, good_text, page_paragraphs, weighed_len
 from cllm.scraper.readability import main_block, marked_up_body, readability_candidate
 from cllm.scraper.serialize import blocks_to_text
 
@@ -63,12 +65,14 @@ def _drop_headline(block, titles: str) -> None:
             remove_keeping_tail(h)
 
 
-# The main block is trusted when it holds at least this share of the page's visible text; below it the
-# fallbacks compete with it (see _choose). Below MIN_GOOD characters of good paragraphs it is weak (an
-# over-cleaned or wrong block: trafilatura's minimal extraction size is 250 characters too) and every
-# fallback competes; a fallback replaces it only with RATIO times its quality plus MARGIN characters.
-TRUSTED_SHARE = 0.25
-MIN_GOOD = 250
+# When the main block is trusted and when the fallbacks compete with it (see _choose): it is weak under
+# MIN_GOOD characters of prose (an over-cleaned or wrong block: about three short paragraphs); it is
+# trusted when not weak and holding TRUSTED_SHARE of the page's visible text; under TINY_SHARE the
+# jusText-style candidate competes too (a story's chapter beside a long author's note). A fallback
+# replaces the main block only with RATIO times its quality plus MARGIN characters.
+MIN_GOOD = 500
+TRUSTED_SHARE = 0.6
+TINY_SHARE = 0.1
 RATIO = 1.5
 MARGIN = 100
 
@@ -80,9 +84,9 @@ def _quality(root) -> tuple[int, int]:
     prose = junk = 0
     for p in classify(page_paragraphs(root), context=False):
         if p.cls in ("good", "near"):
-            prose += len(p.text)
+            prose += weighed_len(p.text)
         elif p.cls == "bad":
-            junk += len(p.text)
+            junk += weighed_len(p.text)
     return prose, junk
 
 
@@ -112,10 +116,11 @@ def _choose(main_text: str, main_blocks: list, light) -> str:
         for block in blocks:
             clean_block(block)
         candidates.append((blocks_to_text(blocks), _net(blocks)))
-    if weak:
+    if weak or len(main_text) < TINY_SHARE * visible:
         paras = classify(page_paragraphs(body))
         good = [p for p in paras if p.cls == "good"]
-        candidates.append((good_text(good), sum(len(p.text) for p in good if len(p.text) >= SHORT)))
+        # its quality counts its good paragraphs that are prose on their own (the short ones got in by context)
+        candidates.append((good_text(good), sum(n for n in map(weighed_len, (p.text for p in good)) if n >= SHORT)))
     best = max(range(len(candidates)), key=lambda i: (candidates[i][1], -i))
     # the main block keeps its place unless a fallback has clearly more good text
     if main_text and candidates[best][1] < RATIO * candidates[0][1] + MARGIN:
@@ -161,7 +166,20 @@ def extract_html(html: bytes | str, url: str | None = None, http_charset: str | 
     if doc is None:
         return Extracted("", "", enc)
     title, text = extract_tree(doc)
+    if not text:
+        text = _visible_text(html, http_charset)
     return Extracted(title, text, enc)
+
+
+def _visible_text(html: bytes | str, http_charset: str | None) -> str:
+    """The last resort: every line of the page's body that a reader sees (all of it but scripts, styles
+    and the head), for a page whose text is all in what the cleaning drops (say, only a <nav>)."""
+    doc, _ = parse_html(html, http_charset)
+    if doc is None:
+        return ""
+    etree.strip_elements(doc, "script", "style", "template", "head", with_tail=False)
+    body = doc.find("body")
+    return blocks_to_text(body if body is not None else doc)
 
 
 def extract_pdf(data: bytes) -> Extracted:

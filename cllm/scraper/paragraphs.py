@@ -10,10 +10,12 @@ introduces good text is good. No stop-word lists: the pages are in any language.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from cllm.scraper.dom import BLOCK_TAGS
 
+_CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
 # jusText's thresholds in characters (its LENGTH_LOW and LENGTH_HIGH, MAX_LINK_DENSITY), and how far
 # a heading may stand before the good text it introduces (its MAX_HEADING_DISTANCE)
@@ -76,6 +78,12 @@ def page_paragraphs(root) -> list[Paragraph]:
     return out
 
 
+def weighed_len(text: str) -> int:
+    """Length in Latin-alphabet characters: a Chinese, Japanese or Korean character counts three (one
+    of them says about as much as a short word), so that the thresholds hold for those scripts too."""
+    return len(text) + 2 * len(_CJK.findall(text))
+
+
 def _nearest(paras: list[Paragraph], i: int, step: int) -> str:
     """The class of the nearest paragraph from i in direction step that is not short ("bad" at the ends)."""
     j = i + step
@@ -90,7 +98,7 @@ def classify(paras: list[Paragraph], context: bool = True) -> list[Paragraph]:
     """Set each paragraph's class: context-free first ("good", "near", "short" or "bad"), then, with
     `context`, revised by its neighbours (jusText) to "good" or "bad"."""
     for p in paras:
-        n = len(p.text)
+        n = weighed_len(p.text)
         if p.link_density > MAX_LINK_DENSITY or "\u00a9" in p.text:
             p.cls = "bad"
         elif n < SHORT:
