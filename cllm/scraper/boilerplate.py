@@ -129,9 +129,9 @@ def strip_junk(doc, protected: set) -> None:
             remove_keeping_tail(el)
 
 
-def clean_block(block) -> None:
+def clean_block(block, by_class: bool = True) -> None:
     """Drop link-heavy or boilerplate-scored containers inside the main block (readability's
-    'conditional cleaning')."""
+    'conditional cleaning'); without `by_class`, by their links only (the fallbacks' lighter cleaning)."""
     for el in list(block.iter("div", "section", "ul", "ol", "table", "dl", "p", "span")):
         if el is block or el.getparent() is None:
             continue
@@ -139,7 +139,7 @@ def clean_block(block) -> None:
         if n == 0:
             continue
         density = link_density(el)
-        weight = class_weight(el)
+        weight = class_weight(el) if by_class else 0
         if el.tag in ("ul", "ol") and density > 0.5:
             remove_keeping_tail(el)
         elif el.tag != "p" and el.tag != "span" and (weight < 0 and n < 500 or density > 0.5 and n < 1000):

@@ -15,7 +15,13 @@ How it works (the ideas of readability and trafilatura, kept small), one module 
    (itemprop=articleBody, <article>, the usual CMS class names), else readability's scoring of
    paragraphs, whose score flows to their parent and grandparent;
 4. boilerplate.py again, inside that block (link-heavy lists), then serialize.py: block by block,
-   one line each, without captions and "Advertisement" lines.
+   one line each, without captions and "Advertisement" lines;
+5. the fallbacks (as trafilatura falls back to readability and jusText), when that block is weak (little
+   prose) or holds a small share of the page's visible text: on a copy of the page cleaned only of what
+   a reader never sees and of distinctive boilerplate names, the marked-up body, readability's choice
+   and the good paragraphs of a jusText-style classifier (paragraphs.py) compete with the main block by
+   measured quality (prose characters less link-list characters); the whole visible text is the last
+   resort, so that a page with visible text never yields nothing.
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ from cllm.scraper.paragraphs import SHORT, classify, good_text, page_paragraphs,
 from cllm.scraper.readability import main_block, marked_up_body, readability_candidate
 from cllm.scraper.serialize import blocks_to_text
 
-__all__ = ["Extracted", "decode_html", "extract_html", "parse_html", "extract_tree"]
+__all__ = ["Extracted", "decode_html", "extract_html", "parse_html", "extract_tree", "visible_text"]
 
 
 @dataclass(frozen=True)
@@ -105,27 +111,31 @@ def _choose(main_text: str, main_blocks: list, light) -> str:
     weak = prose < MIN_GOOD
     if not weak and len(main_text) >= TRUSTED_SHARE * visible:
         return main_text
-    candidates = [(main_text, prose - junk)]
+    main_q = prose - junk
+    whole = blocks_to_text(body)  # before the candidates' cleaning changes the tree
     marked = marked_up_body(light)
     if marked:
         for block in marked:
-            clean_block(block)
-        candidates.append((blocks_to_text(marked), _net(marked)))
+            clean_block(block, by_class=False)
+        others = [(blocks_to_text(marked), _net(marked))]
+    else:
+        others = []
     if weak or not marked:
         blocks = readability_candidate(body)
         for block in blocks:
-            clean_block(block)
-        candidates.append((blocks_to_text(blocks), _net(blocks)))
+            clean_block(block, by_class=False)
+        others.append((blocks_to_text(blocks), _net(blocks)))
     if weak or len(main_text) < TINY_SHARE * visible:
         paras = classify(page_paragraphs(body))
         good = [p for p in paras if p.cls == "good"]
         # its quality counts its good paragraphs that are prose on their own (the short ones got in by context)
-        candidates.append((good_text(good), sum(n for n in map(weighed_len, (p.text for p in good)) if n >= SHORT)))
-    best = max(range(len(candidates)), key=lambda i: (candidates[i][1], -i))
-    # the main block keeps its place unless a fallback has clearly more good text
-    if main_text and candidates[best][1] < RATIO * candidates[0][1] + MARGIN:
-        best = 0
-    return candidates[best][0] or main_text or blocks_to_text(body)
+        others.append((good_text(good), sum(n for n in map(weighed_len, (p.text for p in good)) if n >= SHORT)))
+    # the best fallback replaces the main block only with clearly more good text
+    if others:
+        text, q = max(others, key=lambda c: c[1])  # the first of equals
+        if not main_text or q >= RATIO * main_q + MARGIN:
+            return text or whole
+    return main_text or whole
 
 
 def _net(root) -> int:
@@ -167,11 +177,11 @@ def extract_html(html: bytes | str, url: str | None = None, http_charset: str | 
         return Extracted("", "", enc)
     title, text = extract_tree(doc)
     if not text:
-        text = _visible_text(html, http_charset)
+        text = visible_text(html, http_charset)
     return Extracted(title, text, enc)
 
 
-def _visible_text(html: bytes | str, http_charset: str | None) -> str:
+def visible_text(html: bytes | str, http_charset: str | None) -> str:
     """The last resort: every line of the page's body that a reader sees (all of it but scripts, styles
     and the head), for a page whose text is all in what the cleaning drops (say, only a <nav>)."""
     doc, _ = parse_html(html, http_charset)

@@ -23,6 +23,10 @@ SHORT = 70
 LONG = 200
 MAX_LINK_DENSITY = 0.2
 MAX_HEADING_DISTANCE = 200
+# jusText calls a middling paragraph good by its share of stop words; without word lists, one of SENTENCE
+# characters or more that ends like a sentence is good on its own too
+SENTENCE = 140
+_STOPS = (".", "!", "?", "\u3002", "\uff01", "\uff1f", "\u2026")
 
 
 @dataclass
@@ -103,7 +107,7 @@ def classify(paras: list[Paragraph], context: bool = True) -> list[Paragraph]:
             p.cls = "bad"
         elif n < SHORT:
             p.cls = "short"
-        elif n < LONG:
+        elif n < LONG and not (n >= SENTENCE and p.text.rstrip("\"'”’)»").endswith(_STOPS)):
             p.cls = "near"
         else:
             p.cls = "good"
