@@ -73,14 +73,15 @@ def _drop_headline(block, titles: str) -> None:
 
 # When the main block is trusted and when the fallbacks compete with it (see _choose): it is weak under
 # MIN_GOOD characters of prose (an over-cleaned or wrong block: about three short paragraphs); it is
-# trusted when not weak and holding TRUSTED_SHARE of the page's visible text; under TINY_SHARE the
-# jusText-style candidate competes too (a story's chapter beside a long author's note). A fallback
-# replaces the main block only with RATIO times its quality plus MARGIN characters.
+# trusted when not weak and holding TRUSTED_SHARE of the page's visible text. A fallback replaces it
+# only with RATIO times its quality plus MARGIN characters; the jusText-style paragraphs, which take
+# prose from anywhere on the page (comments, teasers), replace a block that is not weak only with
+# JUSTEXT_RATIO times its quality (a story's chapter beside a long author's note; an article in pieces).
 MIN_GOOD = 500
 TRUSTED_SHARE = 0.6
-TINY_SHARE = 0.1
 RATIO = 1.5
 MARGIN = 100
+JUSTEXT_RATIO = 3
 
 
 def _quality(root) -> tuple[int, int]:
@@ -125,11 +126,12 @@ def _choose(main_text: str, main_blocks: list, light) -> str:
         for block in blocks:
             clean_block(block, by_class=False)
         others.append((blocks_to_text(blocks), _net(blocks)))
-    if weak or len(main_text) < TINY_SHARE * visible:
-        paras = classify(page_paragraphs(body))
-        good = [p for p in paras if p.cls == "good"]
-        # its quality counts its good paragraphs that are prose on their own (the short ones got in by context)
-        others.append((good_text(good), sum(n for n in map(weighed_len, (p.text for p in good)) if n >= SHORT)))
+    paras = classify(page_paragraphs(body))
+    good = [p for p in paras if p.cls == "good"]
+    # its quality counts its good paragraphs that are prose on their own (the short ones got in by context)
+    q_good = sum(n for n in map(weighed_len, (p.text for p in good)) if n >= SHORT)
+    if weak or q_good >= JUSTEXT_RATIO * main_q:
+        others.append((good_text(good), q_good))
     # the best fallback replaces the main block only with clearly more good text
     if others:
         text, q = max(others, key=lambda c: c[1])  # the first of equals
