@@ -113,7 +113,7 @@ def _choose(main_text: str, main_blocks: list, light) -> str:
     if not weak and len(main_text) >= TRUSTED_SHARE * visible:
         return main_text
     main_q = prose - junk
-    whole = blocks_to_text(body)  # before the candidates' cleaning changes the tree
+    whole = blocks_to_text(body)  # the last resort, taken before the candidates' cleaning changes the tree
     marked = marked_up_body(light)
     if marked:
         for block in marked:

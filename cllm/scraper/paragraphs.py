@@ -88,14 +88,21 @@ def weighed_len(text: str) -> int:
     return len(text) + 2 * len(_CJK.findall(text))
 
 
-def _nearest(paras: list[Paragraph], i: int, step: int) -> str:
-    """The class of the nearest paragraph from i in direction step that is not short ("bad" at the ends)."""
-    j = i + step
-    while 0 <= j < len(paras):
-        if paras[j].cls != "short":
-            return "good" if paras[j].cls == "good" else "bad"
-        j += step
-    return "bad"
+def _neighbours(paras: list[Paragraph]) -> tuple[list[str], list[str]]:
+    """For each paragraph, the class of the nearest paragraph before and after it that is not short:
+    "good", else "bad" (a near-good one, or the page's edge). Two passes: linear in the paragraphs."""
+    before, after = [], []
+    last = "bad"
+    for p in paras:
+        before.append(last)
+        if p.cls != "short":
+            last = "good" if p.cls == "good" else "bad"
+    last = "bad"
+    for p in reversed(paras):
+        after.append(last)
+        if p.cls != "short":
+            last = "good" if p.cls == "good" else "bad"
+    return before, after[::-1]
 
 
 def classify(paras: list[Paragraph], context: bool = True) -> list[Paragraph]:
@@ -113,32 +120,29 @@ def classify(paras: list[Paragraph], context: bool = True) -> list[Paragraph]:
             p.cls = "good"
     if not context:
         return paras
-    # a short paragraph between good text (both nearest non-short neighbours good) is good; between
-    # a good and a near one too (jusText's rule), else bad
-    revised = []
-    for i, p in enumerate(paras):
-        if p.cls != "short":
-            revised.append(p.cls)
-            continue
-        before, after = _nearest(paras, i, -1), _nearest(paras, i, 1)
-        revised.append("good" if before == after == "good" else "bad")
+    # a short paragraph between good text (both nearest non-short neighbours good) is good, else bad;
     # a near-good paragraph next to good text is good
-    for i, p in enumerate(paras):
-        if p.cls == "near":
-            revised[i] = "good" if "good" in (_nearest(paras, i, -1), _nearest(paras, i, 1)) else "bad"
+    before, after = _neighbours(paras)
+    revised = []
+    for p, b, a in zip(paras, before, after):
+        if p.cls == "short":
+            revised.append("good" if b == a == "good" else "bad")
+        elif p.cls == "near":
+            revised.append("good" if "good" in (b, a) else "bad")
+        else:
+            revised.append(p.cls)
     for p, cls in zip(paras, revised):
         p.cls = cls
     # a heading is good when good text follows within MAX_HEADING_DISTANCE characters
     for i, p in enumerate(paras):
         if p.heading and p.cls != "good" and p.link_density <= MAX_LINK_DENSITY:
-            distance = 0
-            for q in paras[i + 1:]:
-                if q.cls == "good":
+            distance, j = 0, i + 1
+            while j < len(paras) and distance <= MAX_HEADING_DISTANCE:
+                if paras[j].cls == "good":
                     p.cls = "good"
                     break
-                distance += len(q.text)
-                if distance > MAX_HEADING_DISTANCE:
-                    break
+                distance += len(paras[j].text)
+                j += 1
     return paras
 
 
