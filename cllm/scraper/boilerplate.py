@@ -3,6 +3,7 @@ whose class/id names boilerplate (cookie banners, share bars, comments ...), and
 block, link-heavy containers (readability's "conditional cleaning")."""
 from __future__ import annotations
 
+import functools
 import re
 
 from lxml import etree
@@ -49,10 +50,21 @@ _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
 _WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 
 
+# Pages repeat their class names many times, and sites share them (CMS themes): the verdicts are cached.
+@functools.lru_cache(maxsize=16384)
 def _unlikely(ci: str) -> bool:
+    """Named like boilerplate by a stem or a whole word, and not like a content candidate."""
+    if _MAYBE_CANDIDATE.search(ci):
+        return False
     if _UNLIKELY_STEMS.search(ci):
         return True
     return any(w.lower() in _UNLIKELY_WORDS for w in _WORDS.findall(ci))
+
+
+@functools.lru_cache(maxsize=16384)
+def _unlikely_stem(ci: str) -> bool:
+    """Named like boilerplate by a distinctive stem, and not like a content candidate."""
+    return bool(_UNLIKELY_STEMS.search(ci)) and not _MAYBE_CANDIDATE.search(ci)
 
 
 def class_weight(el) -> int:
@@ -103,8 +115,7 @@ def strip_hidden(doc) -> None:
         if el.getparent() is None or el.tag in ("html", "body"):
             continue
         ci = class_id(el)
-        if _hidden_or_chrome(el) or (ci.strip() and el.tag != "a" and _UNLIKELY_STEMS.search(ci)
-                                     and not _MAYBE_CANDIDATE.search(ci)):
+        if _hidden_or_chrome(el) or (ci.strip() and el.tag != "a" and _unlikely_stem(ci)):
             remove_keeping_tail(el)
 
 
@@ -124,7 +135,7 @@ def strip_junk(doc, protected: set) -> None:
             remove_keeping_tail(el)
             continue
         ci = class_id(el)
-        if (ci.strip() and el.tag != "a" and _unlikely(ci) and not _MAYBE_CANDIDATE.search(ci)
+        if (ci.strip() and el.tag != "a" and _unlikely(ci)
                 and text_len(el) < half_page):
             remove_keeping_tail(el)
 
