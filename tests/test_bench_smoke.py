@@ -16,7 +16,8 @@ import pytest
 from train_helpers import ROOT
 
 BENCH = ROOT / "bench"
-HELPERS = {"common"}  # bench/common.py is shared code, not a benchmark
+# bench/common.py is shared code and bench/fetch_extraction_sets.py a download, not benchmarks
+HELPERS = {"common", "fetch_extraction_sets"}
 
 
 def run_smoke(script: str) -> dict:
@@ -158,15 +159,19 @@ def check_tokenizer(out):
 
 
 def check_extraction(out):
-    sides = ["cllm", "plain_lxml_body"] + (["trafilatura"] if ran(out, "trafilatura") else [])
-    for side in sides:
-        s = out[side]
-        assert all(0 <= s[k] <= 1 for k in ("precision", "recall", "f1", "accuracy")), s
-        if s["precision"] + s["recall"]:
-            assert s["f1"] == pytest.approx(2 * s["precision"] * s["recall"] / (s["precision"] + s["recall"]),
-                                            abs=2e-4)
-    # the generated pages' navigation, related links and footer are boilerplate CLLM must drop
-    assert out["cllm"]["f1"] > out["plain_lxml_body"]["f1"] and out["cllm"]["precision"] > 0.9
+    # every set's reader ran on generated pages in that set's own layout
+    assert set(out["sets"]) == {"scrapinghub", "trafilatura", "readability"}
+    for name, row in out["sets"].items():
+        assert row["pages"] == 6 and row["metric"] == ("snippets" if name == "trafilatura" else "shingles")
+        sides = ["cllm", "plain_lxml_body"] + (["trafilatura"] if ran(out, "trafilatura") else [])
+        for side in sides:
+            s = row[side]
+            assert all(0 <= s[k] <= 1 for k in ("precision", "recall", "f1", "accuracy")), (name, s)
+            if s["precision"] + s["recall"]:
+                assert s["f1"] == pytest.approx(2 * s["precision"] * s["recall"] / (s["precision"] + s["recall"]),
+                                                abs=2e-4)
+        # the generated pages' navigation, related links and footer are boilerplate CLLM must drop
+        assert row["cllm"]["f1"] > row["plain_lxml_body"]["f1"] and row["cllm"]["precision"] > 0.9, (name, row)
 
 
 def check_nanogpt_reference(out):

@@ -3,6 +3,7 @@ whose class/id names boilerplate (cookie banners, share bars, comments ...), and
 block, link-heavy containers (readability's "conditional cleaning")."""
 from __future__ import annotations
 
+import functools
 import re
 
 from lxml import etree
@@ -49,10 +50,21 @@ _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
 _WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 
 
+# Pages repeat their class names many times, and sites share them (CMS themes): the verdicts are cached.
+@functools.lru_cache(maxsize=16384)
 def _unlikely(ci: str) -> bool:
+    """Named like boilerplate by a stem or a whole word, and not like a content candidate."""
+    if _MAYBE_CANDIDATE.search(ci):
+        return False
     if _UNLIKELY_STEMS.search(ci):
         return True
     return any(w.lower() in _UNLIKELY_WORDS for w in _WORDS.findall(ci))
+
+
+@functools.lru_cache(maxsize=16384)
+def _unlikely_stem(ci: str) -> bool:
+    """Named like boilerplate by a distinctive stem, and not like a content candidate."""
+    return bool(_UNLIKELY_STEMS.search(ci)) and not _MAYBE_CANDIDATE.search(ci)
 
 
 def class_weight(el) -> int:
@@ -66,8 +78,25 @@ def class_weight(el) -> int:
     return weight
 
 
+# Page-chrome elements that lose their tag, not their content, when they hold most of the page's
+# text: an unclosed <nav> or <aside> that swallowed the article (the parser closes it at </body>).
+_CHROME_TAGS = ("nav", "aside", "footer", "menu", "dialog", "label", "button", "figure")
+# A <noscript> holding at least this much text is the page's content for readers without JavaScript
+# (sites that render their articles with scripts), not a "please enable JavaScript" notice.
+NOSCRIPT_CONTENT = 500
+
+
 def drop_never_text(doc) -> None:
     """Remove the elements whose content is never prose (DROP_TAGS), text after them kept."""
+    body = doc.find("body")
+    for el in doc.iter("noscript"):
+        if text_len(el) >= NOSCRIPT_CONTENT:
+            el.tag = "div"
+    if body is not None:
+        swallowing = 0.5 * text_len(body)
+        for el in list(body.iter(*_CHROME_TAGS)):
+            if swallowing and text_len(el) > swallowing:
+                el.tag = "div"
     etree.strip_elements(doc, *DROP_TAGS, with_tail=False)
 
 
@@ -75,6 +104,19 @@ def _hidden_or_chrome(el) -> bool:
     return (el.get("hidden") is not None or el.get("aria-hidden") == "true"
             or (el.get("role") or "").lower() in _DROP_ROLES
             or bool(_HIDDEN_STYLE.search(el.get("style") or "")))
+
+
+def strip_hidden(doc) -> None:
+    """The light cleaning that the fallbacks (cllm/scraper/extract.py) start from: remove hidden
+    elements, page chrome by ARIA role and blocks named by a distinctive boilerplate stem (comments,
+    cookies, share bars ...), but not those named only by a short word ("widget", "tag", "hidden",
+    "ads"), which also name the containers of whole articles on some sites."""
+    for el in list(doc.iter(etree.Element)):
+        if el.getparent() is None or el.tag in ("html", "body"):
+            continue
+        ci = class_id(el)
+        if _hidden_or_chrome(el) or (ci.strip() and el.tag != "a" and _unlikely_stem(ci)):
+            remove_keeping_tail(el)
 
 
 def strip_junk(doc, protected: set) -> None:
@@ -93,14 +135,14 @@ def strip_junk(doc, protected: set) -> None:
             remove_keeping_tail(el)
             continue
         ci = class_id(el)
-        if (ci.strip() and el.tag != "a" and _unlikely(ci) and not _MAYBE_CANDIDATE.search(ci)
+        if (ci.strip() and el.tag != "a" and _unlikely(ci)
                 and text_len(el) < half_page):
             remove_keeping_tail(el)
 
 
-def clean_block(block) -> None:
+def clean_block(block, by_class: bool = True) -> None:
     """Drop link-heavy or boilerplate-scored containers inside the main block (readability's
-    'conditional cleaning')."""
+    'conditional cleaning'); without `by_class`, by their links only (the fallbacks' lighter cleaning)."""
     for el in list(block.iter("div", "section", "ul", "ol", "table", "dl", "p", "span")):
         if el is block or el.getparent() is None:
             continue
@@ -108,7 +150,7 @@ def clean_block(block) -> None:
         if n == 0:
             continue
         density = link_density(el)
-        weight = class_weight(el)
+        weight = class_weight(el) if by_class else 0
         if el.tag in ("ul", "ol") and density > 0.5:
             remove_keeping_tail(el)
         elif el.tag != "p" and el.tag != "span" and (weight < 0 and n < 500 or density > 0.5 and n < 1000):

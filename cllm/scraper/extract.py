@@ -15,21 +15,31 @@ How it works (the ideas of readability and trafilatura, kept small), one module 
    (itemprop=articleBody, <article>, the usual CMS class names), else readability's scoring of
    paragraphs, whose score flows to their parent and grandparent;
 4. boilerplate.py again, inside that block (link-heavy lists), then serialize.py: block by block,
-   one line each, without captions and "Advertisement" lines.
+   one line each, without captions and "Advertisement" lines;
+5. the fallbacks (as trafilatura falls back to readability and jusText), when that block is weak (little
+   prose) or holds a small share of the page's visible text: on a copy of the page cleaned only of what
+   a reader never sees and of distinctive boilerplate names, the marked-up body, readability's choice
+   and the good paragraphs of a jusText-style classifier (paragraphs.py) compete with the main block by
+   measured quality (prose characters less link-list characters); the whole visible text is the last
+   resort, so that a page with visible text never yields nothing.
 """
 from __future__ import annotations
 
+import copy
 import io
 from dataclasses import dataclass
 
+from lxml import etree
+
 from cllm.errors import MissingDependencyError
-from cllm.scraper.boilerplate import clean_block, drop_never_text, strip_junk
+from cllm.scraper.boilerplate import clean_block, drop_never_text, strip_hidden, strip_junk
 from cllm.scraper.charset import decode_html
-from cllm.scraper.dom import parse_html, remove_keeping_tail
-from cllm.scraper.readability import main_block, marked_up_body
+from cllm.scraper.dom import parse_html, remove_keeping_tail, text_len
+from cllm.scraper.paragraphs import SHORT, classify, good_text, page_paragraphs, weighed_len
+from cllm.scraper.readability import main_block, marked_up_body, readability_candidate
 from cllm.scraper.serialize import blocks_to_text
 
-__all__ = ["Extracted", "decode_html", "extract_html", "parse_html", "extract_tree"]
+__all__ = ["Extracted", "decode_html", "extract_html", "parse_html", "extract_tree", "visible_text"]
 
 
 @dataclass(frozen=True)
@@ -61,11 +71,90 @@ def _drop_headline(block, titles: str) -> None:
             remove_keeping_tail(h)
 
 
+# When the main block is trusted and when the fallbacks compete with it (see _choose): it is weak under
+# MIN_GOOD characters of prose (an over-cleaned or wrong block: about three short paragraphs); it is
+# trusted when not weak and holding TRUSTED_SHARE of the page's visible text. A fallback replaces it
+# only with RATIO times its quality plus MARGIN characters; the jusText-style paragraphs, which take
+# prose from anywhere on the page (comments, teasers), replace a block that is not weak only with
+# JUSTEXT_RATIO times its quality (a story's chapter beside a long author's note; an article in pieces).
+MIN_GOOD = 500
+TRUSTED_SHARE = 0.6
+RATIO = 1.5
+MARGIN = 100
+JUSTEXT_RATIO = 3
+
+
+def _quality(root) -> tuple[int, int]:
+    """Measured quality of a candidate (an element or a list of them): (prose, junk) characters: its
+    paragraphs of 70 characters or more with few links (paragraphs.py's context-free classes), and its
+    link lists and copyright lines. Short lines count as neither."""
+    prose = junk = 0
+    for p in classify(page_paragraphs(root), context=False):
+        if p.cls in ("good", "near"):
+            prose += weighed_len(p.text)
+        elif p.cls == "bad":
+            junk += weighed_len(p.text)
+    return prose, junk
+
+
+def _choose(main_text: str, main_blocks: list, light) -> str:
+    """The main block's text, unless it is weak (little prose) or holds little of the page's visible
+    text and a fallback measures better: the marked-up article body or readability's choice after a
+    lighter cleaning (the class-name cleaning can strip a whole page whose containers have unlucky
+    names), or the jusText-style good paragraphs (forums, shops, recipes). The whole visible text is the
+    last resort: a page with visible text never yields nothing."""
+    body = light.find("body")
+    body = light if body is None else body
+    visible = text_len(body)
+    if not visible:
+        return main_text
+    prose, junk = _quality(main_blocks) if main_text else (0, 0)
+    weak = prose < MIN_GOOD
+    if not weak and len(main_text) >= TRUSTED_SHARE * visible:
+        return main_text
+    main_q = prose - junk
+    whole = blocks_to_text(body)  # the last resort, taken before the candidates' cleaning changes the tree
+    marked = marked_up_body(light)
+    if marked:
+        for block in marked:
+            clean_block(block, by_class=False)
+        others = [(blocks_to_text(marked), _net(marked))]
+    else:
+        others = []
+    if weak or not marked:
+        blocks = readability_candidate(body)
+        for block in blocks:
+            clean_block(block, by_class=False)
+        others.append((blocks_to_text(blocks), _net(blocks)))
+    paras = classify(page_paragraphs(body))
+    good = [p for p in paras if p.cls == "good"]
+    # its quality counts its good paragraphs that are prose on their own (the short ones got in by context)
+    q_good = sum(n for n in map(weighed_len, (p.text for p in good)) if n >= SHORT)
+    if weak or q_good >= JUSTEXT_RATIO * main_q:
+        others.append((good_text(good), q_good))
+    # the best fallback replaces the main block only with clearly more good text
+    if others:
+        text, q = max(others, key=lambda c: c[1])  # the first of equals
+        if not main_text or q >= RATIO * main_q + MARGIN:
+            return text or whole
+    return main_text or whole
+
+
+def _net(root) -> int:
+    prose, junk = _quality(root)
+    return prose - junk
+
+
 def extract_tree(doc) -> tuple[str, str]:
     """(title, text) of a parsed document. Mutates the tree (removes boilerplate)."""
     title = _title(doc)
     titles = " ".join([title] + [" ".join(t.split()) for t in doc.xpath('//meta[@property="og:title"]/@content')])
     drop_never_text(doc)
+    light = copy.deepcopy(doc)  # for the fallbacks: only what a reader never sees is removed from it
+    strip_hidden(light)
+    for h in light.iter("h1"):  # the headline is the title (see _drop_headline)
+        if " ".join(h.text_content().split()) in titles:
+            h.drop_tree()
     marked = marked_up_body(doc)
     protected = set(marked)
     for el in marked:
@@ -75,7 +164,7 @@ def extract_tree(doc) -> tuple[str, str]:
     for block in blocks:
         clean_block(block)
         _drop_headline(block, titles)
-    return title, blocks_to_text(blocks)
+    return title, _choose(blocks_to_text(blocks), blocks, light)
 
 
 def extract_html(html: bytes | str, url: str | None = None, http_charset: str | None = None) -> Extracted:
@@ -89,7 +178,20 @@ def extract_html(html: bytes | str, url: str | None = None, http_charset: str | 
     if doc is None:
         return Extracted("", "", enc)
     title, text = extract_tree(doc)
+    if not text:
+        text = visible_text(html, http_charset)
     return Extracted(title, text, enc)
+
+
+def visible_text(html: bytes | str, http_charset: str | None) -> str:
+    """The last resort: every line of the page's body that a reader sees (all of it but scripts, styles
+    and the head), for a page whose text is all in what the cleaning drops (say, only a <nav>)."""
+    doc, _ = parse_html(html, http_charset)
+    if doc is None:
+        return ""
+    etree.strip_elements(doc, "script", "style", "template", "head", with_tail=False)
+    body = doc.find("body")
+    return blocks_to_text(body if body is not None else doc)
 
 
 def extract_pdf(data: bytes) -> Extracted:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from cllm.scraper.dom import parse_html
-from cllm.scraper.extract import extract_pdf, extract_tree
+from cllm.scraper.extract import extract_pdf, extract_tree, visible_text
 from cllm.scraper.urls import extract_links, page_meta_robots
 
 
@@ -28,4 +28,5 @@ def read_page(body: bytes, charset: str | None, final_url: str, is_pdf: bool) ->
     links, nofollow = extract_links(doc, final_url)  # before extraction prunes the tree
     noindex = bool({"noindex", "none"} & page_meta_robots(doc))
     title, text = extract_tree(doc)
+    text = text or visible_text(body, charset)  # a page with visible text never yields nothing
     return PageContent(title, text, links, nofollow, noindex)
