@@ -11,9 +11,9 @@ rows per task in train.jsonl and --held-out per task in held_out.jsonl, each tas
 phrasings. The tasks:
     add       two numbers of 10..99:             "What is 37+48?" -> "85"
     compare   the larger of two numbers 10..99:   "Which is larger, 37 or 48?" -> "48"
-    reverse   a word backwards:                   "Reverse the word 'night'." -> "thgin"
-    spell     a word letter by letter:            "Spell 'night' letter by letter." -> "n-i-g-h-t"
-    count     a letter's occurrences in a word:   "How many times does 'e' occur in 'cheese'?" -> "3"
+    reverse   a word backwards:                   "Reverse 'night'." -> "thgin"
+    spell     a word letter by letter:            "Spell 'night'." -> "n-i-g-h-t"
+    count     a letter's occurrences in a word:   "How many 'e' in 'cheese'?" -> "3"
 The words are data/tinyshakespeare.txt's lowercase words of 3 to 8 letters; the number pairs are the unordered
 pairs of distinct numbers 10..99. A seeded shuffle reserves --held-out words and --held-out number pairs for
 the held-out split: no held-out word appears in any train row, and no held-out pair in either order, so every
@@ -53,13 +53,12 @@ from cllm.errors import CLLMError  # noqa: E402
 CORPUS = os.path.join(ROOT, "data", "tinyshakespeare.txt")
 NUMBERS = range(10, 100)
 TASKS = ("add", "compare", "reverse", "spell", "count")
-PHRASINGS = {
-    "add": ["What is {a}+{b}?", "Add {a} and {b}.", "Compute {a} + {b}."],
-    "compare": ["Which is larger, {a} or {b}?", "Which number is bigger: {a} or {b}?", "Larger of {a} and {b}?"],
-    "reverse": ["Reverse the word '{w}'.", "Write '{w}' backwards.", "What is '{w}' reversed?"],
-    "spell": ["Spell '{w}' letter by letter.", "Spell the word '{w}'.", "How do you spell '{w}'?"],
-    "count": ["How many times does '{c}' occur in '{w}'?", "Count the letter '{c}' in '{w}'.",
-              "How many '{c}' are in '{w}'?"],
+PHRASINGS = {  # short: a window holds one whole conversation, so the longest one sets --seq-len
+    "add": ["What is {a}+{b}?", "{a} + {b} = ?", "Add {a} and {b}."],
+    "compare": ["Which is larger, {a} or {b}?", "Max of {a} and {b}?", "Bigger: {a} or {b}?"],
+    "reverse": ["Reverse '{w}'.", "Write '{w}' backwards.", "'{w}' reversed?"],
+    "spell": ["Spell '{w}'.", "Spell out '{w}'.", "Letters of '{w}'?"],
+    "count": ["Count '{c}' in '{w}'.", "How many '{c}' in '{w}'?", "Number of '{c}' in '{w}'?"],
 }
 
 
