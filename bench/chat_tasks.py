@@ -1,6 +1,6 @@
 """Tasks with checkable answers as conversations, and their exact-match score through a chat model.
 
-    python bench/chat_tasks.py make OUT_DIR [--seed 0] [--train 4000] [--held-out 300]
+    python bench/chat_tasks.py make OUT_DIR [--seed 0] [--train 4000] [--held-out 300] [--max-letters 6]
     python bench/chat_tasks.py score OUT_DIR/held_out.jsonl --url http://127.0.0.1:8000 [--model NAME]
     python bench/chat_tasks.py score OUT_DIR/held_out.jsonl --checkpoint CHECKPOINT
     python bench/chat_tasks.py --smoke
@@ -14,11 +14,11 @@ phrasings. The tasks:
     reverse   a word backwards:                   "Reverse 'night'." -> "thgin"
     spell     a word letter by letter:            "Spell 'night'." -> "n-i-g-h-t"
     count     a letter's occurrences in a word:   "How many 'e' in 'cheese'?" -> "3"
-The words are data/tinyshakespeare.txt's lowercase words of 3 to 8 letters; the number pairs are the unordered
-pairs of distinct numbers 10..99. A seeded shuffle reserves --held-out words and --held-out number pairs for
-the held-out split: no held-out word appears in any train row, and no held-out pair in either order, so every
-held-out prompt's input is unseen in training (the train rows draw from the rest, with repeats when
---train is larger than the rest).
+The words are data/tinyshakespeare.txt's lowercase words of 3 to --max-letters (6) letters; the number
+pairs are the unordered pairs of distinct numbers 10..99. A seeded shuffle reserves --held-out words and
+--held-out number pairs for the held-out split: no held-out word appears in any train row, and no held-out
+pair in either order, so every held-out prompt's input is unseen in training (the train rows draw from the
+rest, with repeats when --train is larger than the rest).
 
 `score` asks the model each held-out user turn, greedily (temperature 0), and counts exact matches per task:
 answer and reference compared after normalize() (surrounding whitespace dropped, inner runs of whitespace
@@ -77,10 +77,10 @@ def answer(task: str, inp: tuple) -> str:
     raise ValueError(f"unknown task {task!r}")
 
 
-def corpus_words(path: str = CORPUS) -> list[str]:
-    """The distinct lowercase words of 3 to 8 letters in the corpus, sorted."""
+def corpus_words(max_letters: int = 6, path: str = CORPUS) -> list[str]:
+    """The distinct lowercase words of 3 to max_letters letters in the corpus, sorted."""
     with open(path, encoding="utf-8") as f:
-        return sorted(set(re.findall(r"\b[a-z]{3,8}\b", f.read())))
+        return sorted(set(re.findall(r"\b[a-z]{3,%d}\b" % max_letters, f.read())))
 
 
 def split_inputs(seed: int, held_out: int, words: list[str]) -> dict:
@@ -122,9 +122,11 @@ def prompt(task: str, inp: tuple, rng: random.Random) -> str:
     return rng.choice(PHRASINGS[task]).format(**fields)
 
 
-def make_rows(seed: int, n_train: int, n_held_out: int, words: list[str] | None = None) -> dict[str, list[dict]]:
-    """{"train": rows, "held_out": rows} (the module doc), shuffled, deterministic for a seed."""
-    split = split_inputs(seed, n_held_out, corpus_words() if words is None else words)
+def make_rows(seed: int, n_train: int, n_held_out: int, words: list[str] | None = None,
+              max_letters: int = 6) -> dict[str, list[dict]]:
+    """{"train": rows, "held_out": rows} (the module doc), shuffled, deterministic for a seed; `words` (default:
+    the corpus's of 3 to max_letters letters) are those of the word tasks."""
+    split = split_inputs(seed, n_held_out, corpus_words(max_letters) if words is None else words)
     rng = random.Random(seed + 1)
     out = {}
     for name, n in (("train", n_train), ("held_out", n_held_out)):
@@ -139,8 +141,8 @@ def make_rows(seed: int, n_train: int, n_held_out: int, words: list[str] | None 
     return out
 
 
-def make(out_dir: str, seed: int, n_train: int, n_held_out: int, words=None) -> dict[str, str]:
-    rows = make_rows(seed, n_train, n_held_out, words)
+def make(out_dir: str, seed: int, n_train: int, n_held_out: int, words=None, max_letters: int = 6) -> dict[str, str]:
+    rows = make_rows(seed, n_train, n_held_out, words, max_letters)
     os.makedirs(out_dir, exist_ok=True)
     paths = {}
     for name, split_rows in rows.items():
@@ -269,6 +271,7 @@ def main(argv=None) -> int:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--train", type=int, default=4000, help="train rows per task")
     m.add_argument("--held-out", type=int, default=300, help="held-out rows per task")
+    m.add_argument("--max-letters", type=int, default=6, help="the longest word of the word tasks (3 at least)")
     s = sub.add_parser("score", help="exact match per task of a chat model's replies to held-out rows")
     s.add_argument("held_out", help="held_out.jsonl of `make`")
     how = s.add_mutually_exclusive_group(required=True)
@@ -284,9 +287,10 @@ def main(argv=None) -> int:
     if args.smoke:
         tasks, source = smoke(), "untrained"
     elif args.action == "make":
-        if args.train < 1 or args.held_out < 1:
-            p.error("--train and --held-out must be at least 1")
-        for name, path in make(args.out_dir, args.seed, args.train, args.held_out).items():
+        if args.train < 1 or args.held_out < 1 or args.max_letters < 3:
+            p.error("--train and --held-out must be at least 1, --max-letters at least 3")
+        for name, path in make(args.out_dir, args.seed, args.train, args.held_out,
+                               max_letters=args.max_letters).items():
             print(f"{path}: {args.train if name == 'train' else args.held_out} rows per task, {len(TASKS)} tasks")
         return 0
     elif args.action == "score":
