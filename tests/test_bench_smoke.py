@@ -212,6 +212,12 @@ def check_vision(out):
         assert all(out[k] is None for k in keys)
 
 
+def check_chat_tasks(out):
+    assert set(out["tasks"]) == {"add", "compare", "reverse", "spell", "count"}
+    for t in out["tasks"].values():
+        assert t["n"] == 3 and 0 <= t["correct"] <= t["n"] and t["exact_match"] == round(t["correct"] / t["n"], 4)
+
+
 def check_gqa(out):
     assert out["threads"] >= 1 and set(out["sizes"]) == {"gqa (B,T,NH,NKV,hs)", "decode (B,NH,NKV,hs)", "maxT"}
     if ran(out, "vs_torch"):

@@ -210,7 +210,7 @@ def test_tokenizer_must_carry_chat_tokens(prepared):
     with pytest.raises(TokenizerError, match="no chat tokens"):
         chat_tokenizer(plain, [], None, "gpt4")
     with pytest.raises(TokenizerError, match="--tokenizer bpe"):
-        chat_tokenizer("char", [], None, "gpt4")
+        chat_tokenizer("word", [], None, "gpt4")
 
 
 def test_a_tokenizer_file_with_a_template_encodes_as_it_is(prepared, tmp_path):
@@ -232,8 +232,8 @@ def test_cli_errors(tmp_path):
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "no valid conversation" in r.stderr and f"{bad}:1: not JSON" in r.stderr
     good = write_jsonl(tmp_path / "good.jsonl", [{"messages": c} for c in conversations(4)])
-    r = run_cli("prepare", good, "--out", tmp_path / "o2")  # the default tokenizer, char, has no chat template
-    assert r.returncode != 0 and "Traceback" not in r.stderr and "--tokenizer bpe" in r.stderr
+    r = run_cli("prepare", good, "--out", tmp_path / "o2", "--tokenizer", "word")  # no chat template
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "--tokenizer bpe or char" in r.stderr
     one = write_jsonl(tmp_path / "one.jsonl", [{"messages": c} for c in conversations(1)])
     r = run_cli("prepare", one, "--out", tmp_path / "o3", "--tokenizer", "bpe", "--vocab-size", "270")
     assert r.returncode != 0 and "Traceback" not in r.stderr and "--val-fraction 0" in r.stderr

@@ -193,9 +193,17 @@ def _input_paths(args: list[str]) -> list[str]:
     return [a for a in args if re.match(r"^(data|docs|tests|bench)/", a)]
 
 
+# bench scripts that a document's later commands need the output of, and that take seconds: they run too
+RUN_BENCH = {("bench/chat_tasks.py", "make"): "writes the task conversations that docs/training.md's SFT trains on"}
+
+
 def _runnable(doc: str) -> list[list[str]]:
     out = []
     for words in document_commands(doc):
+        bench = bench_words(words)
+        if bench is not None and tuple(bench[:2]) in RUN_BENCH:
+            out.append(bench)  # the script's path first
+            continue
         args = cli_words(words)
         if args is None or args[0] in PARSE_ONLY_COMMANDS or "mpirun" in words:
             continue
@@ -211,6 +219,11 @@ def test_document_commands_run_in_order(doc, tmp_path):
     for name in ("data", "docs", "cli.py"):
         os.symlink(ROOT / name, work / name)
     for args in _runnable(doc):
+        if args[0].startswith("bench/"):
+            r = subprocess.run([sys.executable, str(ROOT / args[0]), *args[1:]], cwd=work, capture_output=True,
+                               text=True, timeout=300)
+            assert r.returncode == 0, f"{doc}: {' '.join(args)}:\n{r.stderr[-2000:]}"
+            continue
         shown = f"{doc}: cli.py {' '.join(args)}"
         for path in _input_paths(args):
             assert (work / path).exists(), f"{shown}: {path} is not in the clone"

@@ -159,23 +159,25 @@ def read_conversations(path) -> tuple[list[tuple[str, list]], BadRows]:
 
 # ------------------------------------------------------------------------------ the tokenizer
 def chat_tokenizer(tokenizer, conversations, vocab_size, bpe_pattern: str):
-    """The tokenizer the conversations are rendered with: "bpe" trains one on their text and adds ChatML's
-    tokens and template; a tokenizer file or a Tokenizer (--init-from's) must have a chat template."""
-    if isinstance(tokenizer, str) and tokenizer == "bpe":
+    """The tokenizer the conversations are rendered with: "bpe" or "char" trains one on their text and adds
+    ChatML's tokens and template; a tokenizer file or a Tokenizer (--init-from's) must have a chat template."""
+    if isinstance(tokenizer, str) and tokenizer in ("bpe", "char"):
         texts = (m["content"] for _, conv in conversations for m in conv)
-        kw = {"pattern": bpe_pattern, "progress": False}
-        return add_chat_tokens(train_tokenizer("bpe", texts, vocab_size, **kw))
+        kw = {"pattern": bpe_pattern} if tokenizer == "bpe" else {}
+        return add_chat_tokens(train_tokenizer(tokenizer, texts, vocab_size, progress=False, **kw))
     if isinstance(tokenizer, str):
         if not os.path.exists(tokenizer):
-            raise TokenizerError(f"conversations need a tokenizer with a chat template: --tokenizer bpe (trained "
-                                 f"here, with ChatML's tokens) or a tokenizer file that has one, not {tokenizer!r}")
+            raise TokenizerError(f"conversations need a tokenizer with a chat template: --tokenizer bpe or char "
+                                 f"(trained here, with ChatML's tokens) or a tokenizer file that has one, not "
+                                 f"{tokenizer!r}")
         tokenizer = import_tokenizer(tokenizer)
     if getattr(tokenizer, "chat_template", None) is None:
-        if tokenizer.kind == "bpe" and not all(t in (tokenizer.special_tokens or {}) for t in CHATML_TOKENS):
-            raise TokenizerError("this bpe tokenizer has no chat tokens (<|im_start|>, <|im_end|>) and no chat "
-                                 "template; a trained model's embedding cannot grow new tokens here, so fine-tune a "
-                                 "model whose tokenizer has them (prepare its base data with --tokenizer bpe and "
-                                 "add_chat_tokens) or an imported HuggingFace model with a chat template")
+        if tokenizer.kind in ("bpe", "char") and not all(t in (tokenizer.special_tokens or {})
+                                                         for t in CHATML_TOKENS):
+            raise TokenizerError(f"this {tokenizer.kind} tokenizer has no chat tokens (<|im_start|>, <|im_end|>) and "
+                                 "no chat template; a trained model's embedding cannot grow new tokens here, so "
+                                 "fine-tune a model whose tokenizer has them (pretrain it with --chat-tokens) or an "
+                                 "imported HuggingFace model with a chat template")
         raise TokenizerError(f"this {tokenizer.kind} tokenizer has no chat template to render conversations with")
     return tokenizer
 

@@ -15,6 +15,7 @@ empty conversation) is an error.
     ids = apply_chat_template(tokenizer, conv)            # the text's ids, special tokens as single ids
     ids, mask = assistant_mask(tokenizer, conv)           # mask: 1 on what the assistant says (for SFT)
     add_chat_tokens(tokenizer)                            # <|im_start|>, <|im_end|> and CHATML_TEMPLATE
+                                                          # (bpe or char)
 """
 from __future__ import annotations
 
@@ -257,17 +258,25 @@ def assistant_mask(tokenizer, messages) -> tuple[list[int], list[int]]:
     return ids, mask
 
 
+# what a char tokenizer gets before the chat tokens: conversations are typed text, whose digits and symbols a
+# corpus such as data/tinyshakespeare.txt lacks (it has one digit), and a char tokenizer drops what it lacks
+CHAT_CHARS = "\n" + "".join(chr(c) for c in range(32, 127))
+
+
 def add_chat_tokens(tokenizer):
-    """Give a bpe tokenizer trained by CLLM the special tokens <|im_start|> and <|im_end|> (new single ids after
-    its others, never produced by encoding ordinary text) and CHATML_TEMPLATE; returns the tokenizer, changed in
-    place. A tokenizer that already has both tokens as specials only gets the template."""
+    """Give a bpe or char tokenizer trained by CLLM the special tokens <|im_start|> and <|im_end|> (new single ids
+    after its others, never produced by encoding ordinary text) and CHATML_TEMPLATE; returns the tokenizer, changed
+    in place. A char tokenizer first gets the characters of CHAT_CHARS it lacks (new ids after its own, so its
+    ids keep their meaning). A tokenizer that already has both tokens as specials only gets the template."""
     if not all(t in _special_ids(tokenizer) for t in CHATML_TOKENS):
-        if tokenizer.kind in ("char", "word"):
-            raise ChatTemplateError(f"a {tokenizer.kind} tokenizer has no single-id special tokens for a chat "
-                                    "template; use a bpe tokenizer (cli.py tokenizer train DATA --kind bpe)")
-        if tokenizer.kind != "bpe":
+        if tokenizer.kind == "word":
+            raise ChatTemplateError("a word tokenizer has no single-id special tokens for a chat template; use a "
+                                    "char or bpe tokenizer (--tokenizer char or bpe)")
+        if tokenizer.kind not in ("bpe", "char"):
             raise ChatTemplateError(f"an imported {tokenizer.kind} tokenizer keeps the special tokens of its file, "
                                     f"which has no {' and '.join(CHATML_TOKENS)}; use its own chat template")
+        if tokenizer.kind == "char":
+            tokenizer.add_chars(CHAT_CHARS)
         tokenizer.register_special_tokens(CHATML_TOKENS)
     tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer

@@ -27,7 +27,7 @@ def main(data: str | None = None, *, out: str | None = None, **options):
                         "or a directory)")
     if out is None:
         opts = PrepareOptions(**options)  # the flags typed, the defaults for the others
-        out = _default_out(data, opts.tokenizer, opts.vocab_size)
+        out = _default_out(data, opts.tokenizer, opts.vocab_size) + ("-chat" if opts.chat_tokens else "")
     with warnings.catch_warnings():
         warnings.simplefilter("always")  # shown as one line each by cllm/commands/__init__.py
         ds = prepare_dataset(str(data), str(out), **options)

@@ -37,6 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cllm import kinds
+from cllm.chat.template import CHATML_TOKENS, add_chat_tokens
 from cllm.config import option
 from cllm.data.clean import options_of
 from cllm.data.corpus import CorpusOptions, corpus_at
@@ -75,6 +76,9 @@ class PrepareOptions(FilterOptions, CorpusOptions):
                                           + ", char every character)")
     val_fraction: float = option(0.1, "share of the data held out for validation (0 <= f < 1)")
     bpe_pattern: str = option("gpt4", "gpt4 or gpt2 pre-split (or a regex)")
+    chat_tokens: bool = option(False, "char or bpe trained here: add ChatML's <|im_start|> and <|im_end|> as single "
+                                      "ids and its chat template, so the model can be fine-tuned on conversations "
+                                      "later (char also gets every printable ASCII character)")
     llmc: bool = option(False, "also write llm.c token files train_llmc.bin / val_llmc.bin")
     force: bool = option(False, "rebuild even when a cached result matches")
     image_size: int | None = option(
@@ -215,6 +219,9 @@ def prepare_text_dataset(data_path, out_dir, opts: PrepareOptions) -> PreparedDa
     given, tokenizer = _resolve_tokenizer(tokenizer, vocab_size, val_fraction)
     corpus = corpus_at(data_path, opts)
     options = _dataset_options(corpus, tokenizer, given, vocab_size, val_fraction, opts.bpe_pattern)
+    if opts.chat_tokens:  # only when set: the cache keys of datasets without it stay as they were
+        _check_chat_tokens(given, tokenizer)
+        options["chat_tokens"] = True
     key = _hash_inputs(corpus, options) if corpus.files else ""
     out_dir = os.fspath(out_dir)
     if not opts.force and corpus.files:
@@ -228,6 +235,8 @@ def prepare_text_dataset(data_path, out_dir, opts: PrepareOptions) -> PreparedDa
     meta_path = _claim_output_dir(out_dir)
     t0 = time.perf_counter()
     tok = _train_pass(corpus, tokenizer, given, vocab_size, opts.bpe_pattern, progress)
+    if opts.chat_tokens and given is None:
+        add_chat_tokens(tok)  # after training: the two ids (and char's extra characters) follow the corpus's
     stats, lengths = corpus.stats, corpus.doc_lengths  # pass 1's (pass 2 makes new ones)
     if corpus.filters is not None and corpus.filters.enabled:  # else the dataset's files are as before
         _write_filter_report(corpus.filters, out_dir)
@@ -268,6 +277,19 @@ def _resolve_tokenizer(tokenizer, vocab_size, val_fraction) -> tuple[object | No
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
         raise DataError(f"val fraction must be a number in [0, 1), got {val_fraction!r}; e.g. --val-fraction 0.1")
     return given, tokenizer
+
+
+def _check_chat_tokens(given, tokenizer: str) -> None:
+    """--chat-tokens gives the chat tokens to a tokenizer trained here; a given one (a file, --init-from's) must
+    have them already, as a trained model's embedding cannot grow."""
+    if given is not None:
+        if not all(t in (getattr(given, "special_tokens", None) or {}) for t in CHATML_TOKENS):
+            raise TokenizerError("--chat-tokens adds the chat tokens to a tokenizer trained here; the given "
+                                 f"{given.kind} tokenizer lacks {' and '.join(CHATML_TOKENS)}, so use --tokenizer "
+                                 "char or bpe with --chat-tokens instead")
+    elif tokenizer not in ("char", "bpe"):
+        raise TokenizerError(f"--chat-tokens needs --tokenizer char or bpe (a {tokenizer} tokenizer has no single-id "
+                             "special tokens for a chat template)")
 
 
 def _dataset_options(corpus, tokenizer: str, given, vocab_size, val_fraction, bpe_pattern) -> dict:

@@ -41,6 +41,7 @@ class TrainConfig:
     data: str = option(DEFAULT_DATA, "a text file, a directory, a prepared dataset or a crawl's output")
     tokenizer: str = prepare_field("tokenizer")
     vocab_size: int | None = prepare_field("vocab_size")
+    chat_tokens: bool = prepare_field("chat_tokens")
     embed_dim: int | None = option(None, "C, the model's width", shown=MODEL_DEFAULTS["embed_dim"])
     num_layers: int | None = option(None, "L, transformer blocks", shown=MODEL_DEFAULTS["num_layers"])
     num_heads: int | None = option(
