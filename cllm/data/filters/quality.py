@@ -216,9 +216,15 @@ class PageStats:
         if self._python(j):
             return doc, removed, c4_page_rule(doc, s)
         a, z = self.line_base[j], self.line_base[j + 1]
-        kept = self.line_rule[a:z] == 0
-        flags = self.line_flags[a:z][kept]
-        if (flags & F_LOREM).any():
+        if (self.line_flags[a:z][self.line_rule[a:z] == 0] & F_LOREM).any():
             return doc, removed, "c4_lorem_ipsum"
-        sentences = int(self.line_marks[a:z][kept].sum()) + int(np.count_nonzero(flags & F_NONBLANK))
-        return doc, removed, "c4_min_sentences" if sentences < s.c4_min_sentences else None
+        return doc, removed, "c4_min_sentences" if self.sentences(j) < s.c4_min_sentences else None
+
+    def sentences(self, j: int) -> int | None:
+        """count_sentences of document j after C4's line rules, or None where Python's rules decide them: the
+        marks of the kept lines (no mark holds a newline) and the kept non-blank lines."""
+        if self._python(j):
+            return None
+        a, z = self.line_base[j], self.line_base[j + 1]
+        kept = self.line_rule[a:z] == 0
+        return int(self.line_marks[a:z][kept].sum()) + int(np.count_nonzero(self.line_flags[a:z][kept] & F_NONBLANK))
