@@ -16,22 +16,24 @@ from itertools import compress
 import numpy as np
 
 from cllm.data.filters.textstats import (
-    F_LOREM,
-    F_NONBLANK,
-    LINE_FALLBACK,
     NSTATS,
     S_BULLETS,
+    S_C4_LOREM,
+    S_C4_REMOVED,
+    S_C4_SENTENCES,
     S_CHARS,
     S_DISTINCT,
     S_ELLIPSES,
     S_LETTER,
     S_NONBLANK,
+    S_PYTHON,
     S_STOP,
     S_SYMBOLS,
     S_TOP,
     S_WORDS,
     pack,
     page_stats,
+    pattern_starts,
     top_ngram_share,
     word_hash,
 )
@@ -48,6 +50,7 @@ POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "us
 _PATTERNS = ("javascript", *POLICY, "lorem ipsum")
 PATTERNS = np.frombuffer("".join(_PATTERNS).encode(), np.uint8)
 PATTERN_OFFSETS = np.cumsum([0, *(len(p) for p in _PATTERNS)]).astype(np.int64)
+PATTERN_STARTS = pattern_starts(_PATTERNS)
 STOP_HASHES = np.array([word_hash(w) for w in STOP_WORDS], np.uint64)
 
 GOPHER_RULES = ("gopher_word_count", "gopher_mean_word_length", "gopher_symbol_ratio", "gopher_bullet_lines",
@@ -181,12 +184,12 @@ class PageStats:
         self.line_marks = np.empty(nlines, np.int32)
         self.line_flags = np.empty(nlines, np.uint8)
         line_start, line_end = np.empty(nlines, np.int64), np.empty(nlines, np.int64)
-        page_stats(buf, offsets, self.line_base[:-1], STOP_HASHES, PATTERNS, PATTERN_OFFSETS, self.stats,
-                   self.line_rule, self.line_marks, self.line_flags, line_start, line_end)
+        page_stats(buf, offsets, self.line_base[:-1], STOP_HASHES, PATTERNS, PATTERN_OFFSETS, PATTERN_STARTS,
+                   self.stats, self.line_rule, self.line_marks, self.line_flags, line_start, line_end)
 
     def _python(self, j: int) -> bool:
         """Whether a line of document j holds a character whose str.lower() is ASCII: Python's rules decide it."""
-        return bool((self.line_rule[self.line_base[j]:self.line_base[j + 1]] == LINE_FALLBACK).any())
+        return bool(self.stats[j, S_PYTHON])
 
     def c4_lines(self, j: int) -> tuple[str, dict]:
         """(document j without the lines C4's line rules remove, {rule: [its removed lines]})."""
@@ -200,13 +203,12 @@ class PageStats:
                 else:
                     removed.setdefault(rule, []).append(line)
             return ("\n".join(kept), removed) if removed else (doc, removed)
-        rules = self.line_rule[self.line_base[j]:self.line_base[j + 1]]
-        gone = np.flatnonzero(rules)
-        if not gone.size:
+        if not self.stats[j, S_C4_REMOVED]:
             return doc, {}
+        rules = self.line_rule[self.line_base[j]:self.line_base[j + 1]]
         lines = doc.split("\n")
         removed: dict = {}
-        for q in gone.tolist():
+        for q in np.flatnonzero(rules).tolist():
             removed.setdefault(C4_LINE_RULES[rules[q] - 1], []).append(lines[q])
         return "\n".join(compress(lines, (rules == 0).tolist())), removed
 
@@ -215,16 +217,11 @@ class PageStats:
         doc, removed = self.c4_lines(j)
         if self._python(j):
             return doc, removed, c4_page_rule(doc, s)
-        a, z = self.line_base[j], self.line_base[j + 1]
-        if (self.line_flags[a:z][self.line_rule[a:z] == 0] & F_LOREM).any():
+        if self.stats[j, S_C4_LOREM]:
             return doc, removed, "c4_lorem_ipsum"
         return doc, removed, "c4_min_sentences" if self.sentences(j) < s.c4_min_sentences else None
 
     def sentences(self, j: int) -> int | None:
         """count_sentences of document j after C4's line rules, or None where Python's rules decide them: the
         marks of the kept lines (no mark holds a newline) and the kept non-blank lines."""
-        if self._python(j):
-            return None
-        a, z = self.line_base[j], self.line_base[j + 1]
-        kept = self.line_rule[a:z] == 0
-        return int(self.line_marks[a:z][kept].sum()) + int(np.count_nonzero(self.line_flags[a:z][kept] & F_NONBLANK))
+        return None if self._python(j) else int(self.stats[j, S_C4_SENTENCES])

@@ -283,10 +283,14 @@ def pack(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 # per-document statistics of page_stats (columns of its stats array)
 S_WORDS, S_CHARS, S_SYMBOLS, S_NONBLANK, S_BULLETS, S_ELLIPSES, S_LETTER, S_STOP, S_DISTINCT = range(9)
 S_TOP = 9  # S_TOP + k - 2: the top k-gram share, k = 2, 3, 4
-NSTATS = 12
+# C4's, over the lines its line rules keep: lines removed, whether one holds "lorem ipsum", count_sentences; and
+# whether a line is LINE_FALLBACK (then these three are not set: Python's rules decide the document)
+S_C4_REMOVED, S_C4_LOREM, S_C4_SENTENCES, S_PYTHON = 12, 13, 14, 15
+NSTATS = 16
 # page_stats' line rules: 0 kept; 1, 2, 3: C4's javascript, cookies, terminal punctuation (C4_LINE_RULES' order);
 # 4: the line holds a character whose str.lower() is ASCII (U+0130, U+212A), so Python decides it
 LINE_FALLBACK = 4
+FALLBACK_BIT = 1 << 30  # _patterns' bit for those two characters
 # line flags: bit 0 non-blank (line.strip() is not empty), bit 1 holds "lorem ipsum" (ASCII case ignored)
 F_NONBLANK, F_LOREM = 1, 2
 
@@ -326,28 +330,50 @@ def _last_start(buf, start, end):
     return j
 
 
+def pattern_starts(patterns: list[str]) -> np.ndarray:
+    """_patterns' table: uint32 (256,), the bits of the patterns (lowercase ASCII) that begin with each byte, in
+    either case, and FALLBACK_BIT on the first bytes of U+0130 and U+212A."""
+    starts = np.zeros(256, np.uint32)
+    for q, p in enumerate(patterns):
+        starts[ord(p[0])] |= 1 << q
+        starts[ord(p[0].upper())] |= 1 << q
+    starts[0xC4] |= FALLBACK_BIT
+    starts[0xE2] |= FALLBACK_BIT
+    return starts
+
+
 @njit(**JIT)
-def _contains(buf, start, end, pats, p0, p1):
-    """Whether buf[start:end], its ASCII letters lowercased, holds the pattern pats[p0:p1] (lowercase ASCII)."""
-    m = p1 - p0
-    first = pats[p0]
-    for i in range(start, end - m + 1):
-        b = buf[i]
-        if 65 <= b <= 90:
-            b += 32
-        if b != first:
+def _patterns(buf, start, end, pats, pat_offsets, starts):
+    """The patterns buf[start:end] holds, its ASCII letters lowercased: bit q for pattern q (pats[pat_offsets[q]:
+    pat_offsets[q + 1]], lowercase ASCII), and FALLBACK_BIT for U+0130 or U+212A (whose str.lower() is ASCII).
+    One pass: only at a byte that begins a pattern (starts: pattern_starts) are the patterns compared."""
+    found = 0
+    for i in range(start, end):
+        cand = starts[buf[i]]
+        if cand == 0:
             continue
-        ok = True
-        for j in range(1, m):
-            c = buf[i + j]
-            if 65 <= c <= 90:
-                c += 32
-            if c != pats[p0 + j]:
-                ok = False
-                break
-        if ok:
-            return True
-    return False
+        if cand & FALLBACK_BIT:
+            if ((buf[i] == 0xC4 and i + 1 < end and buf[i + 1] == 0xB0)
+                    or (buf[i] == 0xE2 and i + 2 < end and buf[i + 1] == 0x84 and buf[i + 2] == 0xAA)):
+                found |= FALLBACK_BIT
+            continue
+        for q in range(pat_offsets.size - 1):
+            if not (cand >> q) & 1 or (found >> q) & 1:
+                continue
+            p0, p1 = pat_offsets[q], pat_offsets[q + 1]
+            if i + p1 - p0 > end:
+                continue
+            ok = True
+            for t in range(1, p1 - p0):
+                c = buf[i + t]
+                if 65 <= c <= 90:
+                    c += 32
+                if c != pats[p0 + t]:
+                    ok = False
+                    break
+            if ok:
+                found |= 1 << q
+    return found
 
 
 @njit(**JIT)
@@ -391,7 +417,7 @@ def _same_bytes(buf, a0, a1, b0, b1):
 
 
 @njit(**JIT)
-def _page_stats_one(buf, s, e, lb, stop_hashes, pats, pat_offsets, stats, line_rule, line_marks, line_flags,
+def _page_stats_one(buf, s, e, lb, stop_hashes, pats, pat_offsets, starts, stats, line_rule, line_marks, line_flags,
                     line_start, line_end):
     """page_stats of one document buf[s:e] (its row of stats and its lines from line lb on)."""
     # the lines, their stripped extent, Gopher's line statistics and C4's line rules
@@ -416,11 +442,11 @@ def _page_stats_one(buf, s, e, lb, stop_hashes, pats, pat_offsets, stats, line_r
     strip0 = np.empty(nlines, np.int64)
     strip1 = np.empty(nlines, np.int64)
     nonblank = bullets = ellipses = distinct = 0
+    python = removed = lorem = sentences = 0
     npol = pat_offsets.size - 3  # patterns: javascript, the policies, lorem ipsum
     for k in range(nlines):
         ln = lb + k
         a, z = line_start[ln], line_end[ln]
-        fallback = False
         i = a
         while i < z:
             cp, m = _code_point(buf, i)
@@ -442,12 +468,8 @@ def _page_stats_one(buf, s, e, lb, stop_hashes, pats, pat_offsets, stats, line_r
             continue
         nonblank += 1
         flags = F_NONBLANK
-        for t in range(i, j):
-            if buf[t] == 0xC4 and t + 1 < j and buf[t + 1] == 0xB0:  # U+0130
-                fallback = True
-            elif buf[t] == 0xE2 and t + 2 < j and buf[t + 1] == 0x84 and buf[t + 2] == 0xAA:  # U+212A
-                fallback = True
-        if _contains(buf, i, j, pats, pat_offsets[npol + 1], pat_offsets[npol + 2]):
+        found = _patterns(buf, i, j, pats, pat_offsets, starts)
+        if (found >> (npol + 1)) & 1:
             flags |= F_LOREM
         line_flags[ln] = flags
         cp0, m = _code_point(buf, i)
@@ -468,16 +490,15 @@ def _page_stats_one(buf, s, e, lb, stop_hashes, pats, pat_offsets, stats, line_r
             keys[slot] = h
             first[slot] = k
             distinct += 1
-        if fallback:
+        if found & FALLBACK_BIT:
             line_rule[ln] = LINE_FALLBACK
-        elif _contains(buf, i, j, pats, pat_offsets[0], pat_offsets[1]):
+            python = 1
+        elif found & 1:
             line_rule[ln] = 1
         else:
             rule = 0
-            for q in range(1, npol + 1):
-                if _contains(buf, i, j, pats, pat_offsets[q], pat_offsets[q + 1]):
-                    rule = 2
-                    break
+            if found & ((1 << (npol + 1)) - 2):
+                rule = 2
             if rule == 0 and not (cp1 == 46 or cp1 == 33 or cp1 == 63 or cp1 == 34 or cp1 == 0x201D
                                   or cp1 == 0x3002 or cp1 == 0xFF01 or cp1 == 0xFF1F):  # quality.TERMINAL
                 rule = 3
@@ -517,21 +538,34 @@ def _page_stats_one(buf, s, e, lb, stop_hashes, pats, pat_offsets, stats, line_r
     stats[S_LETTER] = nletter
     stats[S_STOP] = stop
     stats[S_DISTINCT] = distinct
+    stats[S_PYTHON] = python
+    if not python:
+        for ln in range(lb, lb + nlines):
+            if line_rule[ln] != 0:
+                removed += 1
+            else:
+                sentences += line_marks[ln] + (line_flags[ln] & F_NONBLANK)
+                lorem |= (line_flags[ln] & F_LOREM) != 0
+    stats[S_C4_REMOVED] = removed
+    stats[S_C4_LOREM] = lorem
+    stats[S_C4_SENTENCES] = sentences
     for k in range(2, 5):
         stats[S_TOP + k - 2] = top_ngram_share(hashes, chars, k)
 
 
 @njit(**PJIT)
-def page_stats(buf, offsets, line_base, stop_hashes, pats, pat_offsets, stats, line_rule, line_marks, line_flags,
+def page_stats(buf, offsets, line_base, stop_hashes, pats, pat_offsets, starts, stats, line_rule, line_marks,
+               line_flags,
                line_start, line_end):
     """Gopher's and C4's numbers of each document of a batch, in one pass over its bytes (the rules then only
     compare them: cllm/data/filters/quality.py). Per document, stats float64 (D, NSTATS) (the S_ columns); per
     line (L lines in all), line_rule uint8 (L,), line_marks int32 (L,) (count_sentences' marks), line_flags uint8
     (L,) (F_ bits), line_start, line_end int64 (L,) (the line is buf[line_start:line_end], without its newline).
     pats uint8: the lowercase patterns "javascript", the cookie policies, "lorem ipsum", pattern q being
-    pats[pat_offsets[q]:pat_offsets[q + 1]]; stop_hashes uint64: the stop words' hashes (word_hash)."""
+    pats[pat_offsets[q]:pat_offsets[q + 1]], starts their pattern_starts; stop_hashes uint64: the stop words'
+    hashes (word_hash)."""
     for d in prange(offsets.size - 1):
-        _page_stats_one(buf, offsets[d], offsets[d + 1], line_base[d], stop_hashes, pats, pat_offsets, stats[d],
+        _page_stats_one(buf, offsets[d], offsets[d + 1], line_base[d], stop_hashes, pats, pat_offsets, starts, stats[d],
                         line_rule, line_marks, line_flags, line_start, line_end)
 
 
