@@ -18,6 +18,7 @@ from cllm.data import corpus as corpus_module
 from cllm.data import prepare_dataset
 from cllm.data.corpus import corpus_at
 from cllm.data.filters import _c4_lines, resolve_filters
+from cllm.data.filters.boilerplate import LineKeys
 from cllm.data.filters.neardup import NearDuplicateIndex
 from cllm.data.filters.quality import (
     BULLETS,
@@ -450,11 +451,9 @@ def _python_stats(doc: str) -> list:
             *(top_ngram_share(hashes, chars, k) for k in (2, 3, 4))]
 
 
-def test_page_stats_kernel_matches_the_python_rules(planted):
-    """One kernel pass (PageStats) gives Gopher's numbers and rule, and C4's removed lines, kept text and page rule,
-    exactly as Python's line loops do (quality.gopher_rule, _c4_lines, c4_page_rule): on the planted pages and on
-    random text of every character the rules look at (Unicode spaces, bullets, ellipses, CJK marks, curly quotes,
-    the two characters whose lower() is ASCII, a lone surrogate)."""
+def _tricky_docs(planted) -> list[str]:
+    """The planted pages and random texts of every character the kernels look at (Unicode spaces, bullets,
+    ellipses, CJK marks, curly quotes, the two characters whose lower() is ASCII, a lone surrogate)."""
     docs = [p.read_text(encoding="utf-8") for p in sorted((planted["crawl"] / "pages").iterdir())]
     pieces = ("word", "The", " ", " ", "\n", "\n", "\t", "\x0b", "\x1c", "\x85", "\xa0", "\u2003", "\u3000", "#", ".",
               "...", "…", "!", "?", '"', "”", "。", "！", "？", "- ", "• ", "— ", "→", "é", "ça", "\u212a", "\u0130",
@@ -463,6 +462,13 @@ def test_page_stats_kernel_matches_the_python_rules(planted):
     rng = random.Random(13)
     docs += ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 120))) for _ in range(400)]
     docs += ["", "\n", " x \n\n", "a.\n\u3000\nb. c. d.", "...", "a ... b...\n- x\n- x", "Ends here.” Then."]
+    return docs
+
+
+def test_page_stats_kernel_matches_the_python_rules(planted):
+    """One kernel pass (PageStats) gives Gopher's numbers and rule, and C4's removed lines, kept text and page rule,
+    exactly as Python's line loops do (quality.gopher_rule, _c4_lines, c4_page_rule), on _tricky_docs."""
+    docs = _tricky_docs(planted)
     pages = PageStats(docs)
     settings = QualitySettings(min_words=1)  # short random texts reach the later rules too
     for j, doc in enumerate(docs):
@@ -481,3 +487,21 @@ def test_is_space_is_str_isspace():
     """The kernels' strip (textstats._is_space) strips what str.strip() strips."""
     for cp in [*range(0x3100), *range(0x10000, 0x110000, 997)]:
         assert _is_space(cp) == chr(cp).isspace(), hex(cp)
+
+
+def test_boilerplate_line_keys_are_the_stripped_lines(planted):
+    """textstats.line_keys: one key per distinct stripped line of a page and site, 0 for a blank line; a page's
+    first copy of a line is marked (a page counts a line once), and another site gives another key."""
+    docs = _tricky_docs(planted)
+    for site in (0, 1):
+        batch = LineKeys(docs, [site] * len(docs))
+        for j, doc in enumerate(docs):
+            stripped = [line.strip() for line in doc.split("\n")]
+            keys = batch.keys[batch.base[j]:batch.base[j + 1]].tolist()
+            first = batch.first[batch.base[j]:batch.base[j + 1]].tolist()
+            assert [k != 0 for k in keys] == [bool(line) for line in stripped], repr(doc)
+            assert len({k for k in keys if k}) == len({line for line in stripped if line}) == sum(first), repr(doc)
+            assert all(first[q] == (stripped[q] != "" and stripped[q] not in stripped[:q]) for q in range(len(keys)))
+        if site == 0:
+            zero = batch.keys.copy()
+    assert not (np.isin(batch.keys[batch.keys != 0], zero)).any()

@@ -28,6 +28,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
+
 from cllm.config import option
 from cllm.data.filters.boilerplate import BoilerplateCounter, remove_lines
 from cllm.data.filters.language import classify_many, parse_languages, sample
@@ -49,6 +51,7 @@ EXAMPLES = 3  # examples per rule in the report
 EXCERPT = 200  # characters of a dropped document shown as an example
 REPORT_FORMAT = "cllm-filter-report"
 REPORT_VERSION = 1
+BOILERPLATE_BATCH = 256  # pages per line_keys call while counting
 
 
 @dataclass
@@ -133,7 +136,7 @@ class FilterPipeline:
         self.min_pages = int(options.boilerplate_min_pages)
         self.quality = QualitySettings()
         self.root = root
-        self.boilerplate: set | None = None  # keys of boilerplate lines, once counted
+        self.boilerplate: np.ndarray | None = None  # keys of boilerplate lines (sorted), once counted
         self._decisions: list | None = None  # per document: None (kept) or the rule that dropped it
         self._counting: tuple = ()  # CPU and wall seconds the boilerplate counting took
         self.clock = time.process_time
@@ -180,11 +183,22 @@ class FilterPipeline:
         """The pass before the others: `pages` yields (document, site id or None)."""
         counter = BoilerplateCounter(self.min_pages)
         spent = [0.0, 0.0]  # the counting's own CPU and wall seconds, not the reading's
+        docs, sites = [], []
+
+        def count():
+            t = self._now()
+            counter.add_batch(docs, sites)
+            spent[:] = [s + b - a for s, a, b in zip(spent, t, self._now())]
+            docs.clear()
+            sites.clear()
+
         for doc, site in pages:
             if site is not None:
-                t = self._now()
-                counter.add(site, doc)
-                spent = [s + b - a for s, a, b in zip(spent, t, self._now())]
+                docs.append(doc)
+                sites.append(site)
+                if len(docs) >= BOILERPLATE_BATCH:
+                    count()
+        count()
         t = self._now()
         self.boilerplate = counter.finish()
         self._counting = tuple(s + b - a for s, a, b in zip(spent, t, self._now()))
@@ -230,14 +244,19 @@ class FilterPipeline:
     def _now(self) -> tuple[float, float]:
         return self.clock(), time.perf_counter()
 
-    def _boilerplate(self, doc: str, site: int | None) -> tuple[str, list[str]]:
-        if "boilerplate" in self.active and site is not None and self.boilerplate:
-            return remove_lines(site, doc, self.boilerplate)
-        return doc, []
+    def _boilerplate(self, items: list[tuple[str, int | None]]) -> list[tuple[str, list[str]]]:
+        """For each (document, site id or None): (the document without its site's boilerplate lines, those)."""
+        out = [(doc, []) for doc, _ in items]
+        if "boilerplate" in self.active and self.boilerplate is not None and self.boilerplate.size:
+            with_site = [k for k, (_, site) in enumerate(items) if site is not None]
+            done = remove_lines([items[k][0] for k in with_site], [items[k][1] for k in with_site], self.boilerplate)
+            for k, result in zip(with_site, done):
+                out[k] = result
+        return out
 
     def _remove_lines(self, items: list[tuple[str, int | None]]) -> list[str]:
         """A later pass: the first pass's boilerplate and C4 line removals again (same text, same result)."""
-        docs = [self._boilerplate(doc, site)[0] for doc, site in items]
+        docs = [doc for doc, _ in self._boilerplate(items)]
         if "c4" in self.active and docs:
             pages = PageStats(docs)
             docs = [pages.c4_lines(k)[0] for k in range(len(docs))]
@@ -254,8 +273,8 @@ class FilterPipeline:
             self.documents_in += 1
             self.bytes_in += _nbytes(doc)
         t = self._now()
-        for k, (doc, source, site) in enumerate(items):
-            doc, removed = self._boilerplate(doc, site)
+        for k, (doc, removed) in enumerate(self._boilerplate([(doc, site) for doc, _, site in items])):
+            source = sources[k]
             if removed:
                 self._count_lines("boilerplate", removed, source)
                 if not doc.strip():

@@ -330,6 +330,25 @@ def _last_start(buf, start, end):
     return j
 
 
+@njit(**JIT)
+def _strip(buf, start, end):
+    """(i, j): buf[i:j] is buf[start:end] as str.strip() leaves it (i == j: blank)."""
+    i = start
+    while i < end:
+        cp, m = _code_point(buf, i)
+        if not _is_space(cp):
+            break
+        i += m
+    j = end
+    while j > i:
+        t = _last_start(buf, i, j)
+        cp, m = _code_point(buf, t)
+        if not _is_space(cp):
+            break
+        j = t
+    return i, j
+
+
 def pattern_starts(patterns: list[str]) -> np.ndarray:
     """_patterns' table: uint32 (256,), the bits of the patterns (lowercase ASCII) that begin with each byte, in
     either case, and FALLBACK_BIT on the first bytes of U+0130 and U+212A."""
@@ -447,19 +466,7 @@ def _page_stats_one(buf, s, e, lb, stop_hashes, pats, pat_offsets, starts, stats
     for k in range(nlines):
         ln = lb + k
         a, z = line_start[ln], line_end[ln]
-        i = a
-        while i < z:
-            cp, m = _code_point(buf, i)
-            if not _is_space(cp):
-                break
-            i += m
-        j = z
-        while j > i:
-            t = _last_start(buf, i, j)
-            cp, m = _code_point(buf, t)
-            if not _is_space(cp):
-                break
-            j = t
+        i, j = _strip(buf, a, z)
         strip0[k], strip1[k] = i, j
         line_marks[ln] = _marks(buf, a, z)
         if i == j:  # blank: kept, not counted
@@ -612,3 +619,41 @@ def classify_batch(nextmove, rowbase, output, table, prior, alias, buf, offsets,
             idx, counts = _count_features(hits[lane, :nhits[lane]])
             scale = 1.0 / np.sqrt(max(offsets[d + 1] - offsets[d], 1))
             best[d], prob[d] = nb_classify(idx, counts, table, prior, scale, alias)
+
+
+@njit(**PJIT)
+def line_keys(buf, offsets, line_base, sites, keys, first):
+    """The boilerplate filter's line keys (cllm/data/filters/boilerplate.py) of a batch: per line (L in all),
+    keys uint64 (L,) a hash of its text stripped (as str.strip) and of its document's site (sites int64 (D,)),
+    0 for a blank line; first uint8 (L,) 1 where the key is not on an earlier line of the same document."""
+    for d in prange(offsets.size - 1):
+        s, e, lb = offsets[d], offsets[d + 1], line_base[d]
+        nlines = line_base[d + 1] - lb
+        size = 1
+        while size < 2 * nlines:
+            size *= 2
+        seen = np.zeros(size, np.uint64)  # the document's keys so far (open addressing)
+        mask = np.uint64(size - 1)
+        seed = (FNV_OFFSET ^ (np.uint64(sites[d]) * MIX)) * FNV_PRIME
+        p = s
+        for ln in range(lb, lb + nlines):
+            q = p
+            while q < e and buf[q] != 10:
+                q += 1
+            i, j = _strip(buf, p, q)
+            p = q + 1
+            if i == j:
+                keys[ln] = 0
+                first[ln] = 0
+                continue
+            h = seed
+            for t in range(i, j):
+                h = (h ^ np.uint64(buf[t])) * FNV_PRIME
+            if h == 0:
+                h = np.uint64(1)
+            keys[ln] = h
+            slot = h & mask
+            while seen[slot] != 0 and seen[slot] != h:
+                slot = (slot + np.uint64(1)) & mask
+            first[ln] = seen[slot] == 0
+            seen[slot] = h
