@@ -258,7 +258,7 @@ class FilterPipeline:
         """A later pass: the first pass's boilerplate and C4 line removals again (same text, same result)."""
         docs = [doc for doc, _ in self._boilerplate(items)]
         if "c4" in self.active and docs:
-            pages = PageStats(docs)
+            pages = PageStats(docs, words=False)
             docs = [pages.c4_lines(k)[0] for k in range(len(docs))]
         return docs
 

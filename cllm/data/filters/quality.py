@@ -171,9 +171,10 @@ def count_sentences(doc: str) -> int:
 class PageStats:
     """textstats.page_stats of a batch of documents (one kernel pass over their bytes, spread over the cores):
     `stats[j]` for gopher_rule_of_stats, and C4's line and page rules of document j (c4_lines, c4), which give
-    what _c4_lines and c4_page_rule give (tests/test_filters.py)."""
+    what _c4_lines and c4_page_rule give (tests/test_filters.py). words False: C4's alone (the words' numbers
+    not counted)."""
 
-    def __init__(self, docs: list[str]):
+    def __init__(self, docs: list[str], words: bool = True):
         self.docs = docs
         buf, offsets = pack(docs)
         self.line_base = np.zeros(len(docs) + 1, np.int64)  # document j's lines: line_base[j]:line_base[j + 1]
@@ -184,7 +185,7 @@ class PageStats:
         self.line_marks = np.empty(nlines, np.int32)
         self.line_flags = np.empty(nlines, np.uint8)
         line_start, line_end = np.empty(nlines, np.int64), np.empty(nlines, np.int64)
-        page_stats(buf, offsets, self.line_base[:-1], STOP_HASHES, PATTERNS, PATTERN_OFFSETS, PATTERN_STARTS,
+        page_stats(buf, offsets, self.line_base[:-1], words, STOP_HASHES, PATTERNS, PATTERN_OFFSETS, PATTERN_STARTS,
                    self.stats, self.line_rule, self.line_marks, self.line_flags, line_start, line_end)
 
     def _python(self, j: int) -> bool:

@@ -436,7 +436,8 @@ def _same_bytes(buf, a0, a1, b0, b1):
 
 
 @njit(**JIT)
-def _page_stats_one(buf, s, e, lb, stop_hashes, pats, pat_offsets, starts, stats, line_rule, line_marks, line_flags,
+def _page_stats_one(buf, s, e, lb, words, stop_hashes, pats, pat_offsets, starts, stats, line_rule, line_marks,
+                    line_flags,
                     line_start, line_end):
     """page_stats of one document buf[s:e] (its row of stats and its lines from line lb on)."""
     # the lines, their stripped extent, Gopher's line statistics and C4's line rules
@@ -510,6 +511,23 @@ def _page_stats_one(buf, s, e, lb, stop_hashes, pats, pat_offsets, starts, stats
                                   or cp1 == 0x3002 or cp1 == 0xFF01 or cp1 == 0xFF1F):  # quality.TERMINAL
                 rule = 3
             line_rule[ln] = rule
+    stats[S_PYTHON] = python
+    if not python:
+        for ln in range(lb, lb + nlines):
+            if line_rule[ln] != 0:
+                removed += 1
+            else:
+                sentences += line_marks[ln] + (line_flags[ln] & F_NONBLANK)
+                lorem |= (line_flags[ln] & F_LOREM) != 0
+    stats[S_C4_REMOVED] = removed
+    stats[S_C4_LOREM] = lorem
+    stats[S_C4_SENTENCES] = sentences
+    stats[S_NONBLANK] = nonblank
+    stats[S_BULLETS] = bullets
+    stats[S_ELLIPSES] = ellipses
+    stats[S_DISTINCT] = distinct
+    if not words:  # C4's line rules only
+        return
     # the symbols: "#", "..." (non-overlapping, as str.count) and "…"
     symbols = 0
     i = s
@@ -539,29 +557,14 @@ def _page_stats_one(buf, s, e, lb, stop_hashes, pats, pat_offsets, starts, stats
     stats[S_WORDS] = hashes.size
     stats[S_CHARS] = total
     stats[S_SYMBOLS] = symbols
-    stats[S_NONBLANK] = nonblank
-    stats[S_BULLETS] = bullets
-    stats[S_ELLIPSES] = ellipses
     stats[S_LETTER] = nletter
     stats[S_STOP] = stop
-    stats[S_DISTINCT] = distinct
-    stats[S_PYTHON] = python
-    if not python:
-        for ln in range(lb, lb + nlines):
-            if line_rule[ln] != 0:
-                removed += 1
-            else:
-                sentences += line_marks[ln] + (line_flags[ln] & F_NONBLANK)
-                lorem |= (line_flags[ln] & F_LOREM) != 0
-    stats[S_C4_REMOVED] = removed
-    stats[S_C4_LOREM] = lorem
-    stats[S_C4_SENTENCES] = sentences
     for k in range(2, 5):
         stats[S_TOP + k - 2] = top_ngram_share(hashes, chars, k)
 
 
 @njit(**PJIT)
-def page_stats(buf, offsets, line_base, stop_hashes, pats, pat_offsets, starts, stats, line_rule, line_marks,
+def page_stats(buf, offsets, line_base, words, stop_hashes, pats, pat_offsets, starts, stats, line_rule, line_marks,
                line_flags,
                line_start, line_end):
     """Gopher's and C4's numbers of each document of a batch, in one pass over its bytes (the rules then only
@@ -570,10 +573,11 @@ def page_stats(buf, offsets, line_base, stop_hashes, pats, pat_offsets, starts, 
     (L,) (F_ bits), line_start, line_end int64 (L,) (the line is buf[line_start:line_end], without its newline).
     pats uint8: the lowercase patterns "javascript", the cookie policies, "lorem ipsum", pattern q being
     pats[pat_offsets[q]:pat_offsets[q + 1]], starts their pattern_starts; stop_hashes uint64: the stop words'
-    hashes (word_hash)."""
+    hashes (word_hash). words False: the lines' numbers only (S_WORDS, S_CHARS, S_SYMBOLS, S_LETTER, S_STOP and
+    S_TOP's columns not set), for C4's line rules alone."""
     for d in prange(offsets.size - 1):
-        _page_stats_one(buf, offsets[d], offsets[d + 1], line_base[d], stop_hashes, pats, pat_offsets, starts, stats[d],
-                        line_rule, line_marks, line_flags, line_start, line_end)
+        _page_stats_one(buf, offsets[d], offsets[d + 1], line_base[d], words, stop_hashes, pats, pat_offsets, starts,
+                        stats[d], line_rule, line_marks, line_flags, line_start, line_end)
 
 
 @njit(**PJIT)
