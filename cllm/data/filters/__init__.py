@@ -328,7 +328,8 @@ class FilterPipeline:
     def _count_lines(self, rule: str, lines: list[str], source: str) -> None:
         c = self.counts[rule]
         c.lines += len(lines)
-        c.bytes += sum(_nbytes(line) + 1 for line in lines)  # and its newline
+        if lines:  # each line and its newline
+            c.bytes += _nbytes("\n".join(lines)) + 1
         for line in lines:
             if len(c.examples) >= EXAMPLES:
                 break
