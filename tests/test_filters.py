@@ -18,7 +18,6 @@ from cllm.data import corpus as corpus_module
 from cllm.data import prepare_dataset
 from cllm.data.corpus import corpus_at
 from cllm.data.filters import _c4_lines, resolve_filters
-from cllm.data.filters.boilerplate import LineKeys
 from cllm.data.filters.neardup import NearDuplicateIndex
 from cllm.data.filters.quality import (
     BULLETS,
@@ -487,21 +486,3 @@ def test_is_space_is_str_isspace():
     """The kernels' strip (textstats._is_space) strips what str.strip() strips."""
     for cp in [*range(0x3100), *range(0x10000, 0x110000, 997)]:
         assert _is_space(cp) == chr(cp).isspace(), hex(cp)
-
-
-def test_boilerplate_line_keys_are_the_stripped_lines(planted):
-    """textstats.line_keys: one key per distinct stripped line of a page and site, 0 for a blank line; a page's
-    first copy of a line is marked (a page counts a line once), and another site gives another key."""
-    docs = _tricky_docs(planted)
-    for site in (0, 1):
-        batch = LineKeys(docs, [site] * len(docs))
-        for j, doc in enumerate(docs):
-            stripped = [line.strip() for line in doc.split("\n")]
-            keys = batch.keys[batch.base[j]:batch.base[j + 1]].tolist()
-            first = batch.first[batch.base[j]:batch.base[j + 1]].tolist()
-            assert [k != 0 for k in keys] == [bool(line) for line in stripped], repr(doc)
-            assert len({k for k in keys if k}) == len({line for line in stripped if line}) == sum(first), repr(doc)
-            assert all(first[q] == (stripped[q] != "" and stripped[q] not in stripped[:q]) for q in range(len(keys)))
-        if site == 0:
-            zero = batch.keys.copy()
-    assert not (np.isin(batch.keys[batch.keys != 0], zero)).any()
