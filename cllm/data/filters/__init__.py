@@ -121,8 +121,8 @@ class RuleCount:
 
 
 class FilterPipeline:
-    """The filters of one corpus (see the module doc). `apply(doc, source, site)` gives the document to keep
-    (maybe with lines removed) or None."""
+    """The filters of one corpus (see the module doc). `apply_batch([(doc, source, site), ...])` gives each
+    document to keep (maybe with lines removed) or None; `apply(doc, source, site)` one document's."""
 
     def __init__(self, options: FilterOptions, source_kind: str, root: str):
         check_options(options)
