@@ -17,7 +17,7 @@ from cllm import cli
 from cllm.data import corpus as corpus_module
 from cllm.data import prepare_dataset
 from cllm.data.corpus import corpus_at
-from cllm.data.filters import _c4_lines, resolve_filters
+from cllm.data.filters import resolve_filters
 from cllm.data.filters.neardup import NearDuplicateIndex
 from cllm.data.filters.quality import (
     BULLETS,
@@ -25,6 +25,7 @@ from cllm.data.filters.quality import (
     STOP_HASHES,
     PageStats,
     QualitySettings,
+    c4_lines,
     c4_page_rule,
     count_sentences,
     gopher_rule,
@@ -466,7 +467,7 @@ def _tricky_docs(planted) -> list[str]:
 
 def test_page_stats_kernel_matches_the_python_rules(planted):
     """One kernel pass (PageStats) gives Gopher's numbers and rule, and C4's removed lines, kept text and page rule,
-    exactly as Python's line loops do (quality.gopher_rule, _c4_lines, c4_page_rule), on _tricky_docs."""
+    exactly as Python's line loops do (quality.gopher_rule, c4_lines, c4_page_rule), on _tricky_docs."""
     docs = _tricky_docs(planted)
     pages = PageStats(docs)
     settings = QualitySettings(min_words=1)  # short random texts reach the later rules too
@@ -476,7 +477,7 @@ def test_page_stats_kernel_matches_the_python_rules(planted):
         for lang in ("en", "fr"):
             expected = gopher_rule(doc, doc.split("\n"), hashes, chars, letter, lang, settings)
             assert gopher_rule_of_stats(pages.stats[j], lang, settings) == expected, repr(doc)
-        kept, removed = _c4_lines(doc)
+        kept, removed = c4_lines(doc)
         assert pages.c4_lines(j) == (kept, removed), repr(doc)
         assert pages.c4(j, settings) == (kept, removed, c4_page_rule(kept, settings)), repr(doc)
         assert pages.sentences(j) in (None, count_sentences(kept)), repr(doc)  # None: Python's rules decide

@@ -38,7 +38,6 @@ from cllm.data.filters.quality import (
     GOPHER_RULES,
     PageStats,
     QualitySettings,
-    c4_line_rule,
     gopher_rule_of_stats,
 )
 from cllm.errors import DataError
@@ -92,19 +91,6 @@ def check_options(options: FilterOptions) -> None:
 
 def _nbytes(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
-
-
-def _c4_lines(doc: str) -> tuple[str, dict]:
-    """(doc without the lines C4's line rules remove, {rule: [its removed lines]}), line by line in Python: the
-    reference of PageStats.c4_lines (tests/test_filters.py)."""
-    kept, removed = [], {}
-    for line in doc.split("\n"):
-        rule = c4_line_rule(line)
-        if rule is None:
-            kept.append(line)
-        else:
-            removed.setdefault(rule, []).append(line)
-    return ("\n".join(kept), removed) if removed else (doc, removed)
 
 
 class RuleCount:

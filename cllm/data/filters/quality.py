@@ -152,6 +152,19 @@ def c4_line_rule(line: str) -> str | None:
     return None
 
 
+def c4_lines(doc: str) -> tuple[str, dict]:
+    """(doc without the lines C4's line rules remove, {rule: [its removed lines]}), line by line in Python:
+    PageStats.c4_lines' reference, and its way for a page holding U+0130 or U+212A."""
+    kept, removed = [], {}
+    for line in doc.split("\n"):
+        rule = c4_line_rule(line)
+        if rule is None:
+            kept.append(line)
+        else:
+            removed.setdefault(rule, []).append(line)
+    return ("\n".join(kept), removed) if removed else (doc, removed)
+
+
 def c4_page_rule(doc: str, s: QualitySettings) -> str | None:
     """The C4 page rule that drops `doc` (after its line rules), or None."""
     if "lorem ipsum" in doc.lower():
@@ -171,7 +184,7 @@ def count_sentences(doc: str) -> int:
 class PageStats:
     """textstats.page_stats of a batch of documents (one kernel pass over their bytes, spread over the cores):
     `stats[j]` for gopher_rule_of_stats, and C4's line and page rules of document j (c4_lines, c4), which give
-    what _c4_lines and c4_page_rule give (tests/test_filters.py). words False: C4's alone (the words' numbers
+    what c4_lines and c4_page_rule give (tests/test_filters.py). words False: C4's alone (the words' numbers
     not counted)."""
 
     def __init__(self, docs: list[str], words: bool = True):
@@ -196,14 +209,7 @@ class PageStats:
         """(document j without the lines C4's line rules remove, {rule: [its removed lines]})."""
         doc = self.docs[j]
         if self._python(j):
-            kept, removed = [], {}
-            for line in doc.split("\n"):
-                rule = c4_line_rule(line)
-                if rule is None:
-                    kept.append(line)
-                else:
-                    removed.setdefault(rule, []).append(line)
-            return ("\n".join(kept), removed) if removed else (doc, removed)
+            return c4_lines(doc)
         if not self.stats[j, S_C4_REMOVED]:
             return doc, {}
         rules = self.line_rule[self.line_base[j]:self.line_base[j + 1]]
