@@ -14,10 +14,25 @@ import numpy as np
 import pytest
 
 from cllm import cli
+from cllm.data import corpus as corpus_module
 from cllm.data import prepare_dataset
+from cllm.data.corpus import corpus_at
 from cllm.data.filters import resolve_filters
 from cllm.data.filters.neardup import NearDuplicateIndex
-from cllm.data.filters.textstats import word_hash, word_stats
+from cllm.data.filters.quality import (
+    BULLETS,
+    ELLIPSES,
+    STOP_HASHES,
+    PageStats,
+    QualitySettings,
+    c4_lines,
+    c4_page_rule,
+    count_sentences,
+    gopher_rule,
+    gopher_rule_of_stats,
+)
+from cllm.data.filters.textstats import S_C4_REMOVED, _is_space, top_ngram_share, word_hash, word_stats
+from cllm.data.prepare import PrepareOptions
 from cllm.errors import DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -373,8 +388,6 @@ def test_language_kernels_agree_with_py3langid():
 
 
 def test_top_ngram_share_counts_the_most_frequent_ngram():
-    from cllm.data.filters.textstats import top_ngram_share  # noqa: PLC0415 (this test only)
-
     def share(text, n):
         h, c, _ = word_stats(np.frombuffer(text.encode(), np.uint8))
         return top_ngram_share(h, c, n)
@@ -411,3 +424,66 @@ def test_near_duplicate_index_grows_and_keeps_the_first_copy():
         copy = list(docs[k])
         copy[rng.randrange(60)] = "edited"
         assert index.seen(word_stats(np.frombuffer(" ".join(copy).encode(), np.uint8))[0]) == k
+
+
+def test_batches_give_the_per_document_decisions_and_report(planted, monkeypatch):
+    """The filters over batches (cllm/data/corpus.py's FILTER_BATCH pages at a time) decide, report and keep what
+    they do one page at a time, in both passes."""
+    def run(batch):
+        monkeypatch.setattr(corpus_module, "FILTER_BATCH", batch)
+        corpus = corpus_at(str(planted["crawl"]), PrepareOptions(languages="en", progress=False))
+        first, second = list(corpus), list(corpus)
+        return corpus.filters.documents, corpus.filters.report(), first, second
+
+    one = run(1)
+    assert one[2] == one[3] and one[1]["documents_out"] == len(one[2])
+    for batch in (7, 256):
+        assert run(batch) == one, batch
+
+
+def _python_stats(doc: str) -> list:
+    """textstats.page_stats' numbers (its S_ columns) as Python's str methods give them."""
+    hashes, chars, letter = word_stats(np.frombuffer(doc.encode("utf-8", "surrogatepass"), np.uint8))
+    nonblank = [line for line in (line.strip() for line in doc.split("\n")) if line]
+    return [hashes.size, int(chars.sum()), doc.count("#") + doc.count("...") + doc.count("…"), len(nonblank),
+            sum(line.startswith(BULLETS) for line in nonblank), sum(line.endswith(ELLIPSES) for line in nonblank),
+            int(np.count_nonzero(letter)), sum(bool((hashes == h).any()) for h in STOP_HASHES), len(set(nonblank)),
+            *(top_ngram_share(hashes, chars, k) for k in (2, 3, 4))]
+
+
+def _tricky_docs(planted) -> list[str]:
+    """The planted pages and random texts of every character the kernels look at (Unicode spaces, bullets,
+    ellipses, CJK marks, curly quotes, the two characters whose lower() is ASCII, a lone surrogate)."""
+    docs = [p.read_text(encoding="utf-8") for p in sorted((planted["crawl"] / "pages").iterdir())]
+    pieces = ("word", "The", " ", " ", "\n", "\n", "\t", "\x0b", "\x1c", "\x85", "\xa0", "\u2003", "\u3000", "#", ".",
+              "...", "…", "!", "?", '"', "”", "。", "！", "？", "- ", "• ", "— ", "→", "é", "ça", "\u212a", "\u0130",
+              "\ud800", "the", "of", "and", "with", "42", ", ", "lorem ipsum", "Lorem Ipsum", "javascript",
+              "JavaScript", "cookie policy", "uses coo\u212aies", "Privacy Policy", "terms of use", "use cookies")
+    rng = random.Random(13)
+    docs += ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 120))) for _ in range(400)]
+    docs += ["", "\n", " x \n\n", "a.\n\u3000\nb. c. d.", "...", "a ... b...\n- x\n- x", "Ends here.” Then."]
+    return docs
+
+
+def test_page_stats_kernel_matches_the_python_rules(planted):
+    """One kernel pass (PageStats) gives Gopher's numbers and rule, and C4's removed lines, kept text and page rule,
+    exactly as Python's line loops do (quality.gopher_rule, c4_lines, c4_page_rule), on _tricky_docs."""
+    docs = _tricky_docs(planted)
+    pages = PageStats(docs)
+    settings = QualitySettings(min_words=1)  # short random texts reach the later rules too
+    for j, doc in enumerate(docs):
+        assert pages.stats[j, :S_C4_REMOVED].tolist() == _python_stats(doc), repr(doc)
+        hashes, chars, letter = word_stats(np.frombuffer(doc.encode("utf-8", "surrogatepass"), np.uint8))
+        for lang in ("en", "fr"):
+            expected = gopher_rule(doc, doc.split("\n"), hashes, chars, letter, lang, settings)
+            assert gopher_rule_of_stats(pages.stats[j], lang, settings) == expected, repr(doc)
+        kept, removed = c4_lines(doc)
+        assert pages.c4_lines(j) == (kept, removed), repr(doc)
+        assert pages.c4(j, settings) == (kept, removed, c4_page_rule(kept, settings)), repr(doc)
+        assert pages.sentences(j) in (None, count_sentences(kept)), repr(doc)  # None: Python's rules decide
+
+
+def test_is_space_is_str_isspace():
+    """The kernels' strip (textstats._is_space) strips what str.strip() strips."""
+    for cp in [*range(0x3100), *range(0x10000, 0x110000, 997)]:
+        assert _is_space(cp) == chr(cp).isspace(), hex(cp)

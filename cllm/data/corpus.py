@@ -45,6 +45,36 @@ class CorpusOptions(CleaningOptions):
     progress: bool = option(True, "show progress bars")
 
 
+# the corpus filters' batches (_filtered): enough pages for both cores to share each kernel call, few MB
+FILTER_BATCH = 256
+FILTER_BATCH_CHARS = 4_000_000
+
+
+def _filtered(filters: FilterPipeline, docs, stats: "CorpusStats"):
+    """The documents that `filters` keep of `docs` ((path, document, site) each), as it gives them: FILTER_BATCH
+    documents (or FILTER_BATCH_CHARS characters) at a time, so that its kernels run once per batch and on every
+    core, while memory holds one batch, not the corpus."""
+    batch: list = []
+    size = 0
+    for path, doc, site in docs:
+        batch.append((doc, path, site))
+        size += len(doc)
+        del doc
+        if len(batch) >= FILTER_BATCH or size >= FILTER_BATCH_CHARS:
+            yield from _kept(filters.apply_batch(batch), stats)
+            batch, size = [], 0
+    if batch:
+        yield from _kept(filters.apply_batch(batch), stats)
+
+
+def _kept(docs: list, stats: "CorpusStats"):
+    for doc in docs:
+        if doc is None:
+            stats.filtered += 1
+        else:
+            yield doc
+
+
 @dataclass
 class CorpusStats:
     """What the original C loader printed, plus what was skipped. Filled by a full pass over the corpus."""
@@ -223,12 +253,8 @@ class Corpus:
         ) as bar:
             if filters is not None:
                 filters.begin_pass()
-            for path, doc, site in self._cleaned(skipped, stats, bar):
-                if filters is not None:
-                    doc = filters.apply(doc, path, site)
-                    if doc is None:
-                        stats.filtered += 1
-                        continue
+            docs = self._cleaned(skipped, stats, bar)
+            for doc in (_filtered(filters, docs, stats) if filters is not None else (d for _, d, _ in docs)):
                 stats.documents += 1
                 stats.characters += len(doc)
                 lengths.append(len(doc))

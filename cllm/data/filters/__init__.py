@@ -28,22 +28,18 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-import numpy as np
-
 from cllm.config import option
 from cllm.data.filters.boilerplate import BoilerplateCounter, remove_lines
-from cllm.data.filters.language import detect, parse_languages
+from cllm.data.filters.language import classify_many, parse_languages, sample
 from cllm.data.filters.neardup import NearDuplicateIndex
 from cllm.data.filters.quality import (
     C4_LINE_RULES,
     C4_PAGE_RULES,
     GOPHER_RULES,
+    PageStats,
     QualitySettings,
-    c4_line_rule,
-    c4_page_rule,
-    gopher_rule,
+    gopher_rule_of_stats,
 )
-from cllm.data.filters.textstats import word_stats
 from cllm.errors import DataError
 
 FILTERS = ("boilerplate", "gopher", "c4", "near-dup")
@@ -97,18 +93,6 @@ def _nbytes(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
-def _c4_lines(doc: str) -> tuple[str, dict]:
-    """(doc without the lines C4's line rules remove, {rule: [its removed lines]})."""
-    kept, removed = [], {}
-    for line in doc.split("\n"):
-        rule = c4_line_rule(line)
-        if rule is None:
-            kept.append(line)
-        else:
-            removed.setdefault(rule, []).append(line)
-    return ("\n".join(kept), removed) if removed else (doc, removed)
-
-
 class RuleCount:
     """What one rule removed: whole documents, lines, their UTF-8 bytes, and a few examples."""
 
@@ -123,8 +107,8 @@ class RuleCount:
 
 
 class FilterPipeline:
-    """The filters of one corpus (see the module doc). `apply(doc, source, site)` gives the document to keep
-    (maybe with lines removed) or None."""
+    """The filters of one corpus (see the module doc). `apply_batch([(doc, source, site), ...])` gives each
+    document to keep (maybe with lines removed) or None; `apply(doc, source, site)` one document's."""
 
     def __init__(self, options: FilterOptions, source_kind: str, root: str):
         check_options(options)
@@ -137,7 +121,7 @@ class FilterPipeline:
         self.root = root
         self.boilerplate: set | None = None  # keys of boilerplate lines, once counted
         self._decisions: list | None = None  # per document: None (kept) or the rule that dropped it
-        self._counting = 0.0  # seconds the boilerplate counting took
+        self._counting: tuple = ()  # CPU and wall seconds the boilerplate counting took
         self.clock = time.process_time
         self._reset()
 
@@ -166,8 +150,9 @@ class FilterPipeline:
         # CPU seconds per filter (and the counting pass's, if any), for bench/prepare.py: the process's CPU time,
         # not the wall clock's, which counts the time other processes take on a shared machine
         self.seconds: Counter = Counter()
+        self.wall: Counter = Counter()  # wall seconds per filter, as `seconds` (the kernels use every core)
         if self._counting:
-            self.seconds["boilerplate counting"] = self._counting
+            self.seconds["boilerplate counting"], self.wall["boilerplate counting"] = self._counting
         self._pass: list = []
         self._index = NearDuplicateIndex(self.threshold) if "near-dup" in self.active else None
 
@@ -180,15 +165,16 @@ class FilterPipeline:
     def count_boilerplate(self, pages) -> None:
         """The pass before the others: `pages` yields (document, site id or None)."""
         counter = BoilerplateCounter(self.min_pages)
-        spent = 0.0  # the counting's own time, not the reading's
+        spent = [0.0, 0.0]  # the counting's own CPU and wall seconds, not the reading's
         for doc, site in pages:
             if site is not None:
-                t = self.clock()
+                t = self._now()
                 counter.add(site, doc)
-                spent += self.clock() - t
-        t = self.clock()
+                spent = [s + b - a for s, a, b in zip(spent, t, self._now())]
+        t = self._now()
         self.boilerplate = counter.finish()
-        self.seconds["boilerplate counting"] = self._counting = spent + self.clock() - t
+        self._counting = tuple(s + b - a for s, a, b in zip(spent, t, self._now()))
+        self.seconds["boilerplate counting"], self.wall["boilerplate counting"] = self._counting
 
     def begin_pass(self) -> None:
         if self._decisions is None:
@@ -202,90 +188,117 @@ class FilterPipeline:
             self._index = None  # its signatures are no longer needed
 
     def apply(self, doc: str, source: str, site: int | None) -> str | None:
+        """apply_batch of one document."""
+        return self.apply_batch([(doc, source, site)])[0]
+
+    def apply_batch(self, items: list[tuple[str, str, int | None]]) -> list[str | None]:
+        """For each (document, source, site id or None) of a batch, in order: the document to keep (maybe with
+        lines removed) or None. The same decisions and report whatever the batches (tests/test_filters.py);
+        a batch is what the kernels run over at once (cllm/data/corpus.py sends BATCH documents)."""
         i = self._i
-        self._i += 1
-        if self._decisions is not None:  # a later pass: the first pass's decision, the same line removals
-            if self._decisions[i] is not None:
-                return None
-            return self._remove_lines(doc, site)
-        self._lang = (None, None)
-        rule, doc = self._decide(doc, source, site)
-        self._pass.append(rule)
-        self.documents.append((source, *self._lang, rule))
-        return doc
+        self._i += len(items)
+        if self._decisions is not None:  # a later pass: the first pass's decisions, the same line removals
+            keep = [k for k in range(len(items)) if self._decisions[i + k] is None]
+            docs = self._remove_lines([(items[k][0], items[k][2]) for k in keep])
+            out: list[str | None] = [None] * len(items)
+            for k, doc in zip(keep, docs):
+                out[k] = doc
+            return out
+        return self._decide(items)
 
-    def _remove_lines(self, doc: str, site: int | None) -> str:
+    def _timed(self, name: str, t: tuple[float, float]) -> tuple[float, float]:
+        """Adds the CPU and wall seconds since t (a _now()) to filter `name`'s; returns now."""
+        now = self._now()
+        self.seconds[name] += now[0] - t[0]
+        self.wall[name] += now[1] - t[1]
+        return now
+
+    def _now(self) -> tuple[float, float]:
+        return self.clock(), time.perf_counter()
+
+    def _boilerplate(self, items: list[tuple[str, int | None]]) -> list[tuple[str, list[str]]]:
+        """For each (document, site id or None): (the document without its site's boilerplate lines, those).
+        Python's line loop: a kernel over the batch (hashing the stripped lines) measured no faster."""
+        if "boilerplate" in self.active and self.boilerplate:
+            return [remove_lines(site, doc, self.boilerplate) if site is not None else (doc, []) for doc, site in items]
+        return [(doc, []) for doc, _ in items]
+
+    def _remove_lines(self, items: list[tuple[str, int | None]]) -> list[str]:
         """A later pass: the first pass's boilerplate and C4 line removals again (same text, same result)."""
-        if "boilerplate" in self.active and site is not None and self.boilerplate:
-            doc = remove_lines(site, doc, self.boilerplate)[0]
-        if "c4" in self.active:
-            doc = _c4_lines(doc)[0]
-        return doc
+        docs = [doc for doc, _ in self._boilerplate(items)]
+        if "c4" in self.active and docs:
+            pages = PageStats(docs, words=False)
+            docs = [pages.c4_lines(k)[0] for k in range(len(docs))]
+        return docs
 
-    def _decide(self, doc: str, source: str, site: int | None) -> tuple[str | None, str | None]:
-        """(the rule that drops doc or None, doc as kept or None); the first pass's work."""
-        nbytes = _nbytes(doc)
-        self.documents_in += 1
-        self.bytes_in += nbytes
-        clock = self.clock
-        t = clock()
-        if "boilerplate" in self.active and site is not None and self.boilerplate:
-            doc, removed = remove_lines(site, doc, self.boilerplate)
+    def _decide(self, items: list[tuple[str, str, int | None]]) -> list[str | None]:
+        """The first pass's work on a batch: each filter runs over the documents the earlier ones kept."""
+        n = len(items)
+        docs: list[str | None] = [doc for doc, _, _ in items]
+        rules: list[str | None] = [None] * n
+        langs: list[tuple] = [(None, None)] * n
+        sources = [source for _, source, _ in items]
+        for doc in docs:
+            self.documents_in += 1
+            self.bytes_in += _nbytes(doc)
+        t = self._now()
+        for k, (doc, removed) in enumerate(self._boilerplate([(doc, site) for doc, _, site in items])):
+            source = sources[k]
             if removed:
                 self._count_lines("boilerplate", removed, source)
                 if not doc.strip():
-                    self.seconds["boilerplate"] += clock() - t
-                    return self._drop("boilerplate", doc, source), None
-        t1 = clock()
-        self.seconds["boilerplate"] += t1 - t
-        lang, score = detect(doc)
-        self._lang = (lang, round(score, 3))
-        t2 = clock()
-        self.seconds["language"] += t2 - t1
-        if self.languages and lang not in self.languages:
-            return self._drop("language", doc, source, lang), None
-        words = None
-        if "gopher" in self.active:
-            lines = doc.split("\n")
-            words = word_stats(np.frombuffer(doc.encode("utf-8", "surrogatepass"), np.uint8))
-            rule = gopher_rule(doc, lines, *words, lang, self.quality)
-            if rule is not None:
-                self.seconds["gopher"] += clock() - t2
-                return self._drop(rule, doc, source), None
-        t3 = clock()
-        self.seconds["gopher"] += t3 - t2
-        if "c4" in self.active:
-            before = doc
-            doc = self._remove_lines_c4(doc, source)
-            words = None if doc is not before else words
-            rule = c4_page_rule(doc, self.quality)
-            if rule is not None:
-                self.seconds["c4"] += clock() - t3
-                return self._drop(rule, doc, source), None
-        t4 = clock()
-        self.seconds["c4"] += t4 - t3
-        if self._index is not None:
-            if words is None:
-                words = word_stats(np.frombuffer(doc.encode("utf-8", "surrogatepass"), np.uint8))
-            if self._index.seen(words[0]) >= 0:
-                self.seconds["near-dup"] += clock() - t4
-                return self._drop("near_duplicate", doc, source), None
-        self.seconds["near-dup"] += clock() - t4
-        self.documents_out += 1
-        self.bytes_out += _nbytes(doc)
-        self.languages_seen[lang] += 1
-        return None, doc
-
-    def _remove_lines_c4(self, doc: str, source: str) -> str:
-        doc, removed = _c4_lines(doc)
-        for rule, lines in removed.items():
-            self._count_lines(rule, lines, source)
-        return doc
+                    rules[k] = self._drop("boilerplate", doc, source)
+            docs[k] = doc
+        t = self._timed("boilerplate", t)
+        alive = [k for k in range(n) if rules[k] is None]
+        for k, (lang, score) in zip(alive, classify_many([sample(docs[k]) for k in alive])):
+            langs[k] = (lang, round(score, 3))
+            if self.languages and lang not in self.languages:
+                rules[k] = self._drop("language", docs[k], sources[k], lang)
+        t = self._timed("language", t)
+        alive = [k for k in alive if rules[k] is None]
+        if ("gopher" in self.active or "c4" in self.active) and alive:
+            pages = PageStats([docs[k] for k in alive])
+            t = self._timed("gopher", t)  # the kernel's pass serves both: Gopher's line statistics come first
+            if "gopher" in self.active:
+                for j, k in enumerate(alive):
+                    rule = gopher_rule_of_stats(pages.stats[j], langs[k][0], self.quality)
+                    if rule is not None:
+                        rules[k] = self._drop(rule, docs[k], sources[k])
+            t = self._timed("gopher", t)
+            if "c4" in self.active:
+                for j, k in enumerate(alive):
+                    if rules[k] is not None:
+                        continue
+                    doc, removed, rule = pages.c4(j, self.quality)
+                    for name, lines in removed.items():
+                        self._count_lines(name, lines, sources[k])
+                    docs[k] = doc
+                    if rule is not None:
+                        rules[k] = self._drop(rule, doc, sources[k])
+            t = self._timed("c4", t)
+            alive = [k for k in alive if rules[k] is None]
+        if self._index is not None and alive:
+            for k, sig in zip(alive, self._index.signatures_of([docs[k] for k in alive])):
+                if self._index.seen_signature(sig) >= 0:
+                    rules[k] = self._drop("near_duplicate", docs[k], sources[k])
+            self._timed("near-dup", t)
+        out: list[str | None] = [None] * n
+        for k in range(n):
+            self._pass.append(rules[k])
+            self.documents.append((sources[k], *langs[k], rules[k]))
+            if rules[k] is None:
+                self.documents_out += 1
+                self.bytes_out += _nbytes(docs[k])
+                self.languages_seen[langs[k][0]] += 1
+                out[k] = docs[k]
+        return out
 
     def _count_lines(self, rule: str, lines: list[str], source: str) -> None:
         c = self.counts[rule]
         c.lines += len(lines)
-        c.bytes += sum(_nbytes(line) + 1 for line in lines)  # and its newline
+        if lines:  # each line and its newline
+            c.bytes += _nbytes("\n".join(lines)) + 1
         for line in lines:
             if len(c.examples) >= EXAMPLES:
                 break

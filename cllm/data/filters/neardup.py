@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cllm.data.filters.textstats import band_keys, lsh_insert, lsh_lookup, lsh_rehash, minhash
+from cllm.data.filters.textstats import band_keys, lsh_insert, lsh_lookup, lsh_rehash, minhash, minhash_batch, pack
 
 NUM_PERM = 128
 SHINGLE = 3
@@ -57,9 +57,20 @@ class NearDuplicateIndex:
     def signature(self, hashes: np.ndarray) -> np.ndarray:
         return minhash(hashes, self.shingle, self.a, self.b)
 
+    def signatures_of(self, docs: list[str]) -> np.ndarray:
+        """uint32 (D, K): the signature of each document's words (word_stats), in one kernel call."""
+        buf, offsets = pack(docs)
+        out = np.empty((len(docs), self.a.size), np.uint32)
+        minhash_batch(buf, offsets, self.shingle, self.a, self.b, out)
+        return out
+
     def seen(self, hashes: np.ndarray) -> int:
-        """The index of the kept document this one duplicates, or -1 (and this one joins the kept)."""
-        sig = self.signature(hashes)
+        """seen_signature of a document's word hashes."""
+        return self.seen_signature(self.signature(hashes))
+
+    def seen_signature(self, sig: np.ndarray) -> int:
+        """The index of the kept document whose signature this one's matches, or -1 (and this one joins the
+        kept)."""
         keys = band_keys(sig, self.bands, self.rows)
         found = lsh_lookup(self.table_keys, self.table_docs, keys, self._found)
         for other in dict.fromkeys(self._found[:found].tolist()):  # each candidate once, in band order
