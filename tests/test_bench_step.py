@@ -5,8 +5,10 @@ import sys
 
 from train_helpers import ROOT
 
-sys.path.insert(0, str(ROOT / "bench"))
-import step  # noqa: E402
+# bench/ itself stays off sys.path: its kernels.py would shadow the `kernels` package transformers imports
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from bench import step  # noqa: E402
 
 
 def test_memory_report_covers_the_training_state():

@@ -15,8 +15,10 @@ from cllm.errors import TokenizerError
 from cllm.tokenizers import CharTokenizer, load_tokenizer, train_tokenizer
 from cllm.training import train
 
-sys.path.insert(0, str(ROOT / "bench"))
-import chat_tasks  # noqa: E402
+# bench/ itself stays off sys.path: its kernels.py would shadow the `kernels` package transformers imports
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from bench import chat_tasks  # noqa: E402
 
 CONV = [{"role": "user", "content": "Reverse the word 'night'."}, {"role": "assistant", "content": "thgin"}]
 
