@@ -1,14 +1,17 @@
 """Tasks with checkable answers as conversations, and their exact-match score through a chat model.
 
-    python bench/chat_tasks.py make OUT_DIR [--seed 0] [--train 4000] [--held-out 300] [--max-letters 6]
+    python bench/chat_tasks.py make OUT_DIR [--seed 0] [--train 4000] [--held-out 300] [--max-letters 6] [--turns 1]
     python bench/chat_tasks.py score OUT_DIR/held_out.jsonl --url http://127.0.0.1:8000 [--model NAME]
     python bench/chat_tasks.py score OUT_DIR/held_out.jsonl --checkpoint CHECKPOINT
     python bench/chat_tasks.py --smoke
 
 `make` writes OUT_DIR/train.jsonl and OUT_DIR/held_out.jsonl, rows {"messages": [{"role": "user", ...},
 {"role": "assistant", ...}], "task": NAME} (`cli.py train` reads the messages and ignores "task"), --train
-rows per task in train.jsonl and --held-out per task in held_out.jsonl, each task's user turn in one of a few
-phrasings. The tasks:
+questions per task in train.jsonl and --held-out per task in held_out.jsonl, each task's user turn in one of a
+few phrasings. --turns K puts K question/answer turns (of mixed tasks) in each train conversation, "task" their
+names joined by commas: the assistant mask covers every answer, so one training window trains K answers instead
+of one answer and padding. Held-out rows stay one question each, a fresh conversation as the endpoint gets it.
+The tasks:
     add       two numbers of 10..99:             "What is 37+48?" -> "85"
     compare   the larger of two numbers 10..99:   "Which is larger, 37 or 48?" -> "48"
     reverse   a word backwards:                   "Reverse 'night'." -> "thgin"
@@ -123,9 +126,9 @@ def prompt(task: str, inp: tuple, rng: random.Random) -> str:
 
 
 def make_rows(seed: int, n_train: int, n_held_out: int, words: list[str] | None = None,
-              max_letters: int = 6) -> dict[str, list[dict]]:
+              max_letters: int = 6, turns: int = 1) -> dict[str, list[dict]]:
     """{"train": rows, "held_out": rows} (the module doc), shuffled, deterministic for a seed; `words` (default:
-    the corpus's of 3 to max_letters letters) are those of the word tasks."""
+    the corpus's of 3 to max_letters letters) are those of the word tasks; `turns` questions per train row."""
     split = split_inputs(seed, n_held_out, corpus_words(max_letters) if words is None else words)
     rng = random.Random(seed + 1)
     out = {}
@@ -137,12 +140,29 @@ def make_rows(seed: int, n_train: int, n_held_out: int, words: list[str] | None 
                 rows.append({"messages": [{"role": "user", "content": prompt(task, inp, rng)},
                                           {"role": "assistant", "content": answer(task, inp)}], "task": task})
         rng.shuffle(rows)
-        out[name] = rows
+        out[name] = join_turns(rows, turns) if name == "train" else rows
     return out
 
 
-def make(out_dir: str, seed: int, n_train: int, n_held_out: int, words=None, max_letters: int = 6) -> dict[str, str]:
-    rows = make_rows(seed, n_train, n_held_out, words, max_letters)
+def join_turns(rows: list[dict], turns: int) -> list[dict]:
+    """The single-question rows, in order, as conversations of `turns` question/answer pairs (the last may
+    hold fewer), "task" the turns' task names joined by commas."""
+    if turns == 1:
+        return rows
+    return [{"messages": [m for r in group for m in r["messages"]], "task": ",".join(r["task"] for r in group)}
+            for group in (rows[i:i + turns] for i in range(0, len(rows), turns))]
+
+
+def conversation_tokens(row: dict) -> int:
+    """The row's length in a char tokenizer's ids once rendered by the ChatML template (cllm/chat/template.py):
+    per message <|im_start|> (1 id), the role, a newline, the content, <|im_end|> (1 id) and a newline;
+    --seq-len must be one less than the longest for no window to cut an answer."""
+    return sum(len(m["role"]) + len(m["content"]) + 4 for m in row["messages"])
+
+
+def make(out_dir: str, seed: int, n_train: int, n_held_out: int, words=None, max_letters: int = 6,
+         turns: int = 1) -> dict[str, str]:
+    rows = make_rows(seed, n_train, n_held_out, words, max_letters, turns)
     os.makedirs(out_dir, exist_ok=True)
     paths = {}
     for name, split_rows in rows.items():
@@ -269,9 +289,10 @@ def main(argv=None) -> int:
     m = sub.add_parser("make", help="write OUT_DIR/train.jsonl and OUT_DIR/held_out.jsonl")
     m.add_argument("out_dir")
     m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--train", type=int, default=4000, help="train rows per task")
+    m.add_argument("--train", type=int, default=4000, help="train questions per task")
     m.add_argument("--held-out", type=int, default=300, help="held-out rows per task")
     m.add_argument("--max-letters", type=int, default=6, help="the longest word of the word tasks (3 at least)")
+    m.add_argument("--turns", type=int, default=1, help="question/answer turns per train conversation")
     s = sub.add_parser("score", help="exact match per task of a chat model's replies to held-out rows")
     s.add_argument("held_out", help="held_out.jsonl of `make`")
     how = s.add_mutually_exclusive_group(required=True)
@@ -287,11 +308,14 @@ def main(argv=None) -> int:
     if args.smoke:
         tasks, source = smoke(), "untrained"
     elif args.action == "make":
-        if args.train < 1 or args.held_out < 1 or args.max_letters < 3:
-            p.error("--train and --held-out must be at least 1, --max-letters at least 3")
-        for name, path in make(args.out_dir, args.seed, args.train, args.held_out,
-                               max_letters=args.max_letters).items():
-            print(f"{path}: {args.train if name == 'train' else args.held_out} rows per task, {len(TASKS)} tasks")
+        if args.train < 1 or args.held_out < 1 or args.max_letters < 3 or args.turns < 1:
+            p.error("--train, --held-out and --turns must be at least 1, --max-letters at least 3")
+        for name, path in make(args.out_dir, args.seed, args.train, args.held_out, max_letters=args.max_letters,
+                               turns=args.turns).items():
+            rows = [json.loads(line) for line in open(path, encoding="utf-8")]
+            longest = max(conversation_tokens(r) for r in rows)
+            print(f"{path}: {args.train if name == 'train' else args.held_out} questions per task, {len(TASKS)} "
+                  f"tasks, {len(rows)} conversations, the longest {longest} char-tokenizer ids")
         return 0
     elif args.action == "score":
         rows = read_rows(args.held_out)

@@ -28,12 +28,12 @@ def rows():
     return chat_tasks.make_rows(seed=3, n_train=400, n_held_out=60)
 
 
-def _inputs(row) -> tuple[str, tuple]:
-    """(task, the input read back from the user's words by a pattern of this test's own)."""
-    text = row["messages"][0]["content"]
+def _inputs(row, turn: int = 0) -> tuple[str, tuple]:
+    """(task, the input read back from the user's words by a pattern of this test's own) of one turn."""
+    text = row["messages"][2 * turn]["content"]
     quoted = re.findall(r"'([a-z]+)'", text)
     numbers = tuple(int(n) for n in re.findall(r"\d+", text))
-    task = row["task"]
+    task = row["task"].split(",")[turn]
     if task in ("add", "compare"):
         assert len(numbers) == 2, text
         return task, numbers
@@ -44,13 +44,25 @@ def _inputs(row) -> tuple[str, tuple]:
     return task, (quoted[0],)
 
 
-def test_every_answer_is_right(rows):
-    """Each reference answer, recomputed here another way than the generator computes it."""
+@pytest.fixture(scope="module")
+def multi_turn_rows():
+    return chat_tasks.make_rows(seed=3, n_train=400, n_held_out=60, turns=3)
+
+
+def _turns(rows):
+    """(row, turn) of every question/answer turn of the rows."""
+    return [(r, t) for r in rows for t in range(len(r["messages"]) // 2)]
+
+
+@pytest.mark.parametrize("split", ["rows", "multi_turn_rows"])
+def test_every_answer_is_right(split, request):
+    """Each reference answer of every turn, recomputed here another way than the generator computes it."""
+    rows = request.getfixturevalue(split)
     seen = set()
-    for row in rows["train"] + rows["held_out"]:
-        task, inp = _inputs(row)
+    for row, turn in _turns(rows["train"] + rows["held_out"]):
+        task, inp = _inputs(row, turn)
         seen.add(task)
-        got = row["messages"][1]["content"]
+        got = row["messages"][2 * turn + 1]["content"]
         if task == "add":
             assert int(got) == sum(inp) and 10 <= min(inp) and max(inp) <= 99
         elif task == "compare":
@@ -77,12 +89,15 @@ def test_rows_per_task_and_phrasings(rows):
         assert len(shapes) >= 2, (task, shapes)
 
 
-def test_held_out_inputs_are_never_in_train(rows):
-    """No held-out word is in any train row; no held-out number pair is a train pair, in either order."""
+@pytest.mark.parametrize("split", ["rows", "multi_turn_rows"])
+def test_held_out_inputs_are_never_in_train(split, request):
+    """No held-out word is in any train row (any turn); no held-out number pair is a train pair, in either order."""
+    rows = request.getfixturevalue(split)
+
     def words_and_pairs(split):
         words, pairs = set(), set()
-        for r in split:
-            task, inp = _inputs(r)
+        for r, turn in _turns(split):
+            task, inp = _inputs(r, turn)
             if task in ("add", "compare"):
                 pairs.add(frozenset(inp))
             else:
@@ -95,9 +110,34 @@ def test_held_out_inputs_are_never_in_train(rows):
     assert not held_words & train_words
     assert not held_pairs & train_pairs
     held_text = " ".join(r["messages"][0]["content"] for r in rows["held_out"])
-    for r in rows["train"]:  # nor as a substring of any word of a train prompt
-        for w in re.findall(r"'([a-z]{3,})'", r["messages"][0]["content"]):
+    for r, turn in _turns(rows["train"]):  # nor as a substring of any word of a train prompt
+        for w in re.findall(r"'([a-z]{3,})'", r["messages"][2 * turn]["content"]):
             assert f"'{w}'" not in held_text
+
+
+def test_turns_join_the_same_questions(rows, multi_turn_rows):
+    """--turns 3: the single-question rows, in order, three to a conversation of alternating user and assistant
+    turns, each "task" naming its turns' tasks; the held-out rows stay one question each, as with --turns 1."""
+    multi = multi_turn_rows["train"]
+    assert len(multi) == -(-len(rows["train"]) // 3) and all(len(r["messages"]) == 6 for r in multi[:-1])
+    assert [m for r in multi for m in r["messages"]] == [m for r in rows["train"] for m in r["messages"]]
+    assert [t for r in multi for t in r["task"].split(",")] == [r["task"] for r in rows["train"]]
+    for r in multi:
+        assert [m["role"] for m in r["messages"]] == ["user", "assistant"] * (len(r["messages"]) // 2)
+    assert multi_turn_rows["held_out"] == rows["held_out"]
+    # questions per task, counted over the turns, are still --train's
+    counts = {}
+    for r in multi:
+        for task in r["task"].split(","):
+            counts[task] = counts.get(task, 0) + 1
+    assert counts == {t: 400 for t in chat_tasks.TASKS}
+
+
+def test_conversation_tokens_is_the_rendered_length(multi_turn_rows):
+    """make's "longest" (the --seq-len to choose) counts what the chat template gives a char tokenizer."""
+    tok = add_chat_tokens(train_tokenizer("char", "abc", progress=False))
+    for r in multi_turn_rows["train"][:20] + multi_turn_rows["held_out"][:5]:
+        assert chat_tasks.conversation_tokens(r) == len(apply_chat_template(tok, r["messages"]))
 
 
 def test_the_same_seed_makes_the_same_files(tmp_path):
