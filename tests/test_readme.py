@@ -195,6 +195,9 @@ def _input_paths(args: list[str]) -> list[str]:
 
 # bench scripts that a document's later commands need the output of, and that take seconds: they run too
 RUN_BENCH = {("bench/chat_tasks.py", "make"): "writes the task conversations that docs/training.md's SFT trains on"}
+# ...each with flags appended (argparse keeps the last) that shrink its output as SHORT_TRAINING shrinks a run: the
+# document's 40,000 questions per task make an 8.6M-token dataset whose preparation alone took 25 s
+SHORT_BENCH = {("bench/chat_tasks.py", "make"): ["--train", "200"]}
 
 
 def _runnable(doc: str) -> list[list[str]]:
@@ -202,7 +205,7 @@ def _runnable(doc: str) -> list[list[str]]:
     for words in document_commands(doc):
         bench = bench_words(words)
         if bench is not None and tuple(bench[:2]) in RUN_BENCH:
-            out.append(bench)  # the script's path first
+            out.append(bench + SHORT_BENCH.get(tuple(bench[:2]), []))  # the script's path first
             continue
         args = cli_words(words)
         if args is None or args[0] in PARSE_ONLY_COMMANDS or "mpirun" in words:
