@@ -183,6 +183,19 @@ def chat_tokenizer(tokenizer, conversations, vocab_size, bpe_pattern: str):
 
 
 # ------------------------------------------------------------------------------ prepare
+def encode_conversations(tokenizer, conversations, bad: BadRows) -> tuple[list, ChatTemplateError | None]:
+    """([(ids, assistant mask)] of each conversation the chat template renders, the first refusal): a conversation
+    the template refuses is counted in `bad` (prepare's and evaluate's report) and left out."""
+    encoded, first_error = [], None
+    for where, conv in conversations:
+        try:
+            encoded.append(assistant_mask(tokenizer, conv))
+        except ChatTemplateError as exc:
+            first_error = first_error or exc
+            bad.add(where, "the chat template refused it")
+    return encoded, first_error
+
+
 @dataclass
 class ChatDataset(PreparedDataset):
     """A prepared chat dataset: its kind (cllm/kinds.py for_data) names the chat kind, whose summary it needs."""
@@ -242,15 +255,7 @@ def prepare_chat_dataset(data_path, out_dir, opts) -> ChatDataset:
                         '{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]} with an '
                         "assistant turn")
     tok = chat_tokenizer(opts.tokenizer, conversations, opts.vocab_size, opts.bpe_pattern)
-    encoded, first_error = [], None
-    for where, conv in conversations:
-        try:
-            ids, mask = assistant_mask(tok, conv)
-        except ChatTemplateError as exc:
-            first_error = first_error or exc
-            bad.add(where, "the chat template refused it")
-            continue
-        encoded.append((ids, mask))
+    encoded, first_error = encode_conversations(tok, conversations, bad)
     if not encoded:  # e.g. a tokenizer that cannot do chat at all: its own words, once
         raise DataError(f"no conversation of {data_path} could be rendered: {first_error}")
     held = _split(len(encoded), val_fraction)

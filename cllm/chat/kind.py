@@ -19,13 +19,13 @@ from cllm.chat.data import (
     BadRows,
     ChatSplit,
     conversation_window,
+    encode_conversations,
     is_chat_source,
     prepare_chat_dataset,
     read_chat_split,
     read_conversations,
     summary,
 )
-from cllm.chat.template import ChatTemplateError, assistant_mask
 from cllm.completion import load_for_generation
 from cllm.data.textkind import sample_text
 from cllm.errors import ConfigError, DataError
@@ -139,23 +139,16 @@ def _rendered_split(path: str, tokenizer) -> tuple[ChatSplit, BadRows]:
         raise DataError(f"the checkpoint's {tokenizer.kind} tokenizer has no chat template, so it cannot render "
                         "conversations; evaluate a model fine-tuned on conversations (docs/training.md)")
     conversations, bad = read_conversations(path)
-    ids, mask, starts, first_error = [], [], [0], None
-    for where, conv in conversations:
-        try:
-            a, m = assistant_mask(tokenizer, conv)
-        except ChatTemplateError as exc:
-            first_error = first_error or exc
-            bad.add(where, "the chat template refused it")
-            continue
-        ids += a
-        mask += m
-        starts.append(len(ids))
-    if len(starts) == 1:
+    encoded, first_error = encode_conversations(tokenizer, conversations, bad)
+    if not encoded:
         why = f"the chat template refused every one: {first_error}" if first_error else bad.describe()
         raise DataError(f"no conversation of {path} to evaluate: {why}. Each row must be "
                         '{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]} with an '
                         "assistant turn")
-    split = ChatSplit(np.asarray(ids, np.int64), np.asarray(mask, np.uint8), np.asarray(starts, np.int64))
+    ids = np.array([i for conv_ids, _ in encoded for i in conv_ids], np.int64)
+    mask = np.array([m for _, conv_mask in encoded for m in conv_mask], np.uint8)
+    starts = np.concatenate([[0], np.cumsum([len(conv_ids) for conv_ids, _ in encoded])]).astype(np.int64)
+    split = ChatSplit(ids, mask, starts)
     return split, bad
 
 
