@@ -9,7 +9,7 @@ from cuda_sim_helpers import SIMULATED, patch_simulator, run_in_simulator
 
 from cllm.config import ModelConfig
 from cllm.errors import ConfigError
-from cllm.kernels.decode import GEMM_MIN_ROWS
+from cllm.kernels.decode import GEMM_MIN_ROWS, INT8_GEMM_MIN_ROWS
 from cllm.model import Model
 from cllm.model_interface import LanguageModel
 from cllm.quantize import Int8Model
@@ -57,7 +57,7 @@ def test_decode_batch_equals_separate_decode_steps(arch, B):
 
 @pytest.mark.parametrize("arch", [GPT2, LLAMA], ids=["gpt2", "llama"])
 def test_int8_decode_batch_equals_its_decode_steps(arch):
-    check_batch_equals_steps(Int8Model(roughened(ModelConfig(**arch))), GEMM_MIN_ROWS + 1)
+    check_batch_equals_steps(Int8Model(roughened(ModelConfig(**arch))), INT8_GEMM_MIN_ROWS + 1)
 
 
 def test_llama_options_batch_too():

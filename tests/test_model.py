@@ -7,6 +7,7 @@ import pytest
 
 from cllm.config import ModelConfig
 from cllm.errors import ConfigError, TrainingError
+from cllm.kernels.decode import GEMM_MIN_ROWS, PARALLEL_MATVEC_MIN, matvec_forward
 from cllm.model import MATRIX_PARAMS, Model
 from cllm.optim import AdamW
 
@@ -116,11 +117,10 @@ def test_loss_matches_numpy_softmax(model64):
     assert np.array_equal(m.forward(idx), logits)  # without targets: the same logits
 
 
-@pytest.mark.parametrize("nb, vocab", [(1, 37), (2, 37), (9, 37), (2, 17000)])  # 9: the gemm path
+@pytest.mark.parametrize("nb, vocab", [(1, 37), (2, 37), (9, 37), (GEMM_MIN_ROWS + 1, 37), (2, 17000)])
 def test_kv_cache_decode_equals_forward(nb, vocab):
-    # vocab 17000 x 64 dims: an LM head of 1.09M weights, which decode_step splits over the threads
-    from cllm.kernels.decode import PARALLEL_MATVEC_MIN
-
+    # 9 rows: blocked matrix-vector products; GEMM_MIN_ROWS + 1: the gemm path. vocab 17000 x 64 dims: an LM
+    # head of 1.09M weights, which decode_step splits over the threads
     embed = 32 if vocab < 1000 else 64
     assert (vocab * embed >= PARALLEL_MATVEC_MIN) == (vocab > 1000)
     cfg = ModelConfig(vocab_size=vocab, max_seq_len=12, num_layers=2, num_heads=4, embed_dim=embed)
@@ -138,31 +138,49 @@ def test_kv_cache_decode_equals_forward(nb, vocab):
         assert err <= 1e-5, f"position {pos}: decode differs from forward by {err:g}"
 
 
+@pytest.mark.parametrize("C, OC", [(32, 37), (64, 1001), (40, 6)])
+def test_matvec_rows_do_not_depend_on_the_batch(C, OC):
+    # matvec_forward (cllm/kernels/decode.py): numpy's product to float32 rounding, and each row's sums exactly
+    # the same alone, in a batch of 7 and in a batch big enough to split over the threads (64 x 1001 x 7 is above
+    # PARALLEL_MATVEC_MIN), so a served sequence's tokens do not depend on the requests decoding beside it
+    rng = np.random.default_rng(C + OC)
+    w = rng.standard_normal(OC * C).astype(np.float32)
+    bias = rng.standard_normal(OC).astype(np.float32)
+    x = rng.standard_normal((7, C)).astype(np.float32)
+    assert (OC * C * 7 >= PARALLEL_MATVEC_MIN) == (OC > 1000)
+    for b in (bias, None):
+        together = np.empty(7 * OC, np.float32)
+        matvec_forward(together, x.ravel(), w, b, 7, C, OC)
+        want = x.astype(np.float64) @ w.reshape(OC, C).T.astype(np.float64) + (0 if b is None else b)
+        np.testing.assert_allclose(together.reshape(7, OC), want, rtol=1e-5, atol=1e-5 * C)
+        for r in range(7):
+            alone = np.empty(OC, np.float32)
+            matvec_forward(alone, x[r].copy(), w, b, 1, C, OC)
+            assert np.array_equal(alone, together[r * OC:(r + 1) * OC])
+
+
 @pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
 def test_prefill_equals_forward_and_decode_continues(dtype, tol):
     # a prompt fed in one prefill gives the forward's logits at its last position; decode steps then
-    # continue from the cache it wrote; a second prefill can continue a cache too (pos0 > 0). 12
-    # tokens: more than GEMM_MIN_ROWS, so the linear layers run as matrix products.
-    from cllm.kernels.decode import GEMM_MIN_ROWS
-
-    cfg = ModelConfig(vocab_size=37, max_seq_len=20, num_layers=2, num_heads=4, embed_dim=32)
+    # continue from the cache it wrote; a second prefill can continue a cache too (pos0 > 0). A prompt
+    # of more than GEMM_MIN_ROWS tokens, so that the linear layers run as matrix products.
+    n = GEMM_MIN_ROWS + 4
+    cfg = ModelConfig(vocab_size=37, max_seq_len=n + 8, num_layers=2, num_heads=4, embed_dim=32)
     m = Model(cfg, seed=5, dtype=dtype)
     roughen(m, 6, scale=0.1)
     seq = np.random.default_rng(2).integers(0, cfg.vocab_size, (1, cfg.max_seq_len)).astype(np.int32)
     full = np.array(m.forward(seq)[0], dtype=np.float64)  # (T, V)
-    n = 12
-    assert n >= GEMM_MIN_ROWS
     cache = m.new_kv_cache(1)
     np.testing.assert_allclose(m.prefill(seq[0, :n], 0, cache), full[n - 1], rtol=tol, atol=tol)
-    for pos in range(n, 16):
+    for pos in range(n, n + 4):
         np.testing.assert_allclose(m.decode_step(seq[0, pos], pos, cache)[0], full[pos], rtol=tol, atol=tol)
-    np.testing.assert_allclose(m.prefill(seq[0, 16:], 16, cache), full[-1], rtol=tol, atol=tol)
+    np.testing.assert_allclose(m.prefill(seq[0, n + 4:], n + 4, cache), full[-1], rtol=tol, atol=tol)
     # one token at a time through prefill is decode_step
     cache2 = m.new_kv_cache(1)
     for pos in range(3):
         np.testing.assert_allclose(m.prefill(seq[0, pos], pos, cache2), full[pos], rtol=tol, atol=tol)
     with pytest.raises(ConfigError):
-        m.prefill(seq[0, :5], 16, cache)  # past the context
+        m.prefill(seq[0, :5], n + 4, cache)  # past the context
     with pytest.raises(ConfigError):
         m.prefill(np.zeros(0, np.int32), 0, cache)
     with pytest.raises(ConfigError):
