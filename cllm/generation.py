@@ -141,6 +141,44 @@ def next_token(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator
     return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), probs.size - 1))
 
 
+def _plain(cfg: SamplingConfig, counts: dict[int, int] | None, logit_bias: dict[int, float] | None,
+           vocab: int) -> bool:
+    """True when next_token would only scale by the temperature and draw (or take the argmax): no bias, penalty or
+    truncation acts."""
+    return (not logit_bias and (cfg.repeat_penalty == 1.0 or not cfg.repeat_last_n)
+            and (not counts or (cfg.presence_penalty == 0 and cfg.frequency_penalty == 0))
+            and (not cfg.top_k or cfg.top_k >= vocab) and cfg.top_p >= 1.0 and cfg.min_p <= 0)
+
+
+def next_tokens(rows: list[np.ndarray], cfgs: list[SamplingConfig], rngs: list[np.random.Generator],
+                histories: list[list[int]], counts: list[dict[int, int]],
+                logit_biases: list[dict[int, float] | None]) -> list[int]:
+    """next_token for each of several sequences (row i of logits (V,) with cfgs[i], rngs[i], ...): the same token
+    each would get alone. The rows that only need the temperature and a draw, the common case of a server's
+    batch, share one pass over a (B,V) array: the same float64 operations along each row as next_token's, so the
+    same values, in a fraction of B separate calls' time; the others go through next_token one by one."""
+    tokens = [0] * len(rows)
+    drawn = []  # indices of the plain rows with a temperature
+    for i, row in enumerate(rows):
+        if not _plain(cfgs[i], counts[i], logit_biases[i], row.size):
+            tokens[i] = next_token(row, cfgs[i], rngs[i], histories[i], counts[i], logit_biases[i])
+        elif cfgs[i].temperature == 0:
+            tokens[i] = int(np.argmax(row))  # next_token's argmax of the same values in float64
+        else:
+            drawn.append(i)
+    if drawn:
+        z = np.asarray(np.stack([rows[i] for i in drawn]), dtype=np.float64)
+        z /= np.array([cfgs[i].temperature for i in drawn], dtype=np.float64)[:, None]
+        z -= z.max(axis=1, keepdims=True)
+        probs = np.exp(z)
+        probs /= probs.sum(axis=1, keepdims=True)
+        cdf = np.cumsum(probs, axis=1)
+        last = cdf.shape[1] - 1
+        for j, i in enumerate(drawn):
+            tokens[i] = int(min(np.searchsorted(cdf[j], rngs[i].random() * cdf[j, last], side="right"), last))
+    return tokens
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """(..., V) logits -> float64 log-probabilities."""
     z = np.asarray(logits, dtype=np.float64)

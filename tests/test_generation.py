@@ -12,7 +12,14 @@ import cllm.commands.generate as generate_cmd
 from cllm.commands import run_command
 from cllm.completion import cut_at_stop, encode_prompt, load_for_generation
 from cllm.errors import ConfigError
-from cllm.generation import Generator, SamplingConfig, apply_repeat_penalty, filter_probs, next_token
+from cllm.generation import (
+    Generator,
+    SamplingConfig,
+    apply_repeat_penalty,
+    filter_probs,
+    next_token,
+    next_tokens,
+)
 from cllm.model import Model
 
 
@@ -78,6 +85,38 @@ def test_sampling_frequencies_follow_the_softmax():
     assert counts[2] == 0
     err = np.sqrt(probs * (1 - probs) / n)
     assert np.all(np.abs(counts / n - probs) <= 5 * err + 1e-12), counts / n
+
+
+@pytest.mark.parametrize("vocab", [7, 5000])
+def test_next_tokens_of_a_batch_are_next_token_of_each_row(vocab):
+    # the server's batched draw (next_tokens) against next_token row by row, with generators of the same seeds:
+    # the plain rows (temperature only, the shared pass) and every option that sends a row down next_token,
+    # 40 steps of draws, bit for bit the same tokens
+    configs = [SamplingConfig(temperature=1.0), SamplingConfig(temperature=0.7), SamplingConfig(temperature=0),
+               SamplingConfig(temperature=1.3, top_k=vocab), SamplingConfig(temperature=1.0, top_k=3),
+               SamplingConfig(temperature=0.9, top_p=0.8), SamplingConfig(temperature=1.0, min_p=0.1),
+               SamplingConfig(temperature=1.0, repeat_penalty=1.3), SamplingConfig(temperature=1.0,
+                                                                                   presence_penalty=0.5),
+               SamplingConfig(temperature=0.5)]
+    biases = [None] * (len(configs) - 1) + [{1: 5.0}]
+    B = len(configs)
+    rng = np.random.default_rng(vocab)
+    batched = [np.random.default_rng(10 + i) for i in range(B)]
+    alone = [np.random.default_rng(10 + i) for i in range(B)]
+    histories = [[] for _ in range(B)]
+    counts = [{} for _ in range(B)]
+    spread = set()
+    for _ in range(40):
+        logits = (rng.standard_normal((B, vocab)) * 2).astype(np.float32)
+        rows = list(logits)
+        want = [next_token(rows[i], configs[i], alone[i], histories[i], counts[i], biases[i]) for i in range(B)]
+        got = next_tokens(rows, configs, batched, histories, counts, biases)
+        assert got == want
+        for i, tok in enumerate(got):
+            histories[i].append(tok)
+            counts[i][tok] = counts[i].get(tok, 0) + 1
+        spread.add(got[0])
+    assert len(spread) > 2  # the draws are draws, not a constant
 
 
 def test_temperature_zero_is_argmax_and_repeat_penalty_rule():

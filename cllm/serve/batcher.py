@@ -9,8 +9,9 @@ One thread (started on first use) owns the model's decoding: each turn of its lo
   1. admits the sequences that arrived (up to max_batch at once): prefills each prompt into a free slot of the
      shared KV cache, the prefix cache's KV copied in first when one of its prompts shares >= min_prefix tokens;
   2. samples every active sequence's next token from its logits, each with its own SamplingConfig, random
-     generator, history and counts, exactly as Generator._steps does (cllm/generation.py), and hands it to the
-     sequence's consumer; a sequence that ended (EOS, max_new_tokens, its consumer gone) frees its slot;
+     generator, history and counts, as Generator._steps does (cllm/generation.py next_tokens: the same tokens, the
+     common case in one pass over all the rows), and hands it to the sequence's consumer; a sequence that ended
+     (EOS, max_new_tokens, its consumer gone) frees its slot;
   3. runs one decode_batch over the tokens just drawn, every sequence at its own position.
 Decoding is bound by reading the weights, which one batched step does once for all sequences: B sequences cost
 about one step, not B (docs/performance.md, Serving). With one sequence at a time, and for batches under
@@ -33,7 +34,7 @@ from typing import Iterator
 import numpy as np
 
 from cllm.errors import ConfigError
-from cllm.generation import SamplingConfig, next_token
+from cllm.generation import SamplingConfig, next_tokens
 
 _END = object()  # what a sequence's queue gets after its last token
 
@@ -226,12 +227,17 @@ class Batcher:
 
     def _step(self) -> None:
         self._admit()
-        feed = []  # the sequences whose drawn token is fed this step
+        drawing = []  # the sequences that draw a token this step
         for seq in list(self._active):
             if seq.gone or seq.produced >= seq.cfg.max_new_tokens:
                 self._finish(seq)
-                continue
-            tok = next_token(seq.logits, seq.cfg, seq.rng, seq.history, seq.counts, seq.logit_bias)
+            else:
+                drawing.append(seq)
+        drawn = next_tokens([seq.logits for seq in drawing], [seq.cfg for seq in drawing],
+                            [seq.rng for seq in drawing], [seq.history for seq in drawing],
+                            [seq.counts for seq in drawing], [seq.logit_bias for seq in drawing])
+        feed = []  # the sequences whose drawn token is fed this step
+        for seq, tok in zip(drawing, drawn):
             if not seq.cfg.ignore_eos and self.eos_id is not None and tok == self.eos_id:
                 self._finish(seq)
                 continue
