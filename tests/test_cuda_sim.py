@@ -50,7 +50,8 @@ def _every_kernel_compiles_for_a_gpu():
     assert not SIM  # the GPU's block and tile sizes
     fa, ia, da, i, f, b = t.float32[::1], t.int32[::1], t.float64[::1], t.int64, t.float32, t.boolean
     signatures = {
-        E._encoder_forward: (fa, ia, fa, fa, i, i, i), E._encoder_backward_wte: (fa, fa, ia, i, i),
+        E._encoder_forward: (fa, ia, fa, fa, i, i, i), E._embedding_forward: (fa, ia, fa, i, i),
+        E._encoder_backward_wte: (fa, fa, ia, i, i),
         E._encoder_backward_wpe: (fa, fa, i, i, i), C._add_partials: (fa, fa, i, i),
         E._gelu_forward: (fa, fa, i), E._gelu_backward: (fa, fa, fa, i, b), E._fill: (fa, f, i), E._scale: (fa, f, i),
         E._residual_forward: (fa, fa, fa, i),
@@ -64,6 +65,9 @@ def _every_kernel_compiles_for_a_gpu():
         AT._attention_forward: (fa,) * 3 + (i, i, i, f), AT._attention_backward_rows: (fa,) * 5 + (i, i, i, f, b),
         AT._attention_backward_keys: (fa,) * 5 + (i, i, i, f, b), D._embed_rows: (fa, ia, fa, fa, i, i),
         D._kv_write: (fa, fa, ia) + (i,) * 6, D._attend_cached: (fa,) * 4 + (ia,) + (i,) * 6 + (f,),
+        # llama's batched decode step (cllm/kernels/cuda/decode.py llama_forward_rows with rows)
+        D._llama_rope_rows: (fa, fa, fa, ia) + (i,) * 4, D._llama_kv_write_rows: (fa, fa, ia) + (i,) * 7,
+        D._llama_attend_rows: (fa,) * 4 + (ia,) + (i,) * 7 + (f,),
     }
     try:
         cuda.compile_ptx(E._fill.py_func, signatures[E._fill], cc=(9, 0))

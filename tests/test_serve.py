@@ -15,15 +15,6 @@ from cllm.serve import server
 PROMPT = "the cat sat"
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    from cllm.serve import Engine
-
-    e = Engine.load(str(tiny_run(tmp_path_factory)["run"]))
-    e.warm_up()
-    return e
-
-
 class ServerAsDeployed:
     """aiohttp's TestServer cancels a request's handler when its client disconnects; `cli.py serve`
     (server.start_site) keeps aiohttp's server default, where only the disconnect watcher notices."""
@@ -49,11 +40,6 @@ def make_client(aiohttp_client, engine):
         return await aiohttp_client(ServerAsDeployed(app) if as_deployed else app)
 
     return make
-
-
-@pytest.fixture
-async def client(make_client):
-    return await make_client()
 
 
 async def complete(client, **body):

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 from openai import AsyncOpenAI, BadRequestError
-from serve_helpers import ROOT, chat_run, tiny_run
+from serve_helpers import ROOT, tiny_run
 
 from cllm.chat.generate import end_of_turn_ids
 from cllm.chat.template import CHATML_TEMPLATE, apply_chat_template
@@ -30,10 +30,9 @@ HI = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "conten
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    e = Engine.load(str(chat_run(tmp_path_factory)))
-    e.warm_up()
-    return e
+def engine(chat_engine):
+    # this file's engine is the chat model, in place of tests/conftest.py's plain-text one
+    return chat_engine
 
 
 @pytest.fixture

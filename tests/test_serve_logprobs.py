@@ -10,38 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from serve_helpers import chat_run, random_checkpoint, tiny_run
+from serve_helpers import random_checkpoint
 
 from cllm.evaluate import evaluate_text
 from cllm.generation import Generator, SamplingConfig
 from cllm.multiple_choice import choice_loglikelihoods, encode_pair
 
 PROMPT = "the cat sat"
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    from cllm.serve import Engine
-
-    e = Engine.load(str(tiny_run(tmp_path_factory)["run"]))
-    e.warm_up()
-    return e
-
-
-@pytest.fixture(scope="module")
-def chat_engine(tmp_path_factory):
-    from cllm.serve import Engine
-
-    e = Engine.load(str(chat_run(tmp_path_factory) / "latest"))
-    e.warm_up()
-    return e
-
-
-@pytest.fixture
-async def client(aiohttp_client, engine):
-    from cllm.serve import create_app
-
-    return await aiohttp_client(create_app(engine))
 
 
 async def post(client, path, **body):

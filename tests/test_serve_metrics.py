@@ -6,25 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from serve_helpers import tiny_run
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    from cllm.serve import Engine
-
-    e = Engine.load(str(tiny_run(tmp_path_factory)["run"]))
-    e.warm_up()
-    return e
-
-
-@pytest.fixture
-async def client(aiohttp_client, engine):
-    from cllm.serve import create_app
-
-    return await aiohttp_client(create_app(engine))
 
 
 async def scrape(client) -> dict:

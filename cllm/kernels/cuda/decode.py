@@ -14,9 +14,9 @@ import math
 import numpy as np
 from numba import cuda
 
-from ._common import F32, ROW_THREADS, THREADS, block_max, block_sum, blocks
+from ._common import F32, ROW_THREADS, THREADS, blocks
 from .elementwise import encoder_forward, gelu_forward, residual_forward
-from .gqa import gqa_prefill
+from .gqa import attend_row, gqa_prefill
 from .layernorm import layernorm_forward
 from .matmul import linear
 from .rmsnorm import rmsnorm_forward
@@ -50,45 +50,17 @@ def _kv_write(kvcache, qkv, rows, l, R, L, C, NH, maxT):
 
 @cuda.jit
 def _attend_cached(atty, qkv, kvcache, scores, rows, l, R, L, C, NH, maxT, scale):
-    # one block per (row, head): the threads stride over the positions for the scores (the
-    # transposed keys make that coalesced), meet in shared max and sum, then over the channels
+    # one block per (row, head) over the row's positions 0..rows[2R + r] (gqa.attend_row): the keys are
+    # transposed (hs, maxT), so the threads' positions are adjacent floats; scores: a row of maxT per pair
     buf = cuda.shared.array(ROW_THREADS, dtype=F32)
-    for rh in range(cuda.blockIdx.x, R * NH, cuda.gridDim.x):
-        _attend_one(atty, qkv, kvcache, scores, rows, buf, rh, l, R, L, C, NH, maxT, scale)
-
-
-@cuda.jit(device=True, inline=True)
-def _attend_one(atty, qkv, kvcache, scores, rows, buf, rh, l, R, L, C, NH, maxT, scale):
-    r = rh // NH
-    h = rh % NH
-    tid = cuda.threadIdx.x
     hs = C // NH
     head = maxT * hs
-    n = rows[2 * R + r] + 1
-    kb = (rows[R + r] * L + l) * 2 * NH * head + h * head
-    vb = kb + NH * head
-    q0 = r * 3 * C + h * hs
-    s0 = rh * maxT
-    mx = F32(-math.inf)
-    for t in range(tid, n, ROW_THREADS):
-        s = F32(0)
-        for i in range(hs):
-            s += qkv[q0 + i] * kvcache[kb + i * maxT + t]
-        s *= scale
-        scores[s0 + t] = s
-        mx = max(mx, s)
-    mx = block_max(buf, mx)
-    total = F32(0)
-    for t in range(tid, n, ROW_THREADS):
-        e = math.exp(scores[s0 + t] - mx)
-        scores[s0 + t] = e
-        total += e
-    inv = F32(1) / block_sum(buf, total)  # its barriers also publish every thread's scores
-    for i in range(tid, hs, ROW_THREADS):
-        s = F32(0)
-        for t in range(n):
-            s += scores[s0 + t] * kvcache[vb + t * hs + i]
-        atty[r * C + h * hs + i] = s * inv
+    for rh in range(cuda.blockIdx.x, R * NH, cuda.gridDim.x):
+        r = rh // NH
+        h = rh % NH
+        kb = (rows[R + r] * L + l) * 2 * NH * head + h * head
+        attend_row(atty, r * C + h * hs, qkv, r * 3 * C + h * hs, kvcache, kb, 1, maxT, kvcache, kb + NH * head, scores,
+                   rh * maxT, buf, rows[2 * R + r] + 1, hs, scale)
 
 
 def scratch(R, C, NH, maxT):
@@ -162,40 +134,17 @@ def _llama_kv_write_rows(kvcache, qkv, rows, l, R, L, NH, NKV, hs, maxT):
 
 @cuda.jit
 def _llama_attend_rows(out, qkv, kvcache, scores, rows, l, R, L, NH, NKV, hs, maxT, scale):
-    # one block per (row, query head): as gqa.py's _attend_cached over the row's own sequence and positions
-    # 0..rows[2R + r]; scores: a row of maxT per (row, head)
+    # one block per (row, query head) over the row's own sequence and positions 0..rows[2R + r]
+    # (gqa.attend_row, keys (maxT, hs) per kv head); scores: a row of maxT per (row, head)
     buf = cuda.shared.array(ROW_THREADS, dtype=F32)
-    tid = cuda.threadIdx.x
     W = (NH + 2 * NKV) * hs
     half = NKV * maxT * hs
     for rh in range(cuda.blockIdx.x, R * NH, cuda.gridDim.x):
         r = rh // NH
         h = rh % NH
-        n = rows[2 * R + r] + 1
         c0 = (rows[R + r] * L + l) * 2 * half + (h // (NH // NKV)) * maxT * hs
-        q0 = r * W + h * hs
-        s0 = rh * maxT
-        mx = F32(-math.inf)
-        for t in range(tid, n, ROW_THREADS):
-            s = F32(0)
-            for i in range(hs):
-                s += qkv[q0 + i] * kvcache[c0 + t * hs + i]
-            s *= scale
-            scores[s0 + t] = s
-            mx = max(mx, s)
-        mx = block_max(buf, mx)
-        total = F32(0)
-        for t in range(tid, n, ROW_THREADS):
-            e = math.exp(scores[s0 + t] - mx)
-            scores[s0 + t] = e
-            total += e
-        inv = F32(1) / block_sum(buf, total)  # its barriers also publish every thread's scores
-        for i in range(tid, hs, ROW_THREADS):
-            s = F32(0)
-            for t in range(n):
-                s += scores[s0 + t] * kvcache[c0 + half + t * hs + i]
-            out[rh * hs + i] = s * inv
-        cuda.syncthreads()  # every thread has read the scores before the next pair overwrites them
+        attend_row(out, rh * hs, qkv, r * W + h * hs, kvcache, c0, hs, 1, kvcache, c0 + half, scores, rh * maxT, buf,
+                   rows[2 * R + r] + 1, hs, scale)
 
 
 def llama_scratch(R, C, QKV, F, NH=1, maxT=0):

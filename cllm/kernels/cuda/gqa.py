@@ -10,8 +10,8 @@ row's scaled scores there first and turns them into probabilities in place. kcac
 Forward and backward follow cllm/kernels/cuda/attention.py: the grid is (blocks of ATT_ROWS rows, heads),
 a thread owns one query row (forward, and dq in the backward) or one key row of a kv head (dk and dv,
 summed over the group's query heads in one thread, so no two threads write the same gradient and no
-atomics are needed). Decoding gives each (row, query head) a block of ROW_THREADS threads, as
-cllm/kernels/cuda/decode.py does.
+atomics are needed). Decoding gives each (row, query head) a block of ROW_THREADS threads: attend_row, which
+cllm/kernels/cuda/decode.py's cached attention (gpt2's transposed keys, llama's batched rows) shares.
 """
 import math
 
@@ -160,43 +160,53 @@ def _kv_write(kcache, vcache, qkv, B, T, NH, NKV, hs, pos0, maxT):
         vcache[c] = qkv[bt * W + (NH + NKV + g) * hs + i]
 
 
+@cuda.jit(device=True, inline=True)
+def attend_row(out, o0, qkv, q0, keys, k0, kt, ki, values, v0, scores, s0, buf, n, hs, scale):
+    # one query head of one row against the cached positions 0..n-1, by the block's ROW_THREADS threads (every
+    # thread of the block must call it): out[o0:o0+hs] = softmax(scale * q.k_t) weighted sum of the v_t, with
+    # q = qkv[q0:q0+hs], channel i of key t at keys[k0 + t*kt + i*ki] and of value t at values[v0 + t*hs + i].
+    # Keys stored (maxT, hs) per head have kt = hs, ki = 1; transposed (hs, maxT) ones (cllm/kernels/decode.py's
+    # gpt2 cache) kt = 1, ki = maxT, so that the threads' positions are adjacent floats. The threads stride over
+    # the positions for the scores (scores[s0:s0+n], a work row), meet in shared max and sum (buf: a shared
+    # (ROW_THREADS,) array), then stride over the channels for the weighted sum of values.
+    tid = cuda.threadIdx.x
+    mx = F32(-math.inf)
+    for t in range(tid, n, ROW_THREADS):
+        s = F32(0)
+        for i in range(hs):
+            s += qkv[q0 + i] * keys[k0 + t * kt + i * ki]
+        s *= scale
+        scores[s0 + t] = s
+        mx = max(mx, s)
+    mx = block_max(buf, mx)
+    total = F32(0)
+    for t in range(tid, n, ROW_THREADS):
+        e = math.exp(scores[s0 + t] - mx)
+        scores[s0 + t] = e
+        total += e
+    inv = F32(1) / block_sum(buf, total)  # its barriers also publish every thread's scores
+    for i in range(tid, hs, ROW_THREADS):
+        s = F32(0)
+        for t in range(n):
+            s += scores[s0 + t] * values[v0 + t * hs + i]
+        out[o0 + i] = s * inv
+    cuda.syncthreads()  # every thread has read the scores before the block's next row may overwrite them
+
+
 @cuda.jit
 def _attend_cached(out, qkv, kcache, vcache, scores, B, T, NH, NKV, hs, pos0, maxT, scale):
-    # one block per (row b*T + t, query head h) in turn: the threads stride over the cached positions
-    # 0..pos0+t for the scores (a position's key is hs contiguous floats), meet in shared max and sum, then
-    # stride over the channels for the weighted sum of values. scores: a row of maxT per block.
+    # one block per (row b*T + t, query head h) in turn, over the cached positions 0..pos0+t (a position's
+    # key is hs contiguous floats). scores: a row of maxT per block.
     buf = cuda.shared.array(ROW_THREADS, dtype=F32)
-    tid = cuda.threadIdx.x
     W = (NH + 2 * NKV) * hs
     s0 = cuda.blockIdx.x * maxT
     for rh in range(cuda.blockIdx.x, B * T * NH, cuda.gridDim.x):
         bt = rh // NH
         h = rh % NH
         b = bt // T
-        n = pos0 + bt % T + 1
         c0 = (b * NKV + h // (NH // NKV)) * maxT * hs
-        q0 = bt * W + h * hs
-        mx = F32(-math.inf)
-        for t in range(tid, n, ROW_THREADS):
-            s = F32(0)
-            for i in range(hs):
-                s += qkv[q0 + i] * kcache[c0 + t * hs + i]
-            s *= scale
-            scores[s0 + t] = s
-            mx = max(mx, s)
-        mx = block_max(buf, mx)
-        total = F32(0)
-        for t in range(tid, n, ROW_THREADS):
-            e = math.exp(scores[s0 + t] - mx)
-            scores[s0 + t] = e
-            total += e
-        inv = F32(1) / block_sum(buf, total)  # its barriers also publish every thread's scores
-        for i in range(tid, hs, ROW_THREADS):
-            s = F32(0)
-            for t in range(n):
-                s += scores[s0 + t] * vcache[c0 + t * hs + i]
-            out[rh * hs + i] = s * inv
-        cuda.syncthreads()  # every thread has read the scores before the next pair overwrites them
+        attend_row(out, rh * hs, qkv, bt * W + h * hs, kcache, c0, hs, 1, vcache, c0, scores, s0, buf,
+                   pos0 + bt % T + 1, hs, scale)
 
 
 def gqa_prefill(out, qkv, kcache, vcache, B, T, NH, NKV, hs, pos0, maxT):
