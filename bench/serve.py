@@ -20,7 +20,7 @@ server_peak_rss_mb, server_cpu_s, client_cpu_s, reference_tokens_per_s, server_v
 
   --smoke: an untrained 1-layer, 32-dim model (context 16), 2 clients, 4 requests of 4 tokens
 
-    python bench/serve.py --sweep [--rounds 3] [--smoke]
+    python bench/serve.py --sweep [--rounds 3] [--medium] [--smoke]
 
 The batching table (docs/performance.md, Serving) instead: one server (--max-concurrent 16) under 1, 4 and 16
 clients in turn, alternated over --rounds rounds (the machine may be shared: the median of each), the aggregate
@@ -62,16 +62,23 @@ from cllm.config import ModelConfig  # noqa: E402
 from cllm.generation import Generator, SamplingConfig  # noqa: E402
 from cllm.model import Model  # noqa: E402
 from cllm.serve.engine import CompletionRequest, Engine  # noqa: E402
-from cllm.tokenizers import train_tokenizer  # noqa: E402
+from cllm.tokenizers import load_tokenizer, train_tokenizer  # noqa: E402
 
 
-def make_checkpoint(directory: str, embed_dim: int = 128, num_layers: int = 4, context: int = 64) -> str:
+def make_checkpoint(directory: str, embed_dim: int = 128, num_layers: int = 4, context: int = 64, num_heads: int = 4,
+                    tokenizer: str = "char", vocab_size: int | None = None) -> str:
     with open(os.path.join(ROOT, "data", "tinyshakespeare.txt"), encoding="utf-8") as f:
         text = f.read()
-    tok = train_tokenizer("char", [text], None, progress=False)
-    model = Model(ModelConfig(vocab_size=tok.vocab_size, max_seq_len=context, num_layers=num_layers, num_heads=4,
-                              embed_dim=embed_dim), seed=0)
+    tok = train_tokenizer(tokenizer, [text], vocab_size, progress=False)
+    model = Model(ModelConfig(vocab_size=tok.vocab_size, max_seq_len=context, num_layers=num_layers,
+                              num_heads=num_heads, embed_dim=embed_dim), seed=0)
     return save_checkpoint(directory, "step_000000", model, tokenizer=tok)
+
+
+def model_checkpoint(directory: str, args, context: int) -> str:
+    """An untrained model of the size the flags give (weights do not change the speed)."""
+    return make_checkpoint(directory, args.embed_dim, args.num_layers, context, args.num_heads, args.tokenizer,
+                           args.vocab_size)
 
 
 def reference_tokens_per_s(checkpoint: str, max_tokens: int, n: int = 8, threads=None) -> float:
@@ -100,6 +107,8 @@ def start_server(checkpoint: str, args) -> tuple[subprocess.Popen, str]:
            "--max-concurrent", str(args.max_concurrent), "--max-queue", str(max(64, args.clients))]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.batch_threads:
+        cmd += ["--batch-threads", str(args.batch_threads)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     lines = []
     for line in proc.stderr:
@@ -211,7 +220,7 @@ SWEEP_CLIENTS = (1, 4, 16)
 PREFIX_PROMPT, PREFIX_SHARED = 512, 461  # tokens (characters: the char tokenizer), 90% shared
 
 
-async def first_token_s(url: str, prompt: str) -> float:
+async def first_token_s(url: str, prompt: list[int]) -> float:
     """Seconds from sending a streamed one-token request to its first text."""
     body = {"prompt": prompt, "max_tokens": 1, "temperature": 0.0, "stream": True, "ignore_eos": True}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
@@ -263,7 +272,7 @@ def engine_sweep(checkpoint: str, clients, args) -> dict:
 
 def sweep(args, tmp: str) -> dict:
     """The batching table and the prefix case (the module's docstring)."""
-    checkpoint = args.checkpoint or make_checkpoint(tmp, args.embed_dim, args.num_layers, args.context)
+    checkpoint = args.checkpoint or model_checkpoint(tmp, args, args.context)
     clients = (1, 2) if args.smoke else SWEEP_CLIENTS
     args.max_concurrent = max(clients)
     runs = {c: [] for c in clients}
@@ -280,20 +289,21 @@ def sweep(args, tmp: str) -> dict:
     table = {c: {"tokens_per_s": float(np.median([r["tokens_per_s"] for r in rs])),
                  "ttft_p50_s": round(float(np.median([r["ttft_p50_s"] for r in rs])), 4),
                  "errors": sum(r["errors"] for r in rs)} for c, rs in runs.items()}
-    with open(os.path.join(ROOT, "data", "tinyshakespeare.txt"), encoding="utf-8") as f:
-        text = f.read()
     n, shared = (24, 21) if args.smoke else (PREFIX_PROMPT, PREFIX_SHARED)
     long_dir = os.path.join(tmp, "long")
     os.makedirs(long_dir, exist_ok=True)
-    long_ckpt = make_checkpoint(long_dir, args.embed_dim, args.num_layers, 2 * n)
+    long_ckpt = model_checkpoint(long_dir, args, 2 * n)
+    # the prompts as token ids (what the prefix cache matches), cut from the bundled text's tokens
+    with open(os.path.join(ROOT, "data", "tinyshakespeare.txt"), encoding="utf-8") as f:
+        ids = load_tokenizer(load_checkpoint(long_ckpt).tokenizer_path).encode(f.read()[:200_000])
     proc, url = start_server(long_ckpt, args)
     cold, warm = [], []
     try:
-        asyncio.run(first_token_s(url, text[:n]))  # the kernels of this size, compiled or loaded
+        asyncio.run(first_token_s(url, ids[:n]))  # the kernels of this size, compiled or loaded
         for i in range(2 if args.smoke else 8):
-            prompt = text[(2 * i + 1) * n:(2 * i + 2) * n]  # a text the server has not seen
+            prompt = ids[(2 * i + 1) * n:(2 * i + 2) * n]  # a text the server has not seen
             cold.append(asyncio.run(first_token_s(url, prompt)))
-            other = text[(2 * i + 2) * n:(2 * i + 3) * n]
+            other = ids[(2 * i + 2) * n:(2 * i + 3) * n]
             warm.append(asyncio.run(first_token_s(url, prompt[:shared] + other[:n - shared])))
     finally:
         proc.terminate()
@@ -320,17 +330,27 @@ def main() -> None:
     ap.add_argument("--checkpoint", help="default: an untrained model of train's default size")
     ap.add_argument("--embed-dim", type=int, default=128, help="the untrained model's size (without --checkpoint)")
     ap.add_argument("--num-layers", type=int, default=4)
+    ap.add_argument("--num-heads", type=int, default=4)
     ap.add_argument("--context", type=int, default=64)
+    ap.add_argument("--tokenizer", choices=("char", "bpe"), default="char", help="the untrained model's tokenizer, "
+                    "trained on the bundled text")
+    ap.add_argument("--vocab-size", type=int, default=None, help="with --tokenizer bpe")
+    ap.add_argument("--medium", action="store_true", help="the medium config: 6 layers, 8 heads, 256 dims, "
+                    "context 128, BPE 5000 (sets the five flags above)")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--max-concurrent", type=int, default=2, help="the server's --max-concurrent")
     ap.add_argument("--threads", type=int, default=None, help="the server's --threads (Numba threads)")
+    ap.add_argument("--batch-threads", type=int, default=None, help="the server's --batch-threads")
     ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     ap.add_argument("--sweep", action="store_true", help="the batching table: 1, 4, 16 clients and the prefix case")
     ap.add_argument("--rounds", type=int, default=3, help="--sweep: rounds of alternated client counts")
     ap.add_argument("--requests-per-client", type=int, default=4, help="--sweep: requests of each client per run")
     args = ap.parse_args()
+    if args.medium:
+        args.embed_dim, args.num_layers, args.num_heads, args.context = 256, 6, 8, 128
+        args.tokenizer, args.vocab_size = "bpe", 5000
     if args.sweep:
         if args.smoke:
             args.embed_dim, args.num_layers, args.context = 32, 1, 16
@@ -342,7 +362,7 @@ def main() -> None:
         args.embed_dim, args.num_layers, args.context = 32, 1, 16
         args.clients, args.requests, args.max_tokens = 2, 4, 4
     with tempfile.TemporaryDirectory(prefix="cllm-bench-serve-") as tmp:
-        checkpoint = args.checkpoint or make_checkpoint(tmp, args.embed_dim, args.num_layers, args.context)
+        checkpoint = args.checkpoint or model_checkpoint(tmp, args, args.context)
         proc, url = start_server(checkpoint, args)
         try:
             cpu0 = cpu_seconds(proc.pid)

@@ -503,6 +503,7 @@ def test_serve_cli_flag_errors(tmp_path):
     for args, needle in (
         (["--port", "-1"], "--port"),
         (["--max-concurrent", "0"], "--max-concurrent"),
+        (["--batch-threads", "0"], "--batch-threads"),
         (["--bogus"], "unknown flag --bogus"),
         ([str(tmp_path / "none")], "no checkpoint"),
     ):

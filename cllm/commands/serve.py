@@ -13,8 +13,8 @@ OPTIONS = ServerSettings  # the limits and the API key: ServerSettings' fields, 
 
 
 def main(checkpoint: str = "checkpoints", *, host: str = "127.0.0.1", port: int = 8000, model_name: str | None = None,
-         threads: int | None = None, tokenizer: str | None = None, device: str = "cpu",
-         quantize: str | None = None, **limits):
+         threads: int | None = None, batch_threads: int | None = None, tokenizer: str | None = None,
+         device: str = "cpu", quantize: str | None = None, **limits):
     """Serve CHECKPOINT (default: the latest under checkpoints/) over HTTP until Ctrl-C.
 
     GET /health, GET /v1/models, POST /v1/completions (OpenAI's completions API: prompt, max_tokens,
@@ -27,7 +27,10 @@ def main(checkpoint: str = "checkpoints", *, host: str = "127.0.0.1", port: int 
       host: address to listen on (another than loopback prints a warning)
       port: port to listen on (0 picks a free one)
       model_name: the model's name in the API (none: RUN/step_N)
-      threads: Numba threads of each generation worker (none: the cores / --max-concurrent)
+      threads: Numba threads of each generation worker that runs a request outside the batch: log-probabilities,
+        structured output, beam search (none: the cores / --max-concurrent)
+      batch_threads: Numba threads of the batched decoding of the other requests (none: --threads if given,
+        else all the cores)
       tokenizer: a tokenizer file, for a checkpoint without one
       device: cpu, cuda or cuda:N (an NVIDIA GPU through the [cuda] extra)
       quantize: int8: quantize the weight matrices at load time and decode from them (cllm/quantize.py)
@@ -39,12 +42,17 @@ def main(checkpoint: str = "checkpoints", *, host: str = "127.0.0.1", port: int 
     limits.setdefault("api_key", os.environ.get("CLLM_API_KEY") or None)
     settings = ServerSettings(**limits)
     settings.validate()
+    if batch_threads is not None and batch_threads < 1:
+        raise ConfigError(f"--batch-threads must be >= 1, got {batch_threads}")
+    if batch_threads is None:  # one thread decodes every batched request: all the cores unless told
+        batch_threads = threads or cpu_count()
     if threads is None:  # the cores shared among the workers (bench/serve.py: faster than all cores each)
         threads = max(1, cpu_count() // settings.max_concurrent)
     warning = host_warning(host)
     if warning:
         print(warning, file=sys.stderr, flush=True)
     engine = Engine.load(checkpoint, tokenizer, threads, model_name, device, quantize)
+    engine.batch_threads = batch_threads
     engine.warm_up()
     return run_server(create_app(engine, settings), host, port, engine)
 

@@ -107,6 +107,9 @@ class Engine:
         self._forward_lock = threading.Lock()
         self._turns = None  # set by warm_up: a lock that requests hold while generating, or a no-op
         self.threads: int | None = None  # Numba threads of each worker thread (None: Numba's default)
+        # Numba threads of the batcher's thread, which decodes every batched request (None: self.threads). The
+        # serve command gives it every core: the workers then mostly wait for its tokens.
+        self.batch_threads: int | None = None
         self.stats = {"requests": 0, "cancelled": 0, "completion_tokens": 0}
         # a chat model's end-of-turn ids (cllm/chat/generate.py), None without a chat template
         self.end_of_turn = end_of_turn_ids(tokenizer) if self.chat_template is not None else None
@@ -114,7 +117,7 @@ class Engine:
         # cllm/device.py, but the batcher's slot views and prefix copies are host arrays)
         self.batcher = None
         if batching and isinstance(model, HostDecoding):
-            self.batcher = Batcher(model, eos_id=tokenizer.eos_id, init_thread=self.init_worker,
+            self.batcher = Batcher(model, eos_id=tokenizer.eos_id, init_thread=self.init_batcher,
                                    turns=self._turn)
 
     @classmethod
@@ -130,6 +133,12 @@ class Engine:
         configure_threads set in the main thread does not reach the workers by itself."""
         if self.threads:
             numba.set_num_threads(self.threads)
+
+    def init_batcher(self) -> None:
+        """init_worker for the batcher's thread (batch_threads)."""
+        threads = self.batch_threads or self.threads
+        if threads:
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
     def warm_up(self) -> None:
         """Compile (or load from Numba's cache) the decoding kernels before the first request, and

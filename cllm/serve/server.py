@@ -80,7 +80,9 @@ DISCONNECT_POLL_S = 0.05  # how often a generating request checks that its clien
 class ServerSettings:
     """The server's limits; its fields are also `cli.py serve`'s flags (cllm/commands/serve.py)."""
 
-    max_concurrent: int = option(2, "generations at once (worker threads)")
+    # 16: the batcher decodes the sampled requests together (cllm/serve/batcher.py), so that many clients cost
+    # about one step each token rather than 16 (docs/performance.md, Serving)
+    max_concurrent: int = option(16, "generations at once (worker threads; sampled ones decode as one batch)")
     max_queue: int = option(32, "requests waiting for a generation slot (beyond: 429 with Retry-After)")
     max_tokens_cap: int = option(1024, "largest max_tokens a request may ask for")
     max_prompt_chars: int = option(32768, "longest prompt, in characters")
