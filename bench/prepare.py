@@ -35,6 +35,7 @@ datasketch's update_batch (where datasketch is installed), on the same pages.
 
 import argparse
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -128,15 +129,15 @@ def build_corpus(d: Path, mb: float, file_chars: int | None = None) -> tuple[int
     return total, n, largest
 
 
-def build_web_corpus(d: Path, mb: float) -> tuple[int, int]:
+def build_web_corpus(d: Path, mb: float) -> tuple[int, int, int]:
     """A crawl's output folder (pages/, manifest.jsonl) of web-like pages made of the books' paragraphs (their
-    lines joined, as a page's text is): (bytes, pages). See the module doc."""
+    lines joined, as a page's text is): (bytes, pages, the largest page's bytes). See the module doc."""
     rng = random.Random(0)
     paras = [" ".join(p.split()) for _, body in _books() for p in body.split("\n\n") if len(p) > 80]
     (d / "pages").mkdir(parents=True)
     sites = [[f"Home | News | Shop | About site {k}", f"Site {k} uses cookies to remember your settings.",
               f"Copyright 2026 Site {k}. All rights reserved."] for k in range(20)]
-    total, n, pages, manifest = 0, 0, [], []
+    total, n, largest, pages, manifest = 0, 0, 0, [], []
     while total < mb * 1_000_000:
         if pages and rng.random() < 0.1:  # a near-duplicate of an earlier page: 7% of its words edited
             words = rng.choice(pages).split(" ")
@@ -152,9 +153,10 @@ def build_web_corpus(d: Path, mb: float) -> tuple[int, int]:
         (d / "pages" / f"{n:06d}.txt").write_bytes(data)
         manifest.append(json.dumps({"url": f"https://site{site}.example/{n}", "file": f"pages/{n:06d}.txt"}))
         total += len(data)
+        largest = max(largest, len(data))
         n += 1
     (d / "manifest.jsonl").write_text("\n".join(manifest) + "\n")
-    return total, n
+    return total, n, largest
 
 
 def bench_filters(work: Path, mb: float) -> dict:
@@ -162,7 +164,7 @@ def bench_filters(work: Path, mb: float) -> dict:
     crawl = work / "crawl"
     if crawl.exists():
         shutil.rmtree(crawl)
-    total, npages = build_web_corpus(crawl, mb)
+    total, npages, _ = build_web_corpus(crawl, mb)
     warm = work / "warm"  # the kernels compiled or loaded from Numba's cache and the language model loaded first
     if warm.exists():
         shutil.rmtree(warm)
@@ -192,6 +194,54 @@ def bench_filters(work: Path, mb: float) -> dict:
            "wall_MBps": {name: round(f.bytes_in / s / 1e6, 1) for name, s in f.wall.items() if s > 0},
            "removed": {rule: c["documents"] for rule, c in f.counts_by_rule().items() if c["documents"]},
            "minhash": bench_minhash(crawl, min(mb, 5))}
+    return res
+
+
+def peak_rss(cmd: list[str]) -> tuple[int, float]:
+    """(peak RSS in bytes, wall seconds) of one child process running `cmd` (os.wait4's rusage: that child's
+    own ru_maxrss, which Linux gives in KB). A failure raises with the child's last lines."""
+    t = time.perf_counter()
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
+        if proc.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(" | ".join(err.read().decode(errors="replace").strip().splitlines()[-3:]))
+    return usage.ru_maxrss * 1024, time.perf_counter() - t
+
+
+def bench_memory(work: Path, sizes: list[float], tokenizer: str) -> dict:
+    """The memory part (module doc): `cli.py prepare` on crawls of `sizes` MB, each in a child process."""
+    runs = []
+    for mb in (0.05, 0.05, *sizes):  # the first run loads (or compiles) the Numba kernels: not measured
+        crawl, out = work / "mem-crawl", work / "mem-out"
+        for d in (crawl, out):
+            if d.exists():
+                shutil.rmtree(d)
+        total, pages, largest = build_web_corpus(crawl, mb)
+        peak, seconds = peak_rss([sys.executable, str(ROOT / "cli.py"), "prepare", str(crawl), "--out", str(out),
+                                  "--tokenizer", tokenizer, "--no-progress"])
+        meta = json.loads((out / "meta.json").read_text())
+        tokens = meta["train_tokens"] + meta["val_tokens"]
+        runs.append({"corpus_MB": round(total / 1e6, 2), "pages": pages, "largest_page_KB": round(largest / 1e3, 1),
+                     "documents_kept": meta["corpus"]["documents"], "tokens": tokens,
+                     "token_files_MB": round(tokens * np.dtype(meta["dtype"]).itemsize / 1e6, 1),
+                     "peak_rss_MB": round(peak / 1e6, 1), "seconds": round(seconds, 1), "_bytes": total, "_peak": peak})
+    base, runs = runs[1], runs[2:]
+    for r in runs:
+        r["peak_above_baseline_MB"] = round((r["_peak"] - base["_peak"]) / 1e6, 1)
+    res = {"tokenizer": tokenizer, "baseline_peak_rss_MB": base["peak_rss_MB"], "baseline_corpus_MB": base["corpus_MB"]}
+    if len(runs) >= 2:  # the growth between the smallest and the largest crawl
+        a, b = runs[0], runs[-1]
+        grow = (b["_peak"] - a["_peak"]) / (b["_bytes"] - a["_bytes"])
+        res["rss_MB_per_corpus_MB"] = round(grow, 3)
+        res["rss_KB_per_page"] = round((b["_peak"] - a["_peak"]) / (b["pages"] - a["pages"]) / 1e3, 2)
+        res["peak_ratio"] = round(b["_peak"] / a["_peak"], 2)
+        res["corpus_ratio"] = round(b["_bytes"] / a["_bytes"], 2)
+    for r in runs:
+        del r["_bytes"], r["_peak"]
+    res["runs"] = runs
     return res
 
 
@@ -231,6 +281,9 @@ def main():
     ap.add_argument("--keep", default=None, help="build the corpus here and keep it")
     ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     ap.add_argument("--filters-mb", type=float, default=20, help="MB of web pages for the filters part (0: skip)")
+    ap.add_argument("--memory-mb", default="20,100",
+                    help="MB of web pages of each crawl the memory part prepares, comma-separated (none: skip)")
+    ap.add_argument("--memory-tokenizer", default="char", help="the memory part's --tokenizer (char, word, bpe)")
     args = ap.parse_args()
     kinds = [] if args.kinds == "none" else args.kinds.split(",")
     unknown = set(kinds) - set(VOCAB)
@@ -239,6 +292,11 @@ def main():
     if args.smoke:
         args.mb = 0.2
         args.filters_mb = min(args.filters_mb, 0.3)
+        args.memory_mb = "0.1,0.3"
+    try:
+        memory_mb = [] if args.memory_mb == "none" else [float(x) for x in args.memory_mb.split(",")]
+    except ValueError:
+        ap.error(f"--memory-mb takes MB numbers separated by commas (e.g. 20,100) or none, not {args.memory_mb!r}")
     work = Path(args.keep or tempfile.mkdtemp(prefix="cllm-bench-prepare-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -302,6 +360,8 @@ def main():
             }
         if args.filters_mb > 0:
             res["filters"] = bench_filters(work, args.filters_mb)
+        if memory_mb:
+            res["memory"] = bench_memory(work, memory_mb, args.memory_tokenizer)
         print(json.dumps(res))
     finally:
         if not args.keep:

@@ -137,7 +137,7 @@ def _release_free_memory() -> None:
 _malloc_trim = None
 
 
-def _split_plan(lengths: list[int], val_fraction: float) -> tuple[int, int, float]:
+def _split_plan(lengths, val_fraction: float) -> tuple[int, int, float]:
     """(first val document, document split by position or -1, train fraction of that document).
 
     One document: split it by position. Several: the document boundary whose tail holds the
@@ -150,7 +150,7 @@ def _split_plan(lengths: list[int], val_fraction: float) -> tuple[int, int, floa
     if val_fraction == 0:
         return n, -1, 1.0
     total = sum(lengths)
-    prefix = np.cumsum([0] + lengths)  # prefix[k] = characters in documents 0..k-1
+    prefix = np.concatenate([[0], np.cumsum(np.asarray(lengths, np.int64))])  # prefix[k]: characters in documents < k
     best = min(range(1, n), key=lambda k: (abs((total - prefix[k]) / total - val_fraction), k))
     got = (total - prefix[best]) / total
     if val_fraction / 2 <= got <= 2 * val_fraction:
