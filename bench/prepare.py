@@ -129,11 +129,17 @@ def build_corpus(d: Path, mb: float, file_chars: int | None = None) -> tuple[int
     return total, n, largest
 
 
-def build_web_corpus(d: Path, mb: float) -> tuple[int, int, int]:
+def build_web_corpus(d: Path, mb: float, unique: bool = False) -> tuple[int, int, int]:
     """A crawl's output folder (pages/, manifest.jsonl) of web-like pages made of the books' paragraphs (their
-    lines joined, as a page's text is): (bytes, pages, the largest page's bytes). See the module doc."""
+    lines joined, as a page's text is): (bytes, pages, the largest page's bytes). See the module doc.
+    unique: paragraphs of random sentences of the books' words instead (the memory part's crawls: the books'
+    paragraphs, repeated on many pages of a site once the crawl outgrows them, would go as boilerplate)."""
     rng = random.Random(0)
-    paras = [" ".join(p.split()) for _, body in _books() for p in body.split("\n\n") if len(p) > 80]
+    books = _books()
+    if unique:
+        vocab = [w for _, body in books for w in (w.strip(".,;:!?'\"-()[]") for w in body.split()) if w]
+    else:
+        paras = [" ".join(p.split()) for _, body in books for p in body.split("\n\n") if len(p) > 80]
     (d / "pages").mkdir(parents=True)
     sites = [[f"Home | News | Shop | About site {k}", f"Site {k} uses cookies to remember your settings.",
               f"Copyright 2026 Site {k}. All rights reserved."] for k in range(20)]
@@ -145,7 +151,8 @@ def build_web_corpus(d: Path, mb: float) -> tuple[int, int, int]:
                 words[i] = rng.choice(words)
             body = " ".join(words)
         else:
-            body = f"Page {n}\n\n" + "\n\n".join(rng.choice(paras) for _ in range(rng.randint(1, 24)))
+            body = f"Page {n}\n\n" + "\n\n".join(_random_paragraph(rng, vocab) if unique else rng.choice(paras)
+                                                  for _ in range(rng.randint(1, 24)))
             pages.append(body)
         site = n % len(sites)
         text = "\n".join([*sites[site][:2], body, sites[site][2]]) + "\n"
@@ -157,6 +164,12 @@ def build_web_corpus(d: Path, mb: float) -> tuple[int, int, int]:
         n += 1
     (d / "manifest.jsonl").write_text("\n".join(manifest) + "\n")
     return total, n, largest
+
+
+def _random_paragraph(rng: random.Random, vocab: list[str]) -> str:
+    """3 to 8 sentences of 6 to 20 words drawn from vocab (the books' words: their frequencies)."""
+    sentences = (" ".join(rng.choices(vocab, k=rng.randint(6, 20))) for _ in range(rng.randint(3, 8)))
+    return " ".join(s[:1].upper() + s[1:] + "." for s in sentences)
 
 
 def bench_filters(work: Path, mb: float) -> dict:
@@ -219,7 +232,7 @@ def bench_memory(work: Path, sizes: list[float], tokenizer: str) -> dict:
         for d in (crawl, out):
             if d.exists():
                 shutil.rmtree(d)
-        total, pages, largest = build_web_corpus(crawl, mb)
+        total, pages, largest = build_web_corpus(crawl, mb, unique=True)
         peak, seconds = peak_rss([sys.executable, str(ROOT / "cli.py"), "prepare", str(crawl), "--out", str(out),
                                   "--tokenizer", tokenizer, "--no-progress"])
         meta = json.loads((out / "meta.json").read_text())
