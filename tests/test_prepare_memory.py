@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import cllm.data.corpus as corpus_module
+import cllm.data.filters.neardup as neardup
 import cllm.tokenizers.base as tokenizer_base
 from cllm.data import prepare_dataset
 from cllm.data.filters import DocumentLog
@@ -62,7 +63,8 @@ def dataset_files(out: Path) -> dict:
 @pytest.mark.parametrize("tokenizer,vocab", [("char", None), ("word", 300)])
 def test_chunk_sizes_do_not_change_the_dataset(tmp_path, monkeypatch, tokenizer, vocab):
     """Tiny chunks everywhere (2-page filter batches or 5,000 characters, 700-character encoder pieces, a report
-    record written at a time) give the dataset, report and meta.json of the default chunks, byte for byte."""
+    record written at a time, MinHash signatures stored 3 to a block) give the dataset, report and meta.json of
+    the default chunks, byte for byte."""
     crawl = tmp_path / "crawl"
     build_crawl(crawl, 60, 3_000)
 
@@ -78,6 +80,7 @@ def test_chunk_sizes_do_not_change_the_dataset(tmp_path, monkeypatch, tokenizer,
     monkeypatch.setattr(corpus_module, "FILTER_BATCH_CHARS", 5_000)
     monkeypatch.setattr(tokenizer_base, "text_pieces", lambda text, size=700: pieces(text, size))
     monkeypatch.setattr(DocumentLog, "FLUSH", 1)
+    monkeypatch.setattr(neardup, "SIGNATURE_BLOCK", 3)
     small = run(tmp_path / "small")
     assert small.keys() == big.keys()
     for name in big:
