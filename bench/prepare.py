@@ -2,6 +2,7 @@
 """Prepare benchmark: throughput and peak memory of `prepare_dataset` on a ~100 MB corpus.
 
     python bench/prepare.py [--mb 100] [--kinds char,word,bpe] [--keep DIR] [--smoke] [--filters-mb 20]
+                            [--memory-mb 20,100] [--memory-tokenizer char]
 
 The corpus is built from the shared texts (../shared/data, else data/tinyshakespeare.txt):
 copies of each book (Gutenberg boilerplate removed), each file made unique by a first line so that
@@ -31,11 +32,22 @@ counts the time other processes take), MBps (CPU) and wall_MBps per filter, pass
 whole pass, wall clock and CPU), removed {rule: documents}, and minhash: MB/s (wall) of the MinHash signatures alone
 (words hashed, 128 permutations, 3-word shingles) by cllm/data/filters/textstats.py's Numba kernels and by
 datasketch's update_batch (where datasketch is installed), on the same pages.
+
+The memory part (key "memory"; --memory-mb none skips it) runs `cli.py prepare CRAWL --out DIR --tokenizer T
+--no-progress` (filters on: a crawl's default) in a child process on crawl outputs of each --memory-mb size, after
+two runs on a 0.05 MB crawl (the first loads or compiles the Numba kernels; the second is the baseline: imports,
+kernels, the language model), and reads each child's peak RSS (ru_maxrss, through a small wrapper process:
+PEAK_RSS). Its crawls are web-like pages as above whose paragraphs are random sentences of the books' words (about 5
+KB a page), so that a big crawl is not the books' few paragraphs over and over. Bounded means the peak grows with
+the pages (their lengths, hashes and MinHash signatures), not with the text nor with the token files (written as
+they are encoded). Its keys: tokenizer, baseline_peak_rss_MB, baseline_corpus_MB, rss_MB_per_corpus_MB and
+rss_KB_per_page (the peak's growth from the smallest to the largest crawl, per MB of corpus and per page),
+peak_ratio and corpus_ratio (largest over smallest), runs [{corpus_MB, pages, largest_page_KB, documents_kept,
+tokens, token_files_MB, peak_rss_MB, seconds, peak_above_baseline_MB}]. --smoke: crawls of 0.1 and 0.3 MB.
 """
 
 import argparse
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -210,18 +222,24 @@ def bench_filters(work: Path, mb: float) -> dict:
     return res
 
 
+# runs a command and prints its peak RSS (KB): a small process of its own, because Linux gives an exec'd child at
+# least the RSS its parent had when it forked (this bench's own, with the filters part's language model loaded)
+PEAK_RSS = r"""
+import resource, subprocess, sys
+code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+sys.exit(code)
+"""
+
+
 def peak_rss(cmd: list[str]) -> tuple[int, float]:
-    """(peak RSS in bytes, wall seconds) of one child process running `cmd` (os.wait4's rusage: that child's
-    own ru_maxrss, which Linux gives in KB). A failure raises with the child's last lines."""
+    """(peak RSS in bytes, wall seconds) of a child process running `cmd` (ru_maxrss, which Linux gives in KB). A
+    failure raises with the child's last lines."""
     t = time.perf_counter()
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
-        if proc.returncode != 0:
-            err.seek(0)
-            raise RuntimeError(" | ".join(err.read().decode(errors="replace").strip().splitlines()[-3:]))
-    return usage.ru_maxrss * 1024, time.perf_counter() - t
+    r = subprocess.run([sys.executable, "-c", PEAK_RSS, *cmd], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(" | ".join(r.stderr.strip().splitlines()[-3:]))
+    return int(r.stdout.split()[-1]) * 1024, time.perf_counter() - t
 
 
 def bench_memory(work: Path, sizes: list[float], tokenizer: str) -> dict:
