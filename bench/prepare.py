@@ -43,7 +43,8 @@ the pages (their lengths, hashes and MinHash signatures), not with the text nor 
 they are encoded). Its keys: tokenizer, baseline_peak_rss_MB, baseline_corpus_MB, rss_MB_per_corpus_MB and
 rss_KB_per_page (the peak's growth from the smallest to the largest crawl, per MB of corpus and per page),
 peak_ratio and corpus_ratio (largest over smallest), runs [{corpus_MB, pages, largest_page_KB, documents_kept,
-tokens, token_files_MB, peak_rss_MB, seconds, peak_above_baseline_MB}]. --smoke: crawls of 0.1 and 0.3 MB.
+tokens, token_files_MB, peak_rss_MB, seconds, peak_above_baseline_MB, peak_above_baseline_over_largest_page}].
+--smoke: crawls of 0.1 and 0.3 MB.
 """
 
 import argparse
@@ -258,10 +259,12 @@ def bench_memory(work: Path, sizes: list[float], tokenizer: str) -> dict:
         runs.append({"corpus_MB": round(total / 1e6, 2), "pages": pages, "largest_page_KB": round(largest / 1e3, 1),
                      "documents_kept": meta["corpus"]["documents"], "tokens": tokens,
                      "token_files_MB": round(tokens * np.dtype(meta["dtype"]).itemsize / 1e6, 1),
-                     "peak_rss_MB": round(peak / 1e6, 1), "seconds": round(seconds, 1), "_bytes": total, "_peak": peak})
+                     "peak_rss_MB": round(peak / 1e6, 1), "seconds": round(seconds, 1), "_bytes": total, "_peak": peak,
+                     "_largest": largest})
     base, runs = runs[1], runs[2:]
     for r in runs:
         r["peak_above_baseline_MB"] = round((r["_peak"] - base["_peak"]) / 1e6, 1)
+        r["peak_above_baseline_over_largest_page"] = round((r["_peak"] - base["_peak"]) / r["_largest"], 1)
     res = {"tokenizer": tokenizer, "baseline_peak_rss_MB": base["peak_rss_MB"], "baseline_corpus_MB": base["corpus_MB"]}
     if len(runs) >= 2:  # the growth between the smallest and the largest crawl
         a, b = runs[0], runs[-1]
@@ -271,7 +274,7 @@ def bench_memory(work: Path, sizes: list[float], tokenizer: str) -> dict:
         res["peak_ratio"] = round(b["_peak"] / a["_peak"], 2)
         res["corpus_ratio"] = round(b["_bytes"] / a["_bytes"], 2)
     for r in runs:
-        del r["_bytes"], r["_peak"]
+        del r["_bytes"], r["_peak"], r["_largest"]
     res["runs"] = runs
     return res
 
