@@ -2,6 +2,7 @@
 """Prepare benchmark: throughput and peak memory of `prepare_dataset` on a ~100 MB corpus.
 
     python bench/prepare.py [--mb 100] [--kinds char,word,bpe] [--keep DIR] [--smoke] [--filters-mb 20]
+                            [--memory-mb 20,100] [--memory-tokenizer char]
 
 The corpus is built from the shared texts (../shared/data, else data/tinyshakespeare.txt):
 copies of each book (Gutenberg boilerplate removed), each file made unique by a first line so that
@@ -31,6 +32,19 @@ counts the time other processes take), MBps (CPU) and wall_MBps per filter, pass
 whole pass, wall clock and CPU), removed {rule: documents}, and minhash: MB/s (wall) of the MinHash signatures alone
 (words hashed, 128 permutations, 3-word shingles) by cllm/data/filters/textstats.py's Numba kernels and by
 datasketch's update_batch (where datasketch is installed), on the same pages.
+
+The memory part (key "memory"; --memory-mb none skips it) runs `cli.py prepare CRAWL --out DIR --tokenizer T
+--no-progress` (filters on: a crawl's default) in a child process on crawl outputs of each --memory-mb size, after
+two runs on a 0.05 MB crawl (the first loads or compiles the Numba kernels; the second is the baseline: imports,
+kernels, the language model), and reads each child's peak RSS (ru_maxrss, through a small wrapper process:
+PEAK_RSS). Its crawls are web-like pages as above whose paragraphs are random sentences of the books' words (about 5
+KB a page), so that a big crawl is not the books' few paragraphs over and over. Bounded means the peak grows with
+the pages (their lengths, hashes and MinHash signatures), not with the text nor with the token files (written as
+they are encoded). Its keys: tokenizer, baseline_peak_rss_MB, baseline_corpus_MB, rss_MB_per_corpus_MB and
+rss_KB_per_page (the peak's growth from the smallest to the largest crawl, per MB of corpus and per page),
+peak_ratio and corpus_ratio (largest over smallest), runs [{corpus_MB, pages, largest_page_KB, documents_kept,
+tokens, token_files_MB, peak_rss_MB, seconds, peak_above_baseline_MB, peak_above_baseline_over_largest_page}].
+--smoke: crawls of 0.1 and 0.3 MB.
 """
 
 import argparse
@@ -128,15 +142,21 @@ def build_corpus(d: Path, mb: float, file_chars: int | None = None) -> tuple[int
     return total, n, largest
 
 
-def build_web_corpus(d: Path, mb: float) -> tuple[int, int]:
+def build_web_corpus(d: Path, mb: float, unique: bool = False) -> tuple[int, int, int]:
     """A crawl's output folder (pages/, manifest.jsonl) of web-like pages made of the books' paragraphs (their
-    lines joined, as a page's text is): (bytes, pages). See the module doc."""
+    lines joined, as a page's text is): (bytes, pages, the largest page's bytes). See the module doc.
+    unique: paragraphs of random sentences of the books' words instead (the memory part's crawls: the books'
+    paragraphs, repeated on many pages of a site once the crawl outgrows them, would go as boilerplate)."""
     rng = random.Random(0)
-    paras = [" ".join(p.split()) for _, body in _books() for p in body.split("\n\n") if len(p) > 80]
+    books = _books()
+    if unique:
+        vocab = [w for _, body in books for w in (w.strip(".,;:!?'\"-()[]") for w in body.split()) if w]
+    else:
+        paras = [" ".join(p.split()) for _, body in books for p in body.split("\n\n") if len(p) > 80]
     (d / "pages").mkdir(parents=True)
     sites = [[f"Home | News | Shop | About site {k}", f"Site {k} uses cookies to remember your settings.",
               f"Copyright 2026 Site {k}. All rights reserved."] for k in range(20)]
-    total, n, pages, manifest = 0, 0, [], []
+    total, n, largest, pages, manifest = 0, 0, 0, [], []
     while total < mb * 1_000_000:
         if pages and rng.random() < 0.1:  # a near-duplicate of an earlier page: 7% of its words edited
             words = rng.choice(pages).split(" ")
@@ -144,7 +164,8 @@ def build_web_corpus(d: Path, mb: float) -> tuple[int, int]:
                 words[i] = rng.choice(words)
             body = " ".join(words)
         else:
-            body = f"Page {n}\n\n" + "\n\n".join(rng.choice(paras) for _ in range(rng.randint(1, 24)))
+            body = f"Page {n}\n\n" + "\n\n".join(_random_paragraph(rng, vocab) if unique else rng.choice(paras)
+                                                  for _ in range(rng.randint(1, 24)))
             pages.append(body)
         site = n % len(sites)
         text = "\n".join([*sites[site][:2], body, sites[site][2]]) + "\n"
@@ -152,9 +173,16 @@ def build_web_corpus(d: Path, mb: float) -> tuple[int, int]:
         (d / "pages" / f"{n:06d}.txt").write_bytes(data)
         manifest.append(json.dumps({"url": f"https://site{site}.example/{n}", "file": f"pages/{n:06d}.txt"}))
         total += len(data)
+        largest = max(largest, len(data))
         n += 1
     (d / "manifest.jsonl").write_text("\n".join(manifest) + "\n")
-    return total, n
+    return total, n, largest
+
+
+def _random_paragraph(rng: random.Random, vocab: list[str]) -> str:
+    """3 to 8 sentences of 6 to 20 words drawn from vocab (the books' words: their frequencies)."""
+    sentences = (" ".join(rng.choices(vocab, k=rng.randint(6, 20))) for _ in range(rng.randint(3, 8)))
+    return " ".join(s[:1].upper() + s[1:] + "." for s in sentences)
 
 
 def bench_filters(work: Path, mb: float) -> dict:
@@ -162,7 +190,7 @@ def bench_filters(work: Path, mb: float) -> dict:
     crawl = work / "crawl"
     if crawl.exists():
         shutil.rmtree(crawl)
-    total, npages = build_web_corpus(crawl, mb)
+    total, npages, _ = build_web_corpus(crawl, mb)
     warm = work / "warm"  # the kernels compiled or loaded from Numba's cache and the language model loaded first
     if warm.exists():
         shutil.rmtree(warm)
@@ -192,6 +220,62 @@ def bench_filters(work: Path, mb: float) -> dict:
            "wall_MBps": {name: round(f.bytes_in / s / 1e6, 1) for name, s in f.wall.items() if s > 0},
            "removed": {rule: c["documents"] for rule, c in f.counts_by_rule().items() if c["documents"]},
            "minhash": bench_minhash(crawl, min(mb, 5))}
+    return res
+
+
+# runs a command and prints its peak RSS (KB): a small process of its own, because Linux gives an exec'd child at
+# least the RSS its parent had when it forked (this bench's own, with the filters part's language model loaded)
+PEAK_RSS = r"""
+import resource, subprocess, sys
+code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+sys.exit(code)
+"""
+
+
+def peak_rss(cmd: list[str]) -> tuple[int, float]:
+    """(peak RSS in bytes, wall seconds) of a child process running `cmd` (ru_maxrss, which Linux gives in KB). A
+    failure raises with the child's last lines."""
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", PEAK_RSS, *cmd], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(" | ".join(r.stderr.strip().splitlines()[-3:]))
+    return int(r.stdout.split()[-1]) * 1024, time.perf_counter() - t
+
+
+def bench_memory(work: Path, sizes: list[float], tokenizer: str) -> dict:
+    """The memory part (module doc): `cli.py prepare` on crawls of `sizes` MB, each in a child process."""
+    runs = []
+    for mb in (0.05, 0.05, *sizes):  # the first run loads (or compiles) the Numba kernels: not measured
+        crawl, out = work / "mem-crawl", work / "mem-out"
+        for d in (crawl, out):
+            if d.exists():
+                shutil.rmtree(d)
+        total, pages, largest = build_web_corpus(crawl, mb, unique=True)
+        peak, seconds = peak_rss([sys.executable, str(ROOT / "cli.py"), "prepare", str(crawl), "--out", str(out),
+                                  "--tokenizer", tokenizer, "--no-progress"])
+        meta = json.loads((out / "meta.json").read_text())
+        tokens = meta["train_tokens"] + meta["val_tokens"]
+        runs.append({"corpus_MB": round(total / 1e6, 2), "pages": pages, "largest_page_KB": round(largest / 1e3, 1),
+                     "documents_kept": meta["corpus"]["documents"], "tokens": tokens,
+                     "token_files_MB": round(tokens * np.dtype(meta["dtype"]).itemsize / 1e6, 1),
+                     "peak_rss_MB": round(peak / 1e6, 1), "seconds": round(seconds, 1), "_bytes": total, "_peak": peak,
+                     "_largest": largest})
+    base, runs = runs[1], runs[2:]
+    for r in runs:
+        r["peak_above_baseline_MB"] = round((r["_peak"] - base["_peak"]) / 1e6, 1)
+        r["peak_above_baseline_over_largest_page"] = round((r["_peak"] - base["_peak"]) / r["_largest"], 1)
+    res = {"tokenizer": tokenizer, "baseline_peak_rss_MB": base["peak_rss_MB"], "baseline_corpus_MB": base["corpus_MB"]}
+    if len(runs) >= 2:  # the growth between the smallest and the largest crawl
+        a, b = runs[0], runs[-1]
+        grow = (b["_peak"] - a["_peak"]) / (b["_bytes"] - a["_bytes"])
+        res["rss_MB_per_corpus_MB"] = round(grow, 3)
+        res["rss_KB_per_page"] = round((b["_peak"] - a["_peak"]) / (b["pages"] - a["pages"]) / 1e3, 2)
+        res["peak_ratio"] = round(b["_peak"] / a["_peak"], 2)
+        res["corpus_ratio"] = round(b["_bytes"] / a["_bytes"], 2)
+    for r in runs:
+        del r["_bytes"], r["_peak"], r["_largest"]
+    res["runs"] = runs
     return res
 
 
@@ -231,6 +315,9 @@ def main():
     ap.add_argument("--keep", default=None, help="build the corpus here and keep it")
     ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     ap.add_argument("--filters-mb", type=float, default=20, help="MB of web pages for the filters part (0: skip)")
+    ap.add_argument("--memory-mb", default="20,100",
+                    help="MB of web pages of each crawl the memory part prepares, comma-separated (none: skip)")
+    ap.add_argument("--memory-tokenizer", default="char", help="the memory part's --tokenizer (char, word, bpe)")
     args = ap.parse_args()
     kinds = [] if args.kinds == "none" else args.kinds.split(",")
     unknown = set(kinds) - set(VOCAB)
@@ -239,6 +326,11 @@ def main():
     if args.smoke:
         args.mb = 0.2
         args.filters_mb = min(args.filters_mb, 0.3)
+        args.memory_mb = "0.1,0.3"
+    try:
+        memory_mb = [] if args.memory_mb == "none" else [float(x) for x in args.memory_mb.split(",")]
+    except ValueError:
+        ap.error(f"--memory-mb takes MB numbers separated by commas (e.g. 20,100) or none, not {args.memory_mb!r}")
     work = Path(args.keep or tempfile.mkdtemp(prefix="cllm-bench-prepare-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -302,6 +394,8 @@ def main():
             }
         if args.filters_mb > 0:
             res["filters"] = bench_filters(work, args.filters_mb)
+        if memory_mb:
+            res["memory"] = bench_memory(work, memory_mb, args.memory_tokenizer)
         print(json.dumps(res))
     finally:
         if not args.keep:

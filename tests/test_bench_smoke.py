@@ -136,6 +136,9 @@ def check_prepare(out):
         assert "error" not in r, (kind, r)
         positive(r["MBps"], r["train_tokens"], r["val_tokens"], r["vocab_size"], r["peak_rss_MB"])
     assert out["kinds"]["bpe"]["vocab_size"] == 300
+    mem = out["memory"]  # cli.py prepare's peak RSS on two crawls
+    assert 0.1 <= mem["runs"][0]["corpus_MB"] < mem["runs"][1]["corpus_MB"] and all(r["tokens"] for r in mem["runs"])
+    positive(mem["baseline_peak_rss_MB"], *(r["peak_rss_MB"] for r in mem["runs"]))
 
 
 def check_tokenizer(out):

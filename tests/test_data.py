@@ -137,7 +137,7 @@ def test_directory_is_walked_sorted_skipping_hidden_binary_and_duplicates(tmp_pa
     assert s.skipped == {"hidden": 2, "unsupported": 1, "binary": 1, "jsonl records without text": 1}
     assert s.characters == sum(map(len, docs))
     assert s.tokens == sum(len(d.split()) for d in docs)
-    assert corpus.doc_lengths == [len(d) for d in docs]
+    assert list(corpus.doc_lengths) == [len(d) for d in docs]
     assert list(corpus) == docs  # re-iterable, same documents
 
 

@@ -433,7 +433,7 @@ def test_batches_give_the_per_document_decisions_and_report(planted, monkeypatch
         monkeypatch.setattr(corpus_module, "FILTER_BATCH", batch)
         corpus = corpus_at(str(planted["crawl"]), PrepareOptions(languages="en", progress=False))
         first, second = list(corpus), list(corpus)
-        return corpus.filters.documents, corpus.filters.report(), first, second
+        return list(corpus.filters.documents), corpus.filters.report(), first, second
 
     one = run(1)
     assert one[2] == one[3] and one[1]["documents_out"] == len(one[2])

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import warnings
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -152,7 +153,7 @@ class Corpus:
         self.dedupe = options.dedupe
         self.progress = options.progress
         self.stats = CorpusStats()
-        self.doc_lengths: list[int] = []  # characters of each document, in order (for splits)
+        self.doc_lengths = array("q")  # characters of each document, in order (for splits): 8 bytes a document
         self._complete = False
 
     def __iter__(self):
@@ -241,7 +242,7 @@ class Corpus:
         stats = CorpusStats(files=len(self.files))
         skipped = Counter(self._skipped)
         vocab: set = set()
-        lengths: list[int] = []
+        lengths = array("q")
         total = sum(os.path.getsize(p) for p, _ in self.files)
         with tqdm(
             total=total,
@@ -267,7 +268,7 @@ class Corpus:
             filters.end_pass(complete=True)
         self._end_pass(stats, skipped, vocab, lengths)
 
-    def _end_pass(self, stats: "CorpusStats", skipped: Counter, vocab: set, lengths: list[int]) -> None:
+    def _end_pass(self, stats: "CorpusStats", skipped: Counter, vocab: set, lengths: array) -> None:
         """After a full pass: the statistics (a later pass keeps the first one's word counts), the
         skipped files' warning (once), and an empty corpus refused."""
         stats.skipped = dict(skipped)

@@ -5,8 +5,11 @@ tokenizer (and fills the corpus statistics and per-document lengths), the second
 document piece by piece (`Tokenizer.encode_pieces`: ~64K characters a piece, cut where the ids do
 not change) and appends the ids to train.bin or val.bin. So the memory of a document's ids, token
 lists and code points stays a few times one piece; a document is held as text (and, while it is
-read and cleaned, a few copies of that); what grows with the corpus is only what training must keep
-(distinct characters, words or BPE chunks with their counts: the vocabulary, not the size).
+read and cleaned, a few copies of that; the filters hold a batch of documents). What grows with the corpus is
+what training must keep (distinct characters, words or BPE chunks with their counts: the vocabulary, not the
+size) and a few numbers per document: its length, its exact-duplicate hash, and with the filters its
+boilerplate line hashes, MinHash signature and band keys (~1.4 KB a page in all: bench/prepare.py's memory
+part, docs/design.md); the filter report's per-document records go to a temporary file.
 
 Split (deterministic, by PrepareOptions' `val_fraction`, f): a single document splits by token
 position (the first 1 - f train, as nanoGPT); several documents split at a document boundary: the
@@ -137,7 +140,7 @@ def _release_free_memory() -> None:
 _malloc_trim = None
 
 
-def _split_plan(lengths: list[int], val_fraction: float) -> tuple[int, int, float]:
+def _split_plan(lengths, val_fraction: float) -> tuple[int, int, float]:
     """(first val document, document split by position or -1, train fraction of that document).
 
     One document: split it by position. Several: the document boundary whose tail holds the
@@ -150,7 +153,7 @@ def _split_plan(lengths: list[int], val_fraction: float) -> tuple[int, int, floa
     if val_fraction == 0:
         return n, -1, 1.0
     total = sum(lengths)
-    prefix = np.cumsum([0] + lengths)  # prefix[k] = characters in documents 0..k-1
+    prefix = np.concatenate([[0], np.cumsum(np.asarray(lengths, np.int64))])  # prefix[k]: characters in documents < k
     best = min(range(1, n), key=lambda k: (abs((total - prefix[k]) / total - val_fraction), k))
     got = (total - prefix[best]) / total
     if val_fraction / 2 <= got <= 2 * val_fraction:

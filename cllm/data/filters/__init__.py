@@ -23,8 +23,11 @@ document's source, detected language and the rule that removed it (null: kept).
 """
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 import time
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 
@@ -106,6 +109,43 @@ class RuleCount:
         return {"documents": self.documents, "lines": self.lines, "bytes": self.bytes, "examples": self.examples}
 
 
+class DocumentLog:
+    """Each document's (source, language or None, its probability, the rule that removed it or None), in order,
+    kept in a temporary file (a JSON line each, FLUSH records at a time) rather than in memory: one record a
+    document is the only part of the report that grows with the corpus. Iterating reads them back."""
+
+    FLUSH = 4096
+
+    def __init__(self):
+        self._file = tempfile.TemporaryFile("w+", encoding="ascii")  # the file is deleted when closed
+        self.close = weakref.finalize(self, self._file.close)  # closed with the log: no unclosed-file warning
+        self._pending: list[str] = []
+        self.count = 0
+
+    def append(self, record: tuple) -> None:
+        self._pending.append(json.dumps(record))  # ASCII escapes: a path's lone surrogates round-trip
+        self.count += 1
+        if len(self._pending) >= self.FLUSH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._file.write("\n".join(self._pending) + "\n")
+            self._pending = []
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        self._flush()
+        self._file.seek(0)
+        try:
+            for line in self._file:
+                yield tuple(json.loads(line))
+        finally:  # the next append goes at the end, even after a read left off early
+            self._file.seek(0, os.SEEK_END)
+
+
 class FilterPipeline:
     """The filters of one corpus (see the module doc). `apply_batch([(doc, source, site), ...])` gives each
     document to keep (maybe with lines removed) or None; `apply(doc, source, site)` one document's."""
@@ -145,8 +185,9 @@ class FilterPipeline:
         self.counts = {rule: RuleCount() for rule in RULES}
         self.documents_in = self.bytes_in = self.documents_out = self.bytes_out = 0
         self.languages_seen: Counter = Counter()
-        # each document's (source, language or None, its probability, the rule that removed it or None)
-        self.documents: list[tuple] = []
+        if getattr(self, "documents", None) is not None:
+            self.documents.close()  # an earlier, unfinished first pass's
+        self.documents = DocumentLog()  # each document's record, on disk
         # CPU seconds per filter (and the counting pass's, if any), for bench/prepare.py: the process's CPU time,
         # not the wall clock's, which counts the time other processes take on a shared machine
         self.seconds: Counter = Counter()

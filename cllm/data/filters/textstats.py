@@ -183,7 +183,7 @@ def lsh_lookup(table_keys, table_docs, keys, out):
 @njit(**JIT)
 def lsh_insert(table_keys, table_docs, keys, doc):
     """Put document `doc` under each band key not already taken (the first document seen keeps a key);
-    returns how many keys it took. The caller keeps the table at most half full."""
+    returns how many keys it took. The caller keeps the table at most 3/4 full."""
     mask = np.uint64(table_keys.size - 1)
     added = 0
     for b in range(keys.size):

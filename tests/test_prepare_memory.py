@@ -1,0 +1,134 @@
+"""prepare on a crawl's output streams: its chunk sizes (the filters' batches, the encoder's pieces, the filter
+report's flushes) do not change a byte of the dataset, and its peak memory does not grow with the corpus's text
+(bench/prepare.py's memory part measures the RSS; docs/design.md gives the figures)."""
+
+import json
+import random
+import tracemalloc
+from array import array
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+
+import cllm.data.corpus as corpus_module
+import cllm.data.filters.neardup as neardup
+import cllm.tokenizers.base as tokenizer_base
+from cllm.data import prepare_dataset
+from cllm.data.filters import DocumentLog
+from cllm.data.filters.boilerplate import BoilerplateCounter
+
+WORDS = ("the", "a", "of", "and", "to", "in", "that", "is", "with", "for") + tuple(
+    f"{c}{v}{k}" for c in "bcdfglmnprst" for v in "aeiou" for k in ("n", "st", "rk"))
+
+
+def build_crawl(root: Path, pages: int, page_chars: int, seed: int = 0) -> int:
+    """A crawl's output folder (pages/ and manifest.jsonl, as cllm/scraper/output.py writes) of `pages` pages of
+    about `page_chars` characters of random sentences on 2 sites, each site's pages with a menu line, and every
+    fifth page a copy of an earlier one (near-duplicates, exact duplicates); returns the bytes of its pages."""
+    rng = random.Random(seed)
+    (root / "pages").mkdir(parents=True)
+    manifest, texts, total = [], [], 0
+    for i in range(pages):
+        site = i % 2
+        if i % 5 == 4:
+            text = texts[rng.randrange(len(texts))]  # a copy: the exact- or near-duplicate filters drop it
+        else:
+            paras, size = [], 0
+            while size < page_chars:
+                para = " ".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 14))).capitalize() + "."
+                                for _ in range(5))
+                paras.append(para)
+                size += len(para) + 2
+            text = f"Page {i}\n\n" + "\n\n".join(paras)
+            texts.append(text)
+        data = (f"Home | Shop | About site {site}\n{text}\n").encode()
+        (root / "pages" / f"{i:05d}.txt").write_bytes(data)
+        manifest.append(json.dumps({"url": f"https://site{site}.example/{i}", "file": f"pages/{i:05d}.txt"}))
+        total += len(data)
+    (root / "manifest.jsonl").write_text("\n".join(manifest) + "\n")
+    return total
+
+
+def dataset_files(out: Path) -> dict:
+    """{file name: its bytes} of a prepared dataset, meta.json without its timing."""
+    files = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    meta = json.loads(files["meta.json"])
+    del meta["seconds"]
+    files["meta.json"] = meta
+    return files
+
+
+@pytest.mark.parametrize("tokenizer,vocab", [("char", None), ("word", 300)])
+def test_chunk_sizes_do_not_change_the_dataset(tmp_path, monkeypatch, tokenizer, vocab):
+    """Tiny chunks everywhere (2-page filter batches or 5,000 characters, 700-character encoder pieces, a report
+    record written at a time, MinHash signatures stored 3 to a block) give the dataset, report and meta.json of
+    the default chunks, byte for byte."""
+    crawl = tmp_path / "crawl"
+    build_crawl(crawl, 60, 3_000)
+
+    def run(out):
+        prepare_dataset(str(crawl), str(out), tokenizer=tokenizer, vocab_size=vocab, progress=False)
+        return dataset_files(out)
+
+    big = run(tmp_path / "big")
+    assert {"train.bin", "val.bin", "tokenizer.json", "filters.json", "documents.jsonl"} <= set(big)
+    assert big["meta.json"]["filters"]["near_duplicate"]["documents"] > 0  # the copies were found
+    pieces = tokenizer_base.text_pieces
+    monkeypatch.setattr(corpus_module, "FILTER_BATCH", 2)
+    monkeypatch.setattr(corpus_module, "FILTER_BATCH_CHARS", 5_000)
+    monkeypatch.setattr(tokenizer_base, "text_pieces", lambda text, size=700: pieces(text, size))
+    monkeypatch.setattr(DocumentLog, "FLUSH", 1)
+    monkeypatch.setattr(neardup, "SIGNATURE_BLOCK", 3)
+    small = run(tmp_path / "small")
+    assert small.keys() == big.keys()
+    for name in big:
+        assert small[name] == big[name], name
+    sources = [json.loads(line)["source"] for line in big["documents.jsonl"].splitlines()]
+    assert sources == sorted(sources)  # a record per page the filters read (exact duplicates are not), in order
+    assert len(sources) == 60 - big["meta.json"]["corpus"]["duplicates"]
+
+
+def test_peak_memory_does_not_grow_with_the_text(tmp_path, monkeypatch):
+    """Python's, NumPy's and the kernels' allocations (tracemalloc) at their peak during prepare, on crawls of 8
+    and 32 pages of ~100 KB each: the 4x corpus adds a small fraction of its extra bytes (what grows is per page:
+    its length, hashes, MinHash signature), not its text (1 byte a character) nor its token ids (2 bytes each, a
+    character's with the char tokenizer). The filters' batches are capped at 200,000 characters (2 pages), so that
+    both corpora fill several and the peak, one batch's, is the same."""
+    monkeypatch.setattr(corpus_module, "FILTER_BATCH_CHARS", 200_000)
+    # the filters' kernels take scratch memory per thread, its peak varying with how the threads share a batch:
+    # one thread makes it the same in every batch and run (the largest batch's, not the corpus's)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        warm = tmp_path / "warm"
+        build_crawl(warm, 4, 2_000)
+        prepare_dataset(str(warm), str(tmp_path / "out-warm"), tokenizer="char", progress=False)  # models, kernels
+        peaks, sizes = [], []
+        for pages in (8, 32):
+            crawl = tmp_path / f"crawl{pages}"
+            sizes.append(build_crawl(crawl, pages, 100_000, seed=pages))
+            tracemalloc.start()
+            try:
+                ds = prepare_dataset(str(crawl), str(tmp_path / f"out{pages}"), tokenizer="char", progress=False)
+                peaks.append(tracemalloc.get_traced_memory()[1])
+            finally:
+                tracemalloc.stop()
+            assert ds.meta["train_tokens"] > 0.5 * sizes[-1]  # most of the text is kept and tokenized
+    finally:
+        numba.set_num_threads(threads)
+    growth = (peaks[1] - peaks[0]) / (sizes[1] - sizes[0])
+    assert growth < 0.1, (peaks, sizes, growth)  # measured 0.012 (~1.2 KB a page); keeping every page's text: 1.4
+
+
+def test_boilerplate_counter_keeps_the_keys_on_min_pages_pages():
+    """BoilerplateCounter.finish (its hashes sorted in place) against np.unique's counts, on random keys."""
+    rng = random.Random(3)
+    for _ in range(300):
+        m = rng.randint(2, 5)
+        keys = [rng.randint(-20, 20) for _ in range(rng.randint(0, 60))]
+        counter = BoilerplateCounter(m)
+        counter._keys = array("q", keys)
+        values, counts = np.unique(np.array(keys, np.int64), return_counts=True)
+        assert counter.finish() == set(values[counts >= m].tolist()), (keys, m)
