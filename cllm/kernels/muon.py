@@ -211,6 +211,31 @@ def _newton_schulz(work, r, c, steps, sum_squares):
     return x
 
 
+# The elementwise passes take the matrix's slices: indexed at offsets into the whole buffers instead
+# (grads[p0 + i]), the same loops took 3.4x the time (3.3 against 0.96 ms for the recipe's 1.8M
+# weights on one core).
+@njit(**JIT)
+def _momentum(u, momentum, grads, mu):
+    # momentum (N) = mu*momentum + grads; u (N) = grads + mu*momentum (Nesterov); returns U's sum of
+    # squares (float64), newton_schulz's norm taken in the same pass
+    total = 0.0
+    for i in range(grads.size):
+        g = grads[i]
+        b = mu * momentum[i] + g
+        momentum[i] = b
+        v = g + mu * b
+        u[i] = v
+        total += np.float64(v) * np.float64(v)
+    return total
+
+
+@njit(**JIT)
+def _step(params, o, decay, step):
+    # params (N) = decay*params - step*o
+    for i in range(params.size):
+        params[i] = decay * params[i] - step * o[i]
+
+
 @njit(**PJIT)
 def muon_update(params, grads, momentum, table, starts, work, mu, lr, decay, steps):
     # params, grads (P) the model's flat buffers; momentum (M) the flat momentum of the matrices;
@@ -229,15 +254,6 @@ def muon_update(params, grads, momentum, table, starts, work, mu, lr, decay, ste
             p0, m0, r, c, w0 = table[e, 0], table[e, 1], table[e, 2], table[e, 3], table[e, 4]
             N = r * c
             w = work[w0:w0 + work_size(r, c)]
-            total = 0.0  # U's sum of squares, taken in the same pass
-            for i in range(N):
-                g = grads[p0 + i]
-                b = mu_ * momentum[m0 + i] + g
-                momentum[m0 + i] = b
-                u = g + mu_ * b
-                w[i] = u
-                total += np.float64(u) * np.float64(u)
+            total = _momentum(w, momentum[m0:m0 + N], grads[p0:p0 + N], mu_)
             o = _newton_schulz(w, r, c, steps, total)
-            step = dt(lr * np.sqrt(max(1.0, r / c)))
-            for i in range(N):
-                params[p0 + i] = decay_ * params[p0 + i] - step * o[i]
+            _step(params[p0:p0 + N], o, decay_, dt(lr * np.sqrt(max(1.0, r / c))))
