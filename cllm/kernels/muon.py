@@ -3,8 +3,9 @@ through BLAS, the scaled step (cllm/optim.py's Muon orchestrates it; docs/traini
 
 Each matrix is orthogonalized whole by one thread, calling BLAS (cllm/kernels/blas.py's gemm, and syrk
 below) on it, and the threads share the matrices out. NumPy's matmul over the layers' stacked matrices
-(BLAS single-threaded, as cllm/runtime.py sets it) took 1.3x this kernel's time for the Newton-Schulz
-alone, at 4 layers of width 192 on two cores (96 against 126 ms, measured alternately in one process).
+(BLAS single-threaded, as cllm/runtime.py sets it) took 1.3x the time of this kernel's plain iteration
+through gemm for the Newton-Schulz alone, at 4 layers of width 192 on two cores (96 against 126 ms,
+measured alternately in one process).
 
 Two ways to cut the products' work without changing what is computed (the published quintic, its
 coefficients and its step count; tests/test_muon.py checks it against a float64 and a PyTorch one):
