@@ -10,7 +10,7 @@ import numpy as np
 
 import cllm.kernels as K
 from cllm.errors import CheckpointError, TrainingError
-from cllm.kernels.muon import work_size
+from cllm.kernels.muon import ns_cost, work_size
 from cllm.model import MATRIX_PARAMS, Model
 
 # the transformer blocks' hidden weight matrices, one (r, c) matrix per layer, that Muon orthogonalizes;
@@ -138,10 +138,10 @@ class Muon(AdamW):
                 m0 += r * c
         threads = max(1, min(numba.get_num_threads(), len(rows)))
         load, groups = [0] * threads, [[] for _ in range(threads)]
-        for row in sorted(rows, key=lambda row: -min(row[2], row[3]) ** 2 * max(row[2], row[3])):
+        for row in sorted(rows, key=lambda row: -ns_cost(row[2], row[3], self.ns_steps)):
             k = load.index(min(load))
             groups[k].append(row)
-            load[k] += min(row[2], row[3]) ** 2 * max(row[2], row[3])
+            load[k] += ns_cost(row[2], row[3], self.ns_steps)
         # each thread's scratch fits its largest matrix
         table, starts, work_at = [], [0], 0
         for group in groups:
