@@ -11,6 +11,9 @@ from cllm.scraper.charset import decode_html
 
 _PARSER = lxml.html.HTMLParser(encoding="utf-8", remove_comments=True, remove_pis=True, default_doctype=False)
 _XML_DECL = re.compile(r"^\s*<\?xml[^>]*>", re.I)
+# Class words that say a part of the element is hidden, not the element: Drupal's "field--label-hidden"
+# names a text field whose label is not shown (the field is the article's text).
+_HIDDEN_PART = re.compile(r"\S*label-*hidden\S*", re.I)
 
 # Elements that start a new line of text.
 BLOCK_TAGS = {
@@ -52,8 +55,9 @@ def link_density(el) -> float:
 
 
 def class_id(el) -> str:
-    """class and id together: the words that name what an element is."""
-    return (el.get("class") or "") + " " + (el.get("id") or "")
+    """class and id together: the words that name what an element is (less those naming a hidden part)."""
+    ci = (el.get("class") or "") + " " + (el.get("id") or "")
+    return _HIDDEN_PART.sub("", ci) if "hidden" in ci.lower() else ci
 
 
 def remove_keeping_tail(el) -> None:
