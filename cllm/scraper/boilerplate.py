@@ -9,6 +9,7 @@ import re
 from lxml import etree
 
 from cllm.scraper.dom import class_id, link_density, remove_keeping_tail, text_len
+from cllm.scraper.paragraphs import classify, page_paragraphs, weighed_len
 
 # Elements whose content is never prose.
 DROP_TAGS = [
@@ -46,6 +47,11 @@ _NEGATIVE = re.compile(
     r"shopping|tags|tool|widget|cookie|consent|newsletter|subscri|byline|caption|credit|recirc",
     re.I,
 )
+# The names of comments (a subset of the stems above): on a thread they name the page's content.
+_COMMENT = re.compile(r"comment|replies|remark|disqus", re.I)
+# A page whose prose outside its comment-named blocks is under this many characters is a thread (about
+# three short paragraphs: extract.py's MIN_GOOD), not an article with a comment section.
+THREAD_REST = 500
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
 _WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 
@@ -67,9 +73,12 @@ def _unlikely_stem(ci: str) -> bool:
     return bool(_UNLIKELY_STEMS.search(ci)) and not _MAYBE_CANDIDATE.search(ci)
 
 
-def class_weight(el) -> int:
-    """Readability's class/id weight: +25 for a content-like name, -25 for a boilerplate-like one."""
+def class_weight(el, thread: bool = False) -> int:
+    """Readability's class/id weight: +25 for a content-like name, -25 for a boilerplate-like one (a
+    comment's name is not, on a thread: see strip_junk)."""
     ci = class_id(el)
+    if thread:
+        ci = _COMMENT.sub("", ci)
     weight = 0
     if _NEGATIVE.search(ci):
         weight -= 25
@@ -119,30 +128,62 @@ def strip_hidden(doc) -> None:
             remove_keeping_tail(el)
 
 
-def strip_junk(doc, protected: set) -> None:
+def _prose(elements) -> int:
+    """Characters of prose in `elements`: their paragraphs of SHORT characters or more with few links."""
+    paras = classify(page_paragraphs(list(elements)), context=False) if elements else []
+    return sum(weighed_len(p.text) for p in paras if p.cls in ("good", "near"))
+
+
+def strip_junk(doc, protected: set) -> bool:
     """Remove hidden elements, page chrome, <header>s and boilerplate-named blocks.
 
     A block named like boilerplate is kept when it is an ancestor of a marked-up article body
     (`protected`) or holds most of the page's text: sites wrap whole pages in classes such as
-    "advertisement-off-canvas-pusher".
+    "advertisement-off-canvas-pusher". Blocks named as comments are kept when the page is a thread
+    (a forum, a live ticker): they hold its prose, what remains without them holds little (under
+    THREAD_REST characters), and no one of them holds most of their text (an article's comment
+    section has one container, a thread's posts stand side by side). Returns whether the page is a thread.
     """
     body = doc.find("body")
-    half_page = text_len(body if body is not None else doc) / 2
-    for el in list(doc.iter(etree.Element)):
-        if el.getparent() is None or el.tag in ("html", "body") or el in protected:
-            continue
-        if _hidden_or_chrome(el) or el.tag == "header":
-            remove_keeping_tail(el)
+    root = body if body is not None else doc
+    half_page = text_len(root) / 2
+    drop, comments = [], []
+    widest = 0  # the text of the largest comment-named block, also one kept for its size
+    stack = list(root)[::-1]  # outermost first, in document order; a dropped block's inside is not visited
+    while stack:
+        el = stack.pop()
+        if not isinstance(el.tag, str):
             continue
         ci = class_id(el)
-        if (ci.strip() and el.tag != "a" and _unlikely(ci)
-                and text_len(el) < half_page):
-            remove_keeping_tail(el)
+        if el in protected:
+            pass
+        elif _hidden_or_chrome(el) or el.tag == "header":
+            drop.append(el)
+            continue
+        elif ci.strip() and el.tag != "a" and _unlikely(ci) and _COMMENT.search(ci):
+            n = text_len(el)
+            widest = max(widest, n)
+            if n < half_page:
+                comments.append(el)
+                continue
+        elif ci.strip() and el.tag != "a" and _unlikely(ci) and text_len(el) < half_page:
+            drop.append(el)
+            continue
+        stack.extend(list(el)[::-1])
+    thread = False
+    if comments:
+        in_comments = _prose(comments)
+        rest = _prose([root]) - in_comments - _prose(drop)
+        thread = rest < THREAD_REST <= in_comments and widest < 0.5 * sum(map(text_len, comments))
+    for el in drop if thread else drop + comments:
+        remove_keeping_tail(el)
+    return thread
 
 
-def clean_block(block, by_class: bool = True) -> None:
+def clean_block(block, by_class: bool = True, thread: bool = False) -> None:
     """Drop link-heavy or boilerplate-scored containers inside the main block (readability's
-    'conditional cleaning'); without `by_class`, by their links only (the fallbacks' lighter cleaning)."""
+    'conditional cleaning'); without `by_class`, by their links only (the fallbacks' lighter cleaning);
+    on a `thread` (see strip_junk), a comment's name does not count against it."""
     for el in list(block.iter("div", "section", "ul", "ol", "table", "dl", "p", "span")):
         if el is block or el.getparent() is None:
             continue
@@ -150,7 +191,7 @@ def clean_block(block, by_class: bool = True) -> None:
         if n == 0:
             continue
         density = link_density(el)
-        weight = class_weight(el) if by_class else 0
+        weight = class_weight(el, thread) if by_class else 0
         if el.tag in ("ul", "ol") and density > 0.5:
             remove_keeping_tail(el)
         elif el.tag != "p" and el.tag != "span" and (weight < 0 and n < 500 or density > 0.5 and n < 1000):

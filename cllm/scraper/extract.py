@@ -159,10 +159,10 @@ def extract_tree(doc) -> tuple[str, str]:
     protected = set(marked)
     for el in marked:
         protected.update(el.iterancestors())
-    strip_junk(doc, protected)
+    thread = strip_junk(doc, protected)
     blocks = main_block(doc, marked)
     for block in blocks:
-        clean_block(block)
+        clean_block(block, thread=thread)
         _drop_headline(block, titles)
     return title, _choose(blocks_to_text(blocks), blocks, light)
 
