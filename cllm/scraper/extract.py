@@ -34,8 +34,8 @@ from lxml import etree
 from cllm.errors import MissingDependencyError
 from cllm.scraper.boilerplate import clean_block, drop_never_text, strip_hidden, strip_junk
 from cllm.scraper.charset import decode_html
-from cllm.scraper.dom import parse_html, remove_keeping_tail, text_len
-from cllm.scraper.paragraphs import SHORT, classify, good_text, page_paragraphs, weighed_len
+from cllm.scraper.dom import link_density, parse_html, remove_keeping_tail, text_len
+from cllm.scraper.paragraphs import HEADINGS, SHORT, classify, good_text, page_paragraphs, weighed_len
 from cllm.scraper.readability import main_block, marked_up_body, readability_candidate
 from cllm.scraper.serialize import blocks_to_text
 
@@ -145,9 +145,38 @@ def _net(root) -> int:
     return prose - junk
 
 
+def _link_list_headings(doc) -> set:
+    """The texts of the headings that head link lists: those whose box (the parent, or the grandparent
+    of a heading alone in its parent) is mostly link text."""
+    out, density = set(), {}
+    for h in doc.iter(*HEADINGS):
+        text = " ".join(h.text_content().split())
+        box = h.getparent()
+        if box is not None and len(box) == 1 and box.getparent() is not None:
+            box = box.getparent()
+        if text and box is not None:
+            if box not in density:
+                density[box] = link_density(box)
+            if density[box] >= 0.5:
+                out.add(text)
+    return out
+
+
+def _drop_dangling(text: str, headings: set) -> str:
+    """The text less its last lines while they are headings of link lists ("Weitere Artikel", "You might
+    also like"), left behind when the cleaning dropped the list they introduced. The first line stays.
+    (Lines of a few words ending with a colon, "Mehr zum Thema:", measured no better: on the Scrapinghub
+    set such lines introduce photos and tweets that the expected text keeps.)"""
+    lines = text.split("\n")
+    while len(lines) > 1 and lines[-1] in headings:
+        lines.pop()
+    return "\n".join(lines)
+
+
 def extract_tree(doc) -> tuple[str, str]:
     """(title, text) of a parsed document. Mutates the tree (removes boilerplate)."""
     title = _title(doc)
+    headings = _link_list_headings(doc)
     titles = " ".join([title] + [" ".join(t.split()) for t in doc.xpath('//meta[@property="og:title"]/@content')])
     drop_never_text(doc)
     light = copy.deepcopy(doc)  # for the fallbacks: only what a reader never sees is removed from it
@@ -164,7 +193,7 @@ def extract_tree(doc) -> tuple[str, str]:
     for block in blocks:
         clean_block(block, thread=thread)
         _drop_headline(block, titles)
-    return title, _choose(blocks_to_text(blocks), blocks, light)
+    return title, _drop_dangling(_choose(blocks_to_text(blocks), blocks, light), headings)
 
 
 def extract_html(html: bytes | str, url: str | None = None, http_charset: str | None = None) -> Extracted:
