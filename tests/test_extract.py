@@ -2,6 +2,8 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cllm.scraper.boilerplate import strip_junk
+from cllm.scraper.dom import parse_html
 from cllm.scraper.extract import Extracted, decode_html, extract_html
 
 P1 = ("Lighthouses were once kept by families who lived beside the lamp, trimming the wick every "
@@ -268,3 +270,81 @@ def test_visible_text_never_yields_nothing():
     assert SENTENCES[0] in extract_html(unclosed_nav).text
     assert all(s in extract_html(noscript).text for s in SENTENCES)
     assert extract_html(footer_only).text == "Harbour office, Quay Street 4, open weekdays"
+
+
+MENU = "".join(f'<li><a href="/section/{i}">Section number {i} of the site</a></li>' for i in range(30))
+
+
+def _after_class_cleaning(page: str) -> str:
+    """The page's text after the class-name cleaning (the fallbacks of cllm/scraper/extract.py can hide
+    what it drops on a small page, as they cannot on many real ones)."""
+    doc, _ = parse_html(page)
+    strip_junk(doc, set())
+    return " ".join(doc.text_content().split())
+
+
+def test_article_fields_named_label_hidden_are_not_dropped_as_hidden():
+    # "field--label-hidden" names a field whose label is hidden: with a long menu on the page no field holds
+    # half of its text, and each one was dropped as hidden
+    fields = "".join(f'<div class="clearfix field field--name-field-text field--label-hidden"><p>{SENTENCES[i]} '
+                     f'{SENTENCES[i + 1]}</p></div>' for i in range(4))
+    page = f"""<html><head><title>Ferries</title></head><body><ul class="main-nav">{MENU}</ul>
+    <article class="node node--type-article"><h1>Ferries</h1><p>A short lead.</p>{fields}</article>
+    </body></html>"""
+    assert all(s in _after_class_cleaning(page) for s in SENTENCES[:5])
+    text = extract_html(page).text
+    assert all(s in text for s in SENTENCES[:5]), text
+    assert "Section number" not in text
+    # a hidden element stays dropped
+    assert SENTENCES[0] not in _after_class_cleaning(page.replace("field--label-hidden", "hidden"))
+
+
+def test_article_in_a_container_named_for_a_one_sidebar_layout():
+    # "one-sidebar" names the layout of the container of the article and its sidebar, not a sidebar
+    paragraphs = "".join(f"<p>{SENTENCES[i]} {SENTENCES[(i + 2) % 6]}</p>" for i in range(5))
+    page = f"""<html><head><title>Ferries</title></head><body><div class="site-menu"><ul>{MENU * 3}</ul></div>
+    <div class="panel-display layout-one-sidebar clearfix"><div class="pane">{paragraphs}</div></div>
+    </body></html>"""
+    assert all(s in _after_class_cleaning(page) for s in SENTENCES[:5])
+    text = extract_html(page).text
+    assert all(s in text for s in SENTENCES[:5]), text
+    assert "Section number" not in text
+    assert SENTENCES[0] not in _after_class_cleaning(page.replace("layout-one-sidebar", "left-sidebar"))
+
+
+def _forum(post_class: str, wrapper: str, lead: str = "") -> str:
+    posts = "".join(f'<div class="{post_class}"><p>{SENTENCES[i]} {SENTENCES[(i + 3) % 6]}</p></div>'
+                    for i in range(6))
+    return f"""<html><head><title>Ferry questions</title></head><body><ul class="main-nav">{MENU}</ul>
+    <div class="{wrapper}"><h1>Ferry questions</h1>{lead}{posts}</div></body></html>"""
+
+
+def test_forum_posts_named_comments_are_the_thread():
+    # a thread's posts side by side, each named as a comment, with no other prose on the page: they are its text
+    text = extract_html(_forum("PostCommentText", "thread")).text
+    assert all(s in text for s in SENTENCES), text
+    assert "Section number" not in text
+
+
+def test_comment_section_of_an_article_is_still_dropped():
+    # the same posts in one comment-named container after an article are its comment section
+    article = "".join(f"<p>{s} {s}</p>" for s in SENTENCES[:3])
+    page = _forum("PostCommentText", "comments-area")
+    page = page.replace("<h1>Ferry questions</h1>", "").replace(
+        '<div class="comments-area">', f'<article class="post">{article}</article><div class="comments-area">')
+    text = extract_html(page).text
+    assert SENTENCES[0] in text and SENTENCES[3] + " " + SENTENCES[0] not in text, text
+
+
+def test_trailing_heading_of_a_dropped_link_list_is_dropped():
+    # the cleaning drops the related-links list; the heading that introduced it must not end the text
+    # (a box of links long enough that the cleaning keeps it, and drops its list)
+    related = "".join(f'<li><a href="/r/{i}">Another story about harbours number {i}</a></li>' for i in range(30))
+    paragraphs = "".join(f"<p>{SENTENCES[i]} {SENTENCES[(i + 1) % 6]}</p>" for i in range(4))
+    page = f"""<html><head><title>Ferries</title></head><body><article><h1>Ferries</h1>{paragraphs}
+    <h2>The timetable</h2><p>{SENTENCES[5]}</p>
+    <div class="more"><h3>Read these next</h3><ul>{related}</ul></div></article></body></html>"""
+    lines = extract_html(page).text.splitlines()
+    assert lines[-1] == SENTENCES[5] and "The timetable" in lines, lines
+    # a heading that ends the article without a link list is the article's, and stays
+    assert extract_html(page.replace(f"<ul>{related}</ul>", "")).text.splitlines()[-1] == "Read these next"
