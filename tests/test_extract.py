@@ -364,3 +364,16 @@ def test_article_sections_in_wrappers_of_their_own_join_up():
     assert all(s in text for s in SENTENCES), text
     assert text.index(SENTENCES[3]) < text.index(SENTENCES[4]) < text.index(SENTENCES[5])
     assert "Section number" not in text and "Another story" not in text
+
+
+def test_articles_named_as_comments_or_teasers_are_not_the_article_body():
+    # the post is in plain <div>s; <article> marks each comment and each teaser card
+    post = "".join(f"<p>{s}</p>" for s in SENTENCES[:3])
+    comments = "".join(f'<article class="comment-body"><p>COMMENT {i}: {SENTENCES[3 + i % 3]} {SENTENCES[i % 3]}</p>'
+                       "</article>" for i in range(8))
+    teasers = "".join(f'<article class="post-teaser"><p>TEASER {i}: {SENTENCES[5]}</p></article>' for i in range(3))
+    page = f"""<html><head><title>Ferries</title></head><body><div class="main"><h1>Ferries</h1>
+    <div class="post">{post}</div><div class="comments-area">{comments}</div></div>{teasers}</body></html>"""
+    text = extract_html(page).text
+    assert all(s in text for s in SENTENCES[:3]), text
+    assert "COMMENT" not in text and "TEASER" not in text

@@ -3,10 +3,12 @@
 to their parent and grandparent."""
 from __future__ import annotations
 
+import re
+
 from lxml import etree
 
 from cllm.scraper.boilerplate import class_weight
-from cllm.scraper.dom import BLOCK_TAGS, INLINE_TAGS, link_density, text_len
+from cllm.scraper.dom import BLOCK_TAGS, INLINE_TAGS, class_id, link_density, text_len
 
 # Marked-up article bodies, most specific first. All matches of the first selector that has
 # enough text are taken, in document order (some sites split one story into several blocks).
@@ -24,6 +26,8 @@ _BODY_XPATHS = [
     "//main",
 ]
 
+# Names of marked-up blocks that are not the article body: comments and teasers of other stories.
+_NOT_BODY = re.compile(r"comment|teaser", re.I)
 _SCORED_TAGS = ("p", "pre", "blockquote", "li", "dd")
 _TAG_BONUS = {"div": 5, "article": 8, "section": 3, "pre": 3, "td": 3, "blockquote": 3, "main": 5}
 
@@ -146,9 +150,10 @@ def readability_candidate(body) -> list:
 
 
 def marked_up_body(doc) -> list:
-    """All outermost matches of the first article-body selector that finds enough text."""
+    """All outermost matches of the first article-body selector that finds enough text (less those
+    named as comments or teasers: an <article> per comment or per teaser card is not the article)."""
     for xp in _BODY_XPATHS:
-        found = doc.xpath(xp)
+        found = [el for el in doc.xpath(xp) if not _NOT_BODY.search(class_id(el))]
         found_set = set(found)
         found = [el for el in found if not any(anc in found_set for anc in el.iterancestors())]
         if not found:
