@@ -348,6 +348,13 @@ def test_trailing_heading_of_a_dropped_link_list_is_dropped():
     assert lines[-1] == SENTENCES[5] and "The timetable" in lines, lines
     # a heading that ends the article without a link list is the article's, and stays
     assert extract_html(page.replace(f"<ul>{related}</ul>", "")).text.splitlines()[-1] == "Read these next"
+    # the heading and a short list straight in the article (its box is the article, mostly prose): the text
+    # that follows the heading is links
+    short = "".join(f'<li><a href="/r/{i}">Another story about harbours number {i}</a></li>' for i in range(4))
+    page = page.replace(f'<div class="more"><h3>Read these next</h3><ul>{related}</ul></div>',
+                        f"<h3>Read these next</h3><ul>{short}</ul>")
+    lines = extract_html(page).text.splitlines()
+    assert lines[-1] == SENTENCES[5], lines
 
 
 def test_article_sections_in_wrappers_of_their_own_join_up():

@@ -145,20 +145,38 @@ def _net(root) -> int:
     return prose - junk
 
 
+# How much text after a heading tells what it heads (jusText's MAX_HEADING_DISTANCE), and the share of it in
+# links that makes it a link list
+HEADED = 200
+LINK_LIST = 0.5
+
+
 def _link_list_headings(doc) -> set:
-    """The texts of the headings that head link lists: those whose box (the parent, or the grandparent
-    of a heading alone in its parent) is mostly link text."""
+    """The texts of the headings that head link lists: those whose box (the parent, or the grandparent of
+    a heading alone in its parent) is mostly link text, and those followed, up to the next heading, within
+    HEADED characters, by text mostly in links."""
     out, density = set(), {}
     for h in doc.iter(*HEADINGS):
-        text = " ".join(h.text_content().split())
         box = h.getparent()
         if box is not None and len(box) == 1 and box.getparent() is not None:
             box = box.getparent()
-        if text and box is not None:
+        if box is not None:
             if box not in density:
                 density[box] = link_density(box)
-            if density[box] >= 0.5:
-                out.add(text)
+            if density[box] >= LINK_LIST:
+                out.add(" ".join(h.text_content().split()))
+    body = doc.find("body")
+    paras = page_paragraphs(body if body is not None else doc)
+    for i, p in enumerate(paras):
+        if not p.heading:
+            continue
+        chars = links = 0
+        for q in paras[i + 1:]:
+            if q.heading or chars >= HEADED:
+                break
+            chars, links = chars + len(q.text), links + q.link_chars
+        if chars and links >= LINK_LIST * chars:
+            out.add(p.text)
     return out
 
 
