@@ -384,3 +384,13 @@ def test_articles_named_as_comments_or_teasers_are_not_the_article_body():
     text = extract_html(page).text
     assert all(s in text for s in SENTENCES[:3]), text
     assert "COMMENT" not in text and "TEASER" not in text
+
+
+def test_date_and_byline_lines_at_the_edges_are_dropped():
+    paragraphs = "".join(f"<p>{s} {s.lower()}</p>" for s in SENTENCES[:4])
+    page = f"""<html><head><title>Ferries</title></head><body><article><h1>Ferries</h1>
+    <p>By Jane Doe</p><p>7 October 2020</p><p>4 min read</p>{paragraphs}<p>March 3, 2021</p>
+    <p>{SENTENCES[4]}</p><p>Aktualisiert: 03.04.2021, 10:30 Uhr</p></article></body></html>"""
+    lines = extract_html(page).text.splitlines()
+    assert lines[0].startswith(SENTENCES[0]) and lines[-1] == SENTENCES[4], lines
+    assert "March 3, 2021" in lines  # a date inside the text is the text's

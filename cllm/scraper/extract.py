@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 from dataclasses import dataclass
 
 from lxml import etree
@@ -180,6 +181,34 @@ def _link_list_headings(doc) -> set:
     return out
 
 
+# A line at the text's edge that is only a date, a byline or a reading time ("7. Oktober 2020", "By Jane
+# Doe", "VON Sina Giebel", "4 Min Read", "Aktualisiert: 03.04.2020"): page metadata, not the article.
+META_LINE = 60
+_MONTH = r"[^\W\d_]{3,}\.?"
+_DATE = (rf"(?:\d{{1,2}}[./-] ?\d{{1,2}}[./-] ?\d{{2,4}}|\d{{4}}-\d{{2}}-\d{{2}}"
+         rf"|\d{{1,2}}\.? {_MONTH},? \d{{4}}|{_MONTH} \d{{1,2}},? \d{{4}})")
+_META = re.compile(
+    rf"^(?:(?:[^\W\d_]+:? )?{_DATE}(?:,? \d{{1,2}}[:.]\d{{2}}(?: ?Uhr| ?[AaPp]\.?[Mm]\.?)?)?"
+    r"|(?:by|von|par|por|door|av|autor|author|written by):? [^\W\d_][\w.'’-]*(?: [^\W\d_][\w.'’-]*){0,3}"
+    r"|\d{1,3} min(?:ute)?s?\.? read)$",
+    re.I,
+)
+
+
+def _drop_meta_edges(text: str) -> str:
+    """The text less the date, byline and reading-time lines at its start and its end (see _META)."""
+    lines = text.split("\n")
+
+    def meta(line: str) -> bool:
+        return len(line) <= META_LINE and bool(_META.match(line))
+
+    while len(lines) > 1 and meta(lines[0]):
+        lines.pop(0)
+    while len(lines) > 1 and meta(lines[-1]):
+        lines.pop()
+    return "\n".join(lines)
+
+
 def _drop_dangling(text: str, headings: set) -> str:
     """The text less its last lines while they are headings of link lists ("Weitere Artikel", "You might
     also like"), left behind when the cleaning dropped the list they introduced. The first line stays.
@@ -211,7 +240,7 @@ def extract_tree(doc) -> tuple[str, str]:
     for block in blocks:
         clean_block(block, thread=thread)
         _drop_headline(block, titles)
-    return title, _drop_dangling(_choose(blocks_to_text(blocks), blocks, light), headings)
+    return title, _drop_meta_edges(_drop_dangling(_choose(blocks_to_text(blocks), blocks, light), headings))
 
 
 def extract_html(html: bytes | str, url: str | None = None, http_charset: str | None = None) -> Extracted:
