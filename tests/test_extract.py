@@ -394,3 +394,16 @@ def test_date_and_byline_lines_at_the_edges_are_dropped():
     lines = extract_html(page).text.splitlines()
     assert lines[0].startswith(SENTENCES[0]) and lines[-1] == SENTENCES[4], lines
     assert "March 3, 2021" in lines  # a date inside the text is the text's
+
+
+def test_large_community_section_beside_the_marked_up_article_is_dropped():
+    # the readers' posts hold most of the page's text, in a block named like boilerplate ("community") that
+    # is kept when it wraps the page; beside an <article> with prose it is the comment section
+    article = "".join(f"<p>{s}</p>" for s in SENTENCES[:6])
+    posts = "".join(f'<li class="member"><p>READER {i}: {SENTENCES[i % 6]} {SENTENCES[(i + 1) % 6]} '
+                    f'{SENTENCES[(i + 2) % 6]}</p></li>' for i in range(10))
+    page = f"""<html><head><title>Ferries</title></head><body><div class="news"><article>{article}</article></div>
+    <div class="full community page"><ul class="directory">{posts}</ul></div></body></html>"""
+    text = extract_html(page).text
+    assert all(s in text for s in SENTENCES), text
+    assert "READER" not in text

@@ -134,27 +134,35 @@ def _prose(elements) -> int:
     return sum(weighed_len(p.text) for p in paras if p.cls in ("good", "near"))
 
 
-def strip_junk(doc, protected: set) -> bool:
+def strip_junk(doc, protected: set, marked: list = ()) -> bool:
     """Remove hidden elements, page chrome, <header>s and boilerplate-named blocks.
 
     A block named like boilerplate is kept when it is an ancestor of a marked-up article body
-    (`protected`) or holds most of the page's text: sites wrap whole pages in classes such as
-    "advertisement-off-canvas-pusher". Blocks named as comments are kept when the page is a thread
-    (a forum, a live ticker): they hold its prose, what remains without them holds little (under
-    THREAD_REST characters), and no one of them holds most of their text (an article's comment
-    section has one container, a thread's posts stand side by side). Returns whether the page is a thread.
+    (`protected`; `marked` are those bodies) or holds most of the page's text and is not beside a
+    marked-up body with prose: sites wrap whole pages in classes such as "advertisement-off-canvas-pusher".
+    Blocks named as comments are kept when the page is a thread (a forum, a live ticker): they hold its
+    prose, what remains without them holds little (under THREAD_REST characters), and no one of them holds
+    most of their text (an article's comment section has one container, a thread's posts stand side by
+    side). Returns whether the page is a thread.
     """
     body = doc.find("body")
     root = body if body is not None else doc
     half_page = text_len(root) / 2
+    # with a marked-up article body that holds prose, a large boilerplate-named block beside it (not inside
+    # it) is not a wrapper of the page: the size exemption below does not hold for it
+    has_article = bool(marked) and _prose(marked) >= THREAD_REST
     drop, comments = [], []
     widest = 0  # the text of the largest comment-named block, also one kept for its size
-    stack = list(root)[::-1]  # outermost first, in document order; a dropped block's inside is not visited
+    # outermost first, in document order, with whether inside the marked-up body; a dropped block's inside is not
+    # visited
+    stack = [(el, False) for el in reversed(root)]
     while stack:
-        el = stack.pop()
+        el, inside = stack.pop()
         if not isinstance(el.tag, str):
             continue
         ci = class_id(el)
+        inside = inside or el in marked
+        beside_article = has_article and not inside and el not in protected
         if el in protected:
             pass
         elif _hidden_or_chrome(el) or el.tag == "header":
@@ -163,13 +171,13 @@ def strip_junk(doc, protected: set) -> bool:
         elif ci.strip() and el.tag != "a" and _unlikely(ci) and _COMMENT.search(ci):
             n = text_len(el)
             widest = max(widest, n)
-            if n < half_page:
+            if n < half_page or beside_article:
                 comments.append(el)
                 continue
-        elif ci.strip() and el.tag != "a" and _unlikely(ci) and text_len(el) < half_page:
+        elif ci.strip() and el.tag != "a" and _unlikely(ci) and (beside_article or text_len(el) < half_page):
             drop.append(el)
             continue
-        stack.extend(list(el)[::-1])
+        stack.extend((child, inside) for child in reversed(el))
     thread = False
     if comments:
         in_comments = _prose(comments)

@@ -235,7 +235,7 @@ def extract_tree(doc) -> tuple[str, str]:
     protected = set(marked)
     for el in marked:
         protected.update(el.iterancestors())
-    thread = strip_junk(doc, protected)
+    thread = strip_junk(doc, protected, marked)
     blocks = main_block(doc, marked)
     for block in blocks:
         clean_block(block, thread=thread)
