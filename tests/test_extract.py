@@ -407,3 +407,14 @@ def test_large_community_section_beside_the_marked_up_article_is_dropped():
     text = extract_html(page).text
     assert all(s in text for s in SENTENCES), text
     assert "READER" not in text
+
+
+def test_image_legend_inside_the_article_is_dropped():
+    # the legend of an image box is its caption, which the text leaves out as it leaves <figcaption> out
+    paragraphs = "".join(f"<p>{s} {s.lower()}</p>" for s in SENTENCES[:4])
+    legend = ('<div class="image-box"><div class="legend"><div class="content">LEGEND: the harbour in winter, '
+              "with the old ferry at the pier and the lighthouse behind it, seen from the hill.</div></div></div>")
+    page = f"""<html><head><title>Ferries</title></head><body><article><h1>Ferries</h1>{legend}{paragraphs}
+    </article></body></html>"""
+    text = extract_html(page).text
+    assert all(s in text for s in SENTENCES[:4]) and "LEGEND" not in text, text
