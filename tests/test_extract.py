@@ -418,3 +418,17 @@ def test_image_legend_inside_the_article_is_dropped():
     </article></body></html>"""
     text = extract_html(page).text
     assert all(s in text for s in SENTENCES[:4]) and "LEGEND" not in text, text
+
+
+def test_rest_of_the_article_behind_a_read_more_button_is_kept():
+    # the story's second half sits in a block named "read-more" that a button unfolds; a "read more" teaser
+    # link to another story stays out
+    first = "".join(f"<p>{s}</p>" for s in SENTENCES[:2])
+    rest = "".join(f"<p>{s}</p>" for s in SENTENCES[2:])
+    teaser = ('<a class="read-more-big" href="/other"><span class="read-more-big__title">TEASER: another story '
+              "about the harbour, the ferries and the people who work on the boats all year</span></a>")
+    page = f"""<html><head><title>Ferries</title></head><body><ul class="main-nav">{MENU}</ul>
+    <div class="story-body">{first}{teaser}<div class="read-more">{rest}</div></div></body></html>"""
+    text = extract_html(page).text
+    assert all(s in text for s in SENTENCES), text
+    assert "TEASER" not in text

@@ -47,6 +47,9 @@ _NEGATIVE = re.compile(
     r"shopping|tags|tool|widget|cookie|consent|newsletter|subscri|byline|caption|credit|recirc",
     re.I,
 )
+# A block named "read more" that holds prose (paragraphs with few links) is the rest of the article that a
+# button unfolds; without, or inside a link, a "Read more" link or teaser
+_READ_MORE = re.compile(r"readmore|read-more", re.I)
 # The names of comments (a subset of the stems above): on a thread they name the page's content.
 _COMMENT = re.compile(r"comment|replies|remark|disqus", re.I)
 # A page whose prose outside its comment-named blocks is under this many characters is a thread (about
@@ -168,6 +171,8 @@ def strip_junk(doc, protected: set, marked: list = ()) -> bool:
         elif _hidden_or_chrome(el) or el.tag == "header":
             drop.append(el)
             continue
+        elif _READ_MORE.search(ci) and not any(a.tag == "a" for a in el.iterancestors()) and _prose([el]):
+            pass  # the collapsed rest of the article behind a "read more" button, not a "read more" link
         elif ci.strip() and el.tag != "a" and _unlikely(ci) and _COMMENT.search(ci):
             n = text_len(el)
             widest = max(widest, n)
