@@ -358,12 +358,14 @@ def test_trailing_heading_of_a_dropped_link_list_is_dropped():
 
 
 def test_article_sections_in_wrappers_of_their_own_join_up():
-    # a page builder puts each section of the article in a wrapper of its own, between image blocks: the
+    # a page builder puts each section of the article in wrappers of its own (5 levels deep), between image
+    # blocks: the
     # best-scoring section is not the whole article, its cousins of the same class are the rest of it
     def section(i: int, sentences: list) -> str:
         paras = "".join(f"<p>{s} {s.lower()}</p>" for s in sentences)
-        return (f'<div class="builder-row" id="row-{i}"><div class="builder-col"><div class="text-element">'
-                f'{paras}</div></div></div><div class="image-element"><p>Photo: harbour archive</p></div>')
+        return (f'<div class="outer"><section><div class="builder-row" id="row-{i}"><div class="builder-col">'
+                f'<div class="text-element">{paras}</div></div></div></section></div>'
+                '<div class="image-element"><p>Photo: harbour archive</p></div>')
     page = f"""<html><head><title>Ferries</title></head><body><ul class="main-nav">{MENU}</ul>
     <div class="content">{section(0, SENTENCES[:4])}{section(1, SENTENCES[4:5])}{section(2, SENTENCES[5:])}</div>
     <div class="teasers"><div class="text-element"><a href="/x">Another story</a></div></div></body></html>"""

@@ -38,7 +38,7 @@ MIN_STRONG = 3
 SIBLING_RATIO = 0.2
 # Sections of one article in wrappers of their own are found this many levels above the best block,
 # and have under this link density.
-COUSIN_LEVELS = 3
+COUSIN_LEVELS = 5
 COUSIN_LINKS = 0.25
 
 
