@@ -359,8 +359,7 @@ def test_trailing_heading_of_a_dropped_link_list_is_dropped():
 
 def test_article_sections_in_wrappers_of_their_own_join_up():
     # a page builder puts each section of the article in wrappers of its own (5 levels deep), between image
-    # blocks: the
-    # best-scoring section is not the whole article, its cousins of the same class are the rest of it
+    # blocks: the best-scoring section is not the whole article, its cousins of the same class are the rest of it
     def section(i: int, sentences: list) -> str:
         paras = "".join(f"<p>{s} {s.lower()}</p>" for s in sentences)
         return (f'<div class="outer"><section><div class="builder-row" id="row-{i}"><div class="builder-col">'
