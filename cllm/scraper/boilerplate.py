@@ -153,7 +153,13 @@ def strip_junk(doc, protected: set, marked: list = ()) -> bool:
     half_page = text_len(root) / 2
     # with a marked-up article body that holds prose, a large boilerplate-named block beside it (not inside
     # it) is not a wrapper of the page: the size exemption below does not hold for it
-    has_article = bool(marked) and _prose(marked) >= THREAD_REST
+    article_prose = []  # measured once, when first needed (a large boilerplate-named block is rare)
+
+    def has_article() -> bool:
+        if not article_prose:
+            article_prose.append(_prose(marked) if marked else 0)
+        return article_prose[0] >= THREAD_REST
+
     drop, comments = [], []
     widest = 0  # the text of the largest comment-named block, also one kept for its size
     # outermost first, in document order, with whether inside the marked-up body; a dropped block's inside is not
@@ -165,7 +171,6 @@ def strip_junk(doc, protected: set, marked: list = ()) -> bool:
             continue
         ci = class_id(el)
         inside = inside or el in marked
-        beside_article = has_article and not inside and el not in protected
         if el in protected:
             pass
         elif _hidden_or_chrome(el) or el.tag == "header":
@@ -173,15 +178,13 @@ def strip_junk(doc, protected: set, marked: list = ()) -> bool:
             continue
         elif _READ_MORE.search(ci) and not any(a.tag == "a" for a in el.iterancestors()) and _prose([el]):
             pass  # the collapsed rest of the article behind a "read more" button, not a "read more" link
-        elif ci.strip() and el.tag != "a" and _unlikely(ci) and _COMMENT.search(ci):
-            n = text_len(el)
-            widest = max(widest, n)
-            if n < half_page or beside_article:
-                comments.append(el)
+        elif ci.strip() and el.tag != "a" and _unlikely(ci):
+            n, comment = text_len(el), bool(_COMMENT.search(ci))
+            if comment:
+                widest = max(widest, n)
+            if n < half_page or not inside and has_article():
+                (comments if comment else drop).append(el)
                 continue
-        elif ci.strip() and el.tag != "a" and _unlikely(ci) and (beside_article or text_len(el) < half_page):
-            drop.append(el)
-            continue
         stack.extend((child, inside) for child in reversed(el))
     thread = False
     if comments:

@@ -152,10 +152,32 @@ HEADED = 200
 LINK_LIST = 0.5
 
 
+def _heads_links(h) -> bool:
+    """Whether the text after heading `h` (its tail, then the elements that follow it, climbing out of at
+    most two parents that end, up to the next heading or HEADED characters) is mostly in links. A walk
+    over the few elements after each heading: the whole page's paragraphs cost a fifth of the extraction."""
+    chars, links = len((h.tail or "").strip()), 0
+    el = h
+    while chars < HEADED:
+        nxt, climbs = el.getnext(), 0
+        while nxt is None and climbs < 2 and el.getparent() is not None:
+            el, climbs = el.getparent(), climbs + 1
+            nxt = el.getnext()
+        if nxt is None:
+            break
+        el = nxt
+        if not isinstance(el.tag, str):
+            continue
+        if el.tag in HEADINGS:
+            break
+        chars += text_len(el) + len((el.tail or "").strip())
+        links += text_len(el) if el.tag == "a" else sum(text_len(a) for a in el.iter("a"))
+    return chars > 0 and links >= LINK_LIST * chars
+
+
 def _link_list_headings(doc) -> set:
     """The texts of the headings that head link lists: those whose box (the parent, or the grandparent of
-    a heading alone in its parent) is mostly link text, and those followed, up to the next heading, within
-    HEADED characters, by text mostly in links."""
+    a heading alone in its parent) is mostly link text, and those followed by text mostly in links."""
     out, density = set(), {}
     for h in doc.iter(*HEADINGS):
         box = h.getparent()
@@ -164,20 +186,8 @@ def _link_list_headings(doc) -> set:
         if box is not None:
             if box not in density:
                 density[box] = link_density(box)
-            if density[box] >= LINK_LIST:
+            if density[box] >= LINK_LIST or _heads_links(h):
                 out.add(" ".join(h.text_content().split()))
-    body = doc.find("body")
-    paras = page_paragraphs(body if body is not None else doc)
-    for i, p in enumerate(paras):
-        if not p.heading:
-            continue
-        chars = links = 0
-        for q in paras[i + 1:]:
-            if q.heading or chars >= HEADED:
-                break
-            chars, links = chars + len(q.text), links + q.link_chars
-        if chars and links >= LINK_LIST * chars:
-            out.add(p.text)
     return out
 
 
