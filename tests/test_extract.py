@@ -433,3 +433,13 @@ def test_rest_of_the_article_behind_a_read_more_button_is_kept():
     text = extract_html(page).text
     assert all(s in text for s in SENTENCES), text
     assert "TEASER" not in text
+
+
+def test_author_box_after_the_article_is_dropped():
+    paragraphs = "".join(f"<p>{s} {s.lower()}</p>" for s in SENTENCES[:4])
+    author = ('<div class="post-author"><p>AUTHOR: Jane Doe writes about harbours, ferries and the people who '
+              "keep them running, and has done so for twenty years.</p></div>")
+    page = f"""<html><head><title>Ferries</title></head><body><article><h1>Ferries</h1>{paragraphs}{author}
+    </article></body></html>"""
+    text = extract_html(page).text
+    assert all(s in text for s in SENTENCES[:4]) and "AUTHOR" not in text, text
