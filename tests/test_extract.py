@@ -443,3 +443,12 @@ def test_author_box_after_the_article_is_dropped():
     </article></body></html>"""
     text = extract_html(page).text
     assert all(s in text for s in SENTENCES[:4]) and "AUTHOR" not in text, text
+
+
+def test_rating_prompt_after_the_article_is_dropped():
+    paragraphs = "".join(f"<p>{s} {s.lower()}</p>" for s in SENTENCES[:4])
+    rating = '<span class="post-ratings"><strong>RATING: Was this article useful?</strong> 4.2 of 5 (31 votes)</span>'
+    page = f"""<html><head><title>Ferries</title></head><body><article><h1>Ferries</h1>{paragraphs}
+    <p>{SENTENCES[4]}</p>{rating}</article></body></html>"""
+    text = extract_html(page).text
+    assert all(s in text for s in SENTENCES[:5]) and "RATING" not in text, text

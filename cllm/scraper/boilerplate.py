@@ -37,7 +37,8 @@ _UNLIKELY_STEMS = re.compile(
 _UNLIKELY_WORDS = {
     "ad", "ads", "adv", "dfp", "header", "menu", "nav", "navbar", "pager", "extra", "tags", "tag", "topics",
     "keywords", "skip", "hidden", "dateline", "timestamp", "ticker", "toolbar", "tools", "overlay",
-    "banner", "bio", "sr", "widget", "rss", "print", "meta", "signin", "login", "legend", "author",
+    "banner", "bio", "sr", "widget", "rss", "print", "meta", "signin", "login", "legend", "author", "rating",
+    "ratings",
 }
 _MAYBE_CANDIDATE = re.compile(r"and|article|body|column|content|main|shadow|story|entry", re.I)
 _POSITIVE = re.compile(r"article|body|content|entry|hentry|h-entry|main|page|post|text|blog|story|prose", re.I)
