@@ -2,7 +2,7 @@
 
     python bench/extraction.py [--set scrapinghub|trafilatura|readability|all] [--data-root DIR]
                                [--scrapinghub DIR] [--trafilatura DIR] [--readability DIR]
-                               [--limit N] [--worst K] [--no-trafilatura] [--smoke]
+                               [--limit N] [--worst K] [--dump FILE] [--no-trafilatura] [--smoke]
 
 The sets (bench/fetch_extraction_sets.py fetches the two that are not Scrapinghub's; none is in the
 repository) and how each is scored:
@@ -261,6 +261,9 @@ def main() -> None:
     ap.add_argument("--data", default="", help=argparse.SUPPRESS)  # the old name of --scrapinghub
     ap.add_argument("--limit", type=int, default=0, help="score only the first N pages of each set")
     ap.add_argument("--worst", type=int, default=0, help="list the K worst pages (per-page F1) on stderr")
+    ap.add_argument("--dump", default="", metavar="FILE",
+                    help="write one JSON line per page (set, page, each side's F1 and text) to FILE, to find the "
+                    "pages CLLM loses most against trafilatura")
     ap.add_argument("--no-trafilatura", action="store_true")
     ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = ap.parse_args()
@@ -291,6 +294,7 @@ def measure(args, dirs: dict) -> None:
     out = {"bench": "extraction", "smoke": args.smoke, "sets": {}}
     if no_trafilatura:
         out["not_run"] = {"trafilatura": no_trafilatura}
+    dump = open(args.dump, "w", encoding="utf-8") if args.dump else None  # noqa: SIM115 - closed below
     for name, directory in dirs.items():
         pages, gold, metric = READERS[name](directory, args.limit)
         row = {"dataset": "generated (--smoke)" if args.smoke else DATASETS[name], "metric": metric,
@@ -308,9 +312,16 @@ def measure(args, dirs: dict) -> None:
                 other = (f" trafilatura={page_f1(metric, gold[k], preds['trafilatura'][k]):.3f}"
                          if "trafilatura" in preds else "")
                 print(f"{name} {page_f1(metric, gold[k], cllm[k]):.3f}{other} {k[:90]}", file=sys.stderr)
+        if dump:
+            for k in gold:
+                dump.write(json.dumps({"set": name, "page": k, **{f"{side}_f1": round(page_f1(metric, gold[k], p[k]), 4)
+                                                                  for side, p in preds.items()},
+                                       **{f"{side}_text": p[k] for side, p in preds.items()}}) + "\n")
         print(f"{name}: " + "  ".join(f"{side} F1 {row[side]['f1']:.3f} P {row[side]['precision']:.3f} R "
                                       f"{row[side]['recall']:.3f} {row[side]['seconds']:.1f}s"
                                       for side in sides), file=sys.stderr)
+    if dump:
+        dump.close()
     print(json.dumps(out))
 
 

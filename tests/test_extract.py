@@ -2,6 +2,8 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cllm.scraper.boilerplate import strip_junk
+from cllm.scraper.dom import parse_html
 from cllm.scraper.extract import Extracted, decode_html, extract_html
 
 P1 = ("Lighthouses were once kept by families who lived beside the lamp, trimming the wick every "
@@ -268,3 +270,185 @@ def test_visible_text_never_yields_nothing():
     assert SENTENCES[0] in extract_html(unclosed_nav).text
     assert all(s in extract_html(noscript).text for s in SENTENCES)
     assert extract_html(footer_only).text == "Harbour office, Quay Street 4, open weekdays"
+
+
+MENU = "".join(f'<li><a href="/section/{i}">Section number {i} of the site</a></li>' for i in range(30))
+
+
+def _after_class_cleaning(page: str) -> str:
+    """The page's text after the class-name cleaning (the fallbacks of cllm/scraper/extract.py can hide
+    what it drops on a small page, as they cannot on many real ones)."""
+    doc, _ = parse_html(page)
+    strip_junk(doc, set())
+    return " ".join(doc.text_content().split())
+
+
+def test_article_fields_named_label_hidden_are_not_dropped_as_hidden():
+    # "field--label-hidden" names a field whose label is hidden: with a long menu on the page no field holds
+    # half of its text, and each one was dropped as hidden
+    fields = "".join(f'<div class="clearfix field field--name-field-text field--label-hidden"><p>{SENTENCES[i]} '
+                     f'{SENTENCES[i + 1]}</p></div>' for i in range(4))
+    page = f"""<html><head><title>Ferries</title></head><body><ul class="main-nav">{MENU}</ul>
+    <article class="node node--type-article"><h1>Ferries</h1><p>A short lead.</p>{fields}</article>
+    </body></html>"""
+    assert all(s in _after_class_cleaning(page) for s in SENTENCES[:5])
+    text = extract_html(page).text
+    assert all(s in text for s in SENTENCES[:5]), text
+    assert "Section number" not in text
+    # a hidden element stays dropped
+    assert SENTENCES[0] not in _after_class_cleaning(page.replace("field--label-hidden", "hidden"))
+
+
+def test_article_in_a_container_named_for_a_one_sidebar_layout():
+    # "one-sidebar" names the layout of the container of the article and its sidebar, not a sidebar
+    paragraphs = "".join(f"<p>{SENTENCES[i]} {SENTENCES[(i + 2) % 6]}</p>" for i in range(5))
+    page = f"""<html><head><title>Ferries</title></head><body><div class="site-menu"><ul>{MENU * 3}</ul></div>
+    <div class="panel-display layout-one-sidebar clearfix"><div class="pane">{paragraphs}</div></div>
+    </body></html>"""
+    assert all(s in _after_class_cleaning(page) for s in SENTENCES[:5])
+    text = extract_html(page).text
+    assert all(s in text for s in SENTENCES[:5]), text
+    assert "Section number" not in text
+    assert SENTENCES[0] not in _after_class_cleaning(page.replace("layout-one-sidebar", "left-sidebar"))
+
+
+def _forum(post_class: str, wrapper: str, lead: str = "") -> str:
+    posts = "".join(f'<div class="{post_class}"><p>{SENTENCES[i]} {SENTENCES[(i + 3) % 6]}</p></div>'
+                    for i in range(6))
+    return f"""<html><head><title>Ferry questions</title></head><body><ul class="main-nav">{MENU}</ul>
+    <div class="{wrapper}"><h1>Ferry questions</h1>{lead}{posts}</div></body></html>"""
+
+
+def test_forum_posts_named_comments_are_the_thread():
+    # a thread's posts side by side, each named as a comment, with no other prose on the page: they are its text
+    text = extract_html(_forum("PostCommentText", "thread")).text
+    assert all(s in text for s in SENTENCES), text
+    assert "Section number" not in text
+
+
+def test_comment_section_of_an_article_is_still_dropped():
+    # the same posts in one comment-named container after an article are its comment section
+    article = "".join(f"<p>{s} {s}</p>" for s in SENTENCES[:3])
+    page = _forum("PostCommentText", "comments-area")
+    page = page.replace("<h1>Ferry questions</h1>", "").replace(
+        '<div class="comments-area">', f'<article class="post">{article}</article><div class="comments-area">')
+    text = extract_html(page).text
+    assert SENTENCES[0] in text and SENTENCES[3] + " " + SENTENCES[0] not in text, text
+
+
+def test_trailing_heading_of_a_dropped_link_list_is_dropped():
+    # the cleaning drops the related-links list; the heading that introduced it must not end the text
+    # (a box of links long enough that the cleaning keeps it, and drops its list)
+    related = "".join(f'<li><a href="/r/{i}">Another story about harbours number {i}</a></li>' for i in range(30))
+    paragraphs = "".join(f"<p>{SENTENCES[i]} {SENTENCES[(i + 1) % 6]}</p>" for i in range(4))
+    page = f"""<html><head><title>Ferries</title></head><body><article><h1>Ferries</h1>{paragraphs}
+    <h2>The timetable</h2><p>{SENTENCES[5]}</p>
+    <div class="more"><h3>Read these next</h3><ul>{related}</ul></div></article></body></html>"""
+    lines = extract_html(page).text.splitlines()
+    assert lines[-1] == SENTENCES[5] and "The timetable" in lines, lines
+    # a heading that ends the article without a link list is the article's, and stays
+    assert extract_html(page.replace(f"<ul>{related}</ul>", "")).text.splitlines()[-1] == "Read these next"
+    # the heading and a short list straight in the article (its box is the article, mostly prose): the text
+    # that follows the heading is links
+    short = "".join(f'<li><a href="/r/{i}">Another story about harbours number {i}</a></li>' for i in range(4))
+    page = page.replace(f'<div class="more"><h3>Read these next</h3><ul>{related}</ul></div>',
+                        f"<h3>Read these next</h3><ul>{short}</ul>")
+    lines = extract_html(page).text.splitlines()
+    assert lines[-1] == SENTENCES[5], lines
+
+
+def test_article_sections_in_wrappers_of_their_own_join_up():
+    # a page builder puts each section of the article in wrappers of its own (5 levels deep), between image
+    # blocks: the best-scoring section is not the whole article, its cousins of the same class are the rest of it
+    def section(i: int, sentences: list) -> str:
+        paras = "".join(f"<p>{s} {s.lower()}</p>" for s in sentences)
+        return (f'<div class="outer"><section><div class="builder-row" id="row-{i}"><div class="builder-col">'
+                f'<div class="text-element">{paras}</div></div></div></section></div>'
+                '<div class="image-element"><p>Photo: harbour archive</p></div>')
+    page = f"""<html><head><title>Ferries</title></head><body><ul class="main-nav">{MENU}</ul>
+    <div class="content">{section(0, SENTENCES[:4])}{section(1, SENTENCES[4:5])}{section(2, SENTENCES[5:])}</div>
+    <div class="teasers"><div class="text-element"><a href="/x">Another story</a></div></div></body></html>"""
+    text = extract_html(page).text
+    assert all(s in text for s in SENTENCES), text
+    assert text.index(SENTENCES[3]) < text.index(SENTENCES[4]) < text.index(SENTENCES[5])
+    assert "Section number" not in text and "Another story" not in text
+
+
+def test_articles_named_as_comments_or_teasers_are_not_the_article_body():
+    # the post is in plain <div>s; <article> marks each comment and each teaser card
+    post = "".join(f"<p>{s}</p>" for s in SENTENCES[:3])
+    comments = "".join(f'<article class="comment-body"><p>COMMENT {i}: {SENTENCES[3 + i % 3]} {SENTENCES[i % 3]}</p>'
+                       "</article>" for i in range(8))
+    teasers = "".join(f'<article class="post-teaser"><p>TEASER {i}: {SENTENCES[5]}</p></article>' for i in range(3))
+    page = f"""<html><head><title>Ferries</title></head><body><div class="main"><h1>Ferries</h1>
+    <div class="post">{post}</div><div class="comments-area">{comments}</div></div>{teasers}</body></html>"""
+    text = extract_html(page).text
+    assert all(s in text for s in SENTENCES[:3]), text
+    assert "COMMENT" not in text and "TEASER" not in text
+
+
+def test_date_and_byline_lines_at_the_edges_are_dropped():
+    paragraphs = "".join(f"<p>{s} {s.lower()}</p>" for s in SENTENCES[:4])
+    page = f"""<html><head><title>Ferries</title></head><body><article><h1>Ferries</h1>
+    <p>By Jane Doe</p><p>7 October 2020</p><p>4 min read</p>{paragraphs}<p>March 3, 2021</p>
+    <p>{SENTENCES[4]}</p><p>Aktualisiert: 03.04.2021, 10:30 Uhr</p></article></body></html>"""
+    lines = extract_html(page).text.splitlines()
+    assert lines[0].startswith(SENTENCES[0]) and lines[-1] == SENTENCES[4], lines
+    assert "March 3, 2021" in lines  # a date inside the text is the text's
+
+
+def test_large_community_section_beside_the_marked_up_article_is_dropped():
+    # the readers' posts hold most of the page's text, in a block named like boilerplate ("community") that
+    # is kept when it wraps the page; beside an <article> with prose it is the comment section
+    article = "".join(f"<p>{s}</p>" for s in SENTENCES[:6])
+    posts = "".join(f'<li class="member"><p>READER {i}: {SENTENCES[i % 6]} {SENTENCES[(i + 1) % 6]} '
+                    f'{SENTENCES[(i + 2) % 6]}</p></li>' for i in range(10))
+    page = f"""<html><head><title>Ferries</title></head><body><div class="news"><article>{article}</article></div>
+    <div class="full community page"><ul class="directory">{posts}</ul></div></body></html>"""
+    text = extract_html(page).text
+    assert all(s in text for s in SENTENCES), text
+    assert "READER" not in text
+
+
+def test_image_legend_inside_the_article_is_dropped():
+    # the legend of an image box is its caption, which the text leaves out as it leaves <figcaption> out
+    paragraphs = "".join(f"<p>{s} {s.lower()}</p>" for s in SENTENCES[:4])
+    legend = ('<div class="image-box"><div class="legend"><div class="content">LEGEND: the harbour in winter, '
+              "with the old ferry at the pier and the lighthouse behind it, seen from the hill.</div></div></div>")
+    page = f"""<html><head><title>Ferries</title></head><body><article><h1>Ferries</h1>{legend}{paragraphs}
+    </article></body></html>"""
+    text = extract_html(page).text
+    assert all(s in text for s in SENTENCES[:4]) and "LEGEND" not in text, text
+
+
+def test_rest_of_the_article_behind_a_read_more_button_is_kept():
+    # the story's second half sits in a block named "read-more" that a button unfolds; a "read more" teaser
+    # link to another story stays out
+    first = "".join(f"<p>{s}</p>" for s in SENTENCES[:2])
+    rest = "".join(f"<p>{s}</p>" for s in SENTENCES[2:])
+    teaser = ('<a class="read-more-big" href="/other"><span class="read-more-big__title">TEASER: another story '
+              "about the harbour, the ferries and the people who work on the boats all year</span></a>")
+    page = f"""<html><head><title>Ferries</title></head><body><ul class="main-nav">{MENU}</ul>
+    <div class="story-body">{first}{teaser}<div class="read-more">{rest}</div></div></body></html>"""
+    text = extract_html(page).text
+    assert all(s in text for s in SENTENCES), text
+    assert "TEASER" not in text
+
+
+def test_author_box_after_the_article_is_dropped():
+    paragraphs = "".join(f"<p>{s} {s.lower()}</p>" for s in SENTENCES[:4])
+    author = ('<div class="post-author"><p>AUTHOR: Jane Doe writes about harbours, ferries and the people who '
+              "keep them running, and has done so for twenty years.</p></div>")
+    page = f"""<html><head><title>Ferries</title></head><body><article><h1>Ferries</h1>{paragraphs}{author}
+    </article></body></html>"""
+    text = extract_html(page).text
+    assert all(s in text for s in SENTENCES[:4]) and "AUTHOR" not in text, text
+
+
+def test_rating_prompt_after_the_article_is_dropped():
+    paragraphs = "".join(f"<p>{s} {s.lower()}</p>" for s in SENTENCES[:4])
+    rating = '<span class="post-ratings"><strong>RATING: Was this article useful?</strong> 4.2 of 5 (31 votes)</span>'
+    page = f"""<html><head><title>Ferries</title></head><body><article><h1>Ferries</h1>{paragraphs}
+    <p>{SENTENCES[4]}</p>{rating}</article></body></html>"""
+    text = extract_html(page).text
+    assert all(s in text for s in SENTENCES[:5]) and "RATING" not in text, text

@@ -11,6 +11,10 @@ from cllm.scraper.charset import decode_html
 
 _PARSER = lxml.html.HTMLParser(encoding="utf-8", remove_comments=True, remove_pis=True, default_doctype=False)
 _XML_DECL = re.compile(r"^\s*<\?xml[^>]*>", re.I)
+# Class words that name something else than the element: Drupal's "field--label-hidden" names a text
+# field whose label is not shown (the field is the article's text); "one-sidebar", "two-sidebars",
+# "has-sidebar" name a page layout, on the container of the article and its sidebar.
+_NOT_THE_ELEMENT = re.compile(r"\S*label-*hidden\S*|\S*(?:one|two|no|with|has)[-_]sidebars?\S*", re.I)
 
 # Elements that start a new line of text.
 BLOCK_TAGS = {
@@ -52,8 +56,10 @@ def link_density(el) -> float:
 
 
 def class_id(el) -> str:
-    """class and id together: the words that name what an element is."""
-    return (el.get("class") or "") + " " + (el.get("id") or "")
+    """class and id together: the words that name what an element is (less those naming something else)."""
+    ci = (el.get("class") or "") + " " + (el.get("id") or "")
+    low = ci.lower()
+    return _NOT_THE_ELEMENT.sub("", ci) if "hidden" in low or "sidebar" in low else ci
 
 
 def remove_keeping_tail(el) -> None:

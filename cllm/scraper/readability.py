@@ -3,10 +3,12 @@
 to their parent and grandparent."""
 from __future__ import annotations
 
+import re
+
 from lxml import etree
 
 from cllm.scraper.boilerplate import class_weight
-from cllm.scraper.dom import BLOCK_TAGS, INLINE_TAGS, link_density, text_len
+from cllm.scraper.dom import BLOCK_TAGS, INLINE_TAGS, class_id, link_density, text_len
 
 # Marked-up article bodies, most specific first. All matches of the first selector that has
 # enough text are taken, in document order (some sites split one story into several blocks).
@@ -24,6 +26,8 @@ _BODY_XPATHS = [
     "//main",
 ]
 
+# Names of marked-up blocks that are not the article body: comments and teasers of other stories.
+_NOT_BODY = re.compile(r"comment|teaser", re.I)
 _SCORED_TAGS = ("p", "pre", "blockquote", "li", "dd")
 _TAG_BONUS = {"div": 5, "article": 8, "section": 3, "pre": 3, "td": 3, "blockquote": 3, "main": 5}
 
@@ -32,6 +36,10 @@ _TAG_BONUS = {"div": 5, "article": 8, "section": 3, "pre": 3, "td": 3, "blockquo
 STRONG_RATIO = 0.75
 MIN_STRONG = 3
 SIBLING_RATIO = 0.2
+# Sections of one article in wrappers of their own are found this many levels above the best block,
+# and have under this link density.
+COUSIN_LEVELS = 5
+COUSIN_LINKS = 0.25
 
 
 def _own_text(el) -> str:
@@ -105,6 +113,30 @@ def _with_siblings(best, top: float, final: dict) -> list:
     return keep
 
 
+def _with_cousins(best, top: float, keep: list, final: dict) -> list:
+    """An article cut into sections, each in a wrapper of its own (page builders, CSS-in-JS sites): the
+    elements of the best one's tag and class under its ancestor COUSIN_LEVELS up that score as a
+    sibling must (readability's rule) and have few links join it, in document order."""
+    cls = best.get("class")
+    if not cls:
+        return keep
+    anc = best
+    for _ in range(COUSIN_LEVELS):
+        parent = anc.getparent()
+        if parent is None or parent.tag in ("body", "html"):
+            break
+        anc = parent
+    kept = set(keep)
+    cousins = [el for el in anc.iter(best.tag) if el.get("class") == cls and el not in kept
+               and final.get(el, 0.0) >= max(10.0, SIBLING_RATIO * top) and link_density(el) < COUSIN_LINKS
+               and not any(a in kept for a in el.iterancestors())]
+    if not cousins:
+        return keep
+    cousins = [el for el in cousins if not any(c in kept for c in el.iterdescendants())]
+    order = {el: i for i, el in enumerate(anc.iter())}
+    return sorted(keep + cousins, key=order.__getitem__)
+
+
 def readability_candidate(body) -> list:
     """The main block by readability's scoring: the best-scoring node, scores scaled by link
     density, widened to a common ancestor or joined by good siblings ([] when nothing scores)."""
@@ -114,13 +146,14 @@ def readability_candidate(body) -> list:
     final = {n: v * (1 - link_density(n)) for n, v in scores.items()}
     ranked = sorted(final, key=final.get, reverse=True)
     best, top = _common_ancestor_of_strong(ranked[0], final[ranked[0]], ranked, final)
-    return _with_siblings(best, top, final)
+    return _with_cousins(best, top, _with_siblings(best, top, final), final)
 
 
 def marked_up_body(doc) -> list:
-    """All outermost matches of the first article-body selector that finds enough text."""
+    """All outermost matches of the first article-body selector that finds enough text (less those
+    named as comments or teasers: an <article> per comment or per teaser card is not the article)."""
     for xp in _BODY_XPATHS:
-        found = doc.xpath(xp)
+        found = [el for el in doc.xpath(xp) if not _NOT_BODY.search(class_id(el))]
         found_set = set(found)
         found = [el for el in found if not any(anc in found_set for anc in el.iterancestors())]
         if not found:
