@@ -333,6 +333,20 @@ class HostDecoding(LanguageModel):
         (cllm/kernels/decode.py)."""
         return np.zeros(self.config.kv_cache_size(num_sequences), dtype=self.dtype)
 
+    def kv_positions(self, kv_cache: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
+        """Views of a one-sequence cache's positions 0..n-1: every float of their keys and values and nothing
+        else (the server's prefix cache copies a prompt's n positions, not the whole context's cache:
+        cllm/serve/batcher.py). gpt2: the keys (L, NH, hs, n) and the values (L, NH, n, hs); llama: both
+        (L, 2, NKV, n, hs)."""
+        cfg = self.config
+        L, hs, maxT = cfg.num_layers, cfg.head_size, cfg.max_seq_len
+        if cfg.arch == "llama":
+            return (kv_cache.reshape(L, 2, cfg.num_kv_heads, maxT, hs)[:, :, :, :n],)
+        blocks = kv_cache.reshape(L, 2, cfg.num_heads, maxT * hs)
+        keys = blocks[:, 0].reshape(L, cfg.num_heads, hs, maxT)[..., :n]
+        values = blocks[:, 1].reshape(L, cfg.num_heads, maxT, hs)[:, :, :n]
+        return keys, values
+
     def _host_rope_tables(self) -> tuple[np.ndarray, np.ndarray]:
         if self._host_rope is None:
             self._host_rope = rope_tables(self.config, self.dtype)

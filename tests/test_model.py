@@ -7,6 +7,7 @@ import pytest
 
 from cllm.config import ModelConfig
 from cllm.errors import ConfigError, TrainingError
+from cllm.kernels._common import PARALLEL_MIN_WORK
 from cllm.kernels.decode import GEMM_MIN_ROWS, PARALLEL_MATVEC_MIN, matvec_forward
 from cllm.model import MATRIX_PARAMS, Model
 from cllm.optim import AdamW
@@ -157,6 +158,33 @@ def test_matvec_rows_do_not_depend_on_the_batch(C, OC):
             alone = np.empty(OC, np.float32)
             matvec_forward(alone, x[r].copy(), w, b, 1, C, OC)
             assert np.array_equal(alone, together[r * OC:(r + 1) * OC])
+
+
+def test_attention_split_over_the_threads_gives_the_same_logits():
+    # gpt2's decoding attention (cllm/kernels/decode.py _forward_rows) splits its (row, head) pairs over the threads
+    # from PARALLEL_MIN_WORK on: a 150-token prefill equals the forward, and a batched step of 20 sequences at
+    # position 120 (split) gives each row bit for bit what its own decode_step gives (not split)
+    cfg = ModelConfig(vocab_size=37, max_seq_len=160, num_layers=2, num_heads=4, embed_dim=64)
+    m = Model(cfg, seed=3)
+    roughen(m, 4, scale=0.1)
+    rng = np.random.default_rng(5)
+    seq = rng.integers(0, cfg.vocab_size, (1, cfg.max_seq_len)).astype(np.int32)
+    full = np.array(m.forward(seq)[0], dtype=np.float64)
+    n = 150
+    assert (n * (n - 1) // 2 + n) * cfg.embed_dim >= PARALLEL_MIN_WORK
+    np.testing.assert_allclose(m.prefill(seq[0, :n], 0, m.new_kv_cache(1)), full[n - 1], rtol=1e-5, atol=1e-5)
+    B, pos = 20, 120
+    assert B * (pos + 1) * cfg.embed_dim >= PARALLEL_MIN_WORK > (pos + 1) * cfg.embed_dim
+    prompts = rng.integers(0, cfg.vocab_size, (B, pos)).astype(np.int32)
+    shared, per = m.new_kv_cache(B), cfg.kv_cache_size(1)
+    alone = [m.new_kv_cache(1) for _ in range(B)]
+    for b in range(B):
+        m.prefill(prompts[b], 0, shared[b * per:(b + 1) * per])
+        m.prefill(prompts[b], 0, alone[b])
+    tokens = rng.integers(0, cfg.vocab_size, B).astype(np.int32)
+    batched = m.decode_batch(tokens, np.full(B, pos), shared, np.arange(B))
+    for b in range(B):
+        assert np.array_equal(batched[b], m.decode_step(tokens[b:b + 1], pos, alone[b])[0])
 
 
 @pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5)])

@@ -71,36 +71,61 @@ def test_batched_sequences_get_the_tokens_of_the_unbatched_path(arch):
     assert sorted(batcher._free) == list(range(batcher._cache.size // model.config.kv_cache_size(1)))
 
 
-def test_a_shared_prefix_is_reused_and_gives_the_full_prefill():
-    model = roughened(ModelConfig(**{**GPT2, "max_seq_len": 64}))
+@pytest.mark.parametrize("arch", [GPT2, LLAMA], ids=["gpt2", "llama"])
+def test_a_shared_prefix_is_reused_and_gives_the_full_prefill(arch):
+    model = roughened(ModelConfig(**{**arch, "max_seq_len": 64}))
     rng = np.random.default_rng(1)
     head = rng.integers(0, 30, size=40).tolist()
     first, second = head + [1, 2, 3], head[:36] + [4, 5, 6, 7, 8]
-    cfg = SamplingConfig(max_new_tokens=6, temperature=0.0)
+    # a prompt is stored once its first token is out: never an EOS here
+    cfg = SamplingConfig(max_new_tokens=6, temperature=0.0, ignore_eos=True)
     batcher = Batcher(model, eos_id=EOS, min_prefix=8)
     assert list(batcher.stream(first, cfg)) == list(Generator(model, eos_id=EOS).stream(first, cfg))
     assert batcher.stats["prefix_tokens_reused"] == 0
     got = list(batcher.stream(second, cfg))
     assert batcher.stats["prefix_tokens_reused"] == 36 and batcher.prefix.hits == 1
     assert got == list(Generator(model, eos_id=EOS).stream(second, cfg))
-    # the logits after a prefix hit: a full prefill's, to float32 rounding
+    # the logits after a prefix hit, into a cache that held another sequence: a full prefill's, to float32 rounding
     cache = model.new_kv_cache(1)
-    n, hit = batcher.prefix.lookup(second)
-    cache[:] = hit
+    model.prefill(rng.integers(0, 30, size=60).astype(np.int32), 0, cache)
+    n = batcher.prefix.lookup(second, cache)
+    assert n == len(second) - 1  # its own entry now (stored after its first token)
     np.testing.assert_allclose(model.prefill(np.array(second[n:], np.int32), n, cache),
                                model.prefill(np.array(second, np.int32), 0, model.new_kv_cache(1)), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", [GPT2, LLAMA], ids=["gpt2", "llama"])
+def test_kv_positions_are_the_prompt_positions_exactly(arch):
+    # HostDecoding.kv_positions: views (writes reach the cache) of positions 0..n-1 only: copied from one cache
+    # into a cache holding another sequence, they carry the prompt over whole (the continuation's logits are equal
+    # bit for bit), and together they are n/maxT of the cache
+    model = roughened(ModelConfig(**arch))
+    rng = np.random.default_rng(3)
+    prompt, rest = rng.integers(0, 30, size=9).astype(np.int32), rng.integers(0, 30, size=4).astype(np.int32)
+    a, b = model.new_kv_cache(1), model.new_kv_cache(1)
+    model.prefill(prompt, 0, a)
+    model.prefill(rng.integers(0, 30, size=15).astype(np.int32), 0, b)
+    views = model.kv_positions(b, prompt.size)
+    assert sum(v.size for v in views) * model.config.max_seq_len == prompt.size * b.size
+    for dst, src in zip(views, model.kv_positions(a, prompt.size)):
+        dst[...] = src
+    assert np.array_equal(model.prefill(rest, prompt.size, b), model.prefill(rest, prompt.size, a))
+
+
 def test_prefix_cache_keeps_the_most_recent_within_its_budget():
-    one = np.zeros(10, dtype=np.float32)
-    pc = PrefixCache(max_bytes=2 * one.nbytes, min_tokens=2)
+    # caches of 10 floats whose position i is element i: an entry keeps its prompt's positions only
+    def positions(cache, n):
+        return (cache[:n],)
+
+    pc = PrefixCache(max_bytes=2 * 4 * 4, min_tokens=2, positions=positions)  # two entries of 4 positions
     for i in range(3):
-        pc.store([i, 1, 2, 3], one + i)
-    assert pc.lookup([0, 1, 2, 3, 4]) == (0, None)  # evicted
-    n, cache = pc.lookup([2, 1, 2, 9])
-    assert n == 3 and cache[0] == 2
-    assert pc.lookup([1, 1, 2, 3])[0] == 3  # at most len - 1: one token is left for the logits
-    assert pc.lookup([1, 7])[0] == 0  # under min_tokens
+        pc.store([i, 1, 2, 3], np.full(10, i, dtype=np.float32))
+    cache = np.full(10, -1, dtype=np.float32)
+    assert pc.lookup([0, 1, 2, 3, 4], cache) == 0 and cache[0] == -1  # evicted
+    assert pc.lookup([2, 1, 2, 9], cache) == 3
+    assert list(cache) == [2, 2, 2, 2] + [-1] * 6  # the entry's positions, nothing beyond
+    assert pc.lookup([1, 1, 2, 3], cache) == 3  # at most len - 1: one token is left for the logits
+    assert pc.lookup([1, 7], cache) == 0  # under min_tokens
 
 
 def test_a_consumer_that_stops_frees_its_slot():

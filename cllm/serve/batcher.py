@@ -57,48 +57,62 @@ class _Sequence:
 
 
 class PrefixCache:
-    """The KV of a few recent prompts (least recently used out first, at most max_bytes of caches): lookup(ids)
-    finds the longest prefix that ids shares with one of them. Each entry is a one-sequence cache whose positions
-    0..len(prompt)-1 hold that prompt's keys and values; those of a shared prefix are what a prefill of the new
-    prompt would write there (a position's k and v depend on the tokens up to it only)."""
+    """The KV of a few recent prompts (least recently used out first, at most max_bytes in all): lookup(ids)
+    finds the longest prefix that ids shares with one of them. An entry holds a copy of its prompt's positions
+    only (positions(cache, n): the model's views of a one-sequence cache's first n positions, HostDecoding's
+    kv_positions), not the whole context's cache: copying them in and out is what a hit costs besides the rest of
+    its prefill. Positions 0..n-1 of a prompt's cache are what a prefill of any prompt beginning with the same n
+    tokens writes there (a position's k and v depend on the tokens up to it only)."""
 
-    def __init__(self, max_bytes: int, min_tokens: int):
+    def __init__(self, max_bytes: int, min_tokens: int, positions):
         self.max_bytes = max_bytes
         self.min_tokens = min_tokens
-        self._entries: collections.OrderedDict[tuple[int, ...], np.ndarray] = collections.OrderedDict()
+        self._positions = positions
+        self._entries: collections.OrderedDict[tuple[int, ...], tuple[np.ndarray, list[np.ndarray]]] = \
+            collections.OrderedDict()  # prompt -> (its ids as an array, copies of its positions' views)
+        self._bytes = 0
         self.hits = self.misses = 0
 
-    def lookup(self, ids: list[int]) -> tuple[int, np.ndarray | None]:
-        """(n, cache): the longest shared prefix of at most len(ids) - 1 tokens (one is left to prefill, for the
-        logits), n >= min_tokens, and the entry holding it; (0, None) when there is none."""
-        best, best_cache = 0, None
+    def lookup(self, ids: list[int], cache: np.ndarray) -> int:
+        """n: the longest shared prefix of at most len(ids) - 1 tokens (one is left to prefill, for the logits)
+        with n >= min_tokens, copied into the one-sequence `cache` (with the rest of that entry's positions, which
+        a prefill of ids[n:] overwrites or decoding never reads before writing); 0 when there is none."""
+        best, best_key = 0, None
         want = np.asarray(ids, dtype=np.int64)
-        for key, cache in self._entries.items():
-            m = min(len(key), len(want) - 1)
+        for key, (key_ids, _) in self._entries.items():
+            m = min(key_ids.size, want.size - 1)
             if m < self.min_tokens or m <= best:
                 continue
-            differ = np.flatnonzero(np.asarray(key[:m]) != want[:m])
+            differ = np.flatnonzero(key_ids[:m] != want[:m])
             n = int(differ[0]) if differ.size else m
             if n > best:
-                best, best_cache, best_key = n, cache, key
+                best, best_key = n, key
         if best < self.min_tokens:
             self.misses += 1
-            return 0, None
+            return 0
         self._entries.move_to_end(best_key)
+        key_ids, copies = self._entries[best_key]
+        for view, copy in zip(self._positions(cache, key_ids.size), copies):
+            view[...] = copy
         self.hits += 1
-        return best, best_cache
+        return best
 
     def store(self, ids: list[int], cache: np.ndarray) -> None:
-        """Keep a copy of `cache` (one sequence's, holding ids at positions 0..len(ids)-1)."""
-        if len(ids) < self.min_tokens or cache.nbytes > self.max_bytes:
+        """Keep a copy of the positions 0..len(ids)-1 of `cache` (one sequence's, holding ids there)."""
+        if len(ids) < self.min_tokens:
             return
         key = tuple(ids)
         if key in self._entries:
             self._entries.move_to_end(key)
             return
-        while self._entries and (len(self._entries) + 1) * cache.nbytes > self.max_bytes:
-            self._entries.popitem(last=False)
-        self._entries[key] = cache.copy()
+        copies = [view.copy() for view in self._positions(cache, len(ids))]
+        size = sum(c.nbytes for c in copies)
+        if size > self.max_bytes:
+            return
+        while self._entries and self._bytes + size > self.max_bytes:
+            self._bytes -= sum(c.nbytes for c in self._entries.popitem(last=False)[1][1])
+        self._entries[key] = (np.asarray(ids, dtype=np.int64), copies)
+        self._bytes += size
 
 
 class Batcher:
@@ -114,7 +128,7 @@ class Batcher:
         self.eos_id = eos_id
         self.max_len = model.config.max_seq_len
         self.max_batch = max_batch
-        self.prefix = PrefixCache(prefix_cache_bytes, min_prefix) if prefix_cache_bytes else None
+        self.prefix = PrefixCache(prefix_cache_bytes, min_prefix, model.kv_positions) if prefix_cache_bytes else None
         self._init_thread = init_thread
         self._turns = turns or (lambda: None)
         self._per_sequence = model.config.kv_cache_size(1)
@@ -207,10 +221,8 @@ class Batcher:
         cache = self._slot(seq.slot)
         start = 0
         if use_prefix and self.prefix is not None:
-            start, hit = self.prefix.lookup(tokens)
-            if hit is not None:
-                cache[:] = hit
-                self.stats["prefix_tokens_reused"] += start
+            start = self.prefix.lookup(tokens, cache)
+            self.stats["prefix_tokens_reused"] += start
         seq.logits = self.model.prefill(np.asarray(tokens[start:], dtype=np.int32), start, cache)
         seq.pos = len(tokens)
         self.stats["prefill_tokens"] += len(tokens) - start
