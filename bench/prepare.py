@@ -2,7 +2,8 @@
 """Prepare benchmark: throughput and peak memory of `prepare_dataset` on a ~100 MB corpus.
 
     python bench/prepare.py [--mb 100] [--kinds char,word,bpe] [--keep DIR] [--smoke] [--filters-mb 20]
-                            [--memory-mb 20,100] [--memory-tokenizer char]
+                            [--filters-budget-mb MB] [--memory-mb 20,100] [--memory-tokenizer char]
+                            [--memory-budget-mb MB]
 
 The corpus is built from the shared texts (../shared/data, else data/tinyshakespeare.txt):
 copies of each book (Gutenberg boilerplate removed), each file made unique by a first line so that
@@ -31,7 +32,11 @@ filters_cpu_s and filters_MBps (their CPU time, all threads summed: on a shared 
 counts the time other processes take), MBps (CPU) and wall_MBps per filter, pass_MBps and pass_cpu_MBps (the
 whole pass, wall clock and CPU), removed {rule: documents}, and minhash: MB/s (wall) of the MinHash signatures alone
 (words hashed, 128 permutations, 3-word shingles) by cllm/data/filters/textstats.py's Numba kernels and by
-datasketch's update_batch (where datasketch is installed), on the same pages.
+datasketch's update_batch (where datasketch is installed), on the same pages. --filters-budget-mb MB adds runs
+with that --filter-memory-mb (the filters' state on disk past it: cllm/data/filters/spill.py), alternating with the
+default's on all threads, best of two: key "spill" {filter_memory_mb, filters_wall_MBps, pass_MBps,
+filters_wall_over_memory, pass_over_memory (its MB/s over the default budget's, measured side by side),
+wall_MBps per filter}.
 
 The memory part (key "memory"; --memory-mb none skips it) runs `cli.py prepare CRAWL --out DIR --tokenizer T
 --no-progress` (filters on: a crawl's default) in a child process on crawl outputs of each --memory-mb size, after
@@ -44,6 +49,7 @@ they are encoded). Its keys: tokenizer, baseline_peak_rss_MB, baseline_corpus_MB
 rss_KB_per_page (the peak's growth from the smallest to the largest crawl, per MB of corpus and per page),
 peak_ratio and corpus_ratio (largest over smallest), runs [{corpus_MB, pages, largest_page_KB, documents_kept,
 tokens, token_files_MB, peak_rss_MB, seconds, peak_above_baseline_MB, peak_above_baseline_over_largest_page}].
+--memory-budget-mb MB passes --filter-memory-mb MB to each run (key filter_memory_mb; none: prepare's default).
 --smoke: crawls of 0.1 and 0.3 MB.
 """
 
@@ -185,8 +191,8 @@ def _random_paragraph(rng: random.Random, vocab: list[str]) -> str:
     return " ".join(s[:1].upper() + s[1:] + "." for s in sentences)
 
 
-def bench_filters(work: Path, mb: float) -> dict:
-    """The filters part (module doc)."""
+def bench_filters(work: Path, mb: float, budget: float | None = None) -> dict:
+    """The filters part (module doc); `budget`: also time the runs with that --filter-memory-mb."""
     crawl = work / "crawl"
     if crawl.exists():
         shutil.rmtree(crawl)
@@ -199,15 +205,21 @@ def bench_filters(work: Path, mb: float) -> dict:
         pass
     threads = numba.get_num_threads()
     runs = {}
-    for n in (threads, 1, threads, 1):  # the filters on every core, then on one: alternating, best of two each
+    configs = [(threads, None), (1, None)] + [(threads, budget)] * (budget is not None)
+    for n, mem in configs * 2:  # every core, one, (the budget's): alternating, best of two each
         numba.set_num_threads(n)
-        corpus = corpus_at(str(crawl), PrepareOptions(filters="all", progress=False))
+        options = PrepareOptions(filters="all", progress=False)
+        if mem is not None:
+            options.filter_memory_mb = mem
+        corpus = corpus_at(str(crawl), options)
         t, cpu = time.perf_counter(), time.process_time()
         for _ in corpus:
             pass
         run = (time.perf_counter() - t, time.process_time() - cpu, corpus.filters)
-        if n not in runs or run[0] < runs[n][0]:
-            runs[n] = run
+        corpus.filters.close()  # its spill directory, if any
+        key = n if mem is None else "budget"
+        if key not in runs or run[0] < runs[key][0]:
+            runs[key] = run
     numba.set_num_threads(threads)
     pass_s, pass_cpu, f = runs[threads]
     spent, wall = sum(f.seconds.values()), sum(f.wall.values())
@@ -220,6 +232,14 @@ def bench_filters(work: Path, mb: float) -> dict:
            "wall_MBps": {name: round(f.bytes_in / s / 1e6, 1) for name, s in f.wall.items() if s > 0},
            "removed": {rule: c["documents"] for rule, c in f.counts_by_rule().items() if c["documents"]},
            "minhash": bench_minhash(crawl, min(mb, 5))}
+    if budget is not None:
+        b_s, _, b = runs["budget"]
+        b_wall = sum(b.wall.values())
+        res["spill"] = {"filter_memory_mb": budget, "filters_wall_MBps": round(b.bytes_in / b_wall / 1e6, 1),
+                        "pass_MBps": round(b.bytes_in / b_s / 1e6, 1),
+                        "filters_wall_over_memory": round(wall / b_wall, 2),  # its MB/s over the default's
+                        "pass_over_memory": round(pass_s / b_s, 2),
+                        "wall_MBps": {name: round(b.bytes_in / s / 1e6, 1) for name, s in b.wall.items() if s > 0}}
     return res
 
 
@@ -243,8 +263,9 @@ def peak_rss(cmd: list[str]) -> tuple[int, float]:
     return int(r.stdout.split()[-1]) * 1024, time.perf_counter() - t
 
 
-def bench_memory(work: Path, sizes: list[float], tokenizer: str) -> dict:
-    """The memory part (module doc): `cli.py prepare` on crawls of `sizes` MB, each in a child process."""
+def bench_memory(work: Path, sizes: list[float], tokenizer: str, budget: float | None = None) -> dict:
+    """The memory part (module doc): `cli.py prepare` on crawls of `sizes` MB, each in a child process
+    (`budget`: its --filter-memory-mb)."""
     runs = []
     for mb in (0.05, 0.05, *sizes):  # the first run loads (or compiles) the Numba kernels: not measured
         crawl, out = work / "mem-crawl", work / "mem-out"
@@ -253,7 +274,8 @@ def bench_memory(work: Path, sizes: list[float], tokenizer: str) -> dict:
                 shutil.rmtree(d)
         total, pages, largest = build_web_corpus(crawl, mb, unique=True)
         peak, seconds = peak_rss([sys.executable, str(ROOT / "cli.py"), "prepare", str(crawl), "--out", str(out),
-                                  "--tokenizer", tokenizer, "--no-progress"])
+                                  "--tokenizer", tokenizer, "--no-progress"]
+                                 + ([] if budget is None else ["--filter-memory-mb", str(budget)]))
         meta = json.loads((out / "meta.json").read_text())
         tokens = meta["train_tokens"] + meta["val_tokens"]
         runs.append({"corpus_MB": round(total / 1e6, 2), "pages": pages, "largest_page_KB": round(largest / 1e3, 1),
@@ -265,7 +287,8 @@ def bench_memory(work: Path, sizes: list[float], tokenizer: str) -> dict:
     for r in runs:
         r["peak_above_baseline_MB"] = round((r["_peak"] - base["_peak"]) / 1e6, 1)
         r["peak_above_baseline_over_largest_page"] = round((r["_peak"] - base["_peak"]) / r["_largest"], 1)
-    res = {"tokenizer": tokenizer, "baseline_peak_rss_MB": base["peak_rss_MB"], "baseline_corpus_MB": base["corpus_MB"]}
+    res = {"tokenizer": tokenizer, "filter_memory_mb": budget, "baseline_peak_rss_MB": base["peak_rss_MB"],
+           "baseline_corpus_MB": base["corpus_MB"]}
     if len(runs) >= 2:  # the growth between the smallest and the largest crawl
         a, b = runs[0], runs[-1]
         grow = (b["_peak"] - a["_peak"]) / (b["_bytes"] - a["_bytes"])
@@ -318,6 +341,10 @@ def main():
     ap.add_argument("--memory-mb", default="20,100",
                     help="MB of web pages of each crawl the memory part prepares, comma-separated (none: skip)")
     ap.add_argument("--memory-tokenizer", default="char", help="the memory part's --tokenizer (char, word, bpe)")
+    ap.add_argument("--memory-budget-mb", type=float, default=None,
+                    help="the memory part's --filter-memory-mb (default: prepare's)")
+    ap.add_argument("--filters-budget-mb", type=float, default=None,
+                    help="the filters part also times this --filter-memory-mb, alternating with the default")
     args = ap.parse_args()
     kinds = [] if args.kinds == "none" else args.kinds.split(",")
     unknown = set(kinds) - set(VOCAB)
@@ -393,9 +420,9 @@ def main():
                 ),
             }
         if args.filters_mb > 0:
-            res["filters"] = bench_filters(work, args.filters_mb)
+            res["filters"] = bench_filters(work, args.filters_mb, args.filters_budget_mb)
         if memory_mb:
-            res["memory"] = bench_memory(work, memory_mb, args.memory_tokenizer)
+            res["memory"] = bench_memory(work, memory_mb, args.memory_tokenizer, args.memory_budget_mb)
         print(json.dumps(res))
     finally:
         if not args.keep:

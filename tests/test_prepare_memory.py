@@ -3,9 +3,11 @@ report's flushes) do not change a byte of the dataset, and its peak memory does 
 (bench/prepare.py's memory part measures the RSS; docs/design.md gives the figures)."""
 
 import json
+import os
 import random
 import tracemalloc
 from array import array
+from collections import Counter
 from pathlib import Path
 
 import numba
@@ -14,6 +16,8 @@ import pytest
 
 import cllm.data.corpus as corpus_module
 import cllm.data.filters.neardup as neardup
+import cllm.data.filters.spill as spill
+import cllm.data.prepare as prepare_module
 import cllm.tokenizers.base as tokenizer_base
 from cllm.data import prepare_dataset
 from cllm.data.filters import DocumentLog
@@ -132,3 +136,109 @@ def test_boilerplate_counter_keeps_the_keys_on_min_pages_pages():
         counter._keys = array("q", keys)
         values, counts = np.unique(np.array(keys, np.int64), return_counts=True)
         assert counter.finish() == set(values[counts >= m].tolist()), (keys, m)
+
+
+@pytest.mark.parametrize("budget_mb,batch", [(0, 256), (0.002, 7), (0.02, 7)])
+def test_state_on_disk_gives_the_same_dataset(tmp_path, monkeypatch, budget_mb, batch):
+    """A tiny --filter-memory-mb moves the filters' state to disk (cllm/data/filters/spill.py): from the start (0),
+    or part way (the near-dup index with 3 signatures a block past ~9 kept pages, the boilerplate hashes in runs
+    of ~200, the exact-duplicate hashes past 5 or 57); the dataset, report and meta.json are the in-memory run's,
+    byte for byte, and the spill directory is gone (dataset_files would read it and fail)."""
+    crawl = tmp_path / "crawl"
+    build_crawl(crawl, 90, 2_000)
+
+    def run(out, **options):
+        prepare_dataset(str(crawl), str(out), tokenizer="char", progress=False, **options)
+        return dataset_files(out)
+
+    memory = run(tmp_path / "memory")
+    assert memory["meta.json"]["filters"]["near_duplicate"]["documents"] > 0
+    assert memory["meta.json"]["filters"]["boilerplate"]["lines"] > 0
+    assert memory["meta.json"]["corpus"]["duplicates"] > 0
+    spilled = Counter()
+    for cls, name in ((neardup.NearDuplicateIndex, "_to_disk"), (BoilerplateCounter, "_write_run"),
+                      (spill.DiskSet, "__init__")):
+        def counted(*args, _f=getattr(cls, name), _name=name, **kw):
+            spilled[_name] += 1
+            return _f(*args, **kw)
+        monkeypatch.setattr(cls, name, counted)
+    monkeypatch.setattr(corpus_module, "FILTER_BATCH", batch)  # later batches look up earlier ones on disk
+    monkeypatch.setattr(neardup, "SIGNATURE_BLOCK", 3)
+    disk = run(tmp_path / "disk", filter_memory_mb=budget_mb)
+    assert spilled["_to_disk"] >= 1 and spilled["__init__"] >= 1, spilled
+    assert (spilled["_write_run"] >= 2) == (budget_mb < 0.01), spilled  # 0.02: the line hashes stay in memory
+    assert disk.keys() == memory.keys()
+    for name in memory:
+        assert disk[name] == memory[name], name
+
+
+def test_near_duplicate_index_on_disk_answers_as_in_memory():
+    """seen_batch on random signatures with planted copies (a few of their values changed, some past the
+    threshold, some not), the index on disk from the start or part way, in batches of 1 to 40: the same matches
+    (the first kept document found, in band order) as one in memory."""
+    rng = np.random.default_rng(5)
+    sigs = []
+    for i in range(600):
+        if i > 10 and rng.random() < 0.4:
+            sig = sigs[rng.integers(len(sigs))].copy()
+            changed = rng.choice(sig.size, rng.integers(0, 90), replace=False)
+            sig[changed] = rng.integers(0, 2**32, changed.size, dtype=np.uint32)
+        else:
+            sig = rng.integers(0, 2**32, neardup.NUM_PERM, dtype=np.uint32)
+        sigs.append(sig)
+    sigs = np.stack(sigs)
+    expected = neardup.NearDuplicateIndex(0.5).seen_batch(sigs)
+    assert 0 < sum(m >= 0 for m in expected) < len(sigs)
+    for limit in (0, 60_000):
+        index = neardup.NearDuplicateIndex(0.5, limit=limit)
+        got, i = [], 0
+        while i < len(sigs):
+            n = int(rng.integers(1, 40))
+            got += index.seen_batch(sigs[i:i + n])
+            i += n
+        assert index.on_disk
+        index.close()
+        index.spill.close()
+        assert got == expected, limit
+
+
+def test_boilerplate_counter_on_disk_keeps_the_same_keys(tmp_path):
+    """BoilerplateCounter with a limit of a few hashes (its runs on disk, counted range by range) against one in
+    memory, on pages of random lines from a small set."""
+    rng = random.Random(4)
+    lines = [f"line {k}" for k in range(300)]
+    pages = [(rng.randrange(3), "\n".join(rng.choices(lines, k=rng.randint(1, 30)))) for _ in range(400)]
+    memory = BoilerplateCounter(3)
+    disk = BoilerplateCounter(3, limit=800, spill=spill.SpillDir(str(tmp_path)))
+    for site, doc in pages:
+        memory.add(site, doc)
+        disk.add(site, doc)
+    assert len(disk._runs) > 10
+    expected = memory.finish()
+    assert expected and disk.finish() == expected
+    disk.spill.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_state_on_disk_is_removed_on_error(tmp_path, monkeypatch):
+    """Ctrl-C during the encoding pass (after the filters put their state on disk, in DIR/filters-spill-*.tmp):
+    the spill directory is gone, as after a run that finishes."""
+    crawl = tmp_path / "crawl"
+    build_crawl(crawl, 20, 1_000)
+    made = []
+    new_file = spill.SpillDir.file
+
+    def file(self, name):
+        made.append(self)
+        return new_file(self, name)
+
+    def interrupted(*args, **kwargs):
+        assert made and all(os.path.isdir(d.path) for d in made if d.path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(spill.SpillDir, "file", file)
+    monkeypatch.setattr(prepare_module, "_encode_pass", interrupted)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt) as caught:  # its traceback keeps the corpus alive: no cleanup by the GC
+        prepare_dataset(str(crawl), str(out), tokenizer="char", progress=False, filter_memory_mb=0)
+    assert made and not [p.name for p in out.iterdir() if p.name.startswith("filters-spill")], caught

@@ -33,6 +33,7 @@ from cllm.data.clean import CleaningOptions, clean_owned, options_of
 from cllm.data.errors import EmptyCorpusError
 from cllm.data.files import crawl_pages, decode_text, find_files, looks_binary, read_bytes, read_html, read_pdf
 from cllm.data.filters import FilterOptions, FilterPipeline
+from cllm.data.filters.spill import DiskSet
 from cllm.errors import DataError
 
 
@@ -142,9 +143,13 @@ class Corpus:
         root = os.fspath(root) if root is not None else self.path
         pages = crawl_pages(self.path)  # {page file: URL} of a crawl's output, else {}
         self._sites: dict = {}  # host -> site id
-        self._page_site = {p: self._site_id(url) for p, url in pages.items()}
+        # each file's site id (-1: none), aligned with `files`: 4 bytes a page, where a dict by path kept a second
+        # copy of each path (~110 bytes a page, measured with tracemalloc)
+        self._file_site = array("i", (-1 if (site := self._site_id(pages.get(path))) is None else site
+                                      for path, _ in files))
         self.filters = (FilterPipeline(options, "web" if pages else "text", root)
                         if isinstance(options, FilterOptions) else None)
+        del pages
         self.files = files  # [(path, kind)]
         self._skipped = skipped
         self.options = options
@@ -175,8 +180,8 @@ class Corpus:
         """Uncleaned documents, file by file, as (path, [text], bytes, site id or None): the caller pops
         the text out of the list, so that this generator does not keep it (nor the file's bytes) alive
         while the document is cleaned and tokenized."""
-        for path, kind in self.files:
-            site = self._page_site.get(path)
+        for (path, kind), site in zip(self.files, self._file_site):
+            site = None if site < 0 else site
             if kind == "pdf":
                 yield path, [read_pdf(path)], os.path.getsize(path), site
                 continue
@@ -216,7 +221,7 @@ class Corpus:
 
     def _cleaned(self, skipped: Counter, stats: CorpusStats, bar=None):
         """(path, cleaned document, site) of every document, exact duplicates and empty ones counted and left out."""
-        seen: set = set()
+        seen = SeenDocuments(self.filters)
         last_path = None
         for path, box, nbytes, site in self._raw_documents(skipped, stats):
             if bar is not None and path != last_path:
@@ -227,11 +232,12 @@ class Corpus:
             if not doc.strip():
                 stats.empty += 1
                 continue
-            if self.dedupe and _seen_before(doc, seen):
+            if self.dedupe and seen.add(doc):
                 stats.duplicates += 1
                 continue
             yield path, doc, site
             del doc
+        seen.close()  # (a pass left off early leaves its file to the spill directory's removal)
         if bar is not None and last_path:
             bar.update(os.path.getsize(last_path))
 
@@ -299,16 +305,40 @@ class Corpus:
             )
 
 
-def _seen_before(doc: str, seen: set) -> bool:
-    """Whether an identical document was seen (a 16-byte hash of it joins `seen` otherwise)."""
-    h = hashlib.blake2b(digest_size=16)
-    for i in range(0, len(doc), 1 << 16):  # not the whole document's bytes at once
-        h.update(doc[i : i + (1 << 16)].encode("utf-8", "surrogatepass"))
-    digest = h.digest()
-    if digest in seen:
-        return True
-    seen.add(digest)
-    return False
+class SeenDocuments:
+    """The exact-duplicate check of one pass: a 16-byte hash per document, in a set (~91 bytes each, measured
+    with tracemalloc) up to a quarter of the filters' memory budget (FilterPipeline.memory; no limit without
+    the filters), then in a SQLite table in their spill directory (cllm/data/filters/spill.py)."""
+
+    PER_HASH = 91
+
+    def __init__(self, filters: FilterPipeline | None = None):
+        self._set: set = set()
+        self._disk: DiskSet | None = None
+        self._filters = filters
+        self._limit = None if filters is None else filters.memory // 4 // self.PER_HASH  # hashes in memory
+
+    def add(self, doc: str) -> bool:
+        """Whether an identical document was seen (a 16-byte hash of it joins the seen otherwise)."""
+        h = hashlib.blake2b(digest_size=16)
+        for i in range(0, len(doc), 1 << 16):  # not the whole document's bytes at once
+            h.update(doc[i : i + (1 << 16)].encode("utf-8", "surrogatepass"))
+        digest = h.digest()
+        if self._disk is not None:
+            return self._disk.add(digest)
+        if digest in self._set:
+            return True
+        self._set.add(digest)
+        if self._limit is not None and len(self._set) > self._limit:
+            self._disk = DiskSet(self._filters.spill.file("seen"), max(self._filters.memory // 8, 1 << 20))
+            self._disk.add_many(sorted(self._set))
+            self._set = set()
+        return False
+
+    def close(self) -> None:
+        if self._disk is not None:
+            self._disk.close()
+            self._disk = None
 
 
 def open_corpus(path, **options) -> Corpus:

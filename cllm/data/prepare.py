@@ -236,34 +236,40 @@ def prepare_text_dataset(data_path, out_dir, opts: PrepareOptions) -> PreparedDa
             return cached
 
     meta_path = _claim_output_dir(out_dir)
-    t0 = time.perf_counter()
-    tok = _train_pass(corpus, tokenizer, given, vocab_size, opts.bpe_pattern, progress)
-    if opts.chat_tokens and given is None:
-        add_chat_tokens(tok)  # after training: the two ids (and char's extra characters) follow the corpus's
-    stats, lengths = corpus.stats, corpus.doc_lengths  # pass 1's (pass 2 makes new ones)
-    if corpus.filters is not None and corpus.filters.enabled:  # else the dataset's files are as before
-        _write_filter_report(corpus.filters, out_dir)
-    plan = _split_plan(lengths, val_fraction)  # where val starts
-    eos = tok.eos_id if given is not None or tokenizer in ("word", "bpe", "wordpiece") else None
-    train_path, val_path = os.path.join(out_dir, "train.bin"), os.path.join(out_dir, "val.bin")
-    wt, wv = _encode_pass(corpus, tok, train_path, val_path, plan, eos, len(lengths), progress)
-    if wt.count == 0:
-        raise EmptyCorpusError(f"the corpus at {data_path} gives no training tokens; give it more text or lower "
-                               "--val-fraction")
-    if val_fraction > 0 and wv.count == 0:
-        raise EmptyCorpusError(f"the corpus at {data_path} is too small for a validation split; give it more text or "
-                               "use --val-fraction 0")
-    tok.save(os.path.join(out_dir, "tokenizer.json"))
-    meta = _dataset_meta(data_path, key, tokenizer, tok, wt, wv, plan, len(lengths), options, stats)
-    if corpus.filters is not None:
-        meta["languages"] = dict(corpus.filters.languages_seen.most_common())
-        meta["filters"] = corpus.filters.counts_by_rule()
-    meta["seconds"] = round(time.perf_counter() - t0, 3)
-    ds = PreparedDataset(out_dir, tok, train_path, val_path, meta)
-    if opts.llmc:
-        export_dataset_tokens(out_dir)
-    atomic_write_text(meta_path, json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
-    return ds
+    if corpus.filters is not None:  # the filters' state beyond --filter-memory-mb: DIR/filters-spill-*.tmp
+        corpus.filters.spill.parent = out_dir
+    try:
+        t0 = time.perf_counter()
+        tok = _train_pass(corpus, tokenizer, given, vocab_size, opts.bpe_pattern, progress)
+        if opts.chat_tokens and given is None:
+            add_chat_tokens(tok)  # after training: the two ids (and char's extra characters) follow the corpus's
+        stats, lengths = corpus.stats, corpus.doc_lengths  # pass 1's (pass 2 makes new ones)
+        if corpus.filters is not None and corpus.filters.enabled:  # else the dataset's files are as before
+            _write_filter_report(corpus.filters, out_dir)
+        plan = _split_plan(lengths, val_fraction)  # where val starts
+        eos = tok.eos_id if given is not None or tokenizer in ("word", "bpe", "wordpiece") else None
+        train_path, val_path = os.path.join(out_dir, "train.bin"), os.path.join(out_dir, "val.bin")
+        wt, wv = _encode_pass(corpus, tok, train_path, val_path, plan, eos, len(lengths), progress)
+        if wt.count == 0:
+            raise EmptyCorpusError(f"the corpus at {data_path} gives no training tokens; give it more text or lower "
+                                   "--val-fraction")
+        if val_fraction > 0 and wv.count == 0:
+            raise EmptyCorpusError(f"the corpus at {data_path} is too small for a validation split; give it more "
+                                   "text or use --val-fraction 0")
+        tok.save(os.path.join(out_dir, "tokenizer.json"))
+        meta = _dataset_meta(data_path, key, tokenizer, tok, wt, wv, plan, len(lengths), options, stats)
+        if corpus.filters is not None:
+            meta["languages"] = dict(corpus.filters.languages_seen.most_common())
+            meta["filters"] = corpus.filters.counts_by_rule()
+        meta["seconds"] = round(time.perf_counter() - t0, 3)
+        ds = PreparedDataset(out_dir, tok, train_path, val_path, meta)
+        if opts.llmc:
+            export_dataset_tokens(out_dir)
+        atomic_write_text(meta_path, json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+        return ds
+    finally:  # also on error or Ctrl-C
+        if corpus.filters is not None:
+            corpus.filters.close()
 
 
 def _resolve_tokenizer(tokenizer, vocab_size, val_fraction) -> tuple[object | None, str]:

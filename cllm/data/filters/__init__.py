@@ -17,6 +17,12 @@ The first full pass over the corpus decides (each document's fate, its language)
 decisions and only redo the line removals, so both passes see the same text. The boilerplate filter needs a
 pass of its own before them (every page's lines must be counted before any page is cut).
 
+Memory: what grows with the corpus (the near-duplicate index, the boilerplate line hashes, the exact-duplicate
+hashes of cllm/data/corpus.py) stays in memory up to --filter-memory-mb (256 MB): the near-dup index and the
+boilerplate counter (which run in different passes) may take 3/4 of it each, the exact-duplicate hashes 1/4.
+Past its share a part moves to files in a temporary directory next to the dataset (cllm/data/filters/spill.py),
+with the same answers, so that the memory stops growing with the pages.
+
 The report (DIR/filters.json, written by cllm/data/prepare.py; its format in docs/design.md) gives, per rule,
 the documents, lines and UTF-8 bytes it removed and a few examples; DIR/documents.jsonl gives each
 document's source, detected language and the rule that removed it (null: kept).
@@ -43,6 +49,7 @@ from cllm.data.filters.quality import (
     QualitySettings,
     gopher_rule_of_stats,
 )
+from cllm.data.filters.spill import MB, SpillDir
 from cllm.errors import DataError
 
 FILTERS = ("boilerplate", "gopher", "c4", "near-dup")
@@ -64,6 +71,9 @@ class FilterOptions:
     near_dup_threshold: float = option(0.5, "near-dup: estimated Jaccard similarity of 3-word shingles "
                                             "(0 < t <= 1) from which a document is a copy of an earlier one")
     boilerplate_min_pages: int = option(3, "boilerplate: a line on this many pages of one site (>= 2) is removed")
+    filter_memory_mb: float = option(256, "memory (MB) the filters' per-corpus state (near-dup index, line and "
+                                          "duplicate hashes) may take before it moves to a temporary directory in "
+                                          "--out; the dataset is the same either way (0: on disk from the start)")
 
 
 def resolve_filters(spec: str, source_kind: str) -> tuple[str, ...]:
@@ -90,6 +100,9 @@ def check_options(options: FilterOptions) -> None:
     m = options.boilerplate_min_pages
     if isinstance(m, bool) or not isinstance(m, int) or m < 2:
         raise DataError(f"--boilerplate-min-pages must be an integer >= 2, got {m!r}; e.g. 3")
+    b = options.filter_memory_mb
+    if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 <= b < 1 << 40:
+        raise DataError(f"--filter-memory-mb must be a number of MB >= 0, got {b!r}; e.g. 256")
 
 
 def _nbytes(text: str) -> int:
@@ -159,8 +172,10 @@ class FilterPipeline:
         self.min_pages = int(options.boilerplate_min_pages)
         self.quality = QualitySettings()
         self.root = root
+        self.memory = int(options.filter_memory_mb * MB)  # bytes: 3/4 for the near-dup index or line hashes
+        self.spill = SpillDir()  # where state beyond self.memory goes; prepare sets its parent to DIR
         self.boilerplate: set | None = None  # keys of boilerplate lines, once counted
-        self._decisions: list | None = None  # per document: None (kept) or the rule that dropped it
+        self._decisions: bytearray | None = None  # per document: 0 (kept) or 1 + the index in RULES of its rule
         self._counting: tuple = ()  # CPU and wall seconds the boilerplate counting took
         self.clock = time.process_time
         self._reset()
@@ -194,8 +209,20 @@ class FilterPipeline:
         self.wall: Counter = Counter()  # wall seconds per filter, as `seconds` (the kernels use every core)
         if self._counting:
             self.seconds["boilerplate counting"], self.wall["boilerplate counting"] = self._counting
-        self._pass: list = []
-        self._index = NearDuplicateIndex(self.threshold) if "near-dup" in self.active else None
+        self._pass = bytearray()  # the decisions of the pass under way (a byte a document, not a list's 8)
+        self._close_index()
+        self._index = (NearDuplicateIndex(self.threshold, limit=self.memory * 3 // 4, spill=self.spill)
+                       if "near-dup" in self.active else None)
+
+    def _close_index(self) -> None:
+        if getattr(self, "_index", None) is not None:
+            self._index.close()
+        self._index = None
+
+    def close(self) -> None:
+        """Delete the files of the state on disk, if any (prepare calls it when done, or on error)."""
+        self._close_index()
+        self.spill.close()
 
     # --- the passes ---------------------------------------------------------------------------
 
@@ -205,7 +232,7 @@ class FilterPipeline:
 
     def count_boilerplate(self, pages) -> None:
         """The pass before the others: `pages` yields (document, site id or None)."""
-        counter = BoilerplateCounter(self.min_pages)
+        counter = BoilerplateCounter(self.min_pages, self.memory * 3 // 4, self.spill)
         spent = [0.0, 0.0]  # the counting's own CPU and wall seconds, not the reading's
         for doc, site in pages:
             if site is not None:
@@ -226,7 +253,7 @@ class FilterPipeline:
         """After a pass; `complete`: it read every document (only then are its decisions final)."""
         if self._decisions is None and complete:
             self._decisions = self._pass
-            self._index = None  # its signatures are no longer needed
+            self._close_index()  # its signatures are no longer needed
 
     def apply(self, doc: str, source: str, site: int | None) -> str | None:
         """apply_batch of one document."""
@@ -239,7 +266,7 @@ class FilterPipeline:
         i = self._i
         self._i += len(items)
         if self._decisions is not None:  # a later pass: the first pass's decisions, the same line removals
-            keep = [k for k in range(len(items)) if self._decisions[i + k] is None]
+            keep = [k for k in range(len(items)) if self._decisions[i + k] == 0]
             docs = self._remove_lines([(items[k][0], items[k][2]) for k in keep])
             out: list[str | None] = [None] * len(items)
             for k, doc in zip(keep, docs):
@@ -320,13 +347,14 @@ class FilterPipeline:
             t = self._timed("c4", t)
             alive = [k for k in alive if rules[k] is None]
         if self._index is not None and alive:
-            for k, sig in zip(alive, self._index.signatures_of([docs[k] for k in alive])):
-                if self._index.seen_signature(sig) >= 0:
+            matches = self._index.seen_batch(self._index.signatures_of([docs[k] for k in alive]))
+            for k, match in zip(alive, matches):
+                if match >= 0:
                     rules[k] = self._drop("near_duplicate", docs[k], sources[k])
             self._timed("near-dup", t)
         out: list[str | None] = [None] * n
         for k in range(n):
-            self._pass.append(rules[k])
+            self._pass.append(0 if rules[k] is None else 1 + RULES.index(rules[k]))
             self.documents.append((sources[k], *langs[k], rules[k]))
             if rules[k] is None:
                 self.documents_out += 1
