@@ -190,5 +190,8 @@ class NearDuplicateIndex:
             out.append(match)
         if kept:
             self._sigs.append(np.stack(kept))
-            self._disk.put_new(sorted(taken.items()))  # in key order: SQLite's B-tree fills page by page
+            new = np.fromiter(taken.keys(), np.int64, len(taken))
+            docs = np.fromiter(taken.values(), np.int64, len(taken))
+            order = np.argsort(new)  # in key order: SQLite's B-tree fills page by page
+            self._disk.put_new(zip(new[order].tolist(), docs[order].tolist()))
         return out

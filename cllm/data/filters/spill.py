@@ -59,6 +59,7 @@ def _connect(path: str, cache_bytes: int) -> sqlite3.Connection:
     db.execute("PRAGMA synchronous=OFF")
     db.execute(f"PRAGMA cache_size=-{max(cache_bytes // 1024, 256)}")  # negative: KiB
     db.execute("PRAGMA temp_store=FILE")
+    db.execute("PRAGMA locking_mode=EXCLUSIVE")  # one user: no file lock taken and checked per statement
     return db
 
 
