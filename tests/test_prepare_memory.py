@@ -222,7 +222,7 @@ def test_boilerplate_counter_on_disk_keeps_the_same_keys(tmp_path):
 
 def test_state_on_disk_is_removed_on_error(tmp_path, monkeypatch):
     """Ctrl-C during the encoding pass (after the filters put their state on disk, in DIR/filters-spill-*.tmp):
-    the spill directory is gone, as after a run that finishes."""
+    the spill directory is gone, as after a run that finishes; one a killed run left goes with the next run."""
     crawl = tmp_path / "crawl"
     build_crawl(crawl, 20, 1_000)
     made = []
@@ -242,3 +242,8 @@ def test_state_on_disk_is_removed_on_error(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt) as caught:  # its traceback keeps the corpus alive: no cleanup by the GC
         prepare_dataset(str(crawl), str(out), tokenizer="char", progress=False, filter_memory_mb=0)
     assert made and not [p.name for p in out.iterdir() if p.name.startswith("filters-spill")], caught
+    (out / "filters-spill-killed.tmp").mkdir()  # a killed run's: the next run removes it
+    (out / "filters-spill-killed.tmp" / "bands-1").write_bytes(b"x")
+    monkeypatch.undo()
+    prepare_dataset(str(crawl), str(out), tokenizer="char", progress=False)
+    assert not [p.name for p in out.iterdir() if p.name.startswith("filters-spill")]

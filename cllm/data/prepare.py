@@ -36,6 +36,7 @@ import hashlib
 import inspect
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 
@@ -49,6 +50,7 @@ from cllm.data.clean import options_of
 from cllm.data.corpus import CorpusOptions, corpus_at
 from cllm.data.errors import EmptyCorpusError, TokenFileError
 from cllm.data.filters import FilterOptions
+from cllm.data.filters.spill import SPILL_PREFIX
 from cllm.data.tokenfile import TokenFileWriter, export_dataset_tokens, read_token_file, read_token_header
 from cllm.errors import CLLMError, DataError, TokenizerError
 from cllm.fileio import atomic_write_text
@@ -326,6 +328,9 @@ def _claim_output_dir(out_dir: str) -> str:
         meta_path = os.path.join(out_dir, "meta.json")
         if os.path.exists(meta_path):
             os.unlink(meta_path)  # from here on the directory is not a valid cache until we finish
+        for name in os.listdir(out_dir):  # the filters' state on disk a killed run left (cllm/data/filters/spill.py)
+            if name.startswith(SPILL_PREFIX) and name.endswith(".tmp"):
+                shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
     except OSError as exc:
         raise DataError(f"cannot write to output directory {out_dir}: {exc.strerror}; choose another --out") from None
     return meta_path

@@ -69,8 +69,8 @@ class NearDuplicateIndex:
         self._sigs: SignatureFile | None = None  # once on disk: the kept documents' signatures
 
     def memory_bytes(self, more: int = 1) -> int:
-        """The in-memory state's bytes once `more` documents are kept: signature blocks and the table, doubled
-        if it must grow (the old one is alive while the new one fills)."""
+        """The in-memory state's bytes once `more` documents are kept: the signature blocks and the table, three
+        times the table if it must grow (the old one is alive while the new one, twice its size, fills)."""
         blocks = -(-(self.count + more) // SIGNATURE_BLOCK)
         table = self.table_keys.nbytes + self.table_docs.nbytes
         grow = 4 * (self.used + more * self.bands) > 3 * self.table_keys.size

@@ -2,7 +2,7 @@
 
 Below the budget the state stays in memory as it always did; beyond it, it moves to files in a temporary
 directory next to the dataset being written (SpillDir: DIR/filters-spill-*.tmp, removed at the end, on error
-or Ctrl-C; a crash's leftover is ignored by the next run's directory check, which skips *.tmp names):
+or Ctrl-C; a killed run's leftover is removed by the next run into DIR, cllm/data/prepare.py):
 
   near-dup index   band key -> first kept document in a SQLite table with a bounded page cache (DiskMap), the
                    kept documents' signatures appended to a flat file read back by offset (SignatureFile)
@@ -24,6 +24,7 @@ import weakref
 import numpy as np
 
 MB = 1 << 20
+SPILL_PREFIX = "filters-spill-"  # SpillDir's name: SPILL_PREFIX + random + ".tmp"
 SQL_CHUNK = 500  # keys per "IN (...)" query: below every SQLite's limit on parameters
 
 
@@ -39,7 +40,7 @@ class SpillDir:
     def file(self, name: str) -> str:
         """A new path inside the directory (made unique by a prefix)."""
         if self.path is None:
-            self.path = tempfile.mkdtemp(prefix="filters-spill-", suffix=".tmp", dir=self.parent)
+            self.path = tempfile.mkdtemp(prefix=SPILL_PREFIX, suffix=".tmp", dir=self.parent)
             self._cleanup = weakref.finalize(self, shutil.rmtree, self.path, True)
         fd, path = tempfile.mkstemp(prefix=name + "-", dir=self.path)
         os.close(fd)
