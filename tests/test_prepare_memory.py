@@ -20,6 +20,7 @@ import cllm.data.filters.spill as spill
 import cllm.data.prepare as prepare_module
 import cllm.tokenizers.base as tokenizer_base
 from cllm.data import prepare_dataset
+from cllm.data.files import find_files
 from cllm.data.filters import DocumentLog
 from cllm.data.filters.boilerplate import BoilerplateCounter
 
@@ -247,3 +248,22 @@ def test_state_on_disk_is_removed_on_error(tmp_path, monkeypatch):
     monkeypatch.undo()
     prepare_dataset(str(crawl), str(out), tokenizer="char", progress=False)
     assert not [p.name for p in out.iterdir() if p.name.startswith("filters-spill")]
+
+
+def test_find_files_orders_by_path_components(tmp_path):
+    """find_files sorts only when the walk's order is not already by path components (so that a crawl's flat
+    pages/ does not hold every file's key at once): a flat folder, and a folder whose subfolder sorts between its
+    files, come out in path-component order either way."""
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in ("b.txt", "a.txt", "c.md"):
+        (flat / name).write_text("x")
+    nested = tmp_path / "nested"
+    (nested / "a").mkdir(parents=True)
+    (nested / "b.txt").write_text("x")
+    (nested / "a" / "z.txt").write_text("x")
+    (nested / "0.txt").write_text("x")
+    _, got, _ = find_files(str(flat))
+    assert [os.path.basename(p) for p, _ in got] == ["a.txt", "b.txt", "c.md"]
+    _, got, _ = find_files(str(nested))
+    assert [os.path.relpath(p, nested) for p, _ in got] == ["0.txt", os.path.join("a", "z.txt"), "b.txt"]

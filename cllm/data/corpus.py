@@ -141,12 +141,11 @@ class Corpus:
     def __init__(self, path, files, skipped, options: CorpusOptions, root: str | None = None):
         self.path = os.fspath(path)
         root = os.fspath(root) if root is not None else self.path
-        pages = crawl_pages(self.path)  # {page file: URL} of a crawl's output, else {}
         self._sites: dict = {}  # host -> site id
+        pages = crawl_pages(self.path, self._site_id)  # {page file: site id or None} of a crawl's output, else {}
         # each file's site id (-1: none), aligned with `files`: 4 bytes a page, where a dict by path kept a second
         # copy of each path (~110 bytes a page, measured with tracemalloc)
-        self._file_site = array("i", (-1 if (site := self._site_id(pages.get(path))) is None else site
-                                      for path, _ in files))
+        self._file_site = array("i", (-1 if (site := pages.get(path)) is None else site for path, _ in files))
         self.filters = (FilterPipeline(options, "web" if pages else "text", root)
                         if isinstance(options, FilterOptions) else None)
         del pages

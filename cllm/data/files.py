@@ -5,6 +5,7 @@ main text, PDF text through pypdf)."""
 from __future__ import annotations
 
 import codecs
+import itertools
 import json
 import os
 from collections import Counter
@@ -74,7 +75,14 @@ def find_files(path: str) -> tuple[str, list[tuple[str, str]], Counter]:
                 skipped["unsupported"] += 1
                 continue
             files.append((full, kind))
-    files.sort(key=lambda fk: os.path.relpath(fk[0], root).split(os.sep))
+    def key(fk):  # by path components: a folder's files sit where its name sorts, not after its parent's files
+        return os.path.relpath(fk[0], root).split(os.sep)
+
+    # the walk's order is often that order already (one folder: a crawl's pages/): checked one key at a time, as
+    # sort() would hold every file's key at once (~150 bytes a file)
+    keys = map(key, files)
+    if any(a > b for a, b in itertools.pairwise(keys)):
+        files.sort(key=key)
     return root, files, skipped
 
 
@@ -83,9 +91,10 @@ def is_crawl_output(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "manifest.jsonl")) and os.path.isdir(os.path.join(path, "pages"))
 
 
-def crawl_pages(path: str) -> dict[str, str]:
-    """{page file's path (as find_files gives it): its URL} from a crawl's manifest; {} for anything else.
-    Lines that are not JSON objects with "file" and "url" (a torn last line, a duplicate's record) are passed."""
+def crawl_pages(path: str, site_of=lambda url: url) -> dict:
+    """{page file's path (as find_files gives it): site_of(its URL)} from a crawl's manifest; {} for anything else.
+    Lines that are not JSON objects with "file" and "url" (a torn last line, a duplicate's record) are passed.
+    (cllm/data/corpus.py asks for its host's site id: the URLs themselves are not kept, ~100 bytes a page.)"""
     if not os.path.isdir(path) or not is_crawl_output(path):
         return {}
     pages = {}
@@ -96,7 +105,7 @@ def crawl_pages(path: str) -> dict[str, str]:
             except json.JSONDecodeError:
                 continue
             if isinstance(rec, dict) and isinstance(rec.get("file"), str) and isinstance(rec.get("url"), str):
-                pages[os.path.join(path, *rec["file"].split("/"))] = rec.get("final_url") or rec["url"]
+                pages[os.path.join(path, *rec["file"].split("/"))] = site_of(rec.get("final_url") or rec["url"])
     return pages
 
 
