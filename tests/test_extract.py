@@ -452,3 +452,26 @@ def test_rating_prompt_after_the_article_is_dropped():
     <p>{SENTENCES[4]}</p>{rating}</article></body></html>"""
     text = extract_html(page).text
     assert all(s in text for s in SENTENCES[:5]) and "RATING" not in text, text
+
+
+def test_declared_utf8_with_one_cut_character_stays_utf8():
+    # a teaser cut in the middle of a two-byte character: the page is still the UTF-8 it declares, not a
+    # legacy charset guessed from the bytes (which garbles every accented letter of the article)
+    page = ('<html><head><meta charset="utf-8"></head><body><p>' + "Zażółć gęślą jaźń, powiedział. " * 40
+            + "</p><p>Teaser: ").encode("utf-8") + "ó".encode("utf-8")[:1] + b"...</p></body></html>"
+    text, enc = decode_html(page)
+    assert enc == "utf-8" and "Zażółć gęślą jaźń" in text
+
+
+def test_ruby_readings_are_dropped():
+    sentence = ("<ruby>法律<rt>ほうりつ</rt></ruby>では"
+                "<ruby>虐待<rp>(</rp><rt>ぎゃくたい</rt><rp>)</rp></ruby>をした親に。")
+    got = extract_html(f"<html><body><article><p>{sentence * 30}</p></article></body></html>")
+    assert got.text.startswith("法律では虐待をした親に。") and "ほうりつ" not in got.text
+
+
+def test_text_is_in_unicode_composed_form():
+    # Bengali's letter U+09DF is canonically the pair U+09AF U+09BC; a page may spell it either way
+    word = "\u0995\u09c1\u09b7\u09cd\u099f\u09bf\u09df\u09be"
+    got = extract_html(f"<html><body><article><p>{(word + ' ') * 60}</p></article></body></html>")
+    assert "\u09df" not in got.text and "\u09af\u09bc" in got.text

@@ -11,12 +11,13 @@ from lxml import etree
 from cllm.scraper.dom import class_id, link_density, remove_keeping_tail, text_len
 from cllm.scraper.paragraphs import classify, page_paragraphs, weighed_len
 
-# Elements whose content is never prose.
+# Elements whose content is never prose (rt and rp: a ruby annotation's reading, the furigana over Japanese
+# kanji, which would break each word in two).
 DROP_TAGS = [
     "script", "style", "noscript", "template", "svg", "math", "canvas", "iframe", "object", "embed",
     "video", "audio", "source", "track", "map", "head", "button", "input", "select", "option",
     "textarea", "label", "nav", "aside", "footer", "menu", "dialog", "figure", "figcaption",
-    "picture", "img",
+    "picture", "img", "rt", "rp",
 ]
 # Elements that are navigation or page chrome by ARIA role.
 _DROP_ROLES = {"navigation", "banner", "contentinfo", "complementary", "dialog", "alertdialog", "menu",

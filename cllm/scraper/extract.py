@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import io
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from lxml import etree
@@ -266,7 +267,9 @@ def extract_html(html: bytes | str, url: str | None = None, http_charset: str | 
     title, text = extract_tree(doc)
     if not text:
         text = visible_text(html, http_charset)
-    return Extracted(title, text, enc)
+    # Unicode's composed form (NFC): one spelling per character however the page encoded it (Bengali's
+    # য় as one code point or two), as trafilatura normalizes and tokenizers expect
+    return Extracted(unicodedata.normalize("NFC", title), unicodedata.normalize("NFC", text), enc)
 
 
 def visible_text(html: bytes | str, http_charset: str | None) -> str:
