@@ -475,3 +475,19 @@ def test_text_is_in_unicode_composed_form():
     word = "\u0995\u09c1\u09b7\u09cd\u099f\u09bf\u09df\u09be"
     got = extract_html(f"<html><body><article><p>{(word + ' ') * 60}</p></article></body></html>")
     assert "\u09df" not in got.text and "\u09af\u09bc" in got.text
+
+
+def test_lead_paragraph_above_the_body_is_kept_and_a_one_line_dek_is_not():
+    lead = ("The harbour commission voted on Tuesday to restore the old lighthouse, after a decade in which the "
+            "tower stood dark and the keepers' cottage was let to summer visitors.")
+    page = f"""<html><head><title>Lighthouse to shine again</title></head><body>
+    <article class="story"><header><h1>Lighthouse to shine again</h1>
+      <h2 class="story-dek">A decade of darkness ends</h2>
+      <p class="story-lead">{lead}</p></header>
+      <div class="story-body">{f"<p>{P1}</p><p>{P2}</p><p>{P3}</p>" * 2}</div>
+    </article>
+    <div class="teaser"><p>Another story entirely, teased here with a sentence that runs on long enough to look
+    like prose to anyone who measures only its length, which is the point.</p></div></body></html>"""
+    text = extract_html(page).text
+    assert text.startswith(lead) and text.endswith(P3)
+    assert "A decade of darkness" not in text and "Another story" not in text

@@ -15,7 +15,8 @@ How it works (the ideas of readability and trafilatura, kept small), one module 
    (itemprop=articleBody, <article>, the usual CMS class names), else readability's scoring of
    paragraphs, whose score flows to their parent and grandparent;
 4. boilerplate.py again, inside that block (link-heavy lists), then serialize.py: block by block,
-   one line each, without captions and "Advertisement" lines;
+   one line each, without captions and "Advertisement" lines; the article's lead paragraph (a block named
+   lead, intro, teaser ... just above the body, often in the <header> that step 2 drops) goes first;
 5. the fallbacks (as trafilatura falls back to readability and jusText), when that block is weak (little
    prose) or holds a small share of the page's visible text: on a copy of the page cleaned only of what
    a reader never sees and of distinctive boilerplate names, the marked-up body, readability's choice
@@ -26,6 +27,7 @@ How it works (the ideas of readability and trafilatura, kept small), one module 
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import re
 import unicodedata
@@ -37,7 +39,7 @@ from cllm.errors import MissingDependencyError
 from cllm.scraper.boilerplate import clean_block, drop_never_text, strip_hidden, strip_junk
 from cllm.scraper.charset import decode_html
 from cllm.scraper.dom import link_density, parse_html, remove_keeping_tail, text_len
-from cllm.scraper.paragraphs import HEADINGS, SHORT, classify, good_text, page_paragraphs, weighed_len
+from cllm.scraper.paragraphs import HEADINGS, MAX_LINK_DENSITY, SHORT, classify, good_text, page_paragraphs, weighed_len
 from cllm.scraper.readability import main_block, marked_up_body, readability_candidate
 from cllm.scraper.serialize import blocks_to_text
 
@@ -231,6 +233,61 @@ def _drop_dangling(text: str, headings: set) -> str:
     return "\n".join(lines)
 
 
+# Class words naming an article's lead (its standfirst, teaser or summary above the body): the lead often sits
+# outside the article body (in the article's <header>, or in a wrapper beside the body) and is lost with them.
+_LEAD_WORDS = {"lead", "intro", "teaser", "summary", "excerpt", "standfirst", "abstract", "subtitle", "subheadline",
+               "description", "vorspann", "chapo", "dek", "einleitung"}
+_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+# A lead is prose of at most LEAD_MAX characters with few links; it joins the main block when it stands before
+# it and under one of its LEAD_LEVELS nearest ancestors.
+LEAD_MAX = 1500
+LEAD_LEVELS = 4
+
+
+def _is_prose(el) -> bool:
+    """Whether `el` holds a paragraph that is prose on its own (paragraphs.py's good class, out of context):
+    a lead paragraph, not a one-line subtitle (a dek), which the article-body benchmarks leave out."""
+    return any(p.cls == "good" for p in classify(page_paragraphs(el), context=False))
+
+
+@functools.lru_cache(maxsize=16384)
+def _lead_named(ci: str) -> bool:
+    """Whether a class/id names an article's lead by one of its words (split at -, _ and camelCase). Cached:
+    pages repeat their class names, and sites share them."""
+    return any(w.lower() in _LEAD_WORDS for w in _WORDS.findall(ci))
+
+
+def _lead_candidates(doc) -> list:
+    """The elements named as an article's lead that hold prose, outermost only."""
+    out = []
+    for el in doc.xpath("//*[@class or @id]"):
+        if not _lead_named((el.get("class") or "") + " " + (el.get("id") or "")):
+            continue
+        if any(a in out for a in el.iterancestors()):
+            continue
+        if text_len(el) <= LEAD_MAX and link_density(el) <= MAX_LINK_DENSITY and _is_prose(el):
+            out.append(el)
+    return out
+
+
+def _leads(candidates: list, order: dict, blocks: list, text: str) -> list[str]:
+    """The texts of the lead candidates that stand before the first block (not around it, not in it), under
+    one of its LEAD_LEVELS nearest ancestors, and are not already in the text."""
+    if not blocks or blocks[0] not in order:
+        return []
+    first = blocks[0]
+    above = list(first.iterancestors())
+    near = set(above[:LEAD_LEVELS])
+    out = []
+    for el, ancestors in candidates:
+        if order[el] >= order[first] or el in above or first in ancestors or not near.intersection(ancestors):
+            continue
+        lead = blocks_to_text(el)
+        if lead and " ".join(lead.split()) not in " ".join(text.split()):
+            out.append(lead)
+    return out
+
+
 def extract_tree(doc) -> tuple[str, str]:
     """(title, text) of a parsed document. Mutates the tree (removes boilerplate)."""
     title = _title(doc)
@@ -246,12 +303,18 @@ def extract_tree(doc) -> tuple[str, str]:
     protected = set(marked)
     for el in marked:
         protected.update(el.iterancestors())
+    leads = _lead_candidates(doc)
+    order = {el: i for i, el in enumerate(doc.iter())} if leads else {}
+    leads = [(el, set(el.iterancestors())) for el in leads]  # before the cleaning detaches them
     thread = strip_junk(doc, protected, marked)
     blocks = main_block(doc, marked)
     for block in blocks:
         clean_block(block, thread=thread)
         _drop_headline(block, titles)
-    return title, _drop_meta_edges(_drop_dangling(_choose(blocks_to_text(blocks), blocks, light), headings))
+    text = blocks_to_text(blocks)
+    if leads and text:
+        text = "\n".join(_leads(leads, order, blocks, text) + [text])
+    return title, _drop_meta_edges(_drop_dangling(_choose(text, blocks, light), headings))
 
 
 def extract_html(html: bytes | str, url: str | None = None, http_charset: str | None = None) -> Extracted:
