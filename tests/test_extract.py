@@ -491,3 +491,14 @@ def test_lead_paragraph_above_the_body_is_kept_and_a_one_line_dek_is_not():
     text = extract_html(page).text
     assert text.startswith(lead) and text.endswith(P3)
     assert "A decade of darkness" not in text and "Another story" not in text
+
+
+def test_article_running_on_outside_its_marked_up_body_is_kept_whole():
+    # the marked-up body holds the first four paragraphs, the other six follow in a wrapper of their own
+    paras = [f"Section {i} of the report on the harbour describes the works of that year, the ships that came "
+             f"in and the weather that kept them, in some detail." for i in range(10)]
+    page = ("<html><body><div class='page'><div itemprop='articleBody'>"
+            + "".join(f"<p>{p}</p>" for p in paras[:4]) + "</div><div class='more'>"
+            + "".join(f"<p>{p}</p>" for p in paras[4:]) + "</div></div></body></html>")
+    text = extract_html(page).text
+    assert text == "\n".join(paras)

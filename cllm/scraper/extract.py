@@ -125,11 +125,12 @@ def _choose(main_text: str, main_blocks: list, light) -> str:
         others = [(blocks_to_text(marked), _net(marked))]
     else:
         others = []
-    if weak or not marked:
-        blocks = readability_candidate(body)
-        for block in blocks:
-            clean_block(block, by_class=False)
-        others.append((blocks_to_text(blocks), _net(blocks)))
+    # readability's choice competes beside the marked-up body too: the marked-up block may hold only the first
+    # part of an article whose other sections run on outside it
+    blocks = readability_candidate(body)
+    for block in blocks:
+        clean_block(block, by_class=False)
+    others.append((blocks_to_text(blocks), _net(blocks)))
     paras = classify(page_paragraphs(body))
     good = [p for p in paras if p.cls == "good"]
     # its quality counts its good paragraphs that are prose on their own (the short ones got in by context)
@@ -137,10 +138,9 @@ def _choose(main_text: str, main_blocks: list, light) -> str:
     if weak or q_good >= JUSTEXT_RATIO * main_q:
         others.append((good_text(good), q_good))
     # the best fallback replaces the main block only with clearly more good text
-    if others:
-        text, q = max(others, key=lambda c: c[1])  # the first of equals
-        if not main_text or q >= RATIO * main_q + MARGIN:
-            return text or whole
+    text, q = max(others, key=lambda c: c[1])  # the first of equals
+    if not main_text or q >= RATIO * main_q + MARGIN:
+        return text or whole
     return main_text or whole
 
 
