@@ -502,3 +502,13 @@ def test_article_running_on_outside_its_marked_up_body_is_kept_whole():
             + "".join(f"<p>{p}</p>" for p in paras[4:]) + "</div></div></body></html>")
     text = extract_html(page).text
     assert text == "\n".join(paras)
+
+
+def test_short_heading_left_at_the_end_is_dropped():
+    # the heading introduced a newsletter box, dropped by its class name; nothing follows it in the text
+    page = f"""<html><body><article>{f"<p>{P1}</p><p>{P2}</p><p>{P3}</p>" * 2}
+      <h3>Stay in touch</h3><div class="newsletter-box"><p>Every Friday we send our readers a letter about
+      the coast, its lights and its people; it is free and you may leave it whenever you like.</p></div>
+    </article></body></html>"""
+    text = extract_html(page).text
+    assert text.endswith(P3) and "Stay in touch" not in text

@@ -149,15 +149,19 @@ def _net(root) -> int:
     return prose - junk
 
 
+# A heading of at most SHORT_HEADING characters that heads some text on the page but ends a text of MIN_GOOD
+# characters or more heads nothing there: what it introduced ("Mehr zum Thema", "You might also like") was
+# dropped as boilerplate.
+SHORT_HEADING = 60
 # How much text after a heading tells what it heads (jusText's MAX_HEADING_DISTANCE), and the share of it in
 # links that makes it a link list
 HEADED = 200
 LINK_LIST = 0.5
 
 
-def _heads_links(h) -> bool:
-    """Whether the text after heading `h` (its tail, then the elements that follow it, climbing out of at
-    most two parents that end, up to the next heading or HEADED characters) is mostly in links. A walk
+def _text_after(h) -> tuple[int, int]:
+    """(characters, of them in links) of the text after heading `h`: its tail, then the elements that follow
+    it, climbing out of at most two parents that end, up to the next heading or HEADED characters. A walk
     over the few elements after each heading: the whole page's paragraphs cost a fifth of the extraction."""
     chars, links = len((h.tail or "").strip()), 0
     el = h
@@ -175,7 +179,24 @@ def _heads_links(h) -> bool:
             break
         chars += text_len(el) + len((el.tail or "").strip())
         links += text_len(el) if el.tag == "a" else sum(text_len(a) for a in el.iter("a"))
+    return chars, links
+
+
+def _heads_links(h) -> bool:
+    """Whether the text after heading `h` (see _text_after) is mostly in links."""
+    chars, links = _text_after(h)
     return chars > 0 and links >= LINK_LIST * chars
+
+
+def _short_headings(doc) -> set:
+    """The texts of the page's headings of at most SHORT_HEADING characters that head some text (a heading
+    with nothing after it on the page ends the article, and is the article's)."""
+    out = set()
+    for h in doc.iter(*HEADINGS):
+        text = " ".join(h.text_content().split())
+        if text and len(text) <= SHORT_HEADING and text not in out and _text_after(h)[0] > 0:
+            out.add(text)
+    return out
 
 
 def _link_list_headings(doc) -> set:
@@ -222,13 +243,15 @@ def _drop_meta_edges(text: str) -> str:
     return "\n".join(lines)
 
 
-def _drop_dangling(text: str, headings: set) -> str:
+def _drop_dangling(text: str, headings: set, ends: set = frozenset()) -> str:
     """The text less its last lines while they are headings of link lists ("Weitere Artikel", "You might
-    also like"), left behind when the cleaning dropped the list they introduced. The first line stays.
-    (Lines of a few words ending with a colon, "Mehr zum Thema:", measured no better: on the Scrapinghub
-    set such lines introduce photos and tweets that the expected text keeps.)"""
+    also like"), left behind when the cleaning dropped the list they introduced, or, in a text that is not
+    short, while they are short headings that headed some text on the page (`ends`). The first line
+    stays. (Lines of a few words ending with a colon, "Mehr zum Thema:", measured no better: on the
+    Scrapinghub set such lines introduce photos and tweets that the expected text keeps.)"""
     lines = text.split("\n")
-    while len(lines) > 1 and lines[-1] in headings:
+    long = len(text) >= MIN_GOOD
+    while len(lines) > 1 and (lines[-1] in headings or long and lines[-1] in ends):
         lines.pop()
     return "\n".join(lines)
 
@@ -292,6 +315,7 @@ def extract_tree(doc) -> tuple[str, str]:
     """(title, text) of a parsed document. Mutates the tree (removes boilerplate)."""
     title = _title(doc)
     headings = _link_list_headings(doc)
+    ends = _short_headings(doc)
     titles = " ".join([title] + [" ".join(t.split()) for t in doc.xpath('//meta[@property="og:title"]/@content')])
     drop_never_text(doc)
     light = copy.deepcopy(doc)  # for the fallbacks: only what a reader never sees is removed from it
@@ -314,7 +338,7 @@ def extract_tree(doc) -> tuple[str, str]:
     text = blocks_to_text(blocks)
     if leads and text:
         text = "\n".join(_leads(leads, order, blocks, text) + [text])
-    return title, _drop_meta_edges(_drop_dangling(_choose(text, blocks, light), headings))
+    return title, _drop_meta_edges(_drop_dangling(_choose(text, blocks, light), headings, ends))
 
 
 def extract_html(html: bytes | str, url: str | None = None, http_charset: str | None = None) -> Extracted:
