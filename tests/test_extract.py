@@ -512,3 +512,17 @@ def test_short_heading_left_at_the_end_is_dropped():
     </article></body></html>"""
     text = extract_html(page).text
     assert text.endswith(P3) and "Stay in touch" not in text
+
+
+def test_author_newsletter_and_share_boxes_named_in_other_forms_are_dropped():
+    paragraphs = "".join(f"<p>{s} {s.lower()}</p>" for s in SENTENCES[:4])
+    boxes = ('<div class="artDetailAutor"><p>AUTOR: Jana Muster schreibt seit zwanzig Jahren über Häfen, Fähren '
+             "und die Menschen, die sie am Laufen halten.</p></div>"
+             '<section class="news-letter-section"><p>NEWSLETTER: every Friday a letter about the coast, its '
+             "lights and its people, free of charge and easy to leave again.</p></section>"
+             '<div class="artikel-teilen"><p>TEILEN: Möchten Sie den Artikel mit Ihren Freunden und Bekannten '
+             "teilen? Dann nutzen Sie einfach die Knöpfe hier unten.</p></div>")
+    page = f"<html><body><article>{paragraphs}{boxes}</article></body></html>"
+    text = extract_html(page).text
+    assert all(s in text for s in SENTENCES[:4]), text
+    assert "AUTOR" not in text and "NEWSLETTER" not in text and "TEILEN" not in text, text

@@ -28,7 +28,7 @@ _DROP_ROLES = {"navigation", "banner", "contentinfo", "complementary", "dialog",
 # short ambiguous words only as whole words of the class, split at -, _ and camelCase, so that
 # "pageRow" is not "pager" and "loader" is not "ad".
 _UNLIKELY_STEMS = re.compile(
-    r"comment|cookie|consent|gdpr|newsletter|breadcrumb|sidebar|social|share|sharing|related|footer|"
+    r"comment|cookie|consent|gdpr|news-?letter|breadcrumb|sidebar|social|share|sharing|related|footer|"
     r"masthead|disqus|outbrain|taboola|sponsor|promo|subscri|signup|popup|modal|recirc|trending|"
     r"skyscraper|shoutbox|combx|agegate|ai2html|yom-remote|advert|byline|caption|credit|pagination|"
     r"replies|remark|supplemental|legends|community|more-stories|most-popular|readmore|read-more|"
@@ -39,7 +39,7 @@ _UNLIKELY_WORDS = {
     "ad", "ads", "adv", "dfp", "header", "menu", "nav", "navbar", "pager", "extra", "tags", "tag", "topics",
     "keywords", "skip", "hidden", "dateline", "timestamp", "ticker", "toolbar", "tools", "overlay",
     "banner", "bio", "sr", "widget", "rss", "print", "meta", "signin", "login", "legend", "author", "rating",
-    "ratings",
+    "ratings", "authors", "autor", "autoren", "teilen",
 }
 _MAYBE_CANDIDATE = re.compile(r"and|article|body|column|content|main|shadow|story|entry", re.I)
 _POSITIVE = re.compile(r"article|body|content|entry|hentry|h-entry|main|page|post|text|blog|story|prose", re.I)
