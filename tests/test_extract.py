@@ -526,3 +526,15 @@ def test_author_newsletter_and_share_boxes_named_in_other_forms_are_dropped():
     text = extract_html(page).text
     assert all(s in text for s in SENTENCES[:4]), text
     assert "AUTOR" not in text and "NEWSLETTER" not in text and "TEILEN" not in text, text
+
+
+def test_post_metadata_and_german_caption_boxes_are_dropped():
+    paragraphs = [f"<p>{s} {s.lower()}</p>" for s in SENTENCES[:4]]
+    page = ("<html><body><article>" + "".join(paragraphs[:2])
+            + '<div class="bildunterschrift">BILD: Die Fähre am Anleger im Morgenlicht, fotografiert vom Deich aus, '
+            "im Hintergrund der alte Leuchtturm.</div>" + "".join(paragraphs[2:])
+            + '<p class="postmetadata">META: This entry was posted on Wednesday, 8 January 2020 at 10:15 and is '
+            "filed under Ferries. You can follow any responses to this entry.</p></article></body></html>")
+    text = extract_html(page).text
+    assert all(s in text for s in SENTENCES[:4]), text
+    assert "BILD" not in text and "META" not in text, text

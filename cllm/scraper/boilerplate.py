@@ -32,7 +32,8 @@ _UNLIKELY_STEMS = re.compile(
     r"masthead|disqus|outbrain|taboola|sponsor|promo|subscri|signup|popup|modal|recirc|trending|"
     r"skyscraper|shoutbox|combx|agegate|ai2html|yom-remote|advert|byline|caption|credit|pagination|"
     r"replies|remark|supplemental|legends|community|more-stories|most-popular|readmore|read-more|"
-    r"screen-reader|visually-hidden|inline-ad|ad-slot|adslot|ad-container|adunit|ad-wrapper",
+    r"screen-reader|visually-hidden|inline-ad|ad-slot|adslot|ad-container|adunit|ad-wrapper|"
+    r"metadata|bildunter",
     re.I,
 )
 _UNLIKELY_WORDS = {
