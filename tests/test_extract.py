@@ -538,3 +538,10 @@ def test_post_metadata_and_german_caption_boxes_are_dropped():
     text = extract_html(page).text
     assert all(s in text for s in SENTENCES[:4]), text
     assert "BILD" not in text and "META" not in text, text
+
+
+def test_back_link_at_the_end_is_dropped():
+    paragraphs = "".join(f"<p>{s} {s.lower()}</p>" for s in SENTENCES[:4])
+    page = f'<html><body><article>{paragraphs}<a href="/news">Back to the news overview</a></article></body></html>'
+    text = extract_html(page).text
+    assert text.endswith(SENTENCES[3].lower()) and "Back to" not in text, text

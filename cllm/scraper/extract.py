@@ -199,6 +199,17 @@ def _short_headings(doc) -> set:
     return out
 
 
+def _short_links(doc) -> set:
+    """The texts of the page's links of at most SHORT_HEADING characters: a line that is only a link's text
+    ends an article as navigation ("Zurück zur Übersicht", "Next post")."""
+    out = set()
+    for a in doc.iter("a"):
+        text = " ".join(a.text_content().split())
+        if 0 < len(text) <= SHORT_HEADING:
+            out.add(text)
+    return out
+
+
 def _link_list_headings(doc) -> set:
     """The texts of the headings that head link lists: those whose box (the parent, or the grandparent of
     a heading alone in its parent) is mostly link text, and those followed by text mostly in links."""
@@ -246,8 +257,8 @@ def _drop_meta_edges(text: str) -> str:
 def _drop_dangling(text: str, headings: set, ends: set = frozenset()) -> str:
     """The text less its last lines while they are headings of link lists ("Weitere Artikel", "You might
     also like"), left behind when the cleaning dropped the list they introduced, or, in a text that is not
-    short, while they are short headings that headed some text on the page (`ends`). The first line
-    stays. (Lines of a few words ending with a colon, "Mehr zum Thema:", measured no better: on the
+    short, while they are short headings that headed some text on the page or short links' texts (`ends`).
+    The first line stays. (Lines of a few words ending with a colon, "Mehr zum Thema:", measured no better: on the
     Scrapinghub set such lines introduce photos and tweets that the expected text keeps.)"""
     lines = text.split("\n")
     long = len(text) >= MIN_GOOD
@@ -315,7 +326,7 @@ def extract_tree(doc) -> tuple[str, str]:
     """(title, text) of a parsed document. Mutates the tree (removes boilerplate)."""
     title = _title(doc)
     headings = _link_list_headings(doc)
-    ends = _short_headings(doc)
+    ends = _short_headings(doc) | _short_links(doc)
     titles = " ".join([title] + [" ".join(t.split()) for t in doc.xpath('//meta[@property="og:title"]/@content')])
     drop_never_text(doc)
     light = copy.deepcopy(doc)  # for the fallbacks: only what a reader never sees is removed from it
