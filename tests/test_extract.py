@@ -545,3 +545,14 @@ def test_back_link_at_the_end_is_dropped():
     page = f'<html><body><article>{paragraphs}<a href="/news">Back to the news overview</a></article></body></html>'
     text = extract_html(page).text
     assert text.endswith(SENTENCES[3].lower()) and "Back to" not in text, text
+
+
+def test_heading_of_a_dropped_link_list_inside_the_text_is_dropped():
+    # the box of links is long enough that the cleaning keeps it and drops its list; a short line (a
+    # teaser's title) and more text follow the heading it leaves behind
+    related = "".join(f'<li><a href="/r/{i}">Another story about harbours number {i}</a></li>' for i in range(30))
+    paragraphs = "".join(f"<p>{s} {s.lower()}</p>" for s in SENTENCES[:4])
+    page = f"""<html><body><article>{paragraphs}<div class="box"><h3>More on this</h3><ul>{related}</ul></div>
+    <p>Winter timetable</p><p>{SENTENCES[5]}</p></article></body></html>"""
+    lines = extract_html(page).text.splitlines()
+    assert "More on this" not in lines and lines[-2:] == ["Winter timetable", SENTENCES[5]], lines

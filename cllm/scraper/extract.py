@@ -210,10 +210,10 @@ def _short_links(doc) -> set:
     return out
 
 
-def _link_list_headings(doc) -> set:
-    """The texts of the headings that head link lists: those whose box (the parent, or the grandparent of
-    a heading alone in its parent) is mostly link text, and those followed by text mostly in links."""
-    out, density = set(), {}
+def _link_list_headings(doc) -> tuple[set, set]:
+    """The texts of the headings that head link lists: (those whose box, the parent or the grandparent of
+    a heading alone in its parent, is mostly link text; those followed by text mostly in links)."""
+    boxed, followed, density = set(), set(), {}
     for h in doc.iter(*HEADINGS):
         box = h.getparent()
         if box is not None and len(box) == 1 and box.getparent() is not None:
@@ -221,9 +221,11 @@ def _link_list_headings(doc) -> set:
         if box is not None:
             if box not in density:
                 density[box] = link_density(box)
-            if density[box] >= LINK_LIST or _heads_links(h):
-                out.add(" ".join(h.text_content().split()))
-    return out
+            if density[box] >= LINK_LIST:
+                boxed.add(" ".join(h.text_content().split()))
+            elif _heads_links(h):
+                followed.add(" ".join(h.text_content().split()))
+    return boxed, followed
 
 
 # A line at the text's edge that is only a date, a byline or a reading time ("7. Oktober 2020", "By Jane
@@ -254,15 +256,19 @@ def _drop_meta_edges(text: str) -> str:
     return "\n".join(lines)
 
 
-def _drop_dangling(text: str, headings: set, ends: set = frozenset()) -> str:
-    """The text less its last lines while they are headings of link lists ("Weitere Artikel", "You might
-    also like"), left behind when the cleaning dropped the list they introduced, or, in a text that is not
-    short, while they are short headings that headed some text on the page or short links' texts (`ends`).
-    The first line stays. (Lines of a few words ending with a colon, "Mehr zum Thema:", measured no better: on the
-    Scrapinghub set such lines introduce photos and tweets that the expected text keeps.)"""
+def _drop_dangling(text: str, boxed: set, followed: set = frozenset(), ends: set = frozenset()) -> str:
+    """The text less the headings of link lists ("Weitere Artikel", "You might also like") left behind when
+    the cleaning dropped the list they introduced: those whose box is mostly links (`boxed`) wherever they
+    stand before a line that is not prose (the titles of teasers may follow them), the others (`followed`
+    by text mostly in links) at the end. Less, in a text that is not short, its last lines while they are
+    `ends`: short headings that headed some text on the page, short links' texts. The first line stays.
+    (Lines of a few words ending with a colon, "Mehr zum Thema:", measured no better: on the Scrapinghub
+    set such lines introduce photos and tweets that the expected text keeps.)"""
     lines = text.split("\n")
+    lines = lines[:1] + [line for line, nxt in zip(lines[1:], lines[2:] + [""])
+                         if line not in boxed or len(nxt) >= SHORT]
     long = len(text) >= MIN_GOOD
-    while len(lines) > 1 and (lines[-1] in headings or long and lines[-1] in ends):
+    while len(lines) > 1 and (lines[-1] in followed or long and lines[-1] in ends):
         lines.pop()
     return "\n".join(lines)
 
@@ -325,7 +331,7 @@ def _leads(candidates: list, order: dict, blocks: list, text: str) -> list[str]:
 def extract_tree(doc) -> tuple[str, str]:
     """(title, text) of a parsed document. Mutates the tree (removes boilerplate)."""
     title = _title(doc)
-    headings = _link_list_headings(doc)
+    boxed, followed = _link_list_headings(doc)
     ends = _short_headings(doc) | _short_links(doc)
     titles = " ".join([title] + [" ".join(t.split()) for t in doc.xpath('//meta[@property="og:title"]/@content')])
     drop_never_text(doc)
@@ -349,7 +355,7 @@ def extract_tree(doc) -> tuple[str, str]:
     text = blocks_to_text(blocks)
     if leads and text:
         text = "\n".join(_leads(leads, order, blocks, text) + [text])
-    return title, _drop_meta_edges(_drop_dangling(_choose(text, blocks, light), headings, ends))
+    return title, _drop_meta_edges(_drop_dangling(_choose(text, blocks, light), boxed, followed, ends))
 
 
 def extract_html(html: bytes | str, url: str | None = None, http_charset: str | None = None) -> Extracted:
