@@ -336,9 +336,11 @@ def _lead_candidates(doc) -> list:
     for el in doc.iter(etree.Element):
         if el in inside or (el.get("class") not in named and el.get("id") not in named):
             continue
-        if text_len(el) <= LEAD_MAX and link_density(el) <= MAX_LINK_DENSITY and _is_prose(el):
-            out.append(el)
-            inside.update(el.iterdescendants())  # a small subtree: LEAD_MAX characters at most
+        n = text_len(el)
+        if n > LEAD_MAX or sum(text_len(a) for a in el.iter("a")) > MAX_LINK_DENSITY * n or not _is_prose(el):
+            continue
+        out.append(el)
+        inside.update(el.iterdescendants())  # a small subtree: LEAD_MAX characters at most
     return out
 
 
