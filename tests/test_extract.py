@@ -452,3 +452,107 @@ def test_rating_prompt_after_the_article_is_dropped():
     <p>{SENTENCES[4]}</p>{rating}</article></body></html>"""
     text = extract_html(page).text
     assert all(s in text for s in SENTENCES[:5]) and "RATING" not in text, text
+
+
+def test_declared_utf8_with_one_cut_character_stays_utf8():
+    # a teaser cut in the middle of a two-byte character: the page is still the UTF-8 it declares, not a
+    # legacy charset guessed from the bytes (which garbles every accented letter of the article)
+    page = ('<html><head><meta charset="utf-8"></head><body><p>' + "Zażółć gęślą jaźń, powiedział. " * 40
+            + "</p><p>Teaser: ").encode("utf-8") + "ó".encode("utf-8")[:1] + b"...</p></body></html>"
+    text, enc = decode_html(page)
+    assert enc == "utf-8" and "Zażółć gęślą jaźń" in text
+
+
+def test_ruby_readings_are_dropped():
+    sentence = ("<ruby>法律<rt>ほうりつ</rt></ruby>では"
+                "<ruby>虐待<rp>(</rp><rt>ぎゃくたい</rt><rp>)</rp></ruby>をした親に。")
+    got = extract_html(f"<html><body><article><p>{sentence * 30}</p></article></body></html>")
+    assert got.text.startswith("法律では虐待をした親に。") and "ほうりつ" not in got.text
+
+
+def test_text_is_in_unicode_composed_form():
+    # Bengali's letter U+09DF is canonically the pair U+09AF U+09BC; a page may spell it either way
+    word = "\u0995\u09c1\u09b7\u09cd\u099f\u09bf\u09df\u09be"
+    got = extract_html(f"<html><body><article><p>{(word + ' ') * 60}</p></article></body></html>")
+    assert "\u09df" not in got.text and "\u09af\u09bc" in got.text
+
+
+def test_lead_paragraph_above_the_body_is_kept_and_a_one_line_dek_is_not():
+    lead = ("The harbour commission voted on Tuesday to restore the old lighthouse, after a decade in which the "
+            "tower stood dark and the keepers' cottage was let to summer visitors.")
+    page = f"""<html><head><title>Lighthouse to shine again</title></head><body>
+    <article class="story"><header><h1>Lighthouse to shine again</h1>
+      <h2 class="story-dek">A decade of darkness ends</h2>
+      <p class="story-lead">{lead}</p></header>
+      <div class="story-body">{f"<p>{P1}</p><p>{P2}</p><p>{P3}</p>" * 2}</div>
+    </article>
+    <div class="teaser"><p>Another story entirely, teased here with a sentence that runs on long enough to look
+    like prose to anyone who measures only its length, which is the point.</p></div></body></html>"""
+    text = extract_html(page).text
+    assert text.startswith(lead) and text.endswith(P3)
+    assert "A decade of darkness" not in text and "Another story" not in text
+
+
+def test_article_running_on_outside_its_marked_up_body_is_kept_whole():
+    # the marked-up body holds the first four paragraphs, the other six follow in a wrapper of their own
+    paras = [f"Section {i} of the report on the harbour describes the works of that year, the ships that came "
+             f"in and the weather that kept them, in some detail." for i in range(10)]
+    page = ("<html><body><div class='page'><div itemprop='articleBody'>"
+            + "".join(f"<p>{p}</p>" for p in paras[:4]) + "</div><div class='more'>"
+            + "".join(f"<p>{p}</p>" for p in paras[4:]) + "</div></div></body></html>")
+    text = extract_html(page).text
+    assert text == "\n".join(paras)
+
+
+def test_short_heading_left_at_the_end_is_dropped():
+    # the heading introduced a newsletter box, dropped by its class name; nothing follows it in the text
+    page = f"""<html><body><article>{f"<p>{P1}</p><p>{P2}</p><p>{P3}</p>" * 2}
+      <h3>Stay in touch</h3><div class="newsletter-box"><p>Every Friday we send our readers a letter about
+      the coast, its lights and its people; it is free and you may leave it whenever you like.</p></div>
+    </article></body></html>"""
+    text = extract_html(page).text
+    assert text.endswith(P3) and "Stay in touch" not in text
+
+
+def test_author_newsletter_and_share_boxes_named_in_other_forms_are_dropped():
+    paragraphs = "".join(f"<p>{s} {s.lower()}</p>" for s in SENTENCES[:4])
+    boxes = ('<div class="artDetailAutor"><p>AUTOR: Jana Muster schreibt seit zwanzig Jahren über Häfen, Fähren '
+             "und die Menschen, die sie am Laufen halten.</p></div>"
+             '<section class="news-letter-section"><p>NEWSLETTER: every Friday a letter about the coast, its '
+             "lights and its people, free of charge and easy to leave again.</p></section>"
+             '<div class="artikel-teilen"><p>TEILEN: Möchten Sie den Artikel mit Ihren Freunden und Bekannten '
+             "teilen? Dann nutzen Sie einfach die Knöpfe hier unten.</p></div>")
+    page = f"<html><body><article>{paragraphs}{boxes}</article></body></html>"
+    text = extract_html(page).text
+    assert all(s in text for s in SENTENCES[:4]), text
+    assert "AUTOR" not in text and "NEWSLETTER" not in text and "TEILEN" not in text, text
+
+
+def test_post_metadata_and_german_caption_boxes_are_dropped():
+    paragraphs = [f"<p>{s} {s.lower()}</p>" for s in SENTENCES[:4]]
+    page = ("<html><body><article>" + "".join(paragraphs[:2])
+            + '<div class="bildunterschrift">BILD: Die Fähre am Anleger im Morgenlicht, fotografiert vom Deich aus, '
+            "im Hintergrund der alte Leuchtturm.</div>" + "".join(paragraphs[2:])
+            + '<p class="postmetadata">META: This entry was posted on Wednesday, 8 January 2020 at 10:15 and is '
+            "filed under Ferries. You can follow any responses to this entry.</p></article></body></html>")
+    text = extract_html(page).text
+    assert all(s in text for s in SENTENCES[:4]), text
+    assert "BILD" not in text and "META" not in text, text
+
+
+def test_back_link_at_the_end_is_dropped():
+    paragraphs = "".join(f"<p>{s} {s.lower()}</p>" for s in SENTENCES[:4])
+    page = f'<html><body><article>{paragraphs}<a href="/news">Back to the news overview</a></article></body></html>'
+    text = extract_html(page).text
+    assert text.endswith(SENTENCES[3].lower()) and "Back to" not in text, text
+
+
+def test_heading_of_a_dropped_link_list_inside_the_text_is_dropped():
+    # the box of links is long enough that the cleaning keeps it and drops its list; a short line (a
+    # teaser's title) and more text follow the heading it leaves behind
+    related = "".join(f'<li><a href="/r/{i}">Another story about harbours number {i}</a></li>' for i in range(30))
+    paragraphs = "".join(f"<p>{s} {s.lower()}</p>" for s in SENTENCES[:4])
+    page = f"""<html><body><article>{paragraphs}<div class="box"><h3>More on this</h3><ul>{related}</ul></div>
+    <p>Winter timetable</p><p>{SENTENCES[5]}</p></article></body></html>"""
+    lines = extract_html(page).text.splitlines()
+    assert "More on this" not in lines and lines[-2:] == ["Winter timetable", SENTENCES[5]], lines

@@ -11,12 +11,13 @@ from lxml import etree
 from cllm.scraper.dom import class_id, link_density, remove_keeping_tail, text_len
 from cllm.scraper.paragraphs import classify, page_paragraphs, weighed_len
 
-# Elements whose content is never prose.
+# Elements whose content is never prose (rt and rp: a ruby annotation's reading, the furigana over Japanese
+# kanji, which would break each word in two).
 DROP_TAGS = [
     "script", "style", "noscript", "template", "svg", "math", "canvas", "iframe", "object", "embed",
     "video", "audio", "source", "track", "map", "head", "button", "input", "select", "option",
     "textarea", "label", "nav", "aside", "footer", "menu", "dialog", "figure", "figcaption",
-    "picture", "img",
+    "picture", "img", "rt", "rp",
 ]
 # Elements that are navigation or page chrome by ARIA role.
 _DROP_ROLES = {"navigation", "banner", "contentinfo", "complementary", "dialog", "alertdialog", "menu",
@@ -27,18 +28,19 @@ _DROP_ROLES = {"navigation", "banner", "contentinfo", "complementary", "dialog",
 # short ambiguous words only as whole words of the class, split at -, _ and camelCase, so that
 # "pageRow" is not "pager" and "loader" is not "ad".
 _UNLIKELY_STEMS = re.compile(
-    r"comment|cookie|consent|gdpr|newsletter|breadcrumb|sidebar|social|share|sharing|related|footer|"
+    r"comment|cookie|consent|gdpr|news-?letter|breadcrumb|sidebar|social|share|sharing|related|footer|"
     r"masthead|disqus|outbrain|taboola|sponsor|promo|subscri|signup|popup|modal|recirc|trending|"
     r"skyscraper|shoutbox|combx|agegate|ai2html|yom-remote|advert|byline|caption|credit|pagination|"
     r"replies|remark|supplemental|legends|community|more-stories|most-popular|readmore|read-more|"
-    r"screen-reader|visually-hidden|inline-ad|ad-slot|adslot|ad-container|adunit|ad-wrapper",
+    r"screen-reader|visually-hidden|inline-ad|ad-slot|adslot|ad-container|adunit|ad-wrapper|"
+    r"metadata|bildunter",
     re.I,
 )
 _UNLIKELY_WORDS = {
     "ad", "ads", "adv", "dfp", "header", "menu", "nav", "navbar", "pager", "extra", "tags", "tag", "topics",
     "keywords", "skip", "hidden", "dateline", "timestamp", "ticker", "toolbar", "tools", "overlay",
     "banner", "bio", "sr", "widget", "rss", "print", "meta", "signin", "login", "legend", "author", "rating",
-    "ratings",
+    "ratings", "authors", "autor", "autoren", "teilen",
 }
 _MAYBE_CANDIDATE = re.compile(r"and|article|body|column|content|main|shadow|story|entry", re.I)
 _POSITIVE = re.compile(r"article|body|content|entry|hentry|h-entry|main|page|post|text|blog|story|prose", re.I)

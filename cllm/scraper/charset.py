@@ -9,6 +9,10 @@ from charset_normalizer import from_bytes
 _BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
 # <meta charset=x> and <meta http-equiv=Content-Type content="text/html; charset=x">
 _META_CHARSET = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?\s*([-\w.:]+)""", re.I)
+# A declared charset is kept, its undecodable bytes replaced (as browsers do), when they are this rare: one,
+# and one more per BAD_BYTES_PER bytes (a multibyte character cut in two by a truncated teaser); a wrong
+# declaration breaks on most non-ASCII characters and falls through to the next source of truth.
+BAD_BYTES_PER = 10_000
 
 
 def _codec(label: str | None) -> str | None:
@@ -48,7 +52,9 @@ def decode_html(data: bytes | str, http_charset: str | None = None) -> tuple[str
             try:
                 return data.decode(enc), enc
             except UnicodeDecodeError:
-                continue  # a wrong declaration: fall through to the next source of truth
+                text = data.decode(enc, "replace")
+                if text.count("\ufffd") <= 1 + len(data) // BAD_BYTES_PER:
+                    return text, enc
     try:
         return data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:

@@ -15,7 +15,8 @@ How it works (the ideas of readability and trafilatura, kept small), one module 
    (itemprop=articleBody, <article>, the usual CMS class names), else readability's scoring of
    paragraphs, whose score flows to their parent and grandparent;
 4. boilerplate.py again, inside that block (link-heavy lists), then serialize.py: block by block,
-   one line each, without captions and "Advertisement" lines;
+   one line each, without captions and "Advertisement" lines; the article's lead paragraph (a block named
+   lead, intro, teaser ... just above the body, often in the <header> that step 2 drops) goes first;
 5. the fallbacks (as trafilatura falls back to readability and jusText), when that block is weak (little
    prose) or holds a small share of the page's visible text: on a copy of the page cleaned only of what
    a reader never sees and of distinctive boilerplate names, the marked-up body, readability's choice
@@ -26,8 +27,10 @@ How it works (the ideas of readability and trafilatura, kept small), one module 
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from lxml import etree
@@ -36,7 +39,7 @@ from cllm.errors import MissingDependencyError
 from cllm.scraper.boilerplate import clean_block, drop_never_text, strip_hidden, strip_junk
 from cllm.scraper.charset import decode_html
 from cllm.scraper.dom import link_density, parse_html, remove_keeping_tail, text_len
-from cllm.scraper.paragraphs import HEADINGS, SHORT, classify, good_text, page_paragraphs, weighed_len
+from cllm.scraper.paragraphs import HEADINGS, MAX_LINK_DENSITY, SHORT, classify, good_text, page_paragraphs, weighed_len
 from cllm.scraper.readability import main_block, marked_up_body, readability_candidate
 from cllm.scraper.serialize import blocks_to_text
 
@@ -122,11 +125,12 @@ def _choose(main_text: str, main_blocks: list, light) -> str:
         others = [(blocks_to_text(marked), _net(marked))]
     else:
         others = []
-    if weak or not marked:
-        blocks = readability_candidate(body)
-        for block in blocks:
-            clean_block(block, by_class=False)
-        others.append((blocks_to_text(blocks), _net(blocks)))
+    # readability's choice competes beside the marked-up body too: the marked-up block may hold only the first
+    # part of an article whose other sections run on outside it
+    blocks = readability_candidate(body)
+    for block in blocks:
+        clean_block(block, by_class=False)
+    others.append((blocks_to_text(blocks), _net(blocks)))
     paras = classify(page_paragraphs(body))
     good = [p for p in paras if p.cls == "good"]
     # its quality counts its good paragraphs that are prose on their own (the short ones got in by context)
@@ -134,10 +138,9 @@ def _choose(main_text: str, main_blocks: list, light) -> str:
     if weak or q_good >= JUSTEXT_RATIO * main_q:
         others.append((good_text(good), q_good))
     # the best fallback replaces the main block only with clearly more good text
-    if others:
-        text, q = max(others, key=lambda c: c[1])  # the first of equals
-        if not main_text or q >= RATIO * main_q + MARGIN:
-            return text or whole
+    text, q = max(others, key=lambda c: c[1])  # the first of equals
+    if not main_text or q >= RATIO * main_q + MARGIN:
+        return text or whole
     return main_text or whole
 
 
@@ -146,15 +149,19 @@ def _net(root) -> int:
     return prose - junk
 
 
+# A heading of at most SHORT_HEADING characters that heads some text on the page but ends a text of MIN_GOOD
+# characters or more heads nothing there: what it introduced ("Mehr zum Thema", "You might also like") was
+# dropped as boilerplate.
+SHORT_HEADING = 60
 # How much text after a heading tells what it heads (jusText's MAX_HEADING_DISTANCE), and the share of it in
 # links that makes it a link list
 HEADED = 200
 LINK_LIST = 0.5
 
 
-def _heads_links(h) -> bool:
-    """Whether the text after heading `h` (its tail, then the elements that follow it, climbing out of at
-    most two parents that end, up to the next heading or HEADED characters) is mostly in links. A walk
+def _text_after(h) -> tuple[int, int]:
+    """(characters, of them in links) of the text after heading `h`: its tail, then the elements that follow
+    it, climbing out of at most two parents that end, up to the next heading or HEADED characters. A walk
     over the few elements after each heading: the whole page's paragraphs cost a fifth of the extraction."""
     chars, links = len((h.tail or "").strip()), 0
     el = h
@@ -172,13 +179,63 @@ def _heads_links(h) -> bool:
             break
         chars += text_len(el) + len((el.tail or "").strip())
         links += text_len(el) if el.tag == "a" else sum(text_len(a) for a in el.iter("a"))
+    return chars, links
+
+
+def _heads_links(h) -> bool:
+    """Whether the text after heading `h` (see _text_after) is mostly in links."""
+    chars, links = _text_after(h)
     return chars > 0 and links >= LINK_LIST * chars
 
 
-def _link_list_headings(doc) -> set:
-    """The texts of the headings that head link lists: those whose box (the parent, or the grandparent of
-    a heading alone in its parent) is mostly link text, and those followed by text mostly in links."""
-    out, density = set(), {}
+def _short_headings(doc) -> set:
+    """The texts of the page's headings of at most SHORT_HEADING characters that head some text (a heading
+    with nothing after it on the page ends the article, and is the article's)."""
+    out = set()
+    for h in doc.iter(*HEADINGS):
+        text = " ".join(h.text_content().split())
+        if text and len(text) <= SHORT_HEADING and text not in out and _heads_text(h):
+            out.add(text)
+    return out
+
+
+def _heads_text(h) -> bool:
+    """Whether some text follows heading `h` before the next heading (the walk of _text_after, stopping at
+    the first text: most headings head some, and measuring whole sections cost 4% of the extraction)."""
+    if (h.tail or "").strip():
+        return True
+    el = h
+    while True:
+        nxt, climbs = el.getnext(), 0
+        while nxt is None and climbs < 2 and el.getparent() is not None:
+            el, climbs = el.getparent(), climbs + 1
+            nxt = el.getnext()
+        if nxt is None:
+            return False
+        el = nxt
+        if not isinstance(el.tag, str):
+            continue
+        if el.tag in HEADINGS:
+            return False
+        if any(t.strip() for t in el.itertext()) or (el.tail or "").strip():
+            return True
+
+
+def _short_links(doc) -> set:
+    """The texts of the page's links of at most SHORT_HEADING characters: a line that is only a link's text
+    ends an article as navigation ("Zurück zur Übersicht", "Next post")."""
+    out = set()
+    for a in doc.iter("a"):
+        text = " ".join(a.text_content().split())
+        if 0 < len(text) <= SHORT_HEADING:
+            out.add(text)
+    return out
+
+
+def _link_list_headings(doc) -> tuple[set, set]:
+    """The texts of the headings that head link lists: (those whose box, the parent or the grandparent of
+    a heading alone in its parent, is mostly link text; those followed by text mostly in links)."""
+    boxed, followed, density = set(), set(), {}
     for h in doc.iter(*HEADINGS):
         box = h.getparent()
         if box is not None and len(box) == 1 and box.getparent() is not None:
@@ -186,9 +243,11 @@ def _link_list_headings(doc) -> set:
         if box is not None:
             if box not in density:
                 density[box] = link_density(box)
-            if density[box] >= LINK_LIST or _heads_links(h):
-                out.add(" ".join(h.text_content().split()))
-    return out
+            if density[box] >= LINK_LIST:
+                boxed.add(" ".join(h.text_content().split()))
+            elif _heads_links(h):
+                followed.add(" ".join(h.text_content().split()))
+    return boxed, followed
 
 
 # A line at the text's edge that is only a date, a byline or a reading time ("7. Oktober 2020", "By Jane
@@ -219,21 +278,95 @@ def _drop_meta_edges(text: str) -> str:
     return "\n".join(lines)
 
 
-def _drop_dangling(text: str, headings: set) -> str:
-    """The text less its last lines while they are headings of link lists ("Weitere Artikel", "You might
-    also like"), left behind when the cleaning dropped the list they introduced. The first line stays.
+def _drop_dangling(text: str, boxed: set, followed: set = frozenset(), ends: set = frozenset()) -> str:
+    """The text less the headings of link lists ("Weitere Artikel", "You might also like") left behind when
+    the cleaning dropped the list they introduced: those whose box is mostly links (`boxed`) wherever they
+    stand before a line that is not prose (the titles of teasers may follow them), the others (`followed`
+    by text mostly in links) at the end. Less, in a text that is not short, its last lines while they are
+    `ends`: short headings that headed some text on the page, short links' texts. The first line stays.
     (Lines of a few words ending with a colon, "Mehr zum Thema:", measured no better: on the Scrapinghub
     set such lines introduce photos and tweets that the expected text keeps.)"""
     lines = text.split("\n")
-    while len(lines) > 1 and lines[-1] in headings:
+    lines = lines[:1] + [line for line, nxt in zip(lines[1:], lines[2:] + [""])
+                         if line not in boxed or len(nxt) >= SHORT]
+    long = len(text) >= MIN_GOOD
+    while len(lines) > 1 and (lines[-1] in followed or long and lines[-1] in ends):
         lines.pop()
     return "\n".join(lines)
+
+
+# Class words naming an article's lead (its standfirst, teaser or summary above the body): the lead often sits
+# outside the article body (in the article's <header>, or in a wrapper beside the body) and is lost with them.
+_LEAD_WORDS = {"lead", "intro", "teaser", "summary", "excerpt", "standfirst", "abstract", "subtitle", "subheadline",
+               "description", "vorspann", "chapo", "dek", "einleitung"}
+_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+# A lead is prose of at most LEAD_MAX characters with few links; it joins the main block when it stands before
+# it and under one of its LEAD_LEVELS nearest ancestors.
+LEAD_MAX = 1500
+LEAD_LEVELS = 4
+
+
+def _is_prose(el) -> bool:
+    """Whether `el` holds a paragraph that is prose on its own (paragraphs.py's good class, out of context):
+    a lead paragraph, not a one-line subtitle (a dek), which the article-body benchmarks leave out."""
+    return any(p.cls == "good" for p in classify(page_paragraphs(el), context=False))
+
+
+@functools.lru_cache(maxsize=16384)
+def _lead_named(ci: str) -> bool:
+    """Whether a class/id names an article's lead by one of its words (split at -, _ and camelCase). Cached:
+    pages repeat their class names, and sites share them."""
+    low = ci.lower()
+    if not any(w in low for w in _LEAD_WORDS):  # most names: a quicker test than splitting into words
+        return False
+    return any(w.lower() in _LEAD_WORDS for w in _WORDS.findall(ci))
+
+
+# every class and id value of a page, as plain strings: no element objects (half the pages name no lead, and a
+# Python loop over their elements cost 5% of the extraction)
+_CLASS_AND_ID = etree.XPath("//@class | //@id", smart_strings=False)
+
+
+def _lead_candidates(doc) -> list:
+    """The elements named as an article's lead that hold prose, outermost only."""
+    named = {v for v in set(_CLASS_AND_ID(doc)) if _lead_named(v)}
+    if not named:
+        return []
+    out, inside = [], set()
+    for el in doc.iter(etree.Element):
+        if el in inside or (el.get("class") not in named and el.get("id") not in named):
+            continue
+        n = text_len(el)
+        if n > LEAD_MAX or sum(text_len(a) for a in el.iter("a")) > MAX_LINK_DENSITY * n or not _is_prose(el):
+            continue
+        out.append(el)
+        inside.update(el.iterdescendants())  # a small subtree: LEAD_MAX characters at most
+    return out
+
+
+def _leads(candidates: list, order: dict, blocks: list, text: str) -> list[str]:
+    """The texts of the lead candidates that stand before the first block (not around it, not in it), under
+    one of its LEAD_LEVELS nearest ancestors, and are not already in the text."""
+    if not blocks or blocks[0] not in order:
+        return []
+    first = blocks[0]
+    above = list(first.iterancestors())
+    near = set(above[:LEAD_LEVELS])
+    out = []
+    for el, ancestors in candidates:
+        if order[el] >= order[first] or el in above or first in ancestors or not near.intersection(ancestors):
+            continue
+        lead = blocks_to_text(el)
+        if lead and " ".join(lead.split()) not in " ".join(text.split()):
+            out.append(lead)
+    return out
 
 
 def extract_tree(doc) -> tuple[str, str]:
     """(title, text) of a parsed document. Mutates the tree (removes boilerplate)."""
     title = _title(doc)
-    headings = _link_list_headings(doc)
+    boxed, followed = _link_list_headings(doc)
+    ends = _short_headings(doc) | _short_links(doc)
     titles = " ".join([title] + [" ".join(t.split()) for t in doc.xpath('//meta[@property="og:title"]/@content')])
     drop_never_text(doc)
     light = copy.deepcopy(doc)  # for the fallbacks: only what a reader never sees is removed from it
@@ -245,12 +378,18 @@ def extract_tree(doc) -> tuple[str, str]:
     protected = set(marked)
     for el in marked:
         protected.update(el.iterancestors())
+    leads = _lead_candidates(doc)
+    order = {el: i for i, el in enumerate(doc.iter())} if leads else {}
+    leads = [(el, set(el.iterancestors())) for el in leads]  # before the cleaning detaches them
     thread = strip_junk(doc, protected, marked)
     blocks = main_block(doc, marked)
     for block in blocks:
         clean_block(block, thread=thread)
         _drop_headline(block, titles)
-    return title, _drop_meta_edges(_drop_dangling(_choose(blocks_to_text(blocks), blocks, light), headings))
+    text = blocks_to_text(blocks)
+    if leads and text:
+        text = "\n".join(_leads(leads, order, blocks, text) + [text])
+    return title, _drop_meta_edges(_drop_dangling(_choose(text, blocks, light), boxed, followed, ends))
 
 
 def extract_html(html: bytes | str, url: str | None = None, http_charset: str | None = None) -> Extracted:
@@ -266,7 +405,9 @@ def extract_html(html: bytes | str, url: str | None = None, http_charset: str | 
     title, text = extract_tree(doc)
     if not text:
         text = visible_text(html, http_charset)
-    return Extracted(title, text, enc)
+    # Unicode's composed form (NFC): one spelling per character however the page encoded it (Bengali's
+    # য় as one code point or two), as trafilatura normalizes and tokenizers expect
+    return Extracted(unicodedata.normalize("NFC", title), unicodedata.normalize("NFC", text), enc)
 
 
 def visible_text(html: bytes | str, http_charset: str | None) -> str:
