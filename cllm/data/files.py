@@ -144,10 +144,13 @@ class FileList:
     def finish(self) -> None:
         """Put the files in order, after the last append."""
         if not self._runs:
-            # the walk's order is often that order already (a crawl's pages/ on some file systems): checked one
-            # key at a time, as sort() holds every file's key at once (~150 bytes a file)
+            # the walk's order may be that order already: checked one key at a time, as sort(key=) holds every
+            # file's key at once (~150 bytes a file)
             if any(a > b for a, b in itertools.pairwise(map(self._key, self._items))):
-                self._items.sort(key=self._key)
+                if any(os.sep in path[self._prefix:] for path, _, _ in self._items):
+                    self._items.sort(key=self._key)
+                else:  # one folder (a crawl's pages/): the paths' order is that order, and needs no key a file
+                    self._items.sort()
             return
         if self._items:
             self._items.sort(key=self._key)
