@@ -24,6 +24,7 @@ from cllm.data.corpus import DocLengths
 from cllm.data.files import FileList, crawl_pages, find_files
 from cllm.data.filters import DocumentLog
 from cllm.data.filters.boilerplate import BoilerplateCounter
+from cllm.errors import DataError
 
 WORDS = ("the", "a", "of", "and", "to", "in", "that", "is", "with", "for") + tuple(
     f"{c}{v}{k}" for c in "bcdfglmnprst" for v in "aeiou" for k in ("n", "st", "rk"))
@@ -337,3 +338,14 @@ def test_document_lengths_on_disk_split_as_in_memory(monkeypatch):
             assert prepare_module._split_plan(stored, f) == prepare_module._split_plan(lengths, f), (lengths, f)
         stored.close()
     spill_dir.close()
+
+
+def test_file_list_on_disk_with_an_out_that_is_a_file(tmp_path, monkeypatch):
+    """The file list spills into DIR before DIR is claimed: an --out that is a file is the same clear DataError."""
+    crawl = tmp_path / "crawl"
+    build_crawl(crawl, 6, 500)
+    out = tmp_path / "out"
+    out.write_text("not a folder")
+    monkeypatch.setattr(FileList, "MIN_RUN", 2)
+    with pytest.raises(DataError, match="cannot write to output directory .*choose another --out"):
+        prepare_dataset(str(crawl), str(out), tokenizer="char", progress=False, filter_memory_mb=0)

@@ -26,6 +26,8 @@ import weakref
 
 import numpy as np
 
+from cllm.errors import DataError
+
 MB = 1 << 20
 SPILL_PREFIX = "filters-spill-"  # SpillDir's name: SPILL_PREFIX + random + ".tmp"
 SQL_CHUNK = 500  # keys per "IN (...)" query: below every SQLite's limit on parameters
@@ -44,7 +46,11 @@ class SpillDir:
         """A new path inside the directory (made unique by a prefix)."""
         if self.path is None:
             if self.parent is not None:  # prepare's DIR, maybe not made yet (the file list spills before)
-                os.makedirs(self.parent, exist_ok=True)
+                try:
+                    os.makedirs(self.parent, exist_ok=True)
+                except OSError as exc:
+                    raise DataError(f"cannot write to output directory {self.parent}: {exc.strerror}; choose "
+                                    "another --out") from None
             self.path = tempfile.mkdtemp(prefix=SPILL_PREFIX, suffix=".tmp", dir=self.parent)
             self._cleanup = weakref.finalize(self, shutil.rmtree, self.path, True)
         fd, path = tempfile.mkstemp(prefix=name + "-", dir=self.path)
