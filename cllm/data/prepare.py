@@ -10,9 +10,10 @@ what training must keep (distinct characters, words or BPE chunks with their cou
 size) and a few numbers per document: its length, its exact-duplicate hash, and with the filters its
 boilerplate line hashes, MinHash signature and band keys (~1.3 KB a page in all: bench/prepare.py's memory
 part, docs/design.md). Those hashes and the MinHash index stay in memory up to --filter-memory-mb (256 MB),
-then move to DIR/filters-spill-*.tmp (cllm/data/filters/spill.py; removed at the end, on error or Ctrl-C), so
-that past it ~0.2 KB a page is left (the file list's paths, a length); the filter report's per-document records
-go to a temporary file.
+then move to DIR/filters-spill-*.tmp (cllm/data/filters/spill.py; removed at the end, on error or Ctrl-C), and
+so do the file list, the crawl manifest's sites and the document lengths (cllm/data/files.py's FileList,
+cllm/data/corpus.py's DocLengths), so that past it the peak stops growing with the pages (~0.01 KB a page
+measured); the filter report's per-document records go to a temporary file.
 
 Split (deterministic, by PrepareOptions' `val_fraction`, f): a single document splits by token
 position (the first 1 - f train, as nanoGPT); several documents split at a document boundary: the
