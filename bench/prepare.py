@@ -44,8 +44,9 @@ two runs on a 0.05 MB crawl (the first loads or compiles the Numba kernels; the 
 kernels, the language model), and reads each child's peak RSS (ru_maxrss, through a small wrapper process:
 PEAK_RSS). Its crawls are web-like pages as above whose paragraphs are random sentences of the books' words (about 5
 KB a page), so that a big crawl is not the books' few paragraphs over and over. Bounded means the peak grows with
-the pages (their lengths, hashes and MinHash signatures), not with the text nor with the token files (written as
-they are encoded). Its keys: tokenizer, baseline_peak_rss_MB, baseline_corpus_MB, rss_MB_per_corpus_MB and
+the pages (their paths, lengths, hashes and MinHash signatures), not with the text nor with the token files (written
+as they are encoded); with a small --memory-budget-mb (4) not with the pages either past the budget (their state on
+disk: docs/design.md). Its keys: tokenizer, baseline_peak_rss_MB, baseline_corpus_MB, rss_MB_per_corpus_MB and
 rss_KB_per_page (the peak's growth from the smallest to the largest crawl, per MB of corpus and per page),
 peak_ratio and corpus_ratio (largest over smallest), runs [{corpus_MB, pages, largest_page_KB, documents_kept,
 tokens, token_files_MB, peak_rss_MB, seconds, peak_above_baseline_MB, peak_above_baseline_over_largest_page}].

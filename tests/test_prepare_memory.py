@@ -20,9 +20,11 @@ import cllm.data.filters.spill as spill
 import cllm.data.prepare as prepare_module
 import cllm.tokenizers.base as tokenizer_base
 from cllm.data import prepare_dataset
-from cllm.data.files import find_files
+from cllm.data.corpus import DocLengths
+from cllm.data.files import FileList, crawl_pages, find_files
 from cllm.data.filters import DocumentLog
 from cllm.data.filters.boilerplate import BoilerplateCounter
+from cllm.errors import DataError
 
 WORDS = ("the", "a", "of", "and", "to", "in", "that", "is", "with", "for") + tuple(
     f"{c}{v}{k}" for c in "bcdfglmnprst" for v in "aeiou" for k in ("n", "st", "rk"))
@@ -143,8 +145,10 @@ def test_boilerplate_counter_keeps_the_keys_on_min_pages_pages():
 def test_state_on_disk_gives_the_same_dataset(tmp_path, monkeypatch, budget_mb, batch):
     """A tiny --filter-memory-mb moves the filters' state to disk (cllm/data/filters/spill.py): from the start (0),
     or part way (the near-dup index with 3 signatures a block past ~9 kept pages, the boilerplate hashes in runs
-    of ~200, the exact-duplicate hashes past 5 or 57); the dataset, report and meta.json are the in-memory run's,
-    byte for byte, and the spill directory is gone (dataset_files would read it and fail)."""
+    of ~200, the exact-duplicate hashes past 5 or 57), and the corpus's file list (runs of 7 files), the
+    manifest's sites and (below 0.01 MB) the document lengths (blocks of 5, read 4 at a time); the dataset, report
+    and meta.json are the in-memory run's, byte for byte, and the spill directory is gone (dataset_files would
+    read it and fail)."""
     crawl = tmp_path / "crawl"
     build_crawl(crawl, 90, 2_000)
 
@@ -158,16 +162,23 @@ def test_state_on_disk_gives_the_same_dataset(tmp_path, monkeypatch, budget_mb, 
     assert memory["meta.json"]["corpus"]["duplicates"] > 0
     spilled = Counter()
     for cls, name in ((neardup.NearDuplicateIndex, "_to_disk"), (BoilerplateCounter, "_write_run"),
-                      (spill.DiskSet, "__init__")):
+                      (spill.DiskSet, "__init__"), (spill.DiskDict, "update"), (FileList, "_write")):
         def counted(*args, _f=getattr(cls, name), _name=name, **kw):
             spilled[_name] += 1
             return _f(*args, **kw)
         monkeypatch.setattr(cls, name, counted)
     monkeypatch.setattr(corpus_module, "FILTER_BATCH", batch)  # later batches look up earlier ones on disk
     monkeypatch.setattr(neardup, "SIGNATURE_BLOCK", 3)
+    monkeypatch.setattr(FileList, "MIN_RUN", 7)
+    monkeypatch.setattr(DocLengths, "MIN_BLOCK", 5)
+    monkeypatch.setattr(DocLengths, "CHUNK", 4)
+    new_file = spill.SpillDir.file
+    monkeypatch.setattr(spill.SpillDir, "file", lambda self, name: spilled.update([name]) or new_file(self, name))
     disk = run(tmp_path / "disk", filter_memory_mb=budget_mb)
     assert spilled["_to_disk"] >= 1 and spilled["__init__"] >= 1, spilled
     assert (spilled["_write_run"] >= 2) == (budget_mb < 0.01), spilled  # 0.02: the line hashes stay in memory
+    assert spilled["files-run"] >= 3 and spilled["files"] == 1 and spilled["update"] >= 2, spilled  # 90 pages
+    assert (spilled["lengths"] == 2) == (budget_mb < 0.01), spilled  # a file for each of the two passes
     assert disk.keys() == memory.keys()
     for name in memory:
         assert disk[name] == memory[name], name
@@ -267,3 +278,74 @@ def test_find_files_orders_by_path_components(tmp_path):
     assert [os.path.basename(p) for p, _ in got] == ["a.txt", "b.txt", "c.md"]
     _, got, _ = find_files(str(nested))
     assert [os.path.relpath(p, nested) for p, _ in got] == ["0.txt", os.path.join("a", "z.txt"), "b.txt"]
+
+
+def test_file_list_on_disk_keeps_the_order_and_the_sites(tmp_path, monkeypatch):
+    """Past its limit the file list is sorted in runs on disk and merged (FileList), the manifest's sites go to a
+    DiskDict: the same files, in the same order (by path components, where a plain string sort differs), with the
+    same sites (a page named twice in the manifest: its last record's) as in memory."""
+    crawl = tmp_path / "crawl"
+    pages = crawl / "pages"
+    names = ["b.txt", "a.txt", "a-b/x.txt", "a/z.md", "a/y/0.txt", "0.txt", "c.html", "a/b c.txt", "zz/q.txt"]
+    for name in names:
+        (pages / name).parent.mkdir(parents=True, exist_ok=True)
+        (pages / name).write_text("x")
+    (pages / ".hidden.txt").write_text("x")
+    (pages / "image.png").write_bytes(b"x")
+    records = [{"url": f"https://s{i % 3}.example/{i}", "file": "pages/" + name} for i, name in enumerate(names[:-1])]
+    records.append({"url": "https://late.example/", "file": "pages/b.txt"})  # b.txt again: this site wins
+    (crawl / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + "{torn")
+
+    def listing(spill_dir, limit):
+        sites: dict = {}
+        site_of = lambda url: sites.setdefault(url.split("/")[2], len(sites))  # noqa: E731
+        found = crawl_pages(str(crawl), site_of, spill_dir, limit)
+        on_disk = isinstance(found, spill.DiskDict)
+        root, files, skipped = find_files(str(crawl), spill_dir, limit, found)
+        if on_disk:
+            found.close()
+        return on_disk, [(os.path.relpath(p, root), k, s) for p, k, s in files.with_sites()], skipped
+
+    _, memory, skipped = listing(None, None)
+    assert [p for p, _, _ in memory] == ["0.txt", "a/b c.txt", "a/y/0.txt", "a/z.md", "a-b/x.txt", "a.txt", "b.txt",
+                                         "c.html", "zz/q.txt"]
+    assert dict((p, s) for p, _, s in memory)["b.txt"] == 3 and memory[-1][2] == -1  # zz/q.txt: not in the manifest
+    assert skipped == {"hidden": 1, "unsupported": 1}
+    monkeypatch.setattr(FileList, "MIN_RUN", 2)
+    spill_dir = spill.SpillDir(str(tmp_path))
+    on_disk, disk, disk_skipped = listing(spill_dir, 0)
+    assert on_disk and len(os.listdir(spill_dir.path)) == 1  # the merged list: runs and the site table gone
+    assert disk == memory and disk_skipped == skipped
+    spill_dir.close()
+
+
+def test_document_lengths_on_disk_split_as_in_memory(monkeypatch):
+    """DocLengths past its limit (blocks of 1 to 5 lengths in a file, read 3 at a time) gives the lengths back in
+    order, and _split_plan, reading them chunk by chunk, the plan it gives for them in one list."""
+    rng = random.Random(0)
+    spill_dir = spill.SpillDir()
+    monkeypatch.setattr(DocLengths, "MIN_BLOCK", 1)
+    monkeypatch.setattr(DocLengths, "CHUNK", 3)
+    for _ in range(300):
+        lengths = [rng.choice([1, 2, 100, 10_000, rng.randint(1, 50)]) for _ in range(rng.randint(1, 12))]
+        block = rng.randint(1, 5)
+        stored = DocLengths(spill_dir, block)
+        for n in lengths:
+            stored.append(n)
+        assert len(stored) == len(lengths) and list(stored) == lengths
+        assert (stored._file is not None) == (len(lengths) >= block)
+        for f in (0.05, 0.1, 0.3, 0.5, 0.9):
+            assert prepare_module._split_plan(stored, f) == prepare_module._split_plan(lengths, f), (lengths, f)
+        stored.close()
+    spill_dir.close()
+
+
+def test_file_list_on_disk_with_an_out_that_is_a_file(tmp_path, monkeypatch):
+    """The file list spills into DIR before DIR is claimed: an --out that is a file is the same clear DataError."""
+    crawl = tmp_path / "crawl"
+    build_crawl(crawl, 6, 500)
+    out = tmp_path / "out"
+    out.write_text("not a folder")
+    monkeypatch.setattr(FileList, "MIN_RUN", 2)
+    with pytest.raises(DataError, match="cannot write to output directory .*choose another --out"):
+        prepare_dataset(str(crawl), str(out), tokenizer="char", progress=False, filter_memory_mb=0)

@@ -26,14 +26,24 @@ from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+import numpy as np
 from tqdm import tqdm
 
 from cllm.config import option
 from cllm.data.clean import CleaningOptions, clean_owned, options_of
 from cllm.data.errors import EmptyCorpusError
-from cllm.data.files import crawl_pages, decode_text, find_files, looks_binary, read_bytes, read_html, read_pdf
-from cllm.data.filters import FilterOptions, FilterPipeline
-from cllm.data.filters.spill import DiskSet
+from cllm.data.files import (
+    FileList,
+    crawl_pages,
+    decode_text,
+    find_files,
+    looks_binary,
+    read_bytes,
+    read_html,
+    read_pdf,
+)
+from cllm.data.filters import FilterOptions, FilterPipeline, check_options
+from cllm.data.filters.spill import MB, DiskDict, DiskSet, SpillDir
 from cllm.errors import DataError
 
 
@@ -138,18 +148,28 @@ def _count_words(doc: str, vocab: set) -> int:
 class Corpus:
     """A re-iterable stream of cleaned documents, with statistics filled in by each full pass."""
 
-    def __init__(self, path, files, skipped, options: CorpusOptions, root: str | None = None):
+    def __init__(self, path, options: CorpusOptions, spill_parent: str | None = None):
         self.path = os.fspath(path)
-        root = os.fspath(root) if root is not None else self.path
         self._sites: dict = {}  # host -> site id
-        pages = crawl_pages(self.path, self._site_id)  # {page file: site id or None} of a crawl's output, else {}
-        # each file's site id (-1: none), aligned with `files`: 4 bytes a page, where a dict by path kept a second
-        # copy of each path (~110 bytes a page, measured with tracemalloc)
-        self._file_site = array("i", (-1 if (site := pages.get(path)) is None else site for path, _ in files))
-        self.filters = (FilterPipeline(options, "web" if pages else "text", root)
-                        if isinstance(options, FilterOptions) else None)
+        filtering = isinstance(options, FilterOptions)  # prepare's options: a memory budget and a spill directory
+        spill, files_limit = None, None
+        if filtering:
+            check_options(options)
+            spill = SpillDir(spill_parent)  # shared with the filters (DIR/filters-spill-*.tmp)
+            memory = int(options.filter_memory_mb * MB)
+            files_limit = memory // 4 // FileList.PER_FILE  # files (and manifest pages) in memory, past it on disk
+            self._lengths_limit = memory // 8 // 8  # document lengths in memory (8 bytes each)
+        # {page file: site id or None} of a crawl's output (a dict, or a DiskDict past the limit), else {}
+        pages = crawl_pages(self.path, self._site_id, spill, files_limit)
+        try:
+            root, files, skipped = find_files(self.path, spill, files_limit, pages)
+            web = bool(pages)
+        finally:
+            if isinstance(pages, DiskDict):
+                pages.close()
         del pages
-        self.files = files  # [(path, kind)]
+        self.filters = FilterPipeline(options, "web" if web else "text", root, spill) if filtering else None
+        self.files = files  # FileList: (path, kind) when iterated; with_sites() adds each file's site id
         self._skipped = skipped
         self.options = options
         self.cleaning = options.cleaning()  # {flag: bool}, as meta.json records it
@@ -157,8 +177,13 @@ class Corpus:
         self.dedupe = options.dedupe
         self.progress = options.progress
         self.stats = CorpusStats()
-        self.doc_lengths = array("q")  # characters of each document, in order (for splits): 8 bytes a document
+        self.doc_lengths = DocLengths()  # characters of each document, in order (for splits): 8 bytes a document
         self._complete = False
+
+    def _new_lengths(self) -> "DocLengths":
+        if self.filters is None:
+            return DocLengths()
+        return DocLengths(self.filters.spill, self._lengths_limit)
 
     def __iter__(self):
         return self._documents()
@@ -179,7 +204,7 @@ class Corpus:
         """Uncleaned documents, file by file, as (path, [text], bytes, site id or None): the caller pops
         the text out of the list, so that this generator does not keep it (nor the file's bytes) alive
         while the document is cleaned and tokenized."""
-        for (path, kind), site in zip(self.files, self._file_site):
+        for path, kind, site in self.files.with_sites():
             site = None if site < 0 else site
             if kind == "pdf":
                 yield path, [read_pdf(path)], os.path.getsize(path), site
@@ -247,7 +272,7 @@ class Corpus:
         stats = CorpusStats(files=len(self.files))
         skipped = Counter(self._skipped)
         vocab: set = set()
-        lengths = array("q")
+        lengths = self._new_lengths()
         total = sum(os.path.getsize(p) for p, _ in self.files)
         with tqdm(
             total=total,
@@ -273,7 +298,7 @@ class Corpus:
             filters.end_pass(complete=True)
         self._end_pass(stats, skipped, vocab, lengths)
 
-    def _end_pass(self, stats: "CorpusStats", skipped: Counter, vocab: set, lengths: array) -> None:
+    def _end_pass(self, stats: "CorpusStats", skipped: Counter, vocab: set, lengths: "DocLengths") -> None:
         """After a full pass: the statistics (a later pass keeps the first one's word counts), the
         skipped files' warning (once), and an empty corpus refused."""
         stats.skipped = dict(skipped)
@@ -283,6 +308,7 @@ class Corpus:
         else:
             stats.vocabulary = len(vocab)
         self.stats = stats
+        self.doc_lengths.close()  # an earlier pass's (its length is still known)
         self.doc_lengths = lengths
         if not self._complete:
             self._complete = True
@@ -302,6 +328,57 @@ class Corpus:
                 f"{stats.duplicates} duplicate, {stats.filtered} filtered out); give it files with text or relax the "
                 "cleaning flags" + (" or the filters (--filters none, --languages)" if stats.filtered else "")
             )
+
+
+class DocLengths:
+    """The characters of each document, in order (prepare's split, cllm/data/prepare.py): an array of 8 bytes a
+    document up to `limit` of them (no limit without `spill`), past it written to a flat int64 file in `spill`
+    (a SpillDir) a block of `limit` at a time, so that memory stops growing with the documents."""
+
+    MIN_BLOCK = 4096  # lengths a block holds at least (a tiny budget: not one write a document)
+    CHUNK = 1 << 16  # lengths chunks() reads from the file at a time
+
+    def __init__(self, spill: SpillDir | None = None, limit: int | None = None):
+        self._buf = array("q")
+        self._spill = spill
+        self._limit = None if spill is None or limit is None else max(limit, self.MIN_BLOCK)
+        self._path: str | None = None
+        self._file = None
+        self._on_disk = 0
+
+    def append(self, n: int) -> None:
+        self._buf.append(n)
+        if self._limit is not None and len(self._buf) >= self._limit:
+            if self._file is None:
+                self._path = self._spill.file("lengths")
+                self._file = open(self._path, "wb")  # noqa: SIM115 (appended to until close)
+            self._buf.tofile(self._file)
+            self._on_disk += len(self._buf)
+            self._buf = array("q")
+
+    def __len__(self) -> int:
+        return self._on_disk + len(self._buf)
+
+    def chunks(self):
+        """The lengths in order, as int64 arrays of up to CHUNK (all of them in one while in memory)."""
+        if self._file is not None:
+            self._file.flush()
+            for start in range(0, self._on_disk, self.CHUNK):
+                yield np.fromfile(self._path, np.int64, min(self.CHUNK, self._on_disk - start), offset=8 * start)
+        if self._buf:
+            yield np.frombuffer(self._buf, np.int64)
+
+    def __iter__(self):
+        for chunk in self.chunks():
+            yield from chunk.tolist()
+
+    def close(self) -> None:
+        """Delete the file, if any (len() still answers)."""
+        if self._file is not None:
+            self._file.close()
+            os.unlink(self._path)
+            self._file = None
+            self._buf = array("q")
 
 
 class SeenDocuments:
@@ -346,14 +423,14 @@ def open_corpus(path, **options) -> Corpus:
     return corpus_at(path, options_of(CorpusOptions, options, "corpus option"))
 
 
-def corpus_at(path, options: CorpusOptions) -> Corpus:
-    """open_corpus for options given as a CorpusOptions (or a subclass: cllm/data/prepare.py's PrepareOptions)."""
+def corpus_at(path, options: CorpusOptions, spill_parent: str | None = None) -> Corpus:
+    """open_corpus for options given as a CorpusOptions (or a subclass: cllm/data/prepare.py's PrepareOptions, whose
+    state past --filter-memory-mb goes to a temporary directory in `spill_parent`: prepare's DIR)."""
     if options.encoding not in ("auto", "utf-8"):
         raise DataError(
             f"encoding {options.encoding!r} is not supported; use 'auto' (UTF-8, else detected) or 'utf-8' (strict)"
         )
-    root, files, skipped = find_files(path)
-    return Corpus(path, files, skipped, options, root)
+    return Corpus(path, options, spill_parent)
 
 
 def load_corpus(path, **options) -> Corpus:

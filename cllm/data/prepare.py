@@ -10,9 +10,10 @@ what training must keep (distinct characters, words or BPE chunks with their cou
 size) and a few numbers per document: its length, its exact-duplicate hash, and with the filters its
 boilerplate line hashes, MinHash signature and band keys (~1.3 KB a page in all: bench/prepare.py's memory
 part, docs/design.md). Those hashes and the MinHash index stay in memory up to --filter-memory-mb (256 MB),
-then move to DIR/filters-spill-*.tmp (cllm/data/filters/spill.py; removed at the end, on error or Ctrl-C), so
-that past it ~0.2 KB a page is left (the file list's paths, a length); the filter report's per-document records
-go to a temporary file.
+then move to DIR/filters-spill-*.tmp (cllm/data/filters/spill.py; removed at the end, on error or Ctrl-C), and
+so do the file list, the crawl manifest's sites and the document lengths (cllm/data/files.py's FileList,
+cllm/data/corpus.py's DocLengths), so that past it the peak stops growing with the pages (~0.01 KB a page
+measured); the filter report's per-document records go to a temporary file.
 
 Split (deterministic, by PrepareOptions' `val_fraction`, f): a single document splits by token
 position (the first 1 - f train, as nanoGPT); several documents split at a document boundary: the
@@ -114,7 +115,7 @@ class PreparedDataset:
 def _hash_inputs(corpus, options: dict) -> str:
     h = hashlib.blake2b(digest_size=20)
     h.update(json.dumps({"prepare_version": PREPARE_VERSION, "options": options}, sort_keys=True).encode())
-    root = os.path.dirname(corpus.files[0][0]) if len(corpus.files) == 1 else corpus.path
+    root = os.path.dirname(next(iter(corpus.files))[0]) if len(corpus.files) == 1 else corpus.path
     for path, kind in corpus.files:
         h.update(b"\0file\0" + os.path.relpath(path, root).encode("utf-8", "surrogatepass") + b"\0" + kind.encode())
         with open(path, "rb") as f:
@@ -151,22 +152,47 @@ def _split_plan(lengths, val_fraction: float) -> tuple[int, int, float]:
     One document: split it by position. Several: the document boundary whose tail holds the
     fraction of characters closest to val_fraction; if even that is off by more than a factor 2
     (a few big documents), split the document that holds the (1 - val_fraction) point by position
-    instead, so that val is never most of the data."""
+    instead, so that val is never most of the data. `lengths`: a sequence of ints, or a DocLengths
+    (cllm/data/corpus.py), read a chunk at a time (its file, past prepare's memory budget)."""
     n = len(lengths)
     if n == 1:
         return 1, 0, 1 - val_fraction
     if val_fraction == 0:
         return n, -1, 1.0
-    total = sum(lengths)
-    prefix = np.concatenate([[0], np.cumsum(np.asarray(lengths, np.int64))])  # prefix[k]: characters in documents < k
-    best = min(range(1, n), key=lambda k: (abs((total - prefix[k]) / total - val_fraction), k))
-    got = (total - prefix[best]) / total
+
+    def parts():  # the lengths as int64 arrays
+        return lengths.chunks() if hasattr(lengths, "chunks") else [np.asarray(lengths, np.int64)]
+
+    def chunks():  # (index of the chunk's first document, characters before it, prefix sums (m,) int64, lengths)
+        first, before = 0, 0
+        for c in parts():
+            prefix = before + np.cumsum(c, dtype=np.int64)  # prefix[j]: characters in documents <= first + j
+            yield first, before, prefix, c
+            first, before = first + len(c), int(prefix[-1])
+
+    total = sum(int(c.sum()) for c in parts())
+    best, best_err, below = -1, None, 1  # below: boundaries k (characters before k) <= the target, k = 0 counted
+    target = (1 - val_fraction) * total
+    for first, _, prefix, _ in chunks():
+        ks = prefix if first + len(prefix) < n else prefix[:-1]  # boundaries k = first+1 ..., never k = n
+        if len(ks):
+            err = np.abs((total - ks) / total - val_fraction)
+            j = int(np.argmin(err))  # the first of equal ones: the smallest k, as min() over (err, k)
+            if best_err is None or err[j] < best_err:
+                best, best_err = first + 1 + j, err[j]
+        below += int(np.searchsorted(prefix, target, side="right"))
+    for first, before, prefix, _ in chunks():
+        if first < best <= first + len(prefix):
+            got = (total - prefix[best - first - 1]) / total
+            break
     if val_fraction / 2 <= got <= 2 * val_fraction:
         return best, -1, 1.0
-    target = (1 - val_fraction) * total
-    s = int(np.searchsorted(prefix, target, side="right")) - 1  # document holding the target point
-    s = min(max(s, 0), n - 1)
-    return s + 1, s, float((target - prefix[s]) / lengths[s])
+    s = min(max(below - 1, 0), n - 1)  # document holding the target point
+    for first, before, prefix, c in chunks():
+        if first <= s < first + len(c):
+            start = before if s == first else prefix[s - first - 1]  # characters in documents < s
+            return s + 1, s, float((target - start) / c[s - first])
+    raise AssertionError("unreachable: s < n")
 
 
 def _load_cached(out_dir: str, key: str):
@@ -223,15 +249,24 @@ def prepare_text_dataset(data_path, out_dir, opts: PrepareOptions) -> PreparedDa
     llm.c token files (train_llmc.bin, val_llmc.bin). `opts.force` ignores the cache.
     `opts.tokenizer` may be a trained Tokenizer instead of a kind (fine-tuning: the checkpoint's): the corpus is
     encoded with it and none is trained."""
-    tokenizer, vocab_size, val_fraction, progress = opts.tokenizer, opts.vocab_size, opts.val_fraction, opts.progress
-    given, tokenizer = _resolve_tokenizer(tokenizer, vocab_size, val_fraction)
-    corpus = corpus_at(data_path, opts)
+    given, tokenizer = _resolve_tokenizer(opts.tokenizer, opts.vocab_size, opts.val_fraction)
+    out_dir = os.fspath(out_dir)
+    corpus = corpus_at(data_path, opts, out_dir)  # its state past --filter-memory-mb: DIR/filters-spill-*.tmp
+    try:
+        return _prepare_corpus(corpus, data_path, out_dir, opts, given, tokenizer)
+    finally:  # also on error or Ctrl-C (and a cached result: the file list may be on disk)
+        if corpus.filters is not None:
+            corpus.filters.close()
+
+
+def _prepare_corpus(corpus, data_path, out_dir: str, opts: PrepareOptions, given, tokenizer: str) -> PreparedDataset:
+    """prepare_text_dataset's work once the corpus is open: the cached dataset, or a new one."""
+    vocab_size, val_fraction, progress = opts.vocab_size, opts.val_fraction, opts.progress
     options = _dataset_options(corpus, tokenizer, given, vocab_size, val_fraction, opts.bpe_pattern)
     if opts.chat_tokens:  # only when set: the cache keys of datasets without it stay as they were
         _check_chat_tokens(given, tokenizer)
         options["chat_tokens"] = True
     key = _hash_inputs(corpus, options) if corpus.files else ""
-    out_dir = os.fspath(out_dir)
     if not opts.force and corpus.files:
         cached = _load_cached(out_dir, key)
         if cached is not None:
@@ -240,9 +275,7 @@ def prepare_text_dataset(data_path, out_dir, opts: PrepareOptions) -> PreparedDa
                 export_dataset_tokens(out_dir)
             return cached
 
-    meta_path = _claim_output_dir(out_dir)
-    if corpus.filters is not None:  # the filters' state beyond --filter-memory-mb: DIR/filters-spill-*.tmp
-        corpus.filters.spill.parent = out_dir
+    meta_path = _claim_output_dir(out_dir, None if corpus.filters is None else corpus.filters.spill.path)
     try:
         t0 = time.perf_counter()
         tok = _train_pass(corpus, tokenizer, given, vocab_size, opts.bpe_pattern, progress)
@@ -319,9 +352,10 @@ def _dataset_options(corpus, tokenizer: str, given, vocab_size, val_fraction, bp
     return options
 
 
-def _claim_output_dir(out_dir: str) -> str:
+def _claim_output_dir(out_dir: str, spill: str | None = None) -> str:
     """Make out_dir ready to be (re)built: refuse foreign files, create it, delete its meta.json (from here on
-    the directory is not a valid cache until the build finishes). Returns meta.json's path."""
+    the directory is not a valid cache until the build finishes), and the spill directories of killed runs, not
+    `spill` (this run's, where its file list may be already). Returns meta.json's path."""
     refuse_foreign_directory(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)
@@ -329,7 +363,8 @@ def _claim_output_dir(out_dir: str) -> str:
         if os.path.exists(meta_path):
             os.unlink(meta_path)  # from here on the directory is not a valid cache until we finish
         for name in os.listdir(out_dir):  # the filters' state on disk a killed run left (cllm/data/filters/spill.py)
-            if name.startswith(SPILL_PREFIX) and name.endswith(".tmp"):
+            if (name.startswith(SPILL_PREFIX) and name.endswith(".tmp")
+                    and (spill is None or os.path.join(out_dir, name) != spill)):
                 shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
     except OSError as exc:
         raise DataError(f"cannot write to output directory {out_dir}: {exc.strerror}; choose another --out") from None

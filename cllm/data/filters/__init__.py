@@ -163,7 +163,7 @@ class FilterPipeline:
     """The filters of one corpus (see the module doc). `apply_batch([(doc, source, site), ...])` gives each
     document to keep (maybe with lines removed) or None; `apply(doc, source, site)` one document's."""
 
-    def __init__(self, options: FilterOptions, source_kind: str, root: str):
+    def __init__(self, options: FilterOptions, source_kind: str, root: str, spill: SpillDir | None = None):
         check_options(options)
         self.source_kind = source_kind
         self.active = resolve_filters(options.filters, source_kind)
@@ -173,7 +173,7 @@ class FilterPipeline:
         self.quality = QualitySettings()
         self.root = root
         self.memory = int(options.filter_memory_mb * MB)  # bytes: 3/4 for the near-dup index or line hashes
-        self.spill = SpillDir()  # where state beyond self.memory goes; prepare sets its parent to DIR
+        self.spill = spill or SpillDir()  # where state beyond self.memory goes (prepare's: in DIR)
         self.boilerplate: set | None = None  # keys of boilerplate lines, once counted
         self._decisions: bytearray | None = None  # per document: 0 (kept) or 1 + the index in RULES of its rule
         self._counting: tuple = ()  # CPU and wall seconds the boilerplate counting took

@@ -7,6 +7,9 @@ or Ctrl-C; a killed run's leftover is removed by the next run into DIR, cllm/dat
   near-dup index   band key -> first kept document in a SQLite table with a bounded page cache (DiskMap), the
                    kept documents' signatures appended to a flat file read back by offset (SignatureFile)
   exact duplicates the documents' 16-byte hashes in a SQLite table (DiskSet)
+  file list        the corpus's (path, kind, site) in sorted runs merged into one file (cllm/data/files.py's
+                   FileList), the crawl manifest's page -> site in a SQLite table while it is walked (DiskDict)
+  lengths          each document's length, for the split, in a flat int64 file (cllm/data/corpus.py's DocLengths)
   boilerplate      its line hashes in sorted runs of (hash, pages) counted by a merge (boilerplate.py)
 
 SQLite comes with Python; its files are read through the page cache (os.pread, not mmap), which is the
@@ -22,6 +25,8 @@ import tempfile
 import weakref
 
 import numpy as np
+
+from cllm.errors import DataError
 
 MB = 1 << 20
 SPILL_PREFIX = "filters-spill-"  # SpillDir's name: SPILL_PREFIX + random + ".tmp"
@@ -40,6 +45,12 @@ class SpillDir:
     def file(self, name: str) -> str:
         """A new path inside the directory (made unique by a prefix)."""
         if self.path is None:
+            if self.parent is not None:  # prepare's DIR, maybe not made yet (the file list spills before)
+                try:
+                    os.makedirs(self.parent, exist_ok=True)
+                except OSError as exc:
+                    raise DataError(f"cannot write to output directory {self.parent}: {exc.strerror}; choose "
+                                    "another --out") from None
             self.path = tempfile.mkdtemp(prefix=SPILL_PREFIX, suffix=".tmp", dir=self.parent)
             self._cleanup = weakref.finalize(self, shutil.rmtree, self.path, True)
         fd, path = tempfile.mkstemp(prefix=name + "-", dir=self.path)
@@ -106,6 +117,35 @@ class DiskSet:
     def add(self, value: bytes) -> bool:
         """True if `value` was in the set (else it joins it)."""
         return self.db.execute("INSERT OR IGNORE INTO s VALUES (?)", (value,)).rowcount == 0
+
+    def close(self) -> None:
+        self.db.close()
+        os.unlink(self.path)
+
+
+class DiskDict:
+    """str key -> int value (or None) on disk, as a dict: a later update replaces a key's value."""
+
+    def __init__(self, path: str, cache_bytes: int):
+        self.path = path
+        self.db = _connect(path, cache_bytes)
+        self.db.execute("CREATE TABLE d (k BLOB PRIMARY KEY, v INTEGER) WITHOUT ROWID")
+
+    @staticmethod
+    def _key(key: str) -> bytes:  # bytes: a file name's undecodable bytes (surrogates) are no valid SQLite text
+        return key.encode("utf-8", "surrogatepass")
+
+    def update(self, items) -> None:
+        self.db.execute("BEGIN")
+        self.db.executemany("INSERT OR REPLACE INTO d VALUES (?, ?)", ((self._key(k), v) for k, v in items))
+        self.db.execute("COMMIT")
+
+    def get(self, key: str, default=None):
+        row = self.db.execute("SELECT v FROM d WHERE k = ?", (self._key(key),)).fetchone()
+        return default if row is None else row[0]
+
+    def __len__(self) -> int:
+        return self.db.execute("SELECT count(*) FROM d").fetchone()[0]
 
     def close(self) -> None:
         self.db.close()
