@@ -280,15 +280,17 @@ def _drop_meta_edges(text: str) -> str:
 
 def _drop_dangling(text: str, boxed: set, followed: set = frozenset(), ends: set = frozenset()) -> str:
     """The text less the headings of link lists ("Weitere Artikel", "You might also like") left behind when
-    the cleaning dropped the list they introduced: those whose box is mostly links (`boxed`) wherever they
-    stand before a line that is not prose (the titles of teasers may follow them), the others (`followed`
-    by text mostly in links) at the end. Less, in a text that is not short, its last lines while they are
+    the cleaning dropped the list they introduced: those whose box is mostly links (`boxed`) and the short
+    ones (SHORT_HEADING) `followed` by text mostly in links wherever they stand before a line that is not
+    prose (the titles of teasers may follow them; a long heading is more often the article's), the others
+    `followed` at the end. Less, in a text that is not short, its last lines while they are
     `ends`: short headings that headed some text on the page, short links' texts. The first line stays.
     (Lines of a few words ending with a colon, "Mehr zum Thema:", measured no better: on the Scrapinghub
     set such lines introduce photos and tweets that the expected text keeps.)"""
     lines = text.split("\n")
+    heads_links = boxed | {h for h in followed if len(h) <= SHORT_HEADING}
     lines = lines[:1] + [line for line, nxt in zip(lines[1:], lines[2:] + [""])
-                         if line not in boxed or len(nxt) >= SHORT]
+                         if line not in heads_links or len(nxt) >= SHORT]
     long = len(text) >= MIN_GOOD
     while len(lines) > 1 and (lines[-1] in followed or long and lines[-1] in ends):
         lines.pop()
