@@ -570,3 +570,15 @@ def test_short_heading_followed_by_a_dropped_link_list_inside_the_text_is_droppe
     long_heading = "What the harbour master told us about the ferries that did not sail this winter"
     lines = extract_html(page.replace("More on this", long_heading)).text.splitlines()
     assert long_heading in lines, lines
+
+
+def test_short_edge_lines_that_readability_leaves_out_are_dropped():
+    # the marked-up body (the main block) holds a label above the story and a line of furniture under it;
+    # readability's choice on the page (the story's own block) holds neither, and it does hold the short
+    # last paragraph, which stays
+    paragraphs = "".join(f"<p>{s} {s.lower()}</p>" for s in SENTENCES[:4])
+    page = f"""<html><body><article><div class="kicker">Harbour Notes</div>
+    <div class="story">{paragraphs}<p>That was all.</p></div>
+    <div class="info">Published in Harbour Notes and Ferries</div></article></body></html>"""
+    lines = extract_html(page).text.splitlines()
+    assert lines[0] == f"{SENTENCES[0]} {SENTENCES[0].lower()}" and lines[-1] == "That was all.", lines
