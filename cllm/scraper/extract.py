@@ -22,7 +22,9 @@ How it works (the ideas of readability and trafilatura, kept small), one module 
    a reader never sees and of distinctive boilerplate names, the marked-up body, readability's choice
    and the good paragraphs of a jusText-style classifier (paragraphs.py) compete with the main block by
    measured quality (prose characters less link-list characters); the whole visible text is the last
-   resort, so that a page with visible text never yields nothing.
+   resort, so that a page with visible text never yields nothing;
+6. the text's edges: headings of dropped link lists, dates and bylines go, and so do short first and last
+   lines that readability's choice in the cleaned page (step 3), a second opinion, does not hold.
 """
 from __future__ import annotations
 
@@ -101,37 +103,36 @@ def _quality(root) -> tuple[int, int]:
     return prose, junk
 
 
-def _choose(main_text: str, main_blocks: list, light) -> tuple[str, str]:
-    """(text, reference): the main block's text, unless it is weak (little prose) or holds little of the
-    page's visible text and a fallback measures better: the marked-up article body or readability's choice
-    after a lighter cleaning (the class-name cleaning can strip a whole page whose containers have unlucky
+def _choose(main_text: str, main_blocks: list, light) -> str:
+    """The main block's text, unless it is weak (little prose) or holds little of the page's visible
+    text and a fallback measures better: the marked-up article body or readability's choice after a
+    lighter cleaning (the class-name cleaning can strip a whole page whose containers have unlucky
     names), or the jusText-style good paragraphs (forums, shops, recipes). The whole visible text is the
-    last resort: a page with visible text never yields nothing. The reference is readability's choice on the
-    lightly cleaned copy, a second opinion on the text's edges (see _drop_unshared_edges)."""
+    last resort: a page with visible text never yields nothing."""
     body = light.find("body")
     body = light if body is None else body
     visible = text_len(body)
     if not visible:
-        return main_text, ""
+        return main_text
     prose, junk = _quality(main_blocks) if main_text else (0, 0)
     weak = prose < MIN_GOOD
-    trusted = not weak and len(main_text) >= TRUSTED_SHARE * visible
-    # the last resort, taken before the candidates' cleaning changes the tree
-    whole = "" if trusted else blocks_to_text(body)
+    if not weak and len(main_text) >= TRUSTED_SHARE * visible:
+        return main_text
+    main_q = prose - junk
+    whole = blocks_to_text(body)  # the last resort, taken before the candidates' cleaning changes the tree
     marked = marked_up_body(light)
-    for block in marked:
-        clean_block(block, by_class=False)
+    if marked:
+        for block in marked:
+            clean_block(block, by_class=False)
+        others = [(blocks_to_text(marked), _net(marked))]
+    else:
+        others = []
     # readability's choice competes beside the marked-up body too: the marked-up block may hold only the first
     # part of an article whose other sections run on outside it
     blocks = readability_candidate(body)
     for block in blocks:
         clean_block(block, by_class=False)
-    reference = blocks_to_text(blocks)
-    if trusted:
-        return main_text, reference
-    main_q = prose - junk
-    others = [(blocks_to_text(marked), _net(marked))] if marked else []
-    others.append((reference, _net(blocks)))
+    others.append((blocks_to_text(blocks), _net(blocks)))
     paras = classify(page_paragraphs(body))
     good = [p for p in paras if p.cls == "good"]
     # its quality counts its good paragraphs that are prose on their own (the short ones got in by context)
@@ -141,8 +142,8 @@ def _choose(main_text: str, main_blocks: list, light) -> tuple[str, str]:
     # the best fallback replaces the main block only with clearly more good text
     text, q = max(others, key=lambda c: c[1])  # the first of equals
     if not main_text or q >= RATIO * main_q + MARGIN:
-        return text or whole, reference
-    return main_text or whole, reference
+        return text or whole
+    return main_text or whole
 
 
 def _net(root) -> int:
@@ -298,11 +299,11 @@ def _drop_dangling(text: str, boxed: set, followed: set = frozenset(), ends: set
     return "\n".join(lines)
 
 
-# A line of at most EDGE_LINE characters at the text's edge that readability's choice on the lightly cleaned copy
-# (a second, independent method) does not hold is page furniture the main block kept: a byline, a label, a
-# caption, a "share" or "back" link. Checked only when that choice holds MIN_GOOD characters or more (an
-# empty or stray one has no opinion). Fitted on the odd-numbered pages of trafilatura's set: 60 to 100
-# measured alike there.
+# A line of at most EDGE_LINE characters at the text's edge that readability's choice in the cleaned page (a
+# second, independent method, which main_block computes anyway) does not hold is page furniture the main block
+# kept: a byline, a label, a caption, a "share" or "back" link. Checked only when that choice holds MIN_GOOD
+# characters or more (an empty or stray one has no opinion). Fitted on the odd-numbered pages of trafilatura's
+# set: 60 to 100 measured alike there.
 EDGE_LINE = 80
 
 
@@ -410,15 +411,18 @@ def extract_tree(doc) -> tuple[str, str]:
     order = {el: i for i, el in enumerate(doc.iter())} if leads else {}
     leads = [(el, set(el.iterancestors())) for el in leads]  # before the cleaning detaches them
     thread = strip_junk(doc, protected, marked)
-    blocks = main_block(doc, marked)
+    blocks, readable = main_block(doc, marked)
     for block in blocks:
         clean_block(block, thread=thread)
         _drop_headline(block, titles)
     text = blocks_to_text(blocks)
     if leads and text:
         text = "\n".join(_leads(leads, order, blocks, text) + [text])
-    text, reference = _choose(text, blocks, light)
-    return title, _drop_unshared_edges(_drop_meta_edges(_drop_dangling(text, boxed, followed, ends)), reference)
+    # readability's choice in the cleaned page: the second opinion on the text's edges (the main block itself
+    # when the page marks up no article body, and then no opinion)
+    reference = blocks_to_text(readable) if readable != blocks else ""
+    text = _drop_meta_edges(_drop_dangling(_choose(text, blocks, light), boxed, followed, ends))
+    return title, _drop_unshared_edges(text, reference)
 
 
 def extract_html(html: bytes | str, url: str | None = None, http_charset: str | None = None) -> Extracted:
