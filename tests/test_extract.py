@@ -556,3 +556,29 @@ def test_heading_of_a_dropped_link_list_inside_the_text_is_dropped():
     <p>Winter timetable</p><p>{SENTENCES[5]}</p></article></body></html>"""
     lines = extract_html(page).text.splitlines()
     assert "More on this" not in lines and lines[-2:] == ["Winter timetable", SENTENCES[5]], lines
+
+
+def test_short_heading_followed_by_a_dropped_link_list_inside_the_text_is_dropped():
+    # a short list of links straight in the article (its box, the article, is mostly prose): the cleaning
+    # drops the list and leaves its heading before a teaser's title; a long heading is the article's
+    short = "".join(f'<li><a href="/r/{i}">Another story about harbours number {i}</a></li>' for i in range(4))
+    paragraphs = "".join(f"<p>{s} {s.lower()}</p>" for s in SENTENCES[:4])
+    page = f"""<html><body><article>{paragraphs}<h3>More on this</h3><ul>{short}</ul>
+    <p>Winter timetable</p><p>{SENTENCES[5]}</p></article></body></html>"""
+    lines = extract_html(page).text.splitlines()
+    assert "More on this" not in lines and lines[-2:] == ["Winter timetable", SENTENCES[5]], lines
+    long_heading = "What the harbour master told us about the ferries that did not sail this winter"
+    lines = extract_html(page.replace("More on this", long_heading)).text.splitlines()
+    assert long_heading in lines, lines
+
+
+def test_short_edge_lines_that_readability_leaves_out_are_dropped():
+    # the marked-up body (the main block) holds a label above the story and a line of furniture under it;
+    # readability's choice on the page (the story's own block) holds neither, and it does hold the short
+    # last paragraph, which stays
+    paragraphs = "".join(f"<p>{s} {s.lower()}</p>" for s in SENTENCES[:4])
+    page = f"""<html><body><article><div class="kicker">Harbour Notes</div>
+    <div class="story">{paragraphs}<p>That was all.</p></div>
+    <div class="info">Published in Harbour Notes and Ferries</div></article></body></html>"""
+    lines = extract_html(page).text.splitlines()
+    assert lines[0] == f"{SENTENCES[0]} {SENTENCES[0].lower()}" and lines[-1] == "That was all.", lines

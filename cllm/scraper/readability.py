@@ -169,14 +169,15 @@ def marked_up_body(doc) -> list:
     return []
 
 
-def main_block(doc, marked: list) -> list:
-    """The blocks holding the main text: the marked-up body (protected from the cleaning), unless
-    readability found far more text; else readability's choice; else the whole body."""
+def main_block(doc, marked: list) -> tuple[list, list]:
+    """(the blocks holding the main text, readability's choice): the main blocks are the marked-up body
+    (protected from the cleaning), unless readability found far more text; else readability's choice;
+    else the whole body."""
     body = doc.find("body")
     if body is None:
         body = doc
     readable = readability_candidate(body)
     readable_len = sum(text_len(el) for el in readable)
     if marked and sum(text_len(el) for el in marked) >= max(200, 0.3 * readable_len):
-        return marked
-    return readable or [body]
+        return marked, readable
+    return readable or [body], readable
