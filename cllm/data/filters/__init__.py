@@ -71,9 +71,10 @@ class FilterOptions:
     near_dup_threshold: float = option(0.5, "near-dup: estimated Jaccard similarity of 3-word shingles "
                                             "(0 < t <= 1) from which a document is a copy of an earlier one")
     boilerplate_min_pages: int = option(3, "boilerplate: a line on this many pages of one site (>= 2) is removed")
-    filter_memory_mb: float = option(256, "memory (MB) the filters' per-corpus state (near-dup index, line and "
-                                          "duplicate hashes) may take before it moves to a temporary directory in "
-                                          "--out; the dataset is the same either way (0: on disk from the start)")
+    filter_memory_mb: float = option(256, "memory (MB) the per-corpus state (near-dup index, line and duplicate "
+                                          "hashes, the file list, document lengths) may take before it moves to a "
+                                          "temporary directory in --out; the dataset is the same either way (0: on "
+                                          "disk from the start)")
 
 
 def resolve_filters(spec: str, source_kind: str) -> tuple[str, ...]:
