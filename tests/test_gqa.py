@@ -64,6 +64,27 @@ def forward(qkv, B, T, NH, NKV, hs):
     return out, att
 
 
+def test_a_sharp_head_stores_no_subnormal_probability_in_float32():
+    # scores spread by hundreds (a head that has become sharp): the far keys' probabilities are stored as
+    # exactly 0, never as subnormal floats that slow the backward's products; out, att and dqkv still match
+    # the float64 reference
+    B, T, NH, NKV, hs = 1, 40, 2, 1, 8
+    rng = np.random.default_rng(5)
+    qkv = (rng.standard_normal(B * T * (NH + 2 * NKV) * hs) * 12).astype(F32)
+    out, att = forward(qkv, B, T, NH, NKV, hs)
+    tiny = np.finfo(F32).tiny
+    assert not np.any((att != 0) & (att < tiny))
+    ref_out, ref_p = np_gqa(qkv.astype(F64), B, T, NH, NKV, hs)
+    assert np.any((ref_p > 0) & (ref_p < tiny)), "the input must be sharp enough to reach subnormal probabilities"
+    np.testing.assert_allclose(att, ref_p.ravel(), rtol=1e-4, atol=1e-6)  # scores of hundreds: float32 rounds them
+    np.testing.assert_allclose(out, ref_out.ravel(), rtol=1e-4, atol=1e-4)
+    dout = rand(rng, B * T * NH * hs).astype(F32)
+    dqkv = np.zeros_like(qkv)
+    K.gqa_backward(dqkv, dout, qkv, att, B, T, NH, NKV, hs, True)
+    ref = np_gqa_backward(dout.astype(F64), qkv.astype(F64), ref_p, B, T, NH, NKV, hs)
+    np.testing.assert_allclose(dqkv, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
+
+
 # ------------------------------------------------------------------ gradients (float64) and float32
 @SETTINGS
 @given(B=st.integers(1, 3), T=st.integers(1, 5), NKV=st.integers(1, 3), rep=st.integers(1, 3), hs=st.integers(1, 4),
