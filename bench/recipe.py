@@ -110,6 +110,8 @@ def grid(args) -> list[dict]:
                  "learning_rate": lr, "min_lr": lr / 10, "dropout": p, "beta2": b2, "weight_decay": wd}
         if flags:
             point.update(variant=variant, flags=flags)
+        if args.seed != DEFAULT_SEED:  # in the point, so that its name says it (and no other seed's run is overwritten)
+            point["seed"] = args.seed
         points.append(point)
     return points[:args.max_points] if args.max_points else points
 

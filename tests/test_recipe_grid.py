@@ -24,6 +24,15 @@ def test_variants_cross_the_grid_and_reach_the_command():
     assert names[0].endswith("-300s-t1") and "-vllama-" in names[1] and len(set(names)) == 2
 
 
+def test_a_seed_other_than_the_default_names_the_point_and_reaches_the_command_once():
+    # two seeds of one point are two runs: their names (and so their checkpoint folders) must differ
+    default, other = recipe.grid(args()), recipe.grid(args("--seed", "2"))
+    assert recipe.point_name(other[0], 1800) != recipe.point_name(default[0], 1800)
+    assert "-s2-" in recipe.point_name(other[0], 1800)
+    cmd = recipe.train_command("DATA", other[0], 1800, "RUN", args("--seed", "2"))
+    assert cmd.count("--seed") == 1 and cmd[cmd.index("--seed") + 1] == "2"
+
+
 def test_the_first_sweeps_points_keep_their_names():
     # every point already in the results file is found again by the name the grid now gives it
     with open(ROOT / "bench" / "results" / "recipe-points.jsonl") as f:
