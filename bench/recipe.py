@@ -59,6 +59,9 @@ def parse_args(argv=None):
     ap.add_argument("--sizes", default="4x4x128,4x4x192,6x6x192,6x6x256", help="LxNHxC model sizes")
     ap.add_argument("--contexts", default="128,256", help="--seq-len values")
     ap.add_argument("--batches", default="16,32", help="--batch-size values")
+    ap.add_argument("--batch-tokens", type=int, default=0,
+                    help="instead of --batches: each context's batch is this many tokens over its --seq-len, so that "
+                         "contexts compare at the same tokens per step")
     ap.add_argument("--lrs", default="1e-3,2e-3", help="peak learning rates (--min-lr is a tenth)")
     ap.add_argument("--dropouts", default="0,0.1,0.2", help="--dropout values")
     ap.add_argument("--beta2s", default="0.99", help="AdamW --beta2 values (nanoGPT's 0.99 suits small batches)")
@@ -102,9 +105,13 @@ def grid(args) -> list[dict]:
     floats = lambda text: [float(x) for x in text.split(",")]  # noqa: E731
     ints = lambda text: [int(x) for x in text.split(",")]  # noqa: E731
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    if args.batch_tokens:
+        shapes = [(T, max(1, args.batch_tokens // T)) for T in ints(args.contexts)]
+    else:
+        shapes = list(itertools.product(ints(args.contexts), ints(args.batches)))
     points = []
-    for (L, NH, C), T, B, lr, p, b2, wd, (variant, flags) in itertools.product(
-            sizes, ints(args.contexts), ints(args.batches), floats(args.lrs), floats(args.dropouts),
+    for (L, NH, C), (T, B), lr, p, b2, wd, (variant, flags) in itertools.product(
+            sizes, shapes, floats(args.lrs), floats(args.dropouts),
             floats(args.beta2s), floats(args.weight_decays), variants(args.variants)):
         point = {"num_layers": L, "num_heads": NH, "embed_dim": C, "seq_len": T, "batch_size": B,
                  "learning_rate": lr, "min_lr": lr / 10, "dropout": p, "beta2": b2, "weight_decay": wd}

@@ -33,6 +33,13 @@ def test_a_seed_other_than_the_default_names_the_point_and_reaches_the_command_o
     assert cmd.count("--seed") == 1 and cmd[cmd.index("--seed") + 1] == "2"
 
 
+def test_batch_tokens_pairs_each_context_with_its_batch():
+    # contexts compared at the same tokens per step: not the cross product of --contexts and --batches
+    points = recipe.grid(args("--contexts", "128,256,512", "--batch-tokens", "2048"))
+    assert [(p["seq_len"], p["batch_size"]) for p in points] == [(128, 16), (256, 8), (512, 4)]
+    assert len(recipe.grid(args("--contexts", "128,256", "--batches", "8,16"))) == 4
+
+
 def test_the_first_sweeps_points_keep_their_names():
     # every point already in the results file is found again by the name the grid now gives it
     with open(ROOT / "bench" / "results" / "recipe-points.jsonl") as f:
