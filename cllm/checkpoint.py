@@ -60,8 +60,10 @@ def save_checkpoint(
     tokenizer=None,
     train_config: dict | None = None,
     state: dict | None = None,
+    training_tensors: dict | None = None,
 ) -> str:
-    """Write directory/name/ atomically and return its path."""
+    """Write directory/name/ atomically and return its path. training_tensors: further tensors that a resume
+    needs, kept in optimizer.safetensors beside the optimizer's (--ema-decay's online weights)."""
     try:
         os.makedirs(directory, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
@@ -76,7 +78,7 @@ def save_checkpoint(
         save_file(tensors, os.path.join(tmp, MODEL_FILE), metadata={"format": "cllm", "version": str(FORMAT_VERSION)})
         if optimizer is not None:
             m, v = model.moments_to_host()
-            moments = {"m": m, "v": v, **optimizer.state_tensors(model)}
+            moments = {"m": m, "v": v, **optimizer.state_tensors(model), **(training_tensors or {})}
             save_file({k: t.astype(np.float32, copy=False) for k, t in moments.items()},
                       os.path.join(tmp, OPTIMIZER_FILE), metadata={"optimizer": optimizer.name})
         config = {"format_version": FORMAT_VERSION, "model": model.config.to_dict(), "train": train_config or {}}

@@ -202,6 +202,17 @@ def check_optimizer(out):
         assert low - 1e-4 <= r["share"] <= high + 1e-4
 
 
+def check_ema_gain(out):
+    assert out["seq_len"] == 16 and [tuple(b) for b in out["buckets"]] == [(0, 1), (1, 4), (4, 16)]
+    for side in ("average", "online"):
+        positive(out[side]["loss"], *out[side]["per_bucket"])
+    # the mean over the window's 16 positions from the buckets' means (1, 3 and 12 positions)
+    for side in ("average", "online"):
+        b = out[side]["per_bucket"]
+        assert out[side]["loss"] == pytest.approx((b[0] + 3 * b[1] + 12 * b[2]) / 16, abs=1e-3)
+    assert out["average"]["loss"] != out["online"]["loss"]
+
+
 def check_recipe(out):
     assert out["screened"] == 1 and len(out["confirmed"]) == 1
     positive(out["confirmed"][0]["val_loss"], out["confirmed"][0]["tokens"])

@@ -3,7 +3,7 @@
 Legend: B batch, T time, C channels, NH heads, hs = C/NH, V vocab, Vp padded vocab, L layers,
 OC output channels, N element count.
 """
-from .adamw import adamw_update, fill_inplace, grad_norm_squared, scale_inplace
+from .adamw import adamw_update, ema_update, fill_inplace, grad_norm_squared, scale_inplace
 from .attention import attention_backward, attention_forward
 from .block import block_tail_forward, layernorm_matmul_forward
 from .decode import decode_step, llama_forward_rows, prefill
@@ -22,7 +22,7 @@ from .softmax import (
 )
 
 __all__ = [
-    "adamw_update", "grad_norm_squared", "scale_inplace", "fill_inplace",
+    "adamw_update", "ema_update", "grad_norm_squared", "scale_inplace", "fill_inplace",
     "attention_forward", "attention_backward", "decode_step", "llama_forward_rows", "prefill",
     "dropout_forward", "dropout_backward", "derive_key",
     "encoder_forward", "encoder_backward", "gelu_forward", "gelu_backward",

@@ -72,6 +72,15 @@ def scale_inplace(x, s):
 
 
 @njit(**PJIT)
+def ema_update(average, params, decay):
+    # average (N) += (1 - decay) * (params (N) - average): the moving average of the weights (--ema-decay,
+    # cllm/training/average.py); 1 - decay in float64, as adamw_update's 1 - beta
+    omd = average.dtype.type(1.0 - decay)
+    for i in prange(average.shape[0]):
+        average[i] += omd * (params[i] - average[i])
+
+
+@njit(**PJIT)
 def fill_inplace(x, value):
     # x (N) = value; on the calling thread below PARALLEL_MIN_WORK (the backward fills the (B*T) loss
     # gradients every step: waking the thread team would cost more than the fill)

@@ -93,6 +93,8 @@ class TrainConfig:
     muon_lr: float = option(0.02, "muon: peak learning rate of the weight matrices (the schedule scales it "
                                   "as --learning-rate)")
     muon_momentum: float = option(0.95, "muon: momentum of the weight matrices (Nesterov)")
+    ema_decay: float = option(0.0, "validate, save and hand on an exponential moving average of the weights, "
+                                   "over about the last 1/(1 - D) steps (e.g. 0.999); 0: off")
     dropout: float = option(
         0.0,
         "probability of zeroing activations in training (embeddings, attention "
@@ -201,6 +203,11 @@ class TrainConfig:
         if self.optimizer == "muon" and self.device != "cpu":
             raise ConfigError("--optimizer muon runs on --device cpu only (no CUDA kernels for it yet); "
                               "use --optimizer adamw on a GPU")
+        if not isinstance(self.ema_decay, (int, float)) or isinstance(self.ema_decay, bool) \
+                or not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"--ema-decay must lie in [0, 1), got {self.ema_decay!r}")
+        if self.ema_decay and self.device != "cpu":
+            raise ConfigError("--ema-decay runs on --device cpu only for now; leave it out on a GPU")
         if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
             raise ConfigError(f"--dropout must lie in [0, 1), got {self.dropout!r}")
         if not 0 < self.val_fraction < 1:

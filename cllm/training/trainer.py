@@ -9,6 +9,7 @@ writes checkpoints (`self.main`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -23,12 +24,13 @@ from cllm import kinds
 from cllm.config import ModelConfig
 from cllm.device import average_gradients, check_training_device, optimizer_class, to_device
 from cllm.distributed import world
-from cllm.errors import ConfigError, DataError
+from cllm.errors import CheckpointError, ConfigError, DataError
 from cllm.kernels.dropout import derive_key
 from cllm.model import Model
 from cllm.optim import Muon
 from cllm.runtime import configure_threads, cpu_count
 from cllm.schedule import CHECKPOINT_INTERVAL, EVAL_INTERVAL, UNPLANNED, is_due, lr_at, plan_run
+from cllm.training.average import ONLINE_WEIGHTS, WeightAverage
 from cllm.training.config import TrainConfig
 from cllm.training.data import BatchSampler, load_dataset
 from cllm.training.evaluation import sample_text, validation
@@ -138,11 +140,34 @@ class Trainer:
             )
         if resume is not None:
             self.optimizer.load_state(resume.optimizer_state, model)
+        self.average = self._weight_average(model, resume)
         # every rank starts from rank 0's weights and optimizer state; the steps then keep them equal, as
         # each rank steps on the same all-reduced gradients (Muon orthogonalizes identical momenta)
-        for buffer in (model.params, model.m, model.v, *self.optimizer.state_tensors(model).values()):
+        for buffer in (model.params, model.m, model.v, *self.optimizer.state_tensors(model).values(),
+                       *([self.average.average] if self.average else [])):
             self.comm.broadcast_(buffer)
         self.model = to_device(model, cfg.device, self.comm.local_rank)
+
+    def _weight_average(self, model, resume) -> WeightAverage | None:
+        """--ema-decay's average (cllm/training/average.py). A checkpoint that kept one holds it as its weights
+        and the optimizer's weights apart: the model takes those back, and the average starts where it was."""
+        online = resume.optimizer_state.get(ONLINE_WEIGHTS) if resume is not None else None
+        if online is not None:
+            if online.shape != (model.params.size,):
+                raise CheckpointError(f"the checkpoint's {ONLINE_WEIGHTS} does not match the model "
+                                      f"({model.params.size} values)")
+            average = np.array(model.params, copy=True)
+            model.params[:] = online
+            if not self.cfg.ema_decay:
+                self.say("note: --ema-decay 0: training goes on from the weights the optimizer stepped, "
+                         "without the average the checkpoint holds")
+                return None
+            return WeightAverage(self.cfg.ema_decay, average)
+        return WeightAverage(self.cfg.ema_decay, model.params) if self.cfg.ema_decay else None
+
+    def averaged(self):
+        """A block in which the model computes with the weight average (a no-op without --ema-decay)."""
+        return self.average.swapped_in(self.model) if self.average else contextlib.nullcontext()
 
     def _resume(self, resume, config: ModelConfig):
         if resume.model_config != config:
@@ -185,6 +210,8 @@ class Trainer:
                     lr = lr_at(self.step, cfg, self.total_steps)
                     norm = self.optimizer.step(self.model, lr, loss)
                     self.step += 1
+                    if self.average:
+                        self.average.update(self.model, self.step)
                     record = {
                         "step": self.step,
                         "train_loss": loss,
@@ -271,7 +298,8 @@ class Trainer:
         if self.main and (
             is_due(self.step, self.cfg.eval_interval, EVAL_INTERVAL, self.planner) or self.step == self.total_steps
         ):
-            record.update(validation(self.model, self.tokenizer, self.val_tokens, self.B, self.T))
+            with self.averaged():
+                record.update(validation(self.model, self.tokenizer, self.val_tokens, self.B, self.T))
             self.val_loss = record["val_loss"]
             improved = self.val_loss < self.best_val
             self.best_val = min(self.best_val, self.val_loss)
@@ -282,7 +310,9 @@ class Trainer:
 
     def sample(self) -> None:
         cfg = self.cfg
-        text = sample_text(self.model, self.tokenizer, cfg.sample_prompt, cfg.sample_tokens, seed=cfg.seed + self.step)
+        with self.averaged():
+            text = sample_text(self.model, self.tokenizer, cfg.sample_prompt, cfg.sample_tokens,
+                               seed=cfg.seed + self.step)
         self.log.block(f"--- sample at step {self.step} ---\n{cfg.sample_prompt}{text}\n---")
 
     def save(self, reason: str) -> None:
@@ -300,7 +330,10 @@ class Trainer:
             "reason": reason,
             "planned_steps": self.planner and self.planner.planned,
         }
-        ck.save_checkpoint(ckdir, name, self.model, self.optimizer, self.tokenizer, self.cfg.to_json(), state)
+        # with --ema-decay the average is the checkpoint's model and the optimizer's own weights go beside it
+        with self.averaged() as online:
+            ck.save_checkpoint(ckdir, name, self.model, self.optimizer, self.tokenizer, self.cfg.to_json(), state,
+                               training_tensors={ONLINE_WEIGHTS: online} if self.average else None)
         ck.set_pointer(ckdir, "latest", name)
         if self.val_loss is not None and self.val_loss <= self.best_val:
             ck.set_pointer(ckdir, "best", name)
@@ -312,11 +345,12 @@ class Trainer:
         if not self.main:
             return
         if self.val_loss is None and self.step > 0 and (not self.history or "val_loss" not in self.history[-1]):
-            record = {
-                "step": self.step,
-                **validation(self.model, self.tokenizer, self.val_tokens, self.B, self.T),
-                "elapsed_s": self.elapsed(),
-            }
+            with self.averaged():
+                record = {
+                    "step": self.step,
+                    **validation(self.model, self.tokenizer, self.val_tokens, self.B, self.T),
+                    "elapsed_s": self.elapsed(),
+                }
             self.val_loss = record["val_loss"]
             self.best_val = min(self.best_val, self.val_loss)
             self.log.write(record)
