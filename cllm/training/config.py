@@ -94,7 +94,7 @@ class TrainConfig:
                                   "as --learning-rate)")
     muon_momentum: float = option(0.95, "muon: momentum of the weight matrices (Nesterov)")
     ema_decay: float = option(0.0, "validate, save and hand on an exponential moving average of the weights, "
-                                   "over about the last 1/(1 - D) steps (e.g. 0.999); 0: off")
+                                   "over about the last 1/(1 - decay) steps (e.g. 0.999); 0: off")
     dropout: float = option(
         0.0,
         "probability of zeroing activations in training (embeddings, attention "
