@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._common import JIT, PARALLEL_MIN_WORK, PJIT
-from .fastexp import softmax_row
+from .fastexp import attention_floor, softmax_row
 from .gelu import gelu_span
 from .gqa import gqa_prefill
 from .layernorm import layernorm_rows
@@ -130,7 +130,7 @@ def _attend_cached(out, q, keys_t, values, scores, kbuf, scale):
         qi = q[i] * scale
         for t in range(n):
             scores[t] += krow[t] * qi
-    softmax_row(scores, scores, kbuf)
+    softmax_row(scores, scores, kbuf, attention_floor(scores))
     for i in range(hs):
         out[i] = dt(0)
     for t in range(n):

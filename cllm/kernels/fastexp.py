@@ -58,15 +58,35 @@ def exp_shifted(x, shift, kbuf):
     return total
 
 
+# In float32, attention probabilities below 2^-64 are stored as exactly 0. A sharp head (scores spread by
+# more than ~87, as Muon without --qk-norm learns) otherwise keeps probabilities near 1e-38, and the
+# backward's products of them with gradients are subnormal floats, which x86 computes on a slow path:
+# measured, such a run's backward slowed 4-22x (cProfile, docs/training.md). Below 2^-64 a probability
+# changes neither out = P V nor its gradient within float32's precision (2^-24 of the largest term).
+ATTENTION_FLOOR = 2.0**-64
+
+
 @njit(**JIT)
-def softmax_row(dst, src, kbuf):
+def attention_floor(x):
+    # softmax_row's floor for attention over x's dtype: ATTENTION_FLOOR in float32; float64 (the gradient
+    # tests against finite differences) keeps every probability
+    dt = x.dtype.type
+    return dt(ATTENTION_FLOOR) if x.itemsize == 4 else dt(0)
+
+
+@njit(**JIT)
+def softmax_row(dst, src, kbuf, floor):
     # dst (n) = softmax(src (n)), shifted by the row's maximum; dst may be src itself;
-    # kbuf (>= n) float32 scratch for exp_shifted. Shared by the training softmaxes and decoding.
+    # kbuf (>= n) float32 scratch for exp_shifted; probabilities below floor are stored as 0 (attention_floor;
+    # 0 keeps all, as the vocabulary softmax must: its loss takes -log p). Shared by the training softmaxes
+    # and decoding.
     dt = dst.dtype.type
     maxval = dt(-np.inf)
     for i in range(src.size):
         maxval = max(maxval, src[i])
         dst[i] = src[i]
     inv = dt(1) / exp_shifted(dst, maxval, kbuf)
+    low = dt(floor)
     for i in range(dst.size):
-        dst[i] *= inv
+        p = dst[i] * inv
+        dst[i] = dt(0) if p < low else p  # a NaN stays NaN, for the loss guard to see

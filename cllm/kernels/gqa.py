@@ -29,17 +29,11 @@ from numba import njit, prange
 from ._common import JIT, PARALLEL_MIN_WORK, PJIT
 from .blas import NO_TRANS, TRANS, gemm
 from .dropout import causal_mask_rows, keep_scale
-from .fastexp import softmax_row
+from .fastexp import attention_floor, softmax_row
 
 # Rows per block of the causal products: block i needs only the keys up to its last row, so with
 # blocks of 32 rows a T = 128 head computes 5/8 of the full square's products.
 CAUSAL_BLOCK = 32
-# In float32 training, attention probabilities below 2^-64 are stored as exactly 0. A sharp head (scores
-# spread by more than ~87, as Muon without --qk-norm learns) otherwise keeps probabilities near 1e-38, and
-# the backward's products of them with gradients are subnormal floats, which x86 computes on a slow path:
-# measured, such a run's backward slowed 4-22x (cProfile, docs/training.md). Below 2^-64 a probability
-# changes neither out = P V nor its gradient within float32's precision (2^-24 of the largest term).
-ATTENTION_FLOOR = 2.0**-64
 
 
 @njit(**JIT)
@@ -63,13 +57,11 @@ def _forward_head(out, att, qkv, b, h, T, NH, NKV, hs, drop, key):
     for r0 in range(0, T, CAUSAL_BLOCK):  # rows r0..r1-1 need the scores of keys 0..r1-1 only
         r1 = min(T, r0 + CAUSAL_BLOCK)
         gemm(NO_TRANS, TRANS, r1 - r0, r1, hs, scale, qkv, q0 + r0 * W, W, qkv, k0, W, 0, Sf, r0 * T, T)
-    floor = dt(ATTENTION_FLOOR) if qkv.itemsize == 4 else zero  # float64 (the gradient tests) keeps all
+    floor = attention_floor(qkv)
     for t in range(T):  # rows as slices indexed from 0, so that LLVM vectorizes the loops
         n = t + 1
         prow = P[t]
-        softmax_row(prow[:n], S[t][:n], kbuf)
-        for i in range(n):
-            prow[i] = prow[i] if prow[i] >= floor else zero
+        softmax_row(prow[:n], S[t][:n], kbuf, floor)
         ptail = prow[n:]  # the causal mask: the future gets probability 0
         for i in range(T - n):
             ptail[i] = zero
@@ -212,7 +204,7 @@ def _decode_group(out, qkv_row, kcache, vcache, b, g, NH, NKV, hs, pos, maxT):
     gemm(NO_TRANS, TRANS, rep, n, hs, scale, qkv_row, b * W + g * rep * hs, hs, kcache, c0, hs, 0, S, 0, n)
     for r in range(rep):
         srow = S[r * n:(r + 1) * n]
-        softmax_row(srow, srow, kbuf)
+        softmax_row(srow, srow, kbuf, attention_floor(S))
     gemm(NO_TRANS, NO_TRANS, rep, hs, n, 1, S, 0, n, vcache, c0, hs, 0, out, b * NH * hs + g * rep * hs, hs)
 
 
@@ -253,7 +245,7 @@ def _prefill_head(out, qkv, kcache, vcache, b, h, T, NH, NKV, hs, pos0, maxT):
     for t in range(T):
         n = pos0 + t + 1
         srow = S[t]
-        softmax_row(srow[:n], srow[:n], kbuf)
+        softmax_row(srow[:n], srow[:n], kbuf, attention_floor(S))
         tail = srow[n:]  # the block's product below reads up to pos0 + r1 - 1: the future must be 0
         for i in range(N - n):
             tail[i] = zero

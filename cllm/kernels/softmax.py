@@ -25,7 +25,7 @@ def softmax_forward(probs, logits, B, T, V, Vp):
     for bt in prange(B * T):
         out = probs[bt * Vp:(bt + 1) * Vp]
         kbuf = np.empty(V, dtype=np.float32)
-        softmax_row(out[:V], logits[bt * Vp:bt * Vp + V], kbuf)
+        softmax_row(out[:V], logits[bt * Vp:bt * Vp + V], kbuf, dt(0))
         for i in range(V, Vp):
             out[i] = dt(0)
 
